@@ -1,0 +1,43 @@
+"""egl's own components, registered through the same hooks a third-party plugin uses.
+
+Found through the entry point ``builtins = "egl._builtins"`` of the ``egl`` group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from egl.hookspecs import hookimpl
+
+
+@hookimpl
+def egl_register_explainers() -> list[Any]:
+    from egl.explainers import CaptumExplainer, GradCAM, InputGradient
+
+    return [GradCAM, InputGradient, CaptumExplainer]
+
+
+@hookimpl
+def egl_register_maskers() -> list[Any]:
+    from egl.maskers import GrayscaleMasker, GroundTruthMasker, LearnedMasker
+
+    return [LearnedMasker, GrayscaleMasker, GroundTruthMasker]
+
+
+@hookimpl
+def egl_register_alignment_losses() -> list[Any]:
+    from egl.losses import BCEAlignmentLoss, L1AlignmentLoss
+
+    return [BCEAlignmentLoss, L1AlignmentLoss]
+
+
+@hookimpl
+def egl_register_regularizers() -> list[Any]:
+    from egl.regularizers import MixupConsistency, Smoothness, Sparsity
+
+    return [Sparsity, Smoothness, MixupConsistency]
+
+
+@hookimpl
+def egl_register_recipes() -> list[Any]:
+    return []

@@ -1,0 +1,123 @@
+"""Input checks shared by every public entry point (after kornia's KORNIA_CHECK_*).
+
+Messages follow one form:
+``<function>: '<argument>' expected <what>, got <what arrived>. <how to fix>.``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from egl.errors import InputError
+
+__all__ = [
+    "fail",
+    "check_tensor",
+    "check_shape",
+    "check_same_batch",
+    "check_range",
+    "check_finite",
+    "check_choice",
+    "check_positive",
+    "describe",
+]
+
+
+def describe(value: object) -> str:
+    """Short human description of a value for error messages."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)} on {value.device}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def fail(fn: str, arg: str, expected: str, got: str, fix: str) -> InputError:
+    """Build (not raise) an :class:`InputError` in the package's message format."""
+    fix = fix.rstrip(".")
+    return InputError(f"{fn}: '{arg}' expected {expected}, got {got}. {fix}.")
+
+
+def check_tensor(x: object, fn: str, arg: str, *, floating: bool = False) -> Tensor:
+    """Raise unless ``x`` is a tensor (of floating dtype when ``floating``)."""
+    if not isinstance(x, Tensor):
+        raise fail(fn, arg, "a torch.Tensor", describe(x), f"Pass '{arg}' as a tensor")
+    if floating and not x.is_floating_point():
+        raise fail(fn, arg, "a floating-point tensor", describe(x), f"Convert with {arg}.float()")
+    return x
+
+
+def check_shape(x: object, shape: str, fn: str, arg: str, *, floating: bool = True) -> Tensor:
+    """Check ``x`` against a shape string such as ``"B 1 H W"``.
+
+    Letters name free dimensions, integers fix them; the same string serves the
+    docstring's ``Shape:`` section.
+    """
+    x = check_tensor(x, fn, arg, floating=floating)
+    dims = shape.split()
+    if x.dim() != len(dims):
+        raise fail(
+            fn, arg, f"a {len(dims)}-D tensor of shape [{', '.join(dims)}]", describe(x),
+            f"Reshape '{arg}' to [{', '.join(dims)}]",
+        )
+    for i, (d, n) in enumerate(zip(dims, x.shape)):
+        if d.isdigit() and int(d) != n:
+            raise fail(
+                fn, arg, f"shape [{', '.join(dims)}] with dimension {i} equal to {d}", describe(x),
+                f"Give '{arg}' {d} entries along dimension {i}",
+            )
+    return x
+
+
+def check_same_batch(fn: str, **tensors: Tensor) -> int:
+    """All tensors share their first dimension; returns it."""
+    sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        names = list(sizes)
+        raise fail(
+            fn, names[1], f"the same batch size as '{names[0]}' ({sizes[names[0]]})",
+            f"batch size {sizes[names[1]]} ({', '.join(f'{k}={v}' for k, v in sizes.items())})",
+            "Pass tensors that describe the same samples",
+        )
+    return next(iter(sizes.values()))
+
+
+def check_range(x: Tensor, lo: float, hi: float, fn: str, arg: str, fix: str = "") -> Tensor:
+    """Raise unless every value of ``x`` lies in ``[lo, hi]`` (NaN fails too)."""
+    if x.numel() == 0:
+        return x
+    xmin, xmax = float(x.min()), float(x.max())
+    if not (lo <= xmin and xmax <= hi):  # NaN compares False and fails here
+        raise fail(
+            fn, arg, f"values in [{lo}, {hi}]", f"values in [{xmin:.4g}, {xmax:.4g}]",
+            fix or f"Rescale '{arg}' into [{lo}, {hi}] (for example with torch.sigmoid or min-max)",
+        )
+    return x
+
+
+def check_finite(x: Tensor, fn: str, arg: str) -> Tensor:
+    """Raise if ``x`` holds NaN or infinite values."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise fail(fn, arg, "finite values", f"{bad} NaN/Inf values in {describe(x)}",
+                   f"Check what produced '{arg}'")
+    return x
+
+
+def check_choice(value: object, choices: Sequence[object], fn: str, arg: str) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise fail(fn, arg, f"one of {list(choices)}", repr(value), f"Pick one of {list(choices)}")
+
+
+def check_positive(value: float, fn: str, arg: str, *, allow_zero: bool = True) -> float:
+    """Raise unless ``value`` is a finite number >= 0 (> 0 when not ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = ok and (value >= 0 if allow_zero else value > 0) and value != float("inf")
+    if not ok:
+        expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise fail(fn, arg, expected, repr(value), f"Pass '{arg}' as {expected}")
+    return float(value)

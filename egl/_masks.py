@@ -1,0 +1,48 @@
+"""Mask handling shared by losses, regularizers and maskers: validation and resizing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from egl._check import check_range, check_tensor, describe, fail
+
+__all__ = ["as_mask", "resize_mask", "MASK_SHAPE"]
+
+MASK_SHAPE = "B 1 H W"
+
+
+def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = True) -> Tensor:
+    """``[B, H, W]`` or ``[B, 1, H, W]`` bool/int/float mask to a float ``[B, 1, H, W]`` in [0, 1].
+
+    Raises:
+        InputError: wrong rank, several channels, or values outside [0, 1].
+    """
+    m = check_tensor(mask, fn, arg)
+    if m.dim() == 3:
+        m = m.unsqueeze(1)
+    if m.dim() != 4 or m.shape[1] != 1:
+        raise fail(fn, arg, "a mask of shape [B, H, W] or [B, 1, H, W]", describe(mask),
+                   "Keep one channel, e.g. mask[:, :1], or mask.unsqueeze(1)")
+    if m.dtype == torch.bool or not m.is_floating_point():
+        m = m.float()
+    if check_values:
+        check_range(m, 0.0, 1.0, fn, arg,
+                    f"Masks are soft foreground probabilities: scale '{arg}' into [0, 1]")
+    return m
+
+
+def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``[B, 1, H, W]`` masks to ``size``.
+
+    Rule: shrinking in both dimensions uses area averaging (each cell becomes the
+    fraction of its pixels that are foreground, exact for integer factors); anything
+    else uses bilinear interpolation with ``align_corners=False``. Values stay in [0, 1].
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    if size[0] <= mask.shape[-2] and size[1] <= mask.shape[-1]:
+        return F.adaptive_avg_pool2d(mask, size)
+    return F.interpolate(mask, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)

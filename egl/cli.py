@@ -1,0 +1,57 @@
+"""Command line: ``egl list [KIND] [PATTERN]`` and ``egl plugins``.
+
+The training, evaluation and demo commands arrive with the recipes and data issues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from egl.registry import KINDS, component_source, list_components
+
+    kinds = [args.kind] if args.kind else list(KINDS)
+    for kind in kinds:
+        names = list_components(kind, args.pattern)
+        print(f"{kind} ({len(names)}):")
+        for n in names:
+            print(f"  {n:<24} {component_source(kind, n)}")
+    return 0
+
+
+def _cmd_plugins(_args: argparse.Namespace) -> int:
+    from egl._plugins import plugin_report
+
+    report = plugin_report()
+    print(f"{'plugin':<20} {'status':<9} {'distribution':<28} error")
+    for p in report:
+        dist = f"{p.distribution or '-'} {p.version or ''}".strip()
+        print(f"{p.name:<20} {p.status:<9} {dist:<28} {p.error or ''}")
+    return 1 if any(p.status == "failed" for p in report) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``egl`` command."""
+    from egl import __version__
+    from egl.registry import KINDS
+
+    parser = argparse.ArgumentParser(prog="egl", description="Explanation-guided learning toolkit.")
+    parser.add_argument("--version", action="version", version=f"egl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list", help="list registered components")
+    p_list.add_argument("kind", nargs="?", choices=KINDS)
+    p_list.add_argument("pattern", nargs="?", default="*")
+    p_list.set_defaults(func=_cmd_list)
+    p_plug = sub.add_parser("plugins", help="show loaded, failed and disabled plugins (exit 1 if any failed)")
+    p_plug.set_defaults(func=_cmd_plugins)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The explainer interface: a class that binds a model, called on ``(x, target)``.
+
+Every explainer returns saliency of shape ``[B, 1, H, W]`` on the model's device. With
+``create_graph=True`` that saliency is differentiable with respect to the model's
+parameters, so it can sit inside a training loss. Explainers never change the model's
+train/eval mode and leave no hooks behind: hooks live for one call, and
+``with Explainer(model) as e:`` scopes the explainer for readability and symmetry
+with other libraries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import check_shape, describe, fail
+
+__all__ = ["Explainer", "Explanation", "as_targets", "model_device"]
+
+
+class Explanation(NamedTuple):
+    """Saliency ``[B, 1, H, W]`` together with the logits ``[B, K]`` computed on the way."""
+
+    saliency: Tensor
+    logits: Tensor
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """Device of the model's first parameter or buffer (None for a parameterless model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor | None:
+    """Validate a target spec (int, list of ints, 0-D/1-D integer tensor, or None) to a ``[B]`` LongTensor.
+
+    The class range is checked later by :func:`check_target_range`, once the logits are known.
+    """
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
+                   describe(target), "Pass class indices, not booleans")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    if isinstance(target, (list, tuple)):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise fail(fn, "target", "a list of int class indices", repr(list(target))[:120],
+                       "Convert the entries to int")
+        target = torch.tensor(list(target), dtype=torch.long)
+    if not isinstance(target, Tensor):
+        raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
+                   describe(target), "Pass class indices")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise fail(fn, "target", "an integer tensor of class indices", describe(target),
+                   "Use target.long(), or argmax over probabilities")
+    if target.dim() == 0:
+        target = target.expand(batch)
+    if target.dim() != 1 or target.shape[0] != batch:
+        raise fail(fn, "target", f"one class index per sample (shape [{batch}])", describe(target),
+                   "Pass one target per image in x, or a single int for all")
+    return target.to(device=device, dtype=torch.long)
+
+
+def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
+    """Raise unless every target lies in ``[0, num_classes)``."""
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise fail(fn, "target", f"class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs)",
+                   f"values in [{int(target.min())}, {int(target.max())}]",
+                   "Check the label mapping, or the model's num_classes")
+    return target
+
+
+class Explainer:
+    """Base class of egl explainers. Subclasses implement :meth:`explain`.
+
+    Args:
+        model: the classifier; it must return logits ``[B, K]``.
+        upsample: resize maps to the input size (bilinear); ``False`` keeps the native resolution.
+        normalize: per-sample min-max to [0, 1] (an all-constant map gives zeros).
+
+    Class attributes:
+        name: registry name.
+        differentiable: whether ``create_graph=True`` is supported.
+    """
+
+    name: ClassVar[str] = ""
+    differentiable: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, upsample: bool = True, normalize: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",
+                       describe(model), "Pass the classifier module itself")
+        self.model = model
+        self.upsample = bool(upsample)
+        self.normalize = bool(normalize)
+
+    # -- the work ---------------------------------------------------------------------
+    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
+        """Saliency and logits for ``x`` (``target=None`` explains the predicted class)."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Tensor:
+        return self.explain(x, target, create_graph=create_graph).saliency
+
+    # -- shared checks ----------------------------------------------------------------
+    def _check_input(self, x: Any, create_graph: bool) -> Tensor:
+        fn = f"egl.explainers.{self.name or type(self).__name__}"
+        x = check_shape(x, "B C H W", fn, "x")
+        if x.shape[0] == 0:
+            raise fail(fn, "x", "at least one image", describe(x), "Pass a non-empty batch")
+        dev = model_device(self.model)
+        if dev is not None and dev != x.device:
+            raise fail(fn, "x", f"a tensor on the model's device ({dev})", describe(x),
+                       f"Move the batch with x.to('{dev}')")
+        if create_graph and not self.differentiable:
+            raise fail(fn, "create_graph", "False for this explainer (it is not differentiable)",
+                       "True", "Use 'grad_cam' or 'input_gradient' inside a training loss")
+        return x
+
+    # -- context manager ----------------------------------------------------------------
+    def __enter__(self) -> "Explainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        """Remove any hook this explainer holds (explainers here hold none between calls)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={type(self.model).__name__})"

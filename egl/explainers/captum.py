@@ -1,0 +1,118 @@
+"""Adapter: any captum attribution method as an egl explainer (Kokhlikyan et al., "Captum", 2020).
+
+``egl.create("explainer", "captum", model, method="IntegratedGradients")`` wraps
+``captum.attr.IntegratedGradients(model)``; layer methods (``LayerGradCam``,
+``LayerConductance``...) take ``layer=`` (a dotted path, or ``"auto"`` for the last
+spatial map). The attribution is reduced to one channel (sum over channels, then the
+absolute value by default), resized bilinearly to the input and min-max normalised,
+so its output has the same contract as every other explainer.
+
+captum attributions are not differentiable with respect to the model's parameters in
+general, so this explainer refuses ``create_graph=True`` (``differentiable = False``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import fail
+from egl.backbones import _module, _probe_last_map
+from egl.errors import UnsupportedModelError
+from egl.explainers._postprocess import finalize
+from egl.explainers.base import Explainer, Explanation, as_targets, check_target_range
+
+__all__ = ["CaptumExplainer"]
+
+
+def _captum_class(method: Any, fn: str) -> type:
+    from captum import attr
+
+    if isinstance(method, type):
+        if not issubclass(method, attr.Attribution):
+            raise fail(fn, "method", "a captum.attr Attribution class or its name", repr(method),
+                       "Pass e.g. captum.attr.Saliency or 'Saliency'")
+        return method
+    if not isinstance(method, str):
+        raise fail(fn, "method", "a captum.attr class or its name", repr(method), "Pass e.g. 'Saliency'")
+    names = sorted(n for n in dir(attr) if isinstance(getattr(attr, n), type)
+                   and issubclass(getattr(attr, n), attr.Attribution))
+    if method not in names:
+        close = difflib.get_close_matches(method, names, n=3)
+        hint = f"Did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise fail(fn, "method", "the name of a captum.attr attribution class", repr(method),
+                   f"{hint}Available: {', '.join(names)}")
+    return getattr(attr, method)
+
+
+class CaptumExplainer(Explainer):
+    """A captum attribution method behind the egl explainer interface.
+
+    Args:
+        model: classifier returning logits ``[B, K]``.
+        method: a ``captum.attr`` class or its name (default ``"Saliency"``).
+        layer: for layer methods only: a dotted path or ``"auto"`` (last spatial map).
+        absolute: absolute value after summing channels (default True).
+        attribute_kwargs: extra arguments for ``attribute`` (``LayerGradCam`` defaults to
+            ``relu_attributions=True``, matching Grad-CAM).
+        upsample, normalize: as for every explainer.
+        **method_kwargs: extra constructor arguments of the captum class.
+
+    Shape:
+        x: ``B C H W``; returns ``B 1 H W``.
+    """
+
+    name = "captum"
+    differentiable = False
+
+    def __init__(self, model: nn.Module, method: Any = "Saliency", *, layer: str = "auto",
+                 absolute: bool = True, attribute_kwargs: dict[str, Any] | None = None,
+                 upsample: bool = True, normalize: bool = True, **method_kwargs: Any) -> None:
+        super().__init__(model, upsample=upsample, normalize=normalize)
+        from captum.attr import LayerGradCam, _utils
+
+        fn = "egl.explainers.CaptumExplainer"
+        self.method_cls = _captum_class(method, fn)
+        self.is_layer = issubclass(self.method_cls, _utils.attribution.LayerAttribution)
+        self.layer = layer
+        self.absolute = bool(absolute)
+        self.attribute_kwargs = dict(attribute_kwargs or {})
+        if self.method_cls is LayerGradCam:
+            self.attribute_kwargs.setdefault("relu_attributions", True)
+        self.method_kwargs = method_kwargs
+        self._method: Any = None
+        if not self.is_layer:
+            self._method = self.method_cls(model, **method_kwargs)
+        elif layer != "auto":
+            self._method = self.method_cls(model, _module(model, layer, fn), **method_kwargs)
+
+    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
+        """Attribution maps and logits for ``x``; ``target=None`` explains the predicted class."""
+        fn = "egl.explainers.captum"
+        x = self._check_input(x, create_graph)
+        tgt = as_targets(target, x.shape[0], fn, x.device)
+        with torch.no_grad():
+            logits = self.model(x)
+        t = logits.argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
+        if self._method is None:  # layer method with layer="auto": probe once
+            name = _probe_last_map(self.model, x)
+            self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)
+        attr = self._method.attribute(x, target=t, **self.attribute_kwargs)
+        if isinstance(attr, tuple):
+            attr = attr[0]
+        if not isinstance(attr, Tensor) or attr.dim() != 4:
+            raise UnsupportedModelError(
+                f"{fn}: {self.method_cls.__name__} returned "
+                f"{list(attr.shape) if isinstance(attr, Tensor) else type(attr).__name__}; egl needs "
+                "[B, C, H, W] attributions. Pick a spatial layer with layer=, or use 'grad_cam'."
+            )
+        sal = attr.detach().float().sum(dim=1, keepdim=True)
+        if self.absolute:
+            sal = sal.abs()
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        return Explanation(finalize(sal, hw if self.upsample else None, self.normalize).to(x.dtype), logits)
+
+

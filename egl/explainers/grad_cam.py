@@ -1,0 +1,285 @@
+"""Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017), batched and trainable.
+
+``alpha_k = mean_ij d s_y / d A_k[i, j]``, ``map = ReLU(sum_k alpha_k A_k)``, with ``s_y`` the
+target class's logit and ``A`` the target layer's activation. Then bilinear upsampling to
+the input (``align_corners=False``) and per-sample min-max normalisation with a relative
+epsilon, as in ``shared/METHODS.md``.
+
+Three paths compute the same map; the fastest valid one is taken (``path="auto"``):
+
+* ``closed_form`` -- the head is global average pooling then ``Linear``: ``alpha = W[y] / (H·W)``.
+  One forward pass, no backward at all; as a loss, gradients reach the trunk through ``A``
+  and the head through ``W`` without double backprop.
+* ``pooled`` -- the head starts with global average pooling (then norm / MLP / dropout):
+  the gradient is uniform over positions, so only the head is differentiated.
+* ``autograd`` -- anything else: gradients of the logit with respect to the hooked layer.
+
+Without ``create_graph`` the trunk runs under ``no_grad`` and gradients are enabled only
+from the target layer on, so a saliency call costs about one inference forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import check_choice, fail
+from egl.backbones import FEATURES, Target, head_kind, resolve_target, tokens_to_grid
+from egl.errors import UnsupportedModelError
+from egl.explainers._postprocess import finalize
+from egl.explainers.base import Explainer, Explanation, as_targets, check_target_range
+
+__all__ = ["GradCAM", "grad_cam"]
+
+PATHS = ("auto", "closed_form", "pooled", "autograd")
+
+
+def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tensor:
+    if fmt == "NLC":
+        return tokens_to_grid(a, model, hw)
+    if fmt == "NHWC":
+        return a.permute(0, 3, 1, 2)
+    return a
+
+
+def _pick(logits: Tensor, target: Tensor | None, fn: str) -> Tensor:
+    if logits.dim() != 2:
+        raise UnsupportedModelError(
+            f"{fn}: the model returned logits of shape {list(logits.shape)}; expected [B, num_classes]. "
+            "Wrap the model so that it returns class scores."
+        )
+    if target is None:
+        return logits.detach().argmax(dim=1)
+    return check_target_range(target, logits.shape[1], fn)
+
+
+class GradCAM(Explainer):
+    """Grad-CAM bound to a model and a target layer.
+
+    Args:
+        model: a classifier returning logits ``[B, K]`` (any timm model, or any CNN).
+        layer: ``"auto"`` (see :func:`egl.backbones.resolve_target`) or a dotted module path.
+        upsample: bilinear resize to the input size (default) or keep the feature resolution.
+        normalize: per-sample min-max to [0, 1] (default). ``False`` returns the raw ReLU map.
+        path: ``"auto"`` (fastest valid), or force ``"closed_form"``, ``"pooled"``, ``"autograd"``.
+            Forcing a path the model's head does not allow raises.
+
+    Shape:
+        x: ``B C H W``; returns ``B 1 H W`` (or ``B 1 h w`` with ``upsample=False``).
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.explainers import GradCAM
+        >>> model = timm.create_model("test_resnet", num_classes=5)
+        >>> with GradCAM(model) as cam:
+        ...     maps = cam(torch.randn(2, 3, 64, 64), target=[0, 3])
+        >>> maps.shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    name = "grad_cam"
+
+    def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True,
+                 normalize: bool = True, path: str = "auto") -> None:
+        super().__init__(model, upsample=upsample, normalize=normalize)
+        check_choice(path, PATHS, "egl.explainers.GradCAM", "path")
+        self.layer = layer
+        self.path = path
+        self._target: Target | None = None
+        if layer != "auto" or hasattr(model, "forward_features"):
+            self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
+        self.last_path: str | None = None  # which path the last call took (for tests and logs)
+
+    @property
+    def target_layer(self) -> str | None:
+        """Name of the resolved target (``"forward_features"`` or a dotted module path)."""
+        return self._target.name if self._target else None
+
+    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
+        """Grad-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
+        fn = "egl.explainers.grad_cam"
+        x = self._check_input(x, create_graph)
+        tgt = as_targets(target, x.shape[0], fn, x.device)
+        if self._target is None:
+            self._target = resolve_target(self.model, self.layer, x, fn=fn)
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if self._target.module is None:
+            raw, logits = self._from_features(x, tgt, create_graph, fn)
+        else:
+            raw, logits = self._from_hook(x, tgt, create_graph, fn)
+        sal = finalize(raw, hw if self.upsample else None, self.normalize)
+        if not create_graph:
+            sal, logits = sal.detach(), logits.detach()
+        return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits)
+
+    # ------------------------------------------------------------------------------------
+    def _choose(self, available: str, fn: str) -> str:
+        order = {"linear": "closed_form", "pooled": "pooled", "none": "autograd"}
+        best = order[available]
+        if self.path == "auto":
+            return best
+        allowed = {"closed_form": ["closed_form", "pooled", "autograd"],
+                   "pooled": ["pooled", "autograd"], "autograd": ["autograd"]}[best]
+        if self.path not in allowed:
+            raise fail(fn, "path", f"one of {allowed} for {type(self.model).__name__}'s head",
+                       repr(self.path), "Use path='auto'")
+        return self.path
+
+    def _from_features(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
+                       fn: str) -> tuple[Tensor, Tensor]:
+        model: Any = self.model
+        target = self._target
+        assert target is not None
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        with torch.set_grad_enabled(create_graph):
+            feats = model.forward_features(x)
+        if not isinstance(feats, Tensor) or feats.dim() != (3 if target.fmt == "NLC" else 4):
+            raise UnsupportedModelError(
+                f"{fn}: {type(model).__name__}.forward_features returned "
+                f"{list(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__}; expected a "
+                f"{'[B, N, C] token' if target.fmt == 'NLC' else '4-D'} feature map. Pass layer= naming "
+                "a module whose output is a spatial map."
+            )
+        path = self._choose(head_kind(model, target, feats), fn)
+        self.last_path = path
+        fmt = target.fmt
+        if path == "closed_form":
+            with torch.set_grad_enabled(create_graph):
+                logits = model.forward_head(feats)
+                t = _pick(logits, tgt, fn)
+                a = _to_nchw(feats, fmt, model, hw)
+                w = model.get_classifier().weight[t]  # [B, C]
+                raw = torch.relu(torch.einsum("bc,bchw->bhw", w.to(a.dtype), a)).unsqueeze(1)
+                return raw / (a.shape[-2] * a.shape[-1]), logits
+        if path == "pooled":
+            return self._pooled(feats, tgt, create_graph, fn, hw)
+        # autograd over the feature output
+        leaf = feats if create_graph else feats.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model.forward_head(leaf)
+        return self._cam_from_grad(leaf, logits, tgt, create_graph, fn, fmt, hw)
+
+    def _pooled(self, feats: Tensor, tgt: Tensor | None, create_graph: bool, fn: str,
+                hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        model: Any = self.model
+        fmt = self._target.fmt  # type: ignore[union-attr]
+        if fmt == "NLC":
+            prefix = int(getattr(model, "num_prefix_tokens", 0))
+            pooled = feats[:, prefix:].mean(dim=1, keepdim=True)
+            head_in = torch.cat([feats[:, :prefix], pooled], dim=1)
+        else:
+            dims = (2, 3) if fmt == "NCHW" else (1, 2)
+            head_in = feats.mean(dim=dims, keepdim=True)
+        if not create_graph:
+            head_in = head_in.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model.forward_head(head_in)
+            t = _pick(logits, tgt, fn)
+            g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), head_in, create_graph=create_graph)[0]
+        with torch.set_grad_enabled(create_graph):
+            if fmt == "NLC":
+                weights = g[:, -1]  # [B, C]: gradient at the pooled token
+                a = tokens_to_grid(feats, model, hw)
+            else:
+                weights = g.flatten(1)
+                a = _to_nchw(feats, fmt, model, hw)
+            raw = torch.relu(torch.einsum("bc,bchw->bhw", weights, a)).unsqueeze(1)
+            return raw / (a.shape[-2] * a.shape[-1]), logits
+
+    def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Tensor | None, create_graph: bool,
+                       fn: str, fmt: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            t = _pick(logits, tgt, fn)
+            score = logits.gather(1, t[:, None]).sum()
+            if not score.requires_grad:
+                raise UnsupportedModelError(
+                    f"{fn}: the logits of {type(self.model).__name__} do not depend on layer "
+                    f"'{self._target.name}'. Pass layer= naming a layer on the path to the output."  # type: ignore[union-attr]
+                )
+            grad = torch.autograd.grad(score, act, create_graph=create_graph, retain_graph=create_graph,
+                                       allow_unused=True)[0]
+        if grad is None:
+            grad = torch.zeros_like(act)
+        with torch.set_grad_enabled(create_graph):
+            a = _to_nchw(act, fmt, self.model, hw)
+            g = _to_nchw(grad, fmt, self.model, hw)
+            alpha = g.mean(dim=(2, 3), keepdim=True)
+            raw = torch.relu((alpha * a).sum(dim=1, keepdim=True))
+        return raw, logits
+
+    def _from_hook(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
+                   fn: str) -> tuple[Tensor, Tensor]:
+        target = self._target
+        assert target is not None and target.module is not None
+        self._choose("none", fn)
+        self.last_path = "autograd"
+        store: dict[str, Tensor] = {}
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Tensor:
+            if not isinstance(out, Tensor):
+                raise UnsupportedModelError(
+                    f"{fn}: layer '{target.name}' returns {type(out).__name__}, not a tensor. "
+                    "Pass layer= naming a module that outputs one tensor."
+                )
+            if create_graph:
+                store["a"] = out
+            else:  # gradients from here on only: the trunk above ran under no_grad
+                store["a"] = out.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
+            return store["a"].clone()  # later in-place ops must not touch the saved activation
+
+        handle = target.module.register_forward_hook(hook)
+        try:
+            with torch.set_grad_enabled(create_graph):
+                logits = self.model(x)
+        finally:
+            handle.remove()
+        if "a" not in store:
+            raise UnsupportedModelError(
+                f"{fn}: layer '{target.name}' was not called during the forward pass of "
+                f"{type(self.model).__name__}. Pass layer= naming a module the forward pass uses."
+            )
+        act = store["a"]
+        fmt = target.fmt if act.dim() == 3 else "NCHW"
+        if act.dim() not in (3, 4):
+            raise UnsupportedModelError(
+                f"{fn}: layer '{target.name}' outputs shape {list(act.shape)}; Grad-CAM needs a "
+                "[B, C, H, W] map or [B, N, C] ViT tokens. Pass layer= naming a spatial layer."
+            )
+        return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt,
+                                   (int(x.shape[-2]), int(x.shape[-1])))
+
+
+def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",
+             create_graph: bool = False, upsample: bool = True, normalize: bool = True,
+             path: str = "auto") -> Tensor:
+    """Functional Grad-CAM: ``GradCAM(model, layer, ...)(x, target, create_graph=...)``.
+
+    Args:
+        model: classifier returning logits ``[B, K]``.
+        x: input batch.
+        target: class per sample (int, list, LongTensor), or ``None`` for the predicted class.
+        layer: ``"auto"`` or a dotted module path.
+        create_graph: keep the map differentiable with respect to the model's parameters.
+        upsample: resize to the input (bilinear) or keep the feature resolution.
+        normalize: per-sample min-max to [0, 1].
+        path: ``"auto"``, ``"closed_form"``, ``"pooled"`` or ``"autograd"``.
+
+    Returns:
+        Saliency ``[B, 1, H, W]`` on the model's device.
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.explainers import grad_cam
+        >>> model = timm.create_model("test_resnet", num_classes=5)
+        >>> grad_cam(model, torch.randn(2, 3, 64, 64), 1, upsample=False).shape
+        torch.Size([2, 1, 2, 2])
+    """
+    return GradCAM(model, layer, upsample=upsample, normalize=normalize, path=path)(
+        x, target, create_graph=create_graph)
+
+
+_ = FEATURES  # re-exported name kept for readers of Target.name

@@ -1,0 +1,46 @@
+"""The alignment-loss interface: ``loss(saliency, mask)``, minimal when they agree."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from egl._check import check_range, check_same_batch, check_shape
+from egl._masks import as_mask, resize_mask
+
+__all__ = ["AlignmentLoss", "prepare"]
+
+
+def prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
+    """Validate ``saliency [B, 1, h, w]`` in [0, 1] and a mask; resize the mask to ``(h, w)``.
+
+    See :func:`egl._masks.resize_mask` for the resizing rule.
+    """
+    saliency = check_shape(saliency, "B 1 H W", fn, "saliency")
+    check_range(saliency.detach(), 0.0, 1.0, fn, "saliency",
+                "Normalise saliency to [0, 1] (explainers do so with normalize=True)")
+    m = as_mask(mask, fn, "mask")
+    check_same_batch(fn, saliency=saliency, mask=m)
+    m = resize_mask(m.to(dtype=saliency.dtype, device=saliency.device), tuple(saliency.shape[-2:]))
+    return saliency, m
+
+
+class AlignmentLoss(nn.Module):
+    """Base class: stores hyperparameters, calls the functional form in ``forward``.
+
+    Args:
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample ``[B]``).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, saliency: Tensor, mask: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

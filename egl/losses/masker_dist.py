@@ -1,0 +1,63 @@
+"""ALIGN's masker objective (Hong et al., AAAI 2026, Eq. 13):
+``dist = f_y(x ⊙ M) − f_y(x ⊙ (1 − M))``, loss ``MSE(dist, 1)``, with ``f_y`` the softmax
+probability of the true class. A good mask keeps everything the classifier needs
+(foreground alone: confident) and nothing of it outside (background alone: not).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import check_same_batch, check_shape
+from egl._masks import as_mask, resize_mask
+from egl.explainers.base import as_targets, check_target_range
+from egl.losses._reduction import reduce
+
+__all__ = ["masker_dist", "masker_dist_loss", "MaskerDistLoss"]
+
+
+def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
+    """``p_y(foreground) − p_y(background)`` per sample, in [-1, 1].
+
+    Shape:
+        logits_fg, logits_bg: ``B K``; target: ``B``; returns ``B``.
+    """
+    fn = "egl.losses.masker_dist"
+    check_shape(logits_fg, "B K", fn, "logits_fg")
+    check_shape(logits_bg, "B K", fn, "logits_bg")
+    check_same_batch(fn, logits_fg=logits_fg, logits_bg=logits_bg)
+    t = check_target_range(as_targets(target, logits_fg.shape[0], fn, logits_fg.device), logits_fg.shape[1], fn)
+    p_fg = logits_fg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
+    p_bg = logits_bg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
+    return p_fg - p_bg
+
+
+def masker_dist_loss(logits_fg: Tensor, logits_bg: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor:
+    """``MSE(dist, 1)`` with ``dist`` from :func:`masker_dist`."""
+    return reduce((masker_dist(logits_fg, logits_bg, target) - 1.0) ** 2, reduction, "egl.losses.masker_dist_loss")
+
+
+class MaskerDistLoss(nn.Module):
+    """Runs the classifier on ``x ⊙ M`` and ``x ⊙ (1 − M)`` as one batch and scores the mask.
+
+    The two halves go through the model in a single call (half the kernel launches).
+    With BatchNorm in training mode that would mix the halves' statistics, so ALIGN's
+    masker phase runs the frozen classifier in eval mode (see the recipe).
+
+    Args:
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, model: nn.Module, x: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+        fn = "egl.losses.MaskerDistLoss"
+        x = check_shape(x, "B C H W", fn, "x")
+        m = resize_mask(as_mask(mask, fn, "mask").to(x), tuple(x.shape[-2:]))
+        check_same_batch(fn, x=x, mask=m)
+        logits = model(torch.cat([x * m, x * (1.0 - m)], dim=0))
+        fg, bg = logits.split(x.shape[0], dim=0)
+        return masker_dist_loss(fg, bg, target, reduction=self.reduction)

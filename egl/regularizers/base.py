@@ -1,0 +1,30 @@
+"""The regularizer interface.
+
+Two kinds of input, declared by ``inputs``:
+
+* ``"mask"`` -- a penalty on a mask or map: ``reg(mask) -> Tensor`` (``sparsity``, ``smoothness``).
+* ``"explanation"`` -- a penalty that runs the model through an explainer:
+  ``reg(explainer, x, target, saliency=None) -> Tensor`` (``mixup_consistency``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
+
+__all__ = ["Regularizer"]
+
+
+class Regularizer(nn.Module):
+    """Base class of regularizers: hyperparameters in the module, math in a function."""
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[str] = "mask"
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

@@ -1,0 +1,47 @@
+"""Mask smoothness, ALIGN's Eq. 15 (Hong et al., AAAI 2026, the ``λ2 = 1`` term):
+
+``L_smooth = (1/Z) Σ_ij |M[i,j] − M[i+1,j]| + |M[i,j] − M[i,j+1]|``
+
+We take ``Z`` = the number of elements of one sample's mask (``C·H·W``), then reduce over
+the batch. Relation to kornia: ``kornia.losses.total_variation(M)`` returns the *sum*
+of the same absolute differences per image and channel, so
+``smoothness(M, reduction="none") == total_variation(M).sum(-1) / (C·H·W)`` (tested).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from egl._check import check_shape
+from egl.losses._reduction import reduce
+from egl.regularizers.base import Regularizer
+
+__all__ = ["smoothness", "Smoothness"]
+
+
+def smoothness(mask: Tensor, *, reduction: str = "mean") -> Tensor:
+    """Anisotropic total variation per mask element.
+
+    Shape:
+        mask: ``B C H W``.
+
+    Example:
+        >>> import torch
+        >>> float(smoothness(torch.ones(1, 1, 5, 5)))
+        0.0
+    """
+    fn = "egl.regularizers.smoothness"
+    m = check_shape(mask, "B C H W", fn, "mask")
+    dh = (m[..., 1:, :] - m[..., :-1, :]).abs().flatten(1).sum(1)
+    dw = (m[..., :, 1:] - m[..., :, :-1]).abs().flatten(1).sum(1)
+    per_sample = (dh + dw) / m[0].numel()
+    return reduce(per_sample, reduction, fn)
+
+
+class Smoothness(Regularizer):
+    """Module form of :func:`smoothness`."""
+
+    name = "smoothness"
+
+    def forward(self, mask: Tensor) -> Tensor:
+        return smoothness(mask, reduction=self.reduction)

@@ -1,0 +1,36 @@
+"""Mask sparsity: ``mean |M|`` (ALIGN, Hong et al., AAAI 2026, Eq. 14, the ``λ1 = 10`` term)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from egl._check import check_tensor
+from egl.losses._reduction import reduce
+from egl.regularizers.base import Regularizer
+
+__all__ = ["sparsity", "Sparsity"]
+
+
+def sparsity(mask: Tensor, *, reduction: str = "mean") -> Tensor:
+    """Mean absolute value of each sample's mask, reduced over the batch.
+
+    Shape:
+        mask: ``B *`` (typically ``B 1 H W``).
+
+    Example:
+        >>> import torch
+        >>> float(sparsity(torch.full((2, 1, 4, 4), 0.25)))
+        0.25
+    """
+    fn = "egl.regularizers.sparsity"
+    m = check_tensor(mask, fn, "mask", floating=True)
+    return reduce(m.abs(), reduction, fn)
+
+
+class Sparsity(Regularizer):
+    """Module form of :func:`sparsity`."""
+
+    name = "sparsity"
+
+    def forward(self, mask: Tensor) -> Tensor:
+        return sparsity(mask, reduction=self.reduction)
