@@ -1,20 +1,13 @@
-"""Shared fixtures: tiny timm models (no download) and a clean plugin manager per test."""
+"""Shared fixtures: a clean plugin manager per test, and a seeded image batch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-import timm
 import torch
-from torch import nn
 
 import egl
-
-NUM_CLASSES = 5
-# Tiny timm architectures that need no download: CNNs with a linear head, a pooled head
-# (norm after pooling), and a ViT classifying from its class token.
-TINY_MODELS = ("test_resnet", "test_convnext", "test_efficientnet", "test_vit")
 
 
 @pytest.fixture(autouse=True)
@@ -25,18 +18,6 @@ def _fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     egl.reset_plugins()
     yield
     egl.reset_plugins()
-
-
-def make_model(name: str, *, seed: int = 0, eval_mode: bool = True, **kwargs: object) -> nn.Module:
-    """A randomly initialised tiny timm model with NUM_CLASSES outputs."""
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
-    return model.eval() if eval_mode else model.train()
-
-
-@pytest.fixture
-def model_factory() -> Callable[..., nn.Module]:
-    return make_model
 
 
 @pytest.fixture
