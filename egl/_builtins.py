@@ -40,4 +40,6 @@ def egl_register_regularizers() -> list[Any]:
 
 @hookimpl
 def egl_register_recipes() -> list[Any]:
-    return []
+    from egl.recipes import ALIGN, ERM
+
+    return [ALIGN, ERM]

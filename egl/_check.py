@@ -73,16 +73,18 @@ def check_shape(x: object, shape: str, fn: str, arg: str, *, floating: bool = Tr
 
 
 def check_same_batch(fn: str, **tensors: Tensor) -> int:
-    """All tensors share their first dimension; returns it."""
+    """All tensors share their first dimension; returns it. Blames the first one that differs."""
     sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
-    if len(set(sizes.values())) > 1:
-        names = list(sizes)
-        raise fail(
-            fn, names[1], f"the same batch size as '{names[0]}' ({sizes[names[0]]})",
-            f"batch size {sizes[names[1]]} ({', '.join(f'{k}={v}' for k, v in sizes.items())})",
-            "Pass tensors that describe the same samples",
-        )
-    return next(iter(sizes.values()))
+    names = list(sizes)
+    first = sizes[names[0]]
+    for name in names[1:]:
+        if sizes[name] != first:
+            raise fail(
+                fn, name, f"the same batch size as '{names[0]}' ({first})",
+                f"batch size {sizes[name]} ({', '.join(f'{k}={v}' for k, v in sizes.items())})",
+                "Pass tensors that describe the same samples",
+            )
+    return first
 
 
 def check_range(x: Tensor, lo: float, hi: float, fn: str, arg: str, fix: str = "") -> Tensor:

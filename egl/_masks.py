@@ -28,7 +28,7 @@ def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = Tr
     if m.dtype == torch.bool or not m.is_floating_point():
         m = m.float()
     if check_values:
-        check_range(m, 0.0, 1.0, fn, arg,
+        check_range(m.detach(), 0.0, 1.0, fn, arg,
                     f"Masks are soft foreground probabilities: scale '{arg}' into [0, 1]")
     return m
 

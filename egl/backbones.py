@@ -115,6 +115,29 @@ def _avg_pool_fmt(model: nn.Module) -> str | None:
     return None
 
 
+def _restore_buffers(model: nn.Module, saved: list[Tensor]) -> None:
+    """Put back the buffers a probe may have changed (BatchNorm statistics in train mode).
+
+    Only changed buffers are written, through ``.data`` so that their autograd version
+    counters stay put: a graph built before the probe (the user's forward pass, or the
+    feature pass of this very call) saved these buffers, and a plain ``copy_`` would make
+    its backward fail with "modified by an inplace operation". The values written are
+    exactly those the graph saved.
+    """
+    with torch.no_grad():
+        for b, s in zip(model.buffers(), saved):
+            if not torch.equal(b, s):
+                b.data.copy_(s)
+
+
+def _keep_rng(device: torch.device) -> Any:
+    """Run a probe without advancing the global RNG: dropout in train mode would otherwise
+    make the first call of a seeded run draw different masks from every later one."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
+
+
 _LINEAR_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]]" = weakref.WeakKeyDictionary()
 
 
@@ -134,14 +157,12 @@ def _linear_after_pool(model: nn.Module, channels: int, fmt: str, like: Tensor) 
         probe = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(like)
         saved = [b.detach().clone() for b in model.buffers()]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _keep_rng(like.device):
                 pre = model.forward_head(probe, pre_logits=True)
         except Exception:  # noqa: BLE001 - an unusual head is simply not linear
             pre = None
         finally:
-            with torch.no_grad():
-                for b, s in zip(model.buffers(), saved):
-                    b.copy_(s)
+            _restore_buffers(model, saved)
         ok = isinstance(pre, Tensor) and pre.shape == (2, channels) and torch.equal(pre, probe.reshape(2, channels))
     cache[model.training] = ok
     return ok
@@ -173,19 +194,17 @@ def _probe_last_map(model: nn.Module, x: Tensor) -> str:
                 order.append(name)
         return hook
 
+    saved = [b.detach().clone() for b in model.buffers()]
     try:
         for name, mod in model.named_modules():
             if name:
                 handles.append(mod.register_forward_hook(make(name)))
-        saved = [b.detach().clone() for b in model.buffers()]
-        with torch.no_grad():
+        with torch.no_grad(), _keep_rng(x.device):
             model(x[: min(2, x.shape[0])])
-        with torch.no_grad():
-            for b, s in zip(model.buffers(), saved):
-                b.copy_(s)
     finally:
         for h in handles:
             h.remove()
+        _restore_buffers(model, saved)
     if not order:
         raise UnsupportedModelError(
             f"egl: {type(model).__name__} has no layer that outputs a spatial map [B, C, H, W] with "

@@ -38,6 +38,7 @@ def _cmd_plugins(_args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``egl`` command."""
     from egl import __version__
+    from egl.errors import EGLError
     from egl.registry import KINDS
 
     parser = argparse.ArgumentParser(prog="egl", description="Explanation-guided learning toolkit.")
@@ -50,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_plug = sub.add_parser("plugins", help="show loaded, failed and disabled plugins (exit 1 if any failed)")
     p_plug.set_defaults(func=_cmd_plugins)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except EGLError as exc:  # strict plugin mode, a broken plugin: a message, not a traceback
+        print(f"egl: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,32 +42,44 @@ def get_component(kind: str, name: str) -> Any:
 
     Raises:
         ComponentNotFoundError: with "did you mean" suggestions and the available names.
+        InputError: ``kind`` is not one of :data:`KINDS`.
     """
-    table = _table(kind, "egl.get_component")
-    if name not in table:
+    return _lookup(kind, name, "egl.get_component")
+
+
+def _lookup(kind: str, name: str, fn: str) -> Any:
+    table = _table(kind, fn)
+    if not isinstance(name, str) or name not in table:
         available = sorted(table)
         close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise ComponentNotFoundError(
-            f"egl: no {kind} named {name!r}.{hint} Available: {', '.join(available) or '(none)'}. "
-            "Third-party components need their plugin installed (see `egl plugins`)."
+            f"{fn}: 'name' expected a registered {kind} name, got {name!r}. {hint}"
+            f"Available: {', '.join(available) or '(none)'}; a third-party {kind} needs its plugin "
+            "installed (see `egl plugins`)."
         )
     return table[name].component
 
 
 def create(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Instantiate the component ``(kind, name)`` with ``args`` and ``kwargs``."""
-    return get_component(kind, name)(*args, **kwargs)
+    """Instantiate the component ``(kind, name)`` with ``args`` and ``kwargs``.
+
+    Example:
+        >>> import egl
+        >>> egl.create("alignment", "bce", reduction="sum").reduction
+        'sum'
+    """
+    return _lookup(kind, name, "egl.create")(*args, **kwargs)
 
 
 def resolve(kind: str, spec: Any, *args: Any, **kwargs: Any) -> Any:
     """``spec`` as a component: a registered name is created, anything else is returned as is."""
     if isinstance(spec, str):
-        return create(kind, spec, *args, **kwargs)
+        return _lookup(kind, spec, "egl.resolve")(*args, **kwargs)
     return spec
 
 
 def component_source(kind: str, name: str) -> str:
     """Which plugin (and distribution) registered ``(kind, name)``."""
-    get_component(kind, name)
+    _lookup(kind, name, "egl.component_source")
     return _plugins.components(kind)[name].plugin.source

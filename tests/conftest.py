@@ -10,6 +10,11 @@ import torch
 import egl
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests use tiny tensors: extra intra-op threads only contend on a 2-core machine.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test starts and ends with an unbuilt plugin manager and no plugin env vars."""

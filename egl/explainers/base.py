@@ -10,14 +10,15 @@ with other libraries.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+import contextlib
+from typing import Any, ClassVar, ContextManager, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from egl._check import check_shape, describe, fail
 
-__all__ = ["Explainer", "Explanation", "as_targets", "model_device"]
+__all__ = ["Explainer", "Explanation", "as_targets", "model_device", "double_backward_ready"]
 
 
 class Explanation(NamedTuple):
@@ -34,6 +35,21 @@ def model_device(model: nn.Module) -> torch.device | None:
     for t in model.buffers():
         return t.device
     return None
+
+
+def double_backward_ready(create_graph: bool) -> ContextManager[Any]:
+    """Context for a forward pass whose gradients will themselves be differentiated.
+
+    Fused attention kernels (flash and memory-efficient, on CPU and GPU) have no double
+    backward, so a ViT's map with ``create_graph=True`` would fail in ``loss.backward()``.
+    With ``create_graph`` the pass runs ``scaled_dot_product_attention`` on the math
+    backend, whose backward is differentiable; otherwise nothing changes.
+    """
+    if not create_graph:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor | None:
@@ -118,6 +134,9 @@ class Explainer:
         if dev is not None and dev != x.device:
             raise fail(fn, "x", f"a tensor on the model's device ({dev})", describe(x),
                        f"Move the batch with x.to('{dev}')")
+        if torch.is_inference_mode_enabled():  # autograd cannot be switched back on inside it
+            raise fail(fn, "x", "a call outside torch.inference_mode() (explainers differentiate the model)",
+                       "a call inside inference mode", "Use torch.no_grad() instead: explainers work inside it")
         if create_graph and not self.differentiable:
             raise fail(fn, "create_graph", "False for this explainer (it is not differentiable)",
                        "True", "Use 'grad_cam' or 'input_gradient' inside a training loss")

@@ -100,7 +100,8 @@ class CaptumExplainer(Explainer):
         if self._method is None:  # layer method with layer="auto": probe once
             name = _probe_last_map(self.model, x)
             self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)
-        attr = self._method.attribute(x, target=t, **self.attribute_kwargs)
+        # a leaf that requires grad: captum warns on every call otherwise, and x stays untouched
+        attr = self._method.attribute(x.detach().requires_grad_(True), target=t, **self.attribute_kwargs)
         if isinstance(attr, tuple):
             attr = attr[0]
         if not isinstance(attr, Tensor) or attr.dim() != 4:

@@ -30,7 +30,8 @@ from egl._check import check_choice, fail
 from egl.backbones import FEATURES, Target, head_kind, resolve_target, tokens_to_grid
 from egl.errors import UnsupportedModelError
 from egl.explainers._postprocess import finalize
-from egl.explainers.base import Explainer, Explanation, as_targets, check_target_range
+from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
+                                 double_backward_ready)
 
 __all__ = ["GradCAM", "grad_cam"]
 
@@ -106,10 +107,11 @@ class GradCAM(Explainer):
         if self._target is None:
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if self._target.module is None:
-            raw, logits = self._from_features(x, tgt, create_graph, fn)
-        else:
-            raw, logits = self._from_hook(x, tgt, create_graph, fn)
+        with double_backward_ready(create_graph):
+            if self._target.module is None:
+                raw, logits = self._from_features(x, tgt, create_graph, fn)
+            else:
+                raw, logits = self._from_hook(x, tgt, create_graph, fn)
         sal = finalize(raw, hw if self.upsample else None, self.normalize)
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from egl._check import check_choice
 from egl.explainers._postprocess import minmax_normalize
-from egl.explainers.base import Explainer, Explanation, as_targets, check_target_range
+from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
+                                 double_backward_ready)
 
 __all__ = ["InputGradient", "input_gradient"]
 
@@ -52,7 +53,7 @@ class InputGradient(Explainer):
         x = self._check_input(x, create_graph)
         tgt = as_targets(target, x.shape[0], fn, x.device)
         leaf = x.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), double_backward_ready(create_graph):
             logits = self.model(leaf)
             t = logits.detach().argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
             g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf, create_graph=create_graph,

@@ -6,8 +6,9 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from egl._check import check_range, check_same_batch, check_shape
+from egl._check import check_choice, check_range, check_same_batch, check_shape
 from egl._masks import as_mask, resize_mask
+from egl.losses._reduction import REDUCTIONS
 
 __all__ = ["AlignmentLoss", "prepare"]
 
@@ -37,6 +38,7 @@ class AlignmentLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
+        check_choice(reduction, REDUCTIONS, f"egl.losses.{type(self).__name__}", "reduction")
         self.reduction = reduction
 
     def forward(self, saliency: Tensor, mask: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -1,8 +1,13 @@
-"""Recipes (ALIGN and the baselines) compose explainers, maskers, losses and regularizers.
+"""Recipes: ALIGN and the baselines, composed from registered components.
 
-None ships yet: the recipes issue adds ``recipes.align(model)`` and the baselines. The
-``recipe`` registry kind and the ``egl_register_recipes`` hook already exist, so a plugin
-can register one today.
+``from egl import recipes; recipes.align(model).fit(loader, steps=1000)``. Every recipe
+is also registered (``egl.create("recipe", "align", model)``), so plugins can add their own.
+The remaining baselines of the paper (IRM, Mixup, SGT, SGDrop, DRE) are not yet here.
 """
 
-__all__: list[str] = []
+from egl.recipes.align import ALIGN, align
+from egl.recipes.base import NonFiniteLossError, Phase, Recipe
+from egl.recipes.batch import Batch, as_batch
+from egl.recipes.erm import ERM, erm
+
+__all__ = ["Recipe", "Phase", "Batch", "as_batch", "NonFiniteLossError", "ALIGN", "align", "ERM", "erm"]

@@ -13,6 +13,9 @@ from typing import ClassVar
 
 from torch import nn
 
+from egl._check import check_choice
+from egl.losses._reduction import REDUCTIONS
+
 __all__ = ["Regularizer"]
 
 
@@ -24,6 +27,7 @@ class Regularizer(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
+        check_choice(reduction, REDUCTIONS, f"egl.regularizers.{type(self).__name__}", "reduction")
         self.reduction = reduction
 
     def extra_repr(self) -> str:

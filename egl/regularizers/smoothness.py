@@ -23,7 +23,7 @@ def smoothness(mask: Tensor, *, reduction: str = "mean") -> Tensor:
     """Anisotropic total variation per mask element.
 
     Shape:
-        mask: ``B C H W``.
+        mask: ``B C H W`` (or ``B H W``).
 
     Example:
         >>> import torch
@@ -31,10 +31,12 @@ def smoothness(mask: Tensor, *, reduction: str = "mean") -> Tensor:
         0.0
     """
     fn = "egl.regularizers.smoothness"
+    if isinstance(mask, Tensor) and mask.dim() == 3:  # [B, H, W] masks, as the losses accept
+        mask = mask.unsqueeze(1)
     m = check_shape(mask, "B C H W", fn, "mask")
     dh = (m[..., 1:, :] - m[..., :-1, :]).abs().flatten(1).sum(1)
     dw = (m[..., :, 1:] - m[..., :, :-1]).abs().flatten(1).sum(1)
-    per_sample = (dh + dw) / m[0].numel()
+    per_sample = (dh + dw) / max(1, m.shape[1] * m.shape[2] * m.shape[3])
     return reduce(per_sample, reduction, fn)
 
 

@@ -1,0 +1,179 @@
+"""The recipe interface: components plus weights, with phases as explicit data.
+
+A recipe owns the classifier (and any other trained module, such as ALIGN's masker).
+Each :class:`Phase` names the modules it updates and a function returning named loss
+terms (``{"ce": ..., "align": ..., "total": ...}``), so every term can be logged and
+ablated. Two ways to drive one:
+
+1. ``recipe.fit(loader, steps=...)`` -- the built-in loop (:func:`egl.train.fit`).
+2. Your own loop -- per step, for each of ``recipe.active_phases(step)``::
+
+       terms = recipe.compute_phase(phase.name, batch, step)
+       terms["total"].backward(); optimizers[phase.name].step(); optimizers[phase.name].zero_grad()
+
+   ``recipe.phase_parameters(name)`` gives the parameters to optimise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import describe, fail
+from egl.errors import EGLError
+from egl.recipes.batch import Batch, as_batch
+
+__all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
+
+
+class NonFiniteLossError(EGLError, FloatingPointError):
+    """A loss term became NaN or infinite; raised before the optimiser step."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation phase of a recipe.
+
+    Attributes:
+        name: ``"classifier"``, ``"masker"``...; also the key of its optimiser.
+        modules: the modules this phase updates; every other module is frozen during it.
+        compute: ``(batch, step) -> {term: tensor}``, with a ``"total"`` term to minimise.
+        start_step: the phase runs from this step on (ALIGN's masker joins after warm-up).
+    """
+
+    name: str
+    modules: tuple[nn.Module, ...]
+    compute: Callable[[Batch, int], dict[str, Tensor]]
+    start_step: int = 0
+
+    def active(self, step: int) -> bool:
+        return step >= self.start_step
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for m in self.modules:
+            yield from m.parameters()
+
+
+class frozen:
+    """Context: modules in eval mode with ``requires_grad=False``; both restored on exit."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        self.modules = modules
+        self._saved: list[tuple[nn.Module, bool, list[bool]]] = []
+
+    def __enter__(self) -> "frozen":
+        for m in self.modules:
+            params = list(m.parameters())
+            self._saved.append((m, m.training, [p.requires_grad for p in params]))
+            m.eval()
+            for p in params:
+                p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode, flags in self._saved:
+            m.train(mode)
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+        self._saved.clear()
+
+
+@dataclass
+class _Defaults:
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe(nn.Module):
+    """Base class of recipes. Subclasses build ``self.model`` and implement :meth:`phases`.
+
+    Args:
+        model: the classifier (any ``nn.Module`` returning logits; timm models work out of the box).
+        lr: learning rate of the classifier's default optimiser (Adam, 5e-5: DomainBed's default).
+        weight_decay: weight decay of the default optimisers (0, DomainBed's default).
+    """
+
+    name: ClassVar[str] = ""
+    needs_domains: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, *, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise fail(f"egl.recipes.{self.name or type(self).__name__}", "model", "a torch.nn.Module classifier",
+                       describe(model), "Pass e.g. timm.create_model('resnet18', num_classes=K)")
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    # -- phases ---------------------------------------------------------------------------
+    def phases(self) -> list[Phase]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def active_phases(self, step: int) -> list[Phase]:
+        """The phases that run at ``step``, in order."""
+        return [p for p in self.phases() if p.active(step)]
+
+    def _phase(self, name: str) -> Phase:
+        for p in self.phases():
+            if p.name == name:
+                return p
+        names = [p.name for p in self.phases()]
+        raise fail(f"egl.recipes.{self.name}", "phase", f"one of {names}", repr(name), "Use a phase of this recipe")
+
+    def phase_parameters(self, name: str) -> list[nn.Parameter]:
+        """Parameters updated by phase ``name``."""
+        return list(self._phase(name).parameters())
+
+    def compute_phase(self, name: str, batch: Any, step: int) -> dict[str, Tensor]:
+        """Named loss terms of phase ``name`` for ``batch`` at ``step`` (``"total"`` to minimise)."""
+        return self._phase(name).compute(as_batch(batch, f"egl.recipes.{self.name}"), step)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam optimiser per phase (classifier: ``lr``; subclasses may override per phase)."""
+        return {p.name: torch.optim.Adam(list(p.parameters()), lr=self.phase_lr(p.name),
+                                         weight_decay=self.weight_decay) for p in self.phases()}
+
+    def phase_lr(self, name: str) -> float:
+        """Learning rate of phase ``name``'s default optimiser."""
+        return self.lr
+
+    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        """Run every active phase once: loss, finiteness check, backward, optimiser step.
+
+        Returns:
+            ``{"<phase>/<term>": float}`` for logging.
+
+        Raises:
+            NonFiniteLossError: naming the term and the step, before any parameter changes.
+        """
+        b = as_batch(batch, f"egl.recipes.{self.name}")
+        logs: dict[str, float] = {}
+        for phase in self.active_phases(step):
+            opt = optimizers[phase.name]
+            opt.zero_grad(set_to_none=True)
+            terms = phase.compute(b, step)
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                if not math.isfinite(v):
+                    raise NonFiniteLossError(
+                        f"egl.recipes.{self.name}: loss term '{phase.name}/{k}' is {v} at step {step}. "
+                        "Lower the learning rate or the term's weight, or check the inputs for NaN; "
+                        "parameters were not updated at this step."
+                    )
+            terms["total"].backward()
+            opt.step()
+            logs.update({f"{phase.name}/{k}": v for k, v in values.items()})
+        return logs
+
+    def fit(self, loader: Iterable[Any], steps: int, **kwargs: Any) -> list[dict[str, float]]:
+        """Train for ``steps`` steps with :func:`egl.train.fit` (see there for options)."""
+        from egl.train import fit
+
+        return fit(self, loader, steps, **kwargs)

@@ -1,0 +1,116 @@
+"""egl.losses.masker_dist / masker_dist_loss / MaskerDistLoss: ALIGN's masker objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _helpers import NUM_CLASSES, make_model
+
+import egl
+from egl.losses import MaskerDistLoss, masker_dist, masker_dist_loss
+
+
+def _logits(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, NUM_CLASSES, generator=g), torch.randn(b, NUM_CLASSES, generator=g),
+            torch.randint(0, NUM_CLASSES, (b,), generator=g))
+
+
+def test_dist_is_difference_of_true_class_probabilities() -> None:
+    fg, bg, t = _logits()
+    ref = fg.softmax(1)[torch.arange(4), t] - bg.softmax(1)[torch.arange(4), t]
+    d = masker_dist(fg, bg, t)
+    assert d.shape == (4,)
+    torch.testing.assert_close(d, ref)
+    assert float(d.abs().max()) <= 1.0
+
+
+def test_loss_is_mse_to_one() -> None:
+    fg, bg, t = _logits()
+    d = masker_dist(fg, bg, t)
+    torch.testing.assert_close(masker_dist_loss(fg, bg, t), ((d - 1) ** 2).mean())
+    torch.testing.assert_close(masker_dist_loss(fg, bg, t, reduction="sum"), ((d - 1) ** 2).sum())
+    none = masker_dist_loss(fg, bg, t, reduction="none")
+    assert none.shape == (4,)
+    torch.testing.assert_close(none, (d - 1) ** 2)
+
+
+def test_loss_near_zero_for_perfect_mask() -> None:
+    t = torch.tensor([0, 3])
+    fg = torch.full((2, NUM_CLASSES), -50.0)
+    fg[torch.arange(2), t] = 50.0
+    bg = -fg
+    assert float(masker_dist_loss(fg, bg, t)) < 1e-8
+
+
+def test_int_target() -> None:
+    fg, bg, _ = _logits()
+    torch.testing.assert_close(masker_dist(fg, bg, 2), masker_dist(fg, bg, torch.full((4,), 2)))
+
+
+def test_module_batches_both_halves_like_two_passes() -> None:
+    model = make_model("test_resnet")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    m = torch.rand(3, 1, 32, 32, generator=g)
+    t = torch.tensor([0, 1, 4])
+    got = MaskerDistLoss(reduction="none")(model, x, m, t)
+    with torch.no_grad():
+        ref = masker_dist_loss(model(x * m), model(x * (1 - m)), t, reduction="none")
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_module_resizes_mask_and_accepts_bool_3d() -> None:
+    model = make_model("test_resnet")
+    x = torch.randn(2, 3, 32, 32)
+    small = torch.rand(2, 8, 8) > 0.5
+    up = torch.nn.functional.interpolate(small.float().unsqueeze(1), size=(32, 32), mode="bilinear",
+                                         align_corners=False)
+    loss = MaskerDistLoss()
+    torch.testing.assert_close(loss(model, x, small, [0, 1]), loss(model, x, up, [0, 1]))
+
+
+@pytest.mark.filterwarnings("error")  # a mask that requires grad is validated without a torch warning
+def test_module_gradient_reaches_masker_parameters() -> None:
+    model = make_model("test_resnet")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    masker = egl.create("masker", "learned")
+    x = torch.randn(2, 3, 32, 32)
+    loss = MaskerDistLoss()(model, x, masker(x), torch.tensor([1, 2]))
+    loss.backward()
+    grads = [p.grad for p in masker.parameters()]
+    assert all(gr is not None for gr in grads) and any(float(gr.abs().sum()) > 0 for gr in grads)
+
+
+def test_errors() -> None:
+    fg, bg, t = _logits()
+    with pytest.raises(egl.InputError, match=r"masker_dist: 'logits_fg' expected a 2-D tensor of shape \[B, K\]"):
+        masker_dist(fg[0], bg, t)
+    with pytest.raises(egl.InputError, match=r"'logits_bg' expected the same batch size as 'logits_fg' \(4\), got batch size 3"):
+        masker_dist(fg, bg[:3], t)
+    with pytest.raises(egl.InputError, match=r"'target' expected one class index per sample \(shape \[4\]\)"):
+        masker_dist(fg, bg, t[:2])
+    with pytest.raises(egl.InputError, match=r"'target' expected class indices in \[0, 4\].*got values in \[0, 7\]"):
+        masker_dist(fg, bg, torch.tensor([0, 7, 1, 1]))
+    with pytest.raises(egl.InputError, match=r"masker_dist: 'target' expected the true class of every sample, got None"):
+        masker_dist(fg, bg, None)  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"masker_dist_loss: 'reduction' expected one of"):
+        masker_dist_loss(fg, bg, t, reduction="avg")
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'reduction' expected one of"):
+        MaskerDistLoss(reduction="avg")
+
+
+def test_module_errors() -> None:
+    model = make_model("test_resnet")
+    loss = MaskerDistLoss()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'x' expected a 4-D tensor"):
+        loss(model, x[0], torch.rand(2, 32, 32), [0, 1])
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'mask' expected the same batch size as 'x' \(2\)"):
+        loss(model, x, torch.rand(3, 32, 32), [0, 1])
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'mask' expected values in \[0.0, 1.0\], got values in \[0, 2\]"):
+        loss(model, x, torch.tensor([0.0, 2.0]).repeat(2, 1, 16, 16), [0, 1])
+    with pytest.raises(egl.InputError, match=r"'mask' expected a mask of shape"):
+        loss(model, x, torch.rand(2, 3, 32, 32), [0, 1])

@@ -1,0 +1,131 @@
+"""ALIGN recipe: phases, isolation, warm-up, ablations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _helpers import NUM_CLASSES, make_model
+
+import egl
+from egl import recipes
+from egl.recipes import NonFiniteLossError
+
+
+def _batch(n: int = 6, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % 3
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_phases_are_explicit_and_ordered() -> None:
+    recipe = recipes.align(make_model("test_resnet"), warmup_steps=5)
+    assert [p.name for p in recipe.phases()] == ["masker", "classifier"]
+    assert [p.name for p in recipe.active_phases(0)] == ["classifier"]
+    assert [p.name for p in recipe.active_phases(5)] == ["masker", "classifier"]
+    assert set(map(id, recipe.phase_parameters("masker"))) == set(map(id, recipe.masker.parameters()))
+    assert set(map(id, recipe.phase_parameters("classifier"))) == set(map(id, recipe.model.parameters()))
+
+
+def test_masker_phase_updates_only_the_masker() -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0).train()
+    opts = recipe.configure_optimizers()
+    clf, msk = _state(recipe.model), _state(recipe.masker)
+    terms = recipe.compute_phase("masker", _batch(), step=0)
+    assert set(terms) == {"dist", "sparsity", "smooth", "total"}
+    terms["total"].backward()
+    assert all(p.grad is None for p in recipe.model.parameters())
+    opts["masker"].step()
+    assert _changed(clf, recipe.model) == set()  # BatchNorm statistics of the classifier untouched too
+    assert any(k.endswith("weight") for k in _changed(msk, recipe.masker))
+    assert recipe.model.training  # mode restored
+
+
+def test_classifier_phase_updates_only_the_classifier() -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0).train()
+    opts = recipe.configure_optimizers()
+    clf, msk = _state(recipe.model), _state(recipe.masker)
+    terms = recipe.compute_phase("classifier", _batch(), step=0)
+    assert set(terms) == {"ce", "align", "reg", "total"}
+    terms["total"].backward()
+    assert all(p.grad is None for p in recipe.masker.parameters())
+    opts["classifier"].step()
+    assert _changed(msk, recipe.masker) == set()  # masker BatchNorm buffers did not move
+    assert _changed(clf, recipe.model)
+    assert recipe.masker.training
+
+
+def test_warmup_has_no_masker_update_and_no_alignment_term() -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=2)
+    msk = _state(recipe.masker)
+    logs = recipe.fit([_batch()], steps=2, progress=False)
+    assert all(not any(k.startswith("masker/") for k in row) for row in logs)
+    assert all("classifier/align" not in row for row in logs)
+    assert _changed(msk, recipe.masker) == set()
+    logs = recipe.fit([_batch()], steps=3, progress=False)  # a new run: steps 0-2, masker from step 2
+    assert "masker/total" in logs[2] and "classifier/align" in logs[2]
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_convnext"])
+def test_three_steps_on_tiny_models(name: str, tmp_path) -> None:
+    kwargs = {"output_stride": 16} if name == "test_resnet" else {}
+    recipe = recipes.align(make_model(name, eval_mode=False, **kwargs), warmup_steps=1)
+    logs = recipe.fit([_batch(size=64)], steps=3, seed=0, progress=False, log_path=tmp_path / "log.jsonl")
+    assert len(logs) == 3 and "classifier/align" in logs[2] and "masker/dist" in logs[2]
+    assert all(torch.isfinite(torch.tensor(v)) for row in logs for v in row.values())
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and '"event": "start"' in lines[0]
+
+
+def test_ablations_swap_parts_by_name() -> None:
+    model = make_model("test_resnet")
+    gray = recipes.align(model, masker="grayscale")
+    assert [p.name for p in gray.phases()] == ["classifier"]  # nothing to train in a grayscale masker
+    no_eg = recipes.align(model, align_weight=0.0)
+    assert [p.name for p in no_eg.phases()] == ["classifier"]
+    l1 = recipes.align(model, alignment="l1", warmup_steps=0)
+    assert type(l1.alignment).name == "l1"
+    with pytest.raises(egl.ComponentNotFoundError, match="Did you mean 'grayscale'"):
+        recipes.align(model, masker="greyscale")
+
+
+def test_ground_truth_masker_needs_masks() -> None:
+    recipe = recipes.align(make_model("test_resnet"), masker="ground_truth", warmup_steps=0)
+    x, y = _batch(4)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    terms = recipe.compute_phase("classifier", {"image": x, "label": y, "mask": mask}, 0)
+    assert torch.isfinite(terms["align"])
+    with pytest.raises(egl.InputError, match="'mask' expected the batch's ground-truth masks"):
+        recipe.compute_phase("classifier", (x, y), 0)
+
+
+def test_non_finite_loss_names_term_and_step() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    x, y = _batch(4)
+    x[0, 0, 0, 0] = float("nan")
+    before = {k: p.detach().clone() for k, p in recipe.model.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="'classifier/ce' is nan at step 0"):
+        recipe.fit([(x, y)], steps=1, progress=False)
+    assert all(torch.equal(before[k], p) for k, p in recipe.model.named_parameters())
+
+
+def test_recipes_are_registered() -> None:
+    assert {"align", "erm"} <= set(egl.list_components("recipe"))
+    recipe = egl.create("recipe", "erm", make_model("test_resnet"))
+    terms = recipe.compute_phase("classifier", _batch(2), 0)
+    assert terms["ce"].shape == () and NUM_CLASSES == 5
+
+
+def test_bad_batches_say_what_was_expected() -> None:
+    recipe = recipes.erm(make_model("test_resnet"))
+    with pytest.raises(egl.InputError, match="keys 'image' and 'label'"):
+        recipe.compute_phase("classifier", {"img": torch.randn(2, 3, 32, 32)}, 0)
+    with pytest.raises(egl.InputError, match="batch label"):
+        recipe.compute_phase("classifier", (torch.randn(2, 3, 32, 32), torch.tensor([0.0, 1.0])), 0)

@@ -1,0 +1,128 @@
+"""egl._masks: mask validation (as_mask) and the resizing rule (resize_mask)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import egl
+from egl._masks import as_mask, resize_mask
+
+FN = "egl.test"
+
+
+def test_as_mask_float_4d_passes_through() -> None:
+    m = torch.rand(2, 1, 5, 6)
+    out = as_mask(m, FN)
+    assert out.shape == (2, 1, 5, 6) and out.dtype == torch.float32
+    torch.testing.assert_close(out, m)
+
+
+def test_as_mask_3d_gets_a_channel() -> None:
+    m = torch.rand(3, 4, 4)
+    out = as_mask(m, FN)
+    assert out.shape == (3, 1, 4, 4)
+    torch.testing.assert_close(out[:, 0], m)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
+def test_as_mask_bool_and_int_become_float(dtype: torch.dtype) -> None:
+    m = torch.tensor([[[1, 0], [0, 1]]]).to(dtype)
+    out = as_mask(m, FN)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 2, 2)
+    assert out.tolist() == [[[[1.0, 0.0], [0.0, 1.0]]]]
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (1, 1, 1, 4, 4), (4,)])
+def test_as_mask_wrong_rank(shape: tuple[int, ...]) -> None:
+    with pytest.raises(egl.InputError, match=r"egl\.test: 'mask' expected a mask of shape \[B, H, W\] or \[B, 1, H, W\]"):
+        as_mask(torch.zeros(shape), FN)
+
+
+def test_as_mask_multi_channel() -> None:
+    with pytest.raises(egl.InputError, match=r"shape \[2, 3, 4, 4\].*Keep one channel"):
+        as_mask(torch.zeros(2, 3, 4, 4), FN)
+
+
+def test_as_mask_out_of_range_shows_observed_range() -> None:
+    m = torch.tensor([[[-0.5, 0.0], [1.0, 2.0]]])
+    with pytest.raises(egl.InputError, match=re.escape("'mask' expected values in [0.0, 1.0], got values in [-0.5, 2]")):
+        as_mask(m, FN)
+
+
+def test_as_mask_rejects_int_mask_of_0_255() -> None:
+    with pytest.raises(egl.InputError, match=r"got values in \[0, 255\]"):
+        as_mask(torch.tensor([[[0, 255]]], dtype=torch.uint8), FN)
+
+
+def test_as_mask_rejects_nan() -> None:
+    with pytest.raises(egl.InputError, match=r"values in \[nan, nan\]"):
+        as_mask(torch.full((1, 2, 2), float("nan")), FN)
+
+
+def test_as_mask_check_values_false_skips_range() -> None:
+    out = as_mask(torch.full((1, 2, 2), 3.0), FN, check_values=False)
+    assert float(out.max()) == 3.0
+
+
+def test_as_mask_not_a_tensor() -> None:
+    with pytest.raises(egl.InputError, match=r"'mask' expected a torch\.Tensor, got a list of length 1"):
+        as_mask([[0, 1]], FN)
+
+
+def test_resize_identity_returns_same_tensor() -> None:
+    m = torch.rand(2, 1, 8, 8)
+    assert resize_mask(m, (8, 8)) is m
+
+
+def test_resize_area_block_pattern_gives_exact_fractions() -> None:
+    # Each 2x2 block holds 1, 2, 3 and 4 foreground pixels.
+    m = torch.tensor([[1, 0, 1, 1],
+                      [0, 0, 0, 0],
+                      [1, 1, 1, 1],
+                      [1, 0, 1, 1]], dtype=torch.float32).view(1, 1, 4, 4)
+    out = resize_mask(m, (2, 2))
+    assert out.tolist() == [[[[0.25, 0.5], [0.75, 1.0]]]]
+
+
+def test_resize_area_checkerboard_is_one_half() -> None:
+    m = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2).float().view(1, 1, 8, 8)
+    out = resize_mask(m, (4, 4))
+    assert torch.equal(out, torch.full((1, 1, 4, 4), 0.5))
+    out = resize_mask(m, (2, 2))
+    assert torch.equal(out, torch.full((1, 1, 2, 2), 0.5))
+
+
+def test_resize_shrinking_equals_area_interpolation() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(3, 1, 32, 48, generator=g) > 0.5).float()
+    out = resize_mask(m, (8, 12))
+    torch.testing.assert_close(out, F.interpolate(m, size=(8, 12), mode="area"))
+    # keeps the foreground fraction exactly for integer factors
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), m.mean(dim=(1, 2, 3)))
+
+
+def test_resize_enlarging_is_bilinear() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(2, 1, 4, 4, generator=g)
+    out = resize_mask(m, (16, 16))
+    torch.testing.assert_close(out, F.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False))
+
+
+def test_resize_mixed_directions_is_bilinear_and_in_range() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(2, 1, 8, 4, generator=g) > 0.5).float()
+    out = resize_mask(m, (4, 8))
+    ref = F.interpolate(m, size=(4, 8), mode="bilinear", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(out, ref)
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_resize_is_differentiable() -> None:
+    m = torch.rand(1, 1, 8, 8, requires_grad=True)
+    resize_mask(m, (4, 4)).sum().backward()
+    assert m.grad is not None
+    torch.testing.assert_close(m.grad, torch.full_like(m, 0.25))
