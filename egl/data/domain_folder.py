@@ -1,0 +1,201 @@
+"""Image folders in the DomainBed layout, with optional masks and the paper's 6:2:2 split.
+
+Layout (VLCS, Terra Incognita, PACS, ... as DomainBed stores them)::
+
+    root/<domain>/<class>/<image>.{jpg,png,...}
+    root/masks/<domain>/<class>/<stem>.png        # optional, same stems; "masks" is not a domain
+
+Every domain is split 6:2:2 into train / val / test with a seeded shuffle of its
+sorted file list (ALIGN, Sec. 4.1), so splits are reproducible and independent of the
+file system's listing order. Classes are the sorted union of class folders; every
+domain must contain every class (a missing class is an error naming both, unless
+``allow_missing_classes=True``).
+
+Unreadable images: ``verify=True`` opens every file once at construction (PIL's
+``verify``) and, by ``on_error``, raises naming the file (``"raise"``, default) or drops
+it with a warning (``"skip"``). A file that fails later, at load time, always raises
+with its path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from egl._check import check_choice, fail
+
+__all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLIT_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
+MASKS_DIR = "masks"
+_FN = "egl.data.DomainFolder"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its path, class index, domain index and (optional) mask path."""
+
+    path: Path
+    label: int
+    domain: int
+    mask: Path | None
+
+
+def _subdirs(p: Path) -> list[str]:
+    return sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
+         allow_missing_classes: bool = False) -> tuple[list[str], list[str], list[Sample]]:
+    """Find domains, classes and every image under ``root`` (sorted, deterministic).
+
+    Returns:
+        ``(domains, classes, samples)``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise fail(_FN, "root", "an existing folder in the layout root/<domain>/<class>/<image>",
+                   f"'{root}' ({'a file' if root.exists() else 'missing'})", "Check the path")
+    found = [d for d in _subdirs(root) if d != MASKS_DIR]
+    if not found:
+        raise fail(_FN, "root", "domain folders (root/<domain>/<class>/<image>)", f"no sub-folders in '{root}'",
+                   "Point root at the data set's top folder")
+    if domains is None:
+        domains = found
+    else:
+        unknown = [d for d in domains if d not in found]
+        if unknown:
+            raise fail(_FN, "domains", f"domains among {found}", repr(list(domains)), f"Remove {unknown}")
+        domains = list(domains)
+    per_domain = {d: _subdirs(root / d) for d in domains}
+    classes = sorted(set().union(*per_domain.values()))
+    if not classes:
+        raise fail(_FN, "root", "class folders inside each domain", f"none under '{root}'",
+                   "Use the layout root/<domain>/<class>/<image>")
+    for d, cls in per_domain.items():
+        missing = [c for c in classes if c not in cls]
+        if missing and not allow_missing_classes:
+            raise fail(_FN, "root", f"every class {classes} in every domain",
+                       f"domain '{d}' without {missing}", "Add the class folders, or pass allow_missing_classes=True")
+    mask_root = root / MASKS_DIR
+    samples: list[Sample] = []
+    for di, d in enumerate(domains):
+        n_before = len(samples)
+        for ci, c in enumerate(classes):
+            folder = root / d / c
+            if not folder.is_dir():
+                continue
+            for f in sorted(folder.iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                    m = mask_root / d / c / f"{f.stem}.png"
+                    samples.append(Sample(f, ci, di, m if m.is_file() else None))
+        if len(samples) == n_before:
+            raise fail(_FN, "root", f"images in domain '{d}'", f"an empty domain folder '{root / d}'",
+                       f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or leave the domain out with domains=")
+    return list(domains), classes, samples
+
+
+def _split(samples: list[Sample], n_domains: int, split: str, seed: int) -> list[Sample]:
+    lo, hi = SPLIT_FRACTIONS[split]
+    out: list[Sample] = []
+    for d in range(n_domains):
+        items = [s for s in samples if s.domain == d]
+        g = torch.Generator().manual_seed(seed * 7919 + d)
+        order = torch.randperm(len(items), generator=g).tolist()
+        n = len(items)
+        a, b = round(lo * n), round(hi * n)
+        out.extend(items[i] for i in order[a:b])
+    return out
+
+
+class DomainFolder(Dataset):
+    """A DomainBed-layout data set: items are dicts ``image [3, S, S]`` in [0, 1], ``label``,
+    ``domain`` and, when the data has masks, ``mask [1, S, S]`` in [0, 1].
+
+    Args:
+        root: the data set's folder.
+        split: ``"train"``, ``"val"``, ``"test"`` (6:2:2 per domain) or ``"all"``.
+        domains: which domains to use (default: all folders except ``masks``).
+        image_size: images (and masks) are resized to a square of this side (bilinear).
+        seed: split seed.
+        verify: open every image at construction to find unreadable files.
+        on_error: ``"raise"`` or ``"skip"`` for unreadable images found by ``verify``.
+        allow_missing_classes: accept domains that lack some classes.
+
+    Example:
+        >>> ds = DomainFolder("data/VLCS", split="train", domains=["Caltech101", "LabelMe"])  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", *, domains: Sequence[str] | None = None,
+                 image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
+                 allow_missing_classes: bool = False) -> None:
+        check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
+        check_choice(on_error, ("raise", "skip"), _FN, "on_error")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise fail(_FN, "image_size", "a positive int", repr(image_size), "Pass e.g. image_size=224")
+        self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
+        if verify:
+            samples = self._verify(samples, on_error)
+        self.samples = samples if split == "all" else _split(samples, len(self.domains), split, seed)
+        with_mask = sum(s.mask is not None for s in self.samples)
+        if 0 < with_mask < len(self.samples):
+            first = next(s for s in self.samples if s.mask is None)
+            raise fail(_FN, "root", "a mask for every image or for none",
+                       f"{len(self.samples) - with_mask} of {len(self.samples)} images without one "
+                       f"(e.g. '{first.path}')",
+                       f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image")
+        self.has_masks = with_mask > 0
+        self.image_size = image_size
+        self.split = split
+
+    @staticmethod
+    def _verify(samples: list[Sample], on_error: str) -> list[Sample]:
+        from PIL import Image
+
+        good = []
+        for s in samples:
+            try:
+                with Image.open(s.path) as im:
+                    im.verify()
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable
+                if on_error == "raise":
+                    raise fail(_FN, "root", "readable images", f"'{s.path}' ({type(exc).__name__}: {exc})",
+                               "Remove or replace the file, or pass on_error='skip'") from exc
+                warnings.warn(f"{_FN}: skipping unreadable image '{s.path}': {exc}", stacklevel=3)
+                continue
+            good.append(s)
+        return good
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: Path, mode: str) -> Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                arr = torch.frombuffer(bytearray(im.convert(mode).tobytes()), dtype=torch.uint8)
+                w, h = im.size
+        except Exception as exc:  # noqa: BLE001
+            raise fail(_FN, "root", "readable images", f"'{path}' ({type(exc).__name__}: {exc})",
+                       "Remove or replace the file, or build the data set with verify=True, on_error='skip'") from exc
+        c = 3 if mode == "RGB" else 1
+        t = arr.view(h, w, c).permute(2, 0, 1).float().div_(255.0)
+        return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False, antialias=True)[0].clamp_(0, 1)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        s = self.samples[i]
+        item = {"image": self._load(s.path, "RGB"), "label": torch.tensor(s.label), "domain": torch.tensor(s.domain)}
+        if s.mask is not None:
+            item["mask"] = self._load(s.mask, "L")
+        return item

@@ -1,0 +1,100 @@
+"""DomainBed-layout folders: discovery, 6:2:2 split, masks, and the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import egl
+from egl.data.domain_folder import DomainFolder, scan
+
+
+def _tree(root: Path, domains=("A", "B"), classes=("cat", "dog"), n=10, masks=False) -> Path:
+    rng = np.random.default_rng(0)
+    for d in domains:
+        for c in classes:
+            (root / d / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
+                if masks:
+                    (root / "masks" / d / c).mkdir(parents=True, exist_ok=True)
+                    m = np.zeros((12, 16), np.uint8)
+                    m[3:9, 4:12] = 255
+                    Image.fromarray(m).save(root / "masks" / d / c / f"{i}.png")
+    return root
+
+
+def test_scan_finds_domains_classes_and_images(tmp_path) -> None:
+    domains, classes, samples = scan(_tree(tmp_path, masks=True))
+    assert domains == ["A", "B"] and classes == ["cat", "dog"] and len(samples) == 40
+    assert all(s.mask is not None for s in samples)
+
+
+def test_split_is_6_2_2_per_domain_disjoint_and_seeded(tmp_path) -> None:
+    root = _tree(tmp_path)
+    parts = {s: DomainFolder(root, s, image_size=8) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [24, 8, 8]
+    paths = {s: {x.path for x in parts[s].samples} for s in parts}
+    assert not (paths["train"] & paths["val"]) and not (paths["train"] & paths["test"])
+    assert sum(x.domain == 0 for x in parts["train"].samples) == 12
+    again = DomainFolder(root, "train", image_size=8)
+    assert [x.path for x in again.samples] == [x.path for x in parts["train"].samples]
+    other = DomainFolder(root, "train", image_size=8, seed=1)
+    assert {x.path for x in other.samples} != paths["train"]
+
+
+def test_items_have_images_labels_domains_and_masks(tmp_path) -> None:
+    ds = DomainFolder(_tree(tmp_path, masks=True), "all", image_size=32)
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and 0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1
+    assert item["mask"].shape == (1, 32, 32) and float(item["mask"].max()) == pytest.approx(1.0)
+    assert 0.1 < float(item["mask"].mean()) < 0.4
+    batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
+    assert batch["label"].dtype == torch.long and batch["domain"].shape == (3,)
+
+
+def test_missing_root_and_empty_domain_are_clear(tmp_path) -> None:
+    with pytest.raises(egl.InputError, match="'root' expected an existing folder.*missing"):
+        DomainFolder(tmp_path / "nope")
+    (tmp_path / "A" / "cat").mkdir(parents=True)
+    with pytest.raises(egl.InputError, match="an empty domain folder"):
+        DomainFolder(tmp_path)
+
+
+def test_missing_class_names_domain_and_class(tmp_path) -> None:
+    root = _tree(tmp_path, domains=("A",), classes=("cat", "dog"))
+    _tree(root, domains=("B",), classes=("cat",))
+    with pytest.raises(egl.InputError, match=r"domain 'B' without \['dog'\]"):
+        DomainFolder(root)
+    ds = DomainFolder(root, "all", allow_missing_classes=True, image_size=8)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 30
+
+
+def test_unreadable_image_is_named_or_skipped(tmp_path) -> None:
+    root = _tree(tmp_path, n=5)
+    bad = root / "A" / "cat" / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(egl.InputError, match="broken.png"):
+        DomainFolder(root, "all", verify=True)
+    with pytest.warns(UserWarning, match="broken.png"):
+        ds = DomainFolder(root, "all", verify=True, on_error="skip", image_size=8)
+    assert len(ds) == 20
+    lazy = DomainFolder(root, "all", image_size=8)
+    idx = next(i for i, s in enumerate(lazy.samples) if s.path == bad)
+    with pytest.raises(egl.InputError, match="broken.png"):
+        lazy[idx]
+
+
+def test_partial_masks_and_bad_arguments(tmp_path) -> None:
+    root = _tree(tmp_path, masks=True)
+    (root / "masks" / "A" / "cat" / "0.png").unlink()
+    with pytest.raises(egl.InputError, match="a mask for every image or for none"):
+        DomainFolder(root, "all")
+    with pytest.raises(egl.InputError, match="'split' expected one of"):
+        DomainFolder(root, "training")
+    with pytest.raises(egl.InputError, match=r"'domains' expected domains among \['A', 'B'\]"):
+        DomainFolder(root, domains=["C"])
