@@ -9,5 +9,7 @@ from egl.recipes.align import ALIGN, align
 from egl.recipes.base import NonFiniteLossError, Phase, Recipe
 from egl.recipes.batch import Batch, as_batch
 from egl.recipes.erm import ERM, erm
+from egl.recipes.sgdrop import SGDrop, sgdrop
+from egl.recipes.sgt import SGT, sgt
 
-__all__ = ["Recipe", "Phase", "Batch", "as_batch", "NonFiniteLossError", "ALIGN", "align", "ERM", "erm"]
+__all__ = ["Recipe", "Phase", "Batch", "as_batch", "NonFiniteLossError", "ALIGN", "align", "ERM", "erm", "SGT", "sgt", "SGDrop", "sgdrop"]
