@@ -40,6 +40,6 @@ def egl_register_regularizers() -> list[Any]:
 
 @hookimpl
 def egl_register_recipes() -> list[Any]:
-    from egl.recipes import ALIGN, ERM, SGT, SGDrop
+    from egl.recipes import ALIGN, DRE, ERM, IRM, SGT, Mixup, SGDrop
 
-    return [ALIGN, ERM, SGT, SGDrop]
+    return [ALIGN, ERM, IRM, Mixup, SGT, SGDrop, DRE]

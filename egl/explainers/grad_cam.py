@@ -17,6 +17,11 @@ Three paths compute the same map; the fastest valid one is taken (``path="auto"`
 
 Without ``create_graph`` the trunk runs under ``no_grad`` and gradients are enabled only
 from the target layer on, so a saliency call costs about one inference forward pass.
+
+Two options serve recipes that train on other variants (DRE, Li et al. CVPR 2023):
+``relu=False`` keeps the signed map ``sum_k alpha_k A_k``; ``detach_weights=True`` treats the
+channel weights ``alpha`` as constants, so with ``create_graph=True`` gradients reach the
+parameters only through the activations ``A`` (and no double backward is needed).
 """
 
 from __future__ import annotations
@@ -64,9 +69,16 @@ class GradCAM(Explainer):
         model: a classifier returning logits ``[B, K]`` (any timm model, or any CNN).
         layer: ``"auto"`` (see :func:`egl.backbones.resolve_target`) or a dotted module path.
         upsample: bilinear resize to the input size (default) or keep the feature resolution.
-        normalize: per-sample min-max to [0, 1] (default). ``False`` returns the raw ReLU map.
+        normalize: per-sample min-max to [0, 1] (default). ``False`` returns the raw map.
         path: ``"auto"`` (fastest valid), or force ``"closed_form"``, ``"pooled"``, ``"autograd"``.
             Forcing a path the model's head does not allow raises.
+        relu: apply the ReLU of Grad-CAM (default). ``False`` keeps the signed map (then
+            ``normalize`` maps its minimum, possibly negative, to 0).
+        detach_weights: treat the channel weights as constants (default ``False``): ``W[y]`` in
+            the closed form, the head's gradient in the pooled path, ``alpha`` in the autograd
+            path are detached, and computed without ``create_graph``. With ``create_graph=True``
+            gradients then reach the parameters only through the activations: a head whose
+            weights appear only in ``alpha`` (a linear head) gets no gradient from the map.
 
     Shape:
         x: ``B C H W``; returns ``B 1 H W`` (or ``B 1 h w`` with ``upsample=False``).
@@ -84,11 +96,14 @@ class GradCAM(Explainer):
     name = "grad_cam"
 
     def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True,
-                 normalize: bool = True, path: str = "auto") -> None:
+                 normalize: bool = True, path: str = "auto", relu: bool = True,
+                 detach_weights: bool = False) -> None:
         super().__init__(model, upsample=upsample, normalize=normalize)
         check_choice(path, PATHS, "egl.explainers.GradCAM", "path")
         self.layer = layer
         self.path = path
+        self.relu = bool(relu)
+        self.detach_weights = bool(detach_weights)
         self._target: Target | None = None
         if layer != "auto" or hasattr(model, "forward_features"):
             self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
@@ -107,7 +122,7 @@ class GradCAM(Explainer):
         if self._target is None:
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        with double_backward_ready(create_graph):
+        with double_backward_ready(create_graph and not self.detach_weights):  # constant weights: one backward
             if self._target.module is None:
                 raw, logits = self._from_features(x, tgt, create_graph, fn)
             else:
@@ -154,7 +169,9 @@ class GradCAM(Explainer):
                 t = _pick(logits, tgt, fn)
                 a = _to_nchw(feats, fmt, model, hw)
                 w = model.get_classifier().weight[t]  # [B, C]
-                raw = torch.relu(torch.einsum("bc,bchw->bhw", w.to(a.dtype), a)).unsqueeze(1)
+                if self.detach_weights:
+                    w = w.detach()
+                raw = self._rectify(torch.einsum("bc,bchw->bhw", w.to(a.dtype), a)).unsqueeze(1)
                 return raw / (a.shape[-2] * a.shape[-1]), logits
         if path == "pooled":
             return self._pooled(feats, tgt, create_graph, fn, hw)
@@ -180,7 +197,9 @@ class GradCAM(Explainer):
         with torch.enable_grad():
             logits = model.forward_head(head_in)
             t = _pick(logits, tgt, fn)
-            g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), head_in, create_graph=create_graph)[0]
+            g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), head_in,
+                                    create_graph=create_graph and not self.detach_weights,
+                                    retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
             if fmt == "NLC":
                 weights = g[:, -1]  # [B, C]: gradient at the pooled token
@@ -188,7 +207,7 @@ class GradCAM(Explainer):
             else:
                 weights = g.flatten(1)
                 a = _to_nchw(feats, fmt, model, hw)
-            raw = torch.relu(torch.einsum("bc,bchw->bhw", weights, a)).unsqueeze(1)
+            raw = self._rectify(torch.einsum("bc,bchw->bhw", weights, a)).unsqueeze(1)
             return raw / (a.shape[-2] * a.shape[-1]), logits
 
     def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Tensor | None, create_graph: bool,
@@ -201,16 +220,21 @@ class GradCAM(Explainer):
                     f"{fn}: the logits of {type(self.model).__name__} do not depend on layer "
                     f"'{self._target.name}'. Pass layer= naming a layer on the path to the output."  # type: ignore[union-attr]
                 )
-            grad = torch.autograd.grad(score, act, create_graph=create_graph, retain_graph=create_graph,
-                                       allow_unused=True)[0]
+            grad = torch.autograd.grad(score, act, create_graph=create_graph and not self.detach_weights,
+                                       retain_graph=create_graph, allow_unused=True)[0]
         if grad is None:
             grad = torch.zeros_like(act)
         with torch.set_grad_enabled(create_graph):
             a = _to_nchw(act, fmt, self.model, hw)
             g = _to_nchw(grad, fmt, self.model, hw)
             alpha = g.mean(dim=(2, 3), keepdim=True)
-            raw = torch.relu((alpha * a).sum(dim=1, keepdim=True))
+            if self.detach_weights:
+                alpha = alpha.detach()
+            raw = self._rectify((alpha * a).sum(dim=1, keepdim=True))
         return raw, logits
+
+    def _rectify(self, cam: Tensor) -> Tensor:
+        return torch.relu(cam) if self.relu else cam
 
     def _from_hook(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
                    fn: str) -> tuple[Tensor, Tensor]:
@@ -257,7 +281,7 @@ class GradCAM(Explainer):
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",
              create_graph: bool = False, upsample: bool = True, normalize: bool = True,
-             path: str = "auto") -> Tensor:
+             path: str = "auto", relu: bool = True, detach_weights: bool = False) -> Tensor:
     """Functional Grad-CAM: ``GradCAM(model, layer, ...)(x, target, create_graph=...)``.
 
     Args:
@@ -269,6 +293,7 @@ def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "a
         upsample: resize to the input (bilinear) or keep the feature resolution.
         normalize: per-sample min-max to [0, 1].
         path: ``"auto"``, ``"closed_form"``, ``"pooled"`` or ``"autograd"``.
+        relu: ``False`` keeps the signed map. detach_weights: channel weights as constants.
 
     Returns:
         Saliency ``[B, 1, H, W]`` on the model's device.
@@ -280,8 +305,8 @@ def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "a
         >>> grad_cam(model, torch.randn(2, 3, 64, 64), 1, upsample=False).shape
         torch.Size([2, 1, 2, 2])
     """
-    return GradCAM(model, layer, upsample=upsample, normalize=normalize, path=path)(
-        x, target, create_graph=create_graph)
+    return GradCAM(model, layer, upsample=upsample, normalize=normalize, path=path, relu=relu,
+                   detach_weights=detach_weights)(x, target, create_graph=create_graph)
 
 
 _ = FEATURES  # re-exported name kept for readers of Target.name

@@ -1,0 +1,142 @@
+"""Invariant risk minimisation (Arjovsky et al., "Invariant Risk Minimization", arXiv 1907.02893,
+2019), the IRMv1 penalty as implemented in DomainBed (Gulrajani & Lopez-Paz, "In Search of Lost
+Domain Generalization", ICLR 2021, ``algorithms.IRM``).
+
+Per domain ``e`` in the batch, with ``s = 1.0`` a dummy scale multiplying the logits::
+
+    penalty_e = (d CE(s·f(x_even), y_even) / d s) · (d CE(s·f(x_odd), y_odd) / d s)
+
+where even/odd are the even- and odd-indexed samples of that domain (an unbiased estimate of
+the squared gradient, computed with ``create_graph=True``). Then::
+
+    L = mean_e CE_e + λ · mean_e penalty_e,   λ = penalty_weight (100) from step anneal_steps (500) on, 1 before
+
+and at step ``anneal_steps`` the optimiser's state is reset ("Adam doesn't like the sharp jump
+in gradient magnitudes", DomainBed).
+
+Choices and deviations (all arguments where they matter):
+
+* ``rescale=False`` (DomainBed): the loss is *not* divided by λ once λ > 1. The original IRM
+  code (Colored MNIST) does divide; ``rescale=True`` does that.
+* The CE is DomainBed's: the mean over domains of each domain's mean CE (equal to the batch
+  mean when domains have equal sizes).
+* A domain with fewer than 2 samples in the batch has no even/odd split: its CE counts, its
+  penalty is left out of the mean (penalty 0 when no domain has 2 samples).
+* All domains go through the model as one batch, as DomainBed does (``all_x``).
+* The reset happens in :meth:`IRM.training_step` (used by ``recipe.fit``): the optimiser of the
+  classifier phase keeps its identity and param groups (learning rate included) and loses its
+  state (Adam's moments and step count), which is what re-creating Adam does with a constant
+  learning rate. Custom loops call :meth:`IRM.reset_optimizer` at :attr:`IRM.anneal_steps`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egl._check import check_positive, check_shape, fail
+from egl.recipes._domains import domain_groups, require_domains
+from egl.recipes.base import Phase, Recipe
+from egl.recipes.batch import Batch
+
+__all__ = ["IRM", "irm", "irm_penalty"]
+
+
+def irm_penalty(logits: Tensor, target: Tensor) -> Tensor:
+    """IRMv1 penalty of one domain: the product of the gradients, with respect to a dummy
+    scale ``s = 1`` on the logits, of the CE on the even and on the odd samples.
+
+    Differentiable with respect to ``logits`` (``create_graph=True``).
+
+    Shape:
+        logits: ``B K`` with ``B >= 2``; target: ``B``; returns a 0-d tensor.
+    """
+    fn = "egl.recipes.irm_penalty"
+    check_shape(logits, "B K", fn, "logits")
+    if logits.shape[0] < 2:
+        raise fail(fn, "logits", "at least 2 samples (an even and an odd half)", f"{logits.shape[0]}",
+                   "Give each domain at least 2 samples per batch")
+    with torch.enable_grad():
+        scale = torch.ones((), dtype=logits.dtype, device=logits.device, requires_grad=True)
+        loss_1 = F.cross_entropy(logits[::2] * scale, target[::2])
+        loss_2 = F.cross_entropy(logits[1::2] * scale, target[1::2])
+        g1 = torch.autograd.grad(loss_1, scale, create_graph=True)[0]
+        g2 = torch.autograd.grad(loss_2, scale, create_graph=True)[0]
+    return g1 * g2
+
+
+class IRM(Recipe):
+    """IRM (IRMv1 penalty, DomainBed's schedule) on any classifier; needs domain labels.
+
+    Args:
+        model: the classifier.
+        penalty_weight: λ after annealing (100, DomainBed's default ``irm_lambda``).
+        anneal_steps: steps with λ = 1 before λ = ``penalty_weight`` (500, DomainBed's
+            ``irm_penalty_anneal_iters``); the optimiser state is reset at this step.
+        rescale: divide the loss by λ once λ > 1 (original IRM code); ``False`` as DomainBed.
+        lr: Adam learning rate (5e-5). weight_decay: (0).
+
+    Logged terms: ``ce``, ``penalty``, ``penalty_weight`` (λ at this step), ``total``.
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.recipes.irm import irm
+        >>> recipe = irm(timm.create_model("test_resnet", num_classes=3))
+        >>> batch = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 1]))
+        >>> sorted(recipe.compute_phase("classifier", batch, 0))
+        ['ce', 'penalty', 'penalty_weight', 'total']
+    """
+
+    name = "irm"
+    needs_domains = True
+
+    def __init__(self, model: nn.Module, *, penalty_weight: float = 100.0, anneal_steps: int = 500,
+                 rescale: bool = False, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay)
+        fn = "egl.recipes.irm"
+        self.penalty_weight = check_positive(penalty_weight, fn, "penalty_weight")
+        if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
+            raise fail(fn, "anneal_steps", "an int >= 0", repr(anneal_steps), "Pass a number of steps")
+        self.anneal_steps = anneal_steps
+        self.rescale = bool(rescale)
+
+    def phases(self) -> list[Phase]:
+        return [Phase("classifier", (self.model,), self._classifier_terms)]
+
+    def weight_at(self, step: int) -> float:
+        """λ at ``step``: 1 before ``anneal_steps``, ``penalty_weight`` from then on."""
+        return self.penalty_weight if step >= self.anneal_steps else 1.0
+
+    def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        domain = require_domains(batch, "egl.recipes.irm", "IRM")
+        self.model.train(self.training)
+        logits = self.model(batch.x)
+        groups = domain_groups(domain)
+        ce = torch.stack([F.cross_entropy(logits[g], batch.y[g]) for g in groups]).mean()
+        penalties = [irm_penalty(logits[g], batch.y[g]) for g in groups if g.numel() >= 2]
+        penalty = torch.stack(penalties).mean() if penalties else logits.new_zeros(())
+        weight = self.weight_at(step)
+        total = ce + weight * penalty
+        if self.rescale and weight > 1.0:
+            total = total / weight
+        return {"ce": ce, "penalty": penalty, "penalty_weight": logits.new_tensor(weight), "total": total}
+
+    # -- the optimiser reset at the annealing step ----------------------------------------------
+    @staticmethod
+    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
+        """Forget ``optimizer``'s state in place (Adam's moments and step count), keeping its param groups."""
+        optimizer.state.clear()
+
+    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        """:meth:`Recipe.training_step`, after resetting the optimiser at step ``anneal_steps``."""
+        if step == self.anneal_steps:
+            self.reset_optimizer(optimizers["classifier"])
+        return super().training_step(batch, step, optimizers)
+
+
+def irm(model: nn.Module, **kwargs: Any) -> IRM:
+    """Build an :class:`IRM` recipe (batches must carry domains: ``(x, y, domain)``)."""
+    return IRM(model, **kwargs)
