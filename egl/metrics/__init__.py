@@ -1,0 +1,44 @@
+"""Evaluation metrics, one family per module (see docs/metrics.md).
+
+- :mod:`~egl.metrics.classification`: ``accuracy``, macro one-vs-rest ``auc``.
+- :mod:`~egl.metrics.faithfulness`: ERASER sufficiency and comprehensiveness (AOPC) of
+  saliency, batched through the model (DeYoung et al., ACL 2020).
+- :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
+  IoU of saliency (or a masker's output) against ground-truth masks.
+- :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature.
+
+Localisation scores say where a map points, not what the model decides by: report them
+beside accuracy and the shortcut rate.
+
+Example:
+    >>> import torch
+    >>> from egl.metrics import accuracy, localization
+    >>> float(accuracy(torch.tensor([[1.0, 0.0]]), torch.tensor([0])))
+    1.0
+"""
+
+from egl.metrics.classification import accuracy, auc
+from egl.metrics.faithfulness import BASELINES, DEFAULT_KS, FaithfulnessResult, faithfulness
+from egl.metrics.localization import (
+    LocalizationResult,
+    energy_pointing_game,
+    localization,
+    pointing_game,
+    top_k_iou,
+)
+from egl.metrics.shortcut import shortcut_rate
+
+__all__ = [
+    "accuracy",
+    "auc",
+    "faithfulness",
+    "FaithfulnessResult",
+    "BASELINES",
+    "DEFAULT_KS",
+    "localization",
+    "LocalizationResult",
+    "energy_pointing_game",
+    "pointing_game",
+    "top_k_iou",
+    "shortcut_rate",
+]

@@ -1,0 +1,69 @@
+"""Shortcut rate: how often a classifier predicts the class a spurious feature stands for.
+
+Datasets built to test "right for the right reasons" (Ross et al., IJCAI 2017; Waterbirds,
+Sagawa et al., ICLR 2020; decoy MNIST) pair every image with a shortcut label: the class
+its spurious feature, typically the background, is correlated with in training. On test
+images where that label differs from the true one, a model that decides by the shortcut
+predicts the shortcut label.
+
+Why localisation scores alone are not evidence of right reasons: a saliency map shows
+where an explainer's gradient flows, not what the decision rests on. A model can point at
+the object (high pointing game and energy, since explanation-guided training optimises
+exactly those) and still decide by the background: Grad-CAM of a late layer whose
+receptive field covers the whole image, or a map trained to look right, can sit on the
+object while the logit is driven by background context. So reports show accuracy and the
+shortcut rate on conflicting samples beside every localisation score: a method is right for
+the right reasons when localisation rises *and* accuracy on conflicting samples rises while
+the shortcut rate falls.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from egl.metrics._common import check_labels, check_logits
+
+__all__ = ["shortcut_rate"]
+
+
+def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = None) -> Tensor:
+    """Fraction of samples predicted as the class their spurious feature stands for.
+
+    Args:
+        logits: class scores (only the argmax matters; ties go to the lowest index).
+        shortcut_labels: per sample, the class the spurious feature (background) is
+            associated with.
+        y: true labels. When given, only conflicting samples (``shortcut_labels != y``)
+            count: elsewhere predicting the shortcut class is also predicting the truth and
+            says nothing. Without ``y`` every sample counts.
+
+    Returns:
+        A 0-D float tensor in [0, 1]; NaN when no sample counts (``y`` given and no sample
+        conflicts).
+
+    Raises:
+        InputError: bad shapes, batch mismatch, labels not integer or out of range.
+
+    Shape:
+        logits: ``B C``; shortcut_labels: ``B``; y: ``B``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+        >>> bg = torch.tensor([1, 1, 0])
+        >>> float(shortcut_rate(logits, bg, y=torch.tensor([0, 0, 0])))
+        0.5
+    """
+    fn = "egl.metrics.shortcut_rate"
+    s = check_logits(logits, fn)
+    c = s.shape[1]
+    sl = check_labels(shortcut_labels, s, c, fn, "shortcut_labels")
+    hit = (s.argmax(dim=1) == sl).float()
+    if y is not None:
+        t = check_labels(y, s, c, fn, "y")
+        conflict = sl != t
+        if not bool(conflict.any()):
+            return s.new_tensor(float("nan"), dtype=torch.float32)
+        hit = hit[conflict]
+    return hit.mean()
