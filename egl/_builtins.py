@@ -26,9 +26,9 @@ def egl_register_maskers() -> list[Any]:
 
 @hookimpl
 def egl_register_alignment_losses() -> list[Any]:
-    from egl.losses import BCEAlignmentLoss, L1AlignmentLoss
+    from egl.losses import BCEAlignmentLoss, EnergyOutsideLoss, L1AlignmentLoss, RRRLoss
 
-    return [BCEAlignmentLoss, L1AlignmentLoss]
+    return [BCEAlignmentLoss, L1AlignmentLoss, EnergyOutsideLoss, RRRLoss]
 
 
 @hookimpl

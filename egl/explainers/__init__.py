@@ -7,6 +7,7 @@ model (``with GradCAM(model) as cam: cam(x, target)``).
 from egl.explainers._postprocess import minmax_normalize
 from egl.explainers.base import Explainer, Explanation
 from egl.explainers.captum import CaptumExplainer
+from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, grad_cam
 from egl.explainers.input_gradient import InputGradient, input_gradient
 
@@ -18,5 +19,6 @@ __all__ = [
     "InputGradient",
     "input_gradient",
     "CaptumExplainer",
+    "class_maps",
     "minmax_normalize",
 ]

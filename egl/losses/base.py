@@ -30,11 +30,18 @@ def prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
 class AlignmentLoss(nn.Module):
     """Base class: stores hyperparameters, calls the functional form in ``forward``.
 
+    ``inputs`` says what the loss is called with:
+
+    * ``"saliency"`` (default): ``loss(saliency [B, 1, h, w] in [0, 1], mask)``;
+    * ``"class_maps"``: ``loss(maps [B, K, h, w], mask)`` with the signed maps of every class;
+    * ``"batch"``: ``loss(model, x, mask)``, for losses that differentiate the model themselves.
+
     Args:
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample ``[B]``).
     """
 
     name: ClassVar[str] = ""
+    inputs: ClassVar[str] = "saliency"
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, fail
-from egl.explainers.grad_cam import GradCAM
+from egl.explainers.class_maps import class_maps
 from egl.losses.masker_dist import masker_dist
 from egl.maskers.base import Masker
 from egl.recipes.base import Phase, Recipe, frozen
@@ -140,7 +140,7 @@ class ALIGN(Recipe):
         total = ce
         if aligning:
             assert sal is not None
-            terms["align"] = self.alignment(sal, self.masks(batch))
+            terms["align"] = self._align_term(batch, sal)
             total = total + self.align_weight * terms["align"]
         if self.regularizer is not None and self.reg_weight > 0:
             if getattr(self.regularizer, "inputs", "explanation") == "mask":
@@ -150,6 +150,19 @@ class ALIGN(Recipe):
             total = total + self.reg_weight * terms["reg"]
         terms["total"] = total
         return terms
+
+
+    def _align_term(self, batch: Batch, sal: Tensor) -> Tensor:
+        """The alignment loss, called as its ``inputs`` declares (see :class:`egl.losses.AlignmentLoss`)."""
+        masks = self.masks(batch)
+        kind = getattr(self.alignment, "inputs", "saliency")
+        if kind == "class_maps":  # signed maps of every class: one more forward pass (closed form)
+            layer = getattr(self.explainer, "layer", "auto")
+            maps = class_maps(self.model, batch.x, layer=layer, create_graph=True).saliency
+            return self.alignment(maps, masks)
+        if kind == "batch":  # the loss differentiates the model itself (e.g. RRR)
+            return self.alignment(self.model, batch.x, masks)
+        return self.alignment(sal, masks)
 
 
 def align(model: nn.Module, **kwargs: Any) -> ALIGN:

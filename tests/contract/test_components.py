@@ -23,7 +23,10 @@ import egl
 from egl.explainers import GradCAM
 
 MASKERS = egl.list_components("masker")
-ALIGNMENT = egl.list_components("alignment")
+ALIGNMENT_ALL = egl.list_components("alignment")
+ALIGNMENT = [n for n in ALIGNMENT_ALL if getattr(egl.get_component("alignment", n), "inputs", "saliency") == "saliency"]
+CLASS_MAP_LOSSES = [n for n in ALIGNMENT_ALL if egl.get_component("alignment", n).inputs == "class_maps"]
+BATCH_LOSSES = [n for n in ALIGNMENT_ALL if egl.get_component("alignment", n).inputs == "batch"]
 REGULARIZERS = egl.list_components("regularizer")
 EXPLAINERS = egl.list_components("explainer")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -168,6 +171,45 @@ def test_alignment_rejects_bad_inputs(name: str) -> None:
         loss(s, mask[:2])
     with pytest.raises(egl.InputError, match="'reduction'"):
         egl.create("alignment", name, reduction="avg")
+
+
+def test_every_alignment_loss_declares_known_inputs() -> None:
+    assert set(ALIGNMENT) | set(CLASS_MAP_LOSSES) | set(BATCH_LOSSES) == set(ALIGNMENT_ALL)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", CLASS_MAP_LOSSES)
+def test_class_map_loss_output_gradient_and_functional_form(name: str, reduction: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 5, 4, 4, generator=g).requires_grad_(True)  # signed maps of 5 classes
+    mask = torch.rand(3, 1, 16, 16, generator=g) > 0.5
+    loss = egl.create("alignment", name, reduction=reduction)
+    out = loss(maps, mask)
+    _check_loss(out, 3, reduction, "cpu")
+    fn = functional_form(type(loss))
+    if fn is not None:
+        torch.testing.assert_close(fn(maps, mask, reduction=reduction), out)
+    out.sum().backward()
+    assert maps.grad is not None and torch.isfinite(maps.grad).all() and float(maps.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", BATCH_LOSSES)
+def test_batch_loss_output_and_gradient_into_parameters(name: str, reduction: str) -> None:
+    model = make_model("test_resnet")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    mask = torch.rand(3, 1, 32, 32, generator=g) > 0.5
+    loss = egl.create("alignment", name, reduction=reduction)
+    out = loss(model, x, mask)
+    _check_loss(out, 3, reduction, "cpu")
+    fn = functional_form(type(loss))
+    if fn is not None:
+        torch.testing.assert_close(fn(model, x, mask, reduction=reduction), out)
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+    assert sum(float(gr.abs().sum()) for gr in grads) > 0
 
 
 # -- regularizers -----------------------------------------------------------------------------------

@@ -129,3 +129,16 @@ def test_bad_batches_say_what_was_expected() -> None:
         recipe.compute_phase("classifier", {"img": torch.randn(2, 3, 32, 32)}, 0)
     with pytest.raises(egl.InputError, match="batch label"):
         recipe.compute_phase("classifier", (torch.randn(2, 3, 32, 32), torch.tensor([0.0, 1.0])), 0)
+
+
+@pytest.mark.parametrize("alignment", ["energy_outside", "rrr", "l1"])
+def test_negative_evidence_alignments_plug_into_align(alignment: str) -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False, output_stride=16), alignment=alignment,
+                           masker="ground_truth", warmup_steps=0)
+    x, y = _batch(4)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 8:40, 8:40] = 1
+    terms = recipe.compute_phase("classifier", {"image": x, "label": y, "mask": mask}, 0)
+    assert torch.isfinite(terms["align"]) and float(terms["align"].detach()) >= 0
+    terms["total"].backward()
+    assert recipe.model.get_classifier().weight.grad is not None

@@ -1,0 +1,56 @@
+"""energy_outside: share of |signed Grad-CAM| of all classes outside the mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import egl
+from egl.losses import EnergyOutsideLoss, energy_outside
+
+
+def test_value_by_hand() -> None:
+    maps = torch.zeros(1, 2, 2, 2)
+    maps[0, 0] = torch.tensor([[1.0, -3.0], [0.0, 0.0]])  # class 0: energy 1 inside, 3 outside
+    maps[0, 1] = torch.tensor([[0.0, 0.0], [-2.0, 2.0]])  # class 1: 2 inside, 2 outside
+    mask = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    assert float(energy_outside(maps, mask)) == pytest.approx(5 / 8)
+
+
+def test_zero_inside_one_outside_and_sign_blind() -> None:
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[..., :2, :] = 1
+    inside = torch.randn(2, 3, 4, 4) * mask
+    assert float(energy_outside(inside, mask)) == 0.0
+    assert float(energy_outside(inside, 1 - mask)) == pytest.approx(1.0)
+    maps = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(energy_outside(maps, mask), energy_outside(-maps, mask))
+
+
+def test_no_energy_gives_zero_not_nan_and_masks_are_resized() -> None:
+    out = energy_outside(torch.zeros(2, 4, 3, 3), torch.ones(2, 1, 3, 3), reduction="none")
+    assert torch.equal(out, torch.zeros(2))
+    big = torch.zeros(1, 1, 8, 8)
+    big[..., :4, :4] = 1  # area-shrinks to one foreground cell of a 2x2 map
+    maps = torch.ones(1, 1, 2, 2)
+    assert float(energy_outside(maps, big)) == pytest.approx(0.75)
+
+
+def test_negative_evidence_outside_is_penalised_where_bce_sees_nothing() -> None:
+    """A map whose positive evidence is inside the mask but whose negative evidence is outside:
+    the ReLU'd map of the paper's BCE is perfect, energy_outside is not."""
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :, :2] = 1
+    signed = torch.where(mask.bool(), torch.ones(1, 1, 4, 4), -torch.ones(1, 1, 4, 4))
+    relu_map = torch.relu(signed)
+    assert float(egl.create("alignment", "bce")(relu_map, mask)) < 1e-4
+    assert float(EnergyOutsideLoss()(signed, mask)) == pytest.approx(0.5)
+
+
+def test_errors() -> None:
+    with pytest.raises(egl.InputError, match="'maps' expected a 4-D tensor"):
+        energy_outside(torch.rand(2, 4, 4), torch.ones(2, 4, 4))
+    with pytest.raises(egl.InputError, match="'mask' expected the same batch size as 'maps'"):
+        energy_outside(torch.rand(2, 3, 4, 4), torch.ones(3, 4, 4))
+    with pytest.raises(egl.InputError, match=r"'mask' expected values in \[0.0, 1.0\]"):
+        energy_outside(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 2.0))
