@@ -16,6 +16,8 @@ ablated. Two ways to drive one:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -83,6 +85,48 @@ class frozen:
         self._saved.clear()
 
 
+def _records_arguments(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a recipe's ``__init__`` so that the outermost call stores its bound arguments
+    (defaults applied, ``**kwargs`` flattened) in ``self._init_arguments`` for ``config()``."""
+    sig = inspect.signature(init)
+    var_kw = [n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        if "_init_arguments" not in self.__dict__:  # the most derived __init__ runs first
+            try:
+                bound = sig.bind(self, *args, **kwargs)
+            except TypeError:  # init itself raises the real error
+                pass
+            else:
+                bound.apply_defaults()
+                arguments = dict(list(bound.arguments.items())[1:])  # drop self
+                for name in var_kw:
+                    arguments.update(arguments.pop(name, {}))
+                object.__setattr__(self, "_init_arguments", arguments)
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _readable(value: Any) -> Any:
+    """A JSON-friendly, human-readable form of a constructor argument."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_readable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _readable(v) for k, v in value.items()}
+    if isinstance(value, nn.Module):
+        cfg = getattr(value, "pretrained_cfg", None) or {}
+        detail = cfg.get("architecture") if isinstance(cfg, dict) else None
+        detail = detail or getattr(value, "name", None)
+        return f"{type(value).__name__}({detail})" if isinstance(detail, str) and detail else type(value).__name__
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={list(value.shape)}, dtype={value.dtype})"
+    return repr(value)[:200]
+
+
 @dataclass
 class _Defaults:
     lr: float = 5e-5
@@ -102,6 +146,27 @@ class Recipe(nn.Module):
     name: ClassVar[str] = ""
     needs_domains: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # record constructor arguments for config()
+            cls.__init__ = _records_arguments(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments, defaults included, in a JSON-friendly readable form.
+
+        Modules become a short description (``"ResNet(test_resnet)"``), other objects their
+        ``repr``. :func:`egl.train.fit` writes this in the log's header line.
+
+        Example:
+            >>> import timm
+            >>> from egl import recipes
+            >>> cfg = recipes.erm(timm.create_model("test_resnet", num_classes=3), lr=1e-4).config()
+            >>> cfg["model"], cfg["lr"]
+            ('ResNet(test_resnet)', 0.0001)
+        """
+        return {k: _readable(v) for k, v in getattr(self, "_init_arguments", {}).items()}
+
+    @_records_arguments
     def __init__(self, model: nn.Module, *, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):

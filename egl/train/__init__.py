@@ -1,5 +1,9 @@
-"""The built-in training loop for recipes."""
+"""The built-in training loop for recipes: logs, checkpoints with bit-exact resume,
+TensorBoard, and data-parallel training under ``torchrun`` (see ``docs/training.md``)."""
 
-from egl.train.loop import fit
+from egl.train.checkpoint import DataStream, latest_checkpoint, load_checkpoint, save_checkpoint
+from egl.train.distributed import init_distributed
+from egl.train.loop import MissingDependencyError, fit, seed_everything
 
-__all__ = ["fit"]
+__all__ = ["fit", "seed_everything", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "DataStream",
+           "init_distributed", "MissingDependencyError"]

@@ -1,8 +1,10 @@
 """``fit``: drive a recipe for a number of steps, logging every named loss term.
 
-Kept small on purpose: seeds, a tqdm progress bar that can be turned off, and one JSON
-line per step. Checkpoint/resume, TensorBoard and distributed training are planned
-(see the recipes issue) and not here yet.
+Seeds, a tqdm progress bar that can be turned off, a JSONL log (a header line with the
+versions and the recipe's full config, then one line per step), optional TensorBoard
+scalars, crash-safe checkpoints with bit-exact resume (:mod:`egl.train.checkpoint`), and
+data-parallel training under ``torchrun`` (:mod:`egl.train.distributed`). See
+``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,29 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from egl._check import fail
+from egl.errors import EGLError
+from egl.train import distributed as dist_utils
+from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
+                                  load_checkpoint, save_checkpoint, set_rng_state)
 
 if TYPE_CHECKING:
     from egl.recipes.base import Recipe
 
-__all__ = ["fit", "seed_everything"]
+__all__ = ["fit", "seed_everything", "MissingDependencyError"]
+
+FN = "egl.train.fit"
+
+
+class MissingDependencyError(EGLError, ImportError):
+    """An optional feature needs a package that is not installed."""
 
 
 def seed_everything(seed: int) -> None:
@@ -38,87 +51,186 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise fail("egl.train.fit", "loader", "a loader that yields batches", "an empty loader",
-                       "Check the dataset and batch size (drop_last with fewer samples than a batch?)")
-
-
 def _versions() -> dict[str, str]:
     import egl
 
-    out = {"egl": egl.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"egl": str(egl.__version__), "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import timm
 
-        out["timm"] = timm.__version__
+        out["timm"] = str(timm.__version__)
     except ImportError:  # pragma: no cover
         pass
     return out
 
 
+def _summary_writer(log_dir: str | os.PathLike[str]) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter``, or a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{FN}: 'tensorboard_dir' needs the tensorboard package, which is not installed ({exc}). "
+            "Run `pip install tensorboard`, or leave tensorboard_dir=None (the JSONL log has every term)."
+        ) from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _check_int(value: Any, arg: str, low: int, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise fail(FN, arg, f"an int >= {low}", repr(value), fix)
+
+
+def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
+    return {"rng": get_rng_state(device, stream.generators), "data": stream.state_dict()}
+
+
+def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
+          stream: DataStream, device: torch.device) -> None:
+    ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
+    if dist_utils.rank() != 0:
+        return
+    state = {"format": FORMAT, "step": step, "recipe_name": recipe.name, "config": recipe.config(),
+             "versions": _versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
+             "optimizers": {k: o.state_dict() for k, o in opts.items()}, "ranks": ranks}
+    save_checkpoint(state, path)
+
+
+def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
+            device: torch.device) -> int:
+    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step."""
+    ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
+    if ckpt.get("recipe_name") != recipe.name:
+        raise fail(FN, "resume", f"a checkpoint of a '{recipe.name}' recipe", f"one of '{ckpt.get('recipe_name')}' "
+                   f"in {path}", "Use another checkpoint_dir, or resume=False to start afresh")
+    if set(ckpt["optimizers"]) != set(opts):
+        raise fail(FN, "optimizers", f"the phases of the checkpoint {sorted(ckpt['optimizers'])}", f"{sorted(opts)}",
+                   "Pass one optimizer per phase, as when the checkpoint was written")
+    recipe.load_state_dict(ckpt["recipe"])
+    for name, opt in opts.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    ranks = ckpt["ranks"]
+    if len(ranks) != dist_utils.world_size():
+        warnings.warn(f"{FN}: resuming on {dist_utils.world_size()} ranks from a checkpoint written on {len(ranks)}: "
+                      "the data order and random draws are not replayed exactly.", stacklevel=3)
+    mine = ranks[dist_utils.rank() % len(ranks)]
+    stream.load_state_dict(mine["data"])
+    set_rng_state(mine["rng"], device, stream.generators)
+    return int(ckpt["step"])
+
+
 def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None = None,
         optimizers: dict[str, torch.optim.Optimizer] | None = None, log_path: str | os.PathLike[str] | None = None,
-        progress: bool = True, device: torch.device | str | None = None) -> list[dict[str, float]]:
-    """Train ``recipe`` for ``steps`` steps, cycling over ``loader``.
+        progress: bool = True, device: torch.device | str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 1000, resume: bool = False,
+        tensorboard_dir: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
+    """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     Args:
         recipe: any :class:`egl.recipes.Recipe`.
-        loader: yields batches (``(x, y)``, ``(x, y, domain)`` or dicts).
-        steps: number of optimisation steps (each runs every active phase once).
+        loader: yields batches (``(x, y)``, ``(x, y, domain)`` or dicts); re-iterated each epoch.
+            Under ``torch.distributed`` give each rank its own shard (e.g. a
+            ``DistributedSampler``); ``sampler.set_epoch(epoch)`` is called for you.
+        steps: total number of optimisation steps (each runs every active phase once);
+            a resumed run continues from the checkpoint's step up to ``steps``.
         seed: seeds Python, NumPy and torch first (same machine, same seed: same run).
         optimizers: one per phase name; default ``recipe.configure_optimizers()``.
-        log_path: JSONL file: a header line (versions, config) then one line per step.
-        progress: show a tqdm progress bar.
+        log_path: JSONL file (appended to): a header line (``"event": "start"`` or
+            ``"resume"``, versions, ``recipe.config()``) then one line per step. Rank 0 only.
+        progress: show a tqdm progress bar (rank 0 only).
         device: move batches there (default: the device of the recipe's parameters).
+        checkpoint_dir: save ``checkpoint_dir/last.pt`` atomically every ``checkpoint_every``
+            steps and at the end (rank 0 writes).
+        checkpoint_every: steps between checkpoints (1000).
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists (else start afresh),
+            replaying parameters, optimisers, RNGs and the data order exactly.
+        tensorboard_dir: also write every term as a TensorBoard scalar (needs ``pip install tensorboard``).
 
     Returns:
-        The per-step logs (``{"step": i, "<phase>/<term>": value, ...}``).
+        The per-step logs of this call (``{"step": i, "<phase>/<term>": value, ...}``).
+
+    Raises:
+        NonFiniteLossError: a loss term became NaN or infinite; the run stops and the last
+            checkpoint stays as it was.
+        MissingDependencyError: ``tensorboard_dir`` without the tensorboard package.
+
+    Example:
+        >>> # recipe.fit(loader, steps=5000, seed=0, log_path="run/log.jsonl",
+        >>> #            checkpoint_dir="run/ckpt", checkpoint_every=500, resume=True)
     """
     from egl.recipes.batch import as_batch
 
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise fail("egl.train.fit", "steps", "an int >= 0", repr(steps), "Pass the number of steps to train")
+    _check_int(steps, "steps", 0, "Pass the number of steps to train")
+    _check_int(checkpoint_every, "checkpoint_every", 1, "Pass a number of steps, e.g. checkpoint_every=500")
+    if resume and checkpoint_dir is None:
+        raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
+                   "Pass the checkpoint_dir of the run to resume")
+    main = dist_utils.rank() == 0
+    writer = _summary_writer(tensorboard_dir) if tensorboard_dir is not None and main else None
     if seed is not None:
         seed_everything(seed)
     opts = optimizers if optimizers is not None else recipe.configure_optimizers()
     if device is None:
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
+    device = torch.device(device)
     recipe.train()
+    stream = DataStream(loader, device)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    start = 0
+    resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
+    if resume_from is not None:
+        start = _resume(Path(resume_from), recipe, opts, stream, device)
+    else:
+        dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
     history: list[dict[str, float]] = []
-    log = open(log_path, "a", encoding="utf-8") if log_path is not None else None
+    log = None
     bar = None
     try:
-        if log is not None:
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-            header = {"event": "start", "recipe": recipe.name, "steps": steps, "seed": seed,
-                      "config": repr(recipe), "versions": _versions(), "time": time.time()}
+        if log_path is not None and main:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            log = open(log_path, "a", encoding="utf-8")
+            header = {"event": "resume" if resume_from is not None else "start", "recipe": recipe.name,
+                      "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}",
+                      "config": recipe.config(), "steps": steps, "start_step": start, "seed": seed,
+                      "device": str(device), "world_size": dist_utils.world_size(),
+                      "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+                      "checkpoint_every": checkpoint_every, "versions": _versions(), "time": time.time()}
             log.write(json.dumps(header) + "\n")
-        if progress:
+            log.flush()
+        if progress and main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, desc=recipe.name or "train", leave=False)
-        batches = _cycle(loader)
-        for step in range(steps):
-            batch = as_batch(next(batches), "egl.train.fit").to(device)
-            logs = recipe.training_step(batch, step, opts)
-            row = {"step": step, **logs}
-            history.append(row)
-            if log is not None:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
+            bar = tqdm(total=steps, initial=min(start, steps), desc=recipe.name or "train", leave=False)
+        with dist_utils.sync_optimizers(opts):
+            for step in range(start, steps):
+                batch = as_batch(next(stream), FN).to(device)
+                logs = recipe.training_step(batch, step, opts)
+                dist_utils.broadcast_buffers(recipe)
+                row = {"step": step, **logs}
+                history.append(row)
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if writer is not None:
+                    for k, v in logs.items():
+                        writer.add_scalar(k, v, step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
+                done = step + 1
+                if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
+                    _save(ckpt_path, recipe, opts, done, stream, device)
+    except Exception as exc:
+        if log is not None:  # the reason the run stopped, for whoever reads the log later
+            log.write(json.dumps({"event": "error", "step": start + len(history),
+                                  "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        raise
     finally:
         if bar is not None:
             bar.close()
         if log is not None:
             log.close()
+        if writer is not None:
+            writer.close()
     return history

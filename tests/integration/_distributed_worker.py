@@ -1,0 +1,67 @@
+"""One rank of tests/integration/test_distributed.py, launched by torchrun on CPU (gloo).
+
+Usage: ``torchrun --nproc_per_node 2 ... _distributed_worker.py OUT_DIR``. Each rank starts
+from different weights (seed = rank) and trains on different data; it writes its final
+state to ``OUT_DIR/rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from egl import recipes
+from egl.train import init_distributed
+from egl.train.distributed import average_gradients, rank, world_size
+
+
+def _recipe() -> recipes.ALIGN:
+    torch.manual_seed(rank())  # different initial weights per rank: fit broadcasts rank 0's
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    return recipes.align(model, warmup_steps=1)
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(100 + rank())  # each rank its own data
+    data = TensorDataset(torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, 5, (6,), generator=g))
+    return DataLoader(data, batch_size=4, shuffle=True)
+
+
+def _gradient_average() -> dict[str, object]:
+    a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    a.grad = torch.full((2,), float(rank() + 1))
+    b.grad = torch.ones(2) * 4 if rank() == 0 else None  # missing on rank 1: counts as zero
+    average_gradients([a, b, c])  # c has no gradient anywhere: stays None
+    return {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": c.grad}
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    init_distributed()
+    assert world_size() == 2
+    result = {"grads": _gradient_average()}
+    straight = _recipe()
+    result["initial_differs"] = rank() != 0 and not torch.equal(
+        straight.model.fc.weight, _recipe_rank0_weight())
+    straight.fit(_loader(), 4, seed=0, progress=False, log_path=out / "log.jsonl")
+    # Killed after 2 steps, resumed on both ranks: same weights as the straight run.
+    _recipe().fit(_loader(), 2, seed=0, progress=False, checkpoint_dir=out / "ckpt")
+    resumed = _recipe()
+    resumed.fit(_loader(), 4, seed=0, progress=False, checkpoint_dir=out / "ckpt", resume=True)
+    result["state"] = straight.state_dict()
+    result["resumed"] = resumed.state_dict()
+    torch.save(result, out / f"rank{rank()}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _recipe_rank0_weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", pretrained=False, num_classes=5).fc.weight
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,49 @@
+"""Data-parallel fit under torchrun: 2 CPU ranks (gloo) end with identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("_distributed_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # Gradient averaging: mean over ranks, a missing gradient counts as zero, none anywhere stays None.
+    assert r0["grads"] == r1["grads"] == {"a": [1.5, 1.5], "b": [2.0, 2.0], "c": None}
+    assert r1["initial_differs"]  # the ranks really started apart: fit broadcast rank 0's weights
+    for key in ("state", "resumed"):
+        assert r0[key].keys() == r1[key].keys()
+        assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers
+    assert all(torch.equal(r0["state"][k], r0["resumed"][k]) for k in r0["state"])  # resume is exact here too
+    # Only rank 0 logged: one header and four steps.
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines[0]["event"] == "start" and lines[0]["world_size"] == 2
+    assert [row["step"] for row in lines[1:]] == [0, 1, 2, 3]
+    ckpt = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2

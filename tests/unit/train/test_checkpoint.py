@@ -1,0 +1,239 @@
+"""Checkpoints: atomic writes, RNG round trips, data-order replay, bit-exact resume."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _helpers import make_model
+from torch.utils.data import DataLoader, TensorDataset
+
+import egl
+from egl import recipes
+from egl.recipes import NonFiniteLossError
+from egl.train import DataStream, load_checkpoint, save_checkpoint
+from egl.train.checkpoint import get_rng_state, set_rng_state
+
+# 10 samples in batches of 4: epochs of 3 batches (4, 4, 2). Killing after 5 steps lands
+# mid-epoch (epoch 1, batch 2), after ALIGN's 3 warm-up steps.
+N_SAMPLES, BATCH, WARMUP, KILL, STEPS = 10, 4, 3, 5, 8
+
+
+def _dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(N_SAMPLES, 3, 32, 32, generator=g), torch.arange(N_SAMPLES) % 5)
+
+
+def _loader(kind: str) -> DataLoader:
+    generator = torch.Generator().manual_seed(7) if kind == "own_generator" else None
+    return DataLoader(_dataset(), batch_size=BATCH, shuffle=True, generator=generator)
+
+
+def _align_run(steps: int, loader_kind: str = "global_rng", **kwargs) -> tuple[recipes.ALIGN, list]:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=WARMUP)
+    logs = recipe.fit(_loader(loader_kind), steps, seed=0, progress=False, **kwargs)
+    return recipe, logs
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+def test_save_is_atomic_when_the_write_fails_midway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(4.0)}, path)
+    real_save = torch.save
+
+    def torn_save(obj, f, *args, **kwargs):  # half a checkpoint reaches the disk, then the disk is full
+        real_save(obj, f, *args, **kwargs)
+        f.seek(0)
+        f.truncate(17)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 1 and torch.equal(ckpt["w"], torch.arange(4.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_failed_save_during_fit_keeps_the_previous_checkpoint(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save, calls = torch.save, []
+
+    def failing_second_save(obj, f, *args, **kwargs):
+        calls.append(obj["step"])
+        if len(calls) == 2:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError("killed while writing")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_second_save)
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(OSError, match="killed while writing"):
+        recipe.fit(_loader("global_rng"), 4, seed=0, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert calls == [2, 4] and ckpt["step"] == 2
+    fresh = recipes.erm(make_model("test_resnet", eval_mode=False))
+    fresh.load_state_dict(ckpt["recipe"])  # whole and loadable
+
+
+def test_load_checkpoint_names_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(egl.InputError, match="'path' expected an existing checkpoint file"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+# -- RNG and data order ------------------------------------------------------------------------
+def test_rng_state_round_trip_covers_python_numpy_torch_and_generators() -> None:
+    g = torch.Generator().manual_seed(3)
+    state = get_rng_state(None, [g])
+
+    def draw() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(())), float(torch.rand((), generator=g))
+
+    first = draw()
+    set_rng_state(state, None, [g])
+    assert draw() == first
+
+
+def test_data_stream_replays_the_order_mid_epoch() -> None:
+    def batches(stream: DataStream, n: int) -> list[list[float]]:
+        out = []
+        for _ in range(n):
+            out.append(next(stream)[1].tolist())
+            torch.rand(3)  # a training step draws from the same RNG (dropout, mixup...)
+        return out
+
+    torch.manual_seed(0)
+    full = batches(DataStream(_loader("global_rng")), 8)
+    torch.manual_seed(0)
+    first = DataStream(_loader("global_rng"))
+    head = batches(first, 4)
+    saved, rng = first.state_dict(), get_rng_state()
+    assert (saved["epoch"], saved["batch"]) == (1, 1)
+    torch.manual_seed(123)  # a new process: the RNG is anywhere
+    second = DataStream(_loader("global_rng"))
+    second.load_state_dict(saved)
+    set_rng_state(rng)
+    assert head + batches(second, 4) == full
+    assert full[:3] != full[3:6]  # epochs are really shuffled differently
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Index plus a random jitter drawn in the worker: replaying needs the workers' seeds too."""
+
+    def __len__(self) -> int:
+        return N_SAMPLES
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor(float(i)) + torch.rand(()) * 1e-3
+
+
+def test_data_stream_replays_workers_and_their_random_augmentations() -> None:
+    def loader() -> DataLoader:
+        return DataLoader(_Augmented(), batch_size=BATCH, shuffle=True, num_workers=2)
+
+    def take(stream: DataStream, n: int) -> list[list[float]]:
+        out = []
+        for _ in range(n):
+            out.append(next(stream).tolist())
+            torch.rand(3)  # the training step's own draws
+        return out
+
+    torch.manual_seed(0)
+    full = take(DataStream(loader()), 6)
+    torch.manual_seed(0)
+    first = DataStream(loader())
+    head, saved, rng = take(first, 4), first.state_dict(), get_rng_state()
+    second = DataStream(loader())
+    second.load_state_dict(saved)
+    set_rng_state(rng)
+    assert head + take(second, 2) == full
+
+
+def test_data_stream_calls_set_epoch_and_rejects_empty_loaders() -> None:
+    class Sampler(torch.utils.data.Sampler):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(range(4))
+
+        def __len__(self) -> int:
+            return 4
+
+    sampler = Sampler()
+    stream = DataStream(DataLoader(_dataset(), batch_size=2, sampler=sampler))
+    for _ in range(5):
+        next(stream)
+    assert sampler.epochs == [0, 1, 2]
+    with pytest.raises(egl.InputError, match="an empty loader"):
+        next(DataStream([]))
+
+
+# -- resume ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("loader_kind", ["global_rng", "own_generator"])
+def test_resume_is_bit_exact_for_align_killed_mid_epoch(tmp_path: Path, loader_kind: str) -> None:
+    reference, ref_logs = _align_run(STEPS, loader_kind)
+    _, head = _align_run(KILL, loader_kind, checkpoint_dir=tmp_path, checkpoint_every=2)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == KILL and ckpt["ranks"][0]["data"]["batch"] == 2  # saved at the end: mid-epoch
+    assert set(ckpt["optimizers"]) == {"masker", "classifier"} and ckpt["optimizers"]["masker"]["state"]
+    resumed, tail = _align_run(STEPS, loader_kind, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)
+    assert [row["step"] for row in tail] == list(range(KILL, STEPS))
+    assert head + tail == ref_logs  # every logged term, bit for bit
+    assert _same_state(reference, resumed)  # classifier, masker, BatchNorm statistics
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == STEPS
+
+
+def test_non_finite_loss_stops_and_the_last_good_checkpoint_survives(tmp_path: Path) -> None:
+    x, y = _dataset().tensors
+    good = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[:4], y[:4])]
+    bad_x = x[4:8].clone()
+    bad_x[0, 0, 0, 0] = float("nan")
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
+    log = tmp_path / "log.jsonl"
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        recipe.fit(good + [(bad_x, y[4:8])], 5, seed=0, progress=False, checkpoint_dir=tmp_path / "ckpt",
+                   checkpoint_every=1, log_path=log)
+    ckpt = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert ckpt["step"] == 3
+    assert '"event": "error"' in log.read_text().splitlines()[-1]
+    # The checkpoint is the state after 3 good steps, and training goes on from it.
+    clean = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
+    clean.fit(good, 3, seed=0, progress=False)
+    restored = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
+    restored.load_state_dict(ckpt["recipe"])
+    assert _same_state(clean, restored)
+    logs = restored.fit(good, 5, progress=False, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert [row["step"] for row in logs] == [3, 4]
+
+
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    logs = recipe.fit(_loader("global_rng"), 2, seed=0, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert [row["step"] for row in logs] == [0, 1] and (tmp_path / "last.pt").is_file()
+    assert recipe.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True) == []
+
+
+def test_resume_checks_its_arguments_and_the_checkpoint(tmp_path: Path) -> None:
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match="'checkpoint_dir' expected a directory when resume=True"):
+        erm.fit(_loader("global_rng"), 1, progress=False, resume=True)
+    with pytest.raises(egl.InputError, match="'checkpoint_every' expected an int >= 1"):
+        erm.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path, checkpoint_every=0)
+    erm.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path)
+    align = recipes.align(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match="a checkpoint of a 'align' recipe"):
+        align.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)

@@ -1,0 +1,91 @@
+"""fit: the log's header and rows, TensorBoard scalars, argument checks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import make_model
+
+import egl
+from egl import recipes
+from egl.train import MissingDependencyError
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3]))]
+
+
+def test_log_header_records_versions_and_the_readable_config(tmp_path: Path) -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1, align_weight=0.2)
+    log = tmp_path / "run" / "log.jsonl"
+    recipe.fit(_batches(), 2, seed=3, progress=False, log_path=log)
+    header, *rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert header["event"] == "start" and header["recipe"] == "align" and header["seed"] == 3
+    assert set(header["versions"]) >= {"egl", "torch", "timm", "python"}
+    cfg = header["config"]
+    assert cfg["model"] == "ResNet(test_resnet)" and cfg["align_weight"] == 0.2 and cfg["warmup_steps"] == 1
+    assert cfg["masker"] == "learned" and cfg["lr"] == 5e-5  # defaults are recorded too
+    assert [r["step"] for r in rows] == [0, 1] and "masker/total" in rows[1]
+
+
+def test_a_resumed_run_appends_a_resume_header(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    kwargs = dict(progress=False, log_path=log, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 1, seed=0, **kwargs)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 3, seed=0, **kwargs)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e.get("event", e.get("step")) for e in events] == ["start", 0, "resume", 1, 2]
+    assert events[2]["start_step"] == 1
+
+
+def test_tensorboard_missing_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    before = {k: v.clone() for k, v in recipe.state_dict().items()}
+    with pytest.raises(MissingDependencyError, match="pip install tensorboard") as info:
+        recipe.fit(_batches(), 1, progress=False, tensorboard_dir=tmp_path)
+    assert isinstance(info.value, ImportError) and isinstance(info.value, egl.EGLError)
+    assert all(torch.equal(before[k], v) for k, v in recipe.state_dict().items())  # raised before training
+
+
+def test_tensorboard_gets_every_term_as_a_scalar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+
+    class FakeWriter:
+        def __init__(self, log_dir: str) -> None:
+            calls.append(("init", log_dir))
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            calls.append((tag, step))
+
+        def close(self) -> None:
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 2, progress=False,
+                                                                 tensorboard_dir=tmp_path)
+    assert calls == [("init", str(tmp_path)), ("classifier/ce", 0), ("classifier/total", 0),
+                     ("classifier/ce", 1), ("classifier/total", 1), ("close",)]
+
+
+def test_tensorboard_event_files_when_installed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 2, progress=False,
+                                                                 tensorboard_dir=tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("classifier/ce")] == [0, 1]
+
+
+def test_steps_must_be_a_non_negative_int() -> None:
+    recipe = recipes.erm(make_model("test_resnet"))
+    with pytest.raises(egl.InputError, match="'steps' expected an int >= 0, got 2.5"):
+        recipe.fit(_batches(), 2.5, progress=False)
