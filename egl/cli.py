@@ -1,7 +1,5 @@
-"""Command line: ``egl list [KIND] [PATTERN]`` and ``egl plugins``.
-
-The training, evaluation and demo commands arrive with the recipes and data issues.
-"""
+"""Command line: ``egl list``, ``egl plugins``, and the experiment commands ``demo``,
+``experiment``, ``train``, ``eval``, ``explain`` (see :mod:`egl.experiments.commands`)."""
 
 from __future__ import annotations
 
@@ -50,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_list.set_defaults(func=_cmd_list)
     p_plug = sub.add_parser("plugins", help="show loaded, failed and disabled plugins (exit 1 if any failed)")
     p_plug.set_defaults(func=_cmd_plugins)
+    from egl.experiments.commands import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,20 +275,6 @@ def _default_root() -> Path:
     return Path(base) / "synthetic"
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build(cfg: SyntheticConfig | None = None, root: str | os.PathLike[str] | None = None,
           *, cache: bool = True) -> dict[str, dict[str, Tensor]]:
     """Render every split (or read them from the cache).
@@ -320,7 +305,9 @@ def build(cfg: SyntheticConfig | None = None, root: str | os.PathLike[str] | Non
         g = torch.Generator().manual_seed(cfg.seed * 1000 + i + 1)
         out[split] = _render(cfg, split, g, sources)
     if cache:
-        _atomic_save(out, path)
+        from egl.train.checkpoint import save_checkpoint
+
+        save_checkpoint(out, path)  # temp file + fsync + os.replace: a killed run leaves no corrupt entry
     return out
 
 

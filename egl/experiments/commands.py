@@ -1,0 +1,185 @@
+"""The experiment commands of the ``egl`` CLI: ``train``, ``eval``, ``experiment``, ``explain``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from egl._check import fail
+
+__all__ = ["add_commands", "PRESETS", "save_model", "load_model"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's Table 2: ALIGN against its ablations.
+    "ablation": {"methods": {
+        "align": {"recipe": "align", "kwargs": {"warmup_steps": 50}},
+        "align_wo_eg": {"recipe": "align", "kwargs": {"warmup_steps": 50, "align_weight": 0.0}},
+        "align_m_gray": {"recipe": "align", "kwargs": {"warmup_steps": 50, "masker": "grayscale"}},
+    }},
+    # Tables 1 and 3: every recipe, one run per training domain, tested on every split.
+    "baselines": {"train": {"domains": "each"}, "methods": {
+        name: {"recipe": name, "kwargs": {"warmup_steps": 50} if name == "align" else {}}
+        for name in ("erm", "irm", "mixup", "sgt", "sgdrop", "dre", "align")}},
+}
+
+
+def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    from egl.experiments.config import DEFAULTS, load_config, merge
+
+    start = base if base is not None else DEFAULTS
+    if getattr(args, "preset", None):
+        start = merge(start, PRESETS[args.preset])
+    cfg = load_config(args.config, args.set, base=start)
+    if getattr(args, "out", None):
+        cfg["output"] = args.out
+    if getattr(args, "no_progress", False):
+        cfg["train"]["progress"] = False
+    return cfg
+
+
+def save_model(path: str | os.PathLike[str], model: torch.nn.Module, cfg: dict[str, Any], method: str,
+               num_classes: int) -> None:
+    """A self-describing checkpoint: architecture, kwargs, classes, weights, config."""
+    from egl.train.checkpoint import save_checkpoint
+
+    save_checkpoint({"arch": cfg["model"]["arch"], "kwargs": cfg["model"].get("kwargs") or {},
+                  "num_classes": num_classes, "method": method, "state_dict": model.state_dict(),
+                  "config": json.loads(json.dumps(cfg, default=str))}, path)
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the classifier saved by :func:`save_model` (no download)."""
+    import timm
+
+    if not os.path.isfile(path):
+        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`", repr(os.fspath(path)),
+                   "Train one first: egl train --method erm --out runs/erm")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
+        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`",
+                   f"a {type(ckpt).__name__} without 'arch'/'state_dict'", "Use the model.pt that `egl train` wrote")
+    model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=ckpt["num_classes"], **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from egl.experiments.runner import results_dir, train_method
+    from egl.experiments.sources import load_source
+
+    cfg = _config(args)
+    if args.method not in cfg["methods"]:
+        raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods)",
+                   repr(args.method), "Add it under methods: in the config, or pick an existing one")
+    out = results_dir(cfg, f"train-{args.method}")
+    source = load_source(cfg["data"])
+    seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
+    train_set = source.training_sets("all")["all"]
+    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl")
+    save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes)
+    print(f"[egl] model written to {(out / 'model.pt').resolve()}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from egl.experiments.evaluate import evaluate
+    from egl.experiments.sources import load_source
+
+    model, ckpt = load_model(args.checkpoint)
+    cfg = _config(args, base=ckpt["config"])
+    source = load_source(cfg["data"])
+    for split, ds in source.test_sets(args.split or None).items():
+        metrics = evaluate(model, ds, batch_size=int(cfg["eval"]["batch_size"]),
+                           explain_samples=int(cfg["eval"]["explain_samples"]))
+        print(json.dumps({"split": split, **{k: round(v, 4) for k, v in metrics.items()}}))
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from egl.experiments.runner import run
+
+    run(_config(args), args.preset or "experiment")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from egl.experiments.demo import DEMO
+    from egl.experiments.runner import run
+
+    run(_config(args, base=DEMO), "demo")
+    return 0
+
+
+def _read_image(path: str, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except Exception as exc:  # noqa: BLE001
+        raise fail("egl explain", "images", "readable image files", f"'{path}' ({type(exc).__name__}: {exc})",
+                   "Check the path and the file") from exc
+    return data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from egl.experiments.figures import _to_pil, overlay
+    from egl.explainers.grad_cam import GradCAM
+
+    model, ckpt = load_model(args.checkpoint)
+    size = int(ckpt["config"]["data"].get("image_size", 64))
+    x = torch.stack([_read_image(p, size) for p in args.images])
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    target = None if args.target is None else args.target
+    sal = GradCAM(model)(x, target)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(args.images):
+        k = int(probs[i].argmax()) if target is None else int(target)
+        dest = out / f"{Path(path).stem}_gradcam.png"
+        _to_pil(overlay(x[i], sal[i]), 4).save(dest)
+        print(json.dumps({"image": path, "explained_class": k, "probability": round(float(probs[i, k]), 4),
+                          "overlay": str(dest)}))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register the experiment commands on the ``egl`` argument parser."""
+    def common(p: argparse.ArgumentParser, *, presets: bool = False) -> None:
+        p.add_argument("--config", help="YAML config file (see docs/experiments.md)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.steps=100 (repeatable)")
+        p.add_argument("--out", help="results folder (default: results/<kind>-<time>)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if presets:
+            p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset grid")
+
+    p = sub.add_parser("demo", help="train ERM and ALIGN on the built-in benchmark and report (< 10 min on CPU)")
+    common(p)
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("experiment", help="train every method x training set x seed, evaluate, write tables")
+    common(p, presets=True)
+    p.set_defaults(func=_cmd_experiment)
+    p = sub.add_parser("train", help="train one method of the config and save model.pt")
+    common(p)
+    p.add_argument("--method", required=True, help="a key of the config's methods (default config: erm, align)")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="evaluate a saved model on the config's test sets")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", action="append", help="test set name (repeatable; default: all)")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("explain", help="write Grad-CAM overlay PNGs for images with a saved model")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="explanations")
+    p.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    p.set_defaults(func=_cmd_explain)

@@ -1,0 +1,102 @@
+"""Experiment configuration: nested dicts with defaults, read from YAML, overridden by ``key.sub=value``.
+
+Every value the paper leaves open is a key here, so a run's JSONL log records it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from egl._check import fail
+
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge"]
+
+#: Defaults of ``egl experiment`` and ``egl train``; ``egl demo`` starts from :data:`egl.experiments.demo.DEMO`.
+DEFAULTS: dict[str, Any] = {
+    "data": {
+        "name": "synthetic",          # "synthetic" (built in) or "folder" (DomainBed layout under data.root)
+        "root": None,                 # folder data: the data set's top folder
+        "domains": None,              # folder data: domains to use (default: all)
+        "image_size": 64,
+        "batch_size": 64,
+        "num_workers": 0,
+        "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
+    },
+    "model": {
+        "arch": "resnet10t",          # any timm architecture, created with random weights...
+        "kwargs": {"output_stride": 16},  # ...at 64 px a stride-16 ResNet gives 4x4 saliency maps
+        "weights": None,              # ...or a local checkpoint file (never downloaded)
+    },
+    "train": {
+        "steps": 300,
+        "lr": 1e-3,                   # from scratch; DomainBed's 5e-5 is for pretrained backbones
+        "seeds": [0],
+        "domains": "all",            # "all": pool the training domains; "each": one run per domain
+        "device": "cpu",
+        "progress": True,
+    },
+    "methods": {
+        "erm": {"recipe": "erm"},
+        "align": {"recipe": "align", "kwargs": {"warmup_steps": 50}},
+    },
+    "eval": {
+        "splits": None,               # default: every test split of the data
+        "batch_size": 256,
+        "explain_samples": 256,       # images per split for saliency metrics (faithfulness, localisation)
+        "ks": [1, 5, 10, 20, 50],
+        "baseline": "zero",
+    },
+    "output": None,                   # results folder (default: results/<kind>-<time>)
+}
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins. ``methods`` is replaced, not merged, so a config lists exactly its methods."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "methods":
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``1e-3``, ``[0, 1]``, ``null``)."""
+    import yaml
+
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise fail("egl.experiments.apply_overrides", "overrides", "items like 'train.steps=100'", repr(item),
+                       "Write KEY=VALUE with a dotted key")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults (or ``base``), then the YAML file at ``path``, then ``overrides``."""
+    import yaml
+
+    cfg = copy.deepcopy(base if base is not None else DEFAULTS)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise fail("egl.experiments.load_config", "path", "an existing YAML file", repr(os.fspath(path)),
+                       "Check the --config path")
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise fail("egl.experiments.load_config", "path", "a YAML mapping at the top level",
+                       type(loaded).__name__, "Write the config as key: value pairs")
+        cfg = merge(cfg, loaded)
+    return apply_overrides(cfg, overrides or [])

@@ -1,0 +1,94 @@
+"""Evaluate one classifier on one test set: accuracy, AUC, shortcut rate, and saliency metrics.
+
+Saliency metrics (ERASER sufficiency/comprehensiveness, localisation against masks) use
+Grad-CAM of the predicted class on the first ``explain_samples`` images of the set;
+classification metrics use every image. The model is put in eval mode and restored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from egl.explainers.grad_cam import GradCAM
+from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate
+from egl.recipes.batch import as_batch
+
+__all__ = ["evaluate", "predict"]
+
+
+def _collate_keys(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    shortcut = batch.get("shortcut") if isinstance(batch, dict) else None
+    return as_batch(batch, "egl.experiments.evaluate"), shortcut
+
+
+def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+    """Logits for every item of ``dataset`` (eval mode, no gradients)."""
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                out.append(model(as_batch(batch).x.to(device)).float().cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, explain_samples: int = 256,
+             ks: tuple[float, ...] = (1, 5, 10, 20, 50), baseline: str = "zero", layer: str = "auto",
+             device: str = "cpu") -> dict[str, float]:
+    """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined)."""
+    was = model.training
+    model.eval()
+    cam = GradCAM(model, layer)
+    logits, labels, shortcuts = [], [], []
+    suff, comp, loc_rows = [], [], {"energy": [], "area": [], "pointing": [], "iou": []}
+    explained = 0
+    try:
+        for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            batch, shortcut = _collate_keys(raw)
+            x, y = batch.x.to(device), batch.y
+            with torch.no_grad():
+                lg = model(x).float()
+            logits.append(lg.cpu())
+            labels.append(y)
+            if shortcut is not None:
+                shortcuts.append(shortcut)
+            n = min(explain_samples - explained, x.shape[0])
+            if n > 0:
+                xe = x[:n]
+                sal = cam(xe)  # predicted class
+                f = faithfulness(model, xe, sal, ks=ks, baseline=baseline, batch_size=batch_size)
+                suff.append(f.sufficiency_per_image.mean(1).cpu())
+                comp.append(f.comprehensiveness_per_image.mean(1).cpu())
+                if batch.mask is not None:
+                    r = localization(sal, batch.mask[:n].to(device))
+                    for k in loc_rows:
+                        loc_rows[k].append(getattr(r, k)[r.valid].cpu())
+                explained += n
+    finally:
+        model.train(was)
+    lg, yy = torch.cat(logits), torch.cat(labels)
+    out: dict[str, float] = {"n": float(len(yy)), "acc": float(accuracy(lg, yy))}
+    try:
+        out["auc"] = float(auc(lg, yy, num_classes=lg.shape[1]))
+    except ValueError:  # fewer than two classes present
+        out["auc"] = math.nan
+    if shortcuts:
+        sc = torch.cat(shortcuts)
+        keep = sc >= 0
+        out["shortcut"] = float(shortcut_rate(lg[keep], sc[keep], yy[keep])) if bool(keep.any()) else math.nan
+    if suff:
+        out["suff"] = float(torch.cat(suff).mean())
+        out["comp"] = float(torch.cat(comp).mean())
+    for k, v in loc_rows.items():
+        if v:
+            vals = torch.cat(v).float()
+            out[k] = float(vals.mean()) if vals.numel() else math.nan
+    return out

@@ -1,0 +1,118 @@
+"""Where an experiment's data comes from: the built-in synthetic benchmark or DomainBed folders.
+
+A :class:`Source` gives per-domain training sets and named test sets. For the synthetic
+benchmark the test sets are ``test_id/<domain>`` (in distribution, per training domain)
+and the out-of-distribution splits ``random``, ``flipped``, ``novel``; for folder data
+they are the test split (20 %) of every domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from egl._check import check_choice, fail
+
+__all__ = ["Source", "TensorDictDataset", "load_source"]
+
+
+class TensorDictDataset(Dataset):
+    """A dataset over a dict of equally long tensors; items are dicts of rows."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return int(next(iter(self.tensors.values())).shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def _select(tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> TensorDictDataset:
+    return TensorDictDataset({k: v[keep] for k, v in tensors.items()})
+
+
+@dataclass
+class Source:
+    """Training domains and test sets of one data set."""
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    train: dict[str, Dataset]
+    val: dict[str, Dataset]
+    tests: dict[str, Dataset]
+
+    def training_sets(self, mode: str) -> dict[str, Dataset]:
+        """``{"all": pooled}`` or ``{domain: dataset}`` for ``mode`` = ``"all"`` / ``"each"``."""
+        check_choice(mode, ("all", "each"), "egl.experiments", "train.domains")
+        if mode == "all":
+            return {"all": ConcatDataset(list(self.train.values()))}
+        return dict(self.train)
+
+    def test_sets(self, names: list[str] | None) -> dict[str, Dataset]:
+        if names is None:
+            return dict(self.tests)
+        unknown = [n for n in names if n not in self.tests]
+        if unknown:
+            raise fail("egl.experiments", "eval.splits", f"names among {list(self.tests)}", repr(names),
+                       f"Remove {unknown}")
+        return {n: self.tests[n] for n in names}
+
+
+def _synthetic_config(fields: dict[str, Any]) -> Any:
+    import dataclasses
+
+    from egl.data.synthetic import Camera, SyntheticConfig
+
+    known = [f.name for f in dataclasses.fields(SyntheticConfig)]
+    unknown = [k for k in fields if k not in known]
+    if unknown:
+        raise fail("egl.experiments", "data.synthetic", f"fields among {known}", repr(sorted(fields)),
+                   f"Remove {unknown}, e.g. --set data.synthetic.train_per_domain=200")
+    kw = dict(fields)
+    for k in ("p", "digit_size"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    if "cameras" in kw:
+        kw["cameras"] = tuple(c if isinstance(c, Camera) else Camera(**{**c, "gain": tuple(c["gain"])})
+                              for c in kw["cameras"])
+    return SyntheticConfig(**kw)
+
+
+def load_source(data: dict[str, Any]) -> Source:
+    """Build the :class:`Source` described by a config's ``data`` section."""
+    check_choice(data.get("name"), ("synthetic", "folder"), "egl.experiments", "data.name")
+    if data["name"] == "synthetic":
+        from egl.data.synthetic import NUM_CLASSES, build
+
+        cfg = _synthetic_config(data.get("synthetic") or {})
+        splits = build(cfg)
+        domains = [f"domain{d}" for d in range(len(cfg.p))]
+        train = {name: _select(splits["train"], splits["train"]["domain"] == d) for d, name in enumerate(domains)}
+        val = {name: _select(splits["val"], splits["val"]["domain"] == d) for d, name in enumerate(domains)}
+        tests: dict[str, Dataset] = {
+            f"test_id/{name}": _select(splits["test_id"], splits["test_id"]["domain"] == d)
+            for d, name in enumerate(domains)}
+        for split in ("random", "flipped", "novel"):
+            tests[split] = TensorDictDataset(splits[split])
+        return Source("synthetic", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)], train, val, tests)
+    from egl.data.domain_folder import DomainFolder
+
+    if not data.get("root"):
+        raise fail("egl.experiments", "data.root", "the data set's folder for data.name=folder", "None",
+                   "Set data.root=/path/to/VLCS (layout root/<domain>/<class>/<image>)")
+    kw = {"domains": data.get("domains"), "image_size": int(data.get("image_size", 224))}
+    full = DomainFolder(data["root"], "all", **kw)
+    per_split = {s: DomainFolder(data["root"], s, **kw) for s in ("train", "val", "test")}
+
+    def by_domain(ds: DomainFolder) -> dict[str, Dataset]:
+        return {name: Subset(ds, [i for i, s in enumerate(ds.samples) if s.domain == d])
+                for d, name in enumerate(ds.domains)}
+
+    return Source(str(data["root"]), len(full.classes), full.classes, by_domain(per_split["train"]),
+                  by_domain(per_split["val"]), by_domain(per_split["test"]))

@@ -1,0 +1,78 @@
+"""The experiment commands end to end, at toy sizes: train, eval, explain, experiment, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import egl
+from egl.cli import main
+from egl.experiments.commands import load_model
+
+TINY = ["--set", "train.steps=2", "--set", "data.synthetic.train_per_domain=32", "--set",
+        "data.synthetic.val_per_domain=4", "--set", "data.synthetic.test_per_split=20", "--set",
+        "eval.explain_samples=8", "--set", "model.arch=test_resnet", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EGL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "erm"
+    assert main(["train", "--method", "erm", "--out", str(out), *TINY]) == 0
+    model, ckpt = load_model(out / "model.pt")
+    assert ckpt["method"] == "erm" and ckpt["num_classes"] == 5 and not model.training
+    lines = (out / "train.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["event"] == "start" and len(lines) >= 3
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["split"] == "flipped" and 0 <= row["acc"] <= 1 and "energy" in row and "suff" in row
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+    assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex")]) == 0
+    assert (tmp_path / "ex" / "img_gradcam.png").is_file()
+
+
+def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:
+    out = tmp_path / "abl"
+    assert main(["experiment", "--preset", "ablation", "--out", str(out), *TINY]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["event"] == "start" and rows[0]["config"]["methods"].keys() == {
+        "align", "align_wo_eg", "align_m_gray"}
+    results = rows[1:]
+    assert {r["method"] for r in results} == {"align", "align_wo_eg", "align_m_gray"}
+    assert {r["split"] for r in results} == {"test_id/domain0", "test_id/domain1", "random", "flipped", "novel"}
+    tables = (out / "tables.md").read_text()
+    assert "| align_m_gray | all |" in tables and "Shortcut" in tables
+    assert Image.open(out / "case_study.png").size[0] > 100
+
+
+def test_demo_runs_and_config_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), *TINY]) == 0
+    assert "results written to" in capsys.readouterr().out
+    assert main(["train", "--method", "nope", *TINY]) == 1
+    assert "'--method' expected one of" in capsys.readouterr().err
+    assert main(["demo", *TINY, "--set", "data.synthetic.bogus=1"]) == 1
+    assert "Remove ['bogus']" in capsys.readouterr().err
+
+
+def test_local_weights_load_without_download(tmp_path: Path) -> None:
+    from egl.experiments.models import build_model
+
+    src = build_model({"arch": "test_resnet", "kwargs": {}}, num_classes=3)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    with pytest.warns(UserWarning, match="shape differs"):
+        model = build_model({"arch": "test_resnet", "kwargs": {}, "weights": str(tmp_path / "w.pt")}, num_classes=5)
+    assert torch.equal(model.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    with pytest.raises(egl.InputError, match="'weights' expected an existing local weights file"):
+        build_model({"arch": "test_resnet", "weights": str(tmp_path / "missing.pt")}, num_classes=5)
+    with pytest.raises(egl.InputError, match="'model.arch' expected a timm architecture name"):
+        build_model({"arch": "resnet9000"}, num_classes=5)
