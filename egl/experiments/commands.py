@@ -80,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     source = load_source(cfg["data"])
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
     train_set = source.training_sets("all")["all"]
-    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl")
+    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl").model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0

@@ -26,6 +26,7 @@ import egl
 from egl._check import fail
 from egl.experiments.evaluate import evaluate
 from egl.experiments.figures import case_study
+from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import pivot, summary_table
@@ -43,8 +44,12 @@ def results_dir(cfg: dict[str, Any], kind: str) -> Path:
 
 
 def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: Any, seed: int,
-                 log_path: Path | None = None) -> nn.Module:
-    """Build the model, the method's recipe and a seeded loader; train ``train.steps`` steps."""
+                 log_path: Path | None = None) -> Any:
+    """Build the model, the method's recipe and a seeded loader; train ``train.steps`` steps.
+
+    Returns:
+        The trained recipe (``.model`` is the classifier).
+    """
     mcfg = cfg["methods"][method]
     if not isinstance(mcfg, dict) or "recipe" not in mcfg:
         raise fail("egl.experiments", f"methods.{method}", "a mapping with 'recipe' (and optional 'kwargs')",
@@ -59,7 +64,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                         generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"))
-    return model
+    return recipe
 
 
 def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,8 +95,9 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                         print(f"[egl] {kind}: training {method} on {train_name}, seed {seed} "
                               f"({t['steps']} steps)", flush=True)
                     started = time.time()
-                    model = train_method(cfg, method, source, train_set, seed,
-                                         out / "train" / f"{method}-{train_name}-s{seed}.jsonl")
+                    recipe = train_method(cfg, method, source, train_set, seed,
+                                          out / "train" / f"{method}-{train_name}-s{seed}.jsonl")
+                    model = recipe.model
                     train_s = time.time() - started
                     for split, ds in tests.items():
                         metrics = evaluate(model, ds, batch_size=int(e["batch_size"]),
@@ -103,16 +109,44 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                         log.write(json.dumps(row) + "\n")
                         log.flush()
                     if seed == seeds[0] and train_name == next(iter(train_sets)):
-                        keep[method] = model.cpu()
+                        keep[method] = recipe.cpu()
     tables = render_tables(rows, source)
+    if keep and e.get("mask_quality", True):
+        tables += "\n" + _mask_quality_table(keep, tests, cfg)
     (out / "tables.md").write_text(tables, encoding="utf-8")
     if keep:
         images, labels = _case_images(source)
-        case_study(keep, images, labels, out / "case_study.png", class_names=source.class_names)
+        case_study({k: r.model for k, r in keep.items()}, images, labels, out / "case_study.png",
+                   class_names=source.class_names)
     if echo:
         print(tables)
         print(f"[egl] results written to {out.resolve()}", flush=True)
     return rows, out
+
+
+def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The paper's Figure 2 as a table: blur outside each masker's mask, accuracy of the first method's model."""
+    from egl.maskers.base import Masker
+    from egl.registry import create
+
+    split = next((s for s in tests if s.startswith("test_id")), next(iter(tests)))
+    ref_name, ref = next(iter(recipes.items()))
+    has_masks = "mask" in tests[split][0]
+    maskers: dict[str, Masker] = {"grayscale": create("masker", "grayscale")}
+    if has_masks:
+        maskers["ground_truth"] = create("masker", "ground_truth")
+    for name, r in recipes.items():
+        masker = getattr(r, "masker", None)
+        if isinstance(masker, Masker) and masker.trainable:
+            maskers[f"learned ({name})"] = masker
+    res = mask_quality(ref.model, tests[split], maskers, batch_size=int(cfg["eval"]["batch_size"]))
+    lines = [f"## Mask quality on {split}: accuracy of {ref_name} with the background outside each mask blurred",
+             "", "| mask | Acc | Δ Acc | mask area |", "|---|---|---|---|",
+             f"| none (original images) | {100 * res['none']['acc']:.1f} | – | – |"]
+    for name in maskers:
+        r = res[name]
+        lines.append(f"| {name} | {100 * r['acc']:.1f} | {100 * r['delta']:+.1f} | {100 * r['mask_area']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_tables(rows: list[dict[str, Any]], source: Source) -> str:

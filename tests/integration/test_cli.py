@@ -52,6 +52,7 @@ def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:
     assert {r["split"] for r in results} == {"test_id/domain0", "test_id/domain1", "random", "flipped", "novel"}
     tables = (out / "tables.md").read_text()
     assert "| align_m_gray | all |" in tables and "Shortcut" in tables
+    assert "Mask quality" in tables and "| learned (align) |" in tables and "| ground_truth |" in tables
     assert Image.open(out / "case_study.png").size[0] > 100
 
 
