@@ -41,8 +41,10 @@ def egl_register_maskers() -> list[Component]:
 
 @hookspec
 def egl_register_alignment_losses() -> list[Component]:
-    """Alignment loss classes (``nn.Module``): ``loss(saliency, mask)`` returns a loss that is
-    minimal when saliency equals mask."""
+    """Alignment loss classes (``nn.Module``, subclass :class:`egl.losses.AlignmentLoss`). Their
+    ``inputs`` attribute says how they are called: ``"saliency"`` (default): ``loss(saliency, mask)``,
+    minimal when saliency equals mask; ``"class_maps"``: ``loss(maps_of_every_class, mask)``;
+    ``"batch"``: ``loss(model, x, mask)``."""
 
 
 @hookspec

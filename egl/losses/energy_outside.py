@@ -58,5 +58,5 @@ class EnergyOutsideLoss(AlignmentLoss):
     name = "energy_outside"
     inputs: ClassVar[str] = "class_maps"
 
-    def forward(self, saliency: Tensor, mask: Tensor) -> Tensor:
-        return energy_outside(saliency, mask, reduction=self.reduction)
+    def forward(self, maps: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        return energy_outside(maps, mask, reduction=self.reduction)

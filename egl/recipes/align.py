@@ -129,7 +129,7 @@ class ALIGN(Recipe):
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
         aligning = step >= self.warmup_steps and self.align_weight > 0
-        need_saliency = aligning or self.regularizer is not None
+        need_saliency = aligning or (self.regularizer is not None and self.reg_weight > 0)
         if need_saliency:
             out = self.explainer.explain(batch.x, batch.y, create_graph=True)
             logits, sal = out.logits, out.saliency
