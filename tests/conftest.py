@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# Triton kernels run on CPU tensors through Triton's interpreter in the tests (no GPU in CI).
+# Set before anything imports triton; a GPU run can export TRITON_INTERPRET=0 to test compiled kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -1,0 +1,91 @@
+"""The fused Grad-CAM epilogue: Triton kernel (run by the interpreter on CPU) vs the PyTorch reference."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import egl
+from egl.kernels import cam_epilogue, cam_epilogue_reference, triton_available
+
+needs_interpreter = pytest.mark.skipif(
+    not triton_available() or os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
+    reason="needs Triton with TRITON_INTERPRET=1 (set by tests/conftest.py) or a GPU")
+
+CASES = [  # (B, C, h, w, H, W)
+    (3, 16, 4, 4, 64, 64),
+    (1, 7, 7, 7, 224, 224),    # batch of one, odd channels, ResNet-like 7x7
+    (2, 33, 5, 3, 17, 29),     # odd, non-square sizes, non-integer scale
+    (2, 8, 6, 6, None, None),  # no upsampling
+    (2, 300, 3, 5, 6, 10),     # channels spill over several blocks
+]
+
+
+def _inputs(b: int, c: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g), torch.randn(b, c, generator=g)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("case", CASES)
+def test_values_match_reference(case: tuple, relu: bool, normalize: bool) -> None:
+    b, c, h, w, hh, ww = case
+    a, wt = _inputs(b, c, h, w)
+    size = None if hh is None else (hh, ww)
+    scale = 1.0 / (h * w)
+    ref = cam_epilogue_reference(a, wt, size, scale=scale, relu=relu, normalize=normalize)
+    out = cam_epilogue(a, wt, size, scale=scale, relu=relu, normalize=normalize, backend="triton")
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", CASES[:3])
+def test_gradients_match_reference(case: tuple) -> None:
+    b, c, h, w, hh, ww = case
+    a, wt = _inputs(b, c, h, w, seed=1)
+    grads = []
+    for backend in ("torch", "triton"):
+        a1, w1 = a.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+        out = cam_epilogue(a1, w1, (hh, ww), scale=0.1, backend=backend)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((a1.grad, w1.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-4)
+
+
+@needs_interpreter
+def test_all_zero_maps_give_zeros_not_nan() -> None:
+    a = torch.zeros(2, 4, 3, 3)
+    out = cam_epilogue(a, torch.ones(2, 4), (8, 8), backend="triton")
+    assert torch.equal(out, torch.zeros(2, 1, 8, 8))
+    neg = cam_epilogue(torch.ones(1, 4, 3, 3), -torch.ones(1, 4), (8, 8), backend="triton")  # all negative: ReLU -> 0
+    assert torch.equal(neg, torch.zeros(1, 1, 8, 8))
+    tiny = cam_epilogue(torch.rand(1, 4, 3, 3) * 1e-5, torch.ones(1, 4), (8, 8), backend="triton")
+    assert float(tiny.max()) == pytest.approx(1.0) and float(tiny.min()) == 0.0  # relative epsilon
+
+
+def test_auto_uses_the_reference_on_cpu_and_checks_inputs() -> None:
+    a, wt = _inputs(2, 8, 4, 4)
+    torch.testing.assert_close(cam_epilogue(a, wt, (16, 16)), cam_epilogue_reference(a, wt, (16, 16)))
+    with pytest.raises(egl.InputError, match="'weights' expected shape \\[2, 8\\]"):
+        cam_epilogue(a, wt[:, :4], (16, 16))
+    with pytest.raises(egl.InputError, match="'backend' expected one of"):
+        cam_epilogue(a, wt, backend="cuda")
+
+
+def test_grad_cam_equals_the_epilogue_of_its_own_parts() -> None:
+    from _helpers import make_model
+
+    from egl.explainers import grad_cam
+
+    model = make_model("test_resnet", output_stride=16)
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    w = model.get_classifier().weight[torch.tensor([1, 3])]
+    expected = cam_epilogue(feats, w, (64, 64), scale=1.0 / (feats.shape[-2] * feats.shape[-1]))
+    torch.testing.assert_close(grad_cam(model, x, [1, 3]), expected)
