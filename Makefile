@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.egl-installed
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ test-fast: $(STAMP)
 # The paper's comparison on the built-in benchmark, under 10 minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(VENV)/bin/egl demo $(DEMO_ARGS)
+
+# Micro-benchmarks against peers (captum, pytorch-grad-cam, torch-cam); not part of `make test`.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/saliency.py $(BENCH_ARGS)
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/kernel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,173 @@
+"""Saliency throughput and memory: egl against captum, pytorch-grad-cam and torch-cam.
+
+    python benchmarks/saliency.py                      # full: 4 models x (32x224, 64x64)
+    python benchmarks/saliency.py --quick              # resnet18 only, fewer repeats
+    python benchmarks/saliency.py --json out.json
+
+Every variant computes Grad-CAM of given targets at the last stage, upsampled to the input:
+``forward`` is a plain ``no_grad`` forward (the floor); ``egl`` takes its fastest exact path
+(closed form for GAP+linear heads); ``egl_autograd`` forces autograd. Times are medians of
+round-robin repeats in one process; peak memory is measured with each variant in its own
+process. Peers come from the ``bench`` extra (``pip install egl[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import hardware, peak_memory_mb, round_robin, run_isolated, table  # noqa: E402
+
+MODELS = {"resnet18": "layer4", "resnet50": "layer4", "convnext_tiny": "stages.3",
+          "vit_small_patch16_224": "blocks.11.norm1"}
+SETTINGS = [(32, 224), (64, 64)]
+
+
+def _model(name: str, size: int) -> torch.nn.Module:
+    import timm
+
+    kw = {"img_size": size} if name.startswith("vit") else {}
+    return timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+
+
+def _vit_reshape(t: torch.Tensor) -> torch.Tensor:
+    n = int((t.shape[1] - 1) ** 0.5)
+    return t[:, 1:].reshape(t.shape[0], n, n, t.shape[2]).permute(0, 3, 1, 2)
+
+
+def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    from egl.explainers import GradCAM
+
+    layer = model.get_submodule(MODELS[name])
+    size = x.shape[-2:]
+    egl_cam, egl_auto = GradCAM(model), GradCAM(model, path="autograd")
+    out: dict[str, Callable[[], Any]] = {}
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return model(x)
+
+    out["forward"] = forward
+    out["egl"] = lambda: egl_cam(x, y)
+    if not name.startswith("vit"):
+        out["egl_autograd"] = lambda: egl_auto(x, y)
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        if not name.startswith("vit"):
+            lgc = LayerGradCam(model, layer)
+            out["captum"] = lambda: LayerAttribution.interpolate(
+                lgc.attribute(x, target=y, relu_attributions=True), tuple(size), "bilinear")
+    except ImportError:
+        pass
+    try:
+        from pytorch_grad_cam import GradCAM as PGC
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        pgc = PGC(model=model, target_layers=[layer], reshape_transform=_vit_reshape if name.startswith("vit") else None)
+        targets = [ClassifierOutputTarget(int(t)) for t in y]
+        out["pytorch_grad_cam"] = lambda: pgc(input_tensor=x, targets=targets)
+    except ImportError:
+        pass
+    try:
+        from torchcam.methods import GradCAM as TCGradCAM
+
+        if not name.startswith("vit"):
+            def torchcam() -> Any:
+                with TCGradCAM(model, target_layer=MODELS[name]) as extractor:
+                    scores = model(x)
+                    maps = extractor(y.tolist(), scores)[0]
+                return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)
+            out["torchcam"] = torchcam
+    except ImportError:
+        pass
+    return out
+
+
+def agreement(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Max |egl - captum| / max|captum| on raw (unnormalised) maps; None where captum does not apply."""
+    if name.startswith("vit"):
+        return None
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from egl.explainers import grad_cam
+
+    ref = LayerAttribution.interpolate(LayerGradCam(model, model.get_submodule(MODELS[name])).attribute(
+        x, target=y, relu_attributions=True), tuple(x.shape[-2:]), "bilinear").detach()
+    ours = grad_cam(model, x, y, normalize=False)
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def _inputs(name: str, batch: int, size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(name, size).to(dev)
+    return model, torch.randn(batch, 3, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev)
+
+
+def one(name: str, variant: str, batch: int, size: int) -> None:
+    """Child process: peak and retained memory of one variant (prints one JSON line)."""
+    model, x, y = _inputs(name, batch, size)
+    fn = variants(name, model, x, y)[variant]
+    if torch.cuda.is_available():
+        fn()  # warm-up (cuDNN autotuning, lazy init); the caching allocator's peak is reset after it
+    # On CPU no warm-up: the resident-set high-water mark cannot see memory the allocator reuses.
+    peak, kept = peak_memory_mb(fn)
+    print(json.dumps({"peak_mb": peak, "retained_mb": kept}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="resnet18 only, 3 repeats")
+    p.add_argument("--models", default=None, help="comma list (default: all four)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--one", nargs=4, metavar=("MODEL", "VARIANT", "BATCH", "SIZE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        one(a.one[0], a.one[1], int(a.one[2]), int(a.one[3]))
+        return
+    models = a.models.split(",") if a.models else (["resnet18"] if a.quick else list(MODELS))
+    repeats = 3 if a.quick else a.repeats
+    print(f"# saliency benchmark on {hardware()}")
+    results = []
+    for name in models:
+        for batch, size in SETTINGS:
+            model, x, y = _inputs(name, batch, size)
+            fns = variants(name, model, x, y)
+            times = round_robin(fns, repeats)
+            agree = agreement(name, model, x, y)
+            rows = []
+            for v, t in times.items():
+                row: dict[str, Any] = {"model": name, "input": f"{batch}x{size}", "variant": v,
+                                       "ms": 1000 * t, "img/s": batch / t, "x forward": t / times["forward"]}
+                if v not in ("forward",):
+                    row["egl speed-up"] = t / times["egl"]
+                if not a.no_memory:
+                    mem = run_isolated(__file__, ["--one", name, v, str(batch), str(size)])
+                    row["peak MB"] = mem.get("peak_mb")
+                    row["retained MB"] = mem.get("retained_mb")
+                rows.append(row)
+            fwd_peak = next((r.get("peak MB") for r in rows if r["variant"] == "forward"), None)
+            for r in rows:
+                if fwd_peak and isinstance(r.get("peak MB"), float):
+                    r["x fwd mem"] = r["peak MB"] / fwd_peak
+            print(f"\n## {name}, batch {batch} x {size}px  (egl vs captum max rel. diff: {agree})")
+            print(table(rows, ["variant", "ms", "img/s", "x forward", "egl speed-up", "peak MB", "x fwd mem",
+                               "retained MB"]))
+            results += rows
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"hardware": hardware(), "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Training-step cost of every recipe as a ratio to an ERM step on the same batch.
+
+    python benchmarks/train_step.py            # resnet18 (output_stride 16) at 64 px, batch 32
+    python benchmarks/train_step.py --quick    # fewer repeats
+
+Rows: ``erm``; ``clf+align`` (a classifier step with the Grad-CAM BCE alignment term only: ALIGN
+with no regularizer and no masker phase); ``align`` (the full ALIGN iteration: masker phase +
+classifier phase with the mixup regularizer); and every other registered recipe. Median of
+round-robin repeats in one process; peak memory with each recipe in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import hardware, peak_memory_mb, round_robin, run_isolated, table  # noqa: E402
+
+
+def _setup(arch: str, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.arange(batch) % 5
+    domain = torch.arange(batch) % 2
+    mask = torch.zeros(batch, 1, size, size)
+    mask[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    return x, y, domain, mask
+
+
+def _recipe(name: str, arch: str) -> Any:
+    import timm
+
+    import egl
+
+    model = timm.create_model(arch, pretrained=False, num_classes=5, output_stride=16)
+    if name == "clf+align":
+        return egl.create("recipe", "align", model, regularizer=None, warmup_steps=0, masker="ground_truth")
+    kw = {"warmup_steps": 0} if name == "align" else {}
+    return egl.create("recipe", name, model, **kw)
+
+
+def _step_fn(name: str, arch: str, batch: int, size: int) -> Any:
+    x, y, d, m = _setup(arch, batch, size)
+    recipe = _recipe(name, arch).train()
+    opts = recipe.configure_optimizers()
+    data = {"image": x, "label": y, "domain": d, "mask": m}
+    step = [1]
+
+    def run() -> None:
+        recipe.training_step(data, step[0], opts)
+    return run
+
+
+def names() -> list[str]:
+    import egl
+
+    rest = [n for n in egl.list_components("recipe") if n not in ("erm", "align")]
+    return ["erm", "clf+align", "align", *rest]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        fn = _step_fn(a.one, a.arch, a.batch, a.size)
+        fn()
+        peak, _ = peak_memory_mb(fn)
+        print(json.dumps({"peak_mb": peak}))
+        return
+    fns = {n: _step_fn(n, a.arch, a.batch, a.size) for n in names()}
+    times = round_robin(fns, 2 if a.quick else a.repeats)
+    rows = []
+    for n, t in times.items():
+        mem = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size)])
+        rows.append({"recipe": n, "ms/step": 1000 * t, "x erm": t / times["erm"], "peak MB": mem.get("peak_mb")})
+    erm_mem = rows[0]["peak MB"]
+    for r in rows:
+        if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
+            r["x erm mem"] = r["peak MB"] / erm_mem
+    print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px")
+    print(table(rows, ["recipe", "ms/step", "x erm", "peak MB", "x erm mem"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
