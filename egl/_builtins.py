@@ -19,9 +19,9 @@ def egl_register_explainers() -> list[Any]:
 
 @hookimpl
 def egl_register_maskers() -> list[Any]:
-    from egl.maskers import GrayscaleMasker, GroundTruthMasker, LearnedMasker
+    from egl.maskers import GrayscaleMasker, GroundTruthMasker, LearnedMasker, SAMMasker
 
-    return [LearnedMasker, GrayscaleMasker, GroundTruthMasker]
+    return [LearnedMasker, GrayscaleMasker, GroundTruthMasker, SAMMasker]
 
 
 @hookimpl

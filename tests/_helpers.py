@@ -17,3 +17,32 @@ def make_model(name: str, *, seed: int = 0, eval_mode: bool = True, **kwargs: ob
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
     return model.eval() if eval_mode else model.train()
+
+
+def tiny_sam() -> nn.Module:
+    """A tiny, randomly initialised Segment Anything model (transformers), built without download."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1],
+                           num_pos_feats=16, mlp_dim=64, initializer_range=0.02),
+        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=32),
+        initializer_range=0.3,
+    )
+    return transformers.SamModel(cfg).eval()
+
+
+def create_component(kind: str, name: str, **kwargs: object) -> object:
+    """``egl.create`` for tests, with test-sized construction arguments where a component needs them
+    (SAM needs weights: a tiny random model stands in; its input is declared as mean 0.5, std 0.2)."""
+    import egl
+
+    if (kind, name) == ("masker", "sam"):
+        from egl.maskers import SAMMasker
+
+        return SAMMasker(model=tiny_sam(), input_mean=0.5, input_std=0.2, points_per_side=2, **kwargs)
+    return egl.create(kind, name, **kwargs)

@@ -28,12 +28,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _preset(name: str) -> dict[str, Any]:
+    """A preset; the ablation gains the paper's m-SAM row when SAM weights are configured."""
+    preset = json.loads(json.dumps(PRESETS[name]))
+    if name == "ablation":
+        if os.environ.get("EGL_SAM_WEIGHTS"):
+            preset["methods"]["align_m_sam"] = {"recipe": "align", "kwargs": {"warmup_steps": 50, "masker": "sam"}}
+        else:
+            print("[egl] ablation: no m-SAM row (set EGL_SAM_WEIGHTS to a local SAM folder, see docs/components.md)")
+    return preset
+
+
 def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     from egl.experiments.config import DEFAULTS, load_config, merge
 
     start = base if base is not None else DEFAULTS
     if getattr(args, "preset", None):
-        start = merge(start, PRESETS[args.preset])
+        start = merge(start, _preset(args.preset))
     cfg = load_config(args.config, args.set, base=start)
     if getattr(args, "out", None):
         cfg["output"] = args.out

@@ -4,5 +4,6 @@ from egl.maskers.base import Masker
 from egl.maskers.grayscale import GrayscaleMasker
 from egl.maskers.ground_truth import GroundTruthMasker
 from egl.maskers.learned import LearnedMasker
+from egl.maskers.sam import SAMMasker
 
-__all__ = ["Masker", "LearnedMasker", "GrayscaleMasker", "GroundTruthMasker"]
+__all__ = ["Masker", "LearnedMasker", "GrayscaleMasker", "GroundTruthMasker", "SAMMasker"]

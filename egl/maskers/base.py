@@ -4,8 +4,10 @@ Class attributes tell a recipe how to treat a masker:
 
 * ``trainable`` -- has parameters that a masker phase updates (``learned``).
 * ``needs_mask`` -- reads masks that come with the data (``ground_truth``); the data
-  must then carry a ``mask``. A precomputed, frozen masker (SAM masks cached per image)
-  fits here too: compute once, ship as the batch's ``mask``, set ``needs_mask``.
+  must then carry a ``mask``.
+
+A frozen masker with expensive masks (``sam``) computes them once per image and caches
+them on disk (see :class:`egl.maskers.SAMMasker`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from _helpers import NUM_CLASSES, make_model
+from _helpers import NUM_CLASSES, create_component, make_model
 from torch import nn
 
 import egl
@@ -94,7 +94,7 @@ def _masker_inputs(device: str) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", MASKERS)
 def test_masker_output(name: str, device: str) -> None:
     torch.manual_seed(0)
-    masker = egl.create("masker", name).to(device)
+    masker = create_component("masker", name).to(device)
     assert isinstance(masker, nn.Module)
     x, mask = _masker_inputs(device)
     out = masker(x, mask if masker.needs_mask else None)
@@ -109,7 +109,7 @@ def test_masker_output(name: str, device: str) -> None:
 @pytest.mark.parametrize("name", MASKERS)
 def test_masker_gradients(name: str) -> None:
     torch.manual_seed(0)
-    masker = egl.create("masker", name)
+    masker = create_component("masker", name)
     x, mask = _masker_inputs("cpu")
     params = [p for p in masker.parameters() if p.requires_grad]
     if not masker.trainable:
@@ -125,7 +125,7 @@ def test_masker_gradients(name: str) -> None:
 
 @pytest.mark.parametrize("name", MASKERS)
 def test_masker_rejects_a_non_image(name: str) -> None:
-    masker = egl.create("masker", name)
+    masker = create_component("masker", name)
     with pytest.raises(egl.InputError, match="'x' expected a 4-D tensor"):
         masker(torch.randn(3, 16, 16), torch.rand(3, 16, 16))
 

@@ -77,3 +77,18 @@ def test_local_weights_load_without_download(tmp_path: Path) -> None:
         build_model({"arch": "test_resnet", "weights": str(tmp_path / "missing.pt")}, num_classes=5)
     with pytest.raises(egl.InputError, match="'model.arch' expected a timm architecture name"):
         build_model({"arch": "resnet9000"}, num_classes=5)
+
+
+def test_ablation_preset_gains_m_sam_with_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _helpers import tiny_sam
+
+    from egl.experiments.commands import _preset
+
+    assert "align_m_sam" not in _preset("ablation")["methods"]
+    tiny_sam().save_pretrained(tmp_path / "sam")
+    monkeypatch.setenv("EGL_SAM_WEIGHTS", str(tmp_path / "sam"))
+    methods = _preset("ablation")["methods"]
+    assert methods["align_m_sam"]["kwargs"]["masker"] == "sam"
+    masker = egl.create("masker", "sam")  # loads the local folder named by EGL_SAM_WEIGHTS, no download
+    out = masker(torch.rand(1, 3, 32, 32))
+    assert out.shape == (1, 1, 32, 32)
