@@ -16,13 +16,23 @@
   straight into a ``Linear``, the gradient is the class's weight row and Grad-CAM
   has the closed form ``relu(W[y] · A) / (H·W)`` (``head="linear"``).
 * **How to lay tokens out.** Token outputs are reshaped to the patch grid from timm's
-  own metadata (``patch_embed`` and ``num_prefix_tokens``), prefix tokens dropped.
+  own metadata (``patch_embed``, or the ``stem`` of MLP-Mixers, and ``num_prefix_tokens``:
+  class, distillation and register tokens are dropped). Channels-last maps (Swin, MambaOut,
+  Sequencer: ``output_fmt == "NHWC"`` or an ``NHWC`` pooling head) are permuted.
+
+Whether the head really starts with global average pooling is checked once per model
+and mode by a probe (``forward_head`` of a random map equals ``forward_head`` of its mean),
+so a head that pools only after a convolution (VGG's ``pre_logits``, EfficientViT's
+``in_conv``) takes the autograd path, and one that pools inside ``forward_head`` without a
+pooling module (PVT-v2, MambaOut, LeViT-conv) takes the fast paths. A layout egl cannot
+read (hierarchical token models such as Twins, LeViT, Hiera, PiT; CrossViT's two branches)
+raises :class:`~egl.errors.UnsupportedModelError` naming a ``layer=`` that works.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,7 +41,8 @@ from torch import Tensor, nn
 from egl._check import fail
 from egl.errors import UnsupportedModelError
 
-__all__ = ["Target", "resolve_target", "tokens_to_grid", "is_timm_model", "is_vit"]
+__all__ = ["Target", "resolve_target", "tokens_to_grid", "patch_grid", "pool_features", "is_timm_model",
+           "is_vit", "unsupported_model", "features_layout"]
 
 FEATURES = "forward_features"
 
@@ -58,43 +69,103 @@ def is_timm_model(model: nn.Module) -> bool:
     return all(callable(getattr(model, a, None)) for a in ("forward_features", "forward_head", "get_classifier"))
 
 
+class _LayoutError(UnsupportedModelError):
+    """Tokens or features whose layout egl cannot read; ``detail`` says why (without advice)."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _patch_embed(model: nn.Module) -> nn.Module | None:
+    """The patch embedding that fixes the token grid: ``patch_embed``, or an MLP-Mixer's ``stem``."""
+    for name in ("patch_embed", "stem"):
+        pe = getattr(model, name, None)
+        if isinstance(pe, nn.Module) and getattr(pe, "patch_size", None) is not None:
+            return pe
+    return None
+
+
 def is_vit(model: nn.Module) -> bool:
-    """True for timm vision transformers with a patch grid and prefix tokens."""
-    return is_timm_model(model) and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens") \
-        and isinstance(getattr(model, "blocks", None), nn.Sequential)
+    """True for timm token models: a patch embedding and a stack of ``blocks`` (ViT, DeiT, BEiT,
+    EVA, CaiT, XCiT, ConViT, MLP-Mixer...)."""
+    return is_timm_model(model) and _patch_embed(model) is not None \
+        and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList))
 
 
-def _grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
-    pe: Any = model.patch_embed
+def patch_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """``(h, w)`` of the patch grid for an input of size ``input_hw``, from timm's patch embedding.
+
+    Raises:
+        UnsupportedModelError: the model has no patch embedding to read the grid from.
+    """
+    pe: Any = _patch_embed(model)
+    if pe is None:
+        detail = f"{type(model).__name__} emits tokens but has no patch embedding to lay them out on a grid"
+        raise _LayoutError(f"egl: {detail}. Pass layer= naming a module whose output is a [B, C, H, W] map.",
+                           detail)
     if getattr(pe, "dynamic_img_size", False) or getattr(model, "dynamic_img_size", False):
         if hasattr(pe, "dynamic_feat_size"):
             return tuple(pe.dynamic_feat_size(input_hw))  # type: ignore[return-value]
     if getattr(pe, "grid_size", None) is not None:
         return tuple(pe.grid_size)  # type: ignore[return-value]
     ps = pe.patch_size
+    ps = (ps, ps) if isinstance(ps, int) else ps
     return input_hw[0] // ps[0], input_hw[1] // ps[1]
 
 
-def tokens_to_grid(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int]) -> Tensor:
+def tokens_to_grid(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int], *,
+                   prefix: int | None = None) -> Tensor:
     """``[B, N, C]`` tokens to a ``[B, C, h, w]`` map, dropping timm's prefix tokens.
+
+    Args:
+        tokens: token activations.
+        model: the timm model (its patch embedding gives the grid).
+        input_hw: size of the input image.
+        prefix: leading tokens to drop; default ``model.num_prefix_tokens`` (class, distillation
+            and register tokens).
 
     Shape:
         tokens: ``B N C`` with ``N = num_prefix_tokens + h*w``; returns ``B C h w``.
     """
-    h, w = _grid(model, input_hw)
-    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    h, w = patch_grid(model, input_hw)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if prefix is None else prefix
     if tokens.shape[1] != prefix + h * w:
-        raise UnsupportedModelError(
-            f"egl: tokens of shape {list(tokens.shape)} do not match {prefix} prefix tokens plus a "
-            f"{h}x{w} patch grid for input {list(input_hw)} on {type(model).__name__}. Pass layer= "
-            "naming a module whose output holds the patch tokens."
-        )
+        detail = (f"tokens of shape {list(tokens.shape)} do not match {prefix} prefix tokens plus a "
+                  f"{h}x{w} patch grid for input {list(input_hw)} on {type(model).__name__}")
+        raise _LayoutError(f"egl: {detail}. Pass layer= naming a module whose output holds the patch tokens.",
+                           detail)
     patch = tokens[:, prefix:]
     return patch.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
+def token_prefix(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int]) -> int | None:
+    """Prefix tokens to drop from a hooked token activation: none when the activation holds the
+    patch tokens alone (CaiT's and XCiT's blocks add the class token only later), else the model's."""
+    try:
+        h, w = patch_grid(model, input_hw)
+    except _LayoutError:
+        return None
+    return 0 if tokens.shape[1] == h * w else None
+
+
+def pool_features(feats: Tensor, fmt: str, model: nn.Module) -> Tensor:
+    """Global average pool of ``forward_features`` output, in the layout ``forward_head`` takes.
+
+    ``NCHW``/``NHWC`` maps pool to one position (``keepdim``); ``NLC`` tokens keep their prefix
+    tokens and have the patch tokens replaced by their mean (one token).
+    """
+    if fmt == "NLC":
+        prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        return torch.cat([feats[:, :prefix], feats[:, prefix:].mean(dim=1, keepdim=True)], dim=1)
+    return feats.mean(dim=(2, 3) if fmt == "NCHW" else (1, 2), keepdim=True)
+
+
 def _avg_pool_fmt(model: nn.Module) -> str | None:
-    """Input format of the head's global average pool, or None if the head does not start with one."""
+    """Input format of the head's global average pool, or None if the head does not start with one.
+
+    A structural hint only: :func:`head_kind` checks it (and finds pooling heads it misses) by a probe.
+    """
     if is_vit(model):
         return "NLC" if getattr(model, "global_pool", None) == "avg" else None
     try:
@@ -102,17 +173,32 @@ def _avg_pool_fmt(model: nn.Module) -> str | None:
         from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
     except ImportError:  # pragma: no cover - timm is a dependency
         return None
+    head = getattr(model, "head", None)
     pool = getattr(model, "global_pool", None)
     if not isinstance(pool, SelectAdaptivePool2d):
-        pool = getattr(getattr(model, "head", None), "global_pool", None)
+        pool = getattr(head, "global_pool", None)
     if not isinstance(pool, SelectAdaptivePool2d):
+        # heads that pool in forward() without a pooling module (timm's ClNormMlpClassifierHead)
+        if isinstance(head, nn.Module) and getattr(head, "pool_type", None) == "avg":
+            dim = getattr(head, "pool_dim", None)
+            if dim == (1, 2) or (dim is None and getattr(model, "output_fmt", None) == "NHWC"):
+                return "NHWC"
+            return "NCHW" if dim in ((2, 3), (-2, -1)) or dim is None else None
         return None
     inner = pool.pool
     if isinstance(inner, nn.AdaptiveAvgPool2d) and inner.output_size in (1, (1, 1)):
         return "NCHW"
-    if isinstance(inner, FastAdaptiveAvgPool):
-        return "NHWC" if getattr(inner, "pool_dim", (2, 3)) == (1, 2) else "NCHW"
+    if isinstance(inner, FastAdaptiveAvgPool):  # timm >= 1.0 names the dims ``dim``, older ``pool_dim``
+        dim = tuple(getattr(inner, "dim", getattr(inner, "pool_dim", (2, 3))))
+        return "NHWC" if dim == (1, 2) else "NCHW"
     return None
+
+
+def _features_fmt(model: nn.Module, pool_fmt: str | None) -> str:
+    """Layout of ``forward_features``: the head's pooling input, else timm's ``output_fmt``."""
+    if pool_fmt is not None:
+        return pool_fmt
+    return "NHWC" if getattr(model, "output_fmt", None) == "NHWC" else "NCHW"
 
 
 def _restore_buffers(model: nn.Module, saved: list[Tensor]) -> None:
@@ -168,10 +254,81 @@ def _linear_after_pool(model: nn.Module, channels: int, fmt: str, like: Tensor) 
     return ok
 
 
+_POOL_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[bool, str], bool]]" = weakref.WeakKeyDictionary()
+
+
+def _pre_logits(model: Any, feats: Tensor) -> Any:
+    try:
+        return model.forward_head(feats, pre_logits=True)
+    except TypeError:  # a head without the pre_logits switch
+        return model.forward_head(feats)
+
+
+def _pools_first(model: nn.Module, feats: Tensor, fmt: str) -> bool:
+    """Does ``forward_head`` start with global average pooling in the model's current mode?
+
+    Then ``forward_head(A) == forward_head(mean(A))`` for every ``A``; probed once per model,
+    mode and layout on a random ``A`` shaped like ``feats``. Both calls start from the same RNG
+    state (dropout draws the same mask) and buffers are restored. A single position is pooled
+    trivially and is not cached (a larger input may tell another story).
+    """
+    if fmt == "NLC":
+        positions = feats.shape[1] - int(getattr(model, "num_prefix_tokens", 0) or 0)
+    else:
+        positions = feats.shape[2] * feats.shape[3] if fmt == "NCHW" else feats.shape[1] * feats.shape[2]
+    if positions == 1:
+        return True
+    cache = _POOL_CACHE.setdefault(model, {})
+    key = (model.training, fmt)
+    if key in cache:
+        return cache[key]
+    ok = positions > 1
+    if ok:
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn((2, *feats.shape[1:]), generator=gen).to(feats)
+        saved = [b.detach().clone() for b in model.buffers()]
+        try:
+            with torch.no_grad():
+                with _keep_rng(feats.device):
+                    full = _pre_logits(model, probe)
+                with _keep_rng(feats.device):
+                    pooled = _pre_logits(model, pool_features(probe, fmt, model))
+            ok = isinstance(full, Tensor) and isinstance(pooled, Tensor) and full.shape == pooled.shape
+            if ok:
+                tol = 1e-3 if torch.finfo(full.dtype).bits >= 32 else 5e-2
+                ok = bool((full - pooled).abs().max() <= tol * full.abs().max().clamp_min(1e-12))
+        except Exception:  # noqa: BLE001 - a head that rejects pooled input does not pool first
+            ok = False
+        finally:
+            _restore_buffers(model, saved)
+    cache[key] = ok
+    return ok
+
+
+def features_layout(model: nn.Module, target: Target, feats: Any) -> Target:
+    """``target`` with the layout of the actual ``forward_features`` output, where its rank says
+    otherwise: a ``[B, C, H, W]`` map from a token model (SAM's convolutional neck), or tokens from
+    a model with a patch embedding whose head was not recognised."""
+    if target.name != FEATURES or not isinstance(feats, Tensor):
+        return target
+    if target.fmt == "NLC" and feats.dim() == 4:
+        return replace(target, fmt=_features_fmt(model, None))
+    if target.fmt != "NLC" and feats.dim() == 3 and _patch_embed(model) is not None:
+        return replace(target, fmt="NLC")
+    return target
+
+
 def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
-    """Refine ``target.head`` with the actual feature tensor (linear needs a probe)."""
-    if target.head != "pooled":
-        return target.head
+    """The head as Grad-CAM can use it, given the actual feature tensor.
+
+    ``"linear"`` (global average pool then ``Linear``: closed form), ``"pooled"`` (global average
+    pool first: head-only gradient) or ``"none"`` (autograd). Only a ``forward_features`` target
+    can have a usable head; both properties are probed (once per model and mode).
+    """
+    if target.module is not None or target.name != FEATURES or (target.fmt == "NLC") != (feats.dim() == 3):
+        return "none"
+    if not _pools_first(model, feats, target.fmt):
+        return "none"
     if target.fmt == "NLC":
         return "pooled"
     c = feats.shape[1] if target.fmt == "NCHW" else feats.shape[-1]
@@ -181,30 +338,39 @@ def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
 _PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
-def _probe_last_map(model: nn.Module, x: Tensor) -> str:
-    """Dotted name of the last module (in execution order) emitting a ``[B, C, H, W]`` map, H·W > 1."""
-    if model in _PROBE_CACHE:
-        return _PROBE_CACHE[model]
+def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> list[str]:
+    """Dotted names of the modules emitting a ``[B, C, H, W]`` map (batch ``B``, H·W > 1), in
+    execution order, from one forward pass (no grad, RNG and buffers untouched, hooks removed)."""
     order: list[str] = []
     handles = []
+    xb = x[: min(2, x.shape[0])]
 
     def make(name: str):
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+            if isinstance(out, Tensor) and out.dim() == 4 and out.shape[0] == xb.shape[0] \
+                    and out.shape[-1] * out.shape[-2] > 1:
                 order.append(name)
         return hook
 
     saved = [b.detach().clone() for b in model.buffers()]
     try:
         for name, mod in model.named_modules():
-            if name:
+            if name and (not convs_only or isinstance(mod, nn.Conv2d)):
                 handles.append(mod.register_forward_hook(make(name)))
         with torch.no_grad(), _keep_rng(x.device):
-            model(x[: min(2, x.shape[0])])
+            model(xb)
     finally:
         for h in handles:
             h.remove()
         _restore_buffers(model, saved)
+    return order
+
+
+def _probe_last_map(model: nn.Module, x: Tensor) -> str:
+    """Dotted name of the last module (in execution order) emitting a ``[B, C, H, W]`` map, H·W > 1."""
+    if model in _PROBE_CACHE:
+        return _PROBE_CACHE[model]
+    order = _maps_in_order(model, x)
     if not order:
         raise UnsupportedModelError(
             f"egl: {type(model).__name__} has no layer that outputs a spatial map [B, C, H, W] with "
@@ -213,6 +379,28 @@ def _probe_last_map(model: nn.Module, x: Tensor) -> str:
         )
     _PROBE_CACHE[model] = order[-1]
     return order[-1]
+
+
+def _model_name(model: nn.Module) -> str:
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return f"{type(model).__name__} ('{arch}')" if arch else type(model).__name__
+
+
+def unsupported_model(model: nn.Module, x: Tensor, detail: str, fn: str) -> UnsupportedModelError:
+    """The error for a model whose target egl cannot find by itself, naming a ``layer=`` that works.
+
+    The suggestion is the last ``Conv2d`` (in execution order) whose output is a ``[B, C, H, W]``
+    map with more than one position, found by one probing forward pass of ``x``.
+    """
+    order = _maps_in_order(model, x, convs_only=True)
+    if order:
+        hint = (f"Pass layer='{order[-1]}' (its last convolution with a [B, C, H, W] output), or any "
+                "dotted module name whose output is a [B, C, H, W] map")
+    else:
+        hint = ("No convolution outputs a [B, C, H, W] map for this batch: pass layer= naming a module "
+                "that does, or use an input-space explainer such as 'input_gradient'")
+    return UnsupportedModelError(f"{fn}: {_model_name(model)} is not supported with layer='auto': "
+                                 f"{detail}. {hint}.")
 
 
 def _module(model: nn.Module, name: str, fn: str) -> nn.Module:
@@ -258,11 +446,17 @@ def resolve_target(model: nn.Module, layer: str = "auto", x: Tensor | None = Non
         pool_fmt = _avg_pool_fmt(model)
         if pool_fmt == "NLC":
             return Target(FEATURES, None, "pooled", "NLC")
-        name = f"blocks.{len(model.blocks) - 1}.norm1"  # type: ignore[arg-type]
+        last = len(model.blocks) - 1  # type: ignore[arg-type]
+        if not isinstance(getattr(model.blocks[last], "norm1", None), nn.Module):  # type: ignore[index]
+            raise UnsupportedModelError(
+                f"{fn}: {_model_name(model)} classifies from a prefix token and its last block "
+                f"'blocks.{last}' has no 'norm1' (the input of its attention) to take Grad-CAM from. "
+                f"Pass layer='blocks.{last}.<name of the norm before the attention>'.")
+        name = f"blocks.{last}.norm1"
         return Target(name, _module(model, name, fn), "none", "NLC")
     if is_timm_model(model):
         pool_fmt = _avg_pool_fmt(model)
-        return Target(FEATURES, None, "pooled" if pool_fmt else "none", pool_fmt or "NCHW")
+        return Target(FEATURES, None, "pooled" if pool_fmt else "none", _features_fmt(model, pool_fmt))
     if x is None:
         raise fail(fn, "x", "an input batch to probe a non-timm model", "None",
                    "Pass x, or name the layer explicitly with layer=")

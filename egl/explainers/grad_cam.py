@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, fail
-from egl.backbones import FEATURES, Target, head_kind, resolve_target, tokens_to_grid
+from egl.backbones import (FEATURES, Target, _LayoutError, features_layout, head_kind, pool_features,
+                            resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.explainers._postprocess import finalize
 from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
@@ -45,7 +46,7 @@ PATHS = ("auto", "closed_form", "pooled", "autograd")
 
 def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tensor:
     if fmt == "NLC":
-        return tokens_to_grid(a, model, hw)
+        return tokens_to_grid(a, model, hw, prefix=token_prefix(a, model, hw))
     if fmt == "NHWC":
         return a.permute(0, 3, 1, 2)
     return a
@@ -122,11 +123,16 @@ class GradCAM(Explainer):
         if self._target is None:
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        with double_backward_ready(create_graph and not self.detach_weights):  # constant weights: one backward
-            if self._target.module is None:
-                raw, logits = self._from_features(x, tgt, create_graph, fn)
-            else:
-                raw, logits = self._from_hook(x, tgt, create_graph, fn)
+        try:
+            with double_backward_ready(create_graph and not self.detach_weights):  # constant weights: one backward
+                if self._target.module is None:
+                    raw, logits = self._from_features(x, tgt, create_graph, fn)
+                else:
+                    raw, logits = self._from_hook(x, tgt, create_graph, fn)
+        except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works
+            if self.layer != "auto":
+                raise
+            raise unsupported_model(self.model, x, e.detail, fn) from None
         sal = finalize(raw, hw if self.upsample else None, self.normalize)
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
@@ -153,13 +159,11 @@ class GradCAM(Explainer):
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         with torch.set_grad_enabled(create_graph):
             feats = model.forward_features(x)
+        target = self._target = features_layout(model, target, feats)
         if not isinstance(feats, Tensor) or feats.dim() != (3 if target.fmt == "NLC" else 4):
-            raise UnsupportedModelError(
-                f"{fn}: {type(model).__name__}.forward_features returned "
-                f"{list(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__}; expected a "
-                f"{'[B, N, C] token' if target.fmt == 'NLC' else '4-D'} feature map. Pass layer= naming "
-                "a module whose output is a spatial map."
-            )
+            got = list(feats.shape) if isinstance(feats, Tensor) else f"a {type(feats).__name__}"
+            want = "[B, N, C] patch tokens" if target.fmt == "NLC" else "a [B, C, H, W] map"
+            raise unsupported_model(model, x, f"forward_features returned {got}, not {want}", fn)
         path = self._choose(head_kind(model, target, feats), fn)
         self.last_path = path
         fmt = target.fmt
@@ -185,13 +189,7 @@ class GradCAM(Explainer):
                 hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         model: Any = self.model
         fmt = self._target.fmt  # type: ignore[union-attr]
-        if fmt == "NLC":
-            prefix = int(getattr(model, "num_prefix_tokens", 0))
-            pooled = feats[:, prefix:].mean(dim=1, keepdim=True)
-            head_in = torch.cat([feats[:, :prefix], pooled], dim=1)
-        else:
-            dims = (2, 3) if fmt == "NCHW" else (1, 2)
-            head_in = feats.mean(dim=dims, keepdim=True)
+        head_in = pool_features(feats, fmt, model)
         if not create_graph:
             head_in = head_in.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -269,7 +267,7 @@ class GradCAM(Explainer):
                 f"{type(self.model).__name__}. Pass layer= naming a module the forward pass uses."
             )
         act = store["a"]
-        fmt = target.fmt if act.dim() == 3 else "NCHW"
+        fmt = "NLC" if act.dim() == 3 else "NCHW"
         if act.dim() not in (3, 4):
             raise UnsupportedModelError(
                 f"{fn}: layer '{target.name}' outputs shape {list(act.shape)}; Grad-CAM needs a "

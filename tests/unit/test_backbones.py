@@ -109,6 +109,35 @@ def test_head_kind_depends_on_mode_with_dropout(images: Tensor) -> None:
     assert head_kind(model, target, feats) == "linear"
 
 
+
+def test_head_kind_probe_rejects_a_conv_before_the_pool(images: Tensor) -> None:
+    """VGG's head runs a 7x7 conv (``pre_logits``) before its pool: the pooled shortcut would be wrong."""
+    import timm.models.vgg
+
+    torch.manual_seed(0)
+    model = timm.models.vgg.VGG([8, "M", 8, "M", 8, "M", 8, "M", 8, "M"], num_classes=NUM_CLASSES, mlp_ratio=0.01)
+    target = resolve_target(model.train())
+    assert target.head == "pooled"  # the structural hint sees the ClassifierHead's pool...
+    with torch.no_grad():
+        feats = model.forward_features(images)
+    state, before = torch.random.get_rng_state(), [b.clone() for b in model.buffers()]
+    assert head_kind(model, target, feats) == "none"  # ...the probe sees the conv in front of it
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_resolve_channels_last() -> None:
+    target = resolve_target(make_model("test_mambaout"))  # pools inside its head, output_fmt="NHWC"
+    assert (target.name, target.fmt) == (FEATURES, "NHWC")
+    swin = make_model("swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 4, 8),
+                      img_size=64, window_size=2)  # SelectAdaptivePool2d(input_fmt="NHWC")
+    assert resolve_target(swin).fmt == "NHWC"
+
+
+def test_tokens_to_grid_explicit_prefix() -> None:
+    grid = tokens_to_grid(coded_tokens(1, 0, 3, 4, 1), FakeViT(1), (48, 64), prefix=0)  # CaiT's patch-only blocks
+    assert grid[0, 0, 2, 1] == 21
+
 def test_resolve_vit() -> None:
     model = make_model("test_vit")
     target = resolve_target(model)
