@@ -35,13 +35,18 @@ from egl._check import check_choice, fail
 from egl.backbones import (FEATURES, Target, _LayoutError, features_layout, head_kind, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
-from egl.explainers._postprocess import finalize
+from egl.kernels.cam_epilogue import cam_epilogue
 from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
                                  double_backward_ready)
 
 __all__ = ["GradCAM", "grad_cam"]
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
+
+
+# What every path hands to the epilogue: activations [B, C, h, w], channel weights [B, C], and the
+# scale of the weighted sum (1 / (h*w) where the weights are the gradient of a pooled head).
+_Parts = tuple[Tensor, Tensor, float]
 
 
 def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tensor:
@@ -80,6 +85,9 @@ class GradCAM(Explainer):
             path are detached, and computed without ``create_graph``. With ``create_graph=True``
             gradients then reach the parameters only through the activations: a head whose
             weights appear only in ``alpha`` (a linear head) gets no gradient from the map.
+        backend: the epilogue (weighted channel sum, ReLU, upsampling, min-max) runs as one fused
+            Triton kernel on CUDA (``"auto"``), or force ``"torch"`` / ``"triton"``
+            (see :mod:`egl.kernels.cam_epilogue`).
 
     Shape:
         x: ``B C H W``; returns ``B 1 H W`` (or ``B 1 h w`` with ``upsample=False``).
@@ -98,13 +106,14 @@ class GradCAM(Explainer):
 
     def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True,
                  normalize: bool = True, path: str = "auto", relu: bool = True,
-                 detach_weights: bool = False) -> None:
+                 detach_weights: bool = False, backend: str = "auto") -> None:
         super().__init__(model, upsample=upsample, normalize=normalize)
         check_choice(path, PATHS, "egl.explainers.GradCAM", "path")
         self.layer = layer
         self.path = path
         self.relu = bool(relu)
         self.detach_weights = bool(detach_weights)
+        self.backend = backend
         self._target: Target | None = None
         if layer != "auto" or hasattr(model, "forward_features"):
             self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
@@ -126,14 +135,17 @@ class GradCAM(Explainer):
         try:
             with double_backward_ready(create_graph and not self.detach_weights):  # constant weights: one backward
                 if self._target.module is None:
-                    raw, logits = self._from_features(x, tgt, create_graph, fn)
+                    parts, logits = self._from_features(x, tgt, create_graph, fn)
                 else:
-                    raw, logits = self._from_hook(x, tgt, create_graph, fn)
+                    parts, logits = self._from_hook(x, tgt, create_graph, fn)
         except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works
             if self.layer != "auto":
                 raise
             raise unsupported_model(self.model, x, e.detail, fn) from None
-        sal = finalize(raw, hw if self.upsample else None, self.normalize)
+        acts, weights, scale = parts
+        with torch.set_grad_enabled(create_graph):  # one fused epilogue for every path
+            sal = cam_epilogue(acts, weights, hw if self.upsample else None, scale=scale, relu=self.relu,
+                               normalize=self.normalize, backend=self.backend)
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
         return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits)
@@ -152,7 +164,7 @@ class GradCAM(Explainer):
         return self.path
 
     def _from_features(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
-                       fn: str) -> tuple[Tensor, Tensor]:
+                       fn: str) -> tuple[_Parts, Tensor]:
         model: Any = self.model
         target = self._target
         assert target is not None
@@ -175,8 +187,7 @@ class GradCAM(Explainer):
                 w = model.get_classifier().weight[t]  # [B, C]
                 if self.detach_weights:
                     w = w.detach()
-                raw = self._rectify(torch.einsum("bc,bchw->bhw", w.to(a.dtype), a)).unsqueeze(1)
-                return raw / (a.shape[-2] * a.shape[-1]), logits
+                return (a, w.to(a.dtype), 1.0 / (a.shape[-2] * a.shape[-1])), logits
         if path == "pooled":
             return self._pooled(feats, tgt, create_graph, fn, hw)
         # autograd over the feature output
@@ -186,7 +197,7 @@ class GradCAM(Explainer):
         return self._cam_from_grad(leaf, logits, tgt, create_graph, fn, fmt, hw)
 
     def _pooled(self, feats: Tensor, tgt: Tensor | None, create_graph: bool, fn: str,
-                hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+                hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         model: Any = self.model
         fmt = self._target.fmt  # type: ignore[union-attr]
         head_in = pool_features(feats, fmt, model)
@@ -205,11 +216,10 @@ class GradCAM(Explainer):
             else:
                 weights = g.flatten(1)
                 a = _to_nchw(feats, fmt, model, hw)
-            raw = self._rectify(torch.einsum("bc,bchw->bhw", weights, a)).unsqueeze(1)
-            return raw / (a.shape[-2] * a.shape[-1]), logits
+            return (a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
 
     def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Tensor | None, create_graph: bool,
-                       fn: str, fmt: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+                       fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         with torch.enable_grad():
             t = _pick(logits, tgt, fn)
             score = logits.gather(1, t[:, None]).sum()
@@ -228,14 +238,10 @@ class GradCAM(Explainer):
             alpha = g.mean(dim=(2, 3), keepdim=True)
             if self.detach_weights:
                 alpha = alpha.detach()
-            raw = self._rectify((alpha * a).sum(dim=1, keepdim=True))
-        return raw, logits
-
-    def _rectify(self, cam: Tensor) -> Tensor:
-        return torch.relu(cam) if self.relu else cam
+        return (a, alpha.flatten(1), 1.0), logits
 
     def _from_hook(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
-                   fn: str) -> tuple[Tensor, Tensor]:
+                   fn: str) -> tuple[_Parts, Tensor]:
         target = self._target
         assert target is not None and target.module is not None
         self._choose("none", fn)

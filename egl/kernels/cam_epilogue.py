@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from egl._check import check_choice, check_shape, fail
-from egl.explainers._postprocess import REL_EPS, minmax_normalize
 
 __all__ = ["cam_epilogue", "cam_epilogue_reference", "triton_available"]
 
@@ -50,6 +49,7 @@ def _interpreting() -> bool:
 def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] | None, *, scale: float = 1.0,
                            relu: bool = True, normalize: bool = True) -> Tensor:
     """The PyTorch reference of :func:`cam_epilogue` (and its fallback)."""
+    from egl.explainers._postprocess import minmax_normalize  # lazy: egl.explainers imports this module
     raw = torch.einsum("bc,bchw->bhw", weights.to(acts.dtype), acts).unsqueeze(1) * scale
     if relu:
         raw = torch.relu(raw)
@@ -136,6 +136,8 @@ def _next_pow2(n: int) -> int:
 
 def _triton_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool,
                     normalize: bool) -> Tensor:
+    from egl.explainers._postprocess import REL_EPS
+
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _kernel()
