@@ -76,8 +76,8 @@ def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor
 
 def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> tuple[list[dict[str, Any]], Path]:
     """Run the grid described by ``cfg``; returns the result rows and the results folder."""
+    source = load_source(cfg["data"])  # bad data settings fail before any folder is made
     out = results_dir(cfg, kind)
-    source = load_source(cfg["data"])
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
     train_sets = source.training_sets(t.get("domains", "all"))

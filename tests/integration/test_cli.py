@@ -61,8 +61,9 @@ def test_demo_runs_and_config_errors_are_clear(tmp_path: Path, capsys: pytest.Ca
     assert "results written to" in capsys.readouterr().out
     assert main(["train", "--method", "nope", *TINY]) == 1
     assert "'--method' expected one of" in capsys.readouterr().err
-    assert main(["demo", *TINY, "--set", "data.synthetic.bogus=1"]) == 1
+    assert main(["demo", *TINY, "--out", str(tmp_path / "bad"), "--set", "data.synthetic.bogus=1"]) == 1
     assert "Remove ['bogus']" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_local_weights_load_without_download(tmp_path: Path) -> None:
