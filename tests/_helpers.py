@@ -19,12 +19,13 @@ def make_model(name: str, *, seed: int = 0, eval_mode: bool = True, **kwargs: ob
     return model.eval() if eval_mode else model.train()
 
 
-def tiny_sam() -> nn.Module:
-    """A tiny, randomly initialised Segment Anything model (transformers), built without download."""
+def tiny_sam_config() -> object:
+    """A small ``transformers.SamConfig`` (about 77k parameters, 64 px, 32x32 low-res masks).
+
+    SAM's default initialiser ranges make a random model's masks constant, so they are raised."""
     import transformers
 
-    torch.manual_seed(0)
-    cfg = transformers.SamConfig(
+    return transformers.SamConfig(
         vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
                            image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1],
                            num_pos_feats=16, mlp_dim=64, initializer_range=0.02),
@@ -33,7 +34,14 @@ def tiny_sam() -> nn.Module:
                                  iou_head_hidden_dim=32),
         initializer_range=0.3,
     )
-    return transformers.SamModel(cfg).eval()
+
+
+def tiny_sam() -> nn.Module:
+    """A tiny, randomly initialised Segment Anything model (transformers), built without download."""
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.SamModel(tiny_sam_config()).eval()
 
 
 def create_component(kind: str, name: str, **kwargs: object) -> object:

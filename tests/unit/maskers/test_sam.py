@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import make_model
+from _helpers import make_model, tiny_sam_config
 
 import egl
 from egl.maskers import SAMMasker
@@ -21,18 +21,6 @@ from egl.recipes import align
 transformers = pytest.importorskip("transformers")
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def tiny_sam_config() -> "transformers.SamConfig":
-    return transformers.SamConfig(
-        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1],
-                           num_pos_feats=16, mlp_dim=64, initializer_range=0.02),
-        prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
-                                 iou_head_hidden_dim=32),
-        initializer_range=0.3,  # larger than SAM's 0.02, so that random masks have structure
-    )
 
 
 @pytest.fixture(scope="module")
