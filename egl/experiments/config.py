@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
         "seeds": [0],
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
+        "precision": "fp32",          # or "bf16" (autocast)
+        "channels_last": False,
         "progress": True,
     },
     "methods": {

@@ -89,3 +89,36 @@ def test_steps_must_be_a_non_negative_int() -> None:
     recipe = recipes.erm(make_model("test_resnet"))
     with pytest.raises(egl.InputError, match="'steps' expected an int >= 0, got 2.5"):
         recipe.fit(_batches(), 2.5, progress=False)
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu() -> None:
+    import math
+
+    from _helpers import make_model
+
+    from egl import recipes
+
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 2, 0]))
+    base = recipes.align(make_model("test_resnet", eval_mode=False, output_stride=16), warmup_steps=0)
+    ref = base.fit([batch], 2, seed=0, progress=False)
+    cl = recipes.align(make_model("test_resnet", eval_mode=False, output_stride=16), warmup_steps=0)
+    got = cl.fit([batch], 2, seed=0, progress=False, channels_last=True)
+    for a, b in zip(ref, got):  # the same maths in another memory layout
+        for k in a:
+            assert math.isclose(a[k], b[k], rel_tol=1e-3, abs_tol=1e-4), (k, a[k], b[k])
+    half = recipes.align(make_model("test_resnet", eval_mode=False, output_stride=16), warmup_steps=0)
+    logs = half.fit([batch], 2, seed=0, progress=False, precision="bf16")
+    assert all(math.isfinite(v) for row in logs for v in row.values())
+    assert abs(logs[0]["classifier/ce"] - ref[0]["classifier/ce"]) < 0.1  # bf16 rounding, same loss
+
+
+def test_precision_is_checked() -> None:
+    from _helpers import make_model
+
+    from egl import recipes
+    from egl.errors import InputError
+
+    recipe = recipes.erm(make_model("test_resnet"))
+    with pytest.raises(InputError, match="'precision' expected 'fp32' or 'bf16', got 'fp16'"):
+        recipe.fit([(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], 1, progress=False, precision="fp16")
