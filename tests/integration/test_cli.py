@@ -93,3 +93,12 @@ def test_ablation_preset_gains_m_sam_with_weights(tmp_path: Path, monkeypatch: p
     masker = egl.create("masker", "sam")  # loads the local folder named by EGL_SAM_WEIGHTS, no download
     out = masker(torch.rand(1, 3, 32, 32))
     assert out.shape == (1, 1, 32, 32)
+
+
+def test_alignment_preset_lists_the_three_losses() -> None:
+    from egl.experiments.commands import _preset
+
+    methods = _preset("alignment")["methods"]
+    assert {m["kwargs"]["alignment"] for n, m in methods.items() if n != "erm"} == {"bce", "energy_outside", "rrr"}
+    for name in methods:
+        egl.get_component("recipe", methods[name]["recipe"])
