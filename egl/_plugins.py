@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -382,5 +382,3 @@ def reset() -> None:
     with _LOCK:
         _STATE = None
 
-
-Factory = Callable[..., Any]

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, fail
-from egl.backbones import (FEATURES, Target, _LayoutError, features_layout, head_kind, pool_features,
+from egl.backbones import (Target, _LayoutError, features_layout, head_kind, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.kernels.cam_epilogue import cam_epilogue
@@ -312,5 +312,3 @@ def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "a
     return GradCAM(model, layer, upsample=upsample, normalize=normalize, path=path, relu=relu,
                    detach_weights=detach_weights)(x, target, create_graph=create_graph)
 
-
-_ = FEATURES  # re-exported name kept for readers of Target.name
