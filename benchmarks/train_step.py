@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py            # resnet18 (output_stride 16) at 64 px, batch 32
     python benchmarks/train_step.py --quick    # fewer repeats
+    python benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224   # GPU throughput
 
 Rows: ``erm``; ``clf+align`` (a classifier step with the Grad-CAM BCE alignment term only: ALIGN
 with no regularizer and no masker phase); ``align`` (the full ALIGN iteration: masker phase +
@@ -45,15 +46,20 @@ def _recipe(name: str, arch: str) -> Any:
     return egl.create("recipe", name, model, **kw)
 
 
-def _step_fn(name: str, arch: str, batch: int, size: int) -> Any:
+def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", precision: str = "fp32") -> Any:
+    import contextlib
+
     x, y, d, m = _setup(arch, batch, size)
-    recipe = _recipe(name, arch).train()
+    recipe = _recipe(name, arch).to(device).train()
     opts = recipe.configure_optimizers()
-    data = {"image": x, "label": y, "domain": d, "mask": m}
+    data = {"image": x.to(device), "label": y.to(device), "domain": d.to(device), "mask": m.to(device)}
     step = [1]
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if precision == "bf16" \
+        else contextlib.nullcontext
 
     def run() -> None:
-        recipe.training_step(data, step[0], opts)
+        with autocast():
+            recipe.training_step(data, step[0], opts)
     return run
 
 
@@ -71,27 +77,32 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast, as fit(precision=)")
     p.add_argument("--json", default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        fn = _step_fn(a.one, a.arch, a.batch, a.size)
+        fn = _step_fn(a.one, a.arch, a.batch, a.size, a.device, a.precision)
         fn()
         peak, _ = peak_memory_mb(fn)
         print(json.dumps({"peak_mb": peak}))
         return
-    fns = {n: _step_fn(n, a.arch, a.batch, a.size) for n in names()}
+    fns = {n: _step_fn(n, a.arch, a.batch, a.size, a.device, a.precision) for n in names()}
     times = round_robin(fns, 2 if a.quick else a.repeats)
     rows = []
     for n, t in times.items():
-        mem = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size)])
-        rows.append({"recipe": n, "ms/step": 1000 * t, "x erm": t / times["erm"], "peak MB": mem.get("peak_mb")})
+        mem = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size),
+                                      "--device", a.device, "--precision", a.precision])
+        rows.append({"recipe": n, "ms/step": 1000 * t, "img/s": a.batch / t, "x erm": t / times["erm"],
+                     "peak MB": mem.get("peak_mb")})
     erm_mem = rows[0]["peak MB"]
     for r in rows:
         if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
             r["x erm mem"] = r["peak MB"] / erm_mem
-    print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px")
-    print(table(rows, ["recipe", "ms/step", "x erm", "peak MB", "x erm mem"]))
+    print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px, "
+          f"{a.device}, {a.precision}")
+    print(table(rows, ["recipe", "ms/step", "img/s", "x erm", "peak MB", "x erm mem"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)

@@ -16,6 +16,7 @@ from egl.errors import (
     DuplicateComponentError,
     EGLError,
     InputError,
+    MissingDependencyError,
     PluginError,
     UnsupportedModelError,
 )
@@ -43,5 +44,6 @@ __all__ = [
     "ComponentNotFoundError",
     "DuplicateComponentError",
     "PluginError",
+    "MissingDependencyError",
     "UnsupportedModelError",
 ]

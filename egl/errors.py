@@ -13,6 +13,7 @@ __all__ = [
     "DuplicateComponentError",
     "PluginError",
     "UnsupportedModelError",
+    "MissingDependencyError",
 ]
 
 
@@ -41,3 +42,7 @@ class PluginError(EGLError, RuntimeError):
 
 class UnsupportedModelError(EGLError, ValueError):
     """egl cannot find a spatial target layer (or a head) in the model it was given."""
+
+
+class MissingDependencyError(EGLError, ImportError):
+    """An optional feature needs a package that is not installed (the message names the extra)."""

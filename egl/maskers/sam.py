@@ -72,7 +72,7 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError as exc:
-        from egl.train.loop import MissingDependencyError  # late: egl.train imports the recipes
+        from egl.errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"{_FN}: 'weights' expected the transformers package (egl's 'sam' extra) to load SAM, got "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from egl._check import fail
-from egl.errors import EGLError
+from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
                                   load_checkpoint, save_checkpoint, set_rng_state)
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["fit", "seed_everything", "MissingDependencyError"]
 
 FN = "egl.train.fit"
-
-
-class MissingDependencyError(EGLError, ImportError):
-    """An optional feature needs a package that is not installed."""
 
 
 def seed_everything(seed: int) -> None:
