@@ -14,7 +14,7 @@ from egl._masks import as_mask, resize_mask
 from egl.explainers.base import as_targets, check_target_range
 from egl.losses._reduction import REDUCTIONS, reduce
 
-__all__ = ["masker_dist", "masker_dist_loss", "MaskerDistLoss"]
+__all__ = ["masker_dist", "masker_dist_loss", "masked_pair_logits", "MaskerDistLoss"]
 
 
 def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
@@ -41,6 +41,17 @@ def masker_dist_loss(logits_fg: Tensor, logits_bg: Tensor, target: Tensor, *, re
     return reduce((masker_dist(logits_fg, logits_bg, target) - 1.0) ** 2, reduction, "egl.losses.masker_dist_loss")
 
 
+def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits of ``x ⊙ M`` and ``x ⊙ (1 − M)`` from one forward pass over both halves.
+
+    Shape:
+        x: ``B C H W``; mask: ``B 1 H W`` at x's resolution; returns two ``B K``.
+    """
+    logits = model(torch.cat([x * mask, x * (1.0 - mask)], dim=0))
+    fg, bg = logits.split(x.shape[0], dim=0)
+    return fg, bg
+
+
 class MaskerDistLoss(nn.Module):
     """Runs the classifier on ``x ⊙ M`` and ``x ⊙ (1 − M)`` as one batch and scores the mask.
 
@@ -62,6 +73,5 @@ class MaskerDistLoss(nn.Module):
         x = check_shape(x, "B C H W", fn, "x")
         m = resize_mask(as_mask(mask, fn, "mask").to(x), tuple(x.shape[-2:]))
         check_same_batch(fn, x=x, mask=m)
-        logits = model(torch.cat([x * m, x * (1.0 - m)], dim=0))
-        fg, bg = logits.split(x.shape[0], dim=0)
+        fg, bg = masked_pair_logits(model, x, m)
         return masker_dist_loss(fg, bg, target, reduction=self.reduction)

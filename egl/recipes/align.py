@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, fail
 from egl.explainers.class_maps import class_maps
-from egl.losses.masker_dist import masker_dist
+from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes.base import Phase, Recipe, frozen
 from egl.recipes.batch import Batch
@@ -112,10 +112,8 @@ class ALIGN(Recipe):
         x = batch.x
         with frozen(self.model):
             m = self.masker(x, batch.mask)
-            logits = self.model(torch.cat([x * m, x * (1.0 - m)], dim=0))
-        fg, bg = logits.split(x.shape[0], dim=0)
-        dist = masker_dist(fg, bg, batch.y)
-        dist_loss = ((dist - 1.0) ** 2).mean()
+            fg, bg = masked_pair_logits(self.model, x, m)
+        dist_loss = masker_dist_loss(fg, bg, batch.y)
         sp, sm = sparsity(m), smoothness(m)
         total = dist_loss + self.sparsity_weight * sp + self.smooth_weight * sm
         return {"dist": dist_loss, "sparsity": sp, "smooth": sm, "total": total}
