@@ -6,15 +6,17 @@ bilinear upsampling to the input size and per-sample min-max normalisation.
 Every Grad-CAM path ends here: the closed form (``w = W[y]``, ``scale = 1/(h·w)``), the
 pooled path (``w`` = the head's gradient) and the autograd path (``w`` = mean gradients).
 
-Backends (``backend="auto"``): a Triton kernel when the activations are on a CUDA device
-and Triton is installed, otherwise the PyTorch reference (identical maths). The Triton
-kernel runs one program per sample: it reduces channels into the low-resolution map,
-upsamples it (bilinear, ``align_corners=False``, exactly PyTorch's source-index rule)
-while tracking the minimum and maximum, then normalises in place with the same
-range-relative epsilon as :func:`egl.explainers.minmax_normalize`. Its backward
-recomputes the epilogue with PyTorch ops and differentiates that (the epilogue is cheap
-next to the network; recomputation keeps the forward free of saved intermediates).
-With ``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors, which is how CI tests it.
+Backends (``backend="auto"``): the Triton kernels of :mod:`egl.kernels._cam_triton` when the
+activations are on a CUDA device and Triton is installed, otherwise the PyTorch reference
+(identical maths). The Triton forward reads the activations once and writes the maps once
+(channel-split reduction, then min/max from the few rows and columns where an upsampled map
+can peak, then one normalising store per pixel); it uses the same bilinear source-index rule
+as PyTorch (``align_corners=False``) and the same range-relative epsilon as
+:func:`egl.explainers.minmax_normalize`. Its backward is analytic (:func:`_backward`): the
+incoming gradient is read once, reduced through the transposed interpolation, and the
+gradients of the activations and weights are one outer product and one batched matrix-vector
+product. With ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors, which is how CI
+tests them.
 """
 
 from __future__ import annotations
@@ -58,124 +60,73 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
     return minmax_normalize(raw) if normalize else raw
 
 
-def _kernel() -> Any:
-    import triton
-    import triton.language as tl
+def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: Tensor, argext: Tensor,
+              size: tuple[int, int], scale: float, relu: bool, normalize: bool,
+              needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """Analytic gradient of the epilogue; moves ``grad`` once, ``acts`` once and ``d acts`` once.
 
-    @triton.jit
-    def cam_fwd(a_ptr, w_ptr, low_ptr, out_ptr, C, h, w, H, W, scale, rel_eps,
-                sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
-                RELU: tl.constexpr, NORMALIZE: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        p = tl.arange(0, BLOCK_P)
-        pm = p < h * w
-        py = p // w
-        px = p % w
-        acc = tl.zeros([BLOCK_P], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cs = c0 + tl.arange(0, BLOCK_C)
-            cm = cs < C
-            wv = tl.load(w_ptr + b * sw_b + cs * sw_c, mask=cm, other=0.0).to(tl.float32)
-            av = tl.load(a_ptr + b * sa_b + cs[:, None] * sa_c + py[None, :] * sa_h + px[None, :] * sa_w,
-                         mask=cm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(wv[:, None] * av, axis=0)
-        acc = acc * scale
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
-        tl.store(low_ptr + b * h * w + p, acc, mask=pm)
-        tl.debug_barrier()
-        n_out = H * W
-        ry = h.to(tl.float32) / H
-        rx = w.to(tl.float32) / W
-        vmin = tl.full([BLOCK_O], float("inf"), tl.float32)
-        vmax = tl.full([BLOCK_O], float("-inf"), tl.float32)
-        for o0 in range(0, n_out, BLOCK_O):
-            o = o0 + tl.arange(0, BLOCK_O)
-            om = o < n_out
-            sy = tl.maximum((o // W).to(tl.float32) * ry + 0.5 * ry - 0.5, 0.0)
-            sx = tl.maximum((o % W).to(tl.float32) * rx + 0.5 * rx - 0.5, 0.0)
-            y0 = tl.minimum(sy.to(tl.int32), h - 1)
-            x0 = tl.minimum(sx.to(tl.int32), w - 1)
-            y1 = tl.minimum(y0 + 1, h - 1)
-            x1 = tl.minimum(x0 + 1, w - 1)
-            ly = sy - y0.to(tl.float32)
-            lx = sx - x0.to(tl.float32)
-            base = low_ptr + b * h * w
-            v00 = tl.load(base + y0 * w + x0, mask=om, other=0.0)
-            v01 = tl.load(base + y0 * w + x1, mask=om, other=0.0)
-            v10 = tl.load(base + y1 * w + x0, mask=om, other=0.0)
-            v11 = tl.load(base + y1 * w + x1, mask=om, other=0.0)
-            val = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
-            tl.store(out_ptr + b * n_out + o, val, mask=om)
-            vmin = tl.minimum(vmin, tl.where(om, val, float("inf")))
-            vmax = tl.maximum(vmax, tl.where(om, val, float("-inf")))
-        if NORMALIZE:
-            mn = tl.min(vmin, axis=0)
-            mx = tl.max(vmax, axis=0)
-            rng = mx - mn
-            ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
-            inv = 1.0 / tl.where(ok, rng, 1.0)
-            tl.debug_barrier()
-            for o0 in range(0, n_out, BLOCK_O):
-                o = o0 + tl.arange(0, BLOCK_O)
-                om = o < n_out
-                v = tl.load(out_ptr + b * n_out + o, mask=om, other=0.0)
-                v = tl.where(ok, (v - mn) * inv, 0.0)
-                tl.store(out_ptr + b * n_out + o, v, mask=om)
-
-    return cam_fwd
-
-
-_KERNEL: Any = None
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
-
-
-def _triton_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool,
-                    normalize: bool) -> Tensor:
+    With ``v = U r`` the upsampled map (``U = U_y ⊗ U_x``), ``r`` the low-resolution map and
+    ``out = (v - mn)/(mx - mn)``, everything ``grad`` contributes goes through ``M = Uᵀ grad``
+    (two thin matrix products): ``Σ grad = Σ M`` (rows of ``U`` sum to one),
+    ``Σ grad·v = <M, r>``, so ``P = Σ grad·out`` and ``S = Σ grad - P`` are sums over ``h·w``
+    values, and ``dr = (M - S·u_min - P·u_max) / (mx - mn)``, where ``u_min``/``u_max`` are the
+    interpolation weights of the pixels holding the minimum and maximum (on ties, the first
+    such pixel; tied pixels drawn from the same source pixels get the same gradient either way).
+    """
     from egl.explainers._postprocess import REL_EPS
+    from egl.kernels._bilinear import interp_matrix
 
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
     b, c, h, w = acts.shape
     hh, ww = size
-    if h * w > 4096:
-        raise fail("egl.kernels.cam_epilogue", "acts", "feature maps of at most 4096 positions for the Triton kernel",
-                   f"{h}x{w}", "Use backend='torch' for larger maps")
-    low = torch.empty(b, h * w, device=acts.device, dtype=torch.float32)
-    out = torch.empty(b, 1, hh, ww, device=acts.device, dtype=torch.float32)
-    block_p = _next_pow2(h * w)
-    block_c = max(1, min(_next_pow2(c), 8192 // block_p))
-    _KERNEL[(b,)](acts, weights, low, out, c, h, w, hh, ww, float(scale), float(REL_EPS),
-                  *acts.stride(), *weights.stride(), RELU=relu, NORMALIZE=normalize,
-                  BLOCK_C=block_c, BLOCK_P=block_p, BLOCK_O=1024)
-    return out
+    dev = acts.device
+    with torch.autocast(dev.type, enabled=False):
+        uy, ux = interp_matrix(h, hh, dev), interp_matrix(w, ww, dev)
+        m = uy.t() @ (grad.reshape(b, hh, ww).float() @ ux)  # [B, h, w]
+        r = low.view(b, h, w)
+        if normalize:
+            mn, mx = stats[:, 0], stats[:, 1]
+            rng = mx - mn
+            ok = rng > REL_EPS * torch.maximum(mn.abs(), mx.abs())
+            inv = torch.where(ok, 1.0 / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(rng))
+            total = m.sum((1, 2))
+            p_out = inv * ((m * r).sum((1, 2)) - mn * total)
+            s_rest = total - p_out
+            at = argext.long()
+            u_min = uy[at[:, 0] // ww].unsqueeze(2) * ux[at[:, 0] % ww].unsqueeze(1)
+            u_max = uy[at[:, 1] // ww].unsqueeze(2) * ux[at[:, 1] % ww].unsqueeze(1)
+            m = inv.view(b, 1, 1) * (m - s_rest.view(b, 1, 1) * u_min - p_out.view(b, 1, 1) * u_max)
+        if relu:
+            m = m * (r > 0)
+        d = (m * scale).view(b, h * w)
+    ga = gw = None
+    if needs[0]:
+        ga = (weights.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1)).view(b, c, h, w)
+    if needs[1]:
+        if acts.stride(3) == 1 and acts.stride(2) == w:
+            gw = torch.bmm(acts.reshape(b, c, h * w), d.to(acts.dtype).unsqueeze(2)).squeeze(2)
+        else:
+            gw = torch.einsum("bchw,bhw->bc", acts, d.to(acts.dtype).view(b, h, w))
+        gw = gw.to(weights.dtype)
+    return ga, gw
 
 
 class _FusedEpilogue(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool,
                 normalize: bool) -> Tensor:
-        ctx.save_for_backward(acts, weights)
+        from egl.explainers._postprocess import REL_EPS
+        from egl.kernels import _cam_triton
+
+        out, low, stats, argext = _cam_triton.forward(acts, weights, size, scale, relu, normalize, REL_EPS)
+        ctx.save_for_backward(acts, weights, low, stats, argext)
         ctx.args = (size, scale, relu, normalize)
-        return _triton_forward(acts, weights, size, scale, relu, normalize)
+        return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
-        acts, weights = ctx.saved_tensors
-        size, scale, relu, normalize = ctx.args
-        with torch.enable_grad():
-            a = acts.detach().requires_grad_(ctx.needs_input_grad[0])
-            wt = weights.detach().requires_grad_(ctx.needs_input_grad[1])
-            out = cam_epilogue_reference(a, wt, size, scale=scale, relu=relu, normalize=normalize)
-            inputs = [t for t in (a, wt) if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, inputs, grad, allow_unused=True))
-        ga = next(grads) if ctx.needs_input_grad[0] else None
-        gw = next(grads) if ctx.needs_input_grad[1] else None
+        acts, weights, low, stats, argext = ctx.saved_tensors
+        ga, gw = _backward(grad, acts, weights, low, stats, argext, *ctx.args, needs=ctx.needs_input_grad[:2])
         return ga, gw, None, None, None, None
 
 

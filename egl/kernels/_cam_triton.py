@@ -1,0 +1,223 @@
+"""The Triton kernels of the fused Grad-CAM epilogue (forward), and their launcher.
+
+Three launches, each reading its input once, so that the bytes moved are the floor:
+activations read once, maps written once.
+
+1. ``reduce``: grid ``(B, S)``; program ``(b, s)`` sums ``w[b, c] · A[b, c]`` over its share of
+   the channels into a partial map ``[B, S, h·w]`` (fp32). Splitting channels keeps every
+   multiprocessor busy at any batch size; a fixed summation order keeps it deterministic.
+2. ``stats``: grid ``(B,)``; sums the partials, scales, applies the ReLU, stores the
+   low-resolution map, then evaluates the upsampled map only on the candidate rows and columns
+   where it can take its extremes (:func:`egl.kernels._bilinear.extreme_candidates`) and stores
+   its min, max and their flat output positions (for the backward).
+3. ``write``: grid ``(B, ⌈H/BY⌉, ⌈W/BX⌉)``; evaluates the upsampled map on its tile, normalises
+   with the stored min and max (range-relative epsilon) and writes it: one store per pixel.
+
+Imported only when the Triton backend runs. Stages 2 and 3 evaluate the map with one shared function, so the stored extremes are those of
+the written values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import triton
+import triton.language as tl
+
+from egl.kernels._bilinear import extreme_candidates
+
+__all__ = ["forward", "CONFIG"]
+
+#: Launch parameters (the GPU benchmark sweeps them): elements per ``reduce`` tile, warps of
+#: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
+#: ``reduce`` programs to aim for per multiprocessor.
+CONFIG: dict[str, int] = {"reduce_tile": 4096, "reduce_warps": 4, "write_rows": 32, "write_cols": 32,
+                          "write_warps": 4, "programs_per_sm": 4}
+
+
+
+@triton.jit
+def _src(o, ratio, n_src):
+    s = tl.maximum((o.to(tl.float32) + 0.5) * ratio - 0.5, 0.0)
+    i0 = tl.minimum(s.to(tl.int32), n_src - 1)
+    i1 = tl.minimum(i0 + 1, n_src - 1)
+    return i0, i1, s - i0.to(tl.float32)
+
+@triton.jit
+def _bilinear(base, y0, y1, ly, x0, x1, lx, w, mask):
+    v00 = tl.load(base + y0 * w + x0, mask=mask, other=0.0)
+    v01 = tl.load(base + y0 * w + x1, mask=mask, other=0.0)
+    v10 = tl.load(base + y1 * w + x0, mask=mask, other=0.0)
+    v11 = tl.load(base + y1 * w + x1, mask=mask, other=0.0)
+    top = (1.0 - lx) * v00 + lx * v01
+    bot = (1.0 - lx) * v10 + lx * v11
+    return (1.0 - ly) * top + ly * bot
+
+@triton.jit
+def reduce(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
+           FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    c_lo = s * CH
+    c_hi = tl.minimum(c_lo + CH, C)
+    for p0 in range(0, hw, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < hw
+        if FLAT:  # contiguous positions (NCHW): lets the compiler see unit stride
+            poff = p
+        else:
+            poff = (p // w) * sa_h + (p % w) * sa_w
+        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            cs = c0 + tl.arange(0, BLOCK_C)
+            cm = cs < c_hi
+            wv = tl.load(w_ptr + b * sw_b + cs * sw_c, mask=cm, other=0.0).to(tl.float32)
+            av = tl.load(a_ptr + b * sa_b + cs[:, None].to(tl.int64) * sa_c + poff[None, :],
+                         mask=cm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+            acc += wv[:, None] * av
+        tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
+
+@triton.jit
+def stats(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale, ry, rx,
+          RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
+          BLOCK_K: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    ss = tl.arange(0, BLOCK_S)
+    for p0 in range(0, hw, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < hw
+        part = tl.load(part_ptr + (b * S + ss[:, None]) * hw + p[None, :],
+                       mask=(ss[:, None] < S) & pm[None, :], other=0.0)
+        low = tl.sum(part, axis=0) * scale
+        if RELU:
+            low = tl.maximum(low, 0.0)
+        tl.store(low_ptr + b * hw + p, low, mask=pm)
+    if NORMALIZE:
+        tl.debug_barrier()  # the low-resolution map is read back by other threads below
+        best_lo = tl.full([BLOCK_K], float("inf"), tl.float32)
+        best_hi = tl.full([BLOCK_K], float("-inf"), tl.float32)
+        at_lo = tl.zeros([BLOCK_K], dtype=tl.int32)
+        at_hi = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for k0 in range(0, NY * NX, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            km = k < NY * NX
+            oy = tl.load(cy_ptr + k // NX, mask=km, other=0)
+            ox = tl.load(cx_ptr + k % NX, mask=km, other=0)
+            y0, y1, ly = _src(oy, ry, h)
+            x0, x1, lx = _src(ox, rx, w)
+            v = _bilinear(low_ptr + b * hw, y0, y1, ly, x0, x1, lx, w, km)
+            flat = oy * W + ox
+            lo_new = km & (v < best_lo)  # strict: keeps the first position on ties
+            hi_new = km & (v > best_hi)
+            at_lo = tl.where(lo_new, flat, at_lo)
+            at_hi = tl.where(hi_new, flat, at_hi)
+            best_lo = tl.where(lo_new, v, best_lo)
+            best_hi = tl.where(hi_new, v, best_hi)
+        mn = tl.min(best_lo, axis=0)
+        mx = tl.max(best_hi, axis=0)
+        big = H * W
+        tl.store(stat_ptr + 2 * b, mn)
+        tl.store(stat_ptr + 2 * b + 1, mx)
+        tl.store(idx_ptr + 2 * b, tl.min(tl.where(best_lo == mn, at_lo, big), axis=0))
+        tl.store(idx_ptr + 2 * b + 1, tl.min(tl.where(best_hi == mx, at_hi, big), axis=0))
+
+@triton.jit
+def write(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
+          NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    oy = tl.program_id(1) * BY + tl.arange(0, BY)
+    ox = tl.program_id(2) * BX + tl.arange(0, BX)
+    y0, y1, ly = _src(oy, ry, h)
+    x0, x1, lx = _src(ox, rx, w)
+    m = (oy < H)[:, None] & (ox < W)[None, :]
+    v = _bilinear(low_ptr + b * hw, y0[:, None], y1[:, None], ly[:, None], x0[None, :], x1[None, :],
+                  lx[None, :], w, m)
+    if NORMALIZE:
+        mn = tl.load(stat_ptr + 2 * b)
+        mx = tl.load(stat_ptr + 2 * b + 1)
+        rng = mx - mn
+        ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
+        inv = 1.0 / tl.where(ok, rng, 1.0)
+        v = tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
+    tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=m)
+
+
+_KERNELS = {"reduce": reduce, "stats": stats, "write": write}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@lru_cache(maxsize=8)
+def _sm_count(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+    return 4  # the interpreter on CPU: any small number exercises the channel split
+
+
+def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool, normalize: bool,
+            rel_eps: float, config: dict[str, int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the three kernels. Returns ``(maps [B,1,H,W], low [B,h·w], stats [B,2], argext [B,2])``.
+
+    ``low`` is the scaled (and ReLU'd) low-resolution map; ``stats`` its upsampled min and max;
+    ``argext`` their flat output positions (int32). The last two are left empty without
+    ``normalize``.
+    """
+    cfg = {**CONFIG, **(config or {})}
+    k = _KERNELS
+    b, c, h, w = acts.shape
+    hh, ww = size
+    hw = h * w
+    dev = acts.device
+    block_p = min(_pow2(hw), 1024)
+    block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
+    target = cfg["programs_per_sm"] * _sm_count(str(dev))
+    splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
+    ch = _cdiv(_cdiv(c, splits), block_c) * block_c
+    splits = _cdiv(c, ch)
+    part = torch.empty(b, splits, hw, device=dev, dtype=torch.float32)
+    flat = acts.stride(3) == 1 and acts.stride(2) == w
+    k["reduce"][(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
+                             FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"])
+    low = torch.empty(b, hw, device=dev, dtype=torch.float32)
+    stats = torch.empty(b, 2, device=dev, dtype=torch.float32)
+    argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
+    cy, cx = _candidates(h, hh, dev), _candidates(w, ww, dev)
+    ry, rx = _ratio(h, hh), _ratio(w, ww)
+    k["stats"][(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx), float(scale), ry, rx,
+                     RELU=relu, NORMALIZE=normalize, BLOCK_S=_pow2(splits),
+                     BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
+    out = torch.empty(b, 1, hh, ww, device=dev, dtype=torch.float32)
+    bx = min(_pow2(ww), cfg["write_cols"])
+    by = min(_pow2(hh), cfg["write_rows"])
+    k["write"][(b, _cdiv(hh, by), _cdiv(ww, bx))](low, stats, out, hw, h, w, hh, ww, ry, rx, float(rel_eps),
+                                                   NORMALIZE=normalize, BY=by, BX=bx,
+                                                   num_warps=cfg["write_warps"])
+    return out, low, stats, argext
+
+
+_ON_DEVICE: dict[tuple[int, int, str], Tensor] = {}
+
+
+def _candidates(n_src: int, n_out: int, device: torch.device) -> Tensor:
+    """:func:`extreme_candidates` on ``device`` (uploaded once per size and device)."""
+    key = (n_src, n_out, str(device))
+    if key not in _ON_DEVICE:
+        if len(_ON_DEVICE) > 64:
+            _ON_DEVICE.clear()
+        _ON_DEVICE[key] = extreme_candidates(n_src, n_out).to(device)
+    return _ON_DEVICE[key]
+
+
+def _ratio(n_src: int, n_out: int) -> float:
+    """``n_src / n_out`` rounded as PyTorch's float32 source-index rule computes it."""
+    return float(torch.tensor(n_src, dtype=torch.float32) / n_out)
