@@ -1,51 +1,153 @@
-"""The fused Grad-CAM epilogue on a GPU: Triton kernel vs the unfused PyTorch path and torch.compile.
+"""The fused Grad-CAM epilogue on a GPU: Triton kernels vs the unfused PyTorch path and torch.compile.
 
-    python benchmarks/kernel.py          # needs a CUDA GPU; prints "skipped" otherwise
+    python benchmarks/kernel.py                 # needs a CUDA GPU; prints "skipped" otherwise
+    python benchmarks/kernel.py --sweep --json kernel.json
 
-Sizes: batch 256, 512-2048 channels, 7x7 to 28x28 maps, 224 px output. Reports median
-microseconds and the achieved memory bandwidth (bytes that must move: activations read once,
-maps written once) as a fraction of the card's peak (``--peak-gbs``, default H100 SXM 3350 GB/s).
+Sizes: batch 256, 512-2048 channels, 7x7 to 28x28 maps, 224 px output, fp32 and bf16
+activations. Every case is first checked against a float64 reference (values and both
+gradients, fresh random inputs, ``||out - ref|| / ||ref||``). Times are medians of
+``triton.testing.do_bench`` (CUDA events, L2 flushed between calls). Bandwidth counts the bytes
+that must move: forward = activations read once + maps written once; backward = incoming
+gradient read once + activations read once + their gradient written once. The card's peak is
+measured in the same run (a 2 GiB device-to-device copy, bytes read + written).
+``--sweep`` also times the Triton forward under other launch configurations.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, round_robin, table  # noqa: E402
+from _common import hardware, table  # noqa: E402
+
+DEVICE = "cuda"
+CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
+SWEEP = [{"reduce_tile": 2048}, {"reduce_tile": 8192, "reduce_warps": 8}, {"programs_per_sm": 2},
+         {"programs_per_sm": 8}, {"write_rows": 16, "write_cols": 64}, {"write_warps": 8},
+         {"write_rows": 64, "write_cols": 32, "write_warps": 8}]
+
+
+def _bench(fn: Any) -> float:
+    if not torch.cuda.is_available():  # smoke runs on CPU (TRITON_INTERPRET=1)
+        import statistics
+        import time
+
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=50, return_mode="median") / 1e3  # seconds
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a large device-to-device copy (the card's practical peak)."""
+    x = torch.empty(2**29 if torch.cuda.is_available() else 2**20, device=DEVICE, dtype=torch.float32).normal_()
+    y = torch.empty_like(x)
+    t = _bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / t
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp_min(1e-300))
+
+
+def check(acts: torch.Tensor, w: torch.Tensor, size: tuple[int, int], scale: float) -> dict[str, float]:
+    """Relative errors of the Triton maps and gradients against a float64 reference."""
+    from egl.kernels import cam_epilogue, cam_epilogue_reference
+
+    g = torch.randn(acts.shape[0], 1, *size, device=acts.device)
+    a1, w1 = acts.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = cam_epilogue(a1, w1, size, scale=scale, backend="triton")
+    ga, gw = torch.autograd.grad(out, [a1, w1], g)
+    a2, w2 = acts.double().requires_grad_(True), w.double().requires_grad_(True)
+    ref = cam_epilogue_reference(a2, w2, size, scale=scale)
+    ra, rw = torch.autograd.grad(ref, [a2, w2], g.double())
+    return {"err maps": _rel(out, ref), "err dA": _rel(ga, ra), "err dW": _rel(gw, rw),
+            "nan": float(not (torch.isfinite(out).all() and torch.isfinite(ga).all() and torch.isfinite(gw).all()))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peak-gbs", type=float, default=3350.0)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--out", type=int, default=224)
+    p.add_argument("--sweep", action="store_true", help="also time other launch configurations")
+    p.add_argument("--compile-dtypes", default="bfloat16,float32",
+                   help="dtypes that get the torch.compile variant ('' for none; each shape compiles once)")
+    p.add_argument("--cases", default=None, help="C:map,... (default 512:7,2048:7,1024:14,512:28)")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # CPU + TRITON_INTERPRET=1
+    p.add_argument("--json", default=None)
     a = p.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    if not torch.cuda.is_available() and not a.smoke:
         print("kernel benchmark skipped: no CUDA device")
         return
-    from egl.kernels import cam_epilogue, cam_epilogue_reference
+    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = [tuple(int(v) for v in cs.split(":")) for cs in a.cases.split(",")] if a.cases else CASES
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton, cam_epilogue, cam_epilogue_reference
 
-    compiled = torch.compile(cam_epilogue_reference)
-    rows = []
-    for c, hw in [(512, 7), (2048, 7), (1024, 14), (512, 28)]:
-        acts = torch.randn(256, c, hw, hw, device="cuda")
-        w = torch.randn(256, c, device="cuda")
-        size = (224, 224)
-        fns = {"torch": lambda: cam_epilogue_reference(acts, w, size, scale=1 / hw**2),
-               "torch.compile": lambda: compiled(acts, w, size, scale=1 / hw**2),
-               "triton": lambda: cam_epilogue(acts, w, size, scale=1 / hw**2, backend="triton")}
-        times = round_robin(fns, a.repeats, warmup=3)
-        moved = acts.numel() * acts.element_size() + 256 * 224 * 224 * 4
-        for k, t in times.items():
-            gbs = moved / t / 1e9
-            rows.append({"C": c, "map": f"{hw}x{hw}", "variant": k, "us": 1e6 * t, "GB/s": gbs,
-                         "of peak": gbs / a.peak_gbs, "x triton": t / times["triton"]})
-    print(f"# fused epilogue on {hardware()}")
-    print(table(rows, ["C", "map", "variant", "us", "GB/s", "of peak", "x triton"]))
+    peak = copy_bandwidth()
+    print(f"# fused epilogue on {hardware()}; measured copy bandwidth {peak / 1e9:.0f} GB/s", flush=True)
+    compiled = None if a.smoke or not a.compile_dtypes else torch.compile(cam_epilogue_reference, dynamic=False)
+    size = (a.out, a.out)
+    rows: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for c, hw in cases:
+            torch.manual_seed(c + hw)
+            acts = torch.randn(a.batch, c, hw, hw, device=DEVICE).to(dtype)
+            w = torch.randn(a.batch, c, device=DEVICE)
+            scale = 1.0 / hw**2
+            case = {"dtype": str(dtype).replace("torch.", ""), "C": c, "map": f"{hw}x{hw}"}
+            checks.append({**case, **check(acts, w, size, scale)})
+            fwd_bytes = acts.numel() * acts.element_size() + a.batch * a.out * a.out * 4
+            bwd_bytes = a.batch * a.out * a.out * 4 + 2 * acts.numel() * acts.element_size()
+            fwd: dict[str, Any] = {
+                "torch": lambda: cam_epilogue_reference(acts, w, size, scale=scale),
+                "triton": lambda: cam_epilogue(acts, w, size, scale=scale, backend="triton")}
+            if compiled is not None and case["dtype"] in a.compile_dtypes.split(","):
+                fwd["torch.compile"] = lambda: compiled(acts, w, size, scale=scale)
+            times = {k: _bench(f) for k, f in fwd.items()}
+            if a.sweep:
+                for cfg in SWEEP:
+                    name = "triton " + ",".join(f"{k}={v}" for k, v in cfg.items())
+                    times[name] = _bench(lambda cfg=cfg: _cam_triton.forward(
+                        acts, w, size, scale, True, True, REL_EPS, config=cfg))
+            for k, t in times.items():
+                gbs = fwd_bytes / t
+                rows.append({**case, "pass": "fwd", "variant": k, "us": 1e6 * t, "GB/s": gbs / 1e9,
+                             "of peak": gbs / peak, "x triton": t / times["triton"]})
+            ar, wr = acts.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            g = torch.randn(a.batch, 1, *size, device=DEVICE)
+            both = {}
+            for backend in ("torch", "triton"):
+                both[backend] = _bench(lambda backend=backend: torch.autograd.grad(
+                    cam_epilogue(ar, wr, size, scale=scale, backend=backend), [ar, wr], g))
+            for k, t in both.items():
+                gbs = (fwd_bytes + bwd_bytes) / t
+                rows.append({**case, "pass": "fwd+bwd", "variant": k, "us": 1e6 * t, "GB/s": gbs / 1e9,
+                             "of peak": gbs / peak, "x triton": t / both["triton"]})
+            del acts, w, ar, wr, g
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"  done {case}", flush=True)
+    print("\n## correctness (relative to float64)")
+    print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan"]))
+    print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
+    print(table(rows, ["dtype", "C", "map", "pass", "variant", "us", "GB/s", "of peak", "x triton"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"hardware": hardware(), "peak_gbs": peak / 1e9, "checks": checks, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=5, output_stride=16).eval()
-    x = torch.randn(a.batch, 3, a.size, a.size)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = timm.create_model("resnet18", pretrained=False, num_classes=5, output_stride=16).eval().to(dev)
+    x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
     sal = grad_cam(model, x)
     ks = (1, 5, 10, 20, 50)
     inputs = torch.cat([x] * (2 * len(ks) + 1))

@@ -3,12 +3,14 @@
     python benchmarks/saliency.py                      # full: 4 models x (32x224, 64x64)
     python benchmarks/saliency.py --quick              # resnet18 only, fewer repeats
     python benchmarks/saliency.py --json out.json
+    python benchmarks/saliency.py --settings 32x224,256x224 --inline-memory   # on a GPU
 
 Every variant computes Grad-CAM of given targets at the last stage, upsampled to the input:
 ``forward`` is a plain ``no_grad`` forward (the floor); ``egl`` takes its fastest exact path
 (closed form for GAP+linear heads); ``egl_autograd`` forces autograd. Times are medians of
 round-robin repeats in one process; peak memory is measured with each variant in its own
-process. Peers come from the ``bench`` extra (``pip install egl[bench]``).
+process (``--inline-memory``: in the timing process, after a warm-up call; exact on a GPU,
+where the caching allocator counts every byte, and much faster to run). Peers come from the ``bench`` extra (``pip install egl[bench]``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ def main() -> None:
     p.add_argument("--models", default=None, help="comma list (default: all four)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
+    p.add_argument("--settings", default=None, help="BATCHxSIZE,... (default 32x224,64x64)")
     p.add_argument("--json", default=None)
     p.add_argument("--one", nargs=4, metavar=("MODEL", "VARIANT", "BATCH", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -139,8 +143,9 @@ def main() -> None:
     repeats = 3 if a.quick else a.repeats
     print(f"# saliency benchmark on {hardware()}")
     results = []
+    settings = [tuple(int(v) for v in st.split("x")) for st in a.settings.split(",")] if a.settings else SETTINGS
     for name in models:
-        for batch, size in SETTINGS:
+        for batch, size in settings:
             model, x, y = _inputs(name, batch, size)
             fns = variants(name, model, x, y)
             times = round_robin(fns, repeats)
@@ -151,7 +156,11 @@ def main() -> None:
                                        "ms": 1000 * t, "img/s": batch / t, "x forward": t / times["forward"]}
                 if v not in ("forward",):
                     row["egl speed-up"] = t / times["egl"]
-                if not a.no_memory:
+                if a.inline_memory:
+                    fns[v]()
+                    peak, kept = peak_memory_mb(fns[v])
+                    row["peak MB"], row["retained MB"] = peak, kept
+                elif not a.no_memory:
                     mem = run_isolated(__file__, ["--one", name, v, str(batch), str(size)])
                     row["peak MB"] = mem.get("peak_mb")
                     row["retained MB"] = mem.get("retained_mb")
@@ -164,6 +173,7 @@ def main() -> None:
             print(table(rows, ["variant", "ms", "img/s", "x forward", "egl speed-up", "peak MB", "x fwd mem",
                                "retained MB"]))
             results += rows
+            del model, x, y, fns
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"hardware": hardware(), "results": results}, f, indent=1)

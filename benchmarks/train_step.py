@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast, as fit(precision=)")
+    p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
+    p.add_argument("--only", default=None, help="comma list of recipes (default: all)")
     p.add_argument("--json", default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -88,14 +90,18 @@ def main() -> None:
         peak, _ = peak_memory_mb(fn)
         print(json.dumps({"peak_mb": peak}))
         return
-    fns = {n: _step_fn(n, a.arch, a.batch, a.size, a.device, a.precision) for n in names()}
+    chosen = ["erm", *[n for n in a.only.split(",") if n != "erm"]] if a.only else names()
+    fns = {n: _step_fn(n, a.arch, a.batch, a.size, a.device, a.precision) for n in chosen}
     times = round_robin(fns, 2 if a.quick else a.repeats)
     rows = []
     for n, t in times.items():
-        mem = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size),
-                                      "--device", a.device, "--precision", a.precision])
+        if a.inline_memory:  # after the timed rounds: warm
+            peak = peak_memory_mb(fns[n])[0]
+        else:
+            peak = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size",
+                                           str(a.size), "--device", a.device, "--precision", a.precision]).get("peak_mb")
         rows.append({"recipe": n, "ms/step": 1000 * t, "img/s": a.batch / t, "x erm": t / times["erm"],
-                     "peak MB": mem.get("peak_mb")})
+                     "peak MB": peak})
     erm_mem = rows[0]["peak MB"]
     for r in rows:
         if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
