@@ -194,7 +194,7 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     cy, cx = _candidates(h, hh, dev), _candidates(w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
     k["stats"][(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx), float(scale), ry, rx,
-                     RELU=relu, NORMALIZE=normalize, BLOCK_S=_pow2(splits),
+                     RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
                      BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
     out = torch.empty(b, 1, hh, ww, device=dev, dtype=torch.float32)
     bx = min(_pow2(ww), cfg["write_cols"])
