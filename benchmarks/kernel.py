@@ -6,7 +6,9 @@
 Sizes: batch 256, 512-2048 channels, 7x7 to 28x28 maps, 224 px output, fp32 and bf16
 activations. Every case is first checked against a float64 reference (values and both
 gradients, fresh random inputs, ``||out - ref|| / ||ref||``). Times are medians of
-``triton.testing.do_bench`` (CUDA events, L2 flushed between calls). Bandwidth counts the bytes
+``triton.testing.do_bench`` (CUDA events, L2 flushed between calls: "eager", launch overhead
+included) and of ``do_bench_cudagraph`` (the calls replayed from a CUDA graph: "kernel", the
+device's time alone). Bandwidth (from the kernel time) counts the bytes
 that must move: forward = activations read once + maps written once; backward = incoming
 gradient read once + activations read once + their gradient written once. The card's peak is
 measured in the same run (a 2 GiB device-to-device copy, bytes read + written).
@@ -28,9 +30,10 @@ from _common import hardware, table  # noqa: E402
 
 DEVICE = "cuda"
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
-SWEEP = [{"reduce_tile": 2048}, {"reduce_tile": 8192, "reduce_warps": 8}, {"programs_per_sm": 2},
+SWEEP = [{}, {"reduce_tile": 2048}, {"reduce_tile": 8192, "reduce_warps": 8}, {"programs_per_sm": 2},
          {"programs_per_sm": 8}, {"write_rows": 16, "write_cols": 64}, {"write_warps": 8},
-         {"write_rows": 64, "write_cols": 32, "write_warps": 8}]
+         {"write_rows": 64, "write_cols": 32, "write_warps": 8}, {"reduce_stages": 2}, {"reduce_stages": 4},
+         {"reduce_tile": 8192, "reduce_warps": 8, "programs_per_sm": 2}]
 
 
 def _bench(fn: Any) -> float:
@@ -47,6 +50,20 @@ def _bench(fn: Any) -> float:
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=10, rep=50, return_mode="median") / 1e3  # seconds
+
+
+def _bench_graph(fn: Any) -> float:
+    """Device time alone: the calls captured in a CUDA graph and replayed (no launch overhead)."""
+    if not torch.cuda.is_available():
+        return _bench(fn)
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(fn, rep=20, return_mode="median") / 1e3
+    except Exception as e:  # noqa: BLE001 - a variant that cannot be captured gets no kernel time
+        print(f"  (graph capture failed: {type(e).__name__}: {str(e)[:80]})", flush=True)
+        torch.cuda.synchronize()
+        return float("nan")
 
 
 def copy_bandwidth() -> float:
@@ -117,26 +134,23 @@ def main() -> None:
                 "triton": lambda: cam_epilogue(acts, w, size, scale=scale, backend="triton")}
             if compiled is not None and case["dtype"] in a.compile_dtypes.split(","):
                 fwd["torch.compile"] = lambda: compiled(acts, w, size, scale=scale)
-            times = {k: _bench(f) for k, f in fwd.items()}
-            if a.sweep:
-                for cfg in SWEEP:
-                    name = "triton " + ",".join(f"{k}={v}" for k, v in cfg.items())
-                    times[name] = _bench(lambda cfg=cfg: _cam_triton.forward(
-                        acts, w, size, scale, True, True, REL_EPS, config=cfg))
-            for k, t in times.items():
-                gbs = fwd_bytes / t
-                rows.append({**case, "pass": "fwd", "variant": k, "us": 1e6 * t, "GB/s": gbs / 1e9,
-                             "of peak": gbs / peak, "x triton": t / times["triton"]})
             ar, wr = acts.clone().requires_grad_(True), w.clone().requires_grad_(True)
             g = torch.randn(a.batch, 1, *size, device=DEVICE)
-            both = {}
-            for backend in ("torch", "triton"):
-                both[backend] = _bench(lambda backend=backend: torch.autograd.grad(
-                    cam_epilogue(ar, wr, size, scale=scale, backend=backend), [ar, wr], g))
-            for k, t in both.items():
-                gbs = (fwd_bytes + bwd_bytes) / t
-                rows.append({**case, "pass": "fwd+bwd", "variant": k, "us": 1e6 * t, "GB/s": gbs / 1e9,
-                             "of peak": gbs / peak, "x triton": t / both["triton"]})
+            both = {f"{k} fwd+bwd": (lambda k=k: torch.autograd.grad(
+                cam_epilogue(ar, wr, size, scale=scale, backend=k), [ar, wr], g)) for k in ("torch", "triton")}
+            sweep = {}
+            if a.sweep:
+                for cfg in SWEEP:
+                    name = "triton " + (",".join(f"{k}={v}" for k, v in cfg.items()) or "forward() default")
+                    sweep[name] = lambda cfg=cfg: _cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
+                                                                      config=cfg)
+            for group, fns, moved in (("fwd", fwd, fwd_bytes), ("fwd+bwd", both, fwd_bytes + bwd_bytes),
+                                      ("fwd", sweep, fwd_bytes)):
+                for k, f in fns.items():
+                    eager = _bench(f)
+                    kern = _bench_graph(f)
+                    rows.append({**case, "pass": group, "variant": k.replace(" fwd+bwd", ""), "eager us": 1e6 * eager,
+                                 "kernel us": 1e6 * kern, "GB/s": moved / kern / 1e9, "of peak": moved / kern / peak})
             del acts, w, ar, wr, g
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -144,7 +158,7 @@ def main() -> None:
     print("\n## correctness (relative to float64)")
     print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
-    print(table(rows, ["dtype", "C", "map", "pass", "variant", "us", "GB/s", "of peak", "x triton"]))
+    print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"hardware": hardware(), "peak_gbs": peak / 1e9, "checks": checks, "rows": rows}, f, indent=1)

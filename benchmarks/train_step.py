@@ -46,11 +46,15 @@ def _recipe(name: str, arch: str) -> Any:
     return egl.create("recipe", name, model, **kw)
 
 
-def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", precision: str = "fp32") -> Any:
+def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", precision: str = "fp32",
+             channels_last: bool = False) -> Any:
     import contextlib
 
     x, y, d, m = _setup(arch, batch, size)
     recipe = _recipe(name, arch).to(device).train()
+    if channels_last:  # as fit(channels_last=True): model and images in NHWC
+        recipe = recipe.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opts = recipe.configure_optimizers()
     data = {"image": x.to(device), "label": y.to(device), "domain": d.to(device), "mask": m.to(device)}
     step = [1]
@@ -79,19 +83,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast, as fit(precision=)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and images, as fit(channels_last=True)")
     p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
     p.add_argument("--only", default=None, help="comma list of recipes (default: all)")
     p.add_argument("--json", default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        fn = _step_fn(a.one, a.arch, a.batch, a.size, a.device, a.precision)
+        fn = _step_fn(a.one, a.arch, a.batch, a.size, a.device, a.precision, a.channels_last)
         fn()
         peak, _ = peak_memory_mb(fn)
         print(json.dumps({"peak_mb": peak}))
         return
     chosen = ["erm", *[n for n in a.only.split(",") if n != "erm"]] if a.only else names()
-    fns = {n: _step_fn(n, a.arch, a.batch, a.size, a.device, a.precision) for n in chosen}
+    fns = {n: _step_fn(n, a.arch, a.batch, a.size, a.device, a.precision, a.channels_last) for n in chosen}
     times = round_robin(fns, 2 if a.quick else a.repeats)
     rows = []
     for n, t in times.items():
@@ -99,7 +104,8 @@ def main() -> None:
             peak = peak_memory_mb(fns[n])[0]
         else:
             peak = run_isolated(__file__, ["--one", n, "--arch", a.arch, "--batch", str(a.batch), "--size",
-                                           str(a.size), "--device", a.device, "--precision", a.precision]).get("peak_mb")
+                                           str(a.size), "--device", a.device, "--precision", a.precision,
+                                           *(["--channels-last"] if a.channels_last else [])]).get("peak_mb")
         rows.append({"recipe": n, "ms/step": 1000 * t, "img/s": a.batch / t, "x erm": t / times["erm"],
                      "peak MB": peak})
     erm_mem = rows[0]["peak MB"]
@@ -107,7 +113,7 @@ def main() -> None:
         if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
             r["x erm mem"] = r["peak MB"] / erm_mem
     print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px, "
-          f"{a.device}, {a.precision}")
+          f"{a.device}, {a.precision}{', channels-last' if a.channels_last else ''}")
     print(table(rows, ["recipe", "ms/step", "img/s", "x erm", "peak MB", "x erm mem"]))
     if a.json:
         with open(a.json, "w") as f:

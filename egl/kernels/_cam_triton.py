@@ -34,9 +34,10 @@ __all__ = ["forward", "CONFIG"]
 
 #: Launch parameters (the GPU benchmark sweeps them): elements per ``reduce`` tile, warps of
 #: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
-#: ``reduce`` programs to aim for per multiprocessor.
+#: ``reduce`` programs to aim for per multiprocessor, software-pipelining depth of ``reduce``
+#: (0: Triton's default).
 CONFIG: dict[str, int] = {"reduce_tile": 4096, "reduce_warps": 4, "write_rows": 32, "write_cols": 32,
-                          "write_warps": 4, "programs_per_sm": 4}
+                          "write_warps": 4, "programs_per_sm": 4, "reduce_stages": 0}
 
 
 
@@ -184,12 +185,15 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
     ch = _cdiv(_cdiv(c, splits), block_c) * block_c
     splits = _cdiv(c, ch)
-    part = torch.empty(b, splits, hw, device=dev, dtype=torch.float32)
+    # one fp32 workspace: partial sums, the low-resolution map, min/max (fewer allocator calls)
+    work = torch.empty(b * (splits * hw + hw + 2), device=dev, dtype=torch.float32)
+    part = work[: b * splits * hw]
+    low = work[b * splits * hw: b * (splits + 1) * hw].view(b, hw)
+    stats = work[b * (splits + 1) * hw:].view(b, 2)
     flat = acts.stride(3) == 1 and acts.stride(2) == w
     k["reduce"][(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
-                             FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"])
-    low = torch.empty(b, hw, device=dev, dtype=torch.float32)
-    stats = torch.empty(b, 2, device=dev, dtype=torch.float32)
+                             FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"],
+                             **({"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}))
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     cy, cx = _candidates(h, hh, dev), _candidates(w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
@@ -218,6 +222,7 @@ def _candidates(n_src: int, n_out: int, device: torch.device) -> Tensor:
     return _ON_DEVICE[key]
 
 
+@lru_cache(maxsize=256)
 def _ratio(n_src: int, n_out: int) -> float:
     """``n_src / n_out`` rounded as PyTorch's float32 source-index rule computes it."""
     return float(torch.tensor(n_src, dtype=torch.float32) / n_out)

@@ -60,44 +60,61 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
     return minmax_normalize(raw) if normalize else raw
 
 
+def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],
+                    size: tuple[int, int], scale: float, relu: bool, normalize: bool, rel_eps: float) -> Tensor:
+    """``d [B, h·w]`` in PyTorch ops: the same maths as the Triton backward, for any map size."""
+    from egl.kernels._bilinear import interp_matrix
+
+    h, w = hw_shape
+    hh, ww = size
+    b = grad.shape[0]
+    dev = grad.device
+    uy, ux = interp_matrix(h, hh, dev), interp_matrix(w, ww, dev)
+    m = uy.t() @ (grad.reshape(b, hh, ww).float() @ ux)  # [B, h, w]
+    r = low.view(b, h, w)
+    if normalize:
+        mn, mx = stats[:, 0], stats[:, 1]
+        rng = mx - mn
+        ok = rng > rel_eps * torch.maximum(mn.abs(), mx.abs())
+        inv = torch.where(ok, 1.0 / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(rng))
+        total = m.sum((1, 2))
+        p_out = inv * ((m * r).sum((1, 2)) - mn * total)
+        s_rest = total - p_out
+        at = argext.long()
+        u_min = uy[at[:, 0] // ww].unsqueeze(2) * ux[at[:, 0] % ww].unsqueeze(1)
+        u_max = uy[at[:, 1] // ww].unsqueeze(2) * ux[at[:, 1] % ww].unsqueeze(1)
+        m = inv.view(b, 1, 1) * (m - s_rest.view(b, 1, 1) * u_min - p_out.view(b, 1, 1) * u_max)
+    if relu:
+        m = m * (r > 0)
+    return (m * scale).view(b, h * w)
+
+
 def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: Tensor, argext: Tensor,
               size: tuple[int, int], scale: float, relu: bool, normalize: bool,
               needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
     """Analytic gradient of the epilogue; moves ``grad`` once, ``acts`` once and ``d acts`` once.
 
     With ``v = U r`` the upsampled map (``U = U_y ⊗ U_x``), ``r`` the low-resolution map and
-    ``out = (v - mn)/(mx - mn)``, everything ``grad`` contributes goes through ``M = Uᵀ grad``
-    (two thin matrix products): ``Σ grad = Σ M`` (rows of ``U`` sum to one),
-    ``Σ grad·v = <M, r>``, so ``P = Σ grad·out`` and ``S = Σ grad - P`` are sums over ``h·w``
-    values, and ``dr = (M - S·u_min - P·u_max) / (mx - mn)``, where ``u_min``/``u_max`` are the
+    ``out = (v - mn)/(mx - mn)``, everything ``grad`` contributes goes through ``M = Uᵀ grad``:
+    ``Σ grad = Σ M`` (rows of ``U`` sum to one), ``Σ grad·v = <M, r>``, so ``P = Σ grad·out``
+    and ``S = Σ grad - P`` are sums over ``h·w`` values, and
+    ``dr = (M - S·u_min - P·u_max) / (mx - mn)``, where ``u_min``/``u_max`` are the
     interpolation weights of the pixels holding the minimum and maximum (on ties, the first
     such pixel; tied pixels drawn from the same source pixels get the same gradient either way).
+    ``M`` and ``dr`` come from two Triton kernels (:mod:`egl.kernels._cam_triton_backward`) for
+    maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` are
+    one broadcast product and one batched matrix-vector product.
     """
     from egl.explainers._postprocess import REL_EPS
-    from egl.kernels._bilinear import interp_matrix
+    from egl.kernels import _cam_triton_backward
 
     b, c, h, w = acts.shape
-    hh, ww = size
-    dev = acts.device
-    with torch.autocast(dev.type, enabled=False):
-        uy, ux = interp_matrix(h, hh, dev), interp_matrix(w, ww, dev)
-        m = uy.t() @ (grad.reshape(b, hh, ww).float() @ ux)  # [B, h, w]
-        r = low.view(b, h, w)
-        if normalize:
-            mn, mx = stats[:, 0], stats[:, 1]
-            rng = mx - mn
-            ok = rng > REL_EPS * torch.maximum(mn.abs(), mx.abs())
-            inv = torch.where(ok, 1.0 / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(rng))
-            total = m.sum((1, 2))
-            p_out = inv * ((m * r).sum((1, 2)) - mn * total)
-            s_rest = total - p_out
-            at = argext.long()
-            u_min = uy[at[:, 0] // ww].unsqueeze(2) * ux[at[:, 0] % ww].unsqueeze(1)
-            u_max = uy[at[:, 1] // ww].unsqueeze(2) * ux[at[:, 1] % ww].unsqueeze(1)
-            m = inv.view(b, 1, 1) * (m - s_rest.view(b, 1, 1) * u_min - p_out.view(b, 1, 1) * u_max)
-        if relu:
-            m = m * (r > 0)
-        d = (m * scale).view(b, h * w)
+    args = (low, stats, argext, (h, w), size, scale, relu, normalize, REL_EPS)
+    with torch.autocast(acts.device.type, enabled=False):
+        if _cam_triton_backward.supported(h, w):
+            d = _cam_triton_backward.grad_low(grad, *args)
+        else:
+            d = _grad_low_torch(grad, *args)
     ga = gw = None
     if needs[0]:
         ga = (weights.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1)).view(b, c, h, w)
@@ -164,4 +181,9 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if not use_triton:
         return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)
     out_size = tuple(size) if size is not None else tuple(acts.shape[-2:])
+    if not (torch.is_grad_enabled() and (acts.requires_grad or weights.requires_grad)):  # inference: no autograd node
+        from egl.explainers._postprocess import REL_EPS
+        from egl.kernels import _cam_triton
+
+        return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
     return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize)

@@ -221,19 +221,23 @@ class Recipe(nn.Module):
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
         for phase in self.active_phases(step):
-            opt = optimizers[phase.name]
-            opt.zero_grad(set_to_none=True)
-            terms = phase.compute(b, step)
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in values.items():
-                if not math.isfinite(v):
-                    raise NonFiniteLossError(
-                        f"egl.recipes.{self.name}: loss term '{phase.name}/{k}' is {v} at step {step}. "
-                        "Lower the learning rate or the term's weight, or check the inputs for NaN; "
-                        "parameters were not updated at this step."
-                    )
-            terms["total"].backward()
-            opt.step()
+            with torch.profiler.record_function(f"egl.phase.{phase.name}"):
+                opt = optimizers[phase.name]
+                opt.zero_grad(set_to_none=True)
+                terms = phase.compute(b, step)
+                terms["total"].backward()
+                # one device-to-host read per phase, after the backward is queued (a read before it
+                # would leave the device idle while the host queues the backward)
+                values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+                for k, v in values.items():
+                    if not math.isfinite(v):
+                        opt.zero_grad(set_to_none=True)
+                        raise NonFiniteLossError(
+                            f"egl.recipes.{self.name}: loss term '{phase.name}/{k}' is {v} at step {step}. "
+                            "Lower the learning rate or the term's weight, or check the inputs for NaN; "
+                            "parameters were not updated at this step."
+                        )
+                opt.step()
             logs.update({f"{phase.name}/{k}": v for k, v in values.items()})
         return logs
 

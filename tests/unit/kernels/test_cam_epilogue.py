@@ -155,3 +155,40 @@ def test_grad_cam_on_the_triton_backend_matches_and_trains(name: str) -> None:
     assert len(grads["triton"][1]) == len(grads["torch"][1]) > 0
     for a, b in zip(grads["triton"][1], grads["torch"][1]):
         assert _rel(a, b) < 1e-5
+
+
+@needs_interpreter
+@pytest.mark.parametrize("relu,normalize", [(True, True), (False, False)])
+def test_triton_backward_equals_its_pytorch_formulation(relu: bool, normalize: bool) -> None:
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton, _cam_triton_backward
+    from egl.kernels.cam_epilogue import _grad_low_torch
+
+    a, wt = _inputs(3, 12, 7, 5, seed=6)
+    out, low, stats, argext = _cam_triton.forward(a, wt, (45, 23), 0.5, relu, normalize, REL_EPS)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    args = (g, low, stats, argext, (7, 5), (45, 23), 0.5, relu, normalize, REL_EPS)
+    assert _rel(_cam_triton_backward.grad_low(*args), _grad_low_torch(*args)) < 1e-6
+
+
+@needs_interpreter
+def test_maps_wider_than_the_triton_backward_use_the_pytorch_backward() -> None:
+    from egl.kernels import _cam_triton_backward
+
+    assert not _cam_triton_backward.supported(3, 70)
+    a, wt = _inputs(1, 4, 3, 70, seed=8)
+    a1, w1 = a.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    g = torch.randn(1, 1, 6, 35, generator=torch.Generator().manual_seed(9))
+    (cam_epilogue(a1, w1, (6, 35), backend="triton") * g).sum().backward()
+    a2, w2 = a.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    (cam_epilogue_reference(a2, w2, (6, 35)) * g).sum().backward()
+    assert _rel(a1.grad, a2.grad) < 1e-5 and _rel(w1.grad, w2.grad) < 1e-5
+
+
+@needs_interpreter
+def test_inference_builds_no_autograd_node() -> None:
+    a, wt = _inputs(2, 8, 4, 4)
+    assert cam_epilogue(a, wt, (8, 8), backend="triton").grad_fn is None
+    with torch.no_grad():
+        assert cam_epilogue(a.requires_grad_(True), wt, (8, 8), backend="triton").grad_fn is None
+    assert cam_epilogue(a, wt, (8, 8), backend="triton").grad_fn is not None
