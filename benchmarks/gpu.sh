@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 6 minutes on an H200).
+# Every GPU measurement of docs/performance.md in one short run (about 5 minutes on an H200).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
@@ -21,11 +21,15 @@ stage() {  # stage NAME SECONDS CMD...
   echo "exit $?" >> "$out/$name.txt"
   tail -n 60 "$out/$name.txt"
 }
-stage kernel 200 $py benchmarks/kernel.py --sweep --compile-dtypes bfloat16 --json "$out/kernel.json"
-stage train_step 120 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
+stage kernel 170 $py benchmarks/kernel.py --sweep --stages --compile-dtypes bfloat16 --json "$out/kernel.json"
+stage train_step 70 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
   --inline-memory --json "$out/train_step.json"
-stage train_step_r50 120 $py benchmarks/train_step.py --arch resnet50 --device cuda --precision bf16 --batch 128 \
-  --size 224 --inline-memory --only clf+align,align,mixup --json "$out/train_step_r50.json"
-stage saliency 200 $py benchmarks/saliency.py --settings 32x224,256x224,64x64 --inline-memory --repeats 6 \
+stage train_step_cl 70 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
+  --inline-memory --channels-last --json "$out/train_step_cl.json"
+stage profile_clf_align 40 $py benchmarks/profile_step.py --recipe clf+align --device cuda --precision bf16 \
+  --batch 256 --size 224 --channels-last --rows 20
+stage saliency 100 $py benchmarks/saliency.py --settings 32x224,256x224,64x64 --inline-memory --repeats 6 \
   --json "$out/saliency.json"
-stage metrics 60 $py benchmarks/metrics.py --batch 256 --size 224
+stage train_step_r50 50 $py benchmarks/train_step.py --arch resnet50 --device cuda --precision bf16 --batch 128 \
+  --size 224 --inline-memory --channels-last --only clf+align,align,mixup --json "$out/train_step_r50.json"
+stage metrics 30 $py benchmarks/metrics.py --batch 256 --size 224

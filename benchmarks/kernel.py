@@ -30,10 +30,8 @@ from _common import hardware, table  # noqa: E402
 
 DEVICE = "cuda"
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
-SWEEP = [{}, {"reduce_tile": 2048}, {"reduce_tile": 8192, "reduce_warps": 8}, {"programs_per_sm": 2},
-         {"programs_per_sm": 8}, {"write_rows": 16, "write_cols": 64}, {"write_warps": 8},
-         {"write_rows": 64, "write_cols": 32, "write_warps": 8}, {"reduce_stages": 2}, {"reduce_stages": 4},
-         {"reduce_tile": 8192, "reduce_warps": 8, "programs_per_sm": 2}]
+SWEEP = [{}, {"reduce_tile": 8192, "reduce_warps": 8}, {"reduce": "dot", "reduce_tile": 8192, "reduce_warps": 8},
+         {"reduce_tile": 16384, "reduce_warps": 8, "programs_per_sm": 2}, {"write_rows": 64, "write_warps": 8}]
 
 
 def _bench(fn: Any) -> float:
@@ -89,8 +87,52 @@ def check(acts: torch.Tensor, w: torch.Tensor, size: tuple[int, int], scale: flo
     a2, w2 = acts.double().requires_grad_(True), w.double().requires_grad_(True)
     ref = cam_epilogue_reference(a2, w2, size, scale=scale)
     ra, rw = torch.autograd.grad(ref, [a2, w2], g.double())
-    return {"err maps": _rel(out, ref), "err dA": _rel(ga, ra), "err dW": _rel(gw, rw),
-            "nan": float(not (torch.isfinite(out).all() and torch.isfinite(ga).all() and torch.isfinite(gw).all()))}
+    res = {"err maps": _rel(out, ref), "err dA": _rel(ga, ra), "err dW": _rel(gw, rw),
+           "nan": float(not (torch.isfinite(out).all() and torch.isfinite(ga).all() and torch.isfinite(gw).all()))}
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton
+
+    for impl in ("dot", "bmm"):
+        try:
+            res[f"err maps ({impl})"] = _rel(_cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
+                                                                 config={"reduce": impl})[0], ref)
+        except Exception as e:  # noqa: BLE001 - reported in the table, not fatal
+            print(f"  reduce={impl}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            res[f"err maps ({impl})"] = float("nan")
+    return res
+
+
+def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.Tensor, size: tuple[int, int],
+            scale: float, peak: float) -> list[dict[str, Any]]:
+    """Device time of each launch of the forward and backward, with the bytes each must move."""
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton, _cam_triton_backward
+
+    cfg = dict(_cam_triton.CONFIG)
+    b, c, h, wd = acts.shape
+    part = _cam_triton.reduce_stage(acts, w, cfg)
+    low, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True)
+    d = _cam_triton_backward.grad_low(g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS)
+    a_bytes = acts.numel() * acts.element_size()
+    out_bytes = g.numel() * 4
+    fns = {f"reduce ({impl})": (lambda impl=impl: _cam_triton.reduce_stage(acts, w, {**cfg, "reduce": impl}), a_bytes)
+           for impl in ("loop", "dot", "bmm")}
+    fns["stats"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True), part.numel() * 4)
+    fns["write"] = (lambda: _cam_triton.write_stage(low, stats, (h, wd), size, True, REL_EPS, cfg), out_bytes)
+    fns["bwd: transposed upsampling + finish"] = (lambda: _cam_triton_backward.grad_low(
+        g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS), out_bytes)
+    fns["bwd: d acts = w x d"] = (lambda: w.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1), a_bytes)
+    fns["bwd: d w = acts . d"] = (lambda: torch.bmm(acts.reshape(b, c, h * wd), d.to(acts.dtype).unsqueeze(2)),
+                                  a_bytes)
+    rows = []
+    for k, (f, moved) in fns.items():
+        try:
+            t = _bench_graph(f)
+        except Exception as e:  # noqa: BLE001 - a variant that does not build here is reported, not fatal
+            print(f"  {k}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            t = float("nan")
+        rows.append({**case, "stage": k, "kernel us": 1e6 * t, "GB/s": moved / t / 1e9, "of peak": moved / t / peak})
+    return rows
 
 
 def main() -> None:
@@ -98,6 +140,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--out", type=int, default=224)
     p.add_argument("--sweep", action="store_true", help="also time other launch configurations")
+    p.add_argument("--stages", action="store_true", help="also time every launch on its own")
     p.add_argument("--compile-dtypes", default="bfloat16,float32",
                    help="dtypes that get the torch.compile variant ('' for none; each shape compiles once)")
     p.add_argument("--cases", default=None, help="C:map,... (default 512:7,2048:7,1024:14,512:28)")
@@ -119,6 +162,7 @@ def main() -> None:
     size = (a.out, a.out)
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
+    stage_rows: list[dict[str, Any]] = []
     for dtype in (torch.bfloat16, torch.float32):
         for c, hw in cases:
             torch.manual_seed(c + hw)
@@ -134,6 +178,9 @@ def main() -> None:
                 "triton": lambda: cam_epilogue(acts, w, size, scale=scale, backend="triton")}
             if compiled is not None and case["dtype"] in a.compile_dtypes.split(","):
                 fwd["torch.compile"] = lambda: compiled(acts, w, size, scale=scale)
+            for impl in ("dot", "bmm"):
+                fwd[f"triton reduce={impl}"] = lambda impl=impl: _cam_triton.forward(
+                    acts, w, size, scale, True, True, REL_EPS, config={"reduce": impl})
             ar, wr = acts.clone().requires_grad_(True), w.clone().requires_grad_(True)
             g = torch.randn(a.batch, 1, *size, device=DEVICE)
             both = {f"{k} fwd+bwd": (lambda k=k: torch.autograd.grad(
@@ -151,17 +198,24 @@ def main() -> None:
                     kern = _bench_graph(f)
                     rows.append({**case, "pass": group, "variant": k.replace(" fwd+bwd", ""), "eager us": 1e6 * eager,
                                  "kernel us": 1e6 * kern, "GB/s": moved / kern / 1e9, "of peak": moved / kern / peak})
+            if a.stages:
+                stage_rows.extend(_stages(case, acts, w, g, size, scale, peak))
             del acts, w, ar, wr, g
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(f"  done {case}", flush=True)
     print("\n## correctness (relative to float64)")
-    print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan"]))
+    print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan", "err maps (dot)",
+                         "err maps (bmm)"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
     print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
+    if stage_rows:
+        print("\n## each launch on its own (kernel time; bytes it must move)")
+        print(table(stage_rows, ["dtype", "C", "map", "stage", "kernel us", "GB/s", "of peak"]))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "peak_gbs": peak / 1e9, "checks": checks, "rows": rows}, f, indent=1)
+            json.dump({"hardware": hardware(), "peak_gbs": peak / 1e9, "checks": checks, "rows": rows,
+                       "stages": stage_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

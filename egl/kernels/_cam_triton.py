@@ -13,8 +13,8 @@ activations read once, maps written once.
 3. ``write``: grid ``(B, ⌈H/BY⌉, ⌈W/BX⌉)``; evaluates the upsampled map on its tile, normalises
    with the stored min and max (range-relative epsilon) and writes it: one store per pixel.
 
-Imported only when the Triton backend runs. Stages 2 and 3 evaluate the map with one shared function, so the stored extremes are those of
-the written values.
+Stages 2 and 3 evaluate the map with one shared function, so the stored extremes are those of
+the written values. Imported only when the Triton backend runs.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import triton.language as tl
 
 from egl.kernels._bilinear import extreme_candidates
 
-__all__ = ["forward", "CONFIG"]
+__all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 
-#: Launch parameters (the GPU benchmark sweeps them): elements per ``reduce`` tile, warps of
+#: Launch parameters (the GPU benchmark sweeps them): the channel-sum implementation (see
+#: :func:`reduce_stage`), elements per ``reduce`` tile, warps of
 #: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
 #: ``reduce`` programs to aim for per multiprocessor, software-pipelining depth of ``reduce``
 #: (0: Triton's default).
-CONFIG: dict[str, int] = {"reduce_tile": 4096, "reduce_warps": 4, "write_rows": 32, "write_cols": 32,
+CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 4096, "reduce_warps": 4, "write_rows": 32, "write_cols": 32,
                           "write_warps": 4, "programs_per_sm": 4, "reduce_stages": 0}
 
 
@@ -59,7 +60,7 @@ def _bilinear(base, y0, y1, ly, x0, x1, lx, w, mask):
     return (1.0 - ly) * top + ly * bot
 
 @triton.jit
-def reduce(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
+def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
            FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
@@ -83,7 +84,32 @@ def reduce(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b
         tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
 
 @triton.jit
-def stats(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale, ry, rx,
+def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw_c,
+               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """``reduce_kernel`` as a ``[16, C] x [C, h·w]`` product per sample (row 0 holds ``w``): the loads feed
+    ``tl.dot``, which Triton software-pipelines. Contiguous positions (NCHW) only."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    c_lo = s * CH
+    c_hi = tl.minimum(c_lo + CH, C)
+    rows = tl.arange(0, 16)
+    for p0 in range(0, hw, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < hw
+        acc = tl.zeros([16, BLOCK_P], dtype=tl.float32)
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            cs = c0 + tl.arange(0, BLOCK_C)
+            cm = cs < c_hi
+            av = tl.load(a_ptr + b * sa_b + cs[:, None].to(tl.int64) * sa_c + p[None, :],
+                         mask=cm[:, None] & pm[None, :], other=0.0)
+            wv = tl.load(w_ptr + b * sw_b + cs * sw_c, mask=cm, other=0.0)
+            wm = tl.where(rows[:, None] == 0, wv[None, :], 0.0).to(av.dtype)
+            acc = tl.dot(wm, av, acc, input_precision=PRECISION)
+        tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
+
+
+@triton.jit
+def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale, ry, rx,
           RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
           BLOCK_K: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -127,7 +153,7 @@ def stats(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, 
         tl.store(idx_ptr + 2 * b + 1, tl.min(tl.where(best_hi == mx, at_hi, big), axis=0))
 
 @triton.jit
-def write(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
+def write_kernel(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
           NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     oy = tl.program_id(1) * BY + tl.arange(0, BY)
@@ -147,7 +173,6 @@ def write(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
     tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=m)
 
 
-_KERNELS = {"reduce": reduce, "stats": stats, "write": write}
 
 
 def _pow2(n: int) -> int:
@@ -166,47 +191,84 @@ def _sm_count(device: str) -> int:
 
 
 def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool, normalize: bool,
-            rel_eps: float, config: dict[str, int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run the three kernels. Returns ``(maps [B,1,H,W], low [B,h·w], stats [B,2], argext [B,2])``.
+            rel_eps: float, config: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the three stages. Returns ``(maps [B,1,H,W], low [B,h·w], stats [B,2], argext [B,2])``.
 
     ``low`` is the scaled (and ReLU'd) low-resolution map; ``stats`` its upsampled min and max;
     ``argext`` their flat output positions (int32). The last two are left empty without
     ``normalize``.
     """
     cfg = {**CONFIG, **(config or {})}
-    k = _KERNELS
+    part = reduce_stage(acts, weights, cfg)
+    low, stats, argext = stats_stage(part, acts.shape[-2:], size, scale, relu, normalize)
+    return write_stage(low, stats, acts.shape[-2:], size, normalize, rel_eps, cfg), low, stats, argext
+
+
+def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
+    """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
+    ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only) or ``"bmm"``
+    (cuBLAS batched matrix-vector product with fp32 output; CUDA only)."""
     b, c, h, w = acts.shape
-    hh, ww = size
     hw = h * w
     dev = acts.device
-    block_p = min(_pow2(hw), 1024)
-    block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
+    flat = acts.stride(3) == 1 and acts.stride(2) == w
+    impl = cfg["reduce"] if flat else "loop"
+    if impl == "bmm" and acts.is_cuda:
+        return torch.bmm(weights.to(acts.dtype).unsqueeze(1), acts.reshape(b, c, hw), out_dtype=torch.float32)
+    if impl == "dot":
+        block_p = max(16, min(_pow2(hw), 256))
+        block_c = max(16, min(_pow2(c), cfg["reduce_tile"] // block_p))
+    else:
+        block_p = min(_pow2(hw), 1024)
+        block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
     target = cfg["programs_per_sm"] * _sm_count(str(dev))
     splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
     ch = _cdiv(_cdiv(c, splits), block_c) * block_c
     splits = _cdiv(c, ch)
-    # one fp32 workspace: partial sums, the low-resolution map, min/max (fewer allocator calls)
-    work = torch.empty(b * (splits * hw + hw + 2), device=dev, dtype=torch.float32)
-    part = work[: b * splits * hw]
-    low = work[b * splits * hw: b * (splits + 1) * hw].view(b, hw)
-    stats = work[b * (splits + 1) * hw:].view(b, 2)
-    flat = acts.stride(3) == 1 and acts.stride(2) == w
-    k["reduce"][(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
-                             FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"],
-                             **({"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}))
+    part = torch.empty(b, splits, hw, device=dev, dtype=torch.float32)
+    extra = {"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}
+    if impl == "dot":
+        precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
+        reduce_dot_kernel[(b, splits)](acts, weights, part, c, hw, ch, splits, acts.stride(0), acts.stride(1),
+                                *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
+                                num_warps=cfg["reduce_warps"], **extra)
+    else:
+        reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
+                            FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"], **extra)
+    return part
+
+
+def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float, relu: bool,
+                normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``low [B, h·w]``, its upsampled ``[min, max]`` and their flat positions, from the partial sums."""
+    b, splits, hw = part.shape
+    h, w = int(hw_shape[0]), int(hw_shape[1])
+    hh, ww = size
+    dev = part.device
+    work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)  # one allocation for both
+    low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     cy, cx = _candidates(h, hh, dev), _candidates(w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
-    k["stats"][(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx), float(scale), ry, rx,
-                     RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
-                     BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
-    out = torch.empty(b, 1, hh, ww, device=dev, dtype=torch.float32)
+    stats_kernel[(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx),
+                             float(scale), ry, rx, RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
+                             BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
+    return low, stats, argext
+
+
+def write_stage(low: Tensor, stats: Tensor, hw_shape: Any, size: tuple[int, int], normalize: bool, rel_eps: float,
+                cfg: dict[str, Any]) -> Tensor:
+    """The upsampled, normalised maps ``[B, 1, H, W]``: one store per pixel."""
+    b, hw = low.shape
+    h, w = int(hw_shape[0]), int(hw_shape[1])
+    hh, ww = size
+    out = torch.empty(b, 1, hh, ww, device=low.device, dtype=torch.float32)
     bx = min(_pow2(ww), cfg["write_cols"])
     by = min(_pow2(hh), cfg["write_rows"])
-    k["write"][(b, _cdiv(hh, by), _cdiv(ww, bx))](low, stats, out, hw, h, w, hh, ww, ry, rx, float(rel_eps),
-                                                   NORMALIZE=normalize, BY=by, BX=bx,
-                                                   num_warps=cfg["write_warps"])
-    return out, low, stats, argext
+    write_kernel[(b, _cdiv(hh, by), _cdiv(ww, bx))](low, stats, out, hw, h, w, hh, ww, _ratio(h, hh), _ratio(w, ww),
+                                             float(rel_eps), NORMALIZE=normalize, BY=by, BX=bx,
+                                             num_warps=cfg["write_warps"])
+    return out
 
 
 _ON_DEVICE: dict[tuple[int, int, str], Tensor] = {}

@@ -192,3 +192,21 @@ def test_inference_builds_no_autograd_node() -> None:
     with torch.no_grad():
         assert cam_epilogue(a.requires_grad_(True), wt, (8, 8), backend="triton").grad_fn is None
     assert cam_epilogue(a, wt, (8, 8), backend="triton").grad_fn is not None
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32])  # bf16 tl.dot is not modelled by the interpreter: GPU only
+def test_the_dot_channel_sum_matches_the_loop(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """``reduce="dot"`` (benchmarked on GPUs by benchmarks/kernel.py, which also checks it there)."""
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(2, 40, 5, 5, seed=10)
+    a = a.to(dtype)
+    loop = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "loop"}).sum(1)
+    dot = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "dot"}).sum(1)
+    ref = torch.einsum("bc,bchw->bhw", wt.to(dtype).float(), a.float()).flatten(1)
+    torch.testing.assert_close(dot, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loop, torch.einsum("bc,bchw->bhw", wt, a.float()).flatten(1), atol=1e-4, rtol=1e-4)
+    monkeypatch.setitem(_cam_triton.CONFIG, "reduce", "dot")
+    torch.testing.assert_close(cam_epilogue(a, wt, (11, 13), backend="triton"),
+                               cam_epilogue_reference(a.float(), wt.to(dtype).float(), (11, 13)), atol=1e-5, rtol=1e-4)
