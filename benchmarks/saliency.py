@@ -148,7 +148,7 @@ def main() -> None:
         for batch, size in settings:
             model, x, y = _inputs(name, batch, size)
             fns = variants(name, model, x, y)
-            times = round_robin(fns, repeats)
+            times = round_robin(fns, repeats, warmup=3 if torch.cuda.is_available() else 1)
             agree = agreement(name, model, x, y)
             rows = []
             for v, t in times.items():
