@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["interp_matrix", "extreme_candidates"]
+__all__ = ["interp_matrix", "extreme_candidates", "on_device"]
 
 
 def _sources(n_src: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -34,17 +34,24 @@ def _interp_matrix_cpu(n_src: int, n_out: int) -> Tensor:
     return m
 
 
-_DEVICE_CACHE: dict[tuple[int, int, str], Tensor] = {}
+_DEVICE_CACHE: dict[tuple[str, int, int, str], Tensor] = {}
+
+
+def on_device(table: str, n_src: int, n_out: int, device: torch.device) -> Tensor:
+    """``interp_matrix`` (``table="interp"``) or ``extreme_candidates`` (``"candidates"``) of one
+    size on ``device``, uploaded once per size and device."""
+    key = (table, n_src, n_out, str(device))
+    if key not in _DEVICE_CACHE:
+        if len(_DEVICE_CACHE) > 128:
+            _DEVICE_CACHE.clear()
+        make = _interp_matrix_cpu if table == "interp" else extreme_candidates
+        _DEVICE_CACHE[key] = make(n_src, n_out).to(device)
+    return _DEVICE_CACHE[key]
 
 
 def interp_matrix(n_src: int, n_out: int, device: torch.device) -> Tensor:
     """``[n_out, n_src]`` float32 matrix ``U`` with ``upsample(x) = U x`` along one axis (rows sum to 1)."""
-    key = (n_src, n_out, str(device))
-    if key not in _DEVICE_CACHE:
-        if len(_DEVICE_CACHE) > 64:
-            _DEVICE_CACHE.clear()
-        _DEVICE_CACHE[key] = _interp_matrix_cpu(n_src, n_out).to(device)
-    return _DEVICE_CACHE[key]
+    return on_device("interp", n_src, n_out, device)
 
 
 @lru_cache(maxsize=64)

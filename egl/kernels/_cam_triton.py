@@ -28,7 +28,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from egl.kernels._bilinear import extreme_candidates
+from egl.kernels._bilinear import on_device
 
 __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 
@@ -249,7 +249,7 @@ def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float
     work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)  # one allocation for both
     low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
-    cy, cx = _candidates(h, hh, dev), _candidates(w, ww, dev)
+    cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
     stats_kernel[(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx),
                              float(scale), ry, rx, RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
@@ -270,19 +270,6 @@ def write_stage(low: Tensor, stats: Tensor, hw_shape: Any, size: tuple[int, int]
                                              float(rel_eps), NORMALIZE=normalize, BY=by, BX=bx,
                                              num_warps=cfg["write_warps"])
     return out
-
-
-_ON_DEVICE: dict[tuple[int, int, str], Tensor] = {}
-
-
-def _candidates(n_src: int, n_out: int, device: torch.device) -> Tensor:
-    """:func:`extreme_candidates` on ``device`` (uploaded once per size and device)."""
-    key = (n_src, n_out, str(device))
-    if key not in _ON_DEVICE:
-        if len(_ON_DEVICE) > 64:
-            _ON_DEVICE.clear()
-        _ON_DEVICE[key] = extreme_candidates(n_src, n_out).to(device)
-    return _ON_DEVICE[key]
 
 
 @lru_cache(maxsize=256)
