@@ -91,7 +91,7 @@ def check_range(x: Tensor, lo: float, hi: float, fn: str, arg: str, fix: str = "
     """Raise unless every value of ``x`` lies in ``[lo, hi]`` (NaN fails too)."""
     if x.numel() == 0:
         return x
-    xmin, xmax = float(x.min()), float(x.max())
+    xmin, xmax = torch.stack([x.min(), x.max()]).tolist()  # one device-to-host read
     if not (lo <= xmin and xmax <= hi):  # NaN compares False and fails here
         raise fail(
             fn, arg, f"values in [{lo}, {hi}]", f"values in [{xmin:.4g}, {xmax:.4g}]",

@@ -84,11 +84,13 @@ def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor
 
 
 def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
-    """Raise unless every target lies in ``[0, num_classes)``."""
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+    """Raise unless every target lies in ``[0, num_classes)`` (one device-to-host read)."""
+    if not target.numel():
+        return target
+    lo, hi = torch.stack([target.min(), target.max()]).tolist()
+    if lo < 0 or hi >= num_classes:
         raise fail(fn, "target", f"class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs)",
-                   f"values in [{int(target.min())}, {int(target.max())}]",
-                   "Check the label mapping, or the model's num_classes")
+                   f"values in [{lo}, {hi}]", "Check the label mapping, or the model's num_classes")
     return target
 
 
