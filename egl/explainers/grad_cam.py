@@ -36,6 +36,7 @@ from egl.backbones import (Target, _LayoutError, features_layout, head_kind, poo
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.kernels.cam_epilogue import cam_epilogue
+from egl.explainers import _vit_tail
 from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
                                  double_backward_ready)
 
@@ -246,6 +247,13 @@ class GradCAM(Explainer):
         assert target is not None and target.module is not None
         self._choose("none", fn)
         self.last_path = "autograd"
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if not create_graph and _vit_tail.usable(self.model, target.name, x):  # class-token ViT, inference
+            a, x_in = _vit_tail.capture(self.model, x)
+            act = a.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = _vit_tail.tail_logits(self.model, act, x_in)
+            return self._cam_from_grad(act, logits, tgt, False, fn, "NLC", hw)
         store: dict[str, Tensor] = {}
 
         def hook(_m: nn.Module, _inp: Any, out: Any) -> Tensor:
@@ -279,8 +287,7 @@ class GradCAM(Explainer):
                 f"{fn}: layer '{target.name}' outputs shape {list(act.shape)}; Grad-CAM needs a "
                 "[B, C, H, W] map or [B, N, C] ViT tokens. Pass layer= naming a spatial layer."
             )
-        return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt,
-                                   (int(x.shape[-2]), int(x.shape[-1])))
+        return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt, hw)
 
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -1,0 +1,110 @@
+"""Inference Grad-CAM of a class-token ViT without the last block's full backward graph.
+
+For a timm ``VisionTransformer`` that classifies from its class token, Grad-CAM's target is the
+last block's ``norm1`` output ``A`` (all tokens). The logits depend on ``A`` only through the
+class token's path: its query, every token's key and value, then the class token alone through
+the projection, the MLP, the final norm and the head. Running just that path (instead of the
+block on all tokens) gives the same logits and the same gradient with respect to ``A`` while
+keeping only the keys and values for the backward: the activations of the MLP on every token,
+the largest tensors of the block, are never made.
+
+Used only when it is exact: an unmodified timm ``VisionTransformer`` / ``Block`` /
+``Attention`` with ``global_pool="token"``, in eval mode, without ``create_graph``; and only
+after a one-time check per model that the shortened pass reproduces the model's logits
+(otherwise the full pass runs, as before).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["usable", "capture", "tail_logits"]
+
+_VERIFIED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+class _Stop(Exception):
+    """Ends the trunk's forward pass once the target activation is captured."""
+
+
+def _eligible(model: nn.Module, target_name: str) -> bool:
+    try:
+        from timm.models.vision_transformer import Attention, Block, VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    if type(model) is not VisionTransformer or model.training:
+        return False
+    if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
+        return False
+    blocks: Any = model.blocks
+    last = len(blocks) - 1
+    if target_name != f"blocks.{last}.norm1":
+        return False
+    blk = blocks[last]
+    return type(blk) is Block and type(blk.attn) is Attention and getattr(blk.attn, "gate", None) is None
+
+
+def capture(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(A, block input)`` of the last block, under ``no_grad``; the pass stops at ``A``."""
+    blk: Any = model.blocks[-1]  # type: ignore[index]
+    store: dict[str, Tensor] = {}
+
+    def pre(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        store["x_in"] = args[0]
+
+    def post(_m: nn.Module, _inp: Any, out: Tensor) -> None:
+        store["a"] = out
+        raise _Stop
+
+    handles = [blk.register_forward_pre_hook(pre), blk.norm1.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return store["a"], store["x_in"]
+
+
+def tail_logits(model: nn.Module, a: Tensor, x_in: Tensor) -> Tensor:
+    """The model's logits from ``A`` (differentiable) along the class token's path only."""
+    m: Any = model
+    blk = m.blocks[-1]
+    attn = blk.attn
+    b, n, _ = a.shape
+    heads = attn.num_heads
+    dim = attn.qkv.weight.shape[0] // 3
+    hd = dim // heads
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(a[:, :1], w[:dim], None if bias is None else bias[:dim])
+    kv = F.linear(a, w[dim:], None if bias is None else bias[dim:])
+    q = q.reshape(b, 1, heads, hd).transpose(1, 2)
+    k, v = kv.reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    o = F.scaled_dot_product_attention(q, k, v)  # eval mode: no attention dropout
+    o = o.transpose(1, 2).reshape(b, 1, dim)
+    o = attn.proj_drop(attn.proj(getattr(attn, "norm", nn.Identity())(o)))
+    t = x_in[:, :1] + blk.drop_path1(blk.ls1(o))
+    t = t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t))))
+    return m.forward_head(m.norm(t))
+
+
+def usable(model: nn.Module, target_name: str, x: Tensor) -> bool:
+    """Whether the shortened pass applies to ``model``; checked against the full pass once."""
+    if not _eligible(model, target_name):
+        return False
+    if model not in _VERIFIED:
+        with torch.no_grad():
+            full = model(x)
+            a, x_in = capture(model, x)
+            short = tail_logits(model, a, x_in)
+        scale = float(full.abs().max()) + 1e-12
+        _VERIFIED[model] = bool(torch.allclose(short.float(), full.float(), rtol=1e-4, atol=1e-4 * scale))
+    return _VERIFIED[model]
