@@ -32,7 +32,7 @@ class _Stop(Exception):
     """Ends the trunk's forward pass once the target activation is captured."""
 
 
-def _eligible(model: nn.Module, target_name: str) -> bool:
+def _eligible(model: nn.Module, target: nn.Module) -> bool:
     try:
         from timm.models.vision_transformer import Attention, Block, VisionTransformer
     except ImportError:  # pragma: no cover - timm is a dependency
@@ -41,11 +41,9 @@ def _eligible(model: nn.Module, target_name: str) -> bool:
         return False
     if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
         return False
-    blocks: Any = model.blocks
-    last = len(blocks) - 1
-    if target_name != f"blocks.{last}.norm1":
+    blk: Any = model.blocks[-1]  # type: ignore[index]
+    if target is not getattr(blk, "norm1", None):
         return False
-    blk = blocks[last]
     return type(blk) is Block and type(blk.attn) is Attention and getattr(blk.attn, "gate", None) is None
 
 
@@ -96,9 +94,9 @@ def tail_logits(model: nn.Module, a: Tensor, x_in: Tensor) -> Tensor:
     return m.forward_head(m.norm(t))
 
 
-def usable(model: nn.Module, target_name: str, x: Tensor) -> bool:
-    """Whether the shortened pass applies to ``model``; checked against the full pass once."""
-    if not _eligible(model, target_name):
+def usable(model: nn.Module, target: nn.Module, x: Tensor) -> bool:
+    """Whether the shortened pass applies (``target``: the Grad-CAM layer); checked once per model."""
+    if not _eligible(model, target):
         return False
     if model not in _VERIFIED:
         with torch.no_grad():

@@ -248,7 +248,7 @@ class GradCAM(Explainer):
         self._choose("none", fn)
         self.last_path = "autograd"
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if not create_graph and _vit_tail.usable(self.model, target.name, x):  # class-token ViT, inference
+        if not create_graph and _vit_tail.usable(self.model, target.module, x):  # class-token ViT, inference
             a, x_in = _vit_tail.capture(self.model, x)
             act = a.detach().requires_grad_(True)
             with torch.enable_grad():

@@ -50,13 +50,17 @@ def test_same_maps_and_logits_as_the_full_pass_with_far_less_kept_for_the_backwa
 
 
 def test_not_used_when_it_would_not_be_exact() -> None:
+    def last(m: torch.nn.Module) -> torch.nn.Module:
+        return m.blocks[-1].norm1
+
     vit = make_model("test_vit")
-    last = f"blocks.{len(vit.blocks) - 1}.norm1"
-    assert _vit_tail._eligible(vit, last)
-    assert not _vit_tail._eligible(vit, "blocks.0.norm1")                     # another target layer
-    assert not _vit_tail._eligible(make_model("test_vit", eval_mode=False), last)  # dropout, BN-free but train mode
-    assert not _vit_tail._eligible(make_model("test_vit", global_pool="avg"), last)
-    assert not _vit_tail._eligible(make_model("test_resnet"), last)
+    assert _vit_tail._eligible(vit, last(vit))
+    assert not _vit_tail._eligible(vit, vit.blocks[0].norm1)                 # another target layer
+    train = make_model("test_vit", eval_mode=False)
+    assert not _vit_tail._eligible(train, last(train))                       # training mode
+    avg = make_model("test_vit", global_pool="avg")
+    assert not _vit_tail._eligible(avg, last(avg))                           # pools every token
+    assert not _vit_tail._eligible(make_model("test_resnet"), last(vit))
 
 
 def test_a_tail_that_disagrees_with_the_model_falls_back_to_the_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
