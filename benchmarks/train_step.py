@@ -6,7 +6,8 @@
 
 Rows: ``erm``; ``clf+align`` (a classifier step with the Grad-CAM BCE alignment term only: ALIGN
 with no regularizer and no masker phase); ``align`` (the full ALIGN iteration: masker phase +
-classifier phase with the mixup regularizer); and every other registered recipe. Median of
+classifier phase with the mixup regularizer); ``align-keep`` (the same with
+``masker_checkpoint=False``); and every other registered recipe. Median of
 round-robin repeats in one process; peak memory with each recipe in its own process.
 """
 
@@ -42,6 +43,8 @@ def _recipe(name: str, arch: str) -> Any:
     model = timm.create_model(arch, pretrained=False, num_classes=5, output_stride=16)
     if name == "clf+align":
         return egl.create("recipe", "align", model, regularizer=None, warmup_steps=0, masker="ground_truth")
+    if name == "align-keep":  # ALIGN keeping the masker's activations for the backward
+        return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=False)
     kw = {"warmup_steps": 0} if name == "align" else {}
     return egl.create("recipe", name, model, **kw)
 
@@ -71,7 +74,7 @@ def names() -> list[str]:
     import egl
 
     rest = [n for n in egl.list_components("recipe") if n not in ("erm", "align")]
-    return ["erm", "clf+align", "align", *rest]
+    return ["erm", "clf+align", "align", "align-keep", *rest]
 
 
 def main() -> None:

@@ -142,3 +142,46 @@ def test_negative_evidence_alignments_plug_into_align(alignment: str) -> None:
     assert torch.isfinite(terms["align"]) and float(terms["align"].detach()) >= 0
     terms["total"].backward()
     assert recipe.model.get_classifier().weight.grad is not None
+
+
+def test_masker_checkpoint_changes_memory_not_training() -> None:
+    """Recomputing the masker's activations gives the same step, bit for bit (BatchNorm
+    statistics included), while keeping far fewer activations for the masker phase's backward."""
+    from torch.autograd.graph import saved_tensors_hooks
+
+    results = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0,
+                               masker_checkpoint=ckpt).train()
+        opts = recipe.configure_optimizers()
+        params = {p.data_ptr() for p in recipe.parameters()}
+        kept = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.data_ptr() not in params:
+                kept[0] += t.numel() * t.element_size()
+            return t
+
+        with saved_tensors_hooks(pack, lambda t: t):
+            terms = recipe.compute_phase("masker", _batch(), step=0)
+        terms["total"].backward()
+        opts["masker"].step()
+        results[ckpt] = (_state(recipe.masker), kept[0])
+    for k, v in results[False][0].items():
+        assert torch.equal(v, results[True][0][k]), k  # weights and running statistics alike
+    assert results[True][1] < 0.85 * results[False][1]
+    with pytest.raises(egl.InputError, match="'masker_checkpoint' expected True or False"):
+        recipes.align(make_model("test_resnet"), masker_checkpoint="yes")
+
+
+def test_recompute_restores_buffers_after_the_second_forward() -> None:
+    from egl.recipes._recompute import recompute
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)).train()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = recompute(net, x)
+    after_forward = [b.clone() for b in net.buffers()]
+    out.sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(after_forward, net.buffers()))
+    assert int(net[1].num_batches_tracked) == 1 and x.grad is not None
