@@ -218,6 +218,8 @@ class Recipe(nn.Module):
         Raises:
             NonFiniteLossError: naming the term and the step, before any parameter changes.
         """
+        from egl.train.distributed import first_rank_with  # lazy: egl.train imports the recipes
+
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
         for phase in self.active_phases(step):
@@ -228,15 +230,19 @@ class Recipe(nn.Module):
                 terms["total"].backward()
                 # one device-to-host read per phase, after the backward is queued (a read before it
                 # would leave the device idle while the host queues the backward)
-                values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
-                for k, v in values.items():
-                    if not math.isfinite(v):
-                        opt.zero_grad(set_to_none=True)
-                        raise NonFiniteLossError(
-                            f"egl.recipes.{self.name}: loss term '{phase.name}/{k}' is {v} at step {step}. "
-                            "Lower the learning rate or the term's weight, or check the inputs for NaN; "
-                            "parameters were not updated at this step."
-                        )
+                stacked = torch.stack([v.detach().float() for v in terms.values()])
+                values = dict(zip(terms, stacked.tolist()))
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                bad_rank = first_rank_with(bool(bad), stacked.device)  # every rank stops together
+                if bad_rank >= 0:
+                    opt.zero_grad(set_to_none=True)
+                    where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
+                             f"a loss term of phase '{phase.name}' is not finite on rank {bad_rank}")
+                    raise NonFiniteLossError(
+                        f"egl.recipes.{self.name}: {where} at step {step}. "
+                        "Lower the learning rate or the term's weight, or check the inputs for NaN; "
+                        "parameters were not updated at this step."
+                    )
                 opt.step()
             logs.update({f"{phase.name}/{k}": v for k, v in values.items()})
         return logs

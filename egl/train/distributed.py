@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "average_gradients",
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "first_rank_with", "average_gradients",
            "broadcast_module", "broadcast_buffers", "sync_optimizers", "all_gather_object",
            "broadcast_object"]
 
@@ -63,6 +63,23 @@ def world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def first_rank_with(flag: bool, device: torch.device | str = "cpu") -> int:
+    """The lowest rank where ``flag`` is true, or -1 (a collective: every rank must call it).
+
+    Outside distributed runs: 0 if ``flag`` else -1. Used so that a failure detected on one
+    rank (a non-finite loss) stops every rank, instead of leaving the others waiting in the
+    next gradient all-reduce.
+    """
+    if not is_distributed():
+        return 0 if flag else -1
+    import torch.distributed as dist
+
+    t = torch.tensor([rank() if flag else world_size()], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    first = int(t.item())
+    return first if first < world_size() else -1
 
 
 def init_distributed(backend: str | None = None) -> torch.device:

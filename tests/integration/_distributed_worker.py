@@ -54,8 +54,24 @@ def main(out: Path) -> None:
     resumed.fit(_loader(), 4, seed=0, progress=False, checkpoint_dir=out / "ckpt", resume=True)
     result["state"] = straight.state_dict()
     result["resumed"] = resumed.state_dict()
+    result["nan"] = _nan_on_one_rank()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
+
+
+def _nan_on_one_rank() -> str:
+    """Rank 1's batch holds a NaN: both ranks must stop (not rank 0 waiting in the all-reduce)."""
+    from egl.recipes import NonFiniteLossError
+
+    recipe = recipes.erm(timm.create_model("test_resnet", pretrained=False, num_classes=5))
+    x = torch.randn(4, 3, 32, 32)
+    if rank() == 1:
+        x[0, 0, 0, 0] = float("nan")
+    try:
+        recipe.fit([(x, torch.zeros(4, dtype=torch.long))], 1, seed=0, progress=False)
+    except NonFiniteLossError as e:
+        return str(e)
+    return "no error"
 
 
 def _recipe_rank0_weight() -> torch.Tensor:
