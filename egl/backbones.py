@@ -42,7 +42,7 @@ from egl._check import fail
 from egl.errors import UnsupportedModelError
 
 __all__ = ["Target", "resolve_target", "tokens_to_grid", "patch_grid", "pool_features", "is_timm_model",
-           "is_vit", "unsupported_model", "features_layout"]
+           "map_layout", "is_vit", "unsupported_model", "features_layout"]
 
 FEATURES = "forward_features"
 
@@ -198,6 +198,30 @@ def _features_fmt(model: nn.Module, pool_fmt: str | None) -> str:
     """Layout of ``forward_features``: the head's pooling input, else timm's ``output_fmt``."""
     if pool_fmt is not None:
         return pool_fmt
+    return "NHWC" if getattr(model, "output_fmt", None) == "NHWC" else "NCHW"
+
+
+def map_layout(model: nn.Module, act: Tensor, input_hw: tuple[int, int]) -> str:
+    """``"NCHW"`` or ``"NHWC"``: the layout of a 4-D activation taken at a named layer.
+
+    The reading whose two spatial sizes fit in the input and shrink it by the most similar
+    factor along both axes wins (``[B, 56, 56, 96]`` from a 224 px input is NHWC: read as NCHW,
+    its "width" 96 would shrink the input 2.3x against 4x for the height). Where the readings
+    are equally good (``[B, 56, 56, 56]``) or neither fits, the model's ``output_fmt`` decides
+    (timm's channels-last families set it to ``"NHWC"``), else NCHW.
+    """
+    _, a, b, c = act.shape
+    big_h, big_w = input_hw
+
+    def mismatch(h: int, w: int) -> float:
+        if not (0 < h <= big_h and 0 < w <= big_w):
+            return float("inf")
+        sy, sx = big_h / h, big_w / w
+        return abs(sy - sx) / max(sy, sx)
+
+    nchw, nhwc = mismatch(b, c), mismatch(a, b)
+    if min(nchw, nhwc) <= 0.25 and abs(nchw - nhwc) > 0.05:
+        return "NCHW" if nchw < nhwc else "NHWC"
     return "NHWC" if getattr(model, "output_fmt", None) == "NHWC" else "NCHW"
 
 

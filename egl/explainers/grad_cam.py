@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, fail
-from egl.backbones import (Target, _LayoutError, features_layout, head_kind, pool_features,
+from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.kernels.cam_epilogue import cam_epilogue
@@ -281,7 +281,7 @@ class GradCAM(Explainer):
                 f"{type(self.model).__name__}. Pass layer= naming a module the forward pass uses."
             )
         act = store["a"]
-        fmt = "NLC" if act.dim() == 3 else "NCHW"
+        fmt = "NLC" if act.dim() == 3 else map_layout(self.model, act, hw) if act.dim() == 4 else "NCHW"
         if act.dim() not in (3, 4):
             raise UnsupportedModelError(
                 f"{fn}: layer '{target.name}' outputs shape {list(act.shape)}; Grad-CAM needs a "

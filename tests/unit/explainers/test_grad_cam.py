@@ -621,3 +621,46 @@ def test_works_under_no_grad_and_refuses_inference_mode(resnet: nn.Module, image
     with torch.inference_mode():
         with pytest.raises(InputError, match=r"outside torch.inference_mode\(\).*Use torch.no_grad\(\) instead"):
             grad_cam(resnet, images, TARGETS, **kw)
+
+
+class _ChannelsLastNet(nn.Module):
+    """A stage that emits NHWC maps (as timm's Swin, MambaOut and Sequencer stages do)."""
+
+    def __init__(self, nhwc: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.nhwc = nhwc
+        self.stem = nn.Conv2d(3, 12, 4, stride=4)
+        self.stage = nn.Sequential(nn.Conv2d(12, 24, 2, stride=2), nn.GELU())
+        self.head = nn.Linear(24, 5)
+        if nhwc:
+            self.stage.append(_Permute())
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.stage(self.stem(x))
+        return self.head(f.mean((1, 2) if self.nhwc else (2, 3)))
+
+
+class _Permute(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_a_named_layer_with_channels_last_output_is_read_as_nhwc(size: tuple[int, int]) -> None:
+    """[B, 8, 8, 24] from a 64 px input is a map of 8x8 with 24 channels, not 24 channels... read
+    wrongly as NCHW it would be an 8x24 map of 8 channels: a silently wrong answer."""
+    from egl.backbones import map_layout
+
+    x, y = torch.randn(2, 3, *size), torch.tensor([1, 3])
+    nchw, nhwc = _ChannelsLastNet(False).eval(), _ChannelsLastNet(True).eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    ref = grad_cam(nchw, x, y, layer="stage")
+    torch.testing.assert_close(grad_cam(nhwc, x, y, layer="stage"), ref)
+    h, w = size[0] // 8, size[1] // 8
+    assert map_layout(nhwc, torch.zeros(2, h, w, 24), size) == "NHWC"
+    assert map_layout(nchw, torch.zeros(2, 24, h, w), size) == "NCHW"
+    ambiguous = torch.zeros(2, 8, 8, 8)  # both readings fit: the model's output_fmt decides
+    assert map_layout(nchw, ambiguous, (64, 64)) == "NCHW"
+    nhwc.output_fmt = "NHWC"
+    assert map_layout(nhwc, ambiguous, (64, 64)) == "NHWC"
