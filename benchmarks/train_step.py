@@ -86,7 +86,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast, as fit(precision=)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC model and images, as fit(channels_last=True)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC model and images, as fit(channels_last=True)")
     p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
     p.add_argument("--only", default=None, help="comma list of recipes (default: all)")
     p.add_argument("--json", default=None)

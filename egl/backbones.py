@@ -209,6 +209,20 @@ def map_layout(model: nn.Module, act: Tensor, input_hw: tuple[int, int]) -> str:
     its "width" 96 would shrink the input 2.3x against 4x for the height). Where the readings
     are equally good (``[B, 56, 56, 56]``) or neither fits, the model's ``output_fmt`` decides
     (timm's channels-last families set it to ``"NHWC"``), else NCHW.
+
+    Args:
+        model: the model (its ``output_fmt`` breaks ties).
+        act: the ``[B, ?, ?, ?]`` activation. input_hw: the input's ``(H, W)``.
+
+    Returns:
+        ``"NCHW"`` or ``"NHWC"``.
+
+    Example:
+        >>> import torch
+        >>> map_layout(torch.nn.Identity(), torch.zeros(2, 56, 56, 96), (224, 224))
+        'NHWC'
+        >>> map_layout(torch.nn.Identity(), torch.zeros(2, 96, 56, 56), (224, 224))
+        'NCHW'
     """
     _, a, b, c = act.shape
     big_h, big_w = input_hw

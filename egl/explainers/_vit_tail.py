@@ -8,10 +8,12 @@ block on all tokens) gives the same logits and the same gradient with respect to
 keeping only the keys and values for the backward: the activations of the MLP on every token,
 the largest tensors of the block, are never made.
 
-Used only when it is exact: an unmodified timm ``VisionTransformer`` / ``Block`` /
-``Attention`` with ``global_pool="token"``, in eval mode, without ``create_graph``; and only
-after a one-time check per model that the shortened pass reproduces the model's logits
-(otherwise the full pass runs, as before).
+Used only when it is exact: a timm ``VisionTransformer`` / ``Block`` / ``Attention`` (exact
+types, a plain ``nn.Linear`` for ``qkv``) with ``global_pool="token"``, in eval mode, without
+``create_graph``; and only after a one-time check per model that the shortened pass reproduces
+the model's logits (otherwise the full pass runs, as before). Every submodule is called as a
+module, so hooks and wrappers inside ``q_norm``, ``proj`` or the MLP take effect as in the
+full pass.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def _eligible(model: nn.Module, target: nn.Module) -> bool:
     blk: Any = model.blocks[-1]  # type: ignore[index]
     if target is not getattr(blk, "norm1", None):
         return False
-    return type(blk) is Block and type(blk.attn) is Attention and getattr(blk.attn, "gate", None) is None
+    if type(blk) is not Block or type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
+        return False
+    return isinstance(blk.attn.qkv, nn.Linear)  # adapters (LoRA) or quantised layers: full pass
 
 
 def capture(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,13 +82,11 @@ def tail_logits(model: nn.Module, a: Tensor, x_in: Tensor) -> Tensor:
     attn = blk.attn
     b, n, _ = a.shape
     heads = attn.num_heads
-    dim = attn.qkv.weight.shape[0] // 3
+    qkv = attn.qkv(a)  # the module itself, whatever it wraps; q is used for the class token only
+    dim = qkv.shape[-1] // 3
     hd = dim // heads
-    w, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(a[:, :1], w[:dim], None if bias is None else bias[:dim])
-    kv = F.linear(a, w[dim:], None if bias is None else bias[dim:])
-    q = q.reshape(b, 1, heads, hd).transpose(1, 2)
-    k, v = kv.reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q = qkv[:, :1, :dim].reshape(b, 1, heads, hd).transpose(1, 2)
+    k, v = qkv[..., dim:].reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     o = F.scaled_dot_product_attention(q, k, v)  # eval mode: no attention dropout
     o = o.transpose(1, 2).reshape(b, 1, dim)
@@ -99,10 +101,14 @@ def usable(model: nn.Module, target: nn.Module, x: Tensor) -> bool:
     if not _eligible(model, target):
         return False
     if model not in _VERIFIED:
-        with torch.no_grad():
-            full = model(x)
-            a, x_in = capture(model, x)
-            short = tail_logits(model, a, x_in)
-        scale = float(full.abs().max()) + 1e-12
-        _VERIFIED[model] = bool(torch.allclose(short.float(), full.float(), rtol=1e-4, atol=1e-4 * scale))
+        try:
+            with torch.no_grad():
+                full = model(x)
+                a, x_in = capture(model, x)
+                short = tail_logits(model, a, x_in)
+            scale = float(full.abs().max()) + 1e-12
+            ok = bool(torch.allclose(short.float(), full.float(), rtol=1e-4, atol=1e-4 * scale))
+        except Exception:  # noqa: BLE001 - anything unexpected: the full pass, which raises its own errors
+            ok = False
+        _VERIFIED[model] = ok
     return _VERIFIED[model]

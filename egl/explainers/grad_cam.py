@@ -35,10 +35,10 @@ from egl._check import check_choice, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
-from egl.kernels.cam_epilogue import cam_epilogue
 from egl.explainers import _vit_tail
 from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
                                  double_backward_ready)
+from egl.kernels.cam_epilogue import cam_epilogue
 
 __all__ = ["GradCAM", "grad_cam"]
 

@@ -42,13 +42,13 @@ CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 8192, "reduce_warps":
                           "write_cols": 32, "write_warps": 4, "programs_per_sm": 4, "reduce_stages": 0}
 
 
-
 @triton.jit
 def _src(o, ratio, n_src):
     s = tl.maximum((o.to(tl.float32) + 0.5) * ratio - 0.5, 0.0)
     i0 = tl.minimum(s.to(tl.int32), n_src - 1)
     i1 = tl.minimum(i0 + 1, n_src - 1)
     return i0, i1, s - i0.to(tl.float32)
+
 
 @triton.jit
 def _bilinear(base, y0, y1, ly, x0, x1, lx, w, mask):
@@ -60,9 +60,10 @@ def _bilinear(base, y0, y1, ly, x0, x1, lx, w, mask):
     bot = (1.0 - lx) * v10 + lx * v11
     return (1.0 - ly) * top + ly * bot
 
+
 @triton.jit
 def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
-           FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                  FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     c_lo = s * CH
@@ -84,11 +85,12 @@ def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_
             acc += wv[:, None] * av
         tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
 
+
 @triton.jit
 def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw_c,
-               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
-    """``reduce_kernel`` as a ``[16, C] x [C, h·w]`` product per sample (row 0 holds ``w``): the loads feed
-    ``tl.dot``, which Triton software-pipelines. Contiguous positions (NCHW) only."""
+                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """``reduce_kernel`` as a ``[16, C] x [C, h·w]`` product per sample (row 0 holds ``w``): the
+    loads feed ``tl.dot``, which Triton software-pipelines. Contiguous positions (NCHW) only."""
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     c_lo = s * CH
@@ -110,19 +112,21 @@ def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw
 
 
 @triton.jit
-def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale, ry, rx,
-          RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
-          BLOCK_K: tl.constexpr):
+def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale,
+                 ry, rx, RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_S: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     ss = tl.arange(0, BLOCK_S)
+    n_nan = tl.zeros([BLOCK_P], dtype=tl.int32)
     for p0 in range(0, hw, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < hw
         part = tl.load(part_ptr + (b * S + ss[:, None]) * hw + p[None, :],
                        mask=(ss[:, None] < S) & pm[None, :], other=0.0)
         low = tl.sum(part, axis=0) * scale
-        if RELU:
-            low = tl.maximum(low, 0.0)
+        n_nan += (low != low).to(tl.int32)
+        if RELU:  # NaN stays NaN, as torch.relu keeps it (a hardware max would drop it)
+            low = tl.where(low != low, low, tl.maximum(low, 0.0))
         tl.store(low_ptr + b * hw + p, low, mask=pm)
     if NORMALIZE:
         tl.debug_barrier()  # the low-resolution map is read back by other threads below
@@ -147,15 +151,18 @@ def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h,
             best_hi = tl.where(hi_new, v, best_hi)
         mn = tl.min(best_lo, axis=0)
         mx = tl.max(best_hi, axis=0)
+        # a NaN anywhere makes the range NaN, hence the map all zeros, as in minmax_normalize
+        mn = tl.where(tl.sum(n_nan, axis=0) > 0, float("nan"), mn)
         big = H * W
         tl.store(stat_ptr + 2 * b, mn)
         tl.store(stat_ptr + 2 * b + 1, mx)
         tl.store(idx_ptr + 2 * b, tl.min(tl.where(best_lo == mn, at_lo, big), axis=0))
         tl.store(idx_ptr + 2 * b + 1, tl.min(tl.where(best_hi == mx, at_hi, big), axis=0))
 
+
 @triton.jit
 def write_kernel(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
-          NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+                 NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     oy = tl.program_id(1) * BY + tl.arange(0, BY)
     ox = tl.program_id(2) * BX + tl.arange(0, BX)
@@ -172,8 +179,6 @@ def write_kernel(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
         inv = 1.0 / tl.where(ok, rng, 1.0)
         v = tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
     tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=m)
-
-
 
 
 def _pow2(n: int) -> int:

@@ -5,6 +5,10 @@ Class attributes tell a recipe how to treat a masker:
 * ``trainable`` -- has parameters that a masker phase updates (``learned``).
 * ``needs_mask`` -- reads masks that come with the data (``ground_truth``); the data
   must then carry a ``mask``.
+* ``recomputable`` -- running the forward again gives the same output and has no side effect
+  beyond BatchNorm statistics (no caches, no Python or NumPy random numbers, no other model):
+  ALIGN may then recompute its activations in the backward instead of keeping them
+  (``masker_checkpoint="auto"``). Third-party maskers default to False.
 
 A frozen masker with expensive masks (``sam``) computes them once per image and caches
 them on disk (see :class:`egl.maskers.SAMMasker`).
@@ -25,6 +29,7 @@ class Masker(nn.Module):
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = False
     needs_mask: ClassVar[bool] = False
+    recomputable: ClassVar[bool] = False
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

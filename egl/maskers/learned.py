@@ -31,6 +31,7 @@ class LearnedMasker(Masker):
 
     name = "learned"
     trainable = True
+    recomputable = True  # convolutions and BatchNorm only
 
     def __init__(self, in_channels: int = 3, width: int = 32) -> None:
         super().__init__()

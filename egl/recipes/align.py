@@ -19,12 +19,14 @@ Choices where the paper is silent (all arguments):
   to the feature map by area averaging (cheaper, coarser).
 * Mixup consistency reuses the classifier phase's own Grad-CAM of ``x`` as ``Φ(x)``; α = 0.2.
 * The masked classifier passes ``x⊙M`` and ``x⊙(1−M)`` run as one batch in eval mode.
-* ``masker_checkpoint=True``: the masker's activations (full-resolution feature maps, about as
-  large as all of a ResNet-18's at 224 px) are recomputed in the masker phase's backward
-  instead of kept (one more masker forward; BatchNorm statistics are restored after it, so
-  training is bit-for-bit unchanged). Measured on resnet18 at 224 px: the masker phase keeps
-  2.06x an ERM step's activations instead of 3.08x; peak memory 1.88x ERM instead of 2.38x,
-  for 5% more time (CPU). ``False`` keeps them.
+* ``masker_checkpoint="auto"``: a masker that declares itself ``recomputable`` (the learned
+  one) has its activations (full-resolution feature maps, about as large as all of a
+  ResNet-18's at 224 px) recomputed in the masker phase's backward instead of kept (one more
+  masker forward; BatchNorm statistics are restored after it, so training is bit-for-bit
+  unchanged). Measured on resnet18 at 224 px (``benchmarks/activations.py``,
+  ``benchmarks/train_step.py``): the masker phase keeps 2.06x an ERM step's activations
+  instead of 3.08x; CPU peak memory 1.88x ERM instead of 2.38x, for 5% more time.
+  ``True`` forces it, ``False`` keeps the activations.
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
   change the classifier.
@@ -70,7 +72,8 @@ class ALIGN(Recipe):
         align_resolution: ``"input"`` (default) or ``"feature"``.
         lr: classifier learning rate (5e-5). masker_lr: masker learning rate (1e-3).
         masker_checkpoint: recompute the masker's activations in the masker phase's backward
-            instead of keeping them (less memory, one more masker forward; default True).
+            instead of keeping them (less memory, one more masker forward): ``"auto"`` (default:
+            when the masker is ``recomputable``), ``True`` or ``False``.
     """
 
     name = "align"
@@ -80,7 +83,7 @@ class ALIGN(Recipe):
                  smooth_weight: float = 1.0, align_weight: float = 0.1, reg_weight: float = 0.1,
                  warmup_steps: int = 200, layer: str = "auto", align_resolution: str = "input",
                  lr: float = 5e-5, masker_lr: float = 1e-3, weight_decay: float = 0.0,
-                 masker_checkpoint: bool = True) -> None:
+                 masker_checkpoint: bool | str = "auto") -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay)
         fn = "egl.recipes.align"
         check_choice(align_resolution, ("input", "feature"), fn, "align_resolution")
@@ -105,9 +108,12 @@ class ALIGN(Recipe):
         self.align_weight, self.reg_weight = float(align_weight), float(reg_weight)
         self.warmup_steps = warmup_steps
         self.masker_lr = float(masker_lr)
-        if not isinstance(masker_checkpoint, bool):
-            raise fail(fn, "masker_checkpoint", "True or False", repr(masker_checkpoint), "Pass a bool")
-        self.masker_checkpoint = masker_checkpoint
+        if not (isinstance(masker_checkpoint, bool) or (isinstance(masker_checkpoint, str)
+                                                          and masker_checkpoint == "auto")):
+            raise fail(fn, "masker_checkpoint", "True, False or 'auto'", repr(masker_checkpoint),
+                       "Pass masker_checkpoint='auto' (recompute when the masker is recomputable)")
+        self.masker_checkpoint = (getattr(self.masker, "recomputable", False) if masker_checkpoint == "auto"
+                                  else bool(masker_checkpoint))
 
     def phases(self) -> list[Phase]:
         phases = []

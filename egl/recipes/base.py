@@ -210,13 +210,16 @@ class Recipe(nn.Module):
         return self.lr
 
     def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        """Run every active phase once: loss, finiteness check, backward, optimiser step.
+        """Run every active phase once: loss, backward, finiteness check, optimiser step.
+
+        The loss terms are read back once per phase, after the backward is queued.
 
         Returns:
             ``{"<phase>/<term>": float}`` for logging.
 
         Raises:
-            NonFiniteLossError: naming the term and the step, before any parameter changes.
+            NonFiniteLossError: naming the term and the step, before that phase's optimiser step
+                (an earlier phase of the same step, ALIGN's masker phase, has already stepped).
         """
         from egl.train.distributed import first_rank_with  # lazy: egl.train imports the recipes
 

@@ -71,6 +71,17 @@ def first_rank_with(flag: bool, device: torch.device | str = "cpu") -> int:
     Outside distributed runs: 0 if ``flag`` else -1. Used so that a failure detected on one
     rank (a non-finite loss) stops every rank, instead of leaving the others waiting in the
     next gradient all-reduce.
+
+    Args:
+        flag: this rank's condition. device: where the one-element tensor is reduced (CPU for
+            gloo, this rank's GPU for NCCL).
+
+    Returns:
+        The lowest rank whose ``flag`` is true, or -1 when none is.
+
+    Example:
+        >>> first_rank_with(False), first_rank_with(True)   # outside a distributed run
+        (-1, 0)
     """
     if not is_distributed():
         return 0 if flag else -1

@@ -664,3 +664,25 @@ def test_a_named_layer_with_channels_last_output_is_read_as_nhwc(size: tuple[int
     assert map_layout(nchw, ambiguous, (64, 64)) == "NCHW"
     nhwc.output_fmt = "NHWC"
     assert map_layout(nhwc, ambiguous, (64, 64)) == "NHWC"
+
+
+def test_a_swin_stage_named_by_layer_gives_hand_written_grad_cam() -> None:
+    """timm's Swin stages emit [B, H, W, C]; Grad-CAM at `layers.1` must read them so."""
+    import torch.nn.functional as F
+
+    model = make_model("swin_tiny_patch4_window7_224", embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                       img_size=64, window_size=4)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    store = {}
+    h = model.layers[1].register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        logits = model(x)
+    finally:
+        h.remove()
+    a = store["a"]  # [2, 8, 8, 32]
+    g = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), a)[0]
+    cam = torch.relu((g.mean((1, 2), keepdim=True) * a).sum(-1)).unsqueeze(1).detach()
+    cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)
+    lo, hi = cam.amin((1, 2, 3), keepdim=True), cam.amax((1, 2, 3), keepdim=True)
+    torch.testing.assert_close(grad_cam(model, x, y, layer="layers.1"), (cam - lo) / (hi - lo),
+                               atol=1e-5, rtol=1e-5)

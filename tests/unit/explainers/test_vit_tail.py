@@ -82,3 +82,41 @@ def test_training_maps_still_take_the_full_graph() -> None:
     sal.sum().backward()
     assert model.blocks[-1].mlp.fc1.weight.grad is not None  # the whole last block is in the graph
     assert model not in _vit_tail._VERIFIED
+
+
+class _Adapter(torch.nn.Module):
+    """A LoRA-like wrapper around qkv: its update can change after the one-time check."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.delta = torch.nn.Parameter(torch.zeros_like(base.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.base.weight + self.delta, self.base.bias)
+
+
+def test_a_wrapped_qkv_takes_the_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model("test_vit")
+    attn = model.blocks[-1].attn
+    attn.qkv = _Adapter(attn.qkv)
+    assert not _vit_tail._eligible(model, model.blocks[-1].norm1)
+    with torch.no_grad():
+        attn.qkv.delta.normal_(0, 0.5)  # changed after any check: must not matter
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    got = GradCAM(model)(x, y)
+    with monkeypatch.context() as mp:
+        _full_path(mp)
+        torch.testing.assert_close(got, GradCAM(model)(x, y))
+
+
+def test_a_failing_check_means_the_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model("test_vit")
+
+    def broken(*a: object) -> torch.Tensor:
+        raise RuntimeError("unexpected block internals")
+
+    monkeypatch.setattr(_vit_tail, "tail_logits", broken)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    assert GradCAM(model)(x, y).shape == (2, 1, 64, 64)
+    assert _vit_tail._VERIFIED[model] is False

@@ -210,3 +210,23 @@ def test_the_dot_channel_sum_matches_the_loop(monkeypatch: pytest.MonkeyPatch, d
     monkeypatch.setitem(_cam_triton.CONFIG, "reduce", "dot")
     torch.testing.assert_close(cam_epilogue(a, wt, (11, 13), backend="triton"),
                                cam_epilogue_reference(a.float(), wt.to(dtype).float(), (11, 13)), atol=1e-5, rtol=1e-4)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("relu,normalize", [(True, True), (True, False), (False, True)])
+def test_nan_activations_give_what_the_reference_gives(relu: bool, normalize: bool) -> None:
+    """A NaN in a sample: normalised, its map is all zeros (as minmax_normalize makes it); not
+    normalised, the NaN spreads as in PyTorch. Other samples are untouched."""
+    a, wt = _inputs(2, 6, 4, 4, seed=11)
+    a[0, 2, 1, 1] = float("nan")
+    ref = cam_epilogue_reference(a, wt, (9, 9), relu=relu, normalize=normalize)
+    out = cam_epilogue(a, wt, (9, 9), relu=relu, normalize=normalize, backend="triton")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+    if normalize:
+        assert torch.equal(out[0], torch.zeros_like(out[0]))
+
+
+@needs_interpreter
+def test_an_empty_batch_gives_an_empty_map() -> None:
+    out = cam_epilogue(torch.zeros(0, 4, 3, 3), torch.zeros(0, 4), (8, 8), backend="triton")
+    assert out.shape == (0, 1, 8, 8)

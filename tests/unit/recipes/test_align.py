@@ -171,17 +171,23 @@ def test_masker_checkpoint_changes_memory_not_training() -> None:
     for k, v in results[False][0].items():
         assert torch.equal(v, results[True][0][k]), k  # weights and running statistics alike
     assert results[True][1] < 0.85 * results[False][1]
-    with pytest.raises(egl.InputError, match="'masker_checkpoint' expected True or False"):
+    with pytest.raises(egl.InputError, match="'masker_checkpoint' expected True, False or 'auto'"):
         recipes.align(make_model("test_resnet"), masker_checkpoint="yes")
+    assert recipes.align(make_model("test_resnet")).masker_checkpoint  # the learned masker is recomputable
 
 
-def test_recompute_restores_buffers_after_the_second_forward() -> None:
-    from egl.recipes._recompute import recompute
+def test_masker_checkpoint_auto_trusts_only_recomputable_maskers() -> None:
+    from egl.maskers import Masker
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)).train()
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    out = recompute(net, x)
-    after_forward = [b.clone() for b in net.buffers()]
-    out.sum().backward()
-    assert all(torch.equal(a, b) for a, b in zip(after_forward, net.buffers()))
-    assert int(net[1].num_batches_tracked) == 1 and x.grad is not None
+    class Plugin(Masker):  # a third-party masker: not declared recomputable
+        trainable = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 1)
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.conv(x).sigmoid()
+
+    assert not recipes.align(make_model("test_resnet"), masker=Plugin()).masker_checkpoint
+    assert recipes.align(make_model("test_resnet"), masker=Plugin(), masker_checkpoint=True).masker_checkpoint
