@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, fail
 from egl.explainers.class_maps import class_maps
+from egl.explainers.grad_cam import GradCAM
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes._recompute import recompute
@@ -97,12 +98,22 @@ class ALIGN(Recipe):
             raise fail(fn, "masker", "a registered masker name or an egl.maskers.Masker", repr(masker),
                        "See egl.list_components('masker')")
         upsample = align_resolution == "input"
+        named_grad_cam = isinstance(explainer, str) and explainer == "grad_cam"
+        if not named_grad_cam and (layer != "auto" or align_resolution != "input"):
+            arg = "layer" if layer != "auto" else "align_resolution"
+            raise fail(fn, arg, "its default when explainer is not the name 'grad_cam' (it configures that one)",
+                       repr(layer if arg == "layer" else align_resolution),
+                       "Configure the explainer instead, e.g. explainer=GradCAM(model, layer=..., upsample=...)")
         self.explainer = resolve("explainer", explainer, model, **({"layer": layer, "upsample": upsample}
-                                                                   if explainer == "grad_cam" else {}))
+                                                                   if named_grad_cam else {}))
         if not getattr(self.explainer, "differentiable", False):
             raise fail(fn, "explainer", "a differentiable explainer (create_graph=True)", repr(explainer),
                        "Use 'grad_cam' or 'input_gradient'")
         self.alignment = resolve("alignment", alignment)
+        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
+            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM",
+                       f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM maps of every class)",
+                       "Use explainer='grad_cam' with this loss, or a loss such as 'bce' or 'l1'")
         self.regularizer = None if regularizer is None else resolve("regularizer", regularizer)
         self.sparsity_weight, self.smooth_weight = float(sparsity_weight), float(smooth_weight)
         self.align_weight, self.reg_weight = float(align_weight), float(reg_weight)

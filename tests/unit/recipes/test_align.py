@@ -191,3 +191,16 @@ def test_masker_checkpoint_auto_trusts_only_recomputable_maskers() -> None:
 
     assert not recipes.align(make_model("test_resnet"), masker=Plugin()).masker_checkpoint
     assert recipes.align(make_model("test_resnet"), masker=Plugin(), masker_checkpoint=True).masker_checkpoint
+
+
+def test_grad_cam_options_with_another_explainer_are_refused_not_ignored() -> None:
+    from egl.explainers import GradCAM
+
+    model = make_model("test_resnet")
+    with pytest.raises(egl.InputError, match="'layer' expected its default when explainer is not the name"):
+        recipes.align(model, explainer=GradCAM(model), layer="layer3")
+    with pytest.raises(egl.InputError, match="'align_resolution' expected its default"):
+        recipes.align(model, explainer="input_gradient", align_resolution="feature")
+    with pytest.raises(egl.InputError, match="'alignment' expected a loss on the explainer's maps"):
+        recipes.align(model, explainer="input_gradient", alignment="energy_outside")
+    recipes.align(model, explainer=GradCAM(model, layer="layer3"), alignment="energy_outside")  # fine
