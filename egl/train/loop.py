@@ -124,6 +124,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         channels_last: bool = False) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
+    Every module runs in training mode during the call and is put back in the mode it had
+    before it when the call returns or raises (a model in eval mode stays in eval mode).
+
     Args:
         recipe: any :class:`egl.recipes.Recipe`.
         loader: yields batches (``(x, y)``, ``(x, y, domain)`` or dicts); re-iterated each epoch.
@@ -179,6 +182,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
     device = torch.device(device)
+    modes = [(m, m.training) for m in recipe.modules()]  # restored on the way out
     recipe.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
@@ -240,6 +244,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                                   "error": f"{type(exc).__name__}: {exc}"}) + "\n")
         raise
     finally:
+        for m, was_training in modes:
+            m.training = was_training
         if bar is not None:
             bar.close()
         if log is not None:

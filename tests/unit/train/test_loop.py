@@ -122,3 +122,17 @@ def test_precision_is_checked() -> None:
     recipe = recipes.erm(make_model("test_resnet"))
     with pytest.raises(InputError, match="'precision' expected 'fp32' or 'bf16', got 'fp16'"):
         recipe.fit([(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], 1, progress=False, precision="fp16")
+
+
+def test_fit_puts_every_module_back_in_its_mode() -> None:
+    recipe = recipes.erm(make_model("test_resnet"))  # eval mode
+    bn = next(m for m in recipe.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.train()  # mixed modes are kept too
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    recipe.fit([(x, y)], 1, progress=False)
+    assert not recipe.model.training and bn.training
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(recipes.NonFiniteLossError):
+        recipe.fit([(nan, y)], 1, progress=False)
+    assert not recipe.model.training and bn.training
