@@ -34,7 +34,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/saliency.py $(BENCH_ARGS)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/metrics.py
-	$(PY) benchmarks/kernel.py
+	$(PY) benchmarks/activations.py
+	$(PY) benchmarks/kernel.py --stages
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
