@@ -236,11 +236,12 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     if impl == "dot":
         precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
         reduce_dot_kernel[(b, splits)](acts, weights, part, c, hw, ch, splits, acts.stride(0), acts.stride(1),
-                                *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
-                                num_warps=cfg["reduce_warps"], **extra)
+                                       *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
+                                       num_warps=cfg["reduce_warps"], **extra)
     else:
         reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
-                            FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"], **extra)
+                                   FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"],
+                                   **extra)
     return part
 
 
@@ -257,8 +258,8 @@ def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
     stats_kernel[(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx),
-                             float(scale), ry, rx, RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
-                             BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
+                       float(scale), ry, rx, RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
+                       BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
     return low, stats, argext
 
 
@@ -271,9 +272,9 @@ def write_stage(low: Tensor, stats: Tensor, hw_shape: Any, size: tuple[int, int]
     out = torch.empty(b, 1, hh, ww, device=low.device, dtype=torch.float32)
     bx = min(_pow2(ww), cfg["write_cols"])
     by = min(_pow2(hh), cfg["write_rows"])
-    write_kernel[(b, _cdiv(hh, by), _cdiv(ww, bx))](low, stats, out, hw, h, w, hh, ww, _ratio(h, hh), _ratio(w, ww),
-                                             float(rel_eps), NORMALIZE=normalize, BY=by, BX=bx,
-                                             num_warps=cfg["write_warps"])
+    grid = (b, _cdiv(hh, by), _cdiv(ww, bx))
+    write_kernel[grid](low, stats, out, hw, h, w, hh, ww, _ratio(h, hh), _ratio(w, ww), float(rel_eps),
+                       NORMALIZE=normalize, BY=by, BX=bx, num_warps=cfg["write_warps"])
     return out
 
 
