@@ -3,7 +3,9 @@
 ``class_maps(model, x)`` returns ``[B, K, h, w]`` raw, signed maps (no ReLU, no
 normalisation, feature resolution) and the logits. Where the head is global average
 pooling then ``Linear`` this is one forward pass and one einsum with the whole weight
-matrix (``W · A / (h·w)``); otherwise it runs Grad-CAM once per class (K forward passes).
+matrix (``W · A / (h·w)``); otherwise one forward pass and K backward passes through
+what follows the target layer only (the head, or a ViT's last block and head), never
+through the trunk.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.backbones import head_kind
+from egl.backbones import head_kind, resolve_target
+from egl.errors import UnsupportedModelError
 from egl.explainers.base import Explanation, double_backward_ready
 from egl.explainers.grad_cam import GradCAM, _to_nchw
 
@@ -41,28 +44,46 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
         >>> class_maps(model, torch.randn(2, 3, 64, 64)).saliency.shape
         torch.Size([2, 5, 2, 2])
     """
+    fn = "egl.explainers.class_maps"
     cam = GradCAM(model, layer, upsample=False, normalize=False, relu=False)
     x = cam._check_input(x, create_graph)
-    target = cam._target
+    if cam._target is None:
+        cam._target = resolve_target(model, layer, x, fn=fn)
     hw = (int(x.shape[-2]), int(x.shape[-1]))
     m: Any = model
-    if target is not None and target.module is None:
-        with torch.set_grad_enabled(create_graph), double_backward_ready(False):
-            feats = m.forward_features(x)
-            if isinstance(feats, Tensor) and head_kind(m, target, feats) == "linear":
-                logits = m.forward_head(feats)
-                a = _to_nchw(feats, target.fmt, m, hw)
-                maps = torch.einsum("kc,bchw->bkhw", m.get_classifier().weight.to(a.dtype), a)
-                maps = maps / (a.shape[-2] * a.shape[-1])
+    with double_backward_ready(create_graph):
+        if cam._target.module is None:
+            feats, target = cam._features(x, create_graph, fn)
+            if head_kind(m, target, feats) == "linear":
+                with torch.set_grad_enabled(create_graph):
+                    logits = m.forward_head(feats)
+                    a = _to_nchw(feats, target.fmt, m, hw)
+                    maps = torch.einsum("kc,bchw->bkhw", m.get_classifier().weight.to(a.dtype), a)
+                    maps = maps / (a.shape[-2] * a.shape[-1])
                 return Explanation(maps if create_graph else maps.detach(),
                                    logits if create_graph else logits.detach())
-    per_class = []
-    logits = None
-    k = None
-    while k is None or len(per_class) < k:
-        out = cam.explain(x, len(per_class), create_graph=create_graph)
-        per_class.append(out.saliency)
-        logits = out.logits if logits is None else logits
-        k = int(out.logits.shape[1])
-    assert logits is not None
-    return Explanation(torch.cat(per_class, dim=1), logits)
+            act = feats if create_graph else feats.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = m.forward_head(act)
+            fmt = target.fmt
+        else:
+            act, logits, fmt = cam._hooked_activation(x, create_graph, fn)
+        if logits.dim() != 2 or not logits.requires_grad:
+            raise UnsupportedModelError(
+                f"{fn}: {type(model).__name__} must return logits [B, K] that depend on layer "
+                f"'{cam.target_layer}'; got {list(logits.shape)}. Pass layer= naming a layer on the path "
+                "to the output.")
+        with torch.set_grad_enabled(create_graph):
+            a = _to_nchw(act, fmt, m, hw)
+        maps = []
+        for k in range(int(logits.shape[1])):  # backward passes through the head (or tail) only
+            with torch.enable_grad():
+                g = torch.autograd.grad(logits[:, k].sum(), act, retain_graph=True, create_graph=create_graph,
+                                        allow_unused=True)[0]
+            g = torch.zeros_like(act) if g is None else g
+            with torch.set_grad_enabled(create_graph):
+                alpha = _to_nchw(g, fmt, m, hw).mean(dim=(2, 3))
+                maps.append(torch.einsum("bc,bchw->bhw", alpha, a))
+    with torch.set_grad_enabled(create_graph):
+        out = torch.stack(maps, dim=1)
+    return Explanation(out if create_graph else out.detach(), logits if create_graph else logits.detach())

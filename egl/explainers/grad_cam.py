@@ -167,16 +167,8 @@ class GradCAM(Explainer):
     def _from_features(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
                        fn: str) -> tuple[_Parts, Tensor]:
         model: Any = self.model
-        target = self._target
-        assert target is not None
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        with torch.set_grad_enabled(create_graph):
-            feats = model.forward_features(x)
-        target = self._target = features_layout(model, target, feats)
-        if not isinstance(feats, Tensor) or feats.dim() != (3 if target.fmt == "NLC" else 4):
-            got = list(feats.shape) if isinstance(feats, Tensor) else f"a {type(feats).__name__}"
-            want = "[B, N, C] patch tokens" if target.fmt == "NLC" else "a [B, C, H, W] map"
-            raise unsupported_model(model, x, f"forward_features returned {got}, not {want}", fn)
+        feats, target = self._features(x, create_graph, fn)
         path = self._choose(head_kind(model, target, feats), fn)
         self.last_path = path
         fmt = target.fmt
@@ -196,6 +188,19 @@ class GradCAM(Explainer):
         with torch.enable_grad():
             logits = model.forward_head(leaf)
         return self._cam_from_grad(leaf, logits, tgt, create_graph, fn, fmt, hw)
+
+    def _features(self, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor, Target]:
+        """``forward_features(x)`` and the target with the features' actual layout (checked)."""
+        model: Any = self.model
+        assert self._target is not None
+        with torch.set_grad_enabled(create_graph):
+            feats = model.forward_features(x)
+        target = self._target = features_layout(model, self._target, feats)
+        if not isinstance(feats, Tensor) or feats.dim() != (3 if target.fmt == "NLC" else 4):
+            got = list(feats.shape) if isinstance(feats, Tensor) else f"a {type(feats).__name__}"
+            want = "[B, N, C] patch tokens" if target.fmt == "NLC" else "a [B, C, H, W] map"
+            raise unsupported_model(model, x, f"forward_features returned {got}, not {want}", fn)
+        return feats, target
 
     def _pooled(self, feats: Tensor, tgt: Tensor | None, create_graph: bool, fn: str,
                 hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
@@ -243,17 +248,22 @@ class GradCAM(Explainer):
 
     def _from_hook(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
                    fn: str) -> tuple[_Parts, Tensor]:
-        target = self._target
-        assert target is not None and target.module is not None
         self._choose("none", fn)
         self.last_path = "autograd"
+        act, logits, fmt = self._hooked_activation(x, create_graph, fn)
+        return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt, (int(x.shape[-2]), int(x.shape[-1])))
+
+    def _hooked_activation(self, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor, Tensor, str]:
+        """The named layer's output (gradients flow from it on), the logits, and its layout."""
+        target = self._target
+        assert target is not None and target.module is not None
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         if not create_graph and _vit_tail.usable(self.model, target.module, x):  # class-token ViT, inference
             a, x_in = _vit_tail.capture(self.model, x)
             act = a.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = _vit_tail.tail_logits(self.model, act, x_in)
-            return self._cam_from_grad(act, logits, tgt, False, fn, "NLC", hw)
+            return act, logits, "NLC"
         store: dict[str, Tensor] = {}
 
         def hook(_m: nn.Module, _inp: Any, out: Any) -> Tensor:
@@ -281,13 +291,12 @@ class GradCAM(Explainer):
                 f"{type(self.model).__name__}. Pass layer= naming a module the forward pass uses."
             )
         act = store["a"]
-        fmt = "NLC" if act.dim() == 3 else map_layout(self.model, act, hw) if act.dim() == 4 else "NCHW"
         if act.dim() not in (3, 4):
             raise UnsupportedModelError(
                 f"{fn}: layer '{target.name}' outputs shape {list(act.shape)}; Grad-CAM needs a "
                 "[B, C, H, W] map or [B, N, C] ViT tokens. Pass layer= naming a spatial layer."
             )
-        return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt, hw)
+        return act, logits, "NLC" if act.dim() == 3 else map_layout(self.model, act, hw)
 
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -27,3 +27,26 @@ def test_differentiable_when_asked() -> None:
     out.saliency.abs().sum().backward()
     assert model.get_classifier().weight.grad is not None
     assert not class_maps(model, torch.randn(2, 3, 64, 64)).saliency.requires_grad
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "test_vit"])
+def test_one_trunk_pass_for_every_class_and_trains(name: str) -> None:
+    """Heads that are not pool + Linear: the trunk runs once, the K gradients go through the head
+    (or the ViT's last block) only; with create_graph the maps train the trunk, and they equal
+    Grad-CAM's per-class maps there too."""
+    model = make_model(name)
+    x = torch.randn(2, 3, 64, 64)
+    first = model.stem if name == "test_convnext" else model.patch_embed
+    calls = []
+    handle = first.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = class_maps(model, x, create_graph=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    for k in range(NUM_CLASSES):
+        ref = grad_cam(model, x, k, upsample=False, normalize=False, create_graph=True)
+        torch.testing.assert_close(torch.relu(out.saliency[:, k: k + 1]), ref, atol=1e-6, rtol=1e-5)
+    out.saliency.abs().sum().backward()
+    first_param = next(first.parameters())
+    assert first_param.grad is not None and float(first_param.grad.abs().sum()) > 0
