@@ -11,6 +11,7 @@ from egl.recipes.base import NonFiniteLossError, Phase, Recipe
 from egl.recipes.batch import Batch, as_batch
 from egl.recipes.dre import DRE, dre
 from egl.recipes.erm import ERM, erm
+from egl.recipes.freeze_bn import freeze_batchnorm, unfreeze_batchnorm
 from egl.recipes.irm import IRM, irm
 from egl.recipes.mixup import Mixup, mixup
 from egl.recipes.sgdrop import SGDrop, sgdrop
@@ -19,5 +20,5 @@ from egl.recipes.sgt import SGT, sgt
 __all__ = [
     "Recipe", "Phase", "Batch", "as_batch", "NonFiniteLossError",
     "ALIGN", "align", "ERM", "erm", "IRM", "irm", "Mixup", "mixup",
-    "SGT", "sgt", "SGDrop", "sgdrop", "DRE", "dre",
+    "SGT", "sgt", "SGDrop", "sgdrop", "DRE", "dre", "freeze_batchnorm", "unfreeze_batchnorm",
 ]

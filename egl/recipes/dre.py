@@ -24,7 +24,8 @@ Choices and deviations (all arguments where they matter):
 * ``π`` is a uniformly random permutation within each class (``randperm``), so a sample
   may be mixed with itself; a class alone in the batch always is (its consistency term is 0).
 * The paper trains a ResNet-50 with frozen BatchNorm (DomainBed's); here BatchNorm follows
-  the model's mode like every recipe. λ and π come from torch's global RNG (``fit(seed=...)``
+  the model's mode like every recipe: ``dre(freeze_batchnorm(model))`` gives the paper's
+  protocol (:func:`egl.recipes.freeze_batchnorm`). λ and π come from torch's global RNG (``fit(seed=...)``
   fixes them); override :meth:`DRE.sample_lam` / :meth:`DRE.sample_partner` to fix them otherwise.
 """
 
