@@ -200,7 +200,6 @@ def main() -> None:
                                  "kernel us": 1e6 * kern, "GB/s": moved / kern / 1e9, "of peak": moved / kern / peak})
             if a.stages:
                 stage_rows.extend(_stages(case, acts, w, g, size, scale, peak))
-            del acts, w, ar, wr, g
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(f"  done {case}", flush=True)

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egl.kernels import cam_epilogue, cam_epilogue_reference, triton_available
+from egl.kernels import cam_epilogue, triton_available
 
 pytestmark = pytest.mark.skipif(
     not triton_available() or os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
