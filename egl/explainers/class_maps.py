@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.backbones import head_kind, resolve_target
+from egl.backbones import _LayoutError, head_kind, resolve_target, unsupported_model
 from egl.errors import UnsupportedModelError
 from egl.explainers.base import Explanation, double_backward_ready
 from egl.explainers.grad_cam import GradCAM, _to_nchw
@@ -49,41 +49,58 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
     x = cam._check_input(x, create_graph)
     if cam._target is None:
         cam._target = resolve_target(model, layer, x, fn=fn)
+    try:
+        maps, logits = _maps(cam, x, create_graph, fn)
+    except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works (as GradCAM does)
+        if layer != "auto":
+            raise
+        raise unsupported_model(model, x, e.detail, fn) from None
+    if x.is_floating_point():  # the input's dtype, as every explainer returns (autocast gives bf16)
+        maps = maps.to(x.dtype)
+    return Explanation(maps if create_graph else maps.detach(), logits if create_graph else logits.detach())
+
+
+def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor, Tensor]:
+    model: Any = cam.model
+    target = cam._target
+    assert target is not None
     hw = (int(x.shape[-2]), int(x.shape[-1]))
-    m: Any = model
     with double_backward_ready(create_graph):
-        if cam._target.module is None:
+        if target.module is None:
             feats, target = cam._features(x, create_graph, fn)
-            if head_kind(m, target, feats) == "linear":
+            if head_kind(model, target, feats) == "linear":
                 with torch.set_grad_enabled(create_graph):
-                    logits = m.forward_head(feats)
-                    a = _to_nchw(feats, target.fmt, m, hw)
-                    maps = torch.einsum("kc,bchw->bkhw", m.get_classifier().weight.to(a.dtype), a)
-                    maps = maps / (a.shape[-2] * a.shape[-1])
-                return Explanation(maps if create_graph else maps.detach(),
-                                   logits if create_graph else logits.detach())
+                    logits = model.forward_head(feats)
+                    a = _to_nchw(feats, target.fmt, model, hw)
+                    maps = torch.einsum("kc,bchw->bkhw", model.get_classifier().weight.to(a.dtype), a)
+                    return maps / (a.shape[-2] * a.shape[-1]), logits
             act = feats if create_graph else feats.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = m.forward_head(act)
+                logits = model.forward_head(act)
             fmt = target.fmt
         else:
             act, logits, fmt = cam._hooked_activation(x, create_graph, fn)
-        if logits.dim() != 2 or not logits.requires_grad:
+        if logits.dim() != 2:
             raise UnsupportedModelError(
-                f"{fn}: {type(model).__name__} must return logits [B, K] that depend on layer "
-                f"'{cam.target_layer}'; got {list(logits.shape)}. Pass layer= naming a layer on the path "
-                "to the output.")
+                f"{fn}: the model returned logits of shape {list(logits.shape)}; expected [B, num_classes]. "
+                "Wrap the model so that it returns class scores.")
         with torch.set_grad_enabled(create_graph):
-            a = _to_nchw(act, fmt, m, hw)
-        maps = []
+            a = _to_nchw(act, fmt, model, hw)
+        maps, reached = [], False
         for k in range(int(logits.shape[1])):  # backward passes through the head (or tail) only
-            with torch.enable_grad():
-                g = torch.autograd.grad(logits[:, k].sum(), act, retain_graph=True, create_graph=create_graph,
-                                        allow_unused=True)[0]
+            g = None
+            if logits.requires_grad:
+                with torch.enable_grad():
+                    g = torch.autograd.grad(logits[:, k].sum(), act, retain_graph=True,
+                                            create_graph=create_graph, allow_unused=True)[0]
+            reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):
-                alpha = _to_nchw(g, fmt, m, hw).mean(dim=(2, 3))
+                alpha = _to_nchw(g, fmt, model, hw).mean(dim=(2, 3))
                 maps.append(torch.einsum("bc,bchw->bhw", alpha, a))
+        if not reached:
+            raise UnsupportedModelError(
+                f"{fn}: the logits of {type(model).__name__} do not depend on layer '{cam.target_layer}'. "
+                "Pass layer= naming a layer on the path to the output.")
     with torch.set_grad_enabled(create_graph):
-        out = torch.stack(maps, dim=1)
-    return Explanation(out if create_graph else out.detach(), logits if create_graph else logits.detach())
+        return torch.stack(maps, dim=1), logits

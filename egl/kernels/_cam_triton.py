@@ -156,8 +156,9 @@ def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h,
         big = H * W
         tl.store(stat_ptr + 2 * b, mn)
         tl.store(stat_ptr + 2 * b + 1, mx)
-        tl.store(idx_ptr + 2 * b, tl.min(tl.where(best_lo == mn, at_lo, big), axis=0))
-        tl.store(idx_ptr + 2 * b + 1, tl.min(tl.where(best_hi == mx, at_hi, big), axis=0))
+        # with a NaN no value equals mn: clamp, so that a position is always a valid pixel
+        tl.store(idx_ptr + 2 * b, tl.minimum(tl.min(tl.where(best_lo == mn, at_lo, big), axis=0), big - 1))
+        tl.store(idx_ptr + 2 * b + 1, tl.minimum(tl.min(tl.where(best_hi == mx, at_hi, big), axis=0), big - 1))
 
 
 @triton.jit

@@ -83,7 +83,7 @@ def finish(band_ptr, low_ptr, stat_ptr, idx_ptr, d_ptr, T, hw, h, w, H, W, ry, r
         px = p % w
         u_mn = _row_weights(at_mn // W, ry, h, py) * _row_weights(at_mn % W, rx, w, px)
         u_mx = _row_weights(at_mx // W, ry, h, py) * _row_weights(at_mx % W, rx, w, px)
-        m = inv * (m - s_rest * u_mn - p_out * u_mx)
+        m = tl.where(ok, inv * (m - s_rest * u_mn - p_out * u_mx), 0.0)  # constant (or NaN) map: no gradient
     if RELU:
         m = tl.where(r > 0.0, m, 0.0)
     tl.store(d_ptr + b * hw + p, m * scale, mask=pm)

@@ -84,6 +84,7 @@ def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw
         u_min = uy[at[:, 0] // ww].unsqueeze(2) * ux[at[:, 0] % ww].unsqueeze(1)
         u_max = uy[at[:, 1] // ww].unsqueeze(2) * ux[at[:, 1] % ww].unsqueeze(1)
         m = inv.view(b, 1, 1) * (m - s_rest.view(b, 1, 1) * u_min - p_out.view(b, 1, 1) * u_max)
+        m = torch.where(ok.view(b, 1, 1), m, torch.zeros_like(m))  # constant (or NaN) map: no gradient
     if relu:
         m = m * (r > 0)
     return (m * scale).view(b, h * w)

@@ -99,11 +99,11 @@ class ALIGN(Recipe):
                        "See egl.list_components('masker')")
         upsample = align_resolution == "input"
         named_grad_cam = isinstance(explainer, str) and explainer == "grad_cam"
-        if not named_grad_cam and (layer != "auto" or align_resolution != "input"):
-            arg = "layer" if layer != "auto" else "align_resolution"
-            raise fail(fn, arg, "its default when explainer is not the name 'grad_cam' (it configures that one)",
-                       repr(layer if arg == "layer" else align_resolution),
-                       "Configure the explainer instead, e.g. explainer=GradCAM(model, layer=..., upsample=...)")
+        for arg, value, default in (("layer", layer, "auto"), ("align_resolution", align_resolution, "input")):
+            if not named_grad_cam and value != default:
+                raise fail(fn, arg, f"its default {default!r} when explainer is not the name 'grad_cam' "
+                           f"(it configures that one; explainer={explainer!r})", repr(value),
+                           "Configure the explainer itself, e.g. explainer=GradCAM(model, layer=..., upsample=...)")
         self.explainer = resolve("explainer", explainer, model, **({"layer": layer, "upsample": upsample}
                                                                    if named_grad_cam else {}))
         if not getattr(self.explainer, "differentiable", False):
@@ -184,7 +184,7 @@ class ALIGN(Recipe):
         """The alignment loss, called as its ``inputs`` declares (see :class:`egl.losses.AlignmentLoss`)."""
         masks = self.masks(batch)
         kind = getattr(self.alignment, "inputs", "saliency")
-        if kind == "class_maps":  # signed maps of every class: one more forward pass (closed form)
+        if kind == "class_maps":  # signed maps of every class: one more forward pass of the classifier
             layer = getattr(self.explainer, "layer", "auto")
             maps = class_maps(self.model, batch.x, layer=layer, create_graph=True).saliency
             return self.alignment(maps, masks)

@@ -124,8 +124,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         channels_last: bool = False) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
-    Every module runs in training mode during the call and is put back in the mode it had
-    before it when the call returns or raises (a model in eval mode stays in eval mode).
+    ``recipe.train()`` is called for the call; every module gets back the mode it had before
+    when the call returns or raises (a model in eval mode is in eval mode again afterwards).
 
     Args:
         recipe: any :class:`egl.recipes.Recipe`.
@@ -183,73 +183,75 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         device = p.device if p is not None else "cpu"
     device = torch.device(device)
     modes = [(m, m.training) for m in recipe.modules()]  # restored on the way out
-    recipe.train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        recipe.to(memory_format=memory_format)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
-        else contextlib.nullcontext
-    stream = DataStream(loader, device)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    start = 0
-    resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
-    if resume_from is not None:
-        start = _resume(Path(resume_from), recipe, opts, stream, device)
-    else:
-        dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
-    history: list[dict[str, float]] = []
-    log = None
-    bar = None
     try:
-        if log_path is not None and main:
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            log = open(log_path, "a", encoding="utf-8")
-            header = {"event": "resume" if resume_from is not None else "start", "recipe": recipe.name,
-                      "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}",
-                      "config": recipe.config(), "steps": steps, "start_step": start, "seed": seed,
-                      "device": str(device), "world_size": dist_utils.world_size(),
-                      "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
-                      "checkpoint_every": checkpoint_every, "versions": _versions(), "time": time.time()}
-            log.write(json.dumps(header) + "\n")
-            log.flush()
-        if progress and main:
-            from tqdm.auto import tqdm
+        recipe.train()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            recipe.to(memory_format=memory_format)
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
+            else contextlib.nullcontext
+        stream = DataStream(loader, device)
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        start = 0
+        resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
+        if resume_from is not None:
+            start = _resume(Path(resume_from), recipe, opts, stream, device)
+        else:
+            dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
+        history: list[dict[str, float]] = []
+        log = None
+        bar = None
+        try:
+            if log_path is not None and main:
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                log = open(log_path, "a", encoding="utf-8")
+                header = {"event": "resume" if resume_from is not None else "start", "recipe": recipe.name,
+                          "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}",
+                          "config": recipe.config(), "steps": steps, "start_step": start, "seed": seed,
+                          "device": str(device), "world_size": dist_utils.world_size(),
+                          "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+                          "checkpoint_every": checkpoint_every, "versions": _versions(), "time": time.time()}
+                log.write(json.dumps(header) + "\n")
+                log.flush()
+            if progress and main:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=steps, initial=min(start, steps), desc=recipe.name or "train", leave=False)
-        with dist_utils.sync_optimizers(opts):
-            for step in range(start, steps):
-                batch = as_batch(next(stream), FN).to(device)
-                if channels_last:
-                    batch.x = batch.x.contiguous(memory_format=memory_format)
-                with autocast():
-                    logs = recipe.training_step(batch, step, opts)
-                dist_utils.broadcast_buffers(recipe)
-                row = {"step": step, **logs}
-                history.append(row)
-                if log is not None:
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                if writer is not None:
-                    for k, v in logs.items():
-                        writer.add_scalar(k, v, step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
-                done = step + 1
-                if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                    _save(ckpt_path, recipe, opts, done, stream, device)
-    except Exception as exc:
-        if log is not None:  # the reason the run stopped, for whoever reads the log later
-            log.write(json.dumps({"event": "error", "step": start + len(history),
-                                  "error": f"{type(exc).__name__}: {exc}"}) + "\n")
-        raise
+                bar = tqdm(total=steps, initial=min(start, steps), desc=recipe.name or "train", leave=False)
+            with dist_utils.sync_optimizers(opts):
+                for step in range(start, steps):
+                    batch = as_batch(next(stream), FN).to(device)
+                    if channels_last:
+                        batch.x = batch.x.contiguous(memory_format=memory_format)
+                    with autocast():
+                        logs = recipe.training_step(batch, step, opts)
+                    dist_utils.broadcast_buffers(recipe)
+                    row = {"step": step, **logs}
+                    history.append(row)
+                    if log is not None:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                    if writer is not None:
+                        for k, v in logs.items():
+                            writer.add_scalar(k, v, step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
+                    done = step + 1
+                    if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
+                        _save(ckpt_path, recipe, opts, done, stream, device)
+        except Exception as exc:
+            if log is not None:  # the reason the run stopped, for whoever reads the log later
+                log.write(json.dumps({"event": "error", "step": start + len(history),
+                                      "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+            if writer is not None:
+                writer.close()
+        return history
     finally:
         for m, was_training in modes:
             m.training = was_training
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-        if writer is not None:
-            writer.close()
-    return history

@@ -44,9 +44,33 @@ def test_one_trunk_pass_for_every_class_and_trains(name: str) -> None:
     finally:
         handle.remove()
     assert len(calls) == 1
-    for k in range(NUM_CLASSES):
-        ref = grad_cam(model, x, k, upsample=False, normalize=False, create_graph=True)
-        torch.testing.assert_close(torch.relu(out.saliency[:, k: k + 1]), ref, atol=1e-6, rtol=1e-5)
+    for k in range(NUM_CLASSES):  # signed maps, both halves
+        ref = grad_cam(model, x, k, upsample=False, normalize=False, relu=False, create_graph=True)
+        torch.testing.assert_close(out.saliency[:, k: k + 1], ref, atol=1e-6, rtol=1e-5)
     out.saliency.abs().sum().backward()
     first_param = next(first.parameters())
     assert first_param.grad is not None and float(first_param.grad.abs().sum()) > 0
+
+
+def test_a_layer_off_the_path_to_the_logits_is_an_error_not_zero_maps() -> None:
+    import egl
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.aux = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 2, 3)
+            self.fc = torch.nn.Linear(4, NUM_CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.aux(x)  # runs, but never reaches the logits
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    with pytest.raises(egl.UnsupportedModelError, match="do not depend on layer 'aux'"):
+        class_maps(Net(), torch.randn(2, 3, 16, 16), layer="aux")
+
+
+def test_maps_come_in_the_input_dtype_under_autocast() -> None:
+    model = make_model("test_convnext")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = class_maps(model, torch.randn(2, 3, 64, 64))
+    assert out.saliency.dtype == torch.float32

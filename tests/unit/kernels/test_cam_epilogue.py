@@ -230,3 +230,17 @@ def test_nan_activations_give_what_the_reference_gives(relu: bool, normalize: bo
 def test_an_empty_batch_gives_an_empty_map() -> None:
     out = cam_epilogue(torch.zeros(0, 4, 3, 3), torch.zeros(0, 4), (8, 8), backend="triton")
     assert out.shape == (0, 1, 8, 8)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("width", [5, 72])  # the Triton backward, and the PyTorch one (sides > 64)
+def test_nan_activations_give_a_zero_map_and_zero_gradient(width: int) -> None:
+    """A sample with a NaN: all-zero map (as the reference) and a zero activation gradient, not
+    NaN (PyTorch's autograd of the reference spreads NaN into it); the stored extreme positions
+    stay valid pixels, which the PyTorch formulation of the backward indexes."""
+    a, wt = _inputs(1, 3, 2, width, seed=12)
+    a[0, 1, 0, 3] = float("nan")
+    a1 = a.clone().requires_grad_(True)
+    out = cam_epilogue(a1, wt, (4, width + 8), backend="triton")
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(a1.grad, torch.zeros_like(a1.grad))

@@ -197,9 +197,9 @@ def test_grad_cam_options_with_another_explainer_are_refused_not_ignored() -> No
     from egl.explainers import GradCAM
 
     model = make_model("test_resnet")
-    with pytest.raises(egl.InputError, match="'layer' expected its default when explainer is not the name"):
+    with pytest.raises(egl.InputError, match="'layer' expected its default 'auto' when explainer is not the name"):
         recipes.align(model, explainer=GradCAM(model), layer="layer3")
-    with pytest.raises(egl.InputError, match="'align_resolution' expected its default"):
+    with pytest.raises(egl.InputError, match="'align_resolution' expected its default 'input'"):
         recipes.align(model, explainer="input_gradient", align_resolution="feature")
     with pytest.raises(egl.InputError, match="'alignment' expected a loss on the explainer's maps"):
         recipes.align(model, explainer="input_gradient", alignment="energy_outside")
