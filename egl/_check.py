@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from egl._deferred import active
 from egl.errors import InputError
 
 __all__ = [
@@ -88,15 +89,31 @@ def check_same_batch(fn: str, **tensors: Tensor) -> int:
 
 
 def check_range(x: Tensor, lo: float, hi: float, fn: str, arg: str, fix: str = "") -> Tensor:
-    """Raise unless every value of ``x`` lies in ``[lo, hi]`` (NaN fails too)."""
+    """Raise unless every value of ``x`` lies in ``[lo, hi]`` (NaN fails too).
+
+    Inside :func:`egl._deferred.deferred_checks` the check is queued and judged later, without
+    a device-to-host read here.
+    """
     if x.numel() == 0:
         return x
-    xmin, xmax = torch.stack([x.min(), x.max()]).tolist()  # one device-to-host read
-    if not (lo <= xmin and xmax <= hi):  # NaN compares False and fails here
-        raise fail(
-            fn, arg, f"values in [{lo}, {hi}]", f"values in [{xmin:.4g}, {xmax:.4g}]",
-            fix or f"Rescale '{arg}' into [{lo}, {hi}] (for example with torch.sigmoid or min-max)",
-        )
+
+    def verdict(v: Sequence[float]) -> InputError | None:
+        bad, xmin, xmax = v
+        if bad or not (lo <= xmin and xmax <= hi):  # NaN compares False and fails here
+            return fail(fn, arg, f"values in [{lo}, {hi}]", f"values in [{xmin:.4g}, {xmax:.4g}]",
+                        fix or f"Rescale '{arg}' into [{lo}, {hi}] (for example with torch.sigmoid or min-max)")
+        return None
+
+    xmin, xmax = x.min(), x.max()
+    bad = ~((xmin >= lo) & (xmax <= hi))  # judged in x's own precision
+    stats = torch.stack([bad.float(), xmin.float(), xmax.float()])
+    checks = active()
+    if checks is not None:
+        checks.add(stats, verdict)
+        return x
+    err = verdict(stats.tolist())  # one device-to-host read
+    if err is not None:
+        raise err
     return x
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_shape, describe, fail
+from egl._deferred import active
 
 __all__ = ["Explainer", "Explanation", "as_targets", "model_device", "double_backward_ready"]
 
@@ -84,13 +85,21 @@ def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor
 
 
 def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
-    """Raise unless every target lies in ``[0, num_classes)`` (one device-to-host read)."""
-    if not target.numel():
+    """Raise unless every target lies in ``[0, num_classes)`` (one device-to-host read).
+
+    Never deferred (an index out of range device-asserts on CUDA), but inside
+    :func:`egl._deferred.deferred_checks` a tensor is read once per ``num_classes``.
+    """
+    checks = active()
+    key = ("classes", num_classes)
+    if not target.numel() or (checks is not None and checks.checked(target, key)):
         return target
     lo, hi = torch.stack([target.min(), target.max()]).tolist()
     if lo < 0 or hi >= num_classes:
         raise fail(fn, "target", f"class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs)",
                    f"values in [{lo}, {hi}]", "Check the label mapping, or the model's num_classes")
+    if checks is not None:
+        checks.mark(target, key)
     return target
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import describe, fail
+from egl._deferred import DeferredChecks, deferred_checks
 from egl.errors import EGLError
 from egl.recipes.batch import Batch, as_batch
 
@@ -212,43 +213,55 @@ class Recipe(nn.Module):
     def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """Run every active phase once: loss, backward, finiteness check, optimiser step.
 
-        The loss terms are read back once per phase, after the backward is queued.
+        The loss terms are read back once per phase, after the backward is queued, together with
+        the phase's value checks (mask and saliency ranges: see :mod:`egl._deferred`).
 
         Returns:
             ``{"<phase>/<term>": float}`` for logging.
 
         Raises:
+            InputError: a value check of the phase failed (a mask or saliency map outside [0, 1]),
+                before that phase's optimiser step.
             NonFiniteLossError: naming the term and the step, before that phase's optimiser step
                 (an earlier phase of the same step, ALIGN's masker phase, has already stepped).
         """
-        from egl.train.distributed import first_rank_with  # lazy: egl.train imports the recipes
-
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
-        for phase in self.active_phases(step):
-            with torch.profiler.record_function(f"egl.phase.{phase.name}"):
-                opt = optimizers[phase.name]
-                opt.zero_grad(set_to_none=True)
-                terms = phase.compute(b, step)
-                terms["total"].backward()
-                # one device-to-host read per phase, after the backward is queued (a read before it
-                # would leave the device idle while the host queues the backward)
-                stacked = torch.stack([v.detach().float() for v in terms.values()])
-                values = dict(zip(terms, stacked.tolist()))
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                bad_rank = first_rank_with(bool(bad), stacked.device)  # every rank stops together
-                if bad_rank >= 0:
-                    opt.zero_grad(set_to_none=True)
-                    where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
-                             f"a loss term of phase '{phase.name}' is not finite on rank {bad_rank}")
-                    raise NonFiniteLossError(
-                        f"egl.recipes.{self.name}: {where} at step {step}. "
-                        "Lower the learning rate or the term's weight, or check the inputs for NaN; "
-                        "parameters were not updated at this step."
-                    )
-                opt.step()
-            logs.update({f"{phase.name}/{k}": v for k, v in values.items()})
+        with deferred_checks() as checks:  # value checks are read with the loss terms
+            for phase in self.active_phases(step):
+                logs.update(self._run_phase(phase, b, step, optimizers[phase.name], checks))
         return logs
+
+    def _run_phase(self, phase: Phase, b: Batch, step: int, opt: torch.optim.Optimizer,
+                   checks: DeferredChecks) -> dict[str, float]:
+        from egl.train.distributed import first_rank_with  # lazy: egl.train imports the recipes
+
+        with torch.profiler.record_function(f"egl.phase.{phase.name}"):
+            opt.zero_grad(set_to_none=True)
+            terms = phase.compute(b, step)
+            terms["total"].backward()
+            # one device-to-host read per phase, after the backward is queued (a read before it
+            # would leave the device idle while the host queues the backward)
+            queued = checks.take()
+            stacked = torch.cat([torch.stack([v.detach().float() for v in terms.values()]), *queued.stats])
+            read = stacked.tolist()
+            values = dict(zip(terms, read))
+            error = queued.first_error(read[len(terms):])
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            bad_rank = first_rank_with(bool(bad) or error is not None, stacked.device)  # all ranks stop
+            if bad_rank >= 0:
+                opt.zero_grad(set_to_none=True)
+                if error is not None:
+                    raise error
+                where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
+                         f"a loss term or input check of phase '{phase.name}' failed on rank {bad_rank}")
+                raise NonFiniteLossError(
+                    f"egl.recipes.{self.name}: {where} at step {step}. "
+                    "Lower the learning rate or the term's weight, or check the inputs for NaN; "
+                    "parameters were not updated at this step."
+                )
+            opt.step()
+        return {f"{phase.name}/{k}": v for k, v in values.items()}
 
     def fit(self, loader: Iterable[Any], steps: int, **kwargs: Any) -> list[dict[str, float]]:
         """Train for ``steps`` steps with :func:`egl.train.fit` (see there for options)."""

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_positive, check_same_batch, check_shape
+from egl._sampling import sample_beta
 from egl.explainers.grad_cam import GradCAM
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -143,8 +144,7 @@ class DRE(Recipe):
 
     def sample_lam(self, n: int, device: torch.device) -> Tensor:
         """``n`` draws of Beta(α, α), one per sample (torch's global RNG)."""
-        a = torch.tensor(self.alpha, device=device)
-        return torch.distributions.Beta(a, a).sample((n,))
+        return sample_beta(self.alpha, n, device)
 
     def sample_partner(self, target: Tensor) -> Tensor:
         """Partner of every sample: a random permutation within its class."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_positive, check_shape
+from egl._sampling import sample_beta
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -101,8 +102,7 @@ class Mixup(Recipe):
 
     def sample_lam(self, n: int, device: torch.device) -> Tensor:
         """``n`` draws of Beta(α, α), one per pair (torch's global RNG)."""
-        a = torch.tensor(self.alpha, device=device)
-        return torch.distributions.Beta(a, a).sample((n,))
+        return sample_beta(self.alpha, n, device)
 
     def sample_cycle(self, n: int) -> list[int]:
         """A random order of the ``n`` domains present (DomainBed's ``randperm``)."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from egl._check import check_positive, check_same_batch, check_shape, fail
+from egl._sampling import sample_beta
 from egl.explainers.base import Explainer, as_targets
 from egl.losses._reduction import reduce
 from egl.regularizers.base import Regularizer
@@ -125,8 +126,7 @@ class MixupConsistency(Regularizer):
 
     def sample_beta(self, n: int, device: torch.device) -> Tensor:
         """``n`` draws of Beta(α, α) on ``device`` (from torch's global RNG, so seeds apply)."""
-        a = torch.tensor(self.alpha, device=device)
-        return torch.distributions.Beta(a, a).sample((n,))
+        return sample_beta(self.alpha, n, device)
 
     def terms(self, explainer: Explainer, x: Tensor, target: Any, saliency: Tensor | None = None, *,
               create_graph: bool = True, beta: Tensor | None = None, partner: Tensor | None = None) -> MixupTerms:

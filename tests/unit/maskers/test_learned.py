@@ -73,3 +73,36 @@ def test_errors() -> None:
     for arg, bad in (("in_channels", 0), ("width", -2), ("width", 2.5), ("in_channels", True)):
         with pytest.raises(egl.InputError, match=rf"LearnedMasker: '{arg}' expected a positive int, got"):
             LearnedMasker(**{arg: bad})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "auto"])
+def test_memory_format_changes_layout_not_values(fmt: str) -> None:
+    torch.manual_seed(0)
+    ref = LearnedMasker(width=8, memory_format="input")
+    m = LearnedMasker(width=8, memory_format=fmt)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 3, 17, 13)
+    out_ref, out = ref(x), m(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    out_ref.square().mean().backward()
+    out.square().mean().backward()
+    for (name, p_ref), p in zip(ref.named_parameters(), m.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for b_ref, b in zip(ref.buffers(), m.buffers()):  # BatchNorm statistics updated alike
+        torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-6)
+    assert out.shape == (3, 1, 17, 13) and out.is_contiguous()
+
+
+def test_memory_format_auto_is_channels_last_on_cpu() -> None:
+    m = LearnedMasker(width=4)
+    seen = []
+    m.net[0].register_forward_hook(lambda mod, inp, out: seen.append(out))
+    m(torch.randn(2, 3, 8, 8))
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert "memory_format='auto'" in repr(m)
+
+
+def test_memory_format_error() -> None:
+    with pytest.raises(egl.InputError, match=r"LearnedMasker: 'memory_format' expected one of \['auto', "
+                                             r"'channels_last', 'input'\], got 'nhwc'"):
+        LearnedMasker(memory_format="nhwc")

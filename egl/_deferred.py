@@ -1,0 +1,98 @@
+"""Deferred value checks: one device-to-host read per training phase instead of one per check.
+
+Checking tensor *values* (a mask in [0, 1], a saliency map in [0, 1]) needs them on the host.
+On a GPU every such read waits for the queue to drain, and the device then idles while the
+host queues the next kernels. Inside :func:`deferred_checks` (which
+:meth:`egl.recipes.Recipe.training_step` opens around a step),
+:func:`egl._check.check_range` queues a verdict and the min/max on the device and returns
+at once; the recipe reads them in the same transfer as its loss terms, after the backward is
+queued, and raises the first failed check's error (the message an immediate check gives)
+before the optimiser steps.
+
+Only checks whose failure cannot crash the device first are deferred. Class indices are
+checked at once (CUDA's cross-entropy and ``gather`` device-assert on an index out of range,
+which ends the process without a message), but once per tensor inside the block: ALIGN's
+three passes over one batch read its labels back once, not three times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from torch import Tensor
+
+from egl.errors import InputError
+
+__all__ = ["DeferredChecks", "Queued", "deferred_checks", "active"]
+
+Verdict = Callable[[Sequence[float]], "InputError | None"]
+
+
+class Queued:
+    """Value checks queued since the last :meth:`DeferredChecks.take`."""
+
+    def __init__(self) -> None:
+        self.stats: list[Tensor] = []  # 1-D float32 tensors on the device; read them in one transfer
+        self._verdicts: list[tuple[int, Verdict]] = []
+
+    def add(self, stats: Tensor, verdict: Verdict) -> None:
+        self._verdicts.append((stats.numel(), verdict))
+        self.stats.append(stats)
+
+    def first_error(self, values: Sequence[float]) -> InputError | None:
+        """The error of the first failed check, given the values of :attr:`stats` read back."""
+        at = 0
+        for n, verdict in self._verdicts:
+            err = verdict(values[at:at + n])
+            if err is not None:
+                return err
+            at += n
+        return None
+
+
+class DeferredChecks:
+    """The state of one :func:`deferred_checks` block."""
+
+    def __init__(self) -> None:
+        self._queued = Queued()
+        self._seen: dict[tuple[int, object], tuple[Tensor, int]] = {}
+
+    def add(self, stats: Tensor, verdict: Verdict) -> None:
+        """Queue ``stats`` (a 1-D float32 tensor on the device) and the function that judges them."""
+        self._queued.add(stats, verdict)
+
+    def take(self) -> Queued:
+        """The checks queued so far; the queue starts empty again."""
+        queued, self._queued = self._queued, Queued()
+        return queued
+
+    def checked(self, t: Tensor, key: object) -> bool:
+        """True if ``t``, unchanged since, passed the check ``key`` inside this block."""
+        hit = self._seen.get((id(t), key))
+        return hit is not None and hit[0] is t and hit[1] == t._version
+
+    def mark(self, t: Tensor, key: object) -> None:
+        """Record that ``t`` passed the check ``key`` (``t`` is kept alive until the block ends,
+        so its ``id`` cannot be reused by another tensor)."""
+        self._seen[(id(t), key)] = (t, t._version)
+
+
+_ACTIVE: ContextVar[DeferredChecks | None] = ContextVar("egl_deferred_checks", default=None)
+
+
+def active() -> DeferredChecks | None:
+    """The innermost open :func:`deferred_checks` block's checks, or None."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def deferred_checks() -> Iterator[DeferredChecks]:
+    """Defer value checks inside the block; the caller reads and judges them afterwards."""
+    checks = DeferredChecks()
+    token = _ACTIVE.set(checks)
+    try:
+        yield checks
+    finally:
+        _ACTIVE.reset(token)

@@ -1,0 +1,136 @@
+"""egl._deferred: value checks queued inside a training step and read with its loss terms."""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+import pytest
+import torch
+from _helpers import make_model
+
+import egl
+from egl import recipes
+from egl._check import check_range
+from egl._deferred import active, deferred_checks
+from egl.explainers.base import check_target_range
+
+
+def _immediate_error(x: torch.Tensor) -> str:
+    with pytest.raises(egl.InputError) as info:
+        check_range(x, 0.0, 1.0, "egl.f", "mask")
+    return str(info.value)
+
+
+@pytest.mark.parametrize("values", [[0.2, 1.5], [-0.1, 0.5], [float("nan"), 0.5]])
+def test_deferred_range_check_gives_the_immediate_error_later(values: list[float]) -> None:
+    x = torch.tensor(values)
+    with deferred_checks() as checks:
+        assert active() is checks
+        assert check_range(x, 0.0, 1.0, "egl.f", "mask") is x  # no raise here
+        check_range(torch.tensor([0.0, 1.0]), 0.0, 1.0, "egl.f", "ok")
+    assert active() is None
+    queued = checks.take()
+    read = torch.cat(queued.stats).tolist()
+    err = queued.first_error(read)
+    assert err is not None and str(err) == _immediate_error(x)
+    assert checks.take().stats == []  # taken once
+
+
+def test_deferred_range_check_judged_in_the_tensors_precision() -> None:
+    # 1 + 1e-12 rounds to 1.0 in float32; the verdict is computed in float64 before rounding
+    x = torch.tensor([0.0, 1.0 + 1e-12], dtype=torch.float64)
+    with deferred_checks() as checks:
+        check_range(x, 0.0, 1.0, "egl.f", "mask")
+    queued = checks.take()
+    assert queued.first_error(torch.cat(queued.stats).tolist()) is not None
+
+
+def test_passing_checks_give_no_error_and_outside_a_block_raise_at_once() -> None:
+    with deferred_checks() as checks:
+        check_range(torch.rand(3), 0.0, 1.0, "egl.f", "mask")
+    queued = checks.take()
+    assert queued.first_error(torch.cat(queued.stats).tolist()) is None
+    with pytest.raises(egl.InputError, match=r"egl.f: 'mask' expected values in \[0.0, 1.0\], got values in"):
+        check_range(torch.tensor([2.0]), 0.0, 1.0, "egl.f", "mask")
+
+
+def test_target_check_stays_immediate_and_reads_each_tensor_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+    orig = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or orig(self))
+    y = torch.tensor([0, 2, 1])
+    with deferred_checks():
+        for _ in range(3):
+            check_target_range(y, 3, "egl.f")
+        assert len(reads) == 1
+        check_target_range(y, 4, "egl.f")  # another class count is another check
+        assert len(reads) == 2
+        y[0] = 1  # changed in place: checked again
+        check_target_range(y, 3, "egl.f")
+        assert len(reads) == 3
+        with pytest.raises(egl.InputError, match="'target' expected class indices in"):
+            check_target_range(torch.tensor([0, 5]), 3, "egl.f")  # raised at once, not deferred
+        assert len(reads) == 4
+    check_target_range(y, 3, "egl.f")  # outside a block: read every time
+    check_target_range(y, 3, "egl.f")
+    assert len(reads) == 6
+
+
+def _count_egl_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
+    """Count device-to-host reads (tolist/item/bool/float/int of a tensor) made by egl's code."""
+    counts: collections.Counter = collections.Counter()
+    for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self: torch.Tensor, *a: object, _orig=orig, _name=name) -> object:
+            caller = sys._getframe(1).f_code.co_filename
+            if "/egl/" in caller.replace("\\", "/") or "/torch/distributions/" in caller:
+                counts[_name] += 1
+            return _orig(self, *a)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return counts
+
+
+@pytest.mark.parametrize(("spec", "expected"), [("erm", 1), ("clf+align", 2), ("align", 3)])
+def test_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch, spec: str, expected: int) -> None:
+    # erm: its loss; clf+align: labels + loss; align: labels once, each phase's loss once
+    # (masks and saliency ranges travel with the losses; Beta draws skip argument validation)
+    model = make_model("test_resnet", eval_mode=False)
+    if spec == "erm":
+        recipe = recipes.erm(model)
+    elif spec == "clf+align":
+        recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    else:
+        recipe = recipes.align(model, warmup_steps=0)
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0]),
+             "mask": (torch.rand(4, 1, 32, 32) > 0.5).float()}
+    opts = recipe.configure_optimizers()
+    recipe.training_step(batch, 0, opts)
+    counts = _count_egl_reads(monkeypatch)
+    logs = recipe.training_step(batch, 1, opts)
+    assert sum(counts.values()) == expected, counts
+    assert all(v == v for v in logs.values())
+
+
+@pytest.mark.parametrize("bad", ["mask", "saliency"])
+def test_failed_deferred_check_raises_before_the_optimiser_step(bad: str) -> None:
+    model = make_model("test_resnet", eval_mode=False)
+    recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    mask = (torch.rand(4, 1, 32, 32) > 0.5).float()
+    if bad == "mask":
+        mask[0, 0, 0, 0] = 1.5
+        match = r"'mask' expected values in \[0.0, 1.0\], got values in \[0, 1.5\]"
+    else:
+        recipe.explainer.normalize = False  # raw Grad-CAM maps: not in [0, 1] with a large head
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(1e4)
+        match = r"'saliency' expected values in \[0.0, 1.0\]"
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0]), "mask": mask}
+    before = [p.detach().clone() for p in model.parameters()]
+    opts = recipe.configure_optimizers()
+    with pytest.raises(egl.InputError, match=match):
+        recipe.training_step(batch, 0, opts)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters())
