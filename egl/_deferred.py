@@ -11,8 +11,9 @@ before the optimiser steps.
 
 Only checks whose failure cannot crash the device first are deferred. Class indices are
 checked at once (CUDA's cross-entropy and ``gather`` device-assert on an index out of range,
-which ends the process without a message), but once per tensor inside the block: ALIGN's
-three passes over one batch read its labels back once, not three times.
+which ends the process without a message), but once per tensor inside the block (ALIGN's
+three passes over one batch check its labels once), and without a device read when the
+labels' range was read on the host before they moved to the device.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class DeferredChecks:
     def __init__(self) -> None:
         self._queued = Queued()
         self._seen: dict[tuple[int, object], tuple[Tensor, int]] = {}
+        self._ranges: dict[int, tuple[Tensor, int, int, int]] = {}
 
     def add(self, stats: Tensor, verdict: Verdict) -> None:
         """Queue ``stats`` (a 1-D float32 tensor on the device) and the function that judges them."""
@@ -77,6 +79,18 @@ class DeferredChecks:
         """Record that ``t`` passed the check ``key`` (``t`` is kept alive until the block ends,
         so its ``id`` cannot be reused by another tensor)."""
         self._seen[(id(t), key)] = (t, t._version)
+
+    def note_range(self, t: Tensor, lo: int, hi: int) -> None:
+        """Record the min and max of an integer tensor, known on the host without a device read
+        (labels read before they were moved to the device: :class:`egl.recipes.Batch`)."""
+        self._ranges[id(t)] = (t, t._version, lo, hi)
+
+    def range_of(self, t: Tensor) -> tuple[int, int] | None:
+        """The recorded ``(min, max)`` of ``t`` if it is unchanged since, else None."""
+        hit = self._ranges.get(id(t))
+        if hit is None or hit[0] is not t or hit[1] != t._version:
+            return None
+        return hit[2], hit[3]
 
 
 _ACTIVE: ContextVar[DeferredChecks | None] = ContextVar("egl_deferred_checks", default=None)

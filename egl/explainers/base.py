@@ -88,13 +88,15 @@ def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
     """Raise unless every target lies in ``[0, num_classes)`` (one device-to-host read).
 
     Never deferred (an index out of range device-asserts on CUDA), but inside
-    :func:`egl._deferred.deferred_checks` a tensor is read once per ``num_classes``.
+    :func:`egl._deferred.deferred_checks` a tensor is checked once per ``num_classes``, and not
+    read at all when its range is already known on the host.
     """
     checks = active()
     key = ("classes", num_classes)
     if not target.numel() or (checks is not None and checks.checked(target, key)):
         return target
-    lo, hi = torch.stack([target.min(), target.max()]).tolist()
+    known = checks.range_of(target) if checks is not None else None
+    lo, hi = known if known is not None else torch.stack([target.min(), target.max()]).tolist()
     if lo < 0 or hi >= num_classes:
         raise fail(fn, "target", f"class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs)",
                    f"values in [{lo}, {hi}]", "Check the label mapping, or the model's num_classes")

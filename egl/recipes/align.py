@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, fail
+from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
@@ -163,6 +164,7 @@ class ALIGN(Recipe):
             logits, sal = out.logits, out.saliency
         else:
             logits, sal = self.model(batch.x), None
+            check_target_range(batch.y, logits.shape[1], "egl.recipes.align")
         ce = F.cross_entropy(logits, batch.y)
         terms: dict[str, Tensor] = {"ce": ce}
         total = ce

@@ -228,6 +228,8 @@ class Recipe(nn.Module):
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
         with deferred_checks() as checks:  # value checks are read with the loss terms
+            if b.label_range is not None:
+                checks.note_range(b.y, *b.label_range)
             for phase in self.active_phases(step):
                 logs.update(self._run_phase(phase, b, step, optimizers[phase.name], checks))
         return logs
@@ -254,7 +256,8 @@ class Recipe(nn.Module):
                 if error is not None:
                     raise error
                 where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
-                         f"a loss term or input check of phase '{phase.name}' failed on rank {bad_rank}")
+                         f"a loss term of phase '{phase.name}' is not finite, or an input check failed, "
+                         f"on rank {bad_rank}")
                 raise NonFiniteLossError(
                     f"egl.recipes.{self.name}: {where} at step {step}. "
                     "Lower the learning rate or the term's weight, or check the inputs for NaN; "

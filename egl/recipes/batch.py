@@ -16,19 +16,25 @@ __all__ = ["Batch", "as_batch"]
 
 @dataclass
 class Batch:
-    """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none."""
+    """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none.
+
+    ``label_range`` is ``(min, max)`` of ``y`` when it was read on the host (labels that arrive
+    on the CPU, as a DataLoader gives them): recipes then check labels against the model's
+    classes without reading them back from the device.
+    """
 
     x: Tensor
     y: Tensor
     domain: Tensor | None = None
     mask: Tensor | None = None
+    label_range: tuple[int, int] | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device``."""
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
         return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
-                     mv(self.domain), mv(self.mask))
+                     mv(self.domain), mv(self.mask), self.label_range)
 
 
 def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
@@ -55,4 +61,6 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     if d is not None and (not isinstance(d, Tensor) or d.shape != y.shape or d.is_floating_point()):
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
                    "Give one integer domain index per image")
-    return Batch(x, y.long(), None if d is None else d.long(), m)
+    y = y.long()
+    label_range = (int(y.min()), int(y.max())) if y.device.type == "cpu" and y.numel() else None
+    return Batch(x, y, None if d is None else d.long(), m, label_range)

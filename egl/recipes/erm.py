@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from egl.explainers.base import check_target_range
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
 
@@ -33,7 +34,8 @@ class ERM(Recipe):
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
-        ce = F.cross_entropy(self.model(batch.x), batch.y)
+        logits = self.model(batch.x)
+        ce = F.cross_entropy(logits, check_target_range(batch.y, logits.shape[1], "egl.recipes.erm"))
         return {"ce": ce, "total": ce}
 
 

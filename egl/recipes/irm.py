@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_positive, check_shape, fail
+from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -114,6 +115,7 @@ class IRM(Recipe):
         domain = require_domains(batch, "egl.recipes.irm", "IRM")
         self.model.train(self.training)
         logits = self.model(batch.x)
+        check_target_range(batch.y, logits.shape[1], "egl.recipes.irm")
         groups = domain_groups(domain)
         ce = torch.stack([F.cross_entropy(logits[g], batch.y[g]) for g in groups]).mean()
         penalties = [irm_penalty(logits[g], batch.y[g]) for g in groups if g.numel() >= 2]

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from egl._check import check_positive, check_shape
 from egl._sampling import sample_beta
+from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -116,7 +117,9 @@ class Mixup(Recipe):
         check_shape(lam, f"{len(pairs)}", "egl.recipes.Mixup.sample_lam", "lam")
         lam = lam.to(batch.x.dtype)
         x_mixed = torch.cat([lam[k] * batch.x[i] + (1.0 - lam[k]) * batch.x[j] for k, (i, j) in enumerate(pairs)])
-        logits = self.model(x_mixed).split([i.numel() for i, _ in pairs])
+        logits = self.model(x_mixed)
+        check_target_range(batch.y, logits.shape[1], "egl.recipes.mixup")
+        logits = logits.split([i.numel() for i, _ in pairs])
         losses = [lam[k] * F.cross_entropy(out, batch.y[i]) + (1.0 - lam[k]) * F.cross_entropy(out, batch.y[j])
                   for k, (out, (i, j)) in enumerate(zip(logits, pairs))]
         loss = torch.stack(losses).mean()

@@ -39,7 +39,7 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     assert r1["initial_differs"]  # the ranks really started apart: fit broadcast rank 0's weights
     # A NaN on rank 1 stops both ranks with a clear error (no rank left waiting in an all-reduce).
     assert "loss term 'classifier/ce' is nan at step 0" in r1["nan"]
-    assert "not finite on rank 1 at step 0" in r0["nan"]
+    assert "is not finite, or an input check failed, on rank 1 at step 0" in r0["nan"]
     for key in ("state", "resumed"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers

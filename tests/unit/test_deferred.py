@@ -78,40 +78,66 @@ def test_target_check_stays_immediate_and_reads_each_tensor_once(monkeypatch: py
 
 
 def _count_egl_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
-    """Count device-to-host reads (tolist/item/bool/float/int of a tensor) made by egl's code."""
+    """Count reads (tolist/item/bool/float/int of a tensor) made by egl's code, by file."""
     counts: collections.Counter = collections.Counter()
     for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
         orig = getattr(torch.Tensor, name)
 
-        def wrapped(self: torch.Tensor, *a: object, _orig=orig, _name=name) -> object:
-            caller = sys._getframe(1).f_code.co_filename
-            if "/egl/" in caller.replace("\\", "/") or "/torch/distributions/" in caller:
-                counts[_name] += 1
+        def wrapped(self: torch.Tensor, *a: object, _orig=orig) -> object:
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            if "/egl/" in caller or "/torch/distributions/" in caller:
+                counts[caller.rsplit("/", 2)[-2] + "/" + caller.rsplit("/", 1)[-1]] += 1
             return _orig(self, *a)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
     return counts
 
 
-@pytest.mark.parametrize(("spec", "expected"), [("erm", 1), ("clf+align", 2), ("align", 3)])
-def test_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch, spec: str, expected: int) -> None:
-    # erm: its loss; clf+align: labels + loss; align: labels once, each phase's loss once
-    # (masks and saliency ranges travel with the losses; Beta draws skip argument validation)
+def _recipe(spec: str) -> recipes.Recipe:
     model = make_model("test_resnet", eval_mode=False)
     if spec == "erm":
-        recipe = recipes.erm(model)
-    elif spec == "clf+align":
-        recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
-    else:
-        recipe = recipes.align(model, warmup_steps=0)
+        return recipes.erm(model)
+    if spec == "clf+align":
+        return recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    return recipes.align(model, warmup_steps=0)
+
+
+def _batch(y: torch.Tensor | None = None) -> dict:
     torch.manual_seed(0)
-    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0]),
-             "mask": (torch.rand(4, 1, 32, 32) > 0.5).float()}
+    return {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0]) if y is None else y,
+            "mask": (torch.rand(4, 1, 32, 32) > 0.5).float()}
+
+
+@pytest.mark.parametrize(("spec", "phases"), [("erm", 1), ("clf+align", 1), ("align", 2)])
+def test_reads_per_training_step(monkeypatch: pytest.MonkeyPatch, spec: str, phases: int) -> None:
+    # one read per phase (its losses, with mask and saliency range checks); the labels' range is
+    # read once, on the host where the batch arrives, and checked against the logits from there
+    recipe = _recipe(spec)
     opts = recipe.configure_optimizers()
-    recipe.training_step(batch, 0, opts)
+    recipe.training_step(_batch(), 0, opts)
     counts = _count_egl_reads(monkeypatch)
-    logs = recipe.training_step(batch, 1, opts)
-    assert sum(counts.values()) == expected, counts
+    logs = recipe.training_step(_batch(), 1, opts)
+    assert counts == {"recipes/base.py": phases, "recipes/batch.py": 2}, counts
     assert all(v == v for v in logs.values())
+
+
+@pytest.mark.parametrize("spec", ["erm", "clf+align", "align"])
+def test_labels_out_of_range_raise_our_error(spec: str) -> None:
+    recipe = _recipe(spec)
+    with pytest.raises(egl.InputError, match=r"'target' expected class indices in \[0, 4\] \(the model has 5 "
+                                             r"outputs\), got values in \[0, 7\]"):
+        recipe.training_step(_batch(torch.tensor([0, 7, 1, 0])), 0, recipe.configure_optimizers())
+
+
+def test_labels_already_on_the_device_are_read_there_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.recipes import Batch
+
+    recipe = _recipe("align")
+    b = _batch()
+    batch = Batch(b["image"], b["label"], mask=b["mask"])  # as if built on a GPU: no host range
+    opts = recipe.configure_optimizers()
+    counts = _count_egl_reads(monkeypatch)
+    recipe.training_step(batch, 0, opts)
+    assert counts == {"recipes/base.py": 2, "explainers/base.py": 1}, counts
 
 
 @pytest.mark.parametrize("bad", ["mask", "saliency"])
