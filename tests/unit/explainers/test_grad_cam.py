@@ -4,7 +4,6 @@ differentiability, model-state hygiene, hook hygiene, ViTs and non-timm models, 
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from _helpers import NUM_CLASSES, TINY_MODELS, make_model
