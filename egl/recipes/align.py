@@ -25,7 +25,8 @@ Choices where the paper is silent (all arguments):
   masker forward; BatchNorm statistics are restored after it, so training is bit-for-bit
   unchanged). Measured on resnet18 at 224 px (``benchmarks/activations.py``,
   ``benchmarks/train_step.py``): the masker phase keeps 2.06x an ERM step's activations
-  instead of 3.08x; CPU peak memory 1.88x ERM instead of 2.38x, for 5% more time.
+  instead of 3.08x; CPU peak memory 1.86-1.88x ERM instead of 2.4-2.8x, for 5-7% more time
+  (two runs).
   ``True`` forces it, ``False`` keeps the activations.
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
