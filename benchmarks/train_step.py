@@ -7,8 +7,12 @@
 Rows: ``erm``; ``clf+align`` (a classifier step with the Grad-CAM BCE alignment term only: ALIGN
 with no regularizer and no masker phase); ``align`` (the full ALIGN iteration: masker phase +
 classifier phase with the mixup regularizer); ``align-keep`` (the same with
-``masker_checkpoint=False``); and every other registered recipe. Median of
+``masker_checkpoint=False``); and every other registered recipe. With ``--only``, also
+``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
+(``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
+(``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
 round-robin repeats in one process; peak memory with each recipe in its own process.
+Labels travel as ``fit`` moves them (read on the host, then copied to the device).
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ def _recipe(name: str, arch: str) -> Any:
     import egl
 
     model = timm.create_model(arch, pretrained=False, num_classes=5, output_stride=16)
+    if name.endswith("-fbn") or name.endswith("-fbn-2pass"):
+        from egl.recipes import freeze_batchnorm
+
+        freeze_batchnorm(model)
+        if name == "erm-fbn":
+            return egl.create("recipe", "erm", model)
+        return egl.create("recipe", "align", model, warmup_steps=0, batch_mixup="auto" if name == "align-fbn" else False)
     if name == "clf+align":
         return egl.create("recipe", "align", model, regularizer=None, warmup_steps=0, masker="ground_truth")
     if name == "align-keep":  # ALIGN keeping the masker's activations for the backward
@@ -53,13 +64,15 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
              channels_last: bool = False) -> Any:
     import contextlib
 
+    from egl.recipes import as_batch
+
     x, y, d, m = _setup(arch, batch, size)
     recipe = _recipe(name, arch).to(device).train()
     if channels_last:  # as fit(channels_last=True): model and images in NHWC
         recipe = recipe.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opts = recipe.configure_optimizers()
-    data = {"image": x.to(device), "label": y.to(device), "domain": d.to(device), "mask": m.to(device)}
+    data = as_batch({"image": x, "label": y, "domain": d, "mask": m}).to(device)  # as fit does
     step = [1]
     autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if precision == "bf16" \
         else contextlib.nullcontext

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from egl.errors import InputError
 
-__all__ = ["DeferredChecks", "Queued", "deferred_checks", "active"]
+__all__ = ["DeferredChecks", "Queued", "deferred_checks", "active", "carry_range"]
 
 Verdict = Callable[[Sequence[float]], "InputError | None"]
 
@@ -110,3 +110,12 @@ def deferred_checks() -> Iterator[DeferredChecks]:
         yield checks
     finally:
         _ACTIVE.reset(token)
+
+
+def carry_range(src: Tensor, dst: Tensor) -> None:
+    """Inside a block, give ``dst`` the host-known range of ``src`` (``dst`` holds only values of
+    ``src``, e.g. ``torch.cat([y, y])``), so that checking it needs no device read either."""
+    checks = active()
+    known = checks.range_of(src) if checks is not None else None
+    if checks is not None and known is not None:
+        checks.note_range(dst, *known)

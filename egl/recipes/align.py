@@ -28,6 +28,12 @@ Choices where the paper is silent (all arguments):
   instead of 3.08x; CPU peak memory 1.86-1.88x ERM instead of 2.4-2.8x, for 5-7% more time
   (two runs).
   ``True`` forces it, ``False`` keeps the activations.
+* ``batch_mixup="auto"``: the mixup regularizer's pass over ``x̃`` runs in the same forward and
+  Grad-CAM as the main pass over ``x`` (one pass over ``2B`` images) when that is exact: the
+  model has no BatchNorm layer using batch statistics (frozen BatchNorm, LayerNorm/GroupNorm
+  models such as ViTs and ConvNeXts). ``True`` batches them whatever the model (BatchNorm then
+  normalises both halves together), ``False`` never. It changes no arithmetic; a GPU runs
+  fewer, larger kernels.
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
   change the classifier.
@@ -45,14 +51,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, fail
+from egl._deferred import carry_range
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
+from egl.recipes._batching import uses_batch_statistics
 from egl.recipes._recompute import recompute
 from egl.recipes.base import Phase, Recipe, frozen
 from egl.recipes.batch import Batch
+from egl.regularizers.mixup_consistency import MixupConsistency
 from egl.regularizers.smoothness import smoothness
 from egl.regularizers.sparsity import sparsity
 from egl.registry import resolve
@@ -77,6 +86,8 @@ class ALIGN(Recipe):
         masker_checkpoint: recompute the masker's activations in the masker phase's backward
             instead of keeping them (less memory, one more masker forward): ``"auto"`` (default:
             when the masker is ``recomputable``), ``True`` or ``False``.
+        batch_mixup: explain ``x`` and the mixed batch ``x̃`` in one pass: ``"auto"`` (default:
+            when no BatchNorm uses batch statistics, so that it is exact), ``True`` or ``False``.
     """
 
     name = "align"
@@ -86,7 +97,7 @@ class ALIGN(Recipe):
                  smooth_weight: float = 1.0, align_weight: float = 0.1, reg_weight: float = 0.1,
                  warmup_steps: int = 200, layer: str = "auto", align_resolution: str = "input",
                  lr: float = 5e-5, masker_lr: float = 1e-3, weight_decay: float = 0.0,
-                 masker_checkpoint: bool | str = "auto") -> None:
+                 masker_checkpoint: bool | str = "auto", batch_mixup: bool | str = "auto") -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay)
         fn = "egl.recipes.align"
         check_choice(align_resolution, ("input", "feature"), fn, "align_resolution")
@@ -127,6 +138,13 @@ class ALIGN(Recipe):
                        "Pass masker_checkpoint='auto' (recompute when the masker is recomputable)")
         self.masker_checkpoint = (getattr(self.masker, "recomputable", False) if masker_checkpoint == "auto"
                                   else bool(masker_checkpoint))
+        if not (isinstance(batch_mixup, bool) or (isinstance(batch_mixup, str) and batch_mixup == "auto")):
+            raise fail(fn, "batch_mixup", "True, False or 'auto'", repr(batch_mixup),
+                       "Pass batch_mixup='auto' (one pass over x and the mixed batch when exact)")
+        if batch_mixup is True and not isinstance(self.regularizer, MixupConsistency):
+            raise fail(fn, "batch_mixup", "False or 'auto' without the mixup_consistency regularizer",
+                       f"True with regularizer={regularizer!r}", "Drop batch_mixup=True, or use 'mixup_consistency'")
+        self.batch_mixup = batch_mixup
 
     def phases(self) -> list[Phase]:
         phases = []
@@ -156,11 +174,20 @@ class ALIGN(Recipe):
         with frozen(self.masker), torch.no_grad():
             return self.masker(batch.x, batch.mask)
 
+    def mixup_together(self) -> bool:
+        """Whether the classifier phase explains ``x`` and ``x̃`` in one pass now (``batch_mixup``)."""
+        if self.batch_mixup is False or not isinstance(self.regularizer, MixupConsistency) or self.reg_weight == 0:
+            return False
+        return self.batch_mixup is True or not uses_batch_statistics(self.model)
+
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
         aligning = step >= self.warmup_steps and self.align_weight > 0
-        need_saliency = aligning or (self.regularizer is not None and self.reg_weight > 0)
-        if need_saliency:
+        regularizing = self.regularizer is not None and self.reg_weight > 0
+        reg: Tensor | None = None
+        if self.mixup_together():
+            logits, sal, reg = self._explain_with_mixup(batch)
+        elif aligning or regularizing:
             out = self.explainer.explain(batch.x, batch.y, create_graph=True)
             logits, sal = out.logits, out.saliency
         else:
@@ -173,14 +200,29 @@ class ALIGN(Recipe):
             assert sal is not None
             terms["align"] = self._align_term(batch, sal)
             total = total + self.align_weight * terms["align"]
-        if self.regularizer is not None and self.reg_weight > 0:
-            if getattr(self.regularizer, "inputs", "explanation") == "mask":
+        if regularizing:
+            if reg is not None:
+                terms["reg"] = reg
+            elif getattr(self.regularizer, "inputs", "explanation") == "mask":
                 terms["reg"] = self.regularizer(sal)  # a mask penalty applied to the saliency
             else:
                 terms["reg"] = self.regularizer(self.explainer, batch.x, batch.y, sal)
             total = total + self.reg_weight * terms["reg"]
         terms["total"] = total
         return terms
+
+    def _explain_with_mixup(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits and saliency of ``x`` and the mixup term, from one pass over ``[x; x̃]``."""
+        assert isinstance(self.regularizer, MixupConsistency)
+        x, y = batch.x, batch.y
+        b = x.shape[0]
+        x_mixed, beta, partner = self.regularizer.mix(x, y)
+        y2 = torch.cat([y, y])
+        carry_range(y, y2)
+        both = self.explainer.explain(torch.cat([x, x_mixed]), y2, create_graph=True)
+        logits, sal = both.logits[:b], both.saliency[:b]
+        reg = self.regularizer.from_explanations(sal, both.saliency[b:], both.logits[b:], y, beta, partner).total
+        return logits, sal, reg
 
 
     def _align_term(self, batch: Batch, sal: Tensor) -> Tensor:

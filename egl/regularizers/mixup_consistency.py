@@ -138,14 +138,25 @@ class MixupConsistency(Regularizer):
             raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")
         if saliency is None:
             saliency = explainer.explain(x, t, create_graph=create_graph).saliency
+        x_mixed, beta, partner = self.mix(x, t, beta=beta, partner=partner)
+        mixed = explainer.explain(x_mixed, t, create_graph=create_graph)
+        return self.from_explanations(saliency, mixed.saliency, mixed.logits, t, beta, partner)
+
+    def mix(self, x: Tensor, target: Tensor, *, beta: Tensor | None = None,
+            partner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x̃, β, partner)``: same-class partners and β drawn (in that order) unless given."""
         if partner is None:
-            partner = same_class_pairs(t)
+            partner = same_class_pairs(target)
         if beta is None:
             beta = self.sample_beta(x.shape[0], x.device)
         b = beta.to(x.dtype).view(-1, 1, 1, 1)
-        x_mixed = b * x + (1.0 - b) * x[partner]
-        mixed = explainer.explain(x_mixed, t, create_graph=create_graph)
-        return mixup_consistency(saliency, mixed.saliency, mixed.logits, t, beta, partner,
+        return b * x + (1.0 - b) * x[partner], beta, partner
+
+    def from_explanations(self, saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, target: Tensor,
+                          beta: Tensor, partner: Tensor) -> MixupTerms:
+        """:func:`mixup_consistency` with this module's weights and reduction (for callers that
+        explain ``x`` and ``x̃`` in one pass: ALIGN's ``batch_mixup``)."""
+        return mixup_consistency(saliency, saliency_mixed, logits_mixed, target, beta, partner,
                                  weights=self.weights, reduction=self.reduction)  # type: ignore[arg-type]
 
     def forward(self, explainer: Explainer, x: Tensor, target: Any, saliency: Tensor | None = None, *,

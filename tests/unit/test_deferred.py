@@ -98,6 +98,8 @@ def _recipe(spec: str) -> recipes.Recipe:
         return recipes.erm(model)
     if spec == "clf+align":
         return recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    if spec == "align-frozen-bn":  # the mixup pass joins the main pass (labels concatenated)
+        return recipes.align(recipes.freeze_batchnorm(model), warmup_steps=0)
     return recipes.align(model, warmup_steps=0)
 
 
@@ -107,7 +109,7 @@ def _batch(y: torch.Tensor | None = None) -> dict:
             "mask": (torch.rand(4, 1, 32, 32) > 0.5).float()}
 
 
-@pytest.mark.parametrize(("spec", "phases"), [("erm", 1), ("clf+align", 1), ("align", 2)])
+@pytest.mark.parametrize(("spec", "phases"), [("erm", 1), ("clf+align", 1), ("align", 2), ("align-frozen-bn", 2)])
 def test_reads_per_training_step(monkeypatch: pytest.MonkeyPatch, spec: str, phases: int) -> None:
     # one read per phase (its losses, with mask and saliency range checks); the labels' range is
     # read once, on the host where the batch arrives, and checked against the logits from there

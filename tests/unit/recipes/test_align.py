@@ -204,3 +204,54 @@ def test_grad_cam_options_with_another_explainer_are_refused_not_ignored() -> No
     with pytest.raises(egl.InputError, match="'alignment' expected a loss on the explainer's maps"):
         recipes.align(model, explainer="input_gradient", alignment="energy_outside")
     recipes.align(model, explainer=GradCAM(model, layer="layer3"), alignment="energy_outside")  # fine
+
+
+# -- batch_mixup: the mixup pass in the main pass when that is exact --------------------------------
+def _terms_and_grads(recipe: recipes.ALIGN, step: int = 0) -> tuple[dict, dict]:
+    x, y = _batch(6, 32)
+    recipe.train()
+    torch.manual_seed(7)  # the same partners and β in both modes
+    terms = recipe.compute_phase("classifier", (x, y), step)
+    terms["total"].backward()
+    grads = {k: p.grad.detach().clone() for k, p in recipe.model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
+def test_batched_mixup_pass_equals_separate_passes_when_exact(arch: str) -> None:
+    results = []
+    for mode in ("auto", False):
+        model = make_model(arch, eval_mode=False)
+        if arch == "test_resnet":
+            recipes.freeze_batchnorm(model)  # per-sample normalisation: batching is exact
+        recipe = recipes.align(model, warmup_steps=0, batch_mixup=mode)
+        assert recipe.train().mixup_together() is (mode == "auto")
+        results.append(_terms_and_grads(recipe))
+    (t_one, g_one), (t_two, g_two) = results
+    assert t_one.keys() == t_two.keys() == {"ce", "align", "reg", "total"}
+    for k in t_one:
+        torch.testing.assert_close(t_one[k], t_two[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert g_one.keys() == g_two.keys()
+    for k in g_one:
+        torch.testing.assert_close(g_one[k], g_two[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_batch_mixup_auto_keeps_batchnorm_statistics_apart() -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0).train()
+    assert not recipe.mixup_together()  # BatchNorm in training mode: two passes
+    assert recipe.eval().mixup_together()  # in eval mode it uses running statistics: exact
+    forced = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0, batch_mixup=True).train()
+    assert forced.mixup_together()
+    terms = forced.compute_phase("classifier", _batch(6, 32), 0)
+    assert torch.isfinite(terms["total"])
+    no_reg = recipes.align(make_model("test_vit"), warmup_steps=0, regularizer=None)
+    assert not no_reg.mixup_together()
+
+
+def test_batch_mixup_errors() -> None:
+    model = make_model("test_resnet")
+    with pytest.raises(egl.InputError, match=r"'batch_mixup' expected True, False or 'auto', got 'yes'"):
+        recipes.align(model, batch_mixup="yes")
+    with pytest.raises(egl.InputError, match=r"'batch_mixup' expected False or 'auto' without the mixup_consistency "
+                                             r"regularizer, got True with regularizer=None"):
+        recipes.align(model, batch_mixup=True, regularizer=None)

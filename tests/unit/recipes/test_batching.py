@@ -1,0 +1,22 @@
+"""egl.recipes._batching.uses_batch_statistics: when two passes may run as one."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from egl.recipes import freeze_batchnorm
+from egl.recipes._batching import uses_batch_statistics
+
+
+def test_batchnorm_in_training_mode_or_without_running_statistics() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert uses_batch_statistics(net.train())
+    assert not uses_batch_statistics(net.eval())
+    no_stats = nn.Sequential(nn.BatchNorm1d(4, track_running_stats=False)).eval()
+    assert uses_batch_statistics(no_stats)  # eval mode, but still batch statistics
+    assert not uses_batch_statistics(freeze_batchnorm(net).train())
+
+
+def test_per_sample_normalisations() -> None:
+    net = nn.Sequential(nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4), nn.Dropout()).train()
+    assert not uses_batch_statistics(net)
