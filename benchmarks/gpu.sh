@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 5 minutes on an H200).
+# Every GPU measurement of docs/performance.md in one short run (about 6 minutes on an H200).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
@@ -33,3 +33,7 @@ stage saliency 100 $py benchmarks/saliency.py --settings 32x224,256x224,64x64 --
 stage train_step_r50 50 $py benchmarks/train_step.py --arch resnet50 --device cuda --precision bf16 --batch 128 \
   --size 224 --inline-memory --channels-last --only clf+align,align,mixup --json "$out/train_step_r50.json"
 stage metrics 30 $py benchmarks/metrics.py --batch 256 --size 224
+stage train_step_fbn 60 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
+  --inline-memory --channels-last --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
+stage profile_align 40 $py benchmarks/profile_step.py --recipe align --device cuda --precision bf16 \
+  --batch 256 --size 224 --channels-last --rows 25
