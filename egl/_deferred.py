@@ -73,22 +73,24 @@ class DeferredChecks:
     def checked(self, t: Tensor, key: object) -> bool:
         """True if ``t``, unchanged since, passed the check ``key`` inside this block."""
         hit = self._seen.get((id(t), key))
-        return hit is not None and hit[0] is t and hit[1] == t._version
+        return hit is not None and hit[0] is t and not t.is_inference() and hit[1] == t._version
 
     def mark(self, t: Tensor, key: object) -> None:
         """Record that ``t`` passed the check ``key`` (``t`` is kept alive until the block ends,
         so its ``id`` cannot be reused by another tensor)."""
-        self._seen[(id(t), key)] = (t, t._version)
+        if not t.is_inference():  # inference tensors have no version counter: never cached
+            self._seen[(id(t), key)] = (t, t._version)
 
     def note_range(self, t: Tensor, lo: int, hi: int) -> None:
         """Record the min and max of an integer tensor, known on the host without a device read
         (labels read before they were moved to the device: :class:`egl.recipes.Batch`)."""
-        self._ranges[id(t)] = (t, t._version, lo, hi)
+        if not t.is_inference():
+            self._ranges[id(t)] = (t, t._version, lo, hi)
 
     def range_of(self, t: Tensor) -> tuple[int, int] | None:
         """The recorded ``(min, max)`` of ``t`` if it is unchanged since, else None."""
         hit = self._ranges.get(id(t))
-        if hit is None or hit[0] is not t or hit[1] != t._version:
+        if hit is None or hit[0] is not t or t.is_inference() or hit[1] != t._version:
             return None
         return hit[2], hit[3]
 

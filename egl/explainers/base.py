@@ -85,7 +85,7 @@ def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor
 
 
 def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
-    """Raise unless every target lies in ``[0, num_classes)`` (one device-to-host read).
+    """Raise unless every target lies in ``[0, num_classes)`` (at most one device-to-host read).
 
     Never deferred (an index out of range device-asserts on CUDA), but inside
     :func:`egl._deferred.deferred_checks` a tensor is checked once per ``num_classes``, and not

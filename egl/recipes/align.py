@@ -29,11 +29,12 @@ Choices where the paper is silent (all arguments):
   (two runs).
   ``True`` forces it, ``False`` keeps the activations.
 * ``batch_mixup="auto"``: the mixup regularizer's pass over ``x̃`` runs in the same forward and
-  Grad-CAM as the main pass over ``x`` (one pass over ``2B`` images) when that is exact: the
-  model has no BatchNorm layer using batch statistics (frozen BatchNorm, LayerNorm/GroupNorm
-  models such as ViTs and ConvNeXts). ``True`` batches them whatever the model (BatchNorm then
-  normalises both halves together), ``False`` never. It changes no arithmetic; a GPU runs
-  fewer, larger kernels.
+  Grad-CAM as the main pass over ``x`` (one pass over ``2B`` images) when that is exact: no
+  BatchNorm layer uses batch statistics (frozen BatchNorm, LayerNorm/GroupNorm models such as
+  ViTs and ConvNeXts) and no dropout or drop-path is active (see
+  :mod:`egl.recipes._batching`). ``True`` batches them whatever the model (BatchNorm then
+  normalises both halves together; dropout draws other masks), ``False`` never. It saves no
+  arithmetic; a GPU runs fewer, larger kernels.
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
   change the classifier.
@@ -50,14 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_positive, fail
+from egl._check import check_choice, check_positive, describe, fail
 from egl._deferred import carry_range
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
-from egl.recipes._batching import uses_batch_statistics
+from egl.recipes._batching import batchable
 from egl.recipes._recompute import recompute
 from egl.recipes.base import Phase, Recipe, frozen
 from egl.recipes.batch import Batch
@@ -87,7 +88,8 @@ class ALIGN(Recipe):
             instead of keeping them (less memory, one more masker forward): ``"auto"`` (default:
             when the masker is ``recomputable``), ``True`` or ``False``.
         batch_mixup: explain ``x`` and the mixed batch ``x̃`` in one pass: ``"auto"`` (default:
-            when no BatchNorm uses batch statistics, so that it is exact), ``True`` or ``False``.
+            when that is exact: no BatchNorm using batch statistics, no active dropout),
+            ``True`` or ``False``.
     """
 
     name = "align"
@@ -141,9 +143,10 @@ class ALIGN(Recipe):
         if not (isinstance(batch_mixup, bool) or (isinstance(batch_mixup, str) and batch_mixup == "auto")):
             raise fail(fn, "batch_mixup", "True, False or 'auto'", repr(batch_mixup),
                        "Pass batch_mixup='auto' (one pass over x and the mixed batch when exact)")
-        if batch_mixup is True and not isinstance(self.regularizer, MixupConsistency):
-            raise fail(fn, "batch_mixup", "False or 'auto' without the mixup_consistency regularizer",
-                       f"True with regularizer={regularizer!r}", "Drop batch_mixup=True, or use 'mixup_consistency'")
+        if batch_mixup is True and not _plain_mixup(self.regularizer):
+            raise fail(fn, "batch_mixup", "False or 'auto' unless the regularizer is 'mixup_consistency'",
+                       f"True with regularizer {getattr(self.regularizer, 'name', None) or describe(regularizer)}",
+                       "Drop batch_mixup=True, or use regularizer='mixup_consistency'")
         self.batch_mixup = batch_mixup
 
     def phases(self) -> list[Phase]:
@@ -176,9 +179,9 @@ class ALIGN(Recipe):
 
     def mixup_together(self) -> bool:
         """Whether the classifier phase explains ``x`` and ``x̃`` in one pass now (``batch_mixup``)."""
-        if self.batch_mixup is False or not isinstance(self.regularizer, MixupConsistency) or self.reg_weight == 0:
+        if self.batch_mixup is False or not _plain_mixup(self.regularizer) or self.reg_weight == 0:
             return False
-        return self.batch_mixup is True or not uses_batch_statistics(self.model)
+        return self.batch_mixup is True or batchable(self.model)
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
@@ -224,7 +227,6 @@ class ALIGN(Recipe):
         reg = self.regularizer.from_explanations(sal, both.saliency[b:], both.logits[b:], y, beta, partner).total
         return logits, sal, reg
 
-
     def _align_term(self, batch: Batch, sal: Tensor) -> Tensor:
         """The alignment loss, called as its ``inputs`` declares (see :class:`egl.losses.AlignmentLoss`)."""
         masks = self.masks(batch)
@@ -236,6 +238,13 @@ class ALIGN(Recipe):
         if kind == "batch":  # the loss differentiates the model itself (e.g. RRR)
             return self.alignment(self.model, batch.x, masks)
         return self.alignment(sal, masks)
+
+
+def _plain_mixup(regularizer: Any) -> bool:
+    """A :class:`MixupConsistency` whose terms are computed as the base class computes them (a
+    subclass that overrides ``terms`` or ``forward`` is called as it is, never batched)."""
+    return (isinstance(regularizer, MixupConsistency) and type(regularizer).terms is MixupConsistency.terms
+            and type(regularizer).forward is MixupConsistency.forward)
 
 
 def align(model: nn.Module, **kwargs: Any) -> ALIGN:

@@ -28,10 +28,12 @@ from torch import Tensor, nn
 
 from egl._check import describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
-from egl.errors import EGLError
+from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
 
 __all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
+
+_INPUT, _NON_FINITE = 1, 2  # failure codes the ranks exchange after each phase
 
 
 class NonFiniteLossError(EGLError, FloatingPointError):
@@ -228,38 +230,50 @@ class Recipe(nn.Module):
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
         with deferred_checks() as checks:  # value checks are read with the loss terms
-            if b.label_range is not None:
-                checks.note_range(b.y, *b.label_range)
+            known = b.known_label_range()
+            if known is not None:
+                checks.note_range(b.y, *known)
             for phase in self.active_phases(step):
                 logs.update(self._run_phase(phase, b, step, optimizers[phase.name], checks))
         return logs
 
     def _run_phase(self, phase: Phase, b: Batch, step: int, opt: torch.optim.Optimizer,
                    checks: DeferredChecks) -> dict[str, float]:
-        from egl.train.distributed import first_rank_with  # lazy: egl.train imports the recipes
+        from egl.train.distributed import first_failure  # lazy: egl.train imports the recipes
 
         with torch.profiler.record_function(f"egl.phase.{phase.name}"):
             opt.zero_grad(set_to_none=True)
-            terms = phase.compute(b, step)
+            try:
+                terms = phase.compute(b, step)
+            except InputError:  # an immediate check (labels): tell the other ranks, then raise
+                first_failure(_INPUT, b.x.device)
+                raise
             terms["total"].backward()
             # one device-to-host read per phase, after the backward is queued (a read before it
             # would leave the device idle while the host queues the backward)
             queued = checks.take()
-            stacked = torch.cat([torch.stack([v.detach().float() for v in terms.values()]), *queued.stats])
+            losses = torch.stack([v.detach().float() for v in terms.values()])
+            stacked = torch.cat([losses, *(s.to(losses.device, non_blocking=True) for s in queued.stats)])
             read = stacked.tolist()
             values = dict(zip(terms, read))
             error = queued.first_error(read[len(terms):])
             bad = [k for k, v in values.items() if not math.isfinite(v)]
-            bad_rank = first_rank_with(bool(bad) or error is not None, stacked.device)  # all ranks stop
+            code = _INPUT if error is not None else _NON_FINITE if bad else 0
+            bad_rank, bad_code = first_failure(code, stacked.device)  # every rank stops together
             if bad_rank >= 0:
                 opt.zero_grad(set_to_none=True)
                 if error is not None:
                     raise error
+                fn = f"egl.recipes.{self.name}"
+                if not bad and bad_code == _INPUT:
+                    raise fail(fn, "batch", "inputs that pass every check on every rank",
+                               f"a failed input check of phase '{phase.name}' on rank {bad_rank} at step {step}",
+                               f"See rank {bad_rank}'s error, which names the argument and the fix; "
+                               "parameters were not updated at this step")
                 where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
-                         f"a loss term of phase '{phase.name}' is not finite, or an input check failed, "
-                         f"on rank {bad_rank}")
+                         f"a loss term of phase '{phase.name}' is not finite on rank {bad_rank}")
                 raise NonFiniteLossError(
-                    f"egl.recipes.{self.name}: {where} at step {step}. "
+                    f"{fn}: {where} at step {step}. "
                     "Lower the learning rate or the term's weight, or check the inputs for NaN; "
                     "parameters were not updated at this step."
                 )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,9 +18,10 @@ __all__ = ["Batch", "as_batch"]
 class Batch:
     """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none.
 
-    ``label_range`` is ``(min, max)`` of ``y`` when it was read on the host (labels that arrive
-    on the CPU, as a DataLoader gives them): recipes then check labels against the model's
-    classes without reading them back from the device.
+    ``label_range`` is ``(min, max)`` of ``y`` when :func:`as_batch` read it on the host (labels
+    that arrive on the CPU, as a DataLoader gives them): recipes then check labels against the
+    model's classes without reading them back from the device. It is trusted only while ``y``
+    is the tensor it was read from, unchanged (:meth:`known_label_range`).
     """
 
     x: Tensor
@@ -28,13 +29,27 @@ class Batch:
     domain: Tensor | None = None
     mask: Tensor | None = None
     label_range: tuple[int, int] | None = None
+    _labels_read: tuple[Tensor, int] | None = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "Batch":
-        """The batch on ``device``."""
+        """The batch on ``device`` (the label range follows the labels if they are unchanged)."""
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
-        return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
-                     mv(self.domain), mv(self.mask), self.label_range)
+        known = self.known_label_range()
+        y = self.y.to(device, non_blocking=True)
+        return Batch(self.x.to(device, non_blocking=True), y, mv(self.domain), mv(self.mask), known, _read_mark(y))
+
+    def known_label_range(self) -> tuple[int, int] | None:
+        """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
+        mark = self._labels_read
+        if self.label_range is None or mark is None or mark[0] is not self.y or mark[1] != self.y._version:
+            return None
+        return self.label_range
+
+
+def _read_mark(t: Tensor) -> tuple[Tensor, int] | None:
+    """``(t, version)``; None for inference tensors, which have no version counter."""
+    return None if t.is_inference() else (t, t._version)
 
 
 def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
@@ -62,5 +77,6 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
                    "Give one integer domain index per image")
     y = y.long()
-    label_range = (int(y.min()), int(y.max())) if y.device.type == "cpu" and y.numel() else None
-    return Batch(x, y, None if d is None else d.long(), m, label_range)
+    mark = _read_mark(y) if y.device.type == "cpu" and y.numel() else None
+    label_range = (int(y.min()), int(y.max())) if mark is not None else None
+    return Batch(x, y, None if d is None else d.long(), m, label_range, mark)

@@ -200,7 +200,8 @@ class SGDrop(Recipe):
         feats = self.model.forward_features(batch.x)
         if self.ratio > 0:
             feats = feats * self.keep_mask(feats, batch.y)
-        ce = F.cross_entropy(self.model.forward_head(feats), batch.y)
+        logits = self.model.forward_head(feats)
+        ce = F.cross_entropy(logits, check_target_range(batch.y, logits.shape[1], "egl.recipes.sgdrop"))
         return {"ce": ce, "total": ce}
 
 

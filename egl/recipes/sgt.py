@@ -187,7 +187,7 @@ class SGT(Recipe):
         x, y = batch.x, batch.y
         if _count(self.ratio, x.shape[2] * x.shape[3]) == 0:
             logits = self.model(x)
-            ce = F.cross_entropy(logits, y)
+            ce = F.cross_entropy(logits, check_target_range(y, logits.shape[1], "egl.recipes.sgt"))
             kl = ce.new_zeros(())
         else:
             logits, sal = self.saliency(x, y)

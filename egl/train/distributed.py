@@ -39,7 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "first_rank_with", "average_gradients",
+from egl._check import fail
+
+__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "first_rank_with", "first_failure",
+           "average_gradients",
            "broadcast_module", "broadcast_buffers", "sync_optimizers", "all_gather_object",
            "broadcast_object"]
 
@@ -83,14 +86,30 @@ def first_rank_with(flag: bool, device: torch.device | str = "cpu") -> int:
         >>> first_rank_with(False), first_rank_with(True)   # outside a distributed run
         (-1, 0)
     """
+    return first_failure(1 if flag else 0, device)[0]
+
+
+def first_failure(code: int, device: torch.device | str = "cpu") -> tuple[int, int]:
+    """``(rank, code)`` of the lowest rank whose ``code`` is not 0, or ``(-1, 0)`` (a collective).
+
+    ``code`` says what failed on this rank (0: nothing; small positive ints, below 16, name the
+    kind of failure), so that the other ranks can raise the matching error.
+
+    Example:
+        >>> first_failure(0), first_failure(2)   # outside a distributed run
+        ((-1, 0), (0, 2))
+    """
+    if not 0 <= code < 16:
+        raise fail("egl.train.distributed.first_failure", "code", "an int in [0, 16)", repr(code),
+                   "Use small codes for kinds of failure")
     if not is_distributed():
-        return 0 if flag else -1
+        return (0, code) if code else (-1, 0)
     import torch.distributed as dist
 
-    t = torch.tensor([rank() if flag else world_size()], device=device)
+    t = torch.tensor([rank() * 16 + code if code else world_size() * 16], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     first = int(t.item())
-    return first if first < world_size() else -1
+    return (first // 16, first % 16) if first < world_size() * 16 else (-1, 0)
 
 
 def init_distributed(backend: str | None = None) -> torch.device:

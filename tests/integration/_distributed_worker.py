@@ -55,6 +55,8 @@ def main(out: Path) -> None:
     result["state"] = straight.state_dict()
     result["resumed"] = resumed.state_dict()
     result["nan"] = _nan_on_one_rank()
+    result["bad_mask"] = _input_error_on_one_rank("mask")
+    result["bad_label"] = _input_error_on_one_rank("label")
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -70,6 +72,27 @@ def _nan_on_one_rank() -> str:
     try:
         recipe.fit([(x, torch.zeros(4, dtype=torch.long))], 1, seed=0, progress=False)
     except NonFiniteLossError as e:
+        return str(e)
+    return "no error"
+
+
+def _input_error_on_one_rank(what: str) -> str:
+    """Rank 1's mask (checked with the losses) or label (checked at once) is out of range: both
+    ranks stop with an InputError; rank 0's names rank 1."""
+    from egl import InputError
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    mask = torch.ones(4, 1, 32, 32)
+    y = torch.zeros(4, dtype=torch.long)
+    if rank() == 1:
+        if what == "mask":
+            mask[0, 0, 0, 0] = 2.0
+        else:
+            y[0] = 9
+    try:
+        recipe.fit([{"image": torch.randn(4, 3, 32, 32), "label": y, "mask": mask}], 1, seed=0, progress=False)
+    except InputError as e:
         return str(e)
     return "no error"
 

@@ -39,7 +39,14 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     assert r1["initial_differs"]  # the ranks really started apart: fit broadcast rank 0's weights
     # A NaN on rank 1 stops both ranks with a clear error (no rank left waiting in an all-reduce).
     assert "loss term 'classifier/ce' is nan at step 0" in r1["nan"]
-    assert "is not finite, or an input check failed, on rank 1 at step 0" in r0["nan"]
+    assert "a loss term of phase 'classifier' is not finite on rank 1 at step 0" in r0["nan"]
+    # An input check failing on rank 1 (deferred: a mask; immediate: a label) stops both ranks
+    # with an InputError: rank 1's names the argument, rank 0's names rank 1.
+    assert "'mask' expected values in [0.0, 1.0], got values in [1, 2]" in r1["bad_mask"]
+    assert "'target' expected class indices in [0, 4]" in r1["bad_label"]
+    for key in ("bad_mask", "bad_label"):
+        assert "'batch' expected inputs that pass every check on every rank, got a failed input check of " \
+               "phase 'classifier' on rank 1 at step 0" in r0[key], r0[key]
     for key in ("state", "resumed"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers

@@ -162,3 +162,33 @@ def test_failed_deferred_check_raises_before_the_optimiser_step(bad: str) -> Non
         recipe.training_step(batch, 0, opts)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_label_range_is_trusted_only_for_the_unchanged_labels() -> None:
+    import dataclasses
+
+    from egl.recipes import as_batch
+
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    b = as_batch((x, y))
+    assert b.label_range == (0, 1) and b.known_label_range() == (0, 1)
+    moved = b.to("cpu")
+    assert moved.known_label_range() == (0, 1)
+    swapped = dataclasses.replace(b, y=torch.tensor([0, 7, 1, 0]))
+    assert swapped.known_label_range() is None  # another tensor: read again
+    b.y[1] = -100  # changed in place after it was read (cross_entropy would ignore -100 silently)
+    assert b.known_label_range() is None
+    recipe = _recipe("erm")
+    for batch, got in ((b, r"\[-100, 1\]"), (swapped, r"\[0, 7\]")):
+        with pytest.raises(egl.InputError, match=rf"'target' expected class indices in \[0, 4\].*got values in {got}"):
+            recipe.training_step(batch, 0, recipe.configure_optimizers())
+
+
+def test_labels_made_in_inference_mode_carry_no_range() -> None:
+    from egl.recipes import as_batch
+
+    with torch.inference_mode():
+        y = torch.tensor([0, 1])
+    b = as_batch((torch.randn(2, 3, 8, 8), y))
+    assert b.label_range is None and b.known_label_range() is None
+

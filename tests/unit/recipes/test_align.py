@@ -252,6 +252,31 @@ def test_batch_mixup_errors() -> None:
     model = make_model("test_resnet")
     with pytest.raises(egl.InputError, match=r"'batch_mixup' expected True, False or 'auto', got 'yes'"):
         recipes.align(model, batch_mixup="yes")
-    with pytest.raises(egl.InputError, match=r"'batch_mixup' expected False or 'auto' without the mixup_consistency "
-                                             r"regularizer, got True with regularizer=None"):
+    with pytest.raises(egl.InputError, match=r"'batch_mixup' expected False or 'auto' unless the regularizer is "
+                                             r"'mixup_consistency', got True with regularizer NoneType None"):
         recipes.align(model, batch_mixup=True, regularizer=None)
+
+
+def test_batch_mixup_auto_keeps_stochastic_passes_apart() -> None:
+    # dropout / drop-path draw other masks over 2B images than over B twice: not exact, not joined
+    for kw in ({"drop_rate": 0.1}, {"drop_path_rate": 0.1}):
+        recipe = recipes.align(make_model("test_vit", eval_mode=False, **kw), warmup_steps=0).train()
+        assert not recipe.mixup_together(), kw
+        assert recipe.eval().mixup_together(), kw  # eval mode: deterministic again
+
+
+def test_batch_mixup_leaves_mixup_subclasses_alone() -> None:
+    from egl.regularizers import MixupConsistency
+
+    class Halved(MixupConsistency):
+        def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return 0.5 * super().forward(*args, **kwargs)
+
+    class OtherBeta(MixupConsistency):  # only the draws change: still batched
+        def sample_beta(self, n, device):  # type: ignore[no-untyped-def]
+            return torch.full((n,), 0.5, device=device)
+
+    assert not recipes.align(make_model("test_vit"), regularizer=Halved()).mixup_together()
+    assert recipes.align(make_model("test_vit"), regularizer=OtherBeta()).mixup_together()
+    with pytest.raises(egl.InputError, match="'batch_mixup' expected False or 'auto' unless"):
+        recipes.align(make_model("test_vit"), regularizer=Halved(), batch_mixup=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from egl.recipes import freeze_batchnorm
-from egl.recipes._batching import uses_batch_statistics
+from egl.recipes._batching import batchable, is_stochastic, uses_batch_statistics
 
 
 def test_batchnorm_in_training_mode_or_without_running_statistics() -> None:
@@ -20,3 +20,14 @@ def test_batchnorm_in_training_mode_or_without_running_statistics() -> None:
 def test_per_sample_normalisations() -> None:
     net = nn.Sequential(nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4), nn.Dropout()).train()
     assert not uses_batch_statistics(net)
+
+
+def test_dropout_and_drop_path_in_training_mode_are_stochastic() -> None:
+    from timm.layers import DropPath
+
+    for layer in (nn.Dropout(0.1), nn.Dropout2d(0.2), DropPath(0.1)):
+        net = nn.Sequential(nn.Linear(4, 4), layer)
+        assert is_stochastic(net.train()) and not batchable(net)
+        assert not is_stochastic(net.eval()) and batchable(net)
+    for layer in (nn.Dropout(0.0), DropPath(0.0)):
+        assert not is_stochastic(nn.Sequential(layer).train())
