@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "seeds": [0],
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
-        "precision": "fp32",          # or "bf16" (autocast)
+        "precision": "fp32",          # or "bf16" (autocast), "fp16" (autocast + loss scaling)
         "channels_last": False,
         "progress": True,
     },

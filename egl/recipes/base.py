@@ -30,10 +30,13 @@ from egl._check import describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
+from egl.train.loss_scale import LossScaler
 
 __all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
 
-_INPUT, _NON_FINITE = 1, 2  # failure codes the ranks exchange after each phase
+# what the ranks exchange after each phase (the highest code wins): gradients overflowed under
+# loss scaling (skip the step), an input check failed, a loss term is not finite (raise)
+_OVERFLOW, _INPUT, _NON_FINITE = 1, 2, 3
 
 
 class NonFiniteLossError(EGLError, FloatingPointError):
@@ -212,14 +215,25 @@ class Recipe(nn.Module):
         """Learning rate of phase ``name``'s default optimiser."""
         return self.lr
 
-    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer], *,
+                      scalers: dict[str, LossScaler] | None = None) -> dict[str, float]:
         """Run every active phase once: loss, backward, finiteness check, optimiser step.
 
         The loss terms are read back once per phase, after the backward is queued, together with
         the phase's value checks (mask and saliency ranges: see :mod:`egl._deferred`).
 
+        Args:
+            batch: any layout :func:`egl.recipes.as_batch` reads.
+            step: the step number (phases start at their ``start_step``).
+            optimizers: one per phase name.
+            scalers: float16 loss scaling, one :class:`egl.train.LossScaler` per phase name (what
+                ``fit(precision="fp16")`` passes): the backward runs on the scaled loss, the
+                gradients are unscaled, and a step whose gradients overflowed is skipped (on
+                every rank) and logged with ``"<phase>/skipped": 1``.
+
         Returns:
-            ``{"<phase>/<term>": float}`` for logging.
+            ``{"<phase>/<term>": float}`` for logging (with scalers, also ``"<phase>/loss_scale"``
+            and ``"<phase>/skipped"``).
 
         Raises:
             InputError: a value check of the phase failed (a mask or saliency map outside [0, 1]),
@@ -234,11 +248,12 @@ class Recipe(nn.Module):
             if known is not None:
                 checks.note_range(b.y, *known)
             for phase in self.active_phases(step):
-                logs.update(self._run_phase(phase, b, step, optimizers[phase.name], checks))
+                scaler = scalers.get(phase.name) if scalers is not None else None
+                logs.update(self._run_phase(phase, b, step, optimizers[phase.name], checks, scaler))
         return logs
 
     def _run_phase(self, phase: Phase, b: Batch, step: int, opt: torch.optim.Optimizer,
-                   checks: DeferredChecks) -> dict[str, float]:
+                   checks: DeferredChecks, scaler: LossScaler | None) -> dict[str, float]:
         from egl.train.distributed import first_failure  # lazy: egl.train imports the recipes
 
         with torch.profiler.record_function(f"egl.phase.{phase.name}"):
@@ -248,18 +263,31 @@ class Recipe(nn.Module):
             except InputError:  # an immediate check (labels): tell the other ranks, then raise
                 first_failure(_INPUT, b.x.device)
                 raise
-            terms["total"].backward()
-            # one device-to-host read per phase, after the backward is queued (a read before it
-            # would leave the device idle while the host queues the backward)
+            total = terms["total"]
+            (scaler.scale(total) if scaler is not None else total).backward()
             queued = checks.take()
             losses = torch.stack([v.detach().float() for v in terms.values()])
-            stacked = torch.cat([losses, *(s.to(losses.device, non_blocking=True) for s in queued.stats)])
+            extra = [s.to(losses.device, non_blocking=True) for s in queued.stats]
+            if scaler is not None:  # the overflow flag travels in the same read
+                extra.insert(0, scaler.unscale_(p for g in opt.param_groups for p in g["params"]).to(losses.device))
+            # one device-to-host read per phase, after the backward is queued (a read before it
+            # would leave the device idle while the host queues the backward)
+            stacked = torch.cat([losses, *extra])
             read = stacked.tolist()
             values = dict(zip(terms, read))
-            error = queued.first_error(read[len(terms):])
+            overflow = scaler is not None and read[len(terms)] > 0
+            error = queued.first_error(read[len(terms) + (scaler is not None):])
             bad = [k for k, v in values.items() if not math.isfinite(v)]
-            code = _INPUT if error is not None else _NON_FINITE if bad else 0
-            bad_rank, bad_code = first_failure(code, stacked.device)  # every rank stops together
+            code = _INPUT if error is not None else _NON_FINITE if bad else _OVERFLOW if overflow else 0
+            bad_rank, bad_code = first_failure(code, stacked.device)  # every rank acts alike
+            if scaler is not None:
+                values["loss_scale"] = scaler.scale_value
+                values["skipped"] = float(bad_code == _OVERFLOW)
+            if bad_code == _OVERFLOW:  # gradients overflowed on some rank: skip, back off
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update(True)
+                return {f"{phase.name}/{k}": v for k, v in values.items()}
             if bad_rank >= 0:
                 opt.zero_grad(set_to_none=True)
                 if error is not None:
@@ -278,6 +306,8 @@ class Recipe(nn.Module):
                     "parameters were not updated at this step."
                 )
             opt.step()
+            if scaler is not None:
+                scaler.update(False)
         return {f"{phase.name}/{k}": v for k, v in values.items()}
 
     def fit(self, loader: Iterable[Any], steps: int, **kwargs: Any) -> list[dict[str, float]]:

@@ -132,11 +132,12 @@ class IRM(Recipe):
         """Forget ``optimizer``'s state in place (Adam's moments and step count), keeping its param groups."""
         optimizer.state.clear()
 
-    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer],
+                      **kwargs: Any) -> dict[str, float]:
         """:meth:`Recipe.training_step`, after resetting the optimiser at step ``anneal_steps``."""
         if step == self.anneal_steps:
             self.reset_optimizer(optimizers["classifier"])
-        return super().training_step(batch, step, optimizers)
+        return super().training_step(batch, step, optimizers, **kwargs)
 
 
 def irm(model: nn.Module, **kwargs: Any) -> IRM:

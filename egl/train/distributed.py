@@ -90,26 +90,28 @@ def first_rank_with(flag: bool, device: torch.device | str = "cpu") -> int:
 
 
 def first_failure(code: int, device: torch.device | str = "cpu") -> tuple[int, int]:
-    """``(rank, code)`` of the lowest rank whose ``code`` is not 0, or ``(-1, 0)`` (a collective).
+    """``(rank, code)`` of the highest ``code`` over the ranks (lowest rank on ties), or
+    ``(-1, 0)`` when every rank passed 0 (a collective: every rank must call it).
 
-    ``code`` says what failed on this rank (0: nothing; small positive ints, below 16, name the
-    kind of failure), so that the other ranks can raise the matching error.
+    ``code`` says what happened on this rank (0: nothing; higher is more severe, below 16), so
+    that the other ranks can act alike: raise the matching error, or skip the step.
 
     Example:
         >>> first_failure(0), first_failure(2)   # outside a distributed run
         ((-1, 0), (0, 2))
     """
-    if not 0 <= code < 16:
+    if not isinstance(code, int) or not 0 <= code < 16:
         raise fail("egl.train.distributed.first_failure", "code", "an int in [0, 16)", repr(code),
                    "Use small codes for kinds of failure")
     if not is_distributed():
         return (0, code) if code else (-1, 0)
     import torch.distributed as dist
 
-    t = torch.tensor([rank() * 16 + code if code else world_size() * 16], device=device)
+    n = world_size()
+    t = torch.tensor([(16 - code) * n + rank() if code else 16 * n], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     first = int(t.item())
-    return (first // 16, first % 16) if first < world_size() * 16 else (-1, 0)
+    return (first % n, 16 - first // n) if first < 16 * n else (-1, 0)
 
 
 def init_distributed(backend: str | None = None) -> torch.device:

@@ -27,6 +27,7 @@ from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
                                   load_checkpoint, save_checkpoint, set_rng_state)
+from egl.train.loss_scale import LossScaler
 
 if TYPE_CHECKING:
     from egl.recipes.base import Recipe
@@ -83,18 +84,20 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 
 
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
-          stream: DataStream, device: torch.device) -> None:
+          stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
     state = {"format": FORMAT, "step": step, "recipe_name": recipe.name, "config": recipe.config(),
              "versions": _versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
              "optimizers": {k: o.state_dict() for k, o in opts.items()}, "ranks": ranks}
+    if scalers is not None:
+        state["loss_scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
     save_checkpoint(state, path)
 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
-            device: torch.device) -> int:
+            device: torch.device, scalers: dict[str, LossScaler] | None) -> int:
     """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
     if ckpt.get("recipe_name") != recipe.name:
@@ -106,6 +109,9 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     recipe.load_state_dict(ckpt["recipe"])
     for name, opt in opts.items():
         opt.load_state_dict(ckpt["optimizers"][name])
+    for name, sc in (scalers or {}).items():  # a float16 run resumed from a float16 checkpoint
+        if name in ckpt.get("loss_scalers", {}):
+            sc.load_state_dict(ckpt["loss_scalers"][name])
     ranks = ckpt["ranks"]
     if len(ranks) != dist_utils.world_size():
         warnings.warn(f"{FN}: resuming on {dist_utils.world_size()} ranks from a checkpoint written on {len(ranks)}: "
@@ -146,9 +152,12 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         resume: continue from ``checkpoint_dir/last.pt`` when it exists (else start afresh),
             replaying parameters, optimisers, RNGs and the data order exactly.
         tensorboard_dir: also write every term as a TensorBoard scalar (needs ``pip install tensorboard``).
-        precision: ``"fp32"`` (default) or ``"bf16"``: mixed precision with ``torch.autocast`` in
-            bfloat16 around each step, on the GPU or the CPU (bfloat16 needs no loss scaling; float16
-            with a gradient scaler is not offered).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: mixed precision with
+            ``torch.autocast`` around each step, on the GPU or the CPU. bfloat16 needs no loss
+            scaling; float16 (for GPUs without bfloat16, such as the T4 and V100) gets one
+            dynamic :class:`egl.train.LossScaler` per phase: overflowing steps are skipped (on
+            every rank) and logged as ``"<phase>/skipped"``, the scale as ``"<phase>/loss_scale"``;
+            checkpoints keep the scales.
         channels_last: put the recipe's modules and every batch in channels-last memory format
             (faster convolutions on recent GPUs; allowed on the CPU, where it rarely helps).
 
@@ -168,8 +177,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
 
     _check_int(steps, "steps", 0, "Pass the number of steps to train")
     _check_int(checkpoint_every, "checkpoint_every", 1, "Pass a number of steps, e.g. checkpoint_every=500")
-    if precision not in ("fp32", "bf16"):
-        raise fail(FN, "precision", "'fp32' or 'bf16'", repr(precision), "Use precision='bf16' for mixed precision")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise fail(FN, "precision", "'fp32', 'bf16' or 'fp16'", repr(precision),
+                   "Use precision='bf16' for mixed precision ('fp16' on GPUs without bfloat16)")
     if resume and checkpoint_dir is None:
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
@@ -188,14 +198,16 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             recipe.to(memory_format=memory_format)
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
-            else contextlib.nullcontext
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        autocast = (lambda: torch.autocast(device.type, dtype=half)) if half is not None else contextlib.nullcontext
+        scalers = {name: LossScaler() for name in opts} if precision == "fp16" else None
+        step_kwargs = {"scalers": scalers} if scalers is not None else {}
         stream = DataStream(loader, device)
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
         start = 0
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
-            start = _resume(Path(resume_from), recipe, opts, stream, device)
+            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers)
         else:
             dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
         history: list[dict[str, float]] = []
@@ -223,7 +235,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     if channels_last:
                         batch.x = batch.x.contiguous(memory_format=memory_format)
                     with autocast():
-                        logs = recipe.training_step(batch, step, opts)
+                        logs = recipe.training_step(batch, step, opts, **step_kwargs)
                     dist_utils.broadcast_buffers(recipe)
                     row = {"step": step, **logs}
                     history.append(row)
@@ -238,7 +250,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
                     done = step + 1
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                        _save(ckpt_path, recipe, opts, done, stream, device)
+                        _save(ckpt_path, recipe, opts, done, stream, device, scalers)
         except Exception as exc:
             if log is not None:  # the reason the run stopped, for whoever reads the log later
                 log.write(json.dumps({"event": "error", "step": start + len(history),

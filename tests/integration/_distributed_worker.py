@@ -57,6 +57,7 @@ def main(out: Path) -> None:
     result["nan"] = _nan_on_one_rank()
     result["bad_mask"] = _input_error_on_one_rank("mask")
     result["bad_label"] = _input_error_on_one_rank("label")
+    result["overflow"] = _overflow_on_one_rank()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -95,6 +96,22 @@ def _input_error_on_one_rank(what: str) -> str:
     except InputError as e:
         return str(e)
     return "no error"
+
+
+def _overflow_on_one_rank() -> dict:
+    """float16 loss scaling: rank 1's gradients overflow, so both ranks skip the step."""
+    from egl.train import LossScaler
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1e3)
+    recipe = recipes.erm(model)
+    before = [p.detach().clone() for p in recipe.parameters()]
+    scaler = LossScaler(init_scale=2.0**127 if rank() == 1 else 2.0**10)
+    logs = recipe.training_step((torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)), 0,
+                                recipe.configure_optimizers(), scalers={"classifier": scaler})
+    return {"skipped": logs["classifier/skipped"], "scale": scaler.scale_value,
+            "unchanged": all(torch.equal(a, p) for a, p in zip(before, recipe.parameters()))}
 
 
 def _recipe_rank0_weight() -> torch.Tensor:

@@ -44,6 +44,9 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     # with an InputError: rank 1's names the argument, rank 0's names rank 1.
     assert "'mask' expected values in [0.0, 1.0], got values in [1, 2]" in r1["bad_mask"]
     assert "'target' expected class indices in [0, 4]" in r1["bad_label"]
+    # float16 loss scaling: rank 1's gradients overflow; both ranks skip the step and back off.
+    assert r0["overflow"] == {"skipped": 1.0, "scale": 2.0**9, "unchanged": True}
+    assert r1["overflow"] == {"skipped": 1.0, "scale": 2.0**126, "unchanged": True}
     for key in ("bad_mask", "bad_label"):
         assert "'batch' expected inputs that pass every check on every rank, got a failed input check of " \
                "phase 'classifier' on rank 1 at step 0" in r0[key], r0[key]

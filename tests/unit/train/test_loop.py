@@ -120,8 +120,9 @@ def test_precision_is_checked() -> None:
     from egl.errors import InputError
 
     recipe = recipes.erm(make_model("test_resnet"))
-    with pytest.raises(InputError, match="'precision' expected 'fp32' or 'bf16', got 'fp16'"):
-        recipe.fit([(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], 1, progress=False, precision="fp16")
+    with pytest.raises(InputError, match=r"'precision' expected 'fp32', 'bf16' or 'fp16', got 'half'\. Use "
+                                         r"precision='bf16' for mixed precision \('fp16' on GPUs without bfloat16\)"):
+        recipe.fit([(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], 1, progress=False, precision="half")
 
 
 def test_fit_puts_every_module_back_in_its_mode() -> None:

@@ -1,0 +1,125 @@
+"""Dynamic loss scaling for float16 mixed precision, one scaler per recipe phase.
+
+float16 keeps gradients down to about 6e-8; smaller ones flush to zero. The loss is multiplied
+by a scale before the backward and every gradient divided by it afterwards; a step whose
+gradients overflowed (inf or NaN after scaling) is skipped and the scale halved, and after
+``growth_interval`` steps without overflow the scale doubles. This is what
+``torch.amp.GradScaler`` does; egl keeps its own so that the overflow flag travels in the
+recipe's one read per phase and, under ``torch.distributed``, every rank skips the same steps
+(:meth:`egl.recipes.Recipe.training_step`). Scales are powers of two, so scaling is exact:
+without overflow a step is the step an unscaled backward gives.
+
+Example:
+    >>> import torch
+    >>> scaler = LossScaler(init_scale=2.0**4)
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> scaler.scale((w * 3).sum()).backward()
+    >>> float(scaler.unscale_([w])), w.grad.tolist()
+    (0.0, [3.0, 3.0])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from egl._check import fail
+
+__all__ = ["LossScaler"]
+
+FN = "egl.train.LossScaler"
+
+
+def _power_of_two(value: float, arg: str, *, above_one: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ok = ok and math.frexp(value)[0] == 0.5 and (value > 1 if above_one else value < 1)
+    if not ok:
+        expected = "a power of two above 1" if above_one else "a power of two below 1"
+        raise fail(FN, arg, expected + " (so that scaling stays exact)", repr(value),
+                   f"Pass e.g. {arg}={2.0 if above_one else 0.5}")
+    return float(value)
+
+
+class LossScaler:
+    """Dynamic loss scale of one phase.
+
+    Args:
+        init_scale: first scale (2**16, GradScaler's default); a power of two.
+        growth_factor: scale multiplier after ``growth_interval`` steps without overflow (2).
+        backoff_factor: scale multiplier after an overflow (0.5).
+        growth_interval: steps without overflow before the scale grows (2000).
+    """
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000) -> None:
+        if not (isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
+                and math.isfinite(init_scale) and init_scale > 0 and math.frexp(init_scale)[0] == 0.5):
+            raise fail(FN, "init_scale", "a positive power of two (so that scaling stays exact)", repr(init_scale),
+                       "Pass e.g. init_scale=2.0**16")
+        self.growth_factor = _power_of_two(growth_factor, "growth_factor", above_one=True)
+        self.backoff_factor = _power_of_two(backoff_factor, "backoff_factor", above_one=False)
+        if not isinstance(growth_interval, int) or isinstance(growth_interval, bool) or growth_interval < 1:
+            raise fail(FN, "growth_interval", "a positive int", repr(growth_interval), "Pass e.g. growth_interval=2000")
+        self.growth_interval = growth_interval
+        self.scale_value = float(init_scale)
+        self._good_steps = 0
+
+    def scale(self, loss: Tensor) -> Tensor:
+        """``loss`` times the current scale (run the backward on this)."""
+        return loss * self.scale_value
+
+    def unscale_(self, params: Iterable[torch.nn.Parameter]) -> Tensor:
+        """Divide every gradient of ``params`` by the scale, in place.
+
+        Returns:
+            A one-element float32 tensor on the gradients' first device: 1 if a gradient held
+            an inf or NaN after scaling (the step must be skipped), else 0. Nothing is read back.
+        """
+        groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in params:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise fail(FN, "params", "dense gradients", f"a sparse gradient of shape {list(p.shape)}",
+                           "Use dense embeddings, or precision='bf16' (no loss scaling)")
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        flags = []
+        for (device, _), grads in groups.items():
+            found = torch.zeros(1, device=device)
+            inv = torch.full((1,), 1.0 / self.scale_value, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv)
+            flags.append(found)
+        if not flags:
+            return torch.zeros(1)
+        first = flags[0].device
+        return torch.stack([f.to(first, non_blocking=True) for f in flags]).amax().reshape(1)
+
+    def update(self, overflow: bool) -> None:
+        """After a step: back off on overflow, else count towards growth."""
+        if overflow:
+            self.scale_value *= self.backoff_factor
+            self._good_steps = 0
+            return
+        self._good_steps += 1
+        if self._good_steps >= self.growth_interval:
+            self.scale_value *= self.growth_factor
+            self._good_steps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale_value, "good_steps": self._good_steps, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale_value = float(state["scale"])
+        self._good_steps = int(state["good_steps"])
+        self.growth_factor = float(state["growth_factor"])
+        self.backoff_factor = float(state["backoff_factor"])
+        self.growth_interval = int(state["growth_interval"])
+
+    def __repr__(self) -> str:
+        return (f"LossScaler(scale={self.scale_value:g}, growth_factor={self.growth_factor:g}, "
+                f"backoff_factor={self.backoff_factor:g}, growth_interval={self.growth_interval})")

@@ -1,0 +1,106 @@
+"""float16 loss scaling: egl.train.LossScaler, training_step(scalers=...) and fit(precision="fp16")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _helpers import make_model
+
+import egl
+from egl import recipes
+from egl.train import LossScaler
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0])
+
+
+def test_unscale_is_exact_and_flags_overflow() -> None:
+    scaler = LossScaler(init_scale=2.0**10)
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    h = torch.nn.Parameter(torch.tensor([0.5], dtype=torch.float16))
+    unused = torch.nn.Parameter(torch.ones(1))  # no gradient: skipped
+    scaler.scale((w * 3).sum() + (h.float() * 5).sum()).backward()
+    found = scaler.unscale_([w, h, unused])
+    assert found.shape == (1,) and float(found) == 0.0
+    assert w.grad.tolist() == [3.0, 3.0] and h.grad.tolist() == [5.0] and unused.grad is None
+    w.grad = torch.tensor([float("inf"), 1.0])
+    assert float(scaler.unscale_([w, h])) == 1.0
+
+
+def test_update_backs_off_and_grows() -> None:
+    scaler = LossScaler(init_scale=8.0, growth_interval=3)
+    scaler.update(True)
+    assert scaler.scale_value == 4.0
+    for _ in range(2):
+        scaler.update(False)
+    assert scaler.scale_value == 4.0
+    scaler.update(False)
+    assert scaler.scale_value == 8.0  # three good steps in a row
+    state = scaler.state_dict()
+    other = LossScaler()
+    other.load_state_dict(state)
+    assert other.state_dict() == state and "scale=8" in repr(other)
+
+
+def test_arguments_are_checked() -> None:
+    for kw, msg in (({"init_scale": 1000.0}, "'init_scale' expected a positive power of two"),
+                    ({"growth_factor": 1.5}, "'growth_factor' expected a power of two above 1"),
+                    ({"backoff_factor": 2.0}, "'backoff_factor' expected a power of two below 1"),
+                    ({"growth_interval": 0}, "'growth_interval' expected a positive int")):
+        with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: {msg}"):
+            LossScaler(**kw)
+
+
+def test_scaled_step_equals_the_unscaled_step() -> None:
+    # powers of two scale exactly: with no overflow the parameters come out bit-for-bit the same
+    params = []
+    for scalers in (None, {"classifier": LossScaler(init_scale=2.0**12)}):
+        recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+        opts = recipe.configure_optimizers()
+        for step in range(3):
+            logs = recipe.training_step(_batch(step), step, opts, **({"scalers": scalers} if scalers else {}))
+        params.append([p.detach().clone() for p in recipe.parameters()])
+    assert logs["classifier/loss_scale"] == 2.0**12 and logs["classifier/skipped"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(*params))
+
+
+def test_overflowing_step_is_skipped_and_the_scale_halved() -> None:
+    model = make_model("test_resnet", eval_mode=False)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1e3)  # gradients x 2^127 then overflow float32
+    recipe = recipes.erm(model)
+    opts = recipe.configure_optimizers()
+    before = [p.detach().clone() for p in recipe.parameters()]
+    scaler = LossScaler(init_scale=2.0**127)
+    logs = recipe.training_step(_batch(), 0, opts, scalers={"classifier": scaler})
+    assert logs["classifier/skipped"] == 1.0 and logs["classifier/loss_scale"] == 2.0**127
+    assert math.isfinite(logs["classifier/ce"])  # the loss itself is fine: no NonFiniteLossError
+    assert scaler.scale_value == 2.0**126
+    assert all(torch.equal(a, p) for a, p in zip(before, recipe.parameters()))
+    assert all(p.grad is None for p in recipe.parameters())
+    assert not opts["classifier"].state  # Adam never stepped
+
+
+def test_fit_fp16_trains_align_and_resumes_the_scales(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    batch = _batch()
+
+    def run(steps: int, **kw):  # type: ignore[no-untyped-def]
+        recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
+        return recipe, recipe.fit([batch], steps, seed=0, progress=False, precision="fp16", **kw)
+
+    straight, logs = run(3)
+    assert logs[0].keys() >= {"classifier/ce", "classifier/loss_scale", "classifier/skipped"}
+    assert "masker/loss_scale" in logs[2]  # the masker phase has its own scaler from step 1
+    assert all(math.isfinite(v) for row in logs for v in row.values())
+    assert logs[0]["classifier/loss_scale"] == 2.0**16
+    run(2, checkpoint_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert set(ckpt["loss_scalers"]) == {"masker", "classifier"}
+    ckpt["loss_scalers"]["classifier"]["scale"] = 2.0**9  # a resumed run takes the saved scale
+    torch.save(ckpt, tmp_path / "last.pt")
+    resumed, more = run(3, checkpoint_dir=tmp_path, resume=True)
+    assert [row["step"] for row in more] == [2] and more[0]["classifier/loss_scale"] == 2.0**9
