@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 6 minutes on an H200).
+# Every GPU measurement of docs/performance.md in one short run (about 7 minutes on an H200).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
@@ -37,3 +37,5 @@ stage train_step_fbn 60 $py benchmarks/train_step.py --device cuda --precision b
   --inline-memory --channels-last --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
 stage profile_align 40 $py benchmarks/profile_step.py --recipe align --device cuda --precision bf16 \
   --batch 256 --size 224 --channels-last --rows 25
+stage train_step_fp16 60 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
+  --inline-memory --channels-last --only clf+align,align --json "$out/train_step_fp16.json"

@@ -65,6 +65,7 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     import contextlib
 
     from egl.recipes import as_batch
+    from egl.train import LossScaler
 
     x, y, d, m = _setup(arch, batch, size)
     recipe = _recipe(name, arch).to(device).train()
@@ -74,12 +75,15 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     opts = recipe.configure_optimizers()
     data = as_batch({"image": x, "label": y, "domain": d, "mask": m}).to(device)  # as fit does
     step = [1]
-    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if precision == "bf16" \
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=half)) if half is not None \
         else contextlib.nullcontext
+    # fp16 as fit(precision="fp16") runs it: one loss scaler per phase
+    kwargs = {"scalers": {name: LossScaler() for name in opts}} if precision == "fp16" else {}
 
     def run() -> None:
         with autocast():
-            recipe.training_step(data, step[0], opts)
+            recipe.training_step(data, step[0], opts, **kwargs)
     return run
 
 
@@ -98,7 +102,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: torch.autocast, as fit(precision=)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="bf16 / fp16: torch.autocast (fp16 with loss scaling), as fit(precision=)")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC model and images, as fit(channels_last=True)")
     p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import sys
+from typing import Any
+
 import timm
 import torch
 from torch import nn
@@ -54,3 +58,18 @@ def create_component(kind: str, name: str, **kwargs: object) -> object:
 
         return SAMMasker(model=tiny_sam(), input_mean=0.5, input_std=0.2, points_per_side=2, **kwargs)
     return egl.create(kind, name, **kwargs)
+
+
+def count_egl_reads(monkeypatch: Any) -> collections.Counter:
+    """Count reads (tolist/item/bool/float/int of a tensor) made by egl's code, by file."""
+    counts: collections.Counter = collections.Counter()
+    for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self: torch.Tensor, *a: object, _orig=orig) -> object:
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            if "/egl/" in caller or "/torch/distributions/" in caller:
+                counts[caller.rsplit("/", 2)[-2] + "/" + caller.rsplit("/", 1)[-1]] += 1
+            return _orig(self, *a)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return counts

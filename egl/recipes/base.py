@@ -267,7 +267,7 @@ class Recipe(nn.Module):
             (scaler.scale(total) if scaler is not None else total).backward()
             queued = checks.take()
             losses = torch.stack([v.detach().float() for v in terms.values()])
-            extra = [s.to(losses.device, non_blocking=True) for s in queued.stats]
+            extra = [s.to(losses.device) for s in queued.stats]  # a no-op unless a check ran elsewhere
             if scaler is not None:  # the overflow flag travels in the same read
                 extra.insert(0, scaler.unscale_(p for g in opt.param_groups for p in g["params"]).to(losses.device))
             # one device-to-host read per phase, after the backward is queued (a read before it
@@ -287,6 +287,12 @@ class Recipe(nn.Module):
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.update(True)
+                    if scaler.scale_value < 1.0:  # every rank holds the same scale: all raise
+                        raise NonFiniteLossError(
+                            f"egl.recipes.{self.name}: the gradients of phase '{phase.name}' are not finite even "
+                            f"with the loss scaled down to {scaler.scale_value:g} at step {step} (the loss "
+                            "itself is finite). Check the inputs and the model for NaN, or use precision='bf16'; "
+                            "parameters were not updated at this step.")
                 return {f"{phase.name}/{k}": v for k, v in values.items()}
             if bad_rank >= 0:
                 opt.zero_grad(set_to_none=True)

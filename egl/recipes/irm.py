@@ -60,6 +60,7 @@ def irm_penalty(logits: Tensor, target: Tensor) -> Tensor:
     if logits.shape[0] < 2:
         raise fail(fn, "logits", "at least 2 samples (an even and an odd half)", f"{logits.shape[0]}",
                    "Give each domain at least 2 samples per batch")
+    logits = logits.float()  # a product of two small gradients: float16 would flush it to zero
     with torch.enable_grad():
         scale = torch.ones((), dtype=logits.dtype, device=logits.device, requires_grad=True)
         loss_1 = F.cross_entropy(logits[::2] * scale, target[::2])

@@ -9,6 +9,8 @@ What a checkpoint holds (one ``torch.save`` dict, loadable with ``weights_only=T
 * ``"ranks"``: one entry per rank (one outside distributed runs) with its RNG states --
   Python ``random``, NumPy, torch CPU, CUDA of the training device, and every
   ``torch.Generator`` the loader holds -- and its position in the data (below);
+* ``"loss_scalers"`` (``fit(precision="fp16")`` only): ``{phase: LossScaler.state_dict()}``;
+  a run resumed in another precision starts its scales afresh (or ignores them);
 * ``"config"``, ``"recipe_name"``, ``"versions"``, ``"format"``: for humans and checks.
 
 Atomic writes: the dict is written to a temporary file in the checkpoint's own directory,

@@ -6,8 +6,11 @@ gradients overflowed (inf or NaN after scaling) is skipped and the scale halved,
 ``growth_interval`` steps without overflow the scale doubles. This is what
 ``torch.amp.GradScaler`` does; egl keeps its own so that the overflow flag travels in the
 recipe's one read per phase and, under ``torch.distributed``, every rank skips the same steps
-(:meth:`egl.recipes.Recipe.training_step`). Scales are powers of two, so scaling is exact:
-without overflow a step is the step an unscaled backward gives.
+(:meth:`egl.recipes.Recipe.training_step`). Scales are powers of two, so multiplying and
+dividing by them adds no rounding. Two differences from GradScaler: a non-finite *loss* still
+raises :class:`egl.recipes.NonFiniteLossError` (only non-finite *gradients* skip the step),
+and a scale that falls below 1 (gradients not finite at any scale) raises it too, instead of
+skipping steps for ever.
 
 Example:
     >>> import torch
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from egl._check import fail
+from egl._check import describe, fail
 
 __all__ = ["LossScaler"]
 
@@ -80,11 +83,13 @@ class LossScaler:
             an inf or NaN after scaling (the step must be skipped), else 0. Nothing is read back.
         """
         groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        seen: set[int] = set()
         for p in params:
-            if p.grad is None:
+            if p.grad is None or id(p) in seen:  # a parameter listed twice is unscaled once
                 continue
+            seen.add(id(p))
             if p.grad.is_sparse:
-                raise fail(FN, "params", "dense gradients", f"a sparse gradient of shape {list(p.shape)}",
+                raise fail(f"{FN}.unscale_", "params", "dense gradients", f"a sparse gradient of shape {list(p.shape)}",
                            "Use dense embeddings, or precision='bf16' (no loss scaling)")
             groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
         flags = []
@@ -95,8 +100,9 @@ class LossScaler:
             flags.append(found)
         if not flags:
             return torch.zeros(1)
-        first = flags[0].device
-        return torch.stack([f.to(first, non_blocking=True) for f in flags]).amax().reshape(1)
+        # gather on an accelerator if there is one: a copy from it to the CPU would need a wait
+        target = next((f.device for f in flags if f.device.type != "cpu"), flags[0].device)
+        return torch.stack([f.to(target) for f in flags]).amax().reshape(1)
 
     def update(self, overflow: bool) -> None:
         """After a step: back off on overflow, else count towards growth."""
@@ -114,11 +120,14 @@ class LossScaler:
                 "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale_value = float(state["scale"])
+        keys = {"scale", "good_steps", "growth_factor", "backoff_factor", "growth_interval"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise fail(f"{FN}.load_state_dict", "state", f"a dict with keys {sorted(keys)}", describe(state),
+                       "Pass what LossScaler.state_dict() returned")
+        checked = LossScaler(state["scale"], state["growth_factor"], state["backoff_factor"], state["growth_interval"])
+        self.scale_value, self.growth_factor = checked.scale_value, checked.growth_factor
+        self.backoff_factor, self.growth_interval = checked.backoff_factor, checked.growth_interval
         self._good_steps = int(state["good_steps"])
-        self.growth_factor = float(state["growth_factor"])
-        self.backoff_factor = float(state["backoff_factor"])
-        self.growth_interval = int(state["growth_interval"])
 
     def __repr__(self) -> str:
         return (f"LossScaler(scale={self.scale_value:g}, growth_factor={self.growth_factor:g}, "

@@ -58,6 +58,7 @@ def main(out: Path) -> None:
     result["bad_mask"] = _input_error_on_one_rank("mask")
     result["bad_label"] = _input_error_on_one_rank("label")
     result["overflow"] = _overflow_on_one_rank()
+    result["overflow_vs_error"] = _overflow_here_input_error_there()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -112,6 +113,28 @@ def _overflow_on_one_rank() -> dict:
                                 recipe.configure_optimizers(), scalers={"classifier": scaler})
     return {"skipped": logs["classifier/skipped"], "scale": scaler.scale_value,
             "unchanged": all(torch.equal(a, p) for a, p in zip(before, recipe.parameters()))}
+
+
+def _overflow_here_input_error_there() -> str:
+    """Rank 0's gradients overflow, rank 1's mask is out of range: the error wins on both ranks
+    (rank 0 must not skip the step and go on while rank 1 stops)."""
+    from egl import InputError
+    from egl.train import LossScaler
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1e3)
+    recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    mask = torch.ones(4, 1, 32, 32)
+    if rank() == 1:
+        mask[0, 0, 0, 0] = 2.0
+    scaler = LossScaler(init_scale=2.0**127 if rank() == 0 else 2.0**10)
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.zeros(4, dtype=torch.long), "mask": mask}
+    try:
+        recipe.training_step(batch, 0, recipe.configure_optimizers(), scalers={"classifier": scaler})
+    except InputError as e:
+        return str(e)
+    return "no error"
 
 
 def _recipe_rank0_weight() -> torch.Tensor:

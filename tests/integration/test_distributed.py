@@ -47,6 +47,8 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     # float16 loss scaling: rank 1's gradients overflow; both ranks skip the step and back off.
     assert r0["overflow"] == {"skipped": 1.0, "scale": 2.0**9, "unchanged": True}
     assert r1["overflow"] == {"skipped": 1.0, "scale": 2.0**126, "unchanged": True}
+    assert "'mask' expected values in [0.0, 1.0]" in r1["overflow_vs_error"]
+    assert "failed input check of phase 'classifier' on rank 1" in r0["overflow_vs_error"]
     for key in ("bad_mask", "bad_label"):
         assert "'batch' expected inputs that pass every check on every rank, got a failed input check of " \
                "phase 'classifier' on rank 1 at step 0" in r0[key], r0[key]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import collections
-import sys
-
 import pytest
 import torch
-from _helpers import make_model
+from _helpers import count_egl_reads, make_model
 
 import egl
 from egl import recipes
@@ -77,21 +74,6 @@ def test_target_check_stays_immediate_and_reads_each_tensor_once(monkeypatch: py
     assert len(reads) == 6
 
 
-def _count_egl_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
-    """Count reads (tolist/item/bool/float/int of a tensor) made by egl's code, by file."""
-    counts: collections.Counter = collections.Counter()
-    for name in ("tolist", "item", "__bool__", "__float__", "__int__"):
-        orig = getattr(torch.Tensor, name)
-
-        def wrapped(self: torch.Tensor, *a: object, _orig=orig) -> object:
-            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
-            if "/egl/" in caller or "/torch/distributions/" in caller:
-                counts[caller.rsplit("/", 2)[-2] + "/" + caller.rsplit("/", 1)[-1]] += 1
-            return _orig(self, *a)
-        monkeypatch.setattr(torch.Tensor, name, wrapped)
-    return counts
-
-
 def _recipe(spec: str) -> recipes.Recipe:
     model = make_model("test_resnet", eval_mode=False)
     if spec == "erm":
@@ -116,7 +98,7 @@ def test_reads_per_training_step(monkeypatch: pytest.MonkeyPatch, spec: str, pha
     recipe = _recipe(spec)
     opts = recipe.configure_optimizers()
     recipe.training_step(_batch(), 0, opts)
-    counts = _count_egl_reads(monkeypatch)
+    counts = count_egl_reads(monkeypatch)
     logs = recipe.training_step(_batch(), 1, opts)
     assert counts == {"recipes/base.py": phases, "recipes/batch.py": 2}, counts
     assert all(v == v for v in logs.values())
@@ -137,7 +119,7 @@ def test_labels_already_on_the_device_are_read_there_once(monkeypatch: pytest.Mo
     b = _batch()
     batch = Batch(b["image"], b["label"], mask=b["mask"])  # as if built on a GPU: no host range
     opts = recipe.configure_optimizers()
-    counts = _count_egl_reads(monkeypatch)
+    counts = count_egl_reads(monkeypatch)
     recipe.training_step(batch, 0, opts)
     assert counts == {"recipes/base.py": 2, "explainers/base.py": 1}, counts
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _helpers import make_model
+from _helpers import count_egl_reads, make_model
 
 import egl
 from egl import recipes
@@ -85,22 +85,64 @@ def test_overflowing_step_is_skipped_and_the_scale_halved() -> None:
     assert not opts["classifier"].state  # Adam never stepped
 
 
-def test_fit_fp16_trains_align_and_resumes_the_scales(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_fit_fp16_trains_align_and_resumes_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
     batch = _batch()
 
     def run(steps: int, **kw):  # type: ignore[no-untyped-def]
         recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
         return recipe, recipe.fit([batch], steps, seed=0, progress=False, precision="fp16", **kw)
 
-    straight, logs = run(3)
+    straight, logs = run(4)
     assert logs[0].keys() >= {"classifier/ce", "classifier/loss_scale", "classifier/skipped"}
     assert "masker/loss_scale" in logs[2]  # the masker phase has its own scaler from step 1
     assert all(math.isfinite(v) for row in logs for v in row.values())
     assert logs[0]["classifier/loss_scale"] == 2.0**16
-    run(2, checkpoint_dir=tmp_path)
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    run(2, checkpoint_dir=tmp_path / "a")
+    resumed, more = run(4, checkpoint_dir=tmp_path / "a", resume=True)
+    assert [row["step"] for row in more] == [2, 3]
+    assert more == logs[2:]  # scales, skips and losses replayed
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     assert set(ckpt["loss_scalers"]) == {"masker", "classifier"}
     ckpt["loss_scalers"]["classifier"]["scale"] = 2.0**9  # a resumed run takes the saved scale
-    torch.save(ckpt, tmp_path / "last.pt")
-    resumed, more = run(3, checkpoint_dir=tmp_path, resume=True)
-    assert [row["step"] for row in more] == [2] and more[0]["classifier/loss_scale"] == 2.0**9
+    ckpt["step"] = 3
+    torch.save(ckpt, tmp_path / "a" / "last.pt")
+    _, last = run(4, checkpoint_dir=tmp_path / "a", resume=True)
+    assert last[0]["classifier/loss_scale"] == 2.0**9
+
+
+def test_gradients_not_finite_at_any_scale_stop_the_run() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    opts = recipe.configure_optimizers()
+    scaler = LossScaler(init_scale=1.0)
+    with torch.no_grad():
+        recipe.model.get_classifier().weight.mul_(1e3)
+    recipe.model.get_classifier().weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    with pytest.raises(recipes.NonFiniteLossError, match=r"the gradients of phase 'classifier' are not finite "
+                                                         r"even with the loss scaled down to 0.5 at step 0"):
+        recipe.training_step(_batch(), 0, opts, scalers={"classifier": scaler})
+
+
+def test_parameter_listed_twice_is_unscaled_once_and_state_is_checked() -> None:
+    scaler = LossScaler(init_scale=4.0)
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    scaler.scale(w.sum() * 3).backward()
+    scaler.unscale_([w, w])
+    assert w.grad.tolist() == [3.0]
+    with pytest.raises(egl.InputError, match=r"LossScaler.load_state_dict: 'state' expected a dict with keys"):
+        scaler.load_state_dict({"scale": 2.0})
+    bad = {**scaler.state_dict(), "scale": 3.0}
+    with pytest.raises(egl.InputError, match="'init_scale' expected a positive power of two"):
+        scaler.load_state_dict(bad)
+
+
+def test_reads_per_step_with_a_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the overflow flag travels in the phase's one read
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0)
+    opts = recipe.configure_optimizers()
+    scalers = {name: LossScaler() for name in opts}
+    recipe.training_step(_batch(), 0, opts, scalers=scalers)
+    counts = count_egl_reads(monkeypatch)
+    recipe.training_step(_batch(1), 1, opts, scalers=scalers)
+    assert counts == {"recipes/base.py": 2, "recipes/batch.py": 2}, counts
