@@ -11,8 +11,15 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+from hypothesis import settings
 
 import egl
+
+# Property tests draw the same examples on every run ("default": `make test` and CI are
+# reproducible); HYPOTHESIS_PROFILE=explore draws new ones each run to search further.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
