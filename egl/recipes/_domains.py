@@ -21,10 +21,18 @@ def require_domains(batch: Batch, fn: str, method: str) -> Tensor:
     return batch.domain
 
 
-def domain_groups(domain: Tensor) -> list[Tensor]:
+def domain_groups(domain: Tensor, host: Tensor | None = None) -> list[Tensor]:
     """Indices of each domain's samples, in batch order, domains sorted by label.
+
+    Args:
+        domain: domain label of every sample.
+        host: the same labels on the CPU (:meth:`egl.recipes.Batch.domain_on_host`): the groups
+            are then found there and copied to ``domain``'s device without waiting for it
+            (on a GPU, ``unique`` and ``nonzero`` on device tensors each synchronise).
 
     Shape:
         domain: ``B``; returns one ``n_d`` index tensor per domain present.
     """
-    return [torch.nonzero(domain == d, as_tuple=True)[0] for d in torch.unique(domain)]
+    src = host if host is not None else domain
+    groups = [torch.nonzero(src == d, as_tuple=True)[0] for d in torch.unique(src)]
+    return [g.to(domain.device, non_blocking=True) for g in groups] if src is not domain else groups

@@ -21,7 +21,9 @@ class Batch:
     ``label_range`` is ``(min, max)`` of ``y`` when :func:`as_batch` read it on the host (labels
     that arrive on the CPU, as a DataLoader gives them): recipes then check labels against the
     model's classes without reading them back from the device. It is trusted only while ``y``
-    is the tensor it was read from, unchanged (:meth:`known_label_range`).
+    is the tensor it was read from, unchanged (:meth:`known_label_range`). Domains that arrive
+    on the CPU keep their host copy for the same reason (:meth:`domain_on_host`): IRM and Mixup
+    group samples by domain on the host instead of synchronising with the device.
     """
 
     x: Tensor
@@ -30,6 +32,8 @@ class Batch:
     mask: Tensor | None = None
     label_range: tuple[int, int] | None = None
     _labels_read: tuple[Tensor, int] | None = field(default=None, repr=False, compare=False)
+    # (host copy, its version, the domain tensor it stands for, that tensor's version)
+    _domain_host: tuple[Tensor, int, Tensor, int] | None = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (the label range follows the labels if they are unchanged)."""
@@ -37,7 +41,9 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
         known = self.known_label_range()
         y = self.y.to(device, non_blocking=True)
-        return Batch(self.x.to(device, non_blocking=True), y, mv(self.domain), mv(self.mask), known, _read_mark(y))
+        host, domain = self.domain_on_host(), mv(self.domain)
+        return Batch(self.x.to(device, non_blocking=True), y, domain, mv(self.mask), known, _read_mark(y),
+                     _host_mark(host, domain))
 
     def known_label_range(self) -> tuple[int, int] | None:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
@@ -45,6 +51,21 @@ class Batch:
         if self.label_range is None or mark is None or mark[0] is not self.y or mark[1] != self.y._version:
             return None
         return self.label_range
+
+
+    def domain_on_host(self) -> Tensor | None:
+        """The domains as a CPU tensor when they arrived on the CPU and are unchanged; else None."""
+        mark = self._domain_host
+        if mark is None or self.domain is None or mark[2] is not self.domain:
+            return None
+        host, host_version, cur, cur_version = mark
+        return host if host._version == host_version and cur._version == cur_version else None
+
+
+def _host_mark(host: Tensor | None, cur: Tensor | None) -> tuple[Tensor, int, Tensor, int] | None:
+    if host is None or cur is None or host.is_inference() or cur.is_inference():
+        return None
+    return host, host._version, cur, cur._version
 
 
 def _read_mark(t: Tensor) -> tuple[Tensor, int] | None:
@@ -79,4 +100,6 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     y = y.long()
     mark = _read_mark(y) if y.device.type == "cpu" and y.numel() else None
     label_range = (int(y.min()), int(y.max())) if mark is not None else None
-    return Batch(x, y, None if d is None else d.long(), m, label_range, mark)
+    d = None if d is None else d.long()
+    host = d if d is not None and d.device.type == "cpu" else None
+    return Batch(x, y, d, m, label_range, mark, _host_mark(host, d))

@@ -117,7 +117,7 @@ class IRM(Recipe):
         self.model.train(self.training)
         logits = self.model(batch.x)
         check_target_range(batch.y, logits.shape[1], "egl.recipes.irm")
-        groups = domain_groups(domain)
+        groups = domain_groups(domain, batch.domain_on_host())
         ce = torch.stack([F.cross_entropy(logits[g], batch.y[g]) for g in groups]).mean()
         penalties = [irm_penalty(logits[g], batch.y[g]) for g in groups if g.numel() >= 2]
         penalty = torch.stack(penalties).mean() if penalties else logits.new_zeros(())

@@ -44,8 +44,8 @@ from egl.recipes.batch import Batch
 __all__ = ["Mixup", "mixup", "domain_pairs"]
 
 
-def domain_pairs(domain: Tensor, cycle: list[int], generator: torch.Generator | None = None
-                 ) -> list[tuple[Tensor, Tensor]]:
+def domain_pairs(domain: Tensor, cycle: list[int], generator: torch.Generator | None = None, *,
+                 groups: list[Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
     """Index pairs ``(i, j)`` of the inter-domain mixup: domain ``cycle[k]`` with ``cycle[k+1]``
     (wrapping around), each truncated to the smaller domain's size. With one domain, its
     samples are paired with a random permutation of themselves.
@@ -54,11 +54,12 @@ def domain_pairs(domain: Tensor, cycle: list[int], generator: torch.Generator | 
         domain: domain label of every sample.
         cycle: a permutation of ``range(number of domains present)``, domains sorted by label.
         generator: randomness of the one-domain permutation.
+        groups: :func:`egl.recipes._domains.domain_groups` of ``domain``, when already found.
 
     Shape:
         domain: ``B``; returns one pair of equal-length index tensors per domain.
     """
-    groups = domain_groups(domain)
+    groups = domain_groups(domain) if groups is None else groups
     if len(groups) == 1:
         g = groups[0]
         perm = torch.randperm(g.numel(), generator=generator).to(g.device)
@@ -112,7 +113,8 @@ class Mixup(Recipe):
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         domain = require_domains(batch, "egl.recipes.mixup", "Mixup")
         self.model.train(self.training)
-        pairs = domain_pairs(domain, self.sample_cycle(int(torch.unique(domain).numel())))
+        groups = domain_groups(domain, batch.domain_on_host())
+        pairs = domain_pairs(domain, self.sample_cycle(len(groups)), groups=groups)
         lam = self.sample_lam(len(pairs), batch.x.device)
         check_shape(lam, f"{len(pairs)}", "egl.recipes.Mixup.sample_lam", "lam")
         lam = lam.to(batch.x.dtype)
