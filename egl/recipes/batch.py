@@ -14,6 +14,26 @@ from egl._check import check_shape, describe, fail
 __all__ = ["Batch", "as_batch"]
 
 
+@dataclass(frozen=True)
+class _HostCopy:
+    """A CPU tensor standing for ``cur`` (itself, or what it was copied to), while neither changed."""
+
+    host: Tensor
+    host_version: int
+    cur: Tensor
+    cur_version: int
+
+    @staticmethod
+    def of(host: Tensor | None, cur: Tensor | None) -> "_HostCopy | None":
+        if host is None or cur is None or host.is_inference() or cur.is_inference():  # no version counter
+            return None
+        return _HostCopy(host, host._version, cur, cur._version)
+
+    def stands_for(self, t: Tensor | None) -> bool:
+        return (t is self.cur and self.cur._version == self.cur_version
+                and self.host._version == self.host_version)
+
+
 @dataclass
 class Batch:
     """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none.
@@ -31,46 +51,30 @@ class Batch:
     domain: Tensor | None = None
     mask: Tensor | None = None
     label_range: tuple[int, int] | None = None
-    _labels_read: tuple[Tensor, int] | None = field(default=None, repr=False, compare=False)
-    # (host copy, its version, the domain tensor it stands for, that tensor's version)
-    _domain_host: tuple[Tensor, int, Tensor, int] | None = field(default=None, repr=False, compare=False)
+    _labels_host: _HostCopy | None = field(default=None, repr=False, compare=False)
+    _domain_host: _HostCopy | None = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "Batch":
-        """The batch on ``device`` (the label range follows the labels if they are unchanged)."""
+        """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
-        known = self.known_label_range()
-        y = self.y.to(device, non_blocking=True)
-        host, domain = self.domain_on_host(), mv(self.domain)
-        return Batch(self.x.to(device, non_blocking=True), y, domain, mv(self.mask), known, _read_mark(y),
-                     _host_mark(host, domain))
+        labels_host, domain_host = self._host(self._labels_host, self.y), self.domain_on_host()
+        known = self.label_range if labels_host is not None else None
+        y, domain = self.y.to(device, non_blocking=True), mv(self.domain)
+        return Batch(self.x.to(device, non_blocking=True), y, domain, mv(self.mask), known,
+                     _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain))
 
     def known_label_range(self) -> tuple[int, int] | None:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
-        mark = self._labels_read
-        if self.label_range is None or mark is None or mark[0] is not self.y or mark[1] != self.y._version:
-            return None
-        return self.label_range
-
+        return self.label_range if self._host(self._labels_host, self.y) is not None else None
 
     def domain_on_host(self) -> Tensor | None:
         """The domains as a CPU tensor when they arrived on the CPU and are unchanged; else None."""
-        mark = self._domain_host
-        if mark is None or self.domain is None or mark[2] is not self.domain:
-            return None
-        host, host_version, cur, cur_version = mark
-        return host if host._version == host_version and cur._version == cur_version else None
+        return self._host(self._domain_host, self.domain)
 
-
-def _host_mark(host: Tensor | None, cur: Tensor | None) -> tuple[Tensor, int, Tensor, int] | None:
-    if host is None or cur is None or host.is_inference() or cur.is_inference():
-        return None
-    return host, host._version, cur, cur._version
-
-
-def _read_mark(t: Tensor) -> tuple[Tensor, int] | None:
-    """``(t, version)``; None for inference tensors, which have no version counter."""
-    return None if t.is_inference() else (t, t._version)
+    @staticmethod
+    def _host(copy: _HostCopy | None, t: Tensor | None) -> Tensor | None:
+        return copy.host if copy is not None and copy.stands_for(t) else None
 
 
 def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
@@ -98,8 +102,8 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
                    "Give one integer domain index per image")
     y = y.long()
-    mark = _read_mark(y) if y.device.type == "cpu" and y.numel() else None
-    label_range = (int(y.min()), int(y.max())) if mark is not None else None
+    labels_host = _HostCopy.of(y, y) if y.device.type == "cpu" and y.numel() else None
+    label_range = (int(y.min()), int(y.max())) if labels_host is not None else None
     d = None if d is None else d.long()
-    host = d if d is not None and d.device.type == "cpu" else None
-    return Batch(x, y, d, m, label_range, mark, _host_mark(host, d))
+    return Batch(x, y, d, m, label_range, labels_host,
+                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None)
