@@ -236,8 +236,8 @@ class Recipe(nn.Module):
             and ``"<phase>/skipped"``).
 
         Raises:
-            InputError: a value check of the phase failed (a mask or saliency map outside [0, 1]),
-                before that phase's optimiser step.
+            InputError: an input check of the phase failed (a mask or saliency map outside [0, 1],
+                a label out of range), here or on another rank, before that phase's optimiser step.
             NonFiniteLossError: naming the term and the step, before that phase's optimiser step
                 (an earlier phase of the same step, ALIGN's masker phase, has already stepped).
         """
@@ -296,25 +296,25 @@ class Recipe(nn.Module):
                 return {f"{phase.name}/{k}": v for k, v in values.items()}
             if bad_rank >= 0:
                 opt.zero_grad(set_to_none=True)
-                if error is not None:
-                    raise error
-                fn = f"egl.recipes.{self.name}"
-                if not bad and bad_code == _INPUT:
-                    raise fail(fn, "batch", "inputs that pass every check on every rank",
-                               f"a failed input check of phase '{phase.name}' on rank {bad_rank} at step {step}",
-                               f"See rank {bad_rank}'s error, which names the argument and the fix; "
-                               "parameters were not updated at this step")
-                where = (f"loss term '{phase.name}/{bad[0]}' is {values[bad[0]]}" if bad else
-                         f"a loss term of phase '{phase.name}' is not finite on rank {bad_rank}")
-                raise NonFiniteLossError(
-                    f"{fn}: {where} at step {step}. "
-                    "Lower the learning rate or the term's weight, or check the inputs for NaN; "
-                    "parameters were not updated at this step."
-                )
+                raise error if error is not None else self._failure(phase.name, step, values, bad, bad_rank, bad_code)
             opt.step()
             if scaler is not None:
                 scaler.update(False)
         return {f"{phase.name}/{k}": v for k, v in values.items()}
+
+    def _failure(self, phase: str, step: int, values: dict[str, float], bad: list[str], bad_rank: int,
+                 bad_code: int) -> Exception:
+        """The error for a phase stopped by a non-finite term here, or by any failure on another rank."""
+        fn = f"egl.recipes.{self.name}"
+        if not bad and bad_code == _INPUT:
+            return fail(fn, "batch", "inputs that pass every check on every rank",
+                        f"a failed input check of phase '{phase}' on rank {bad_rank} at step {step}",
+                        f"See rank {bad_rank}'s error, which names the argument and the fix; "
+                        "parameters were not updated at this step")
+        where = (f"loss term '{phase}/{bad[0]}' is {values[bad[0]]}" if bad else
+                 f"a loss term of phase '{phase}' is not finite on rank {bad_rank}")
+        return NonFiniteLossError(f"{fn}: {where} at step {step}. Lower the learning rate or the term's weight, "
+                                  "or check the inputs for NaN; parameters were not updated at this step.")
 
     def fit(self, loader: Iterable[Any], steps: int, **kwargs: Any) -> list[dict[str, float]]:
         """Train for ``steps`` steps with :func:`egl.train.fit` (see there for options)."""
