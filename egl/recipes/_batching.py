@@ -8,8 +8,9 @@ They may when no layer mixes samples and the forward draws no random numbers:
 * dropout and drop-path in training mode draw their masks from the global RNG, so one pass
   over both halves draws other masks than two passes (the same distribution, other values).
 
-Layers outside torch's BatchNorm and dropout families, and timm's ``DropPath``/``DropBlock``
-(anything with a positive ``drop_prob``), are not detected: turn batching off for such models.
+Detected: torch's BatchNorm and dropout families, and anything with a positive ``drop_prob``
+(timm's ``DropPath``/``DropBlock``). Other batch-dependent or random layers are not: turn
+batching off for such models.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ class ALIGN(Recipe):
             raise fail(fn, "batch_mixup", "True, False or 'auto'", repr(batch_mixup),
                        "Pass batch_mixup='auto' (one pass over x and the mixed batch when exact)")
         if batch_mixup is True and not _plain_mixup(self.regularizer):
-            raise fail(fn, "batch_mixup", "False or 'auto' unless the regularizer is 'mixup_consistency'",
+            raise fail(fn, "batch_mixup", "False or 'auto' unless the regularizer is a plain MixupConsistency "
+                       "(a subclass that overrides terms or forward is not)",
                        f"True with regularizer {getattr(self.regularizer, 'name', None) or describe(regularizer)}",
                        "Drop batch_mixup=True, or use regularizer='mixup_consistency'")
         self.batch_mixup = batch_mixup

@@ -239,7 +239,8 @@ class Recipe(nn.Module):
             InputError: an input check of the phase failed (a mask or saliency map outside [0, 1],
                 a label out of range), here or on another rank, before that phase's optimiser step.
             NonFiniteLossError: naming the term and the step, before that phase's optimiser step
-                (an earlier phase of the same step, ALIGN's masker phase, has already stepped).
+                (an earlier phase of the same step, ALIGN's masker phase, has already stepped);
+                with ``scalers``, also when gradients stay non-finite with the loss scale below 1.
         """
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}

@@ -79,8 +79,9 @@ class LossScaler:
         """Divide every gradient of ``params`` by the scale, in place.
 
         Returns:
-            A one-element float32 tensor on the gradients' first device: 1 if a gradient held
-            an inf or NaN after scaling (the step must be skipped), else 0. Nothing is read back.
+            A one-element float32 tensor on the gradients' accelerator if any, else the CPU: 1 if
+            a gradient held an inf or NaN after scaling (the step must be skipped), else 0.
+            Nothing is read back.
         """
         groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         seen: set[int] = set()

@@ -253,7 +253,8 @@ def test_batch_mixup_errors() -> None:
     with pytest.raises(egl.InputError, match=r"'batch_mixup' expected True, False or 'auto', got 'yes'"):
         recipes.align(model, batch_mixup="yes")
     with pytest.raises(egl.InputError, match=r"'batch_mixup' expected False or 'auto' unless the regularizer is "
-                                             r"'mixup_consistency', got True with regularizer NoneType None"):
+                                             r"a plain MixupConsistency \(a subclass that overrides terms or forward is not\), "
+                                             r"got True with regularizer NoneType None"):
         recipes.align(model, batch_mixup=True, regularizer=None)
 
 
