@@ -58,8 +58,9 @@ class DeferredChecks:
 
     def __init__(self) -> None:
         self._queued = Queued()
-        self._seen: dict[tuple[int, object], tuple[Tensor, int]] = {}
-        self._ranges: dict[int, tuple[Tensor, int, int, int]] = {}
+        # (id(t), key) -> (t, its version then, value); t is kept alive until the block ends,
+        # so its id cannot be reused by another tensor
+        self._known: dict[tuple[int, object], tuple[Tensor, int, object]] = {}
 
     def add(self, stats: Tensor, verdict: Verdict) -> None:
         """Queue ``stats`` (a 1-D float32 tensor on the device) and the function that judges them."""
@@ -72,27 +73,30 @@ class DeferredChecks:
 
     def checked(self, t: Tensor, key: object) -> bool:
         """True if ``t``, unchanged since, passed the check ``key`` inside this block."""
-        hit = self._seen.get((id(t), key))
-        return hit is not None and hit[0] is t and not t.is_inference() and hit[1] == t._version
+        return self._get(t, ("passed", key)) is not None
 
     def mark(self, t: Tensor, key: object) -> None:
-        """Record that ``t`` passed the check ``key`` (``t`` is kept alive until the block ends,
-        so its ``id`` cannot be reused by another tensor)."""
-        if not t.is_inference():  # inference tensors have no version counter: never cached
-            self._seen[(id(t), key)] = (t, t._version)
+        """Record that ``t`` passed the check ``key``."""
+        self._put(t, ("passed", key), True)
 
     def note_range(self, t: Tensor, lo: int, hi: int) -> None:
         """Record the min and max of an integer tensor, known on the host without a device read
         (labels read before they were moved to the device: :class:`egl.recipes.Batch`)."""
-        if not t.is_inference():
-            self._ranges[id(t)] = (t, t._version, lo, hi)
+        self._put(t, "range", (lo, hi))
 
     def range_of(self, t: Tensor) -> tuple[int, int] | None:
         """The recorded ``(min, max)`` of ``t`` if it is unchanged since, else None."""
-        hit = self._ranges.get(id(t))
+        return self._get(t, "range")  # type: ignore[return-value]
+
+    def _put(self, t: Tensor, key: object, value: object) -> None:
+        if not t.is_inference():  # inference tensors have no version counter: never recorded
+            self._known[(id(t), key)] = (t, t._version, value)
+
+    def _get(self, t: Tensor, key: object) -> object:
+        hit = self._known.get((id(t), key))
         if hit is None or hit[0] is not t or t.is_inference() or hit[1] != t._version:
             return None
-        return hit[2], hit[3]
+        return hit[2]
 
 
 _ACTIVE: ContextVar[DeferredChecks | None] = ContextVar("egl_deferred_checks", default=None)

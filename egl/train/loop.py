@@ -127,13 +127,6 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
-def _cpu_device(recipe: "Recipe", device: torch.device | str | None) -> bool:
-    if device is not None:
-        return torch.device(device).type == "cpu"
-    p = next(recipe.parameters(), None)
-    return p is None or p.device.type == "cpu"
-
-
 def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None = None,
         optimizers: dict[str, torch.optim.Optimizer] | None = None, log_path: str | os.PathLike[str] | None = None,
         progress: bool = True, device: torch.device | str | None = None,
@@ -192,10 +185,6 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if precision not in ("fp32", "bf16", "fp16"):
         raise fail(FN, "precision", "'fp32', 'bf16' or 'fp16'", repr(precision),
                    "Use precision='bf16' for mixed precision ('fp16' on GPUs without bfloat16)")
-    if precision == "fp16" and _cpu_device(recipe, device) and _torch_version() < (2, 3):
-        raise fail(FN, "precision", "'fp32' or 'bf16' on the CPU with torch < 2.3 (float16 loss scaling "
-                   "has no CPU kernel before 2.3)", f"'fp16' with torch {torch.__version__}",
-                   "Use precision='bf16', or torch >= 2.3")
     if resume and checkpoint_dir is None:
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
@@ -208,6 +197,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
     device = torch.device(device)
+    if precision == "fp16" and device.type == "cpu" and _torch_version() < (2, 3):
+        raise fail(FN, "precision", "'fp32' or 'bf16' on the CPU with torch < 2.3 (float16 loss scaling "
+                   "has no CPU kernel before 2.3)", f"'fp16' with torch {torch.__version__}",
+                   "Use precision='bf16', or torch >= 2.3")
     modes = [(m, m.training) for m in recipe.modules()]  # restored on the way out
     try:
         recipe.train()
