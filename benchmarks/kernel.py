@@ -31,7 +31,8 @@ from _common import hardware, table  # noqa: E402
 DEVICE = "cuda"
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
 SWEEP = [{}, {"reduce_tile": 8192, "reduce_warps": 8}, {"reduce": "dot", "reduce_tile": 8192, "reduce_warps": 8},
-         {"reduce_tile": 16384, "reduce_warps": 8, "programs_per_sm": 2}, {"write_rows": 64, "write_warps": 8}]
+         {"reduce_tile": 16384, "reduce_warps": 8, "programs_per_sm": 2}, {"write_rows": 64, "write_warps": 8},
+         {"write": "gather", "write_warps": 4}, {"write_warps": 4}, {"write_rows": 64}]
 
 
 def _bench(fn: Any) -> float:
@@ -111,14 +112,21 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
     cfg = dict(_cam_triton.CONFIG)
     b, c, h, wd = acts.shape
     part = _cam_triton.reduce_stage(acts, w, cfg)
-    low, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True)
+    low, rows, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg)
+    gather = {**cfg, "write": "gather"}
     d = _cam_triton_backward.grad_low(g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS)
     a_bytes = acts.numel() * acts.element_size()
     out_bytes = g.numel() * 4
     fns = {f"reduce ({impl})": (lambda impl=impl: _cam_triton.reduce_stage(acts, w, {**cfg, "reduce": impl}), a_bytes)
            for impl in ("loop", "dot", "bmm")}
-    fns["stats"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True), part.numel() * 4)
-    fns["write"] = (lambda: _cam_triton.write_stage(low, stats, (h, wd), size, True, REL_EPS, cfg), out_bytes)
+    fns["stats (separable: + rows)"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg),
+                                        part.numel() * 4)
+    fns["stats (gather)"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, gather),
+                             part.numel() * 4)
+    fns["write (separable)"] = (lambda: _cam_triton.write_stage(low, rows, stats, (h, wd), size, True, REL_EPS, cfg),
+                                out_bytes)
+    fns["write (gather)"] = (lambda: _cam_triton.write_stage(low, None, stats, (h, wd), size, True, REL_EPS, gather),
+                             out_bytes)
     fns["bwd: transposed upsampling + finish"] = (lambda: _cam_triton_backward.grad_low(
         g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS), out_bytes)
     fns["bwd: d acts = w x d"] = (lambda: w.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1), a_bytes)

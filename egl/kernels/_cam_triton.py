@@ -7,14 +7,21 @@ activations read once, maps written once.
    the channels into a partial map ``[B, S, h·w]`` (fp32). Splitting channels keeps every
    multiprocessor busy at any batch size; a fixed summation order keeps it deterministic.
 2. ``stats``: grid ``(B,)``; sums the partials, scales, applies the ReLU, stores the
-   low-resolution map, then evaluates the upsampled map only on the candidate rows and columns
-   where it can take its extremes (:func:`egl.kernels._bilinear.extreme_candidates`) and stores
-   its min, max and their flat output positions (for the backward).
+   low-resolution map and (``CONFIG["write"] == "separable"``) the map upsampled along ``x``
+   only, ``rows [B, h, W']`` (``W'``: the output width rounded up to the write tile), then
+   evaluates the upsampled map only on the candidate rows and columns where it can take its
+   extremes (:func:`egl.kernels._bilinear.extreme_candidates`) and stores its min, max and their
+   flat output positions (for the backward).
 3. ``write``: grid ``(B, ⌈H/BY⌉, ⌈W/BX⌉)``; evaluates the upsampled map on its tile, normalises
    with the stored min and max (range-relative epsilon) and writes it: one store per pixel.
+   ``"separable"`` (default) interpolates ``rows`` along ``y``: two contiguous vector loads and
+   one vector store per four pixels; ``"gather"`` gathers the four source pixels of every output
+   pixel from the low-resolution map. Compiled for sm_90, the separable tile takes about 2.5x
+   fewer instructions per pixel (``benchmarks/kernel_sass.py``: 39 -> 15), and the gather
+   write was issue-bound on an H200 (45% of the copy bandwidth whatever the map size).
 
-Stages 2 and 3 evaluate the map with one shared function, so the stored extremes are those of
-the written values. Imported only when the Triton backend runs.
+Stages 2 and 3 evaluate the map with one shared function per mode, so the stored extremes are
+those of the written values. Imported only when the Triton backend runs.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
+from egl._check import check_choice
 from egl.kernels._bilinear import on_device
 
 __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
@@ -36,10 +44,15 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: :func:`reduce_stage`), elements per ``reduce`` tile, warps of
 #: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
 #: ``reduce`` programs to aim for per multiprocessor, software-pipelining depth of ``reduce``
-#: (0: Triton's default). From benchmarks/kernel.py on an H200 (docs/performance.md): 8192-element
-#: tiles with 8 warps matched or beat 4096 with 4 at every size measured (up to 12% faster).
-CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 8192, "reduce_warps": 8, "write_rows": 32,
-                          "write_cols": 32, "write_warps": 4, "programs_per_sm": 4, "reduce_stages": 0}
+#: (0: Triton's default), and the write stage's formulation (``"separable"`` or ``"gather"``, see
+#: above). From benchmarks/kernel.py on an H200 (docs/performance.md): 8192-element tiles with 8
+#: warps matched or beat 4096 with 4 at every size measured (up to 12% faster). The separable
+#: write and its 2 warps were chosen by instruction count (sm_90), not yet timed on a GPU.
+CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
+                          "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
+                          "reduce_stages": 0}
+WRITES = ("separable", "gather")
+_INT32_LIMIT = 2**31
 
 
 @triton.jit
@@ -62,26 +75,53 @@ def _bilinear(base, y0, y1, ly, x0, x1, lx, w, mask):
 
 
 @triton.jit
+def _lerp_rows(rows, y0, y1, ly, ox, wp):
+    """The upsampled map from ``rows`` (upsampled along ``x``, row stride ``wp``): a lerp along ``y``."""
+    return (1.0 - ly) * tl.load(rows + y0 * wp + ox) + ly * tl.load(rows + y1 * wp + ox)
+
+
+@triton.jit
 def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
-                  FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                  FLAT: tl.constexpr, CLAMP: tl.constexpr, EVEN_C: tl.constexpr, WIDE: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Few instructions per loaded element: the tile's offsets (``int32`` unless ``WIDE``) are
+    computed once per position block and added to a per-tile base pointer; with ``CLAMP``
+    (rows not 16-byte aligned, so loads are scalar anyway) positions past ``hw`` are clamped
+    instead of masked (their sums are never stored), and with ``EVEN_C`` (``BLOCK_C`` divides
+    ``C``) no channel is masked: unmasked loads need no predicates and no zero fill."""
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     c_lo = s * CH
     c_hi = tl.minimum(c_lo + CH, C)
+    a_b = a_ptr + b * sa_b
+    w_b = w_ptr + b * sw_b
+    rows = tl.arange(0, BLOCK_C)
+    if WIDE:
+        rows = rows.to(tl.int64)
     for p0 in range(0, hw, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < hw
-        if FLAT:  # contiguous positions (NCHW): lets the compiler see unit stride
-            poff = p
+        pc = tl.minimum(p, hw - 1) if CLAMP else p
+        if WIDE:
+            pc = pc.to(tl.int64)
+        if FLAT:  # contiguous positions (NCHW)
+            poff = pc
         else:
-            poff = (p // w) * sa_h + (p % w) * sa_w
+            poff = (pc // w) * sa_h + (pc % w) * sa_w
+        offs = rows[:, None] * sa_c + poff[None, :]
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
         for c0 in range(c_lo, c_hi, BLOCK_C):
-            cs = c0 + tl.arange(0, BLOCK_C)
-            cm = cs < c_hi
-            wv = tl.load(w_ptr + b * sw_b + cs * sw_c, mask=cm, other=0.0).to(tl.float32)
-            av = tl.load(a_ptr + b * sa_b + cs[:, None].to(tl.int64) * sa_c + poff[None, :],
-                         mask=cm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+            a_t = a_b + tl.cast(c0, tl.int64) * sa_c
+            if EVEN_C:
+                wv = tl.load(w_b + (c0 + rows) * sw_c).to(tl.float32)
+                if CLAMP:
+                    av = tl.load(a_t + offs).to(tl.float32)
+                else:
+                    av = tl.load(a_t + offs, mask=pm[None, :], other=0.0).to(tl.float32)
+            else:
+                cm = c0 + rows < c_hi
+                wv = tl.load(w_b + (c0 + rows) * sw_c, mask=cm, other=0.0).to(tl.float32)
+                av = tl.load(a_t + offs, mask=cm[:, None] & pm[None, :], other=0.0).to(tl.float32)
             acc += wv[:, None] * av
         tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
 
@@ -112,9 +152,9 @@ def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw
 
 
 @triton.jit
-def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, NY, NX, scale,
-                 ry, rx, RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+def stats_kernel(part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, WP, NY, NX,
+                 scale, ry, rx, RELU: tl.constexpr, NORMALIZE: tl.constexpr, SEPARABLE: tl.constexpr,
+                 BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     ss = tl.arange(0, BLOCK_S)
     n_nan = tl.zeros([BLOCK_P], dtype=tl.int32)
@@ -128,8 +168,17 @@ def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h,
         if RELU:  # NaN stays NaN, as torch.relu keeps it (a hardware max would drop it)
             low = tl.where(low != low, low, tl.maximum(low, 0.0))
         tl.store(low_ptr + b * hw + p, low, mask=pm)
+    tl.debug_barrier()  # the low-resolution map is read back by other threads below
+    if SEPARABLE:  # rows[r, ox]: row r of the map upsampled along x (columns past W: clamped, unused)
+        for k0 in range(0, h * WP, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            km = k < h * WP
+            x0, x1, lx = _src(k % WP, rx, w)
+            src = low_ptr + b * hw + (k // WP) * w
+            v = (1.0 - lx) * tl.load(src + x0, mask=km, other=0.0) + lx * tl.load(src + x1, mask=km, other=0.0)
+            tl.store(rows_ptr + b * h * WP + k, v, mask=km)
+        tl.debug_barrier()
     if NORMALIZE:
-        tl.debug_barrier()  # the low-resolution map is read back by other threads below
         best_lo = tl.full([BLOCK_K], float("inf"), tl.float32)
         best_hi = tl.full([BLOCK_K], float("-inf"), tl.float32)
         at_lo = tl.zeros([BLOCK_K], dtype=tl.int32)
@@ -140,8 +189,11 @@ def stats_kernel(part_ptr, low_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h,
             oy = tl.load(cy_ptr + k // NX, mask=km, other=0)
             ox = tl.load(cx_ptr + k % NX, mask=km, other=0)
             y0, y1, ly = _src(oy, ry, h)
-            x0, x1, lx = _src(ox, rx, w)
-            v = _bilinear(low_ptr + b * hw, y0, y1, ly, x0, x1, lx, w, km)
+            if SEPARABLE:  # masked lanes read candidate 0: valid, and never selected
+                v = _lerp_rows(rows_ptr + b * h * WP, y0, y1, ly, ox, WP)
+            else:
+                x0, x1, lx = _src(ox, rx, w)
+                v = _bilinear(low_ptr + b * hw, y0, y1, ly, x0, x1, lx, w, km)
             flat = oy * W + ox
             lo_new = km & (v < best_lo)  # strict: keeps the first position on ties
             hi_new = km & (v > best_hi)
@@ -182,6 +234,26 @@ def write_kernel(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
     tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=m)
 
 
+@triton.jit
+def write_rows_kernel(rows_ptr, stat_ptr, out_ptr, h, H, W, WP, ry, rel_eps,
+                      NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+    """``write_kernel`` from ``rows``: every load is in bounds (``WP`` is a multiple of ``BX``,
+    source rows are clamped), so only the store is masked."""
+    b = tl.program_id(0).to(tl.int64)
+    oy = tl.program_id(1) * BY + tl.arange(0, BY)
+    ox = tl.program_id(2) * BX + tl.arange(0, BX)
+    y0, y1, ly = _src(oy, ry, h)
+    v = _lerp_rows(rows_ptr + b * h * WP, y0[:, None], y1[:, None], ly[:, None], ox[None, :], WP)
+    if NORMALIZE:
+        mn = tl.load(stat_ptr + 2 * b)
+        mx = tl.load(stat_ptr + 2 * b + 1)
+        rng = mx - mn
+        ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
+        inv = 1.0 / tl.where(ok, rng, 1.0)
+        v = tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
+    tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=(oy < H)[:, None] & (ox < W)[None, :])
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
@@ -207,8 +279,8 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     """
     cfg = {**CONFIG, **(config or {})}
     part = reduce_stage(acts, weights, cfg)
-    low, stats, argext = stats_stage(part, acts.shape[-2:], size, scale, relu, normalize)
-    return write_stage(low, stats, acts.shape[-2:], size, normalize, rel_eps, cfg), low, stats, argext
+    low, rows, stats, argext = stats_stage(part, acts.shape[-2:], size, scale, relu, normalize, cfg)
+    return write_stage(low, rows, stats, acts.shape[-2:], size, normalize, rel_eps, cfg), low, stats, argext
 
 
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
@@ -240,42 +312,61 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
                                        *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
                                        num_warps=cfg["reduce_warps"], **extra)
     else:
-        reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
-                                   FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=cfg["reduce_warps"],
-                                   **extra)
+        sa = acts.stride()
+        wide = block_c * sa[1] + h * sa[2] + w * sa[3] >= _INT32_LIMIT  # a tile's offsets overflow int32
+        clamp = not (flat and hw % 16 == 0)
+        reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *sa, *weights.stride(), FLAT=flat,
+                                   CLAMP=clamp, EVEN_C=c % block_c == 0, WIDE=wide, BLOCK_C=block_c, BLOCK_P=block_p,
+                                   num_warps=cfg["reduce_warps"], **extra)
     return part
 
 
 def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float, relu: bool,
-                normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``low [B, h·w]``, its upsampled ``[min, max]`` and their flat positions, from the partial sums."""
+                normalize: bool, cfg: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """``low [B, h·w]``, ``rows [B, h, W']`` (separable write; else ``None``), the upsampled
+    ``[min, max]`` and their flat positions, from the partial sums."""
     b, splits, hw = part.shape
     h, w = int(hw_shape[0]), int(hw_shape[1])
     hh, ww = size
     dev = part.device
-    work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)  # one allocation for both
-    low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
+    check_choice(cfg["write"], WRITES, "egl.kernels._cam_triton", "config['write']")
+    separable = cfg["write"] == "separable"
+    bx = _write_tile(size, cfg)[1]
+    wp = _cdiv(ww, bx) * bx if separable else 0  # rows padded to whole write tiles: no masked loads
+    work = torch.empty(b * (hw + 2 + h * wp), device=dev, dtype=torch.float32)  # one allocation for all
+    low, stats = work[: b * hw].view(b, hw), work[b * hw: b * (hw + 2)].view(b, 2)
+    rows = work[b * (hw + 2):].view(b, h, wp) if separable else None
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
-    stats_kernel[(b,)](part, low, stats, argext, cy, cx, splits, hw, h, w, hh, ww, len(cy), len(cx),
-                       float(scale), ry, rx, RELU=relu, NORMALIZE=normalize, BLOCK_S=max(2, _pow2(splits)),
+    stats_kernel[(b,)](part, low, low if rows is None else rows, stats, argext, cy, cx, splits, hw, h, w, hh, ww,
+                       wp, len(cy), len(cx), float(scale), ry, rx, RELU=relu, NORMALIZE=normalize,
+                       SEPARABLE=separable, BLOCK_S=max(2, _pow2(splits)),
                        BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
-    return low, stats, argext
+    return low, rows, stats, argext
 
 
-def write_stage(low: Tensor, stats: Tensor, hw_shape: Any, size: tuple[int, int], normalize: bool, rel_eps: float,
-                cfg: dict[str, Any]) -> Tensor:
-    """The upsampled, normalised maps ``[B, 1, H, W]``: one store per pixel."""
+def _write_tile(size: tuple[int, int], cfg: dict[str, Any]) -> tuple[int, int]:
+    """Rows and columns of one ``write`` program's tile."""
+    return min(_pow2(size[0]), cfg["write_rows"]), min(_pow2(size[1]), cfg["write_cols"])
+
+
+def write_stage(low: Tensor, rows: Tensor | None, stats: Tensor, hw_shape: Any, size: tuple[int, int],
+                normalize: bool, rel_eps: float, cfg: dict[str, Any]) -> Tensor:
+    """The upsampled, normalised maps ``[B, 1, H, W]``: one store per pixel (from ``rows``
+    when the stats stage made them, else gathered from ``low``)."""
     b, hw = low.shape
     h, w = int(hw_shape[0]), int(hw_shape[1])
     hh, ww = size
     out = torch.empty(b, 1, hh, ww, device=low.device, dtype=torch.float32)
-    bx = min(_pow2(ww), cfg["write_cols"])
-    by = min(_pow2(hh), cfg["write_rows"])
+    by, bx = _write_tile(size, cfg)
     grid = (b, _cdiv(hh, by), _cdiv(ww, bx))
-    write_kernel[grid](low, stats, out, hw, h, w, hh, ww, _ratio(h, hh), _ratio(w, ww), float(rel_eps),
-                       NORMALIZE=normalize, BY=by, BX=bx, num_warps=cfg["write_warps"])
+    if rows is not None:
+        write_rows_kernel[grid](rows, stats, out, h, hh, ww, rows.shape[2], _ratio(h, hh), float(rel_eps),
+                                NORMALIZE=normalize, BY=by, BX=bx, num_warps=cfg["write_warps"])
+    else:
+        write_kernel[grid](low, stats, out, hw, h, w, hh, ww, _ratio(h, hh), _ratio(w, ww), float(rel_eps),
+                           NORMALIZE=normalize, BY=by, BX=bx, num_warps=cfg["write_warps"])
     return out
 
 

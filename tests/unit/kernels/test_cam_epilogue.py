@@ -244,3 +244,53 @@ def test_nan_activations_give_a_zero_map_and_zero_gradient(width: int) -> None:
     out = cam_epilogue(a1, wt, (4, width + 8), backend="triton")
     out.sum().backward()
     assert torch.equal(out, torch.zeros_like(out)) and torch.equal(a1.grad, torch.zeros_like(a1.grad))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("write", ["separable", "gather"])
+@pytest.mark.parametrize("case,tile", [(CASES[0], (32, 32)), (CASES[1], (32, 32)), (CASES[2], (32, 32)),
+                                       (CASES[6], (32, 32)), (CASES[2], (4, 8)), (CASES[6], (8, 4))])
+def test_both_write_stages_match_the_reference_and_peak_where_stats_says(case: tuple, tile: tuple, write: str) -> None:
+    """The separable write (rows upsampled along x, then a lerp along y) and the gathering one
+    give the reference's maps (also with tiles
+    smaller than the map: padded rows), and each normalised map is exactly 0 at its stored minimum and
+    largest at its stored maximum (1 up to the rounding of ``x · (1/x)``): the stats stage
+    evaluates the extremes with the same function as the write stage."""
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton
+
+    b, c, h, w, hh, ww = case
+    a, wt = _inputs(b, c, h, w, seed=13)
+    cfg = {"write": write, "write_rows": tile[0], "write_cols": tile[1]}
+    out, low, stats, argext = _cam_triton.forward(a, wt, (hh, ww), 1.0 / (h * w), False, True, REL_EPS, cfg)
+    torch.testing.assert_close(out, cam_epilogue_reference(a, wt, (hh, ww), scale=1.0 / (h * w), relu=False),
+                               atol=1e-5, rtol=1e-5)
+    flat = out.flatten(1)
+    at = flat.gather(1, argext.long())
+    assert torch.equal(flat.amin(1), torch.zeros(b)) and torch.equal(at[:, 0], torch.zeros(b))
+    assert torch.equal(at[:, 1], flat.amax(1)) and bool((at[:, 1] >= 1 - 2**-23).all())
+
+
+@needs_interpreter
+def test_an_unknown_write_stage_is_named() -> None:
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"config\['write'\].*'separable', 'gather'.*'tiles'"):
+        _cam_triton.forward(a, wt, (8, 8), 1.0, True, True, 1e-6, {"write": "tiles"})
+
+
+@needs_interpreter
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_channel_sum_with_64_bit_offsets_matches(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+    """Tiles whose offsets would overflow int32 take 64-bit offsets (forced here by lowering the limit)."""
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(2, 12, 5, 3, seed=14)
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+    narrow = _cam_triton.reduce_stage(a, wt, dict(_cam_triton.CONFIG)).sum(1)
+    monkeypatch.setattr(_cam_triton, "_INT32_LIMIT", 1)
+    wide = _cam_triton.reduce_stage(a, wt, dict(_cam_triton.CONFIG)).sum(1)
+    assert torch.equal(wide, narrow)
+    torch.testing.assert_close(wide, torch.einsum("bc,bchw->bhw", wt, a).flatten(1), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,192 @@
+"""Instructions per element of the fused Grad-CAM epilogue's kernels, compiled for a GPU on any machine.
+
+    python benchmarks/kernel_sass.py                       # sm_90, the four sizes of kernel.py
+    python benchmarks/kernel_sass.py --arch 80 --json sass.json
+
+No GPU needed: the launcher (:func:`egl.kernels._cam_triton.forward`) runs on small CPU tensors
+with Triton's launch intercepted, so every kernel is compiled with exactly the arguments,
+constexprs and warps the real call passes (pointers 16-byte aligned and integers divisible by 16
+specialised, as Triton's launcher does), then disassembled (Triton's bundled ptxas and nvdisasm).
+Counts are static SASS instructions per thread, divided by the elements a thread handles:
+output pixels for ``write``, activation elements per loop iteration for ``reduce`` (the loop
+body only). When a kernel is bound by instruction issue, not memory, this is what sets its
+time. "issue ceiling" is the fraction of the card's copy bandwidth a kernel could reach if its
+multiprocessors issued one warp instruction per scheduler every cycle (4 schedulers of 32 lanes;
+H200 defaults: 132 multiprocessors at 1.98 GHz, 4275 GB/s): below about 2 (200%), issue limits
+it. On the H200 the gather ``write`` (ceiling 80%) stored at 45% of the copy bandwidth whatever
+the map size, the bf16 channel sum (ceiling 91-95%) read at 39-40%: both about half their
+ceiling, as stalls keep real issue rates near half the peak (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any
+
+os.environ["TRITON_INTERPRET"] = "0"  # compile real kernels: the interpreter has no SASS
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import table  # noqa: E402
+
+CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
+COLUMNS = ["dtype", "C", "map", "config", "kernel", "tile", "warps", "instr/element", "issue ceiling",
+           "elements/thread",
+           "instructions", "vector loads", "scalar loads", "vector stores"]
+DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32"}
+
+
+def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The kernel launches of one forward call: ``{"fn", "args", "constexprs", "num_warps"}`` each."""
+    from triton.runtime.jit import JITFunction
+
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton
+
+    seen: list[dict[str, Any]] = []
+
+    def record(self: JITFunction, *args: Any, grid: Any = None, warmup: bool = False, **kw: Any) -> None:
+        opts = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
+        names = [n for n in self.arg_names if n not in kw]
+        seen.append({"fn": self, "args": dict(zip(names, args)), "constexprs": kw, **opts})
+
+    real = JITFunction.run
+    JITFunction.run = record  # type: ignore[method-assign]
+    try:
+        acts = torch.zeros(2, c, side, side, dtype=dtype)
+        _cam_triton.forward(acts, torch.zeros(2, c), (out, out), 1.0, True, True, REL_EPS, config)
+    finally:
+        JITFunction.run = real  # type: ignore[method-assign]
+    return seen
+
+
+def _signature(fn: Any, args: dict[str, Any], constexprs: dict[str, Any]) -> tuple[dict[str, str], dict]:
+    sig: dict[str, str] = {}
+    attrs: dict[tuple[int, ...], list] = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        v = args[name]
+        if isinstance(v, torch.Tensor):
+            sig[name] = "*" + DTYPES[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int):
+            sig[name] = "i32" if -2**31 <= v < 2**31 else "i64"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "fp32"
+    return sig, attrs
+
+
+def disassemble(launch: dict[str, Any], arch: int) -> list[str]:
+    """SASS instruction lines of one launch, compiled for ``sm_<arch>``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = launch["fn"]
+    sig, attrs = _signature(fn, launch["args"], launch["constexprs"])
+    src = ASTSource(fn=fn, signature=sig, constexprs=launch["constexprs"], attrs=attrs)
+    opts = {k: launch[k] for k in ("num_warps", "num_stages") if k in launch}
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    return [line.split("\t", 1)[-1].strip() if "\t" in line else line.strip()
+            for line in kernel.asm["sass"].splitlines() if line.strip()]
+
+
+def _ops(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        if line.endswith(":") or line.startswith(("Function", ".")):
+            continue
+        op = re.sub(r"^@!?U?P\w+\s+", "", line).split()[0].rstrip(";")
+        if op not in ("NOP", "EXIT") and not op.startswith("BRA"):
+            out.append(op)
+    return out
+
+
+def loop_body(lines: list[str]) -> list[str]:
+    """The instructions of the hot loop: the backward-branching loop with the most global loads,
+    the innermost of those on ties (empty when there is none)."""
+    labels = {line[:-1]: i for i, line in enumerate(lines) if line.endswith(":")}
+    best: list[str] = []
+    for j, line in enumerate(lines):
+        m = re.search(r"BRA\s+`?\(?\.?(\w+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] < j:
+            body = _ops(lines[labels[m.group(1)] + 1: j + 1])
+            key = (sum(o.startswith("LDG") for o in body), -len(body))
+            if body and (not best or key > (sum(o.startswith("LDG") for o in best), -len(best))):
+                best = body  # (never the empty trap after EXIT, which branches to itself)
+    return best
+
+
+def count(launch: dict[str, Any], arch: int) -> dict[str, Any]:
+    lines = disassemble(launch, arch)
+    ops = _ops(lines)
+    ce, threads = launch["constexprs"], 32 * launch.get("num_warps", 4)
+    name = launch["fn"].__name__
+    row: dict[str, Any] = {"kernel": name, "warps": launch.get("num_warps", 4), "instructions": len(ops),
+                           "vector loads": sum(o.startswith("LDG") and o.endswith((".64", ".128")) for o in ops),
+                           "scalar loads": sum(o in ("LDG.E", "LDG.E.U16", "LDG.E.16") for o in ops),
+                           "vector stores": sum(o.startswith("STG") and o.endswith((".64", ".128")) for o in ops)}
+    if name.startswith("write"):
+        per = ce["BY"] * ce["BX"] / threads
+        row.update({"tile": f"{ce['BY']}x{ce['BX']}", "elements/thread": per, "instr/element": len(ops) / per})
+    elif name.startswith("reduce"):
+        body = loop_body(lines)
+        per = ce["BLOCK_C"] * ce["BLOCK_P"] / threads
+        row.update({"tile": f"{ce['BLOCK_C']}x{ce['BLOCK_P']}", "elements/thread": per,
+                    "instr/element": len(body) / per if body else float("nan"),
+                    "loop loads": sum(o.startswith("LDG") for o in body)})
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    p.add_argument("--out", type=int, default=224)
+    p.add_argument("--cases", default=None, help="C:map,... (default 512:7,2048:7,1024:14,512:28)")
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--configs", default='{};{"write": "gather", "write_warps": 4}',
+                   help="';'-separated JSON overrides of egl.kernels._cam_triton.CONFIG")
+    p.add_argument("--sms", type=int, default=132, help="multiprocessors (H200: 132)")
+    p.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock (H200: 1.98)")
+    p.add_argument("--bandwidth-gbs", type=float, default=4275.0, help="copy bandwidth, read + write (H200: 4275)")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    bytes_per_cycle = a.bandwidth_gbs * 1e9 / a.sms / (a.clock_ghz * 1e9)  # per multiprocessor
+    import triton
+
+    cases = CASES if a.cases is None else [tuple(int(v) for v in s.split(":")) for s in a.cases.split(",")]
+    rows = []
+    for dname in a.dtypes.split(","):
+        for c, side in cases:
+            for cfg_text in a.configs.split(";"):
+                cfg = json.loads(cfg_text)
+                for launch in launches(c, side, a.out, getattr(torch, dname), cfg):
+                    if launch["fn"].__name__.startswith("stats"):
+                        continue
+                    row = count(launch, a.arch)
+                    if "instr/element" in row:  # write: 4-byte pixels; reduce: activation elements
+                        size = 4 if row["kernel"].startswith("write") else getattr(torch, dname).itemsize
+                        row["issue ceiling"] = 4 * 32 / (row["instr/element"] * bytes_per_cycle / size)
+                    rows.append({"dtype": dname, "C": c, "map": f"{side}x{side}", "config": cfg_text, **row})
+                    print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    print(f"\nsm_{a.arch}, Triton {triton.__version__}, torch {torch.__version__}; static SASS counts "
+          "(write: per output pixel; reduce: per activation element, loop body)")
+    print(table(rows, COLUMNS))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"arch": a.arch, "triton": triton.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
