@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/activations.py
 	$(PY) benchmarks/kernel.py --stages
+	$(PY) benchmarks/kernel_sass.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

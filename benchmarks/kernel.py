@@ -93,13 +93,13 @@ def check(acts: torch.Tensor, w: torch.Tensor, size: tuple[int, int], scale: flo
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton
 
-    for impl in ("dot", "bmm"):
+    for name, cfg in (("dot", {"reduce": "dot"}), ("bmm", {"reduce": "bmm"}), ("gather", {"write": "gather"})):
         try:
-            res[f"err maps ({impl})"] = _rel(_cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
-                                                                 config={"reduce": impl})[0], ref)
+            res[f"err maps ({name})"] = _rel(_cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
+                                                                 config=cfg)[0], ref)
         except Exception as e:  # noqa: BLE001 - reported in the table, not fatal
-            print(f"  reduce={impl}: {type(e).__name__}: {str(e)[:100]}", flush=True)
-            res[f"err maps ({impl})"] = float("nan")
+            print(f"  {cfg}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            res[f"err maps ({name})"] = float("nan")
     return res
 
 
@@ -112,7 +112,7 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
     cfg = dict(_cam_triton.CONFIG)
     b, c, h, wd = acts.shape
     part = _cam_triton.reduce_stage(acts, w, cfg)
-    low, rows, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg)
+    low, x_rows, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg)
     gather = {**cfg, "write": "gather"}
     d = _cam_triton_backward.grad_low(g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS)
     a_bytes = acts.numel() * acts.element_size()
@@ -123,7 +123,7 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
                                         part.numel() * 4)
     fns["stats (gather)"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, gather),
                              part.numel() * 4)
-    fns["write (separable)"] = (lambda: _cam_triton.write_stage(low, rows, stats, (h, wd), size, True, REL_EPS, cfg),
+    fns["write (separable)"] = (lambda: _cam_triton.write_stage(low, x_rows, stats, (h, wd), size, True, REL_EPS, cfg),
                                 out_bytes)
     fns["write (gather)"] = (lambda: _cam_triton.write_stage(low, None, stats, (h, wd), size, True, REL_EPS, gather),
                              out_bytes)
@@ -213,7 +213,7 @@ def main() -> None:
             print(f"  done {case}", flush=True)
     print("\n## correctness (relative to float64)")
     print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan", "err maps (dot)",
-                         "err maps (bmm)"]))
+                         "err maps (bmm)", "err maps (gather)"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
     print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
     if stage_rows:
