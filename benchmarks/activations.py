@@ -6,8 +6,9 @@
 Counts the bytes of every tensor saved for the backward (parameters excluded, each storage
 once) while a phase computes its loss: a hardware-independent measure of the activation memory
 that dominates peak memory at training resolution. Rows: ERM, ALIGN's two phases with the
-masker's activations recomputed (the default for the learned masker) and kept, and the parts
-of ALIGN's masker phase on their own (the masker; the classifier on the masked pair).
+masker's activations recomputed (the default for the learned masker), kept, and kept whole
+(``recompute_bn=False``: BatchNorm outputs kept too), and the parts of ALIGN's masker phase on
+their own (the masker, either way; the classifier on the masked pair).
 """
 
 from __future__ import annotations
@@ -75,14 +76,20 @@ def main() -> None:
 
     erm = phases("erm")["classifier"]
     rows = [{"what": "erm step", "MB": erm / 1e6, "x erm": 1.0}]
-    for label, kw in (("align", {}), ("align, masker activations kept", {"masker_checkpoint": False})):
+    variants = (("align (masker recomputed: the default)", {}),
+                ("align, masker kept (masker_checkpoint=False)", {"masker_checkpoint": False}),
+                ("align, masker kept whole (and recompute_bn=False)",
+                 {"masker_checkpoint": False, "masker": lambda: egl.create("masker", "learned", recompute_bn=False)}))
+    for label, kw in variants:
+        kw = {k: v() if callable(v) else v for k, v in kw.items()}
         for ph, n in phases("align", warmup_steps=0, **kw).items():
             rows.append({"what": f"{label}: {ph} phase", "MB": n / 1e6, "x erm": n / erm})
     model = timm.create_model(a.arch, pretrained=False, num_classes=5, output_stride=16).train()
-    masker = egl.create("masker", "learned").train()
-    params = {q.untyped_storage().data_ptr() for q in [*model.parameters(), *masker.parameters()]}
-    m, n = saved_bytes(lambda: masker(x), params)
-    rows.append({"what": "  of which the masker", "MB": n / 1e6, "x erm": n / erm})
+    for recompute_bn in (True, False):
+        masker = egl.create("masker", "learned", recompute_bn=recompute_bn).train()
+        params = {q.untyped_storage().data_ptr() for q in [*model.parameters(), *masker.parameters()]}
+        m, n = saved_bytes(lambda: masker(x), params)
+        rows.append({"what": f"  of which the masker (recompute_bn={recompute_bn})", "MB": n / 1e6, "x erm": n / erm})
     with frozen(model):
         _, n = saved_bytes(lambda: masked_pair_logits(model, x, m), params)
     rows.append({"what": "  of which the classifier on the masked pair", "MB": n / 1e6, "x erm": n / erm})

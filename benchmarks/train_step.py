@@ -8,7 +8,9 @@ Rows: ``erm``; ``clf+align`` (a classifier step with the Grad-CAM BCE alignment 
 with no regularizer and no masker phase); ``align`` (the full ALIGN iteration: masker phase +
 classifier phase with the mixup regularizer); ``align-keep`` (the same with
 ``masker_checkpoint=False``); and every other registered recipe. With ``--only``, also
-``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
+``align-ckpt`` (``masker_checkpoint=True``), ``align-keep-whole`` and ``align-ckpt-whole`` (the
+learned masker with ``recompute_bn=False``: every BatchNorm output kept; kept whole or
+recomputed), ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
 round-robin repeats in one process; peak memory with each recipe in its own process.
@@ -56,6 +58,12 @@ def _recipe(name: str, arch: str) -> Any:
         return egl.create("recipe", "align", model, regularizer=None, warmup_steps=0, masker="ground_truth")
     if name == "align-keep":  # ALIGN keeping the masker's activations for the backward
         return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=False)
+    if name in ("align-keep-whole", "align-ckpt-whole"):  # ... with every BatchNorm output kept too
+        masker = egl.create("masker", "learned", recompute_bn=False)
+        return egl.create("recipe", "align", model, warmup_steps=0, masker=masker,
+                          masker_checkpoint=name == "align-ckpt-whole")
+    if name == "align-ckpt":  # ALIGN recomputing the masker's activations in its backward
+        return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=True)
     kw = {"warmup_steps": 0} if name == "align" else {}
     return egl.create("recipe", name, model, **kw)
 

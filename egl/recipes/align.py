@@ -25,8 +25,9 @@ Choices where the paper is silent (all arguments):
   masker forward; BatchNorm statistics are restored after it, so training is bit-for-bit
   unchanged). Measured on resnet18 at 224 px (``benchmarks/activations.py``,
   ``benchmarks/train_step.py``): the masker phase keeps 2.06x an ERM step's activations
-  instead of 3.08x; CPU peak memory 1.86-1.88x ERM instead of 2.4-2.8x, for 5-7% more time
-  (two runs).
+  instead of 2.59x (3.10x with ``LearnedMasker(recompute_bn=False)``, which also keeps its
+  BatchNorm outputs); on the CPU the extra masker forward costs time within noise (4.21x
+  against 4.27x ERM, one run; an earlier one read 5-7%).
   ``True`` forces it, ``False`` keeps the activations.
 * ``batch_mixup="auto"``: the mixup regularizer's pass over ``x̃`` runs in the same forward and
   Grad-CAM as the main pass over ``x`` (one pass over ``2B`` images) when that is exact: no

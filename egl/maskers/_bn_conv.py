@@ -1,0 +1,88 @@
+"""BatchNorm (training mode) followed by a convolution, keeping only BatchNorm's *input* for the backward.
+
+Autograd keeps both the input of a BatchNorm (for its own backward) and its output (the next
+convolution's input, for the weight gradient): two full-size maps. The output is an affine
+function of the input per channel, ``y = x · s + t`` with ``s = γ / σ`` and ``t = β - μ · s``
+from the batch's statistics, so the backward recomputes it with one elementwise pass instead
+of keeping it; the convolution is not rerun (its backward needs its input, not its output).
+This is the idea of in-place activated BatchNorm (Rota Bulò et al., CVPR 2018) for a
+``BN → conv`` pair: the learned masker's ``ReLU → BN → conv`` blocks keep one full-resolution map
+each instead of two (the ReLU's output *is* the BatchNorm's input, kept once).
+
+Exactness: the forward is PyTorch's own batch norm (``torch.native_batch_norm``: same output,
+same running-statistics update, ``num_batches_tracked`` and ``momentum=None`` handled as
+``nn.BatchNorm2d`` does) and PyTorch's convolution; the backward is PyTorch's convolution and
+batch-norm backward kernels. The one difference from autograd through the modules: the
+convolution's weight gradient sees ``y`` recomputed as a multiply-add, which may differ from the
+forward's ``y`` in the last bit. Under autocast the convolution runs in the autocast dtype, as
+it would in the module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egl._check import fail
+
+__all__ = ["bn_conv"]
+
+
+def _conv_dtype(x: Tensor) -> torch.dtype:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+class _BNConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor, weight: Tensor, bias: Tensor | None,
+                running: tuple[Tensor | None, Tensor | None], factor: float, eps: float, conv: nn.Conv2d) -> Tensor:
+        y, mean, invstd = torch.native_batch_norm(x, gamma, beta, running[0], running[1], True, factor, eps)
+        dtype = _conv_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.conv2d(y.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                           conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.save_for_backward(x, gamma, beta, weight, mean, invstd)
+        ctx.conv, ctx.eps, ctx.dtype, ctx.has_bias = conv, eps, dtype, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        x, gamma, beta, weight, mean, invstd = ctx.saved_tensors
+        conv, dtype = ctx.conv, ctx.dtype
+        scale = gamma.float() * invstd
+        shift = beta.float() - mean * scale
+        y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)).to(x.dtype)  # the BN output again
+        need = ctx.needs_input_grad
+        d_y, d_w, d_b = torch.ops.aten.convolution_backward(
+            grad.to(dtype), y.to(dtype), weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None,
+            list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups,
+            [need[0] or need[1] or need[2], need[3], ctx.has_bias and need[4]])
+        del y
+        d_x = d_gamma = d_beta = None
+        if need[0] or need[1] or need[2]:
+            d_x, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
+                d_y.to(x.dtype), x, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[1], need[2]])
+        return (d_x, d_gamma, d_beta, None if d_w is None else d_w.to(weight.dtype),
+                None if d_b is None else d_b.to(weight.dtype), None, None, None, None)
+
+
+def bn_conv(x: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> Tensor:
+    """``conv(bn(x))`` with ``bn`` in training mode, keeping only ``x`` for the backward.
+
+    ``conv`` must use zero padding (``padding_mode="zeros"``); ``bn`` must be affine.
+    """
+    if conv.padding_mode != "zeros" or not bn.affine:
+        raise fail("egl.maskers.bn_conv", "conv" if conv.padding_mode != "zeros" else "bn",
+                   "a zero-padded convolution after an affine BatchNorm",
+                   f"padding_mode={conv.padding_mode!r}, affine={bn.affine}", "Call conv(bn(x)) instead")
+    factor = 0.0
+    if bn.track_running_stats and bn.num_batches_tracked is not None:  # as nn.BatchNorm2d.forward
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+    return _BNConv.apply(x, bn.weight, bn.bias, conv.weight, conv.bias, running, factor, bn.eps, conv)

@@ -1,0 +1,127 @@
+"""egl.maskers._bn_conv.bn_conv: ``conv(bn(x))`` keeping only ``x`` for the backward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
+
+import egl
+from egl.maskers import LearnedMasker
+from egl.maskers._bn_conv import bn_conv
+
+
+def _pair(c: int = 6, out: int = 4, **conv_kw: object) -> tuple[nn.BatchNorm2d, nn.Conv2d]:
+    torch.manual_seed(0)
+    bn, conv = nn.BatchNorm2d(c), nn.Conv2d(c, out, 3, **conv_kw)  # type: ignore[arg-type]
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn, conv
+
+
+def _run(fused: bool, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor, steps: int = 2) -> tuple:
+    x = x.clone().requires_grad_(True)
+    for _ in range(steps):  # running statistics evolve over calls
+        out = bn_conv(x, bn, conv) if fused else conv(bn(x))
+    g = torch.linspace(-1, 1, out.numel()).view_as(out)
+    out.backward(g.to(out.dtype))
+    grads = [x.grad] + [p.grad for p in (*bn.parameters(), *conv.parameters())]
+    return out.detach(), grads, [b.clone() for b in bn.buffers()]
+
+
+@pytest.mark.parametrize("conv_kw", [{"padding": 1}, {"padding": 2, "stride": 2, "dilation": 2, "groups": 2,
+                                                       "bias": False}])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum: float | None) -> None:
+    bn, conv = _pair(**conv_kw)
+    bn.momentum = momentum
+    x = torch.randn(3, 6, 11, 9) * 2 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = _run(False, copy.deepcopy(bn), copy.deepcopy(conv), x)
+    got = _run(True, bn, conv, x)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got[2], ref[2]):  # running mean, var and num_batches_tracked
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_without_running_statistics() -> None:
+    torch.manual_seed(0)
+    bn, conv = nn.BatchNorm2d(4, track_running_stats=False), nn.Conv2d(4, 2, 1)
+    x = torch.randn(2, 4, 5, 5)
+    ref = _run(False, copy.deepcopy(bn), copy.deepcopy(conv), x)
+    got = _run(True, bn, conv, x)
+    torch.testing.assert_close(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_under_bf16_autocast_the_convolution_runs_in_bf16() -> None:
+    bn, conv = _pair(padding=1)
+    x = torch.randn(2, 6, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _run(False, copy.deepcopy(bn), copy.deepcopy(conv), x)
+        got = _run(True, bn, conv, x)
+    assert got[0].dtype == ref[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], ref[0])
+    for a, b in zip(got[1], ref[1]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_refuses_what_it_does_not_compute() -> None:
+    bn, conv = _pair(padding=1, padding_mode="reflect")
+    with pytest.raises(egl.InputError, match=r"'conv' expected a zero-padded convolution .*padding_mode='reflect'"):
+        bn_conv(torch.randn(2, 6, 5, 5), bn, conv)
+    with pytest.raises(egl.InputError, match=r"'bn' expected .*affine=False"):
+        bn_conv(torch.randn(2, 6, 5, 5), nn.BatchNorm2d(6, affine=False), nn.Conv2d(6, 2, 1))
+
+
+def _saved_bytes(fn) -> int:  # noqa: ANN001
+    seen: set[int] = set()
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, nn.Parameter) and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total[0] += t.untyped_storage().nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+@pytest.mark.parametrize("memory_format", ["input", "channels_last"])
+def test_learned_masker_keeps_half_and_trains_alike(memory_format: str) -> None:
+    torch.manual_seed(0)
+    whole = LearnedMasker(width=8, memory_format=memory_format, recompute_bn=False)
+    lean = LearnedMasker(width=8, memory_format=memory_format)
+    lean.load_state_dict(whole.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    full_map = 4 * 8 * 32 * 32 * 4  # bytes of one hidden map
+    kept = {m.recompute_bn: _saved_bytes(lambda m=m: m(x)) for m in (whole, lean)}
+    assert kept[False] >= 4 * full_map and kept[True] <= 2 * full_map + kept[False] - 4 * full_map
+    outs = []
+    for m in (whole, lean):
+        out = m(x)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append((out.detach(), [p.grad for p in m.parameters()], list(m.buffers())))
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    for a, b in zip(outs[1][1] + outs[1][2], outs[0][1] + outs[0][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # inference and eval take the plain path
+        torch.testing.assert_close(lean.eval()(x), whole.eval()(x))
+    assert "recompute_bn=True" in repr(lean)
+
+
+def test_recompute_bn_must_be_a_bool() -> None:
+    with pytest.raises(egl.InputError, match=r"'recompute_bn' expected True or False, got 1"):
+        LearnedMasker(recompute_bn=1)  # type: ignore[arg-type]
