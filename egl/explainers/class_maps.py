@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl.backbones import _LayoutError, head_kind, resolve_target, unsupported_model
 from egl.errors import UnsupportedModelError
 from egl.explainers.base import Explanation, double_backward_ready
@@ -91,8 +92,8 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             g = None
             if logits.requires_grad:
                 with torch.enable_grad():
-                    g = torch.autograd.grad(logits[:, k].sum(), act, retain_graph=True,
-                                            create_graph=create_graph, allow_unused=True)[0]
+                    g = inner_grad(logits[:, k].sum(), act, retain_graph=True, create_graph=create_graph,
+                                   allow_unused=True)[0]
             reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):

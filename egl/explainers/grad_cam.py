@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl._check import check_choice, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
@@ -212,9 +213,8 @@ class GradCAM(Explainer):
         with torch.enable_grad():
             logits = model.forward_head(head_in)
             t = _pick(logits, tgt, fn)
-            g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), head_in,
-                                    create_graph=create_graph and not self.detach_weights,
-                                    retain_graph=create_graph)[0]
+            g = inner_grad(logits.gather(1, t[:, None]).sum(), head_in,
+                           create_graph=create_graph and not self.detach_weights, retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
             if fmt == "NLC":
                 weights = g[:, -1]  # [B, C]: gradient at the pooled token
@@ -234,8 +234,8 @@ class GradCAM(Explainer):
                     f"{fn}: the logits of {type(self.model).__name__} do not depend on layer "
                     f"'{self._target.name}'. Pass layer= naming a layer on the path to the output."  # type: ignore[union-attr]
                 )
-            grad = torch.autograd.grad(score, act, create_graph=create_graph and not self.detach_weights,
-                                       retain_graph=create_graph, allow_unused=True)[0]
+            grad = inner_grad(score, act, create_graph=create_graph and not self.detach_weights,
+                              retain_graph=create_graph, allow_unused=True)[0]
         if grad is None:
             grad = torch.zeros_like(act)
         with torch.set_grad_enabled(create_graph):

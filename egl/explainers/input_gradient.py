@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl._check import check_choice
 from egl.explainers._postprocess import minmax_normalize
 from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
@@ -56,8 +57,8 @@ class InputGradient(Explainer):
         with torch.enable_grad(), double_backward_ready(create_graph):
             logits = self.model(leaf)
             t = logits.detach().argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
-            g = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaf, create_graph=create_graph,
-                                    retain_graph=create_graph)[0]
+            g = inner_grad(logits.gather(1, t[:, None]).sum(), leaf, create_graph=create_graph,
+                           retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
             sal = g.abs() if self.absolute else g
             if self.reduce == "mean":

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl._check import check_same_batch, check_shape
 from egl._masks import as_mask, resize_mask
 from egl.explainers.base import double_backward_ready
@@ -39,7 +40,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), double_backward_ready(True):
         logp = torch.log_softmax(model(leaf), dim=1)
-        (g,) = torch.autograd.grad(logp.sum(), leaf, create_graph=True)
+        (g,) = inner_grad(logp.sum(), leaf, create_graph=True)
     per_sample = ((1.0 - m) * g.pow(2)).flatten(1).sum(1)
     return reduce(per_sample, reduction, fn)
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from egl._amp import inner_scale
 from egl._check import describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl.errors import EGLError, InputError
@@ -259,8 +260,9 @@ class Recipe(nn.Module):
 
         with torch.profiler.record_function(f"egl.phase.{phase.name}"):
             opt.zero_grad(set_to_none=True)
-            try:
-                terms = phase.compute(b, step)
+            try:  # gradients taken inside the loss (saliency) are loss-scaled too (egl._amp)
+                with inner_scale(scaler.scale_value if scaler is not None else None) as inner:
+                    terms = phase.compute(b, step)
             except InputError:  # an immediate check (labels): tell the other ranks, then raise
                 first_failure(_INPUT, b.x.device)
                 raise
@@ -269,17 +271,21 @@ class Recipe(nn.Module):
             queued = checks.take()
             losses = torch.stack([v.detach().float() for v in terms.values()])
             extra = [s.to(losses.device) for s in queued.stats]  # a no-op unless a check ran elsewhere
-            if scaler is not None:  # the overflow flag travels in the same read
-                extra.insert(0, scaler.unscale_(p for g in opt.param_groups for p in g["params"]).to(losses.device))
+            if scaler is not None:  # the overflow flags travel in the same read
+                extra[:0] = [scaler.unscale_(p for g in opt.param_groups for p in g["params"]).to(losses.device),
+                             inner.overflowed(losses.device)]
             # one device-to-host read per phase, after the backward is queued (a read before it
             # would leave the device idle while the host queues the backward)
             stacked = torch.cat([losses, *extra])
             read = stacked.tolist()
             values = dict(zip(terms, read))
+            n_flags = 2 if scaler is not None else 0
             overflow = scaler is not None and read[len(terms)] > 0
-            error = queued.first_error(read[len(terms) + (scaler is not None):])
+            inner_overflow = scaler is not None and read[len(terms) + 1] > 0  # may have made the loss non-finite
+            error = queued.first_error(read[len(terms) + n_flags:])
             bad = [k for k, v in values.items() if not math.isfinite(v)]
-            code = _INPUT if error is not None else _NON_FINITE if bad else _OVERFLOW if overflow else 0
+            code = (_INPUT if error is not None else _OVERFLOW if inner_overflow else _NON_FINITE if bad
+                    else _OVERFLOW if overflow else 0)
             bad_rank, bad_code = first_failure(code, stacked.device)  # every rank acts alike
             if scaler is not None:
                 values["loss_scale"] = scaler.scale_value

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl._check import check_choice, check_tensor, fail
 from egl.backbones import is_timm_model, resolve_target
 from egl.errors import UnsupportedModelError
@@ -173,7 +174,7 @@ class SGDrop(Recipe):
             with torch.enable_grad():
                 logits = self.model.forward_head(leaf)
                 y = check_target_range(y, logits.shape[1], "egl.recipes.sgdrop")
-                (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf)
+                (g,) = inner_grad(logits.gather(1, y[:, None]).sum(), leaf)
         finally:
             with torch.no_grad():  # through .data: the loss graph saved these buffers; no sync
                 for b, s in zip(self.model.buffers(), saved):

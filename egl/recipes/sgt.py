@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from egl._amp import inner_grad
 from egl._check import check_choice, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes.base import Phase, Recipe
@@ -178,7 +179,7 @@ class SGT(Recipe):
         with torch.enable_grad():
             logits = self.model(leaf)
             y = check_target_range(y, logits.shape[1], "egl.recipes.sgt")
-            (g,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), leaf, retain_graph=True)
+            (g,) = inner_grad(logits.gather(1, y[:, None]).sum(), leaf, retain_graph=True)
         sal = (g.abs() if self.rank == "abs" else g).mean(dim=1, keepdim=True)
         return logits, sal
 

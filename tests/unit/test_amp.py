@@ -1,0 +1,103 @@
+"""egl._amp: gradients inside a loss, loss-scaled under float16 (inner_scale / inner_grad)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from _helpers import make_model
+from torch import Tensor, nn
+
+import egl
+from egl import recipes
+from egl._amp import inner_grad, inner_scale
+from egl.recipes.base import Phase
+from egl.recipes.erm import ERM
+from egl.train import LossScaler
+
+
+def _tiny_model() -> nn.Module:
+    """A CNN whose input gradients (about 1e-9) are below half of float16's smallest subnormal (6e-8)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)
+        model[0].bias.fill_(0.1)
+        model[4].weight.mul_(1e-2)
+    return model
+
+
+def test_without_a_scale_it_is_autograd_grad() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    (g,) = inner_grad((x ** 3).sum(), x)
+    assert torch.equal(g, 3 * x.detach() ** 2)
+
+
+def test_float16_input_gradients_survive_only_when_scaled() -> None:
+    model = _tiny_model()
+    explainer = egl.create("explainer", "input_gradient", model, normalize=False)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    ref = explainer.explain(x, y).saliency  # float32
+    assert 1e-11 < float(ref.abs().max()) < 2.9e-8
+    with torch.autocast("cpu", dtype=torch.float16):
+        plain = explainer.explain(x, y).saliency
+        with inner_scale(2.0**16) as state:
+            scaled = explainer.explain(x, y).saliency
+    assert float(plain.abs().max()) == 0.0  # flushed to zero in float16
+    assert scaled.dtype == torch.float32
+    torch.testing.assert_close(scaled, ref, rtol=2e-2, atol=1e-11)
+    assert state is not None and float(state.overflowed(torch.device("cpu"))) == 0.0
+
+
+def test_an_overflowing_inner_gradient_is_flagged() -> None:
+    x = torch.ones(4, requires_grad=True)
+    with inner_scale(2.0**16) as state:
+        (g,) = inner_grad((x.half() * 1000).sum(), x)  # 1000 * 2^15 overflows float16
+    assert state is not None and not torch.isfinite(g).all()
+    assert float(state.overflowed(torch.device("cpu"))) == 1.0
+
+
+class _InnerPenalty(ERM):
+    """ERM plus an input-gradient penalty computed in float16 (as under autocast)."""
+
+    name = "inner_penalty"
+
+    def phases(self) -> list[Phase]:
+        return [Phase("classifier", (self.model,), self._terms)]
+
+    def _terms(self, batch, step: int) -> dict[str, Tensor]:  # noqa: ANN001
+        terms = self._classifier_terms(batch, step)
+        leaf = batch.x.detach().requires_grad_(True)
+        (g,) = inner_grad((self.model(leaf).half() * 1000).sum(), leaf, create_graph=True)
+        penalty = g.pow(2).mean() * 1e-9
+        return {"ce": terms["ce"], "penalty": penalty, "total": terms["ce"] + penalty}
+
+
+def test_a_step_whose_inner_gradient_overflowed_is_skipped_not_stopped() -> None:
+    """The penalty turns inf when its gradient overflows float16 at the loss scale: the step is
+    skipped and the scale backed off (as for an overflow of the parameters' gradients), instead
+    of stopping with NonFiniteLossError; at a smaller scale the same step trains."""
+    recipe = _InnerPenalty(make_model("test_resnet", eval_mode=False))
+    opts = recipe.configure_optimizers()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    before = [p.detach().clone() for p in recipe.parameters()]
+    scaler = LossScaler(init_scale=2.0**16)
+    logs = recipe.training_step((x, y), 0, opts, scalers={"classifier": scaler})
+    assert logs["classifier/skipped"] == 1.0 and not math.isfinite(logs["classifier/penalty"])
+    assert scaler.scale_value == 2.0**15
+    assert all(torch.equal(a, p) for a, p in zip(before, recipe.parameters()))
+    scaler = LossScaler(init_scale=2.0**2)
+    logs = recipe.training_step((x, y), 1, opts, scalers={"classifier": scaler})
+    assert logs["classifier/skipped"] == 0.0 and math.isfinite(logs["classifier/penalty"])
+    assert any(not torch.equal(a, p) for a, p in zip(before, recipe.parameters()))
+
+
+def test_sgt_under_fp16_scaling_trains() -> None:
+    recipe = recipes.sgt(make_model("test_resnet", eval_mode=False))
+    opts = recipe.configure_optimizers()
+    scalers = {name: LossScaler() for name in opts}
+    with torch.autocast("cpu", dtype=torch.float16):
+        logs = recipe.training_step((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), 0, opts,
+                                    scalers=scalers)
+    assert all(math.isfinite(v) for v in logs.values()), logs
