@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
         "precision": "fp32",          # or "bf16" (autocast), "fp16" (autocast + loss scaling)
+        "loss_scale": None,           # fp16 only: LossScaler arguments, e.g. {init_scale: 1024}
         "channels_last": False,
         "progress": True,
     },

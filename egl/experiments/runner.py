@@ -64,7 +64,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                         generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
-               channels_last=bool(t.get("channels_last", False)))
+               loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)))
     return recipe
 
 

@@ -132,7 +132,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         progress: bool = True, device: torch.device | str | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 1000, resume: bool = False,
         tensorboard_dir: str | os.PathLike[str] | None = None, precision: str = "fp32",
-        channels_last: bool = False) -> list[dict[str, float]]:
+        loss_scale: dict[str, Any] | None = None, channels_last: bool = False) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     ``recipe.train()`` is called for the call; every module gets back the mode it had before
@@ -163,6 +163,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             dynamic :class:`egl.train.LossScaler` per phase: overflowing steps are skipped (on
             every rank) and logged as ``"<phase>/skipped"``, the scale as ``"<phase>/loss_scale"``;
             checkpoints keep the scales.
+        loss_scale: with ``precision="fp16"``, the arguments of every phase's
+            :class:`egl.train.LossScaler` (``init_scale``, ``growth_factor``, ``backoff_factor``,
+            ``growth_interval``; default: its defaults, GradScaler's). A resumed run continues
+            with the checkpoint's scales and factors.
         channels_last: put the recipe's modules and every batch in channels-last memory format
             (faster convolutions on recent GPUs; allowed on the CPU, where it rarely helps).
 
@@ -185,6 +189,15 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if precision not in ("fp32", "bf16", "fp16"):
         raise fail(FN, "precision", "'fp32', 'bf16' or 'fp16'", repr(precision),
                    "Use precision='bf16' for mixed precision ('fp16' on GPUs without bfloat16)")
+    if loss_scale is not None:
+        keys = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+        if precision != "fp16":
+            raise fail(FN, "loss_scale", "None unless precision='fp16' (only float16 is loss-scaled)",
+                       repr(loss_scale), "Pass precision='fp16', or leave loss_scale out")
+        if not isinstance(loss_scale, dict) or not set(loss_scale) <= set(keys):
+            raise fail(FN, "loss_scale", f"a dict with keys among {list(keys)}", repr(loss_scale),
+                       "Pass e.g. loss_scale={'init_scale': 2.0**10, 'growth_interval': 500}")
+        LossScaler(**loss_scale)  # its own checks, before any training starts
     if resume and checkpoint_dir is None:
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
@@ -209,7 +222,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             recipe.to(memory_format=memory_format)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         autocast = (lambda: torch.autocast(device.type, dtype=half)) if half is not None else contextlib.nullcontext
-        scalers = {name: LossScaler() for name in opts} if precision == "fp16" else None
+        scalers = {name: LossScaler(**(loss_scale or {})) for name in opts} if precision == "fp16" else None
         step_kwargs = {"scalers": scalers} if scalers is not None else {}
         stream = DataStream(loader, device)
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None

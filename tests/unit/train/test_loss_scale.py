@@ -112,6 +112,20 @@ def test_fit_fp16_trains_align_and_resumes_exactly(tmp_path) -> None:  # type: i
     assert last[0]["classifier/loss_scale"] == 2.0**9
 
 
+def test_fit_takes_the_loss_scalers_arguments() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    logs = recipe.fit([_batch()], 3, seed=0, progress=False, precision="fp16",
+                      loss_scale={"init_scale": 2.0**4, "growth_interval": 1})
+    assert [row["classifier/loss_scale"] for row in logs] == [2.0**4, 2.0**5, 2.0**6]  # grows every good step
+    with pytest.raises(egl.InputError, match=r"'loss_scale' expected None unless precision='fp16'.*Pass "
+                                             r"precision='fp16', or leave loss_scale out"):
+        recipe.fit([_batch()], 1, progress=False, precision="bf16", loss_scale={"init_scale": 2.0})
+    with pytest.raises(egl.InputError, match=r"'loss_scale' expected a dict with keys among \['init_scale'"):
+        recipe.fit([_batch()], 1, progress=False, precision="fp16", loss_scale={"scale": 2.0})
+    with pytest.raises(egl.InputError, match=r"LossScaler: 'init_scale' expected a positive power of two"):
+        recipe.fit([_batch()], 1, progress=False, precision="fp16", loss_scale={"init_scale": 1000})
+
+
 def test_gradients_not_finite_at_any_scale_stop_the_run() -> None:
     recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
     opts = recipe.configure_optimizers()
