@@ -132,6 +132,8 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
     fns["bwd: d acts = w x d"] = (lambda: w.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1), a_bytes)
     fns["bwd: d w = acts . d"] = (lambda: torch.bmm(acts.reshape(b, c, h * wd), d.to(acts.dtype).unsqueeze(2)),
                                   a_bytes)
+    fns["bwd: d acts + d w, one pass (triton)"] = (lambda: _cam_triton_backward.input_grads(
+        acts, w, d, (True, True), cfg), 2 * a_bytes)
     rows = []
     for k, (f, moved) in fns.items():
         try:

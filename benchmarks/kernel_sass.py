@@ -8,8 +8,8 @@ with Triton's launch intercepted, so every kernel is compiled with exactly the a
 constexprs and warps the real call passes (pointers 16-byte aligned and integers divisible by 16
 specialised, as Triton's launcher does), then disassembled (Triton's bundled ptxas and nvdisasm).
 Counts are static SASS instructions per thread, divided by the elements a thread handles:
-output pixels for ``write``, activation elements per loop iteration for ``reduce`` (the loop
-body only). When a kernel is bound by instruction issue, not memory, this is what sets its
+output pixels for ``write``, activation elements per loop iteration for ``reduce`` and the
+backward's ``input_grads`` (the loop body only; ``input_grads`` reads and writes each element). When a kernel is bound by instruction issue, not memory, this is what sets its
 time. "issue ceiling" is the fraction of the card's copy bandwidth a kernel could reach if its
 multiprocessors issued one warp instruction per scheduler every cycle (4 schedulers of 32 lanes;
 H200 defaults: 132 multiprocessors at 1.98 GHz, 4275 GB/s): below about 2 (200%), issue limits
@@ -42,11 +42,12 @@ DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", 
 
 
 def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The kernel launches of one forward call: ``{"fn", "args", "constexprs", "num_warps"}`` each."""
+    """The kernel launches of one forward call and of the backward's one-pass input gradients:
+    ``{"fn", "args", "constexprs", "num_warps"}`` each."""
     from triton.runtime.jit import JITFunction
 
     from egl.explainers._postprocess import REL_EPS
-    from egl.kernels import _cam_triton
+    from egl.kernels import _cam_triton, _cam_triton_backward
 
     seen: list[dict[str, Any]] = []
 
@@ -60,6 +61,8 @@ def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, 
     try:
         acts = torch.zeros(2, c, side, side, dtype=dtype)
         _cam_triton.forward(acts, torch.zeros(2, c), (out, out), 1.0, True, True, REL_EPS, config)
+        _cam_triton_backward.input_grads(acts, torch.zeros(2, c), torch.zeros(2, side * side), (True, True),
+                                         {**_cam_triton.CONFIG, **(config or {})})
     finally:
         JITFunction.run = real  # type: ignore[method-assign]
     return seen
@@ -114,18 +117,20 @@ def _ops(lines: list[str]) -> list[str]:
 
 
 def loop_body(lines: list[str]) -> list[str]:
-    """The instructions of the hot loop: the backward-branching loop with the most global loads,
-    the innermost of those on ties (empty when there is none)."""
+    """The instructions of the hot loop: of the innermost backward-branching loops (those that
+    contain no other), the one with the most global memory instructions (empty when none)."""
     labels = {line[:-1]: i for i, line in enumerate(lines) if line.endswith(":")}
-    best: list[str] = []
+    loops = []
     for j, line in enumerate(lines):
         m = re.search(r"BRA\s+`?\(?\.?(\w+)", line)
         if m and m.group(1) in labels and labels[m.group(1)] < j:
             body = _ops(lines[labels[m.group(1)] + 1: j + 1])
-            key = (sum(o.startswith("LDG") for o in body), -len(body))
-            if body and (not best or key > (sum(o.startswith("LDG") for o in best), -len(best))):
-                best = body  # (never the empty trap after EXIT, which branches to itself)
-    return best
+            if body:  # (never the empty trap after EXIT, which branches to itself)
+                loops.append((labels[m.group(1)], j, body))
+    inner = [lp for lp in loops if not any(lp[0] <= o[0] and o[1] <= lp[1] and o != lp for o in loops)]
+    if not inner:
+        return []
+    return max(inner, key=lambda lp: (sum(o.startswith(("LDG", "STG")) for o in lp[2]), -len(lp[2])))[2]
 
 
 def count(launch: dict[str, Any], arch: int) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def count(launch: dict[str, Any], arch: int) -> dict[str, Any]:
     if name.startswith("write"):
         per = ce["BY"] * ce["BX"] / threads
         row.update({"tile": f"{ce['BY']}x{ce['BX']}", "elements/thread": per, "instr/element": len(ops) / per})
-    elif name.startswith("reduce"):
+    elif name.startswith(("reduce", "input_grads")):
         body = loop_body(lines)
         per = ce["BLOCK_C"] * ce["BLOCK_P"] / threads
         row.update({"tile": f"{ce['BLOCK_C']}x{ce['BLOCK_P']}", "elements/thread": per,
@@ -175,8 +180,9 @@ def main() -> None:
                     if launch["fn"].__name__.startswith("stats"):
                         continue
                     row = count(launch, a.arch)
-                    if "instr/element" in row:  # write: 4-byte pixels; reduce: activation elements
+                    if "instr/element" in row:  # write: 4-byte pixels; others: activation elements
                         size = 4 if row["kernel"].startswith("write") else getattr(torch, dname).itemsize
+                        size *= 2 if row["kernel"].startswith("input_grads") else 1  # read + written
                         row["issue ceiling"] = 4 * 32 / (row["instr/element"] * bytes_per_cycle / size)
                     rows.append({"dtype": dname, "C": c, "map": f"{side}x{side}", "config": cfg_text, **row})
                     print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)

@@ -44,13 +44,14 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: :func:`reduce_stage`), elements per ``reduce`` tile, warps of
 #: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
 #: ``reduce`` programs to aim for per multiprocessor, software-pipelining depth of ``reduce``
-#: (0: Triton's default), and the write stage's formulation (``"separable"`` or ``"gather"``, see
-#: above). From benchmarks/kernel.py on an H200 (docs/performance.md): 8192-element tiles with 8
+#: (0: Triton's default), the write stage's formulation (``"separable"`` or ``"gather"``, see
+#: above), and how the backward forms the gradients of the activations and weights (``"triton"``:
+#: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`; ``"torch"``: two PyTorch ops). From benchmarks/kernel.py on an H200 (docs/performance.md): 8192-element tiles with 8
 #: warps matched or beat 4096 with 4 at every size measured (up to 12% faster). The separable
 #: write and its 2 warps were chosen by instruction count (sm_90), not yet timed on a GPU.
 CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
-                          "reduce_stages": 0}
+                          "reduce_stages": 0, "grads": "triton"}
 WRITES = ("separable", "gather")
 _INT32_LIMIT = 2**31
 

@@ -5,12 +5,18 @@
    are built in registers; the incoming gradient ``G`` is read once.
 2. ``finish``: grid ``(B,)``; sums the bands, applies the min/max terms, the ReLU mask and the
    scale, and writes ``d [B, h·w]``, from which ``d acts = w ⊗ d`` and ``d w = acts · d``.
+3. ``input_grads`` (``CONFIG["grads"] == "triton"``, the default): grid ``(B, S)`` over channel
+   shares as the forward's channel sum; writes ``d acts`` in the activations' dtype and layout
+   and sums ``d w`` in float32, reading the activations once (``"torch"``: one broadcast product
+   and one batched matrix-vector product, two passes).
 
 Used when the feature map is at most 64 x 64 (the interpolation tiles stay in registers);
 larger maps take the PyTorch formulation of the same maths. Imported only when Triton runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
@@ -19,7 +25,7 @@ from torch import Tensor
 
 from egl.kernels._cam_triton import _cdiv, _pow2, _ratio, _src
 
-__all__ = ["grad_low", "supported"]
+__all__ = ["grad_low", "input_grads", "supported"]
 
 MAX_SIDE = 64
 
@@ -87,6 +93,91 @@ def finish(band_ptr, low_ptr, stat_ptr, idx_ptr, d_ptr, T, hw, h, w, H, W, ry, r
     if RELU:
         m = tl.where(r > 0.0, m, 0.0)
     tl.store(d_ptr + b * hw + p, m * scale, mask=pm)
+
+
+@triton.jit
+def input_grads_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, C, hw, w, CH, NP, sa_b, sa_c, sa_h, sa_w, sg_b, sg_c,
+                       sg_h, sg_w, sw_b, sw_c, NEED_A: tl.constexpr, NEED_W: tl.constexpr, CLAMP: tl.constexpr,
+                       EVEN_C: tl.constexpr, WIDE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``ga[b, c, p] = w[b, c] · d[b, p]`` (in ``ga``'s dtype) and the partial sums
+    ``gw[b, j, c] = Σ_{p in block j} A[b, c, p] · d[b, p]`` (float32) for one share of the channels
+    of one sample. Positions are the outer loop (one block for maps up to ``BLOCK_P`` pixels), so
+    the tile's offsets are computed once per block; as in the forward's channel sum, with
+    ``CLAMP`` positions past ``h·w`` are clamped instead of masked (they store the value of the last
+    position again, to the same address, and add nothing to ``gw``) and with ``EVEN_C`` no channel
+    is masked."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    c_lo = s * CH
+    c_hi = tl.minimum(c_lo + CH, C)
+    a_b = a_ptr + b * sa_b
+    g_b = ga_ptr + b * sg_b
+    w_b = w_ptr + b * sw_b
+    rows = tl.arange(0, BLOCK_C)
+    if WIDE:
+        rows = rows.to(tl.int64)
+    for j in range(0, NP):
+        p = j * BLOCK_P + tl.arange(0, BLOCK_P)
+        pm = p < hw
+        pc = tl.minimum(p, hw - 1) if CLAMP else p
+        if WIDE:
+            pc = pc.to(tl.int64)
+        dv = tl.load(d_ptr + b * hw + pc) if CLAMP else tl.load(d_ptr + b * hw + pc, mask=pm, other=0.0)
+        dw = tl.where(pm, dv, 0.0)
+        a_offs = rows[:, None] * sa_c + ((pc // w) * sa_h + (pc % w) * sa_w)[None, :]
+        g_offs = rows[:, None] * sg_c + ((pc // w) * sg_h + (pc % w) * sg_w)[None, :]
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            c64 = tl.cast(c0, tl.int64)
+            g_t = g_b + c64 * sg_c  # per-tile base pointers: one multiply-add per element address
+            a_t = a_b + c64 * sa_c
+            if EVEN_C:
+                wv = tl.load(w_b + (c0 + rows) * sw_c).to(tl.float32)
+                m = pm[None, :]
+            else:
+                cm = c0 + rows < c_hi
+                wv = tl.load(w_b + (c0 + rows) * sw_c, mask=cm, other=0.0).to(tl.float32)
+                m = cm[:, None] & pm[None, :]
+            if NEED_A:
+                v = (wv[:, None] * dv[None, :]).to(ga_ptr.dtype.element_ty)
+                if CLAMP and EVEN_C:
+                    tl.store(g_t + g_offs, v)
+                else:
+                    tl.store(g_t + g_offs, v, mask=m)
+            if NEED_W:
+                if CLAMP and EVEN_C:
+                    av = tl.load(a_t + a_offs)
+                else:
+                    av = tl.load(a_t + a_offs, mask=m, other=0.0)
+                part = tl.sum(av.to(tl.float32) * dw[None, :], axis=1)
+                tl.store(gw_ptr + (b * NP + j) * C + c0 + rows, part, mask=(c0 + rows) < c_hi)
+
+
+def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, bool], cfg: dict[str, Any]
+                ) -> tuple[Tensor | None, Tensor | None]:
+    """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
+    ``d w`` float32; ``None`` where not needed."""
+    from egl.kernels._cam_triton import _INT32_LIMIT, _sm_count
+
+    b, c, h, w = acts.shape
+    hw = h * w
+    ga = torch.empty_like(acts) if needs[0] else None
+    block_p = min(_pow2(hw), 1024)
+    n_p = _cdiv(hw, block_p)
+    block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
+    target = cfg["programs_per_sm"] * _sm_count(str(acts.device))
+    splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
+    ch = _cdiv(_cdiv(c, splits), block_c) * block_c
+    splits = _cdiv(c, ch)
+    gw = torch.empty(b, n_p, c, device=acts.device, dtype=torch.float32) if needs[1] else None
+    g = ga if ga is not None else acts
+    flat = all(t.stride(3) == 1 and t.stride(2) == w for t in (acts, g))
+    reach = max(block_c * t.stride(1) + h * t.stride(2) + w * t.stride(3) for t in (acts, g))
+    input_grads_kernel[(b, splits)](acts, weights, d, g, gw if gw is not None else d, c, hw, w, ch, n_p,
+                                    *acts.stride(), *g.stride(), *weights.stride(), NEED_A=needs[0],
+                                    NEED_W=needs[1], CLAMP=not (flat and hw % 16 == 0), EVEN_C=c % block_c == 0,
+                                    WIDE=reach >= _INT32_LIMIT, BLOCK_C=block_c, BLOCK_P=block_p,
+                                    num_warps=cfg["reduce_warps"])
+    return ga, None if gw is None else gw.sum(1) if n_p > 1 else gw.view(b, c)
 
 
 def grad_low(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],

@@ -103,8 +103,10 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     interpolation weights of the pixels holding the minimum and maximum (on ties, the first
     such pixel; tied pixels drawn from the same source pixels get the same gradient either way).
     ``M`` and ``dr`` come from two Triton kernels (:mod:`egl.kernels._cam_triton_backward`) for
-    maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` are
-    one broadcast product and one batched matrix-vector product.
+    maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` come
+    from one Triton pass over the activations (``_cam_triton.CONFIG["grads"] == "triton"``, the
+    default; float32 sums, ``d acts`` rounded once to the activations' dtype) or from one
+    broadcast product and one batched matrix-vector product (``"torch"``).
     """
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton_backward
@@ -116,6 +118,12 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
             d = _cam_triton_backward.grad_low(grad, *args)
         else:
             d = _grad_low_torch(grad, *args)
+    from egl.kernels._cam_triton import CONFIG
+
+    if CONFIG["grads"] == "triton":  # one pass: reads the activations once, writes their gradient once
+        with torch.autocast(acts.device.type, enabled=False):
+            ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
+        return ga, None if gw32 is None else gw32.to(weights.dtype)
     ga = gw = None
     if needs[0]:
         ga = (weights.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1)).view(b, c, h, w)

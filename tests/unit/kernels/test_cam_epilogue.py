@@ -69,7 +69,13 @@ def test_gradients_match_reference(case: tuple, relu: bool, normalize: bool) -> 
 
 
 @needs_interpreter
-def test_gradient_of_one_input_only_and_of_channels_last_bf16_activations() -> None:
+@pytest.mark.parametrize("grads", ["triton", "torch"])
+def test_gradient_of_one_input_only_and_of_channels_last_bf16_activations(monkeypatch: pytest.MonkeyPatch,
+                                                                          grads: str) -> None:
+    """Both ways of forming ``d acts`` and ``d w`` (``CONFIG["grads"]``)."""
+    from egl.kernels import _cam_triton
+
+    monkeypatch.setitem(_cam_triton.CONFIG, "grads", grads)
     a, wt = _inputs(2, 24, 5, 6, seed=3)
     g = torch.randn(2, 1, 20, 18, generator=torch.Generator().manual_seed(4))
     a1 = a.clone().requires_grad_(True)
@@ -85,6 +91,7 @@ def test_gradient_of_one_input_only_and_of_channels_last_bf16_activations() -> N
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     (out * g).sum().backward()
     assert cl.grad.dtype == torch.bfloat16 and w3.grad.dtype == torch.float32
+    assert cl.grad.is_contiguous(memory_format=torch.channels_last)
     a4 = a.to(torch.bfloat16).float().requires_grad_(True)
     w4 = wt.clone().requires_grad_(True)
     (cam_epilogue_reference(a4, w4, (20, 18)) * g).sum().backward()
@@ -294,3 +301,33 @@ def test_the_channel_sum_with_64_bit_offsets_matches(monkeypatch: pytest.MonkeyP
     wide = _cam_triton.reduce_stage(a, wt, dict(_cam_triton.CONFIG)).sum(1)
     assert torch.equal(wide, narrow)
     torch.testing.assert_close(wide, torch.einsum("bc,bchw->bhw", wt, a).flatten(1), atol=1e-5, rtol=1e-5)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+def test_the_one_pass_input_gradients_match_the_two_ops(monkeypatch: pytest.MonkeyPatch, needs: tuple,
+                                                        layout: str) -> None:
+    """``input_grads``: ``d acts = w ⊗ d`` in the activations' layout and ``d w = A · d``, for
+    dense, channels-last and non-dense (sliced) activations, many channel splits, odd sizes."""
+    from egl.kernels import _cam_triton
+    from egl.kernels._cam_triton_backward import input_grads
+
+    monkeypatch.setitem(_cam_triton.CONFIG, "reduce_tile", 64)  # several channel tiles and splits
+    g = torch.Generator().manual_seed(15)
+    a = torch.randn(3, 37, 5, 7, generator=g)
+    if layout == "channels_last":
+        a = a.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        a = torch.randn(3, 40, 5, 9, generator=g)[:, 1:38, :, 1:8]
+    wt, d = torch.randn(3, 37, generator=g), torch.randn(3, 35, generator=g)
+    ga, gw = input_grads(a, wt, d, needs, dict(_cam_triton.CONFIG))
+    if needs[0]:
+        torch.testing.assert_close(ga, (wt[:, :, None] * d[:, None, :]).view(3, 37, 5, 7))
+        assert ga.stride() == torch.empty_like(a).stride()
+    else:
+        assert ga is None
+    if needs[1]:
+        torch.testing.assert_close(gw, torch.einsum("bchw,bhw->bc", a, d.view(3, 5, 7)), rtol=1e-5, atol=1e-5)
+    else:
+        assert gw is None
