@@ -4,9 +4,10 @@
     python benchmarks/kernel_sass.py --arch 80 --json sass.json
 
 No GPU needed: the launcher (:func:`egl.kernels._cam_triton.forward`) runs on small CPU tensors
-with Triton's launch intercepted, so every kernel is compiled with exactly the arguments,
-constexprs and warps the real call passes (pointers 16-byte aligned and integers divisible by 16
-specialised, as Triton's launcher does), then disassembled (Triton's bundled ptxas and nvdisasm).
+(batch ``--batch``) with Triton's launch intercepted, and every kernel is compiled with exactly
+the arguments, constexprs and warps the real call passes, specialised by Triton's own binder as
+its launcher does (a pointer 16-byte aligned or not by its address, integers divisible by 16 or
+equal to 1), then disassembled (Triton's bundled ptxas and nvdisasm).
 Counts are static SASS instructions per thread, divided by the elements a thread handles:
 output pixels for ``write``, activation elements per loop iteration for ``reduce`` and the
 backward's ``input_grads`` (the loop body only; ``input_grads`` reads and writes each element). When a kernel is bound by instruction issue, not memory, this is what sets its
@@ -41,9 +42,10 @@ COLUMNS = ["dtype", "C", "map", "config", "kernel", "tile", "warps", "instr/elem
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32"}
 
 
-def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any]) -> list[dict[str, Any]]:
+def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any],
+             batch: int = 2) -> list[dict[str, Any]]:
     """The kernel launches of one forward call and of the backward's one-pass input gradients:
-    ``{"fn", "args", "constexprs", "num_warps"}`` each."""
+    ``{"fn", "args", "kwargs"}`` each."""
     from triton.runtime.jit import JITFunction
 
     from egl.explainers._postprocess import REL_EPS
@@ -52,56 +54,39 @@ def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, 
     seen: list[dict[str, Any]] = []
 
     def record(self: JITFunction, *args: Any, grid: Any = None, warmup: bool = False, **kw: Any) -> None:
-        opts = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
-        names = [n for n in self.arg_names if n not in kw]
-        seen.append({"fn": self, "args": dict(zip(names, args)), "constexprs": kw, **opts})
+        seen.append({"fn": self, "args": args, "kwargs": kw})
 
     real = JITFunction.run
     JITFunction.run = record  # type: ignore[method-assign]
     try:
-        acts = torch.zeros(2, c, side, side, dtype=dtype)
-        _cam_triton.forward(acts, torch.zeros(2, c), (out, out), 1.0, True, True, REL_EPS, config)
+        acts = torch.zeros(batch, c, side, side, dtype=dtype)
+        _cam_triton.forward(acts, torch.zeros(batch, c), (out, out), 1.0, True, True, REL_EPS, config)
         if hasattr(_cam_triton_backward, "input_grads"):  # (absent before 2026-11-26: older commits)
-            _cam_triton_backward.input_grads(acts, torch.zeros(2, c), torch.zeros(2, side * side), (True, True),
+            _cam_triton_backward.input_grads(acts, torch.zeros(batch, c), torch.zeros(batch, side * side), (True, True),
                                              {**_cam_triton.CONFIG, **(config or {})})
     finally:
         JITFunction.run = real  # type: ignore[method-assign]
     return seen
 
 
-def _signature(fn: Any, args: dict[str, Any], constexprs: dict[str, Any]) -> tuple[dict[str, str], dict]:
-    sig: dict[str, str] = {}
-    attrs: dict[tuple[int, ...], list] = {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-            continue
-        v = args[name]
-        if isinstance(v, torch.Tensor):
-            sig[name] = "*" + DTYPES[v.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(v, bool):
-            sig[name] = "i1"
-        elif isinstance(v, int):
-            sig[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-            if v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            sig[name] = "fp32"
-    return sig, attrs
-
-
 def disassemble(launch: dict[str, Any], arch: int) -> list[str]:
-    """SASS instruction lines of one launch, compiled for ``sm_<arch>``."""
+    """SASS instruction lines of one launch, compiled for ``sm_<arch>`` as Triton's launcher would
+    (its own binder: pointer alignment from the tensors' addresses, integers divisible by 16 or
+    equal to 1 specialised)."""
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
 
     fn = launch["fn"]
-    sig, attrs = _signature(fn, launch["args"], launch["constexprs"])
-    src = ASTSource(fn=fn, signature=sig, constexprs=launch["constexprs"], attrs=attrs)
-    opts = {k: launch[k] for k in ("num_warps", "num_stages") if k in launch}
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    kwargs = {**launch["kwargs"], "debug": False, "instrumentation_mode": knobs.compilation.instrumentation_mode}
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*launch["args"], **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     return [line.split("\t", 1)[-1].strip() if "\t" in line else line.strip()
             for line in kernel.asm["sass"].splitlines() if line.strip()]
 
@@ -137,9 +122,10 @@ def loop_body(lines: list[str]) -> list[str]:
 def count(launch: dict[str, Any], arch: int) -> dict[str, Any]:
     lines = disassemble(launch, arch)
     ops = _ops(lines)
-    ce, threads = launch["constexprs"], 32 * launch.get("num_warps", 4)
+    ce, warps = launch["kwargs"], launch["kwargs"].get("num_warps", 4)
+    threads = 32 * warps
     name = launch["fn"].__name__
-    row: dict[str, Any] = {"kernel": name, "warps": launch.get("num_warps", 4), "instructions": len(ops),
+    row: dict[str, Any] = {"kernel": name, "warps": warps, "instructions": len(ops),
                            "vector loads": sum(o.startswith("LDG") and o.endswith((".64", ".128")) for o in ops),
                            "scalar loads": sum(o in ("LDG.E", "LDG.E.U16", "LDG.E.16") for o in ops),
                            "vector stores": sum(o.startswith("STG") and o.endswith((".64", ".128")) for o in ops)}
@@ -159,6 +145,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     p.add_argument("--out", type=int, default=224)
+    p.add_argument("--batch", type=int, default=256, help="batch of the (CPU) tensors: buffer offsets set alignment")
     p.add_argument("--cases", default=None, help="C:map,... (default 512:7,2048:7,1024:14,512:28)")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--configs", default='{};{"write": "gather", "write_warps": 4}',
@@ -177,7 +164,7 @@ def main() -> None:
         for c, side in cases:
             for cfg_text in a.configs.split(";"):
                 cfg = json.loads(cfg_text)
-                for launch in launches(c, side, a.out, getattr(torch, dname), cfg):
+                for launch in launches(c, side, a.out, getattr(torch, dname), cfg, a.batch):
                     if launch["fn"].__name__.startswith("stats"):
                         continue
                     row = count(launch, a.arch)

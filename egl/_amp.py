@@ -5,19 +5,28 @@ do not flush to zero in float16 (:class:`egl.train.LossScaler`). A gradient that
 contains (Grad-CAM's weights from autograd, an input gradient for RRR or SGT) runs its own
 backward through the same float16 layers, before the loss exists, so the loss scale does not
 protect it: an input gradient of 1e-9 is 0 in float16. While a phase runs under a scaler,
-:meth:`egl.recipes.Recipe.training_step` activates :func:`inner_scale` with the phase's scale;
-:func:`inner_grad` then multiplies the differentiated output by it and divides the gradients
-by it afterwards, in float32 (powers of two: exact). The inner scale is the phase's scale capped
-at ``MAX_INNER_SCALE`` = 2**15: the output's own gradient (the scale itself) enters the float16
-graph, whose largest finite value is 65504, so 2**16 (the loss scaler's default start) would be
-inf there; an outer loss is a mean over the batch and does not seed its float16 graph with the
-whole scale. A gradient that overflowed (inf or NaN
-after scaling) marks the step as overflowed: it is skipped and the scale backs off, as for the
-parameters' gradients. Without an active scale :func:`inner_grad` is ``torch.autograd.grad``.
+:meth:`egl.recipes.Recipe.training_step` activates :func:`inner_scale` with the phase's scale
+``S``; :func:`inner_grad` then multiplies the differentiated output by an inner scale ``s`` and
+divides the gradients by it afterwards, in float32 (powers of two: exact).
+
+The inner scale is ``s = √S`` (a power of two; at most ``MAX_INNER_SCALE``), not ``S``: when the
+loss is differentiated *through* an inner gradient (RRR's penalty, Grad-CAM's weights with
+``create_graph``), the outer backward reaches the inner graph through the division by ``s``,
+with ``S / s`` of the loss scale left; ``s = S`` would leave none, and second-order terms would
+flush to zero as if unscaled. ``√S`` gives both the inner gradients and the gradients through
+them ``√S`` of headroom (2^8 at the scaler's default 2^16). The cap 2^15 keeps the seed (``s``
+per element of the output, summed over classes by a softmax's backward) finite in float16.
+
+A gradient that overflowed (not finite although the differentiated output is) marks the step as
+overflowed: it is skipped and the scale backs off, as for the parameters' gradients. A
+non-finite *output* (NaN inputs, a diverged model) is not an overflow: the loss turns
+non-finite and the step raises as it would without scaling. Without an active scale
+:func:`inner_grad` is ``torch.autograd.grad``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,17 +35,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["InnerScale", "inner_grad", "inner_scale", "MAX_INNER_SCALE"]
+__all__ = ["InnerScale", "inner_grad", "inner_scale", "inner_scale_for", "MAX_INNER_SCALE"]
 
 #: the largest power of two below float16's largest finite value (65504)
 MAX_INNER_SCALE = 2.0**15
+
+
+def inner_scale_for(scale: float) -> float:
+    """The inner scale for a loss scale ``S``: ``2**floor(log2(S) / 2)``, between 1 and ``MAX_INNER_SCALE``."""
+    return min(max(2.0 ** math.floor(math.log2(scale) / 2), 1.0), MAX_INNER_SCALE) if scale > 0 else 1.0
 
 
 class InnerScale:
     """The scale of the running phase and the overflow flags of its inner gradients (device tensors)."""
 
     def __init__(self, scale: float) -> None:
-        self.scale = min(float(scale), MAX_INNER_SCALE)
+        self.loss_scale = float(scale)
+        self.scale = inner_scale_for(self.loss_scale)
         self.flags: list[Tensor] = []
 
     def overflowed(self, device: torch.device) -> Tensor:
@@ -51,8 +66,8 @@ _ACTIVE: ContextVar[InnerScale | None] = ContextVar("egl_inner_scale", default=N
 
 @contextmanager
 def inner_scale(scale: float | None) -> Iterator[InnerScale | None]:
-    """Scale the inner gradients taken inside this block by ``scale`` (at most
-    ``MAX_INNER_SCALE``; ``None``: do nothing)."""
+    """Loss-scale the inner gradients taken inside this block, for the loss scale ``scale``
+    (their own scale is :func:`inner_scale_for` of it; ``None``: do nothing)."""
     if scale is None:
         yield None
         return
@@ -74,12 +89,13 @@ def inner_grad(output: Tensor, inputs: Tensor | Sequence[Tensor], **kwargs: Any)
     if state is None:
         return torch.autograd.grad(output, inputs, **kwargs)
     grads = torch.autograd.grad(output.float() * state.scale, inputs, **kwargs)  # float32: no overflow here
+    finite_output = torch.isfinite(output.detach()).all()
     out: list[Tensor | None] = []
     for g in grads:
         if g is None:
             out.append(None)
             continue
         g = g.float() / state.scale
-        state.flags.append(torch.logical_not(torch.isfinite(g.detach()).all()).float().reshape(1))
+        state.flags.append((finite_output & torch.logical_not(torch.isfinite(g.detach()).all())).float().reshape(1))
         out.append(g)
     return tuple(out)

@@ -98,7 +98,7 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):
                 alpha = _to_nchw(g, fmt, model, hw).mean(dim=(2, 3))
-                maps.append(torch.einsum("bc,bchw->bhw", alpha, a))
+                maps.append(torch.einsum("bc,bchw->bhw", alpha.to(a.dtype), a))  # (inner_grad may give float32)
         if not reached:
             raise UnsupportedModelError(
                 f"{fn}: the logits of {type(model).__name__} do not depend on layer '{cam.target_layer}'. "

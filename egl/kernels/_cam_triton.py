@@ -16,9 +16,9 @@ activations read once, maps written once.
    with the stored min and max (range-relative epsilon) and writes it: one store per pixel.
    ``"separable"`` (default) interpolates ``rows`` along ``y``: two contiguous vector loads and
    one vector store per four pixels; ``"gather"`` gathers the four source pixels of every output
-   pixel from the low-resolution map. Compiled for sm_90, the separable tile takes about 2.5x
-   fewer instructions per pixel (``benchmarks/kernel_sass.py``: 39 -> 15), and the gather
-   write was issue-bound on an H200 (45% of the copy bandwidth whatever the map size).
+   pixel from the low-resolution map. Compiled for sm_90, the separable tile takes 2.5x fewer
+   instructions per pixel (``benchmarks/kernel_sass.py``: 38.8 -> 15.5), and the gather write
+   was issue-bound on an H200 (45% of the copy bandwidth whatever the map size).
 
 Stages 2 and 3 evaluate the map with one shared function per mode, so the stored extremes are
 those of the written values. Imported only when the Triton backend runs.
@@ -334,9 +334,10 @@ def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float
     separable = cfg["write"] == "separable"
     bx = _write_tile(size, cfg)[1]
     wp = _cdiv(ww, bx) * bx if separable else 0  # rows padded to whole write tiles: no masked loads
-    work = torch.empty(b * (hw + 2 + h * wp), device=dev, dtype=torch.float32)  # one allocation for all
-    low, stats = work[: b * hw].view(b, hw), work[b * hw: b * (hw + 2)].view(b, 2)
-    rows = work[b * (hw + 2):].view(b, h, wp) if separable else None
+    work = torch.empty(b * (h * wp + hw + 2), device=dev, dtype=torch.float32)  # one allocation for all
+    n_rows = b * h * wp  # rows first: at the allocation's (aligned) start, so the write's loads vectorise
+    rows = work[:n_rows].view(b, h, wp) if separable else None
+    low, stats = work[n_rows: n_rows + b * hw].view(b, hw), work[n_rows + b * hw:].view(b, 2)
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
@@ -362,6 +363,9 @@ def write_stage(low: Tensor, rows: Tensor | None, stats: Tensor, hw_shape: Any, 
     out = torch.empty(b, 1, hh, ww, device=low.device, dtype=torch.float32)
     by, bx = _write_tile(size, cfg)
     grid = (b, _cdiv(hh, by), _cdiv(ww, bx))
+    if rows is not None and rows.shape[2] % bx:  # its loads are unmasked: rows must span whole tiles
+        raise ValueError(f"egl.kernels._cam_triton.write_stage: 'rows' are {rows.shape[2]} wide, not a multiple of "
+                         f"the write tile's {bx} columns; pass the config that stats_stage was given")
     if rows is not None:
         write_rows_kernel[grid](rows, stats, out, h, hh, ww, rows.shape[2], _ratio(h, hh), float(rel_eps),
                                 NORMALIZE=normalize, BY=by, BX=bx, num_warps=cfg["write_warps"])

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_shape, fail
-from egl.maskers._bn_conv import bn_conv
+from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
 
 __all__ = ["LearnedMasker"]
@@ -38,9 +38,10 @@ class LearnedMasker(Masker):
         memory_format: layout of the hidden maps: ``"auto"`` (default: channels-last on the
             CPU, the input's layout elsewhere), ``"channels_last"`` or ``"input"`` (the
             input's layout). The output's values do not depend on it (up to rounding).
-        recompute_bn: in training mode with gradients, recompute each BatchNorm's output in
-            the backward instead of keeping it (default True: half the masker's activation
-            memory, one elementwise pass per block more).
+        recompute_bn: with gradients, recompute the output of each BatchNorm in training mode
+            in the backward instead of keeping it (default True: half the masker's activation
+            memory, one elementwise pass per block more). A BatchNorm in eval mode (frozen),
+            replaced (``SyncBatchNorm``) or hooked runs as a plain module.
 
     Shape:
         x: ``B C H W``; returns ``B 1 H W`` in (0, 1).
@@ -84,11 +85,12 @@ class LearnedMasker(Masker):
                        f"Build the masker with in_channels={x.shape[1]}")
         if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if not (self.recompute_bn and self.training and torch.is_grad_enabled()):
+        if not (self.recompute_bn and torch.is_grad_enabled()):
             return self.net(x).sigmoid()
         conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
-        h = relu2(bn_conv(relu1(conv1(x)), bn1, conv2))
-        return bn_conv(h, bn2, conv3).sigmoid()
+        h = relu1(conv1(x))
+        h = relu2(bn_conv(h, bn1, conv2) if fusable(bn1, conv2) else conv2(bn1(h)))
+        return (bn_conv(h, bn2, conv3) if fusable(bn2, conv3) else conv3(bn2(h))).sigmoid()
 
     def extra_repr(self) -> str:
         return f"memory_format={self.memory_format!r}, recompute_bn={self.recompute_bn}"

@@ -281,7 +281,8 @@ class Recipe(nn.Module):
             values = dict(zip(terms, read))
             n_flags = 2 if scaler is not None else 0
             overflow = scaler is not None and read[len(terms)] > 0
-            inner_overflow = scaler is not None and read[len(terms) + 1] > 0  # may have made the loss non-finite
+            # an inner gradient overflowed (its output was finite): may have made the loss non-finite
+            inner_overflow = scaler is not None and read[len(terms) + 1] > 0
             error = queued.first_error(read[len(terms) + n_flags:])
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             code = (_INPUT if error is not None else _OVERFLOW if inner_overflow else _NON_FINITE if bad
@@ -295,10 +296,12 @@ class Recipe(nn.Module):
                 if scaler is not None:
                     scaler.update(True)
                     if scaler.scale_value < 1.0:  # every rank holds the same scale: all raise
+                        what = ("the loss is not finite only through a gradient inside it that overflowed"
+                                if bad else "the loss itself is finite")
                         raise NonFiniteLossError(
                             f"egl.recipes.{self.name}: the gradients of phase '{phase.name}' are not finite even "
-                            f"with the loss scaled down to {scaler.scale_value:g} at step {step} (the loss "
-                            "itself is finite). Check the inputs and the model for NaN, or use precision='bf16'; "
+                            f"with the loss scaled down to {scaler.scale_value:g} at step {step} ({what}). "
+                            "Check the inputs and the model for NaN, or use precision='bf16'; "
                             "parameters were not updated at this step.")
                 return {f"{phase.name}/{k}": v for k, v in values.items()}
             if bad_rank >= 0:

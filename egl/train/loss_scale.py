@@ -8,9 +8,10 @@ gradients overflowed (inf or NaN after scaling) is skipped and the scale halved,
 recipe's one read per phase and, under ``torch.distributed``, every rank skips the same steps
 (:meth:`egl.recipes.Recipe.training_step`). Scales are powers of two, so multiplying and
 dividing by them adds no rounding. Two differences from GradScaler: a non-finite *loss* still
-raises :class:`egl.recipes.NonFiniteLossError` (only non-finite *gradients* skip the step),
-and a scale that falls below 1 (gradients not finite at any scale) raises it too, instead of
-skipping steps for ever.
+raises :class:`egl.recipes.NonFiniteLossError` (only non-finite *gradients* skip the step;
+the one exception is a loss made non-finite by a gradient taken inside it that overflowed,
+see :mod:`egl._amp`), and a scale that falls below 1 (gradients not finite at any scale)
+raises it too, instead of skipping steps for ever.
 
 Example:
     >>> import torch

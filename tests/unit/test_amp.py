@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from _helpers import make_model
 from torch import Tensor, nn
 
 import egl
 from egl import recipes
-from egl._amp import inner_grad, inner_scale
+from egl._amp import inner_grad, inner_scale, inner_scale_for
 from egl.recipes.base import Phase
 from egl.recipes.erm import ERM
 from egl.train import LossScaler
@@ -42,20 +43,36 @@ def test_float16_input_gradients_survive_only_when_scaled() -> None:
     assert 1e-11 < float(ref.abs().max()) < 2.9e-8
     with torch.autocast("cpu", dtype=torch.float16):
         plain = explainer.explain(x, y).saliency
-        with inner_scale(2.0**16) as state:
+        with inner_scale(2.0**30) as state:  # inner scale: sqrt, capped at 2^15
             scaled = explainer.explain(x, y).saliency
     assert float(plain.abs().max()) == 0.0  # flushed to zero in float16
     assert scaled.dtype == torch.float32
     torch.testing.assert_close(scaled, ref, rtol=2e-2, atol=1e-11)
-    assert state is not None and float(state.overflowed(torch.device("cpu"))) == 0.0
+    assert state is not None and state.scale == 2.0**15
+    assert float(state.overflowed(torch.device("cpu"))) == 0.0
 
 
-def test_an_overflowing_inner_gradient_is_flagged() -> None:
+def test_the_inner_scale_is_the_square_root_of_the_loss_scale() -> None:
+    """Gradients taken *through* an inner gradient keep S / s of the loss scale: s = sqrt(S)
+    leaves both sides sqrt(S) of headroom (s = S would leave the second-order terms none)."""
+    assert [inner_scale_for(2.0**k) for k in (0, 1, 4, 16, 17, 40)] == [1.0, 1.0, 4.0, 2.0**8, 2.0**8, 2.0**15]
+    assert inner_scale_for(0.5) == 1.0
+    x = torch.ones(3, requires_grad=True)
+    with inner_scale(2.0**16) as state:
+        (g,) = inner_grad((x ** 2).sum(), x, create_graph=True)
+        g.sum().backward()  # d/dx of sum(2x): 2, whatever the scale
+    assert state is not None and state.scale == 2.0**8 and torch.equal(x.grad, torch.full((3,), 2.0))
+
+
+def test_an_overflowing_inner_gradient_is_flagged_a_non_finite_output_is_not() -> None:
     x = torch.ones(4, requires_grad=True)
     with inner_scale(2.0**16) as state:
-        (g,) = inner_grad((x.half() * 1000).sum(), x)  # 1000 * 2^15 overflows float16
+        (g,) = inner_grad((x.half() * 1000).sum(), x)  # 1000 * 2^8 overflows float16
     assert state is not None and not torch.isfinite(g).all()
     assert float(state.overflowed(torch.device("cpu"))) == 1.0
+    with inner_scale(2.0**16) as state:
+        (g,) = inner_grad((x * float("nan")).sum(), x)  # NaN in, NaN out: not an overflow
+    assert state is not None and float(state.overflowed(torch.device("cpu"))) == 0.0
 
 
 class _InnerPenalty(ERM):
@@ -91,6 +108,17 @@ def test_a_step_whose_inner_gradient_overflowed_is_skipped_not_stopped() -> None
     logs = recipe.training_step((x, y), 1, opts, scalers={"classifier": scaler})
     assert logs["classifier/skipped"] == 0.0 and math.isfinite(logs["classifier/penalty"])
     assert any(not torch.equal(a, p) for a, p in zip(before, recipe.parameters()))
+
+
+def test_a_nan_batch_still_stops_a_float16_run() -> None:
+    """Inner gradients of a NaN batch are NaN because their output is: the step raises as it
+    would without scaling (it is not skipped as an overflow)."""
+    recipe = recipes.sgt(make_model("test_resnet", eval_mode=False))
+    opts = recipe.configure_optimizers()
+    x = torch.randn(4, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(recipes.NonFiniteLossError):
+        recipe.training_step((x, torch.tensor([0, 1, 2, 0])), 0, opts, scalers={n: LossScaler() for n in opts})
 
 
 def test_sgt_under_fp16_scaling_trains() -> None:

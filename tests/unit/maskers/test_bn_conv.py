@@ -125,3 +125,28 @@ def test_learned_masker_keeps_half_and_trains_alike(memory_format: str) -> None:
 def test_recompute_bn_must_be_a_bool() -> None:
     with pytest.raises(egl.InputError, match=r"'recompute_bn' expected True or False, got 1"):
         LearnedMasker(recompute_bn=1)  # type: ignore[arg-type]
+
+
+def test_frozen_replaced_or_hooked_batchnorms_run_as_plain_modules() -> None:
+    """Only a plain BatchNorm2d in training mode takes the fused path: one in eval mode keeps
+    its running statistics (as freeze_batchnorm expects), a subclass or a hooked module runs
+    as itself."""
+    torch.manual_seed(0)
+    ref = LearnedMasker(width=4, recompute_bn=False)
+    lean = LearnedMasker(width=4)
+    lean.load_state_dict(ref.state_dict())
+    for m in (ref, lean):
+        m.net[2].eval()  # the first BatchNorm frozen
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(lean(x), ref(x))
+    assert int(lean.net[2].num_batches_tracked) == 0 and int(lean.net[5].num_batches_tracked) == 1
+    seen = []
+    lean.net[5].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    lean(x)
+    assert seen == [(2, 4, 8, 8)]
+    from egl.maskers._bn_conv import fusable
+
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    assert fusable(nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)) and not fusable(MyBN(4), nn.Conv2d(4, 2, 1))
