@@ -334,10 +334,11 @@ def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float
     separable = cfg["write"] == "separable"
     bx = _write_tile(size, cfg)[1]
     wp = _cdiv(ww, bx) * bx if separable else 0  # rows padded to whole write tiles: no masked loads
-    work = torch.empty(b * (h * wp + hw + 2), device=dev, dtype=torch.float32)  # one allocation for all
-    n_rows = b * h * wp  # rows first: at the allocation's (aligned) start, so the write's loads vectorise
-    rows = work[:n_rows].view(b, h, wp) if separable else None
-    low, stats = work[n_rows: n_rows + b * hw].view(b, hw), work[n_rows + b * hw:].view(b, 2)
+    work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)  # one allocation for both
+    low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
+    # an allocation of its own: aligned (the write's loads vectorise), and freed after the forward
+    # (the backward keeps low and stats)
+    rows = torch.empty(b, h, wp, device=dev, dtype=torch.float32) if separable else None
     argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
