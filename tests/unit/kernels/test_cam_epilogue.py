@@ -331,3 +331,14 @@ def test_the_one_pass_input_gradients_match_the_two_ops(monkeypatch: pytest.Monk
         torch.testing.assert_close(gw, torch.einsum("bchw,bhw->bc", a, d.view(3, 5, 7)), rtol=1e-5, atol=1e-5)
     else:
         assert gw is None
+
+
+def test_the_reference_keeps_tiny_weights_on_float16_activations() -> None:
+    """Loss-scaled inner gradients come back as float32 weights below float16's range: the
+    reference sums in float32 for float16 activations instead of flushing them to zero."""
+    a, wt = _inputs(2, 6, 4, 4, seed=16)
+    tiny = wt * 1e-9
+    out = cam_epilogue_reference(a.half(), tiny, (8, 8), normalize=False, relu=False)
+    ref = cam_epilogue_reference(a.half().float(), tiny, (8, 8), normalize=False, relu=False)
+    assert out.dtype == torch.float32 and float(out.abs().max()) > 0
+    torch.testing.assert_close(out, ref)
