@@ -4,7 +4,8 @@
     python benchmarks/kernel_sass.py --arch 80 --json sass.json
 
 No GPU needed: the launcher (:func:`egl.kernels._cam_triton.forward`) runs on small CPU tensors
-(batch ``--batch``) with Triton's launch intercepted, and every kernel is compiled with exactly
+(batch ``--batch``, channels split for ``--sms`` multiprocessors) with Triton's launch
+intercepted, and every kernel is compiled with exactly
 the arguments, constexprs and warps the real call passes, specialised by Triton's own binder as
 its launcher does (a pointer 16-byte aligned or not by its address, integers divisible by 16 or
 equal to 1), then disassembled (Triton's bundled ptxas and nvdisasm).
@@ -43,7 +44,7 @@ DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", 
 
 
 def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any],
-             batch: int = 2) -> list[dict[str, Any]]:
+             batch: int = 2, sms: int = 132) -> list[dict[str, Any]]:
     """The kernel launches of one forward call and of the backward's one-pass input gradients:
     ``{"fn", "args", "kwargs"}`` each."""
     from triton.runtime.jit import JITFunction
@@ -56,8 +57,9 @@ def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, 
     def record(self: JITFunction, *args: Any, grid: Any = None, warmup: bool = False, **kw: Any) -> None:
         seen.append({"fn": self, "args": args, "kwargs": kw})
 
-    real = JITFunction.run
+    real, real_sms = JITFunction.run, _cam_triton._sm_count
     JITFunction.run = record  # type: ignore[method-assign]
+    _cam_triton._sm_count = lambda device: sms  # split channels as on the GPU (the CPU reports 4)
     try:
         acts = torch.zeros(batch, c, side, side, dtype=dtype)
         _cam_triton.forward(acts, torch.zeros(batch, c), (out, out), 1.0, True, True, REL_EPS, config)
@@ -66,6 +68,7 @@ def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, 
                                              {**_cam_triton.CONFIG, **(config or {})})
     finally:
         JITFunction.run = real  # type: ignore[method-assign]
+        _cam_triton._sm_count = real_sms
     return seen
 
 
@@ -164,7 +167,7 @@ def main() -> None:
         for c, side in cases:
             for cfg_text in a.configs.split(";"):
                 cfg = json.loads(cfg_text)
-                for launch in launches(c, side, a.out, getattr(torch, dname), cfg, a.batch):
+                for launch in launches(c, side, a.out, getattr(torch, dname), cfg, a.batch, a.sms):
                     if launch["fn"].__name__.startswith("stats"):
                         continue
                     row = count(launch, a.arch)
@@ -174,12 +177,12 @@ def main() -> None:
                         row["issue ceiling"] = 4 * 32 / (row["instr/element"] * bytes_per_cycle / size)
                     rows.append({"dtype": dname, "C": c, "map": f"{side}x{side}", "config": cfg_text, **row})
                     print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-    print(f"\nsm_{a.arch}, Triton {triton.__version__}, torch {torch.__version__}; static SASS counts "
-          "(write: per output pixel; reduce: per activation element, loop body)")
+    print(f"\nsm_{a.arch}, Triton {triton.__version__}, torch {torch.__version__}, launches at batch {a.batch}; "
+          "static SASS counts (write: per output pixel; reduce, input_grads: per activation element, loop body)")
     print(table(rows, COLUMNS))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"arch": a.arch, "triton": triton.__version__, "rows": rows}, f, indent=1)
+            json.dump({"arch": a.arch, "triton": triton.__version__, "batch": a.batch, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,19 @@ protect it: an input gradient of 1e-9 is 0 in float16. While a phase runs under 
 ``S``; :func:`inner_grad` then multiplies the differentiated output by an inner scale ``s`` and
 divides the gradients by it afterwards, in float32 (powers of two: exact).
 
-The inner scale is ``s = √S`` (a power of two; at most ``MAX_INNER_SCALE``), not ``S``: when the
+The inner scale is ``s = 2**floor(log2(S) / 2)`` (the square root, rounded down to a power of
+two; at most ``MAX_INNER_SCALE``), not ``S``: when the
 loss is differentiated *through* an inner gradient (RRR's penalty, Grad-CAM's weights with
 ``create_graph``), the outer backward reaches the inner graph through the division by ``s``,
 with ``S / s`` of the loss scale left; ``s = S`` would leave none, and second-order terms would
 flush to zero as if unscaled. ``√S`` gives both the inner gradients and the gradients through
-them ``√S`` of headroom (2^8 at the scaler's default 2^16). The cap 2^15 keeps the seed (``s``
-per element of the output, summed over classes by a softmax's backward) finite in float16.
+them about ``√S`` of headroom (2^8 at the scaler's default 2^16). The cap 2^15 keeps the seed
+(``s`` per element of the output) finite in float16 (largest value 65504). A softmax's backward
+sums the seed over the classes, so an inner gradient through a log-softmax over ``K`` classes
+(RRR) overflows once ``s·K`` passes 65504 (``K`` = 1000: above ``s`` = 2^6): the step is skipped
+and the phase's scale backs off until it fits, which costs the parameters' gradients headroom
+too (one scaler per phase serves both). Callers sum the differentiated output in float32
+(autocast on the CPU would keep a float16 sum, which can overflow by itself).
 
 A gradient that overflowed (not finite although the differentiated output is) marks the step as
 overflowed: it is skipped and the scale backs off, as for the parameters' gradients. A

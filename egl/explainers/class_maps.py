@@ -92,13 +92,17 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             g = None
             if logits.requires_grad:
                 with torch.enable_grad():
-                    g = inner_grad(logits[:, k].sum(), act, retain_graph=True, create_graph=create_graph,
+                    g = inner_grad(logits[:, k].float().sum(), act, retain_graph=True, create_graph=create_graph,
                                    allow_unused=True)[0]
             reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):
                 alpha = _to_nchw(g, fmt, model, hw).mean(dim=(2, 3))
-                maps.append(torch.einsum("bc,bchw->bhw", alpha.to(a.dtype), a))  # (inner_grad may give float32)
+                if a.dtype == torch.float16:  # in float32: loss-scaled inner gradients (egl._amp) are tiny
+                    with torch.autocast(a.device.type, enabled=False):
+                        maps.append(torch.einsum("bc,bchw->bhw", alpha.float(), a.float()))
+                else:
+                    maps.append(torch.einsum("bc,bchw->bhw", alpha.to(a.dtype), a))
         if not reached:
             raise UnsupportedModelError(
                 f"{fn}: the logits of {type(model).__name__} do not depend on layer '{cam.target_layer}'. "

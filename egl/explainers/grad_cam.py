@@ -213,7 +213,7 @@ class GradCAM(Explainer):
         with torch.enable_grad():
             logits = model.forward_head(head_in)
             t = _pick(logits, tgt, fn)
-            g = inner_grad(logits.gather(1, t[:, None]).sum(), head_in,
+            g = inner_grad(logits.gather(1, t[:, None]).float().sum(), head_in,
                            create_graph=create_graph and not self.detach_weights, retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
             if fmt == "NLC":
@@ -228,7 +228,7 @@ class GradCAM(Explainer):
                        fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         with torch.enable_grad():
             t = _pick(logits, tgt, fn)
-            score = logits.gather(1, t[:, None]).sum()
+            score = logits.gather(1, t[:, None]).float().sum()  # float32: a float16 sum can overflow
             if not score.requires_grad:
                 raise UnsupportedModelError(
                     f"{fn}: the logits of {type(self.model).__name__} do not depend on layer "

@@ -57,7 +57,7 @@ class InputGradient(Explainer):
         with torch.enable_grad(), double_backward_ready(create_graph):
             logits = self.model(leaf)
             t = logits.detach().argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
-            g = inner_grad(logits.gather(1, t[:, None]).sum(), leaf, create_graph=create_graph,
+            g = inner_grad(logits.gather(1, t[:, None]).float().sum(), leaf, create_graph=create_graph,
                            retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
             sal = g.abs() if self.absolute else g

@@ -52,9 +52,11 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
                            relu: bool = True, normalize: bool = True) -> Tensor:
     """The PyTorch reference of :func:`cam_epilogue` (and its fallback)."""
     from egl.explainers._postprocess import minmax_normalize  # lazy: egl.explainers imports this module
-    # float16 in float32: weights below its range (loss-scaled inner gradients, egl._amp) would flush to zero
-    dtype = torch.float32 if acts.dtype == torch.float16 else acts.dtype
-    raw = torch.einsum("bc,bchw->bhw", weights.to(dtype), acts.to(dtype)).unsqueeze(1) * scale
+    if acts.dtype == torch.float16:  # in float32 (autocast off): weights below float16's range
+        with torch.autocast(acts.device.type, enabled=False):  # (loss-scaled inner gradients) stay
+            raw = torch.einsum("bc,bchw->bhw", weights.float(), acts.float()).unsqueeze(1) * scale
+    else:
+        raw = torch.einsum("bc,bchw->bhw", weights.to(acts.dtype), acts).unsqueeze(1) * scale
     if relu:
         raw = torch.relu(raw)
     if size is not None and tuple(raw.shape[-2:]) != tuple(size):

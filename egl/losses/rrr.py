@@ -40,7 +40,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), double_backward_ready(True):
         logp = torch.log_softmax(model(leaf), dim=1)
-        (g,) = inner_grad(logp.sum(), leaf, create_graph=True)
+        (g,) = inner_grad(logp.float().sum(), leaf, create_graph=True)  # float32 sum: no overflow
     per_sample = ((1.0 - m) * g.pow(2)).flatten(1).sum(1)
     return reduce(per_sample, reduction, fn)
 

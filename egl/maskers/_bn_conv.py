@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from egl._check import fail
 
-__all__ = ["bn_conv", "fusable"]
+__all__ = ["bn_conv", "fusable", "has_hooks"]
 
 
 def _conv_dtype(x: Tensor) -> torch.dtype:
@@ -41,19 +41,30 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
     except TypeError:  # older: one function per device kind
         if dev == "cpu":
             enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-        else:
+        elif dev == "cuda":
             enabled, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        else:  # no per-device query before 2.4: assume no autocast there
+            enabled, dtype = False, x.dtype
     if not enabled or not x.is_floating_point() or x.dtype == torch.float64:
         return x.dtype  # autocast leaves float64 alone
     return dtype
 
 
+def has_hooks(*modules: nn.Module) -> bool:
+    """Any module or global forward/backward hook that calling the modules' maths directly would skip."""
+    from torch.nn.modules import module as _m
+
+    global_hooks = (_m._global_forward_hooks, _m._global_forward_pre_hooks, _m._global_backward_hooks,
+                    _m._global_backward_pre_hooks)
+    return any(global_hooks) or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                    or m._backward_pre_hooks for m in modules)
+
+
 def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     """``bn_conv`` computes exactly ``conv(bn(x))`` for this pair: a plain, affine BatchNorm2d in
-    training mode, a zero-padded Conv2d, and no module hooks that the fused call would skip."""
+    training mode, a zero-padded Conv2d, and no hooks that the fused call would skip."""
     return (type(bn) is nn.BatchNorm2d and type(conv) is nn.Conv2d and bn.training and bn.affine
-            and conv.padding_mode == "zeros"
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in (bn, conv)))
+            and conv.padding_mode == "zeros" and not has_hooks(bn, conv))
 
 
 class _BNConv(torch.autograd.Function):

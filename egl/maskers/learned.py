@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_shape, fail
-from egl.maskers._bn_conv import bn_conv, fusable
+from egl.maskers._bn_conv import bn_conv, fusable, has_hooks
 from egl.maskers.base import Masker
 
 __all__ = ["LearnedMasker"]
@@ -85,7 +85,7 @@ class LearnedMasker(Masker):
                        f"Build the masker with in_channels={x.shape[1]}")
         if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if not (self.recompute_bn and torch.is_grad_enabled()):
+        if not (self.recompute_bn and torch.is_grad_enabled()) or has_hooks(self.net):
             return self.net(x).sigmoid()
         conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
         h = relu1(conv1(x))

@@ -174,7 +174,7 @@ class SGDrop(Recipe):
             with torch.enable_grad():
                 logits = self.model.forward_head(leaf)
                 y = check_target_range(y, logits.shape[1], "egl.recipes.sgdrop")
-                (g,) = inner_grad(logits.gather(1, y[:, None]).sum(), leaf)
+                (g,) = inner_grad(logits.gather(1, y[:, None]).float().sum(), leaf)
         finally:
             with torch.no_grad():  # through .data: the loss graph saved these buffers; no sync
                 for b, s in zip(self.model.buffers(), saved):

@@ -179,7 +179,7 @@ class SGT(Recipe):
         with torch.enable_grad():
             logits = self.model(leaf)
             y = check_target_range(y, logits.shape[1], "egl.recipes.sgt")
-            (g,) = inner_grad(logits.gather(1, y[:, None]).sum(), leaf, retain_graph=True)
+            (g,) = inner_grad(logits.gather(1, y[:, None]).float().sum(), leaf, retain_graph=True)
         sal = (g.abs() if self.rank == "abs" else g).mean(dim=1, keepdim=True)
         return logits, sal
 

@@ -110,6 +110,25 @@ def test_a_step_whose_inner_gradient_overflowed_is_skipped_not_stopped() -> None
     assert any(not torch.equal(a, p) for a, p in zip(before, recipe.parameters()))
 
 
+def test_rrr_flags_an_overflow_of_its_inner_gradient_over_many_classes() -> None:
+    """A log-softmax over 1000 classes sums the seed 1000 times in its backward: at a large scale
+    the inner gradient overflows and is flagged. The differentiated output is summed in float32
+    (a float16 sum of 8 x 1000 log-probabilities is -inf by itself, which would hide the overflow)."""
+    from egl.losses.rrr import rrr_penalty
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
+    x, mask = torch.randn(8, 3, 8, 8), torch.zeros(8, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.float16):
+        with inner_scale(2.0**24) as state:  # inner scale 2^12: 2^12 x 1000 > 65504
+            rrr_penalty(model, x, mask)
+        assert state is not None and float(state.overflowed(torch.device("cpu"))) == 1.0
+        with inner_scale(2.0**8) as state:
+            penalty = rrr_penalty(model, x, mask)
+        assert state is not None and float(state.overflowed(torch.device("cpu"))) == 0.0
+    assert math.isfinite(float(penalty.detach()))
+
+
 def test_a_nan_batch_still_stops_a_float16_run() -> None:
     """Inner gradients of a NaN batch are NaN because their output is: the step raises as it
     would without scaling (it is not skipped as an overflow)."""

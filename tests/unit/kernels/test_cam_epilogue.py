@@ -342,3 +342,5 @@ def test_the_reference_keeps_tiny_weights_on_float16_activations() -> None:
     ref = cam_epilogue_reference(a.half().float(), tiny, (8, 8), normalize=False, relu=False)
     assert out.dtype == torch.float32 and float(out.abs().max()) > 0
     torch.testing.assert_close(out, ref)
+    with torch.autocast("cpu", dtype=torch.float16):  # as in fit(precision="fp16")
+        torch.testing.assert_close(cam_epilogue_reference(a.half(), tiny, (8, 8), normalize=False, relu=False), ref)

@@ -150,3 +150,12 @@ def test_frozen_replaced_or_hooked_batchnorms_run_as_plain_modules() -> None:
         pass
 
     assert fusable(nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)) and not fusable(MyBN(4), nn.Conv2d(4, 2, 1))
+    hooked = LearnedMasker(width=4)  # a hook on the whole stack: the stack runs as modules
+    calls = []
+    hooked.net.register_forward_hook(lambda mod, inp, out: calls.append(1))
+    hooked(x)
+    handle = nn.modules.module.register_module_forward_hook(lambda mod, inp, out: None)
+    try:  # a global hook: no pair is fused
+        assert calls == [1] and not fusable(nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    finally:
+        handle.remove()
