@@ -85,8 +85,8 @@ class LearnedMasker(Masker):
                        f"Build the masker with in_channels={x.shape[1]}")
         if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if not (self.recompute_bn and torch.is_grad_enabled()) or has_hooks(self.net):
-            return self.net(x).sigmoid()
+        if not (self.recompute_bn and torch.is_grad_enabled()) or len(self.net) != 7 or has_hooks(self.net):
+            return self.net(x).sigmoid()  # (a net edited by the user runs as it is)
         conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
         h = relu1(conv1(x))
         h = relu2(bn_conv(h, bn1, conv2) if fusable(bn1, conv2) else conv2(bn1(h)))
