@@ -10,10 +10,9 @@ protect it: an input gradient of 1e-9 is 0 in float16. While a phase runs under 
 divides the gradients by it afterwards, in float32 (powers of two: exact).
 
 The inner scale is ``s = 2**floor(log2(S) / 2)`` (the square root, rounded down to a power of
-two; at most ``MAX_INNER_SCALE``), not ``S``: when the
-loss is differentiated *through* an inner gradient (RRR's penalty, Grad-CAM's weights with
-``create_graph``), the outer backward reaches the inner graph through the division by ``s``,
-with ``S / s`` of the loss scale left; ``s = S`` would leave none, and second-order terms would
+two; at most ``MAX_INNER_SCALE``), not ``S``: when the loss is differentiated *through* an inner
+gradient (RRR's penalty, Grad-CAM's weights with ``create_graph``), the outer backward reaches
+the inner graph through the division by ``s``, with ``S / s`` of the loss scale left; ``s = S`` would leave none, and second-order terms would
 flush to zero as if unscaled. ``√S`` gives both the inner gradients and the gradients through
 them about ``√S`` of headroom (2^8 at the scaler's default 2^16). The cap 2^15 keeps the seed
 (``s`` per element of the output) finite in float16 (largest value 65504). A softmax's backward
