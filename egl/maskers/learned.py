@@ -13,8 +13,9 @@ for bf16 training on GPUs, and the masker follows).
 ``recompute_bn=True`` (default) keeps one full-resolution map per block for the backward
 instead of two: in training mode each ``BN → conv`` pair runs as :func:`egl.maskers._bn_conv.bn_conv`,
 which recomputes the BatchNorm's output from its input (one multiply-add per element) instead
-of keeping it. Same outputs, running statistics and gradients (to the last bit of the
-recomputed map).
+of keeping it. Same outputs and running statistics; gradients equal to rounding (the
+recomputed map may differ from the stored one in its last bit), so long runs drift apart from
+``recompute_bn=False`` as after any rounding change.
 """
 
 from __future__ import annotations
