@@ -68,6 +68,10 @@ class Batch:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
         return self.label_range if self._host(self._labels_host, self.y) is not None else None
 
+    def labels_on_host(self) -> Tensor | None:
+        """The labels as a CPU tensor when they arrived on the CPU and are unchanged; else None."""
+        return self._host(self._labels_host, self.y)
+
     def domain_on_host(self) -> Tensor | None:
         """The domains as a CPU tensor when they arrived on the CPU and are unchanged; else None."""
         return self._host(self._domain_host, self.domain)

@@ -76,13 +76,15 @@ def _class_mean(values: Tensor, inverse: Tensor, counts: Tensor) -> Tensor:
 
 
 def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, target: Tensor, lam: Tensor,
-              partner: Tensor) -> DRETerms:
+              partner: Tensor, target_on_host: Tensor | None = None) -> DRETerms:
     """DRE's terms from explanations already computed.
 
     Args:
         saliency: ``Ĝ(x)``. saliency_mixed: ``Ĝ(x̃)``. logits_mixed: ``f(x̃)``.
         target: class of every sample (its partner has the same class).
         lam: mixing weight per sample. partner: partner index per sample.
+        target_on_host: the same classes on the CPU (:meth:`egl.recipes.Batch.labels_on_host`):
+            the classes are counted there (``unique`` on a GPU tensor synchronises).
 
     Shape:
         saliency, saliency_mixed: ``B 1 H W``; logits_mixed: ``B K``; target, lam, partner: ``B``.
@@ -98,8 +100,10 @@ def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, ta
     consistency = (saliency_mixed - mixed_target).abs().flatten(1).mean(1)
     sparse = saliency.abs().flatten(1).mean(1) + saliency_mixed.abs().flatten(1).mean(1)
     ce = F.cross_entropy(logits_mixed, target, reduction="none")
-    _, inverse, counts = torch.unique(target, return_inverse=True, return_counts=True)
-    counts = counts.to(saliency.dtype)
+    src = target if target_on_host is None else target_on_host
+    _, inverse, counts = torch.unique(src, return_inverse=True, return_counts=True)
+    inverse = inverse.to(target.device, non_blocking=True)
+    counts = counts.to(device=saliency.device, dtype=saliency.dtype, non_blocking=True)
     return DRETerms(_class_mean(consistency, inverse, counts), _class_mean(sparse, inverse, counts),
                     _class_mean(ce, inverse, counts))
 
@@ -147,19 +151,21 @@ class DRE(Recipe):
         return sample_beta(self.alpha, n, device)
 
     def sample_partner(self, target: Tensor) -> Tensor:
-        """Partner of every sample: a random permutation within its class."""
+        """Partner of every sample: a random permutation within its class (drawn on the CPU,
+        returned on ``target``'s device)."""
         return class_permutation(target)
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
         x, y = batch.x, batch.y
         out = self.explainer.explain(x, y, create_graph=True)
-        partner = self.sample_partner(y)
+        host_y = batch.labels_on_host()  # labels that came from the CPU: no read back from the device
+        partner = self.sample_partner(y if host_y is None else host_y).to(y.device, non_blocking=True)
         lam = self.sample_lam(x.shape[0], x.device)
         check_shape(lam, f"{x.shape[0]}", "egl.recipes.DRE.sample_lam", "lam")
         lv = lam.to(x.dtype).view(-1, 1, 1, 1)
         mixed = self.explainer.explain(lv * x + (1.0 - lv) * x[partner], y, create_graph=True)
-        reg = dre_terms(out.saliency, mixed.saliency, mixed.logits, y, lam, partner)
+        reg = dre_terms(out.saliency, mixed.saliency, mixed.logits, y, lam, partner, host_y)
         ce = F.cross_entropy(out.logits, y)
         total = (ce + self.consistency_weight * reg.consistency + self.sparsity_weight * reg.sparsity
                  + self.mix_ce_weight * reg.mix_ce)

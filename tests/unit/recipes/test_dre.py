@@ -128,3 +128,31 @@ def test_needs_no_domains_and_checks_weights() -> None:
         dre(make_model("test_resnet"), sparsity_weight=-1.0)
     with pytest.raises(egl.InputError, match="'alpha' expected a finite number > 0"):
         dre(make_model("test_resnet"), alpha=0)
+
+
+def test_pairs_and_counts_classes_on_the_host_copy_of_the_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels that arrived on the CPU are paired and counted there (``.cpu()`` and ``unique`` on
+    a GPU tensor would each wait for the device); the terms are those of the device labels."""
+    import dataclasses
+
+    from egl.recipes.batch import _HostCopy, as_batch
+
+    x, y = _batch()
+    b = as_batch((x, y))
+    host = y.clone()  # stands for the CPU copy of labels that fit moved to a GPU
+    moved = dataclasses.replace(b, _labels_host=_HostCopy.of(host, b.y))
+    assert moved.labels_on_host() is host and dataclasses.replace(b, y=y.clone()).labels_on_host() is None
+    seen = []
+    unique, permutation = torch.unique, DRE.sample_partner
+    monkeypatch.setattr(torch, "unique", lambda t, *a, **k: seen.append(t) or unique(t, *a, **k))
+    monkeypatch.setattr(DRE, "sample_partner", lambda self, t: seen.append(t) or permutation(self, t))
+    recipe = dre(make_model("test_resnet", eval_mode=False))
+    torch.manual_seed(0)
+    on_host = recipe.compute_phase("classifier", moved, 0)
+    assert len(seen) == 2 and all(t is host for t in seen)
+    seen.clear()
+    torch.manual_seed(0)
+    on_device = recipe.compute_phase("classifier", dataclasses.replace(b, _labels_host=None), 0)
+    assert len(seen) == 2 and all(t is b.y for t in seen)
+    for k in TERMS:
+        assert torch.equal(on_host[k], on_device[k]), k
