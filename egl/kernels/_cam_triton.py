@@ -82,6 +82,18 @@ def _lerp_rows(rows, y0, y1, ly, ox, wp):
 
 
 @triton.jit
+def _normalized(v, stat_ptr, b, rel_eps):
+    """``v`` min-max normalised with sample ``b``'s stored extremes (range-relative epsilon: a
+    flat or NaN range gives zeros)."""
+    mn = tl.load(stat_ptr + 2 * b)
+    mx = tl.load(stat_ptr + 2 * b + 1)
+    rng = mx - mn
+    ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
+    inv = 1.0 / tl.where(ok, rng, 1.0)
+    return tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
+
+
+@triton.jit
 def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
                   FLAT: tl.constexpr, CLAMP: tl.constexpr, EVEN_C: tl.constexpr, WIDE: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -226,12 +238,7 @@ def write_kernel(low_ptr, stat_ptr, out_ptr, hw, h, w, H, W, ry, rx, rel_eps,
     v = _bilinear(low_ptr + b * hw, y0[:, None], y1[:, None], ly[:, None], x0[None, :], x1[None, :],
                   lx[None, :], w, m)
     if NORMALIZE:
-        mn = tl.load(stat_ptr + 2 * b)
-        mx = tl.load(stat_ptr + 2 * b + 1)
-        rng = mx - mn
-        ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
-        inv = 1.0 / tl.where(ok, rng, 1.0)
-        v = tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
+        v = _normalized(v, stat_ptr, b, rel_eps)
     tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=m)
 
 
@@ -246,12 +253,7 @@ def write_rows_kernel(rows_ptr, stat_ptr, out_ptr, h, H, W, WP, ry, rel_eps,
     y0, y1, ly = _src(oy, ry, h)
     v = _lerp_rows(rows_ptr + b * h * WP, y0[:, None], y1[:, None], ly[:, None], ox[None, :], WP)
     if NORMALIZE:
-        mn = tl.load(stat_ptr + 2 * b)
-        mx = tl.load(stat_ptr + 2 * b + 1)
-        rng = mx - mn
-        ok = rng > rel_eps * tl.maximum(tl.abs(mn), tl.abs(mx))
-        inv = 1.0 / tl.where(ok, rng, 1.0)
-        v = tl.where(ok, tl.minimum(tl.maximum((v - mn) * inv, 0.0), 1.0), 0.0)
+        v = _normalized(v, stat_ptr, b, rel_eps)
     tl.store(out_ptr + b * H * W + oy[:, None] * W + ox[None, :], v, mask=(oy < H)[:, None] & (ox < W)[None, :])
 
 
@@ -284,6 +286,16 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     return write_stage(low, rows, stats, acts.shape[-2:], size, normalize, rel_eps, cfg), low, stats, argext
 
 
+def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[str, Any]) -> tuple[int, int]:
+    """``(splits, channels per split)``: each sample's channels cut into shares, a whole number of
+    ``block_c`` tiles each, so that about ``cfg["programs_per_sm"]`` programs run per
+    multiprocessor whatever the batch (at most 64 shares)."""
+    target = cfg["programs_per_sm"] * _sm_count(str(device))
+    splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
+    ch = _cdiv(_cdiv(c, splits), block_c) * block_c
+    return _cdiv(c, ch), ch
+
+
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
     ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only) or ``"bmm"``
@@ -301,10 +313,7 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     else:
         block_p = min(_pow2(hw), 1024)
         block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
-    target = cfg["programs_per_sm"] * _sm_count(str(dev))
-    splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
-    ch = _cdiv(_cdiv(c, splits), block_c) * block_c
-    splits = _cdiv(c, ch)
+    splits, ch = channel_split(b, c, block_c, dev, cfg)
     part = torch.empty(b, splits, hw, device=dev, dtype=torch.float32)
     extra = {"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}
     if impl == "dot":

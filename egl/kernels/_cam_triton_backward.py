@@ -156,7 +156,7 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
                 ) -> tuple[Tensor | None, Tensor | None]:
     """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
     ``d w`` float32; ``None`` where not needed."""
-    from egl.kernels._cam_triton import _INT32_LIMIT, _sm_count
+    from egl.kernels._cam_triton import _INT32_LIMIT, channel_split
 
     b, c, h, w = acts.shape
     hw = h * w
@@ -164,10 +164,7 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
     block_p = min(_pow2(hw), 1024)
     n_p = _cdiv(hw, block_p)
     block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
-    target = cfg["programs_per_sm"] * _sm_count(str(acts.device))
-    splits = max(1, min(_cdiv(c, block_c), _cdiv(target, b), 64))
-    ch = _cdiv(_cdiv(c, splits), block_c) * block_c
-    splits = _cdiv(c, ch)
+    splits, ch = channel_split(b, c, block_c, acts.device, cfg)
     gw = torch.empty(b, n_p, c, device=acts.device, dtype=torch.float32) if needs[1] else None
     g = ga if ga is not None else acts
     flat = all(t.stride(3) == 1 and t.stride(2) == w for t in (acts, g))
