@@ -241,7 +241,9 @@ class Recipe(nn.Module):
                 a label out of range), here or on another rank, before that phase's optimiser step.
             NonFiniteLossError: naming the term and the step, before that phase's optimiser step
                 (an earlier phase of the same step, ALIGN's masker phase, has already stepped);
-                with ``scalers``, also when gradients stay non-finite with the loss scale below 1.
+                with ``scalers``, also when gradients stay non-finite with the loss scale below 1
+                (a loss made non-finite by an overflowing gradient taken inside it, see
+                :mod:`egl._amp`, skips the step as an overflow instead).
         """
         b = as_batch(batch, f"egl.recipes.{self.name}")
         logs: dict[str, float] = {}
