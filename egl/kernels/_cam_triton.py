@@ -114,7 +114,10 @@ def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_
     for p0 in range(0, hw, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < hw
-        pc = tl.minimum(p, hw - 1) if CLAMP else p
+        if CLAMP:
+            pc = tl.minimum(p, hw - 1)
+        else:
+            pc = p
         if WIDE:
             pc = pc.to(tl.int64)
         if FLAT:  # contiguous positions (NCHW)

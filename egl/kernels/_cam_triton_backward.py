@@ -119,10 +119,16 @@ def input_grads_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, C, hw, w, CH, NP, sa
     for j in range(0, NP):
         p = j * BLOCK_P + tl.arange(0, BLOCK_P)
         pm = p < hw
-        pc = tl.minimum(p, hw - 1) if CLAMP else p
+        if CLAMP:
+            pc = tl.minimum(p, hw - 1)
+        else:
+            pc = p
         if WIDE:
             pc = pc.to(tl.int64)
-        dv = tl.load(d_ptr + b * hw + pc) if CLAMP else tl.load(d_ptr + b * hw + pc, mask=pm, other=0.0)
+        if CLAMP:
+            dv = tl.load(d_ptr + b * hw + pc)
+        else:
+            dv = tl.load(d_ptr + b * hw + pc, mask=pm, other=0.0)
         dw = tl.where(pm, dv, 0.0)
         a_offs = rows[:, None] * sa_c + ((pc // w) * sa_h + (pc % w) * sa_w)[None, :]
         g_offs = rows[:, None] * sg_c + ((pc // w) * sg_h + (pc % w) * sg_w)[None, :]

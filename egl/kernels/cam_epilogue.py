@@ -22,6 +22,7 @@ tests them.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -46,6 +47,23 @@ def triton_available() -> bool:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+#: why the Triton kernels were given up for this process (``None`` while they work)
+_TRITON_FAILED: str | None = None
+
+
+def _give_up_triton(err: Exception) -> None:
+    """After a Triton kernel failed (a compiler or resource error with an untested Triton
+    version, say): warn once and let ``backend="auto"`` use the PyTorch formulation from now on."""
+    global _TRITON_FAILED
+    if _TRITON_FAILED is None:
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        _TRITON_FAILED = f"{type(err).__name__}: {first}"
+        warnings.warn(f"egl.kernels.cam_epilogue: the Triton kernels failed ({_TRITON_FAILED}); using the PyTorch "
+                      "formulation of the same maths from now on (slower, same results). Please report it with "
+                      "your torch and Triton versions; backend='triton' raises the error instead.", RuntimeWarning,
+                      stacklevel=3)
 
 
 def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] | None, *, scale: float = 1.0,
@@ -96,7 +114,7 @@ def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw
 
 def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: Tensor, argext: Tensor,
               size: tuple[int, int], scale: float, relu: bool, normalize: bool,
-              needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+              needs: tuple[bool, bool], fallback: bool = False) -> tuple[Tensor | None, Tensor | None]:
     """Analytic gradient of the epilogue; moves ``grad`` once, ``acts`` once and ``d acts`` once.
 
     With ``v = U r`` the upsampled map (``U = U_y ⊗ U_x``), ``r`` the low-resolution map and
@@ -110,24 +128,35 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` come
     from one Triton pass over the activations (``_cam_triton.CONFIG["grads"] == "triton"``, the
     default; float32 sums, ``d acts`` rounded once to the activations' dtype) or from one
-    broadcast product and one batched matrix-vector product (``"torch"``).
+    broadcast product and one batched matrix-vector product (``"torch"``). With ``fallback``
+    (``backend="auto"``) a Triton kernel that fails gives way to the PyTorch ops.
     """
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton_backward
 
+    from egl.kernels._cam_triton import CONFIG
+
     b, c, h, w = acts.shape
     args = (low, stats, argext, (h, w), size, scale, relu, normalize, REL_EPS)
     with torch.autocast(acts.device.type, enabled=False):
-        if _cam_triton_backward.supported(h, w):
-            d = _cam_triton_backward.grad_low(grad, *args)
-        else:
+        d = None
+        if (_TRITON_FAILED is None or not fallback) and _cam_triton_backward.supported(h, w):
+            try:
+                d = _cam_triton_backward.grad_low(grad, *args)
+            except Exception as err:  # noqa: BLE001 - see _give_up_triton
+                if not fallback:
+                    raise
+                _give_up_triton(err)
+        if d is None:
             d = _grad_low_torch(grad, *args)
-    from egl.kernels._cam_triton import CONFIG
-
-    if CONFIG["grads"] == "triton":  # one pass: reads the activations once, writes their gradient once
-        with torch.autocast(acts.device.type, enabled=False):
-            ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
-        return ga, None if gw32 is None else gw32.to(weights.dtype)
+        if CONFIG["grads"] == "triton" and (_TRITON_FAILED is None or not fallback):  # one pass over acts
+            try:
+                ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
+                return ga, None if gw32 is None else gw32.to(weights.dtype)
+            except Exception as err:  # noqa: BLE001 - see _give_up_triton
+                if not fallback:
+                    raise
+                _give_up_triton(err)
     ga = gw = None
     if needs[0]:
         ga = (weights.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1)).view(b, c, h, w)
@@ -143,21 +172,28 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
 class _FusedEpilogue(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool,
-                normalize: bool) -> Tensor:
+                normalize: bool, fallback: bool) -> Tensor:
         from egl.explainers._postprocess import REL_EPS
         from egl.kernels import _cam_triton
 
         out, low, stats, argext = _cam_triton.forward(acts, weights, size, scale, relu, normalize, REL_EPS)
         ctx.save_for_backward(acts, weights, low, stats, argext)
         ctx.args = (size, scale, relu, normalize)
+        ctx.fallback = fallback
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
         acts, weights, low, stats, argext = ctx.saved_tensors
-        ga, gw = _backward(grad, acts, weights, low, stats, argext, *ctx.args, needs=ctx.needs_input_grad[:2])
-        return ga, gw, None, None, None, None
+        ga, gw = _backward(grad, acts, weights, low, stats, argext, *ctx.args, needs=ctx.needs_input_grad[:2],
+                           fallback=ctx.fallback)
+        return ga, gw, None, None, None, None, None
+
+
+def _auto_uses_triton(acts: Tensor) -> bool:
+    """``backend="auto"``: the Triton kernels for CUDA tensors, while they work in this process."""
+    return acts.is_cuda and triton_available() and _TRITON_FAILED is None
 
 
 def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = None, *, scale: float = 1.0,
@@ -170,7 +206,8 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
         size: output size ``(H, W)``; ``None`` keeps the feature resolution.
         scale: multiplies the weighted sum before the ReLU (``1/(h·w)`` for the closed form).
         relu: apply the ReLU. normalize: per-sample min-max with a range-relative epsilon.
-        backend: ``"auto"`` (Triton on CUDA when available, else PyTorch), ``"torch"`` or ``"triton"``.
+        backend: ``"auto"`` (Triton on CUDA when available, else PyTorch; if a Triton kernel fails,
+            one warning and PyTorch from then on), ``"torch"`` or ``"triton"`` (errors raised).
 
     Returns:
         ``[B, 1, H, W]`` float32 maps; differentiable with respect to ``acts`` and ``weights``.
@@ -185,7 +222,7 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if weights.shape != acts.shape[:2]:
         raise fail(fn, "weights", f"shape {list(acts.shape[:2])} (batch, channels of 'acts')",
                    f"{list(weights.shape)}", "Pass one weight per channel and sample")
-    use_triton = backend == "triton" or (backend == "auto" and acts.is_cuda and triton_available())
+    use_triton = backend == "triton" or (backend == "auto" and _auto_uses_triton(acts))
     if backend == "triton" and not triton_available():
         raise fail(fn, "backend", "'triton' only where Triton is installed", "'triton'", "Use backend='auto'")
     if backend == "triton" and not acts.is_cuda and not _interpreting():
@@ -194,9 +231,16 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if not use_triton or acts.shape[0] == 0:  # an empty batch: nothing for a kernel to do
         return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)
     out_size = tuple(size) if size is not None else tuple(acts.shape[-2:])
-    if not (torch.is_grad_enabled() and (acts.requires_grad or weights.requires_grad)):  # inference: no autograd node
-        from egl.explainers._postprocess import REL_EPS
-        from egl.kernels import _cam_triton
+    fallback = backend == "auto"
+    try:
+        if not (torch.is_grad_enabled() and (acts.requires_grad or weights.requires_grad)):  # inference: no node
+            from egl.explainers._postprocess import REL_EPS
+            from egl.kernels import _cam_triton
 
-        return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
-    return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize)
+            return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
+        return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize, fallback)
+    except Exception as err:  # noqa: BLE001 - a kernel that does not build here: see _give_up_triton
+        if not fallback:
+            raise
+        _give_up_triton(err)
+        return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)

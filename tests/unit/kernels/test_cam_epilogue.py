@@ -344,3 +344,49 @@ def test_the_reference_keeps_tiny_weights_on_float16_activations() -> None:
     torch.testing.assert_close(out, ref)
     with torch.autocast("cpu", dtype=torch.float16):  # as in fit(precision="fp16")
         torch.testing.assert_close(cam_epilogue_reference(a.half(), tiny, (8, 8), normalize=False, relu=False), ref)
+
+
+@needs_interpreter
+def test_auto_falls_back_to_pytorch_when_a_kernel_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Triton kernel that fails (an untested Triton version): backend="auto" warns once and
+    computes the same maths in PyTorch from then on, forward and backward; backend="triton"
+    raises the error."""
+    import importlib
+    import warnings
+
+    from egl.kernels import _cam_triton, _cam_triton_backward
+
+    module = importlib.import_module("egl.kernels.cam_epilogue")  # (the package exports the function by that name)
+
+    monkeypatch.setattr(module, "_TRITON_FAILED", None)
+    monkeypatch.setattr(module, "_auto_uses_triton", lambda acts: module._TRITON_FAILED is None)
+    a, wt = _inputs(2, 6, 4, 5, seed=17)
+    g = torch.randn(2, 1, 9, 11, generator=torch.Generator().manual_seed(18))
+
+    def grads(**kw: object) -> tuple:
+        a1, w1 = a.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+        out = cam_epilogue(a1, w1, (9, 11), **kw)  # type: ignore[arg-type]
+        (out * g).sum().backward()
+        return out.detach(), a1.grad, w1.grad
+
+    ref = grads(backend="torch")
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no kernel for you\nsecond line")
+
+    monkeypatch.setattr(_cam_triton_backward, "grad_low", boom)  # the backward fails first
+    with pytest.warns(RuntimeWarning, match=r"Triton kernels failed \(RuntimeError: no kernel for you\)"):
+        got = grads()
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert module._TRITON_FAILED is not None
+    monkeypatch.setattr(_cam_triton, "forward", boom)  # given up: "auto" no longer calls the kernels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        for x, y in zip(grads(), ref):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="no kernel for you"):
+        grads(backend="triton")
+    monkeypatch.setattr(module, "_TRITON_FAILED", None)  # a forward failure falls back too
+    with pytest.warns(RuntimeWarning, match="Triton kernels failed"):
+        torch.testing.assert_close(cam_epilogue(a, wt, (9, 11)), ref[0], rtol=1e-5, atol=1e-6)
