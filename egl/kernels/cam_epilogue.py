@@ -144,7 +144,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
             try:
                 d = _cam_triton_backward.grad_low(grad, *args)
             except Exception as err:  # noqa: BLE001 - see _give_up_triton
-                if not fallback:
+                if not fallback or isinstance(err, torch.OutOfMemoryError):
                     raise
                 _give_up_triton(err)
         if d is None:
@@ -154,7 +154,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
                 return ga, None if gw32 is None else gw32.to(weights.dtype)
             except Exception as err:  # noqa: BLE001 - see _give_up_triton
-                if not fallback:
+                if not fallback or isinstance(err, torch.OutOfMemoryError):
                     raise
                 _give_up_triton(err)
     ga = gw = None
@@ -240,7 +240,7 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
             return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
         return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize, fallback)
     except Exception as err:  # noqa: BLE001 - a kernel that does not build here: see _give_up_triton
-        if not fallback:
+        if not fallback or isinstance(err, torch.OutOfMemoryError):  # memory is not the kernels' fault
             raise
         _give_up_triton(err)
         return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)

@@ -390,3 +390,12 @@ def test_auto_falls_back_to_pytorch_when_a_kernel_fails(monkeypatch: pytest.Monk
     monkeypatch.setattr(module, "_TRITON_FAILED", None)  # a forward failure falls back too
     with pytest.warns(RuntimeWarning, match="Triton kernels failed"):
         torch.testing.assert_close(cam_epilogue(a, wt, (9, 11)), ref[0], rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(module, "_TRITON_FAILED", None)  # running out of memory is not a kernel failure
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(_cam_triton, "forward", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        cam_epilogue(a, wt, (9, 11))
+    assert module._TRITON_FAILED is None
