@@ -38,9 +38,7 @@ from _common import table  # noqa: E402
 
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
 COLUMNS = ["dtype", "C", "map", "config", "kernel", "tile", "warps", "instr/element", "issue ceiling",
-           "elements/thread",
-           "instructions", "vector loads", "scalar loads", "vector stores"]
-DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32"}
+           "elements/thread", "instructions", "vector loads", "scalar loads", "vector stores"]
 
 
 def launches(c: int, side: int, out: int, dtype: torch.dtype, config: dict[str, Any],
