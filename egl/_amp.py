@@ -54,9 +54,8 @@ def inner_scale_for(scale: float) -> float:
 class InnerScale:
     """The scale of the running phase and the overflow flags of its inner gradients (device tensors)."""
 
-    def __init__(self, scale: float) -> None:
-        self.loss_scale = float(scale)
-        self.scale = inner_scale_for(self.loss_scale)
+    def __init__(self, loss_scale: float) -> None:
+        self.scale = inner_scale_for(float(loss_scale))
         self.flags: list[Tensor] = []
 
     def overflowed(self, device: torch.device) -> Tensor:
