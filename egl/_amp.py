@@ -52,7 +52,8 @@ def inner_scale_for(scale: float) -> float:
 
 
 class InnerScale:
-    """The scale of the running phase and the overflow flags of its inner gradients (device tensors)."""
+    """The inner scale of the running phase (from its loss scale) and the overflow flags of its inner
+    gradients (device tensors)."""
 
     def __init__(self, loss_scale: float) -> None:
         self.scale = inner_scale_for(float(loss_scale))
