@@ -94,6 +94,21 @@ def _normalized(v, stat_ptr, b, rel_eps):
 
 
 @triton.jit
+def _positions(p0, hw, BLOCK_P: tl.constexpr, CLAMP: tl.constexpr, WIDE: tl.constexpr):
+    """One block of positions ``p``, its mask ``p < hw``, and the positions to address: clamped
+    to ``hw - 1`` with ``CLAMP`` (loads in bounds without a mask), 64-bit with ``WIDE``."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    pm = p < hw
+    if CLAMP:
+        pc = tl.minimum(p, hw - 1)
+    else:
+        pc = p
+    if WIDE:
+        pc = pc.to(tl.int64)
+    return p, pm, pc
+
+
+@triton.jit
 def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_w, sw_b, sw_c,
                   FLAT: tl.constexpr, CLAMP: tl.constexpr, EVEN_C: tl.constexpr, WIDE: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -112,14 +127,7 @@ def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_
     if WIDE:
         rows = rows.to(tl.int64)
     for p0 in range(0, hw, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < hw
-        if CLAMP:
-            pc = tl.minimum(p, hw - 1)
-        else:
-            pc = p
-        if WIDE:
-            pc = pc.to(tl.int64)
+        p, pm, pc = _positions(p0, hw, BLOCK_P, CLAMP, WIDE)
         if FLAT:  # contiguous positions (NCHW)
             poff = pc
         else:
@@ -299,6 +307,17 @@ def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[
     return _cdiv(c, ch), ch
 
 
+def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
+    """The ``CLAMP``, ``EVEN_C`` and ``WIDE`` constexprs of a channel-tiled kernel over ``B C h w``
+    tensors: clamp positions unless every tensor has 16-byte-aligned contiguous rows (then masked
+    loads vectorise), no channel mask when ``block_c`` divides the channels, 64-bit offsets when a
+    tile's could overflow int32."""
+    _, c, h, w = tensors[0].shape
+    flat = all(t.stride(3) == 1 and t.stride(2) == w for t in tensors)
+    reach = max(block_c * t.stride(1) + h * t.stride(2) + w * t.stride(3) for t in tensors)
+    return {"CLAMP": not (flat and h * w % 16 == 0), "EVEN_C": c % block_c == 0, "WIDE": reach >= _INT32_LIMIT}
+
+
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
     ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only) or ``"bmm"``
@@ -325,11 +344,8 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
                                        *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
                                        num_warps=cfg["reduce_warps"], **extra)
     else:
-        sa = acts.stride()
-        wide = block_c * sa[1] + h * sa[2] + w * sa[3] >= _INT32_LIMIT  # a tile's offsets overflow int32
-        clamp = not (flat and hw % 16 == 0)
-        reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *sa, *weights.stride(), FLAT=flat,
-                                   CLAMP=clamp, EVEN_C=c % block_c == 0, WIDE=wide, BLOCK_C=block_c, BLOCK_P=block_p,
+        reduce_kernel[(b, splits)](acts, weights, part, c, hw, w, ch, splits, *acts.stride(), *weights.stride(),
+                                   FLAT=flat, **tile_flags((acts,), block_c), BLOCK_C=block_c, BLOCK_P=block_p,
                                    num_warps=cfg["reduce_warps"], **extra)
     return part
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from egl.kernels._cam_triton import _cdiv, _pow2, _ratio, _src
+from egl.kernels._cam_triton import _cdiv, _positions, _pow2, _ratio, _src
 
 __all__ = ["grad_low", "input_grads", "supported"]
 
@@ -117,14 +117,7 @@ def input_grads_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, C, hw, w, CH, NP, sa
     if WIDE:
         rows = rows.to(tl.int64)
     for j in range(0, NP):
-        p = j * BLOCK_P + tl.arange(0, BLOCK_P)
-        pm = p < hw
-        if CLAMP:
-            pc = tl.minimum(p, hw - 1)
-        else:
-            pc = p
-        if WIDE:
-            pc = pc.to(tl.int64)
+        p, pm, pc = _positions(j * BLOCK_P, hw, BLOCK_P, CLAMP, WIDE)
         if CLAMP:
             dv = tl.load(d_ptr + b * hw + pc)
         else:
@@ -162,7 +155,7 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
                 ) -> tuple[Tensor | None, Tensor | None]:
     """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
     ``d w`` float32; ``None`` where not needed."""
-    from egl.kernels._cam_triton import _INT32_LIMIT, channel_split
+    from egl.kernels._cam_triton import channel_split, tile_flags
 
     b, c, h, w = acts.shape
     hw = h * w
@@ -173,12 +166,9 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
     splits, ch = channel_split(b, c, block_c, acts.device, cfg)
     gw = torch.empty(b, n_p, c, device=acts.device, dtype=torch.float32) if needs[1] else None
     g = ga if ga is not None else acts
-    flat = all(t.stride(3) == 1 and t.stride(2) == w for t in (acts, g))
-    reach = max(block_c * t.stride(1) + h * t.stride(2) + w * t.stride(3) for t in (acts, g))
     input_grads_kernel[(b, splits)](acts, weights, d, g, gw if gw is not None else d, c, hw, w, ch, n_p,
                                     *acts.stride(), *g.stride(), *weights.stride(), NEED_A=needs[0],
-                                    NEED_W=needs[1], CLAMP=not (flat and hw % 16 == 0), EVEN_C=c % block_c == 0,
-                                    WIDE=reach >= _INT32_LIMIT, BLOCK_C=block_c, BLOCK_P=block_p,
+                                    NEED_W=needs[1], **tile_flags((acts, g), block_c), BLOCK_C=block_c, BLOCK_P=block_p,
                                     num_warps=cfg["reduce_warps"])
     return ga, None if gw is None else gw.sum(1) if n_p > 1 else gw.view(b, c)
 
