@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 7-8 minutes on an H200).
+# Every GPU measurement of docs/performance.md in one short run (at most about 8 minutes on an H200).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
 # Expects egl and the `bench` extra importable (pip install -e '.[bench]'). Each stage has its
-# own time limit, so one stuck stage does not cost the others.
+# own time limit, so one stuck stage does not cost the others. With SNAPSHOT=FILE.tgz set, OUTDIR is
+# packed into it after every stage (what a run cut short still brings back).
 set -u
 out=${1:-results/gpu}
 mkdir -p "$out"
@@ -19,23 +20,23 @@ stage() {  # stage NAME SECONDS CMD...
   echo "=== $name"
   timeout "$secs" "$@" > "$out/$name.txt" 2>&1
   echo "exit $?" >> "$out/$name.txt"
-  tail -n 60 "$out/$name.txt"
+  tail -n 40 "$out/$name.txt"
+  grep -H "Triton kernels failed" "$out/$name.txt"
+  if [ -n "${SNAPSHOT:-}" ]; then tar czf "$SNAPSHOT" -C "$(dirname "$out")" "$(basename "$out")"; fi
 }
-stage kernel 200 $py benchmarks/kernel.py --sweep --stages --compile-dtypes bfloat16 --json "$out/kernel.json"
-stage train_step 70 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
-  --inline-memory --json "$out/train_step.json"
-stage train_step_cl 70 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
-  --inline-memory --channels-last --json "$out/train_step_cl.json"
-stage profile_clf_align 40 $py benchmarks/profile_step.py --recipe clf+align --device cuda --precision bf16 \
-  --batch 256 --size 224 --channels-last --rows 20
-stage saliency 100 $py benchmarks/saliency.py --settings 32x224,256x224,64x64 --inline-memory --repeats 6 \
+gpu="--device cuda --precision bf16"
+stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
+stage train_step_cl 80 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --only clf+align,align,align-keep,align-keep-whole,align-ckpt-whole,dre,irm,mixup,sgdrop,sgt \
+  --json "$out/train_step_cl.json"
+stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
+  --channels-last --shapes --rows 30
+stage masker_ops 40 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
+stage train_step_cudnn 50 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --cudnn-benchmark --only clf+align,align --json "$out/train_step_cudnn.json"
+stage saliency 60 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
-stage train_step_r50 50 $py benchmarks/train_step.py --arch resnet50 --device cuda --precision bf16 --batch 128 \
-  --size 224 --inline-memory --channels-last --only clf+align,align,mixup --json "$out/train_step_r50.json"
-stage metrics 30 $py benchmarks/metrics.py --batch 256 --size 224
-stage train_step_fbn 60 $py benchmarks/train_step.py --device cuda --precision bf16 --batch 256 --size 224 \
-  --inline-memory --channels-last --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
-stage profile_align 40 $py benchmarks/profile_step.py --recipe align --device cuda --precision bf16 \
-  --batch 256 --size 224 --channels-last --rows 25
-stage train_step_fp16 60 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
+stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
+stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
   --inline-memory --channels-last --only clf+align,align --json "$out/train_step_fp16.json"

@@ -31,8 +31,10 @@ def main() -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--phase", default=None, help="profile one phase's loss + backward alone (e.g. masker)")
+    p.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     a = p.parse_args()
-    fn = _step_fn(a.recipe, a.arch, a.batch, a.size, a.device, a.precision, a.channels_last)
+    fn = _step_fn(a.recipe, a.arch, a.batch, a.size, a.device, a.precision, a.channels_last, a.phase)
     for _ in range(3):
         fn()
     sync()
@@ -43,18 +45,20 @@ def main() -> None:
     acts = [torch.profiler.ProfilerActivity.CPU]
     if a.device.startswith("cuda"):
         acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, record_shapes=a.shapes) as prof:
         fn()
         sync()
     key = "self_device_time_total" if a.device.startswith("cuda") else "self_cpu_time_total"
-    print(f"# one '{a.recipe}' step on {hardware()}: {a.arch} (os16), batch {a.batch} x {a.size}px, {a.precision}"
+    what = f"'{a.recipe}' step" if a.phase is None else f"'{a.recipe}' {a.phase} phase (loss + backward)"
+    print(f"# one {what} on {hardware()}: {a.arch} (os16), batch {a.batch} x {a.size}px, {a.precision}"
           f"{', channels-last' if a.channels_last else ''}: {1000 * wall:.1f} ms wall")
-    events = prof.key_averages()
+    events = prof.key_averages(group_by_input_shape=a.shapes)
     phases = [e for e in events if e.key.startswith("egl.phase.")]
     for e in phases:
         dev = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
         print(f"  {e.key}: cpu {e.cpu_time_total / 1000:.1f} ms, device {dev / 1000:.1f} ms")
-    print(events.table(sort_by=key, row_limit=a.rows, max_name_column_width=60))
+    print(events.table(sort_by=key, row_limit=a.rows, max_name_column_width=60,
+                       max_shapes_column_width=90 if a.shapes else 80))
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def _recipe(name: str, arch: str) -> Any:
 
 
 def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", precision: str = "fp32",
-             channels_last: bool = False) -> Any:
+             channels_last: bool = False, phase: str | None = None) -> Any:
+    """One training step of recipe ``name`` as a closure; with ``phase``, that phase's loss and
+    backward alone (no optimiser step, no value checks: what a profile of the phase needs)."""
     import contextlib
 
     from egl.recipes import as_batch
@@ -92,7 +94,11 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     def run() -> None:
         with autocast():
             recipe.training_step(data, step[0], opts, **kwargs)
-    return run
+
+    def run_phase() -> None:
+        with autocast():
+            recipe.compute_phase(phase, data, step[0])["total"].backward()
+    return run if phase is None else run_phase
 
 
 def names() -> list[str]:
@@ -116,9 +122,12 @@ def main() -> None:
                    help="NHWC model and images, as fit(channels_last=True)")
     p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
     p.add_argument("--only", default=None, help="comma list of recipes (default: all)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True (cuDNN times its algorithms per shape)")
     p.add_argument("--json", default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     if a.one:
         fn = _step_fn(a.one, a.arch, a.batch, a.size, a.device, a.precision, a.channels_last)
         fn()
@@ -143,7 +152,8 @@ def main() -> None:
         if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
             r["x erm mem"] = r["peak MB"] / erm_mem
     print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px, "
-          f"{a.device}, {a.precision}{', channels-last' if a.channels_last else ''}")
+          f"{a.device}, {a.precision}{', channels-last' if a.channels_last else ''}"
+          f"{', cudnn.benchmark' if a.cudnn_benchmark else ''}")
     print(table(rows, ["recipe", "ms/step", "img/s", "x erm", "peak MB", "x erm mem"]))
     if a.json:
         with open(a.json, "w") as f:
