@@ -41,18 +41,21 @@ from egl.kernels._bilinear import on_device
 __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 
 #: Launch parameters (the GPU benchmark sweeps them): the channel-sum implementation (see
-#: :func:`reduce_stage`), elements per ``reduce`` tile, warps of
-#: ``reduce``, output tile of ``write`` (rows, columns), warps of ``write``, and how many
-#: ``reduce`` programs to aim for per multiprocessor, software-pipelining depth of ``reduce``
-#: (0: Triton's default), the write stage's formulation (``"separable"`` or ``"gather"``, see
-#: above), and how the backward forms the gradients of the activations and weights (``"triton"``:
-#: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`; ``"torch"``: two PyTorch ops). From benchmarks/kernel.py on an H200 (docs/performance.md): 8192-element tiles with 8
-#: warps matched or beat 4096 with 4 at every size measured (up to 12% faster). The separable
-#: write and its 2 warps were chosen by instruction count (sm_90), not yet timed on a GPU.
-CONFIG: dict[str, Any] = {"reduce": "loop", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
+#: :func:`reduce_stage`), elements per ``reduce`` tile, warps of ``reduce``, output tile of
+#: ``write`` (rows, columns), warps of ``write``, how many ``reduce`` programs to aim for per
+#: multiprocessor, software-pipelining depth of ``reduce`` (0: Triton's default), the write
+#: stage's formulation (``"separable"`` or ``"gather"``, see above), and how the backward forms
+#: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
+#: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
+#: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"`` (``dot``
+#: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2x); the separable
+#: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 2.6-8x
+#: slower than the two PyTorch ops, so ``grads="torch"``; 8192-element tiles with 8 warps.
+CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
-                          "reduce_stages": 0, "grads": "triton"}
+                          "reduce_stages": 0, "grads": "torch"}
 WRITES = ("separable", "gather")
+REDUCES = ("auto", "loop", "dot", "bmm")
 _INT32_LIMIT = 2**31
 
 
@@ -153,8 +156,11 @@ def reduce_kernel(a_ptr, w_ptr, part_ptr, C, hw, w, CH, S, sa_b, sa_c, sa_h, sa_
 @triton.jit
 def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw_c,
                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
-    """``reduce_kernel`` as a ``[16, C] x [C, h·w]`` product per sample (row 0 holds ``w``): the
-    loads feed ``tl.dot``, which Triton software-pipelines. Contiguous positions (NCHW) only."""
+    """``reduce_kernel`` as a ``[16, C] x [C, h·w]`` product per sample: the loads feed ``tl.dot``,
+    which Triton software-pipelines. Contiguous positions (NCHW) only. With 16-bit activations
+    the fp32 weights are split in two 16-bit parts, ``w ≈ hi + lo`` (rows 0 and 1; the rows are
+    summed): the sum keeps about 16 mantissa bits of ``w`` where one 16-bit row would keep 8 (bf16).
+    The split costs nothing (the product has 16 rows whatever fills them)."""
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     c_lo = s * CH
@@ -170,7 +176,9 @@ def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw
             av = tl.load(a_ptr + b * sa_b + cs[:, None].to(tl.int64) * sa_c + p[None, :],
                          mask=cm[:, None] & pm[None, :], other=0.0)
             wv = tl.load(w_ptr + b * sw_b + cs * sw_c, mask=cm, other=0.0)
-            wm = tl.where(rows[:, None] == 0, wv[None, :], 0.0).to(av.dtype)
+            hi = wv.to(av.dtype)
+            lo = (wv - hi.to(tl.float32)).to(av.dtype)  # zero when av is fp32
+            wm = tl.where(rows[:, None] == 0, hi[None, :], tl.where(rows[:, None] == 1, lo[None, :], 0.0))
             acc = tl.dot(wm, av, acc, input_precision=PRECISION)
         tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
 
@@ -320,15 +328,29 @@ def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
 
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
-    ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only) or ``"bmm"``
-    (cuBLAS batched matrix-vector product with fp32 output; CUDA only)."""
+    ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only), ``"bmm"``
+    (cuBLAS batched matrix product with fp32 output; CUDA and NCHW only) or ``"auto"`` (the
+    default: on CUDA, ``"dot"`` for 16-bit activations and ``"bmm"`` for fp32, the fastest at
+    every size of benchmarks/kernel.py on an H200; ``"loop"`` elsewhere and for channels-last
+    activations). ``"dot"`` and ``"bmm"`` split the fp32 weights of 16-bit activations in two
+    16-bit parts (see :func:`reduce_dot_kernel`); ``"bmm"`` on fp32 follows
+    ``torch.backends.cuda.matmul.allow_tf32`` like any fp32 matrix product."""
     b, c, h, w = acts.shape
     hw = h * w
     dev = acts.device
+    check_choice(cfg["reduce"], REDUCES, "egl.kernels._cam_triton", "config['reduce']")
     flat = acts.stride(3) == 1 and acts.stride(2) == w
     impl = cfg["reduce"] if flat else "loop"
+    if impl == "auto":
+        impl = "loop" if not acts.is_cuda else "bmm" if acts.dtype == torch.float32 else "dot"
     if impl == "bmm" and acts.is_cuda:
-        return torch.bmm(weights.to(acts.dtype).unsqueeze(1), acts.reshape(b, c, hw), out_dtype=torch.float32)
+        wt = weights.float()
+        if acts.dtype != torch.float32:  # w ≈ hi + lo, two rows: the stats stage sums them
+            hi = wt.to(acts.dtype)
+            wt = torch.stack([hi, (wt - hi.float()).to(acts.dtype)], dim=1)
+        else:
+            wt = wt.unsqueeze(1)
+        return torch.bmm(wt, acts.reshape(b, c, hw), out_dtype=torch.float32)
     if impl == "dot":
         block_p = max(16, min(_pow2(hw), 256))
         block_c = max(16, min(_pow2(c), cfg["reduce_tile"] // block_p))

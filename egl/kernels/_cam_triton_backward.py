@@ -5,10 +5,10 @@
    are built in registers; the incoming gradient ``G`` is read once.
 2. ``finish``: grid ``(B,)``; sums the bands, applies the min/max terms, the ReLU mask and the
    scale, and writes ``d [B, h·w]``, from which ``d acts = w ⊗ d`` and ``d w = acts · d``.
-3. ``input_grads`` (``CONFIG["grads"] == "triton"``, the default): grid ``(B, S)`` over channel
-   shares as the forward's channel sum; writes ``d acts`` in the activations' dtype and layout
-   and sums ``d w`` in float32, reading the activations once (``"torch"``: one broadcast product
-   and one batched matrix-vector product, two passes).
+3. ``input_grads`` (``CONFIG["grads"] == "triton"``; the default ``"torch"`` is one broadcast
+   product and one batched matrix-vector product, two passes, which measured 2.6-8x faster on an
+   H200): grid ``(B, S)`` over channel shares as the forward's channel sum; writes ``d acts`` in
+   the activations' dtype and layout and sums ``d w`` in float32, reading the activations once.
 
 Used when the feature map is at most 64 x 64 (the interpolation tiles stay in registers);
 larger maps take the PyTorch formulation of the same maths. Imported only when Triton runs.

@@ -126,9 +126,9 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     such pixel; tied pixels drawn from the same source pixels get the same gradient either way).
     ``M`` and ``dr`` come from two Triton kernels (:mod:`egl.kernels._cam_triton_backward`) for
     maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` come
-    from one Triton pass over the activations (``_cam_triton.CONFIG["grads"] == "triton"``, the
-    default; float32 sums, ``d acts`` rounded once to the activations' dtype) or from one
-    broadcast product and one batched matrix-vector product (``"torch"``). With ``fallback``
+    from one broadcast product and one batched matrix-vector product (``_cam_triton.CONFIG["grads"]
+    == "torch"``, the default: faster on an H200) or from one Triton pass over the activations
+    (``"triton"``: float32 sums, ``d acts`` rounded once to the activations' dtype). With ``fallback``
     (``backend="auto"``) a Triton kernel that fails gives way to the PyTorch ops.
     """
     from egl.explainers._postprocess import REL_EPS

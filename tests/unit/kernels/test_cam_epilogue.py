@@ -202,21 +202,40 @@ def test_inference_builds_no_autograd_node() -> None:
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", [torch.float32])  # bf16 tl.dot is not modelled by the interpreter: GPU only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # bf16 tl.dot: not modelled by the interpreter
 def test_the_dot_channel_sum_matches_the_loop(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
-    """``reduce="dot"`` (benchmarked on GPUs by benchmarks/kernel.py, which also checks it there)."""
+    """``reduce="dot"`` (the default on CUDA for 16-bit activations; benchmarks/kernel.py checks
+    bf16 there). The fp32 weights are split in two 16-bit parts, so the sum is as accurate as
+    with fp32 weights, not as with the weights rounded to the activations' dtype."""
     from egl.kernels import _cam_triton
 
     a, wt = _inputs(2, 40, 5, 5, seed=10)
     a = a.to(dtype)
+    ref = torch.einsum("bc,bchw->bhw", wt.double(), a.double()).flatten(1)
+    rounded = torch.einsum("bc,bchw->bhw", wt.to(dtype).double(), a.double()).flatten(1)
     loop = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "loop"}).sum(1)
     dot = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "dot"}).sum(1)
-    ref = torch.einsum("bc,bchw->bhw", wt.to(dtype).float(), a.float()).flatten(1)
-    torch.testing.assert_close(dot, ref, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(loop, torch.einsum("bc,bchw->bhw", wt, a.float()).flatten(1), atol=1e-4, rtol=1e-4)
+    err = float((dot.double() - ref).norm() / ref.norm())
+    assert err < 1e-6, err
+    if dtype != torch.float32:  # one 16-bit row would be 100x worse
+        assert float((rounded - ref).norm() / ref.norm()) > 100 * err
+    torch.testing.assert_close(loop.double(), ref, atol=1e-4, rtol=1e-4)
     monkeypatch.setitem(_cam_triton.CONFIG, "reduce", "dot")
     torch.testing.assert_close(cam_epilogue(a, wt, (11, 13), backend="triton"),
-                               cam_epilogue_reference(a.float(), wt.to(dtype).float(), (11, 13)), atol=1e-5, rtol=1e-4)
+                               cam_epilogue_reference(a.float(), wt, (11, 13)), atol=1e-5, rtol=1e-4)
+
+
+@needs_interpreter
+def test_reduce_auto_takes_the_loop_off_cuda_and_bad_choices_are_named() -> None:
+    from egl.errors import InputError
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(2, 12, 4, 4, seed=3)
+    auto = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "auto"})
+    loop = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "loop"})
+    assert torch.equal(auto, loop)
+    with pytest.raises(InputError, match="reduce"):
+        _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "matmul"})
 
 
 @needs_interpreter
