@@ -26,16 +26,15 @@ stage() {  # stage NAME SECONDS CMD...
 }
 gpu="--device cuda --precision bf16"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
-stage train_step_cl 80 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --only clf+align,align,align-keep,align-keep-whole,align-ckpt-whole,dre,irm,mixup,sgdrop,sgt \
+stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --only clf+align,align,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt \
   --json "$out/train_step_cl.json"
 stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
   --channels-last --shapes --rows 30
-stage masker_ops 40 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
-stage train_step_cudnn 50 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --cudnn-benchmark --only clf+align,align --json "$out/train_step_cudnn.json"
-stage saliency 60 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
+stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
+stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
+stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
 stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
 stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \

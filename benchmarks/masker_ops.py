@@ -69,6 +69,20 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
             lambda y1=y1, w1=w1, g1=g1: torch.autograd.grad(y1, [w1], g1, retain_graph=True), full)
         bn = torch.nn.BatchNorm2d(width).to(dev).train()
         out[f"batchnorm train fwd ({fmt_name})"] = (lambda h=h, bn=bn: bn(h.detach()), 3 * full)
+        bias = torch.randn(width, device=dev, dtype=dt)
+        out[f"conv bias add, broadcast [1,C,1,1] ({fmt_name})"] = (
+            lambda h=h, bias=bias: h.detach() + bias.view(1, -1, 1, 1), 2 * full)
+        if fmt_name == "nhwc":  # the same maths on the [N·H·W, C] view of a channels-last map
+            flat = h.detach().permute(0, 2, 3, 1).reshape(-1, width)
+
+            def bn_2d(flat: torch.Tensor = flat) -> torch.Tensor:
+                var, mean = torch.var_mean(flat, dim=0, correction=0)
+                s = torch.rsqrt(var.float() + 1e-5)
+                return torch.addcmul((-mean.float() * s).to(dt), flat, s.to(dt))
+            out["batchnorm train fwd as var_mean + addcmul on [NHW, C] (nhwc)"] = (bn_2d, 3 * full)
+            out["var_mean over [NHW, C] (nhwc)"] = (lambda flat=flat: torch.var_mean(flat, dim=0), full)
+            out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
+            out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
         # the classifier's input gradient: resnet stem (7x7, stride 2, 3 -> 64) over 2B images
         xs = t(2 * b, 3, s, s, grad=True)
         ws = t(64, 3, 7, 7)
@@ -93,11 +107,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cudnn-benchmark", action="store_true", help="also time with torch.backends.cudnn.benchmark")
     a = p.parse_args()
     dt = torch.bfloat16 if a.precision == "bf16" else torch.float32
     rows = []
     ops = cases(a.batch, a.size, a.device, dt)
-    for bench in ((False, True) if a.device.startswith("cuda") else (False,)):
+    for bench in ((False, True) if a.device.startswith("cuda") and a.cudnn_benchmark else (False,)):
         torch.backends.cudnn.benchmark = bench  # cuDNN's own choice, then the fastest it finds by trying
         for name, (fn, moved) in ops.items():
             try:

@@ -10,7 +10,9 @@ classifier phase with the mixup regularizer); ``align-keep`` (the same with
 ``masker_checkpoint=False``); and every other registered recipe. With ``--only``, also
 ``align-ckpt`` (``masker_checkpoint=True``), ``align-keep-whole`` and ``align-ckpt-whole`` (the
 learned masker with ``recompute_bn=False``: every BatchNorm output kept; kept whole or
-recomputed), ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
+recomputed), ``align-gt`` (ground-truth masks: the classifier phase alone), ``align-w1`` (a learned masker
+one channel wide: the masker phase's classifier passes at almost no masker cost),
+``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
 round-robin repeats in one process; peak memory with each recipe in its own process.
@@ -62,6 +64,10 @@ def _recipe(name: str, arch: str) -> Any:
         masker = egl.create("masker", "learned", recompute_bn=False)
         return egl.create("recipe", "align", model, warmup_steps=0, masker=masker,
                           masker_checkpoint=name == "align-ckpt-whole")
+    if name == "align-gt":  # the classifier phase alone (ground-truth masks: no masker phase)
+        return egl.create("recipe", "align", model, warmup_steps=0, masker="ground_truth")
+    if name == "align-w1":  # the masker phase with a one-channel masker: what the classifier costs there
+        return egl.create("recipe", "align", model, warmup_steps=0, masker=egl.create("masker", "learned", width=1))
     if name == "align-ckpt":  # ALIGN recomputing the masker's activations in its backward
         return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=True)
     kw = {"warmup_steps": 0} if name == "align" else {}

@@ -1,0 +1,57 @@
+"""Where one ``grad_cam`` call spends its host and device time, beside a ``no_grad`` forward.
+
+    python benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
+
+Prints the wall time of both (median of 20 synchronised calls), then torch.profiler's table of
+one egl call sorted by host (CPU) time: on a GPU a small model's forward is bound by the
+host launching kernels, so what egl adds there is host work or a wait on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import hardware, sync  # noqa: E402
+from saliency import _inputs, variants  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--rows", type=int, default=25)
+    a = p.parse_args()
+    model, x, y = _inputs(a.model, a.batch, a.size)
+    fns = variants(a.model, model, x, y)
+    walls = {}
+    for name in ("forward", "egl"):
+        ts = []
+        for i in range(25):
+            sync()
+            t = time.perf_counter()
+            fns[name]()
+            sync()
+            if i >= 5:
+                ts.append(time.perf_counter() - t)
+        walls[name] = statistics.median(ts)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        fns["egl"]()
+        sync()
+    print(f"# one grad_cam call on {hardware()}: {a.model}, batch {a.batch} x {a.size}px: "
+          f"forward {1000 * walls['forward']:.2f} ms, egl {1000 * walls['egl']:.2f} ms wall")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=a.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
