@@ -157,14 +157,33 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 if not fallback or isinstance(err, torch.OutOfMemoryError):
                     raise
                 _give_up_triton(err)
+    return _input_grads_torch(acts, weights, d, needs)
+
+
+def _input_grads_torch(acts: Tensor, weights: Tensor, d: Tensor,
+                       needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """``d acts = w ⊗ d`` and ``d w = acts · d`` (``d``: float32 ``[B, h·w]``) with PyTorch ops.
+
+    ``d acts`` is formed in float32 and rounded once, on its write, to the activations' dtype and
+    layout (``out=`` casts). ``d w`` sums in float32: on CUDA one batched matrix product with float32
+    output, where ``d`` of 16-bit activations enters as two 16-bit columns ``hi + lo`` (about 16
+    mantissa bits, summed after); elsewhere (CPU) the activations are converted to float32.
+    """
+    b, c, h, w = acts.shape
     ga = gw = None
     if needs[0]:
-        ga = (weights.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1)).view(b, c, h, w)
+        ga = torch.empty_like(acts)  # the activations' layout (channels-last stays channels-last)
+        torch.mul(weights.float().view(b, c, 1, 1), d.float().view(b, 1, h, w), out=ga)
     if needs[1]:
-        if acts.stride(3) == 1 and acts.stride(2) == w:
-            gw = torch.bmm(acts.reshape(b, c, h * w), d.to(acts.dtype).unsqueeze(2)).squeeze(2)
+        flat = acts.stride(3) == 1 and acts.stride(2) == w
+        if acts.is_cuda and flat:
+            dcol = d.float().unsqueeze(2)
+            if acts.dtype != torch.float32:
+                hi = dcol.to(acts.dtype)
+                dcol = torch.cat([hi, (dcol - hi.float()).to(acts.dtype)], dim=2)
+            gw = torch.bmm(acts.reshape(b, c, h * w), dcol, out_dtype=torch.float32).sum(2)
         else:
-            gw = torch.einsum("bchw,bhw->bc", acts, d.to(acts.dtype).view(b, h, w))
+            gw = torch.einsum("bchw,bhw->bc", acts.float(), d.float().view(b, h, w))
         gw = gw.to(weights.dtype)
     return ga, gw
 

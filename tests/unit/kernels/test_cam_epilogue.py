@@ -95,7 +95,8 @@ def test_gradient_of_one_input_only_and_of_channels_last_bf16_activations(monkey
     a4 = a.to(torch.bfloat16).float().requires_grad_(True)
     w4 = wt.clone().requires_grad_(True)
     (cam_epilogue_reference(a4, w4, (20, 18)) * g).sum().backward()
-    assert _rel(cl.grad.float(), a4.grad) < 1e-2 and _rel(w3.grad, w4.grad) < 1e-2
+    # d acts: rounded once to bf16 (2^-9 relative at most); d w: summed in float32
+    assert _rel(cl.grad.float(), a4.grad) < 4e-3 and _rel(w3.grad, w4.grad) < 1e-5
 
 
 @needs_interpreter
