@@ -107,9 +107,10 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
     """Device time of each launch of the forward and backward, with the bytes each must move."""
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton, _cam_triton_backward
+    from egl.kernels.cam_epilogue import _input_grads_torch
 
     cfg = dict(_cam_triton.CONFIG)
-    b, c, h, wd = acts.shape
+    h, wd = acts.shape[-2:]
     part = _cam_triton.reduce_stage(acts, w, cfg)
     low, x_rows, stats, argext = _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg)
     gather = {**cfg, "write": "gather"}
@@ -128,9 +129,8 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
                              out_bytes)
     fns["bwd: transposed upsampling + finish"] = (lambda: _cam_triton_backward.grad_low(
         g, low, stats, argext, (h, wd), size, scale, True, True, REL_EPS), out_bytes)
-    fns["bwd: d acts = w x d"] = (lambda: w.to(acts.dtype).unsqueeze(2) * d.to(acts.dtype).unsqueeze(1), a_bytes)
-    fns["bwd: d w = acts . d"] = (lambda: torch.bmm(acts.reshape(b, c, h * wd), d.to(acts.dtype).unsqueeze(2)),
-                                  a_bytes)
+    fns["bwd: d acts + d w, two PyTorch ops (default)"] = (lambda: _input_grads_torch(acts, w, d, (True, True)),
+                                                          2 * a_bytes)
     fns["bwd: d acts + d w, one pass (triton)"] = (lambda: _cam_triton_backward.input_grads(
         acts, w, d, (True, True), cfg), 2 * a_bytes)
     rows = []
@@ -207,8 +207,8 @@ def main() -> None:
             g = torch.randn(a.batch, 1, *size, device=DEVICE)
             both = {f"{k} fwd+bwd": (lambda k=k: torch.autograd.grad(
                 cam_epilogue(ar, wr, size, scale=scale, backend=k), [ar, wr], g)) for k in ("torch", "triton")}
-            both["triton grads=torch fwd+bwd"] = lambda: _with_config(
-                {"grads": "torch"}, lambda: torch.autograd.grad(
+            both["triton grads=triton fwd+bwd"] = lambda: _with_config(
+                {"grads": "triton"}, lambda: torch.autograd.grad(
                     cam_epilogue(ar, wr, size, scale=scale, backend="triton"), [ar, wr], g))
             sweep = {}
             if a.sweep:
