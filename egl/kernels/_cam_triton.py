@@ -48,8 +48,8 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
 #: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"`` (``dot``
-#: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2x); the separable
-#: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 2.6-8x
+#: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2.7x); the separable
+#: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 1.2-6.5x
 #: slower than the two PyTorch ops, so ``grads="torch"``; 8192-element tiles with 8 warps.
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,

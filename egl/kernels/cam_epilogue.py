@@ -165,9 +165,10 @@ def _input_grads_torch(acts: Tensor, weights: Tensor, d: Tensor,
     """``d acts = w ⊗ d`` and ``d w = acts · d`` (``d``: float32 ``[B, h·w]``) with PyTorch ops.
 
     ``d acts`` is formed in float32 and rounded once, on its write, to the activations' dtype and
-    layout (``out=`` casts). ``d w`` sums in float32: on CUDA one batched matrix product with float32
-    output, where ``d`` of 16-bit activations enters as two 16-bit columns ``hi + lo`` (about 16
-    mantissa bits, summed after); elsewhere (CPU) the activations are converted to float32.
+    layout (``out=`` casts). ``d w`` sums in float32: on CUDA (NCHW or channels-last) one batched
+    matrix product with float32 output, where ``d`` of 16-bit activations enters as two 16-bit
+    rows ``hi + lo`` (about 16 mantissa bits, summed after); elsewhere (CPU, other layouts) the
+    activations are converted to float32.
     """
     b, c, h, w = acts.shape
     ga = gw = None
@@ -176,12 +177,16 @@ def _input_grads_torch(acts: Tensor, weights: Tensor, d: Tensor,
         torch.mul(weights.float().view(b, c, 1, 1), d.float().view(b, 1, h, w), out=ga)
     if needs[1]:
         flat = acts.stride(3) == 1 and acts.stride(2) == w
-        if acts.is_cuda and flat:
-            dcol = d.float().unsqueeze(2)
+        nhwc = acts.is_contiguous(memory_format=torch.channels_last)
+        if acts.is_cuda and (flat or nhwc):
+            drow = d.float().unsqueeze(1)  # [B, 1, h·w]
             if acts.dtype != torch.float32:
-                hi = dcol.to(acts.dtype)
-                dcol = torch.cat([hi, (dcol - hi.float()).to(acts.dtype)], dim=2)
-            gw = torch.bmm(acts.reshape(b, c, h * w), dcol, out_dtype=torch.float32).sum(2)
+                hi = drow.to(acts.dtype)
+                drow = torch.cat([hi, (drow - hi.float()).to(acts.dtype)], dim=1)  # [B, 2, h·w]
+            if flat:
+                gw = torch.bmm(acts.reshape(b, c, h * w), drow.transpose(1, 2), out_dtype=torch.float32).sum(2)
+            else:  # channels-last: the [B, h·w, C] view, no copy
+                gw = torch.bmm(drow, acts.permute(0, 2, 3, 1).reshape(b, h * w, c), out_dtype=torch.float32).sum(1)
         else:
             gw = torch.einsum("bchw,bhw->bc", acts.float(), d.float().view(b, h, w))
         gw = gw.to(weights.dtype)
