@@ -37,6 +37,7 @@ import triton.language as tl
 
 from egl._check import check_choice
 from egl.kernels._bilinear import on_device
+from egl.kernels.cam_epilogue import hi_lo
 
 __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 
@@ -344,12 +345,9 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     if impl == "auto":
         impl = "loop" if not acts.is_cuda else "bmm" if acts.dtype == torch.float32 else "dot"
     if impl == "bmm" and acts.is_cuda:
-        wt = weights.float()
+        wt = weights.float().unsqueeze(1)
         if acts.dtype != torch.float32:  # w ≈ hi + lo, two rows: the stats stage sums them
-            hi = wt.to(acts.dtype)
-            wt = torch.stack([hi, (wt - hi.float()).to(acts.dtype)], dim=1)
-        else:
-            wt = wt.unsqueeze(1)
+            wt = hi_lo(wt, acts.dtype, 1)
         return torch.bmm(wt, acts.reshape(b, c, hw), out_dtype=torch.float32)
     if impl == "dot":
         block_p = max(16, min(_pow2(hw), 256))

@@ -160,6 +160,14 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     return _input_grads_torch(acts, weights, d, needs)
 
 
+def hi_lo(x: Tensor, dtype: torch.dtype, dim: int) -> Tensor:
+    """Float32 ``x`` as two ``dtype`` parts concatenated along ``dim``, ``x ≈ hi + lo`` (about 16
+    mantissa bits from two bf16 parts): a 16-bit matrix product with float32 output then sums
+    with nearly fp32 operands at no extra pass over the other, larger operand."""
+    hi = x.to(dtype)
+    return torch.cat([hi, (x - hi.float()).to(dtype)], dim=dim)
+
+
 def _input_grads_torch(acts: Tensor, weights: Tensor, d: Tensor,
                        needs: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
     """``d acts = w ⊗ d`` and ``d w = acts · d`` (``d``: float32 ``[B, h·w]``) with PyTorch ops.
@@ -181,8 +189,7 @@ def _input_grads_torch(acts: Tensor, weights: Tensor, d: Tensor,
         if acts.is_cuda and (flat or nhwc):
             drow = d.float().unsqueeze(1)  # [B, 1, h·w]
             if acts.dtype != torch.float32:
-                hi = drow.to(acts.dtype)
-                drow = torch.cat([hi, (drow - hi.float()).to(acts.dtype)], dim=1)  # [B, 2, h·w]
+                drow = hi_lo(drow, acts.dtype, 1)  # [B, 2, h·w]
             if flat:
                 gw = torch.bmm(acts.reshape(b, c, h * w), drow.transpose(1, 2), out_dtype=torch.float32).sum(2)
             else:  # channels-last: the [B, h·w, C] view, no copy

@@ -419,3 +419,15 @@ def test_auto_falls_back_to_pytorch_when_a_kernel_fails(monkeypatch: pytest.Monk
     with pytest.raises(torch.OutOfMemoryError):
         cam_epilogue(a, wt, (9, 11))
     assert module._TRITON_FAILED is None
+
+
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2.0**-14), (torch.float16, 2.0**-18)])
+def test_hi_lo_keeps_twice_the_mantissa_of_one_16_bit_part(dtype: torch.dtype, bound: float) -> None:
+    from egl.kernels.cam_epilogue import hi_lo
+
+    x = torch.randn(4, 1, 300, generator=torch.Generator().manual_seed(5))
+    parts = hi_lo(x, dtype, 1)
+    assert parts.dtype == dtype and parts.shape == (4, 2, 300)
+    err = (parts.float().sum(1, keepdim=True) - x).norm() / x.norm()
+    one = (x.to(dtype).float() - x).norm() / x.norm()
+    assert err < bound < one
