@@ -136,7 +136,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
 
     from egl.kernels._cam_triton import CONFIG
 
-    b, c, h, w = acts.shape
+    h, w = acts.shape[-2:]
     args = (low, stats, argext, (h, w), size, scale, relu, normalize, REL_EPS)
     with torch.autocast(acts.device.type, enabled=False):
         d = None
@@ -157,7 +157,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 if not fallback or isinstance(err, torch.OutOfMemoryError):
                     raise
                 _give_up_triton(err)
-    return _input_grads_torch(acts, weights, d, needs)
+        return _input_grads_torch(acts, weights, d, needs)  # autocast off: the sums stay float32
 
 
 def hi_lo(x: Tensor, dtype: torch.dtype, dim: int) -> Tensor:

@@ -431,3 +431,18 @@ def test_hi_lo_keeps_twice_the_mantissa_of_one_16_bit_part(dtype: torch.dtype, b
     err = (parts.float().sum(1, keepdim=True) - x).norm() / x.norm()
     one = (x.to(dtype).float() - x).norm() / x.norm()
     assert err < bound < one
+
+
+@needs_interpreter
+def test_the_weight_gradient_sums_in_float32_under_autocast() -> None:
+    """A backward run inside ``torch.autocast`` must not turn the ``d w`` sum into bf16."""
+    a, wt = _inputs(2, 64, 5, 5, seed=12)
+    a = a.to(torch.bfloat16).requires_grad_(True)
+    w1 = wt.clone().requires_grad_(True)
+    g = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(13))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (cam_epilogue(a, w1, (12, 12), backend="triton") * g).sum().backward()
+    a2 = a.detach().float().requires_grad_(True)
+    w2 = wt.clone().requires_grad_(True)
+    (cam_epilogue_reference(a2, w2, (12, 12)) * g).sum().backward()
+    assert _rel(w1.grad, w2.grad) < 1e-5
