@@ -87,7 +87,9 @@ class _BNConv(torch.autograd.Function):
         conv, dtype = ctx.conv, ctx.dtype
         scale = gamma.float() * invstd
         shift = beta.float() - mean * scale
-        y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)).to(x.dtype)  # the BN output again
+        # the BN output again, computed in float32 and rounded once on its write (out= casts): no
+        # float32 copy of the map and no second pass to round it
+        y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=torch.empty_like(x))
         need = ctx.needs_input_grad
         d_y, d_w, d_b = torch.ops.aten.convolution_backward(
             grad.to(dtype), y.to(dtype), weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None,
