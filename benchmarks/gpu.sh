@@ -27,7 +27,7 @@ stage() {  # stage NAME SECONDS CMD...
 gpu="--device cuda --precision bf16"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --only clf+align,align,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt \
+  --only clf+align,align,align-bnstats,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt \
   --json "$out/train_step_cl.json"
 stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
   --channels-last --shapes --rows 30

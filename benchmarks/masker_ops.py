@@ -81,6 +81,17 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
                 return torch.addcmul((-mean.float() * s).to(dt), flat, s.to(dt))
             out["batchnorm train fwd as var_mean + addcmul on [NHW, C] (nhwc)"] = (bn_2d, 3 * full)
             out["var_mean over [NHW, C] (nhwc)"] = (lambda flat=flat: torch.var_mean(flat, dim=0), full)
+            from egl.kernels.bn_stats import bn_stats
+            from egl.maskers._bn_conv import _affine
+
+            hd = h.detach()
+            out["egl.kernels.bn_stats (nhwc)"] = (lambda hd=hd: bn_stats(hd), full)
+
+            def bn_kernel(hd: torch.Tensor = hd, bn: torch.nn.BatchNorm2d = bn) -> torch.Tensor:
+                with torch.no_grad():  # as inside bn_conv's forward
+                    mean, var = bn_stats(hd)
+                    return _affine(hd, bn.weight, bn.bias, mean, torch.rsqrt(var + bn.eps))
+            out["batchnorm train fwd as bn_stats + one multiply-add (nhwc)"] = (bn_kernel, 3 * full)
             out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
             out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
         # the classifier's input gradient: resnet stem (7x7, stride 2, 3 -> 64) over 2B images

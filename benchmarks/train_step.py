@@ -10,7 +10,9 @@ classifier phase with the mixup regularizer); ``align-keep`` (the same with
 ``masker_checkpoint=False``); and every other registered recipe. With ``--only``, also
 ``align-ckpt`` (``masker_checkpoint=True``), ``align-keep-whole`` and ``align-ckpt-whole`` (the
 learned masker with ``recompute_bn=False``: every BatchNorm output kept; kept whole or
-recomputed), ``align-gt`` (ground-truth masks: the classifier phase alone), ``align-w1`` (a learned masker
+recomputed), ``align-bnstats`` (the learned masker's BatchNorm statistics from
+``egl.kernels.bn_stats``: ``_bn_conv.CONFIG["stats"] = "kernel"``), ``align-gt`` (ground-truth
+masks: the classifier phase alone), ``align-w1`` (a learned masker
 one channel wide: the masker phase's classifier passes at almost no masker cost),
 ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
@@ -70,6 +72,8 @@ def _recipe(name: str, arch: str) -> Any:
         return egl.create("recipe", "align", model, warmup_steps=0, masker=egl.create("masker", "learned", width=1))
     if name == "align-ckpt":  # ALIGN recomputing the masker's activations in its backward
         return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=True)
+    if name == "align-bnstats":  # the masker's BatchNorm statistics from egl.kernels.bn_stats
+        return egl.create("recipe", "align", model, warmup_steps=0)
     kw = {"warmup_steps": 0} if name == "align" else {}
     return egl.create("recipe", name, model, **kw)
 
@@ -97,9 +101,17 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     # fp16 as fit(precision="fp16") runs it: one loss scaler per phase
     kwargs = {"scalers": {name: LossScaler() for name in opts}} if precision == "fp16" else {}
 
+    stats = "kernel" if name.endswith("-bnstats") else "native"
+
     def run() -> None:
-        with autocast():
-            recipe.training_step(data, step[0], opts, **kwargs)
+        from egl.maskers import _bn_conv
+
+        saved, _bn_conv.CONFIG["stats"] = _bn_conv.CONFIG["stats"], stats  # per row: rows share a process
+        try:
+            with autocast():
+                recipe.training_step(data, step[0], opts, **kwargs)
+        finally:
+            _bn_conv.CONFIG["stats"] = saved
 
     def run_phase() -> None:
         with autocast():

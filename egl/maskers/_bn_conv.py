@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import fail
+from egl._check import check_choice, fail
 
 __all__ = ["bn_conv", "fusable", "has_hooks"]
 
@@ -60,6 +60,44 @@ def has_hooks(*modules: nn.Module) -> bool:
                                     or m._backward_pre_hooks for m in modules)
 
 
+#: How :func:`bn_conv`'s forward takes the batch statistics: ``"native"`` (the default,
+#: ``torch.native_batch_norm``) or ``"kernel"`` (:func:`egl.kernels.bn_stats.bn_stats` for
+#: channels-last maps on CUDA, one read at float32 precision, then one multiply-add; the
+#: running statistics updated as BatchNorm updates them). ``"kernel"`` is not the default yet:
+#: it has no GPU timing (benchmarks/train_step.py row ``align-bnstats`` and benchmarks/masker_ops.py
+#: time it beside the native kernels, which read these maps at 13% of an H200's bandwidth).
+CONFIG: dict[str, Any] = {"stats": "native"}
+STATS = ("native", "kernel")
+
+
+def _affine(x: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
+    """BatchNorm's output from its statistics, in float32, rounded once on the write to ``x``'s
+    dtype and layout (``out=`` casts: no float32 copy of the map)."""
+    scale = gamma.float() * invstd
+    shift = beta.float() - mean * scale
+    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=torch.empty_like(x))
+
+
+def _batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, running: tuple[Tensor | None, Tensor | None],
+                factor: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.native_batch_norm(x, ..., training=True)``: ``(y, mean, invstd)``, the statistics
+    taken as ``CONFIG["stats"]`` says."""
+    from egl.kernels import bn_stats
+
+    check_choice(CONFIG["stats"], STATS, "egl.maskers._bn_conv", "CONFIG['stats']")
+    if CONFIG["stats"] == "native" or not bn_stats.supported(x):
+        return torch.native_batch_norm(x, gamma, beta, running[0], running[1], True, factor, eps)
+    mean, var = bn_stats.bn_stats(x)
+    invstd = torch.rsqrt(var + eps)
+    if running[0] is not None and running[1] is not None:
+        n = x.numel() // x.shape[1]
+        unbiased = var * (n / (n - 1)) if n > 1 else torch.full_like(var, float("nan"))  # as native
+        with torch.no_grad():
+            running[0].mul_(1.0 - factor).add_(mean.to(running[0].dtype), alpha=factor)
+            running[1].mul_(1.0 - factor).add_(unbiased.to(running[1].dtype), alpha=factor)
+    return _affine(x, gamma, beta, mean, invstd), mean, invstd
+
+
 def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     """``bn_conv`` computes exactly ``conv(bn(x))`` for this pair: a plain, affine BatchNorm2d in
     training mode, a zero-padded Conv2d, and no hooks that the fused call would skip."""
@@ -71,7 +109,7 @@ class _BNConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor, weight: Tensor, bias: Tensor | None,
                 running: tuple[Tensor | None, Tensor | None], factor: float, eps: float, conv: nn.Conv2d) -> Tensor:
-        y, mean, invstd = torch.native_batch_norm(x, gamma, beta, running[0], running[1], True, factor, eps)
+        y, mean, invstd = _batch_norm(x, gamma, beta, running, factor, eps)
         dtype = _conv_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             out = F.conv2d(y.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
@@ -85,11 +123,7 @@ class _BNConv(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> Any:
         x, gamma, beta, weight, mean, invstd = ctx.saved_tensors
         conv, dtype = ctx.conv, ctx.dtype
-        scale = gamma.float() * invstd
-        shift = beta.float() - mean * scale
-        # the BN output again, computed in float32 and rounded once on its write (out= casts): no
-        # float32 copy of the map and no second pass to round it
-        y = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=torch.empty_like(x))
+        y = _affine(x, gamma, beta, mean, invstd)  # the BN output again
         need = ctx.needs_input_grad
         d_y, d_w, d_b = torch.ops.aten.convolution_backward(
             grad.to(dtype), y.to(dtype), weight.to(dtype), [weight.shape[0]] if ctx.has_bias else None,

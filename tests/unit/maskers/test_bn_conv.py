@@ -37,7 +37,12 @@ def _run(fused: bool, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor, step
                                                        "bias": False}])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum: float | None) -> None:
+@pytest.mark.parametrize("stats", ["native", "kernel"])  # "kernel": egl.kernels.bn_stats on channels-last maps
+def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum: float | None, stats: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.maskers import _bn_conv
+
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", stats)
     bn, conv = _pair(**conv_kw)
     bn.momentum = momentum
     x = torch.randn(3, 6, 11, 9) * 2 + 1
@@ -48,14 +53,19 @@ def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum:
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1], ref[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    rtol = 1e-6 if stats == "native" else 1e-5  # the kernel sums in another order (float64 across bands)
     for a, b in zip(got[2], ref[2]):  # running mean, var and num_batches_tracked
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=rtol, atol=1e-7)
 
 
-def test_without_running_statistics() -> None:
+@pytest.mark.parametrize("stats", ["native", "kernel"])
+def test_without_running_statistics(stats: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.maskers import _bn_conv
+
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", stats)
     torch.manual_seed(0)
     bn, conv = nn.BatchNorm2d(4, track_running_stats=False), nn.Conv2d(4, 2, 1)
-    x = torch.randn(2, 4, 5, 5)
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     ref = _run(False, copy.deepcopy(bn), copy.deepcopy(conv), x)
     got = _run(True, bn, conv, x)
     torch.testing.assert_close(got[0], ref[0])
@@ -159,3 +169,21 @@ def test_frozen_replaced_or_hooked_batchnorms_run_as_plain_modules() -> None:
         assert calls == [1] and not fusable(nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
     finally:
         handle.remove()
+
+
+def test_the_statistics_kernel_path_is_taken_and_a_bad_choice_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.errors import InputError
+    from egl.kernels import bn_stats
+    from egl.maskers import _bn_conv
+
+    bn, conv = _pair(padding=1)
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = bn_stats.bn_stats
+    monkeypatch.setattr(bn_stats, "bn_stats", lambda t: calls.append(t.shape) or real(t))
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", "kernel")
+    bn_conv(x, bn, conv)
+    assert calls == ([x.shape] if bn_stats.supported(x) else [])
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", "fast")
+    with pytest.raises(InputError, match="stats"):
+        bn_conv(x, bn, conv)
