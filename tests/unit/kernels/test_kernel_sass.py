@@ -44,3 +44,31 @@ def test_every_launch_compiles_for_sm90_at_odd_sizes(tmp_path: Path) -> None:
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"reduce_kernel", "stats_kernel", "write_rows_kernel", "write_kernel", "input_grads_kernel"}
     assert all(r["instructions"] > 0 for r in rows)
+
+
+_BN_STATS_SASS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import kernel_sass  # compiles real kernels (TRITON_INTERPRET=0)
+import torch
+from triton.runtime.jit import JITFunction
+from egl.kernels import _bn_stats_triton
+seen = []
+JITFunction.run = lambda self, *a, grid=None, warmup=False, **kw: seen.append({"fn": self, "args": a, "kwargs": kw})
+for dt, c in ((torch.bfloat16, 32), (torch.float32, 32), (torch.bfloat16, 33)):
+    x = torch.randn(4, c, 9, 7).to(dt).contiguous(memory_format=torch.channels_last)
+    _bn_stats_triton.partial_sums(x, 4 * 63, c, 4096)
+for launch in seen:
+    body = kernel_sass.loop_body(kernel_sass.disassemble(launch, 90))
+    print(sum("LDG.E.128" in s for s in body), len(body))
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
+def test_the_batchnorm_statistics_kernel_compiles_for_sm90_with_vector_loads() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", _BN_STATS_SASS, str(ROOT / "benchmarks")], check=True, env=env,
+                         capture_output=True, text=True, timeout=300)
+    counts = [tuple(int(v) for v in line.split()) for line in res.stdout.split("\n") if line.strip()]
+    assert len(counts) == 3 and all(n > 0 for _, n in counts)
+    assert counts[0][0] > 0 and counts[1][0] > 0  # 32 channels: rows of 64 / 128 bytes, 16-byte loads
