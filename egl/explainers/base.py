@@ -17,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_shape, describe, fail
-from egl._deferred import active
+from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
-__all__ = ["Explainer", "Explanation", "as_targets", "model_device", "double_backward_ready"]
+__all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
+           "model_device", "double_backward_ready"]
 
 
 class Explanation(NamedTuple):
@@ -51,58 +52,6 @@ def double_backward_ready(create_graph: bool) -> ContextManager[Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
-
-
-def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor | None:
-    """Validate a target spec (int, list of ints, 0-D/1-D integer tensor, or None) to a ``[B]`` LongTensor.
-
-    The class range is checked later by :func:`check_target_range`, once the logits are known.
-    """
-    if target is None:
-        return None
-    if isinstance(target, bool):
-        raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
-                   describe(target), "Pass class indices, not booleans")
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long, device=device)
-    if isinstance(target, (list, tuple)):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise fail(fn, "target", "a list of int class indices", repr(list(target))[:120],
-                       "Convert the entries to int")
-        target = torch.tensor(list(target), dtype=torch.long)
-    if not isinstance(target, Tensor):
-        raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
-                   describe(target), "Pass class indices")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise fail(fn, "target", "an integer tensor of class indices", describe(target),
-                   "Use target.long(), or argmax over probabilities")
-    if target.dim() == 0:
-        target = target.expand(batch)
-    if target.dim() != 1 or target.shape[0] != batch:
-        raise fail(fn, "target", f"one class index per sample (shape [{batch}])", describe(target),
-                   "Pass one target per image in x, or a single int for all")
-    return target.to(device=device, dtype=torch.long)
-
-
-def check_target_range(target: Tensor, num_classes: int, fn: str) -> Tensor:
-    """Raise unless every target lies in ``[0, num_classes)`` (at most one device-to-host read).
-
-    Never deferred (an index out of range device-asserts on CUDA), but inside
-    :func:`egl._deferred.deferred_checks` a tensor is checked once per ``num_classes``, and not
-    read at all when its range is already known on the host.
-    """
-    checks = active()
-    key = ("classes", num_classes)
-    if not target.numel() or (checks is not None and checks.checked(target, key)):
-        return target
-    known = checks.range_of(target) if checks is not None else None
-    lo, hi = known if known is not None else torch.stack([target.min(), target.max()]).tolist()
-    if lo < 0 or hi >= num_classes:
-        raise fail(fn, "target", f"class indices in [0, {num_classes - 1}] (the model has {num_classes} outputs)",
-                   f"values in [{lo}, {hi}]", "Check the label mapping, or the model's num_classes")
-    if checks is not None:
-        checks.mark(target, key)
-    return target
 
 
 class Explainer:

@@ -23,7 +23,7 @@ from egl._check import fail
 from egl.backbones import _module, _probe_last_map
 from egl.errors import UnsupportedModelError
 from egl.explainers._postprocess import finalize
-from egl.explainers.base import Explainer, Explanation, as_targets, check_target_range
+from egl.explainers.base import Explainer, Explanation, targets
 
 __all__ = ["CaptumExplainer"]
 
@@ -93,10 +93,10 @@ class CaptumExplainer(Explainer):
         """Attribution maps and logits for ``x``; ``target=None`` explains the predicted class."""
         fn = "egl.explainers.captum"
         x = self._check_input(x, create_graph)
-        tgt = as_targets(target, x.shape[0], fn, x.device)
+        tgt = targets(target, x.shape[0], fn, x.device)
         with torch.no_grad():
             logits = self.model(x)
-        t = logits.argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
+        t = logits.argmax(1) if tgt is None else tgt.index(logits.shape[1], fn)  # captum gathers: no deferral
         if self._method is None:  # layer method with layer="auto": probe once
             name = _probe_last_map(self.model, x)
             self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)

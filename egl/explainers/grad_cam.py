@@ -37,8 +37,7 @@ from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.explainers import _vit_tail
-from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
-                                 double_backward_ready)
+from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import cam_epilogue
 
 __all__ = ["GradCAM", "grad_cam"]
@@ -59,7 +58,9 @@ def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tens
     return a
 
 
-def _pick(logits: Tensor, target: Tensor | None, fn: str) -> Tensor:
+def _pick(logits: Tensor, target: Targets | None, fn: str) -> Tensor:
+    """The class indices to explain: the target's (range read at the end of the call on an
+    accelerator, see :mod:`egl.explainers._targets`), or the predicted class."""
     if logits.dim() != 2:
         raise UnsupportedModelError(
             f"{fn}: the model returned logits of shape {list(logits.shape)}; expected [B, num_classes]. "
@@ -67,7 +68,7 @@ def _pick(logits: Tensor, target: Tensor | None, fn: str) -> Tensor:
         )
     if target is None:
         return logits.detach().argmax(dim=1)
-    return check_target_range(target, logits.shape[1], fn)
+    return target.index(logits.shape[1], fn, defer=True)
 
 
 class GradCAM(Explainer):
@@ -130,7 +131,7 @@ class GradCAM(Explainer):
         """Grad-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
         fn = "egl.explainers.grad_cam"
         x = self._check_input(x, create_graph)
-        tgt = as_targets(target, x.shape[0], fn, x.device)
+        tgt = targets(target, x.shape[0], fn, x.device)
         if self._target is None:
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
@@ -148,6 +149,8 @@ class GradCAM(Explainer):
         with torch.set_grad_enabled(create_graph):  # one fused epilogue for every path
             sal = cam_epilogue(acts, weights, hw if self.upsample else None, scale=scale, relu=self.relu,
                                normalize=self.normalize, backend=self.backend)
+        if tgt is not None:
+            tgt.settle()  # the target range, read once the whole call is queued
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
         return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits)
@@ -165,7 +168,7 @@ class GradCAM(Explainer):
                        repr(self.path), "Use path='auto'")
         return self.path
 
-    def _from_features(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
+    def _from_features(self, x: Tensor, tgt: Targets | None, create_graph: bool,
                        fn: str) -> tuple[_Parts, Tensor]:
         model: Any = self.model
         hw = (int(x.shape[-2]), int(x.shape[-1]))
@@ -203,7 +206,7 @@ class GradCAM(Explainer):
             raise unsupported_model(model, x, f"forward_features returned {got}, not {want}", fn)
         return feats, target
 
-    def _pooled(self, feats: Tensor, tgt: Tensor | None, create_graph: bool, fn: str,
+    def _pooled(self, feats: Tensor, tgt: Targets | None, create_graph: bool, fn: str,
                 hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         model: Any = self.model
         fmt = self._target.fmt  # type: ignore[union-attr]
@@ -224,7 +227,7 @@ class GradCAM(Explainer):
                 a = _to_nchw(feats, fmt, model, hw)
             return (a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
 
-    def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Tensor | None, create_graph: bool,
+    def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Targets | None, create_graph: bool,
                        fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         with torch.enable_grad():
             t = _pick(logits, tgt, fn)
@@ -246,7 +249,7 @@ class GradCAM(Explainer):
                 alpha = alpha.detach()
         return (a, alpha.flatten(1), 1.0), logits
 
-    def _from_hook(self, x: Tensor, tgt: Tensor | None, create_graph: bool,
+    def _from_hook(self, x: Tensor, tgt: Targets | None, create_graph: bool,
                    fn: str) -> tuple[_Parts, Tensor]:
         self._choose("none", fn)
         self.last_path = "autograd"

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from egl._amp import inner_grad
 from egl._check import check_choice
 from egl.explainers._postprocess import minmax_normalize
-from egl.explainers.base import (Explainer, Explanation, as_targets, check_target_range,
-                                 double_backward_ready)
+from egl.explainers.base import Explainer, Explanation, double_backward_ready, targets
 
 __all__ = ["InputGradient", "input_gradient"]
 
@@ -52,11 +51,11 @@ class InputGradient(Explainer):
         """Input-gradient saliency and logits for ``x`` (``target=None``: predicted class)."""
         fn = "egl.explainers.input_gradient"
         x = self._check_input(x, create_graph)
-        tgt = as_targets(target, x.shape[0], fn, x.device)
+        tgt = targets(target, x.shape[0], fn, x.device)
         leaf = x.detach().requires_grad_(True)
         with torch.enable_grad(), double_backward_ready(create_graph):
             logits = self.model(leaf)
-            t = logits.detach().argmax(1) if tgt is None else check_target_range(tgt, logits.shape[1], fn)
+            t = logits.detach().argmax(1) if tgt is None else tgt.index(logits.shape[1], fn, defer=True)
             g = inner_grad(logits.gather(1, t[:, None]).float().sum(), leaf, create_graph=create_graph,
                            retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
@@ -67,6 +66,8 @@ class InputGradient(Explainer):
                 sal = sal.sum(dim=1, keepdim=True)
             if self.normalize:
                 sal = minmax_normalize(sal)
+        if tgt is not None:
+            tgt.settle()  # the target range, read once the whole call is queued
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
         return Explanation(sal, logits)
