@@ -15,6 +15,9 @@ import os
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,6 +60,41 @@ def main() -> None:
           f"forward {1000 * walls['forward']:.2f} ms, egl {1000 * walls['egl']:.2f} ms, egl with list targets "
           f"{1000 * walls['egl, list targets']:.2f} ms wall")
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=a.rows, max_name_column_width=60))
+    print("# copies and host reads in one egl call (operator, tensors, the egl or benchmark line that made it):")
+    for line in copies(fns["egl"]):
+        print(line)
+
+
+def copies(fn: Callable[[], Any]) -> list[str]:
+    """Every copy and scalar read that ``fn`` dispatches, with the shapes and devices involved and the
+    innermost egl (or benchmark) line on the Python stack."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found: list[str] = []
+
+    def where() -> str:
+        for frame in reversed(traceback.extract_stack()[:-3]):
+            if "/egl/" in frame.filename or "/benchmarks/" in frame.filename:
+                return f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} " \
+                       f"{(frame.line or '').strip()[:80]}"
+        return "?"
+
+    def desc(v: Any) -> str:
+        return f"{list(v.shape)} {v.dtype} {v.device}" if isinstance(v, torch.Tensor) else repr(v)[:40]
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            name = str(func)
+            if any(k in name for k in ("_to_copy", "copy_", "_local_scalar_dense", "nonzero", "item")):
+                dst = desc(out) if isinstance(out, torch.Tensor) else ""
+                found.append(f"  {name}: {desc(args[0])} -> {dst}  at {where()}")
+            return out
+
+    with Log():
+        fn()
+    sync()
+    return found
 
 
 if __name__ == "__main__":
