@@ -1,0 +1,54 @@
+"""Every benchmark script runs end to end at a tiny size and prints what it promises.
+
+The benchmarks are outside the timed test run (their numbers are never asserted: the machines
+are shared); this only keeps the scripts working as the library changes. Each runs in its own
+process, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=BENCH.parent)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_saliency_benchmark(tmp_path: Path) -> None:
+    out = run("saliency.py", "--models", "resnet18", "--settings", "2x32", "--repeats", "1", "--no-memory",
+              "--json", str(tmp_path / "s.json"))
+    assert "egl vs captum max rel. diff" in out
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "s.json").read_text())["results"]}
+    assert {"forward", "egl", "egl_autograd", "captum"} <= set(rows)
+    assert rows["forward"]["x forward"] == 1.0 and rows["egl"]["ms"] > 0
+
+
+def test_train_step_benchmark(tmp_path: Path) -> None:
+    run("train_step.py", "--batch", "2", "--size", "32", "--repeats", "1", "--only", "erm,align",
+        "--json", str(tmp_path / "t.json"))
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "t.json").read_text())["rows"]}
+    assert set(rows) == {"erm", "align"}
+    assert rows["erm"]["x erm"] == 1.0 and rows["align"]["x erm"] > 0 and rows["align"]["peak MB"] > 0
+
+
+@pytest.mark.parametrize("script,args,expect", [
+    ("metrics.py", ["--quick", "--batch", "2", "--size", "32"], "egl faithfulness"),
+    ("activations.py", ["--batch", "2", "--size", "32"], "masker"),
+    ("masker_ops.py", ["--batch", "2", "--size", "32", "--repeats", "1"], "bn_stats"),
+    ("profile_step.py", ["--recipe", "align", "--batch", "2", "--size", "32", "--rows", "3"], "egl.phase.masker"),
+    ("profile_saliency.py", ["--batch", "2", "--size", "32", "--rows", "3"], "copies and host reads"),
+    ("kernel.py", ["--batch", "2", "--cases", "1"], "kernel"),
+])
+def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:
+    assert expect in run(script, *args)
