@@ -94,14 +94,21 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
             out["batchnorm train fwd as bn_stats + one multiply-add (nhwc)"] = (bn_kernel, 3 * full)
             out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
             out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
-        # the classifier's input gradient: resnet stem (7x7, stride 2, 3 -> 64) over 2B images
-        xs = t(2 * b, 3, s, s, grad=True)
-        ws = t(64, 3, 7, 7)
-        ys = F.conv2d(xs, ws, stride=2, padding=3)
-        gs = torch.randn_like(ys)
-        out[f"stem 7x7/2 d input, batch {2 * b} ({fmt_name})"] = (
-            lambda ys=ys, xs=xs, gs=gs: torch.autograd.grad(ys, [xs], gs, retain_graph=True),
-            gs.numel() * e + xs.numel() * e)
+        # the classifier's input gradient over 2B images: the library's convolution backward, and
+        # egl.kernels.subpixel_dgrad's stride-1 convolution + pixel shuffle; ResNet, ConvNeXt, ViT stems
+        from egl.kernels.subpixel_dgrad import conv2d_input_grad
+
+        for stem, c_out, k, st, pad in (("resnet 7x7/2", 64, 7, 2, 3), ("convnext 4x4/4", 96, 4, 4, 0),
+                                         ("vit 16x16/16", 384, 16, 16, 0)):
+            xs = t(2 * b, 3, s, s, grad=True)
+            ws = t(c_out, 3, k, k)
+            ys = F.conv2d(xs, ws, stride=st, padding=pad)
+            gs = torch.randn_like(ys)
+            moved = gs.numel() * e + xs.numel() * e
+            out[f"stem {stem} d input, batch {2 * b} ({fmt_name})"] = (
+                lambda ys=ys, xs=xs, gs=gs: torch.autograd.grad(ys, [xs], gs, retain_graph=True), moved)
+            out[f"stem {stem} d input, sub-pixel, batch {2 * b} ({fmt_name})"] = (
+                lambda gs=gs, ws=ws, st=st, pad=pad: conv2d_input_grad(gs, ws, (s, s), (st, st), (pad, pad)), moved)
         mp_in = t(2 * b, 64, s // 2, s // 2, grad=True)
         mp = F.max_pool2d(mp_in, 3, 2, 1)
         gm = torch.randn_like(mp)

@@ -13,7 +13,11 @@ learned masker with ``recompute_bn=False``: every BatchNorm output kept; kept wh
 recomputed), ``align-bnstats`` (the learned masker's BatchNorm statistics from
 ``egl.kernels.bn_stats``: ``_bn_conv.CONFIG["stats"] = "kernel"``), ``align-gt`` (ground-truth
 masks: the classifier phase alone), ``align-w1`` (a learned masker
-one channel wide: the masker phase's classifier passes at almost no masker cost),
+one channel wide: the masker phase's classifier passes at almost no masker cost), any row with
+``-nativedgrad`` or ``-subpixel`` appended (e.g. ``align-nativedgrad``, ``sgt-subpixel``: the
+stem's input gradient by the library's own convolution backward, or always in the sub-pixel
+form of ``egl.kernels.subpixel_dgrad``: its ``CONFIG["use"]`` = ``"never"`` / ``"always"``;
+default ``"auto"``),
 ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
@@ -88,6 +92,9 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     from egl.train import LossScaler
 
     x, y, d, m = _setup(arch, batch, size)
+    dgrad = {"-nativedgrad": "never", "-subpixel": "always"}
+    use = next((v for k, v in dgrad.items() if name.endswith(k)), "auto")
+    name = next((name[: -len(k)] for k in dgrad if name.endswith(k)), name)
     recipe = _recipe(name, arch).to(device).train()
     if channels_last:  # as fit(channels_last=True): model and images in NHWC
         recipe = recipe.to(memory_format=torch.channels_last)
@@ -104,14 +111,17 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     stats = "kernel" if name.endswith("-bnstats") else "native"
 
     def run() -> None:
+        from egl.kernels import subpixel_dgrad
         from egl.maskers import _bn_conv
 
-        saved, _bn_conv.CONFIG["stats"] = _bn_conv.CONFIG["stats"], stats  # per row: rows share a process
+        # per row: rows share a process
+        saved = _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"]
+        _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"] = stats, use
         try:
             with autocast():
                 recipe.training_step(data, step[0], opts, **kwargs)
         finally:
-            _bn_conv.CONFIG["stats"] = saved
+            _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"] = saved
 
     def run_phase() -> None:
         with autocast():

@@ -1,0 +1,172 @@
+"""The input gradient of a strided stem convolution as one stride-1 convolution and a pixel shuffle.
+
+Methods that differentiate with respect to the image (ALIGN's masker phase, input gradients,
+RRR, SGT) run the backward of the network's first convolution to its 3-channel input. For
+a strided convolution that is a transposed convolution with 3 output channels, a degenerate
+shape for oneDNN and cuDNN: on a 2-core CPU, the input gradient of a ResNet stem (7x7,
+stride 2, 64 → 3 channels) for 16 images at 224 px takes 107 ms, 2.5x the convolution's own
+forward (``benchmarks/masker_ops.py``).
+
+Split by output phase, it is a small stride-1 convolution: with stride ``s``, output pixel
+``(s·u + a, s·v + b)`` receives ``Σ_o Σ_{t,r} W[o, c, a + p − s·t, b + p − s·r] · g[o, u + t, v + r]``
+over the taps that fall inside the kernel. Stacking the ``s²`` phases of every input channel
+as output channels gives one convolution of ``g`` with ``C_in·s²`` output channels (12 for a
+ResNet stem, 768 for a ViT's 16x16 patch embedding) and a kernel of about ``k/s`` taps, then
+``pixel_shuffle(s)`` (the sub-pixel convolution of Shi et al., 2016, run backwards). The same
+product count, in a shape the libraries handle well: 49-64 ms instead of 107 on that CPU.
+
+:func:`conv2d_input_grad` computes it; :func:`subpixel_input_grads` is a context in which the
+eligible convolutions of a model (2-D, stride > 1, no dilation or groups, zero padding, at
+most ``CONFIG["max_in_channels"]`` input channels: the stems) compute their input gradient
+so. Their forward is unchanged; the weight gradient, when asked for, is the library's own.
+The backward is itself differentiable (RRR and other double-backward losses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egl._check import check_choice
+
+__all__ = ["CONFIG", "conv2d_input_grad", "subpixel_weight", "eligible", "worth", "subpixel_input_grads"]
+
+#: ``use``: where the context swaps the backward in: ``"auto"`` (CPU tensors, for the kernel
+#: shapes where it measured faster: see :func:`worth`; CUDA keeps cuDNN's until a GPU run times it:
+#: ``benchmarks/masker_ops.py``), ``"always"`` (every eligible convolution, any device) or
+#: ``"never"``. ``max_in_channels``: convolutions with more input channels keep theirs.
+CONFIG: dict[str, Any] = {"use": "auto", "max_in_channels": 4}
+
+
+def _taps(k: int, s: int, p: int) -> tuple[int, int]:
+    """The range ``[t_min, t_max]`` of offsets ``t`` with ``0 <= a + p - s·t < k`` for some phase ``a < s``."""
+    return math.ceil((p - k + 1) / s), (s - 1 + p) // s
+
+
+def subpixel_weight(weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """The ``[C_in·sh·sw, C_out, kh', kw']`` kernel of :func:`conv2d_input_grad` (differentiable in ``weight``)."""
+    c_out, c_in, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    (th0, th1), (tw0, tw1) = _taps(kh, sh, ph), _taps(kw, sw, pw)
+    # for each output phase a and offset t, the kernel row a + p − s·t (or none): one gather
+    rows = torch.tensor([[a + ph - sh * t for t in range(th0, th1 + 1)] for a in range(sh)])  # [sh, kh']
+    cols = torch.tensor([[b + pw - sw * t for t in range(tw0, tw1 + 1)] for b in range(sw)])  # [sw, kw']
+    ok = ((rows >= 0) & (rows < kh))[:, None, :, None] & ((cols >= 0) & (cols < kw))[None, :, None, :]
+    w = weight.permute(1, 0, 2, 3)  # [C_in, C_out, kh, kw]
+    w = w[:, :, rows.clamp(0, kh - 1)]  # [C_in, C_out, sh, kh', kw]
+    w = w[..., cols.clamp(0, kw - 1)]  # [C_in, C_out, sh, kh', sw, kw']
+    w = w.permute(0, 2, 4, 1, 3, 5)  # [C_in, sh, sw, C_out, kh', kw']
+    w = w * ok.to(w.device, w.dtype)[None, :, :, None]  # taps outside the kernel are zero
+    return w.reshape(c_in * sh * sw, c_out, th1 - th0 + 1, tw1 - tw0 + 1)
+
+
+def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple[int, int], stride: tuple[int, int],
+                      padding: tuple[int, int]) -> Tensor:
+    """``∂L/∂x`` of ``y = conv2d(x, weight, stride=stride, padding=padding)`` given ``grad = ∂L/∂y``.
+
+    Equal to ``torch.nn.grad.conv2d_input`` (to rounding), as one stride-1 convolution with
+    ``C_in·sh·sw`` output channels and a pixel shuffle.
+
+    Shape:
+        grad: ``B C_out Ho Wo``; weight: ``C_out C_in kh kw``; returns ``B C_in H W``.
+    """
+    (sh, sw), (ph, pw) = stride, padding
+    _, c_in, kh, kw = weight.shape
+    h, w = input_hw
+    (th0, th1), (tw0, tw1) = _taps(kh, sh, ph), _taps(kw, sw, pw)
+    uh, uw = -(-h // sh), -(-w // sw)  # phase rows and columns that cover the input
+    ho, wo = grad.shape[-2:]
+    # grad rows u + t for u < uh and t in [t0, t1]: pad (or crop) to exactly that range
+    padded = F.pad(grad, (-tw0, uw - 1 + tw1 - (wo - 1), -th0, uh - 1 + th1 - (ho - 1)))
+    out = F.conv2d(padded, subpixel_weight(weight, stride, padding))  # [B, C_in·sh·sw, uh, uw]
+    if sh == sw:
+        out = F.pixel_shuffle(out, sh)
+    else:
+        b = out.shape[0]
+        out = out.view(b, c_in, sh, sw, uh, uw).permute(0, 1, 4, 2, 5, 3).reshape(b, c_in, uh * sh, uw * sw)
+    return out[..., :h, :w]
+
+
+class _Conv(torch.autograd.Function):
+    """``conv2d`` whose backward forms the input gradient with :func:`conv2d_input_grad`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        x, weight = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = gw = gb = None
+        if need_x:
+            gx = conv2d_input_grad(grad, weight, tuple(x.shape[-2:]), stride, padding)
+        if need_w or (need_b and has_bias):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1, 1],
+                False, [0, 0], 1, [False, need_w, need_b and has_bias])
+        return gx, gw, gb, None, None
+
+
+def eligible(conv: nn.Module) -> bool:
+    """Whether :func:`subpixel_input_grads` takes over this module's input gradient."""
+    return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and max(conv.stride) > 1 and conv.in_channels <= CONFIG["max_in_channels"])
+
+
+def worth(kernel: tuple[int, int], stride: tuple[int, int]) -> bool:
+    """``use="auto"``: the kernel shapes where the sub-pixel form measured faster on the CPU.
+
+    2-core CPU, 16 images at 224 px, 3 input channels (``benchmarks/masker_ops.py``; ms, native
+    → sub-pixel): 7x7/2 with 64 outputs (ResNet) 95-107 → 49-69; 5x5/2 62 → 55; 6x6/2 83 → 57;
+    patch embeddings 4x4/4 (ConvNeXt) 13.5 → 6.6, 8x8/8 17 → 6.7, 16x16/16 (ViT) 52 → 12; but
+    3x3/2 (ResNet-D, EfficientNet) 11.5-40 → 16-50, 4x4/2 49 → 60 and 2x2/2 33 → 39 are slower.
+    So: kernels wider than twice the stride, or patch embeddings (kernel = stride) of 4 and more.
+    """
+    return all(k > 2 * s or k == s >= 4 for k, s in zip(kernel, stride))
+
+
+def _forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+    use = CONFIG["use"]
+    if not (x.requires_grad and torch.is_grad_enabled()) or use == "never" or x.dim() != 4 \
+            or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))):
+        return nn.Conv2d.forward(self, x)
+    w, b = self.weight, self.bias
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):  # the cast autocast would make, outside the Function (its backward casts back)
+        dt = torch.get_autocast_dtype(dev)
+        x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
+    with torch.autocast(dev, enabled=False):
+        return _Conv.apply(x, w, b, tuple(self.stride), tuple(self.padding))
+
+
+@contextlib.contextmanager
+def subpixel_input_grads(model: nn.Module) -> Iterator[list[str]]:
+    """Inside the block, ``model``'s eligible convolutions (see :func:`eligible`) form their input
+    gradient with :func:`conv2d_input_grad`. Yields their names; restores them on exit."""
+    use = CONFIG["use"]
+    check_choice(use, ("auto", "always", "never"), "egl.kernels.subpixel_dgrad", "CONFIG['use']")
+    first = next(model.parameters(), None)
+    if use == "never" or (use == "auto" and first is not None and first.device.type != "cpu"):
+        yield []  # nothing would be swapped in: skip the walk over the modules
+        return
+    swapped = [(name, m) for name, m in model.named_modules() if eligible(m) and "forward" not in m.__dict__]
+    for _, m in swapped:
+        m.forward = types.MethodType(_forward, m)
+    try:
+        yield [name for name, _ in swapped]
+    finally:
+        for _, m in swapped:
+            del m.forward

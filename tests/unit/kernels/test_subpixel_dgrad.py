@@ -1,0 +1,191 @@
+"""egl.kernels.subpixel_dgrad: the stem's input gradient as a stride-1 convolution + pixel shuffle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import NUM_CLASSES, make_model
+from torch import nn
+
+import egl
+from egl import recipes
+from egl.explainers import InputGradient
+from egl.kernels import subpixel_dgrad as sd
+from egl.losses.rrr import rrr_penalty
+
+# (kernel, stride, padding, input H, W): ResNet, ResNet-D, ConvNeXt, ViT stems, odd sizes, rectangular
+# kernels and strides, padding wider than half the kernel, inputs the strides do not divide
+SHAPES = [((7, 7), (2, 2), (3, 3), 32, 32), ((7, 7), (2, 2), (3, 3), 33, 31), ((3, 3), (2, 2), (1, 1), 17, 16),
+          ((4, 4), (4, 4), (0, 0), 30, 33), ((16, 16), (16, 16), (0, 0), 64, 48), ((3, 5), (2, 3), (1, 2), 20, 23),
+          ((5, 5), (3, 3), (0, 0), 20, 20), ((2, 2), (2, 2), (0, 0), 9, 9), ((3, 3), (2, 2), (4, 4), 10, 10),
+          ((1, 1), (2, 2), (0, 0), 7, 8)]
+
+
+@pytest.fixture(autouse=True)
+def _config() -> None:
+    saved = dict(sd.CONFIG)
+    yield
+    sd.CONFIG.clear()
+    sd.CONFIG.update(saved)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,h,w", SHAPES)
+def test_input_grad_equals_the_convolution_backward(kernel, stride, padding, h, w) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    weight = torch.randn(5, 3, *kernel, dtype=torch.float64)
+    g = torch.randn_like(F.conv2d(x, weight, stride=stride, padding=padding))
+    want = torch.nn.grad.conv2d_input(x.shape, weight, g, stride=stride, padding=padding)
+    got = sd.conv2d_input_grad(g, weight, (h, w), stride, padding)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_function_gradients_and_second_order() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return sd._Conv.apply(x, w, b, (2, 2), (3, 3))
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))  # RRR differentiates the input gradient
+
+
+class Stem(nn.Module):
+    """A ResNet-like stem (7x7 / 2, 3 -> 8) with a head: the shape the sub-pixel form speeds up."""
+
+    def __init__(self, k: int = 7, s: int = 2, p: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, k, s, p)
+        self.conv2 = nn.Conv2d(8, 8, 3, 2, 1)  # more input channels: never swapped
+        self.fc = nn.Linear(8, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(F.relu(self.conv1(x))).mean((2, 3)))
+
+
+def _grads(model: nn.Module, x: torch.Tensor, use: str) -> tuple[torch.Tensor, ...]:
+    sd.CONFIG["use"] = use
+    leaf = x.detach().requires_grad_(True)
+    with sd.subpixel_input_grads(model):
+        out = model(leaf).square().sum()
+    return torch.autograd.grad(out, [leaf, *model.parameters()])
+
+
+def test_context_swaps_the_stem_only_and_changes_no_gradient() -> None:
+    torch.manual_seed(0)
+    model, x = Stem(), torch.randn(2, 3, 33, 30)
+    with sd.subpixel_input_grads(model) as names:
+        assert names == ["conv1"] and "forward" in model.conv1.__dict__
+    assert "forward" not in model.conv1.__dict__  # restored
+    native, sub = _grads(model, x, "never"), _grads(model, x, "auto")
+    for a, b in zip(native, sub):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_context_uses_the_subpixel_backward_where_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    orig = sd.conv2d_input_grad
+    monkeypatch.setattr(sd, "conv2d_input_grad", lambda *a: calls.append(a[3]) or orig(*a))
+    x = torch.randn(2, 3, 16, 16)
+    _grads(Stem(), x, "never")
+    assert calls == []
+    _grads(Stem(), x, "auto")  # 7x7/2 on the CPU: worth it
+    assert calls == [(2, 2)]
+    calls.clear()
+    _grads(Stem(3, 2, 1), x, "auto")  # 3x3/2: measured slower, the library's own
+    assert calls == []
+    _grads(Stem(3, 2, 1), x, "always")
+    assert calls == [(2, 2)]
+    calls.clear()
+    model = Stem()
+    with sd.subpixel_input_grads(model):
+        model(x).sum().backward()  # the input needs no gradient: the plain convolution
+    assert calls == []
+
+
+def test_context_restores_the_modules_after_an_error() -> None:
+    model = Stem()
+    with pytest.raises(RuntimeError, match="boom"):
+        with sd.subpixel_input_grads(model):
+            raise RuntimeError("boom")
+    assert "forward" not in model.conv1.__dict__
+
+
+def test_bad_config_names_the_setting() -> None:
+    sd.CONFIG["use"] = "sometimes"
+    with pytest.raises(egl.InputError, match=r"'CONFIG\['use'\]' expected one of \['auto', 'always', 'never'\]"):
+        with sd.subpixel_input_grads(Stem()):
+            pass
+
+
+def test_eligibility_and_worth() -> None:
+    assert sd.eligible(nn.Conv2d(3, 8, 7, 2, 3)) and sd.eligible(nn.Conv2d(3, 8, 16, 16))
+    assert not sd.eligible(nn.Conv2d(3, 8, 3, 1, 1))  # stride 1
+    assert not sd.eligible(nn.Conv2d(16, 8, 7, 2, 3))  # many input channels
+    assert not sd.eligible(nn.Conv2d(3, 3, 7, 2, 3, groups=3))
+    assert not sd.eligible(nn.Conv2d(3, 8, 7, 2, 3, dilation=2))
+    assert not sd.eligible(nn.Conv2d(3, 8, 7, 2, 3, padding_mode="reflect"))
+    assert sd.worth((7, 7), (2, 2)) and sd.worth((16, 16), (16, 16)) and sd.worth((4, 4), (4, 4))
+    assert not sd.worth((3, 3), (2, 2)) and not sd.worth((4, 4), (2, 2)) and not sd.worth((2, 2), (2, 2))
+
+
+def test_autocast_keeps_the_inputs_dtype_and_matches_the_native_backward() -> None:
+    torch.manual_seed(0)
+    model, x = Stem(), torch.randn(2, 3, 32, 32)
+    res = {}
+    for use in ("never", "auto"):
+        sd.CONFIG["use"] = use
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), sd.subpixel_input_grads(model):
+            out = model(leaf).float().square().sum()
+        res[use] = torch.autograd.grad(out, [leaf, model.conv1.weight])
+    assert res["auto"][0].dtype == torch.float32 and res["auto"][1].dtype == torch.float32
+    for a, b in zip(res["never"], res["auto"]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_convnext"])
+def test_input_gradient_explainer_unchanged(name: str) -> None:
+    model = make_model(name)
+    x = torch.randn(2, 3, *model.default_cfg["input_size"][1:]) if name == "test_vit" else torch.randn(2, 3, 32, 32)
+    sd.CONFIG["use"] = "never"
+    want = InputGradient(model)(x, [0, 1])
+    sd.CONFIG["use"] = "auto"
+    torch.testing.assert_close(InputGradient(model)(x, [0, 1]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_rrr_double_backward_unchanged() -> None:
+    torch.manual_seed(0)
+    model, x = Stem(), torch.randn(2, 3, 16, 16)
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    grads = {}
+    for use in ("never", "auto"):
+        sd.CONFIG["use"] = use
+        model.zero_grad()
+        rrr_penalty(model, x, mask).backward()  # second order: through the input gradient into the weights
+        grads[use] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads["never"], grads["auto"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_align_masker_phase_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    orig = sd.conv2d_input_grad
+    monkeypatch.setattr(sd, "conv2d_input_grad", lambda *a: calls.append(1) or orig(*a))
+    model = make_model("test_convnext", eval_mode=False)  # a 4x4/4 stem: swapped on the CPU
+    recipe = recipes.align(model, warmup_steps=0)
+    torch.manual_seed(0)
+    batch = recipes.as_batch({"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0])})
+    grads = {}
+    for use in ("never", "auto"):
+        sd.CONFIG["use"] = use
+        recipe.masker.zero_grad()
+        recipe.compute_phase("masker", batch, 0)["total"].backward()
+        grads[use] = [p.grad.clone() for p in recipe.masker.parameters() if p.grad is not None]
+    assert grads["auto"] and calls == [1]  # the masked pair's input gradient, once
+    for a, b in zip(grads["never"], grads["auto"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
