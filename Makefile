@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/metrics.py
 	$(PY) benchmarks/activations.py
+	$(PY) benchmarks/input_grads.py
 	$(PY) benchmarks/kernel.py --stages
 	$(PY) benchmarks/kernel_sass.py
 

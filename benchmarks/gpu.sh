@@ -27,7 +27,7 @@ stage() {  # stage NAME SECONDS CMD...
 gpu="--device cuda --precision bf16"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --only clf+align,align,align-bnstats,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt \
+  --only clf+align,align,align-bnstats,align-subpixel,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-subpixel \
   --json "$out/train_step_cl.json"
 stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
   --channels-last --shapes --rows 30
@@ -35,6 +35,7 @@ stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
 stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
+stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"
 stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
 stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \

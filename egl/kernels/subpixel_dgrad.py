@@ -19,7 +19,8 @@ product count, in a shape the libraries handle well: 49-64 ms instead of 107 on 
 eligible convolutions of a model (2-D, stride > 1, no dilation or groups, zero padding, at
 most ``CONFIG["max_in_channels"]`` input channels: the stems) compute their input gradient
 so. Their forward is unchanged; the weight gradient, when asked for, is the library's own.
-The backward is itself differentiable (RRR and other double-backward losses).
+The input gradient is itself differentiable (RRR's double backpropagation); see
+:class:`_InputGrad` for the one second-order term it leaves out.
 """
 
 from __future__ import annotations
@@ -94,29 +95,36 @@ def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple[int, int], s
     return out[..., :h, :w]
 
 
-class _Conv(torch.autograd.Function):
-    """``conv2d`` whose backward forms the input gradient with :func:`conv2d_input_grad`."""
+class _InputGrad(torch.autograd.Function):
+    """Passes ``y = conv2d(x.detach(), weight, bias)`` through and gives ``x`` its gradient with
+    :func:`conv2d_input_grad`. The weight's and bias's gradients stay with ``y``'s own node, which
+    forms them only when the backward needs them (a gradient with respect to the input alone
+    needs neither). Under ``create_graph`` the input gradient is differentiable in ``grad`` and
+    ``weight`` (double backpropagation, as RRR uses it); what is not formed is the dependence of
+    the *weight* gradient on ``x`` (``x`` is detached there): a second-order term that only a loss
+    on parameter gradients, differentiated with respect to the input, would need. egl's callers
+    (below) take first-order gradients, or the input gradient's."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+    def forward(ctx: Any, x: Tensor, weight: Tensor, y: Tensor, stride: tuple[int, int],
                 padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, bias is not None)
-        return F.conv2d(x, weight, bias, stride, padding)
+        ctx.save_for_backward(weight)  # with its history: a double backward reaches the weight through it
+        ctx.conf = (tuple(x.shape[-2:]), stride, padding)
+        return y.view_as(y)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Any:
-        x, weight = ctx.saved_tensors
-        stride, padding, has_bias = ctx.conf
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gx = gw = gb = None
-        if need_x:
-            gx = conv2d_input_grad(grad, weight, tuple(x.shape[-2:]), stride, padding)
-        if need_w or (need_b and has_bias):
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1, 1],
-                False, [0, 0], 1, [False, need_w, need_b and has_bias])
-        return gx, gw, gb, None, None
+        (weight,) = ctx.saved_tensors
+        hw, stride, padding = ctx.conf
+        gx = conv2d_input_grad(grad, weight, hw, stride, padding) if ctx.needs_input_grad[0] else None
+        return gx, None, grad, None, None
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+          padding: tuple[int, int]) -> Tensor:
+    """``conv2d(x, weight, bias, stride, padding)`` whose input gradient is :func:`conv2d_input_grad`."""
+    y = F.conv2d(x.detach(), weight, bias, stride, padding)
+    return _InputGrad.apply(x, weight, y, stride, padding)
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -149,7 +157,7 @@ def _forward(self: nn.Conv2d, x: Tensor) -> Tensor:
         dt = torch.get_autocast_dtype(dev)
         x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
     with torch.autocast(dev, enabled=False):
-        return _Conv.apply(x, w, b, tuple(self.stride), tuple(self.padding))
+        return _conv(x, w, b, tuple(self.stride), tuple(self.padding))
 
 
 @contextlib.contextmanager
