@@ -84,9 +84,11 @@ def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple[int, int], s
     (th0, th1), (tw0, tw1) = _taps(kh, sh, ph), _taps(kw, sw, pw)
     uh, uw = -(-h // sh), -(-w // sw)  # phase rows and columns that cover the input
     ho, wo = grad.shape[-2:]
-    # grad rows u + t for u < uh and t in [t0, t1]: pad (or crop) to exactly that range
-    padded = F.pad(grad, (-tw0, uw - 1 + tw1 - (wo - 1), -th0, uh - 1 + th1 - (ho - 1)))
-    out = F.conv2d(padded, subpixel_weight(weight, stride, padding))  # [B, C_in·sh·sw, uh, uw]
+    # output row u reads grad rows u + t, t in [t0, t1]: the convolution's own (symmetric) zero
+    # padding P puts u at output row u + P + t0; P covers both ends (no padded copy of grad)
+    pad_h, pad_w = max(-th0, uh + th1 - ho, 0), max(-tw0, uw + tw1 - wo, 0)
+    out = F.conv2d(grad, subpixel_weight(weight, stride, padding), padding=(pad_h, pad_w))
+    out = out[..., pad_h + th0: pad_h + th0 + uh, pad_w + tw0: pad_w + tw0 + uw]  # [B, C_in·sh·sw, uh, uw]
     if sh == sw:
         out = F.pixel_shuffle(out, sh)
     else:
@@ -135,13 +137,14 @@ def eligible(conv: nn.Module) -> bool:
 
 
 def worth(kernel: tuple[int, int], stride: tuple[int, int]) -> bool:
-    """``use="auto"``: the kernel shapes where the sub-pixel form measured faster on the CPU.
+    """``use="auto"``: the kernel shapes where the sub-pixel form is clearly faster on the CPU.
 
-    2-core CPU, 16 images at 224 px, 3 input channels (``benchmarks/masker_ops.py``; ms, native
-    → sub-pixel): 7x7/2 with 64 outputs (ResNet) 95-107 → 49-69; 5x5/2 62 → 55; 6x6/2 83 → 57;
-    patch embeddings 4x4/4 (ConvNeXt) 13.5 → 6.6, 8x8/8 17 → 6.7, 16x16/16 (ViT) 52 → 12; but
-    3x3/2 (ResNet-D, EfficientNet) 11.5-40 → 16-50, 4x4/2 49 → 60 and 2x2/2 33 → 39 are slower.
-    So: kernels wider than twice the stride, or patch embeddings (kernel = stride) of 4 and more.
+    2-core CPU, 16 images at 224 px, 3 input channels (``benchmarks/masker_ops.py`` and a sweep;
+    ms, the library's backward → sub-pixel, NCHW): 7x7/2 with 64 outputs (ResNet) 96-105 → 46-48
+    (channels-last 73 → 34), 16 outputs 23-25 → 12-13; 5x5/2 60 → 34; 6x6/2 79 → 37; patch
+    embeddings 4x4/4 (ConvNeXt) 14-17 → 6-6.4, 8x8/8 16 → 5.7, 16x16/16 (ViT) 50-55 → 10-12.
+    Kernels up to twice the stride are close and noisy (3x3/2 with 16-48 outputs 7-30 against
+    9-23, either way between runs; 64 outputs 36-43 → 26-35; 2x2/2 even): left to the library.
     """
     return all(k > 2 * s or k == s >= 4 for k, s in zip(kernel, stride))
 
