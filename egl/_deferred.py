@@ -13,7 +13,9 @@ Only checks whose failure cannot crash the device first are deferred. Class indi
 checked at once (CUDA's cross-entropy and ``gather`` device-assert on an index out of range,
 which ends the process without a message), but once per tensor inside the block (ALIGN's
 three passes over one batch check its labels once), and without a device read when the
-labels' range was read on the host before they moved to the device.
+labels' range was read on the host before they moved to the device. (Explainers, which do
+every gather with the targets themselves, read an unknown range at the end of their own call,
+with clamped indices until then: :mod:`egl.explainers._targets`.)
 """
 
 from __future__ import annotations

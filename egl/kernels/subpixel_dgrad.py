@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice
+from egl._check import check_choice, fail
 
 __all__ = ["CONFIG", "conv2d_input_grad", "subpixel_weight", "eligible", "worth", "subpixel_input_grads"]
 
@@ -51,21 +51,38 @@ def _taps(k: int, s: int, p: int) -> tuple[int, int]:
     return math.ceil((p - k + 1) / s), (s - 1 + p) // s
 
 
+_TABLES: dict[tuple[Any, ...], tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def _tables(kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
+            device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel rows and columns of each phase and tap (clamped), and which taps exist: built once
+    per shape and device (no host-to-device copy per backward)."""
+    key = (kh, kw, stride, padding, str(device))
+    if key not in _TABLES:
+        (sh, sw), (ph, pw) = stride, padding
+        (th0, th1), (tw0, tw1) = _taps(kh, sh, ph), _taps(kw, sw, pw)
+        rows = torch.tensor([[a + ph - sh * t for t in range(th0, th1 + 1)] for a in range(sh)])  # [sh, kh']
+        cols = torch.tensor([[b + pw - sw * t for t in range(tw0, tw1 + 1)] for b in range(sw)])  # [sw, kw']
+        ok = ((rows >= 0) & (rows < kh))[:, None, :, None] & ((cols >= 0) & (cols < kw))[None, :, None, :]
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        _TABLES[key] = (rows.clamp(0, kh - 1).to(device), cols.clamp(0, kw - 1).to(device), ok.to(device))
+    return _TABLES[key]
+
+
 def subpixel_weight(weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
     """The ``[C_in·sh·sw, C_out, kh', kw']`` kernel of :func:`conv2d_input_grad` (differentiable in ``weight``)."""
     c_out, c_in, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    (th0, th1), (tw0, tw1) = _taps(kh, sh, ph), _taps(kw, sw, pw)
+    (sh, sw) = stride
     # for each output phase a and offset t, the kernel row a + p − s·t (or none): one gather
-    rows = torch.tensor([[a + ph - sh * t for t in range(th0, th1 + 1)] for a in range(sh)])  # [sh, kh']
-    cols = torch.tensor([[b + pw - sw * t for t in range(tw0, tw1 + 1)] for b in range(sw)])  # [sw, kw']
-    ok = ((rows >= 0) & (rows < kh))[:, None, :, None] & ((cols >= 0) & (cols < kw))[None, :, None, :]
+    rows, cols, ok = _tables(kh, kw, stride, padding, weight.device)
     w = weight.permute(1, 0, 2, 3)  # [C_in, C_out, kh, kw]
-    w = w[:, :, rows.clamp(0, kh - 1)]  # [C_in, C_out, sh, kh', kw]
-    w = w[..., cols.clamp(0, kw - 1)]  # [C_in, C_out, sh, kh', sw, kw']
+    w = w[:, :, rows]  # [C_in, C_out, sh, kh', kw]
+    w = w[..., cols]  # [C_in, C_out, sh, kh', sw, kw']
     w = w.permute(0, 2, 4, 1, 3, 5)  # [C_in, sh, sw, C_out, kh', kw']
-    w = w * ok.to(w.device, w.dtype)[None, :, :, None]  # taps outside the kernel are zero
-    return w.reshape(c_in * sh * sw, c_out, th1 - th0 + 1, tw1 - tw0 + 1)
+    w = w * ok.to(w.dtype)[None, :, :, None]  # taps outside the kernel are zero
+    return w.reshape(c_in * sh * sw, c_out, rows.shape[1], cols.shape[1])
 
 
 def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple[int, int], stride: tuple[int, int],
@@ -99,34 +116,48 @@ def conv2d_input_grad(grad: Tensor, weight: Tensor, input_hw: tuple[int, int], s
 
 class _InputGrad(torch.autograd.Function):
     """Passes ``y = conv2d(x.detach(), weight, bias)`` through and gives ``x`` its gradient with
-    :func:`conv2d_input_grad`. The weight's and bias's gradients stay with ``y``'s own node, which
-    forms them only when the backward needs them (a gradient with respect to the input alone
-    needs neither). Under ``create_graph`` the input gradient is differentiable in ``grad`` and
-    ``weight`` (double backpropagation, as RRR uses it); what is not formed is the dependence of
-    the *weight* gradient on ``x`` (``x`` is detached there): a second-order term that only a loss
-    on parameter gradients, differentiated with respect to the input, would need. egl's callers
-    (below) take first-order gradients, or the input gradient's."""
+    :func:`conv2d_input_grad`.
+
+    A first-order backward leaves the weight's and bias's gradients to ``y``'s own node, which
+    forms them only when the backward needs them (a gradient with respect to the input alone,
+    the common case here, needs neither). Under ``create_graph`` (the backward will itself be
+    differentiated) every gradient is formed here from ``x`` and ``weight`` with their history,
+    so all second-order terms are exact, the weight gradient's dependence on ``x`` included; the
+    weight's gradient is then formed whenever it requires grad (RRR's input gradient pays for it).
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, y: Tensor, stride: tuple[int, int],
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, stride: tuple[int, int],
                 padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(weight)  # with its history: a double backward reaches the weight through it
-        ctx.conf = (tuple(x.shape[-2:]), stride, padding)
-        return y.view_as(y)
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, bias is not None)
+        # a new tensor, not a view of ``y``: an in-place op on the output (ReLU(inplace=True)) is allowed
+        return y.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Any:
-        (weight,) = ctx.saved_tensors
-        hw, stride, padding = ctx.conf
-        gx = conv2d_input_grad(grad, weight, hw, stride, padding) if ctx.needs_input_grad[0] else None
-        return gx, None, grad, None, None
+        x, weight = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = gw = gb = None
+        if need_x:
+            gx = conv2d_input_grad(grad, weight, tuple(x.shape[-2:]), stride, padding)
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+                gx = gx.contiguous(memory_format=torch.channels_last)  # the layout the library's backward gives
+        if not torch.is_grad_enabled():  # first order: the weight and bias from y's node, when needed
+            return gx, None, None, grad, None, None
+        if need_w:
+            gw = torch.nn.grad.conv2d_weight(x, weight.shape, grad, stride, padding)
+        if need_b and has_bias:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None
 
 
 def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
           padding: tuple[int, int]) -> Tensor:
     """``conv2d(x, weight, bias, stride, padding)`` whose input gradient is :func:`conv2d_input_grad`."""
     y = F.conv2d(x.detach(), weight, bias, stride, padding)
-    return _InputGrad.apply(x, weight, y, stride, padding)
+    return _InputGrad.apply(x, weight, bias, y, stride, padding)
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -149,16 +180,30 @@ def worth(kernel: tuple[int, int], stride: tuple[int, int]) -> bool:
     return all(k > 2 * s or k == s >= 4 for k, s in zip(kernel, stride))
 
 
+def _autocast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are active (non-reentrant activation checkpointing, offloading to
+    the CPU): a checkpoint recomputes the forward during the backward, after the block has ended,
+    and must save the same tensors as the first time. Unknown (a torch without the query): yes."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # torch.utils.checkpoint's own test
+    return top is None or top(False) is not None
+
+
 def _forward(self: nn.Conv2d, x: Tensor) -> Tensor:
     use = CONFIG["use"]
     if not (x.requires_grad and torch.is_grad_enabled()) or use == "never" or x.dim() != 4 \
-            or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))):
+            or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))) \
+            or _saved_tensor_hooks_active():
         return nn.Conv2d.forward(self, x)
     w, b = self.weight, self.bias
     dev = x.device.type
-    if torch.is_autocast_enabled(dev):  # the cast autocast would make, outside the Function (its backward casts back)
+    if torch.is_autocast_enabled(dev):  # the casts autocast would make (float64 stays), as tracked ops
         dt = torch.get_autocast_dtype(dev)
-        x, w, b = x.to(dt), w.to(dt), None if b is None else b.to(dt)
+        x, w = _autocast(x, dt), _autocast(w, dt)
+        b = None if b is None else _autocast(b, dt)
     with torch.autocast(dev, enabled=False):
         return _conv(x, w, b, tuple(self.stride), tuple(self.padding))
 
@@ -166,9 +211,20 @@ def _forward(self: nn.Conv2d, x: Tensor) -> Tensor:
 @contextlib.contextmanager
 def subpixel_input_grads(model: nn.Module) -> Iterator[list[str]]:
     """Inside the block, ``model``'s eligible convolutions (see :func:`eligible`) form their input
-    gradient with :func:`conv2d_input_grad`. Yields their names; restores them on exit."""
+    gradient with :func:`conv2d_input_grad`. Yields their names; restores them on exit.
+
+    Only forwards run inside the block are affected (the graph they record keeps the choice,
+    whenever its backward runs), except under saved-tensor hooks (activation checkpointing,
+    ``save_on_cpu``), where the library's convolution runs: a checkpoint reruns the forward
+    during the backward, outside the block. The swap is per module instance, not per thread:
+    another thread running the same model meanwhile may take either path (both exact).
+    """
     use = CONFIG["use"]
     check_choice(use, ("auto", "always", "never"), "egl.kernels.subpixel_dgrad", "CONFIG['use']")
+    limit = CONFIG["max_in_channels"]
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise fail("egl.kernels.subpixel_dgrad", "CONFIG['max_in_channels']", "an int >= 1", repr(limit),
+                   "Set it to the largest input-channel count to take over (4 covers RGB(A) stems)")
     first = next(model.parameters(), None)
     if use == "never" or (use == "auto" and first is not None and first.device.type != "cpu"):
         yield []  # nothing would be swapped in: skip the walk over the modules

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_same_batch, check_shape, fail
 from egl._masks import as_mask, resize_mask
-from egl.explainers.base import as_targets, check_target_range
+from egl.explainers.base import targets
 from egl.losses._reduction import REDUCTIONS, reduce
 
 __all__ = ["masker_dist", "masker_dist_loss", "masked_pair_logits", "MaskerDistLoss"]
@@ -27,10 +27,10 @@ def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
     check_shape(logits_fg, "B K", fn, "logits_fg")
     check_shape(logits_bg, "B K", fn, "logits_bg")
     check_same_batch(fn, logits_fg=logits_fg, logits_bg=logits_bg)
-    t = as_targets(target, logits_fg.shape[0], fn, logits_fg.device)
-    if t is None:
+    spec = targets(target, logits_fg.shape[0], fn, logits_fg.device)
+    if spec is None:
         raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")
-    t = check_target_range(t, logits_fg.shape[1], fn)
+    t = spec.index(logits_fg.shape[1], fn)  # a host spec is checked on the host
     p_fg = logits_fg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
     p_bg = logits_bg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
     return p_fg - p_bg

@@ -136,10 +136,12 @@ class MixupConsistency(Regularizer):
         t = as_targets(target, x.shape[0], fn, x.device)
         if t is None:
             raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")
+        # the explainer gets the spec as given: a host spec keeps its host range (no device read)
+        spec = t if isinstance(target, Tensor) and target.device == x.device else target
         if saliency is None:
-            saliency = explainer.explain(x, t, create_graph=create_graph).saliency
+            saliency = explainer.explain(x, spec, create_graph=create_graph).saliency
         x_mixed, beta, partner = self.mix(x, t, beta=beta, partner=partner)
-        mixed = explainer.explain(x_mixed, t, create_graph=create_graph)
+        mixed = explainer.explain(x_mixed, spec, create_graph=create_graph)
         return self.from_explanations(saliency, mixed.saliency, mixed.logits, t, beta, partner)
 
     def mix(self, x: Tensor, target: Tensor, *, beta: Tensor | None = None,

@@ -100,3 +100,46 @@ def test_input_gradient_defers_its_read_too(resnet: nn.Module, images: Tensor, d
     _targets.DEFER_ON_CPU = True
     with pytest.raises(InputError, match=r"egl.explainers.input_gradient: 'target' expected class indices"):
         InputGradient(resnet)(images, torch.tensor([0, 1, NUM_CLASSES, 2]))
+
+
+def test_deferred_read_while_differentiating_input_gradients(resnet: nn.Module, images: Tensor,
+                                                            deferred: None) -> None:
+    y = torch.tensor([0, 3, 1, 4])
+    got = InputGradient(resnet).explain(images, y, create_graph=True)
+    _targets.DEFER_ON_CPU = False
+    want = InputGradient(resnet).explain(images, y, create_graph=True)
+    _targets.DEFER_ON_CPU = True
+    torch.testing.assert_close(got.saliency, want.saliency)
+    with pytest.raises(InputError, match=r"got values in \[0, 5\]"):
+        InputGradient(resnet).explain(images, torch.tensor([0, 5, 1, 4]), create_graph=True)
+
+
+def test_a_range_known_inside_a_training_step_is_not_read(deferred: None) -> None:
+    from egl._deferred import deferred_checks
+
+    y = torch.tensor([0, 3, 1, 4])
+    with deferred_checks() as checks:
+        checks.note_range(y, 0, 4)  # as a recipe's batch notes labels read on the host
+        t = targets(y, 4, FN, y.device)
+        assert t.index(NUM_CLASSES, FN, defer=True) is y  # checked now from the noted range: no clamp
+        assert t._pending is None
+
+
+def test_captum_checks_at_once(resnet: nn.Module, images: Tensor, deferred: None) -> None:
+    from egl.explainers import CaptumExplainer
+
+    exp = CaptumExplainer(resnet, method="Saliency")
+    with pytest.raises(InputError, match=r"egl.explainers.captum: 'target' expected class indices"):
+        exp(images, torch.tensor([0, 1, NUM_CLASSES, 2]))
+
+
+def test_mixup_regularizer_passes_host_targets_on(resnet: nn.Module, images: Tensor,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.regularizers import MixupConsistency
+
+    seen = []
+    cam = GradCAM(resnet)
+    explain = cam.explain
+    monkeypatch.setattr(cam, "explain", lambda x, t, **k: seen.append(t) or explain(x, t, **k))
+    MixupConsistency()(cam, images, [0, 1, 1, 0])
+    assert seen == [[0, 1, 1, 0]] * 2  # the list itself: its range checked on the host

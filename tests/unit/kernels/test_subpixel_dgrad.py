@@ -42,12 +42,27 @@ def test_input_grad_equals_the_convolution_backward(kernel, stride, padding, h, 
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_first_order_gradients() -> None:
+def test_gradients_of_every_order() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 10, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 7, 7, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: sd._conv(x, w, b, (2, 2), (3, 3)), (x, w, b))
+
+    def f(x, w, b):
+        return sd._conv(x, w, b, (2, 2), (3, 3))
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))  # the weight gradient's dependence on x too
+
+
+def test_a_penalty_on_the_weight_gradient_differentiates_in_the_input() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    res = []
+    for conv in (lambda x: F.conv2d(x, w, None, 2, 3), lambda x: sd._conv(x, w, None, (2, 2), (3, 3))):
+        (gw,) = torch.autograd.grad(torch.tanh(conv(x)).sum(), w, create_graph=True)
+        res.append(torch.autograd.grad(gw.square().sum(), x)[0])
+    torch.testing.assert_close(res[1], res[0], rtol=1e-10, atol=1e-10)
 
 
 def test_input_gradient_differentiates_like_the_native_one() -> None:
@@ -201,3 +216,66 @@ def test_align_masker_phase_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert grads["auto"] and calls == [1]  # the masked pair's input gradient, once
     for a, b in zip(grads["never"], grads["auto"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _all_grads(model: nn.Module, x: torch.Tensor, use: str) -> list[torch.Tensor]:
+    sd.CONFIG["use"] = use
+    leaf = x.detach().clone().requires_grad_(True)
+    with sd.subpixel_input_grads(model):
+        out = model(leaf).square().sum()
+    out.backward()  # after the block, as a training step's backward runs
+    grads = [leaf.grad, *[p.grad.clone() for p in model.parameters()]]
+    model.zero_grad()
+    return grads
+
+
+def test_in_place_op_after_the_stem() -> None:
+    # AlexNet: 11x11/4 stem, then ReLU(inplace=True) on its output
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 11, 4, 2), nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(2, 3, 40, 40)
+    model(x)
+    for a, b in zip(_all_grads(model, x, "never"), _all_grads(model, x, "auto")):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_activation_checkpointing_around_the_stem() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(Stem):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = checkpoint(lambda z: F.relu(self.conv1(z)), x, use_reentrant=False)
+            return self.fc(self.conv2(h).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Checkpointed(), torch.randn(2, 3, 20, 20)
+    for a, b in zip(_all_grads(model, x, "never"), _all_grads(model, x, "always")):  # the recompute matches
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_under_autocast_stays_float64() -> None:
+    model, x = Stem().double(), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    outs = {}
+    for use in ("never", "always"):
+        sd.CONFIG["use"] = use
+        leaf = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), sd.subpixel_input_grads(model):
+            y = model.conv1(leaf)
+        outs[use] = (y, torch.autograd.grad(y.sum(), leaf)[0])
+    assert outs["always"][0].dtype == outs["never"][0].dtype == torch.float64
+    torch.testing.assert_close(outs["always"][1], outs["never"][1])
+
+
+def test_channels_last_input_gets_a_channels_last_gradient() -> None:
+    model = Stem().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with sd.subpixel_input_grads(model):
+        model(x).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_channel_limit_names_the_setting() -> None:
+    sd.CONFIG["max_in_channels"] = 0
+    with pytest.raises(egl.InputError, match=r"'CONFIG\['max_in_channels'\]' expected an int >= 1, got 0"):
+        with sd.subpixel_input_grads(Stem()):
+            pass
