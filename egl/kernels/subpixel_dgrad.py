@@ -19,8 +19,8 @@ product count, in a shape the libraries handle well: 49-64 ms instead of 107 on 
 eligible convolutions of a model (2-D, stride > 1, no dilation or groups, zero padding, at
 most ``CONFIG["max_in_channels"]`` input channels: the stems) compute their input gradient
 so. Their forward is unchanged; the weight gradient, when asked for, is the library's own.
-The input gradient is itself differentiable (RRR's double backpropagation); see
-:class:`_InputGrad` for the one second-order term it leaves out.
+Gradients of every order are exact (RRR's double backpropagation included; see
+:class:`_InputGrad`).
 """
 
 from __future__ import annotations
