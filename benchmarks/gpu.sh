@@ -40,3 +40,7 @@ stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224
   --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
 stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
   --inline-memory --channels-last --only clf+align,align --json "$out/train_step_fp16.json"
+# Is the channel sum slow at 14x14 / 7x7 because each channel's row (392 / 98 bytes in bf16) is not
+# 16-byte aligned? The same channel counts at 16x16 / 8x8 (512 / 128-byte rows) tell (stage rows).
+stage kernel_alignment 60 $py benchmarks/kernel.py --stages --compile-dtypes '' --cases 1024:14,1024:16,512:7,512:8 \
+  --json "$out/kernel_alignment.json"
