@@ -79,6 +79,12 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
     if isinstance(target, bool):
         raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
                    describe(target), "Pass class indices, not booleans")
+    if isinstance(target, int) or (isinstance(target, (list, tuple)) and target
+                                   and all(isinstance(t, int) and not isinstance(t, bool) for t in target)):
+        values = [target] if isinstance(target, int) else target
+        if not all(-2 ** 63 <= v < 2 ** 63 for v in values):
+            raise fail(fn, "target", "class indices that fit in int64", f"{min(values)}..{max(values)}",
+                       "Check the label mapping")
     if isinstance(target, int):
         return Targets(torch.full((batch,), target, dtype=torch.long, device=device), (target, target))
     if isinstance(target, (list, tuple)):

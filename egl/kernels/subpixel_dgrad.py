@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,7 +141,7 @@ class _InputGrad(torch.autograd.Function):
         gx = gw = gb = None
         if need_x:
             gx = conv2d_input_grad(grad, weight, tuple(x.shape[-2:]), stride, padding)
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            if any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (x, weight)):
                 gx = gx.contiguous(memory_format=torch.channels_last)  # the layout the library's backward gives
         if not torch.is_grad_enabled():  # first order: the weight and bias from y's node, when needed
             return gx, None, None, grad, None, None
@@ -192,20 +191,25 @@ def _saved_tensor_hooks_active() -> bool:
     return top is None or top(False) is not None
 
 
-def _forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    use = CONFIG["use"]
-    if not (x.requires_grad and torch.is_grad_enabled()) or use == "never" or x.dim() != 4 \
-            or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))) \
-            or _saved_tensor_hooks_active():
-        return nn.Conv2d.forward(self, x)
-    w, b = self.weight, self.bias
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):  # the casts autocast would make (float64 stays), as tracked ops
-        dt = torch.get_autocast_dtype(dev)
-        x, w = _autocast(x, dt), _autocast(w, dt)
-        b = None if b is None else _autocast(b, dt)
-    with torch.autocast(dev, enabled=False):
-        return _conv(x, w, b, tuple(self.stride), tuple(self.padding))
+class _SubpixelConv2d(nn.Conv2d):
+    """What an eligible ``nn.Conv2d`` becomes inside :func:`subpixel_input_grads` (its class is
+    swapped, so that copies made meanwhile, e.g. ``nn.DataParallel``'s replicas, run their own
+    weights): the same forward, and the sub-pixel input gradient."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        use = CONFIG["use"]
+        if not (x.requires_grad and torch.is_grad_enabled()) or use == "never" or x.dim() != 4 \
+                or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))) \
+                or _saved_tensor_hooks_active():
+            return super().forward(x)
+        w, b = self.weight, self.bias
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):  # the casts autocast would make (float64 stays), as tracked ops
+            dt = torch.get_autocast_dtype(dev)
+            x, w = _autocast(x, dt), _autocast(w, dt)
+            b = None if b is None else _autocast(b, dt)
+        with torch.autocast(dev, enabled=False):
+            return _conv(x, w, b, tuple(self.stride), tuple(self.padding))
 
 
 @contextlib.contextmanager
@@ -229,11 +233,11 @@ def subpixel_input_grads(model: nn.Module) -> Iterator[list[str]]:
     if use == "never" or (use == "auto" and first is not None and first.device.type != "cpu"):
         yield []  # nothing would be swapped in: skip the walk over the modules
         return
-    swapped = [(name, m) for name, m in model.named_modules() if eligible(m) and "forward" not in m.__dict__]
+    swapped = [(name, m) for name, m in model.named_modules() if eligible(m)]  # exactly nn.Conv2d: not twice
     for _, m in swapped:
-        m.forward = types.MethodType(_forward, m)
+        m.__class__ = _SubpixelConv2d
     try:
         yield [name for name, _ in swapped]
     finally:
         for _, m in swapped:
-            del m.forward
+            m.__class__ = nn.Conv2d

@@ -143,3 +143,9 @@ def test_mixup_regularizer_passes_host_targets_on(resnet: nn.Module, images: Ten
     monkeypatch.setattr(cam, "explain", lambda x, t, **k: seen.append(t) or explain(x, t, **k))
     MixupConsistency()(cam, images, [0, 1, 1, 0])
     assert seen == [[0, 1, 1, 0]] * 2  # the list itself: its range checked on the host
+
+
+@pytest.mark.parametrize("bad", [2 ** 70, [0, 2 ** 64, 1, 2]])
+def test_indices_beyond_int64_name_the_argument(bad: object) -> None:
+    with pytest.raises(InputError, match=r"'target' expected class indices that fit in int64"):
+        targets(bad, 4, FN, torch.device("cpu"))
