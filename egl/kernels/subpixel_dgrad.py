@@ -4,7 +4,7 @@ Methods that differentiate with respect to the image (ALIGN's masker phase, inpu
 RRR, SGT) run the backward of the network's first convolution to its 3-channel input. For
 a strided convolution that is a transposed convolution with 3 output channels, a degenerate
 shape for oneDNN and cuDNN: on a 2-core CPU, the input gradient of a ResNet stem (7x7,
-stride 2, 64 → 3 channels) for 16 images at 224 px takes 107 ms, 2.5x the convolution's own
+stride 2, 64 → 3 channels) for 16 images at 224 px takes 96-105 ms, 2.5x the convolution's own
 forward (``benchmarks/masker_ops.py``).
 
 Split by output phase, it is a small stride-1 convolution: with stride ``s``, output pixel
@@ -13,12 +13,13 @@ over the taps that fall inside the kernel. Stacking the ``s²`` phases of every 
 as output channels gives one convolution of ``g`` with ``C_in·s²`` output channels (12 for a
 ResNet stem, 768 for a ViT's 16x16 patch embedding) and a kernel of about ``k/s`` taps, then
 ``pixel_shuffle(s)`` (the sub-pixel convolution of Shi et al., 2016, run backwards). The same
-product count, in a shape the libraries handle well: 49-64 ms instead of 107 on that CPU.
+product count, in a shape the libraries handle well: 46-48 ms on that CPU (see :func:`worth`).
 
 :func:`conv2d_input_grad` computes it; :func:`subpixel_input_grads` is a context in which the
 eligible convolutions of a model (2-D, stride > 1, no dilation or groups, zero padding, at
 most ``CONFIG["max_in_channels"]`` input channels: the stems) compute their input gradient
-so. Their forward is unchanged; the weight gradient, when asked for, is the library's own.
+so. Their forward is unchanged; the weight and bias gradients come from the library's
+convolution backward.
 Gradients of every order are exact (RRR's double backpropagation included; see
 :class:`_InputGrad`).
 """
