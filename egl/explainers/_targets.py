@@ -69,6 +69,11 @@ def _host_knows(t: Tensor, num_classes: int) -> bool:
     return checks is not None and (checks.checked(t, ("classes", num_classes)) or checks.range_of(t) is not None)
 
 
+def _check_int64(lo: int, hi: int, fn: str) -> None:
+    if lo < -2 ** 63 or hi >= 2 ** 63:
+        raise fail(fn, "target", "class indices that fit in int64", f"{lo}..{hi}", "Check the label mapping")
+
+
 def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets | None:
     """Validate a target spec (int, list of ints, 0-D/1-D integer tensor, or None) into :class:`Targets`.
 
@@ -79,19 +84,16 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
     if isinstance(target, bool):
         raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
                    describe(target), "Pass class indices, not booleans")
-    if isinstance(target, int) or (isinstance(target, (list, tuple)) and target
-                                   and all(isinstance(t, int) and not isinstance(t, bool) for t in target)):
-        values = [target] if isinstance(target, int) else target
-        if not all(-2 ** 63 <= v < 2 ** 63 for v in values):
-            raise fail(fn, "target", "class indices that fit in int64", f"{min(values)}..{max(values)}",
-                       "Check the label mapping")
     if isinstance(target, int):
+        _check_int64(target, target, fn)
         return Targets(torch.full((batch,), target, dtype=torch.long, device=device), (target, target))
     if isinstance(target, (list, tuple)):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
             raise fail(fn, "target", "a list of int class indices", repr(list(target))[:120],
                        "Convert the entries to int")
         known = (min(target), max(target)) if len(target) else None
+        if known is not None:
+            _check_int64(*known, fn)
         if len(target) != batch:
             raise fail(fn, "target", f"one class index per sample (shape [{batch}])", describe(target),
                        "Pass one target per image in x, or a single int for all")
