@@ -92,7 +92,8 @@ def check(acts: torch.Tensor, w: torch.Tensor, size: tuple[int, int], scale: flo
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton
 
-    for name, cfg in (("dot", {"reduce": "dot"}), ("bmm", {"reduce": "bmm"}), ("gather", {"write": "gather"})):
+    for name, cfg in (("dot", {"reduce": "dot"}), ("bmm", {"reduce": "bmm"}), ("grouped", {"reduce": "grouped"}),
+                      ("gather", {"write": "gather"})):
         try:
             res[f"err maps ({name})"] = _rel(_cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
                                                                  config=cfg)[0], ref)
@@ -118,7 +119,7 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
     a_bytes = acts.numel() * acts.element_size()
     out_bytes = g.numel() * 4
     fns = {f"reduce ({impl})": (lambda impl=impl: _cam_triton.reduce_stage(acts, w, {**cfg, "reduce": impl}), a_bytes)
-           for impl in ("loop", "dot", "bmm")}
+           for impl in ("loop", "dot", "bmm", "grouped")}
     fns["stats (separable: + rows)"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, cfg),
                                         part.numel() * 4)
     fns["stats (gather)"] = (lambda: _cam_triton.stats_stage(part, (h, wd), size, scale, True, True, gather),
@@ -200,7 +201,7 @@ def main() -> None:
                 "triton": lambda: cam_epilogue(acts, w, size, scale=scale, backend="triton")}
             if compiled is not None and case["dtype"] in a.compile_dtypes.split(","):
                 fwd["torch.compile"] = lambda: compiled(acts, w, size, scale=scale)
-            for impl in ("dot", "bmm"):
+            for impl in ("dot", "bmm", "grouped"):
                 fwd[f"triton reduce={impl}"] = lambda impl=impl: _cam_triton.forward(
                     acts, w, size, scale, True, True, REL_EPS, config={"reduce": impl})
             ar, wr = acts.clone().requires_grad_(True), w.clone().requires_grad_(True)
@@ -230,7 +231,7 @@ def main() -> None:
             print(f"  done {case}", flush=True)
     print("\n## correctness (relative to float64)")
     print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan", "err maps (dot)",
-                         "err maps (bmm)", "err maps (gather)"]))
+                         "err maps (bmm)", "err maps (grouped)", "err maps (gather)"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
     print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
     if stage_rows:

@@ -135,8 +135,9 @@ def count(launch: dict[str, Any], arch: int) -> dict[str, Any]:
         row.update({"tile": f"{ce['BY']}x{ce['BX']}", "elements/thread": per, "instr/element": len(ops) / per})
     elif name.startswith(("reduce", "input_grads")):
         body = loop_body(lines)
-        per = ce["BLOCK_C"] * ce["BLOCK_P"] / threads
-        row.update({"tile": f"{ce['BLOCK_C']}x{ce['BLOCK_P']}", "elements/thread": per,
+        rows = ce.get("BLOCK_C", ce.get("BLOCK_R"))  # (grouped: rows of G channels)
+        per = rows * ce["BLOCK_P"] / threads
+        row.update({"tile": f"{rows}x{ce['BLOCK_P']}", "elements/thread": per,
                     "instr/element": len(body) / per if body else float("nan"),
                     "loop loads": sum(o.startswith("LDG") for o in body)})
     return row

@@ -26,6 +26,7 @@ those of the written values. Imported only when the Triton backend runs.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -52,11 +53,13 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2.7x); the separable
 #: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 1.2-6.5x
 #: slower than the two PyTorch ops, so ``grads="torch"``; 8192-element tiles with 8 warps.
+#: ``reduce="grouped"`` (16-byte loads at 7x7 and 14x14, :func:`reduce_grouped_kernel`) is not
+#: timed on a GPU yet, so ``"auto"`` does not pick it.
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
                           "reduce_stages": 0, "grads": "torch"}
 WRITES = ("separable", "gather")
-REDUCES = ("auto", "loop", "dot", "bmm")
+REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 _INT32_LIMIT = 2**31
 
 
@@ -182,6 +185,42 @@ def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw
             wm = tl.where(rows[:, None] == 0, hi[None, :], tl.where(rows[:, None] == 1, lo[None, :], 0.0))
             acc = tl.dot(wm, av, acc, input_precision=PRECISION)
         tl.store(part_ptr + (b * S + s) * hw + p, tl.sum(acc, axis=0), mask=pm)
+
+
+@triton.jit
+def reduce_grouped_kernel(a_ptr, w_ptr, part_ptr, R, RH, S, sa_b, sw_b, sw_c, HW: tl.constexpr, G: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """``reduce_dot_kernel`` over rows of ``G`` whole channels: each sample's ``[C, h·w]`` block
+    read as ``[C / G, G·h·w]``, ``G`` the fewest channels whose row fills whole 16-byte words
+    (bf16 7x7: ``G = 8``, 784-byte rows, where one channel's 98-byte row is never aligned). The
+    loads become 16-byte vectors; the product's 16 rows hold ``hi`` (rows ``k < G``) and ``lo``
+    (rows ``G + k``) of channel ``G·r + k``'s weight, so column ``j`` of segment ``k = j // h·w``
+    takes rows ``k`` and ``G + k``. Stores ``G`` partial maps per program: ``part`` is
+    ``[B, S·G, h·w]``."""
+    L: tl.constexpr = G * HW
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    r_lo = s * RH
+    r_hi = tl.minimum(r_lo + RH, R)
+    m = tl.arange(0, 16)
+    k = m % G
+    used = m < 2 * G
+    for p0 in range(0, L, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < L
+        acc = tl.zeros([16, BLOCK_P], dtype=tl.float32)
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            rm = rs < r_hi
+            av = tl.load(a_ptr + b * sa_b + rs[:, None].to(tl.int64) * L + p[None, :],
+                         mask=rm[:, None] & pm[None, :], other=0.0)
+            wv = tl.load(w_ptr + b * sw_b + (rs[None, :] * G + k[:, None]) * sw_c,
+                         mask=used[:, None] & rm[None, :], other=0.0)
+            hi = wv.to(av.dtype)
+            lo = (wv - hi.to(tl.float32)).to(av.dtype)  # zero when av is fp32
+            acc = tl.dot(tl.where((m < G)[:, None], hi, lo), av, acc, input_precision=PRECISION)
+        mine = used[:, None] & (k[:, None] == (p // HW)[None, :])
+        tl.store(part_ptr + (b * S + s) * L + p, tl.sum(tl.where(mine, acc, 0.0), axis=0), mask=pm)
 
 
 @triton.jit
@@ -316,6 +355,14 @@ def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[
     return _cdiv(c, ch), ch
 
 
+def channel_group(c: int, hw: int, itemsize: int) -> int:
+    """The fewest whole channels ``G`` whose ``h·w`` values fill whole 16-byte words (the
+    ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c``. bf16: 8 at 7x7,
+    2 at 14x14, 1 at 28x28; fp32: 4 at 7x7, 1 at 14x14."""
+    g = 16 // math.gcd(hw * itemsize, 16)
+    return g if c % g == 0 else 0
+
+
 def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
     """The ``CLAMP``, ``EVEN_C`` and ``WIDE`` constexprs of a channel-tiled kernel over ``B C h w``
     tensors: clamp positions unless every tensor has 16-byte-aligned contiguous rows (then masked
@@ -330,7 +377,9 @@ def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
     ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only), ``"bmm"``
-    (cuBLAS batched matrix product with fp32 output; CUDA and NCHW only) or ``"auto"`` (the
+    (cuBLAS batched matrix product with fp32 output; CUDA and NCHW only), ``"grouped"`` (``"dot"``
+    over rows of whole channels that fill 16-byte words, :func:`reduce_grouped_kernel`; ``"dot"``
+    where no such group divides the channels; not yet timed on a GPU) or ``"auto"`` (the
     default: on CUDA, ``"dot"`` for 16-bit activations and ``"bmm"`` for fp32, the fastest at
     every size of benchmarks/kernel.py on an H200; ``"loop"`` elsewhere and for channels-last
     activations). ``"dot"`` and ``"bmm"`` split the fp32 weights of 16-bit activations in two
@@ -344,6 +393,21 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     impl = cfg["reduce"] if flat else "loop"
     if impl == "auto":
         impl = "loop" if not acts.is_cuda else "bmm" if acts.dtype == torch.float32 else "dot"
+    group = channel_group(c, hw, acts.element_size()) if impl == "grouped" and acts.stride(1) == hw else 0
+    if impl == "grouped" and not group:  # channels that fill no whole row, or gaps between channels
+        impl = "dot"
+    extra = {"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}
+    precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
+    if impl == "grouped":
+        rows, row = c // group, group * hw
+        block_p = max(16, min(_pow2(row), 256))
+        block_r = max(16, min(_pow2(rows), cfg["reduce_tile"] // block_p))
+        splits, rh = channel_split(b, rows, block_r, dev, cfg)
+        part = torch.empty(b, splits, row, device=dev, dtype=torch.float32)
+        reduce_grouped_kernel[(b, splits)](acts, weights, part, rows, rh, splits, acts.stride(0), *weights.stride(),
+                                           HW=hw, G=group, BLOCK_R=block_r, BLOCK_P=block_p, PRECISION=precision,
+                                           num_warps=cfg["reduce_warps"], **extra)
+        return part.view(b, splits * group, hw)
     if impl == "bmm" and acts.is_cuda:
         wt = weights.float().unsqueeze(1)
         if acts.dtype != torch.float32:  # w ≈ hi + lo, two rows: the stats stage sums them
@@ -357,9 +421,7 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
         block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))
     splits, ch = channel_split(b, c, block_c, dev, cfg)
     part = torch.empty(b, splits, hw, device=dev, dtype=torch.float32)
-    extra = {"num_stages": cfg["reduce_stages"]} if cfg["reduce_stages"] else {}
     if impl == "dot":
-        precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
         reduce_dot_kernel[(b, splits)](acts, weights, part, c, hw, ch, splits, acts.stride(0), acts.stride(1),
                                        *weights.stride(), BLOCK_C=block_c, BLOCK_P=block_p, PRECISION=precision,
                                        num_warps=cfg["reduce_warps"], **extra)

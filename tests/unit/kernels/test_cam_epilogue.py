@@ -226,6 +226,68 @@ def test_the_dot_channel_sum_matches_the_loop(monkeypatch: pytest.MonkeyPatch, d
                                cam_epilogue_reference(a.float(), wt, (11, 13)), atol=1e-5, rtol=1e-4)
 
 
+def test_channel_groups_fill_whole_16_byte_words() -> None:
+    from egl.kernels._cam_triton import channel_group
+
+    assert [channel_group(512, hw, 2) for hw in (49, 196, 784, 64)] == [8, 2, 1, 1]
+    assert [channel_group(512, hw, 4) for hw in (49, 196, 15)] == [4, 1, 4]
+    assert channel_group(12, 49, 2) == 0  # 8 does not divide 12: no group (the "dot" sum runs)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # bf16 tl.dot: not modelled by the interpreter
+@pytest.mark.parametrize("b,c,h,w", [(2, 40, 7, 7), (3, 64, 14, 14), (1, 24, 5, 3), (2, 16, 4, 4)])
+def test_the_grouped_channel_sum_matches_float64(b: int, c: int, h: int, w: int, dtype: torch.dtype) -> None:
+    """``reduce="grouped"``: rows of several whole channels (two column blocks at 7x7 fp16:
+    8 x 49 = 392 values), ``G`` partial maps per program, summed by the stats stage."""
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(b, c, h, w, seed=c + h)
+    a = a.to(dtype)
+    ref = torch.einsum("bc,bchw->bhw", wt.double(), a.double()).flatten(1)
+    part = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "grouped"})
+    group = _cam_triton.channel_group(c, h * w, a.element_size())
+    assert part.shape[0] == b and part.shape[1] % group == 0 and part.shape[2] == h * w
+    assert float((part.sum(1).double() - ref).norm() / ref.norm()) < 1e-6
+
+
+@needs_interpreter
+def test_the_grouped_channel_sum_splits_rows_and_serves_the_epilogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of one with many splits, several row tiles per split (256 rows of 8 channels):
+    maps and gradients as the reference's."""
+    from egl.kernels import _cam_triton
+
+    monkeypatch.setitem(_cam_triton.CONFIG, "reduce_tile", 32)  # 16-row tiles ...
+    monkeypatch.setitem(_cam_triton.CONFIG, "programs_per_sm", 1)  # ... 4 splits (4 "SMs" on CPU), 4 tiles each
+    monkeypatch.setitem(_cam_triton.CONFIG, "reduce", "grouped")
+    a, wt = _inputs(1, 2048, 7, 7, seed=4)
+    a = a.half().requires_grad_(True)
+    wt.requires_grad_(True)
+    part = _cam_triton.reduce_stage(a.detach(), wt.detach(), dict(_cam_triton.CONFIG))
+    assert part.shape == (1, 4 * 8, 49)
+    out = cam_epilogue(a, wt, (17, 23), backend="triton")
+    ref_a, ref_w = a.detach().float().requires_grad_(True), wt.detach().clone().requires_grad_(True)
+    ref = cam_epilogue_reference(ref_a, ref_w, (17, 23))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(ref)
+    ga, gw = torch.autograd.grad(out, [a, wt], g)
+    ra, rw = torch.autograd.grad(ref, [ref_a, ref_w], g)
+    assert _rel(ga.float(), ra) < 2e-3 and _rel(gw, rw) < 1e-4  # (d acts rounded to fp16 on its write)
+
+
+@needs_interpreter
+def test_the_grouped_channel_sum_falls_back_to_dot_where_no_group_fits() -> None:
+    """Channels that no group of 16-byte rows divides (12 fp16 channels of 7x7), or gaps between
+    channels (every other channel of a larger map): the one-channel rows of ``"dot"``."""
+    from egl.kernels import _cam_triton
+
+    for a in (_inputs(2, 12, 7, 7, seed=5)[0].half(), _inputs(2, 32, 7, 7, seed=6)[0].half()[:, ::2]):
+        wt = torch.randn(2, a.shape[1])
+        grouped = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "grouped"})
+        dot = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "dot"})
+        assert torch.equal(grouped, dot)
+
+
 @needs_interpreter
 def test_reduce_auto_takes_the_loop_off_cuda_and_bad_choices_are_named() -> None:
     from egl.errors import InputError
