@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/input_grads.py
 	$(PY) benchmarks/kernel.py --stages
 	$(PY) benchmarks/kernel_sass.py
+	$(PY) benchmarks/sync_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

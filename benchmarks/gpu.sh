@@ -35,6 +35,7 @@ stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
 stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
+stage sync_check 60 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
 stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"
 stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"

@@ -14,5 +14,5 @@ def sample_beta(alpha: float, n: int, device: torch.device | str) -> Tensor:
     ``alpha`` must already be checked (> 0): the distribution's own argument validation is off,
     since it reads the parameter back from the device (a host sync per draw on a GPU).
     """
-    a = torch.tensor(float(alpha), device=device)
+    a = torch.full((), float(alpha), device=device)  # torch.tensor(alpha, device=...) syncs a GPU stream
     return torch.distributions.Beta(a, a, validate_args=False).sample((n,))

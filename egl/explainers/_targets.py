@@ -5,7 +5,8 @@ device tensor's range stalls a GPU: the host waits for the forward to finish, an
 then idles while the host queues the maps' kernels. So:
 
 * targets given on the host (an int, a list, a CPU tensor) are checked against the host copy
-  of their range, taken when :func:`targets` builds the device tensor: no device read;
+  of their range, taken when :func:`targets` builds the device tensor: no device read; and
+  they are uploaded without a blocking copy (which would wait for the queued work, as a read does);
 * targets already on an accelerator are read once, and an explainer that gathers with them
   itself (Grad-CAM, input gradients) reads them at the *end* of its call
   (:meth:`Targets.index` with ``defer=True``, then :meth:`Targets.settle`): it gathers with
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from egl._check import describe, fail
 from egl._deferred import active
+from egl._transfer import host_tensor, upload
 
 __all__ = ["Targets", "targets", "as_targets", "check_target_range"]
 
@@ -97,7 +99,7 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
         if len(target) != batch:
             raise fail(fn, "target", f"one class index per sample (shape [{batch}])", describe(target),
                        "Pass one target per image in x, or a single int for all")
-        return Targets(torch.tensor(list(target), dtype=torch.long, device=device), known)
+        return Targets(host_tensor(list(target), device, torch.long), known)
     if not isinstance(target, Tensor):
         raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
                    describe(target), "Pass class indices")
@@ -113,7 +115,7 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
     if target.device.type == "cpu" and torch.device(device).type != "cpu" and target.numel():
         lo, hi = torch.stack([target.min(), target.max()]).tolist()  # a host read: no device wait
         known = (int(lo), int(hi))
-    return Targets(target.to(device=device, dtype=torch.long), known)
+    return Targets(upload(target, device, torch.long), known)
 
 
 def as_targets(target: Any, batch: int, fn: str, device: torch.device) -> Tensor | None:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from egl._check import check_same_batch, check_shape
 from egl._masks import as_mask, resize_mask
+from egl._transfer import upload
 from egl.losses._reduction import reduce
 from egl.losses.base import AlignmentLoss
 
@@ -42,7 +43,7 @@ def energy_outside(maps: Tensor, mask: Tensor, *, reduction: str = "mean") -> Te
     maps = check_shape(maps, "B K H W", fn, "maps")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, maps=maps, mask=m)
-    m = resize_mask(m.to(device=maps.device, dtype=maps.dtype), tuple(maps.shape[-2:]))
+    m = resize_mask(upload(m, maps.device, maps.dtype), tuple(maps.shape[-2:]))
     energy = maps.abs().sum(dim=1, keepdim=True)  # [B, 1, h, w]
     total = energy.flatten(1).sum(1)
     outside = (energy * (1.0 - m)).flatten(1).sum(1)

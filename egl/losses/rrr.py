@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from egl._amp import inner_grad
 from egl._check import check_same_batch, check_shape
 from egl._masks import as_mask, resize_mask
+from egl._transfer import upload
 from egl.explainers.base import double_backward_ready
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses._reduction import reduce
@@ -37,7 +38,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     x = check_shape(x, "B C H W", fn, "x")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, x=x, mask=m)
-    m = resize_mask(m.to(device=x.device, dtype=x.dtype), tuple(x.shape[-2:]))
+    m = resize_mask(upload(m, x.device, x.dtype), tuple(x.shape[-2:]))
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), double_backward_ready(True):
         with subpixel_input_grads(model):  # the stem's input gradient in a faster form

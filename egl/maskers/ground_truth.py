@@ -11,6 +11,7 @@ from torch import Tensor
 
 from egl._check import check_same_batch, check_shape, fail
 from egl._masks import as_mask, resize_mask
+from egl._transfer import upload
 from egl.maskers.base import Masker
 
 __all__ = ["GroundTruthMasker"]
@@ -35,4 +36,4 @@ class GroundTruthMasker(Masker):
                        "('learned', 'grayscale')")
         m = as_mask(mask, fn, "mask")
         check_same_batch(fn, x=x, mask=m)
-        return resize_mask(m.to(device=x.device, dtype=x.dtype), (int(x.shape[-2]), int(x.shape[-1])))
+        return resize_mask(upload(m, x.device, x.dtype), (int(x.shape[-2]), int(x.shape[-1])))

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_finite, check_shape, describe, fail
+from egl._transfer import host_tensor
 from egl.maskers._cache import MaskCache, module_fingerprint
 from egl.maskers.base import Masker
 
@@ -312,8 +313,8 @@ class SAMMasker(Masker):
         """``x`` as RGB in [0, 1]: un-normalised, checked loosely, clamped."""
         x = x.float()
         if self.input_mean is not None and self.input_std is not None:
-            mean = torch.tensor(self.input_mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.input_std, device=x.device).view(1, 3, 1, 1)
+            mean = host_tensor(self.input_mean, x.device, torch.float32).view(1, 3, 1, 1)
+            std = host_tensor(self.input_std, x.device, torch.float32).view(1, 3, 1, 1)
             x = x * std + mean
         lo, hi = float(x.min()), float(x.max())
         if lo < -0.5 or hi > 1.5:  # slack for resampling overshoot; normalised images go far beyond

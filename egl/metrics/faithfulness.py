@@ -36,6 +36,7 @@ from egl._check import (
     describe,
     fail,
 )
+from egl._transfer import host_tensor, upload
 from egl.metrics._common import check_labels, num_top_pixels, pixel_ranks
 
 __all__ = ["faithfulness", "FaithfulnessResult", "BASELINES", "DEFAULT_KS"]
@@ -188,7 +189,7 @@ def faithfulness(
     b, _, h, w = x.shape
     with torch.no_grad():
         x = x.detach()
-        s = s.detach().to(device=x.device, dtype=x.dtype)
+        s = upload(s.detach(), x.device, x.dtype)
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient
@@ -196,8 +197,8 @@ def faithfulness(
         counts = tuple(num_top_pixels(k, h * w) for k in ks)
         # Variant 0 is the original image (nothing removed), then comprehensiveness
         # (top n removed) and sufficiency (only top n kept) for every k.
-        n_of = torch.tensor((0,) + counts + counts, device=x.device, dtype=torch.int32)
-        keep_top = torch.tensor((False,) * (1 + len(ks)) + (True,) * len(ks), device=x.device)
+        n_of = host_tensor((0,) + counts + counts, x.device, torch.int32)
+        keep_top = host_tensor((False,) * (1 + len(ks)) + (True,) * len(ks), x.device, torch.bool)
         total = n_of.numel() * b
         logits = []
         for start in range(0, total, batch_size):

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import fail
+from egl._transfer import host_tensor
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "first_rank_with", "first_failure",
            "average_gradients",
@@ -108,7 +109,7 @@ def first_failure(code: int, device: torch.device | str = "cpu") -> tuple[int, i
     import torch.distributed as dist
 
     n = world_size()
-    t = torch.tensor([(16 - code) * n + rank() if code else 16 * n], device=device)
+    t = torch.full((1,), (16 - code) * n + rank() if code else 16 * n, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     first = int(t.item())
     return (first % n, 16 - first // n) if first < 16 * n else (-1, 0)
@@ -158,8 +159,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
     for (_, dtype), group in _buckets(unique.values()).items():
         # Gradients (zeros where missing) then one presence flag per parameter, in one buffer.
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
-                         + [torch.tensor([float(p.grad is not None) for p in group], dtype=dtype,
-                                         device=group[0].device)])
+                         + [host_tensor([float(p.grad is not None) for p in group], group[0].device, dtype)])
         dist.all_reduce(flat)
         flat.div_(n)
         offset = 0

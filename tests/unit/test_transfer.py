@@ -1,0 +1,106 @@
+"""Host-to-device copies without a stream synchronisation (egl._transfer), and no blocking upload
+anywhere in egl.
+
+A GPU is not needed to see which copy an upload dispatches: the ``meta`` device stands in for
+one (the same ``_to_copy`` with its ``non_blocking`` flag). ``torch.tensor(data, device=...)``
+copies inside the constructor, where no dispatch mode sees it, and synchronises a CUDA stream
+(``memcpy_and_sync``), so egl's source is checked for it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from egl._transfer import host_tensor, upload
+from egl.explainers._targets import targets
+
+EGL = Path(__file__).resolve().parents[2] / "egl"
+
+
+class _Copies(TorchDispatchMode):
+    """Every ``_to_copy`` / ``copy_`` dispatched, as ``(source device, target device, non_blocking)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, bool]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.ops.aten._to_copy.default:
+            self.seen.append((args[0].device.type, out.device.type, bool(kwargs.get("non_blocking", False))))
+        elif func is torch.ops.aten.copy_.default:
+            self.seen.append((args[1].device.type, args[0].device.type, bool(args[2] if len(args) > 2 else False)))
+        return out
+
+
+def test_upload_from_the_host_does_not_block() -> None:
+    with _Copies() as log:
+        out = upload(torch.arange(4), "meta", torch.float32)
+    assert out.device.type == "meta" and out.dtype == torch.float32
+    assert log.seen == [("cpu", "meta", True)]
+
+
+def test_a_pinned_source_keeps_the_blocking_copy(monkeypatch: Any) -> None:
+    """Truly asynchronous from pinned memory: a change to the source right after could race."""
+    t = torch.arange(4)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
+    with _Copies() as log:
+        upload(t, "meta")
+    assert log.seen == [("cpu", "meta", False)]
+
+
+def test_upload_on_the_same_device_is_the_tensor_itself() -> None:
+    t = torch.arange(4)
+    assert upload(t, "cpu") is t
+    assert upload(t, "cpu", torch.float64).dtype == torch.float64
+
+
+def test_host_tensor_builds_on_the_host_then_uploads_without_blocking() -> None:
+    with _Copies() as log:
+        out = host_tensor([1, 2, 3], "meta", torch.long)
+    assert out.shape == (3,) and out.dtype == torch.long and out.device.type == "meta"
+    assert log.seen == [("cpu", "meta", True)]
+    torch.testing.assert_close(host_tensor((0.5, 1.5), "cpu", torch.float32), torch.tensor([0.5, 1.5]))
+
+
+def test_explainer_targets_from_the_host_upload_without_blocking() -> None:
+    """A list or a CPU tensor of targets for a model on an accelerator: one non-blocking copy
+    (a blocking one waits for the queued work, as a read does)."""
+    for spec in ([0, 2, 1], torch.tensor([0, 2, 1], dtype=torch.int32)):
+        with _Copies() as log:
+            t = targets(spec, 3, "fn", torch.device("meta"))
+        assert t is not None and t.tensor.device.type == "meta" and t.tensor.dtype == torch.long
+        assert t.known == (0, 2)
+        assert [c for c in log.seen if c[0] == "cpu" and c[1] == "meta"] == [("cpu", "meta", True)]
+
+
+def _device_kwarg_constructors(source: str, name: str) -> list[str]:
+    """``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)`` and ``.cuda()`` calls."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        f = node.func
+        is_ctor = f.attr in ("tensor", "as_tensor") and isinstance(f.value, ast.Name) and f.value.id == "torch"
+        if (is_ctor and any(k.arg == "device" for k in node.keywords)) or f.attr == "cuda":
+            found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_egl_never_builds_a_tensor_on_a_device_with_a_blocking_copy() -> None:
+    """Use ``egl._transfer.host_tensor`` (or ``torch.full`` for one value) instead."""
+    found = [hit for path in sorted(EGL.rglob("*.py"))
+             for hit in _device_kwarg_constructors(path.read_text(), str(path.relative_to(EGL.parent)))]
+    assert not found, "blocking host-to-device copies: " + ", ".join(found)
+
+
+def test_the_source_check_finds_what_it_looks_for() -> None:
+    src = ("import torch\na = torch.tensor([1], device='cuda')\nb = torch.as_tensor(2.0, device=d)\n"
+           "c = torch.tensor([1]).cuda()\nd = torch.tensor([1])\ne = torch.full((), 1.0, device=d)\n")
+    assert _device_kwarg_constructors(src, "probe.py") == ["probe.py:2", "probe.py:3", "probe.py:4"]
