@@ -31,7 +31,9 @@ from _common import hardware, table  # noqa: E402
 DEVICE = "cuda"
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
 SWEEP = [{}, {"reduce_tile": 4096, "reduce_warps": 4}, {"reduce_tile": 16384, "reduce_warps": 8, "programs_per_sm": 2},
-         {"write": "gather", "write_warps": 4}, {"write_warps": 4}, {"write_rows": 64, "write_warps": 4}]
+         {"write": "gather", "write_warps": 4}, {"write_warps": 4}, {"write_rows": 64, "write_warps": 4},
+         {"write_rows": 16, "write_cols": 64}, {"write_rows": 8, "write_cols": 128},  # longer runs of each output row
+         {"reduce": "grouped"}, {"reduce": "grouped", "reduce_tile": 4096, "reduce_warps": 4}]
 
 
 def _bench(fn: Any) -> float:
