@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from egl._check import check_finite, check_same_batch, check_shape, check_tensor, describe, fail
+from egl._transfer import upload
 
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map"]
 
@@ -30,11 +31,12 @@ def check_labels(y: object, batch: Tensor, num_classes: int, fn: str, arg: str,
         raise fail(fn, arg, "a 1-D integer tensor of class indices [B]", describe(t),
                    f"Pass class indices, e.g. {arg}.long() or {arg}.argmax(1) for one-hot labels")
     check_same_batch(fn, **{batch_arg: batch, arg: t})
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        raise fail(fn, arg, f"class indices in [0, {num_classes - 1}]",
-                   f"values in [{int(t.min())}, {int(t.max())}]",
-                   f"'{batch_arg}' has {num_classes} classes: relabel '{arg}' or fix the head")
-    return t.to(batch.device)
+    if t.numel():
+        lo, hi = torch.stack([t.min(), t.max()]).tolist()  # one read of the device, not two
+        if lo < 0 or hi >= num_classes:
+            raise fail(fn, arg, f"class indices in [0, {num_classes - 1}]", f"values in [{lo}, {hi}]",
+                       f"'{batch_arg}' has {num_classes} classes: relabel '{arg}' or fix the head")
+    return upload(t, batch.device)
 
 
 def pixel_ranks(scores: Tensor) -> Tensor:
