@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_same_batch, check_shape, fail
 from egl._masks import as_mask, resize_mask
+from egl._transfer import upload
 from egl.explainers.base import targets
 from egl.losses._reduction import REDUCTIONS, reduce
 
@@ -71,7 +72,7 @@ class MaskerDistLoss(nn.Module):
     def forward(self, model: nn.Module, x: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         fn = "egl.losses.MaskerDistLoss"
         x = check_shape(x, "B C H W", fn, "x")
-        m = resize_mask(as_mask(mask, fn, "mask").to(x), tuple(x.shape[-2:]))
+        m = resize_mask(upload(as_mask(mask, fn, "mask"), x.device, x.dtype), tuple(x.shape[-2:]))
         check_same_batch(fn, x=x, mask=m)
         fg, bg = masked_pair_logits(model, x, m)
         return masker_dist_loss(fg, bg, target, reduction=self.reduction)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from egl._check import check_positive, check_same_batch, check_shape
 from egl._sampling import sample_beta
+from egl._transfer import upload
 from egl.explainers.grad_cam import GradCAM
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -66,7 +67,7 @@ def class_permutation(target: Tensor, generator: torch.Generator | None = None) 
     dst = torch.argsort(key + torch.rand(b, generator=generator, dtype=torch.float64))
     partner = torch.empty(b, dtype=torch.long)
     partner[src] = dst  # the k-th sample of a class in one random order meets the k-th in another
-    return partner.to(target.device)
+    return upload(partner, target.device)
 
 
 def _class_mean(values: Tensor, inverse: Tensor, counts: Tensor) -> Tensor:

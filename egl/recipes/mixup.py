@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from egl._check import check_positive, check_shape
 from egl._sampling import sample_beta
+from egl._transfer import upload
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
@@ -62,7 +63,7 @@ def domain_pairs(domain: Tensor, cycle: list[int], generator: torch.Generator | 
     groups = domain_groups(domain) if groups is None else groups
     if len(groups) == 1:
         g = groups[0]
-        perm = torch.randperm(g.numel(), generator=generator).to(g.device)
+        perm = upload(torch.randperm(g.numel(), generator=generator), g.device)
         return [(g, g[perm])]
     pairs = []
     for k in range(len(cycle)):

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from egl._check import check_positive, check_same_batch, check_shape, fail
 from egl._sampling import sample_beta
+from egl._transfer import upload
 from egl.explainers.base import Explainer, as_targets
 from egl.losses._reduction import reduce
 from egl.regularizers.base import Regularizer
@@ -50,7 +51,7 @@ def same_class_pairs(target: Tensor, generator: torch.Generator | None = None) -
         target: ``B``; returns ``B`` (a permutation that maps each class onto itself).
     """
     b = target.shape[0]
-    rand = torch.rand(b, generator=generator, device="cpu").to(target.device)
+    rand = upload(torch.rand(b, generator=generator, device="cpu"), target.device)  # (a CPU generator's draws)
     order = torch.argsort(target.to(torch.float64) * 2.0 + rand.to(torch.float64))  # by class, random within
     grp = target[order]
     k = torch.arange(b, device=target.device)

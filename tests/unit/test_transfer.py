@@ -104,3 +104,17 @@ def test_the_source_check_finds_what_it_looks_for() -> None:
     src = ("import torch\na = torch.tensor([1], device='cuda')\nb = torch.as_tensor(2.0, device=d)\n"
            "c = torch.tensor([1]).cuda()\nd = torch.tensor([1])\ne = torch.full((), 1.0, device=d)\n")
     assert _device_kwarg_constructors(src, "probe.py") == ["probe.py:2", "probe.py:3", "probe.py:4"]
+
+
+def test_per_step_pairings_upload_their_host_draws_without_blocking() -> None:
+    """ALIGN's same-class partners and mixup's one-domain permutation draw on the host (a CPU
+    generator) every step; their upload must not wait for the step's queued work."""
+    from egl.recipes.mixup import domain_pairs
+    from egl.regularizers.mixup_consistency import same_class_pairs
+
+    target = torch.tensor([0, 1, 0, 1]).to("meta")
+    group, domain = torch.arange(4).to("meta"), torch.zeros(4, dtype=torch.long).to("meta")
+    with _Copies() as log:
+        same_class_pairs(target)
+        domain_pairs(domain, [0], groups=[group])
+    assert [c for c in log.seen if c[0] == "cpu"] == [("cpu", "meta", True)] * 2
