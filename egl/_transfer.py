@@ -2,9 +2,14 @@
 
 A blocking host-to-device copy (``torch.tensor(data, device="cuda")``, ``t.to("cuda")``) makes
 PyTorch synchronise the stream after the copy: the host waits for every kernel queued before it,
-then the device idles while the host queues the next ones. Mid-step, that costs a small model
-most of a step's overlap. A non-blocking copy from pageable host memory is staged before the
-call returns, so the source may be freed at once, and it stays ordered on the stream.
+then the device idles while the host queues the next ones. A non-blocking CUDA copy from
+pageable host memory does not wait for the queued kernels: the driver stages the data before the
+call returns (it may still pause while staging a large copy), so the source may be freed at once,
+and the copy stays ordered on the stream.
+
+Only CUDA (and ROCm, which presents as ``cuda``) is trusted with this: a non-blocking copy to
+Apple's ``mps`` from a pageable tensor that is freed right away can deliver wrong values
+(pytorch/pytorch#139550), so other devices keep the blocking copy.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["upload", "host_tensor"]
+__all__ = ["upload", "host_tensor", "STAGED_DEVICE_TYPES"]
+
+#: Device types whose non-blocking copy from pageable host memory is staged before it returns.
+STAGED_DEVICE_TYPES = {"cuda"}
 
 
 def upload(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
     """``t`` on ``device`` (and ``dtype``): non-blocking when it comes from pageable host memory
-    (staged before the call returns: nothing the caller does to ``t`` afterwards can race it),
-    else as :meth:`torch.Tensor.to`. A pinned source would be copied truly asynchronously, so an
-    in-place change to it right after the call could reach the device: it keeps the blocking
-    copy. A device-to-host copy must block anyway (the host reads it next)."""
-    return t.to(device=device, dtype=dtype, non_blocking=t.device.type == "cpu" and not t.is_pinned())
+    to a CUDA device (see the module docstring), else as :meth:`torch.Tensor.to`. A pinned source
+    would be copied truly asynchronously, so an in-place change to it right after the call could
+    reach the device: it keeps the blocking copy. A device-to-host copy blocks anyway (the host
+    reads it next)."""
+    staged = t.device.type == "cpu" and torch.device(device).type in STAGED_DEVICE_TYPES and not t.is_pinned()
+    return t.to(device=device, dtype=dtype, non_blocking=staged)
 
 
 def host_tensor(data: Sequence[object] | float | int, device: torch.device | str, dtype: torch.dtype) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from egl._transfer import upload
 from egl.explainers.grad_cam import GradCAM
 from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate
 from egl.recipes.batch import as_batch
@@ -34,7 +35,7 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
     try:
         with torch.no_grad():
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                out.append(model(as_batch(batch).x.to(device)).float().cpu())
+                out.append(model(upload(as_batch(batch).x, device)).float().cpu())
     finally:
         model.train(was)
     return torch.cat(out)
@@ -53,7 +54,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     try:
         for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             batch, shortcut = _collate_keys(raw)
-            x, y = batch.x.to(device), batch.y
+            x, y = upload(batch.x, device), batch.y
             with torch.no_grad():
                 lg = model(x).float()
             logits.append(lg.cpu())
@@ -68,7 +69,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
                 suff.append(f.sufficiency_per_image.mean(1).cpu())
                 comp.append(f.comprehensiveness_per_image.mean(1).cpu())
                 if batch.mask is not None:
-                    r = localization(sal, batch.mask[:n].to(device))
+                    r = localization(sal, upload(batch.mask[:n], device))
                     for k in loc_rows:
                         loc_rows[k].append(getattr(r, k)[r.valid].cpu())
                 explained += n

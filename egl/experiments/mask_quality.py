@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from egl._transfer import upload
 from egl.maskers.base import Masker
 from egl.metrics import accuracy
 from egl.recipes.batch import as_batch
@@ -45,11 +46,11 @@ def mask_quality(model: nn.Module, dataset: Dataset, maskers: dict[str, Masker],
         with torch.no_grad():
             for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 b = as_batch(raw)
-                x = b.x.to(device)
+                x = upload(b.x, device)
                 labels.append(b.y)
                 logits["none"].append(model(x).cpu())
                 for name, masker in maskers.items():
-                    m = masker(x, None if b.mask is None else b.mask.to(device))
+                    m = masker(x, None if b.mask is None else upload(b.mask, device))
                     area[name].append(m.mean(dim=(1, 2, 3)).cpu())
                     logits[name].append(model(blur_outside(x, m, sigma)).cpu())
     finally:

@@ -13,6 +13,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from egl._transfer import upload
+
 __all__ = ["interp_matrix", "extreme_candidates", "on_device"]
 
 
@@ -45,7 +47,7 @@ def on_device(table: str, n_src: int, n_out: int, device: torch.device) -> Tenso
         if len(_DEVICE_CACHE) > 128:
             _DEVICE_CACHE.clear()
         make = _interp_matrix_cpu if table == "interp" else extreme_candidates
-        _DEVICE_CACHE[key] = make(n_src, n_out).to(device)
+        _DEVICE_CACHE[key] = upload(make(n_src, n_out), device)
     return _DEVICE_CACHE[key]
 
 

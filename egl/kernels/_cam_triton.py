@@ -189,17 +189,22 @@ def reduce_dot_kernel(a_ptr, w_ptr, part_ptr, C, hw, CH, S, sa_b, sa_c, sw_b, sw
 
 @triton.jit
 def reduce_grouped_kernel(a_ptr, w_ptr, part_ptr, R, RH, S, sa_b, sw_b, sw_c, HW: tl.constexpr, G: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+                          PACKED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
     """``reduce_dot_kernel`` over rows of ``G`` whole channels: each sample's ``[C, h·w]`` block
     read as ``[C / G, G·h·w]``, ``G`` the fewest channels whose row fills whole 16-byte words
     (bf16 7x7: ``G = 8``, 784-byte rows, where one channel's 98-byte row is never aligned). The
     loads become 16-byte vectors; the product's 16 rows hold ``hi`` (rows ``k < G``) and ``lo``
     (rows ``G + k``) of channel ``G·r + k``'s weight, so column ``j`` of segment ``k = j // h·w``
     takes rows ``k`` and ``G + k``. Stores ``G`` partial maps per program: ``part`` is
-    ``[B, S·G, h·w]``."""
+    ``[B, S·G, h·w]``. With ``PACKED`` (samples back to back) a sample starts ``R·G·h·w``
+    values after the last, which Triton then knows to be 16-byte aligned whatever ``R`` is."""
     L: tl.constexpr = G * HW
     b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
+    if PACKED:
+        a_b = a_ptr + b * R * L
+    else:
+        a_b = a_ptr + b * sa_b
     r_lo = s * RH
     r_hi = tl.minimum(r_lo + RH, R)
     m = tl.arange(0, 16)
@@ -212,7 +217,7 @@ def reduce_grouped_kernel(a_ptr, w_ptr, part_ptr, R, RH, S, sa_b, sw_b, sw_c, HW
         for r0 in range(r_lo, r_hi, BLOCK_R):
             rs = r0 + tl.arange(0, BLOCK_R)
             rm = rs < r_hi
-            av = tl.load(a_ptr + b * sa_b + rs[:, None].to(tl.int64) * L + p[None, :],
+            av = tl.load(a_b + rs[:, None].to(tl.int64) * L + p[None, :],
                          mask=rm[:, None] & pm[None, :], other=0.0)
             wv = tl.load(w_ptr + b * sw_b + (rs[None, :] * G + k[:, None]) * sw_c,
                          mask=used[:, None] & rm[None, :], other=0.0)
@@ -357,10 +362,10 @@ def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[
 
 def channel_group(c: int, hw: int, itemsize: int) -> int:
     """The fewest whole channels ``G`` whose ``h·w`` values fill whole 16-byte words (the
-    ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c``. bf16: 8 at 7x7,
+    ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c`` or exceeds 8 (1-byte types). bf16: 8 at 7x7,
     2 at 14x14, 1 at 28x28; fp32: 4 at 7x7, 1 at 14x14."""
     g = 16 // math.gcd(hw * itemsize, 16)
-    return g if c % g == 0 else 0
+    return g if c % g == 0 and 2 * g <= 16 else 0  # (the product's 16 rows hold hi and lo of G channels)
 
 
 def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
@@ -405,7 +410,8 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
         splits, rh = channel_split(b, rows, block_r, dev, cfg)
         part = torch.empty(b, splits, row, device=dev, dtype=torch.float32)
         reduce_grouped_kernel[(b, splits)](acts, weights, part, rows, rh, splits, acts.stride(0), *weights.stride(),
-                                           HW=hw, G=group, BLOCK_R=block_r, BLOCK_P=block_p, PRECISION=precision,
+                                           HW=hw, G=group, PACKED=b == 1 or acts.stride(0) == c * hw,
+                                           BLOCK_R=block_r, BLOCK_P=block_p, PRECISION=precision,
                                            num_warps=cfg["reduce_warps"], **extra)
         return part.view(b, splits * group, hw)
     if impl == "bmm" and acts.is_cuda:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, fail
+from egl._transfer import upload
 
 __all__ = ["CONFIG", "conv2d_input_grad", "subpixel_weight", "eligible", "worth", "subpixel_input_grads"]
 
@@ -67,7 +68,7 @@ def _tables(kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
         ok = ((rows >= 0) & (rows < kh))[:, None, :, None] & ((cols >= 0) & (cols < kw))[None, :, None, :]
         if len(_TABLES) > 64:
             _TABLES.clear()
-        _TABLES[key] = (rows.clamp(0, kh - 1).to(device), cols.clamp(0, kw - 1).to(device), ok.to(device))
+        _TABLES[key] = (upload(rows.clamp(0, kh - 1), device), upload(cols.clamp(0, kw - 1), device), upload(ok, device))
     return _TABLES[key]
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_range, check_same_batch, check_shape
 from egl._masks import as_mask, resize_mask
+from egl._transfer import upload
 from egl.losses._reduction import REDUCTIONS
 
 __all__ = ["AlignmentLoss", "prepare"]
@@ -23,7 +24,7 @@ def prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
                 "Normalise saliency to [0, 1] (explainers do so with normalize=True)")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, saliency=saliency, mask=m)
-    m = resize_mask(m.to(dtype=saliency.dtype, device=saliency.device), tuple(saliency.shape[-2:]))
+    m = resize_mask(upload(m, saliency.device, saliency.dtype), tuple(saliency.shape[-2:]))
     return saliency, m
 
 

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_finite, check_shape, describe, fail
-from egl._transfer import host_tensor
+from egl._transfer import host_tensor, upload
 from egl.maskers._cache import MaskCache, module_fingerprint
 from egl.maskers.base import Masker
 
@@ -342,11 +342,11 @@ class SAMMasker(Masker):
                 if hit is None:
                     todo.append(i)
                 else:
-                    out[i] = hit.to(device=x.device, dtype=torch.float32)
+                    out[i] = upload(hit, x.device, torch.float32)
         for s in range(0, len(todo), self.image_batch_size):
             idx = todo[s:s + self.image_batch_size]
             masks = self._compute(x01[idx])
-            out[idx] = masks.to(device=x.device, dtype=torch.float32)
+            out[idx] = upload(masks, x.device, torch.float32)
             if self.cache is not None:
                 for j, i in enumerate(idx):
                     self.cache.save(keys[i], masks[j])

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from egl._check import check_choice, check_finite, check_range, check_same_batch, check_shape
 from egl._masks import as_mask
+from egl._transfer import upload
 from egl.metrics._common import pixel_ranks, resize_map
 
 __all__ = [
@@ -87,7 +88,7 @@ def _prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
                 "Saliency is a non-negative mass: apply ReLU or min-max normalise it")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, saliency=s, mask=m)
-    m = m.to(s.device) >= 0.5
+    m = upload(m, s.device) >= 0.5
     s = resize_map(s.detach(), tuple(m.shape[-2:]))
     return s.flatten(1), m.flatten(1)
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from egl._check import fail
+from egl._transfer import upload
 from egl.recipes.batch import Batch
 
 __all__ = ["require_domains", "domain_groups"]
@@ -35,4 +36,4 @@ def domain_groups(domain: Tensor, host: Tensor | None = None) -> list[Tensor]:
     """
     src = host if host is not None else domain
     groups = [torch.nonzero(src == d, as_tuple=True)[0] for d in torch.unique(src)]
-    return [g.to(domain.device, non_blocking=True) for g in groups] if src is not domain else groups
+    return [upload(g, domain.device) for g in groups] if src is not domain else groups

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from egl._check import check_shape, describe, fail
+from egl._transfer import upload
 
 __all__ = ["Batch", "as_batch"]
 
@@ -57,11 +58,11 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
         def mv(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+            return None if t is None else upload(t, device)
         labels_host, domain_host = self._host(self._labels_host, self.y), self.domain_on_host()
         known = self.label_range if labels_host is not None else None
-        y, domain = self.y.to(device, non_blocking=True), mv(self.domain)
-        return Batch(self.x.to(device, non_blocking=True), y, domain, mv(self.mask), known,
+        y, domain = upload(self.y, device), mv(self.domain)
+        return Batch(upload(self.x, device), y, domain, mv(self.mask), known,
                      _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain))
 
     def known_label_range(self) -> tuple[int, int] | None:

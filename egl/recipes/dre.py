@@ -103,8 +103,8 @@ def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, ta
     ce = F.cross_entropy(logits_mixed, target, reduction="none")
     src = target if target_on_host is None else target_on_host
     _, inverse, counts = torch.unique(src, return_inverse=True, return_counts=True)
-    inverse = inverse.to(target.device, non_blocking=True)
-    counts = counts.to(device=saliency.device, dtype=saliency.dtype, non_blocking=True)
+    inverse = upload(inverse, target.device)
+    counts = upload(counts, saliency.device, saliency.dtype)
     return DRETerms(_class_mean(consistency, inverse, counts), _class_mean(sparse, inverse, counts),
                     _class_mean(ce, inverse, counts))
 
@@ -161,7 +161,7 @@ class DRE(Recipe):
         x, y = batch.x, batch.y
         out = self.explainer.explain(x, y, create_graph=True)
         host_y = batch.labels_on_host()  # labels that came from the CPU: no read back from the device
-        partner = self.sample_partner(y if host_y is None else host_y).to(y.device, non_blocking=True)
+        partner = upload(self.sample_partner(y if host_y is None else host_y), y.device)
         lam = self.sample_lam(x.shape[0], x.device)
         check_shape(lam, f"{x.shape[0]}", "egl.recipes.DRE.sample_lam", "lam")
         lv = lam.to(x.dtype).view(-1, 1, 1, 1)

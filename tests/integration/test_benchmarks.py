@@ -49,7 +49,8 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
     ("profile_step.py", ["--recipe", "align", "--batch", "2", "--size", "32", "--rows", "3"], "egl.phase.masker"),
     ("profile_saliency.py", ["--batch", "2", "--size", "32", "--rows", "3"], "copies and host reads"),
     ("kernel.py", ["--batch", "2", "--cases", "1"], "kernel"),
-    ("sync_check.py", ["--batch", "2", "--size", "32", "--only", "grad_cam,step: align"], "host-device synchronisations"),
+    ("sync_check.py", ["--batch", "2", "--size", "32", "--only", "grad_cam,step: align", "--run-on-cpu"],
+     "host-device synchronisations"),
     ("input_grads.py", ["--batch", "2", "--size", "32", "--models", "resnet18", "--repeats", "1"], "sub-pixel"),
 ])
 def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:

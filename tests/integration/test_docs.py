@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-_BLOCK = re.compile(r"(?:^<!-- test: (?P<cmd>.*?) -->\n)?^```python\n(?P<code>.*?)^```", re.S | re.M)
+_BLOCK = re.compile(r"(?:^<!-- test: (?P<cmd>[^\n]*?) -->\n)?^```python\n(?P<code>.*?)^```", re.S | re.M)
+_DIRECTIVE = re.compile(r"^<!-- test: .*$", re.M)
 
 
 def blocks(text: str) -> list[tuple[str | None, str]]:
-    """``(directive or None, code)`` of every Python block of a page."""
-    return [(m.group("cmd"), m.group("code")) for m in _BLOCK.finditer(text)]
+    """``(directive or None, code)`` of every Python block of a page; a directive must sit on the
+    line right above a Python block."""
+    found = [(m.group("cmd"), m.group("code")) for m in _BLOCK.finditer(text)]
+    attached = sum(cmd is not None for cmd, _ in found)
+    if attached != len(_DIRECTIVE.findall(text)):
+        raise AssertionError("a '<!-- test: ... -->' directive is not on the line right above a ```python block")
+    return found
 
 
 def prepare(cmd: str | None, code: str) -> tuple[str | None, str]:
@@ -55,6 +62,8 @@ def test_directives_are_read() -> None:
     assert got == [("needs a checkpoint", "a = 1\n"), (None, "fit(steps=2)\n"), (None, "for i in range(1): pass\n")]
     with pytest.raises(AssertionError, match="does not contain"):
         prepare("replace nowhere => here", "a = 1\n")
+    with pytest.raises(AssertionError, match="right above"):  # a blank line between: it would apply to nothing
+        blocks("<!-- test: skip x -->\n\n```python\na = 1\n```\n")
 
 
 @pytest.mark.slow
@@ -74,5 +83,5 @@ def test_the_examples_of_a_page_run(page: Path, tmp_path: Path, monkeypatch: pyt
         except Exception as e:  # noqa: BLE001 - re-raised with the block named
             raise AssertionError(f"{page.relative_to(ROOT)}, Python block {i} failed: {type(e).__name__}: {e}") from e
     if skipped:
-        print(f"{page.name}: skipped " + "; ".join(skipped))
+        warnings.warn(f"{page.name}: not run: " + "; ".join(skipped), stacklevel=1)
     assert os.getcwd() == str(tmp_path)  # (examples write their runs/ here)

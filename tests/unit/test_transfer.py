@@ -13,6 +13,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -20,6 +21,11 @@ from egl._transfer import host_tensor, upload
 from egl.explainers._targets import targets
 
 EGL = Path(__file__).resolve().parents[2] / "egl"
+
+
+@pytest.fixture(autouse=True)
+def _meta_stands_in_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", {"cuda", "meta"})
 
 
 class _Copies(TorchDispatchMode):
@@ -44,6 +50,16 @@ def test_upload_from_the_host_does_not_block() -> None:
         out = upload(torch.arange(4), "meta", torch.float32)
     assert out.device.type == "meta" and out.dtype == torch.float32
     assert log.seen == [("cpu", "meta", True)]
+
+
+def test_other_devices_keep_the_blocking_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only CUDA stages a pageable source before returning (on MPS a non-blocking copy of a
+    temporary can deliver wrong values: pytorch/pytorch#139550)."""
+    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", {"cuda"})
+    with _Copies() as log:
+        upload(torch.arange(4), "meta")
+        host_tensor([1, 2], "meta", torch.long)
+    assert log.seen == [("cpu", "meta", False)] * 2
 
 
 def test_a_pinned_source_keeps_the_blocking_copy(monkeypatch: Any) -> None:
@@ -93,6 +109,43 @@ def _device_kwarg_constructors(source: str, name: str) -> list[str]:
     return found
 
 
+#: ``.to(<a device>)`` calls that are not host-to-device uploads, and why.
+DEVICE_MOVES = {
+    "egl/_transfer.py: t.to(device=device, dtype=dtype, non_blocking=staged)": "upload itself",
+    "egl/_amp.py: f.to(device)": "overflow flags already on a device",
+    "egl/maskers/sam.py: x01.to(p.device, torch.float32)": "the images, already on a device, to SAM's",
+    "egl/recipes/base.py: s.to(losses.device)": "value statistics already on a device",
+    "egl/recipes/base.py: scaler.unscale_((p for g in opt.param_groups for p in g['params'])).to(losses.device)":
+        "an overflow flag already on a device",
+    "egl/train/loop.py: as_batch(next(stream), FN).to(device)": "Batch.to, which uploads through upload()",
+}
+
+
+def _device_moves(source: str, name: str) -> list[str]:
+    """``x.to(...)`` calls given a device (a ``device=`` keyword, an ``….device``, a name with
+    ``dev`` in it, or a string), except moves to ``"cpu"``: ``name: source`` each."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to"):
+            continue
+        a0 = node.args[0] if node.args else None
+        if isinstance(a0, ast.Constant) and a0.value == "cpu":
+            continue
+        if any(k.arg == "device" for k in node.keywords) or (isinstance(a0, ast.Attribute) and a0.attr == "device") \
+                or (isinstance(a0, ast.Name) and "dev" in a0.id) or (isinstance(a0, ast.Constant) and isinstance(a0.value, str)):
+            found.append(f"{name}: {ast.unparse(node)}")
+    return found
+
+
+def test_every_upload_in_egl_goes_through_upload() -> None:
+    """``t.to(device)`` from the host blocks (a stream synchronisation): egl uploads with
+    ``egl._transfer.upload``; the moves listed in ``DEVICE_MOVES`` are between devices."""
+    found = [hit for path in sorted(EGL.rglob("*.py"))
+             for hit in _device_moves(path.read_text(), str(path.relative_to(EGL.parent)))]
+    assert sorted(set(found) - set(DEVICE_MOVES)) == []
+    assert sorted(set(DEVICE_MOVES) - set(found)) == []  # (a stale entry: remove it)
+
+
 def test_egl_never_builds_a_tensor_on_a_device_with_a_blocking_copy() -> None:
     """Use ``egl._transfer.host_tensor`` (or ``torch.full`` for one value) instead."""
     found = [hit for path in sorted(EGL.rglob("*.py"))
@@ -104,6 +157,10 @@ def test_the_source_check_finds_what_it_looks_for() -> None:
     src = ("import torch\na = torch.tensor([1], device='cuda')\nb = torch.as_tensor(2.0, device=d)\n"
            "c = torch.tensor([1]).cuda()\nd = torch.tensor([1])\ne = torch.full((), 1.0, device=d)\n")
     assert _device_kwarg_constructors(src, "probe.py") == ["probe.py:2", "probe.py:3", "probe.py:4"]
+    src = ("a.to(x.device)\nb.to(device=d, dtype=t)\nc.to(dev)\nd.to('cuda')\ne.to('cpu')\nf.to(torch.float32)\n"
+           "g.to(x)\n")
+    assert _device_moves(src, "p.py") == ["p.py: a.to(x.device)", "p.py: b.to(device=d, dtype=t)", "p.py: c.to(dev)",
+                                          "p.py: d.to('cuda')"]
 
 
 def test_per_step_pairings_upload_their_host_draws_without_blocking() -> None:

@@ -232,6 +232,7 @@ def test_channel_groups_fill_whole_16_byte_words() -> None:
     assert [channel_group(512, hw, 2) for hw in (49, 196, 784, 64)] == [8, 2, 1, 1]
     assert [channel_group(512, hw, 4) for hw in (49, 196, 15)] == [4, 1, 4]
     assert channel_group(12, 49, 2) == 0  # 8 does not divide 12: no group (the "dot" sum runs)
+    assert channel_group(512, 49, 1) == 0  # 16 one-byte channels: hi and lo would need 32 rows
 
 
 @needs_interpreter
@@ -249,6 +250,20 @@ def test_the_grouped_channel_sum_matches_float64(b: int, c: int, h: int, w: int,
     group = _cam_triton.channel_group(c, h * w, a.element_size())
     assert part.shape[0] == b and part.shape[1] % group == 0 and part.shape[2] == h * w
     assert float((part.sum(1).double() - ref).norm() / ref.norm()) < 1e-6
+
+
+@needs_interpreter
+def test_the_grouped_channel_sum_of_samples_not_back_to_back() -> None:
+    """The first 40 of 64 channels: each sample's rows are whole, the samples 64 channels apart."""
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(3, 64, 7, 7, seed=8)
+    a = a.half()[:, :40]
+    wt = wt[:, :40]
+    assert a.stride(1) == 49 and a.stride(0) != 40 * 49
+    ref = torch.einsum("bc,bchw->bhw", wt.double(), a.double()).flatten(1)
+    part = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "grouped"})
+    assert part.shape[1] % 8 == 0 and float((part.sum(1).double() - ref).norm() / ref.norm()) < 1e-6
 
 
 @needs_interpreter
