@@ -75,11 +75,17 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
             raw = torch.einsum("bc,bchw->bhw", weights.float(), acts.float()).unsqueeze(1) * scale
     else:
         raw = torch.einsum("bc,bchw->bhw", weights.to(acts.dtype), acts).unsqueeze(1) * scale
-    if relu:
-        raw = torch.relu(raw)
-    if size is not None and tuple(raw.shape[-2:]) != tuple(size):
-        raw = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
-    return minmax_normalize(raw) if normalize else raw
+    # The map itself in float32, as the Triton kernels make it: a bfloat16 map is quantised to
+    # 1/256 near its maximum, and a loss like BCE, steep where the map is exactly 0 or 1, then
+    # meets many such pixels whose large gradients cancel (through the min-max) only to bfloat16
+    # precision: alignment gradients off by 100x (tests/unit/kernels/test_cam_epilogue.py).
+    with torch.autocast(acts.device.type, enabled=False):
+        raw = raw.float()
+        if relu:
+            raw = torch.relu(raw)
+        if size is not None and tuple(raw.shape[-2:]) != tuple(size):
+            raw = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
+        return minmax_normalize(raw) if normalize else raw
 
 
 def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],
