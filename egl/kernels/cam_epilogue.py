@@ -265,7 +265,7 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if backend == "triton" and not acts.is_cuda and not _interpreting():
         raise fail(fn, "backend", "'triton' on CUDA tensors (or with TRITON_INTERPRET=1)",
                    f"tensors on {acts.device}", "Use backend='auto' on CPU")
-    if not use_triton or acts.shape[0] == 0:  # an empty batch: nothing for a kernel to do
+    if not use_triton or acts.shape[0] == 0 or acts.shape[1] == 0:  # empty batch or no channels: no kernel
         return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)
     out_size = tuple(size) if size is not None else tuple(acts.shape[-2:])
     fallback = backend == "auto"

@@ -570,3 +570,13 @@ def test_alignment_gradients_under_autocast_match_float64(dtype: torch.dtype) ->
     fc, conv1 = (_rel(g, r) for g, r in zip(got, ref))
     limit = {torch.bfloat16: (0.15, 0.5), torch.float16: (0.03, 0.15)}[dtype]
     assert fc < limit[0] and conv1 < limit[1], (fc, conv1)
+
+
+@needs_interpreter
+def test_no_channels_give_zero_maps_on_every_backend() -> None:
+    """(The channel split divided by zero; under ``backend="auto"`` on CUDA that failure would
+    have switched the Triton kernels off for the whole process.)"""
+    a, wt = torch.zeros(2, 0, 4, 4), torch.zeros(2, 0)
+    for backend in ("torch", "triton"):
+        out = cam_epilogue(a, wt, (8, 8), backend=backend)
+        assert out.shape == (2, 1, 8, 8) and not out.any()
