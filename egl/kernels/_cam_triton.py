@@ -362,8 +362,8 @@ def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[
 
 def channel_group(c: int, hw: int, itemsize: int) -> int:
     """The fewest whole channels ``G`` whose ``h·w`` values fill whole 16-byte words (the
-    ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c`` or exceeds 8 (1-byte types). bf16: 8 at 7x7,
-    2 at 14x14, 1 at 28x28; fp32: 4 at 7x7, 1 at 14x14."""
+    ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c`` or exceeds 8 (1-byte
+    types). bf16: 8 at 7x7, 2 at 14x14, 1 at 28x28; fp32: 4 at 7x7, 1 at 14x14."""
     g = 16 // math.gcd(hw * itemsize, 16)
     return g if c % g == 0 and 2 * g <= 16 else 0  # (the product's 16 rows hold hi and lo of G channels)
 

@@ -68,7 +68,8 @@ def _tables(kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
         ok = ((rows >= 0) & (rows < kh))[:, None, :, None] & ((cols >= 0) & (cols < kw))[None, :, None, :]
         if len(_TABLES) > 64:
             _TABLES.clear()
-        _TABLES[key] = (upload(rows.clamp(0, kh - 1), device), upload(cols.clamp(0, kw - 1), device), upload(ok, device))
+        _TABLES[key] = (upload(rows.clamp(0, kh - 1), device), upload(cols.clamp(0, kw - 1), device),
+                        upload(ok, device))
     return _TABLES[key]
 
 

@@ -131,8 +131,11 @@ def _device_moves(source: str, name: str) -> list[str]:
         a0 = node.args[0] if node.args else None
         if isinstance(a0, ast.Constant) and a0.value == "cpu":
             continue
-        if any(k.arg == "device" for k in node.keywords) or (isinstance(a0, ast.Attribute) and a0.attr == "device") \
-                or (isinstance(a0, ast.Name) and "dev" in a0.id) or (isinstance(a0, ast.Constant) and isinstance(a0.value, str)):
+        names_device = (any(k.arg == "device" for k in node.keywords)
+                        or (isinstance(a0, ast.Attribute) and a0.attr == "device")
+                        or (isinstance(a0, ast.Name) and "dev" in a0.id)
+                        or (isinstance(a0, ast.Constant) and isinstance(a0.value, str)))
+        if names_device:
             found.append(f"{name}: {ast.unparse(node)}")
     return found
 

@@ -32,7 +32,8 @@ def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -
     assert reduce["instr/element"] > 0 and reduce["issue ceiling"] > 0
     # bf16 7x7: one channel's row (98 bytes) is never 16-byte aligned, so the dot channel sum
     # loads 2 bytes at a time; rows of 8 channels (784 bytes) load as 16-byte vectors
-    dot, grouped = by[('{"reduce": "dot"}', "reduce_dot_kernel")], by[('{"reduce": "grouped"}', "reduce_grouped_kernel")]
+    dot = by[('{"reduce": "dot"}', "reduce_dot_kernel")]
+    grouped = by[('{"reduce": "grouped"}', "reduce_grouped_kernel")]
     assert dot["vector loads"] == 0 and dot["scalar loads"] > 0
     assert grouped["vector loads"] > 0 and grouped["scalar loads"] == 0
     assert grouped["instr/element"] < dot["instr/element"] / 2
