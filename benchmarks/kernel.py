@@ -136,6 +136,8 @@ def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.
                                                           2 * a_bytes)
     fns["bwd: d acts + d w, one pass (triton)"] = (lambda: _cam_triton_backward.input_grads(
         acts, w, d, (True, True), cfg), 2 * a_bytes)
+    fns["bwd: d acts + d w, one pass (grouped; 16-bit)"] = (lambda: _cam_triton_backward.input_grads(
+        acts, w, d, (True, True), {**cfg, "grads": "grouped"}), 2 * a_bytes)
     rows = []
     for k, (f, moved) in fns.items():
         try:
@@ -212,6 +214,9 @@ def main() -> None:
                 cam_epilogue(ar, wr, size, scale=scale, backend=k), [ar, wr], g)) for k in ("torch", "triton")}
             both["triton grads=triton fwd+bwd"] = lambda: _with_config(
                 {"grads": "triton"}, lambda: torch.autograd.grad(
+                    cam_epilogue(ar, wr, size, scale=scale, backend="triton"), [ar, wr], g))
+            both["triton grads=grouped fwd+bwd"] = lambda: _with_config(
+                {"grads": "grouped", "reduce": "grouped"}, lambda: torch.autograd.grad(
                     cam_epilogue(ar, wr, size, scale=scale, backend="triton"), [ar, wr], g))
             sweep = {}
             if a.sweep:

@@ -53,8 +53,9 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2.7x); the separable
 #: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 1.2-6.5x
 #: slower than the two PyTorch ops, so ``grads="torch"``; 8192-element tiles with 8 warps.
-#: ``reduce="grouped"`` (16-byte loads at 7x7 and 14x14, :func:`reduce_grouped_kernel`) is not
-#: timed on a GPU yet, so ``"auto"`` does not pick it.
+#: ``reduce="grouped"`` (16-byte loads at 7x7 and 14x14, :func:`reduce_grouped_kernel`) and
+#: ``grads="grouped"`` (the one-pass backward over the same rows, 16-bit activations) are not
+#: timed on a GPU yet, so no default picks them.
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
                           "reduce_stages": 0, "grads": "torch"}

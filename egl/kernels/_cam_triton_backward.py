@@ -5,7 +5,8 @@
    are built in registers; the incoming gradient ``G`` is read once.
 2. ``finish``: grid ``(B,)``; sums the bands, applies the min/max terms, the ReLU mask and the
    scale, and writes ``d [B, h·w]``, from which ``d acts = w ⊗ d`` and ``d w = acts · d``.
-3. ``input_grads`` (``CONFIG["grads"] == "triton"``; the default ``"torch"`` is one broadcast
+3. ``input_grads`` (``CONFIG["grads"] == "triton"``, or ``"grouped"``: rows of whole channels,
+   16-byte loads and stores, for 16-bit activations; the default ``"torch"`` is one broadcast
    product and one batched matrix-vector product, two passes, which measured 1.2-6.5x faster on an
    H200): grid ``(B, S)`` over channel shares as the forward's channel sum; writes ``d acts`` in
    the activations' dtype and layout and sums ``d w`` in float32, reading the activations once.
@@ -151,15 +152,99 @@ def input_grads_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, C, hw, w, CH, NP, sa
                 tl.store(gw_ptr + (b * NP + j) * C + c0 + rows, part, mask=(c0 + rows) < c_hi)
 
 
+@triton.jit
+def input_grads_grouped_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, R, RH, C, NPB, sa_b, sw_b, sw_c,
+                               HW: tl.constexpr, G: tl.constexpr, PACKED: tl.constexpr, NEED_A: tl.constexpr,
+                               NEED_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+                               PRECISION: tl.constexpr):
+    """``input_grads_kernel`` over rows of ``G`` whole channels (as the forward's
+    ``reduce_grouped_kernel``: 16-byte loads and stores where one channel's row is misaligned).
+    Both products go through ``tl.dot`` with the fp32 factors split in two parts of the
+    activations' dtype (``x ≈ xh + xl``; zero ``xl`` for fp32): ``d acts[r, j] = w[G·r + k]·d[p]``
+    (``k = j // h·w``, ``p = j % h·w``) as ``[wh | wh | wl] · [dh·[k] ; dl·[k] ; dh·[k]]`` (one
+    nonzero term per output, summed in fp32, rounded once on the store), and ``d w[G·r + k] =
+    Σ_j A[r, j]·(dh + dl)[j]·[k]`` as two ``[BLOCK_R, BLOCK_P] x [BLOCK_P, 16]`` products (columns
+    ``k < G``). Launched for 16-bit activations (fp32 would take ``tf32x3`` products, 4-19x the
+    loop's instructions compiled for sm_90). ``gw`` holds one partial sum per column block:
+    ``[B, NPB, C]``."""
+    L: tl.constexpr = G * HW
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    if PACKED:
+        off_b = b * R * L
+    else:
+        off_b = b * sa_b
+    a_b = a_ptr + off_b
+    g_b = ga_ptr + off_b
+    r_lo = s * RH
+    r_hi = tl.minimum(r_lo + RH, R)
+    t = tl.arange(0, 32)
+    q = tl.arange(0, 16)
+    for jb in range(0, NPB):
+        j = jb * BLOCK_P + tl.arange(0, BLOCK_P)
+        jm = j < L
+        seg = j // HW
+        dv = tl.load(d_ptr + b * HW + (j - seg * HW), mask=jm, other=0.0)
+        dh = dv.to(a_ptr.dtype.element_ty)
+        dl = (dv - dh.to(tl.float32)).to(a_ptr.dtype.element_ty)
+        zero = tl.zeros_like(dh)
+        if NEED_W:  # [BLOCK_P, 16]: column k holds d's part on segment k
+            on = (seg[:, None] == q[None, :]) & jm[:, None]
+            d_hi = tl.where(on, dh[:, None], zero[:, None])
+            d_lo = tl.where(on, dl[:, None], zero[:, None])
+        if NEED_A:  # [32, BLOCK_P]: rows k, G + k, 2G + k
+            kk = t % G
+            band = t // G
+            sel = (seg[None, :] == kk[:, None]) & (band[:, None] < 3) & jm[None, :]
+            d_k = tl.where(sel, tl.where((band == 1)[:, None], dl[None, :], dh[None, :]), zero[None, :])
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            rs = r0 + tl.arange(0, BLOCK_R)
+            rm = rs < r_hi
+            offs = rs[:, None].to(tl.int64) * L + j[None, :]
+            m = rm[:, None] & jm[None, :]
+            if NEED_A:
+                wv = tl.load(w_ptr + b * sw_b + (rs[:, None] * G + (t % G)[None, :]) * sw_c,
+                             mask=rm[:, None] & (t < 3 * G)[None, :], other=0.0)  # [BLOCK_R, 32]
+                wh = wv.to(a_ptr.dtype.element_ty)
+                wl = (wv - wh.to(tl.float32)).to(a_ptr.dtype.element_ty)
+                w_k = tl.where((t < 2 * G)[None, :], wh, wl)
+                v = tl.dot(w_k, d_k, input_precision=PRECISION)
+                tl.store(g_b + offs, v.to(ga_ptr.dtype.element_ty), mask=m)
+            if NEED_W:
+                av = tl.load(a_b + offs, mask=m, other=0.0)
+                part = tl.dot(av, d_hi, input_precision=PRECISION) + tl.dot(av, d_lo, input_precision=PRECISION)
+                tl.store(gw_ptr + (b * NPB + jb) * C + rs[:, None] * G + q[None, :], part,
+                         mask=rm[:, None] & (q < G)[None, :])
+
+
 def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, bool], cfg: dict[str, Any]
                 ) -> tuple[Tensor | None, Tensor | None]:
     """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
     ``d w`` float32; ``None`` where not needed."""
     from egl.kernels._cam_triton import channel_split, tile_flags
 
+    from egl.kernels._cam_triton import channel_group
+
     b, c, h, w = acts.shape
     hw = h * w
     ga = torch.empty_like(acts) if needs[0] else None
+    flat = acts.stride(3) == 1 and acts.stride(2) == w and acts.stride(1) == hw
+    # (16-bit only: fp32 products through tl.dot need tf32x3, 4-19x the instructions of the loop)
+    group = channel_group(c, hw, acts.element_size()) if cfg["grads"] == "grouped" and flat and \
+        acts.element_size() == 2 else 0
+    if group and (ga is None or ga.stride() == acts.stride()):
+        rows, row = c // group, group * hw
+        block_p = max(16, min(_pow2(row), 256))
+        block_r = max(16, min(_pow2(rows), cfg["reduce_tile"] // block_p))
+        splits, rh = channel_split(b, rows, block_r, acts.device, cfg)
+        n_p = _cdiv(row, block_p)
+        gw = torch.empty(b, n_p, c, device=acts.device, dtype=torch.float32) if needs[1] else None
+        input_grads_grouped_kernel[(b, splits)](
+            acts, weights, d, ga if ga is not None else acts, gw if gw is not None else d, rows, rh, c, n_p,
+            acts.stride(0), *weights.stride(), HW=hw, G=group, PACKED=b == 1 or acts.stride(0) == c * hw,
+            NEED_A=needs[0], NEED_W=needs[1], BLOCK_R=block_r, BLOCK_P=block_p,
+            PRECISION="tf32x3" if acts.dtype == torch.float32 else "ieee", num_warps=cfg["reduce_warps"])
+        return ga, None if gw is None else gw.sum(1) if n_p > 1 else gw.view(b, c)
     block_p = min(_pow2(hw), 1024)
     n_p = _cdiv(hw, block_p)
     block_c = max(1, min(_pow2(c), cfg["reduce_tile"] // block_p))

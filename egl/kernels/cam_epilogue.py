@@ -155,7 +155,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 _give_up_triton(err)
         if d is None:
             d = _grad_low_torch(grad, *args)
-        if CONFIG["grads"] == "triton" and (_TRITON_FAILED is None or not fallback):  # one pass over acts
+        if CONFIG["grads"] in ("triton", "grouped") and (_TRITON_FAILED is None or not fallback):  # one pass
             try:
                 ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
                 return ga, None if gw32 is None else gw32.to(weights.dtype)

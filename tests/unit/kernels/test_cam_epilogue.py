@@ -580,3 +580,50 @@ def test_no_channels_give_zero_maps_on_every_backend() -> None:
     for backend in ("torch", "triton"):
         out = cam_epilogue(a, wt, (8, 8), backend=backend)
         assert out.shape == (2, 1, 8, 8) and not out.any()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("b,c,h,w", [(2, 40, 7, 7), (3, 64, 14, 14), (1, 24, 5, 3)])
+def test_the_grouped_input_gradients_match_the_one_pass_kernel(monkeypatch: pytest.MonkeyPatch, needs: tuple,
+                                                               b: int, c: int, h: int, w: int) -> None:
+    """``CONFIG["grads"] = "grouped"`` (float16 here: bfloat16 ``tl.dot`` is not modelled by the
+    interpreter): ``d acts`` as the one-pass kernel's to one unit in the last place (the product
+    ``w·d`` is formed from 16-bit parts, ``wh·dh + wh·dl + wl·dh``, then rounded once), ``d w``
+    in float32, several splits and row tiles; float32 activations take the one-pass kernel."""
+    from egl.kernels import _cam_triton
+    from egl.kernels._cam_triton_backward import input_grads
+
+    monkeypatch.setitem(_cam_triton.CONFIG, "reduce_tile", 512)
+    g = torch.Generator().manual_seed(c + h)
+    a = torch.randn(b, c, h, w, generator=g).half()
+    wt, d = torch.randn(b, c, generator=g), torch.randn(b, h * w, generator=g)
+    one = input_grads(a, wt, d, needs, {**_cam_triton.CONFIG, "grads": "triton"})
+    grouped = input_grads(a, wt, d, needs, {**_cam_triton.CONFIG, "grads": "grouped"})
+    for x, y in zip(grouped, one):
+        assert (x is None) == (y is None)
+    if needs[0]:
+        assert grouped[0].dtype == torch.float16
+        torch.testing.assert_close(grouped[0], one[0], rtol=1e-3, atol=1e-7)  # (fp16: 2^-10 apart)
+        assert float((grouped[0] == one[0]).float().mean()) > 0.99
+    if needs[1]:
+        ref = torch.einsum("bchw,bhw->bc", a.double(), d.double().view(b, h, w))
+        assert _rel(grouped[1].double(), ref) < 1e-6
+    fp32 = a.float()
+    torch.testing.assert_close(input_grads(fp32, wt, d, (True, True), {**_cam_triton.CONFIG, "grads": "grouped"})[1],
+                               input_grads(fp32, wt, d, (True, True), {**_cam_triton.CONFIG, "grads": "triton"})[1])
+
+
+@needs_interpreter
+def test_the_grouped_input_gradients_serve_the_epilogues_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.kernels import _cam_triton
+
+    a, wt = _inputs(2, 32, 7, 7, seed=21)
+    gout = torch.randn(2, 1, 30, 26, generator=torch.Generator().manual_seed(22))
+    res = {}
+    for mode in ("torch", "grouped"):
+        monkeypatch.setitem(_cam_triton.CONFIG, "grads", mode)
+        a1, w1 = a.half().requires_grad_(True), wt.clone().requires_grad_(True)
+        (cam_epilogue(a1, w1, (30, 26), backend="triton") * gout).sum().backward()
+        res[mode] = (a1.grad.float(), w1.grad)
+    assert _rel(res["grouped"][0], res["torch"][0]) < 1e-3 and _rel(res["grouped"][1], res["torch"][1]) < 1e-5

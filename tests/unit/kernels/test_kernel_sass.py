@@ -21,7 +21,7 @@ def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), "--cases", "64:7", "--out", "32",
            "--dtypes", "bfloat16", "--json", str(out),
-           "--configs", '{};{"write": "gather", "write_warps": 4};{"reduce": "dot"};{"reduce": "grouped"}']
+           "--configs", '{};{"write": "gather", "write_warps": 4};{"reduce": "dot"};{"reduce": "grouped"};{"grads": "grouped"}']
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     by = {(r["config"], r["kernel"]): r for r in rows}
@@ -37,6 +37,9 @@ def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -
     assert dot["vector loads"] == 0 and dot["scalar loads"] > 0
     assert grouped["vector loads"] > 0 and grouped["scalar loads"] == 0
     assert grouped["instr/element"] < dot["instr/element"] / 2
+    # the backward's one pass over the same rows: 16-byte loads too
+    one, rows = by[("{}", "input_grads_kernel")], by[('{"grads": "grouped"}', "input_grads_grouped_kernel")]
+    assert one["vector loads"] == 0 and rows["vector loads"] > 0 and rows["vector stores"] > 0
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
