@@ -21,6 +21,7 @@ tests them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Any
@@ -70,22 +71,28 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
                            relu: bool = True, normalize: bool = True) -> Tensor:
     """The PyTorch reference of :func:`cam_epilogue` (and its fallback)."""
     from egl.explainers._postprocess import minmax_normalize  # lazy: egl.explainers imports this module
-    if acts.dtype == torch.float16:  # in float32 (autocast off): weights below float16's range
-        with torch.autocast(acts.device.type, enabled=False):  # (loss-scaled inner gradients) stay
-            raw = torch.einsum("bc,bchw->bhw", weights.float(), acts.float()).unsqueeze(1) * scale
-    else:
-        raw = torch.einsum("bc,bchw->bhw", weights.to(acts.dtype), acts).unsqueeze(1) * scale
-    # The map itself in float32, as the Triton kernels make it: a bfloat16 map is quantised to
-    # 1/256 near its maximum, and a loss like BCE, steep where the map is exactly 0 or 1, then
-    # meets many such pixels whose large gradients cancel (through the min-max) only to bfloat16
-    # precision: alignment gradients off by 100x (tests/unit/kernels/test_cam_epilogue.py).
-    with torch.autocast(acts.device.type, enabled=False):
-        raw = raw.float()
+    # In float32 at least (float64 stays float64), autocast off, as the Triton kernels sum: float32
+    # weights below float16's range (loss-scaled inner gradients) survive, and the map is not
+    # quantised. A 16-bit map is quantised to 1/256 near its maximum (bfloat16), and a loss like
+    # BCE, steep where the map is exactly 0 or 1, then meets many such pixels whose large
+    # gradients cancel through the min-max only to that precision: ALIGN's alignment gradients
+    # came out 100x too large (tests/unit/kernels/test_cam_epilogue.py). Costs a float32 copy of
+    # 16-bit activations, on this (CPU / fallback) path only.
+    dt = torch.promote_types(acts.dtype, torch.float32)
+    with _no_autocast(acts.device.type):
+        raw = torch.einsum("bc,bchw->bhw", weights.to(dt), acts.to(dt)).unsqueeze(1) * scale
         if relu:
             raw = torch.relu(raw)
         if size is not None and tuple(raw.shape[-2:]) != tuple(size):
             raw = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
         return minmax_normalize(raw) if normalize else raw
+
+
+def _no_autocast(device_type: str) -> Any:
+    """Autocast off for ``device_type`` (nothing to switch off where autocast does not exist: meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],
@@ -256,6 +263,11 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     check_choice(backend, BACKENDS, fn, "backend")
     check_shape(acts, "B C H W", fn, "acts")
     check_shape(weights, "B C", fn, "weights")
+    if acts.shape[-2] == 0 or acts.shape[-1] == 0:
+        raise fail(fn, "acts", "a feature map of at least 1 x 1", f"shape {list(acts.shape)}",
+                   "Pick a target layer whose output keeps spatial positions at this input size")
+    if size is not None and (len(tuple(size)) != 2 or min(int(v) for v in size) < 1):
+        raise fail(fn, "size", "an output size (H, W) of at least 1 x 1", repr(size), "Pass e.g. x.shape[-2:]")
     if weights.shape != acts.shape[:2]:
         raise fail(fn, "weights", f"shape {list(acts.shape[:2])} (batch, channels of 'acts')",
                    f"{list(weights.shape)}", "Pass one weight per channel and sample")

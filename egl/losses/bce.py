@@ -5,6 +5,7 @@
 min-max normalised map is exactly 0 and 1 somewhere, and the squeeze keeps log finite
 and the gradient alive there (clamping would zero it). The minimum over ``s`` sits at
 ``s = m`` for binary masks (and within ``eps`` of ``m`` for soft ones). Default ``eps=1e-6``.
+Computed in float32 at least: in a 16-bit type ``1 - 2 eps`` rounds to 1 and the log to -inf.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def bce_alignment(saliency: Tensor, mask: Tensor, *, reduction: str = "mean", ep
     """
     fn = "egl.losses.bce_alignment"
     s, m = prepare(saliency, mask, fn)
+    dt = torch.promote_types(s.dtype, torch.float32)  # a 16-bit map: 1 - 2 eps rounds to 1, log(0)
+    s, m = s.to(dt), m.to(dt)
     s = eps + (1.0 - 2.0 * eps) * s
     elem = -(m * torch.log(s) + (1.0 - m) * torch.log1p(-s))
     return reduce(elem, reduction, fn)

@@ -534,21 +534,44 @@ def test_the_pytorch_epilogue_makes_float32_maps_from_bfloat16() -> None:
     assert out.unique().numel() > 1000  # bfloat16 has 256 values in [0.5, 1)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_bce_gradients_through_the_pytorch_epilogue_under_bfloat16_match_float64(seed: int) -> None:
+    """ALIGN's BCE on a min-max normalised map is steep where the map is exactly 0 or 1 (1/eps).
+    A map made in bfloat16 is quantised near its maximum, and the large gradients of those pixels
+    cancel through the min-max only to bfloat16 precision (the old reference gave NaN or 100x
+    gradients here). Now the channel sum and the map are float32, as in the Triton kernels:
+    bfloat16 post-ReLU activations under autocast against the same values in float64."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, 64, 4, 4, generator=g).relu().bfloat16()
+    w = (torch.randn(4, 64, generator=g) * 0.05).bfloat16().float()  # representable: same inputs
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    bce = egl.create("alignment", "bce")
+
+    def grads(dt: torch.dtype, half: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        a1, w1 = a.to(dt).requires_grad_(True), w.to(dt).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            sal = cam_epilogue(a1, w1, (64, 64), scale=1 / 16, backend="torch")
+            loss = bce(sal, mask.to(sal.dtype))
+        loss.backward()
+        return a1.grad, w1.grad
+
+    ref, got = grads(torch.float64, False), grads(torch.bfloat16, True)
+    assert _rel(got[0].double(), ref[0]) < 0.05 and _rel(got[1].double(), ref[1]) < 0.05
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_alignment_gradients_under_autocast_match_float64(dtype: torch.dtype) -> None:
-    """ALIGN's BCE on a min-max normalised map is steep where the map is exactly 0 or 1 (1/eps):
-    near its maximum a map quantised to bfloat16 has many such pixels, whose large gradients
-    cancel through the min-max only to bfloat16 precision. Maps made in bfloat16 gave parameter
-    gradients 130-170x too large. In this seeded case they are within a few % (float16: with a
-    loss scale of 2^8 and the inner scale it implies, as ``fit(precision="fp16")`` runs it); a
-    plain cross-entropy step under bfloat16 is off by 1% (fc) and 16% (conv1) here. (Other
-    batches put bfloat16's alignment gradient 20-100% off: the loss is steep near saturated
-    pixels, docs/training.md. This case guards against the quantised map, not that.)"""
+def test_an_alignment_step_under_autocast_does_not_blow_up(dtype: torch.dtype) -> None:
+    """The same through a whole model (resnet18, Grad-CAM with ``create_graph``, BCE), against a
+    float64 copy. A 16-bit forward moves this gradient a lot by itself (the loss is steep near
+    saturated pixels, and the 4x4 map's ReLU signs and argmax flip between precisions: 5-130%
+    over model seeds), so the bound only rules out the 100x blow-up of a quantised map."""
     import copy
 
     import timm
 
     from egl._amp import inner_scale
+    from egl.explainers import grad_cam
 
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=5, output_stride=16).train()
@@ -560,16 +583,15 @@ def test_alignment_gradients_under_autocast_match_float64(dtype: torch.dtype) ->
     def grads(m: torch.nn.Module, xx: torch.Tensor, half: torch.dtype | None, scale: float) -> list[torch.Tensor]:
         with inner_scale(scale if half == torch.float16 else None), \
                 torch.autocast("cpu", dtype=half or torch.bfloat16, enabled=half is not None):
-            sal = egl.explainers.grad_cam(m, xx, y, create_graph=True)
+            sal = grad_cam(m, xx, y, create_graph=True)
             loss = bce(sal, mask.to(sal.dtype))
         (loss * scale).backward()
         return [m.fc.weight.grad.double() / scale, m.conv1.weight.grad.double() / scale]
 
     ref = grads(copy.deepcopy(model).double(), x.double(), None, 1.0)
     got = grads(model, x, dtype, 2.0**8 if dtype == torch.float16 else 1.0)
-    fc, conv1 = (_rel(g, r) for g, r in zip(got, ref))
-    limit = {torch.bfloat16: (0.15, 0.5), torch.float16: (0.03, 0.15)}[dtype]
-    assert fc < limit[0] and conv1 < limit[1], (fc, conv1)
+    assert all(bool(torch.isfinite(g).all()) for g in got)
+    assert max(_rel(g, r) for g, r in zip(got, ref)) < 5.0
 
 
 @needs_interpreter
@@ -627,3 +649,25 @@ def test_the_grouped_input_gradients_serve_the_epilogues_backward(monkeypatch: p
         (cam_epilogue(a1, w1, (30, 26), backend="triton") * gout).sum().backward()
         res[mode] = (a1.grad.float(), w1.grad)
     assert _rel(res["grouped"][0], res["torch"][0]) < 1e-3 and _rel(res["grouped"][1], res["torch"][1]) < 1e-5
+
+
+def test_float32_activations_under_float16_autocast_are_summed_in_float32() -> None:
+    """A ViT's Grad-CAM layer follows a LayerNorm, so its activations are float32 under autocast;
+    a channel sum left to autocast ran in float16 and its backward overflowed the loss-scaled
+    weight gradient (inf at a scale of 2^8)."""
+    import timm
+
+    from egl._amp import inner_scale
+    from egl.explainers import grad_cam
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=5).train()
+    size = model.default_cfg["input_size"][-1]
+    x, y = torch.rand(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    mask = torch.zeros(4, 1, size, size)
+    mask[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    with inner_scale(2.0**8), torch.autocast("cpu", dtype=torch.float16):
+        sal = grad_cam(model, x, y, create_graph=True)
+        loss = egl.create("alignment", "bce")(sal, mask)
+    (loss * 2.0**8).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)

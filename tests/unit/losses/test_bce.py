@@ -137,3 +137,19 @@ def test_bad_reduction_function_and_module() -> None:
         bce_alignment(s, m, reduction="avg")
     with pytest.raises(egl.InputError, match=r"BCEAlignmentLoss: 'reduction' expected one of"):
         BCEAlignmentLoss(reduction="avg")
+
+
+def test_a_bfloat16_map_gets_a_finite_loss_and_gradient() -> None:
+    """A model run natively in bfloat16 returns bfloat16 maps, exactly 0 and 1 somewhere: in
+    bfloat16 the squeeze ``eps + (1 - 2 eps) s`` rounds back to 0 and 1, and log gives -inf."""
+    import torch
+
+    from egl.losses.bce import bce_alignment
+
+    s = torch.tensor([0.0, 0.25, 1.0, 0.5]).view(1, 1, 2, 2).bfloat16().requires_grad_(True)
+    m = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 2, 2)
+    loss = bce_alignment(s, m)
+    loss.backward()
+    assert loss.dtype == torch.float32 and bool(torch.isfinite(loss)) and bool(torch.isfinite(s.grad.float()).all())
+    ref = bce_alignment(s.detach().float(), m)
+    torch.testing.assert_close(loss.detach(), ref)
