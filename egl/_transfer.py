@@ -22,17 +22,20 @@ from torch import Tensor
 __all__ = ["upload", "host_tensor", "STAGED_DEVICE_TYPES"]
 
 #: Device types whose non-blocking copy from pageable host memory is staged before it returns.
-STAGED_DEVICE_TYPES = {"cuda"}
+STAGED_DEVICE_TYPES = frozenset({"cuda"})
 
 
-def upload(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+def upload(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None, *,
+           pinned_async: bool = False) -> Tensor:
     """``t`` on ``device`` (and ``dtype``): non-blocking when it comes from pageable host memory
     to a CUDA device (see the module docstring), else as :meth:`torch.Tensor.to`. A pinned source
-    would be copied truly asynchronously, so an in-place change to it right after the call could
-    reach the device: it keeps the blocking copy. A device-to-host copy blocks anyway (the host
-    reads it next)."""
-    staged = t.device.type == "cpu" and torch.device(device).type in STAGED_DEVICE_TYPES and not t.is_pinned()
-    return t.to(device=device, dtype=dtype, non_blocking=staged)
+    is copied truly asynchronously, so an in-place change to it right after the call could reach
+    the device: it keeps the blocking copy unless ``pinned_async`` (a batch a ``DataLoader`` pinned
+    and handed over: nothing writes it again, and PyTorch's pinned-memory allocator keeps its
+    memory until the copy has run). A device-to-host copy blocks anyway (the host reads it next)."""
+    if t.device.type != "cpu" or torch.device(device).type not in STAGED_DEVICE_TYPES:
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device, dtype=dtype, non_blocking=pinned_async or not t.is_pinned())
 
 
 def host_tensor(data: Sequence[object] | float | int, device: torch.device | str, dtype: torch.dtype) -> Tensor:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import fail
+from egl._transfer import upload
 from egl.errors import UnsupportedModelError
 
 __all__ = ["Target", "resolve_target", "tokens_to_grid", "patch_grid", "pool_features", "is_timm_model",
@@ -278,7 +279,7 @@ def _linear_after_pool(model: nn.Module, channels: int, fmt: str, like: Tensor) 
     ok = isinstance(model.get_classifier(), nn.Linear) and fmt in ("NCHW", "NHWC")
     if ok:
         shape = (2, channels, 1, 1) if fmt == "NCHW" else (2, 1, 1, channels)
-        probe = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(like)
+        probe = upload(torch.randn(shape, generator=torch.Generator().manual_seed(0)), like.device, like.dtype)
         saved = [b.detach().clone() for b in model.buffers()]
         try:
             with torch.no_grad(), _keep_rng(like.device):
@@ -323,7 +324,7 @@ def _pools_first(model: nn.Module, feats: Tensor, fmt: str) -> bool:
     ok = positions > 1
     if ok:
         gen = torch.Generator().manual_seed(0)
-        probe = torch.randn((2, *feats.shape[1:]), generator=gen).to(feats)
+        probe = upload(torch.randn((2, *feats.shape[1:]), generator=gen), feats.device, feats.dtype)
         saved = [b.detach().clone() for b in model.buffers()]
         try:
             with torch.no_grad():

@@ -364,7 +364,8 @@ class SAMMasker(Masker):
         nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)  # SamImageProcessor's resized shape
         px = x01 if (nh, nw) == (h, w) else F.interpolate(x01, (nh, nw), mode="bilinear", align_corners=False,
                                                            antialias=True)
-        px = (px - px.new_tensor(_MEAN).view(1, 3, 1, 1)) / px.new_tensor(_STD).view(1, 3, 1, 1)
+        mean, std = (host_tensor(v, px.device, px.dtype).view(1, 3, 1, 1) for v in (_MEAN, _STD))
+        px = (px - mean) / std
         px = F.pad(px, (0, size - nw, 0, size - nh))
         emb = sam.get_image_embeddings(px.to(p.dtype))
         extra = {}

@@ -76,7 +76,7 @@ class LocalizationResult:
 
 def _mean(values: Tensor, valid: Tensor) -> Tensor:
     if not bool(valid.any()):
-        return values.new_tensor(float("nan"))
+        return torch.full((), float("nan"), dtype=values.dtype, device=values.device)
     return values[valid].mean()
 
 
@@ -94,7 +94,7 @@ def _prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
 
 
 def _scores(s: Tensor, m: Tensor) -> LocalizationResult:
-    nan = s.new_tensor(float("nan"))
+    nan = torch.full((), float("nan"), dtype=s.dtype, device=s.device)
     valid = m.any(dim=1)
     mf = m.to(s.dtype)
     area = mf.mean(dim=1)

@@ -64,6 +64,6 @@ def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = No
         t = check_labels(y, s, c, fn, "y")
         conflict = sl != t
         if not bool(conflict.any()):
-            return s.new_tensor(float("nan"), dtype=torch.float32)
+            return torch.full((), float("nan"), device=s.device)
         hit = hit[conflict]
     return hit.mean()

@@ -58,11 +58,11 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
         def mv(t: Tensor | None) -> Tensor | None:
-            return None if t is None else upload(t, device)
+            return None if t is None else upload(t, device, pinned_async=True)
         labels_host, domain_host = self._host(self._labels_host, self.y), self.domain_on_host()
         known = self.label_range if labels_host is not None else None
-        y, domain = upload(self.y, device), mv(self.domain)
-        return Batch(upload(self.x, device), y, domain, mv(self.mask), known,
+        y, domain = mv(self.y), mv(self.domain)  # (a DataLoader's pinned batch: copied without waiting)
+        return Batch(mv(self.x), y, domain, mv(self.mask), known,
                      _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain))
 
     def known_label_range(self) -> tuple[int, int] | None:

@@ -125,7 +125,8 @@ class IRM(Recipe):
         total = ce + weight * penalty
         if self.rescale and weight > 1.0:
             total = total / weight
-        return {"ce": ce, "penalty": penalty, "penalty_weight": logits.new_tensor(weight), "total": total}
+        weight_t = torch.full((), float(weight), device=logits.device)  # (no upload: a fill)
+        return {"ce": ce, "penalty": penalty, "penalty_weight": weight_t, "total": total}
 
     # -- the optimiser reset at the annealing step ----------------------------------------------
     @staticmethod

@@ -25,7 +25,7 @@ EGL = Path(__file__).resolve().parents[2] / "egl"
 
 @pytest.fixture(autouse=True)
 def _meta_stands_in_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", {"cuda", "meta"})
+    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", frozenset({"cuda", "meta"}))
 
 
 class _Copies(TorchDispatchMode):
@@ -55,7 +55,7 @@ def test_upload_from_the_host_does_not_block() -> None:
 def test_other_devices_keep_the_blocking_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only CUDA stages a pageable source before returning (on MPS a non-blocking copy of a
     temporary can deliver wrong values: pytorch/pytorch#139550)."""
-    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", {"cuda"})
+    monkeypatch.setattr("egl._transfer.STAGED_DEVICE_TYPES", frozenset({"cuda"}))
     with _Copies() as log:
         upload(torch.arange(4), "meta")
         host_tensor([1, 2], "meta", torch.long)
@@ -68,7 +68,8 @@ def test_a_pinned_source_keeps_the_blocking_copy(monkeypatch: Any) -> None:
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
     with _Copies() as log:
         upload(t, "meta")
-    assert log.seen == [("cpu", "meta", False)]
+        upload(t, "meta", pinned_async=True)  # a DataLoader's pinned batch, handed over
+    assert log.seen == [("cpu", "meta", False), ("cpu", "meta", True)]
 
 
 def test_upload_on_the_same_device_is_the_tensor_itself() -> None:
@@ -97,33 +98,42 @@ def test_explainer_targets_from_the_host_upload_without_blocking() -> None:
 
 
 def _device_kwarg_constructors(source: str, name: str) -> list[str]:
-    """``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)`` and ``.cuda()`` calls."""
+    """``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``, ``x.new_tensor(data)``
+    (data copied to ``x``'s device) and ``.cuda()`` calls."""
     found = []
     for node in ast.walk(ast.parse(source, name)):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         f = node.func
         is_ctor = f.attr in ("tensor", "as_tensor") and isinstance(f.value, ast.Name) and f.value.id == "torch"
-        if (is_ctor and any(k.arg == "device" for k in node.keywords)) or f.attr == "cuda":
+        if (is_ctor and any(k.arg == "device" for k in node.keywords)) or f.attr in ("cuda", "new_tensor"):
             found.append(f"{name}:{node.lineno}")
     return found
 
 
 #: ``.to(<a device>)`` calls that are not host-to-device uploads, and why.
 DEVICE_MOVES = {
-    "egl/_transfer.py: t.to(device=device, dtype=dtype, non_blocking=staged)": "upload itself",
+    "egl/_transfer.py: t.to(device=device, dtype=dtype)": "upload itself",
+    "egl/_transfer.py: t.to(device=device, dtype=dtype, non_blocking=pinned_async or not t.is_pinned())":
+        "upload itself",
     "egl/_amp.py: f.to(device)": "overflow flags already on a device",
     "egl/maskers/sam.py: x01.to(p.device, torch.float32)": "the images, already on a device, to SAM's",
     "egl/recipes/base.py: s.to(losses.device)": "value statistics already on a device",
     "egl/recipes/base.py: scaler.unscale_((p for g in opt.param_groups for p in g['params'])).to(losses.device)":
         "an overflow flag already on a device",
     "egl/train/loop.py: as_batch(next(stream), FN).to(device)": "Batch.to, which uploads through upload()",
+    "egl/train/loss_scale.py: f.to(target)": "overflow flags already on a device",
+    "egl/experiments/runner.py: build_model(cfg['model'], source.num_classes).to(t.get('device', 'cpu'))":
+        "a module, once per run",
+    "egl/experiments/runner.py: egl.create('recipe', mcfg['recipe'], model, **kwargs).to(t.get('device', 'cpu'))":
+        "a module, once per run",
 }
 
 
 def _device_moves(source: str, name: str) -> list[str]:
-    """``x.to(...)`` calls given a device (a ``device=`` keyword, an ``….device``, a name with
-    ``dev`` in it, or a string), except moves to ``"cpu"``: ``name: source`` each."""
+    """``x.to(...)`` calls that may name a device: a ``device=`` keyword, an ``….device``, a
+    string, a call, or any name but a dtype's (``dtype``, ``dt``, ``*_dtype``): a tensor there
+    (``x.to(other)``) moves to ``other``'s device. Moves to ``"cpu"`` are left out."""
     found = []
     for node in ast.walk(ast.parse(source, name)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "to"):
@@ -133,7 +143,8 @@ def _device_moves(source: str, name: str) -> list[str]:
             continue
         names_device = (any(k.arg == "device" for k in node.keywords)
                         or (isinstance(a0, ast.Attribute) and a0.attr == "device")
-                        or (isinstance(a0, ast.Name) and "dev" in a0.id)
+                        or (isinstance(a0, ast.Name) and a0.id != "dt" and "dtype" not in a0.id)
+                        or isinstance(a0, ast.Call)
                         or (isinstance(a0, ast.Constant) and isinstance(a0.value, str)))
         if names_device:
             found.append(f"{name}: {ast.unparse(node)}")
@@ -158,12 +169,13 @@ def test_egl_never_builds_a_tensor_on_a_device_with_a_blocking_copy() -> None:
 
 def test_the_source_check_finds_what_it_looks_for() -> None:
     src = ("import torch\na = torch.tensor([1], device='cuda')\nb = torch.as_tensor(2.0, device=d)\n"
-           "c = torch.tensor([1]).cuda()\nd = torch.tensor([1])\ne = torch.full((), 1.0, device=d)\n")
-    assert _device_kwarg_constructors(src, "probe.py") == ["probe.py:2", "probe.py:3", "probe.py:4"]
+           "c = torch.tensor([1]).cuda()\nd = torch.tensor([1])\ne = torch.full((), 1.0, device=d)\n"
+           "f = x.new_tensor(2.0)\n")
+    assert _device_kwarg_constructors(src, "probe.py") == ["probe.py:2", "probe.py:3", "probe.py:4", "probe.py:7"]
     src = ("a.to(x.device)\nb.to(device=d, dtype=t)\nc.to(dev)\nd.to('cuda')\ne.to('cpu')\nf.to(torch.float32)\n"
-           "g.to(x)\n")
+           "g.to(x)\nh.to(dtype)\ni.to(dt)\nj.to(torch.device('cuda'))\n")
     assert _device_moves(src, "p.py") == ["p.py: a.to(x.device)", "p.py: b.to(device=d, dtype=t)", "p.py: c.to(dev)",
-                                          "p.py: d.to('cuda')"]
+                                          "p.py: d.to('cuda')", "p.py: g.to(x)", "p.py: j.to(torch.device('cuda'))"]
 
 
 def test_per_step_pairings_upload_their_host_draws_without_blocking() -> None:
