@@ -3,9 +3,10 @@
 A blocking host-to-device copy (``torch.tensor(data, device="cuda")``, ``t.to("cuda")``) makes
 PyTorch synchronise the stream after the copy: the host waits for every kernel queued before it,
 then the device idles while the host queues the next ones. A non-blocking CUDA copy from
-pageable host memory does not wait for the queued kernels: the driver stages the data before the
-call returns (it may still pause while staging a large copy), so the source may be freed at once,
-and the copy stays ordered on the stream.
+pageable host memory gets no such synchronisation from PyTorch: the driver stages the data
+before the call returns (CUDA's documentation allows it to wait for the stream while staging, as
+it may for a large copy), so the source may be freed at once, and the copy stays ordered on the
+stream.
 
 Only CUDA (and ROCm, which presents as ``cuda``) is trusted with this: a non-blocking copy to
 Apple's ``mps`` from a pageable tensor that is freed right away can deliver wrong values
