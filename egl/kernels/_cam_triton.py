@@ -61,6 +61,7 @@ CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps":
                           "reduce_stages": 0, "grads": "torch"}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
+GRADS = ("torch", "triton", "grouped")
 _INT32_LIMIT = 2**31
 
 

@@ -147,8 +147,9 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     from egl.explainers._postprocess import REL_EPS
     from egl.kernels import _cam_triton_backward
 
-    from egl.kernels._cam_triton import CONFIG
+    from egl.kernels._cam_triton import CONFIG, GRADS
 
+    check_choice(CONFIG["grads"], GRADS, "egl.kernels._cam_triton", "config['grads']")
     h, w = acts.shape[-2:]
     args = (low, stats, argext, (h, w), size, scale, relu, normalize, REL_EPS)
     with torch.autocast(acts.device.type, enabled=False):

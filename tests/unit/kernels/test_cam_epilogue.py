@@ -671,3 +671,15 @@ def test_float32_activations_under_float16_autocast_are_summed_in_float32() -> N
         loss = egl.create("alignment", "bce")(sal, mask)
     (loss * 2.0**8).backward()
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+@needs_interpreter
+def test_an_unknown_backward_formulation_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.errors import InputError
+    from egl.kernels import _cam_triton
+
+    monkeypatch.setitem(_cam_triton.CONFIG, "grads", "trtion")
+    a, wt = _inputs(2, 8, 4, 4, seed=30)
+    out = cam_epilogue(a.requires_grad_(True), wt, (8, 8), backend="triton")
+    with pytest.raises(InputError, match="grads"):
+        out.sum().backward()
