@@ -155,12 +155,11 @@ def input_grads_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, C, hw, w, CH, NP, sa
 @triton.jit
 def input_grads_grouped_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, R, RH, C, NPB, sa_b, sw_b, sw_c,
                                HW: tl.constexpr, G: tl.constexpr, PACKED: tl.constexpr, NEED_A: tl.constexpr,
-                               NEED_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                               PRECISION: tl.constexpr):
+                               NEED_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     """``input_grads_kernel`` over rows of ``G`` whole channels (as the forward's
     ``reduce_grouped_kernel``: 16-byte loads and stores where one channel's row is misaligned).
     Both products go through ``tl.dot`` with the fp32 factors split in two parts of the
-    activations' dtype (``x ≈ xh + xl``; zero ``xl`` for fp32): ``d acts[r, j] = w[G·r + k]·d[p]``
+    activations' 16-bit dtype (``x ≈ xh + xl``): ``d acts[r, j] = w[G·r + k]·d[p]``
     (``k = j // h·w``, ``p = j % h·w``) as ``[wh | wh | wl] · [dh·[k] ; dl·[k] ; dh·[k]]`` (one
     nonzero term per output, summed in fp32, rounded once on the store), and ``d w[G·r + k] =
     Σ_j A[r, j]·(dh + dl)[j]·[k]`` as two ``[BLOCK_R, BLOCK_P] x [BLOCK_P, 16]`` products (columns
@@ -208,11 +207,11 @@ def input_grads_grouped_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, R, RH, C, NP
                 wh = wv.to(a_ptr.dtype.element_ty)
                 wl = (wv - wh.to(tl.float32)).to(a_ptr.dtype.element_ty)
                 w_k = tl.where((t < 2 * G)[None, :], wh, wl)
-                v = tl.dot(w_k, d_k, input_precision=PRECISION)
+                v = tl.dot(w_k, d_k)  # 16-bit operands: exact products, fp32 sums
                 tl.store(g_b + offs, v.to(ga_ptr.dtype.element_ty), mask=m)
             if NEED_W:
                 av = tl.load(a_b + offs, mask=m, other=0.0)
-                part = tl.dot(av, d_hi, input_precision=PRECISION) + tl.dot(av, d_lo, input_precision=PRECISION)
+                part = tl.dot(av, d_hi) + tl.dot(av, d_lo)
                 tl.store(gw_ptr + (b * NPB + jb) * C + rs[:, None] * G + q[None, :], part,
                          mask=rm[:, None] & (q < G)[None, :])
 
@@ -221,9 +220,7 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
                 ) -> tuple[Tensor | None, Tensor | None]:
     """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
     ``d w`` float32; ``None`` where not needed."""
-    from egl.kernels._cam_triton import channel_split, tile_flags
-
-    from egl.kernels._cam_triton import channel_group
+    from egl.kernels._cam_triton import channel_group, channel_split, tile_flags
 
     b, c, h, w = acts.shape
     hw = h * w
@@ -242,8 +239,7 @@ def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, boo
         input_grads_grouped_kernel[(b, splits)](
             acts, weights, d, ga if ga is not None else acts, gw if gw is not None else d, rows, rh, c, n_p,
             acts.stride(0), *weights.stride(), HW=hw, G=group, PACKED=b == 1 or acts.stride(0) == c * hw,
-            NEED_A=needs[0], NEED_W=needs[1], BLOCK_R=block_r, BLOCK_P=block_p,
-            PRECISION="tf32x3" if acts.dtype == torch.float32 else "ieee", num_warps=cfg["reduce_warps"])
+            NEED_A=needs[0], NEED_W=needs[1], BLOCK_R=block_r, BLOCK_P=block_p, num_warps=cfg["reduce_warps"])
         return ga, None if gw is None else gw.sum(1) if n_p > 1 else gw.view(b, c)
     block_p = min(_pow2(hw), 1024)
     n_p = _cdiv(hw, block_p)
