@@ -9,6 +9,8 @@ maps. This loss looks at the absolute, signed Grad-CAM of all classes:
 
 It is 0 when every class's evidence lies inside the mask. A sample whose maps carry
 no energy at all contributes 0. Masks are resized to the maps (area when shrinking).
+Computed in float32 at least: 16-bit sums over classes and positions overflow (float16 tops
+out at 65504), and float16 cannot hold the guard on an empty sample's denominator.
 Inspired by energy-based pointing (Wang et al., Score-CAM, 2020) and by "right for the
 right reasons" (Ross et al., 2017); our formulation.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from egl._check import check_same_batch, check_shape
@@ -43,6 +46,7 @@ def energy_outside(maps: Tensor, mask: Tensor, *, reduction: str = "mean") -> Te
     maps = check_shape(maps, "B K H W", fn, "maps")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, maps=maps, mask=m)
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # 16-bit: overflow, and 1e-30 is 0
     m = resize_mask(upload(m, maps.device, maps.dtype), tuple(maps.shape[-2:]))
     energy = maps.abs().sum(dim=1, keepdim=True)  # [B, 1, h, w]
     total = energy.flatten(1).sum(1)

@@ -6,10 +6,13 @@ We take ``Z`` = the number of elements of one sample's mask (``C·H·W``), then 
 the batch. Relation to kornia: ``kornia.losses.total_variation(M)`` returns the *sum*
 of the same absolute differences per image and channel, so
 ``smoothness(M, reduction="none") == total_variation(M).sum(-1) / (C·H·W)`` (tested).
+Summed in float32 at least: a float16 mask (a masker under autocast) at a few hundred pixels
+a side can sum past float16's largest value, 65504.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from egl._check import check_shape
@@ -34,6 +37,7 @@ def smoothness(mask: Tensor, *, reduction: str = "mean") -> Tensor:
     if isinstance(mask, Tensor) and mask.dim() == 3:  # [B, H, W] masks, as the losses accept
         mask = mask.unsqueeze(1)
     m = check_shape(mask, "B C H W", fn, "mask")
+    m = m.to(torch.promote_types(m.dtype, torch.float32))  # 16-bit sums overflow at high resolution
     dh = (m[..., 1:, :] - m[..., :-1, :]).abs().flatten(1).sum(1)
     dw = (m[..., :, 1:] - m[..., :, :-1]).abs().flatten(1).sum(1)
     per_sample = (dh + dw) / max(1, m.shape[1] * m.shape[2] * m.shape[3])

@@ -54,3 +54,21 @@ def test_errors() -> None:
         energy_outside(torch.rand(2, 3, 4, 4), torch.ones(3, 4, 4))
     with pytest.raises(egl.InputError, match=r"'mask' expected values in \[0.0, 1.0\]"):
         energy_outside(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 2.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_maps_are_scored_in_float32(dtype: torch.dtype) -> None:
+    """float16 once overflowed (1000 classes x 49 positions summed past 65504: NaN) and gave an
+    empty sample NaN gradients (its 1e-30 guard is 0 in float16)."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 1, 14, 14, generator=g) > 0.5
+    big = (torch.randn(2, 1000, 7, 7, generator=g) * 100).to(dtype)
+    assert torch.equal(energy_outside(big, mask, reduction="none"),
+                       energy_outside(big.float(), mask, reduction="none"))
+    maps = torch.zeros(2, 5, 7, 7, dtype=dtype)
+    maps[1] = torch.randn(5, 7, 7, generator=g).to(dtype)
+    maps.requires_grad_(True)
+    loss = energy_outside(maps, mask)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(maps.grad).all()
+    assert torch.equal(maps.grad[0], torch.zeros_like(maps.grad[0]))  # no energy: no gradient

@@ -172,3 +172,18 @@ def test_saliency_shape() -> None:
 def test_bad_reduction() -> None:
     with pytest.raises(egl.InputError, match=r"egl.metrics.energy_pointing_game: 'reduction' expected one of \['mean', 'none'\], got 'sum'"):
         energy_pointing_game(torch.rand(2, 1, 4, 4), torch.ones(2, 4, 4), reduction="sum")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_saliency_is_scored_in_float32(dtype: torch.dtype) -> None:
+    """float16 counts above 2048 round and ``2|M| - inter`` overflowed past 65504: a 200 x 200
+    mask's IoU read 0 instead of 0.9."""
+    g = torch.Generator().manual_seed(0)
+    s = (torch.rand(1, 1, 200, 200, generator=g) * 3).to(dtype)
+    m = torch.ones(1, 1, 200, 200)
+    m[..., :10, :] = 0
+    low, full = localization(s, m), localization(s.float(), m)
+    for name in ("energy", "area", "pointing", "iou"):
+        assert getattr(low, name).dtype == torch.float32
+        torch.testing.assert_close(getattr(low, name), getattr(full, name), rtol=0, atol=0)
+    assert float(low.iou) > 0.85

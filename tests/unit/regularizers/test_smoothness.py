@@ -61,3 +61,15 @@ def test_errors() -> None:
         smoothness(torch.rand(1, 1, 2, 2), reduction="avg")
     with pytest.raises(egl.InputError, match=r"Smoothness: 'reduction' expected one of"):
         Smoothness(reduction="avg")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_masks_are_summed_in_float32(dtype: torch.dtype) -> None:
+    """A noisy float16 mask of 400 x 400 sums past 65504: the sum once gave inf."""
+    m = (torch.rand(2, 1, 400, 400, generator=torch.Generator().manual_seed(0)) > 0.5).to(dtype)
+    m.requires_grad_(True)
+    out = smoothness(m, reduction="none")
+    assert out.dtype == torch.float32
+    assert torch.equal(out, smoothness(m.detach().float(), reduction="none"))
+    out.sum().backward()
+    assert m.grad.dtype == dtype and torch.isfinite(m.grad).all()
