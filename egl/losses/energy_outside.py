@@ -46,7 +46,7 @@ def energy_outside(maps: Tensor, mask: Tensor, *, reduction: str = "mean") -> Te
     maps = check_shape(maps, "B K H W", fn, "maps")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, maps=maps, mask=m)
-    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # 16-bit: overflow, and 1e-30 is 0
+    maps = maps.to(dtype=torch.promote_types(maps.dtype, torch.float32))  # 16-bit: overflow, and 1e-30 is 0
     m = resize_mask(upload(m, maps.device, maps.dtype), tuple(maps.shape[-2:]))
     energy = maps.abs().sum(dim=1, keepdim=True)  # [B, 1, h, w]
     total = energy.flatten(1).sum(1)

@@ -90,7 +90,7 @@ def _prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
     check_same_batch(fn, saliency=s, mask=m)
     m = upload(m, s.device) >= 0.5
     s = resize_map(s.detach(), tuple(m.shape[-2:]))
-    s = s.to(torch.promote_types(s.dtype, torch.float32))  # 16-bit: counts > 2048 round, 2n - inter overflows
+    s = s.to(dtype=torch.promote_types(s.dtype, torch.float32))  # 16-bit: counts > 2048 round, 2n - inter overflows
     return s.flatten(1), m.flatten(1)
 
 

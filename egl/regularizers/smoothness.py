@@ -37,7 +37,7 @@ def smoothness(mask: Tensor, *, reduction: str = "mean") -> Tensor:
     if isinstance(mask, Tensor) and mask.dim() == 3:  # [B, H, W] masks, as the losses accept
         mask = mask.unsqueeze(1)
     m = check_shape(mask, "B C H W", fn, "mask")
-    m = m.to(torch.promote_types(m.dtype, torch.float32))  # 16-bit sums overflow at high resolution
+    m = m.to(dtype=torch.promote_types(m.dtype, torch.float32))  # 16-bit sums overflow at high resolution
     dh = (m[..., 1:, :] - m[..., :-1, :]).abs().flatten(1).sum(1)
     dw = (m[..., :, 1:] - m[..., :, :-1]).abs().flatten(1).sum(1)
     per_sample = (dh + dw) / max(1, m.shape[1] * m.shape[2] * m.shape[3])
