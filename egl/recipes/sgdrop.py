@@ -190,10 +190,10 @@ class SGDrop(Recipe):
         drop = sgdrop_mask(self.saliency(feats, y), self.ratio, granularity=self.granularity,
                            channel_dim=self._channel_dim(feats))
         keep = (~drop).to(feats.dtype)
-        if self.rescale:
+        if self.rescale:  # counted in float32: a 16-bit count passes 65504 (2048x7x7) and turns inf
             n = keep[0].numel()
-            kept = keep.flatten(1).sum(1)
-            keep = keep * (n / kept).view(-1, *([1] * (keep.dim() - 1)))
+            kept = (~drop).flatten(1).sum(1, dtype=torch.float32)
+            keep = keep * (n / kept).to(feats.dtype).view(-1, *([1] * (keep.dim() - 1)))
         return keep
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:

@@ -161,3 +161,40 @@ def test_bad_saliency_says_what_was_expected() -> None:
         sgdrop_mask(torch.rand(2, 5), 0.1, granularity="spatial")
     with pytest.raises(egl.InputError, match="sgdrop_mask: 'saliency' expected a floating-point tensor"):
         sgdrop_mask(torch.ones(2, 5, dtype=torch.long), 0.1)
+
+
+class _Wide(nn.Module):
+    """A feature map of 32 x 48 x 48 = 73728 elements per sample: more than float16's 65504."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 3)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+    def forward_head(self, a: torch.Tensor) -> torch.Tensor:
+        return self.fc(a.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rescale_counts_in_float32_for_16_bit_features(dtype: torch.dtype) -> None:
+    """Counted in float16, 73728 - k kept elements overflow to inf and the factor n / kept is 0:
+    the whole map was zeroed (only the head's bias trained). bfloat16 is held to the same answer."""
+    torch.manual_seed(0)
+    model = _Wide().eval()
+    x, y = _batch(2, size=48)
+    feats32 = model.forward_features(x).detach()
+    recipe = sgdrop(model.to(dtype), ratio=0.1).eval()
+    keep = recipe.keep_mask(feats32.to(dtype), y)
+    dropped = keep == 0
+    n = feats32[0].numel()
+    kept = (~dropped).flatten(1).sum(1)
+    assert bool((kept > 0).all()) and bool(torch.isfinite(keep).all())
+    want = (n / kept.double()).to(dtype)  # the exact factor, rounded once
+    for i in range(2):
+        assert keep[i][~dropped[i]].unique().tolist() == [want[i].item()]
