@@ -10,10 +10,12 @@ the largest tensors of the block, are never made.
 
 Used only when it is exact: a timm ``VisionTransformer`` / ``Block`` / ``Attention`` (exact
 types, a plain ``nn.Linear`` for ``qkv``) with ``global_pool="token"``, in eval mode, without
-``create_graph``; and only after a one-time check per model that the shortened pass reproduces
-the model's logits (otherwise the full pass runs, as before). Every submodule is called as a
-module, so hooks and wrappers inside ``q_norm``, ``proj`` or the MLP take effect as in the
-full pass.
+``create_graph``, with no hook (nor an instance ``forward``) on the model, the last block or its
+attention, which the short pass does not call (checked on every call: a hook added later sends
+the call to the full pass); and only after a one-time check per model that the shortened pass
+reproduces the model's logits (otherwise the full pass runs, as before). Every other submodule
+is called as a module, so hooks and wrappers inside ``q_norm``, ``proj`` or the MLP take effect
+as in the full pass.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from egl._module_hooks import bypassable
 
 __all__ = ["usable", "capture", "tail_logits"]
 
@@ -48,6 +52,8 @@ def _eligible(model: nn.Module, target: nn.Module) -> bool:
         return False
     if type(blk) is not Block or type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
         return False
+    if not bypassable(model, blk, blk.attn) or "forward_head" in vars(model):  # checked on every call
+        return False  # the short pass calls neither the model, the block nor its attention
     return isinstance(blk.attn.qkv, nn.Linear)  # adapters (LoRA) or quantised layers: full pass
 
 

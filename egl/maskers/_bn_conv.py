@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, fail
+from egl._module_hooks import has_hooks
 
-__all__ = ["bn_conv", "fusable", "has_hooks"]
+__all__ = ["bn_conv", "fusable"]
 
 
 def _conv_dtype(x: Tensor) -> torch.dtype:
@@ -48,16 +49,6 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
     if not enabled or not x.is_floating_point() or x.dtype == torch.float64:
         return x.dtype  # autocast leaves float64 alone
     return dtype
-
-
-def has_hooks(*modules: nn.Module) -> bool:
-    """Any module or global forward/backward hook that calling the modules' maths directly would skip."""
-    from torch.nn.modules import module as _m
-
-    global_hooks = (_m._global_forward_hooks, _m._global_forward_pre_hooks, _m._global_backward_hooks,
-                    _m._global_backward_pre_hooks)
-    return any(global_hooks) or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                                    or m._backward_pre_hooks for m in modules)
 
 
 #: How :func:`bn_conv`'s forward takes the batch statistics: ``"native"`` (the default,

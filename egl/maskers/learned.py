@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_shape, fail
-from egl.maskers._bn_conv import bn_conv, fusable, has_hooks
+from egl._module_hooks import has_hooks
+from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
 
 __all__ = ["LearnedMasker"]

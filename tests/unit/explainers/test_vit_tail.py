@@ -120,3 +120,29 @@ def test_a_failing_check_means_the_full_pass(monkeypatch: pytest.MonkeyPatch) ->
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
     assert GradCAM(model)(x, y).shape == (2, 1, 64, 64)
     assert _vit_tail._VERIFIED[model] is False
+
+
+@pytest.mark.parametrize("where", ["model", "block", "attn"])
+@pytest.mark.parametrize("kind", ["hook", "forward"])
+def test_a_hook_added_after_the_first_call_sends_the_call_to_the_full_pass(
+        where: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The short pass calls neither the model, its last block nor that block's attention: a
+    forward hook (or an instance ``forward``) added there after the one-time check must count."""
+    model = make_model("test_vit")
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    cam = GradCAM(model)
+    before = cam(x, y)
+    assert _vit_tail._VERIFIED[model] is True
+    module = {"model": model, "block": model.blocks[-1], "attn": model.blocks[-1].attn}[where]
+    if kind == "hook":
+        module.register_forward_hook(lambda _m, _i, out: out * 2.0)
+    else:
+        plain = module.forward
+        module.forward = lambda *a, **k: plain(*a, **k) * 2.0  # type: ignore[method-assign]
+    assert not _vit_tail._eligible(model, model.blocks[-1].norm1)
+    got = cam(x, y)
+    with monkeypatch.context() as mp:
+        _full_path(mp)
+        torch.testing.assert_close(got, GradCAM(model)(x, y))
+    if where == "attn":  # doubling the attention branch changes the maps; the short pass missed it
+        assert not torch.allclose(got, before, atol=1e-4)
