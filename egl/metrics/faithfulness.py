@@ -145,7 +145,8 @@ def faithfulness(
     Args:
         model: maps ``[N, C, H, W]`` to logits ``[N, num_classes]``.
         x: images, in the space the model takes (normalised, usually).
-        saliency: one map per image, any resolution; only the ranking of its values matters.
+        saliency: one map per image, any resolution; only the ranking of its values matters
+            (ranked in at least float32, whatever ``x``'s dtype).
         ks: percentages in (0, 100], distinct.
         baseline: value of removed pixels: ``"zero"`` (zero in normalised space),
             ``"blur"`` (Gaussian blur of the image, ``blur_sigma`` pixels, kernel
@@ -189,7 +190,7 @@ def faithfulness(
     b, _, h, w = x.shape
     with torch.no_grad():
         x = x.detach()
-        s = upload(s.detach(), x.device, x.dtype)
+        s = upload(s.detach(), x.device, torch.promote_types(s.dtype, torch.float32))  # ranked at >= 32 bits
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient

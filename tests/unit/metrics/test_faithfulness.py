@@ -156,6 +156,23 @@ def test_ties_broken_by_raster_order() -> None:
     assert removed == [0, 1, 2, 15]
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_images_do_not_round_the_saliency_before_ranking(dtype: torch.dtype) -> None:
+    """A float32 map of close values (1 + k·1e-4) ranks as the well-separated map of the same
+    order; cast to bfloat16 first they all round to 1.0 and the ranking fell to raster order."""
+    torch.manual_seed(0)
+    order = torch.randperm(64).float().view(1, 1, 8, 8)
+    model = Recorder(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).to(dtype))
+    x = torch.randn(1, 1, 8, 8).to(dtype)
+    faithfulness(model, x, 1.0 + order * 1e-4, ks=(25,))
+    close = [t.clone() for t in model.inputs]
+    model.inputs.clear()
+    faithfulness(model, x, order, ks=(25,))  # integers < 256: exact in both 16-bit types
+    assert all(torch.equal(a, b) for a, b in zip(close, model.inputs))
+    removed = (close[0][1, 0].flatten() == 0).nonzero().flatten()
+    assert sorted(removed.tolist()) == sorted(order.flatten().argsort(descending=True)[:16].tolist())
+
 # -- equivalence with the naive loop ----------------------------------------------------------
 @pytest.mark.parametrize("baseline", ["zero", "mean", "blur"])
 def test_matches_naive_loop(baseline: str) -> None:
