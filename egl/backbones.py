@@ -8,7 +8,8 @@
   the final patch tokens do not reach the logits, so ``auto`` takes the input
   of the last block's attention (``blocks.-1.norm1``, as pytorch-grad-cam does).
   On a non-timm model ``auto`` probes one forward pass and takes the last module
-  whose output is a 4-D map with more than one spatial position. A dotted module
+  whose output is a 4-D map with more than one spatial position, once per input size (a
+  map that is 1x1 for small images is the last usable one for larger ones). A dotted module
   path (``"layer4"``, ``"blocks.7.norm1"``) overrides all of this.
 * **Which head.** If the head starts with global average pooling, the gradient
   of a logit with respect to the map is the same at every position, so Grad-CAM
@@ -374,7 +375,9 @@ def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
     return "linear" if _linear_after_pool(model, c, target.fmt, feats) else "pooled"
 
 
-_PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+#: model -> {input (H, W): the probed layer's name}. Keyed on the input size: a map that is 1x1
+#: at a small size (skipped) is the last usable one at a larger size.
+_PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]]" = weakref.WeakKeyDictionary()
 
 
 def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> list[str]:
@@ -406,9 +409,12 @@ def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> lis
 
 
 def _probe_last_map(model: nn.Module, x: Tensor) -> str:
-    """Dotted name of the last module (in execution order) emitting a ``[B, C, H, W]`` map, H·W > 1."""
-    if model in _PROBE_CACHE:
-        return _PROBE_CACHE[model]
+    """Dotted name of the last module (in execution order) emitting a ``[B, C, H, W]`` map, H·W > 1,
+    for inputs of ``x``'s spatial size (probed once per model and size)."""
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    known = _PROBE_CACHE.setdefault(model, {})
+    if hw in known:
+        return known[hw]
     order = _maps_in_order(model, x)
     if not order:
         raise UnsupportedModelError(
@@ -416,7 +422,7 @@ def _probe_last_map(model: nn.Module, x: Tensor) -> str:
             "H*W > 1, so Grad-CAM has nothing to explain. Pass layer='<dotted.module.name>' naming a "
             "convolutional layer, or use an input-space explainer such as 'input_gradient'."
         )
-    _PROBE_CACHE[model] = order[-1]
+    known[hw] = order[-1]
     return order[-1]
 
 

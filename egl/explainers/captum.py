@@ -84,6 +84,7 @@ class CaptumExplainer(Explainer):
             self.attribute_kwargs.setdefault("relu_attributions", True)
         self.method_kwargs = method_kwargs
         self._method: Any = None
+        self._probed_name: str | None = None  # layer="auto": probed per input size (cached)
         if not self.is_layer:
             self._method = self.method_cls(model, **method_kwargs)
         elif layer != "auto":
@@ -97,9 +98,11 @@ class CaptumExplainer(Explainer):
         with torch.no_grad():
             logits = self.model(x)
         t = logits.argmax(1) if tgt is None else tgt.index(logits.shape[1], fn)  # captum gathers: no deferral
-        if self._method is None:  # layer method with layer="auto": probe once
+        if self.is_layer and self.layer == "auto":  # probed once per input size; rebuilt when it changes
             name = _probe_last_map(self.model, x)
-            self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)
+            if name != self._probed_name:
+                self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)
+                self._probed_name = name
         # a leaf that requires grad: captum warns on every call otherwise, and x stays untouched
         attr = self._method.attribute(x.detach().requires_grad_(True), target=t, **self.attribute_kwargs)
         if isinstance(attr, tuple):

@@ -118,7 +118,9 @@ class GradCAM(Explainer):
         self.detach_weights = bool(detach_weights)
         self.backend = backend
         self._target: Target | None = None
-        if layer != "auto" or hasattr(model, "forward_features"):
+        # a non-timm model with layer="auto" is probed per input size (cached): resolved every call
+        self._probed = layer == "auto" and not hasattr(model, "forward_features")
+        if not self._probed:
             self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
         self.last_path: str | None = None  # which path the last call took (for tests and logs)
 
@@ -132,7 +134,7 @@ class GradCAM(Explainer):
         fn = "egl.explainers.grad_cam"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
-        if self._target is None:
+        if self._target is None or self._probed:
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         try:

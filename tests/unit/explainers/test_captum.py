@@ -110,3 +110,17 @@ def test_works_under_no_grad(resnet: nn.Module, images: Tensor, method: str, lay
     ref = cap(images, TARGETS)
     with torch.no_grad():
         assert torch.allclose(cap(images, TARGETS), ref, atol=1e-6)
+
+
+def test_the_auto_layer_follows_the_input_size() -> None:
+    """A layer method with layer="auto" on a non-timm model: the conv "2" gives 1x1 on 4x4 images
+    ("1" is then the last map) and 4x4 on 16x16 ones ("3"): the first call's layer must not stick."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 4, stride=4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES)).eval()
+    small, large = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 16, 16)
+    cap = CaptumExplainer(model, "LayerGradCam", upsample=False)
+    assert cap(small, [0, 1]).shape == (2, 1, 4, 4)
+    assert cap(large, [0, 1]).shape == (2, 1, 4, 4)  # layer "3": a 4x4 map, not "1"'s 16x16
+    want = CaptumExplainer(model, "LayerGradCam", layer="3", upsample=False)(large, [0, 1])
+    torch.testing.assert_close(cap(large, [0, 1]), want)

@@ -418,6 +418,32 @@ def test_no_hook_leaks_from_the_layer_probe(images: Tensor) -> None:
     assert not hooks_on(mlp)
 
 
+
+def _stride4_cnn() -> nn.Module:
+    """Its last conv (``"2"``) is 1x1 on 4x4 images (no map to explain) and 4x4 on 16x16 ones."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 4, stride=4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES)).eval()
+
+
+def test_the_layer_probe_depends_on_the_input_size_not_on_the_first_call() -> None:
+    """Probed first on 4x4 images ("2" gives 1x1: "1" is the last map), then on 16x16 ones,
+    where "3" (after the stride-4 conv) is the last map: the first answer must not stick."""
+    model = _stride4_cnn()
+    small, large = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 16, 16)
+    cam = GradCAM(model)
+    cam(small)
+    assert cam.target_layer == "1"
+    got = cam(large)
+    assert cam.target_layer == "3"
+    torch.testing.assert_close(got, GradCAM(model, layer="3")(large))
+    assert grad_cam(_stride4_cnn(), large).shape == (2, 1, 16, 16)
+    fresh = _stride4_cnn()
+    grad_cam(fresh, small)  # a module-level cache keyed on the model alone kept "1" for it
+    torch.testing.assert_close(grad_cam(fresh, large), grad_cam(fresh, large, layer="3"))
+    cam(small)
+    assert cam.target_layer == "1"
+
 def test_hook_is_not_left_when_the_model_raises(images: Tensor) -> None:
     model = small_cnn()
 
