@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from egl._deferred import active
-from egl.errors import InputError
+from egl.errors import InputError, UnsupportedModelError
 
 __all__ = [
     "fail",
@@ -23,6 +23,7 @@ __all__ = [
     "check_finite",
     "check_choice",
     "check_positive",
+    "check_logits",
     "describe",
 ]
 
@@ -140,3 +141,14 @@ def check_positive(value: float, fn: str, arg: str, *, allow_zero: bool = True) 
         expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise fail(fn, arg, expected, repr(value), f"Pass '{arg}' as {expected}")
     return float(value)
+
+
+def check_logits(out: object, batch: int, fn: str) -> Tensor:
+    """Raise :class:`~egl.errors.UnsupportedModelError` unless a model's output is a ``[batch, K]``
+    tensor of class scores (a tuple, a dict, a 4-D map or a 1-D vector are named, not crashed on)."""
+    if isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == batch:
+        return out
+    raise UnsupportedModelError(
+        f"{fn}: the model returned {describe(out)}; expected logits of shape [{batch}, num_classes]. "
+        "Wrap the model so that its forward returns one [B, num_classes] tensor of class scores "
+        "(e.g. take the logits out of a tuple or dict output, or pool a dense prediction).")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import fail
+from egl._check import check_logits, fail
 from egl.backbones import _module, _probe_last_map
 from egl.errors import UnsupportedModelError
 from egl.explainers._postprocess import finalize
@@ -96,7 +96,7 @@ class CaptumExplainer(Explainer):
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
         with torch.no_grad():
-            logits = self.model(x)
+            logits = check_logits(self.model(x), x.shape[0], fn)
         t = logits.argmax(1) if tgt is None else tgt.index(logits.shape[1], fn)  # captum gathers: no deferral
         if self.is_layer and self.layer == "auto":  # probed once per input size; rebuilt when it changes
             name = _probe_last_map(self.model, x)

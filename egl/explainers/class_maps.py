@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
+from egl._check import check_logits
 from egl.backbones import _LayoutError, head_kind, resolve_target, unsupported_model
 from egl.errors import UnsupportedModelError
 from egl.explainers.base import Explanation, double_backward_ready
@@ -71,7 +72,7 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             feats, target = cam._features(x, create_graph, fn)
             if head_kind(model, target, feats) == "linear":
                 with torch.set_grad_enabled(create_graph):
-                    logits = model.forward_head(feats)
+                    logits = check_logits(model.forward_head(feats), x.shape[0], fn)
                     a = _to_nchw(feats, target.fmt, model, hw)
                     maps = torch.einsum("kc,bchw->bkhw", model.get_classifier().weight.to(a.dtype), a)
                     return maps / (a.shape[-2] * a.shape[-1]), logits
@@ -81,10 +82,7 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             fmt = target.fmt
         else:
             act, logits, fmt = cam._hooked_activation(x, create_graph, fn)
-        if logits.dim() != 2:
-            raise UnsupportedModelError(
-                f"{fn}: the model returned logits of shape {list(logits.shape)}; expected [B, num_classes]. "
-                "Wrap the model so that it returns class scores.")
+        check_logits(logits, x.shape[0], fn)
         with torch.set_grad_enabled(create_graph):
             a = _to_nchw(act, fmt, model, hw)
         maps, reached = [], False

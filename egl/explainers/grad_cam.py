@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_logits, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
@@ -58,14 +58,10 @@ def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tens
     return a
 
 
-def _pick(logits: Tensor, target: Targets | None, fn: str) -> Tensor:
+def _pick(logits: Tensor, target: Targets | None, fn: str, batch: int) -> Tensor:
     """The class indices to explain: the target's (range read at the end of the call on an
     accelerator, see :mod:`egl.explainers._targets`), or the predicted class."""
-    if logits.dim() != 2:
-        raise UnsupportedModelError(
-            f"{fn}: the model returned logits of shape {list(logits.shape)}; expected [B, num_classes]. "
-            "Wrap the model so that it returns class scores."
-        )
+    check_logits(logits, batch, fn)
     if target is None:
         return logits.detach().argmax(dim=1)
     return target.index(logits.shape[1], fn, defer=True)
@@ -181,7 +177,7 @@ class GradCAM(Explainer):
         if path == "closed_form":
             with torch.set_grad_enabled(create_graph):
                 logits = model.forward_head(feats)
-                t = _pick(logits, tgt, fn)
+                t = _pick(logits, tgt, fn, x.shape[0])
                 a = _to_nchw(feats, fmt, model, hw)
                 w = model.get_classifier().weight[t]  # [B, C]
                 if self.detach_weights:
@@ -217,7 +213,7 @@ class GradCAM(Explainer):
             head_in = head_in.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model.forward_head(head_in)
-            t = _pick(logits, tgt, fn)
+            t = _pick(logits, tgt, fn, feats.shape[0])
             g = inner_grad(logits.gather(1, t[:, None]).float().sum(), head_in,
                            create_graph=create_graph and not self.detach_weights, retain_graph=create_graph)[0]
         with torch.set_grad_enabled(create_graph):
@@ -232,7 +228,7 @@ class GradCAM(Explainer):
     def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Targets | None, create_graph: bool,
                        fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
         with torch.enable_grad():
-            t = _pick(logits, tgt, fn)
+            t = _pick(logits, tgt, fn, act.shape[0])
             score = logits.gather(1, t[:, None]).float().sum()  # float32: a float16 sum can overflow
             if not score.requires_grad:
                 raise UnsupportedModelError(

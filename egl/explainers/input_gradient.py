@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice
+from egl._check import check_choice, check_logits
 from egl.explainers._postprocess import minmax_normalize
 from egl.explainers.base import Explainer, Explanation, double_backward_ready, targets
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
@@ -56,7 +56,7 @@ class InputGradient(Explainer):
         leaf = x.detach().requires_grad_(True)
         with torch.enable_grad(), double_backward_ready(create_graph):
             with subpixel_input_grads(self.model):  # the stem's input gradient in a faster form
-                logits = self.model(leaf)
+                logits = check_logits(self.model(leaf), x.shape[0], fn)
             t = logits.detach().argmax(1) if tgt is None else tgt.index(logits.shape[1], fn, defer=True)
             g = inner_grad(logits.gather(1, t[:, None]).float().sum(), leaf, create_graph=create_graph,
                            retain_graph=create_graph)[0]
