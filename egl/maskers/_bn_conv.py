@@ -138,6 +138,10 @@ def bn_conv(x: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> Tensor:
         raise fail("egl.maskers.bn_conv", "conv" if conv.padding_mode != "zeros" else "bn",
                    "a zero-padded convolution after an affine BatchNorm",
                    f"padding_mode={conv.padding_mode!r}, affine={bn.affine}", "Call conv(bn(x)) instead")
+    if x.dim() == 4 and x.numel() // max(x.shape[1], 1) <= 1:  # nn.BatchNorm2d refuses it too (a ValueError)
+        raise fail("egl.maskers.bn_conv", "x", "more than one value per channel to take batch statistics from",
+                   f"a map of shape {list(x.shape)}", "Pass a batch of more than one image, or larger images "
+                   "(in training mode the variance of one value is undefined: NaN running statistics)")
     factor = 0.0 if bn.momentum is None else bn.momentum  # as nn.BatchNorm2d.forward
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)

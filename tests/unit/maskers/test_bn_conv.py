@@ -94,6 +94,26 @@ def test_refuses_what_it_does_not_compute() -> None:
         bn_conv(torch.randn(2, 6, 5, 5), nn.BatchNorm2d(6, affine=False), nn.Conv2d(6, 2, 1))
 
 
+@pytest.mark.parametrize("stats", ["native", "kernel"])
+def test_one_value_per_channel_is_refused_as_batchnorm_refuses_it(stats: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image of 1x1: nn.BatchNorm2d raises a ValueError; the fused call wrote NaN into the
+    running variance (unbiased variance of one value) and counted the batch."""
+    monkeypatch.setitem(egl.maskers._bn_conv.CONFIG, "stats", stats)
+    bn, conv = _pair(padding=1)
+    x = torch.randn(1, 6, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        conv(bn(x))
+    bn, conv = _pair(padding=1)  # (BatchNorm2d counted that batch before refusing it)
+    with pytest.raises(egl.InputError, match=r"'x' expected more than one value per channel.*\[1, 6, 1, 1\]"):
+        bn_conv(x, bn, conv)
+    assert torch.isfinite(bn.running_var).all() and int(bn.num_batches_tracked) == 0
+    masker = LearnedMasker().train()
+    with pytest.raises(ValueError):
+        masker(torch.randn(1, 3, 1, 1))
+    assert all(torch.isfinite(b).all() for b in masker.buffers())
+
+
 def _saved_bytes(fn) -> int:  # noqa: ANN001
     seen: set[int] = set()
     total = [0]
