@@ -212,6 +212,20 @@ class Recipe(nn.Module):
         return {p.name: torch.optim.Adam(list(p.parameters()), lr=self.phase_lr(p.name),
                                          weight_decay=self.weight_decay) for p in self.phases()}
 
+    def check_optimizers(self, optimizers: object, fn: str) -> dict[str, torch.optim.Optimizer]:
+        """``optimizers`` unless it is not a dict of one ``torch.optim.Optimizer`` per phase name."""
+        names = sorted(p.name for p in self.phases())
+        fix = "Pass recipe.configure_optimizers(), or a dict keyed by these phase names"
+        if not isinstance(optimizers, dict):
+            raise fail(fn, "optimizers", f"a dict of optimisers keyed by phase name {names}", describe(optimizers), fix)
+        if sorted(optimizers) != names:
+            raise fail(fn, "optimizers", f"one optimiser per phase of {self.name or type(self).__name__}: keys "
+                       f"{names}", f"keys {sorted(map(str, optimizers))}", fix)
+        bad = {k: type(v).__name__ for k, v in optimizers.items() if not isinstance(v, torch.optim.Optimizer)}
+        if bad:
+            raise fail(fn, "optimizers", "torch.optim.Optimizer values", f"{bad}", fix)
+        return optimizers
+
     def phase_lr(self, name: str) -> float:
         """Learning rate of phase ``name``'s default optimiser."""
         return self.lr

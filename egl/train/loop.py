@@ -205,7 +205,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     writer = _summary_writer(tensorboard_dir) if tensorboard_dir is not None and main else None
     if seed is not None:
         seed_everything(seed)
-    opts = optimizers if optimizers is not None else recipe.configure_optimizers()
+    opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
     if device is None:
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"

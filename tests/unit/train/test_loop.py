@@ -137,3 +137,21 @@ def test_fit_puts_every_module_back_in_its_mode() -> None:
     with pytest.raises(recipes.NonFiniteLossError):
         recipe.fit([(nan, y)], 1, progress=False)
     assert not recipe.model.training and bn.training
+
+
+def test_optimizers_must_cover_every_phase_before_step_zero() -> None:
+    """ALIGN's masker phase starts after warm-up: a dict without it failed with a KeyError
+    deep in training_step at step warmup_steps, after that many steps had trained."""
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1)
+    before = {k: v.clone() for k, v in recipe.state_dict().items()}
+    only = {"classifier": torch.optim.SGD(recipe.phase_parameters("classifier"), lr=0.1)}
+    with pytest.raises(egl.InputError, match=r"'optimizers' expected one optimiser per phase of align: "
+                       r"keys \['classifier', 'masker'\], got keys \['classifier'\]"):
+        recipe.fit(_batches() * 2, 2, progress=False, optimizers=only)
+    assert all(torch.equal(before[k], v) for k, v in recipe.state_dict().items())  # nothing trained
+    with pytest.raises(egl.InputError, match=r"'optimizers' expected torch.optim.Optimizer values"):
+        recipe.fit(_batches(), 1, progress=False, optimizers={"classifier": only["classifier"], "masker": 0.1})
+    with pytest.raises(egl.InputError, match=r"'optimizers' expected a dict"):
+        recipe.fit(_batches(), 1, progress=False, optimizers=[only["classifier"]])
+    opts = recipe.configure_optimizers()
+    assert len(recipe.fit(_batches(), 1, progress=False, optimizers=opts)) == 1
