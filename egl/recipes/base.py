@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_scale
-from egl._check import describe, fail
+from egl._check import check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
@@ -180,8 +180,9 @@ class Recipe(nn.Module):
             raise fail(f"egl.recipes.{self.name or type(self).__name__}", "model", "a torch.nn.Module classifier",
                        describe(model), "Pass e.g. timm.create_model('resnet18', num_classes=K)")
         self.model = model
-        self.lr = lr
-        self.weight_decay = weight_decay
+        fn = f"egl.recipes.{self.name or type(self).__name__}"
+        self.lr = check_positive(lr, fn, "lr")  # 0 is allowed (a frozen run); negative or NaN is not
+        self.weight_decay = check_positive(weight_decay, fn, "weight_decay")
 
     # -- phases ---------------------------------------------------------------------------
     def phases(self) -> list[Phase]:  # pragma: no cover - abstract

@@ -100,6 +100,9 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
         raise fail(fn, "batch", "(x, y), (x, y, domain) or a dict with 'image' and 'label'", describe(batch),
                    "Return one of these layouts from the dataset")
     x = check_shape(x, "B C H W", fn, "batch image")
+    if x.shape[0] == 0:
+        raise fail(fn, "batch image", "at least one image", describe(x),
+                   "Skip empty batches in the loader (a filtering collate_fn or sampler can yield them)")
     if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise fail(fn, "batch label", f"an integer tensor of shape [{x.shape[0]}]", describe(y),
                    "Give one integer class label per image")

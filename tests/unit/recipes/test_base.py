@@ -6,12 +6,15 @@ import copy
 import inspect
 import json
 
+import pytest
 import torch
 from _helpers import make_model
 
+import egl
 from egl import recipes
 from egl.maskers.learned import LearnedMasker
 from egl.recipes import ERM, Recipe
+from egl.recipes.batch import as_batch
 
 
 def test_config_records_the_outermost_constructor_with_defaults() -> None:
@@ -41,3 +44,27 @@ def test_config_of_a_third_party_recipe_with_kwargs() -> None:
 
     cfg = Mine(make_model("test_resnet"), lr=0.1).config()
     assert cfg == {"model": "ResNet(test_resnet)", "tau": 0.5, "lr": 0.1}
+
+
+@pytest.mark.parametrize("arg,value", [("lr", -1e-3), ("lr", float("nan")), ("lr", "1e-3"),
+                                       ("weight_decay", -0.01), ("weight_decay", float("inf"))])
+@pytest.mark.parametrize("name", ["erm", "align", "sgdrop"])
+def test_lr_and_weight_decay_are_checked_when_the_recipe_is_built(name: str, arg: str, value: object) -> None:
+    """torch's Adam refused most of these only once fit built the optimisers (a torch ValueError
+    without the recipe's name), and took weight_decay=inf: every parameter NaN after one step."""
+    model = make_model("test_resnet", eval_mode=False)
+    with pytest.raises(egl.InputError, match=rf"egl.recipes.{name}: '{arg}' expected a finite number >= 0"):
+        getattr(recipes, name)(model, **{arg: value})
+    assert getattr(recipes, name)(model, lr=0.0, weight_decay=0.0).lr == 0.0  # a frozen run is allowed
+
+
+@pytest.mark.parametrize("layout", ["tuple", "dict"])
+def test_an_empty_batch_is_named(layout: str) -> None:
+    x, y = torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long)
+    batch = (x, y) if layout == "tuple" else {"image": x, "label": y}
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"'batch image' expected at least one image, got a torch.float32 "
+                       r"tensor of shape \[0, 3, 32, 32\].*Skip empty batches"):
+        recipe.fit([batch], 1, progress=False)
+    with pytest.raises(egl.InputError, match="at least one image"):
+        as_batch(batch)
