@@ -141,6 +141,46 @@ class _Defaults:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class _RunningStats:
+    """A copy of the normalisation layers' running statistics, taken before a phase's forward
+    passes (which update them in training mode) and put back when the phase fails or is skipped.
+
+    One preallocated copy per recipe, refreshed with ``torch._foreach_copy_`` (a launch or two
+    per phase, on the device, no read): a NaN batch no longer leaves NaN running statistics
+    behind the ``NonFiniteLossError`` it raises.
+    """
+
+    def __init__(self, bufs: list[Tensor], copies: list[Tensor]) -> None:
+        self.bufs, self.copies = bufs, copies
+
+    @classmethod
+    def of(cls, recipe: nn.Module) -> _RunningStats:
+        bufs = [b for m in recipe.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                for b in m.buffers(recurse=False)]
+        held: list[Tensor] = recipe.__dict__.get("_running_stats_copy", [])
+        if len(held) != len(bufs) or any(c.shape != b.shape or c.dtype != b.dtype or c.device != b.device
+                                         for c, b in zip(held, bufs)):
+            held = [torch.empty_like(b) for b in bufs]
+            recipe.__dict__["_running_stats_copy"] = held
+        if bufs:
+            with torch.no_grad():
+                _copy_all(held, bufs)
+        return cls(bufs, held)
+
+    def restore(self) -> None:
+        if self.bufs:
+            with torch.no_grad():
+                _copy_all(self.bufs, self.copies)
+
+
+def _copy_all(dst: list[Tensor], src: list[Tensor]) -> None:
+    if hasattr(torch, "_foreach_copy_"):  # torch >= 2.1: grouped launches
+        torch._foreach_copy_(dst, src)
+    else:  # pragma: no cover - older torch
+        for d, t in zip(dst, src):
+            d.copy_(t)
+
+
 class Recipe(nn.Module):
     """Base class of recipes. Subclasses build ``self.model`` and implement :meth:`phases`.
 
@@ -277,10 +317,12 @@ class Recipe(nn.Module):
 
         with torch.profiler.record_function(f"egl.phase.{phase.name}"):
             opt.zero_grad(set_to_none=True)
+            stats = _RunningStats.of(self)  # a failed or skipped phase leaves them as they were
             try:  # gradients taken inside the loss (saliency) are loss-scaled too (egl._amp)
                 with inner_scale(scaler.scale_value if scaler is not None else None) as inner:
                     terms = phase.compute(b, step)
             except InputError:  # an immediate check (labels): tell the other ranks, then raise
+                stats.restore()
                 first_failure(_INPUT, b.x.device)
                 raise
             total = terms["total"]
@@ -310,6 +352,7 @@ class Recipe(nn.Module):
                 values["skipped"] = float(bad_code == _OVERFLOW)
             if bad_code == _OVERFLOW:  # gradients overflowed on some rank: skip, back off
                 opt.zero_grad(set_to_none=True)
+                stats.restore()
                 if scaler is not None:
                     scaler.update(True)
                     if scaler.scale_value < 1.0:  # every rank holds the same scale: all raise
@@ -323,6 +366,7 @@ class Recipe(nn.Module):
                 return {f"{phase.name}/{k}": v for k, v in values.items()}
             if bad_rank >= 0:
                 opt.zero_grad(set_to_none=True)
+                stats.restore()  # a NaN batch wrote NaN into them: the model would answer NaN in eval
                 raise error if error is not None else self._failure(phase.name, step, values, bad, bad_rank, bad_code)
             opt.step()
             if scaler is not None:
