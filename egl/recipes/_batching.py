@@ -8,8 +8,10 @@ They may when no layer mixes samples and the forward draws no random numbers:
 * dropout and drop-path in training mode draw their masks from the global RNG, so one pass
   over both halves draws other masks than two passes (the same distribution, other values).
 
-Detected: torch's BatchNorm and dropout families, and anything with a positive ``drop_prob``
-(timm's ``DropPath``/``DropBlock``). Other batch-dependent or random layers are not: turn
+Detected: torch's BatchNorm and dropout families, anything with a positive ``drop_prob``
+(timm's ``DropPath``/``DropBlock``), and any module in training mode with a positive
+``drop_rate`` (timm's ResNet and EfficientNet families call ``F.dropout(x, p=self.drop_rate)``
+in their head: no dropout module to find). Other batch-dependent or random layers are not: turn
 batching off for such models.
 """
 
@@ -33,9 +35,10 @@ def is_stochastic(model: nn.Module) -> bool:
             continue
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             return True
-        drop = getattr(m, "drop_prob", 0.0)
-        if isinstance(drop, (int, float)) and drop > 0:
-            return True
+        for attr in ("drop_prob", "drop_rate"):  # drop_rate: functional dropout (timm's heads)
+            drop = getattr(m, attr, 0.0)
+            if isinstance(drop, (int, float)) and not isinstance(drop, bool) and drop > 0:
+                return True
     return False
 
 

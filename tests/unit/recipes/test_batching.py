@@ -31,3 +31,17 @@ def test_dropout_and_drop_path_in_training_mode_are_stochastic() -> None:
         assert not is_stochastic(net.eval()) and batchable(net)
     for layer in (nn.Dropout(0.0), DropPath(0.0)):
         assert not is_stochastic(nn.Sequential(layer).train())
+
+
+def test_timm_functional_dropout_counts() -> None:
+    """timm's ResNet and EfficientNet drop with ``F.dropout(x, p=self.drop_rate)``: no module to
+    find, so with BatchNorm frozen a drop_rate=0.5 model was called batchable."""
+    import timm
+
+    for name in ("test_resnet", "test_efficientnet"):
+        net = freeze_batchnorm(timm.create_model(name, num_classes=3, drop_rate=0.5)).train()
+        assert not uses_batch_statistics(net)
+        assert is_stochastic(net) and not batchable(net)
+        assert not is_stochastic(net.eval())
+        plain = freeze_batchnorm(timm.create_model(name, num_classes=3)).train()
+        assert not is_stochastic(plain) and batchable(plain)
