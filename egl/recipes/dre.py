@@ -5,7 +5,7 @@ Within each class of the batch, samples are permuted (``π``) and mixed with a p
 ``λ ~ Beta(0.2, 0.2)``: ``x̃ = λ x + (1 − λ) x_π``. With ``Ĝ`` the explanation below::
 
     consistency = |Ĝ(x̃) − (λ Ĝ(x) + (1 − λ) Ĝ(x_π))|_1      (weight 1.0; the target is not detached)
-    sparsity    = |Ĝ(x)|_1 + |Ĝ(x̃)|_1                        (weight 0.5)
+    sparsity    = (|Ĝ(x)|_1 + |Ĝ(x̃)|_1) / 2                  (weight 0.5)
     mix_ce      = CE(f(x̃), y)                                 (weight 0.1)
     L = CE(f(x), y) + 1.0·consistency + 0.5·sparsity + 0.1·mix_ce
 
@@ -19,8 +19,12 @@ Choices and deviations (all arguments where they matter):
 * ``|·|_1`` are element-wise means over the map (the authors' code takes a matrix 1-norm for
   the sparsity); per-sample values are averaged within each class, then over the classes
   present ("sum over classes divided by the number of classes"), vectorised over the batch.
-* The plain CE on ``x`` is the batch mean, computed from the logits of Grad-CAM's own
-  forward pass (one forward for ``x``, one for ``x̃``).
+* The two maps' sparsities are averaged, as the authors' ``mixuploss.py`` does (``(… + …) / 2``),
+  so ``sparsity_weight=0.5`` weighs them as there.
+* The plain CE on ``x`` is not in the method's summary of the loss; it is in the authors'
+  ``train.py`` (``ce_loss + exp_weight·exp_loss + sparse_weight·sparse_loss + mix_ce_weight·mix_ce_loss``).
+  It is the batch mean, computed from the logits of Grad-CAM's own forward pass (one forward
+  for ``x``, one for ``x̃``).
 * ``π`` is a uniformly random permutation within each class (``randperm``), so a sample
   may be mixed with itself; a class alone in the batch always is (its consistency term is 0).
 * The paper trains a ResNet-50 with frozen BatchNorm (DomainBed's); here BatchNorm follows
@@ -99,7 +103,7 @@ def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, ta
     lv = lam.to(saliency.dtype).view(-1, 1, 1, 1)
     mixed_target = lv * saliency + (1.0 - lv) * saliency[partner]
     consistency = (saliency_mixed - mixed_target).abs().flatten(1).mean(1)
-    sparse = saliency.abs().flatten(1).mean(1) + saliency_mixed.abs().flatten(1).mean(1)
+    sparse = (saliency.abs().flatten(1).mean(1) + saliency_mixed.abs().flatten(1).mean(1)) / 2  # as the authors
     ce = F.cross_entropy(logits_mixed, target, reduction="none")
     src = target if target_on_host is None else target_on_host
     _, inverse, counts = torch.unique(src, return_inverse=True, return_counts=True)
