@@ -22,7 +22,7 @@
   Sequencer: ``output_fmt == "NHWC"`` or an ``NHWC`` pooling head) are permuted.
 
 Whether the head really starts with global average pooling is checked once per model
-and mode by a probe (``forward_head`` of a random map equals ``forward_head`` of its mean),
+and mode (and again when a submodule is replaced, e.g. the head) by a probe (``forward_head`` of a random map equals ``forward_head`` of its mean),
 so a head that pools only after a convolution (VGG's ``pre_logits``, EfficientViT's
 ``in_conv``) takes the autograd path, and one that pools inside ``forward_head`` without a
 pooling module (PVT-v2, MambaOut, LeViT-conv) takes the fast paths. A layout egl cannot
@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import fail
+from egl._module_hooks import structure_stamp
 from egl._transfer import upload
 from egl.errors import UnsupportedModelError
 
@@ -264,19 +265,23 @@ def _keep_rng(device: torch.device) -> Any:
     return torch.random.fork_rng(devices=[device], device_type=device.type)
 
 
-_LINEAR_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[bool, bool]]" = weakref.WeakKeyDictionary()
+#: model -> {(structure stamp, training): answer}; the stamp changes when a submodule is replaced
+#: (``model.fc = nn.Sequential(...)``, ``model.global_pool = GeM()``): the head is probed again.
+_LINEAR_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, bool], bool]]" = weakref.WeakKeyDictionary()
 
 
 def _linear_after_pool(model: nn.Module, channels: int, fmt: str, like: Tensor) -> bool:
     """Does ``forward_head`` reduce to ``Linear(mean(A))`` in the model's current mode?
 
-    Probed once per model and mode on two random pooled vectors; buffers are restored,
+    Probed once per model, mode and set of submodules (replacing the head probes again) on two
+    random pooled vectors; buffers are restored,
     so a head with BatchNorm is not disturbed. Dropout active in training mode makes
     the answer False (the autograd head path then includes the dropout mask).
     """
     cache = _LINEAR_CACHE.setdefault(model, {})
-    if model.training in cache:
-        return cache[model.training]
+    key = (structure_stamp(model), model.training)
+    if key in cache:
+        return cache[key]
     ok = isinstance(model.get_classifier(), nn.Linear) and fmt in ("NCHW", "NHWC")
     if ok:
         shape = (2, channels, 1, 1) if fmt == "NCHW" else (2, 1, 1, channels)
@@ -290,11 +295,11 @@ def _linear_after_pool(model: nn.Module, channels: int, fmt: str, like: Tensor) 
         finally:
             _restore_buffers(model, saved)
         ok = isinstance(pre, Tensor) and pre.shape == (2, channels) and torch.equal(pre, probe.reshape(2, channels))
-    cache[model.training] = ok
+    cache[key] = ok
     return ok
 
 
-_POOL_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[bool, str], bool]]" = weakref.WeakKeyDictionary()
+_POOL_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, bool, str], bool]]" = weakref.WeakKeyDictionary()
 
 
 def _pre_logits(model: Any, feats: Tensor) -> Any:
@@ -319,7 +324,7 @@ def _pools_first(model: nn.Module, feats: Tensor, fmt: str) -> bool:
     if positions == 1:
         return True
     cache = _POOL_CACHE.setdefault(model, {})
-    key = (model.training, fmt)
+    key = (structure_stamp(model), model.training, fmt)
     if key in cache:
         return cache[key]
     ok = positions > 1
@@ -363,7 +368,8 @@ def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
 
     ``"linear"`` (global average pool then ``Linear``: closed form), ``"pooled"`` (global average
     pool first: head-only gradient) or ``"none"`` (autograd). Only a ``forward_features`` target
-    can have a usable head; both properties are probed (once per model and mode).
+    can have a usable head; both properties are probed (once per model and mode, and again when a
+    submodule is replaced).
     """
     if target.module is not None or target.name != FEATURES or (target.fmt == "NLC") != (feats.dim() == 3):
         return "none"
@@ -377,7 +383,7 @@ def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
 
 #: model -> {input (H, W): the probed layer's name}. Keyed on the input size: a map that is 1x1
 #: at a small size (skipped) is the last usable one at a larger size.
-_PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]]" = weakref.WeakKeyDictionary()
+_PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], str]]" = weakref.WeakKeyDictionary()
 
 
 def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> list[str]:
@@ -411,7 +417,7 @@ def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> lis
 def _probe_last_map(model: nn.Module, x: Tensor) -> str:
     """Dotted name of the last module (in execution order) emitting a ``[B, C, H, W]`` map, H·W > 1,
     for inputs of ``x``'s spatial size (probed once per model and size)."""
-    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    hw = (structure_stamp(model), int(x.shape[-2]), int(x.shape[-1]))
     known = _PROBE_CACHE.setdefault(model, {})
     if hw in known:
         return known[hw]

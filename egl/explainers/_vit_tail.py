@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._module_hooks import bypassable
+from egl._module_hooks import bypassable, structure_stamp
 
 __all__ = ["usable", "capture", "tail_logits"]
 
 _VERIFIED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+_VERIFIED_AT: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()  # structure stamps
 
 
 class _Stop(Exception):
@@ -103,10 +104,12 @@ def tail_logits(model: nn.Module, a: Tensor, x_in: Tensor) -> Tensor:
 
 
 def usable(model: nn.Module, target: nn.Module, x: Tensor) -> bool:
-    """Whether the shortened pass applies (``target``: the Grad-CAM layer); checked once per model."""
+    """Whether the shortened pass applies (``target``: the Grad-CAM layer); checked once per model
+    (and again when one of its submodules is replaced)."""
     if not _eligible(model, target):
         return False
-    if model not in _VERIFIED:
+    stamp = structure_stamp(model)
+    if model not in _VERIFIED or _VERIFIED_AT.get(model) != stamp:  # again once a submodule is replaced
         try:
             with torch.no_grad():
                 full = model(x)
@@ -116,5 +119,5 @@ def usable(model: nn.Module, target: nn.Module, x: Tensor) -> bool:
             ok = bool(torch.allclose(short.float(), full.float(), rtol=1e-4, atol=1e-4 * scale))
         except Exception:  # noqa: BLE001 - anything unexpected: the full pass, which raises its own errors
             ok = False
-        _VERIFIED[model] = ok
+        _VERIFIED[model], _VERIFIED_AT[model] = ok, stamp
     return _VERIFIED[model]

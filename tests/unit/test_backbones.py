@@ -184,3 +184,53 @@ def test_resolve_plain_model_without_a_map(images: Tensor) -> None:
     with pytest.raises(egl.UnsupportedModelError, match=r"Flat has no layer .* Pass layer="):
         resolve_target(model, x=images)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+class _GeM(nn.Module):
+    """Generalised-mean pooling (p=3): not average pooling, so no closed form."""
+
+    def forward(self, a: Tensor) -> Tensor:
+        return a.clamp_min(1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+
+
+@pytest.mark.parametrize("change", ["gem_pool", "mlp_head", "reset_classifier"])
+def test_the_head_probes_run_again_once_the_head_is_replaced(change: str, images: Tensor) -> None:
+    """The head's answers were cached on the model alone: a GeM pool swapped in after a
+    closed-form call kept the closed form (maps 5% off, silently); an MLP head crashed with an
+    AttributeError on ``.weight``."""
+    from egl.explainers import GradCAM, grad_cam
+
+    model = make_model("test_resnet")
+    grad_cam(model, images)
+    assert GradCAM(model).explain(images).logits is not None
+    if change == "gem_pool":
+        model.global_pool = _GeM()
+    elif change == "mlp_head":
+        model.fc = nn.Sequential(nn.Linear(model.num_features, 16), nn.ReLU(), nn.Linear(16, NUM_CLASSES))
+    else:
+        model.reset_classifier(NUM_CLASSES + 2)
+    cam = GradCAM(model)
+    got = cam.explain(images)
+    want = GradCAM(model, path="autograd").explain(images)
+    assert cam.last_path == {"gem_pool": "autograd", "mlp_head": "pooled", "reset_classifier": "closed_form"}[change]
+    torch.testing.assert_close(got.saliency, want.saliency, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(got.logits, model(images), atol=1e-5, rtol=1e-4)
+
+
+def test_structure_stamp_follows_submodule_replacement_only() -> None:
+    from egl._module_hooks import structure_stamp
+
+    model = make_model("test_resnet")
+    first = structure_stamp(model)
+    nn.Linear(3, 3)  # other modules built elsewhere: no change
+    assert structure_stamp(model) == first
+    model.eval().train().eval()
+    assert structure_stamp(model) == first
+    model.layer4[0].conv1 = nn.Conv2d(model.layer4[0].conv1.in_channels, model.layer4[0].conv1.out_channels, 3,
+                                      stride=model.layer4[0].conv1.stride, padding=1, bias=False)  # nested
+    second = structure_stamp(model)
+    assert second != first and structure_stamp(model) == second
+    fc = model.fc
+    model.fc = fc  # the same object again: no change
+    assert structure_stamp(model) == second
