@@ -24,6 +24,7 @@ __all__ = [
     "check_choice",
     "check_positive",
     "check_logits",
+    "check_flag",
     "describe",
 ]
 
@@ -152,3 +153,11 @@ def check_logits(out: object, batch: int, fn: str) -> Tensor:
         f"{fn}: the model returned {describe(out)}; expected logits of shape [{batch}, num_classes]. "
         "Wrap the model so that its forward returns one [B, num_classes] tensor of class scores "
         "(e.g. take the logits out of a tuple or dict output, or pool a dense prediction).")
+
+
+def check_flag(value: object, fn: str, arg: str) -> bool:
+    """Raise unless ``value`` is ``True`` or ``False`` (``bool("false")`` is True: a string or a
+    number would be read silently as the wrong switch)."""
+    if not isinstance(value, bool):
+        raise fail(fn, arg, "True or False", repr(value)[:100], f"Pass {arg}=True or {arg}=False")
+    return value

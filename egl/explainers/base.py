@@ -16,7 +16,7 @@ from typing import Any, ClassVar, ContextManager, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_shape, describe, fail
+from egl._check import check_flag, check_shape, describe, fail
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
 __all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
@@ -75,8 +75,9 @@ class Explainer:
             raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",
                        describe(model), "Pass the classifier module itself")
         self.model = model
-        self.upsample = bool(upsample)
-        self.normalize = bool(normalize)
+        fn = f"egl.explainers.{type(self).__name__}"
+        self.upsample = check_flag(upsample, fn, "upsample")
+        self.normalize = check_flag(normalize, fn, "normalize")
 
     # -- the work ---------------------------------------------------------------------
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:

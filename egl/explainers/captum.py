@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_logits, fail
+from egl._check import check_flag, check_logits, fail
 from egl.backbones import _module, _probe_last_map
 from egl.errors import UnsupportedModelError
 from egl.explainers._postprocess import finalize
@@ -78,7 +78,7 @@ class CaptumExplainer(Explainer):
         self.method_cls = _captum_class(method, fn)
         self.is_layer = issubclass(self.method_cls, _utils.attribution.LayerAttribution)
         self.layer = layer
-        self.absolute = bool(absolute)
+        self.absolute = check_flag(absolute, "egl.explainers.CaptumExplainer", "absolute")
         self.attribute_kwargs = dict(attribute_kwargs or {})
         if self.method_cls is LayerGradCam:
             self.attribute_kwargs.setdefault("relu_attributions", True)

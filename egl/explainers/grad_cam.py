@@ -32,13 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice, check_logits, fail
+from egl._check import check_choice, check_flag, check_logits, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
 from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
-from egl.kernels.cam_epilogue import cam_epilogue
+from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
 __all__ = ["GradCAM", "grad_cam"]
 
@@ -110,8 +110,9 @@ class GradCAM(Explainer):
         check_choice(path, PATHS, "egl.explainers.GradCAM", "path")
         self.layer = layer
         self.path = path
-        self.relu = bool(relu)
-        self.detach_weights = bool(detach_weights)
+        self.relu = check_flag(relu, "egl.explainers.GradCAM", "relu")
+        self.detach_weights = check_flag(detach_weights, "egl.explainers.GradCAM", "detach_weights")
+        check_choice(backend, BACKENDS, "egl.explainers.GradCAM", "backend")  # not after a whole forward
         self.backend = backend
         self._target: Target | None = None
         # a non-timm model with layer="auto" is probed per input size (cached): resolved every call

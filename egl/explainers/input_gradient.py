@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice, check_logits
+from egl._check import check_choice, check_flag, check_logits
 from egl.explainers._postprocess import minmax_normalize
 from egl.explainers.base import Explainer, Explanation, double_backward_ready, targets
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
@@ -45,7 +45,7 @@ class InputGradient(Explainer):
                  normalize: bool = True, upsample: bool = True) -> None:
         super().__init__(model, upsample=upsample, normalize=normalize)
         check_choice(reduce, ("mean", "sum", "none"), "egl.explainers.InputGradient", "reduce")
-        self.absolute = bool(absolute)
+        self.absolute = check_flag(absolute, "egl.explainers.InputGradient", "absolute")
         self.reduce = reduce
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:

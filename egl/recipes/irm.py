@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_positive, check_shape, fail
+from egl._check import check_flag, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
@@ -103,7 +103,7 @@ class IRM(Recipe):
         if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
             raise fail(fn, "anneal_steps", "an int >= 0", repr(anneal_steps), "Pass a number of steps")
         self.anneal_steps = anneal_steps
-        self.rescale = bool(rescale)
+        self.rescale = check_flag(rescale, fn, "rescale")
 
     def phases(self) -> list[Phase]:
         return [Phase("classifier", (self.model,), self._classifier_terms)]
