@@ -153,14 +153,16 @@ def faithfulness(
             ``2 ceil(3 sigma) + 1``, replicate border) or ``"mean"`` (per-image channel mean).
         target: classes to score instead of the prediction ``argmax model(x)``.
         batch_size: most images per forward call.
-        blur_sigma: standard deviation of the blur in pixels (``baseline="blur"`` only).
+        blur_sigma: standard deviation of the blur in pixels (``baseline="blur"`` only; at most
+            the image's larger side).
 
     Returns:
         A :class:`FaithfulnessResult`.
 
     Raises:
         InputError: bad shapes, batch mismatch, non-finite inputs, ``ks`` outside (0, 100],
-            unknown ``baseline``, ``batch_size`` < 1, or a model that does not return logits.
+            unknown ``baseline``, ``batch_size`` < 1, ``blur_sigma`` above the image's larger side,
+            or a model that does not return logits.
 
     Shape:
         x: ``B C H W``; saliency: ``B 1 h w``; target: ``B``.
@@ -186,6 +188,10 @@ def faithfulness(
         raise fail(fn, "batch_size", "an int >= 1", describe(batch_size), "Pass e.g. batch_size=256")
     if baseline == "blur":
         check_positive(blur_sigma, fn, "blur_sigma", allow_zero=False)
+        if blur_sigma > max(x.shape[-2:]):  # the kernel (2⌈3σ⌉+1 wide) would grow without bound
+            raise fail(fn, "blur_sigma", f"at most the image's larger side ({max(x.shape[-2:])} px)",
+                       repr(blur_sigma), "A wider Gaussian is nearly constant over the image: use "
+                       "baseline='mean', or a smaller blur_sigma")
 
     b, _, h, w = x.shape
     with torch.no_grad():

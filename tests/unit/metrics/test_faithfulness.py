@@ -284,6 +284,11 @@ def test_bad_batch_size_and_sigma() -> None:
         faithfulness(model, x, s, batch_size=0)
     with pytest.raises(egl.InputError, match=r"'blur_sigma' expected a finite number > 0"):
         faithfulness(model, x, s, baseline="blur", blur_sigma=0.0)
+    # a kernel 2⌈3σ⌉+1 wide: σ = 1e5 asked kornia for 1.2 GB per 3x4x4 image, 1e9 for 24 GB
+    with pytest.raises(egl.InputError, match=r"'blur_sigma' expected at most the image's larger side \(4 px\), "
+                       r"got 100000.0.*baseline='mean'"):
+        faithfulness(model, x, s, baseline="blur", blur_sigma=1e5)
+    assert faithfulness(model, x, s, baseline="blur", blur_sigma=4.0).sufficiency.isfinite()
 
 
 def test_non_finite_saliency() -> None:
