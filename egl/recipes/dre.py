@@ -17,8 +17,10 @@ constants: gradients reach the model through the activations only
 Choices and deviations (all arguments where they matter):
 
 * ``|·|_1`` are element-wise means over the map (the authors' code takes a matrix 1-norm for
-  the sparsity); per-sample values are averaged within each class, then over the classes
-  present ("sum over classes divided by the number of classes"), vectorised over the batch.
+  the sparsity); per-sample values are averaged within each class, summed over the classes
+  present and divided by the number of classes of the model (``class_mean="all"``, the
+  authors' ``/num_classes``; ``"present"`` divides by the classes present), vectorised over
+  the batch.
 * The two maps' sparsities are averaged, as the authors' ``mixuploss.py`` does (``(… + …) / 2``),
   so ``sparsity_weight=0.5`` weighs them as there.
 * The plain CE on ``x`` is not in the method's summary of the loss; it is in the authors'
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_positive, check_same_batch, check_shape
+from egl._check import check_choice, check_positive, check_same_batch, check_shape
 from egl._sampling import sample_beta
 from egl._transfer import upload
 from egl.explainers.grad_cam import GradCAM
@@ -49,6 +51,9 @@ from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
 
 __all__ = ["DRE", "dre", "DRETerms", "dre_terms", "class_permutation"]
+
+#: How the per-class values become one term: over the model's classes (the authors') or those present.
+CLASS_MEANS = ("all", "present")
 
 
 class DRETerms(NamedTuple):
@@ -74,14 +79,16 @@ def class_permutation(target: Tensor, generator: torch.Generator | None = None) 
     return upload(partner, target.device)
 
 
-def _class_mean(values: Tensor, inverse: Tensor, counts: Tensor) -> Tensor:
-    """Mean over samples within each class, then over classes."""
+def _class_mean(values: Tensor, inverse: Tensor, counts: Tensor, divisor: int | None) -> Tensor:
+    """Mean over samples within each class, summed over the classes present, divided by
+    ``divisor`` (``None``: the number of classes present)."""
     sums = values.new_zeros(counts.shape[0]).index_add(0, inverse, values)
-    return (sums / counts).mean()
+    per_class = sums / counts
+    return per_class.mean() if divisor is None else per_class.sum() / divisor
 
 
 def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, target: Tensor, lam: Tensor,
-              partner: Tensor, target_on_host: Tensor | None = None) -> DRETerms:
+              partner: Tensor, target_on_host: Tensor | None = None, *, class_mean: str = "all") -> DRETerms:
     """DRE's terms from explanations already computed.
 
     Args:
@@ -95,6 +102,7 @@ def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, ta
         saliency, saliency_mixed: ``B 1 H W``; logits_mixed: ``B K``; target, lam, partner: ``B``.
     """
     fn = "egl.recipes.dre_terms"
+    check_choice(class_mean, CLASS_MEANS, fn, "class_mean")
     check_shape(saliency, "B 1 H W", fn, "saliency")
     check_shape(saliency_mixed, "B 1 H W", fn, "saliency_mixed")
     check_shape(logits_mixed, "B K", fn, "logits_mixed")
@@ -109,8 +117,9 @@ def dre_terms(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, ta
     _, inverse, counts = torch.unique(src, return_inverse=True, return_counts=True)
     inverse = upload(inverse, target.device)
     counts = upload(counts, saliency.device, saliency.dtype)
-    return DRETerms(_class_mean(consistency, inverse, counts), _class_mean(sparse, inverse, counts),
-                    _class_mean(ce, inverse, counts))
+    divisor = int(logits_mixed.shape[1]) if class_mean == "all" else None
+    return DRETerms(_class_mean(consistency, inverse, counts, divisor), _class_mean(sparse, inverse, counts, divisor),
+                    _class_mean(ce, inverse, counts, divisor))
 
 
 class DRE(Recipe):
@@ -121,6 +130,10 @@ class DRE(Recipe):
         alpha: Beta(α, α) concentration of the per-sample λ (0.2, the paper's).
         consistency_weight: (1.0). sparsity_weight: (0.5). mix_ce_weight: (0.1) -- the paper's.
         layer: Grad-CAM target layer (``"auto"``: the last feature stage).
+        class_mean: ``"all"`` (default: the per-class values summed over the classes present in
+            the batch, divided by the model's number of classes, as METHODS.md and the authors'
+            ``mixuploss.py`` do) or ``"present"`` (divided by the number of classes present: a
+            plain mean over them, weighing the terms more when few classes are in the batch).
         lr: Adam learning rate (5e-5, the paper's). weight_decay: (0).
 
     Logged terms: ``ce``, ``consistency``, ``sparsity``, ``mix_ce``, ``total``.
@@ -139,13 +152,15 @@ class DRE(Recipe):
 
     def __init__(self, model: nn.Module, *, alpha: float = 0.2, consistency_weight: float = 1.0,
                  sparsity_weight: float = 0.5, mix_ce_weight: float = 0.1, layer: str = "auto",
-                 lr: float = 5e-5, weight_decay: float = 0.0) -> None:
+                 class_mean: str = "all", lr: float = 5e-5, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay)
         fn = "egl.recipes.dre"
         self.alpha = check_positive(alpha, fn, "alpha", allow_zero=False)
         self.consistency_weight = check_positive(consistency_weight, fn, "consistency_weight")
         self.sparsity_weight = check_positive(sparsity_weight, fn, "sparsity_weight")
         self.mix_ce_weight = check_positive(mix_ce_weight, fn, "mix_ce_weight")
+        check_choice(class_mean, CLASS_MEANS, fn, "class_mean")
+        self.class_mean = class_mean
         self.explainer = GradCAM(model, layer, upsample=False, normalize=True, relu=False, detach_weights=True)
 
     def phases(self) -> list[Phase]:
@@ -170,7 +185,8 @@ class DRE(Recipe):
         check_shape(lam, f"{x.shape[0]}", "egl.recipes.DRE.sample_lam", "lam")
         lv = lam.to(x.dtype).view(-1, 1, 1, 1)
         mixed = self.explainer.explain(lv * x + (1.0 - lv) * x[partner], y, create_graph=True)
-        reg = dre_terms(out.saliency, mixed.saliency, mixed.logits, y, lam, partner, host_y)
+        reg = dre_terms(out.saliency, mixed.saliency, mixed.logits, y, lam, partner, host_y,
+                        class_mean=self.class_mean)
         ce = F.cross_entropy(out.logits, y)
         total = (ce + self.consistency_weight * reg.consistency + self.sparsity_weight * reg.sparsity
                  + self.mix_ce_weight * reg.mix_ce)

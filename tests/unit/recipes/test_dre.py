@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import make_model
+from _helpers import NUM_CLASSES, make_model
 
 import egl
 from egl.explainers import grad_cam
@@ -46,9 +46,10 @@ def test_explanation_is_signed_constant_weight_grad_cam_at_feature_resolution() 
     assert torch.allclose(sal, egl.explainers.minmax_normalize(signed), atol=1e-6)
 
 
-def test_terms_match_a_hand_computation() -> None:
+@pytest.mark.parametrize("class_mean", ["all", "present"])
+def test_terms_match_a_hand_computation(class_mean: str) -> None:
     model = make_model("test_resnet", output_stride=16)
-    recipe = dre(model).eval()  # the recipe sets the model's mode from its own
+    recipe = dre(model, class_mean=class_mean).eval()  # the recipe sets the model's mode from its own
     x, y = _batch(8)  # classes: 0 x4, 1 x2, 2 x2
     lam = torch.tensor([0.2, 0.9, 0.5, 0.7, 0.1, 0.35, 0.6, 0.95])
     partner = torch.tensor([3, 4, 6, 7, 1, 0, 2, 5])
@@ -70,7 +71,9 @@ def test_terms_match_a_hand_computation() -> None:
         per_class["consistency"].append((g_mix[idx] - target).abs().mean())
         per_class["sparsity"].append((g[idx].abs().mean() + g_mix[idx].abs().mean()) / 2)  # authors: averaged
         per_class["mix_ce"].append(F.cross_entropy(logits_mix[idx], y[idx]))
-    want = {k: sum(v) / 3 for k, v in per_class.items()}
+    divisor = NUM_CLASSES if class_mean == "all" else 3  # the authors' / num_classes, or the 3 present
+    assert NUM_CLASSES > 3
+    want = {k: sum(v) / divisor for k, v in per_class.items()}
     want["ce"] = F.cross_entropy(model(x), y)
     want["total"] = want["ce"] + want["consistency"] + 0.5 * want["sparsity"] + 0.1 * want["mix_ce"]
     assert set(terms) == TERMS
@@ -156,3 +159,5 @@ def test_pairs_and_counts_classes_on_the_host_copy_of_the_labels(monkeypatch: py
     assert len(seen) == 2 and all(t is b.y for t in seen)
     for k in TERMS:
         assert torch.equal(on_host[k], on_device[k]), k
+    with pytest.raises(egl.InputError, match=r"'class_mean' expected one of"):
+        dre(make_model("test_resnet"), class_mean="mean")
