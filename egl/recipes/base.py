@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from egl._amp import inner_scale
 from egl._check import check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
+from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
 from egl.train.loss_scale import LossScaler
@@ -155,13 +156,16 @@ class _RunningStats:
 
     @classmethod
     def of(cls, recipe: nn.Module) -> _RunningStats:
-        bufs = [b for m in recipe.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-                for b in m.buffers(recurse=False)]
-        held: list[Tensor] = recipe.__dict__.get("_running_stats_copy", [])
-        if len(held) != len(bufs) or any(c.shape != b.shape or c.dtype != b.dtype or c.device != b.device
-                                         for c, b in zip(held, bufs)):
+        stamp = structure_stamp(recipe)  # the module walk only when a submodule changed
+        cached = recipe.__dict__.get("_running_stats_modules")
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, [m for m in recipe.modules() if isinstance(m, nn.modules.batchnorm._NormBase)])
+            recipe.__dict__["_running_stats_modules"] = cached
+        bufs = [b for m in cached[1] for b in m._buffers.values() if b is not None]  # as they are now (.to())
+        last, held = recipe.__dict__.get("_running_stats_copy", ([], []))
+        if len(last) != len(bufs) or any(a is not b for a, b in zip(last, bufs)):  # new tensors (.to()): new copies
             held = [torch.empty_like(b) for b in bufs]
-            recipe.__dict__["_running_stats_copy"] = held
+            recipe.__dict__["_running_stats_copy"] = (bufs, held)
         if bufs:
             with torch.no_grad():
                 _copy_all(held, bufs)
