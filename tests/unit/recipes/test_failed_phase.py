@@ -56,3 +56,18 @@ def test_a_successful_step_still_updates_them() -> None:
     changed = _same(recipe, before)
     assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("num_batches_tracked")
                                                                     for k in changed)
+
+
+def test_the_copy_follows_the_buffers_after_a_dtype_change() -> None:
+    """The copies are kept between phases; .double() makes new buffers, so new copies."""
+    torch.manual_seed(0)
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    recipe.fit([(x, y)], 1, progress=False)
+    recipe.double()
+    recipe.fit([(x.double(), y)], 1, progress=False)
+    before = _state(recipe)
+    x[0, 0, 3, 3] = float("nan")
+    with pytest.raises(NonFiniteLossError):
+        recipe.fit([(x.double(), y)], 1, progress=False)
+    assert _same(recipe, before) == []
