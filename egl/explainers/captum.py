@@ -84,7 +84,7 @@ class CaptumExplainer(Explainer):
             self.attribute_kwargs.setdefault("relu_attributions", True)
         self.method_kwargs = method_kwargs
         self._method: Any = None
-        self._probed_name: str | None = None  # layer="auto": probed per input size (cached)
+        self._probed: tuple[str, nn.Module] | None = None  # layer="auto": probed per input size (cached)
         if not self.is_layer:
             self._method = self.method_cls(model, **method_kwargs)
         elif layer != "auto":
@@ -100,9 +100,10 @@ class CaptumExplainer(Explainer):
         t = logits.argmax(1) if tgt is None else tgt.index(logits.shape[1], fn)  # captum gathers: no deferral
         if self.is_layer and self.layer == "auto":  # probed once per input size; rebuilt when it changes
             name = _probe_last_map(self.model, x)
-            if name != self._probed_name:
-                self._method = self.method_cls(self.model, _module(self.model, name, fn), **self.method_kwargs)
-                self._probed_name = name
+            layer = _module(self.model, name, fn)
+            if (name, layer) != self._probed:  # another layer, or the same name replaced by a new module
+                self._method = self.method_cls(self.model, layer, **self.method_kwargs)
+                self._probed = (name, layer)
         # a leaf that requires grad: captum warns on every call otherwise, and x stays untouched
         attr = self._method.attribute(x.detach().requires_grad_(True), target=t, **self.attribute_kwargs)
         if isinstance(attr, tuple):
