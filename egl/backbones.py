@@ -24,8 +24,9 @@
 Whether the head really starts with global average pooling is checked once per model
 and mode (and again when a submodule is replaced, e.g. the head) by a probe
 (``forward_head`` of a random map equals ``forward_head`` of its mean), so a head that pools
-only after a convolution (VGG's ``pre_logits``, EfficientViT's ``in_conv``) takes the autograd path, and one that pools inside ``forward_head`` without a
-pooling module (PVT-v2, MambaOut, LeViT-conv) takes the fast paths. A layout egl cannot
+only after a convolution (VGG's ``pre_logits``, EfficientViT's ``in_conv``) takes the autograd
+path, and one that pools inside ``forward_head`` without a pooling module (PVT-v2, MambaOut,
+LeViT-conv) takes the fast paths. A layout egl cannot
 read (hierarchical token models such as Twins, LeViT, Hiera, PiT; CrossViT's two branches)
 raises :class:`~egl.errors.UnsupportedModelError` naming a ``layer=`` that works.
 """
