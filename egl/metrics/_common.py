@@ -36,7 +36,7 @@ def check_labels(y: object, batch: Tensor, num_classes: int, fn: str, arg: str,
         if lo < 0 or hi >= num_classes:
             raise fail(fn, arg, f"class indices in [0, {num_classes - 1}]", f"values in [{lo}, {hi}]",
                        f"'{batch_arg}' has {num_classes} classes: relabel '{arg}' or fix the head")
-    return upload(t, batch.device)
+    return upload(t, batch.device, torch.long)  # one_hot and gather take int64 indices
 
 
 def pixel_ranks(scores: Tensor) -> Tensor:

@@ -46,11 +46,16 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (s.argmax(dim=1) == t).float().mean()
 
 
-def _as_probabilities(s: Tensor) -> Tensor:
-    """Rows already on the simplex pass through; anything else goes through softmax."""
+def _as_probabilities(s: Tensor, given: torch.dtype) -> Tensor:
+    """Rows already on the simplex pass through; anything else goes through softmax.
+
+    The rows' sums are compared with 1 within ``max(1e-4, C · eps(given))``: probabilities
+    rounded to a 16-bit ``given`` dtype miss 1e-4 by rounding alone (and a second softmax
+    would change their one-vs-rest ranking)."""
+    atol = max(1e-4, s.shape[1] * torch.finfo(given).eps) if given.is_floating_point else 1e-4
     on_simplex = (
         float(s.min()) >= 0.0 and float(s.max()) <= 1.0
-        and bool(torch.allclose(s.sum(dim=1), torch.ones_like(s[:, 0]), atol=1e-4, rtol=0.0))
+        and bool(torch.allclose(s.sum(dim=1), torch.ones_like(s[:, 0]), atol=atol, rtol=0.0))
     )
     return s if on_simplex else torch.softmax(s, dim=1)
 
@@ -67,7 +72,8 @@ def auc(logits_or_probs: Tensor, y: Tensor, num_classes: int | None = None) -> T
     """Macro one-vs-rest ROC AUC, tie-aware, computed in float64 torch.
 
     Scores: if every row is already a probability vector (values in [0, 1] summing to 1
-    within 1e-4) it is used as is, otherwise a softmax is applied first. The choice
+    within 1e-4, or ``C`` times the dtype's epsilon for 16-bit scores) it is used as is,
+    otherwise a softmax is applied first. The choice
     matters: one-vs-rest ranks of a class's logit and of its softmax probability differ.
 
     Classes absent from ``y`` have no positives and are skipped (left out of the macro
@@ -103,7 +109,7 @@ def auc(logits_or_probs: Tensor, y: Tensor, num_classes: int | None = None) -> T
         raise fail(fn, "num_classes", f"the number of score columns ({c})", describe(num_classes),
                    "Pass scores with one column per class, or leave num_classes=None")
     t = check_labels(y, s, c, fn, "y", batch_arg="logits_or_probs")
-    probs = _as_probabilities(s.double())
+    probs = _as_probabilities(s.double(), s.dtype)
     onehot = torch.nn.functional.one_hot(t, c).bool()  # [B, C]
     n_pos = onehot.sum(dim=0).double()  # [C]
     n_neg = t.numel() - n_pos

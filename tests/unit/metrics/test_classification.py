@@ -46,6 +46,25 @@ def test_auc_matches_sklearn_on_probabilities() -> None:
     assert float(out) == pytest.approx(ref, abs=1e-12)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auc_takes_16_bit_probabilities_as_they_are(dtype: torch.dtype) -> None:
+    """Rounded to 16 bits, rows sum to 1 only within ~3e-4 (float16) or ~3e-3 (bfloat16): they
+    missed the 1e-4 test, took a second softmax and ranked otherwise (0.5996 for 0.6069)."""
+    logits, y = _data(200, 4)
+    probs = logits.softmax(1).to(dtype)
+    assert float((probs.double().sum(1) - 1).abs().max()) > 1e-4
+    per_class = [roc_auc_score((y == c).numpy(), probs[:, c].double().numpy()) for c in range(4)]
+    assert float(auc(probs, y)) == pytest.approx(sum(per_class) / 4, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_label_dtype(dtype: torch.dtype) -> None:
+    """one_hot takes int64 only: int32 labels crashed inside torch."""
+    logits, y = _data()
+    assert float(auc(logits, y.to(dtype))) == float(auc(logits, y))
+    assert float(accuracy(logits, y.to(dtype))) == float(accuracy(logits, y))
+
 def test_auc_applies_softmax_to_logits() -> None:
     logits, y = _data(seed=1)
     ref = roc_auc_score(y.numpy(), logits.softmax(1).double().numpy(), multi_class="ovr", average="macro")
