@@ -6,10 +6,17 @@ Layout (VLCS, Terra Incognita, PACS, ... as DomainBed stores them)::
     root/masks/<domain>/<class>/<stem>.png        # optional, same stems; "masks" is not a domain
 
 Every domain is split 6:2:2 into train / val / test with a seeded shuffle of its
-sorted file list (ALIGN, Sec. 4.1), so splits are reproducible and independent of the
-file system's listing order. Classes are the sorted union of class folders; every
+sorted file list (ALIGN, Sec. 4.1), seeded by the split seed and the domain's *name*, so
+splits are reproducible, independent of the file system's listing order and of which other
+domains are selected (a domain's test images are the same whether it is loaded alone or
+with others). Classes are the sorted union of the class folders of *every* domain under
+``root``, so a class has the same index whichever domains are selected; every selected
 domain must contain every class (a missing class is an error naming both, unless
 ``allow_missing_classes=True``).
+
+Masks are 8-bit grey images of the same size as their image: 0-255 (255 = foreground), or
+0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask of another size
+is an error naming both files.
 
 Unreadable images: ``verify=True`` opens every file once at construction (PIL's
 ``verify``) and, by ``on_error``, raises naming the file (``"raise"``, default) or drops
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +85,8 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
             raise fail(_FN, "domains", f"domains among {found}", repr(list(domains)), f"Remove {unknown}")
         domains = list(domains)
     per_domain = {d: _subdirs(root / d) for d in domains}
-    classes = sorted(set().union(*per_domain.values()))
+    # every domain's classes, selected or not: a class's index must not depend on the selection
+    classes = sorted(set().union(*(_subdirs(root / d) for d in found)))
     if not classes:
         raise fail(_FN, "root", "class folders inside each domain", f"none under '{root}'",
                    "Use the layout root/<domain>/<class>/<image>")
@@ -104,12 +113,14 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
     return list(domains), classes, samples
 
 
-def _split(samples: list[Sample], n_domains: int, split: str, seed: int) -> list[Sample]:
+def _split(samples: list[Sample], domains: Sequence[str], split: str, seed: int) -> list[Sample]:
     lo, hi = SPLIT_FRACTIONS[split]
     out: list[Sample] = []
-    for d in range(n_domains):
+    for d, name in enumerate(domains):
         items = [s for s in samples if s.domain == d]
-        g = torch.Generator().manual_seed(seed * 7919 + d)
+        # seeded by the domain's name, not its position in ``domains``: loaded alone or with
+        # others, a domain splits the same way (by position, train and test could overlap)
+        g = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(name.encode("utf-8")))
         order = torch.randperm(len(items), generator=g).tolist()
         n = len(items)
         a, b = round(lo * n), round(hi * n)
@@ -145,7 +156,7 @@ class DomainFolder(Dataset):
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:
             samples = self._verify(samples, on_error)
-        self.samples = samples if split == "all" else _split(samples, len(self.domains), split, seed)
+        self.samples = samples if split == "all" else _split(samples, self.domains, split, seed)
         with_mask = sum(s.mask is not None for s in self.samples)
         if 0 < with_mask < len(self.samples):
             first = next(s for s in self.samples if s.mask is None)
@@ -178,7 +189,9 @@ class DomainFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, path: Path, mode: str) -> Tensor:
+    @staticmethod
+    def _read(path: Path, mode: str) -> Tensor:
+        """The file as ``uint8 [C, H, W]``."""
         from PIL import Image
 
         try:
@@ -188,14 +201,24 @@ class DomainFolder(Dataset):
         except Exception as exc:  # noqa: BLE001
             raise fail(_FN, "root", "readable images", f"'{path}' ({type(exc).__name__}: {exc})",
                        "Remove or replace the file, or build the data set with verify=True, on_error='skip'") from exc
-        c = 3 if mode == "RGB" else 1
-        t = arr.view(h, w, c).permute(2, 0, 1).float().div_(255.0)
+        return arr.view(h, w, 3 if mode == "RGB" else 1).permute(2, 0, 1)
+
+    def _resize(self, t: Tensor) -> Tensor:
         return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
                              align_corners=False, antialias=True)[0].clamp_(0, 1)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         s = self.samples[i]
-        item = {"image": self._load(s.path, "RGB"), "label": torch.tensor(s.label), "domain": torch.tensor(s.domain)}
+        image = self._read(s.path, "RGB")
+        item = {"image": self._resize(image.float().div_(255.0)), "label": torch.tensor(s.label),
+                "domain": torch.tensor(s.domain)}
         if s.mask is not None:
-            item["mask"] = self._load(s.mask, "L")
+            mask = self._read(s.mask, "L")
+            if mask.shape[-2:] != image.shape[-2:]:
+                raise fail(_FN, "root", "a mask of its image's size",
+                           f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
+                           f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
+                           "Save the mask at its image's size (a stretched mask would point elsewhere)")
+            full = 1.0 if int(mask.max()) == 1 else 255.0  # a 0/1 label image, or 0-255
+            item["mask"] = self._resize(mask.float().div_(full))
         return item

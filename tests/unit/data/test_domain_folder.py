@@ -98,3 +98,47 @@ def test_partial_masks_and_bad_arguments(tmp_path) -> None:
         DomainFolder(root, "training")
     with pytest.raises(egl.InputError, match=r"'domains' expected domains among \['A', 'B'\]"):
         DomainFolder(root, domains=["C"])
+
+
+def test_a_domain_splits_the_same_way_whichever_domains_are_selected(tmp_path) -> None:
+    """The split seed was the domain's position in ``domains=``: B's test images loaded alone
+    overlapped B's training images loaded beside A (3 of 6)."""
+    root = _tree(tmp_path, domains=("A", "B"), n=15)
+    train_b = {s.path for s in DomainFolder(root, "train", domains=["A", "B"], image_size=8).samples
+               if s.path.parts[-3] == "B"}
+    for selection in (["B"], ["B", "A"], ["A", "B"]):
+        test_b = {s.path for s in DomainFolder(root, "test", domains=selection, image_size=8).samples
+                  if s.path.parts[-3] == "B"}
+        assert len(test_b) == 6 and not (train_b & test_b), selection
+
+
+def test_a_class_keeps_its_index_whichever_domains_are_selected(tmp_path) -> None:
+    """Classes came from the selected domains only: 'cat' was 0 in A alone, 1 in B alone."""
+    root = _tree(tmp_path, domains=("A",), classes=("cat", "dog"), n=3)
+    _tree(root, domains=("B",), classes=("bird", "cat", "dog"), n=3)
+    with pytest.raises(egl.InputError, match=r"domain 'A' without \['bird'\]"):
+        DomainFolder(root, "all", domains=["A"])
+    a = DomainFolder(root, "all", domains=["A"], allow_missing_classes=True, image_size=8)
+    b = DomainFolder(root, "all", domains=["B"], image_size=8)
+    assert a.classes == b.classes == ["bird", "cat", "dog"]
+    cat = {ds.samples[i].label for ds in (a, b) for i in range(len(ds)) if ds.samples[i].path.parent.name == "cat"}
+    assert cat == {1}
+
+
+def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
+    """Divided by 255 whatever they held, a 0/1 mask peaked at 0.004: no pixel was foreground."""
+    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    for f in (root / "masks" / "A" / "cat").iterdir():
+        m = np.asarray(Image.open(f)) // 255  # the same mask, stored 0/1
+        Image.fromarray(m.astype(np.uint8)).save(f)
+    item = DomainFolder(root, "all", image_size=16)[0]
+    assert float(item["mask"].max()) == pytest.approx(1.0) and 0.1 < float(item["mask"].mean()) < 0.4
+
+
+def test_a_mask_of_another_size_is_named(tmp_path) -> None:
+    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    Image.fromarray(np.zeros((6, 16), np.uint8)).save(root / "masks" / "A" / "cat" / "0.png")
+    ds = DomainFolder(root, "all", image_size=8)
+    i = next(i for i, s in enumerate(ds.samples) if s.path.name == "0.png")
+    with pytest.raises(egl.InputError, match=r"a mask of its image's size.*0.png' of 16x6 for .*0.png' of 16x12"):
+        ds[i]
