@@ -11,7 +11,7 @@ from typing import Any
 
 from egl._check import fail
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge"]
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys"]
 
 #: Defaults of ``egl experiment`` and ``egl train``; ``egl demo`` starts from :data:`egl.experiments.demo.DEMO`.
 DEFAULTS: dict[str, Any] = {
@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "explain_samples": 256,       # images per split for saliency metrics (faithfulness, localisation)
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
+        "mask_quality": True,         # the maskers' agreement with the ground-truth masks (needs an ALIGN run)
     },
     "output": None,                   # results folder (default: results/<kind>-<time>)
 }
@@ -102,4 +103,38 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             raise fail("egl.experiments.load_config", "path", "a YAML mapping at the top level",
                        type(loaded).__name__, "Write the config as key: value pairs")
         cfg = merge(cfg, loaded)
-    return apply_overrides(cfg, overrides or [])
+    return check_keys(apply_overrides(cfg, overrides or []))
+
+
+#: Keys whose contents are free: arguments passed on to another function.
+_OPEN = {("data", "synthetic"), ("model", "kwargs"), ("train", "loss_scale")}
+_METHOD_KEYS = ("recipe", "kwargs")
+
+
+def check_keys(cfg: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``cfg`` unless a key is not one of :data:`DEFAULTS`' (a misspelt ``train.step=5`` was
+    silently ignored, the run took 300 steps): the error names the key and the closest one."""
+    _check_level(cfg, DEFAULTS if reference is None else reference, ())
+    for name, m in (cfg.get("methods") or {}).items():
+        if not isinstance(m, dict) or "recipe" not in m or not set(m) <= set(_METHOD_KEYS):
+            raise fail("egl.experiments.load_config", f"methods.{name}",
+                       "a mapping with 'recipe' (a registered recipe name) and optionally 'kwargs'",
+                       repr(m)[:200], f"Write methods: {{{name}: {{recipe: erm, kwargs: {{...}}}}}}")
+    return cfg
+
+
+def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]) -> None:
+    import difflib
+
+    for k, v in cfg.items():
+        where = (*path, str(k))
+        if where in _OPEN or where == ("methods",):
+            continue
+        if k not in ref:
+            close = difflib.get_close_matches(str(k), [str(r) for r in ref], n=1)
+            hint = f"Did you mean '{'.'.join((*path, close[0]))}'?" if close else "Remove it"
+            raise fail("egl.experiments.load_config", ".".join(where),
+                       f"a known key; at {'.'.join(path) or 'the top level'} these are {sorted(ref)}",
+                       f"the unknown key '{k}'", f"{hint} (an unknown key would be silently ignored)")
+        if isinstance(ref[k], dict) and isinstance(v, dict):
+            _check_level(v, ref[k], where)

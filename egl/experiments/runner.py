@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 import egl
 from egl._check import fail
+from egl.experiments.config import check_keys
 from egl.experiments.evaluate import evaluate
 from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
@@ -77,6 +78,7 @@ def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor
 
 def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> tuple[list[dict[str, Any]], Path]:
     """Run the grid described by ``cfg``; returns the result rows and the results folder."""
+    check_keys(cfg)
     source = load_source(cfg["data"])  # bad data settings fail before any folder is made
     out = results_dir(cfg, kind)
     t, e = cfg["train"], cfg["eval"]

@@ -35,6 +35,17 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["split"] == "flipped" and 0 <= row["acc"] <= 1 and "energy" in row and "suff" in row
+    import sys
+
+    ev = sys.modules["egl.experiments.evaluate"]  # eval.ks / eval.baseline reach evaluate (they were dropped)
+
+    seen: dict = {}
+    real = ev.evaluate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ev, "evaluate", lambda *a, **k: seen.update(k) or real(*a, **k))
+        assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped",
+                     "--set", "eval.ks=[10, 50]", "--set", "eval.baseline=mean"]) == 0
+    assert seen["ks"] == (10, 50) and seen["baseline"] == "mean" and seen["device"] == "cpu"
     img = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
     assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex")]) == 0

@@ -1,0 +1,39 @@
+"""egl.experiments.config: unknown keys are named, not ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import egl
+from egl.experiments.config import DEFAULTS, check_keys, load_config
+
+
+@pytest.mark.parametrize("override,key,hint", [
+    ("train.step=5", "train.step", "train.steps"),
+    ("eval.baselne=blur", "eval.baselne", "eval.baseline"),
+    ("trian.steps=5", "trian", "train"),
+    ("model.arhc=resnet18", "model.arhc", "model.arch"),
+])
+def test_a_misspelt_key_is_named_with_the_closest_one(override: str, key: str, hint: str) -> None:
+    """``train.step=5`` left steps at 300 without a word."""
+    with pytest.raises(egl.InputError, match=rf"'{key}' expected a known key.*Did you mean '{hint}'"):
+        load_config(None, [override])
+
+
+def test_a_misspelt_key_in_a_yaml_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  seed: [1]\n  lr_rate: 0.1\n")
+    with pytest.raises(egl.InputError, match=r"'train.seed' expected a known key.*Did you mean 'train.seeds'"):
+        load_config(cfg)
+
+
+def test_open_sections_take_any_key_and_methods_are_checked() -> None:
+    cfg = load_config(None, ["data.synthetic.train_per_domain=8", "model.kwargs.drop_rate=0.1",
+                             "train.loss_scale.init_scale=8", "methods.mine.recipe=dre",
+                             "methods.mine.kwargs.alpha=0.4"])
+    assert cfg["methods"]["mine"] == {"recipe": "dre", "kwargs": {"alpha": 0.4}}
+    with pytest.raises(egl.InputError, match=r"'methods.mine' expected a mapping with 'recipe'"):
+        load_config(None, ["methods.mine.recpie=dre"])
+    assert check_keys(DEFAULTS) is DEFAULTS
