@@ -269,6 +269,7 @@ class SAMMasker(Masker):
         model.eval().requires_grad_(False)
         object.__setattr__(self, "_sam", model)  # outside the module tree: no parameters, no state_dict
         self._fingerprint: str | None = None
+        self._fingerprinted: tuple[tuple[int, int], ...] = ()  # the weights it was computed from
 
     @property
     def model(self) -> nn.Module:
@@ -279,6 +280,7 @@ class SAMMasker(Masker):
         super()._apply(fn, recurse)
         if recurse:
             self._sam._apply(fn)
+            self._fingerprint = None  # .half() changes the masks: a new cache key
         return self
 
     def train(self, mode: bool = True) -> "SAMMasker":
@@ -297,11 +299,15 @@ class SAMMasker(Masker):
                 "max_area": self.max_area, "input_mean": self.input_mean, "input_std": self.input_std}
 
     def fingerprint(self) -> str:
-        """sha256 of the model's class, configuration and weights (computed once, then kept)."""
-        if self._fingerprint is None:
+        """sha256 of the model's class, configuration and weights: computed again when a weight
+        tensor is replaced or changed in place (``load_state_dict``, an optimiser, ``.to()``), as
+        its identity and version counter tell, so a cache never serves masks of older weights."""
+        weights = tuple((id(t), t._version) for t in (*self._sam.parameters(), *self._sam.buffers()))
+        if self._fingerprint is None or weights != self._fingerprinted:
             cfg = self._sam.config
             extra = cfg.to_json_string() if hasattr(cfg, "to_json_string") else repr(cfg)
             self._fingerprint = module_fingerprint(self._sam, extra)
+            self._fingerprinted = weights
         return self._fingerprint
 
     def _context(self) -> bytes:
@@ -352,9 +358,16 @@ class SAMMasker(Masker):
                     self.cache.save(keys[i], masks[j])
         return out
 
-    @torch.no_grad()
     def _compute(self, x01: Tensor) -> Tensor:
-        """SAM masks of RGB images in [0, 1]: ``[n, 3, H, W] -> [n, 1, H, W]`` float16."""
+        """SAM masks of RGB images in [0, 1]: ``[n, 3, H, W] -> [n, 1, H, W]`` float16, computed
+        in SAM's own dtype whatever autocast the caller runs under (``fit(precision="bf16")``):
+        the masks, and so the cache, do not depend on the caller (bf16 autocast moved them by
+        up to 0.21)."""
+        p = next(self._sam.parameters())
+        with torch.no_grad(), torch.autocast(p.device.type, enabled=False):
+            return self._compute_exact(x01)
+
+    def _compute_exact(self, x01: Tensor) -> Tensor:
         sam = self._sam
         p = next(sam.parameters())
         x01 = x01.to(p.device, torch.float32)

@@ -186,6 +186,34 @@ def test_cache_keyed_by_weights(x01: torch.Tensor, tmp_path: Path) -> None:
         count.close()
 
 
+
+def test_the_same_masker_misses_once_its_weights_change(x01: torch.Tensor, tmp_path: Path) -> None:
+    """The fingerprint was computed once per masker: after load_state_dict (another checkpoint)
+    the masker kept serving the old weights' masks (0.59 off)."""
+    torch.manual_seed(1)
+    m = SAMMasker(model=transformers.SamModel(tiny_sam_config()).eval(), points_per_side=2, cache_dir=tmp_path)
+    before = m(x01)
+    torch.manual_seed(123)
+    m.model.load_state_dict(transformers.SamModel(tiny_sam_config()).state_dict())
+    fresh = SAMMasker(model=m.model, points_per_side=2)(x01)
+    assert not torch.equal(fresh, before)
+    assert torch.equal(m(x01), fresh)
+    with torch.no_grad():
+        m.model.mask_decoder.iou_token.weight.add_(1.0)  # in place
+    assert torch.equal(m(x01), SAMMasker(model=m.model, points_per_side=2)(x01))
+
+
+def test_masks_do_not_depend_on_the_callers_autocast(tiny_sam: torch.nn.Module, x01: torch.Tensor,
+                                                     tmp_path: Path) -> None:
+    """fit(precision="bf16") runs every step under autocast: SAM ran in bf16 there (masks up to
+    0.21 off) and cached them under the float32 key."""
+    plain = SAMMasker(model=tiny_sam, points_per_side=2)(x01)
+    m = SAMMasker(model=tiny_sam, points_per_side=2, cache_dir=tmp_path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = m(x01)
+    assert torch.equal(under, plain)
+    assert torch.equal(m(x01), plain)
+
 def test_corrupt_entry_is_recomputed(tiny_sam: torch.nn.Module, x01: torch.Tensor, tmp_path: Path) -> None:
     m = SAMMasker(model=tiny_sam, points_per_side=2, cache_dir=tmp_path)
     first = m(x01)
