@@ -37,12 +37,19 @@ def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize ``[B, 1, H, W]`` masks to ``size``.
 
     Rule: shrinking in both dimensions uses area averaging (each cell becomes the
-    fraction of its pixels that are foreground, exact for integer factors); anything
-    else uses bilinear interpolation with ``align_corners=False``. Values stay in [0, 1].
+    fraction of its pixels that are foreground, exact for integer factors); growing in both
+    uses bilinear interpolation with ``align_corners=False``; shrinking one side while growing
+    the other uses antialiased bilinear interpolation (computed in float32 at least), so thin
+    structures along the shrinking side are averaged, not dropped or doubled by where they fall
+    (plain bilinear turned a 25%-foreground mask of thin bands into 0 or 1). Values stay in [0, 1].
     """
     size = (int(size[0]), int(size[1]))
     if tuple(mask.shape[-2:]) == size:
         return mask
     if size[0] <= mask.shape[-2] and size[1] <= mask.shape[-1]:
         return F.adaptive_avg_pool2d(mask, size)
+    if size[0] < mask.shape[-2] or size[1] < mask.shape[-1]:  # one side shrinks: antialias it
+        wide = mask.to(dtype=torch.promote_types(mask.dtype, torch.float32))  # no 16-bit antialias kernel
+        out = F.interpolate(wide, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return out.clamp_(0.0, 1.0).to(dtype=mask.dtype)
     return F.interpolate(mask, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_range, check_same_batch, check_shape
@@ -24,7 +25,8 @@ def prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
                 "Normalise saliency to [0, 1] (explainers do so with normalize=True)")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, saliency=saliency, mask=m)
-    m = resize_mask(upload(m, saliency.device, saliency.dtype), tuple(saliency.shape[-2:]))
+    dt = torch.promote_types(saliency.dtype, torch.float32)  # a 16-bit mask would round first (0.3 -> 0.30078)
+    m = resize_mask(upload(m, saliency.device, dt), tuple(saliency.shape[-2:]))
     return saliency, m
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from egl._check import fail
 from egl.losses._reduction import reduce
 from egl.losses.base import AlignmentLoss, prepare
 
@@ -38,12 +39,22 @@ def bce_alignment(saliency: Tensor, mask: Tensor, *, reduction: str = "mean", ep
         True
     """
     fn = "egl.losses.bce_alignment"
+    _check_eps(eps, fn)
     s, m = prepare(saliency, mask, fn)
     dt = torch.promote_types(s.dtype, torch.float32)  # a 16-bit map: 1 - 2 eps rounds to 1, log(0)
     s, m = s.to(dt), m.to(dt)
     s = eps + (1.0 - 2.0 * eps) * s
     elem = -(m * torch.log(s) + (1.0 - m) * torch.log1p(-s))
     return reduce(elem, reduction, fn)
+
+
+def _check_eps(eps: float, fn: str) -> float:
+    """``0 < eps < 0.5``: 0 gives log(0) (NaN) on an exact map, 0.5 a constant loss (no
+    gradient), more than 0.5 a loss that prefers the inverted map."""
+    ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0.0 < eps < 0.5
+    if not ok:
+        raise fail(fn, "eps", "a number in (0, 0.5)", repr(eps), "Keep the default eps=1e-6, or a small positive value")
+    return float(eps)
 
 
 class BCEAlignmentLoss(AlignmentLoss):
@@ -53,7 +64,7 @@ class BCEAlignmentLoss(AlignmentLoss):
 
     def __init__(self, reduction: str = "mean", eps: float = 1e-6) -> None:
         super().__init__(reduction)
-        self.eps = eps
+        self.eps = _check_eps(eps, "egl.losses.BCEAlignmentLoss")
 
     def forward(self, saliency: Tensor, mask: Tensor) -> Tensor:
         return bce_alignment(saliency, mask, reduction=self.reduction, eps=self.eps)

@@ -19,7 +19,7 @@ __all__ = ["masker_dist", "masker_dist_loss", "masked_pair_logits", "MaskerDistL
 
 
 def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
-    """``p_y(foreground) − p_y(background)`` per sample, in [-1, 1].
+    """``p_y(foreground) − p_y(background)`` per sample, in [-1, 1], computed in float32 at least.
 
     Shape:
         logits_fg, logits_bg: ``B K``; target: ``B``; returns ``B``.
@@ -32,8 +32,9 @@ def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
     if spec is None:
         raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")
     t = spec.index(logits_fg.shape[1], fn)  # a host spec is checked on the host
-    p_fg = logits_fg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
-    p_bg = logits_bg.softmax(dim=1).gather(1, t[:, None]).squeeze(1)
+    dt = torch.promote_types(logits_fg.dtype, torch.float32)  # bf16 logits: dist off by ~0.4%, its gradient ~10%
+    p_fg = logits_fg.to(dtype=dt).softmax(dim=1).gather(1, t[:, None]).squeeze(1)
+    p_bg = logits_bg.to(dtype=dt).softmax(dim=1).gather(1, t[:, None]).squeeze(1)
     return p_fg - p_bg
 
 

@@ -112,13 +112,26 @@ def test_resize_enlarging_is_bilinear() -> None:
     torch.testing.assert_close(out, F.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False))
 
 
-def test_resize_mixed_directions_is_bilinear_and_in_range() -> None:
+def test_resize_mixed_directions_is_antialiased_bilinear_and_in_range() -> None:
     g = torch.Generator().manual_seed(0)
     m = (torch.rand(2, 1, 8, 4, generator=g) > 0.5).float()
     out = resize_mask(m, (4, 8))
-    ref = F.interpolate(m, size=(4, 8), mode="bilinear", align_corners=False).clamp(0, 1)
+    ref = F.interpolate(m, size=(4, 8), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     torch.testing.assert_close(out, ref)
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    for dtype in (torch.bfloat16, torch.float16):  # no 16-bit antialias kernel: float32 inside
+        half = resize_mask(m.to(dtype), (4, 8))
+        assert half.dtype == dtype and torch.allclose(half.float(), ref, atol=1e-2)
+
+
+@pytest.mark.parametrize("offset", [0, 3])
+def test_thin_bands_keep_their_fraction_when_one_side_shrinks(offset: int) -> None:
+    """2-px bands, 25% of the mask, height shrunk 8x, width grown 2x: plain bilinear sampled
+    between or on the bands (0.0 or 1.0 by where they fell)."""
+    m = torch.zeros(1, 1, 256, 64)
+    m[..., offset::8, :] = 1
+    m[..., offset + 1::8, :] = 1
+    assert float(resize_mask(m, (32, 128)).mean()) == pytest.approx(0.25, abs=0.01)
 
 
 def test_resize_is_differentiable() -> None:

@@ -153,3 +153,23 @@ def test_a_bfloat16_map_gets_a_finite_loss_and_gradient() -> None:
     assert loss.dtype == torch.float32 and bool(torch.isfinite(loss)) and bool(torch.isfinite(s.grad.float()).all())
     ref = bce_alignment(s.detach().float(), m)
     torch.testing.assert_close(loss.detach(), ref)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.5, 0.7, -1e-6, float("nan"), True])
+def test_eps_outside_0_and_half_is_named(eps: object) -> None:
+    """eps=0: NaN on an exact map; 0.5: a constant loss; 0.7: the inverted map scored better."""
+    s = torch.rand(2, 1, 4, 4)
+    with pytest.raises(egl.InputError, match=r"egl.losses.bce_alignment: 'eps' expected a number in \(0, 0.5\)"):
+        bce_alignment(s, s, eps=eps)  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"egl.losses.BCEAlignmentLoss: 'eps' expected"):
+        BCEAlignmentLoss(eps=eps)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_soft_mask_is_not_rounded_to_the_maps_16_bit_dtype(dtype: torch.dtype) -> None:
+    """The mask was uploaded in the saliency's dtype before the float32 promotion: 0.3 became
+    0.30078 in bfloat16."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(2, 1, 4, 4, generator=g).to(dtype)
+    m = torch.full((2, 1, 8, 8), 0.3)
+    torch.testing.assert_close(bce_alignment(s, m), bce_alignment(s.float(), m), rtol=0, atol=0)
