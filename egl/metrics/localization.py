@@ -19,7 +19,8 @@ Conventions shared by all three:
   matter). It is resized to the mask's resolution: area averaging when shrinking in both
   dimensions, bilinear (``align_corners=False``) otherwise.
 - Ties in saliency are broken by raster order (the earlier pixel ranks higher), as in
-  :func:`egl.metrics.faithfulness`.
+  :func:`egl.metrics.faithfulness`; a constant map (all zero: a dead Grad-CAM) ranks nothing
+  and is scored as uniform: energy = area, pointing = area, IoU = area / (2 - area).
 - A sample whose binarised mask is empty has no localisation score: its per-sample values
   are NaN and it is left out of the means (``valid`` marks the others). With no valid
   sample at all the means are NaN.
@@ -107,6 +108,12 @@ def _scores(s: Tensor, m: Tensor) -> LocalizationResult:
     n = m.sum(dim=1, keepdim=True)
     inter = (m & (ranks < n)).sum(dim=1).to(s.dtype)
     iou = inter / (2 * n.squeeze(1).to(s.dtype) - inter).clamp_min(1)
+    # A constant map (all zero: a dead Grad-CAM) ranks nothing: raster order would score it by
+    # where the object sits. Score it as uniform, as energy does: pointing hits with chance
+    # ``area``, and |M| pixels drawn uniformly meet M in ``|M|·area`` on average: IoU a/(2 - a).
+    flat = s.amax(dim=1) == s.amin(dim=1)
+    pointing = torch.where(flat, area, pointing)
+    iou = torch.where(flat, area / (2.0 - area), iou)
     return LocalizationResult(
         energy=torch.where(valid, energy, nan),
         area=area,
@@ -181,7 +188,8 @@ def energy_pointing_game(saliency: Tensor, mask: Tensor, *, reduction: str = "me
 
 
 def pointing_game(saliency: Tensor, mask: Tensor, *, reduction: str = "mean") -> Tensor:
-    """Whether the most salient pixel (first in raster order on ties) lies inside the mask.
+    """Whether the most salient pixel (first in raster order on ties) lies inside the mask
+    (a constant map scores ``area``, the chance of a uniform pick).
 
     Args:
         saliency: non-negative maps, any resolution.

@@ -72,10 +72,25 @@ def test_hand_computed_partial_overlap() -> None:
 def test_ties_in_saliency_go_by_raster_order() -> None:
     m = torch.zeros(1, 1, 4, 4)
     m[0, 0, 0, :] = 1  # first row: the first four pixels in raster order
-    flat = torch.ones(1, 1, 4, 4)
-    assert float(top_k_iou(flat, m)) == 1.0
-    assert float(pointing_game(flat, m)) == 1.0
-    assert float(pointing_game(flat, m.flip(-2))) == 0.0  # argmax is pixel 0, mask is the last row
+    tied = torch.ones(1, 1, 4, 4)
+    tied[0, 0, 2, 2] = 0.5  # not constant: the ties among the ones go by raster order
+    assert float(top_k_iou(tied, m)) == 1.0
+    assert float(pointing_game(tied, m)) == 1.0
+    assert float(pointing_game(tied, m.flip(-2))) == 0.0  # argmax is pixel 0, mask is the last row
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_a_constant_map_is_scored_as_uniform_wherever_the_object_is(value: float) -> None:
+    """A dead (all-zero) Grad-CAM ranked by raster order scored pointing 1 and IoU 1 for an
+    object in the first row, 0 for one in the last: now chance, wherever it is."""
+    m = torch.zeros(2, 1, 4, 4)
+    m[0, 0, 0, :] = 1
+    m[1, 0, 3, :] = 1
+    r = localization(torch.full((2, 1, 4, 4), value), m)
+    a = 4 / 16
+    torch.testing.assert_close(r.energy, torch.full((2,), a))
+    torch.testing.assert_close(r.pointing, torch.full((2,), a))
+    torch.testing.assert_close(r.iou, torch.full((2,), a / (2 - a)))
 
 
 def test_mask_binarised_at_half() -> None:
