@@ -195,7 +195,7 @@ def _load(state: _State) -> None:
                 raise ValueError(f"the entry-point name '{ep.name}' is already used by "
                                  f"{state.loaded[ep.name].source}")
             _register(state.pm, ep.load(), ep.name)
-        except Exception as exc:  # noqa: BLE001 - any plugin failure must not break egl
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - no plugin failure may break (or exit) egl
             if is_builtin:
                 raise
             _problem(state, info, _Rejected("failed to load", exc))

@@ -130,6 +130,17 @@ def test_an_import_error_warns_naming_plugin_and_distribution(entry_points: Any)
     assert info.error == "failed to load: ImportError: boom"
 
 
+
+def test_a_plugin_that_exits_at_import_is_skipped_not_obeyed(entry_points: Any) -> None:
+    """A plugin calling sys.exit() at import made every registry call raise SystemExit."""
+    entry_points(FakeEntryPoint("exits", SystemExit(3), FakeDist("egl-exits", "0.1")))
+    with pytest.warns(EGLPluginWarning, match=r"plugin 'exits' \(egl-exits 0\.1\) failed to load .*SystemExit"):
+        assert "grad_cam" in egl.list_components("explainer")
+    assert report()["exits"].status == "failed"
+    entry_points(FakeEntryPoint("stop", KeyboardInterrupt(), FakeDist("egl-stop", "0.1")))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C still stops the program
+        egl.list_components("explainer")
+
 def test_strict_mode_turns_the_failure_into_an_error(entry_points: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EGL_STRICT_PLUGINS", "1")
     entry_points(broken())
