@@ -281,3 +281,29 @@ def test_batch_mixup_leaves_mixup_subclasses_alone() -> None:
     assert recipes.align(make_model("test_vit"), regularizer=OtherBeta()).mixup_together()
     with pytest.raises(egl.InputError, match="'batch_mixup' expected False or 'auto' unless"):
         recipes.align(make_model("test_vit"), regularizer=Halved(), batch_mixup=True)
+
+
+def test_mask_mode_batch_takes_the_batchs_statistics_and_leaves_the_running_ones() -> None:
+    """``"eval"`` (default): running statistics; ``"batch"``: the masks the masker phase
+    optimised (batch statistics), running statistics and mode untouched, eval masks in eval."""
+    torch.manual_seed(0)
+    x, y = _batch()
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0, mask_mode="batch").train()
+    batch = egl.recipes.as_batch((x, y))
+    before = _state(recipe.masker)
+    got = recipe.masks(batch)
+    assert _changed(before, recipe.masker) == set() and recipe.masker.training
+    with torch.no_grad():
+        by_hand = recipe.masker.train()(x)  # batch statistics (this moves the running ones)
+    recipe.masker.load_state_dict(before)
+    torch.testing.assert_close(got, by_hand)
+    with torch.no_grad():
+        eval_masks = recipe.masker.eval()(x)
+    recipe.masker.train()
+    assert not torch.allclose(got, eval_masks)
+    default = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0).train()
+    default.masker.load_state_dict(before)
+    torch.testing.assert_close(default.masks(batch), eval_masks)
+    torch.testing.assert_close(recipe.eval().masks(batch), eval_masks)  # evaluated: running statistics
+    with pytest.raises(egl.InputError, match=r"'mask_mode' expected one of"):
+        recipes.align(make_model("test_resnet"), mask_mode="train")
