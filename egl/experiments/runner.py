@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     model = build_model(cfg["model"], source.num_classes).to(t.get("device", "cpu"))
     kwargs = {"lr": float(t["lr"]), **(mcfg.get("kwargs") or {})}
     recipe = egl.create("recipe", mcfg["recipe"], model, **kwargs).to(t.get("device", "cpu"))
+    _warn_if_a_schedule_never_starts(recipe, method, int(t["steps"]))
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True, drop_last=True,
                         generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
@@ -67,6 +69,21 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
                loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)))
     return recipe
+
+
+#: Recipe attributes that start a second stage of training at a step, and what is lost without it.
+_SCHEDULES = {"warmup_steps": "the masker and the alignment term never join (the run is ERM + regularizer)",
+              "anneal_steps": "the penalty never reaches penalty_weight (the run is ERM + 1 x penalty)"}
+
+
+def _warn_if_a_schedule_never_starts(recipe: Any, method: str, steps: int) -> None:
+    """A run shorter than the recipe's warm-up or annealing step silently trains another method."""
+    for attr, lost in _SCHEDULES.items():
+        at = getattr(recipe, attr, None)
+        if isinstance(at, int) and not isinstance(at, bool) and steps > 0 and at >= steps:
+            warnings.warn(f"egl.experiments: method '{method}' has {attr}={at} but the run has train.steps={steps}: "
+                          f"{lost}. Set methods.{method}.kwargs.{attr} below {steps}, or train longer.",
+                          UserWarning, stacklevel=3)
 
 
 def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,3 +37,20 @@ def test_open_sections_take_any_key_and_methods_are_checked() -> None:
     with pytest.raises(egl.InputError, match=r"'methods.mine' expected a mapping with 'recipe'"):
         load_config(None, ["methods.mine.recpie=dre"])
     assert check_keys(DEFAULTS) is DEFAULTS
+
+
+def test_a_run_shorter_than_a_recipes_schedule_warns() -> None:
+    """The baselines preset ran 300 steps with IRM's anneal_steps=500: IRM never annealed."""
+    from egl import recipes
+    from egl.experiments.commands import PRESETS
+    from egl.experiments.runner import _warn_if_a_schedule_never_starts
+
+    from _helpers import make_model
+
+    with pytest.warns(UserWarning, match=r"method 'irm' has anneal_steps=500 but the run has train.steps=300"):
+        _warn_if_a_schedule_never_starts(recipes.irm(make_model("test_resnet")), "irm", 300)
+    with pytest.warns(UserWarning, match=r"method 'align' has warmup_steps=200 .*never join"):
+        _warn_if_a_schedule_never_starts(recipes.align(make_model("test_resnet")), "align", 200)
+    methods = PRESETS["baselines"]["methods"]
+    assert methods["irm"]["kwargs"]["anneal_steps"] < DEFAULTS["train"]["steps"]
+    assert methods["align"]["kwargs"]["warmup_steps"] < DEFAULTS["train"]["steps"]
