@@ -103,7 +103,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise fail("egl.train.load_checkpoint", "path", "an existing checkpoint file", repr(str(path)),
                    "Pass checkpoint_dir / 'last.pt' of a run that saved checkpoints")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated, foreign or corrupt file: name it
+        raise fail("egl.train.load_checkpoint", "path", "a checkpoint written by egl (torch.save, weights only)",
+                   f"'{path}', which torch.load could not read ({type(exc).__name__}: {str(exc)[:120]})",
+                   "Delete the file (a run resumes from the previous one or starts afresh), or point at "
+                   "another checkpoint") from exc
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
@@ -183,6 +189,10 @@ class DataStream:
     """
 
     def __init__(self, loader: Iterable[Any], device: torch.device | None = None) -> None:
+        if iter(loader) is loader:  # a generator or iterator: its second epoch would be empty
+            raise fail("egl.train.fit", "loader", "a re-iterable loader (a DataLoader, a list of batches)",
+                       f"a one-shot iterator ({type(loader).__name__})",
+                       "Pass the DataLoader itself, or list(...) of the batches; epochs start it again")
         self.loader = loader
         self.device = device
         self.generators = loader_generators(loader)

@@ -90,7 +90,8 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
         return
     state = {"format": FORMAT, "step": step, "recipe_name": recipe.name, "config": recipe.config(),
              "versions": _versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
-             "optimizers": {k: o.state_dict() for k, o in opts.items()}, "ranks": ranks}
+             "optimizers": {k: o.state_dict() for k, o in opts.items()},
+             "optimizer_classes": {k: type(o).__qualname__ for k, o in opts.items()}, "ranks": ranks}
     if scalers is not None:
         state["loss_scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
     save_checkpoint(state, path)
@@ -106,6 +107,16 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     if set(ckpt["optimizers"]) != set(opts):
         raise fail(FN, "optimizers", f"the phases of the checkpoint {sorted(ckpt['optimizers'])}", f"{sorted(opts)}",
                    "Pass one optimizer per phase, as when the checkpoint was written")
+    classes = ckpt.get("optimizer_classes", {})  # (absent from checkpoints of older egl versions)
+    wrong = {k: (classes[k], type(o).__qualname__) for k, o in opts.items()
+             if k in classes and classes[k] != type(o).__qualname__}
+    if wrong:
+        raise fail(FN, "optimizers", "the optimizer classes of the checkpoint "
+                   + ", ".join(f"{k}: {a}" for k, (a, _) in wrong.items()),
+                   ", ".join(f"{k}: {b}" for k, (_, b) in wrong.items()),
+                   "Resume with the same optimizer classes (their state and hyperparameters come from the "
+                   "checkpoint), or resume=False to start afresh")
+    _check_same_tensors(ckpt["recipe"], recipe.state_dict(), path)  # before anything is overwritten
     recipe.load_state_dict(ckpt["recipe"])
     for name, opt in opts.items():
         opt.load_state_dict(ckpt["optimizers"][name])
@@ -120,6 +131,20 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     stream.load_state_dict(mine["data"])
     set_rng_state(mine["rng"], device, stream.generators)
     return int(ckpt["step"])
+
+
+def _check_same_tensors(saved: dict[str, Any], mine: dict[str, Any], path: Path) -> None:
+    """The checkpoint's recipe holds exactly this recipe's tensors, shapes included: a
+    ``load_state_dict`` that fails half-way has already overwritten what fitted."""
+    missing, extra = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
+    shapes = [f"{k} {list(saved[k].shape)} (here {list(v.shape)})" for k, v in mine.items()
+              if k in saved and hasattr(v, "shape") and hasattr(saved[k], "shape") and saved[k].shape != v.shape]
+    if missing or extra or shapes:
+        got = "; ".join(part for part in (
+            f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "",
+            f"other shapes: {', '.join(shapes[:5])}" if shapes else "") if part)
+        raise fail(FN, "resume", f"a checkpoint of this recipe's model (same tensors and shapes) in {path}", got,
+                   "Use another checkpoint_dir, or resume=False to start afresh (nothing was loaded)")
 
 
 def _torch_version() -> tuple[int, int]:
@@ -230,6 +255,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
             start = _resume(Path(resume_from), recipe, opts, stream, device, scalers)
+            if start >= steps:
+                warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
+                              "nothing is trained (pass a larger steps to train on).", stacklevel=2)
         else:
             dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
         history: list[dict[str, float]] = []

@@ -224,7 +224,8 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path: Path) -> None:
     recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
     logs = recipe.fit(_loader("global_rng"), 2, seed=0, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert [row["step"] for row in logs] == [0, 1] and (tmp_path / "last.pt").is_file()
-    assert recipe.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True) == []
+    with pytest.warns(UserWarning, match=r"is at step 2, and steps=2: nothing is trained"):
+        assert recipe.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True) == []
 
 
 def test_resume_checks_its_arguments_and_the_checkpoint(tmp_path: Path) -> None:
@@ -237,3 +238,46 @@ def test_resume_checks_its_arguments_and_the_checkpoint(tmp_path: Path) -> None:
     align = recipes.align(make_model("test_resnet", eval_mode=False))
     with pytest.raises(egl.InputError, match="a checkpoint of a 'align' recipe"):
         align.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_anything_is_loaded(tmp_path: Path) -> None:
+    """torch's load_state_dict raised half-way: 90 of 92 tensors were already overwritten."""
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_loader("global_rng"), 1, progress=False,
+                                                               checkpoint_dir=tmp_path)
+    other_model = make_model("test_resnet", eval_mode=False)
+    other_model.reset_classifier(7)
+    other = recipes.erm(other_model)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(egl.InputError, match=r"'resume' expected a checkpoint of this recipe's model .*"
+                       r"other shapes: model.fc.weight \[5, .*\(here \[7, .*nothing was loaded"):
+        other.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_resuming_with_another_optimizer_class_is_refused(tmp_path: Path) -> None:
+    """SGD resumed from Adam's state failed with KeyError 'momentum' inside torch; AdamW took the
+    checkpoint's lr and weight decay silently."""
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False))
+    erm.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path)
+    sgd = {"classifier": torch.optim.SGD(erm.parameters(), lr=0.1, momentum=0.9)}
+    with pytest.raises(egl.InputError, match=r"'optimizers' expected the optimizer classes of the checkpoint "
+                       r"classifier: Adam, got classifier: SGD"):
+        erm.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True, optimizers=sgd)
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(egl.InputError, match=r"'path' expected a checkpoint written by egl .*last.pt'"):
+        load_checkpoint(tmp_path / "last.pt")
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"torch.load could not read"):
+        erm.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_one_shot_iterator_is_refused_as_a_loader() -> None:
+    """A generator of 2 batches trained 2 steps of 5, then blamed drop_last for an empty loader."""
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4) % 5) for _ in range(2)]
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"'loader' expected a re-iterable loader .*got a one-shot iterator"):
+        erm.fit((b for b in batches), 5, progress=False)
+    assert len(erm.fit(batches, 5, progress=False)) == 5  # a list cycles
