@@ -14,9 +14,10 @@ with others). Classes are the sorted union of the class folders of *every* domai
 domain must contain every class (a missing class is an error naming both, unless
 ``allow_missing_classes=True``).
 
-Masks are 8-bit grey images of the same size as their image: 0-255 (255 = foreground), or
-0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask of another size
-is an error naming both files.
+Masks are grey images of the same size as their image: 0-255 (255 = foreground; 0-65535 for
+16-bit files), or 0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask
+of another size is an error naming both files. 16-bit images keep their levels (PIL's RGB
+conversion would clip them to white).
 
 Unreadable images: ``verify=True`` opens every file once at construction (PIL's
 ``verify``) and, by ``on_error``, raises naming the file (``"raise"``, default) or drops
@@ -39,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from egl._check import check_choice, fail
+from egl.data.image_file import read_levels
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
 
@@ -190,18 +192,9 @@ class DomainFolder(Dataset):
         return len(self.samples)
 
     @staticmethod
-    def _read(path: Path, mode: str) -> Tensor:
-        """The file as ``uint8 [C, H, W]``."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                arr = torch.frombuffer(bytearray(im.convert(mode).tobytes()), dtype=torch.uint8)
-                w, h = im.size
-        except Exception as exc:  # noqa: BLE001
-            raise fail(_FN, "root", "readable images", f"'{path}' ({type(exc).__name__}: {exc})",
-                       "Remove or replace the file, or build the data set with verify=True, on_error='skip'") from exc
-        return arr.view(h, w, 3 if mode == "RGB" else 1).permute(2, 0, 1)
+    def _read(path: Path, mode: str) -> tuple[Tensor, int]:
+        """The file's levels ``[C, H, W]`` and their full scale (255, or 65535 for 16-bit files)."""
+        return read_levels(path, mode, _FN, "root")
 
     def _resize(self, t: Tensor) -> Tensor:
         return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
@@ -209,16 +202,16 @@ class DomainFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         s = self.samples[i]
-        image = self._read(s.path, "RGB")
-        item = {"image": self._resize(image.float().div_(255.0)), "label": torch.tensor(s.label),
+        image, image_full = self._read(s.path, "RGB")
+        item = {"image": self._resize(image.float().div_(image_full)), "label": torch.tensor(s.label),
                 "domain": torch.tensor(s.domain)}
         if s.mask is not None:
-            mask = self._read(s.mask, "L")
+            mask, mask_full = self._read(s.mask, "L")
             if mask.shape[-2:] != image.shape[-2:]:
                 raise fail(_FN, "root", "a mask of its image's size",
                            f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
                            f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
                            "Save the mask at its image's size (a stretched mask would point elsewhere)")
-            full = 1.0 if int(mask.max()) == 1 else 255.0  # a 0/1 label image, or 0-255
+            full = 1 if int(mask.max()) == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
             item["mask"] = self._resize(mask.float().div_(full))
         return item

@@ -136,16 +136,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: str, size: int) -> torch.Tensor:
-    from PIL import Image
+    """The image in [0, 1], resized as ``DomainFolder`` resizes (16-bit files keep their levels)."""
+    import torch.nn.functional as F
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    except Exception as exc:  # noqa: BLE001
-        raise fail("egl explain", "images", "readable image files", f"'{path}' ({type(exc).__name__}: {exc})",
-                   "Check the path and the file") from exc
-    return data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
+    from egl.data.image_file import read_levels
+
+    levels, full = read_levels(path, "RGB", "egl explain", "images")
+    x = levels.float().div_(full)
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0].clamp_(0, 1)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -161,9 +160,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     sal = GradCAM(model)(x, target)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     for i, path in enumerate(args.images):
         k = int(probs[i].argmax()) if target is None else int(target)
-        dest = out / f"{Path(path).stem}_gradcam.png"
+        name, n = f"{Path(path).stem}_gradcam", 1
+        while name in taken:  # a/cat.png and b/cat.png: cat_gradcam.png, cat_gradcam_2.png
+            n += 1
+            name = f"{Path(path).stem}_gradcam_{n}"
+        taken.add(name)
+        dest = out / f"{name}.png"
         _to_pil(overlay(x[i], sal[i]), 4).save(dest)
         print(json.dumps({"image": path, "explained_class": k, "probability": round(float(probs[i, k]), 4),
                           "overlay": str(dest)}))

@@ -53,6 +53,18 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
     assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex")]) == 0
     assert (tmp_path / "ex" / "img_gradcam.png").is_file()
+    (tmp_path / "b").mkdir()  # the same stem twice: both overlays kept (one overwrote the other)
+    grey16 = tmp_path / "b" / "img.png"  # and a 16-bit grey file, read at its levels (it was clipped white)
+    Image.fromarray(np.tile(np.linspace(0, 65535, 50).astype(np.uint16), (40, 1))).save(grey16)
+    capsys.readouterr()
+    assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), str(grey16),
+                 "--out", str(tmp_path / "ex2")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [Path(r["overlay"]).name for r in rows] == ["img_gradcam.png", "img_gradcam_2.png"]
+    assert all(Path(r["overlay"]).is_file() for r in rows)
+    from egl.experiments.commands import _read_image
+
+    assert 0.45 < float(_read_image(str(grey16), 32).mean()) < 0.55
 
 
 def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:

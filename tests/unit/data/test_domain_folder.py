@@ -142,3 +142,26 @@ def test_a_mask_of_another_size_is_named(tmp_path) -> None:
     i = next(i for i, s in enumerate(ds.samples) if s.path.name == "0.png")
     with pytest.raises(egl.InputError, match=r"a mask of its image's size.*0.png' of 16x6 for .*0.png' of 16x12"):
         ds[i]
+
+
+def test_16_bit_grey_images_and_masks_keep_their_levels(tmp_path) -> None:
+    """PIL's convert("RGB") clipped a 16-bit ramp to 255: the image came back 99% white."""
+    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (12, 1))
+    Image.fromarray(ramp).save(root / "A" / "cat" / "0.png")
+    mask = np.zeros((12, 16), np.uint16)
+    mask[3:9, 4:12] = 65535
+    Image.fromarray(mask).save(root / "masks" / "A" / "cat" / "0.png")
+    item = DomainFolder(root, "all", image_size=16)[0]
+    img = item["image"]
+    assert torch.allclose(img[0], img[1]) and 0.45 < float(img.mean()) < 0.55  # grey, the ramp's mean
+    assert float(item["mask"].max()) == pytest.approx(1.0) and 0.1 < float(item["mask"].mean()) < 0.4
+
+
+def test_a_float_image_is_named(tmp_path) -> None:
+    from egl.data.image_file import read_levels
+
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.linspace(0, 3, 64, dtype=np.float32).reshape(8, 8)).save(path)
+    with pytest.raises(egl.InputError, match=r"'x' expected 8- or 16-bit images, got '.*f.tif', a 32-bit float"):
+        read_levels(path, "RGB", "fn", "x")
