@@ -88,7 +88,8 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
-    state = {"format": FORMAT, "step": step, "recipe_name": recipe.name, "config": recipe.config(),
+    state = {"format": FORMAT, "step": step, "recipe_name": recipe.name,
+             "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}", "config": recipe.config(),
              "versions": _versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
              "optimizers": {k: o.state_dict() for k, o in opts.items()},
              "optimizer_classes": {k: type(o).__qualname__ for k, o in opts.items()}, "ranks": ranks}
@@ -101,9 +102,11 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
             device: torch.device, scalers: dict[str, LossScaler] | None) -> int:
     """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
-    if ckpt.get("recipe_name") != recipe.name:
-        raise fail(FN, "resume", f"a checkpoint of a '{recipe.name}' recipe", f"one of '{ckpt.get('recipe_name')}' "
-                   f"in {path}", "Use another checkpoint_dir, or resume=False to start afresh")
+    this_class = f"{type(recipe).__module__}.{type(recipe).__qualname__}"
+    if ckpt.get("recipe_name") != recipe.name or ckpt.get("recipe_class", this_class) != this_class:  # unnamed too
+        raise fail(FN, "resume", f"a checkpoint of a '{recipe.name or this_class}' recipe",
+                   f"one of '{ckpt.get('recipe_name') or ckpt.get('recipe_class')}' in {path}",
+                   "Use another checkpoint_dir, or resume=False to start afresh")
     if set(ckpt["optimizers"]) != set(opts):
         raise fail(FN, "optimizers", f"the phases of the checkpoint {sorted(ckpt['optimizers'])}", f"{sorted(opts)}",
                    "Pass one optimizer per phase, as when the checkpoint was written")

@@ -281,3 +281,20 @@ def test_a_one_shot_iterator_is_refused_as_a_loader() -> None:
     with pytest.raises(egl.InputError, match=r"'loader' expected a re-iterable loader .*got a one-shot iterator"):
         erm.fit((b for b in batches), 5, progress=False)
     assert len(erm.fit(batches, 5, progress=False)) == 5  # a list cycles
+
+
+def test_unnamed_recipes_of_other_classes_are_told_apart(tmp_path: Path) -> None:
+    """Two third-party recipes without a name passed the name check against each other."""
+
+    class First(recipes.ERM):
+        name = ""
+
+    class Second(recipes.ERM):
+        name = ""
+
+    First(make_model("test_resnet", eval_mode=False)).fit(_loader("global_rng"), 1, progress=False,
+                                                         checkpoint_dir=tmp_path)
+    with pytest.raises(egl.InputError, match=r"'resume' expected a checkpoint of a '.*Second' recipe, got one of "
+                       r"'.*First'"):
+        Second(make_model("test_resnet", eval_mode=False)).fit(_loader("global_rng"), 2, progress=False,
+                                                              checkpoint_dir=tmp_path, resume=True)
