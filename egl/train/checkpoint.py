@@ -189,7 +189,8 @@ class DataStream:
     """
 
     def __init__(self, loader: Iterable[Any], device: torch.device | None = None) -> None:
-        if iter(loader) is loader:  # a generator or iterator: its second epoch would be empty
+        if isinstance(loader, Iterator):  # a generator or iterator: its second epoch would be empty (no iter()
+            # here: a DataLoader's iterator draws a seed from the RNG and may start workers)
             raise fail("egl.train.fit", "loader", "a re-iterable loader (a DataLoader, a list of batches)",
                        f"a one-shot iterator ({type(loader).__name__})",
                        "Pass the DataLoader itself, or list(...) of the batches; epochs start it again")

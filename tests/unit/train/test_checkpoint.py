@@ -298,3 +298,13 @@ def test_unnamed_recipes_of_other_classes_are_told_apart(tmp_path: Path) -> None
                        r"'.*First'"):
         Second(make_model("test_resnet", eval_mode=False)).fit(_loader("global_rng"), 2, progress=False,
                                                               checkpoint_dir=tmp_path, resume=True)
+
+
+def test_checking_the_loader_draws_nothing_from_its_rng() -> None:
+    """The one-shot check first called iter(loader): a DataLoader's iterator draws its base seed
+    from the loader's generator, so every run's data order moved (and workers would start)."""
+    loader = _loader("own_generator")
+    before = loader.generator.get_state()
+    global_before = torch.get_rng_state()
+    DataStream(loader)
+    assert torch.equal(loader.generator.get_state(), before) and torch.equal(torch.get_rng_state(), global_before)
