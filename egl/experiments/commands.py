@@ -112,10 +112,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args, base=ckpt["config"])
     source = load_source(cfg["data"])
     for split, ds in source.test_sets(args.split or None).items():
-        e = cfg["eval"]  # the same evaluation settings as the experiment runner's
-        metrics = evaluate(model.to(cfg["train"].get("device", "cpu")), ds, batch_size=int(e["batch_size"]),
+        e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
+        metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
-                           device=cfg["train"].get("device", "cpu"))
+                           device=device)
         print(json.dumps({"split": split, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
 

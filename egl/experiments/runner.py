@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import egl
-from egl._check import fail
 from egl.experiments.config import check_keys
 from egl.experiments.evaluate import evaluate
 from egl.experiments.figures import case_study
@@ -52,10 +51,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     Returns:
         The trained recipe (``.model`` is the classifier).
     """
-    mcfg = cfg["methods"][method]
-    if not isinstance(mcfg, dict) or "recipe" not in mcfg:
-        raise fail("egl.experiments", f"methods.{method}", "a mapping with 'recipe' (and optional 'kwargs')",
-                   repr(mcfg), f"Write methods: {{{method}: {{recipe: align, kwargs: {{...}}}}}}")
+    mcfg = check_keys(cfg)["methods"][method]  # (each method: 'recipe' and optional 'kwargs')
     t = cfg["train"]
     seed_everything(seed)
     model = build_model(cfg["model"], source.num_classes).to(t.get("device", "cpu"))

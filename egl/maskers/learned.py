@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_shape, fail
+from egl._check import check_choice, check_flag, check_shape, fail
 from egl._module_hooks import has_hooks
 from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
@@ -64,11 +64,8 @@ class LearnedMasker(Masker):
                  recompute_bn: bool = True) -> None:
         super().__init__()
         check_choice(memory_format, self.MEMORY_FORMATS, "egl.maskers.LearnedMasker", "memory_format")
-        if not isinstance(recompute_bn, bool):
-            raise fail("egl.maskers.LearnedMasker", "recompute_bn", "True or False", repr(recompute_bn),
-                       "Pass recompute_bn=True (default) or False")
         self.memory_format = memory_format
-        self.recompute_bn = recompute_bn
+        self.recompute_bn = check_flag(recompute_bn, "egl.maskers.LearnedMasker", "recompute_bn")
         for arg, v in (("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise fail("egl.maskers.LearnedMasker", arg, "a positive int", repr(v), f"Pass e.g. {arg}=3")

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from egl._check import check_choice, check_positive, describe, fail
 from egl._deferred import carry_range
+from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM
@@ -197,13 +198,12 @@ class ALIGN(Recipe):
         with frozen(self.masker), torch.no_grad():
             if self.mask_mode == "eval" or not self.training:
                 return self.masker(batch.x, batch.mask)
-            saved = [b.clone() for b in self.masker.buffers()]
+            saved = [b.detach().clone() for b in self.masker.buffers()]
             self.masker.train()  # batch statistics (frozen() restores the mode on exit)
             try:
                 return self.masker(batch.x, batch.mask)
             finally:
-                for b, v in zip(self.masker.buffers(), saved):
-                    b.copy_(v)
+                _restore_buffers(self.masker, saved)
 
     def mixup_together(self) -> bool:
         """Whether the classifier phase explains ``x`` and ``x̃`` in one pass now (``batch_mixup``)."""

@@ -127,7 +127,7 @@ DEVICE_MOVES = {
         "a module, once per run",
     "egl/experiments/runner.py: egl.create('recipe', mcfg['recipe'], model, **kwargs).to(t.get('device', 'cpu'))":
         "a module, once per run",
-    "egl/experiments/commands.py: model.to(cfg['train'].get('device', 'cpu'))": "a module, once per egl eval",
+    "egl/experiments/commands.py: model.to(device)": "a module, once per egl eval",
 }
 
 
