@@ -86,6 +86,15 @@ def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str,
     return model.eval(), ckpt
 
 
+def _one_training_set(source: Any, domains: Any) -> Any:
+    """The one training set ``egl train`` trains on: ``train.domains`` = ``all`` or a list of domains."""
+    if domains in ("each", "loo"):
+        raise fail("egl train", "train.domains", "'all' or a list of domains (egl train trains one model)",
+                   repr(domains), f"Set --set train.domains=all or a list such as [{next(iter(source.train))}]; "
+                   "`egl experiment` runs one model per domain")
+    return next(iter(source.training_sets(domains).values()))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from egl.experiments.runner import results_dir, train_method
     from egl.experiments.sources import load_source
@@ -97,7 +106,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = results_dir(cfg, f"train-{args.method}")
     source = load_source(cfg["data"])
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
-    train_set = source.training_sets("all")["all"]
+    train_set = _one_training_set(source, cfg["train"].get("domains", "all"))
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl").model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
@@ -111,12 +120,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint)
     cfg = _config(args, base=ckpt["config"])
     source = load_source(cfg["data"])
+    mode = cfg["train"].get("domains", "all")  # each / loo: a checkpoint of an egl train that pooled every domain
+    trained_on = next(iter(source.training_domains("all" if mode in ("each", "loo") else mode).values()))
     for split, ds in source.test_sets(args.split or None).items():
         e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
                            device=device)
-        print(json.dumps({"split": split, **{k: round(v, 4) for k, v in metrics.items()}}))
+        print(json.dumps({"split": split, "in_distribution": source.in_distribution(split, trained_on),
+                          **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
 
 

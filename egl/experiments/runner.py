@@ -3,8 +3,10 @@
 Writes into the results folder:
 
 * ``results.jsonl`` -- a header (config, versions) then one row per (method, training set, seed, test split);
-* ``tables.md`` -- accuracy per test split (the OOD matrix, paper Table 3), the in-distribution
-  table (Acc / AUC / Suff / Comp, + localisation and shortcut rate where the data has them; Table 1);
+* ``tables.md`` -- accuracy per test split (the OOD matrix, paper Table 3; in-distribution cells
+  in italics, each row's ID and OOD means), then Acc / AUC / Suff / Comp (+ localisation and
+  shortcut rate where the data has them; Table 1) averaged over each row's in-distribution
+  splits, and the same over its out-of-distribution splits;
 * ``train/<method>-<train>-s<seed>.jsonl`` -- per-step training logs;
 * ``case_study.png`` -- Grad-CAM of every method on the same images (Figure 4).
 """
@@ -96,6 +98,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
     out = results_dir(cfg, kind)
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
+    train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
     rows: list[dict[str, Any]] = []
@@ -120,6 +123,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]),
                                            baseline=e["baseline"], device=t.get("device", "cpu"))
                         row = {"method": method, "train": train_name, "seed": seed, "split": split,
+                               "in_distribution": source.in_distribution(split, train_domains[train_name]),
                                "train_seconds": round(train_s, 1), **metrics}
                         rows.append(row)
                         log.write(json.dumps(row) + "\n")
@@ -128,7 +132,9 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                         keep[method] = recipe.cpu()
     tables = render_tables(rows, source)
     if keep and e.get("mask_quality", True):
-        tables += "\n" + _mask_quality_table(keep, tests, cfg)
+        first = train_domains[next(iter(train_sets))]
+        split = next((s for s in tests if source.in_distribution(s, first)), next(iter(tests)))
+        tables += "\n" + _mask_quality_table(keep, tests, split, cfg)
     (out / "tables.md").write_text(tables, encoding="utf-8")
     if keep:
         images, labels = _case_images(source)
@@ -140,12 +146,12 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
     return rows, out
 
 
-def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], cfg: dict[str, Any]) -> str:
-    """The paper's Figure 2 as a table: blur outside each masker's mask, accuracy of the first method's model."""
+def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], split: str, cfg: dict[str, Any]) -> str:
+    """The paper's Figure 2 as a table: blur outside each masker's mask, accuracy of the first method's model
+    on ``split`` (the first test split in distribution for the run the recipes come from)."""
     from egl.maskers.base import Masker
     from egl.registry import create
 
-    split = next((s for s in tests if s.startswith("test_id")), next(iter(tests)))
     ref_name, ref = next(iter(recipes.items()))
     has_masks = "mask" in tests[split][0]
     maskers: dict[str, Masker] = {"grayscale": create("masker", "grayscale")}
@@ -169,14 +175,22 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
     """The Markdown tables of an experiment."""
     splits = list(dict.fromkeys(r["split"] for r in rows))
     has = {k for r in rows for k, v in r.items() if isinstance(v, float) and not math.isnan(v)}
-    parts = ["## Accuracy (%) per test split (out-of-distribution matrix)", "", pivot(rows, "acc", splits=splits)]
+    kinds = [k for k in (True, False) if any(r.get("in_distribution") is k for r in rows)]
+    parts = ["## Accuracy (%) per test split (out-of-distribution matrix)", "",
+             pivot(rows, "acc", splits=splits, mark_in_distribution=True), "",
+             "*Italics*: the split is drawn from a training domain of the row (in distribution); "
+             "ID / OOD: the mean over the row's in-distribution / out-of-distribution splits."
+             + (" **No split here is out of distribution**: every test split is of a training domain "
+                "(train.domains=each or loo tests on held-out domains)." if kinds == [True] else "")]
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
-    id_split = next((s for s in splits if s.startswith("test_id")), splits[0])
     metrics = [m for m in ("acc", "auc", "suff", "comp", "shortcut", "energy", "area", "iou") if m in has]
-    parts += ["", f"## {id_split}: accuracy, AUC, faithfulness and localisation", "",
-              summary_table(rows, id_split, metrics)]
+    for kind in kinds:
+        title = "In distribution" if kind else "Out of distribution"
+        sel = [r for r in rows if r.get("in_distribution") is kind]
+        parts += ["", f"## {title}: accuracy, AUC, faithfulness and localisation (mean over the row's "
+                  f"{'in' if kind else 'out-of'}-distribution splits)", "", summary_table(sel, metrics)]
     parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
               "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

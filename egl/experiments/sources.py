@@ -3,12 +3,23 @@
 A :class:`Source` gives per-domain training sets and named test sets. For the synthetic
 benchmark the test sets are ``test_id/<domain>`` (in distribution, per training domain)
 and the out-of-distribution splits ``random``, ``flipped``, ``novel``; for folder data
-they are the test split (20 %) of every domain.
+they are the test split (20 %) of every domain, named by the domain.
+
+``train.domains`` picks what one run trains on (:meth:`Source.training_domains`):
+
+* ``"all"`` -- every domain pooled (one run);
+* ``"each"`` -- one run per domain, tested on all (the paper's train-on-one protocol);
+* ``"loo"`` -- leave one domain out: one run per domain, trained on the others pooled
+  (DomainBed's protocol), named ``all-but-<domain>``;
+* a list of domain names -- those pooled (one run), named ``A+B``.
+
+A test split is *in distribution* for a run when it is drawn from one of the run's training
+domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,13 +57,40 @@ class Source:
     train: dict[str, Dataset]
     val: dict[str, Dataset]
     tests: dict[str, Dataset]
+    #: The training domain each test split is drawn from (absent: a split of no training domain).
+    split_domains: dict[str, str] = field(default_factory=dict)
 
-    def training_sets(self, mode: str) -> dict[str, Dataset]:
-        """``{"all": pooled}`` or ``{domain: dataset}`` for ``mode`` = ``"all"`` / ``"each"``."""
-        check_choice(mode, ("all", "each"), "egl.experiments", "train.domains")
+    def training_domains(self, mode: str | list[str]) -> dict[str, list[str]]:
+        """The runs ``train.domains`` asks for: run name -> the domains it trains on (see the module doc)."""
+        names = list(self.train)
+        if isinstance(mode, (list, tuple)):
+            unknown = [d for d in mode if d not in names]
+            if not mode or unknown or len(set(mode)) != len(mode):
+                raise fail("egl.experiments", "train.domains", f"'all', 'each', 'loo' or a list of distinct domains "
+                           f"among {names}", repr(list(mode)),
+                           f"Remove {unknown}" if unknown else f"List each domain once, e.g. train.domains=[{names[0]}]")
+            return {"+".join(mode): list(mode)}
+        if mode not in ("all", "each", "loo"):
+            raise fail("egl.experiments", "train.domains", f"'all', 'each', 'loo' or a list of domains among {names}",
+                       repr(mode), f"Write one domain as a list: train.domains=[{mode}]" if mode in names
+                       else "Pick 'all' (pooled), 'each' (one run per domain) or 'loo' (leave one domain out)")
         if mode == "all":
-            return {"all": ConcatDataset(list(self.train.values()))}
-        return dict(self.train)
+            return {"all": names}
+        if mode == "each":
+            return {d: [d] for d in names}
+        if len(names) < 2:
+            raise fail("egl.experiments", "train.domains", "at least two domains for 'loo' (leave one out)",
+                       f"the domains {names}", "Use train.domains=all, or select more domains with data.domains")
+        return {f"all-but-{d}": [o for o in names if o != d] for d in names}
+
+    def training_sets(self, mode: str | list[str]) -> dict[str, Dataset]:
+        """Run name -> its training set (the domains of :meth:`training_domains` pooled)."""
+        return {run: self.train[ds[0]] if len(ds) == 1 else ConcatDataset([self.train[d] for d in ds])
+                for run, ds in self.training_domains(mode).items()}
+
+    def in_distribution(self, split: str, domains: list[str]) -> bool:
+        """Whether test split ``split`` is drawn from one of ``domains`` (a run's training domains)."""
+        return self.split_domains.get(split) in domains
 
     def test_sets(self, names: list[str] | None) -> dict[str, Dataset]:
         if names is None:
@@ -100,7 +138,8 @@ def load_source(data: dict[str, Any]) -> Source:
             for d, name in enumerate(domains)}
         for split in ("random", "flipped", "novel"):
             tests[split] = TensorDictDataset(splits[split])
-        return Source("synthetic", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)], train, val, tests)
+        return Source("synthetic", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)], train, val, tests,
+                      {f"test_id/{name}": name for name in domains})
     from egl.data.domain_folder import DomainFolder
 
     if not data.get("root"):
@@ -114,5 +153,6 @@ def load_source(data: dict[str, Any]) -> Source:
         return {name: Subset(ds, [i for i, s in enumerate(ds.samples) if s.domain == d])
                 for d, name in enumerate(ds.domains)}
 
+    tests = by_domain(per_split["test"])
     return Source(str(data["root"]), len(full.classes), full.classes, by_domain(per_split["train"]),
-                  by_domain(per_split["val"]), by_domain(per_split["test"]))
+                  by_domain(per_split["val"]), tests, {name: name for name in tests})

@@ -1,4 +1,8 @@
-"""Result rows to Markdown tables: mean ± std over seeds, one row per (method, training domains)."""
+"""Result rows to Markdown tables: mean ± std over seeds, one row per (method, training domains).
+
+A row of results is a dict with ``method``, ``train``, ``seed``, ``split``, optionally
+``in_distribution`` (the split is drawn from a training domain of the run) and the metrics.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ METRIC_NAMES = {
 }
 
 
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
 def _fmt(values: list[float], scale: float) -> str:
-    vals = [v for v in values if not math.isnan(v)]
+    vals = _finite(values)
     if not vals:
         return "–"
     mean = sum(vals) / len(vals)
@@ -26,29 +34,57 @@ def _fmt(values: list[float], scale: float) -> str:
     return f"{mean * scale:.1f} ± {std * scale:.1f}"
 
 
+def _split_means(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, str], list[float]]:
+    """(method, train) -> one value per seed: the metric's mean over that seed's splits (NaN skipped).
+
+    The spread over seeds is then that of the averaged score, not of the splits."""
+    per_seed: dict[tuple[str, str], dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        per_seed[(r["method"], r["train"])][r["seed"]].append(float(r.get(metric, math.nan)))
+    out: dict[tuple[str, str], list[float]] = {}
+    for key, seeds in per_seed.items():
+        out[key] = [sum(v) / len(v) if (v := _finite(vals)) else math.nan for vals in seeds.values()]
+    return out
+
+
 def pivot(rows: Sequence[dict[str, Any]], metric: str, *, splits: Sequence[str] | None = None,
-          scale: float = 100.0) -> str:
-    """Rows (method, train) × columns (test split) of one metric, as Markdown."""
+          scale: float = 100.0, mark_in_distribution: bool = False) -> str:
+    """Rows (method, train) × columns (test split) of one metric, as Markdown.
+
+    With ``mark_in_distribution`` the cells of a row's in-distribution splits are in italics and
+    two columns follow: the mean over the row's in-distribution (ID) and out-of-distribution
+    (OOD) splits, per seed, then mean ± std over seeds.
+    """
     splits = list(splits) if splits is not None else list(dict.fromkeys(r["split"] for r in rows))
     cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    in_dist: set[tuple[str, str, str]] = set()
     for r in rows:
         cells[(r["method"], r["train"])][r["split"]].append(float(r.get(metric, math.nan)))
-    head = f"| method | trained on | {' | '.join(splits)} |"
-    lines = [head, "|" + "---|" * (len(splits) + 2)]
+        if r.get("in_distribution") is True:
+            in_dist.add((r["method"], r["train"], r["split"]))
+    extra = ["ID", "OOD"] if mark_in_distribution else []
+    means = {kind: _split_means([r for r in rows if r.get("in_distribution") is kind], metric)
+             for kind in (True, False)} if mark_in_distribution else {}
+    head = f"| method | trained on | {' | '.join([*splits, *extra])} |"
+    lines = [head, "|" + "---|" * (len(splits) + len(extra) + 2)]
     for (method, train), per_split in cells.items():
-        lines.append(f"| {method} | {train} | " + " | ".join(_fmt(per_split.get(s, []), scale) for s in splits) + " |")
+        out = []
+        for s in splits:
+            text = _fmt(per_split.get(s, []), scale)
+            out.append(f"*{text}*" if mark_in_distribution and (method, train, s) in in_dist and text != "–" else text)
+        out += [_fmt(means[kind].get((method, train), []), scale) for kind in (True, False) if extra]
+        lines.append(f"| {method} | {train} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
-def summary_table(rows: Sequence[dict[str, Any]], split: str, metrics: Sequence[str], *, scale: float = 100.0) -> str:
-    """Rows (method, train) × columns (metrics) on one test split, as Markdown."""
-    sel = [r for r in rows if r["split"] == split]
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in sel:
-        for m in metrics:
-            cells[(r["method"], r["train"])][m].append(float(r.get(m, math.nan)))
+def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], *, scale: float = 100.0) -> str:
+    """Rows (method, train) × columns (metrics), each the mean over the rows' splits per seed, then
+    mean ± std over seeds; pass the rows of the splits to average (e.g. the in-distribution ones)."""
+    per_metric = {m: _split_means(rows, m) for m in metrics}
+    keys = list(dict.fromkeys((r["method"], r["train"]) for r in rows))
     head = f"| method | trained on | {' | '.join(METRIC_NAMES.get(m, m) for m in metrics)} |"
     lines = [head, "|" + "---|" * (len(metrics) + 2)]
-    for (method, train), per_metric in cells.items():
-        lines.append(f"| {method} | {train} | " + " | ".join(_fmt(per_metric[m], scale) for m in metrics) + " |")
+    for method, train in keys:
+        lines.append(f"| {method} | {train} | "
+                     + " | ".join(_fmt(per_metric[m][(method, train)], scale) for m in metrics) + " |")
     return "\n".join(lines)

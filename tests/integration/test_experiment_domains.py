@@ -1,0 +1,127 @@
+"""Which domains a run trains on (train.domains = all / each / loo / a list), and the tables
+that keep in-distribution and out-of-distribution test splits apart, on folder data end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import egl
+from egl.cli import main
+from egl.experiments.sources import load_source
+from egl.experiments.tables import pivot, summary_table
+
+# toy runs of 2 steps: ALIGN's warm-up outlasts them (the runner says so; expected here)
+pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
+
+
+def _tree(root: Path, domains=("A", "B", "C"), classes=("cat", "dog"), n=10) -> Path:
+    rng = np.random.default_rng(0)
+    for d in domains:
+        for c in classes:
+            (root / d / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> dict:
+    return {"name": "folder", "root": str(_tree(tmp_path / "data")), "image_size": 32}
+
+
+def test_each_mode_names_its_runs_and_their_domains(folder: dict) -> None:
+    source = load_source(folder)
+    assert source.training_domains("all") == {"all": ["A", "B", "C"]}
+    assert source.training_domains("each") == {"A": ["A"], "B": ["B"], "C": ["C"]}
+    assert source.training_domains("loo") == {"all-but-A": ["B", "C"], "all-but-B": ["A", "C"],
+                                              "all-but-C": ["A", "B"]}
+    assert source.training_domains(["C", "A"]) == {"C+A": ["C", "A"]}
+    sets = source.training_sets("loo")
+    assert len(sets["all-but-A"]) == len(source.train["B"]) + len(source.train["C"]) == 24
+    assert len(source.training_sets(["B"])["B"]) == 12
+    assert source.in_distribution("A", ["A", "B"]) and not source.in_distribution("C", ["A", "B"])
+
+
+def test_synthetic_test_splits_know_their_domain() -> None:
+    source = load_source({"name": "synthetic", "synthetic": {"train_per_domain": 8, "val_per_domain": 2,
+                                                             "test_per_split": 4}})
+    assert source.in_distribution("test_id/domain0", ["domain0"])
+    assert not source.in_distribution("test_id/domain1", ["domain0"])  # the other training domain's images
+    assert not any(source.in_distribution(s, ["domain0", "domain1"]) for s in ("random", "flipped", "novel"))
+
+
+@pytest.mark.parametrize("domains, match", [
+    ("A", r"Write one domain as a list: train.domains=\[A\]"),
+    ("every", "Pick 'all' .*'loo' \\(leave one domain out\\)"),
+    (["A", "Z"], r"Remove \['Z'\]"),
+    (["A", "A"], "List each domain once"),
+    ([], "a list of distinct domains"),
+])
+def test_bad_train_domains_are_named(folder: dict, domains: object, match: str) -> None:
+    with pytest.raises(egl.InputError, match=f"'train.domains' expected .*{match}"):
+        load_source(folder).training_domains(domains)
+
+
+def test_leave_one_out_needs_two_domains(folder: dict) -> None:
+    with pytest.raises(egl.InputError, match="at least two domains for 'loo'"):
+        load_source({**folder, "domains": ["B"]}).training_domains("loo")
+
+
+def _rows(acc: dict) -> list[dict]:
+    return [{"method": "erm", "train": "all-but-A", "seed": seed, "split": split, "in_distribution": split != "A",
+             "acc": value} for (seed, split), value in acc.items()]
+
+
+def test_pivot_marks_in_distribution_cells_and_averages_each_kind_per_seed() -> None:
+    rows = _rows({(0, "A"): 0.5, (0, "B"): 0.9, (0, "C"): 0.7, (1, "A"): 0.3, (1, "B"): 0.8, (1, "C"): math.nan})
+    table = pivot(rows, "acc", mark_in_distribution=True)
+    head, _, line = table.splitlines()
+    assert head == "| method | trained on | A | B | C | ID | OOD |"
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    # A is out of distribution (plain), B and C in italics; ID = per seed mean(B, C) -> 0.8, 0.8 (C's NaN skipped)
+    assert cells == ["erm", "all-but-A", "40.0 ± 14.1", "*85.0 ± 7.1*", "*70.0*", "80.0 ± 0.0", "40.0 ± 14.1"]
+    assert "*" not in pivot(rows, "acc")
+
+
+def test_summary_table_averages_the_splits_it_is_given_per_seed() -> None:
+    rows = _rows({(0, "B"): 0.9, (0, "C"): 0.7, (1, "B"): 0.6, (1, "C"): 0.6})
+    line = summary_table(rows, ["acc"]).splitlines()[-1]
+    assert line == "| erm | all-but-A | 70.0 ± 14.1 |"  # seeds 0.8 and 0.6, not the four cells' spread
+
+
+def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loo"
+    args = ["--set", "data.name=folder", "--set", f"data.root={folder['root']}", "--set", "data.image_size=32",
+            "--set", "data.batch_size=8", "--set", "train.steps=2", "--set", "train.domains=loo",
+            "--set", "eval.explain_samples=4", "--set", "model.arch=test_resnet", "--set", "eval.mask_quality=false",
+            "--set", "methods={erm: {recipe: erm}}", "--out", str(out), "--no-progress"]
+    assert main(["experiment", *args]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()][1:]
+    assert {(r["train"], r["split"]): r["in_distribution"] for r in rows} == {
+        (f"all-but-{held}", split): split != held for held in "ABC" for split in "ABC"}
+    tables = (out / "tables.md").read_text()
+    assert "| erm | all-but-B | *" in tables and "| ID | OOD |" in tables
+    assert "## Out of distribution" in tables and "## In distribution" in tables
+    assert "No split here is out of distribution" not in tables
+    assert (out / "train" / "erm-all-but-C-s0.jsonl").is_file()
+
+    pooled = tmp_path / "all"
+    assert main(["experiment", *args, "--set", "train.domains=all", "--out", str(pooled)]) == 0
+    tables = (pooled / "tables.md").read_text()
+    assert "No split here is out of distribution" in tables and "## Out of distribution" not in tables
+
+    capsys.readouterr()  # egl train trains one model: a list of domains, not each / loo
+    assert main(["train", "--method", "erm", *args, "--out", str(tmp_path / "t")]) == 1
+    assert "'train.domains' expected 'all' or a list of domains" in capsys.readouterr().err
+    assert main(["train", "--method", "erm", *args, "--set", "train.domains=[A, B]", "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "t" / "model.pt")]) == 0
+    flags = {(r := json.loads(line))["split"]: r["in_distribution"] for line in capsys.readouterr().out.splitlines()}
+    assert flags == {"A": True, "B": True, "C": False}
