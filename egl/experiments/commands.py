@@ -86,13 +86,13 @@ def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str,
     return model.eval(), ckpt
 
 
-def _one_training_set(source: Any, domains: Any) -> Any:
-    """The one training set ``egl train`` trains on: ``train.domains`` = ``all`` or a list of domains."""
-    if domains in ("each", "loo"):
+def _one_run(source: Any, mode: Any) -> list[str]:
+    """The domains ``egl train`` trains on: ``train.domains`` = ``all`` or a list of domains."""
+    if mode in ("each", "loo"):
         raise fail("egl train", "train.domains", "'all' or a list of domains (egl train trains one model)",
-                   repr(domains), f"Set --set train.domains=all or a list such as [{next(iter(source.train))}]; "
+                   repr(mode), f"Set --set train.domains=all or a list such as [{next(iter(source.train))}]; "
                    "`egl experiment` runs one model per domain")
-    return next(iter(source.training_sets(domains).values()))
+    return next(iter(source.training_domains(mode).values()))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -106,8 +106,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = results_dir(cfg, f"train-{args.method}")
     source = load_source(cfg["data"])
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
-    train_set = _one_training_set(source, cfg["train"].get("domains", "all"))
-    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl").model
+    domains = _one_run(source, cfg["train"].get("domains", "all"))
+    train_set = next(iter(source.training_sets(domains).values()))
+    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl",
+                         source.validation_set(domains)).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
         "precision": "fp32",          # or "bf16" (autocast), "fp16" (autocast + loss scaling)
         "loss_scale": None,           # fp16 only: LossScaler arguments, e.g. {init_scale: 1024}
         "channels_last": False,
+        "select": "last",             # "last" (final weights) or "acc": the most accurate on the training domains'
+        "val_every": None,            # ...validation split, evaluated every val_every steps (None: 10 times a run)
         "progress": True,
     },
     "methods": {

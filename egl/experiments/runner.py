@@ -33,7 +33,9 @@ from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import pivot, summary_table
+from egl._check import fail
 from egl.train.loop import _versions, seed_everything
+from egl.train.validation import Validation
 
 __all__ = ["run", "train_method", "results_dir"]
 
@@ -47,8 +49,12 @@ def results_dir(cfg: dict[str, Any], kind: str) -> Path:
 
 
 def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: Any, seed: int,
-                 log_path: Path | None = None) -> Any:
+                 log_path: Path | None = None, val_set: Any = None) -> Any:
     """Build the model, the method's recipe and a seeded loader; train ``train.steps`` steps.
+
+    With ``val_set`` and ``train.select`` or ``train.val_every`` set, accuracy on ``val_set`` is
+    measured during training (:class:`egl.train.Validation`) and, with ``train.select=acc``, the
+    most accurate weights are kept; ``recipe.validation`` then holds the records.
 
     Returns:
         The trained recipe (``.model`` is the classifier).
@@ -63,10 +69,39 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True, drop_last=True,
                         generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
+    validation = _validation(cfg, val_set)
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
-               loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)))
+               loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)),
+               validation=validation)
+    recipe.validation = validation
     return recipe
+
+
+def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
+    """The run's :class:`Validation`, or None when neither ``train.select=acc`` nor ``train.val_every`` asks."""
+    select, every = _check_selection(cfg)
+    if select == "last" and every is None:
+        return None
+    if val_set is None or len(val_set) == 0:
+        raise fail("egl.experiments", "train.select", "a run with a validation split", "none for this run",
+                   "Use train.select=last and leave train.val_every unset")
+    loader = DataLoader(val_set, batch_size=int(cfg["eval"]["batch_size"]),
+                        num_workers=int(cfg["data"].get("num_workers", 0)))
+    return Validation(loader, every=every, select=select)
+
+
+def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
+    """``train.select`` and ``train.val_every``, checked (before any folder is made or step is run)."""
+    t = cfg["train"]
+    select, every = t.get("select", "last"), t.get("val_every")
+    if select not in ("last", "acc"):
+        raise fail("egl.experiments", "train.select", "'last' or 'acc'", repr(select),
+                   "Set train.select=acc to keep the weights most accurate on the validation split")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise fail("egl.experiments", "train.val_every", "an int >= 1 or null (10 evaluations a run)", repr(every),
+                   "Set e.g. train.val_every=50")
+    return select, every
 
 
 #: Recipe attributes that start a second stage of training at a step, and what is lost without it.
@@ -95,6 +130,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
     """Run the grid described by ``cfg``; returns the result rows and the results folder."""
     check_keys(cfg)
     source = load_source(cfg["data"])  # bad data settings fail before any folder is made
+    _check_selection(cfg)
     out = results_dir(cfg, kind)
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
@@ -115,16 +151,19 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                               f"({t['steps']} steps)", flush=True)
                     started = time.time()
                     recipe = train_method(cfg, method, source, train_set, seed,
-                                          out / "train" / f"{method}-{train_name}-s{seed}.jsonl")
+                                          out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
+                                          source.validation_set(train_domains[train_name]))
                     model = recipe.model
                     train_s = time.time() - started
+                    chosen = recipe.validation.selected if recipe.validation is not None else None
+                    selected = {} if chosen is None else {"selected_step": chosen["step"], "val_acc": chosen["acc"]}
                     for split, ds in tests.items():
                         metrics = evaluate(model, ds, batch_size=int(e["batch_size"]),
                                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]),
                                            baseline=e["baseline"], device=t.get("device", "cpu"))
                         row = {"method": method, "train": train_name, "seed": seed, "split": split,
                                "in_distribution": source.in_distribution(split, train_domains[train_name]),
-                               "train_seconds": round(train_s, 1), **metrics}
+                               "train_seconds": round(train_s, 1), **selected, **metrics}
                         rows.append(row)
                         log.write(json.dumps(row) + "\n")
                         log.flush()
@@ -185,7 +224,7 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
-    metrics = [m for m in ("acc", "auc", "suff", "comp", "shortcut", "energy", "area", "iou") if m in has]
+    metrics = [m for m in ("val_acc", "acc", "auc", "suff", "comp", "shortcut", "energy", "area", "iou") if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"
         sel = [r for r in rows if r.get("in_distribution") is kind]

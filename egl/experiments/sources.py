@@ -88,6 +88,10 @@ class Source:
         return {run: self.train[ds[0]] if len(ds) == 1 else ConcatDataset([self.train[d] for d in ds])
                 for run, ds in self.training_domains(mode).items()}
 
+    def validation_set(self, domains: list[str]) -> Dataset:
+        """The validation splits of ``domains`` pooled (DomainBed's training-domain validation)."""
+        return self.val[domains[0]] if len(domains) == 1 else ConcatDataset([self.val[d] for d in domains])
+
     def in_distribution(self, split: str, domains: list[str]) -> bool:
         """Whether test split ``split`` is drawn from one of ``domains`` (a run's training domains)."""
         return self.split_domains.get(split) in domains

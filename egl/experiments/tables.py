@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["pivot", "summary_table", "METRIC_NAMES"]
 
 METRIC_NAMES = {
-    "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑", "shortcut": "Shortcut ↓",
+    "val_acc": "Val acc", "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
 }
 

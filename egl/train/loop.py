@@ -28,6 +28,7 @@ from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
                                   load_checkpoint, save_checkpoint, set_rng_state)
 from egl.train.loss_scale import LossScaler
+from egl.train.validation import Validation
 
 if TYPE_CHECKING:
     from egl.recipes.base import Recipe
@@ -84,7 +85,8 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 
 
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
-          stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None) -> None:
+          stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
+          validation: Validation | None = None) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
@@ -95,11 +97,13 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
              "optimizer_classes": {k: type(o).__qualname__ for k, o in opts.items()}, "ranks": ranks}
     if scalers is not None:
         state["loss_scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
+    if validation is not None:
+        state["validation"] = validation.state_dict()
     save_checkpoint(state, path)
 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
-            device: torch.device, scalers: dict[str, LossScaler] | None) -> int:
+            device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None) -> int:
     """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
     this_class = f"{type(recipe).__module__}.{type(recipe).__qualname__}"
@@ -126,6 +130,8 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     for name, sc in (scalers or {}).items():  # a float16 run resumed from a float16 checkpoint
         if name in ckpt.get("loss_scalers", {}):
             sc.load_state_dict(ckpt["loss_scalers"][name])
+    if validation is not None and "validation" in ckpt:
+        validation.load_state_dict(ckpt["validation"])
     ranks = ckpt["ranks"]
     if len(ranks) != dist_utils.world_size():
         warnings.warn(f"{FN}: resuming on {dist_utils.world_size()} ranks from a checkpoint written on {len(ranks)}: "
@@ -160,7 +166,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         progress: bool = True, device: torch.device | str | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 1000, resume: bool = False,
         tensorboard_dir: str | os.PathLike[str] | None = None, precision: str = "fp32",
-        loss_scale: dict[str, Any] | None = None, channels_last: bool = False) -> list[dict[str, float]]:
+        loss_scale: dict[str, Any] | None = None, channels_last: bool = False,
+        validation: Validation | None = None) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     ``recipe.train()`` is called for the call; every module gets back the mode it had before
@@ -197,6 +204,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             with the checkpoint's scales and factors.
         channels_last: put the recipe's modules and every batch in channels-last memory format
             (faster convolutions on recent GPUs; allowed on the CPU, where it rarely helps).
+        validation: a :class:`egl.train.Validation`: accuracy on validation batches every so
+            many steps and after the last, logged as ``val/acc`` and ``val/loss`` in that
+            step's row; with ``select="acc"`` the recipe ends with the weights of its most
+            accurate evaluation (a ``"select"`` event in the log says which).
 
     Returns:
         The per-step logs of this call (``{"step": i, "<phase>/<term>": value, ...}``).
@@ -226,6 +237,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             raise fail(FN, "loss_scale", f"a dict with keys among {list(keys)}", repr(loss_scale),
                        "Pass e.g. loss_scale={'init_scale': 2.0**10, 'growth_interval': 500}")
         LossScaler(**loss_scale)  # its own checks, before any training starts
+    if validation is not None and not isinstance(validation, Validation):
+        raise fail(FN, "validation", "an egl.train.Validation", type(validation).__name__,
+                   "Pass validation=Validation(val_loader, every=100, select='acc')")
     if resume and checkpoint_dir is None:
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
@@ -257,7 +271,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         start = 0
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
-            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers)
+            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation)
             if start >= steps:
                 warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
@@ -290,6 +304,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     with autocast():
                         logs = recipe.training_step(batch, step, opts, **step_kwargs)
                     dist_utils.broadcast_buffers(recipe)
+                    done = step + 1
+                    if validation is not None and validation.due(done, steps):
+                        logs.update(validation.run(recipe, done, device, autocast, memory_format))
                     row = {"step": step, **logs}
                     history.append(row)
                     if log is not None:
@@ -301,9 +318,14 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
-                    done = step + 1
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                        _save(ckpt_path, recipe, opts, done, stream, device, scalers)
+                        _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation)
+            if validation is not None:
+                selected = validation.finish(recipe)
+                if log is not None and selected is not None:
+                    log.write(json.dumps({"event": "select", "select": validation.select,
+                                          **{f"val/{k}" if k != "step" else k: v for k, v in selected.items()}})
+                              + "\n")
         except Exception as exc:
             if log is not None:  # the reason the run stopped, for whoever reads the log later
                 log.write(json.dumps({"event": "error", "step": start + len(history),

@@ -112,10 +112,24 @@ def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
     assert "No split here is out of distribution" not in tables
     assert (out / "train" / "erm-all-but-C-s0.jsonl").is_file()
 
-    pooled = tmp_path / "all"
-    assert main(["experiment", *args, "--set", "train.domains=all", "--out", str(pooled)]) == 0
+    assert "selected_step" not in rows[0] and "val/acc" not in (out / "train" / "erm-all-but-C-s0.jsonl").read_text()
+
+    pooled = tmp_path / "all"  # and model selection on the training domains' validation split
+    assert main(["experiment", *args, "--set", "train.domains=all", "--set", "train.select=acc",
+                 "--set", "train.val_every=1", "--out", str(pooled)]) == 0
     tables = (pooled / "tables.md").read_text()
     assert "No split here is out of distribution" in tables and "## Out of distribution" not in tables
+    rows = [json.loads(line) for line in (pooled / "results.jsonl").read_text().splitlines()][1:]
+    log = [json.loads(line) for line in (pooled / "train" / "erm-all-s0.jsonl").read_text().splitlines()]
+    accs = [r["val/acc"] for r in log if "val/acc" in r and "event" not in r]
+    assert len(accs) == 2 and log[-1]["event"] == "select" and log[-1]["val/acc"] == max(accs)
+    assert all(r["val_acc"] == max(accs) and r["selected_step"] == log[-1]["step"] for r in rows)
+    assert "Val acc" in tables
+    capsys.readouterr()
+    assert main(["experiment", *args, "--set", "train.select=best", "--out", str(tmp_path / "bad")]) == 1
+    assert "'train.select' expected 'last' or 'acc'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["experiment", *args, "--set", "train.val_every=0", "--out", str(tmp_path / "bad")]) == 1
+    assert "'train.val_every' expected an int >= 1" in capsys.readouterr().err
 
     capsys.readouterr()  # egl train trains one model: a list of domains, not each / loo
     assert main(["train", "--method", "erm", *args, "--out", str(tmp_path / "t")]) == 1

@@ -122,6 +122,7 @@ DEVICE_MOVES = {
     "egl/recipes/base.py: scaler.unscale_((p for g in opt.param_groups for p in g['params'])).to(losses.device)":
         "an overflow flag already on a device",
     "egl/train/loop.py: as_batch(next(stream), FN).to(device)": "Batch.to, which uploads through upload()",
+    "egl/train/validation.py: as_batch(raw, FN).to(device)": "Batch.to, which uploads through upload()",
     "egl/train/loss_scale.py: f.to(target)": "overflow flags already on a device",
     "egl/experiments/runner.py: build_model(cfg['model'], source.num_classes).to(t.get('device', 'cpu'))":
         "a module, once per run",

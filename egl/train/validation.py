@@ -1,0 +1,156 @@
+"""Validation during :func:`egl.train.fit`, and model selection by it.
+
+DomainBed (Gulrajani & Lopez-Paz, ICLR 2021) selects a run's model by *training-domain
+validation*: accuracy on a held-out split of the training domains, measured every so many
+steps. :class:`Validation` measures that accuracy (and the mean cross-entropy) on a loader
+every ``every`` steps and after the last one, logs it as ``val/acc`` / ``val/loss`` in the
+step's row, and with ``select="acc"`` gives the recipe back, at the end of ``fit``, the
+parameters and buffers it had at its most accurate evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from egl._check import check_logits, fail
+from egl.metrics._common import check_labels
+from egl.train import distributed as dist_utils
+
+if TYPE_CHECKING:
+    from egl.recipes.base import Recipe
+
+__all__ = ["Validation"]
+
+FN = "egl.train.Validation"
+
+
+class Validation:
+    """Accuracy of ``recipe.model`` on validation batches during training; optional selection.
+
+    Args:
+        loader: validation batches (``(x, y)``, ``(x, y, domain)`` or dicts, as for training),
+            iterated once per evaluation; under ``torch.distributed`` give each rank its shard
+            (the counts are summed over ranks).
+        every: steps between evaluations; one also follows the last step. Default ``None``:
+            ten evaluations in the run (``max(1, steps // 10)``, set when ``fit`` starts).
+        select: ``"last"`` (default: the weights of the last step stay; validation is only
+            logged) or ``"acc"``: when ``fit`` ends, the recipe's parameters and buffers (every
+            module's: classifier and masker) go back to those of the evaluation with the
+            highest accuracy, the earliest of equals (DomainBed's training-domain validation
+            selects the same way). The optimizers keep their last state.
+
+    The model is evaluated in eval mode under ``torch.no_grad`` and the run's autocast, then
+    every module gets its mode back; torch's global random state is left as it was (a
+    DataLoader draws its seed from it), so a run trains the same with or without validation. With ``checkpoint_dir`` the records and the best state so
+    far are saved in the checkpoint, so a resumed run selects over all of its evaluations.
+
+    After ``fit``: :attr:`records` (``{"step", "acc", "loss"}`` per evaluation) and
+    :attr:`best` (the record selected by accuracy, also with ``select="last"``).
+
+    Example:
+        >>> # val = Validation(val_loader, every=100, select="acc")
+        >>> # recipe.fit(train_loader, steps=5000, validation=val); val.best["step"], val.best["acc"]
+    """
+
+    def __init__(self, loader: Iterable[Any], every: int | None = None, select: str = "last") -> None:
+        if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
+            raise fail(FN, "loader", "an iterable of validation batches (e.g. a DataLoader)",
+                       type(loader).__name__, "Pass a DataLoader over the validation split")
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise fail(FN, "every", "an int >= 1 or None (ten evaluations in the run)", repr(every),
+                       "Pass a number of steps, e.g. every=100")
+        if select not in ("last", "acc"):
+            raise fail(FN, "select", "'last' or 'acc'", repr(select),
+                       "Pass select='acc' to keep the most accurate weights, 'last' to keep the final ones")
+        self.loader = loader
+        self.every = every
+        self.select = select
+        self.records: list[dict[str, float]] = []
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def best(self) -> dict[str, float] | None:
+        """The most accurate evaluation so far (the earliest of equals); ``None`` before any."""
+        best = None
+        for r in self.records:
+            if best is None or r["acc"] > best["acc"]:
+                best = r
+        return best
+
+    @property
+    def selected(self) -> dict[str, float] | None:
+        """The evaluation whose weights the recipe ends with: :attr:`best` with ``select="acc"``,
+        the last one with ``select="last"``; ``None`` before any."""
+        if self.select == "acc":
+            return self.best
+        return self.records[-1] if self.records else None
+
+    def due(self, done: int, steps: int) -> bool:
+        """Whether to evaluate after ``done`` of ``steps`` steps."""
+        every = self.every if self.every is not None else max(1, steps // 10)
+        return done % every == 0 or done == steps
+
+    @torch.no_grad()
+    def run(self, recipe: "Recipe", done: int, device: torch.device,
+            autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+            memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
+        """Evaluate ``recipe.model`` now (after ``done`` steps); returns ``{"val/acc", "val/loss"}``."""
+        from egl.recipes.batch import as_batch
+
+        model = recipe.model
+        modes = [(m, m.training) for m in model.modules()]
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, summed cross-entropy
+        try:  # a DataLoader draws its base seed from torch's global RNG: the training's draws stay as they were
+            model.eval()
+            with torch.random.fork_rng(devices=[]):
+                for raw in self.loader:
+                    batch = as_batch(raw, FN).to(device)
+                    x = batch.x.contiguous(memory_format=memory_format)
+                    with autocast():
+                        logits = model(x)
+                    logits = check_logits(logits, x.shape[0], FN).float()
+                    y = check_labels(batch.y, logits, logits.shape[1], FN, "loader's labels")
+                    sums[0] += (logits.argmax(1) == y).sum()
+                    sums[1] += y.numel()
+                    sums[2] += F.cross_entropy(logits, y, reduction="sum")
+        finally:
+            for m, was_training in modes:
+                m.training = was_training
+        if dist_utils.is_distributed():
+            torch.distributed.all_reduce(sums)
+        correct, count, loss = sums.tolist()
+        if count == 0:
+            raise fail(FN, "loader", "at least one validation batch", "an empty loader",
+                       "Pass a loader over a non-empty validation split")
+        record = {"step": done, "acc": correct / count, "loss": loss / count}
+        improved = self.best is None or record["acc"] > self.best["acc"]
+        self.records.append(record)
+        if improved and self.select == "acc":
+            self._best_state = {k: v.detach().clone() for k, v in recipe.state_dict().items()}
+        return {"val/acc": record["acc"], "val/loss": record["loss"]}
+
+    def finish(self, recipe: "Recipe") -> dict[str, float] | None:
+        """With ``select="acc"``, load the best evaluation's state into ``recipe``; returns :attr:`selected`."""
+        if self.select == "acc" and self._best_state is not None:
+            recipe.load_state_dict(self._best_state)
+        return self.selected
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the records and, with ``select="acc"``, the best state."""
+        return {"records": [dict(r) for r in self.records], "best_state": self._best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        records = [dict(r) for r in state.get("records", [])]
+        best_state = state.get("best_state")
+        if self.select == "acc" and records and best_state is None:
+            warnings.warn(f"{FN}: the checkpoint's {len(records)} evaluations were made with select='last', "
+                          "which keeps no weights: selection starts afresh from this step.", stacklevel=3)
+            records = []
+        self.records = records
+        self._best_state = best_state if self.select == "acc" else None

@@ -1,0 +1,112 @@
+"""Validation during fit and selection by it: logged rows, the selected weights, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _helpers import make_model
+
+import egl
+from egl import recipes
+from egl.train import Validation
+
+
+def _data(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(n)]
+
+
+def _acc(model: torch.nn.Module, data: list) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(float((model(x).argmax(1) == y).sum()) for x, y in data) / sum(len(y) for _, y in data)
+
+
+def test_validation_is_logged_every_n_steps_and_after_the_last(tmp_path: Path) -> None:
+    val = Validation(_data(2, 1), every=2)
+    log = tmp_path / "log.jsonl"
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False), lr=1e-2)
+    history = recipe.fit(_data(3, 0), 5, seed=0, progress=False, log_path=log, validation=val)
+    assert recipe.model.training  # validation's eval mode did not outlive it (train mode, as before fit)
+    assert [r["step"] for r in history if "val/acc" in r] == [1, 3, 4]  # after steps 2, 4 and 5
+    assert [r["step"] for r in val.records] == [2, 4, 5]
+    assert history[-1]["val/acc"] == pytest.approx(_acc(recipe.model, val.loader))  # select="last": final weights
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[-1] == {"event": "select", "select": "last", "step": 5, "val/acc": val.records[-1]["acc"],
+                          "val/loss": val.records[-1]["loss"]}
+    assert Validation(_data(1, 1)).due(30, 300) and not Validation(_data(1, 1)).due(31, 300)  # default: steps // 10
+
+
+def test_select_acc_restores_the_most_accurate_weights() -> None:
+    torch.manual_seed(0)
+    val_data = _data(2, 1)
+    val = Validation(val_data, every=1, select="acc")
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.05)  # a large lr: accuracy moves
+    history = recipe.fit(_data(4, 0), 8, seed=0, progress=False, validation=val)
+    accs = [r["val/acc"] for r in history]
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # the earliest of equals
+    assert val.best == val.records[best] and val.best["step"] == best + 1
+    assert _acc(recipe.model, val_data) == pytest.approx(accs[best])
+    assert val.best["step"] < val.records[-1]["step"] and val.best["acc"] > val.records[-1]["acc"], \
+        "the best measurement should not be the last, for the restore to be exercised"
+
+
+def test_validation_does_not_change_the_training() -> None:
+    """A DataLoader draws its seed from torch's global RNG; validation must not move the run's draws
+    (mixup's Beta draws and pairings come from it)."""
+    def run(validation: Validation | None) -> dict:
+        recipe = recipes.mixup(make_model("test_resnet", eval_mode=False))
+        data = [(x, y, torch.tensor([0, 0, 1, 1])) for x, y in _data(2, 0)]
+        recipe.fit(data, 4, seed=0, progress=False, validation=validation)
+        return recipe.state_dict()
+
+    val = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8) % 5)
+    plain = run(None)
+    validated = run(Validation(torch.utils.data.DataLoader(val, batch_size=4, shuffle=True), every=1))
+    assert all(torch.equal(plain[k], validated[k]) for k in plain)
+
+
+def test_resume_keeps_the_records_and_the_best_weights(tmp_path: Path) -> None:
+    kwargs = dict(progress=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1, resume=True, seed=0)
+    whole = Validation(_data(2, 1), every=1, select="acc")
+    full = recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.05)
+    full.fit(_data(4, 0), 6, validation=whole, **{**kwargs, "checkpoint_dir": tmp_path / "whole"})
+    first = Validation(_data(2, 1), every=1, select="acc")
+    recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.05).fit(_data(4, 0), 3, validation=first, **kwargs)
+    second = Validation(_data(2, 1), every=1, select="acc")
+    resumed = recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.05)
+    resumed.fit(_data(4, 0), 6, validation=second, **kwargs)
+    assert second.records == whole.records and second.best == whole.best
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    fresh = Validation(_data(2, 1), every=1, select="acc")  # a run checkpointed with select="last" keeps no weights
+    last = Validation(_data(2, 1), every=1)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
+        _data(4, 0), 2, validation=last, **{**kwargs, "checkpoint_dir": tmp_path / "last"})
+    with pytest.warns(UserWarning, match="made with select='last', which keeps no weights"):
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
+            _data(4, 0), 3, validation=fresh, **{**kwargs, "checkpoint_dir": tmp_path / "last"})
+    assert [r["step"] for r in fresh.records] == [3]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"loader": "val"}, "'loader' expected an iterable of validation batches"),
+    ({"every": 0}, "'every' expected an int >= 1 or None"),
+    ({"select": "loss"}, "'select' expected 'last' or 'acc'"),
+])
+def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
+    with pytest.raises(egl.InputError, match=match):
+        Validation(**{"loader": _data(1, 0), **kwargs})
+
+
+def test_bad_validation_data_is_named() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match="'validation' expected an egl.train.Validation"):
+        recipe.fit(_data(1, 0), 1, progress=False, validation=_data(1, 0))
+    with pytest.raises(egl.InputError, match="'loader' expected at least one validation batch"):
+        recipe.fit(_data(1, 0), 1, progress=False, validation=Validation([]))
+    bad = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 7]))]
+    with pytest.raises(egl.InputError, match=r"'loader's labels' expected class indices in \[0, 4\]"):
+        recipe.fit(_data(1, 0), 1, progress=False, validation=Validation(bad))
