@@ -43,7 +43,8 @@ class Validation:
             logged) or ``"acc"``: when ``fit`` ends, the recipe's parameters and buffers (every
             module's: classifier and masker) go back to those of the evaluation with the
             highest accuracy, the earliest of equals (DomainBed's training-domain validation
-            selects the same way). The optimizers keep their last state.
+            selects the same way). Parameters with ``requires_grad=False`` (a SAM masker) are
+            not copied: no optimizer moves them. The optimizers keep their last state.
 
     The model is evaluated in eval mode under ``torch.no_grad`` and the run's autocast, then
     every module gets its mode back; torch's global random state is left as it was (a
@@ -73,6 +74,7 @@ class Validation:
         self.select = select
         self.records: list[dict[str, float]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._frozen_versions: dict[str, tuple[torch.Tensor, int]] = {}
 
     @property
     def best(self) -> dict[str, float] | None:
@@ -132,13 +134,31 @@ class Validation:
         improved = self.best is None or record["acc"] > self.best["acc"]
         self.records.append(record)
         if improved and self.select == "acc":
-            self._best_state = {k: v.detach().clone() for k, v in recipe.state_dict().items()}
+            self._keep(recipe)
         return {"val/acc": record["acc"], "val/loss": record["loss"]}
+
+    def _keep(self, recipe: "Recipe") -> None:
+        """Copy what training can change: trainable parameters and buffers (a frozen SAM masker's
+        weights, hundreds of MB, are not copied); into the same tensors after the first time."""
+        frozen = {n: p for n, p in recipe.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        self._frozen_versions = {n: (p, p._version) for n, p in frozen.items()}
+        state = {k: v for k, v in recipe.state_dict().items() if k not in frozen}
+        if self._best_state is not None and self._best_state.keys() == state.keys() and all(
+                self._best_state[k].shape == v.shape and self._best_state[k].dtype == v.dtype for k, v in state.items()):
+            for k, v in state.items():
+                self._best_state[k].copy_(v)
+        else:
+            self._best_state = {k: v.detach().clone() for k, v in state.items()}
 
     def finish(self, recipe: "Recipe") -> dict[str, float] | None:
         """With ``select="acc"``, load the best evaluation's state into ``recipe``; returns :attr:`selected`."""
         if self.select == "acc" and self._best_state is not None:
-            recipe.load_state_dict(self._best_state)
+            recipe.load_state_dict(self._best_state, strict=False)  # (frozen parameters were not kept)
+            moved = [n for n, (p, version) in self._frozen_versions.items() if p._version != version]
+            if moved:
+                warnings.warn(f"{FN}: {len(moved)} parameters (e.g. {moved[0]}) were frozen (requires_grad=False) "
+                              "at the selected step and changed after it: they keep their last values. Unfreeze "
+                              "them before training, or select with select='last'.", stacklevel=3)
         return self.selected
 
     def state_dict(self) -> dict[str, Any]:

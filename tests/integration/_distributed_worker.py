@@ -59,8 +59,25 @@ def main(out: Path) -> None:
     result["bad_label"] = _input_error_on_one_rank("label")
     result["overflow"] = _overflow_on_one_rank()
     result["overflow_vs_error"] = _overflow_here_input_error_there()
+    result["validation"] = _validation()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
+
+
+def _validation() -> dict[str, object]:
+    """Each rank validates on its own shard (sizes 3 and 5); the counts are summed over ranks."""
+    from egl.train import Validation
+
+    g = torch.Generator().manual_seed(200 + rank())
+    n = 3 if rank() == 0 else 5
+    shard = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+    val = Validation(DataLoader(shard, batch_size=2), every=1, select="acc")
+    recipe = recipes.erm(timm.create_model("test_resnet", pretrained=False, num_classes=5), lr=0.05)
+    recipe.fit(_loader(), 3, seed=0, progress=False, validation=val)
+    recipe.eval()
+    with torch.no_grad():  # this rank's correct count with the selected weights
+        correct = sum(int((recipe.model(x).argmax(1) == y).sum()) for x, y in DataLoader(shard, batch_size=8))
+    return {"records": val.records, "best": val.best, "correct": correct, "state": recipe.state_dict()}
 
 
 def _nan_on_one_rank() -> str:

@@ -52,6 +52,11 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     for key in ("bad_mask", "bad_label"):
         assert "'batch' expected inputs that pass every check on every rank, got a failed input check of " \
                "phase 'classifier' on rank 1 at step 0" in r0[key], r0[key]
+    # Validation: each rank its shard, the counts summed; both ranks select the same step and weights.
+    v0, v1 = r0["validation"], r1["validation"]
+    assert v0["records"] == v1["records"] and len(v0["records"]) == 3 and v0["best"] == v1["best"]
+    assert v0["best"]["acc"] == pytest.approx((v0["correct"] + v1["correct"]) / 8)
+    assert all(torch.equal(v0["state"][k], v1["state"][k]) for k in v0["state"])
     for key in ("state", "resumed"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers

@@ -110,3 +110,22 @@ def test_bad_validation_data_is_named() -> None:
     bad = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 7]))]
     with pytest.raises(egl.InputError, match=r"'loader's labels' expected class indices in \[0, 4\]"):
         recipe.fit(_data(1, 0), 1, progress=False, validation=Validation(bad))
+
+
+def test_frozen_parameters_are_not_copied_and_a_later_change_to_them_is_named() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.05)
+    recipe.model.conv1.requires_grad_(False)
+    val = Validation(_data(2, 1), every=1, select="acc")
+    val.run(recipe, 1, torch.device("cpu"))
+    assert not any(k.startswith("model.conv1.") and "running" not in k and "num_batches" not in k
+                   for k in val._best_state)  # frozen weights: not copied
+    assert "model.fc.weight" in val._best_state and "model.bn1.running_mean" in val._best_state
+    fc = recipe.model.fc.weight.detach().clone()
+    with torch.no_grad():
+        recipe.model.fc.weight.add_(1.0)
+    val.finish(recipe)
+    assert torch.equal(recipe.model.fc.weight, fc)  # trainable: back to the kept value
+    with torch.no_grad():
+        recipe.model.conv1[0].weight.add_(1.0)  # a frozen parameter changed after the selected step
+    with pytest.warns(UserWarning, match="were frozen .* at the selected step and changed after it"):
+        val.finish(recipe)
