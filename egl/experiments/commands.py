@@ -137,7 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from egl.experiments.runner import run
 
-    run(_config(args), args.preset or "experiment")
+    run(_config(args), args.preset or "experiment", resume=bool(args.resume))
     return 0
 
 
@@ -205,6 +205,9 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("experiment", help="train every method x training set x seed, evaluate, write tables")
     common(p, presets=True)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out: finished runs are kept, the others continue "
+                        "from their checkpoints")
     p.set_defaults(func=_cmd_experiment)
     p = sub.add_parser("train", help="train one method of the config and save model.pt")
     common(p)

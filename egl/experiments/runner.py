@@ -8,6 +8,8 @@ Writes into the results folder:
   shortcut rate where the data has them; Table 1) averaged over each row's in-distribution
   splits, and the same over its out-of-distribution splits;
 * ``train/<method>-<train>-s<seed>.jsonl`` -- per-step training logs;
+* ``checkpoints/<method>-<train>-s<seed>/last.pt`` -- each run's checkpoint, for ``--resume``
+  (deleted once the run is evaluated, except the runs the figures need);
 * ``case_study.png`` -- Grad-CAM of every method on the same images (Figure 4).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -49,12 +52,15 @@ def results_dir(cfg: dict[str, Any], kind: str) -> Path:
 
 
 def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: Any, seed: int,
-                 log_path: Path | None = None, val_set: Any = None) -> Any:
+                 log_path: Path | None = None, val_set: Any = None, *,
+                 checkpoint_dir: Path | None = None, resume: bool = False) -> Any:
     """Build the model, the method's recipe and a seeded loader; train ``train.steps`` steps.
 
     With ``val_set`` and ``train.select`` or ``train.val_every`` set, accuracy on ``val_set`` is
     measured during training (:class:`egl.train.Validation`) and, with ``train.select=acc``, the
-    most accurate weights are kept; ``recipe.validation`` then holds the records.
+    most accurate weights are kept; ``recipe.validation`` then holds the records. With
+    ``checkpoint_dir`` the run checkpoints every ``train.checkpoint_every`` steps and, with
+    ``resume``, continues from the checkpoint there.
 
     Returns:
         The trained recipe (``.model`` is the classifier).
@@ -73,7 +79,8 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
                loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)),
-               validation=validation)
+               validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
+               checkpoint_every=int(t.get("checkpoint_every", 500)))
     recipe.validation = validation
     return recipe
 
@@ -126,33 +133,72 @@ def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor
     return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
 
 
-def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> tuple[list[dict[str, Any]], Path]:
-    """Run the grid described by ``cfg``; returns the result rows and the results folder."""
+def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
+        resume: bool = False) -> tuple[list[dict[str, Any]], Path]:
+    """Run the grid described by ``cfg``; returns the result rows and the results folder.
+
+    Every run checkpoints to ``checkpoints/<method>-<train>-s<seed>/`` every
+    ``train.checkpoint_every`` steps; a run's checkpoint is deleted once it is evaluated, except
+    for the runs whose models make the figures (the first seed's, on the first training set).
+    With ``resume`` (``egl experiment --resume``; ``cfg["output"]`` names the folder) the rows
+    of finished runs are kept and the other runs continue from their checkpoints, bit-exact
+    (see :mod:`egl.experiments.resume`); a folder without results starts afresh.
+    """
+    from egl.experiments.resume import previous_rows
+
     check_keys(cfg)
     source = load_source(cfg["data"])  # bad data settings fail before any folder is made
     _check_selection(cfg)
+    if resume and not cfg.get("output"):
+        raise fail("egl experiment", "--resume", "--out naming the results folder of the run to resume", "no --out",
+                   "Pass --out DIR, the folder the interrupted run wrote to")
     out = results_dir(cfg, kind)
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
+    header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
+    finished: dict[Any, list[dict[str, Any]]] = {}
+    if resume and (out / "results.jsonl").is_file():
+        header, finished = previous_rows(out / "results.jsonl", cfg, list(tests))
     rows: list[dict[str, Any]] = []
     keep: dict[str, nn.Module] = {}
     (out / "train").mkdir(exist_ok=True)
-    with open(out / "results.jsonl", "w", encoding="utf-8") as log:
-        log.write(json.dumps({"event": "start", "kind": kind, "config": cfg, "versions": _versions(),
-                              "time": time.time()}, default=str) + "\n")
+    lines = [header]  # a resumed log is rewritten: the header, then the finished runs' rows
+    if finished:
+        lines.append({"event": "resume", "versions": _versions(), "time": time.time()})
+        for key in finished:
+            finished[key] = [next(r for r in finished[key] if r["split"] == split) for split in tests]
+            lines += finished[key]
+    tmp = out / "results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, out / "results.jsonl")
+    with open(out / "results.jsonl", "a", encoding="utf-8") as log:
         for seed in seeds:
             for train_name, train_set in train_sets.items():
                 for method in cfg["methods"]:
+                    figures = seed == seeds[0] and train_name == next(iter(train_sets))
+                    done = finished.get((method, train_name, seed))
+                    if done is not None and not figures:
+                        rows += done
+                        continue
                     if echo:
-                        print(f"[egl] {kind}: training {method} on {train_name}, seed {seed} "
-                              f"({t['steps']} steps)", flush=True)
+                        print(f"[egl] {kind}: {'restoring' if done else 'training'} {method} on {train_name}, "
+                              f"seed {seed} ({t['steps']} steps)", flush=True)
+                    ckpt = out / "checkpoints" / f"{method}-{train_name}-s{seed}"
                     started = time.time()
-                    recipe = train_method(cfg, method, source, train_set, seed,
-                                          out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
-                                          source.validation_set(train_domains[train_name]))
+                    with warnings.catch_warnings():  # a finished run's checkpoint is at its last step
+                        if done is not None:
+                            warnings.filterwarnings("ignore", message=".*nothing is trained")
+                        recipe = train_method(cfg, method, source, train_set, seed,
+                                              out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
+                                              source.validation_set(train_domains[train_name]),
+                                              checkpoint_dir=ckpt, resume=resume)
+                    if done is not None:  # (a run of the figures: its model is needed again)
+                        keep[method] = recipe.cpu()
+                        rows += done
+                        continue
                     model = recipe.model
                     train_s = time.time() - started
                     chosen = recipe.validation.selected if recipe.validation is not None else None
@@ -167,8 +213,10 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True) -> 
                         rows.append(row)
                         log.write(json.dumps(row) + "\n")
                         log.flush()
-                    if seed == seeds[0] and train_name == next(iter(train_sets)):
+                    if figures:
                         keep[method] = recipe.cpu()
+                    else:
+                        shutil.rmtree(ckpt, ignore_errors=True)
     tables = render_tables(rows, source)
     if keep and e.get("mask_quality", True):
         first = train_domains[next(iter(train_sets))]

@@ -1,0 +1,67 @@
+"""Resuming an interrupted experiment: which runs of a results folder are finished.
+
+A run is one (method, training set, seed). ``egl experiment --resume --out DIR`` keeps the
+rows of every run that was evaluated on every test split, trains the others again from their
+last checkpoint (``DIR/checkpoints/<method>-<train>-s<seed>/last.pt``, bit-exact, see
+``docs/training.md``), or from the start when a run has none. The folder's config must be the
+one asked for: a resumed grid of another config would mix two experiments in one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from egl._check import fail
+
+__all__ = ["RunKey", "previous_rows", "config_differences"]
+
+RunKey = tuple[str, str, Any]  # (method, training set, seed)
+
+#: Keys that may differ between a run and its resumption: where it writes, how it reports progress.
+_FREE = {("output",), ("train", "progress")}
+
+
+def _flat(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(cfg, dict) and path != ("methods",):
+        out: dict[tuple[str, ...], Any] = {}
+        for k, v in cfg.items():
+            out.update(_flat(v, (*path, str(k))))
+        return out
+    return {path: json.loads(json.dumps(cfg, default=str))}
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ (``methods`` compared whole), ignoring :data:`_FREE`."""
+    a, b = _flat(saved), _flat(wanted)
+    return [".".join(k) for k in sorted(set(a) | set(b)) if k not in _FREE and a.get(k) != b.get(k)]
+
+
+def previous_rows(path: Path, cfg: dict[str, Any], splits: list[str]) -> tuple[dict[str, Any], dict[RunKey, list[dict]]]:
+    """The header and the finished runs' rows of ``path`` (a ``results.jsonl``).
+
+    Raises:
+        InputError: the file is not a results log, or it was written for another config.
+    """
+    fn = "egl experiment --resume"
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(fn, "--out", "a results folder whose results.jsonl egl wrote", f"{path}: {exc}",
+                   "Point --out at the folder of the run to resume, or leave --resume out to start afresh") from exc
+    if not lines or lines[0].get("event") != "start" or "config" not in lines[0]:
+        raise fail(fn, "--out", "a results folder whose results.jsonl starts with egl's header", os.fspath(path),
+                   "Point --out at the folder of the run to resume, or leave --resume out to start afresh")
+    header = lines[0]
+    differ = config_differences(header["config"], cfg)
+    if differ:
+        raise fail(fn, "config", f"the config of the run in {path.parent}", f"other values for {differ[:8]}",
+                   "Resume with the same config and --set options, or write to another --out")
+    runs: dict[RunKey, list[dict]] = {}
+    for row in lines[1:]:
+        if "event" not in row:
+            runs.setdefault((row["method"], row["train"], row["seed"]), []).append(row)
+    finished = {k: v for k, v in runs.items() if {r["split"] for r in v} >= set(splits)}
+    return header, finished

@@ -1,0 +1,104 @@
+"""egl experiment --resume: an interrupted grid continues, bit-exact, and refuses another config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import egl
+from egl.experiments.config import DEFAULTS, apply_overrides, merge
+from egl.experiments.runner import run
+from egl.recipes.base import Recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
+
+SETTINGS = ["train.steps=3", "train.checkpoint_every=1", "train.seeds=[0, 1]", "train.progress=false",
+            "data.synthetic.train_per_domain=32", "data.synthetic.val_per_domain=4", "data.synthetic.test_per_split=20",
+            "eval.explain_samples=8", "model.arch=test_resnet", "eval.mask_quality=false",
+            "methods={erm: {recipe: erm}, align: {recipe: align, kwargs: {warmup_steps: 1}}}"]
+
+
+def _cfg(out: Path, *extra: str) -> dict:
+    return apply_overrides(merge(DEFAULTS, {}), [*SETTINGS, f"output={out}", *extra])
+
+
+def _results(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows if "event" not in r]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EGL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_an_interrupted_grid_resumes_to_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = tmp_path / "reference"
+    run(_cfg(reference), echo=False)
+    # the figures' runs (seed 0) keep their checkpoints; the others are deleted once evaluated
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["align-all-s0", "erm-all-s0"]
+
+    out = tmp_path / "interrupted"
+    calls = {"n": 0}
+    real = Recipe.training_step
+
+    def step(self, *args, **kwargs):  # the third run (erm, seed 1) is killed at its second step
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recipe, "training_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(out), echo=False)
+    monkeypatch.setattr(Recipe, "training_step", real)
+    assert len(_results(out)) == 2 * 5  # seed 0's two runs, five test splits each
+
+    rows, _ = run(_cfg(out), echo=False, resume=True)
+    assert _results(out) == _results(reference)  # every metric of every run, to the last digit
+    returned = [json.loads(json.dumps({k: v for k, v in r.items() if k != "train_seconds"})) for r in rows]
+    assert returned == _results(reference)  # (through JSON: json's NaN is one object, so NaN == NaN)
+    log = [json.loads(line) for line in (out / "train" / "erm-all-s1.jsonl").read_text().splitlines()]
+    resumed = [e for e in log if e.get("event") == "resume"]
+    assert len(resumed) == 1 and resumed[0]["start_step"] == 1  # continued from its checkpoint, not step 0
+    events = [json.loads(line).get("event") for line in (out / "results.jsonl").read_text().splitlines()]
+    assert events[:2] == ["start", "resume"]
+    assert (out / "tables.md").read_text() == (reference / "tables.md").read_text()
+
+
+def test_resume_refuses_another_config_and_needs_out(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(_cfg(out, "train.seeds=[0]", "methods={erm: {recipe: erm}}"), echo=False)
+    before = (out / "results.jsonl").read_text()
+    with pytest.raises(egl.InputError, match=r"'config' expected the config of the run .*train.steps"):
+        run(_cfg(out, "train.seeds=[0]", "methods={erm: {recipe: erm}}", "train.steps=4"), echo=False, resume=True)
+    assert (out / "results.jsonl").read_text() == before  # nothing was touched
+    cfg = _cfg(out, "train.seeds=[0]", "methods={erm: {recipe: erm}}")
+    cfg["output"] = None
+    with pytest.raises(egl.InputError, match="'--resume' expected --out naming the results folder"):
+        run(cfg, echo=False, resume=True)
+    fresh = tmp_path / "fresh"  # nothing to resume: starts afresh
+    rows, _ = run(_cfg(fresh, "train.seeds=[0]", "methods={erm: {recipe: erm}}"), echo=False, resume=True)
+    assert len(rows) == 5
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "results.jsonl").write_text("not json\n")
+    with pytest.raises(egl.InputError, match="'--out' expected a results folder whose results.jsonl egl wrote"):
+        run(_cfg(tmp_path / "junk", "train.seeds=[0]"), echo=False, resume=True)
+
+
+def test_the_cli_resumes_a_finished_grid_without_training_again(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from egl.cli import main
+
+    args = ["experiment", "--out", str(tmp_path / "cli"), "--no-progress",
+            *(x for kv in SETTINGS if not kv.startswith("train.progress") for x in ("--set", kv)),
+            "--set", "train.seeds=[0]", "--set", "methods={erm: {recipe: erm}}"]
+    assert main(args) == 0
+    before = _results(tmp_path / "cli")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "restoring erm on all, seed 0" in out and "training erm" not in out
+    assert _results(tmp_path / "cli") == before
