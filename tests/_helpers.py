@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import collections
 import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 NUM_CLASSES = 5
@@ -73,3 +76,21 @@ def count_egl_reads(monkeypatch: Any) -> collections.Counter:
             return _orig(self, *a)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
     return counts
+
+
+def domain_tree(root: Path, domains: tuple[str, ...] = ("A", "B"), classes: tuple[str, ...] = ("cat", "dog"),
+                n: int = 10, masks: bool = False) -> Path:
+    """A DomainBed-layout folder of random 12x16 RGB PNGs (``root/<domain>/<class>/<i>.png``); with
+    ``masks``, a rectangle mask per image under ``root/masks/``."""
+    rng = np.random.default_rng(0)
+    for d in domains:
+        for c in classes:
+            (root / d / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
+                if masks:
+                    (root / "masks" / d / c).mkdir(parents=True, exist_ok=True)
+                    m = np.zeros((12, 16), np.uint8)
+                    m[3:9, 4:12] = 255
+                    Image.fromarray(m).save(root / "masks" / d / c / f"{i}.png")
+    return root

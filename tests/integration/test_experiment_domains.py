@@ -7,9 +7,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from _helpers import domain_tree
 
 import egl
 from egl.cli import main
@@ -20,19 +19,11 @@ from egl.experiments.tables import pivot, summary_table
 pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
 
 
-def _tree(root: Path, domains=("A", "B", "C"), classes=("cat", "dog"), n=10) -> Path:
-    rng = np.random.default_rng(0)
-    for d in domains:
-        for c in classes:
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
-    return root
 
 
 @pytest.fixture
 def folder(tmp_path: Path) -> dict:
-    return {"name": "folder", "root": str(_tree(tmp_path / "data")), "image_size": 32}
+    return {"name": "folder", "root": str(domain_tree(tmp_path / "data", domains=("A", "B", "C"))), "image_size": 32}
 
 
 def test_each_mode_names_its_runs_and_their_domains(folder: dict) -> None:

@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _helpers import domain_tree
 from PIL import Image
 
 import egl
 from egl.data.domain_folder import DomainFolder, scan
 
 
-def _tree(root: Path, domains=("A", "B"), classes=("cat", "dog"), n=10, masks=False) -> Path:
-    rng = np.random.default_rng(0)
-    for d in domains:
-        for c in classes:
-            (root / d / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(root / d / c / f"{i}.png")
-                if masks:
-                    (root / "masks" / d / c).mkdir(parents=True, exist_ok=True)
-                    m = np.zeros((12, 16), np.uint8)
-                    m[3:9, 4:12] = 255
-                    Image.fromarray(m).save(root / "masks" / d / c / f"{i}.png")
-    return root
-
-
 def test_scan_finds_domains_classes_and_images(tmp_path) -> None:
-    domains, classes, samples = scan(_tree(tmp_path, masks=True))
+    domains, classes, samples = scan(domain_tree(tmp_path, masks=True))
     assert domains == ["A", "B"] and classes == ["cat", "dog"] and len(samples) == 40
     assert all(s.mask is not None for s in samples)
 
 
 def test_split_is_6_2_2_per_domain_disjoint_and_seeded(tmp_path) -> None:
-    root = _tree(tmp_path)
+    root = domain_tree(tmp_path)
     parts = {s: DomainFolder(root, s, image_size=8) for s in ("train", "val", "test")}
     assert [len(parts[s]) for s in ("train", "val", "test")] == [24, 8, 8]
     paths = {s: {x.path for x in parts[s].samples} for s in parts}
@@ -48,7 +32,7 @@ def test_split_is_6_2_2_per_domain_disjoint_and_seeded(tmp_path) -> None:
 
 
 def test_items_have_images_labels_domains_and_masks(tmp_path) -> None:
-    ds = DomainFolder(_tree(tmp_path, masks=True), "all", image_size=32)
+    ds = DomainFolder(domain_tree(tmp_path, masks=True), "all", image_size=32)
     item = ds[0]
     assert item["image"].shape == (3, 32, 32) and 0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1
     assert item["mask"].shape == (1, 32, 32) and float(item["mask"].max()) == pytest.approx(1.0)
@@ -66,8 +50,8 @@ def test_missing_root_and_empty_domain_are_clear(tmp_path) -> None:
 
 
 def test_missing_class_names_domain_and_class(tmp_path) -> None:
-    root = _tree(tmp_path, domains=("A",), classes=("cat", "dog"))
-    _tree(root, domains=("B",), classes=("cat",))
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat", "dog"))
+    domain_tree(root, domains=("B",), classes=("cat",))
     with pytest.raises(egl.InputError, match=r"domain 'B' without \['dog'\]"):
         DomainFolder(root)
     ds = DomainFolder(root, "all", allow_missing_classes=True, image_size=8)
@@ -75,7 +59,7 @@ def test_missing_class_names_domain_and_class(tmp_path) -> None:
 
 
 def test_unreadable_image_is_named_or_skipped(tmp_path) -> None:
-    root = _tree(tmp_path, n=5)
+    root = domain_tree(tmp_path, n=5)
     bad = root / "A" / "cat" / "broken.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(egl.InputError, match="broken.png"):
@@ -90,7 +74,7 @@ def test_unreadable_image_is_named_or_skipped(tmp_path) -> None:
 
 
 def test_partial_masks_and_bad_arguments(tmp_path) -> None:
-    root = _tree(tmp_path, masks=True)
+    root = domain_tree(tmp_path, masks=True)
     (root / "masks" / "A" / "cat" / "0.png").unlink()
     with pytest.raises(egl.InputError, match="a mask for every image or for none"):
         DomainFolder(root, "all")
@@ -103,7 +87,7 @@ def test_partial_masks_and_bad_arguments(tmp_path) -> None:
 def test_a_domain_splits_the_same_way_whichever_domains_are_selected(tmp_path) -> None:
     """The split seed was the domain's position in ``domains=``: B's test images loaded alone
     overlapped B's training images loaded beside A (3 of 6)."""
-    root = _tree(tmp_path, domains=("A", "B"), n=15)
+    root = domain_tree(tmp_path, domains=("A", "B"), n=15)
     train_b = {s.path for s in DomainFolder(root, "train", domains=["A", "B"], image_size=8).samples
                if s.path.parts[-3] == "B"}
     for selection in (["B"], ["B", "A"], ["A", "B"]):
@@ -114,8 +98,8 @@ def test_a_domain_splits_the_same_way_whichever_domains_are_selected(tmp_path) -
 
 def test_a_class_keeps_its_index_whichever_domains_are_selected(tmp_path) -> None:
     """Classes came from the selected domains only: 'cat' was 0 in A alone, 1 in B alone."""
-    root = _tree(tmp_path, domains=("A",), classes=("cat", "dog"), n=3)
-    _tree(root, domains=("B",), classes=("bird", "cat", "dog"), n=3)
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat", "dog"), n=3)
+    domain_tree(root, domains=("B",), classes=("bird", "cat", "dog"), n=3)
     with pytest.raises(egl.InputError, match=r"domain 'A' without \['bird'\]"):
         DomainFolder(root, "all", domains=["A"])
     a = DomainFolder(root, "all", domains=["A"], allow_missing_classes=True, image_size=8)
@@ -127,7 +111,7 @@ def test_a_class_keeps_its_index_whichever_domains_are_selected(tmp_path) -> Non
 
 def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
     """Divided by 255 whatever they held, a 0/1 mask peaked at 0.004: no pixel was foreground."""
-    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
     for f in (root / "masks" / "A" / "cat").iterdir():
         m = np.asarray(Image.open(f)) // 255  # the same mask, stored 0/1
         Image.fromarray(m.astype(np.uint8)).save(f)
@@ -136,7 +120,7 @@ def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
 
 
 def test_a_mask_of_another_size_is_named(tmp_path) -> None:
-    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
     Image.fromarray(np.zeros((6, 16), np.uint8)).save(root / "masks" / "A" / "cat" / "0.png")
     ds = DomainFolder(root, "all", image_size=8)
     i = next(i for i, s in enumerate(ds.samples) if s.path.name == "0.png")
@@ -146,7 +130,7 @@ def test_a_mask_of_another_size_is_named(tmp_path) -> None:
 
 def test_16_bit_grey_images_and_masks_keep_their_levels(tmp_path) -> None:
     """PIL's convert("RGB") clipped a 16-bit ramp to 255: the image came back 99% white."""
-    root = _tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
     ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (12, 1))
     Image.fromarray(ramp).save(root / "A" / "cat" / "0.png")
     mask = np.zeros((12, 16), np.uint16)
