@@ -39,7 +39,8 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
     return [".".join(k) for k in sorted(set(a) | set(b)) if k not in _FREE and a.get(k) != b.get(k)]
 
 
-def previous_rows(path: Path, cfg: dict[str, Any], splits: list[str]) -> tuple[dict[str, Any], dict[RunKey, list[dict]]]:
+def previous_rows(path: Path, cfg: dict[str, Any],
+                  splits: list[str]) -> tuple[dict[str, Any], dict[RunKey, list[dict]]]:
     """The header and the finished runs' rows of ``path`` (a ``results.jsonl``).
 
     Raises:

@@ -68,7 +68,8 @@ class Source:
             if not mode or unknown or len(set(mode)) != len(mode):
                 raise fail("egl.experiments", "train.domains", f"'all', 'each', 'loo' or a list of distinct domains "
                            f"among {names}", repr(list(mode)),
-                           f"Remove {unknown}" if unknown else f"List each domain once, e.g. train.domains=[{names[0]}]")
+                           f"Remove {unknown}" if unknown
+                           else f"List each domain once, e.g. train.domains=[{names[0]}]")
             return {"+".join(mode): list(mode)}
         if mode not in ("all", "each", "loo"):
             raise fail("egl.experiments", "train.domains", f"'all', 'each', 'loo' or a list of domains among {names}",

@@ -14,7 +14,8 @@ from typing import Any
 __all__ = ["pivot", "summary_table", "METRIC_NAMES"]
 
 METRIC_NAMES = {
-    "val_acc": "Val acc", "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑", "shortcut": "Shortcut ↓",
+    "val_acc": "Val acc", "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑",
+    "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
 }
 
@@ -71,7 +72,8 @@ def pivot(rows: Sequence[dict[str, Any]], metric: str, *, splits: Sequence[str] 
         out = []
         for s in splits:
             text = _fmt(per_split.get(s, []), scale)
-            out.append(f"*{text}*" if mark_in_distribution and (method, train, s) in in_dist and text != "–" else text)
+            marked = mark_in_distribution and (method, train, s) in in_dist and text != "–"
+            out.append(f"*{text}*" if marked else text)
         out += [_fmt(means[kind].get((method, train), []), scale) for kind in (True, False) if extra]
         lines.append(f"| {method} | {train} | " + " | ".join(out) + " |")
     return "\n".join(lines)

@@ -48,11 +48,13 @@ class Validation:
 
     The model is evaluated in eval mode under ``torch.no_grad`` and the run's autocast, then
     every module gets its mode back; torch's global random state is left as it was (a
-    DataLoader draws its seed from it), so a run trains the same with or without validation. With ``checkpoint_dir`` the records and the best state so
-    far are saved in the checkpoint, so a resumed run selects over all of its evaluations.
+    DataLoader draws its seed from it), so a run trains the same with or without validation.
+    With ``checkpoint_dir`` the records and the best state so far are saved in the checkpoint,
+    so a resumed run selects over all of its evaluations.
 
-    After ``fit``: :attr:`records` (``{"step", "acc", "loss"}`` per evaluation) and
-    :attr:`best` (the record selected by accuracy, also with ``select="last"``).
+    After ``fit``: :attr:`records` (``{"step", "acc", "loss"}`` per evaluation), :attr:`best`
+    (the most accurate, whatever ``select``) and :attr:`selected` (the one whose weights the
+    recipe has).
 
     Example:
         >>> # val = Validation(val_loader, every=100, select="acc")
@@ -144,7 +146,8 @@ class Validation:
         self._frozen_versions = {n: (p, p._version) for n, p in frozen.items()}
         state = {k: v for k, v in recipe.state_dict().items() if k not in frozen}
         if self._best_state is not None and self._best_state.keys() == state.keys() and all(
-                self._best_state[k].shape == v.shape and self._best_state[k].dtype == v.dtype for k, v in state.items()):
+                self._best_state[k].shape == v.shape and self._best_state[k].dtype == v.dtype
+                for k, v in state.items()):
             for k, v in state.items():
                 self._best_state[k].copy_(v)
         else:
