@@ -6,7 +6,7 @@ Each model trains on the two training domains (where the background predicts the
 rate, sufficiency / comprehensiveness and the share of Grad-CAM inside the digit. A PNG shows
 each model's Grad-CAM on the same images.
 
-    python examples/align_on_synthetic.py                        # 600 steps each, ~5 min on 2 CPU cores
+    python examples/align_on_synthetic.py                        # 600 steps each, ~8 min on 2 CPU cores
     python examples/align_on_synthetic.py --steps 2000 --device cuda --out runs/example
 """
 
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         val = Validation(DataLoader(SyntheticShortcuts("val", data), batch_size=256), select="acc")
         recipe.fit(loader, args.steps, seed=0, validation=val, log_path=out / f"{name}.jsonl", progress=False,
                    device=args.device)
-        print(f"{name}: kept step {val.best['step']} (validation accuracy {100 * val.best['acc']:.1f} %)")
+        print(f"{name}: kept the weights after {val.best['step'] + 1} steps "
+              f"(validation accuracy {100 * val.best['acc']:.1f} %)")
         results[name] = {split: evaluate(recipe.model, SyntheticShortcuts(split, data), device=args.device,
                                          explain_samples=args.explain_samples) for split in SPLITS}
         models[name] = recipe.model.cpu()

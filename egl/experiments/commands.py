@@ -61,13 +61,14 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dic
 
 
 def save_model(path: str | os.PathLike[str], model: torch.nn.Module, cfg: dict[str, Any], method: str,
-               num_classes: int) -> None:
-    """A self-describing checkpoint: architecture, kwargs, classes, weights, config."""
+               num_classes: int, domains: list[str] | None = None) -> None:
+    """A self-describing checkpoint: architecture, kwargs, classes, weights, config, and the
+    domains it trained on (for ``egl eval``'s in-distribution flag)."""
     from egl.train.checkpoint import save_checkpoint
 
     save_checkpoint({"arch": cfg["model"]["arch"], "kwargs": cfg["model"].get("kwargs") or {},
-                  "num_classes": num_classes, "method": method, "state_dict": model.state_dict(),
-                  "config": json.loads(json.dumps(cfg, default=str))}, path)
+                     "num_classes": num_classes, "method": method, "state_dict": model.state_dict(),
+                     "config": json.loads(json.dumps(cfg, default=str)), "domains": domains}, path)
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -110,7 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_set = next(iter(source.training_sets(domains).values()))
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl",
                          source.validation_set(domains)).model
-    save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes)
+    save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0
 
@@ -122,15 +123,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint)
     cfg = _config(args, base=ckpt["config"])
     source = load_source(cfg["data"])
-    mode = cfg["train"].get("domains", "all")  # each / loo: a checkpoint of an egl train that pooled every domain
-    trained_on = next(iter(source.training_domains("all" if mode in ("each", "loo") else mode).values()))
+    # in distribution: a split of a domain the model trained on, in the data it trained on
+    trained = ckpt["config"].get("data", {})
+    same_data = all(trained.get(k) == cfg["data"].get(k) for k in ("name", "root", "synthetic"))
+    trained_on = ckpt.get("domains") if same_data else []
     for split, ds in source.test_sets(args.split or None).items():
         e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
                            device=device)
-        print(json.dumps({"split": split, "in_distribution": source.in_distribution(split, trained_on),
-                          **{k: round(v, 4) for k, v in metrics.items()}}))
+        flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
+        print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
 
 

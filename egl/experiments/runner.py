@@ -58,7 +58,8 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
 
     With ``val_set`` and ``train.select`` or ``train.val_every`` set, accuracy on ``val_set`` is
     measured during training (:class:`egl.train.Validation`) and, with ``train.select=acc``, the
-    most accurate weights are kept; ``recipe.validation`` then holds the records. With
+    most accurate weights are kept; ``recipe.selected`` is then the selected measurement
+    (``{"step", "acc", "loss"}``; None without validation). With
     ``checkpoint_dir`` the run checkpoints every ``train.checkpoint_every`` steps and, with
     ``resume``, continues from the checkpoint there.
 
@@ -81,7 +82,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)),
                validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
                checkpoint_every=int(t.get("checkpoint_every", 500)))
-    recipe.validation = validation
+    recipe.selected = validation.selected if validation is not None else None  # (not the kept weights' copy)
     return recipe
 
 
@@ -91,15 +92,17 @@ def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
     if select == "last" and every is None:
         return None
     if val_set is None or len(val_set) == 0:
-        raise fail("egl.experiments", "train.select", "a run with a validation split", "none for this run",
-                   "Use train.select=last and leave train.val_every unset")
+        key = "train.select" if select == "acc" else "train.val_every"
+        raise fail("egl.experiments", key, "a run with a validation split", "none for this run (empty or absent)",
+                   "Use train.select=last and leave train.val_every unset, or give the data a validation split")
     loader = DataLoader(val_set, batch_size=int(cfg["eval"]["batch_size"]),
                         num_workers=int(cfg["data"].get("num_workers", 0)))
     return Validation(loader, every=every, select=select)
 
 
 def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    """``train.select`` and ``train.val_every``, checked (before any folder is made or step is run)."""
+    """``train.select`` and ``train.val_every`` (and ``train.checkpoint_every``), checked before any
+    folder is made or step is run."""
     t = cfg["train"]
     select, every = t.get("select", "last"), t.get("val_every")
     if select not in ("last", "acc"):
@@ -108,6 +111,10 @@ def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise fail("egl.experiments", "train.val_every", "an int >= 1 or null (10 evaluations a run)", repr(every),
                    "Set e.g. train.val_every=50")
+    ckpt_every = t.get("checkpoint_every", 500)
+    if not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1:
+        raise fail("egl.experiments", "train.checkpoint_every", "an int >= 1 (steps between a run's checkpoints)",
+                   repr(ckpt_every), "Set e.g. train.checkpoint_every=500")
     return select, every
 
 
@@ -152,15 +159,17 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     if resume and not cfg.get("output"):
         raise fail("egl experiment", "--resume", "--out naming the results folder of the run to resume", "no --out",
                    "Pass --out DIR, the folder the interrupted run wrote to")
-    out = results_dir(cfg, kind)
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
+    out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}
-    if resume and (out / "results.jsonl").is_file():
+    # without a results log there is nothing to resume: checkpoints left there may be of another config
+    resume = resume and (out / "results.jsonl").is_file()
+    if resume:
         header, finished = previous_rows(out / "results.jsonl", cfg, list(tests))
     rows: list[dict[str, Any]] = []
     keep: dict[str, nn.Module] = {}
@@ -183,13 +192,16 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                     if done is not None and not figures:
                         rows += done
                         continue
-                    if echo:
-                        print(f"[egl] {kind}: {'restoring' if done else 'training'} {method} on {train_name}, "
-                              f"seed {seed} ({t['steps']} steps)", flush=True)
                     ckpt = out / "checkpoints" / f"{method}-{train_name}-s{seed}"
+                    trained = ckpt / "trained.json"  # written when training ends, before evaluation
+                    if echo:
+                        doing = ("restoring" if resume and trained.is_file() else
+                                 "resuming" if resume and (ckpt / "last.pt").is_file() else "training")
+                        print(f"[egl] {kind}: {doing} {method} on {train_name}, seed {seed} ({t['steps']} steps)",
+                              flush=True)
                     started = time.time()
-                    with warnings.catch_warnings():  # a finished run's checkpoint is at its last step
-                        if done is not None:
+                    with warnings.catch_warnings():  # a trained run's checkpoint is at its last step
+                        if resume:
                             warnings.filterwarnings("ignore", message=".*nothing is trained")
                         recipe = train_method(cfg, method, source, train_set, seed,
                                               out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
@@ -200,8 +212,14 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         rows += done
                         continue
                     model = recipe.model
-                    train_s = time.time() - started
-                    chosen = recipe.validation.selected if recipe.validation is not None else None
+                    # a run whose training had ended keeps its time; one resumed mid-way counts from the restart
+                    if resume and trained.is_file():
+                        train_s = float(json.loads(trained.read_text())["train_seconds"])
+                    else:
+                        train_s = time.time() - started
+                        trained.parent.mkdir(parents=True, exist_ok=True)
+                        trained.write_text(json.dumps({"train_seconds": train_s}))
+                    chosen = recipe.selected
                     selected = {} if chosen is None else {"selected_step": chosen["step"], "val_acc": chosen["acc"]}
                     for split, ds in tests.items():
                         metrics = evaluate(model, ds, batch_size=int(e["batch_size"]),
@@ -278,6 +296,9 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
         sel = [r for r in rows if r.get("in_distribution") is kind]
         parts += ["", f"## {title}: accuracy, AUC, faithfulness and localisation (mean over the row's "
                   f"{'in' if kind else 'out-of'}-distribution splits)", "", summary_table(sel, metrics)]
+    if not kinds:  # rows that do not say which splits are in distribution (written by hand, or by older egl)
+        parts += ["", "## Every test split: accuracy, AUC, faithfulness and localisation (mean over the splits)",
+                  "", summary_table(rows, metrics)]
     parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
               "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from egl._check import check_logits, fail
+from egl.errors import EGLError, InputError, UnsupportedModelError
 from egl.metrics._common import check_labels
 from egl.train import distributed as dist_utils
 
@@ -52,7 +53,8 @@ class Validation:
     With ``checkpoint_dir`` the records and the best state so far are saved in the checkpoint,
     so a resumed run selects over all of its evaluations.
 
-    After ``fit``: :attr:`records` (``{"step", "acc", "loss"}`` per evaluation), :attr:`best`
+    After ``fit``: :attr:`records` (``{"step", "acc", "loss"}`` per evaluation, ``step`` as in
+    the log's rows: 0-based, the weights after that step), :attr:`best`
     (the most accurate, whatever ``select``) and :attr:`selected` (the one whose weights the
     recipe has).
 
@@ -104,12 +106,16 @@ class Validation:
     def run(self, recipe: "Recipe", done: int, device: torch.device,
             autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
             memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
-        """Evaluate ``recipe.model`` now (after ``done`` steps); returns ``{"val/acc", "val/loss"}``."""
+        """Evaluate ``recipe.model`` now, after ``done`` steps; returns ``{"val/acc", "val/loss"}``.
+
+        The record's ``step`` is that of the log row it joins (``done - 1``: rows count from 0),
+        so ``{"step": 399}`` holds the weights after the 400th step."""
         from egl.recipes.batch import as_batch
 
         model = recipe.model
         modes = [(m, m.training) for m in model.modules()]
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, summed cross-entropy
+        error: EGLError | None = None
         try:  # a DataLoader draws its base seed from torch's global RNG: the training's draws stay as they were
             model.eval()
             with torch.random.fork_rng(devices=[]):
@@ -123,16 +129,26 @@ class Validation:
                     sums[0] += (logits.argmax(1) == y).sum()
                     sums[1] += y.numel()
                     sums[2] += F.cross_entropy(logits, y, reduction="sum")
+        except (InputError, UnsupportedModelError) as exc:  # every rank learns of it before the all-reduce
+            error = exc
         finally:
             for m, was_training in modes:
                 m.training = was_training
         if dist_utils.is_distributed():
-            torch.distributed.all_reduce(sums)
+            failed, _ = dist_utils.first_failure(1 if error is not None else 0, device)
+            if error is None and failed >= 0:
+                raise fail(FN, "loader", "validation batches that pass every check on every rank",
+                           f"a failed check on rank {failed} after step {done - 1}",
+                           f"See rank {failed}'s error, which names the argument")
+            if error is None:
+                torch.distributed.all_reduce(sums)
+        if error is not None:
+            raise error
         correct, count, loss = sums.tolist()
         if count == 0:
             raise fail(FN, "loader", "at least one validation batch", "an empty loader",
                        "Pass a loader over a non-empty validation split")
-        record = {"step": done, "acc": correct / count, "loss": loss / count}
+        record = {"step": done - 1, "acc": correct / count, "loss": loss / count}  # the log row's step
         improved = self.best is None or record["acc"] > self.best["acc"]
         self.records.append(record)
         if improved and self.select == "acc":

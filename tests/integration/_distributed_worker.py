@@ -14,6 +14,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import egl
 from egl import recipes
 from egl.train import init_distributed
 from egl.train.distributed import average_gradients, rank, world_size
@@ -77,7 +78,14 @@ def _validation() -> dict[str, object]:
     recipe.eval()
     with torch.no_grad():  # this rank's correct count with the selected weights
         correct = sum(int((recipe.model(x).argmax(1) == y).sum()) for x, y in DataLoader(shard, batch_size=8))
-    return {"records": val.records, "best": val.best, "correct": correct, "state": recipe.state_dict()}
+    bad = TensorDataset(torch.randn(2, 3, 32, 32), torch.tensor([0, 7 if rank() == 1 else 1]))
+    try:  # a label out of range on rank 1 only: both ranks raise, neither waits in the all-reduce
+        recipe.fit(_loader(), 1, seed=0, progress=False, validation=Validation(DataLoader(bad, batch_size=2)))
+        error = "no error"
+    except egl.InputError as exc:
+        error = str(exc)
+    return {"records": val.records, "best": val.best, "correct": correct, "state": recipe.state_dict(),
+            "error": error}
 
 
 def _nan_on_one_rank() -> str:

@@ -57,6 +57,9 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     assert v0["records"] == v1["records"] and len(v0["records"]) == 3 and v0["best"] == v1["best"]
     assert v0["best"]["acc"] == pytest.approx((v0["correct"] + v1["correct"]) / 8)
     assert all(torch.equal(v0["state"][k], v1["state"][k]) for k in v0["state"])
+    assert "'loader's labels' expected class indices in [0, 4]" in v1["error"]
+    assert "'loader' expected validation batches that pass every check on every rank, got a failed check on " \
+           "rank 1 after step 0" in v0["error"], v0["error"]
     for key in ("state", "resumed"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers

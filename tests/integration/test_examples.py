@@ -34,7 +34,7 @@ def test_align_on_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert set(results) == {"erm", "align"} and set(results["align"]) == {"test_id", "random", "flipped", "novel"}
     assert all(0 <= r["acc"] <= 1 for split in results.values() for r in split.values())
     assert (tmp_path / "run" / "case_study.png").is_file() and (tmp_path / "run" / "align.jsonl").is_file()
-    assert "align: kept step" in capsys.readouterr().out
+    assert "align: kept the weights after" in capsys.readouterr().out
 
 
 def test_masker_ablation(tmp_path: Path) -> None:

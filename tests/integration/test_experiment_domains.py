@@ -130,3 +130,30 @@ def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
     assert main(["eval", "--checkpoint", str(tmp_path / "t" / "model.pt")]) == 0
     flags = {(r := json.loads(line))["split"]: r["in_distribution"] for line in capsys.readouterr().out.splitlines()}
     assert flags == {"A": True, "B": True, "C": False}
+    # the flag follows what the model trained on, not the domains selected for the evaluation...
+    assert main(["eval", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--set", "data.domains=[B, C]"]) == 0
+    flags = {(r := json.loads(line))["split"]: r["in_distribution"] for line in capsys.readouterr().out.splitlines()}
+    assert flags == {"B": True, "C": False}
+    other = domain_tree(tmp_path / "other", domains=("X", "A"))  # ...nor a domain of the same name in other data
+    assert main(["eval", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--set", f"data.root={other}"]) == 0
+    flags = {(r := json.loads(line))["split"]: r["in_distribution"] for line in capsys.readouterr().out.splitlines()}
+    assert flags == {"X": False, "A": False}
+
+
+def test_bad_domain_settings_fail_before_a_folder_is_made(folder: dict, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["experiment", "--set", "data.name=folder", "--set", f"data.root={folder['root']}", "--no-progress"]
+    for extra, match in ((["--set", "data.domains=[A]", "--set", "train.domains=loo"], "at least two domains"),
+                         (["--set", "eval.splits=[Z]"], "'eval.splits' expected names among"),
+                         (["--set", "train.checkpoint_every=0"], "'train.checkpoint_every' expected an int >= 1")):
+        assert main([*base, *extra, "--out", str(tmp_path / "never")]) == 1
+        assert match in capsys.readouterr().err
+        assert not (tmp_path / "never").exists()
+
+
+def test_rows_without_the_flag_still_get_a_summary_table() -> None:
+    from egl.experiments.runner import render_tables
+
+    rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
+    tables = render_tables(rows, None)
+    assert "## Every test split" in tables and "| erm | all | 50.0 | 70.0 |" in tables

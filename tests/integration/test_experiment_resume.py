@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,45 @@ def test_an_interrupted_grid_resumes_to_the_same_results(tmp_path: Path, monkeyp
     events = [json.loads(line).get("event") for line in (out / "results.jsonl").read_text().splitlines()]
     assert events[:2] == ["start", "resume"]
     assert (out / "tables.md").read_text() == (reference / "tables.md").read_text()
+
+
+def test_a_grid_cut_during_evaluation_restores_the_trained_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import egl.experiments.runner as runner
+
+    cfg = _cfg(tmp_path / "run", "train.seeds=[0]", "methods={erm: {recipe: erm}, erm2: {recipe: erm}}")
+    real, calls = runner.evaluate, {"n": 0}
+
+    def evaluate(*args, **kwargs):  # the second method's second split fails
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, echo=False)
+    monkeypatch.setattr(runner, "evaluate", real)
+    seconds = json.loads((tmp_path / "run" / "checkpoints" / "erm2-all-s0" / "trained.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "nothing is trained" warning: the run had finished training
+        warnings.filterwarnings("ignore", message="egl.experiments. method")
+        run(cfg, resume=True)
+    assert "restoring erm2 on all, seed 0" in capsys.readouterr().out
+    rows = [r for r in _results(tmp_path / "run") if r["method"] == "erm2"]
+    assert len(rows) == 5
+    full = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert {r["train_seconds"] for r in full if r.get("method") == "erm2"} == {round(seconds["train_seconds"], 1)}
+
+
+def test_resume_into_a_folder_without_results_ignores_its_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(_cfg(out, "train.seeds=[0]", "methods={erm: {recipe: erm}}"), echo=False)
+    (out / "results.jsonl").unlink()  # checkpoints of that run remain; another config resumes "into" it
+    rows, _ = run(_cfg(out, "train.seeds=[0]", "methods={erm: {recipe: erm}}", "train.steps=4"), echo=False,
+                  resume=True)
+    log = [json.loads(line) for line in (out / "train" / "erm-all-s0.jsonl").read_text().splitlines()]
+    assert log[-5]["event"] == "start" and [r["step"] for r in log[-4:]] == [0, 1, 2, 3]  # trained afresh
 
 
 def test_resume_refuses_another_config_and_needs_out(tmp_path: Path) -> None:

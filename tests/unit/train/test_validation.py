@@ -31,11 +31,11 @@ def test_validation_is_logged_every_n_steps_and_after_the_last(tmp_path: Path) -
     recipe = recipes.erm(make_model("test_resnet", eval_mode=False), lr=1e-2)
     history = recipe.fit(_data(3, 0), 5, seed=0, progress=False, log_path=log, validation=val)
     assert recipe.model.training  # validation's eval mode did not outlive it (train mode, as before fit)
-    assert [r["step"] for r in history if "val/acc" in r] == [1, 3, 4]  # after steps 2, 4 and 5
-    assert [r["step"] for r in val.records] == [2, 4, 5]
+    assert [r["step"] for r in history if "val/acc" in r] == [1, 3, 4]  # after 2, 4 and 5 steps
+    assert [r["step"] for r in val.records] == [1, 3, 4]  # the rows' steps (0-based), not the steps done
     assert history[-1]["val/acc"] == pytest.approx(_acc(recipe.model, val.loader))  # select="last": final weights
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    assert events[-1] == {"event": "select", "select": "last", "step": 5, "val/acc": val.records[-1]["acc"],
+    assert events[-1] == {"event": "select", "select": "last", "step": 4, "val/acc": val.records[-1]["acc"],
                           "val/loss": val.records[-1]["loss"]}
     assert Validation(_data(1, 1)).due(30, 300) and not Validation(_data(1, 1)).due(31, 300)  # default: steps // 10
 
@@ -48,7 +48,7 @@ def test_select_acc_restores_the_most_accurate_weights() -> None:
     history = recipe.fit(_data(4, 0), 8, seed=0, progress=False, validation=val)
     accs = [r["val/acc"] for r in history]
     best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # the earliest of equals
-    assert val.best == val.records[best] and val.best["step"] == best + 1
+    assert val.best == val.records[best] and val.best["step"] == history[best]["step"] == best
     assert _acc(recipe.model, val_data) == pytest.approx(accs[best])
     assert val.best["step"] < val.records[-1]["step"] and val.best["acc"] > val.records[-1]["acc"], \
         "the best measurement should not be the last, for the restore to be exercised"
@@ -88,7 +88,7 @@ def test_resume_keeps_the_records_and_the_best_weights(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="made with select='last', which keeps no weights"):
         recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
             _data(4, 0), 3, validation=fresh, **{**kwargs, "checkpoint_dir": tmp_path / "last"})
-    assert [r["step"] for r in fresh.records] == [3]
+    assert [r["step"] for r in fresh.records] == [2]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -129,3 +129,12 @@ def test_frozen_parameters_are_not_copied_and_a_later_change_to_them_is_named() 
         recipe.model.conv1[0].weight.add_(1.0)  # a frozen parameter changed after the selected step
     with pytest.warns(UserWarning, match="were frozen .* at the selected step and changed after it"):
         val.finish(recipe)
+
+
+def test_resuming_with_selection_from_a_run_without_validation_warns(tmp_path: Path) -> None:
+    kwargs = dict(progress=False, checkpoint_dir=tmp_path, checkpoint_every=1, resume=True, seed=0)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_data(2, 0), 2, **kwargs)
+    with pytest.warns(UserWarning, match="written without validation: select='acc' chooses among the measurements "
+                                         "after step 2 only"):
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
+            _data(2, 0), 3, validation=Validation(_data(1, 1), select="acc"), **kwargs)
