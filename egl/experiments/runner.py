@@ -35,7 +35,7 @@ from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model
 from egl.experiments.sources import Source, load_source
-from egl.experiments.tables import pivot, summary_table
+from egl.experiments.tables import heldout_table, pivot, summary_table
 from egl._check import fail
 from egl.train.loop import _versions, seed_everything
 from egl.train.validation import Validation
@@ -287,6 +287,10 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
              "ID / OOD: the mean over the row's in-distribution / out-of-distribution splits."
              + (" **No split here is out of distribution**: every test split is of a training domain "
                 "(train.domains=each or loo tests on held-out domains)." if kinds == [True] else "")]
+    held = heldout_table(rows, "acc")
+    if held is not None:
+        parts += ["", "## Accuracy (%) on the held-out domain (DomainBed's table: one column per domain left out)",
+                  "", held]
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]

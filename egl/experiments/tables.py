@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["pivot", "summary_table", "METRIC_NAMES"]
+__all__ = ["pivot", "summary_table", "heldout_table", "METRIC_NAMES"]
 
 METRIC_NAMES = {
     "val_acc": "Val acc", "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑",
@@ -89,4 +89,40 @@ def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], *, sca
     for method, train in keys:
         lines.append(f"| {method} | {train} | "
                      + " | ".join(_fmt(per_metric[m][(method, train)], scale) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def heldout_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, scale: float = 100.0) -> str | None:
+    """DomainBed's table: one row per method, one column per held-out test split, then ``Avg``.
+
+    Defined when every run (method, training set) has exactly one out-of-distribution split
+    and a method's runs hold out different splits (``train.domains=loo``; ``each`` with two
+    domains); otherwise ``None``. ``Avg`` is the mean over the held-out splits per seed, then
+    mean ± std over seeds (DomainBed averages the per-domain means: equal for the mean).
+    """
+    ood = [r for r in rows if r.get("in_distribution") is False]
+    held: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in ood:
+        held[(r["method"], r["train"])].add(r["split"])
+    runs = {(r["method"], r["train"]) for r in rows}
+    if not ood or any(len(held.get(run, ())) != 1 for run in runs):
+        return None
+    splits = list(dict.fromkeys(r["split"] for r in ood))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        mine = [next(iter(held[run])) for run in runs if run[0] == m]
+        if len(mine) < 2 or len(set(mine)) != len(mine):
+            return None
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_seed: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in ood:
+        value = float(r.get(metric, math.nan))
+        cells[r["method"]][r["split"]].append(value)
+        per_seed[r["method"]][r["seed"]].append(value)
+    lines = [f"| method | {' | '.join(splits)} | Avg |", "|" + "---|" * (len(splits) + 2)]
+    for m in methods:
+        avg = [sum(v) / len(v) if (v := _finite(vals)) and len(vals) == len(splits) else math.nan
+               for vals in per_seed[m].values()]
+        lines.append(f"| {m} | " + " | ".join(_fmt(cells[m].get(s, []), scale) for s in splits)
+                     + f" | {_fmt(avg, scale)} |")
     return "\n".join(lines)

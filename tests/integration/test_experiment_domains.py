@@ -101,6 +101,7 @@ def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
     assert "| erm | all-but-B | *" in tables and "| ID | OOD |" in tables
     assert "## Out of distribution" in tables and "## In distribution" in tables
     assert "No split here is out of distribution" not in tables
+    assert "## Accuracy (%) on the held-out domain" in tables and "| method | A | B | C | Avg |" in tables
     assert (out / "train" / "erm-all-but-C-s0.jsonl").is_file()
 
     assert "selected_step" not in rows[0] and "val/acc" not in (out / "train" / "erm-all-but-C-s0.jsonl").read_text()
@@ -157,3 +158,17 @@ def test_rows_without_the_flag_still_get_a_summary_table() -> None:
     rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
     tables = render_tables(rows, None)
     assert "## Every test split" in tables and "| erm | all | 50.0 | 70.0 |" in tables
+
+
+def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
+    from egl.experiments.tables import heldout_table
+
+    rows = [{"method": m, "train": f"all-but-{held}", "seed": seed, "split": split, "in_distribution": split != held,
+             "acc": acc[(m, held, seed)] if split == held else 0.99}
+            for acc in [{("erm", "A", 0): 0.5, ("erm", "B", 0): 0.7, ("erm", "A", 1): 0.6, ("erm", "B", 1): 0.8}]
+            for m in ("erm",) for held in "AB" for seed in (0, 1) for split in "AB"]
+    table = heldout_table(rows)
+    assert table.splitlines() == ["| method | A | B | Avg |", "|---|---|---|---|",
+                                  "| erm | 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |"]  # Avg per seed: 0.6, 0.7
+    pooled = [{**r, "train": "all", "in_distribution": r["split"] == "A"} for r in rows if r["train"] == "all-but-B"]
+    assert heldout_table(pooled) is None  # one run: nothing is held out in turn
