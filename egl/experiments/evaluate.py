@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from egl._transfer import upload
 from egl.explainers.grad_cam import GradCAM
-from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate
+from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate, worst_group_accuracy
 from egl.recipes.batch import as_batch
 
 __all__ = ["evaluate", "predict"]
@@ -85,6 +85,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
         sc = torch.cat(shortcuts)
         keep = sc >= 0
         out["shortcut"] = float(shortcut_rate(lg[keep], sc[keep], yy[keep])) if bool(keep.any()) else math.nan
+        # groups: (class, background class), a background of no class (-1) its own value
+        out["worst_group"] = float(worst_group_accuracy(lg, yy, yy * (lg.shape[1] + 1) + sc + 1))
     if suff:
         out["suff"] = float(torch.cat(suff).mean())
         out["comp"] = float(torch.cat(comp).mean())

@@ -294,7 +294,8 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
-    metrics = [m for m in ("val_acc", "acc", "auc", "suff", "comp", "shortcut", "energy", "area", "iou") if m in has]
+    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "shortcut", "energy", "area", "iou")
+               if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"
         sel = [r for r in rows if r.get("in_distribution") is kind]

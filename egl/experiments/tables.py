@@ -14,8 +14,8 @@ from typing import Any
 __all__ = ["pivot", "summary_table", "heldout_table", "METRIC_NAMES"]
 
 METRIC_NAMES = {
-    "val_acc": "Val acc", "acc": "Acc", "auc": "AUC", "suff": "Suff ↓", "comp": "Comp ↑",
-    "shortcut": "Shortcut ↓",
+    "val_acc": "Val acc", "acc": "Acc", "worst_group": "Worst group", "auc": "AUC", "suff": "Suff ↓",
+    "comp": "Comp ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
 }
 

@@ -5,7 +5,8 @@
   saliency, batched through the model (DeYoung et al., ACL 2020).
 - :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
   IoU of saliency (or a masker's output) against ground-truth masks.
-- :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature.
+- :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
+  accuracy over (class, spurious feature) groups.
 
 Localisation scores say where a map points, not what the model decides by: report them
 beside accuracy and the shortcut rate.
@@ -26,7 +27,7 @@ from egl.metrics.localization import (
     pointing_game,
     top_k_iou,
 )
-from egl.metrics.shortcut import shortcut_rate
+from egl.metrics.shortcut import shortcut_rate, worst_group_accuracy
 
 __all__ = [
     "accuracy",
@@ -41,4 +42,5 @@ __all__ = [
     "pointing_game",
     "top_k_iou",
     "shortcut_rate",
+    "worst_group_accuracy",
 ]

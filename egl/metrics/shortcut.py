@@ -22,9 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from egl._check import check_same_batch, check_tensor, describe, fail
+from egl._transfer import upload
 from egl.metrics._common import check_labels, check_logits
 
-__all__ = ["shortcut_rate"]
+__all__ = ["shortcut_rate", "worst_group_accuracy"]
 
 
 def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = None) -> Tensor:
@@ -67,3 +69,46 @@ def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = No
             return torch.full((), float("nan"), device=s.device)
         hit = hit[conflict]
     return hit.mean()
+
+
+def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor) -> Tensor:
+    """The lowest accuracy over the groups present (Sagawa et al., ICLR 2020, "worst-group
+    accuracy"): with groups = (class, spurious feature) pairs, a model that leans on the
+    feature fails the groups where the two disagree, whatever its average accuracy.
+
+    Args:
+        logits: class scores (the argmax is the prediction; ties go to the lowest index).
+        y: true labels.
+        groups: one integer id per sample; every id present is a group (e.g.
+            ``y * num_backgrounds + background``).
+
+    Returns:
+        A 0-D float tensor in [0, 1].
+
+    Raises:
+        InputError: bad shapes, batch mismatch, labels not integer or out of range, ``groups``
+            not a 1-D integer tensor of the batch's length.
+
+    Shape:
+        logits: ``B C``; y: ``B``; groups: ``B``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+        >>> y, g = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 2])
+        >>> float(worst_group_accuracy(logits, y, g))   # groups 0 and 1 right, group 2 wrong
+        0.0
+    """
+    fn = "egl.metrics.worst_group_accuracy"
+    s = check_logits(logits, fn)
+    t = check_labels(y, s, s.shape[1], fn, "y")
+    g = check_tensor(groups, fn, "groups")
+    if g.dim() != 1 or g.is_floating_point() or g.is_complex() or g.dtype == torch.bool:
+        raise fail(fn, "groups", "a 1-D integer tensor of group ids [B]", describe(g),
+                   "Pass one integer group id per sample, e.g. y * num_backgrounds + background")
+    check_same_batch(fn, logits=s, groups=g)
+    correct = (s.argmax(dim=1) == t).to(torch.float64)
+    ids, index = torch.unique(upload(g, s.device), return_inverse=True)
+    hits = torch.zeros(ids.numel(), dtype=torch.float64, device=s.device).index_add_(0, index, correct)
+    counts = torch.bincount(index, minlength=ids.numel()).to(torch.float64)
+    return (hits / counts).min().to(torch.float32)

@@ -43,3 +43,44 @@ def test_errors() -> None:
         shortcut_rate(LOGITS, torch.tensor([0, 1, 1, 1]), torch.zeros(4))
     with pytest.raises(egl.InputError, match=r"'logits' expected a 2-D tensor"):
         shortcut_rate(torch.zeros(4), torch.tensor([0, 1, 1, 1]))
+
+
+def test_worst_group_accuracy_is_the_lowest_group_accuracy() -> None:
+    from egl.metrics import worst_group_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(200, 4, generator=g), torch.randint(0, 4, (200,), generator=g)
+    groups = torch.randint(-3, 7, (200,), generator=g) * 11  # any integer ids, negative too
+    right = logits.argmax(1) == y
+    expected = min(float(right[groups == k].float().mean()) for k in groups.unique())
+    assert float(worst_group_accuracy(logits, y, groups)) == pytest.approx(expected)
+    assert float(worst_group_accuracy(logits, y, torch.zeros(200, dtype=torch.long))) == pytest.approx(
+        float(right.float().mean()))  # one group: plain accuracy
+
+
+def test_evaluate_reports_worst_group_on_class_background_groups() -> None:
+    from _helpers import make_model
+
+    from egl.data import SyntheticConfig, SyntheticShortcuts
+    from egl.experiments import evaluate, predict
+
+    ds = SyntheticShortcuts("test_id", SyntheticConfig(train_per_domain=4, val_per_domain=2, test_per_split=60),
+                            cache=False)
+    model = make_model("test_resnet")
+    out = evaluate(model, ds, explain_samples=0)
+    pred, y, bg = predict(model, ds).argmax(1), ds.tensors["label"], ds.tensors["shortcut"]
+    accs = [float((pred[m] == y[m]).float().mean()) for c in range(5) for b in range(-1, 5)
+            if (m := (y == c) & (bg == b)).any()]
+    assert out["worst_group"] == pytest.approx(min(accs)) and out["worst_group"] <= out["acc"]
+
+
+@pytest.mark.parametrize("groups, match", [
+    (torch.zeros(4), "'groups' expected a 1-D integer tensor of group ids"),
+    (torch.zeros(3, dtype=torch.long), "groups"),
+    ([0, 1, 2, 3], "'groups' expected a torch.Tensor"),
+])
+def test_worst_group_accuracy_names_bad_groups(groups: object, match: str) -> None:
+    from egl.metrics import worst_group_accuracy
+
+    with pytest.raises(egl.InputError, match=match):
+        worst_group_accuracy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), groups)
