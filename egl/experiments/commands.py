@@ -110,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     domains = _one_run(source, cfg["train"].get("domains", "all"))
     train_set = next(iter(source.training_sets(domains).values()))
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl",
-                         source.validation_set(domains)).model
+                         source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,
         "select": "last",             # "last" (final weights) or "acc": the most accurate on the training domains'
         "val_every": None,            # ...validation split, evaluated every val_every steps (None: 10 times a run)
+        "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or
+                                      # "held_out" (the others: DomainBed's test-domain "oracle" selection)
         "checkpoint_every": 500,      # each run's checkpoint (egl experiment --resume continues from it)
         "progress": True,
     },

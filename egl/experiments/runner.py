@@ -91,13 +91,22 @@ def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
     select, every = _check_selection(cfg)
     if select == "last" and every is None:
         return None
-    if val_set is None or len(val_set) == 0:
-        key = "train.select" if select == "acc" else "train.val_every"
-        raise fail("egl.experiments", key, "a run with a validation split", "none for this run (empty or absent)",
-                   "Use train.select=last and leave train.val_every unset, or give the data a validation split")
+    _check_val_set(cfg, val_set, select)
     loader = DataLoader(val_set, batch_size=int(cfg["eval"]["batch_size"]),
                         num_workers=int(cfg["data"].get("num_workers", 0)))
     return Validation(loader, every=every, select=select)
+
+
+def _check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
+    """A run that validates has a non-empty validation set."""
+    if val_set is None or len(val_set) == 0:
+        key = "train.select" if select == "acc" else "train.val_every"
+        held_out = cfg["train"].get("val_domains", "train") == "held_out"
+        raise fail("egl.experiments", key, "a run with a validation split",
+                   "none for this run" + (" (train.val_domains=held_out: every domain with a validation split is "
+                                          "a training domain of the run)" if held_out else " (empty or absent)"),
+                   "Use train.domains=each or loo for held-out domains" if held_out else
+                   "Use train.select=last and leave train.val_every unset, or give the data a validation split")
 
 
 def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
@@ -111,6 +120,9 @@ def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise fail("egl.experiments", "train.val_every", "an int >= 1 or null (10 evaluations a run)", repr(every),
                    "Set e.g. train.val_every=50")
+    if t.get("val_domains", "train") not in ("train", "held_out"):
+        raise fail("egl.experiments", "train.val_domains", "'train' or 'held_out'", repr(t.get("val_domains")),
+                   "Set train.val_domains=train (training-domain validation) or held_out (the oracle)")
     ckpt_every = t.get("checkpoint_every", 500)
     if not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1:
         raise fail("egl.experiments", "train.checkpoint_every", "an int >= 1 (steps between a run's checkpoints)",
@@ -155,7 +167,6 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
 
     check_keys(cfg)
     source = load_source(cfg["data"])  # bad data settings fail before any folder is made
-    _check_selection(cfg)
     if resume and not cfg.get("output"):
         raise fail("egl experiment", "--resume", "--out naming the results folder of the run to resume", "no --out",
                    "Pass --out DIR, the folder the interrupted run wrote to")
@@ -164,6 +175,10 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
+    select, every = _check_selection(cfg)
+    if select == "acc" or every is not None:  # every run has data to validate on, before anything is made
+        for domains in train_domains.values():
+            _check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}
@@ -205,7 +220,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                             warnings.filterwarnings("ignore", message=".*nothing is trained")
                         recipe = train_method(cfg, method, source, train_set, seed,
                                               out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
-                                              source.validation_set(train_domains[train_name]),
+                                              source.validation_set(train_domains[train_name],
+                                                                    held_out=t.get("val_domains") == "held_out"),
                                               checkpoint_dir=ckpt, resume=resume)
                     if done is not None:  # (a run of the figures: its model is needed again)
                         keep[method] = recipe.cpu()

@@ -89,8 +89,14 @@ class Source:
         return {run: self.train[ds[0]] if len(ds) == 1 else ConcatDataset([self.train[d] for d in ds])
                 for run, ds in self.training_domains(mode).items()}
 
-    def validation_set(self, domains: list[str]) -> Dataset:
-        """The validation splits of ``domains`` pooled (DomainBed's training-domain validation)."""
+    def validation_set(self, domains: list[str], *, held_out: bool = False) -> Dataset | None:
+        """The validation splits of ``domains`` pooled (DomainBed's training-domain validation),
+        or with ``held_out`` those of every other domain (DomainBed's test-domain validation,
+        the "oracle"); None when there are none."""
+        if held_out:
+            domains = [d for d in self.val if d not in domains]
+        if not domains:
+            return None
         return self.val[domains[0]] if len(domains) == 1 else ConcatDataset([self.val[d] for d in domains])
 
     def in_distribution(self, split: str, domains: list[str]) -> bool:

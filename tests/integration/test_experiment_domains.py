@@ -172,3 +172,26 @@ def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
                                   "| erm | 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |"]  # Avg per seed: 0.6, 0.7
     pooled = [{**r, "train": "all", "in_distribution": r["split"] == "A"} for r in rows if r["train"] == "all-but-B"]
     assert heldout_table(pooled) is None  # one run: nothing is held out in turn
+
+
+def test_held_out_validation_uses_the_other_domains_validation_splits(
+        folder: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import egl.experiments.runner as runner
+
+    source = load_source(folder)
+    assert len(source.validation_set(["A"], held_out=True)) == len(source.val["B"]) + len(source.val["C"])
+    assert source.validation_set(["A", "B", "C"], held_out=True) is None
+    seen = []
+    real = runner.train_method
+    monkeypatch.setattr(runner, "train_method", lambda *a, **k: seen.append(a[6] and len(a[6])) or real(*a, **k))
+    args = ["experiment", "--set", "data.name=folder", "--set", f"data.root={folder['root']}", "--set",
+            "data.image_size=32", "--set", "data.batch_size=8", "--set", "train.steps=1", "--set",
+            "model.arch=test_resnet", "--set", "eval.explain_samples=2", "--set", "eval.mask_quality=false",
+            "--set", "methods={erm: {recipe: erm}}", "--set", "train.select=acc", "--set", "train.val_domains=held_out",
+            "--no-progress"]
+    assert main([*args, "--set", "train.domains=loo", "--out", str(tmp_path / "oracle")]) == 0
+    assert seen == [len(source.val["A"])] * 3  # all-but-A selects on A's validation split, and so on (4 each)
+    capsys.readouterr()
+    assert main([*args, "--set", "train.domains=all", "--out", str(tmp_path / "none")]) == 1  # nothing held out
+    assert "'train.select' expected a run with a validation split, got none for this run (train.val_domains=held_out" \
+        in capsys.readouterr().err and not (tmp_path / "none").exists()
