@@ -1,89 +1,25 @@
-"""Which domains a run trains on (train.domains = all / each / loo / a list), and the tables
-that keep in-distribution and out-of-distribution test splits apart, on folder data end to end."""
+"""Experiments on folder data end to end: leave one domain out, the in-distribution flags of
+`egl experiment` and `egl eval`, DomainBed's tables, held-out ("oracle") validation, and settings
+refused before anything is written. Unit tests: tests/unit/experiments/."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 from _helpers import domain_tree
 
-import egl
 from egl.cli import main
 from egl.experiments.sources import load_source
-from egl.experiments.tables import pivot, summary_table
 
 # toy runs of 2 steps: ALIGN's warm-up outlasts them (the runner says so; expected here)
 pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
 
 
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> dict:
     return {"name": "folder", "root": str(domain_tree(tmp_path / "data", domains=("A", "B", "C"))), "image_size": 32}
-
-
-def test_each_mode_names_its_runs_and_their_domains(folder: dict) -> None:
-    source = load_source(folder)
-    assert source.training_domains("all") == {"all": ["A", "B", "C"]}
-    assert source.training_domains("each") == {"A": ["A"], "B": ["B"], "C": ["C"]}
-    assert source.training_domains("loo") == {"all-but-A": ["B", "C"], "all-but-B": ["A", "C"],
-                                              "all-but-C": ["A", "B"]}
-    assert source.training_domains(["C", "A"]) == {"C+A": ["C", "A"]}
-    sets = source.training_sets("loo")
-    assert len(sets["all-but-A"]) == len(source.train["B"]) + len(source.train["C"]) == 24
-    assert len(source.training_sets(["B"])["B"]) == 12
-    assert source.in_distribution("A", ["A", "B"]) and not source.in_distribution("C", ["A", "B"])
-
-
-def test_synthetic_test_splits_know_their_domain() -> None:
-    source = load_source({"name": "synthetic", "synthetic": {"train_per_domain": 8, "val_per_domain": 2,
-                                                             "test_per_split": 4}})
-    assert source.in_distribution("test_id/domain0", ["domain0"])
-    assert not source.in_distribution("test_id/domain1", ["domain0"])  # the other training domain's images
-    assert not any(source.in_distribution(s, ["domain0", "domain1"]) for s in ("random", "flipped", "novel"))
-
-
-@pytest.mark.parametrize("domains, match", [
-    ("A", r"Write one domain as a list: train.domains=\[A\]"),
-    ("every", "Pick 'all' .*'loo' \\(leave one domain out\\)"),
-    (["A", "Z"], r"Remove \['Z'\]"),
-    (["A", "A"], "List each domain once"),
-    ([], "a list of distinct domains"),
-])
-def test_bad_train_domains_are_named(folder: dict, domains: object, match: str) -> None:
-    with pytest.raises(egl.InputError, match=f"'train.domains' expected .*{match}"):
-        load_source(folder).training_domains(domains)
-
-
-def test_leave_one_out_needs_two_domains(folder: dict) -> None:
-    with pytest.raises(egl.InputError, match="at least two domains for 'loo'"):
-        load_source({**folder, "domains": ["B"]}).training_domains("loo")
-
-
-def _rows(acc: dict) -> list[dict]:
-    return [{"method": "erm", "train": "all-but-A", "seed": seed, "split": split, "in_distribution": split != "A",
-             "acc": value} for (seed, split), value in acc.items()]
-
-
-def test_pivot_marks_in_distribution_cells_and_averages_each_kind_per_seed() -> None:
-    rows = _rows({(0, "A"): 0.5, (0, "B"): 0.9, (0, "C"): 0.7, (1, "A"): 0.3, (1, "B"): 0.8, (1, "C"): math.nan})
-    table = pivot(rows, "acc", mark_in_distribution=True)
-    head, _, line = table.splitlines()
-    assert head == "| method | trained on | A | B | C | ID | OOD |"
-    cells = [c.strip() for c in line.split("|")[1:-1]]
-    # A is out of distribution (plain), B and C in italics; ID = per seed mean(B, C) -> 0.8, 0.8 (C's NaN skipped)
-    assert cells == ["erm", "all-but-A", "40.0 ± 14.1", "*85.0 ± 7.1*", "*70.0*", "80.0 ± 0.0", "40.0 ± 14.1"]
-    assert "*" not in pivot(rows, "acc")
-
-
-def test_summary_table_averages_the_splits_it_is_given_per_seed() -> None:
-    rows = _rows({(0, "B"): 0.9, (0, "C"): 0.7, (1, "B"): 0.6, (1, "C"): 0.6})
-    line = summary_table(rows, ["acc"]).splitlines()[-1]
-    assert line == "| erm | all-but-A | 70.0 ± 14.1 |"  # seeds 0.8 and 0.6, not the four cells' spread
 
 
 def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
@@ -150,28 +86,6 @@ def test_bad_domain_settings_fail_before_a_folder_is_made(folder: dict, tmp_path
         assert main([*base, *extra, "--out", str(tmp_path / "never")]) == 1
         assert match in capsys.readouterr().err
         assert not (tmp_path / "never").exists()
-
-
-def test_rows_without_the_flag_still_get_a_summary_table() -> None:
-    from egl.experiments.runner import render_tables
-
-    rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
-    tables = render_tables(rows, None)
-    assert "## Every test split" in tables and "| erm | all | 50.0 | 70.0 |" in tables
-
-
-def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
-    from egl.experiments.tables import heldout_table
-
-    rows = [{"method": m, "train": f"all-but-{held}", "seed": seed, "split": split, "in_distribution": split != held,
-             "acc": acc[(m, held, seed)] if split == held else 0.99}
-            for acc in [{("erm", "A", 0): 0.5, ("erm", "B", 0): 0.7, ("erm", "A", 1): 0.6, ("erm", "B", 1): 0.8}]
-            for m in ("erm",) for held in "AB" for seed in (0, 1) for split in "AB"]
-    table = heldout_table(rows)
-    assert table.splitlines() == ["| method | A | B | Avg |", "|---|---|---|---|",
-                                  "| erm | 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |"]  # Avg per seed: 0.6, 0.7
-    pooled = [{**r, "train": "all", "in_distribution": r["split"] == "A"} for r in rows if r["train"] == "all-but-B"]
-    assert heldout_table(pooled) is None  # one run: nothing is held out in turn
 
 
 def test_held_out_validation_uses_the_other_domains_validation_splits(

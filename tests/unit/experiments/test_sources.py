@@ -1,0 +1,55 @@
+"""Which domains a run trains on (train.domains = all / each / loo / a list), which test splits
+are in distribution for it, and its validation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _helpers import domain_tree
+
+import egl
+from egl.experiments.sources import load_source
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> dict:
+    return {"name": "folder", "root": str(domain_tree(tmp_path / "data", domains=("A", "B", "C"))), "image_size": 32}
+
+
+def test_each_mode_names_its_runs_and_their_domains(folder: dict) -> None:
+    source = load_source(folder)
+    assert source.training_domains("all") == {"all": ["A", "B", "C"]}
+    assert source.training_domains("each") == {"A": ["A"], "B": ["B"], "C": ["C"]}
+    assert source.training_domains("loo") == {"all-but-A": ["B", "C"], "all-but-B": ["A", "C"],
+                                              "all-but-C": ["A", "B"]}
+    assert source.training_domains(["C", "A"]) == {"C+A": ["C", "A"]}
+    sets = source.training_sets("loo")
+    assert len(sets["all-but-A"]) == len(source.train["B"]) + len(source.train["C"]) == 24
+    assert len(source.training_sets(["B"])["B"]) == 12
+    assert source.in_distribution("A", ["A", "B"]) and not source.in_distribution("C", ["A", "B"])
+
+
+def test_synthetic_test_splits_know_their_domain() -> None:
+    source = load_source({"name": "synthetic", "synthetic": {"train_per_domain": 8, "val_per_domain": 2,
+                                                             "test_per_split": 4}})
+    assert source.in_distribution("test_id/domain0", ["domain0"])
+    assert not source.in_distribution("test_id/domain1", ["domain0"])  # the other training domain's images
+    assert not any(source.in_distribution(s, ["domain0", "domain1"]) for s in ("random", "flipped", "novel"))
+
+
+@pytest.mark.parametrize("domains, match", [
+    ("A", r"Write one domain as a list: train.domains=\[A\]"),
+    ("every", "Pick 'all' .*'loo' \\(leave one domain out\\)"),
+    (["A", "Z"], r"Remove \['Z'\]"),
+    (["A", "A"], "List each domain once"),
+    ([], "a list of distinct domains"),
+])
+def test_bad_train_domains_are_named(folder: dict, domains: object, match: str) -> None:
+    with pytest.raises(egl.InputError, match=f"'train.domains' expected .*{match}"):
+        load_source(folder).training_domains(domains)
+
+
+def test_leave_one_out_needs_two_domains(folder: dict) -> None:
+    with pytest.raises(egl.InputError, match="at least two domains for 'loo'"):
+        load_source({**folder, "domains": ["B"]}).training_domains("loo")

@@ -1,0 +1,50 @@
+"""Result rows to Markdown: the OOD matrix with in-distribution cells marked, per-seed means over
+splits, DomainBed's held-out table, and the fallback for rows without the in-distribution flag."""
+
+from __future__ import annotations
+
+import math
+
+from egl.experiments.tables import heldout_table, pivot, summary_table
+
+
+def _rows(acc: dict) -> list[dict]:
+    return [{"method": "erm", "train": "all-but-A", "seed": seed, "split": split, "in_distribution": split != "A",
+             "acc": value} for (seed, split), value in acc.items()]
+
+
+def test_pivot_marks_in_distribution_cells_and_averages_each_kind_per_seed() -> None:
+    rows = _rows({(0, "A"): 0.5, (0, "B"): 0.9, (0, "C"): 0.7, (1, "A"): 0.3, (1, "B"): 0.8, (1, "C"): math.nan})
+    table = pivot(rows, "acc", mark_in_distribution=True)
+    head, _, line = table.splitlines()
+    assert head == "| method | trained on | A | B | C | ID | OOD |"
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    # A is out of distribution (plain), B and C in italics; ID = per seed mean(B, C) -> 0.8, 0.8 (C's NaN skipped)
+    assert cells == ["erm", "all-but-A", "40.0 ± 14.1", "*85.0 ± 7.1*", "*70.0*", "80.0 ± 0.0", "40.0 ± 14.1"]
+    assert "*" not in pivot(rows, "acc")
+
+
+def test_summary_table_averages_the_splits_it_is_given_per_seed() -> None:
+    rows = _rows({(0, "B"): 0.9, (0, "C"): 0.7, (1, "B"): 0.6, (1, "C"): 0.6})
+    line = summary_table(rows, ["acc"]).splitlines()[-1]
+    assert line == "| erm | all-but-A | 70.0 ± 14.1 |"  # seeds 0.8 and 0.6, not the four cells' spread
+
+
+def test_rows_without_the_flag_still_get_a_summary_table() -> None:
+    from egl.experiments.runner import render_tables  # (the runner's: it adds the fallback)
+
+    rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
+    tables = render_tables(rows, None)
+    assert "## Every test split" in tables and "| erm | all | 50.0 | 70.0 |" in tables
+
+
+def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
+    rows = [{"method": m, "train": f"all-but-{held}", "seed": seed, "split": split, "in_distribution": split != held,
+             "acc": acc[(m, held, seed)] if split == held else 0.99}
+            for acc in [{("erm", "A", 0): 0.5, ("erm", "B", 0): 0.7, ("erm", "A", 1): 0.6, ("erm", "B", 1): 0.8}]
+            for m in ("erm",) for held in "AB" for seed in (0, 1) for split in "AB"]
+    table = heldout_table(rows)
+    assert table.splitlines() == ["| method | A | B | Avg |", "|---|---|---|---|",
+                                  "| erm | 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |"]  # Avg per seed: 0.6, 0.7
+    pooled = [{**r, "train": "all", "in_distribution": r["split"] == "A"} for r in rows if r["train"] == "all-but-B"]
+    assert heldout_table(pooled) is None  # one run: nothing is held out in turn
