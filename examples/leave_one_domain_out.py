@@ -4,7 +4,8 @@ For every domain, each method trains on the other domains pooled, keeps the weig
 accuracy on their validation splits (DomainBed's training-domain validation), and is tested on
 the held-out domain (out of distribution) and on the training domains' test splits (in
 distribution). The experiment runner writes results.jsonl, tables.md (the ID / OOD accuracy
-matrix and the metric tables) and a Grad-CAM figure; rerun with ``--resume`` after a crash.
+matrix, DomainBed's held-out-domain table and the metric tables) and a Grad-CAM figure; rerun
+with ``--resume`` after a crash.
 
     python examples/leave_one_domain_out.py --root /data/VLCS --out runs/vlcs-loo
     python examples/leave_one_domain_out.py --root /data/VLCS --arch resnet18 --weights ~/w/resnet18.pth \\

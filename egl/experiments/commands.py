@@ -97,20 +97,23 @@ def _one_run(source: Any, mode: Any) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from egl.experiments.runner import results_dir, train_method
+    from egl.experiments.runner import _check_selection, _check_val_set, results_dir, train_method
     from egl.experiments.sources import load_source
 
     cfg = _config(args)
     if args.method not in cfg["methods"]:
         raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods)",
                    repr(args.method), "Add it under methods: in the config, or pick an existing one")
-    out = results_dir(cfg, f"train-{args.method}")
-    source = load_source(cfg["data"])
+    source = load_source(cfg["data"])  # every setting checked before the folder is made
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
     domains = _one_run(source, cfg["train"].get("domains", "all"))
     train_set = next(iter(source.training_sets(domains).values()))
-    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl",
-                         source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")).model
+    val_set = source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")
+    select, every = _check_selection(cfg)
+    if select == "acc" or every is not None:
+        _check_val_set(cfg, val_set, select)
+    out = results_dir(cfg, f"train-{args.method}")
+    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0
@@ -131,7 +134,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
-                           device=device)
+                           device=device, min_group_size=int(e.get("min_group_size", 10)))
         flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
         print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0

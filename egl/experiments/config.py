@@ -38,10 +38,10 @@ DEFAULTS: dict[str, Any] = {
         "precision": "fp32",          # or "bf16" (autocast), "fp16" (autocast + loss scaling)
         "loss_scale": None,           # fp16 only: LossScaler arguments, e.g. {init_scale: 1024}
         "channels_last": False,
-        "select": "last",             # "last" (final weights) or "acc": the most accurate on the training domains'
-        "val_every": None,            # ...validation split, evaluated every val_every steps (None: 10 times a run)
-        "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or
-                                      # "held_out" (the others: DomainBed's test-domain "oracle" selection)
+        "select": "last",             # "last" (final weights) or "acc": the most accurate on the validation
+        "val_every": None,            # ...splits, measured every val_every steps (None: 10 times a run)
+        "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or "held_out"
+                                      # (the others; with select=last, the accuracy DomainBed's oracle reads)
         "checkpoint_every": 500,      # each run's checkpoint (egl experiment --resume continues from it)
         "progress": True,
     },
@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "explain_samples": 256,       # images per split for saliency metrics (faithfulness, localisation)
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
+        "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
         "mask_quality": True,         # the maskers' agreement with the ground-truth masks (needs an ALIGN run)
     },
     "output": None,                   # results folder (default: results/<kind>-<time>)

@@ -103,15 +103,16 @@ def _check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
         key = "train.select" if select == "acc" else "train.val_every"
         held_out = cfg["train"].get("val_domains", "train") == "held_out"
         raise fail("egl.experiments", key, "a run with a validation split",
-                   "none for this run" + (" (train.val_domains=held_out: every domain with a validation split is "
-                                          "a training domain of the run)" if held_out else " (empty or absent)"),
-                   "Use train.domains=each or loo for held-out domains" if held_out else
+                   "none for this run" + (" (train.val_domains=held_out: no domain outside the run's training "
+                                          "domains has validation images)" if held_out else " (empty or absent)"),
+                   "Train on fewer domains (egl experiment: train.domains=each or loo; egl train: a list such as "
+                   "train.domains=[domain0])" if held_out else
                    "Use train.select=last and leave train.val_every unset, or give the data a validation split")
 
 
 def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    """``train.select`` and ``train.val_every`` (and ``train.checkpoint_every``), checked before any
-    folder is made or step is run."""
+    """``train.select``, ``train.val_every``, ``train.val_domains``, ``train.checkpoint_every`` and
+    ``eval.min_group_size``, checked before any folder is made or step is run."""
     t = cfg["train"]
     select, every = t.get("select", "last"), t.get("val_every")
     if select not in ("last", "acc"):
@@ -123,6 +124,14 @@ def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     if t.get("val_domains", "train") not in ("train", "held_out"):
         raise fail("egl.experiments", "train.val_domains", "'train' or 'held_out'", repr(t.get("val_domains")),
                    "Set train.val_domains=train (training-domain validation) or held_out (the oracle)")
+    size = cfg.get("eval", {}).get("min_group_size", 10)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise fail("egl.experiments", "eval.min_group_size", "an int >= 1 (images a group needs to count)",
+                   repr(size), "Set e.g. eval.min_group_size=10")
+    if t.get("val_domains", "train") == "held_out" and select == "last" and every is None:
+        raise fail("egl.experiments", "train.val_domains", "'train' unless the run validates", "'held_out' with "
+                   "train.select=last and no train.val_every (nothing is measured)",
+                   "Set train.select=acc or train.val_every=N, or leave train.val_domains out")
     ckpt_every = t.get("checkpoint_every", 500)
     if not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1:
         raise fail("egl.experiments", "train.checkpoint_every", "an int >= 1 (steps between a run's checkpoints)",
@@ -240,7 +249,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                     for split, ds in tests.items():
                         metrics = evaluate(model, ds, batch_size=int(e["batch_size"]),
                                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]),
-                                           baseline=e["baseline"], device=t.get("device", "cpu"))
+                                           baseline=e["baseline"], device=t.get("device", "cpu"),
+                                           min_group_size=e.get("min_group_size", 10))
                         row = {"method": method, "train": train_name, "seed": seed, "split": split,
                                "in_distribution": source.in_distribution(split, train_domains[train_name]),
                                "train_seconds": round(train_s, 1), **selected, **metrics}

@@ -121,7 +121,7 @@ def heldout_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, scale:
         per_seed[r["method"]][r["seed"]].append(value)
     lines = [f"| method | {' | '.join(splits)} | Avg |", "|" + "---|" * (len(splits) + 2)]
     for m in methods:
-        avg = [sum(v) / len(v) if (v := _finite(vals)) and len(vals) == len(splits) else math.nan
+        avg = [sum(v) / len(v) if len(v := _finite(vals)) == len(splits) else math.nan
                for vals in per_seed[m].values()]
         lines.append(f"| {m} | " + " | ".join(_fmt(cells[m].get(s, []), scale) for s in splits)
                      + f" | {_fmt(avg, scale)} |")

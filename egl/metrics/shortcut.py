@@ -71,7 +71,7 @@ def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = No
     return hit.mean()
 
 
-def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor) -> Tensor:
+def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_size: int = 1) -> Tensor:
     """The lowest accuracy over the groups present (Sagawa et al., ICLR 2020, "worst-group
     accuracy"): with groups = (class, spurious feature) pairs, a model that leans on the
     feature fails the groups where the two disagree, whatever its average accuracy.
@@ -81,9 +81,12 @@ def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor) -> Tensor:
         y: true labels.
         groups: one integer id per sample; every id present is a group (e.g.
             ``y * num_backgrounds + background``).
+        min_size: groups with fewer samples are left out (default 1: every group counts). A
+            group of one or two images reads 0 or 1 by chance: test sets with rare groups want
+            a floor (the experiments use 10, ``eval.min_group_size``).
 
     Returns:
-        A 0-D float tensor in [0, 1].
+        A 0-D float tensor in [0, 1]; NaN when no group has ``min_size`` samples.
 
     Raises:
         InputError: bad shapes, batch mismatch, labels not integer or out of range, ``groups``
@@ -107,8 +110,12 @@ def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor) -> Tensor:
         raise fail(fn, "groups", "a 1-D integer tensor of group ids [B]", describe(g),
                    "Pass one integer group id per sample, e.g. y * num_backgrounds + background")
     check_same_batch(fn, logits=s, groups=g)
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
+        raise fail(fn, "min_size", "an int >= 1", repr(min_size), "Pass e.g. min_size=10")
     correct = (s.argmax(dim=1) == t).to(torch.float64)
     ids, index = torch.unique(upload(g, s.device), return_inverse=True)
     hits = torch.zeros(ids.numel(), dtype=torch.float64, device=s.device).index_add_(0, index, correct)
     counts = torch.bincount(index, minlength=ids.numel()).to(torch.float64)
-    return (hits / counts).min().to(torch.float32)
+    acc = torch.where(counts >= min_size, hits / counts, torch.full_like(counts, float("inf")))
+    worst = acc.min()
+    return torch.where(torch.isinf(worst), torch.full_like(worst, float("nan")), worst).to(torch.float32)

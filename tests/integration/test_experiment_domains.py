@@ -82,10 +82,18 @@ def test_bad_domain_settings_fail_before_a_folder_is_made(folder: dict, tmp_path
     base = ["experiment", "--set", "data.name=folder", "--set", f"data.root={folder['root']}", "--no-progress"]
     for extra, match in ((["--set", "data.domains=[A]", "--set", "train.domains=loo"], "at least two domains"),
                          (["--set", "eval.splits=[Z]"], "'eval.splits' expected names among"),
-                         (["--set", "train.checkpoint_every=0"], "'train.checkpoint_every' expected an int >= 1")):
+                         (["--set", "train.checkpoint_every=0"], "'train.checkpoint_every' expected an int >= 1"),
+                         (["--set", "eval.min_group_size=0"], "'eval.min_group_size' expected an int >= 1"),
+                         (["--set", "train.val_domains=held_out"], "'train.val_domains' expected 'train' unless")):
         assert main([*base, *extra, "--out", str(tmp_path / "never")]) == 1
         assert match in capsys.readouterr().err
         assert not (tmp_path / "never").exists()
+    train = ["train", "--method", "erm", *base[1:], "--set", "train.select=acc", "--set", "train.val_domains=held_out",
+             "--out", str(tmp_path / "never")]  # egl train: all domains, none held out; its own hint
+    assert main(train) == 1
+    err = capsys.readouterr().err
+    assert "no domain outside the run's training domains has validation images" in err and "egl train: a list" in err
+    assert not (tmp_path / "never").exists()
 
 
 def test_held_out_validation_uses_the_other_domains_validation_splits(

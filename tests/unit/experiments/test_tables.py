@@ -48,3 +48,11 @@ def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
                                   "| erm | 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |"]  # Avg per seed: 0.6, 0.7
     pooled = [{**r, "train": "all", "in_distribution": r["split"] == "A"} for r in rows if r["train"] == "all-but-B"]
     assert heldout_table(pooled) is None  # one run: nothing is held out in turn
+
+
+def test_heldout_avg_is_nan_for_a_seed_missing_a_domain() -> None:
+    rows = [{"method": "erm", "train": f"all-but-{held}", "seed": seed, "split": held, "in_distribution": False,
+             "acc": math.nan if (seed, held) == (1, "B") else 0.5 + 0.2 * (held == "B")}
+            for held in "AB" for seed in (0, 1)]
+    line = heldout_table(rows).splitlines()[-1]
+    assert line == "| erm | 50.0 ± 0.0 | 70.0 | 60.0 |"  # seed 1's Avg is not A's alone

@@ -56,6 +56,11 @@ def test_worst_group_accuracy_is_the_lowest_group_accuracy() -> None:
     assert float(worst_group_accuracy(logits, y, groups)) == pytest.approx(expected)
     assert float(worst_group_accuracy(logits, y, torch.zeros(200, dtype=torch.long))) == pytest.approx(
         float(right.float().mean()))  # one group: plain accuracy
+    sizes = {int(k): int((groups == k).sum()) for k in groups.unique()}
+    floor = sorted(sizes.values())[len(sizes) // 2]  # leave out the smaller half of the groups
+    expected = min(float(right[groups == k].float().mean()) for k, n in sizes.items() if n >= floor)
+    assert float(worst_group_accuracy(logits, y, groups, min_size=floor)) == pytest.approx(expected)
+    assert math.isnan(float(worst_group_accuracy(logits, y, groups, min_size=201)))  # no group that large
 
 
 def test_evaluate_reports_worst_group_on_class_background_groups() -> None:
@@ -67,20 +72,21 @@ def test_evaluate_reports_worst_group_on_class_background_groups() -> None:
     ds = SyntheticShortcuts("test_id", SyntheticConfig(train_per_domain=4, val_per_domain=2, test_per_split=60),
                             cache=False)
     model = make_model("test_resnet")
-    out = evaluate(model, ds, explain_samples=0)
+    out = evaluate(model, ds, explain_samples=0, min_group_size=3)
     pred, y, bg = predict(model, ds).argmax(1), ds.tensors["label"], ds.tensors["shortcut"]
     accs = [float((pred[m] == y[m]).float().mean()) for c in range(5) for b in range(-1, 5)
-            if (m := (y == c) & (bg == b)).any()]
+            if int((m := (y == c) & (bg == b)).sum()) >= 3]
     assert out["worst_group"] == pytest.approx(min(accs)) and out["worst_group"] <= out["acc"]
 
 
-@pytest.mark.parametrize("groups, match", [
-    (torch.zeros(4), "'groups' expected a 1-D integer tensor of group ids"),
-    (torch.zeros(3, dtype=torch.long), "groups"),
-    ([0, 1, 2, 3], "'groups' expected a torch.Tensor"),
+@pytest.mark.parametrize("groups, kwargs, match", [
+    (torch.zeros(4), {}, "'groups' expected a 1-D integer tensor of group ids"),
+    (torch.zeros(3, dtype=torch.long), {}, "groups"),
+    ([0, 1, 2, 3], {}, "'groups' expected a torch.Tensor"),
+    (torch.zeros(4, dtype=torch.long), {"min_size": 0}, "'min_size' expected an int >= 1"),
 ])
-def test_worst_group_accuracy_names_bad_groups(groups: object, match: str) -> None:
+def test_worst_group_accuracy_names_bad_arguments(groups: object, kwargs: dict, match: str) -> None:
     from egl.metrics import worst_group_accuracy
 
     with pytest.raises(egl.InputError, match=match):
-        worst_group_accuracy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), groups)
+        worst_group_accuracy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), groups, **kwargs)
