@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
-        "mask_quality": True,         # the maskers' agreement with the ground-truth masks (needs an ALIGN run)
+        "mask_quality": True,         # the first method's accuracy with the background outside each mask blurred
     },
     "output": None,                   # results folder (default: results/<kind>-<time>)
 }
@@ -71,6 +71,23 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _loader() -> type:
+    """PyYAML's safe loader, reading ``1e-3`` and ``5E+5`` as numbers (YAML 1.2) as well: the 1.1
+    rules PyYAML follows need a dot (``1.0e-3``), so ``--set train.lr=1e-3`` was the string '1e-3'."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -89,7 +106,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = yaml.load(raw, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     return out
 
 
@@ -104,7 +121,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             raise fail("egl.experiments.load_config", "path", "an existing YAML file", repr(os.fspath(path)),
                        "Check the --config path")
         with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+            loaded = yaml.load(f, Loader=_loader()) or {}  # noqa: S506 - a SafeLoader subclass
         if not isinstance(loaded, dict):
             raise fail("egl.experiments.load_config", "path", "a YAML mapping at the top level",
                        type(loaded).__name__, "Write the config as key: value pairs")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import egl
-from egl.experiments.config import DEFAULTS, check_keys, load_config
+from egl.experiments.config import DEFAULTS, apply_overrides, check_keys, load_config
 
 
 @pytest.mark.parametrize("override,key,hint", [
@@ -54,3 +54,12 @@ def test_a_run_shorter_than_a_recipes_schedule_warns() -> None:
     methods = PRESETS["baselines"]["methods"]
     assert methods["irm"]["kwargs"]["anneal_steps"] < DEFAULTS["train"]["steps"]
     assert methods["align"]["kwargs"]["warmup_steps"] < DEFAULTS["train"]["steps"]
+
+
+def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path: Path) -> None:
+    """PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string: lr=1e-3 reached the recipes as '1e-3'."""
+    cfg = apply_overrides(DEFAULTS, ["train.lr=1e-3", "eval.ks=[1, 5E+1]", "output=run1e5"])
+    assert cfg["train"]["lr"] == 0.001 and cfg["eval"]["ks"] == [1, 50.0] and cfg["output"] == "run1e5"
+    (tmp_path / "c.yaml").write_text("train: {lr: 5e-5, steps: 10}\n")
+    loaded = load_config(tmp_path / "c.yaml")
+    assert loaded["train"]["lr"] == 5e-5 and loaded["train"]["steps"] == 10
