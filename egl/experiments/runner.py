@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,69 +199,24 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     rows: list[dict[str, Any]] = []
     keep: dict[str, nn.Module] = {}
     (out / "train").mkdir(exist_ok=True)
-    lines = [header]  # a resumed log is rewritten: the header, then the finished runs' rows
-    if finished:
-        lines.append({"event": "resume", "versions": _versions(), "time": time.time()})
-        for key in finished:
-            finished[key] = [next(r for r in finished[key] if r["split"] == split) for split in tests]
-            lines += finished[key]
-    tmp = out / "results.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out / "results.jsonl")
+    _write_log_start(out / "results.jsonl", header, finished, list(tests))
     with open(out / "results.jsonl", "a", encoding="utf-8") as log:
         for seed in seeds:
             for train_name, train_set in train_sets.items():
                 for method in cfg["methods"]:
                     figures = seed == seeds[0] and train_name == next(iter(train_sets))
                     done = finished.get((method, train_name, seed))
-                    if done is not None and not figures:
+                    if done is not None and not figures:  # finished, and its model is not needed again
                         rows += done
                         continue
-                    ckpt = out / "checkpoints" / f"{method}-{train_name}-s{seed}"
-                    trained = ckpt / "trained.json"  # written when training ends, before evaluation
-                    if echo:
-                        doing = ("restoring" if resume and trained.is_file() else
-                                 "resuming" if resume and (ckpt / "last.pt").is_file() else "training")
-                        print(f"[egl] {kind}: {doing} {method} on {train_name}, seed {seed} ({t['steps']} steps)",
-                              flush=True)
-                    started = time.time()
-                    with warnings.catch_warnings():  # a trained run's checkpoint is at its last step
-                        if resume:
-                            warnings.filterwarnings("ignore", message=".*nothing is trained")
-                        recipe = train_method(cfg, method, source, train_set, seed,
-                                              out / "train" / f"{method}-{train_name}-s{seed}.jsonl",
-                                              source.validation_set(train_domains[train_name],
-                                                                    held_out=t.get("val_domains") == "held_out"),
-                                              checkpoint_dir=ckpt, resume=resume)
-                    if done is not None:  # (a run of the figures: its model is needed again)
-                        keep[method] = recipe.cpu()
-                        rows += done
-                        continue
-                    model = recipe.model
-                    # a run whose training had ended keeps its time; one resumed mid-way counts from the restart
-                    if resume and trained.is_file():
-                        train_s = float(json.loads(trained.read_text())["train_seconds"])
-                    else:
-                        train_s = time.time() - started
-                        trained.parent.mkdir(parents=True, exist_ok=True)
-                        trained.write_text(json.dumps({"train_seconds": train_s}))
-                    chosen = recipe.selected
-                    selected = {} if chosen is None else {"selected_step": chosen["step"], "val_acc": chosen["acc"]}
-                    for split, ds in tests.items():
-                        metrics = evaluate(model, ds, batch_size=int(e["batch_size"]),
-                                           explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]),
-                                           baseline=e["baseline"], device=t.get("device", "cpu"),
-                                           min_group_size=e.get("min_group_size", 10))
-                        row = {"method": method, "train": train_name, "seed": seed, "split": split,
-                               "in_distribution": source.in_distribution(split, train_domains[train_name]),
-                               "train_seconds": round(train_s, 1), **selected, **metrics}
-                        rows.append(row)
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
+                    run_ = _Run(method, train_name, train_domains[train_name], seed,
+                                out / "checkpoints" / f"{method}-{train_name}-s{seed}")
+                    recipe = _train_or_restore(cfg, kind, source, run_, train_set, out, resume, echo)
+                    rows += done if done is not None else _evaluate_run(cfg, source, run_, recipe, tests, log)
                     if figures:
                         keep[method] = recipe.cpu()
                     else:
-                        shutil.rmtree(ckpt, ignore_errors=True)
+                        shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
     tables = render_tables(rows, source)
     if keep and e.get("mask_quality", True):
         first = train_domains[next(iter(train_sets))]
@@ -275,6 +231,82 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         print(tables)
         print(f"[egl] results written to {out.resolve()}", flush=True)
     return rows, out
+
+
+def _write_log_start(path: Path, header: dict[str, Any], finished: dict[Any, list[dict[str, Any]]],
+                     splits: list[str]) -> None:
+    """Write (atomically) the results log's header and, for a resumed grid, a ``resume`` line and
+    the finished runs' rows, one per split in ``splits`` order (``finished`` is put in that order)."""
+    lines = [header]
+    if finished:
+        lines.append({"event": "resume", "versions": _versions(), "time": time.time()})
+        for key in finished:
+            finished[key] = [next(r for r in finished[key] if r["split"] == split) for split in splits]
+            lines += finished[key]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Run:
+    """One run of the grid: a method on a training set with a seed, and where it checkpoints."""
+
+    method: str
+    train: str
+    domains: list[str]
+    seed: Any
+    checkpoint_dir: Path
+
+    @property
+    def trained_file(self) -> Path:
+        """Written when the run's training ends, before its evaluation (its training time)."""
+        return self.checkpoint_dir / "trained.json"
+
+
+def _train_or_restore(cfg: dict[str, Any], kind: str, source: Source, run_: _Run, train_set: Any, out: Path,
+                      resume: bool, echo: bool) -> Any:
+    """Train the run, continue it from its checkpoint, or (trained before) restore its final state;
+    records the training time of a run trained here."""
+    t = cfg["train"]
+    if echo:
+        doing = ("restoring" if resume and run_.trained_file.is_file() else
+                 "resuming" if resume and (run_.checkpoint_dir / "last.pt").is_file() else "training")
+        print(f"[egl] {kind}: {doing} {run_.method} on {run_.train}, seed {run_.seed} ({t['steps']} steps)",
+              flush=True)
+    started = time.time()
+    with warnings.catch_warnings():  # a trained run's checkpoint is at its last step
+        if resume:
+            warnings.filterwarnings("ignore", message=".*nothing is trained")
+        recipe = train_method(cfg, run_.method, source, train_set, run_.seed,
+                              out / "train" / f"{run_.method}-{run_.train}-s{run_.seed}.jsonl",
+                              source.validation_set(run_.domains, held_out=t.get("val_domains") == "held_out"),
+                              checkpoint_dir=run_.checkpoint_dir, resume=resume)
+    if not (resume and run_.trained_file.is_file()):  # (one resumed mid-way counts from the restart)
+        run_.trained_file.parent.mkdir(parents=True, exist_ok=True)
+        run_.trained_file.write_text(json.dumps({"train_seconds": time.time() - started}))
+    return recipe
+
+
+def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, tests: dict[str, Any],
+                  log: Any) -> list[dict[str, Any]]:
+    """One result row per test split, each written to ``log`` as soon as it is measured."""
+    t, e = cfg["train"], cfg["eval"]
+    train_s = float(json.loads(run_.trained_file.read_text())["train_seconds"])
+    chosen = recipe.selected
+    selected = {} if chosen is None else {"selected_step": chosen["step"], "val_acc": chosen["acc"]}
+    rows = []
+    for split, ds in tests.items():
+        metrics = evaluate(recipe.model, ds, batch_size=int(e["batch_size"]), explain_samples=int(e["explain_samples"]),
+                           ks=tuple(e["ks"]), baseline=e["baseline"], device=t.get("device", "cpu"),
+                           min_group_size=e.get("min_group_size", 10))
+        row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
+               "in_distribution": source.in_distribution(split, run_.domains),
+               "train_seconds": round(train_s, 1), **selected, **metrics}
+        rows.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    return rows
 
 
 def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], split: str, cfg: dict[str, Any]) -> str:
