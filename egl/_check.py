@@ -7,6 +7,7 @@ Messages follow one form:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -161,3 +162,15 @@ def check_flag(value: object, fn: str, arg: str) -> bool:
     if not isinstance(value, bool):
         raise fail(fn, arg, "True or False", repr(value)[:100], f"Pass {arg}=True or {arg}=False")
     return value
+
+
+def check_int(value: object, fn: str, arg: str, *, low: int = 0, fix: str = "", or_none: bool = False,
+              note: str = "") -> Any:
+    """Raise unless ``value`` is an int >= ``low`` (a bool is not; ``None`` passes with ``or_none``).
+
+    ``note`` follows the expectation in the message (e.g. what ``None`` means); ``fix`` defaults
+    to "Pass '<arg>' as an int >= <low>"."""
+    if (value is None and or_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        return value
+    expected = f"an int >= {low}" + (" or None" if or_none else "") + (f" {note}" if note else "")
+    raise fail(fn, arg, expected, repr(value), fix or f"Pass '{arg}' as an int >= {low}")

@@ -37,7 +37,7 @@ from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import heldout_table, pivot, summary_table
-from egl._check import fail
+from egl._check import check_int, fail
 from egl.train.loop import _versions, seed_everything
 from egl.train.validation import Validation
 
@@ -119,24 +119,19 @@ def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     if select not in ("last", "acc"):
         raise fail("egl.experiments", "train.select", "'last' or 'acc'", repr(select),
                    "Set train.select=acc to keep the weights most accurate on the validation split")
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise fail("egl.experiments", "train.val_every", "an int >= 1 or null (10 evaluations a run)", repr(every),
-                   "Set e.g. train.val_every=50")
+    check_int(every, "egl.experiments", "train.val_every", low=1, or_none=True, note="(null: 10 evaluations a run)",
+              fix="Set e.g. train.val_every=50")
     if t.get("val_domains", "train") not in ("train", "held_out"):
         raise fail("egl.experiments", "train.val_domains", "'train' or 'held_out'", repr(t.get("val_domains")),
                    "Set train.val_domains=train (training-domain validation) or held_out (the oracle)")
-    size = cfg.get("eval", {}).get("min_group_size", 10)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise fail("egl.experiments", "eval.min_group_size", "an int >= 1 (images a group needs to count)",
-                   repr(size), "Set e.g. eval.min_group_size=10")
+    check_int(cfg.get("eval", {}).get("min_group_size", 10), "egl.experiments", "eval.min_group_size", low=1,
+              note="(images a group needs to count)", fix="Set e.g. eval.min_group_size=10")
     if t.get("val_domains", "train") == "held_out" and select == "last" and every is None:
         raise fail("egl.experiments", "train.val_domains", "'train' unless the run validates", "'held_out' with "
                    "train.select=last and no train.val_every (nothing is measured)",
                    "Set train.select=acc or train.val_every=N, or leave train.val_domains out")
-    ckpt_every = t.get("checkpoint_every", 500)
-    if not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1:
-        raise fail("egl.experiments", "train.checkpoint_every", "an int >= 1 (steps between a run's checkpoints)",
-                   repr(ckpt_every), "Set e.g. train.checkpoint_every=500")
+    check_int(t.get("checkpoint_every", 500), "egl.experiments", "train.checkpoint_every", low=1,
+              note="(steps between a run's checkpoints)", fix="Set e.g. train.checkpoint_every=500")
     return select, every
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_int
 from egl._transfer import upload
 
 __all__ = ["CONFIG", "conv2d_input_grad", "subpixel_weight", "eligible", "worth", "subpixel_input_grads"]
@@ -229,9 +229,8 @@ def subpixel_input_grads(model: nn.Module) -> Iterator[list[str]]:
     use = CONFIG["use"]
     check_choice(use, ("auto", "always", "never"), "egl.kernels.subpixel_dgrad", "CONFIG['use']")
     limit = CONFIG["max_in_channels"]
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise fail("egl.kernels.subpixel_dgrad", "CONFIG['max_in_channels']", "an int >= 1", repr(limit),
-                   "Set it to the largest input-channel count to take over (4 covers RGB(A) stems)")
+    check_int(limit, "egl.kernels.subpixel_dgrad", "CONFIG['max_in_channels']", low=1,
+              fix="Set it to the largest input-channel count to take over (4 covers RGB(A) stems)")
     first = next(model.parameters(), None)
     if use == "never" or (use == "auto" and first is not None and first.device.type != "cpu"):
         yield []  # nothing would be swapped in: skip the walk over the modules

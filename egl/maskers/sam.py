@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_finite, check_shape, describe, fail
+from egl._check import check_choice, check_finite, check_int, check_shape, describe, fail
 from egl._transfer import host_tensor, upload
 from egl.maskers._cache import MaskCache, module_fingerprint
 from egl.maskers.base import Masker
@@ -181,12 +181,6 @@ def _unit_stats(value: float | Sequence[float] | None, arg: str) -> tuple[float,
     return tuple(float(v) for v in vals)
 
 
-def _check_int(value: object, arg: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise fail(_FN, arg, f"an int >= {low}", repr(value), f"Pass '{arg}' as an int >= {low}")
-    return value
-
-
 class SAMMasker(Masker):
     """Segment Anything as a frozen masker: point-grid proposals, one rule, a disk cache.
 
@@ -236,9 +230,9 @@ class SAMMasker(Masker):
                  dataset: str | None = None) -> None:
         super().__init__()
         check_choice(rule, ("union", "best"), _FN, "rule")
-        self.points_per_side = _check_int(points_per_side, "points_per_side", 1)
-        self.points_per_batch = _check_int(points_per_batch, "points_per_batch", 1)
-        self.image_batch_size = _check_int(image_batch_size, "image_batch_size", 1)
+        self.points_per_side = check_int(points_per_side, _FN, "points_per_side", low=1)
+        self.points_per_batch = check_int(points_per_batch, _FN, "points_per_batch", low=1)
+        self.image_batch_size = check_int(image_batch_size, _FN, "image_batch_size", low=1)
         if not isinstance(iou_threshold, (int, float)) or not math.isfinite(iou_threshold):
             raise fail(_FN, "iou_threshold", "a finite number", repr(iou_threshold), "Pass e.g. 0.88")
         if not isinstance(max_area, (int, float)) or not 0 < max_area <= 1:
@@ -414,7 +408,7 @@ class SAMMasker(Masker):
         """
         if self.cache is None:
             raise fail(_FN, "cache_dir", "a directory to precompute into", "None", "Build with cache_dir=...")
-        _check_int(batch_size, "batch_size", 1)
+        check_int(batch_size, _FN, "batch_size", low=1)
         seen, buf = 0, []
         for item in data:
             img = item["image"] if isinstance(item, dict) else item[0] if isinstance(item, (tuple, list)) else item

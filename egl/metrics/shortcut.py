@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from egl._check import check_same_batch, check_tensor, describe, fail
+from egl._check import check_int, check_same_batch, check_tensor, describe, fail
 from egl._transfer import upload
 from egl.metrics._common import check_labels, check_logits
 
@@ -110,8 +110,7 @@ def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_size:
         raise fail(fn, "groups", "a 1-D integer tensor of group ids [B]", describe(g),
                    "Pass one integer group id per sample, e.g. y * num_backgrounds + background")
     check_same_batch(fn, logits=s, groups=g)
-    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
-        raise fail(fn, "min_size", "an int >= 1", repr(min_size), "Pass e.g. min_size=10")
+    check_int(min_size, fn, "min_size", low=1, fix="Pass e.g. min_size=10")
     correct = (s.argmax(dim=1) == t).to(torch.float64)
     ids, index = torch.unique(upload(g, s.device), return_inverse=True)
     hits = torch.zeros(ids.numel(), dtype=torch.float64, device=s.device).index_add_(0, index, correct)

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_positive, describe, fail
+from egl._check import check_choice, check_int, check_positive, describe, fail
 from egl._deferred import carry_range
 from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
@@ -124,8 +124,7 @@ class ALIGN(Recipe):
         for arg, v in (("sparsity_weight", sparsity_weight), ("smooth_weight", smooth_weight),
                        ("align_weight", align_weight), ("reg_weight", reg_weight), ("masker_lr", masker_lr)):
             check_positive(v, fn, arg)
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            raise fail(fn, "warmup_steps", "an int >= 0", repr(warmup_steps), "Pass a number of steps")
+        check_int(warmup_steps, fn, "warmup_steps", fix="Pass a number of steps")
         self.masker = resolve("masker", masker)
         if not isinstance(self.masker, Masker):
             raise fail(fn, "masker", "a registered masker name or an egl.maskers.Masker", repr(masker),

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_flag, check_positive, check_shape, fail
+from egl._check import check_flag, check_int, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
@@ -100,9 +100,7 @@ class IRM(Recipe):
         super().__init__(model, lr=lr, weight_decay=weight_decay)
         fn = "egl.recipes.irm"
         self.penalty_weight = check_positive(penalty_weight, fn, "penalty_weight")
-        if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
-            raise fail(fn, "anneal_steps", "an int >= 0", repr(anneal_steps), "Pass a number of steps")
-        self.anneal_steps = anneal_steps
+        self.anneal_steps = check_int(anneal_steps, fn, "anneal_steps", fix="Pass a number of steps")
         self.rescale = check_flag(rescale, fn, "rescale")
 
     def phases(self) -> list[Phase]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from egl._check import fail
+from egl._check import check_int, fail
 from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
@@ -73,11 +73,6 @@ def _summary_writer(log_dir: str | os.PathLike[str]) -> Any:
             "Run `pip install tensorboard`, or leave tensorboard_dir=None (the JSONL log has every term)."
         ) from exc
     return SummaryWriter(log_dir=str(log_dir))
-
-
-def _check_int(value: Any, arg: str, low: int, fix: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise fail(FN, arg, f"an int >= {low}", repr(value), fix)
 
 
 def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
@@ -226,8 +221,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     """
     from egl.recipes.batch import as_batch
 
-    _check_int(steps, "steps", 0, "Pass the number of steps to train")
-    _check_int(checkpoint_every, "checkpoint_every", 1, "Pass a number of steps, e.g. checkpoint_every=500")
+    check_int(steps, FN, "steps", fix="Pass the number of steps to train")
+    check_int(checkpoint_every, FN, "checkpoint_every", low=1, fix="Pass a number of steps, e.g. checkpoint_every=500")
     if precision not in ("fp32", "bf16", "fp16"):
         raise fail(FN, "precision", "'fp32', 'bf16' or 'fp16'", repr(precision),
                    "Use precision='bf16' for mixed precision ('fp16' on GPUs without bfloat16)")

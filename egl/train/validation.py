@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from egl._check import check_logits, fail
+from egl._check import check_int, check_logits, fail
 from egl.errors import EGLError, InputError, UnsupportedModelError
 from egl.metrics._common import check_labels
 from egl.train import distributed as dist_utils
@@ -67,9 +67,8 @@ class Validation:
         if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
             raise fail(FN, "loader", "an iterable of validation batches (e.g. a DataLoader)",
                        type(loader).__name__, "Pass a DataLoader over the validation split")
-        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-            raise fail(FN, "every", "an int >= 1 or None (ten evaluations in the run)", repr(every),
-                       "Pass a number of steps, e.g. every=100")
+        check_int(every, FN, "every", low=1, or_none=True, note="(ten evaluations in the run)",
+                  fix="Pass a number of steps, e.g. every=100")
         if select not in ("last", "acc"):
             raise fail(FN, "select", "'last' or 'acc'", repr(select),
                        "Pass select='acc' to keep the most accurate weights, 'last' to keep the final ones")
