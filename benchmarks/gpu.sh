@@ -5,7 +5,9 @@
 #
 # Expects egl and the `bench` extra importable (pip install -e '.[bench]'). Each stage has its
 # own time limit, so one stuck stage does not cost the others. With SNAPSHOT=FILE.tgz set, OUTDIR is
-# packed into it after every stage (what a run cut short still brings back).
+# packed into it after every stage (what a run cut short still brings back). Stages run in order of
+# what they decide (the kernel defaults, the training step, saliency first); SKIP="name name" leaves
+# stages out (e.g. SKIP="train_step_fbn train_step_fp16" when device time is short).
 set -u
 out=${1:-results/gpu}
 mkdir -p "$out"
@@ -17,6 +19,7 @@ $py -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', 
   | tee -a "$out/gpu.txt"
 stage() {  # stage NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
+  case " ${SKIP:-} " in *" $name "*) echo "=== $name skipped"; return;; esac
   echo "=== $name"
   timeout "$secs" "$@" > "$out/$name.txt" 2>&1
   echo "exit $?" >> "$out/$name.txt"
@@ -26,22 +29,23 @@ stage() {  # stage NAME SECONDS CMD...
 }
 gpu="--device cuda --precision bf16"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
+stage gpu_checks 60 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --only clf+align,align,align-bnstats,align-subpixel,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-subpixel \
+  --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"
-stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
-  --channels-last --shapes --rows 30
-stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
-stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
 stage sync_check 60 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
+stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"
-stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
-  --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
-stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
-  --inline-memory --channels-last --only clf+align,align --json "$out/train_step_fp16.json"
+stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
+stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \
+  --channels-last --shapes --rows 30
 # Is the channel sum slow at 14x14 / 7x7 because each channel's row (392 / 98 bytes in bf16) is not
 # 16-byte aligned? The same channel counts at 16x16 / 8x8 (512 / 128-byte rows) tell (stage rows).
 stage kernel_alignment 60 $py benchmarks/kernel.py --stages --compile-dtypes '' --cases 1024:14,1024:16,512:7,512:8 \
   --json "$out/kernel_alignment.json"
+stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"
+stage train_step_fp16 40 $py benchmarks/train_step.py --device cuda --precision fp16 --batch 256 --size 224 \
+  --inline-memory --channels-last --only clf+align,align --json "$out/train_step_fp16.json"

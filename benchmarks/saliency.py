@@ -73,9 +73,16 @@ def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         from pytorch_grad_cam import GradCAM as PGC
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        pgc = PGC(model=model, target_layers=[layer], reshape_transform=_vit_reshape if name.startswith("vit") else None)
         targets = [ClassifierOutputTarget(int(t)) for t in y]
-        out["pytorch_grad_cam"] = lambda: pgc(input_tensor=x, targets=targets)
+
+        def pytorch_grad_cam() -> Any:
+            # Built per call, hooks removed on exit: its forward hooks copy the target layer's output
+            # to the host on every forward of the model, so one kept alive would slow (and sync) every
+            # other variant of this shared model, the no_grad forward included.
+            with PGC(model=model, target_layers=[layer],
+                     reshape_transform=_vit_reshape if name.startswith("vit") else None) as pgc:
+                return pgc(input_tensor=x, targets=targets)
+        out["pytorch_grad_cam"] = pytorch_grad_cam
     except ImportError:
         pass
     try:

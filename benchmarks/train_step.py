@@ -10,14 +10,16 @@ classifier phase with the mixup regularizer); ``align-keep`` (the same with
 ``masker_checkpoint=False``); and every other registered recipe. With ``--only``, also
 ``align-ckpt`` (``masker_checkpoint=True``), ``align-keep-whole`` and ``align-ckpt-whole`` (the
 learned masker with ``recompute_bn=False``: every BatchNorm output kept; kept whole or
-recomputed), ``align-bnstats`` (the learned masker's BatchNorm statistics from
-``egl.kernels.bn_stats``: ``_bn_conv.CONFIG["stats"] = "kernel"``), ``align-gt`` (ground-truth
+recomputed), ``align-gt`` (ground-truth
 masks: the classifier phase alone), ``align-w1`` (a learned masker
 one channel wide: the masker phase's classifier passes at almost no masker cost), any row with
-``-nativedgrad`` or ``-subpixel`` appended (e.g. ``align-nativedgrad``, ``sgt-subpixel``: the
-stem's input gradient by the library's own convolution backward, or always in the sub-pixel
-form of ``egl.kernels.subpixel_dgrad``: its ``CONFIG["use"]`` = ``"never"`` / ``"always"``;
-default ``"auto"``),
+suffixes that force a library setting (``SUFFIXES``, several at once, e.g.
+``align-nativebn-nativedgrad``): ``-bnstats`` / ``-nativebn`` (the learned masker's BatchNorm
+statistics from ``egl.kernels.bn_stats`` or from ``torch.native_batch_norm``:
+``_bn_conv.CONFIG["stats"]`` = ``"kernel"`` / ``"native"``; default ``"auto"``),
+``-subpixel`` / ``-nativedgrad`` (the stem's input gradient always in the sub-pixel form of
+``egl.kernels.subpixel_dgrad``, or by the library's own convolution backward: its
+``CONFIG["use"]`` = ``"always"`` / ``"never"``; default ``"auto"``),
 ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
@@ -76,10 +78,24 @@ def _recipe(name: str, arch: str) -> Any:
         return egl.create("recipe", "align", model, warmup_steps=0, masker=egl.create("masker", "learned", width=1))
     if name == "align-ckpt":  # ALIGN recomputing the masker's activations in its backward
         return egl.create("recipe", "align", model, warmup_steps=0, masker_checkpoint=True)
-    if name == "align-bnstats":  # the masker's BatchNorm statistics from egl.kernels.bn_stats
-        return egl.create("recipe", "align", model, warmup_steps=0)
     kw = {"warmup_steps": 0} if name == "align" else {}
     return egl.create("recipe", name, model, **kw)
+
+
+#: Row-name suffixes that force one library setting for the row (any order, several at once):
+#: ``egl.maskers._bn_conv.CONFIG["stats"]`` and ``egl.kernels.subpixel_dgrad.CONFIG["use"]``.
+SUFFIXES = {"-bnstats": ("stats", "kernel"), "-nativebn": ("stats", "native"),
+            "-subpixel": ("use", "always"), "-nativedgrad": ("use", "never")}
+
+
+def split_suffixes(name: str) -> tuple[str, dict[str, str]]:
+    """``"align-nativebn-nativedgrad"`` → ``("align", {"stats": "native", "use": "never"})``."""
+    forced: dict[str, str] = {}
+    while any(name.endswith(k) for k in SUFFIXES):
+        k = next(k for k in SUFFIXES if name.endswith(k))
+        forced.setdefault(*SUFFIXES[k])
+        name = name[: -len(k)]
+    return name, forced
 
 
 def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", precision: str = "fp32",
@@ -92,9 +108,7 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     from egl.train import LossScaler
 
     x, y, d, m = _setup(arch, batch, size)
-    dgrad = {"-nativedgrad": "never", "-subpixel": "always"}
-    use = next((v for k, v in dgrad.items() if name.endswith(k)), "auto")
-    name = next((name[: -len(k)] for k in dgrad if name.endswith(k)), name)
+    name, forced = split_suffixes(name)
     recipe = _recipe(name, arch).to(device).train()
     if channels_last:  # as fit(channels_last=True): model and images in NHWC
         recipe = recipe.to(memory_format=torch.channels_last)
@@ -108,20 +122,20 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
     # fp16 as fit(precision="fp16") runs it: one loss scaler per phase
     kwargs = {"scalers": {name: LossScaler() for name in opts}} if precision == "fp16" else {}
 
-    stats = "kernel" if name.endswith("-bnstats") else "native"
-
     def run() -> None:
         from egl.kernels import subpixel_dgrad
         from egl.maskers import _bn_conv
 
-        # per row: rows share a process
-        saved = _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"]
-        _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"] = stats, use
+        configs = {"stats": _bn_conv.CONFIG, "use": subpixel_dgrad.CONFIG}
+        saved = {k: configs[k][k] for k in forced}  # per row: rows share a process
+        for k, v in forced.items():
+            configs[k][k] = v
         try:
             with autocast():
                 recipe.training_step(data, step[0], opts, **kwargs)
         finally:
-            _bn_conv.CONFIG["stats"], subpixel_dgrad.CONFIG["use"] = saved
+            for k, v in saved.items():
+                configs[k][k] = v
 
     def run_phase() -> None:
         with autocast():

@@ -40,7 +40,7 @@ from egl._check import check_choice
 from egl.kernels._bilinear import on_device
 from egl.kernels.cam_epilogue import hi_lo
 
-__all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
+__all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 
 #: Launch parameters (the GPU benchmark sweeps them): the channel-sum implementation (see
 #: :func:`reduce_stage`), elements per ``reduce`` tile, warps of ``reduce``, output tile of
@@ -49,19 +49,21 @@ __all__ = ["forward", "reduce_stage", "stats_stage", "write_stage", "CONFIG"]
 #: stage's formulation (``"separable"`` or ``"gather"``, see above), and how the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
-#: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"`` (``dot``
-#: for bf16, ``bmm`` for fp32) beat the elementwise loop at every size (up to 2.7x); the separable
-#: write took 17.5-19 µs where the gather took 24 µs; the one-pass ``input_grads`` was 1.2-6.5x
-#: slower than the two PyTorch ops, so ``grads="torch"``; 8192-element tiles with 8 warps.
-#: ``reduce="grouped"`` (16-byte loads at 7x7 and 14x14, :func:`reduce_grouped_kernel`) and
-#: ``grads="grouped"`` (the one-pass backward over the same rows, 16-bit activations) are not
-#: timed on a GPU yet, so no default picks them.
+#: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"``
+#: (``grouped`` for 16-bit activations, ``bmm`` for fp32) beat the elementwise loop at every size
+#: (up to 3.1x); ``grouped`` (16-byte loads, :func:`reduce_grouped_kernel`) took 8.7 / 23 / 37 µs
+#: where ``dot`` took 9.1 / 32 / 65 µs (bf16 512x7x7 / 2048x7x7 / 1024x14x14, batch 256), the same
+#: at 28x28; the separable write took 17.5-19 µs where the gather took 24 µs; 8192-element tiles
+#: with 8 warps. ``grads="auto"``: the one-pass backward over rows of whole channels
+#: (``"grouped"``) for 16-bit NCHW activations on CUDA (38-475 µs against the two PyTorch ops'
+#: 58-557 µs), the two PyTorch ops (``"torch"``) elsewhere (fp32: 35-370 µs against the one-pass
+#: loop's 144-1139 µs; channels-last: no whole-channel rows).
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
-                          "reduce_stages": 0, "grads": "torch"}
+                          "reduce_stages": 0, "grads": "auto"}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
-GRADS = ("torch", "triton", "grouped")
+GRADS = ("auto", "torch", "triton", "grouped")
 _INT32_LIMIT = 2**31
 
 
@@ -381,15 +383,23 @@ def tile_flags(tensors: tuple[Tensor, ...], block_c: int) -> dict[str, bool]:
     return {"CLAMP": not (flat and h * w % 16 == 0), "EVEN_C": c % block_c == 0, "WIDE": reach >= _INT32_LIMIT}
 
 
+def auto_reduce(device_type: str, dtype: torch.dtype) -> str:
+    """``reduce="auto"``'s channel sum for NCHW activations: on CUDA ``"grouped"`` for 16-bit,
+    ``"bmm"`` for float32, ``"dot"`` for float64; ``"loop"`` elsewhere."""
+    if device_type != "cuda":
+        return "loop"
+    return "bmm" if dtype == torch.float32 else "grouped" if dtype.itemsize == 2 else "dot"
+
+
 def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     """Partial channel sums ``[B, S, h·w]`` (fp32); ``cfg["reduce"]`` picks the implementation:
     ``"loop"`` (elementwise tiles), ``"dot"`` (tiles through ``tl.dot``; NCHW only), ``"bmm"``
     (cuBLAS batched matrix product with fp32 output; CUDA and NCHW only), ``"grouped"`` (``"dot"``
     over rows of whole channels that fill 16-byte words, :func:`reduce_grouped_kernel`; ``"dot"``
-    where no such group divides the channels; not yet timed on a GPU) or ``"auto"`` (the
-    default: on CUDA, ``"dot"`` for 16-bit activations and ``"bmm"`` for fp32, the fastest at
-    every size of benchmarks/kernel.py on an H200; ``"loop"`` elsewhere and for channels-last
-    activations). ``"dot"`` and ``"bmm"`` split the fp32 weights of 16-bit activations in two
+    where no such group divides the channels) or ``"auto"`` (the default: on CUDA,
+    ``"grouped"`` for 16-bit activations and ``"bmm"`` for fp32, the fastest at every size of
+    benchmarks/kernel.py on an H200, ``"dot"`` for float64; ``"loop"`` elsewhere and for
+    channels-last activations). ``"dot"`` and ``"bmm"`` split the fp32 weights of 16-bit activations in two
     16-bit parts (see :func:`reduce_dot_kernel`); ``"bmm"`` on fp32 follows
     ``torch.backends.cuda.matmul.allow_tf32`` like any fp32 matrix product."""
     b, c, h, w = acts.shape
@@ -399,7 +409,7 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     flat = acts.stride(3) == 1 and acts.stride(2) == w
     impl = cfg["reduce"] if flat else "loop"
     if impl == "auto":
-        impl = "loop" if not acts.is_cuda else "bmm" if acts.dtype == torch.float32 else "dot"
+        impl = auto_reduce(acts.device.type, acts.dtype)
     group = channel_group(c, hw, acts.element_size()) if impl == "grouped" and acts.stride(1) == hw else 0
     if impl == "grouped" and not group:  # channels that fill no whole row, or gaps between channels
         impl = "dot"

@@ -5,11 +5,13 @@
    are built in registers; the incoming gradient ``G`` is read once.
 2. ``finish``: grid ``(B,)``; sums the bands, applies the min/max terms, the ReLU mask and the
    scale, and writes ``d [B, h·w]``, from which ``d acts = w ⊗ d`` and ``d w = acts · d``.
-3. ``input_grads`` (``CONFIG["grads"] == "triton"``, or ``"grouped"``: rows of whole channels,
-   16-byte loads and stores, for 16-bit activations; the default ``"torch"`` is one broadcast
-   product and one batched matrix-vector product, two passes, which measured 1.2-6.5x faster on an
-   H200): grid ``(B, S)`` over channel shares as the forward's channel sum; writes ``d acts`` in
-   the activations' dtype and layout and sums ``d w`` in float32, reading the activations once.
+3. ``input_grads`` (``CONFIG["grads"] == "grouped"``: rows of whole channels, 16-byte loads and
+   stores, for 16-bit NCHW activations, the choice of the default ``"auto"`` there, 1.2-1.6x
+   faster than the two PyTorch ops on an H200; ``"triton"``: one channel a row, 1.2-6.5x slower
+   than the PyTorch ops, kept for comparison): grid ``(B, S)`` over channel shares as the
+   forward's channel sum; writes ``d acts`` in the activations' dtype and layout and sums ``d w``
+   in float32, reading the activations once. ``"torch"`` (``"auto"``'s choice elsewhere) is one
+   broadcast product and one batched matrix-vector product, two passes.
 
 Used when the feature map is at most 64 x 64 (the interpolation tiles stay in registers);
 larger maps take the PyTorch formulation of the same maths. Imported only when Triton runs.
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from egl.kernels._cam_triton import _cdiv, _positions, _pow2, _ratio, _src
 
-__all__ = ["grad_low", "input_grads", "supported"]
+__all__ = ["auto_grads", "grad_low", "grouped_rows", "input_grads", "supported"]
 
 MAX_SIDE = 64
 
@@ -216,19 +218,34 @@ def input_grads_grouped_kernel(a_ptr, w_ptr, d_ptr, ga_ptr, gw_ptr, R, RH, C, NP
                          mask=rm[:, None] & (q < G)[None, :])
 
 
+def grouped_rows(acts: Tensor) -> int:
+    """The channels per row of :func:`input_grads_grouped_kernel` for ``acts``, or 0 where it does
+    not apply: 16-bit activations (fp32 products through ``tl.dot`` need ``tf32x3``, 4-19x the
+    instructions of the loop), each sample's channels contiguous (NCHW), and a whole-channel group
+    that divides the channels (:func:`egl.kernels._cam_triton.channel_group`)."""
+    from egl.kernels._cam_triton import channel_group
+
+    _, c, h, w = acts.shape
+    flat = acts.stride(3) == 1 and acts.stride(2) == w and acts.stride(1) == h * w
+    return channel_group(c, h * w, 2) if flat and acts.element_size() == 2 else 0
+
+
+def auto_grads(acts: Tensor) -> str:
+    """``grads="auto"``'s choice for ``acts``: ``"grouped"`` on CUDA where
+    :func:`grouped_rows` applies, ``"torch"`` elsewhere."""
+    return "grouped" if acts.device.type == "cuda" and grouped_rows(acts) else "torch"
+
+
 def input_grads(acts: Tensor, weights: Tensor, d: Tensor, needs: tuple[bool, bool], cfg: dict[str, Any]
                 ) -> tuple[Tensor | None, Tensor | None]:
     """``(d acts, d w)`` from ``d [B, h·w]`` (float32): ``d acts`` like ``acts`` (dtype and layout),
     ``d w`` float32; ``None`` where not needed."""
-    from egl.kernels._cam_triton import channel_group, channel_split, tile_flags
+    from egl.kernels._cam_triton import channel_split, tile_flags
 
     b, c, h, w = acts.shape
     hw = h * w
     ga = torch.empty_like(acts) if needs[0] else None
-    flat = acts.stride(3) == 1 and acts.stride(2) == w and acts.stride(1) == hw
-    # (16-bit only: fp32 products through tl.dot need tf32x3, 4-19x the instructions of the loop)
-    group = channel_group(c, hw, acts.element_size()) if cfg["grads"] == "grouped" and flat and \
-        acts.element_size() == 2 else 0
+    group = grouped_rows(acts) if cfg["grads"] == "grouped" else 0
     if group and (ga is None or ga.stride() == acts.stride()):
         rows, row = c // group, group * hw
         block_p = max(16, min(_pow2(row), 256))

@@ -140,8 +140,10 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     ``M`` and ``dr`` come from two Triton kernels (:mod:`egl.kernels._cam_triton_backward`) for
     maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` come
     from one broadcast product and one batched matrix-vector product (``_cam_triton.CONFIG["grads"]
-    == "torch"``, the default: faster on an H200) or from one Triton pass over the activations
-    (``"triton"``: float32 sums, ``d acts`` rounded once to the activations' dtype). With ``fallback``
+    == "torch"``) or from one Triton pass over the activations (``"grouped"``: rows of whole
+    channels, 16-bit activations; ``"triton"``: one channel a row; float32 sums, ``d acts``
+    rounded once to the activations' dtype). The default ``"auto"`` takes ``"grouped"`` for
+    16-bit NCHW activations on CUDA and ``"torch"`` elsewhere, the faster of the two on an H200. With ``fallback``
     (``backend="auto"``) a Triton kernel that fails gives way to the PyTorch ops.
     """
     from egl.explainers._postprocess import REL_EPS
@@ -163,9 +165,10 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 _give_up_triton(err)
         if d is None:
             d = _grad_low_torch(grad, *args)
-        if CONFIG["grads"] in ("triton", "grouped") and (_TRITON_FAILED is None or not fallback):  # one pass
+        mode = _cam_triton_backward.auto_grads(acts) if CONFIG["grads"] == "auto" else CONFIG["grads"]
+        if mode in ("triton", "grouped") and (_TRITON_FAILED is None or not fallback):  # one pass
             try:
-                ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, CONFIG)
+                ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, {**CONFIG, "grads": mode})
                 return ga, None if gw32 is None else gw32.to(weights.dtype)
             except Exception as err:  # noqa: BLE001 - see _give_up_triton
                 if not fallback or isinstance(err, torch.OutOfMemoryError):

@@ -40,11 +40,14 @@ from egl._transfer import upload
 
 __all__ = ["CONFIG", "conv2d_input_grad", "subpixel_weight", "eligible", "worth", "subpixel_input_grads"]
 
-#: ``use``: where the context swaps the backward in: ``"auto"`` (CPU tensors, for the kernel
-#: shapes where it measured faster: see :func:`worth`; CUDA keeps cuDNN's until a GPU run times it:
-#: ``benchmarks/masker_ops.py``), ``"always"`` (every eligible convolution, any device) or
-#: ``"never"``. ``max_in_channels``: convolutions with more input channels keep theirs.
+#: ``use``: where the context swaps the backward in: ``"auto"`` (CPU tensors, and 16-bit
+#: computations on CUDA, for the kernel shapes where it measured faster: see :func:`worth` and
+#: :func:`_auto_applies`; other devices keep their library's),
+#: ``"always"`` (every eligible convolution, any device) or ``"never"``. ``max_in_channels``:
+#: convolutions with more input channels keep theirs.
 CONFIG: dict[str, Any] = {"use": "auto", "max_in_channels": 4}
+#: The device types where ``use="auto"`` swaps the backward in (timed on both).
+AUTO_DEVICES = ("cpu", "cuda")
 
 
 def _taps(k: int, s: int, p: int) -> tuple[int, int]:
@@ -170,7 +173,7 @@ def eligible(conv: nn.Module) -> bool:
 
 
 def worth(kernel: tuple[int, int], stride: tuple[int, int]) -> bool:
-    """``use="auto"``: the kernel shapes where the sub-pixel form is clearly faster on the CPU.
+    """``use="auto"``: the kernel shapes where the sub-pixel form is clearly faster (CPU and CUDA).
 
     2-core CPU, 16 images at 224 px, 3 input channels (``benchmarks/masker_ops.py`` and a sweep;
     ms, the library's backward → sub-pixel, NCHW): 7x7/2 with 64 outputs (ResNet) 96-105 → 46-48
@@ -178,6 +181,10 @@ def worth(kernel: tuple[int, int], stride: tuple[int, int]) -> bool:
     embeddings 4x4/4 (ConvNeXt) 14-17 → 6-6.4, 8x8/8 16 → 5.7, 16x16/16 (ViT) 50-55 → 10-12.
     Kernels up to twice the stride are close and noisy (3x3/2 with 16-48 outputs 7-30 against
     9-23, either way between runs; 64 outputs 36-43 → 26-35; 2x2/2 even): left to the library.
+    One H200, 512 images at 224 px, bf16, channels-last (NCHW): ResNet 7x7/2 6.87 → 2.10 ms
+    (8.21 → 2.83; cuDNN's slowest kernel there), ConvNeXt 4x4/4 0.69 → 0.39 (2.89 → 0.37), ViT
+    16x16/16 3.52 → 0.38 (2.43 → 0.63); an ALIGN step 168 → 161 ms, SGT 69.2 → 65.0 ms
+    (``benchmarks/measured/h200-2026-11-27``). The same rule serves both.
     """
     return all(k > 2 * s or k == s >= 4 for k, s in zip(kernel, stride))
 
@@ -194,6 +201,22 @@ def _saved_tensor_hooks_active() -> bool:
     return top is None or top(False) is not None
 
 
+def _auto_applies(conv: nn.Conv2d, x: Tensor) -> bool:
+    """``use="auto"``: a device of ``AUTO_DEVICES``, a kernel shape :func:`worth` it, and on CUDA a
+    16-bit computation (the input's dtype, or autocast's). In float32 on CUDA the sub-pixel form
+    is no faster (``benchmarks/input_grads.py``: 15.3 against 15.7 ms, ResNet-18 at batch 128)
+    and its stride-1 convolution takes cuDNN's TF32 kernels where they are allowed (the PyTorch
+    default for convolutions): a relative error of 3e-4 where the library's backward keeps 2e-7
+    (``benchmarks/gpu_checks.py`` on an H200)."""
+    dev = x.device.type
+    if dev not in AUTO_DEVICES or not worth(conv.kernel_size, conv.stride):
+        return False
+    if dev != "cuda":
+        return True
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and x.dtype != torch.float64 else x.dtype
+    return dtype in (torch.float16, torch.bfloat16)
+
+
 class _SubpixelConv2d(nn.Conv2d):
     """What an eligible ``nn.Conv2d`` becomes inside :func:`subpixel_input_grads` (its class is
     swapped, so that copies made meanwhile, e.g. ``nn.DataParallel``'s replicas, run their own
@@ -202,8 +225,7 @@ class _SubpixelConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         use = CONFIG["use"]
         if not (x.requires_grad and torch.is_grad_enabled()) or use == "never" or x.dim() != 4 \
-                or (use == "auto" and (x.device.type != "cpu" or not worth(self.kernel_size, self.stride))) \
-                or _saved_tensor_hooks_active():
+                or (use == "auto" and not _auto_applies(self, x)) or _saved_tensor_hooks_active():
             return super().forward(x)
         w, b = self.weight, self.bias
         dev = x.device.type
@@ -232,7 +254,7 @@ def subpixel_input_grads(model: nn.Module) -> Iterator[list[str]]:
     check_int(limit, "egl.kernels.subpixel_dgrad", "CONFIG['max_in_channels']", low=1,
               fix="Set it to the largest input-channel count to take over (4 covers RGB(A) stems)")
     first = next(model.parameters(), None)
-    if use == "never" or (use == "auto" and first is not None and first.device.type != "cpu"):
+    if use == "never" or (use == "auto" and first is not None and first.device.type not in AUTO_DEVICES):
         yield []  # nothing would be swapped in: skip the walk over the modules
         return
     swapped = [(name, m) for name, m in model.named_modules() if eligible(m)]  # exactly nn.Conv2d: not twice

@@ -52,6 +52,9 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
     ("sync_check.py", ["--batch", "2", "--size", "32", "--only", "grad_cam,step: align", "--run-on-cpu"],
      "host-device synchronisations"),
     ("input_grads.py", ["--batch", "2", "--size", "32", "--models", "resnet18", "--repeats", "1"], "sub-pixel"),
+    ("gpu_checks.py", ["--smoke"], "correctness of the device defaults"),
+    ("train_step.py", ["--batch", "2", "--size", "32", "--repeats", "1", "--only", "align-nativebn-nativedgrad"],
+     "align-nativebn-nativedgrad"),
 ])
 def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:
     assert expect in run(script, *args)

@@ -674,6 +674,28 @@ def test_float32_activations_under_float16_autocast_are_summed_in_float32() -> N
 
 
 @needs_interpreter
+def test_auto_picks_the_kernels_the_h200_runs_chose() -> None:
+    """``reduce="auto"`` and ``grads="auto"`` (docs/performance.md, 2026-11-27): the grouped channel
+    sum and one-pass backward for 16-bit NCHW activations on CUDA, cuBLAS for float32, PyTorch
+    ops or the loop elsewhere."""
+    from egl.kernels import _cam_triton
+    from egl.kernels._cam_triton_backward import auto_grads, grouped_rows
+
+    assert _cam_triton.CONFIG["reduce"] == "auto" and _cam_triton.CONFIG["grads"] == "auto"
+    assert _cam_triton.auto_reduce("cuda", torch.bfloat16) == "grouped"
+    assert _cam_triton.auto_reduce("cuda", torch.float16) == "grouped"
+    assert _cam_triton.auto_reduce("cuda", torch.float32) == "bmm"
+    assert _cam_triton.auto_reduce("cuda", torch.float64) == "dot"
+    assert _cam_triton.auto_reduce("cpu", torch.bfloat16) == "loop"
+    bf = torch.zeros(2, 512, 7, 7, dtype=torch.bfloat16)
+    assert grouped_rows(bf) == 8 and grouped_rows(torch.zeros(2, 1024, 14, 14, dtype=torch.bfloat16)) == 2
+    assert grouped_rows(bf.contiguous(memory_format=torch.channels_last)) == 0  # no whole-channel rows
+    assert grouped_rows(bf.float()) == 0  # 16-bit only
+    assert grouped_rows(torch.zeros(2, 100, 7, 7, dtype=torch.bfloat16)) == 0  # 8 channels do not divide 100
+    assert auto_grads(bf) == "torch"  # off CUDA
+
+
+@needs_interpreter
 def test_an_unknown_backward_formulation_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from egl.errors import InputError
     from egl.kernels import _cam_triton

@@ -207,3 +207,18 @@ def test_the_statistics_kernel_path_is_taken_and_a_bad_choice_is_named(monkeypat
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", "fast")
     with pytest.raises(InputError, match="stats"):
         bn_conv(x, bn, conv)
+
+
+def test_auto_statistics_are_native_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stats="auto"`` (the default) takes ``bn_stats`` on CUDA only: on the CPU, also under the
+    Triton interpreter, the output is BatchNorm's own, bit for bit."""
+    from egl.kernels import bn_stats
+    from egl.maskers import _bn_conv
+
+    assert _bn_conv.CONFIG["stats"] == "auto"
+    bn, conv = _pair(padding=1)
+    x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(bn_stats, "bn_stats", lambda t: pytest.fail("bn_stats ran on the CPU under 'auto'"))
+    auto = bn_conv(x, copy.deepcopy(bn), conv)
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", "native")
+    assert torch.equal(auto, bn_conv(x, copy.deepcopy(bn), conv))

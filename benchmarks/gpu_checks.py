@@ -1,0 +1,152 @@
+"""Correctness on the device of what egl picks by default there, against float64 references.
+
+    python benchmarks/gpu_checks.py [--json out.json]
+
+The CPU tests run these kernels under ``TRITON_INTERPRET=1``; this runs them compiled, with the
+CUDA defaults (``reduce="auto"``, ``grads="auto"``, ``bn_stats`` for the masker's BatchNorm,
+the sub-pixel stem gradient), on the shapes the training and saliency paths meet:
+
+- the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
+  batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
+- ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000);
+- ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems.
+
+Each row prints its relative error (``|a - ref| / |ref|``, Frobenius norms) beside its
+tolerance; the exit status is 1 when any row is over. Without CUDA: runs the same checks
+under the Triton interpreter at smaller sizes with ``--smoke``, else prints that it skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import hardware, table  # noqa: E402
+
+#: (dtype, memory format) -> tolerance for (maps, d acts, d w): bf16 ``d acts`` is rounded once to
+#: bf16 on its write (relative rounding 2^-9 ≈ 2e-3); everything else sums in fp32.
+TOL = {torch.bfloat16: (1e-4, 4e-3, 1e-4), torch.float32: (1e-5, 1e-5, 1e-5)}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def epilogue_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    from egl.kernels import cam_epilogue, cam_epilogue_reference
+
+    shapes = [(256, 512, 7, 7), (256, 2048, 7, 7), (256, 1024, 14, 14), (256, 512, 28, 28), (3, 100, 7, 7),
+              (1, 64, 5, 3), (64, 512, 14, 14, "cl")]
+    if small:
+        shapes = [(2, 64, 7, 7), (2, 32, 14, 14), (3, 100, 7, 7), (1, 64, 5, 3), (2, 64, 14, 14, "cl")]
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for shape in shapes:
+            b, c, h, w = shape[:4]
+            cl = len(shape) > 4
+            torch.manual_seed(b * c + h)
+            acts = torch.randn(b, c, h, w, device=device).to(dtype)
+            if cl:
+                acts = acts.contiguous(memory_format=torch.channels_last)
+            wts = torch.randn(b, c, device=device)
+            size = (32, 32) if small else (224, 224)
+            g = torch.randn(b, 1, *size, device=device)
+            a1, w1 = acts.clone().requires_grad_(True), wts.clone().requires_grad_(True)
+            out = cam_epilogue(a1, w1, size, scale=1.0 / (h * w), backend="triton")
+            ga, gw = torch.autograd.grad(out, [a1, w1], g)
+            a2, w2 = acts.double().requires_grad_(True), wts.double().requires_grad_(True)
+            ref = cam_epilogue_reference(a2, w2, size, scale=1.0 / (h * w))
+            ra, rw = torch.autograd.grad(ref, [a2, w2], g.double())
+            name = f"epilogue {str(dtype)[6:]} {b}x{c}x{h}x{w}{' channels-last' if cl else ''}"
+            for what, got, want, tol in zip(("maps", "d acts", "d w"), (out, ga, gw), (ref, ra, rw), TOL[dtype]):
+                rows.append({"check": f"{name}: {what}", "rel err": _rel(got, want), "tol": tol})
+            if cl:
+                rows.append({"check": f"{name}: d acts keeps channels-last",
+                             "rel err": float(not ga.is_contiguous(memory_format=torch.channels_last)), "tol": 0.0})
+    return rows
+
+
+def bn_stats_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    from egl.kernels.bn_stats import bn_stats
+
+    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    rows = []
+    for offset in (0.0, 1000.0):
+        for dtype in (torch.bfloat16, torch.float32):
+            torch.manual_seed(1)
+            x = (torch.randn(shape, device=device) + offset).to(dtype).contiguous(memory_format=torch.channels_last)
+            mean, var = bn_stats(x)
+            rv, rm = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+            name = f"bn_stats {str(dtype)[6:]} {'x'.join(map(str, shape))} mean {offset:g}"
+            # the mean's error against |mean| + std (a mean near 0 has no relative error of its own)
+            err = float((mean.double() - rm).norm() / (rm.abs() + rv.sqrt()).norm())
+            rows.append({"check": f"{name}: mean (error / (|mean| + std))", "rel err": err, "tol": 1e-6})
+            rows.append({"check": f"{name}: var", "rel err": _rel(var, rv), "tol": 1e-5})
+    return rows
+
+
+def subpixel_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    from egl.kernels.subpixel_dgrad import conv2d_input_grad
+
+    stems = {"resnet 7x7/2": (64, 7, 2, 3), "convnext 4x4/4": (96, 4, 4, 0), "vit 16x16/16": (384, 16, 16, 0)}
+    n, px = (2, 64) if small else (64, 224)
+    rows = []
+    for name, (c_out, k, s, p) in stems.items():
+        for dtype in (torch.bfloat16, torch.float32):
+            torch.manual_seed(2)
+            wt = (torch.randn(c_out, 3, k, k, device=device) / k).to(dtype)
+            ho = (px + 2 * p - k) // s + 1
+            g = torch.randn(n, c_out, ho, ho, device=device).to(dtype)
+            ref = torch.nn.grad.conv2d_input((n, 3, px, px), wt.double(), g.double(), stride=s, padding=p)
+            # float32 twice: cuDNN's TF32 convolutions (PyTorch's default) give 3e-4, why use="auto"
+            # keeps the library's backward for float32 on CUDA; without TF32 the form is exact
+            for tf32 in ((False, True) if dtype == torch.float32 and device == "cuda" else (None,)):
+                saved = torch.backends.cudnn.allow_tf32
+                torch.backends.cudnn.allow_tf32 = saved if tf32 is None else tf32
+                try:
+                    got = conv2d_input_grad(g, wt, (px, px), (s, s), (p, p))
+                    lib = torch.nn.grad.conv2d_input((n, 3, px, px), wt, g, stride=s, padding=p)
+                finally:
+                    torch.backends.cudnn.allow_tf32 = saved
+                tol = 1e-2 if dtype == torch.bfloat16 else 1e-3 if tf32 else 1e-5  # bf16: outputs rounded
+                label = "" if tf32 is None else ", cuDNN TF32 allowed" if tf32 else ", TF32 off"
+                rows.append({"check": f"sub-pixel {name} {str(dtype)[6:]}{label}", "rel err": _rel(got, ref),
+                             "tol": tol, "library's rel err": _rel(lib, ref)})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="without CUDA: small sizes under TRITON_INTERPRET=1")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if not torch.cuda.is_available() and not a.smoke:
+        print("gpu checks skipped: no CUDA device")
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    small = device == "cpu"
+    if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *subpixel_rows(device, small)]
+    for r in rows:
+        r["ok"] = "ok" if r["rel err"] <= r["tol"] else "OVER"
+    print(f"# correctness of the device defaults on {hardware()} (relative to float64)")
+    print(table(rows, ["check", "rel err", "tol", "ok", "library's rel err"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    over = [r["check"] for r in rows if r["ok"] != "ok"]
+    if over:
+        print(f"{len(over)} check(s) over tolerance: {', '.join(over)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
