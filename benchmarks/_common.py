@@ -28,8 +28,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def round_robin(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of every variant, timed in interleaved rounds (fair under drift)."""
+def round_robin(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                inner: int = 1) -> dict[str, float]:
+    """Median seconds per call of every variant, timed in interleaved rounds (fair under drift).
+
+    Each round times ``inner`` back-to-back calls of a variant (one synchronisation before and
+    after) and records their mean: the steady state of a loop of calls. On a GPU, where a small
+    call is bound by the host launching kernels, a single call right after another variant's
+    (say, a peer that copies to the host) runs with cold host caches and can read slower than
+    the same call in a loop."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -38,9 +45,10 @@ def round_robin(variants: dict[str, Callable[[], Any]], repeats: int, warmup: in
         for name, fn in variants.items():
             sync()
             t = time.perf_counter()
-            fn()
+            for _ in range(inner):
+                fn()
             sync()
-            times[name].append(time.perf_counter() - t)
+            times[name].append((time.perf_counter() - t) / inner)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -105,6 +105,18 @@ def check(acts: torch.Tensor, w: torch.Tensor, size: tuple[int, int], scale: flo
     return res
 
 
+def _floors(acts: torch.Tensor, size: tuple[int, int], fwd_bytes: int, peak: float) -> dict[str, float]:
+    """What moving the forward's bytes costs without the epilogue: the activations read by one
+    float32 sum (a reduction that reads every element once), the maps written by ``fill_``, and
+    the share of the copy bandwidth the two make back to back: the best a forward in two launches
+    (read, then write) could reach if each ran as fast as these."""
+    out = torch.empty(acts.shape[0], 1, *size, device=acts.device, dtype=torch.float32)
+    read = _bench_graph(lambda: acts.sum(dtype=torch.float32))
+    write = _bench_graph(lambda: out.fill_(0.5))
+    return {"read acts us": 1e6 * read, "write maps us": 1e6 * write, "read + write us": 1e6 * (read + write),
+            "floor of peak": fwd_bytes / (read + write) / peak}
+
+
 def _stages(case: dict[str, Any], acts: torch.Tensor, w: torch.Tensor, g: torch.Tensor, size: tuple[int, int],
             scale: float, peak: float) -> list[dict[str, Any]]:
     """Device time of each launch of the forward and backward, with the bytes each must move."""
@@ -190,6 +202,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     stage_rows: list[dict[str, Any]] = []
+    floor_rows: list[dict[str, Any]] = []
     for dtype in (torch.bfloat16, torch.float32):
         for c, hw in cases:
             torch.manual_seed(c + hw)
@@ -231,6 +244,7 @@ def main() -> None:
                     kern = _bench_graph(f)
                     rows.append({**case, "pass": group, "variant": k.replace(" fwd+bwd", ""), "eager us": 1e6 * eager,
                                  "kernel us": 1e6 * kern, "GB/s": moved / kern / 1e9, "of peak": moved / kern / peak})
+            floor_rows.append({**case, **_floors(acts, size, fwd_bytes, peak)})
             if a.stages:
                 stage_rows.extend(_stages(case, acts, w, g, size, scale, peak))
             if torch.cuda.is_available():
@@ -241,13 +255,16 @@ def main() -> None:
                          "err maps (bmm)", "err maps (grouped)", "err maps (gather)"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
     print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
+    print("\n## floors: the forward's bytes moved by the simplest kernels (no epilogue maths)")
+    print(table(floor_rows, ["dtype", "C", "map", "read acts us", "write maps us", "read + write us",
+                             "floor of peak"]))
     if stage_rows:
         print("\n## each launch on its own (kernel time; bytes it must move)")
         print(table(stage_rows, ["dtype", "C", "map", "stage", "kernel us", "GB/s", "of peak"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"hardware": hardware(), "peak_gbs": peak / 1e9, "checks": checks, "rows": rows,
-                       "stages": stage_rows}, f, indent=1)
+                       "stages": stage_rows, "floors": floor_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 Every variant computes Grad-CAM of given targets at the last stage, upsampled to the input:
 ``forward`` is a plain ``no_grad`` forward (the floor); ``egl`` takes its fastest exact path
 (closed form for GAP+linear heads); ``egl_autograd`` forces autograd. Times are medians of
-round-robin repeats in one process; peak memory is measured with each variant in its own
+round-robin repeats in one process, each repeat the mean of ``--inner`` back-to-back calls
+(default 10 on a GPU: the steady state of a loop, where a small batch is bound by the host
+launching kernels; 1 on the CPU); peak memory is measured with each variant in its own
 process (``--inline-memory``: in the timing process, after a warm-up call; exact on a GPU,
 where the caching allocator counts every byte, and much faster to run). Peers come from the ``bench`` extra (``pip install egl[bench]``).
 """
@@ -137,6 +139,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="resnet18 only, 3 repeats")
     p.add_argument("--models", default=None, help="comma list (default: all four)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--inner", type=int, default=None,
+                   help="back-to-back calls timed together in each round (default: 10 on a GPU, 1 on the CPU)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--inline-memory", action="store_true", help="measure memory in this process (GPU)")
     p.add_argument("--settings", default=None, help="BATCHxSIZE,... (default 32x224,64x64)")
@@ -148,6 +152,7 @@ def main() -> None:
         return
     models = a.models.split(",") if a.models else (["resnet18"] if a.quick else list(MODELS))
     repeats = 3 if a.quick else a.repeats
+    inner = a.inner if a.inner is not None else 10 if torch.cuda.is_available() else 1
     print(f"# saliency benchmark on {hardware()}")
     results = []
     settings = [tuple(int(v) for v in st.split("x")) for st in a.settings.split(",")] if a.settings else SETTINGS
@@ -155,7 +160,7 @@ def main() -> None:
         for batch, size in settings:
             model, x, y = _inputs(name, batch, size)
             fns = variants(name, model, x, y)
-            times = round_robin(fns, repeats, warmup=3 if torch.cuda.is_available() else 1)
+            times = round_robin(fns, repeats, warmup=3 if torch.cuda.is_available() else 1, inner=inner)
             agree = agreement(name, model, x, y)
             rows = []
             for v, t in times.items():
