@@ -49,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
         "erm": {"recipe": "erm"},
         "align": {"recipe": "align", "kwargs": {"warmup_steps": 50}},
     },
+    "sweep": {
+        "n": 1,                       # draws of each method with a space (methods.<m>.space): draw 0 is its kwargs
+        "seed": 0,                    # the draws' seed (DomainBed's hparams_seed)
+    },
     "eval": {
         "splits": None,               # default: every test split of the data
         "batch_size": 256,
@@ -131,7 +135,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 
 #: Keys whose contents are free: arguments passed on to another function.
 _OPEN = {("data", "synthetic"), ("model", "kwargs"), ("train", "loss_scale")}
-_METHOD_KEYS = ("recipe", "kwargs")
+_METHOD_KEYS = ("recipe", "kwargs", "space")
 
 
 def check_keys(cfg: dict[str, Any], reference: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -141,7 +145,7 @@ def check_keys(cfg: dict[str, Any], reference: dict[str, Any] | None = None) -> 
     for name, m in (cfg.get("methods") or {}).items():
         if not isinstance(m, dict) or "recipe" not in m or not set(m) <= set(_METHOD_KEYS):
             raise fail("egl.experiments.load_config", f"methods.{name}",
-                       "a mapping with 'recipe' (a registered recipe name) and optionally 'kwargs'",
+                       "a mapping with 'recipe' (a registered recipe name) and optionally 'kwargs' and 'space'",
                        repr(m)[:200], f"Write methods: {{{name}: {{recipe: erm, kwargs: {{...}}}}}}")
     return cfg
 

@@ -34,9 +34,14 @@ def _flat(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ (``methods`` compared whole), ignoring :data:`_FREE`."""
+    """Dotted keys whose values differ (``methods`` compared whole), ignoring :data:`_FREE`; a key
+    one side lacks counts as its default (a folder written before the key existed resumes)."""
+    from egl.experiments.config import DEFAULTS
+
+    d = _flat({k: v for k, v in DEFAULTS.items() if k != "methods"})
     a, b = _flat(saved), _flat(wanted)
-    return [".".join(k) for k in sorted(set(a) | set(b)) if k not in _FREE and a.get(k) != b.get(k)]
+    return [".".join(k) for k in sorted(set(a) | set(b))
+            if k not in _FREE and a.get(k, d.get(k)) != b.get(k, d.get(k))]
 
 
 def previous_rows(path: Path, cfg: dict[str, Any],

@@ -167,10 +167,17 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     With ``resume`` (``egl experiment --resume``; ``cfg["output"]`` names the folder) the rows
     of finished runs are kept and the other runs continue from their checkpoints, bit-exact
     (see :mod:`egl.experiments.resume`); a folder without results starts afresh.
+
+    Methods with a ``space`` run as ``sweep.n`` draws each (:mod:`egl.experiments.sweep`); the
+    returned rows and the tables are then those of the draw each method, training set and seed
+    keeps (renamed to the method, with its ``draw``), ``results.jsonl`` holds every draw's rows
+    and ``sweep.json`` the choices.
     """
     from egl.experiments.resume import previous_rows
+    from egl.experiments.sweep import expand
 
     check_keys(cfg)
+    grid, draws = expand(cfg)  # methods with a space become their draws, <method>@<draw>
     source = load_source(cfg["data"])  # bad data settings fail before any folder is made
     if resume and not cfg.get("output"):
         raise fail("egl experiment", "--resume", "--out naming the results folder of the run to resume", "no --out",
@@ -198,7 +205,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     with open(out / "results.jsonl", "a", encoding="utf-8") as log:
         for seed in seeds:
             for train_name, train_set in train_sets.items():
-                for method in cfg["methods"]:
+                for method in grid["methods"]:
                     figures = seed == seeds[0] and train_name == next(iter(train_sets))
                     done = finished.get((method, train_name, seed))
                     if done is not None and not figures:  # finished, and its model is not needed again
@@ -206,13 +213,14 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         continue
                     run_ = _Run(method, train_name, train_domains[train_name], seed,
                                 out / "checkpoints" / f"{method}-{train_name}-s{seed}")
-                    recipe = _train_or_restore(cfg, kind, source, run_, train_set, out, resume, echo)
-                    rows += done if done is not None else _evaluate_run(cfg, source, run_, recipe, tests, log)
+                    recipe = _train_or_restore(grid, kind, source, run_, train_set, out, resume, echo)
+                    rows += done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
+                                                                        draws.get(method, {}))
                     if figures:
                         keep[method] = recipe.cpu()
                     else:
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
-    tables = render_tables(rows, source)
+    tables, rows, keep = _select_draws(rows, keep, source, out) if draws else (render_tables(rows, source), rows, keep)
     if keep and e.get("mask_quality", True):
         first = train_domains[next(iter(train_sets))]
         split = next((s for s in tests if source.in_distribution(s, first)), next(iter(tests)))
@@ -226,6 +234,30 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         print(tables)
         print(f"[egl] results written to {out.resolve()}", flush=True)
     return rows, out
+
+
+def _select_draws(rows: list[dict[str, Any]], keep: dict[str, Any], source: Source,
+                  out: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """A sweep's tables (on the draws each method, training set and seed kept), those rows, and
+    the figures' models (the kept draw of the first seed on the first training set); the
+    choices are written to ``sweep.json``."""
+    from egl.experiments.sweep import origin, select, sweep_table
+
+    kept, choices = select(rows)
+    (out / "sweep.json").write_text(json.dumps(choices, indent=1, default=str), encoding="utf-8")
+    first: dict[str, int] = {}
+    for c in choices:  # in the grid's order: a method's first is its first seed's on the first training set
+        first.setdefault(c["method"], c["draw"])
+    figures = {}
+    for name, recipe in keep.items():
+        base, index = origin(name)
+        if index is None or first.get(base) == index:
+            figures[base] = recipe
+    tables = render_tables(kept, source)
+    tables += ("\n## Hyperparameter search (sweep.n draws a method; each method, training set and seed keeps the "
+               "draw with the highest validation accuracy, and the tables above report it)\n\n"
+               + sweep_table(rows, choices) + "\n")
+    return tables, kept, figures
 
 
 def _write_log_start(path: Path, header: dict[str, Any], finished: dict[Any, list[dict[str, Any]]],
@@ -284,8 +316,9 @@ def _train_or_restore(cfg: dict[str, Any], kind: str, source: Source, run_: _Run
 
 
 def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, tests: dict[str, Any],
-                  log: Any) -> list[dict[str, Any]]:
-    """One result row per test split, each written to ``log`` as soon as it is measured."""
+                  log: Any, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One result row per test split (with ``extra``: a draw's ``sweep_of`` and ``hparams``),
+    each written to ``log`` as soon as it is measured."""
     t, e = cfg["train"], cfg["eval"]
     train_s = float(json.loads(run_.trained_file.read_text())["train_seconds"])
     chosen = recipe.selected
@@ -297,7 +330,7 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
                            min_group_size=e.get("min_group_size", 10))
         row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
                "in_distribution": source.in_distribution(split, run_.domains),
-               "train_seconds": round(train_s, 1), **selected, **metrics}
+               "train_seconds": round(train_s, 1), **extra, **selected, **metrics}
         rows.append(row)
         log.write(json.dumps(row) + "\n")
         log.flush()

@@ -1,0 +1,51 @@
+"""egl experiment with a hyperparameter sweep: every draw trained, the best on validation reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from egl.experiments.config import DEFAULTS, apply_overrides, merge
+from egl.experiments.runner import run
+
+pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
+
+SETTINGS = ["train.steps=2", "train.val_every=1", "train.progress=false", "sweep.n=3", "sweep.seed=4",
+            "data.synthetic.train_per_domain=32", "data.synthetic.val_per_domain=4", "data.synthetic.test_per_split=20",
+            "eval.explain_samples=8", "model.arch=test_resnet", "eval.mask_quality=false",
+            "methods={erm: {recipe: erm, space: {lr: [loguniform, 1e-4, 1e-1]}}, irm: {recipe: irm}}"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EGL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_a_sweep_trains_every_draw_and_reports_the_best_on_validation(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    cfg = apply_overrides(merge(DEFAULTS, {}), [*SETTINGS, f"output={out}"])
+    rows, _ = run(cfg, echo=False)
+    logged = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if "event" not in r]
+    assert {r["method"] for r in logged} == {"erm@0", "erm@1", "erm@2", "irm"}
+    draws = {r["method"]: r for r in logged if r["method"].startswith("erm@")}
+    assert draws["erm@0"]["hparams"] == {"lr": 1e-3} and draws["erm@0"]["sweep_of"] == "erm"
+    assert all(1e-4 <= draws[f"erm@{i}"]["hparams"]["lr"] <= 1e-1 for i in (1, 2))
+    best = max(range(3), key=lambda i: (draws[f"erm@{i}"]["val_acc"], -i))
+    assert {r["method"] for r in rows} == {"erm", "irm"}
+    erm = [r for r in rows if r["method"] == "erm"]
+    assert {r["draw"] for r in erm} == {best} and len(erm) == len([r for r in logged if r["method"] == "irm"])
+    assert json.loads((out / "sweep.json").read_text()) == [
+        {"method": "erm", "train": "all", "seed": 0, "draw": best, "val_acc": draws[f"erm@{best}"]["val_acc"]}]
+    tables = (out / "tables.md").read_text()
+    assert "## Hyperparameter search" in tables and "| erm | all | 0 (configured) | lr=0.001 |" in tables
+    assert "erm@" not in tables.split("## Hyperparameter search")[0]  # the main tables name the method
+    assert (out / "case_study.png").is_file()
+    # a finished sweep resumes to the same selection
+    again, _ = run(cfg, echo=False, resume=True)
+
+    def same(rs: list[dict]) -> list[str]:  # (NaN metrics compare equal as text)
+        return [json.dumps({k: v for k, v in r.items() if k != "train_seconds"}, sort_keys=True) for r in rs]
+    assert same(again) == same(rows)
