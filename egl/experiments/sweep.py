@@ -18,6 +18,8 @@ and the draw's number: adding a method or a draw leaves the others' values as th
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 import random
 import zlib
@@ -25,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import egl
 from egl._check import check_int, fail
 
 __all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "select", "sweep_table"]
@@ -60,10 +63,6 @@ def _check_spec(method: str, key: str, spec: Any) -> None:
 def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
     """Every key of a space is a keyword argument of the recipe (a misspelt one would fail at
     draw 1, after draw 0 has trained)."""
-    import inspect
-
-    import egl
-
     try:
         params = inspect.signature(egl.get_component("recipe", recipe)).parameters
     except (TypeError, ValueError):  # no signature to read: the recipe checks its arguments itself
@@ -73,8 +72,6 @@ def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
     names = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "model"]
     for key in keys:
         if key not in names:
-            import difflib
-
             close = difflib.get_close_matches(key, names, n=1)
             raise fail(_FN, f"methods.{method}.space.{key}", f"an argument of recipe '{recipe}': one of {names}",
                        repr(key), f"Did you mean '{close[0]}'?" if close else "Remove it")

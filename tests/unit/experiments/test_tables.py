@@ -56,3 +56,18 @@ def test_heldout_avg_is_nan_for_a_seed_missing_a_domain() -> None:
             for held in "AB" for seed in (0, 1)]
     line = heldout_table(rows).splitlines()[-1]
     assert line == "| erm | 50.0 ± 0.0 | 70.0 | 60.0 |"  # seed 1's Avg is not A's alone
+
+
+def test_the_heldout_table_reads_the_splits_of_domains_only() -> None:
+    """Synthetic leave-one-out: random / flipped / novel belong to no domain, so every run has
+    three more out-of-distribution splits; the held-out table is drawn on the domains' splits."""
+    from egl.experiments.runner import render_tables
+    from egl.experiments.sources import Source
+
+    source = Source("synthetic", 2, ["a", "b"], {}, {}, {}, split_domains={"test_id/A": "A", "test_id/B": "B"})
+    rows = [{"method": "erm", "train": f"all-but-{held}", "seed": 0, "split": split, "acc": 0.5,
+             "in_distribution": split == f"test_id/{'B' if held == 'A' else 'A'}"}
+            for held in "AB" for split in ("test_id/A", "test_id/B", "random", "flipped")]
+    assert heldout_table(rows) is None  # three held-out splits a run
+    tables = render_tables(rows, source)
+    assert "## Accuracy (%) on the held-out domain" in tables and "| method | test_id/A | test_id/B | Avg |" in tables
