@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (at most about 8 minutes on an H200).
+# Every GPU measurement of docs/performance.md in one short run (about 6 minutes on an H200; stage limits sum to 12).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
-# Expects egl and the `bench` extra importable (pip install -e '.[bench]'). Each stage has its
+# Expects egl, its dependencies and the `bench` extra importable (pip install -e '.[bench]'; on an
+# image that has torch, timm and Triton, wheels of egl, kornia, kornia_rs, captum, grad-cam, ttach
+# and torchcam installed with --no-deps suffice). Each stage has its
 # own time limit, so one stuck stage does not cost the others. With SNAPSHOT=FILE.tgz set, OUTDIR is
 # packed into it after every stage (what a run cut short still brings back). Stages run in order of
 # what they decide (the kernel defaults, the training step, saliency first); SKIP="name name" leaves
