@@ -174,7 +174,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     and ``sweep.json`` the choices.
     """
     from egl.experiments.resume import previous_rows
-    from egl.experiments.sweep import expand
+    from egl.experiments.sweep import diverged_rows, expand
+    from egl.recipes import NonFiniteLossError
 
     check_keys(cfg)
     grid, draws = expand(cfg)  # methods with a space become their draws, <method>@<draw>
@@ -213,7 +214,14 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         continue
                     run_ = _Run(method, train_name, train_domains[train_name], seed,
                                 out / "checkpoints" / f"{method}-{train_name}-s{seed}")
-                    recipe = _train_or_restore(grid, kind, source, run_, train_set, out, resume, echo)
+                    try:
+                        recipe = _train_or_restore(grid, kind, source, run_, train_set, out, resume, echo)
+                    except NonFiniteLossError as err:
+                        if method not in draws:  # a method of its own diverging stops the grid
+                            raise
+                        rows += diverged_rows(run_, source, list(tests), draws[method], err, log, echo)
+                        shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
+                        continue
                     rows += done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
                                                                         draws.get(method, {}))
                     if figures:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
 import math
 import random
 import zlib
@@ -145,6 +146,25 @@ def expand(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any
     return out, info
 
 
+def diverged_rows(run: Any, source: Any, splits: list[str], extra: dict[str, Any], err: Exception, log: Any,
+                  echo: bool) -> list[dict[str, Any]]:
+    """A draw whose training diverged (``NonFiniteLossError``): one row per split with NaN
+    accuracy and validation accuracy and the error under ``diverged``, written to ``log``, so
+    that the grid goes on, selection passes it over and ``--resume`` does not train it again.
+    Draws far out in a space (a large learning rate) diverge; a sweep is not stopped by one."""
+    if echo:
+        print(f"[egl] {run.method} on {run.train}, seed {run.seed} diverged, recorded as such: {err}", flush=True)
+    rows = []
+    for split in splits:
+        row = {"method": run.method, "train": run.train, "seed": run.seed, "split": split,
+               "in_distribution": source.in_distribution(split, run.domains), **extra,
+               "diverged": str(err), "val_acc": math.nan, "acc": math.nan}
+        log.write(json.dumps(row, default=str) + "\n")
+        rows.append(row)
+    log.flush()
+    return rows
+
+
 def origin(method: str) -> tuple[str, int | None]:
     """``"align@3"`` → ``("align", 3)``; a method that is not a draw → ``(method, None)``."""
     base, sep, index = method.rpartition("@")
@@ -204,7 +224,8 @@ def sweep_table(rows: Sequence[dict[str, Any]], choices: Sequence[dict[str, Any]
         seeds = {r["seed"]: r.get("val_acc") for r in rs}
         ind = [r["acc"] for r in rs if r.get("in_distribution") is True]
         ood = [r["acc"] for r in rs if r.get("in_distribution") is False]
-        lines.append(f"| {base} | {train} | {index}{' (configured)' if index == 0 else ''} | {hp} | "
+        note = (" (configured)" if index == 0 else "") + (", diverged" if any(r.get("diverged") for r in rs) else "")
+        lines.append(f"| {base} | {train} | {index}{note} | {hp} | "
                      f"{pct(_mean(list(seeds.values())))} | {pct(_mean(ind))} | {pct(_mean(ood))} | "
                      f"{kept[(base, train, index)]} of {len(seeds)} |")
     return "\n".join(lines)

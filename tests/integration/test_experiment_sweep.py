@@ -49,3 +49,17 @@ def test_a_sweep_trains_every_draw_and_reports_the_best_on_validation(tmp_path: 
     def same(rs: list[dict]) -> list[str]:  # (NaN metrics compare equal as text)
         return [json.dumps({k: v for k, v in r.items() if k != "train_seconds"}, sort_keys=True) for r in rs]
     assert same(again) == same(rows)
+
+
+def test_a_diverging_draw_is_recorded_and_passed_over(tmp_path: Path) -> None:
+    out = tmp_path / "diverge"
+    cfg = apply_overrides(merge(DEFAULTS, {}), [*SETTINGS, f"output={out}", "sweep.n=2", "train.steps=3",
+                                                "methods={erm: {recipe: erm, space: {lr: [choice, [1.0e+12]]}}}"])
+    rows, _ = run(cfg, echo=False)
+    logged = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    bad = [r for r in logged if r.get("method") == "erm@1"]
+    assert bad and all("Lower the learning rate" in r["diverged"] for r in bad)
+    assert {r["draw"] for r in rows} == {0} and all(r["acc"] == r["acc"] for r in rows)  # draw 0, real numbers
+    assert "| erm | all | 1, diverged | lr=1e+12 | – |" in (out / "tables.md").read_text()
+    again, _ = run(cfg, echo=False, resume=True)  # the diverged draw is finished: not trained again
+    assert [r["draw"] for r in again] == [r["draw"] for r in rows]
