@@ -78,6 +78,15 @@ def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
                        repr(key), f"Did you mean '{close[0]}'?" if close else "Remove it")
 
 
+def _defaults(recipe: str) -> dict[str, Any]:
+    """The recipe's keyword defaults (empty where its signature cannot be read)."""
+    try:
+        params = inspect.signature(egl.get_component("recipe", recipe)).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def check_sweep(cfg: dict[str, Any]) -> int:
     """``sweep.n`` and ``sweep.seed``, every method's ``space``, and a validation split to select
     on when there are draws to choose between; returns ``sweep.n``."""
@@ -125,8 +134,8 @@ def expand(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any
     """``cfg`` with each method that has a ``space`` replaced by its ``sweep.n`` draws
     (``<m>@0`` .. ``<m>@<n-1>``, each a plain method with ``kwargs``; others unchanged), and for
     each draw the fields its result rows carry: ``sweep_of`` (the method) and ``hparams`` (the
-    space's keys with the draw's values; ``lr`` of draw 0 is ``train.lr`` unless its kwargs set
-    one, and ``None`` marks a key draw 0 leaves to the recipe's default)."""
+    space's keys with the values the draw trains with: draw 0's are its kwargs, else the
+    recipe's defaults, and ``lr`` is ``train.lr`` unless the kwargs set one)."""
     n = check_sweep(cfg)
     seed = int((cfg.get("sweep") or {}).get("seed", 0))
     methods: dict[str, Any] = {}
@@ -140,7 +149,8 @@ def expand(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any
         for i in range(n):
             kwargs = {**(spec.get("kwargs") or {}), **({} if i == 0 else draw(space, seed, m, i))}
             methods[f"{m}@{i}"] = {"recipe": spec["recipe"], "kwargs": kwargs}
-            info[f"{m}@{i}"] = {"sweep_of": m, "hparams": {k: kwargs.get(k, fallback.get(k)) for k in sorted(space)}}
+            known = {**_defaults(spec["recipe"]), **fallback, **kwargs}
+            info[f"{m}@{i}"] = {"sweep_of": m, "hparams": {k: known.get(k) for k in sorted(space)}}
     out = dict(cfg)
     out["methods"] = methods
     return out, info

@@ -34,7 +34,7 @@ def test_expand_makes_draw_zero_the_configured_kwargs_and_leaves_other_methods()
     grid, info = sweep.expand(cfg)
     assert list(grid["methods"]) == ["erm", "align@0", "align@1", "align@2"]
     assert grid["methods"]["align@0"] == {"recipe": "align", "kwargs": {"lr": 0.001, "warmup_steps": 1}}
-    assert info["align@0"] == {"sweep_of": "align", "hparams": {"align_weight": None, "lr": 0.001}}
+    assert info["align@0"] == {"sweep_of": "align", "hparams": {"align_weight": 0.1, "lr": 0.001}}
     one = grid["methods"]["align@1"]["kwargs"]
     assert one["warmup_steps"] == 1 and one["lr"] != 0.001 and one == {"warmup_steps": 1, **info["align@1"]["hparams"]}
     assert "erm" not in info and "space" not in grid["methods"]["erm"]
