@@ -209,7 +209,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                 for method in grid["methods"]:
                     figures = seed == seeds[0] and train_name == next(iter(train_sets))
                     done = finished.get((method, train_name, seed))
-                    if done is not None and not figures:  # finished, and its model is not needed again
+                    # finished, and its model is not needed again (a diverged draw has none)
+                    if done is not None and (not figures or any(r.get("diverged") for r in done)):
                         rows += done
                         continue
                     run_ = _Run(method, train_name, train_domains[train_name], seed,

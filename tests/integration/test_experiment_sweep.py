@@ -63,3 +63,5 @@ def test_a_diverging_draw_is_recorded_and_passed_over(tmp_path: Path) -> None:
     assert "| erm | all | 1, diverged | lr=1e+12 | – |" in (out / "tables.md").read_text()
     again, _ = run(cfg, echo=False, resume=True)  # the diverged draw is finished: not trained again
     assert [r["draw"] for r in again] == [r["draw"] for r in rows]
+    logged = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len([r for r in logged if r.get("method") == "erm@1"]) == len(bad)  # its rows once, not again
