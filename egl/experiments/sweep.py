@@ -25,13 +25,13 @@ import math
 import random
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import egl
 from egl._check import check_int, fail
 
-__all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "select", "sweep_table"]
+__all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "diverged_rows", "origin", "select", "sweep_table"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _FN = "egl.experiments"
@@ -61,12 +61,25 @@ def _check_spec(method: str, key: str, spec: Any) -> None:
         raise fail(_FN, where, f"[{kind}, low, high] with {need}", repr(spec)[:120], f"Write e.g. {example}")
 
 
+def _parameters(recipe: str) -> Mapping[str, inspect.Parameter] | None:
+    """The parameters of the registered recipe's signature (None where it cannot be read)."""
+    try:
+        return inspect.signature(egl.get_component("recipe", recipe)).parameters
+    except (TypeError, ValueError):
+        return None
+
+
+def _defaults(recipe: str) -> dict[str, Any]:
+    """The recipe's keyword defaults (empty where its signature cannot be read)."""
+    params = _parameters(recipe) or {}
+    return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
     """Every key of a space is a keyword argument of the recipe (a misspelt one would fail at
     draw 1, after draw 0 has trained)."""
-    try:
-        params = inspect.signature(egl.get_component("recipe", recipe)).parameters
-    except (TypeError, ValueError):  # no signature to read: the recipe checks its arguments itself
+    params = _parameters(recipe)
+    if params is None:  # no signature to read: the recipe checks its arguments itself
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -76,15 +89,6 @@ def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
             close = difflib.get_close_matches(key, names, n=1)
             raise fail(_FN, f"methods.{method}.space.{key}", f"an argument of recipe '{recipe}': one of {names}",
                        repr(key), f"Did you mean '{close[0]}'?" if close else "Remove it")
-
-
-def _defaults(recipe: str) -> dict[str, Any]:
-    """The recipe's keyword defaults (empty where its signature cannot be read)."""
-    try:
-        params = inspect.signature(egl.get_component("recipe", recipe)).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
 def check_sweep(cfg: dict[str, Any]) -> int:
