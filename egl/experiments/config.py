@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "precision": "fp32",          # or "bf16" (autocast), "fp16" (autocast + loss scaling)
         "loss_scale": None,           # fp16 only: LossScaler arguments, e.g. {init_scale: 1024}
-        "channels_last": False,
+        "channels_last": "auto",
         "select": "last",             # "last" (final weights) or "acc": the most accurate on the validation
         "val_every": None,            # ...splits, measured every val_every steps (None: 10 times a run)
         "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or "held_out"

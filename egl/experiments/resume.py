@@ -33,13 +33,26 @@ def _flat(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     return {path: json.loads(json.dumps(cfg, default=str))}
 
 
+def _resolved(flat: dict[tuple[str, ...], Any], defaults: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
+    """``flat`` with ``train.channels_last`` as the bool ``fit`` resolves it to (a folder written
+    when the default was ``False`` resumes under ``"auto"`` where both mean the same)."""
+    from egl.train.loop import resolve_channels_last
+
+    key = ("train", "channels_last")
+    value = flat.get(key, defaults.get(key))
+    if value not in (True, False, "auto"):
+        return flat  # a bad value: compared as it is (fit names it)
+    get = lambda k: flat.get(("train", k), defaults.get(("train", k)))  # noqa: E731
+    return {**flat, key: resolve_channels_last(value, str(get("device")), str(get("precision")))}
+
+
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ (``methods`` compared whole), ignoring :data:`_FREE`; a key
     one side lacks counts as its default (a folder written before the key existed resumes)."""
     from egl.experiments.config import DEFAULTS
 
     d = _flat({k: v for k, v in DEFAULTS.items() if k != "methods"})
-    a, b = _flat(saved), _flat(wanted)
+    a, b = _resolved(_flat(saved), d), _resolved(_flat(wanted), d)
     return [".".join(k) for k in sorted(set(a) | set(b))
             if k not in _FREE and a.get(k, d.get(k)) != b.get(k, d.get(k))]
 

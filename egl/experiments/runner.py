@@ -80,7 +80,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     validation = _validation(cfg, val_set)
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
-               loss_scale=t.get("loss_scale"), channels_last=bool(t.get("channels_last", False)),
+               loss_scale=t.get("loss_scale"), channels_last=t.get("channels_last", "auto"),
                validation=validation, checkpoint_dir=checkpoint_dir, resume=resume,
                checkpoint_every=int(t.get("checkpoint_every", 500)))
     recipe.selected = validation.selected if validation is not None else None  # (not the kept weights' copy)

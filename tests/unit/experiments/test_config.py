@@ -63,3 +63,12 @@ def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path:
     (tmp_path / "c.yaml").write_text("train: {lr: 5e-5, steps: 10}\n")
     loaded = load_config(tmp_path / "c.yaml")
     assert loaded["train"]["lr"] == 5e-5 and loaded["train"]["steps"] == 10
+
+
+def test_resume_compares_channels_last_as_fit_resolves_it() -> None:
+    from egl.experiments.resume import config_differences
+
+    old = {"train": {"channels_last": False, "device": "cpu", "precision": "bf16"}}  # the default before "auto"
+    assert config_differences(old, {"train": {"device": "cpu", "precision": "bf16"}}) == []
+    cuda = {"train": {"channels_last": False, "device": "cuda", "precision": "bf16"}}
+    assert config_differences(cuda, {"train": {"device": "cuda", "precision": "bf16"}}) == ["train.channels_last"]

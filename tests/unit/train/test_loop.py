@@ -125,6 +125,24 @@ def test_precision_is_checked() -> None:
         recipe.fit([(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], 1, progress=False, precision="half")
 
 
+def test_channels_last_auto_means_mixed_precision_on_cuda() -> None:
+    from egl.train.loop import resolve_channels_last
+
+    assert resolve_channels_last("auto", "cuda:1", "bf16") and resolve_channels_last("auto", torch.device("cuda"), "fp16")
+    assert not resolve_channels_last("auto", "cuda", "fp32") and not resolve_channels_last("auto", "cpu", "bf16")
+    assert resolve_channels_last(True, "cpu", "fp32") and not resolve_channels_last(False, "cuda", "bf16")
+
+
+def test_channels_last_auto_keeps_the_cpu_layout_and_bad_values_are_named() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    recipe.fit([batch], 1, progress=False, precision="bf16")  # "auto" on the CPU: NCHW kept
+    conv = next(m for m in recipe.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    with pytest.raises(egl.InputError, match=r"'channels_last' expected True, False or 'auto', got 'yes'"):
+        recipe.fit([batch], 1, progress=False, channels_last="yes")
+
+
 def test_fit_puts_every_module_back_in_its_mode() -> None:
     recipe = recipes.erm(make_model("test_resnet"))  # eval mode
     bn = next(m for m in recipe.modules() if isinstance(m, torch.nn.BatchNorm2d))
