@@ -8,7 +8,8 @@
 # and torchcam installed with --no-deps suffice). Each stage has its
 # own time limit, so one stuck stage does not cost the others. With SNAPSHOT=FILE.tgz set, OUTDIR is
 # packed into it after every stage (what a run cut short still brings back). Stages run in order of
-# what they decide (the kernel defaults, the training step, saliency first); SKIP="name name" leaves
+# what they decide (device correctness, saliency with its CUDA-graph replays, the kernel defaults,
+# the training step first); SKIP="name name" leaves
 # stages out (e.g. SKIP="train_step_fbn train_step_fp16" when device time is short).
 set -u
 out=${1:-results/gpu}
@@ -30,13 +31,13 @@ stage() {  # stage NAME SECONDS CMD...
   if [ -n "${SNAPSHOT:-}" ]; then tar czf "$SNAPSHOT" -C "$(dirname "$out")" "$(basename "$out")"; fi
 }
 gpu="--device cuda --precision bf16"
-stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 stage gpu_checks 60 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
+stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
+  --json "$out/saliency.json"
+stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"
-stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
-  --json "$out/saliency.json"
 stage sync_check 60 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
 stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"

@@ -9,7 +9,9 @@ the sub-pixel stem gradient), on the shapes the training and saliency paths meet
 - the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
   batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
 - ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000);
-- ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems.
+- ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems;
+- ``egl.explainers.GraphedExplainer``'s replays against eager calls (CUDA only; the last column
+  says how many captures were made, or the error of a capture that failed).
 
 Each row prints its relative error (``|a - ref| / |ref|``, Frobenius norms) beside its
 tolerance; the exit status is 1 when any row is over. Without CUDA: runs the same checks
@@ -122,6 +124,42 @@ def subpixel_rows(device: str, small: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def graphed_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """:class:`egl.explainers.GraphedExplainer`'s replays against eager calls on new inputs and
+    targets (host list, device tensor, predicted class; fp32 and bf16 autocast). CUDA only: off
+    CUDA the wrapper makes the eager call."""
+    if device != "cuda":
+        return []
+    import timm
+
+    from egl.explainers import GradCAM, GraphedExplainer
+
+    rows = []
+    for name in ("resnet18", "convnext_tiny", "vit_small_patch16_224"):
+        kw = {"img_size": 64} if name.startswith("vit") else {}
+        torch.manual_seed(3)
+        model = timm.create_model(name, pretrained=False, num_classes=10, **kw).to(device).eval()
+        for amp in (False, True):
+            for kind in ("list", "device", "predicted"):
+                err, note = 0.0, ""
+                try:
+                    cam, eager = GraphedExplainer(GradCAM(model)), GradCAM(model)
+                    for seed in range(3):  # the capture, then two replays on new inputs and targets
+                        g = torch.Generator(device=device).manual_seed(seed)
+                        x = torch.randn(8, 3, 64, 64, device=device, generator=g)
+                        y = torch.randint(0, 10, (8,), device=device, generator=g)
+                        t = y.tolist() if kind == "list" else y if kind == "device" else None
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                            got, ref = cam(x, t), eager(x, t)
+                        err = max(err, _rel(got, ref))
+                    note = f"{cam.captures} capture(s), last call: {cam.last_mode}"
+                except Exception as e:  # a capture that fails is a finding: keep the other rows
+                    err, note = float("inf"), f"{type(e).__name__}: {e}"[:200]
+                rows.append({"check": f"graphed {name} {'bf16 autocast' if amp else 'fp32'}, {kind} targets",
+                             "rel err": err, "tol": 1e-5, "library's rel err": note})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="without CUDA: small sizes under TRITON_INTERPRET=1")
@@ -134,7 +172,8 @@ def main() -> None:
     small = device == "cpu"
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *subpixel_rows(device, small)]
+    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *subpixel_rows(device, small),
+            *graphed_rows(device, small)]
     for r in rows:
         r["ok"] = "ok" if r["rel err"] <= r["tol"] else "OVER"
     print(f"# correctness of the device defaults on {hardware()} (relative to float64)")

@@ -7,7 +7,9 @@
 
 Every variant computes Grad-CAM of given targets at the last stage, upsampled to the input:
 ``forward`` is a plain ``no_grad`` forward (the floor); ``egl`` takes its fastest exact path
-(closed form for GAP+linear heads); ``egl_autograd`` forces autograd. Times are medians of
+(closed form for GAP+linear heads); ``egl_autograd`` forces autograd; on CUDA ``egl_graph`` is
+egl's call replayed as one CUDA graph (:class:`egl.explainers.GraphedExplainer`) and
+``forward_graph`` the forward replayed likewise (the floor of a replayed call). Times are medians of
 round-robin repeats in one process, each repeat the mean of ``--inner`` back-to-back calls
 (default 10 on a GPU: the steady state of a loop, where a small batch is bound by the host
 launching kernels; 1 on the CPU); peak memory is measured with each variant in its own
@@ -60,6 +62,18 @@ def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
     out["forward"] = forward
     out["egl"] = lambda: egl_cam(x, y)
+    if x.is_cuda:  # the whole call replayed as one CUDA graph, beside a forward replayed likewise
+        from egl.explainers import GraphedExplainer
+
+        egl_graph = GraphedExplainer(GradCAM(model))
+        graphs = {"egl_graph": lambda: egl_graph(x, y), "forward_graph": _graphed_forward(model, x)}
+        try:  # captured here: a capture that fails costs these two rows, not the benchmark
+            diff = float((graphs["egl_graph"]() - egl_cam(x, y)).abs().max())
+            graphs["forward_graph"]()
+            print(f"# {name}: egl_graph captured; max |egl_graph - egl| = {diff:.3g}")
+            out.update(graphs)
+        except Exception as e:
+            print(f"# {name}: CUDA-graph variants left out: {type(e).__name__}: {e}")
     if not name.startswith("vit"):
         out["egl_autograd"] = lambda: egl_auto(x, y)
     try:
@@ -100,6 +114,28 @@ def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     except ImportError:
         pass
     return out
+
+
+def _graphed_forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """The ``no_grad`` forward captured in a CUDA graph (the floor of a replayed call): warmed up
+    on a side stream, captured on first use, replayed after."""
+    graph: list[Any] = []
+
+    def run() -> Any:
+        if not graph:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.no_grad():
+                for _ in range(3):
+                    model(x)
+            torch.cuda.current_stream().wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g), torch.no_grad():
+                out = model(x)
+            graph.extend([g, out])
+        graph[0].replay()
+        return graph[1]
+    return run
 
 
 def agreement(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:

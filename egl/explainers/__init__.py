@@ -9,6 +9,7 @@ from egl.explainers.base import Explainer, Explanation
 from egl.explainers.captum import CaptumExplainer
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, grad_cam
+from egl.explainers.graphed import GraphedExplainer
 from egl.explainers.input_gradient import InputGradient, input_gradient
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Explanation",
     "GradCAM",
     "grad_cam",
+    "GraphedExplainer",
     "InputGradient",
     "input_gradient",
     "CaptumExplainer",

@@ -1,0 +1,241 @@
+"""An explainer's whole call replayed as one CUDA graph: no per-kernel launch cost on the host.
+
+On a GPU a small batch is bound by the host launching kernels: resnet18's ``no_grad`` forward of
+64 images at 64 x 64 px takes 1.6 ms on an H200 whatever the device does, and an explainer's own
+launches add to it (the backward through a ViT's last block is launched op by op by autograd;
+docs/performance.md). :class:`GraphedExplainer` captures one call per input signature in a
+:class:`torch.cuda.CUDAGraph` (Nvidia's CUDA Graphs; PyTorch's ``torch.cuda.graph``) and then
+replays it: every kernel of the call, forward, gradient and epilogue, launched at once.
+
+What a replay assumes, and how the wrapper keeps it true:
+
+* The same shapes, dtype, layout, device, autocast state, train/eval mode and kind of target
+  (given or predicted): each combination has its own graph (the oldest dropped past
+  ``max_graphs``).
+* The same parameter and buffer *storage*: a graph reads the memory it was captured with. In-place
+  updates (an optimiser step, ``load_state_dict``) are seen by the next replay; a model moved or
+  given new tensors (``model.to(...)``, ``load_state_dict(assign=True)``) is noticed by the
+  storage addresses, checked every call, and captured again.
+* Targets in a device buffer: every call's targets are copied there, and checked against the
+  number of classes as the explainer checks them (host targets without a device read; device
+  targets with one read after the replay, raising before anything is returned).
+* Python does not run during a replay: hooks the user adds to the model afterwards do not fire,
+  and the explainer's Python-side attributes (``last_path``) keep the captured call's values.
+
+Off CUDA (and inside a capture the caller is making) the call is the explainer's own, eager.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from egl._check import check_flag, check_int, fail
+from egl._deferred import deferred_checks
+from egl.explainers._targets import Targets, check_target_range, targets
+from egl.explainers.base import Explainer, Explanation
+
+__all__ = ["GraphedExplainer", "GRAPH_DEVICE_TYPES"]
+
+FN = "egl.explainers.GraphedExplainer"
+
+#: Device types whose calls are captured (tests add ``"cpu"`` with a stand-in for the capture).
+GRAPH_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+
+
+class _Graph(NamedTuple):
+    replay: Callable[[], None]
+    x: Tensor  # the input buffer the graph reads
+    target: Tensor | None  # the target buffer (None: the predicted class)
+    out: Explanation  # the output buffers the graph writes
+    num_classes: int
+    storage: tuple[int, ...]  # the model's parameter and buffer addresses at capture
+
+
+def warm_up(fn: Callable[[], Any], n: int) -> None:
+    """Run ``fn`` ``n`` times on a side stream (PyTorch's recipe before a capture: lazy
+    initialisations and autotuning happen outside the graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(n):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def capture(fn: Callable[[], Explanation], pool: Any) -> tuple[Callable[[], None], Explanation]:
+    """Capture ``fn``'s kernels in a CUDA graph that allocates from ``pool``. Returns the graph's
+    ``replay`` and ``fn``'s outputs, which every replay rewrites in place."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph.replay, out
+
+
+def new_pool() -> Any:
+    """A memory pool for the graphs of one wrapper: one replays at a time, so they may share it."""
+    return torch.cuda.graph_pool_handle()
+
+
+class GraphedExplainer:
+    """Any explainer's inference call, captured once per input signature and replayed after.
+
+    Args:
+        explainer: the explainer to replay (:class:`egl.explainers.GradCAM`, ``InputGradient`` or a
+            plugin's; its call must make no host read once its targets are checked: see
+            ``benchmarks/sync_check.py``).
+        warmup: eager calls on a side stream before a capture (3, PyTorch's advice; at least 1:
+            it checks the first targets and learns the number of classes).
+        clone: return copies of the graph's output buffers (True, default), or the buffers
+            themselves (False: no copy, but the next call overwrites what the last returned).
+        max_graphs: graphs kept (8); the least recently used is dropped past it.
+
+    Memory: each graph keeps the memory of its call's intermediates between calls (one pool
+    per wrapper, shared by its graphs); :meth:`reset` or leaving a ``with`` block frees it.
+    ``create_graph=True`` (a map inside a training loss) is refused: call the explainer itself.
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.explainers import GradCAM, GraphedExplainer
+        >>> model = timm.create_model("test_resnet", num_classes=5).eval()
+        >>> with GraphedExplainer(GradCAM(model)) as cam:  # on the CPU: the eager call
+        ...     maps = cam(torch.randn(2, 3, 64, 64), target=[0, 3])
+        >>> maps.shape, cam.last_mode
+        (torch.Size([2, 1, 64, 64]), 'eager')
+    """
+
+    def __init__(self, explainer: Explainer, *, warmup: int = 3, clone: bool = True, max_graphs: int = 8) -> None:
+        if not isinstance(explainer, Explainer):
+            raise fail(FN, "explainer", "an egl explainer (e.g. GradCAM(model))",
+                       f"a {type(explainer).__name__}",
+                       "Wrap the explainer, not the model: GraphedExplainer(GradCAM(model))")
+        self.explainer = explainer
+        self.warmup = check_int(warmup, FN, "warmup", low=1, fix="Pass warmup=3")
+        self.clone = check_flag(clone, FN, "clone")
+        self.max_graphs = check_int(max_graphs, FN, "max_graphs", low=1, fix="Pass max_graphs=8")
+        self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
+        self._pool: Any = None
+        self.last_mode: str | None = None  # "eager", "capture" or "replay": what the last call did
+        self.captures = 0  # graphs captured so far (recaptures included)
+
+    # -- the call -------------------------------------------------------------------------
+    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
+        """Saliency and logits for ``x``, as ``explainer.explain(x, target)`` computes them."""
+        if create_graph:
+            raise fail(FN, "create_graph", "False (a graph replays fixed kernels: no graph of the map "
+                       "for a training loss)", "True", "Call the wrapped explainer itself inside a training loss")
+        if not isinstance(x, Tensor) or x.device.type not in GRAPH_DEVICE_TYPES or _capturing(x):
+            self.last_mode = "eager"
+            return self.explainer.explain(x, target)
+        x = self.explainer._check_input(x, False)
+        tgt = targets(target, x.shape[0], f"egl.explainers.{self.explainer.name or 'explainer'}", x.device)
+        key = _signature(self.explainer.model, x, tgt is None)
+        graph = self._graphs.get(key)
+        if graph is not None and graph.storage != _storage(self.explainer.model):
+            del self._graphs[key]  # the model's tensors moved: the graph would read freed memory
+            graph = None
+        if graph is None:
+            graph = self._capture(key, x, tgt)
+            self.last_mode = "capture"
+        else:
+            self._graphs.move_to_end(key)
+            self.last_mode = "replay"
+        return self._replay(graph, x, tgt)
+
+    def __call__(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Tensor:
+        return self.explain(x, target, create_graph=create_graph).saliency
+
+    def _capture(self, key: tuple[Any, ...], x: Tensor, tgt: Targets | None) -> _Graph:
+        static_x = x.clone()
+        static_t = None if tgt is None else tgt.tensor.clone()
+        ex = self.explainer
+        # the eager warm-up checks the first targets (a bad one raises here) and gives the class count
+        warm: list[Explanation] = []
+        warm_up(lambda: warm.append(ex.explain(static_x, static_t)), self.warmup)
+        num_classes = int(warm[-1].logits.shape[1])
+        warm.clear()
+
+        def call() -> Explanation:
+            with deferred_checks() as checks:  # the buffer's range is checked per call, outside the graph
+                if static_t is not None:
+                    checks.mark(static_t, ("classes", num_classes))
+                return ex.explain(static_x, static_t)
+
+        if self._pool is None:
+            self._pool = new_pool()
+        try:
+            replay, out = capture(call, self._pool)
+        except Exception as e:
+            raise RuntimeError(f"{FN}: {type(ex).__name__}'s call could not be captured in a CUDA graph ({e}). "
+                               "Call the explainer itself (eagerly) instead.") from e
+        self.captures += 1
+        graph = _Graph(replay, static_x, static_t, out, num_classes, _storage(ex.model))
+        self._graphs[key] = graph
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return graph
+
+    def _replay(self, graph: _Graph, x: Tensor, tgt: Targets | None) -> Explanation:
+        fn = f"egl.explainers.{self.explainer.name or 'explainer'}"
+        pending = None
+        if tgt is not None:
+            assert graph.target is not None
+            if tgt.known is not None:  # on the host: checked without a device read
+                check_target_range(tgt.tensor, graph.num_classes, fn, known=tgt.known)
+            elif tgt.tensor.numel():  # clamped into range meanwhile (an index past it would device-assert)
+                pending = torch.stack([tgt.tensor.min(), tgt.tensor.max()])
+            graph.target.copy_(tgt.tensor.clamp(0, graph.num_classes - 1) if pending is not None else tgt.tensor)
+        if x is not graph.x:
+            graph.x.copy_(x)
+        graph.replay()
+        if pending is not None:  # the one read, once the replay is queued
+            lo, hi = pending.tolist()
+            check_target_range(tgt.tensor, graph.num_classes, fn, known=(int(lo), int(hi)))  # type: ignore[union-attr]
+        if not self.clone:
+            return graph.out
+        return Explanation(graph.out.saliency.clone(), graph.out.logits.clone())
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop every captured graph and the memory they hold; the next call captures again."""
+        self._graphs.clear()
+        self._pool = None
+
+    def remove_hooks(self) -> None:
+        self.explainer.remove_hooks()
+
+    def __enter__(self) -> "GraphedExplainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
+        self.remove_hooks()
+
+    def __repr__(self) -> str:
+        return f"GraphedExplainer({self.explainer!r}, graphs={len(self._graphs)})"
+
+
+def _capturing(x: Tensor) -> bool:
+    """Whether the caller is capturing a graph on ``x``'s device (then the call is recorded eagerly
+    into the caller's graph)."""
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _signature(model: torch.nn.Module, x: Tensor, predicted: bool) -> tuple[Any, ...]:
+    """What one graph serves: everything a replay cannot change."""
+    kind = x.device.type
+    autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) if kind in ("cuda", "cpu") else None
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, predicted, model.training, autocast)
+
+
+def _storage(model: torch.nn.Module) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for t in _tensors(model))
+
+
+def _tensors(model: torch.nn.Module) -> Iterator[Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
