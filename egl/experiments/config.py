@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every": None,            # ...splits, measured every val_every steps (None: 10 times a run)
         "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or "held_out"
                                       # (the others; with select=last, the accuracy DomainBed's oracle reads)
+        "on_diverge": "stop",         # a run whose loss turns NaN: "stop" the grid, or "record" it (NaN rows) and go on
         "checkpoint_every": 500,      # each run's checkpoint (egl experiment --resume continues from it)
         "progress": True,
     },

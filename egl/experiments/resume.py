@@ -20,8 +20,9 @@ __all__ = ["RunKey", "previous_rows", "config_differences"]
 
 RunKey = tuple[str, str, Any]  # (method, training set, seed)
 
-#: Keys that may differ between a run and its resumption: where it writes, how it reports progress.
-_FREE = {("output",), ("train", "progress")}
+#: Keys that may differ between a run and its resumption: where it writes, how it reports progress,
+#: and what a divergence does (a grid stopped by one resumes with ``train.on_diverge=record``).
+_FREE = {("output",), ("train", "progress"), ("train", "on_diverge")}
 
 
 def _flat(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

@@ -174,7 +174,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     and ``sweep.json`` the choices.
     """
     from egl.experiments.resume import previous_rows
-    from egl.experiments.sweep import diverged_rows, expand
+    from egl.experiments.divergence import check_on_diverge, diverged_rows
+    from egl.experiments.sweep import expand
     from egl.recipes import NonFiniteLossError
 
     check_keys(cfg)
@@ -189,6 +190,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
     select, every = _check_selection(cfg)
+    on_diverge = check_on_diverge(t.get("on_diverge", "stop"))
     if select == "acc" or every is not None:  # every run has data to validate on, before anything is made
         for domains in train_domains.values():
             _check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
@@ -218,9 +220,12 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                     try:
                         recipe = _train_or_restore(grid, kind, source, run_, train_set, out, resume, echo)
                     except NonFiniteLossError as err:
-                        if method not in draws:  # a method of its own diverging stops the grid
-                            raise
-                        rows += diverged_rows(run_, source, list(tests), draws[method], err, log, echo)
+                        if method not in draws and on_diverge == "stop":  # a method of its own stops the grid
+                            raise NonFiniteLossError(
+                                f"{err} ({method} on {train_name}, seed {seed}; the grid stopped, train.on_diverge="
+                                f"stop). To record the run as diverged and go on: egl experiment --resume --out "
+                                f"{out} --set train.on_diverge=record") from err
+                        rows += diverged_rows(run_, source, list(tests), draws.get(method, {}), err, log, echo)
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
                         continue
                     rows += done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
@@ -373,6 +378,8 @@ def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], split: s
 
 def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
     """The Markdown tables of an experiment."""
+    from egl.experiments.divergence import diverged_note
+
     splits = list(dict.fromkeys(r["split"] for r in rows))
     has = {k for r in rows for k, v in r.items() if isinstance(v, float) and not math.isnan(v)}
     kinds = [k for k in (True, False) if any(r.get("in_distribution") is k for r in rows)]
@@ -402,6 +409,9 @@ def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
     if not kinds:  # rows that do not say which splits are in distribution (written by hand, or by older egl)
         parts += ["", "## Every test split: accuracy, AUC, faithfulness and localisation (mean over the splits)",
                   "", summary_table(rows, metrics)]
+    note = diverged_note(rows)
+    if note:
+        parts += ["", note]
     parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
               "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-import json
 import math
 import random
 import zlib
@@ -30,6 +29,7 @@ from typing import Any
 
 import egl
 from egl._check import check_int, fail
+from egl.experiments.divergence import diverged_rows  # noqa: F401  (re-exported: it began here)
 
 __all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "diverged_rows", "origin", "select", "sweep_table"]
 
@@ -158,25 +158,6 @@ def expand(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any
     out = dict(cfg)
     out["methods"] = methods
     return out, info
-
-
-def diverged_rows(run: Any, source: Any, splits: list[str], extra: dict[str, Any], err: Exception, log: Any,
-                  echo: bool) -> list[dict[str, Any]]:
-    """A draw whose training diverged (``NonFiniteLossError``): one row per split with NaN
-    accuracy and validation accuracy and the error under ``diverged``, written to ``log``, so
-    that the grid goes on, selection passes it over and ``--resume`` does not train it again.
-    Draws far out in a space (a large learning rate) diverge; a sweep is not stopped by one."""
-    if echo:
-        print(f"[egl] {run.method} on {run.train}, seed {run.seed} diverged, recorded as such: {err}", flush=True)
-    rows = []
-    for split in splits:
-        row = {"method": run.method, "train": run.train, "seed": run.seed, "split": split,
-               "in_distribution": source.in_distribution(split, run.domains), **extra,
-               "diverged": str(err), "val_acc": math.nan, "acc": math.nan}
-        log.write(json.dumps(row, default=str) + "\n")
-        rows.append(row)
-    log.flush()
-    return rows
 
 
 def origin(method: str) -> tuple[str, int | None]:

@@ -142,3 +142,31 @@ def test_the_cli_resumes_a_finished_grid_without_training_again(tmp_path: Path,
     out = capsys.readouterr().out
     assert "restoring erm on all, seed 0" in out and "training erm" not in out
     assert _results(tmp_path / "cli") == before
+
+
+def test_a_grid_stopped_by_a_divergence_resumes_recording_it(tmp_path: Path) -> None:
+    from egl.recipes import NonFiniteLossError
+
+    out = tmp_path / "diverge"
+    methods = "methods={bad: {recipe: erm, kwargs: {lr: 1.0e+12}}, erm: {recipe: erm}}"
+    with pytest.raises(NonFiniteLossError, match=r"\(bad on all, seed 0; the grid stopped, train.on_diverge=stop\)"
+                                                 r"\. To record the run as diverged and go on: egl experiment --resume "
+                                                 r".* --set train.on_diverge=record"):
+        run(_cfg(out, methods, "train.seeds=[0]"), echo=False)
+    rows, _ = run(_cfg(out, methods, "train.seeds=[0]", "train.on_diverge=record"), echo=False, resume=True)
+    bad = [r for r in rows if r["method"] == "bad"]
+    assert bad and all("Lower the learning rate" in r["diverged"] and r["acc"] != r["acc"] for r in bad)
+    assert all(r["acc"] == r["acc"] for r in rows if r["method"] == "erm")  # the grid went on
+    tables = (out / "tables.md").read_text()
+    assert "**Diverged** (a loss term became NaN or infinite; left out of every mean above" in tables
+    assert ": bad on all, seed 0." in tables
+    logged = len(_results(out))
+    again, _ = run(_cfg(out, methods, "train.seeds=[0]", "train.on_diverge=record"), echo=False, resume=True)
+    assert len(_results(out)) == logged and len(again) == len(rows)  # recorded once: not trained again
+
+
+def test_on_diverge_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(egl.InputError, match=r"'train.on_diverge' expected 'stop' or 'record', got 'skip'"):
+        run(_cfg(out, "train.on_diverge=skip"), echo=False)
+    assert not out.exists()
