@@ -175,7 +175,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     """
     from egl.experiments.resume import previous_rows
     from egl.experiments.divergence import check_on_diverge, diverged_rows
-    from egl.experiments.sweep import expand
+    from egl.experiments.sweep import expand, keep_figure
     from egl.recipes import NonFiniteLossError
 
     check_keys(cfg)
@@ -203,6 +203,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         header, finished = previous_rows(out / "results.jsonl", cfg, list(tests))
     rows: list[dict[str, Any]] = []
     keep: dict[str, nn.Module] = {}
+    ranks: dict[str, tuple[float, int]] = {}  # of the draws in keep (one per method: keep_figure)
     (out / "train").mkdir(exist_ok=True)
     _write_log_start(out / "results.jsonl", header, finished, list(tests))
     with open(out / "results.jsonl", "a", encoding="utf-8") as log:
@@ -228,10 +229,11 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         rows += diverged_rows(run_, source, list(tests), draws.get(method, {}), err, log, echo)
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
                         continue
-                    rows += done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
-                                                                        draws.get(method, {}))
+                    run_rows = done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
+                                                                           draws.get(method, {}))
+                    rows += run_rows
                     if figures:
-                        keep[method] = recipe.cpu()
+                        keep_figure(keep, ranks, method, recipe.cpu(), run_rows)
                     else:
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
     tables, rows, keep = _select_draws(rows, keep, source, out) if draws else (render_tables(rows, source), rows, keep)

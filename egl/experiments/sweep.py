@@ -31,7 +31,8 @@ import egl
 from egl._check import check_int, fail
 from egl.experiments.divergence import diverged_rows  # noqa: F401  (re-exported: it began here)
 
-__all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "diverged_rows", "origin", "select", "sweep_table"]
+__all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "diverged_rows", "origin", "select", "sweep_table",
+           "keep_figure"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _FN = "egl.experiments"
@@ -182,14 +183,35 @@ def select(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
             runs[(base, r["train"], r["seed"])].setdefault(index, []).append(r)
     choices = []
     for (base, train, seed), draws in runs.items():
-        def score(i: int) -> tuple[float, int]:
-            v = draws[i][0].get("val_acc")
-            return (v if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf, -i)
-        best = max(draws, key=score)
+        best = max(draws, key=lambda i: _score(draws[i], i))
         choices.append({"method": base, "train": train, "seed": seed, "draw": best,
                         "val_acc": draws[best][0].get("val_acc")})
         kept += [{**r, "method": base, "draw": best} for r in draws[best]]
     return kept, choices
+
+
+def _score(rows: Sequence[dict[str, Any]], index: int) -> tuple[float, int]:
+    """How :func:`select` ranks a draw: its validation accuracy (missing or NaN: lowest), then the lower draw."""
+    v = rows[0].get("val_acc") if rows else None
+    return (v if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf, -index)
+
+
+def keep_figure(keep: dict[str, Any], scores: dict[str, tuple[float, int]], method: str, model: Any,
+                rows: Sequence[dict[str, Any]]) -> None:
+    """Add the figures' model of run ``method`` (``rows``: that run's rows) to ``keep``; of a method's
+    draws only the one :func:`select` would keep so far stays (``scores``: the kept draws' ranks),
+    so a sweep holds one model per method in memory instead of one per draw."""
+    base, index = origin(method)
+    if index is None:
+        keep[method] = model
+        return
+    score = _score(rows, index)
+    rival = next((k for k in keep if origin(k)[0] == base and k in scores), None)
+    if rival is not None:
+        if scores[rival] >= score:
+            return
+        del keep[rival], scores[rival]
+    keep[method], scores[method] = model, score
 
 
 def _mean(values: list[float]) -> float:

@@ -86,3 +86,22 @@ def test_select_keeps_the_most_accurate_draw_per_seed_ties_to_the_lower() -> Non
     assert "| align | all | 1 | lr=0.2 | 70.0 | 50.0 | 25.0 | 1 of 2 |" in table
     assert "| align | all | 0 (configured) | lr=0.1 | 70.0 |" in table  # mean of 0.5 and 0.9
     assert sweep.origin("align@12") == ("align", 12) and sweep.origin("a@b") == ("a@b", None)
+
+
+def test_keep_figure_holds_one_draw_per_method_the_one_select_keeps() -> None:
+    import math
+
+    from egl.experiments.sweep import keep_figure, select
+
+    keep: dict = {}
+    ranks: dict = {}
+    runs = {"erm@0": 0.5, "erm@1": 0.7, "erm@2": 0.7, "erm@3": math.nan, "align@0": 0.4, "irm": 0.1}
+    rows = []
+    for name, val in runs.items():
+        run_rows = [{"method": name, "train": "all", "seed": 0, "split": s, "val_acc": val} for s in ("a", "b")]
+        rows += run_rows
+        keep_figure(keep, ranks, name, f"model of {name}", run_rows)
+        assert sum(k.startswith("erm@") for k in keep) <= 1
+    assert keep == {"erm@1": "model of erm@1", "align@0": "model of align@0", "irm": "model of irm"}
+    _, choices = select(rows)
+    assert {c["method"]: c["draw"] for c in choices} == {"erm": 1, "align": 0}  # the same choice (ties: lower draw)
