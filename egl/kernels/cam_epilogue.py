@@ -67,6 +67,21 @@ def _give_up_triton(err: Exception) -> None:
                       stacklevel=3)
 
 
+def _may_fall_back(err: Exception, fallback: bool, acts: Tensor) -> bool:
+    """Whether a failed Triton call may give the kernels up (``backend="auto"``): not when memory
+    ran out (not the kernels' fault), nor inside a CUDA graph capture (the capture is invalid
+    after the failure whatever runs next; the capturer reports it, e.g.
+    :class:`egl.explainers.GraphedExplainer`, and the kernels stay in use for eager calls)."""
+    if not fallback or isinstance(err, torch.OutOfMemoryError):
+        return False
+    return not capturing(acts)
+
+
+def capturing(t: Tensor) -> bool:
+    """Whether ``t``'s device is capturing a CUDA graph on the current stream."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] | None, *, scale: float = 1.0,
                            relu: bool = True, normalize: bool = True) -> Tensor:
     """The PyTorch reference of :func:`cam_epilogue` (and its fallback)."""
@@ -160,7 +175,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
             try:
                 d = _cam_triton_backward.grad_low(grad, *args)
             except Exception as err:  # noqa: BLE001 - see _give_up_triton
-                if not fallback or isinstance(err, torch.OutOfMemoryError):
+                if not _may_fall_back(err, fallback, acts):
                     raise
                 _give_up_triton(err)
         if d is None:
@@ -171,7 +186,7 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
                 ga, gw32 = _cam_triton_backward.input_grads(acts, weights, d, needs, {**CONFIG, "grads": mode})
                 return ga, None if gw32 is None else gw32.to(weights.dtype)
             except Exception as err:  # noqa: BLE001 - see _give_up_triton
-                if not fallback or isinstance(err, torch.OutOfMemoryError):
+                if not _may_fall_back(err, fallback, acts):
                     raise
                 _give_up_triton(err)
         return _input_grads_torch(acts, weights, d, needs)  # autocast off: the sums stay float32
@@ -293,7 +308,7 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
             return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
         return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize, fallback)
     except Exception as err:  # noqa: BLE001 - a kernel that does not build here: see _give_up_triton
-        if not fallback or isinstance(err, torch.OutOfMemoryError):  # memory is not the kernels' fault
+        if not _may_fall_back(err, fallback, acts):
             raise
         _give_up_triton(err)
         return cam_epilogue_reference(acts, weights, size, scale=scale, relu=relu, normalize=normalize)

@@ -496,6 +496,11 @@ def test_auto_falls_back_to_pytorch_when_a_kernel_fails(monkeypatch: pytest.Monk
     with pytest.raises(torch.OutOfMemoryError):
         cam_epilogue(a, wt, (9, 11))
     assert module._TRITON_FAILED is None
+    monkeypatch.setattr(_cam_triton, "forward", boom)  # inside a CUDA graph capture: raised, not given up
+    monkeypatch.setattr(module, "capturing", lambda t: True)
+    with pytest.raises(RuntimeError, match="no kernel for you"):
+        cam_epilogue(a, wt, (9, 11))
+    assert module._TRITON_FAILED is None
 
 
 @pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 2.0**-14), (torch.float16, 2.0**-18)])
