@@ -9,24 +9,30 @@ replays it: every kernel of the call, forward, gradient and epilogue, launched a
 
 What a replay assumes, and how the wrapper keeps it true:
 
-* The same shapes, dtype, layout, device, autocast state, train/eval mode and kind of target
-  (given or predicted): each combination has its own graph (the oldest dropped past
-  ``max_graphs``).
+* The same shapes, dtype, layout, device, autocast state, modules' train/eval modes, explainer
+  settings and kind of target (given or predicted): each combination has its own graph (the
+  least recently used dropped past ``max_graphs``). Streams, captures and replays are made on
+  the input's device, whatever the current one.
 * The same parameter and buffer *storage*: a graph reads the memory it was captured with. In-place
-  updates (an optimiser step, ``load_state_dict``) are seen by the next replay; a model moved or
-  given new tensors (``model.to(...)``, ``load_state_dict(assign=True)``) is noticed by the
-  storage addresses, checked every call, and captured again.
+  updates (an optimiser step, ``load_state_dict``) are seen by the next replay (autocast's cache
+  of cast weights is off inside the capture, so a replay casts the parameters themselves); a
+  model moved or given new tensors (``model.to(...)``, ``load_state_dict(assign=True)``) is
+  noticed by the storage addresses, checked every call, and captured again. egl's cached device
+  tables that the call reads are held by the graph.
 * Targets in a device buffer: every call's targets are copied there, and checked against the
   number of classes as the explainer checks them (host targets without a device read; device
   targets with one read after the replay, raising before anything is returned).
 * Python does not run during a replay: hooks the user adds to the model afterwards do not fire,
   and the explainer's Python-side attributes (``last_path``) keep the captured call's values.
 
-Off CUDA (and inside a capture the caller is making) the call is the explainer's own, eager.
+Off CUDA, inside a capture the caller is making, and under a training step's inner loss scale
+(:mod:`egl._amp`: it changes every step) the call is the explainer's own, eager. One stream and
+one thread: concurrent calls race on the graphs' buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -34,6 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from egl import _amp
 from egl._check import check_flag, check_int, fail
 from egl._deferred import deferred_checks
 from egl.explainers._targets import Targets, check_target_range, targets
@@ -54,6 +61,7 @@ class _Graph(NamedTuple):
     out: Explanation  # the output buffers the graph writes
     num_classes: int
     storage: tuple[int, ...]  # the model's parameter and buffer addresses at capture
+    constants: tuple[Any, ...]  # egl's cached device tables at capture, kept alive: the graph reads them
 
 
 def warm_up(fn: Callable[[], Any], n: int) -> None:
@@ -81,7 +89,7 @@ def new_pool() -> Any:
     return torch.cuda.graph_pool_handle()
 
 
-class GraphedExplainer:
+class GraphedExplainer(Explainer):
     """Any explainer's inference call, captured once per input signature and replayed after.
 
     Args:
@@ -108,11 +116,14 @@ class GraphedExplainer:
         (torch.Size([2, 1, 64, 64]), 'eager')
     """
 
+    differentiable = False  # inference only: create_graph=True is refused
+
     def __init__(self, explainer: Explainer, *, warmup: int = 3, clone: bool = True, max_graphs: int = 8) -> None:
         if not isinstance(explainer, Explainer):
             raise fail(FN, "explainer", "an egl explainer (e.g. GradCAM(model))",
                        f"a {type(explainer).__name__}",
                        "Wrap the explainer, not the model: GraphedExplainer(GradCAM(model))")
+        super().__init__(explainer.model, upsample=explainer.upsample, normalize=explainer.normalize)
         self.explainer = explainer
         self.warmup = check_int(warmup, FN, "warmup", low=1, fix="Pass warmup=3")
         self.clone = check_flag(clone, FN, "clone")
@@ -128,39 +139,50 @@ class GraphedExplainer:
         if create_graph:
             raise fail(FN, "create_graph", "False (a graph replays fixed kernels: no graph of the map "
                        "for a training loss)", "True", "Call the wrapped explainer itself inside a training loss")
-        if not isinstance(x, Tensor) or x.device.type not in GRAPH_DEVICE_TYPES or _capturing(x):
+        return self._call(x, target, logits=True)
+
+    def __call__(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Tensor:
+        if create_graph:
+            return self.explain(x, target, create_graph=True).saliency  # (refused there)
+        return self._call(x, target, logits=False).saliency
+
+    def _call(self, x: Tensor, target: Any, logits: bool) -> Explanation:
+        if not isinstance(x, Tensor) or x.device.type not in GRAPH_DEVICE_TYPES or _capturing(x) \
+                or _amp._ACTIVE.get() is not None:  # (an inner loss scale changes every step)
             self.last_mode = "eager"
             return self.explainer.explain(x, target)
         x = self.explainer._check_input(x, False)
-        tgt = targets(target, x.shape[0], f"egl.explainers.{self.explainer.name or 'explainer'}", x.device)
-        key = _signature(self.explainer.model, x, tgt is None)
-        graph = self._graphs.get(key)
-        if graph is not None and graph.storage != _storage(self.explainer.model):
-            del self._graphs[key]  # the model's tensors moved: the graph would read freed memory
-            graph = None
-        if graph is None:
-            graph = self._capture(key, x, tgt)
-            self.last_mode = "capture"
-        else:
-            self._graphs.move_to_end(key)
-            self.last_mode = "replay"
-        return self._replay(graph, x, tgt)
+        with _on(x.device):  # streams, captures and replays on x's device, whatever the current one
+            tgt = targets(target, x.shape[0], self._fn(), x.device)
+            key = _signature(self.explainer, x, tgt is None)
+            graph = self._graphs.get(key)
+            if graph is not None and graph.storage != _storage(self.explainer.model):
+                del self._graphs[key]  # the model's tensors moved: the graph would read freed memory
+                graph = None
+            if graph is None:
+                graph = self._capture(key, x, tgt)
+                self.last_mode = "capture"
+            else:
+                self._graphs.move_to_end(key)
+                self.last_mode = "replay"
+            return self._replay(graph, x, tgt, logits)
 
-    def __call__(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Tensor:
-        return self.explain(x, target, create_graph=create_graph).saliency
+    def _fn(self) -> str:
+        return f"egl.explainers.{self.explainer.name or type(self.explainer).__name__}"
 
     def _capture(self, key: tuple[Any, ...], x: Tensor, tgt: Targets | None) -> _Graph:
-        static_x = x.clone()
+        static_x = x.detach().clone()
         static_t = None if tgt is None else tgt.tensor.clone()
         ex = self.explainer
         # the eager warm-up checks the first targets (a bad one raises here) and gives the class count
         warm: list[Explanation] = []
-        warm_up(lambda: warm.append(ex.explain(static_x, static_t)), self.warmup)
+        with _no_cast_cache(x):
+            warm_up(lambda: warm.append(ex.explain(static_x, static_t)), self.warmup)
         num_classes = int(warm[-1].logits.shape[1])
         warm.clear()
 
         def call() -> Explanation:
-            with deferred_checks() as checks:  # the buffer's range is checked per call, outside the graph
+            with deferred_checks() as checks, _no_cast_cache(x):  # the targets' range: checked per call, outside
                 if static_t is not None:
                     checks.mark(static_t, ("classes", num_classes))
                 return ex.explain(static_x, static_t)
@@ -169,18 +191,24 @@ class GraphedExplainer:
             self._pool = new_pool()
         try:
             replay, out = capture(call, self._pool)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as e:
             raise RuntimeError(f"{FN}: {type(ex).__name__}'s call could not be captured in a CUDA graph ({e}). "
                                "Call the explainer itself (eagerly) instead.") from e
         self.captures += 1
-        graph = _Graph(replay, static_x, static_t, out, num_classes, _storage(ex.model))
+        graph = _Graph(replay, static_x, static_t, out, num_classes, _storage(ex.model), _cached_constants())
         self._graphs[key] = graph
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return graph
 
-    def _replay(self, graph: _Graph, x: Tensor, tgt: Targets | None) -> Explanation:
-        fn = f"egl.explainers.{self.explainer.name or 'explainer'}"
+    def _replay(self, graph: _Graph, x: Tensor, tgt: Targets | None, logits: bool) -> Explanation:
+        with torch.no_grad():
+            return self._replay_(graph, x, tgt, logits)
+
+    def _replay_(self, graph: _Graph, x: Tensor, tgt: Targets | None, logits: bool) -> Explanation:
+        fn = self._fn()
         pending = None
         if tgt is not None:
             assert graph.target is not None
@@ -197,7 +225,7 @@ class GraphedExplainer:
             check_target_range(tgt.tensor, graph.num_classes, fn, known=(int(lo), int(hi)))  # type: ignore[union-attr]
         if not self.clone:
             return graph.out
-        return Explanation(graph.out.saliency.clone(), graph.out.logits.clone())
+        return Explanation(graph.out.saliency.clone(), graph.out.logits.clone() if logits else graph.out.logits)
 
     # -- lifetime ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -225,11 +253,47 @@ def _capturing(x: Tensor) -> bool:
     return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _signature(model: torch.nn.Module, x: Tensor, predicted: bool) -> tuple[Any, ...]:
-    """What one graph serves: everything a replay cannot change."""
+def _signature(explainer: Explainer, x: Tensor, predicted: bool) -> tuple[Any, ...]:
+    """What one graph serves: everything a replay cannot change (the explainer's settings and
+    every module's train/eval mode included)."""
     kind = x.device.type
     autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) if kind in ("cuda", "cpu") else None
-    return (tuple(x.shape), x.stride(), x.dtype, x.device, predicted, model.training, autocast)
+    settings = tuple(sorted((k, v) for k, v in vars(explainer).items()
+                            if not k.startswith("_") and k != "last_path" and isinstance(v, (bool, int, float, str))))
+    modes = tuple(m.training for m in explainer.model.modules())
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, predicted, autocast, settings, modes)
+
+
+@contextlib.contextmanager
+def _on(device: torch.device) -> Iterator[None]:
+    """``torch.cuda.device(device)`` for a CUDA device (a stream, a capture and a replay are made on
+    the current device: a model on ``cuda:1`` would otherwise run eagerly into an empty graph)."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
+
+
+@contextlib.contextmanager
+def _no_cast_cache(x: Tensor) -> Iterator[None]:
+    """The caller's autocast state without autocast's cache of cast weights: cached, the graph
+    would read the copies made at capture (stale after an optimiser step, freed when the caller's
+    autocast block ends) instead of casting the parameters at every replay."""
+    kind = x.device.type
+    if kind not in ("cuda", "cpu") or not torch.is_autocast_enabled(kind):
+        yield
+        return
+    with torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=False):
+        yield
+
+
+def _cached_constants() -> tuple[Any, ...]:
+    """egl's device tables (interpolation candidates, sub-pixel gather indices) cached now: a graph
+    holds them, so that a cache emptied later (they are bounded) does not free what it reads."""
+    from egl.kernels import _bilinear, subpixel_dgrad
+
+    return (*_bilinear._DEVICE_CACHE.values(), *subpixel_dgrad._TABLES.values())
 
 
 def _storage(model: torch.nn.Module) -> tuple[int, ...]:

@@ -25,9 +25,13 @@ HOST_READS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.non
 
 class _NoHostRead(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        CAST_CACHE_IN_CAPTURE.add(torch.is_autocast_cache_enabled())
         if str(func) in HOST_READS:
             raise AssertionError(f"a host read ({func}) inside the captured call")
         return func(*args, **(kwargs or {}))
+
+
+CAST_CACHE_IN_CAPTURE: set[bool] = set()  # autocast's cache switch, seen at every op of a capture
 
 
 def _capture(fn: Any, pool: Any) -> Any:
@@ -113,13 +117,59 @@ def test_each_signature_has_its_graph_and_the_oldest_is_dropped() -> None:
 
 
 @pytest.mark.usefixtures("cpu_graphs")
-def test_train_mode_is_part_of_the_signature() -> None:
+def test_modes_and_the_explainers_settings_are_part_of_the_signature() -> None:
     model = make_model("test_resnet")
     cam = GraphedExplainer(GradCAM(model), warmup=1)
     cam(_x(0), [0, 1, 2])
+    model.layer4.train()  # one submodule's mode
+    cam(_x(0), [0, 1, 2])
     model.train()
     cam(_x(0), [0, 1, 2])
-    assert cam.captures == 2
+    model.eval()
+    cam(_x(0), [0, 1, 2])
+    assert cam.captures == 3 and cam.last_mode == "replay"
+    cam.explainer.relu = False  # a setting the captured call read
+    got = cam(_x(1), [0, 1, 2])
+    assert cam.captures == 4
+    torch.testing.assert_close(got, GradCAM(model, relu=False)(_x(1), [0, 1, 2]))
+
+
+@pytest.mark.usefixtures("cpu_graphs")
+def test_autocast_casts_are_captured_without_its_cache() -> None:
+    CAST_CACHE_IN_CAPTURE.clear()
+    model = make_model("test_resnet")
+    cam = GraphedExplainer(GradCAM(model), warmup=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_cache_enabled()
+        got = cam(_x(0), [0, 1, 2])
+        assert torch.is_autocast_cache_enabled()  # the caller's state is back
+        want = GradCAM(model)(_x(0), [0, 1, 2])
+    assert CAST_CACHE_IN_CAPTURE == {False}  # the graph casts the parameters at every replay
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.usefixtures("cpu_graphs")
+def test_an_inner_loss_scale_and_an_input_with_history_are_handled() -> None:
+    from egl import _amp
+
+    model = make_model("test_resnet")
+    cam = GraphedExplainer(GradCAM(model), warmup=1)
+    with _amp.inner_scale(1024.0):  # a training step's scale changes every step: eager
+        cam(_x(0), [0, 1, 2])
+    assert cam.last_mode == "eager" and cam.captures == 0
+    x = _x(0).requires_grad_(True) * 1.0  # a non-leaf with history: the buffer keeps none
+    got = cam(x, [0, 1, 2])
+    assert cam.last_mode == "capture" and not got.requires_grad
+    torch.testing.assert_close(got, GradCAM(model)(x.detach(), [0, 1, 2]))
+
+
+def test_it_is_an_explainer_of_the_same_model() -> None:
+    from egl.explainers import Explainer
+
+    model = make_model("test_resnet")
+    cam = GraphedExplainer(GradCAM(model, normalize=False))
+    assert isinstance(cam, Explainer) and cam.model is model and cam.normalize is False
+    assert not cam.differentiable
 
 
 @pytest.mark.usefixtures("cpu_graphs")
