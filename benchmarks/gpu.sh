@@ -31,14 +31,14 @@ stage() {  # stage NAME SECONDS CMD...
   if [ -n "${SNAPSHOT:-}" ]; then tar czf "$SNAPSHOT" -C "$(dirname "$out")" "$(basename "$out")"; fi
 }
 gpu="--device cuda --precision bf16"
-stage gpu_checks 60 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
-stage saliency 100 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
+stage gpu_checks 90 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
+stage saliency 120 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"
-stage sync_check 60 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
+stage sync_check 40 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
 stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"
 stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
@@ -46,7 +46,7 @@ stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase ma
   --channels-last --shapes --rows 30
 # Is the channel sum slow at 14x14 / 7x7 because each channel's row (392 / 98 bytes in bf16) is not
 # 16-byte aligned? The same channel counts at 16x16 / 8x8 (512 / 128-byte rows) tell (stage rows).
-stage kernel_alignment 60 $py benchmarks/kernel.py --stages --compile-dtypes '' --cases 1024:14,1024:16,512:7,512:8 \
+stage kernel_alignment 40 $py benchmarks/kernel.py --stages --compile-dtypes '' --cases 1024:14,1024:16,512:7,512:8 \
   --json "$out/kernel_alignment.json"
 stage train_step_fbn 40 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only erm-fbn,align-fbn,align-fbn-2pass --json "$out/train_step_fbn.json"

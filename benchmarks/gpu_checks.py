@@ -142,12 +142,12 @@ def graphed_rows(device: str, small: bool) -> list[dict[str, Any]]:
     for name in ("resnet18", "convnext_tiny", "vit_small_patch16_224"):
         kw = {"img_size": 64} if name.startswith("vit") else {}
         for dev in devices:
+            torch.manual_seed(3)
+            model = timm.create_model(name, pretrained=False, num_classes=10, **kw).to(dev).eval()
+            head = model.get_classifier().weight
             for kind in ("list", "device", "predicted"):
                 errs, note = [], ""
                 try:
-                    torch.manual_seed(3)
-                    model = timm.create_model(name, pretrained=False, num_classes=10, **kw).to(dev).eval()
-                    head = model.get_classifier().weight
                     cam, eager = GraphedExplainer(GradCAM(model)), GradCAM(model)
                     steps = [(8, False, False), (8, False, False), (8, True, False), (8, True, True),
                              (8, True, False), (8, False, True), (4, False, False), (8, True, False)]
