@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_int, fail
 from egl.data.image_file import read_levels
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
@@ -153,8 +153,7 @@ class DomainFolder(Dataset):
                  allow_missing_classes: bool = False) -> None:
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
-        if not isinstance(image_size, int) or image_size < 1:
-            raise fail(_FN, "image_size", "a positive int", repr(image_size), "Pass e.g. image_size=224")
+        check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:
             samples = self._verify(samples, on_error)

@@ -97,7 +97,7 @@ def _one_run(source: Any, mode: Any) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from egl.experiments.runner import _check_selection, _check_val_set, results_dir, train_method
+    from egl.experiments.runner import check_selection, check_val_set, results_dir, train_method
     from egl.experiments.sources import load_source
 
     cfg = _config(args)
@@ -109,9 +109,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     domains = _one_run(source, cfg["train"].get("domains", "all"))
     train_set = next(iter(source.training_sets(domains).values()))
     val_set = source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")
-    select, every = _check_selection(cfg)
+    select, every = check_selection(cfg)
     if select == "acc" or every is not None:
-        _check_val_set(cfg, val_set, select)
+        check_val_set(cfg, val_set, select)
     out = results_dir(cfg, f"train-{args.method}")
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)

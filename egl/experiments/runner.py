@@ -41,7 +41,7 @@ from egl._check import check_int, fail
 from egl.train.loop import _versions, seed_everything
 from egl.train.validation import Validation
 
-__all__ = ["run", "train_method", "results_dir"]
+__all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set"]
 
 
 def results_dir(cfg: dict[str, Any], kind: str) -> Path:
@@ -89,16 +89,16 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
 
 def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
     """The run's :class:`Validation`, or None when neither ``train.select=acc`` nor ``train.val_every`` asks."""
-    select, every = _check_selection(cfg)
+    select, every = check_selection(cfg)
     if select == "last" and every is None:
         return None
-    _check_val_set(cfg, val_set, select)
+    check_val_set(cfg, val_set, select)
     loader = DataLoader(val_set, batch_size=int(cfg["eval"]["batch_size"]),
                         num_workers=int(cfg["data"].get("num_workers", 0)))
     return Validation(loader, every=every, select=select)
 
 
-def _check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
+def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
     """A run that validates has a non-empty validation set."""
     if val_set is None or len(val_set) == 0:
         key = "train.select" if select == "acc" else "train.val_every"
@@ -111,7 +111,7 @@ def _check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
                    "Use train.select=last and leave train.val_every unset, or give the data a validation split")
 
 
-def _check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
+def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     """``train.select``, ``train.val_every``, ``train.val_domains``, ``train.checkpoint_every`` and
     ``eval.min_group_size``, checked before any folder is made or step is run."""
     t = cfg["train"]
@@ -189,11 +189,11 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
-    select, every = _check_selection(cfg)
+    select, every = check_selection(cfg)
     on_diverge = check_on_diverge(t.get("on_diverge", "stop"))
     if select == "acc" or every is not None:  # every run has data to validate on, before anything is made
         for domains in train_domains.values():
-            _check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
+            check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}

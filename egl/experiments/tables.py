@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from egl._check import fail
+
 __all__ = ["pivot", "summary_table", "heldout_table", "METRIC_NAMES"]
 
 METRIC_NAMES = {
@@ -79,9 +81,23 @@ def pivot(rows: Sequence[dict[str, Any]], metric: str, *, splits: Sequence[str] 
     return "\n".join(lines)
 
 
-def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str], *, scale: float = 100.0) -> str:
+def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | str,
+                  legacy_metrics: Sequence[str] | None = None, *, scale: float = 100.0) -> str:
     """Rows (method, train) × columns (metrics), each the mean over the rows' splits per seed, then
-    mean ± std over seeds; pass the rows of the splits to average (e.g. the in-distribution ones)."""
+    mean ± std over seeds; pass the rows of the splits to average (e.g. the in-distribution ones).
+
+    The first releases took ``summary_table(rows, split, metrics)`` (one split's rows): that form
+    still works, with a ``DeprecationWarning``; pass ``[r for r in rows if r["split"] == split]``."""
+    if isinstance(metrics, str):
+        import warnings
+
+        if legacy_metrics is None:
+            raise fail("egl.experiments.tables.summary_table", "metrics", "a list of metric names (e.g. ['acc', "
+                       "'auc'])", repr(metrics), "Pass summary_table(rows, ['acc']) with the rows to average")
+        warnings.warn("egl.experiments.tables.summary_table(rows, split, metrics) is deprecated: pass the split's "
+                      "rows, summary_table([r for r in rows if r['split'] == split], metrics)", DeprecationWarning,
+                      stacklevel=2)
+        rows, metrics = [r for r in rows if r["split"] == metrics], legacy_metrics
     per_metric = {m: _split_means(rows, m) for m in metrics}
     keys = list(dict.fromkeys((r["method"], r["train"]) for r in rows))
     head = f"| method | trained on | {' | '.join(METRIC_NAMES.get(m, m) for m in metrics)} |"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_flag, check_shape, fail
+from egl._check import check_choice, check_flag, check_int, check_shape, fail
 from egl._module_hooks import has_hooks
 from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
@@ -66,9 +66,8 @@ class LearnedMasker(Masker):
         check_choice(memory_format, self.MEMORY_FORMATS, "egl.maskers.LearnedMasker", "memory_format")
         self.memory_format = memory_format
         self.recompute_bn = check_flag(recompute_bn, "egl.maskers.LearnedMasker", "recompute_bn")
-        for arg, v in (("in_channels", in_channels), ("width", width)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise fail("egl.maskers.LearnedMasker", arg, "a positive int", repr(v), f"Pass e.g. {arg}=3")
+        check_int(in_channels, "egl.maskers.LearnedMasker", "in_channels", low=1, fix="Pass e.g. in_channels=3 (RGB)")
+        check_int(width, "egl.maskers.LearnedMasker", "width", low=1, fix="Pass e.g. width=32")
         self.in_channels = in_channels
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(width),

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from egl._check import describe, fail
+from egl._check import check_int, describe, fail
 
 __all__ = ["LossScaler"]
 
@@ -66,8 +66,7 @@ class LossScaler:
                        "Pass e.g. init_scale=2.0**16")
         self.growth_factor = _power_of_two(growth_factor, "growth_factor", above_one=True)
         self.backoff_factor = _power_of_two(backoff_factor, "backoff_factor", above_one=False)
-        if not isinstance(growth_interval, int) or isinstance(growth_interval, bool) or growth_interval < 1:
-            raise fail(FN, "growth_interval", "a positive int", repr(growth_interval), "Pass e.g. growth_interval=2000")
+        check_int(growth_interval, FN, "growth_interval", low=1, fix="Pass e.g. growth_interval=2000")
         self.growth_interval = growth_interval
         self.scale_value = float(init_scale)
         self._good_steps = 0

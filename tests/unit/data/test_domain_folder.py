@@ -82,6 +82,9 @@ def test_partial_masks_and_bad_arguments(tmp_path) -> None:
         DomainFolder(root, "training")
     with pytest.raises(egl.InputError, match=r"'domains' expected domains among \['A', 'B'\]"):
         DomainFolder(root, domains=["C"])
+    for bad in (0, True, 8.0):  # (True was taken for a 1-pixel image)
+        with pytest.raises(egl.InputError, match=rf"'image_size' expected an int >= 1, got {bad!r}"):
+            DomainFolder(root, "all", image_size=bad)
 
 
 def test_a_domain_splits_the_same_way_whichever_domains_are_selected(tmp_path) -> None:

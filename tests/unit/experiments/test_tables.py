@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+import egl
 from egl.experiments.tables import heldout_table, pivot, summary_table
 
 
@@ -71,3 +74,14 @@ def test_the_heldout_table_reads_the_splits_of_domains_only() -> None:
     assert heldout_table(rows) is None  # three held-out splits a run
     tables = render_tables(rows, source)
     assert "## Accuracy (%) on the held-out domain" in tables and "| method | test_id/A | test_id/B | Avg |" in tables
+
+
+def test_summary_table_keeps_its_first_signature_with_a_warning() -> None:
+    from egl.experiments.tables import summary_table
+
+    rows = [{"method": "erm", "train": "A", "seed": 0, "split": s, "acc": a} for s, a in (("A", 0.9), ("B", 0.5))]
+    with pytest.warns(DeprecationWarning, match=r"summary_table\(rows, split, metrics\) is deprecated"):
+        old = summary_table(rows, "B", ["acc"])
+    assert old == summary_table([rows[1]], ["acc"]) and "| erm | A | 50.0 |" in old
+    with pytest.raises(egl.InputError, match="'metrics' expected a list of metric names"):
+        summary_table(rows, "acc")

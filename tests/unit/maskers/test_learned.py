@@ -71,7 +71,7 @@ def test_errors() -> None:
     with pytest.raises(egl.InputError, match=r"learned: 'x' expected a 4-D tensor of shape \[B, C, H, W\]"):
         m(torch.randn(3, 8, 8))
     for arg, bad in (("in_channels", 0), ("width", -2), ("width", 2.5), ("in_channels", True)):
-        with pytest.raises(egl.InputError, match=rf"LearnedMasker: '{arg}' expected a positive int, got"):
+        with pytest.raises(egl.InputError, match=rf"LearnedMasker: '{arg}' expected an int >= 1, got {bad!r}"):
             LearnedMasker(**{arg: bad})  # type: ignore[arg-type]
 
 

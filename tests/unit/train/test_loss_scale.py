@@ -50,7 +50,7 @@ def test_arguments_are_checked() -> None:
     for kw, msg in (({"init_scale": 1000.0}, "'init_scale' expected a positive power of two"),
                     ({"growth_factor": 1.5}, "'growth_factor' expected a power of two above 1"),
                     ({"backoff_factor": 2.0}, "'backoff_factor' expected a power of two below 1"),
-                    ({"growth_interval": 0}, "'growth_interval' expected a positive int")):
+                    ({"growth_interval": 0}, "'growth_interval' expected an int >= 1, got 0")):
         with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: {msg}"):
             LossScaler(**kw)
 
