@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from egl._check import fail
+from egl.train.loop import _versions
 
-__all__ = ["RunKey", "previous_rows", "config_differences"]
+__all__ = ["RunKey", "previous_rows", "config_differences", "write_log_start"]
 
 RunKey = tuple[str, str, Any]  # (method, training set, seed)
 
@@ -85,3 +87,18 @@ def previous_rows(path: Path, cfg: dict[str, Any],
             runs.setdefault((row["method"], row["train"], row["seed"]), []).append(row)
     finished = {k: v for k, v in runs.items() if {r["split"] for r in v} >= set(splits)}
     return header, finished
+
+
+def write_log_start(path: Path, header: dict[str, Any], finished: dict[Any, list[dict[str, Any]]],
+                     splits: list[str]) -> None:
+    """Write (atomically) the results log's header and, for a resumed grid, a ``resume`` line and
+    the finished runs' rows, one per split in ``splits`` order (``finished`` is put in that order)."""
+    lines = [header]
+    if finished:
+        lines.append({"event": "resume", "versions": _versions(), "time": time.time()})
+        for key in finished:
+            finished[key] = [next(r for r in finished[key] if r["split"] == split) for split in splits]
+            lines += finished[key]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)

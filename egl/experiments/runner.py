@@ -16,7 +16,6 @@ Writes into the results folder:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -36,7 +35,7 @@ from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model
 from egl.experiments.sources import Source, load_source
-from egl.experiments.tables import heldout_table, pivot, summary_table
+from egl.experiments.tables import render_tables
 from egl._check import check_int, fail
 from egl.train.loop import _versions, seed_everything
 from egl.train.validation import Validation
@@ -173,9 +172,9 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     keeps (renamed to the method, with its ``draw``), ``results.jsonl`` holds every draw's rows
     and ``sweep.json`` the choices.
     """
-    from egl.experiments.resume import previous_rows
+    from egl.experiments.resume import previous_rows, write_log_start
     from egl.experiments.divergence import check_on_diverge, diverged_rows
-    from egl.experiments.sweep import expand, keep_figure
+    from egl.experiments.sweep import expand, keep_figure, select_draws
     from egl.recipes import NonFiniteLossError
 
     check_keys(cfg)
@@ -205,7 +204,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     keep: dict[str, nn.Module] = {}
     ranks: dict[str, tuple[float, int]] = {}  # of the draws in keep (one per method: keep_figure)
     (out / "train").mkdir(exist_ok=True)
-    _write_log_start(out / "results.jsonl", header, finished, list(tests))
+    write_log_start(out / "results.jsonl", header, finished, list(tests))
     with open(out / "results.jsonl", "a", encoding="utf-8") as log:
         for seed in seeds:
             for train_name, train_set in train_sets.items():
@@ -236,7 +235,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         keep_figure(keep, ranks, method, recipe.cpu(), run_rows)
                     else:
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
-    tables, rows, keep = _select_draws(rows, keep, source, out) if draws else (render_tables(rows, source), rows, keep)
+    tables, rows, keep = select_draws(rows, keep, source, out) if draws else (render_tables(rows, source), rows, keep)
     if keep and e.get("mask_quality", True):
         first = train_domains[next(iter(train_sets))]
         split = next((s for s in tests if source.in_distribution(s, first)), next(iter(tests)))
@@ -250,45 +249,6 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         print(tables)
         print(f"[egl] results written to {out.resolve()}", flush=True)
     return rows, out
-
-
-def _select_draws(rows: list[dict[str, Any]], keep: dict[str, Any], source: Source,
-                  out: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """A sweep's tables (on the draws each method, training set and seed kept), those rows, and
-    the figures' models (the kept draw of the first seed on the first training set); the
-    choices are written to ``sweep.json``."""
-    from egl.experiments.sweep import origin, select, sweep_table
-
-    kept, choices = select(rows)
-    (out / "sweep.json").write_text(json.dumps(choices, indent=1, default=str), encoding="utf-8")
-    first: dict[str, int] = {}
-    for c in choices:  # in the grid's order: a method's first is its first seed's on the first training set
-        first.setdefault(c["method"], c["draw"])
-    figures = {}
-    for name, recipe in keep.items():
-        base, index = origin(name)
-        if index is None or first.get(base) == index:
-            figures[base] = recipe
-    tables = render_tables(kept, source)
-    tables += ("\n## Hyperparameter search (sweep.n draws a method; each method, training set and seed keeps the "
-               "draw with the highest validation accuracy, and the tables above report it)\n\n"
-               + sweep_table(rows, choices) + "\n")
-    return tables, kept, figures
-
-
-def _write_log_start(path: Path, header: dict[str, Any], finished: dict[Any, list[dict[str, Any]]],
-                     splits: list[str]) -> None:
-    """Write (atomically) the results log's header and, for a resumed grid, a ``resume`` line and
-    the finished runs' rows, one per split in ``splits`` order (``finished`` is put in that order)."""
-    lines = [header]
-    if finished:
-        lines.append({"event": "resume", "versions": _versions(), "time": time.time()})
-        for key in finished:
-            finished[key] = [next(r for r in finished[key] if r["split"] == split) for split in splits]
-            lines += finished[key]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(line, default=str) + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -376,45 +336,3 @@ def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], split: s
         r = res[name]
         lines.append(f"| {name} | {100 * r['acc']:.1f} | {100 * r['delta']:+.1f} | {100 * r['mask_area']:.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def render_tables(rows: list[dict[str, Any]], source: Source) -> str:
-    """The Markdown tables of an experiment."""
-    from egl.experiments.divergence import diverged_note
-
-    splits = list(dict.fromkeys(r["split"] for r in rows))
-    has = {k for r in rows for k, v in r.items() if isinstance(v, float) and not math.isnan(v)}
-    kinds = [k for k in (True, False) if any(r.get("in_distribution") is k for r in rows)]
-    parts = ["## Accuracy (%) per test split (out-of-distribution matrix)", "",
-             pivot(rows, "acc", splits=splits, mark_in_distribution=True), "",
-             "*Italics*: the split is drawn from a training domain of the row (in distribution); "
-             "ID / OOD: the mean over the row's in-distribution / out-of-distribution splits."
-             + (" **No split here is out of distribution**: every test split is of a training domain "
-                "(train.domains=each or loo tests on held-out domains)." if kinds == [True] else "")]
-    # DomainBed's table reads the held-out *domain*: splits of no domain (the synthetic benchmark's
-    # random, flipped, novel) are out of distribution for every run and would hide it
-    of_domains = getattr(source, "split_domains", None)
-    held = heldout_table([r for r in rows if r["split"] in of_domains] if of_domains else rows, "acc")
-    if held is not None:
-        parts += ["", "## Accuracy (%) on the held-out domain (DomainBed's table: one column per domain left out)",
-                  "", held]
-    if "shortcut" in has:
-        parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
-                  "", pivot(rows, "shortcut", splits=splits)]
-    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "shortcut", "energy", "area", "iou")
-               if m in has]
-    for kind in kinds:
-        title = "In distribution" if kind else "Out of distribution"
-        sel = [r for r in rows if r.get("in_distribution") is kind]
-        parts += ["", f"## {title}: accuracy, AUC, faithfulness and localisation (mean over the row's "
-                  f"{'in' if kind else 'out-of'}-distribution splits)", "", summary_table(sel, metrics)]
-    if not kinds:  # rows that do not say which splits are in distribution (written by hand, or by older egl)
-        parts += ["", "## Every test split: accuracy, AUC, faithfulness and localisation (mean over the splits)",
-                  "", summary_table(rows, metrics)]
-    note = diverged_note(rows)
-    if note:
-        parts += ["", note]
-    parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
-              "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
-              "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]
-    return "\n".join(parts) + "\n"

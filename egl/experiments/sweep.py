@@ -20,11 +20,13 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import json
 import math
 import random
 import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import egl
@@ -32,7 +34,7 @@ from egl._check import check_int, fail
 from egl.experiments.divergence import diverged_rows  # noqa: F401  (re-exported: it began here)
 
 __all__ = ["DISTRIBUTIONS", "check_sweep", "expand", "draw", "diverged_rows", "origin", "select", "sweep_table",
-           "keep_figure"]
+           "keep_figure", "select_draws"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _FN = "egl.experiments"
@@ -252,3 +254,27 @@ def _short(v: Any) -> str:
     if v is None:
         return "default"
     return f"{v:.3g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def select_draws(rows: list[dict[str, Any]], keep: dict[str, Any], source: Any,
+                  out: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """A sweep's tables (on the draws each method, training set and seed kept), those rows, and
+    the figures' models (the kept draw of the first seed on the first training set); the
+    choices are written to ``sweep.json``."""
+    from egl.experiments.tables import render_tables
+
+    kept, choices = select(rows)
+    (out / "sweep.json").write_text(json.dumps(choices, indent=1, default=str), encoding="utf-8")
+    first: dict[str, int] = {}
+    for c in choices:  # in the grid's order: a method's first is its first seed's on the first training set
+        first.setdefault(c["method"], c["draw"])
+    figures = {}
+    for name, recipe in keep.items():
+        base, index = origin(name)
+        if index is None or first.get(base) == index:
+            figures[base] = recipe
+    tables = render_tables(kept, source)
+    tables += ("\n## Hyperparameter search (sweep.n draws a method; each method, training set and seed keeps the "
+               "draw with the highest validation accuracy, and the tables above report it)\n\n"
+               + sweep_table(rows, choices) + "\n")
+    return tables, kept, figures

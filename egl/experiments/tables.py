@@ -13,7 +13,7 @@ from typing import Any
 
 from egl._check import fail
 
-__all__ = ["pivot", "summary_table", "heldout_table", "METRIC_NAMES"]
+__all__ = ["pivot", "summary_table", "heldout_table", "render_tables", "METRIC_NAMES"]
 
 METRIC_NAMES = {
     "val_acc": "Val acc", "acc": "Acc", "worst_group": "Worst group", "auc": "AUC", "suff": "Suff ↓",
@@ -142,3 +142,45 @@ def heldout_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, scale:
         lines.append(f"| {m} | " + " | ".join(_fmt(cells[m].get(s, []), scale) for s in splits)
                      + f" | {_fmt(avg, scale)} |")
     return "\n".join(lines)
+
+
+def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
+    """The Markdown tables of an experiment."""
+    from egl.experiments.divergence import diverged_note
+
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    has = {k for r in rows for k, v in r.items() if isinstance(v, float) and not math.isnan(v)}
+    kinds = [k for k in (True, False) if any(r.get("in_distribution") is k for r in rows)]
+    parts = ["## Accuracy (%) per test split (out-of-distribution matrix)", "",
+             pivot(rows, "acc", splits=splits, mark_in_distribution=True), "",
+             "*Italics*: the split is drawn from a training domain of the row (in distribution); "
+             "ID / OOD: the mean over the row's in-distribution / out-of-distribution splits."
+             + (" **No split here is out of distribution**: every test split is of a training domain "
+                "(train.domains=each or loo tests on held-out domains)." if kinds == [True] else "")]
+    # DomainBed's table reads the held-out *domain*: splits of no domain (the synthetic benchmark's
+    # random, flipped, novel) are out of distribution for every run and would hide it
+    of_domains = getattr(source, "split_domains", None)
+    held = heldout_table([r for r in rows if r["split"] in of_domains] if of_domains else rows, "acc")
+    if held is not None:
+        parts += ["", "## Accuracy (%) on the held-out domain (DomainBed's table: one column per domain left out)",
+                  "", held]
+    if "shortcut" in has:
+        parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
+                  "", pivot(rows, "shortcut", splits=splits)]
+    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "shortcut", "energy", "area", "iou")
+               if m in has]
+    for kind in kinds:
+        title = "In distribution" if kind else "Out of distribution"
+        sel = [r for r in rows if r.get("in_distribution") is kind]
+        parts += ["", f"## {title}: accuracy, AUC, faithfulness and localisation (mean over the row's "
+                  f"{'in' if kind else 'out-of'}-distribution splits)", "", summary_table(sel, metrics)]
+    if not kinds:  # rows that do not say which splits are in distribution (written by hand, or by older egl)
+        parts += ["", "## Every test split: accuracy, AUC, faithfulness and localisation (mean over the splits)",
+                  "", summary_table(rows, metrics)]
+    note = diverged_note(rows)
+    if note:
+        parts += ["", note]
+    parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
+              "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
+              "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]
+    return "\n".join(parts) + "\n"

@@ -34,7 +34,7 @@ def test_summary_table_averages_the_splits_it_is_given_per_seed() -> None:
 
 
 def test_rows_without_the_flag_still_get_a_summary_table() -> None:
-    from egl.experiments.runner import render_tables  # (the runner's: it adds the fallback)
+    from egl.experiments.tables import render_tables  # (the fallback for rows without the flag)
 
     rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
     tables = render_tables(rows, None)
@@ -64,7 +64,7 @@ def test_heldout_avg_is_nan_for_a_seed_missing_a_domain() -> None:
 def test_the_heldout_table_reads_the_splits_of_domains_only() -> None:
     """Synthetic leave-one-out: random / flipped / novel belong to no domain, so every run has
     three more out-of-distribution splits; the held-out table is drawn on the domains' splits."""
-    from egl.experiments.runner import render_tables
+    from egl.experiments.tables import render_tables
     from egl.experiments.sources import Source
 
     source = Source("synthetic", 2, ["a", "b"], {}, {}, {}, split_domains={"test_id/A": "A", "test_id/B": "B"})
