@@ -79,19 +79,22 @@ def calls(batch: int, size: int, precision: str, only: list[str] | None = None) 
     from saliency import _inputs
     from train_step import _step_fn, names
 
-    from egl.explainers import GradCAM, input_gradient
+    from egl.explainers import GradCAM, GraphedExplainer, input_gradient
     from egl.metrics import faithfulness
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model, x, y = _inputs("resnet18", batch, size)
     cam, ys, y_cpu = GradCAM(model), y.tolist(), y.cpu()
     sal = cam(x, y)
+    graphed = GraphedExplainer(GradCAM(model))
+    graphed(x, ys)  # captured here (a capture synchronises): the calls counted are replays
     out: dict[str, Callable[[], Any]] = {
         "grad_cam, targets a device tensor": lambda: cam(x, y),
         "grad_cam, targets a list": lambda: cam(x, ys),
         "grad_cam, targets a CPU tensor": lambda: cam(x, y_cpu),
         "grad_cam, one int target": lambda: cam(x, 3),
         "grad_cam, predicted class": lambda: cam(x),
+        "grad_cam replayed (GraphedExplainer), targets a list": lambda: graphed(x, ys),
         "input_gradient, targets a list": lambda: input_gradient(model, x, ys),
         "faithfulness": lambda: faithfulness(model, x, sal, target=y),
     }
