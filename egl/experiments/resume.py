@@ -42,6 +42,8 @@ def _resolved(flat: dict[tuple[str, ...], Any], defaults: dict[tuple[str, ...], 
     from egl.train.loop import resolve_channels_last
 
     key = ("train", "channels_last")
+    # a folder without the key is older than it and than train.precision (added together): fp32, so
+    # "auto" resolves to False there, as the bool default of then did
     value = flat.get(key, defaults.get(key))
     if value not in (True, False, "auto"):
         return flat  # a bad value: compared as it is (fit names it)
@@ -79,8 +81,11 @@ def previous_rows(path: Path, cfg: dict[str, Any],
     header = lines[0]
     differ = config_differences(header["config"], cfg)
     if differ:
-        raise fail(fn, "config", f"the config of the run in {path.parent}", f"other values for {differ[:8]}",
-                   "Resume with the same config and --set options, or write to another --out")
+        fix = "Resume with the same config and --set options, or write to another --out"
+        if "train.channels_last" in differ and header["config"].get("train", {}).get("channels_last") is False:
+            fix += (" (train.channels_last: add --set train.channels_last=false, the default before 'auto', which is "
+                    "channels-last for bf16/fp16 on CUDA)")
+        raise fail(fn, "config", f"the config of the run in {path.parent}", f"other values for {differ[:8]}", fix)
     runs: dict[RunKey, list[dict]] = {}
     for row in lines[1:]:
         if "event" not in row:

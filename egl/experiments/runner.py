@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 import warnings
@@ -111,8 +112,8 @@ def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
 
 
 def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    """``train.select``, ``train.val_every``, ``train.val_domains``, ``train.checkpoint_every`` and
-    ``eval.min_group_size``, checked before any folder is made or step is run."""
+    """``train.select``, ``train.val_every``, ``train.val_domains``, ``train.checkpoint_every``,
+    ``train.channels_last`` and ``eval.min_group_size``, checked before any folder is made or step is run."""
     t = cfg["train"]
     select, every = t.get("select", "last"), t.get("val_every")
     if select not in ("last", "acc"):
@@ -131,6 +132,9 @@ def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
                    "Set train.select=acc or train.val_every=N, or leave train.val_domains out")
     check_int(t.get("checkpoint_every", 500), "egl.experiments", "train.checkpoint_every", low=1,
               note="(steps between a run's checkpoints)", fix="Set e.g. train.checkpoint_every=500")
+    if t.get("channels_last", "auto") not in (True, False, "auto"):
+        raise fail("egl.experiments", "train.channels_last", "true, false or auto", repr(t.get("channels_last")),
+                   "Set train.channels_last=auto (channels-last for bf16/fp16 on CUDA), true or false")
     return select, every
 
 
@@ -221,10 +225,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         recipe = _train_or_restore(grid, kind, source, run_, train_set, out, resume, echo)
                     except NonFiniteLossError as err:
                         if method not in draws and on_diverge == "stop":  # a method of its own stops the grid
-                            raise NonFiniteLossError(
-                                f"{err} ({method} on {train_name}, seed {seed}; the grid stopped, train.on_diverge="
-                                f"stop). To record the run as diverged and go on: egl experiment --resume --out "
-                                f"{out} --set train.on_diverge=record") from err
+                            raise NonFiniteLossError(f"{err} ({method} on {train_name}, seed {seed}; the grid "
+                                                     f"stopped, train.on_diverge=stop). {_go_on(kind, out)}") from err
                         rows += diverged_rows(run_, source, list(tests), draws.get(method, {}), err, log, echo)
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
                         continue
@@ -249,6 +251,15 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         print(tables)
         print(f"[egl] results written to {out.resolve()}", flush=True)
     return rows, out
+
+
+def _go_on(kind: str, out: Path) -> str:
+    """How to record a diverged run and go on, for the command that ran ``kind``."""
+    if kind == "demo":
+        return ("egl demo does not resume: run its grid with egl experiment --set train.on_diverge=record "
+                "(or a lower train.lr) to record the run as diverged and go on.")
+    return (f"To record the run as diverged and go on, rerun the same command (the same --config, --preset and "
+            f"--set options) with --resume --out {shlex.quote(str(out))} --set train.on_diverge=record.")
 
 
 @dataclass

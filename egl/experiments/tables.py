@@ -81,13 +81,22 @@ def pivot(rows: Sequence[dict[str, Any]], metric: str, *, splits: Sequence[str] 
     return "\n".join(lines)
 
 
-def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | str,
-                  legacy_metrics: Sequence[str] | None = None, *, scale: float = 100.0) -> str:
+def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | str | None = None,
+                  legacy_metrics: Sequence[str] | None = None, *, split: str | None = None,
+                  scale: float = 100.0) -> str:
     """Rows (method, train) × columns (metrics), each the mean over the rows' splits per seed, then
     mean ± std over seeds; pass the rows of the splits to average (e.g. the in-distribution ones).
 
     The first releases took ``summary_table(rows, split, metrics)`` (one split's rows): that form
     still works, with a ``DeprecationWarning``; pass ``[r for r in rows if r["split"] == split]``."""
+    if split is not None:  # the first form by keyword: summary_table(rows, split=..., metrics=...)
+        metrics, legacy_metrics = split, metrics
+    elif legacy_metrics is not None and not isinstance(metrics, str):
+        raise fail("egl.experiments.tables.summary_table", "legacy_metrics", "nothing after a list of metrics",
+                   repr(legacy_metrics), "Pass the metrics as one list: summary_table(rows, ['acc', 'auc'])")
+    if metrics is None:
+        raise fail("egl.experiments.tables.summary_table", "metrics", "a list of metric names (e.g. ['acc'])",
+                   "None", "Pass summary_table(rows, ['acc']) with the rows to average")
     if isinstance(metrics, str):
         import warnings
 

@@ -250,7 +250,10 @@ class GraphedExplainer(Explainer):
 def _capturing(x: Tensor) -> bool:
     """Whether the caller is capturing a graph on ``x``'s device (then the call is recorded eagerly
     into the caller's graph)."""
-    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if x.device.type != "cuda":
+        return False
+    with torch.cuda.device(x.device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 def _signature(explainer: Explainer, x: Tensor, predicted: bool) -> tuple[Any, ...]:

@@ -78,8 +78,11 @@ def _may_fall_back(err: Exception, fallback: bool, acts: Tensor) -> bool:
 
 
 def capturing(t: Tensor) -> bool:
-    """Whether ``t``'s device is capturing a CUDA graph on the current stream."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Whether ``t``'s device is capturing a CUDA graph on its current stream."""
+    if not t.is_cuda:
+        return False
+    with torch.cuda.device(t.device):
+        return torch.cuda.is_current_stream_capturing()
 
 
 def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] | None, *, scale: float = 1.0,

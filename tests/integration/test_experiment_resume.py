@@ -150,8 +150,9 @@ def test_a_grid_stopped_by_a_divergence_resumes_recording_it(tmp_path: Path) -> 
     out = tmp_path / "diverge"
     methods = "methods={bad: {recipe: erm, kwargs: {lr: 1.0e+12}}, erm: {recipe: erm}}"
     with pytest.raises(NonFiniteLossError, match=r"\(bad on all, seed 0; the grid stopped, train.on_diverge=stop\)"
-                                                 r"\. To record the run as diverged and go on: egl experiment --resume "
-                                                 r".* --set train.on_diverge=record"):
+                                                 r"\. To record the run as diverged and go on, rerun the same command "
+                                                 r"\(the same --config, --preset and --set options\) with --resume "
+                                                 r"--out .* --set train.on_diverge=record\."):
         run(_cfg(out, methods, "train.seeds=[0]"), echo=False)
     rows, _ = run(_cfg(out, methods, "train.seeds=[0]", "train.on_diverge=record"), echo=False, resume=True)
     bad = [r for r in rows if r["method"] == "bad"]
@@ -165,8 +166,23 @@ def test_a_grid_stopped_by_a_divergence_resumes_recording_it(tmp_path: Path) -> 
     assert len(_results(out)) == logged and len(again) == len(rows)  # recorded once: not trained again
 
 
-def test_on_diverge_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+def test_on_diverge_and_channels_last_are_checked_before_anything_is_written(tmp_path: Path) -> None:
     out = tmp_path / "never"
     with pytest.raises(egl.InputError, match=r"'train.on_diverge' expected 'stop' or 'record', got 'skip'"):
         run(_cfg(out, "train.on_diverge=skip"), echo=False)
+    with pytest.raises(egl.InputError, match=r"'train.channels_last' expected true, false or auto, got None"):
+        run(_cfg(out, "train.channels_last=null"), echo=False)
     assert not out.exists()
+
+
+def test_an_older_folder_with_channels_last_false_is_told_how_to_resume(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    run(_cfg(out, "train.seeds=[0]", "train.steps=1"), echo=False)
+    log = out / "results.jsonl"
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["config"]["train"].update(channels_last=False, device="cuda", precision="bf16")  # as written before "auto"
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with pytest.raises(egl.InputError, match=r"add --set train.channels_last=false, the default before 'auto'"):
+        run(_cfg(out, "train.seeds=[0]", "train.steps=1", "train.device=cuda", "train.precision=bf16"),
+            echo=False, resume=True)

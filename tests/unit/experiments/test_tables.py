@@ -83,5 +83,9 @@ def test_summary_table_keeps_its_first_signature_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match=r"summary_table\(rows, split, metrics\) is deprecated"):
         old = summary_table(rows, "B", ["acc"])
     assert old == summary_table([rows[1]], ["acc"]) and "| erm | A | 50.0 |" in old
+    with pytest.warns(DeprecationWarning):
+        assert summary_table(rows, split="B", metrics=["acc"]) == old  # the first form by keyword
     with pytest.raises(egl.InputError, match="'metrics' expected a list of metric names"):
         summary_table(rows, "acc")
+    with pytest.raises(egl.InputError, match="'legacy_metrics' expected nothing after a list of metrics"):
+        summary_table(rows, ["acc"], ["auc"])
