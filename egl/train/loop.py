@@ -81,7 +81,7 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
           stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
-          validation: Validation | None = None) -> None:
+          validation: Validation | None = None, numerics: dict[str, Any] | None = None) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
@@ -94,13 +94,24 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
         state["loss_scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
     if validation is not None:
         state["validation"] = validation.state_dict()
+    if numerics is not None:
+        state["numerics"] = numerics
     save_checkpoint(state, path)
 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
-            device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None) -> int:
-    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step."""
+            device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None,
+            numerics: dict[str, Any] | None = None) -> int:
+    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step.
+    ``numerics`` (precision and memory layout of this run) is compared with the checkpoint's."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
+    saved = ckpt.get("numerics")  # (absent from checkpoints of older egl versions)
+    if saved is not None and numerics is not None and saved != numerics:
+        was = ", ".join(f"{k}={v!r}" for k, v in saved.items())
+        warnings.warn(f"{FN}: the checkpoint in {path.parent} was trained with {was}; this run has "
+                      + ", ".join(f"{k}={v!r}" for k, v in numerics.items())
+                      + ". Training goes on, but not as the interrupted run would have (not bit-exact); pass "
+                      + f"{was} to continue it as it was.", stacklevel=3)
     this_class = f"{type(recipe).__module__}.{type(recipe).__qualname__}"
     if ckpt.get("recipe_name") != recipe.name or ckpt.get("recipe_class", this_class) != this_class:  # unnamed too
         raise fail(FN, "resume", f"a checkpoint of a '{recipe.name or this_class}' recipe",
@@ -271,6 +282,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                    "has no CPU kernel before 2.3)", f"'fp16' with torch {torch.__version__}",
                    "Use precision='bf16', or torch >= 2.3")
     channels_last = resolve_channels_last(channels_last, device, precision)
+    numerics = {"precision": precision, "channels_last": channels_last}  # recorded in checkpoints, checked on resume
     modes = [(m, m.training) for m in recipe.modules()]  # restored on the way out
     try:
         recipe.train()
@@ -286,7 +298,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         start = 0
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
-            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation)
+            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation, numerics)
             if start >= steps:
                 warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
@@ -334,7 +346,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         bar.update(1)
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                        _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation)
+                        _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation, numerics)
             if validation is not None:
                 selected = validation.finish(recipe)
                 if log is not None and selected is not None:

@@ -44,6 +44,22 @@ def test_a_resumed_run_appends_a_resume_header(tmp_path: Path) -> None:
     assert events[2]["start_step"] == 1
 
 
+def test_resuming_in_another_precision_or_layout_warns(tmp_path: Path) -> None:
+    import warnings
+
+    kwargs = dict(progress=False, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 1, seed=0, precision="bf16", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same numerics: no warning
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 2, seed=0, precision="bf16", **kwargs)
+    with pytest.warns(UserWarning, match=r"was trained with precision='bf16', channels_last=False; this run has "
+                                         r"precision='fp32', channels_last=True\. Training goes on, but not as the "
+                                         r"interrupted run would have \(not bit-exact\); pass precision='bf16', "
+                                         r"channels_last=False to continue it as it was"):
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 3, seed=0, channels_last=True,
+                                                                    **kwargs)
+
+
 def test_tensorboard_missing_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
