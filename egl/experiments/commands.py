@@ -100,9 +100,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from egl.experiments.runner import check_selection, check_val_set, results_dir, train_method
     from egl.experiments.sources import load_source
 
+    from egl.experiments.sweep import expand
+
     cfg = _config(args)
+    if args.method not in cfg["methods"] and "@" in args.method:  # a sweep's draw: its hyperparameters
+        grid, _ = expand(cfg, selecting=False)
+        if args.method in grid["methods"]:
+            cfg = grid
     if args.method not in cfg["methods"]:
-        raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods)",
+        swept = [m for m, spec in cfg["methods"].items() if spec.get("space")]
+        draws = f"; or a draw <method>@<0..{int(cfg['sweep']['n']) - 1}> of {swept} (sweep.n)" if swept else ""
+        raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods){draws}",
                    repr(args.method), "Add it under methods: in the config, or pick an existing one")
     source = load_source(cfg["data"])  # every setting checked before the folder is made
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
@@ -217,7 +225,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_experiment)
     p = sub.add_parser("train", help="train one method of the config and save model.pt")
     common(p)
-    p.add_argument("--method", required=True, help="a key of the config's methods (default config: erm, align)")
+    p.add_argument("--method", required=True, help="a key of the config's methods (default config: erm, align), "
+                   "or <method>@<draw> for a draw of its sweep (methods.<method>.space, sweep.n, sweep.seed)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="evaluate a saved model on the config's test sets")
     p.add_argument("--checkpoint", required=True)

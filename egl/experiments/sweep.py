@@ -94,9 +94,9 @@ def _check_arguments(method: str, recipe: str, keys: list[str]) -> None:
                        repr(key), f"Did you mean '{close[0]}'?" if close else "Remove it")
 
 
-def check_sweep(cfg: dict[str, Any]) -> int:
-    """``sweep.n`` and ``sweep.seed``, every method's ``space``, and a validation split to select
-    on when there are draws to choose between; returns ``sweep.n``."""
+def check_sweep(cfg: dict[str, Any], selecting: bool = True) -> int:
+    """``sweep.n`` and ``sweep.seed``, every method's ``space``, and (``selecting``: a grid that
+    chooses among the draws) a validation split to select on; returns ``sweep.n``."""
     s = cfg.get("sweep") or {}
     n = check_int(s.get("n", 1), _FN, "sweep.n", low=1, note="(draws of each method with a space)",
                   fix="Set e.g. sweep.n=5 (draw 0 is the configured kwargs)")
@@ -113,7 +113,7 @@ def check_sweep(cfg: dict[str, Any]) -> int:
             _check_spec(m, str(key), spec)
         _check_arguments(m, cfg["methods"][m]["recipe"], list(space))
     t = cfg.get("train") or {}
-    if n > 1 and spaces and t.get("select", "last") == "last" and t.get("val_every") is None:
+    if selecting and n > 1 and spaces and t.get("select", "last") == "last" and t.get("val_every") is None:
         raise fail(_FN, "sweep.n", "validation to select the draws on (train.val_every=N or train.select=acc)",
                    f"sweep.n={n} with no validation", "Set train.val_every=N (the last measurement selects) or "
                    "train.select=acc (each run's best step)")
@@ -137,13 +137,14 @@ def draw(space: dict[str, Any], seed: int, method: str, index: int) -> dict[str,
     return out
 
 
-def expand(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def expand(cfg: dict[str, Any], selecting: bool = True) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """``cfg`` with each method that has a ``space`` replaced by its ``sweep.n`` draws
     (``<m>@0`` .. ``<m>@<n-1>``, each a plain method with ``kwargs``; others unchanged), and for
     each draw the fields its result rows carry: ``sweep_of`` (the method) and ``hparams`` (the
     space's keys with the values the draw trains with: draw 0's are its kwargs, else the
-    recipe's defaults, and ``lr`` is ``train.lr`` unless the kwargs set one)."""
-    n = check_sweep(cfg)
+    recipe's defaults, and ``lr`` is ``train.lr`` unless the kwargs set one). ``selecting=False``
+    (``egl train`` of one draw) needs no validation split."""
+    n = check_sweep(cfg, selecting)
     seed = int((cfg.get("sweep") or {}).get("seed", 0))
     methods: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -92,6 +92,22 @@ def test_demo_runs_and_config_errors_are_clear(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "bad").exists()
 
 
+def test_train_takes_a_draw_of_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from egl.experiments.config import DEFAULTS, merge
+    from egl.experiments.sweep import draw
+
+    sweep = ["--set", "sweep.n=3", "--set", "methods={erm: {recipe: erm, space: {lr: [loguniform, 1e-4, 1e-2]}}}"]
+    out = tmp_path / "draw"
+    assert main(["train", "--method", "erm@2", "--out", str(out), *TINY, *sweep]) == 0
+    header = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    lr = draw({"lr": ["loguniform", 1e-4, 1e-2]}, int(merge(DEFAULTS, {})["sweep"]["seed"]), "erm", 2)["lr"]
+    assert header["config"]["lr"] == pytest.approx(lr)  # the draw's hyperparameters, not the configured ones
+    assert load_model(out / "model.pt")[1]["method"] == "erm@2"
+    capsys.readouterr()
+    assert main(["train", "--method", "erm@3", *TINY, *sweep]) == 1
+    assert "or a draw <method>@<0..2> of ['erm'] (sweep.n)" in capsys.readouterr().err
+
+
 def test_local_weights_load_without_download(tmp_path: Path) -> None:
     from egl.experiments.models import build_model
 
