@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from egl import _amp
-from egl._check import check_flag, check_int, fail
+from egl._check import check_choice, check_flag, check_int, fail
 from egl._deferred import deferred_checks
 from egl.explainers._targets import Targets, check_target_range, targets
 from egl.explainers.base import Explainer, Explanation
@@ -75,11 +75,13 @@ def warm_up(fn: Callable[[], Any], n: int) -> None:
     torch.cuda.current_stream().wait_stream(stream)
 
 
-def capture(fn: Callable[[], Explanation], pool: Any) -> tuple[Callable[[], None], Explanation]:
-    """Capture ``fn``'s kernels in a CUDA graph that allocates from ``pool``. Returns the graph's
-    ``replay`` and ``fn``'s outputs, which every replay rewrites in place."""
+def capture(fn: Callable[[], Explanation], pool: Any,
+            mode: str = "global") -> tuple[Callable[[], None], Explanation]:
+    """Capture ``fn``'s kernels in a CUDA graph that allocates from ``pool`` (``mode``: CUDA's
+    capture error mode). Returns the graph's ``replay`` and ``fn``'s outputs, which every replay
+    rewrites in place."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
         out = fn()
     return graph.replay, out
 
@@ -101,6 +103,11 @@ class GraphedExplainer(Explainer):
         clone: return copies of the graph's output buffers (True, default), or the buffers
             themselves (False: no copy, but the next call overwrites what the last returned).
         max_graphs: graphs kept (8); the least recently used is dropped past it.
+        capture_error_mode: CUDA's stream-capture mode, as ``torch.cuda.graph`` takes it:
+            ``"global"`` (default, PyTorch's) makes a capture fail when another thread calls a
+            CUDA function that capture forbids meanwhile, e.g. a ``DataLoader``'s pin-memory
+            thread allocating pinned memory; ``"thread_local"`` checks the capturing thread only
+            (make the first call of each signature before such a loader starts, or use it).
 
     Memory: each graph keeps the memory of its call's intermediates between calls (one pool
     per wrapper, shared by its graphs); :meth:`reset` or leaving a ``with`` block frees it.
@@ -118,7 +125,10 @@ class GraphedExplainer(Explainer):
 
     differentiable = False  # inference only: create_graph=True is refused
 
-    def __init__(self, explainer: Explainer, *, warmup: int = 3, clone: bool = True, max_graphs: int = 8) -> None:
+    CAPTURE_MODES = ("global", "thread_local", "relaxed")
+
+    def __init__(self, explainer: Explainer, *, warmup: int = 3, clone: bool = True, max_graphs: int = 8,
+                 capture_error_mode: str = "global") -> None:
         if not isinstance(explainer, Explainer):
             raise fail(FN, "explainer", "an egl explainer (e.g. GradCAM(model))",
                        f"a {type(explainer).__name__}",
@@ -128,6 +138,8 @@ class GraphedExplainer(Explainer):
         self.warmup = check_int(warmup, FN, "warmup", low=1, fix="Pass warmup=3")
         self.clone = check_flag(clone, FN, "clone")
         self.max_graphs = check_int(max_graphs, FN, "max_graphs", low=1, fix="Pass max_graphs=8")
+        check_choice(capture_error_mode, self.CAPTURE_MODES, FN, "capture_error_mode")
+        self.capture_error_mode = capture_error_mode
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._pool: Any = None
         self.last_mode: str | None = None  # "eager", "capture" or "replay": what the last call did
@@ -190,7 +202,7 @@ class GraphedExplainer(Explainer):
         if self._pool is None:
             self._pool = new_pool()
         try:
-            replay, out = capture(call, self._pool)
+            replay, out = capture(call, self._pool, self.capture_error_mode)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:

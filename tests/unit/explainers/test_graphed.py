@@ -50,7 +50,7 @@ def _capture(fn: Any, pool: Any) -> Any:
 def cpu_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(graphed_module, "GRAPH_DEVICE_TYPES", ("cpu",))
     monkeypatch.setattr(graphed_module, "warm_up", lambda fn, n: [fn() for _ in range(n)])
-    monkeypatch.setattr(graphed_module, "capture", _capture)
+    monkeypatch.setattr(graphed_module, "capture", lambda fn, pool, mode: _capture(fn, pool))
     monkeypatch.setattr(graphed_module, "new_pool", lambda: object())
 
 
@@ -218,6 +218,8 @@ def test_arguments_are_checked() -> None:
         GraphedExplainer(model)  # type: ignore[arg-type]
     with pytest.raises(egl.InputError, match="'warmup' expected an int >= 1, got 0"):
         GraphedExplainer(GradCAM(model), warmup=0)
+    with pytest.raises(egl.InputError, match="'capture_error_mode' expected one of"):
+        GraphedExplainer(GradCAM(model), capture_error_mode="strict")
     with pytest.raises(egl.InputError, match="'clone' expected"):
         GraphedExplainer(GradCAM(model), clone="yes")  # type: ignore[arg-type]
     with pytest.raises(egl.InputError, match=r"'create_graph' expected False .* Call the wrapped explainer itself"):
