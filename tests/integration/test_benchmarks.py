@@ -25,6 +25,16 @@ def run(script: str, *args: str) -> str:
     return proc.stdout
 
 
+def test_flops_benchmark_splits_align_into_its_phases(tmp_path: Path) -> None:
+    run("flops.py", "--batch", "1", "--size", "32", "--only", "erm,align,irm", "--json", str(tmp_path / "f.json"))
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "f.json").read_text())["rows"]}
+    assert rows["erm"]["x erm"] == 1.0 and rows["irm"]["x erm"] == 1.0  # IRM's penalty adds no product
+    phases = dict(p.split() for p in rows["align"]["per phase (GFLOP / image)"].split(", "))
+    assert set(phases) == {"masker", "classifier"}
+    assert abs(sum(map(float, phases.values())) - rows["align"]["GFLOP / image"]) < 0.02  # (2-decimal rounding)
+    assert 3.0 < rows["align"]["x erm"] < 4.5  # two passes in each phase, plus the masker
+
+
 def test_saliency_benchmark(tmp_path: Path) -> None:
     out = run("saliency.py", "--models", "resnet18", "--settings", "2x32", "--repeats", "1", "--no-memory",
               "--json", str(tmp_path / "s.json"))
