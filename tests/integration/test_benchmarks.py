@@ -26,13 +26,18 @@ def run(script: str, *args: str) -> str:
 
 
 def test_flops_benchmark_splits_align_into_its_phases(tmp_path: Path) -> None:
-    run("flops.py", "--batch", "1", "--size", "32", "--only", "erm,align,irm", "--json", str(tmp_path / "f.json"))
-    rows = {r["recipe"]: r for r in json.loads((tmp_path / "f.json").read_text())["rows"]}
-    assert rows["erm"]["x erm"] == 1.0 and rows["irm"]["x erm"] == 1.0  # IRM's penalty adds no product
+    run("flops.py", "--batch", "1", "--size", "32", "--only", "erm,align,irm", "--top", "3",
+        "--json", str(tmp_path / "f.json"))
+    out = json.loads((tmp_path / "f.json").read_text())
+    rows = {r["recipe"]: r for r in out["rows"]}
+    assert rows["erm"]["flops x erm"] == 1.0 and rows["irm"]["flops x erm"] == 1.0  # IRM's penalty adds no product
     phases = dict(p.split() for p in rows["align"]["per phase (GFLOP / image)"].split(", "))
     assert set(phases) == {"masker", "classifier"}
     assert abs(sum(map(float, phases.values())) - rows["align"]["GFLOP / image"]) < 0.02  # (2-decimal rounding)
-    assert 3.0 < rows["align"]["x erm"] < 4.5  # two passes in each phase, plus the masker
+    assert 3.0 < rows["align"]["flops x erm"] < 4.5  # two passes in each phase, plus the masker
+    assert rows["align"]["roofline x erm"] > 2  # (at 32 px the optimiser's per-step traffic weighs on both)
+    assert set(dict(p.split() for p in rows["align"]["per phase (roofline us / image)"].split(", "))) == set(phases)
+    assert len(out["top"]) == 3 and sum(t["roofline share"] for t in out["top"]) < 1
 
 
 def test_saliency_benchmark(tmp_path: Path) -> None:
