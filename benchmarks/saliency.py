@@ -11,7 +11,8 @@ Every variant computes Grad-CAM of given targets at the last stage, upsampled to
 egl's call replayed as one CUDA graph (:class:`egl.explainers.GraphedExplainer`, targets as a
 list: no device read; it copies the batch into the graph's buffer and the maps out of it) and
 ``forward_graph`` the forward replayed likewise, with neither copy (the floor of a replayed
-call). Times are medians of
+call); their intermediates live in the graphs' memory pools, reserved between calls, which a
+replay's peak of allocated memory does not show. Times are medians of
 round-robin repeats in one process, each repeat the mean of ``--inner`` back-to-back calls
 (default 10 on a GPU: the steady state of a loop, where a small batch is bound by the host
 launching kernels; 1 on the CPU); peak memory is measured with each variant in its own
