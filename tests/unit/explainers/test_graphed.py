@@ -86,6 +86,19 @@ def test_replays_give_the_eager_maps_of_each_new_input(name: str) -> None:
 
 
 @pytest.mark.usefixtures("cpu_graphs")
+def test_a_model_that_is_not_timm_replays_its_probed_layer() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2, 1),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 4)).eval()
+    cam = GraphedExplainer(GradCAM(model), warmup=1)  # layer="auto": probed per input size, outside the capture
+    for seed in range(3):
+        x = _x(seed, size=16)
+        torch.testing.assert_close(cam(x, [0, 1, 3]), GradCAM(model)(x, [0, 1, 3]))
+    assert cam.captures == 1 and cam.last_mode == "replay"
+
+
+@pytest.mark.usefixtures("cpu_graphs")
 def test_input_gradients_replay_too() -> None:
     model = make_model("test_resnet")
     cam = GraphedExplainer(InputGradient(model), warmup=1)
