@@ -4,9 +4,9 @@ A sweep's draw that diverges is always recorded (draws far out in a space, a lar
 rate, do diverge, and selection passes them over). A method of its own stops the grid by
 default (``train.on_diverge: stop``): a diverging configured method is a finding to look at.
 With ``train.on_diverge: record`` it is recorded like a draw and the grid goes on; the key may
-change on ``--resume``, so a grid stopped by a divergence continues with
-``egl experiment --resume --out DIR --set train.on_diverge=record``, and the diverged run is not
-trained again by later resumptions.
+change on ``--resume``, so a grid stopped by a divergence continues when its command is run again
+with ``--resume --out DIR --set train.on_diverge=record`` (the error says so), and the diverged
+run is not trained again by later resumptions.
 
 A recorded run has one row per test split with NaN accuracy and validation accuracy and the
 error under ``diverged``. The tables' means skip NaN, so :func:`diverged_note` lists the runs

@@ -95,7 +95,7 @@ def previous_rows(path: Path, cfg: dict[str, Any],
 
 
 def write_log_start(path: Path, header: dict[str, Any], finished: dict[Any, list[dict[str, Any]]],
-                     splits: list[str]) -> None:
+                    splits: list[str]) -> None:
     """Write (atomically) the results log's header and, for a resumed grid, a ``resume`` line and
     the finished runs' rows, one per split in ``splits`` order (``finished`` is put in that order)."""
     lines = [header]

@@ -258,7 +258,7 @@ def _short(v: Any) -> str:
 
 
 def select_draws(rows: list[dict[str, Any]], keep: dict[str, Any], source: Any,
-                  out: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+                 out: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """A sweep's tables (on the draws each method, training set and seed kept), those rows, and
     the figures' models (the kept draw of the first seed on the first training set); the
     choices are written to ``sweep.json``."""

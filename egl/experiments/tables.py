@@ -94,15 +94,12 @@ def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | str |
     elif legacy_metrics is not None and not isinstance(metrics, str):
         raise fail("egl.experiments.tables.summary_table", "legacy_metrics", "nothing after a list of metrics",
                    repr(legacy_metrics), "Pass the metrics as one list: summary_table(rows, ['acc', 'auc'])")
-    if metrics is None:
-        raise fail("egl.experiments.tables.summary_table", "metrics", "a list of metric names (e.g. ['acc'])",
-                   "None", "Pass summary_table(rows, ['acc']) with the rows to average")
+    if metrics is None or (isinstance(metrics, str) and legacy_metrics is None):
+        raise fail("egl.experiments.tables.summary_table", "metrics", "a list of metric names (e.g. ['acc', 'auc'])",
+                   repr(metrics), "Pass summary_table(rows, ['acc']) with the rows to average")
     if isinstance(metrics, str):
         import warnings
 
-        if legacy_metrics is None:
-            raise fail("egl.experiments.tables.summary_table", "metrics", "a list of metric names (e.g. ['acc', "
-                       "'auc'])", repr(metrics), "Pass summary_table(rows, ['acc']) with the rows to average")
         warnings.warn("egl.experiments.tables.summary_table(rows, split, metrics) is deprecated: pass the split's "
                       "rows, summary_table([r for r in rows if r['split'] == split], metrics)", DeprecationWarning,
                       stacklevel=2)

@@ -45,6 +45,7 @@ from egl._check import check_choice, check_flag, check_int, fail
 from egl._deferred import deferred_checks
 from egl.explainers._targets import Targets, check_target_range, targets
 from egl.explainers.base import Explainer, Explanation
+from egl.kernels.cam_epilogue import capturing  # (a caller's own capture: the call is recorded eagerly into it)
 
 __all__ = ["GraphedExplainer", "GRAPH_DEVICE_TYPES"]
 
@@ -159,7 +160,7 @@ class GraphedExplainer(Explainer):
         return self._call(x, target, logits=False).saliency
 
     def _call(self, x: Tensor, target: Any, logits: bool) -> Explanation:
-        if not isinstance(x, Tensor) or x.device.type not in GRAPH_DEVICE_TYPES or _capturing(x) \
+        if not isinstance(x, Tensor) or x.device.type not in GRAPH_DEVICE_TYPES or capturing(x) \
                 or _amp._ACTIVE.get() is not None:  # (an inner loss scale changes every step)
             self.last_mode = "eager"
             return self.explainer.explain(x, target)
@@ -257,15 +258,6 @@ class GraphedExplainer(Explainer):
 
     def __repr__(self) -> str:
         return f"GraphedExplainer({self.explainer!r}, graphs={len(self._graphs)})"
-
-
-def _capturing(x: Tensor) -> bool:
-    """Whether the caller is capturing a graph on ``x``'s device (then the call is recorded eagerly
-    into the caller's graph)."""
-    if x.device.type != "cuda":
-        return False
-    with torch.cuda.device(x.device):
-        return torch.cuda.is_current_stream_capturing()
 
 
 def _signature(explainer: Explainer, x: Tensor, predicted: bool) -> tuple[Any, ...]:
