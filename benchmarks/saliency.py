@@ -12,7 +12,7 @@ egl's call replayed as one CUDA graph (:class:`egl.explainers.GraphedExplainer`,
 list: no device read; it copies the batch into the graph's buffer and the maps out of it) and
 ``forward_graph`` the forward replayed likewise, with neither copy (the floor of a replayed
 call); their intermediates live in the graphs' memory pools, reserved between calls, which a
-replay's peak of allocated memory does not show. Times are medians of
+replay's peak of allocated memory does not show: the line before each table gives each pool's size. Times are medians of
 round-robin repeats in one process, each repeat the mean of ``--inner`` back-to-back calls
 (default 10 on a GPU: the steady state of a loop, where a small batch is bound by the host
 launching kernels; 1 on the CPU); peak memory is measured with each variant in its own
@@ -73,9 +73,11 @@ def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         # targets would add one synchronisation a call, as they do to "egl")
         graphs = {"egl_graph": lambda: egl_graph(x, y_host), "forward_graph": _graphed_forward(model, x)}
         try:  # captured here: a capture that fails costs these two rows, not the benchmark
+            pools = {k: _pool_mb(f) for k, f in graphs.items()}
             diff = float((graphs["egl_graph"]() - egl_cam(x, y)).abs().max())
-            graphs["forward_graph"]()
-            print(f"# {name}: egl_graph captured; max |egl_graph - egl| = {diff:.3g}")
+            print(f"# {name}: egl_graph captured; max |egl_graph - egl| = {diff:.3g}; memory the graphs' pools"
+                  f" hold between calls: egl_graph {pools['egl_graph']:.1f} MB,"
+                  f" forward_graph {pools['forward_graph']:.1f} MB")
             out.update(graphs)
         except Exception as e:
             print(f"# {name}: CUDA-graph variants left out: {type(e).__name__}: {e}")
@@ -119,6 +121,18 @@ def variants(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     except ImportError:
         pass
     return out
+
+
+def _pool_mb(capture: Callable[[], Any]) -> float:
+    """Memory (MB) a first call that captures a CUDA graph leaves reserved: the graph's private pool,
+    held for as long as the graph lives (the warm-up's own blocks are given back first)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    capture()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return (torch.cuda.memory_reserved() - before) / 2**20
 
 
 def _graphed_forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
