@@ -46,7 +46,9 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: :func:`reduce_stage`), elements per ``reduce`` tile, warps of ``reduce``, output tile of
 #: ``write`` (rows, columns), warps of ``write``, how many ``reduce`` programs to aim for per
 #: multiprocessor, software-pipelining depth of ``reduce`` (0: Triton's default), the write
-#: stage's formulation (``"separable"`` or ``"gather"``, see above), and how the backward forms
+#: stage's formulation (``"separable"`` or ``"gather"``, see above), positions per step and warps of
+#: ``stats`` (``stats_block``, ``stats_warps``: one program per sample walks its rows and extreme
+#: candidates in steps of that many), and how the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
 #: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"``
@@ -60,7 +62,7 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: loop's 144-1139 µs; channels-last: no whole-channel rows).
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
-                          "reduce_stages": 0, "grads": "auto"}
+                          "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
@@ -473,7 +475,8 @@ def stats_stage(part: Tensor, hw_shape: Any, size: tuple[int, int], scale: float
     stats_kernel[(b,)](part, low, low if rows is None else rows, stats, argext, cy, cx, splits, hw, h, w, hh, ww,
                        wp, len(cy), len(cx), float(scale), ry, rx, RELU=relu, NORMALIZE=normalize,
                        SEPARABLE=separable, BLOCK_S=max(2, _pow2(splits)),
-                       BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=1024)
+                       BLOCK_P=max(16, min(_pow2(hw), 4096 // _pow2(splits))), BLOCK_K=cfg["stats_block"],
+                       num_warps=cfg["stats_warps"])
     return low, rows, stats, argext
 
 

@@ -376,6 +376,24 @@ def test_both_write_stages_match_the_reference_and_peak_where_stats_says(case: t
 
 
 @needs_interpreter
+@pytest.mark.parametrize("block,warps", [(16, 1), (4096, 16)])
+def test_the_stats_stage_gives_the_same_maps_and_extremes_at_any_step(block: int, warps: int) -> None:
+    """``stats_block`` / ``stats_warps`` (the GPU benchmark sweeps them) change how many positions
+    the stats program walks per step, not what it finds: 16 takes many steps over the rows and
+    candidates (and masked tails), 4096 one."""
+    from egl.explainers._postprocess import REL_EPS
+    from egl.kernels import _cam_triton
+
+    b, c, h, w, hh, ww = CASES[2]
+    a, wt = _inputs(b, c, h, w, seed=15)
+    ref = _cam_triton.forward(a, wt, (hh, ww), 1.0 / (h * w), True, True, REL_EPS)
+    got = _cam_triton.forward(a, wt, (hh, ww), 1.0 / (h * w), True, True, REL_EPS,
+                              {"stats_block": block, "stats_warps": warps})
+    for r, g in zip(ref, got):
+        assert torch.equal(r, g)
+
+
+@needs_interpreter
 def test_an_unknown_write_stage_is_named() -> None:
     from egl.kernels import _cam_triton
 
