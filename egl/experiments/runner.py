@@ -132,8 +132,9 @@ def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
                    "Set train.select=acc or train.val_every=N, or leave train.val_domains out")
     check_int(t.get("checkpoint_every", 500), "egl.experiments", "train.checkpoint_every", low=1,
               note="(steps between a run's checkpoints)", fix="Set e.g. train.checkpoint_every=500")
-    if t.get("channels_last", "auto") not in (True, False, "auto"):
-        raise fail("egl.experiments", "train.channels_last", "true, false or auto", repr(t.get("channels_last")),
+    cl = t.get("channels_last", "auto")
+    if not (isinstance(cl, bool) or cl == "auto"):  # (1 == True: a number is refused too)
+        raise fail("egl.experiments", "train.channels_last", "true, false or auto", repr(cl),
                    "Set train.channels_last=auto (channels-last for bf16/fp16 on CUDA), true or false")
     return select, every
 

@@ -259,7 +259,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             raise fail(FN, "loss_scale", f"a dict with keys among {list(keys)}", repr(loss_scale),
                        "Pass e.g. loss_scale={'init_scale': 2.0**10, 'growth_interval': 500}")
         LossScaler(**loss_scale)  # its own checks, before any training starts
-    if channels_last not in (True, False, "auto"):
+    if not (isinstance(channels_last, bool) or channels_last == "auto"):  # (1 == True: a number is refused too)
         raise fail(FN, "channels_last", "True, False or 'auto'", repr(channels_last),
                    "Pass channels_last='auto' (channels-last for mixed precision on CUDA) or a bool")
     if validation is not None and not isinstance(validation, Validation):

@@ -170,8 +170,9 @@ def test_on_diverge_and_channels_last_are_checked_before_anything_is_written(tmp
     out = tmp_path / "never"
     with pytest.raises(egl.InputError, match=r"'train.on_diverge' expected 'stop' or 'record', got 'skip'"):
         run(_cfg(out, "train.on_diverge=skip"), echo=False)
-    with pytest.raises(egl.InputError, match=r"'train.channels_last' expected true, false or auto, got None"):
-        run(_cfg(out, "train.channels_last=null"), echo=False)
+    for bad, shown in (("null", "None"), ("1", "1")):  # (1 == True: a number is not read as a switch)
+        with pytest.raises(egl.InputError, match=rf"'train.channels_last' expected true, false or auto, got {shown}"):
+            run(_cfg(out, f"train.channels_last={bad}"), echo=False)
     assert not out.exists()
 
 

@@ -155,8 +155,9 @@ def test_channels_last_auto_keeps_the_cpu_layout_and_bad_values_are_named() -> N
     recipe.fit([batch], 1, progress=False, precision="bf16")  # "auto" on the CPU: NCHW kept
     conv = next(m for m in recipe.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
-    with pytest.raises(egl.InputError, match=r"'channels_last' expected True, False or 'auto', got 'yes'"):
-        recipe.fit([batch], 1, progress=False, channels_last="yes")
+    for bad in ("yes", 1, 0):  # (1 == True and 0 == False: a number is not read as a switch)
+        with pytest.raises(egl.InputError, match=rf"'channels_last' expected True, False or 'auto', got {bad!r}"):
+            recipe.fit([batch], 1, progress=False, channels_last=bad)
 
 
 def test_fit_puts_every_module_back_in_its_mode() -> None:
