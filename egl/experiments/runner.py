@@ -297,10 +297,21 @@ def _train_or_restore(cfg: dict[str, Any], kind: str, source: Source, run_: _Run
                               out / "train" / f"{run_.method}-{run_.train}-s{run_.seed}.jsonl",
                               source.validation_set(run_.domains, held_out=t.get("val_domains") == "held_out"),
                               checkpoint_dir=run_.checkpoint_dir, resume=resume)
-    if not (resume and run_.trained_file.is_file()):  # (one resumed mid-way counts from the restart)
+    if not (resume and run_.trained_file.is_file()):
         run_.trained_file.parent.mkdir(parents=True, exist_ok=True)
-        run_.trained_file.write_text(json.dumps({"train_seconds": time.time() - started}))
+        seconds = _checkpoint_seconds(run_.checkpoint_dir / "last.pt")
+        run_.trained_file.write_text(json.dumps({"train_seconds": time.time() - started if seconds is None
+                                                 else seconds}))
     return recipe
+
+
+def _checkpoint_seconds(path: Path) -> float | None:
+    """The training seconds a run's last checkpoint records (summed over the calls that resumed
+    it; None from checkpoints of older egl versions). Read memory-mapped: the weights stay on disk."""
+    if not path.is_file():
+        return None
+    seconds = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("train_seconds")
+    return None if seconds is None else float(seconds)
 
 
 def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, tests: dict[str, Any],

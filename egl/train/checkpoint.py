@@ -11,6 +11,9 @@ What a checkpoint holds (one ``torch.save`` dict, loadable with ``weights_only=T
   ``torch.Generator`` the loader holds -- and its position in the data (below);
 * ``"loss_scalers"`` (``fit(precision="fp16")`` only): ``{phase: LossScaler.state_dict()}``;
   a run resumed in another precision starts its scales afresh (or ignores them);
+* ``"train_seconds"``: wall-clock seconds spent in ``fit`` up to this checkpoint, summed over
+  the calls that resumed it (the time an interrupted call spent after its last checkpoint is
+  not counted: that work is done again);
 * ``"config"``, ``"recipe_name"``, ``"versions"``, ``"format"``: for humans and checks.
 
 Atomic writes: the dict is written to a temporary file in the checkpoint's own directory,

@@ -81,11 +81,12 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
           stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
-          validation: Validation | None = None, numerics: dict[str, Any] | None = None) -> None:
+          validation: Validation | None = None, numerics: dict[str, Any] | None = None,
+          train_seconds: float = 0.0) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
-    state = {"format": FORMAT, "step": step, "recipe_name": recipe.name,
+    state = {"format": FORMAT, "step": step, "train_seconds": train_seconds, "recipe_name": recipe.name,
              "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}", "config": recipe.config(),
              "versions": _versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
              "optimizers": {k: o.state_dict() for k, o in opts.items()},
@@ -101,9 +102,10 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
             device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None,
-            numerics: dict[str, Any] | None = None) -> int:
-    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step.
-    ``numerics`` (precision and memory layout of this run) is compared with the checkpoint's."""
+            numerics: dict[str, Any] | None = None) -> tuple[int, float]:
+    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step
+    and training seconds (0 from checkpoints of older egl versions). ``numerics`` (precision and
+    memory layout of this run) is compared with the checkpoint's."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
     saved = ckpt.get("numerics")  # (absent from checkpoints of older egl versions)
     if saved is not None and numerics is not None and saved != numerics:
@@ -148,7 +150,7 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     mine = ranks[dist_utils.rank() % len(ranks)]
     stream.load_state_dict(mine["data"])
     set_rng_state(mine["rng"], device, stream.generators)
-    return int(ckpt["step"])
+    return int(ckpt["step"]), float(ckpt.get("train_seconds", 0.0))
 
 
 def _check_same_tensors(saved: dict[str, Any], mine: dict[str, Any], path: Path) -> None:
@@ -295,10 +297,11 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         step_kwargs = {"scalers": scalers} if scalers is not None else {}
         stream = DataStream(loader, device)
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-        start = 0
+        start, prior_seconds, began = 0, 0.0, time.time()
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
-            start = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation, numerics)
+            start, prior_seconds = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation,
+                                           numerics)
             if start >= steps:
                 warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
@@ -346,7 +349,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         bar.update(1)
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
-                        _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation, numerics)
+                        _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation, numerics,
+                              prior_seconds + time.time() - began)
             if validation is not None:
                 selected = validation.finish(recipe)
                 if log is not None and selected is not None:

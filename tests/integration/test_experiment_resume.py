@@ -12,6 +12,7 @@ import egl
 from egl.experiments.config import DEFAULTS, apply_overrides, merge
 from egl.experiments.runner import run
 from egl.recipes.base import Recipe
+from egl.train import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:egl.experiments. method .* but the run has train.steps")
 
@@ -56,6 +57,7 @@ def test_an_interrupted_grid_resumes_to_the_same_results(tmp_path: Path, monkeyp
         run(_cfg(out), echo=False)
     monkeypatch.setattr(Recipe, "training_step", real)
     assert len(_results(out)) == 2 * 5  # seed 0's two runs, five test splits each
+    before = load_checkpoint(out / "checkpoints" / "erm-all-s1" / "last.pt")["train_seconds"]
 
     rows, _ = run(_cfg(out), echo=False, resume=True)
     assert _results(out) == _results(reference)  # every metric of every run, to the last digit
@@ -64,6 +66,9 @@ def test_an_interrupted_grid_resumes_to_the_same_results(tmp_path: Path, monkeyp
     log = [json.loads(line) for line in (out / "train" / "erm-all-s1.jsonl").read_text().splitlines()]
     resumed = [e for e in log if e.get("event") == "resume"]
     assert len(resumed) == 1 and resumed[0]["start_step"] == 1  # continued from its checkpoint, not step 0
+    # its training time sums both calls: at least what the checkpoint of the killed call recorded
+    killed = [r["train_seconds"] for r in rows if r["method"] == "erm" and r["seed"] == 1]
+    assert len(killed) == 5 and min(killed) >= round(before, 1) > 0
     events = [json.loads(line).get("event") for line in (out / "results.jsonl").read_text().splitlines()]
     assert events[:2] == ["start", "resume"]
     assert (out / "tables.md").read_text() == (reference / "tables.md").read_text()

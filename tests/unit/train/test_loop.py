@@ -44,6 +44,25 @@ def test_a_resumed_run_appends_a_resume_header(tmp_path: Path) -> None:
     assert events[2]["start_step"] == 1
 
 
+def test_checkpoints_sum_the_training_seconds_of_the_calls_that_resumed_them(tmp_path: Path) -> None:
+    from egl.train import load_checkpoint, save_checkpoint
+
+    kwargs = dict(progress=False, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 1, seed=0, **kwargs)
+    path = tmp_path / "ckpt" / "last.pt"
+    first = load_checkpoint(path)["train_seconds"]
+    assert 0 < first < 60
+    state = load_checkpoint(path)
+    state["train_seconds"] = 1000.0  # as if the first call had trained for a long time
+    save_checkpoint(state, path)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 2, seed=0, **kwargs)
+    assert 1000 < load_checkpoint(path)["train_seconds"] < 1060  # the earlier calls' time, plus this one's
+    del state["train_seconds"]  # a checkpoint of an older egl version: counts from the restart
+    save_checkpoint(state, path)
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 2, seed=0, **kwargs)
+    assert 0 < load_checkpoint(path)["train_seconds"] < 60
+
+
 def test_resuming_in_another_precision_or_layout_warns(tmp_path: Path) -> None:
     import warnings
 
