@@ -35,7 +35,8 @@ SWEEP = [{}, {"reduce_tile": 4096, "reduce_warps": 4}, {"reduce_tile": 16384, "r
          {"write_rows": 16, "write_cols": 64}, {"write_rows": 8, "write_cols": 128},  # longer runs of each output row
          # the stats stage (one program a sample: 4 µs at 7x7, 15.6 µs at 28x28 on an H200): more in flight per step
          {"stats_warps": 8}, {"stats_block": 2048, "stats_warps": 8}, {"stats_block": 4096, "stats_warps": 16},
-         {"reduce": "grouped"}, {"reduce": "grouped", "reduce_tile": 4096, "reduce_warps": 4}]
+         {"reduce": "grouped"}, {"reduce": "grouped", "reduce_tile": 4096, "reduce_warps": 4},
+         {"small_map_positions": 0}]  # (the grouped sum at 7x7 with the larger maps' tile and warps)
 
 
 def _bench(fn: Any) -> float:
@@ -182,6 +183,9 @@ def main() -> None:
     p.add_argument("--out", type=int, default=224)
     p.add_argument("--sweep", action="store_true", help="also time other launch configurations")
     p.add_argument("--stages", action="store_true", help="also time every launch on its own")
+    p.add_argument("--configs", default=None,
+                   help="with --sweep: the configurations to time instead of the built-in list, as JSON dicts "
+                        "separated by ';' (e.g. '{};{\"small_map_positions\": 0}')")
     p.add_argument("--compile-dtypes", default="bfloat16,float32",
                    help="dtypes that get the torch.compile variant ('' for none; each shape compiles once)")
     p.add_argument("--cases", default=None, help="C:map,... (default 512:7,2048:7,1024:14,512:28)")
@@ -235,7 +239,7 @@ def main() -> None:
                     cam_epilogue(ar, wr, size, scale=scale, backend="triton"), [ar, wr], g))
             sweep = {}
             if a.sweep:
-                for cfg in SWEEP:
+                for cfg in [json.loads(t) for t in a.configs.split(";")] if a.configs else SWEEP:
                     name = "triton " + (",".join(f"{k}={v}" for k, v in cfg.items()) or "forward() default")
                     sweep[name] = lambda cfg=cfg: _cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
                                                                       config=cfg)

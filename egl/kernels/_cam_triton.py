@@ -48,7 +48,11 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: multiprocessor, software-pipelining depth of ``reduce`` (0: Triton's default), the write
 #: stage's formulation (``"separable"`` or ``"gather"``, see above), positions per step and warps of
 #: ``stats`` (``stats_block``, ``stats_warps``: one program per sample walks its rows and extreme
-#: candidates in steps of that many), and how the backward forms
+#: candidates in steps of that many), the ``grouped`` channel sum's tile and warps for maps of at most
+#: ``small_map_positions`` positions (7x7, 8x8: 4096 elements, 4 warps; larger maps keep
+#: ``reduce_tile`` / ``reduce_warps``; 0 turns the rule off: in two H200 sessions the forward took
+#: 29.4 / 45.3 µs against 31.2-31.5 / 48.3-48.5 at bf16 512x7x7 / 2048x7x7, and 9-13% longer at
+#: 14x14 and 28x28, where it is not used), and how the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
 #: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"``
@@ -62,7 +66,8 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: loop's 144-1139 µs; channels-last: no whole-channel rows).
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
-                          "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4}
+                          "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4,
+                          "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
@@ -419,14 +424,17 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
     if impl == "grouped":
         rows, row = c // group, group * hw
+        small = hw <= cfg["small_map_positions"]
+        tile, warps = (cfg["small_map_tile"], cfg["small_map_warps"]) if small else (cfg["reduce_tile"],
+                                                                                      cfg["reduce_warps"])
         block_p = max(16, min(_pow2(row), 256))
-        block_r = max(16, min(_pow2(rows), cfg["reduce_tile"] // block_p))
+        block_r = max(16, min(_pow2(rows), tile // block_p))
         splits, rh = channel_split(b, rows, block_r, dev, cfg)
         part = torch.empty(b, splits, row, device=dev, dtype=torch.float32)
         reduce_grouped_kernel[(b, splits)](acts, weights, part, rows, rh, splits, acts.stride(0), *weights.stride(),
                                            HW=hw, G=group, PACKED=b == 1 or acts.stride(0) == c * hw,
                                            BLOCK_R=block_r, BLOCK_P=block_p, PRECISION=precision,
-                                           num_warps=cfg["reduce_warps"], **extra)
+                                           num_warps=warps, **extra)
         return part.view(b, splits * group, hw)
     if impl == "bmm" and acts.is_cuda:
         wt = weights.float().unsqueeze(1)

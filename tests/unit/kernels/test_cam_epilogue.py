@@ -236,17 +236,21 @@ def test_channel_groups_fill_whole_16_byte_words() -> None:
 
 
 @needs_interpreter
+@pytest.mark.parametrize("small", [64, 0])  # maps of <= 64 positions with their own tile and warps, or not
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # bf16 tl.dot: not modelled by the interpreter
 @pytest.mark.parametrize("b,c,h,w", [(2, 40, 7, 7), (3, 64, 14, 14), (1, 24, 5, 3), (2, 16, 4, 4)])
-def test_the_grouped_channel_sum_matches_float64(b: int, c: int, h: int, w: int, dtype: torch.dtype) -> None:
+def test_the_grouped_channel_sum_matches_float64(b: int, c: int, h: int, w: int, dtype: torch.dtype,
+                                                 small: int) -> None:
     """``reduce="grouped"``: rows of several whole channels (two column blocks at 7x7 fp16:
-    8 x 49 = 392 values), ``G`` partial maps per program, summed by the stats stage."""
+    8 x 49 = 392 values), ``G`` partial maps per program, summed by the stats stage; small maps
+    (``small_map_positions``) with their own tile and warps."""
     from egl.kernels import _cam_triton
 
     a, wt = _inputs(b, c, h, w, seed=c + h)
     a = a.to(dtype)
     ref = torch.einsum("bc,bchw->bhw", wt.double(), a.double()).flatten(1)
-    part = _cam_triton.reduce_stage(a, wt, {**_cam_triton.CONFIG, "reduce": "grouped"})
+    cfg = {**_cam_triton.CONFIG, "reduce": "grouped", "small_map_positions": small, "small_map_tile": 256}
+    part = _cam_triton.reduce_stage(a, wt, cfg)
     group = _cam_triton.channel_group(c, h * w, a.element_size())
     assert part.shape[0] == b and part.shape[1] % group == 0 and part.shape[2] == h * w
     assert float((part.sum(1).double() - ref).norm() / ref.norm()) < 1e-6
@@ -272,7 +276,7 @@ def test_the_grouped_channel_sum_splits_rows_and_serves_the_epilogue(monkeypatch
     maps and gradients as the reference's."""
     from egl.kernels import _cam_triton
 
-    monkeypatch.setitem(_cam_triton.CONFIG, "reduce_tile", 32)  # 16-row tiles ...
+    monkeypatch.setitem(_cam_triton.CONFIG, "small_map_tile", 32)  # 16-row tiles (7x7: a small map) ...
     monkeypatch.setitem(_cam_triton.CONFIG, "programs_per_sm", 1)  # ... 4 splits (4 "SMs" on CPU), 4 tiles each
     monkeypatch.setitem(_cam_triton.CONFIG, "reduce", "grouped")
     a, wt = _inputs(1, 2048, 7, 7, seed=4)
