@@ -243,6 +243,7 @@ def main() -> None:
                     name = "triton " + (",".join(f"{k}={v}" for k, v in cfg.items()) or "forward() default")
                     sweep[name] = lambda cfg=cfg: _cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,
                                                                       config=cfg)
+            default = _cam_triton.forward(acts, w, size, scale, True, True, REL_EPS)
             for group, fns, moved in (("fwd", fwd, fwd_bytes), ("fwd+bwd", both, fwd_bytes + bwd_bytes),
                                       ("fwd", sweep, fwd_bytes)):
                 for k, f in fns.items():
@@ -250,6 +251,11 @@ def main() -> None:
                     kern = _bench_graph(f)
                     rows.append({**case, "pass": group, "variant": k.replace(" fwd+bwd", ""), "eager us": 1e6 * eager,
                                  "kernel us": 1e6 * kern, "GB/s": moved / kern / 1e9, "of peak": moved / kern / peak})
+                    if fns is sweep:  # another launch configuration computes the same maps, range and positions
+                        got = f()  # (maps, low-resolution map, range; then the range's positions)
+                        rows[-1]["max diff vs default"] = max(float((g - d).abs().max())
+                                                              for g, d in zip(got[:3], default[:3]) if d.numel())
+                        rows[-1]["same positions"] = bool(torch.equal(got[3], default[3]))
             floor_rows.append({**case, **_floors(acts, size, fwd_bytes, peak)})
             if a.stages:
                 stage_rows.extend(_stages(case, acts, w, g, size, scale, peak))
@@ -260,7 +266,8 @@ def main() -> None:
     print(table(checks, ["dtype", "C", "map", "err maps", "err dA", "err dW", "nan", "err maps (dot)",
                          "err maps (bmm)", "err maps (grouped)", "err maps (gather)"]))
     print(f"\n## time and bandwidth (peak = {peak / 1e9:.0f} GB/s measured copy)")
-    print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak"]))
+    print(table(rows, ["dtype", "C", "map", "pass", "variant", "eager us", "kernel us", "GB/s", "of peak",
+                       "max diff vs default", "same positions"]))
     print("\n## floors: the forward's bytes moved by the simplest kernels (no epilogue maths)")
     print(table(floor_rows, ["dtype", "C", "map", "read acts us", "write maps us", "read + write us",
                              "floor of peak"]))

@@ -52,7 +52,10 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: ``small_map_positions`` positions (7x7, 8x8: 4096 elements, 4 warps; larger maps keep
 #: ``reduce_tile`` / ``reduce_warps``; 0 turns the rule off: in two H200 sessions the forward took
 #: 29.4 / 45.3 µs against 31.2-31.5 / 48.3-48.5 at bf16 512x7x7 / 2048x7x7, and 9-13% longer at
-#: 14x14 and 28x28, where it is not used), and how the backward forms
+#: 14x14 and 28x28, where it is not used), whether the forward runs as one launch where it can
+#: (``fuse``: ``"off"`` or ``"on"``, :mod:`egl.kernels._cam_triton_fused`, with its write tile and
+#: warps: ``fuse_write_rows`` x ``fuse_write_cols``, ``fuse_warps``, 0 for the channel sum's), and how
+#: the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
 #: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"``
@@ -67,10 +70,12 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
                           "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4,
-                          "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4}
+                          "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4, "fuse": "off",
+                          "fuse_write_rows": 32, "fuse_write_cols": 256, "fuse_warps": 0}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
+FUSES = ("off", "on")
 _INT32_LIMIT = 2**31
 
 
@@ -209,9 +214,16 @@ def reduce_grouped_kernel(a_ptr, w_ptr, part_ptr, R, RH, S, sa_b, sw_b, sw_c, HW
     takes rows ``k`` and ``G + k``. Stores ``G`` partial maps per program: ``part`` is
     ``[B, S·G, h·w]``. With ``PACKED`` (samples back to back) a sample starts ``R·G·h·w``
     values after the last, which Triton then knows to be 16-byte aligned whatever ``R`` is."""
-    L: tl.constexpr = G * HW
     b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
+    _grouped_sum(a_ptr, w_ptr, part_ptr, b, tl.program_id(1), R, RH, S, sa_b, sw_b, sw_c, HW, G, PACKED, BLOCK_R,
+                 BLOCK_P, PRECISION)
+
+
+@triton.jit
+def _grouped_sum(a_ptr, w_ptr, part_ptr, b, s, R, RH, S, sa_b, sw_b, sw_c, HW: tl.constexpr, G: tl.constexpr,
+                 PACKED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """Program ``(b, s)`` of :func:`reduce_grouped_kernel` (also the fused kernel's channel sum)."""
+    L: tl.constexpr = G * HW
     if PACKED:
         a_b = a_ptr + b * R * L
     else:
@@ -243,7 +255,15 @@ def reduce_grouped_kernel(a_ptr, w_ptr, part_ptr, R, RH, S, sa_b, sw_b, sw_c, HW
 def stats_kernel(part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, WP, NY, NX,
                  scale, ry, rx, RELU: tl.constexpr, NORMALIZE: tl.constexpr, SEPARABLE: tl.constexpr,
                  BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+    _stats(tl.program_id(0).to(tl.int64), part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h,
+           w, H, W, WP, NY, NX, scale, ry, rx, RELU, NORMALIZE, SEPARABLE, BLOCK_S, BLOCK_P, BLOCK_K)
+
+
+@triton.jit
+def _stats(b, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, S, hw, h, w, H, W, WP, NY, NX,
+           scale, ry, rx, RELU: tl.constexpr, NORMALIZE: tl.constexpr, SEPARABLE: tl.constexpr,
+           BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Sample ``b`` of :func:`stats_kernel` (also the fused kernel's middle)."""
     ss = tl.arange(0, BLOCK_S)
     n_nan = tl.zeros([BLOCK_P], dtype=tl.int32)
     for p0 in range(0, hw, BLOCK_P):
@@ -322,9 +342,16 @@ def write_rows_kernel(rows_ptr, stat_ptr, out_ptr, h, H, W, WP, ry, rel_eps,
                       NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
     """``write_kernel`` from ``rows``: every load is in bounds (``WP`` is a multiple of ``BX``,
     source rows are clamped), so only the store is masked."""
-    b = tl.program_id(0).to(tl.int64)
-    oy = tl.program_id(1) * BY + tl.arange(0, BY)
-    ox = tl.program_id(2) * BX + tl.arange(0, BX)
+    _write_rows(rows_ptr, stat_ptr, out_ptr, tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2), h, H,
+                W, WP, ry, rel_eps, NORMALIZE, BY, BX)
+
+
+@triton.jit
+def _write_rows(rows_ptr, stat_ptr, out_ptr, b, ty, tx, h, H, W, WP, ry, rel_eps,
+                NORMALIZE: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+    """Tile ``(ty, tx)`` of sample ``b``'s map (also the fused kernel's write)."""
+    oy = ty * BY + tl.arange(0, BY)
+    ox = tx * BX + tl.arange(0, BX)
     y0, y1, ly = _src(oy, ry, h)
     v = _lerp_rows(rows_ptr + b * h * WP, y0[:, None], y1[:, None], ly[:, None], ox[None, :], WP)
     if NORMALIZE:
@@ -356,6 +383,12 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     ``normalize``.
     """
     cfg = {**CONFIG, **(config or {})}
+    check_choice(cfg["fuse"], FUSES, "egl.kernels._cam_triton", "config['fuse']")
+    if cfg["fuse"] == "on":
+        from egl.kernels._cam_triton_fused import applies, fused_forward
+
+        if applies(acts, cfg):
+            return fused_forward(acts, weights, size, scale, relu, normalize, rel_eps, cfg)
     part = reduce_stage(acts, weights, cfg)
     low, rows, stats, argext = stats_stage(part, acts.shape[-2:], size, scale, relu, normalize, cfg)
     return write_stage(low, rows, stats, acts.shape[-2:], size, normalize, rel_eps, cfg), low, stats, argext
