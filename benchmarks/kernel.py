@@ -36,7 +36,8 @@ SWEEP = [{}, {"reduce_tile": 4096, "reduce_warps": 4}, {"reduce_tile": 16384, "r
          # the stats stage (one program a sample: 4 µs at 7x7, 15.6 µs at 28x28 on an H200): more in flight per step
          {"stats_warps": 8}, {"stats_block": 2048, "stats_warps": 8}, {"stats_block": 4096, "stats_warps": 16},
          {"reduce": "grouped"}, {"reduce": "grouped", "reduce_tile": 4096, "reduce_warps": 4},
-         {"small_map_positions": 0}]  # (the grouped sum at 7x7 with the larger maps' tile and warps)
+         {"small_map_positions": 0},  # (the grouped sum at 7x7 with the larger maps' tile and warps)
+         {"fuse": "off"}, {"fuse": "on"}, {"fuse": "on", "fuse_write_rows": 8}]  # three launches / one launch
 
 
 def _bench(fn: Any) -> float:

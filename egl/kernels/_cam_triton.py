@@ -53,8 +53,13 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: ``reduce_tile`` / ``reduce_warps``; 0 turns the rule off: in two H200 sessions the forward took
 #: 29.4 / 45.3 µs against 31.2-31.5 / 48.3-48.5 at bf16 512x7x7 / 2048x7x7, and 9-13% longer at
 #: 14x14 and 28x28, where it is not used), whether the forward runs as one launch where it can
-#: (``fuse``: ``"off"`` or ``"on"``, :mod:`egl.kernels._cam_triton_fused`, with its write tile and
-#: warps: ``fuse_write_rows`` x ``fuse_write_cols``, ``fuse_warps``, 0 for the channel sum's), and how
+#: (``fuse``: ``"auto"``, ``"off"`` or ``"on"``, :mod:`egl.kernels._cam_triton_fused`, with its write
+#: tile and warps: ``fuse_write_rows`` x ``fuse_write_cols``, ``fuse_warps``, 0 for the channel sum's;
+#: ``"auto"`` fuses on CUDA for maps of at most ``fuse_positions_16bit`` / ``fuse_positions_fp32``
+#: positions and at least ``fuse_samples_per_sm`` samples per multiprocessor: at batch 256 on an
+#: H200 the one launch took 26.0 / 44.5 µs against 29.3 / 45.7 at bf16 512x7x7 / 2048x7x7, 29.2 /
+#: 54.7 / 85.5 against 32.0 / 60.7 / 96.1 at fp32 512x7x7 / 2048x7x7 / 1024x14x14, the same at bf16
+#: 14x14 and 28x28, and 193 against 149 µs at fp32 28x28, where cuBLAS sums the channels), and how
 #: the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
@@ -70,12 +75,13 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps": 8, "write": "separable",
                           "write_rows": 32, "write_cols": 32, "write_warps": 2, "programs_per_sm": 4,
                           "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4,
-                          "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4, "fuse": "off",
-                          "fuse_write_rows": 32, "fuse_write_cols": 256, "fuse_warps": 0}
+                          "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4, "fuse": "auto",
+                          "fuse_write_rows": 32, "fuse_write_cols": 256, "fuse_warps": 0, "fuse_positions_16bit": 64,
+                          "fuse_positions_fp32": 196, "fuse_samples_per_sm": 1}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
-FUSES = ("off", "on")
+FUSES = ("auto", "off", "on")
 _INT32_LIMIT = 2**31
 
 
@@ -384,7 +390,7 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     """
     cfg = {**CONFIG, **(config or {})}
     check_choice(cfg["fuse"], FUSES, "egl.kernels._cam_triton", "config['fuse']")
-    if cfg["fuse"] == "on":
+    if cfg["fuse"] != "off":
         from egl.kernels._cam_triton_fused import applies, fused_forward
 
         if applies(acts, cfg):

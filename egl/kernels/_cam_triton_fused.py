@@ -8,12 +8,17 @@ one split), its range (:func:`_cam_triton._stats`), then every tile of its map
 last one stored). Programs in different phases share a multiprocessor, so one sample's read
 overlaps another's write: the bytes a launch must move are the same, the launch boundaries go.
 
-The cost: a program per sample, so fewer than about two samples per multiprocessor leaves the
-card part idle (the three-launch path splits channels across programs). Selected with
-``CONFIG["fuse"]``: ``"off"`` (default until measured on a GPU), ``"on"`` (wherever it applies:
-NCHW activations whose channels form the grouped sum's rows, the separable write). The maps,
-range and positions equal the three-launch path's (same functions, same summation order within
-a split; tested in the interpreter). Imported only when the Triton backend runs.
+The cost: a program per sample, so a batch smaller than the multiprocessor count leaves the
+card part idle (the three-launch path splits channels across programs), and its channel sum is
+the grouped one, where float32 at 28x28 is faster through cuBLAS. Selected with
+``CONFIG["fuse"]``: ``"auto"`` (default: on CUDA, where it measured faster at batch 256 on an
+H200: 16-bit maps of at most 7x7 (3-11% faster), float32 maps of at most 14x14 (9-11% faster;
+fp32 1024x14x14 at 71% of the copy bandwidth), with a sample per multiprocessor or more),
+``"on"`` (wherever it applies: NCHW activations whose channels form the grouped sum's rows, the
+separable write) or ``"off"``. The maps, range and positions equal the three-launch grouped
+path's (same functions, same summation order within a split; bit for bit in the interpreter,
+within 2e-6 of the default and at the same positions on the H200). Imported only when the
+Triton backend runs.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ import triton
 import triton.language as tl
 
 from egl.kernels._bilinear import on_device
-from egl.kernels._cam_triton import (_cdiv, _grouped_sum, _pow2, _ratio, _stats, _write_rows, _write_tile,
-                                     channel_group)
+from egl.kernels._cam_triton import (_cdiv, _grouped_sum, _pow2, _ratio, _sm_count, _stats, _write_rows,
+                                     _write_tile, channel_group)
 
-__all__ = ["fused_forward", "applies"]
+__all__ = ["fused_forward", "applies", "auto_fuses"]
 
 
 @triton.jit
@@ -51,13 +56,29 @@ def fused_kernel(a_ptr, w_ptr, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, c
 
 
 def applies(acts: Tensor, cfg: dict[str, Any]) -> bool:
-    """Whether the one-launch forward serves ``acts`` under ``cfg``: ``fuse="on"``, the separable
-    write, and NCHW activations (channels back to back) whose channels form whole grouped rows."""
-    if cfg.get("fuse", "off") != "on" or cfg["write"] != "separable":
+    """Whether the one-launch forward serves ``acts`` under ``cfg``: the separable write, NCHW
+    activations (channels back to back) whose channels form whole grouped rows, and ``fuse="on"``,
+    or ``"auto"`` on CUDA for maps of at most ``fuse_positions_16bit`` (16-bit) or
+    ``fuse_positions_fp32`` positions with at least ``fuse_samples_per_sm`` samples per
+    multiprocessor (where it measured faster on an H200: see ``_cam_triton.CONFIG``)."""
+    if cfg["fuse"] == "off" or cfg["write"] != "separable":
         return False
-    _, c, h, w = acts.shape
+    b, c, h, w = acts.shape
     flat = acts.stride(3) == 1 and acts.stride(2) == w and acts.stride(1) == h * w
-    return flat and bool(channel_group(c, h * w, acts.element_size()))
+    if not (flat and channel_group(c, h * w, acts.element_size())):
+        return False
+    return cfg["fuse"] == "on" or (acts.is_cuda and auto_fuses(acts.dtype, h * w, b, _sm_count(str(acts.device)),
+                                                                 cfg))
+
+
+def auto_fuses(dtype: torch.dtype, positions: int, batch: int, sms: int, cfg: dict[str, Any]) -> bool:
+    """``fuse="auto"``'s rule on CUDA: 16-bit maps of at most ``fuse_positions_16bit`` positions,
+    float32 ones of at most ``fuse_positions_fp32``, and at least ``fuse_samples_per_sm`` samples
+    per multiprocessor."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    limit = cfg["fuse_positions_fp32"] if dtype == torch.float32 else cfg["fuse_positions_16bit"]
+    return positions <= limit and batch >= cfg["fuse_samples_per_sm"] * sms
 
 
 def fused_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool, normalize: bool,

@@ -1,4 +1,4 @@
-"""The epilogue's one-launch forward (``CONFIG["fuse"] = "on"``) against its three launches and the reference."""
+"""The epilogue's one-launch forward (``CONFIG["fuse"]``) against its three launches and the reference."""
 
 from __future__ import annotations
 
@@ -103,10 +103,27 @@ def test_the_backward_after_one_launch_matches_the_reference(monkeypatch: pytest
         assert float((x - y).norm() / y.norm()) < 1e-5
 
 
+@pytest.mark.skipif(not triton_available(), reason="needs Triton")
+def test_auto_fuses_where_the_h200_measured_it_faster() -> None:
+    """16-bit maps up to 7x7, float32 up to 14x14 (float32 28x28 sums its channels faster through
+    cuBLAS), with a sample per multiprocessor or more; off CUDA never (the interpreter is not timed)."""
+    from egl.kernels import _cam_triton
+    from egl.kernels._cam_triton_fused import applies, auto_fuses
+
+    cfg = dict(_cam_triton.CONFIG)
+    assert cfg["fuse"] == "auto"
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert auto_fuses(bf16, 49, 256, 132, cfg) and auto_fuses(fp32, 196, 256, 132, cfg)
+    assert not auto_fuses(bf16, 196, 256, 132, cfg) and not auto_fuses(fp32, 784, 256, 132, cfg)
+    assert not auto_fuses(bf16, 49, 64, 132, cfg)  # half the multiprocessors would idle
+    assert not auto_fuses(torch.float64, 49, 256, 132, cfg)
+    assert not applies(torch.zeros(256, 64, 7, 7, dtype=bf16), cfg)  # on the CPU
+
+
 @needs_interpreter
 def test_an_unknown_fuse_setting_is_named() -> None:
     from egl.kernels import _cam_triton
 
     a, wt = _inputs(1, 8, 4, 4, torch.float32)
-    with pytest.raises(egl.InputError, match=r"config\['fuse'\].*'off', 'on'.*'yes'"):
+    with pytest.raises(egl.InputError, match=r"config\['fuse'\].*'auto', 'off', 'on'.*'yes'"):
         _cam_triton.forward(a, wt, (8, 8), 1.0, True, True, REL_EPS, {"fuse": "yes"})
