@@ -6,7 +6,8 @@ Messages follow one form:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -174,3 +175,35 @@ def check_int(value: object, fn: str, arg: str, *, low: int = 0, fix: str = "", 
         return value
     expected = f"an int >= {low}" + (" or None" if or_none else "") + (f" {note}" if note else "")
     raise fail(fn, arg, expected, repr(value), fix or f"Pass '{arg}' as an int >= {low}")
+
+
+def check_model_dtype(model: torch.nn.Module, x: Tensor, fn: str, arg: str) -> None:
+    """Raise unless floating ``x`` has the dtype of ``model``'s parameters (under autocast, which
+    casts both, any of float32 / float16 / bfloat16): float64 images from NumPy into a float32
+    model crash deep inside a convolution."""
+    if not x.is_floating_point():
+        return
+    want = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if want is None or x.dtype == want:
+        return
+    if torch.is_autocast_enabled(x.device.type) and torch.float64 not in (x.dtype, want):
+        return
+    numpy = " (images from NumPy are float64)" if x.dtype == torch.float64 else ""
+    autocast = "" if torch.float64 in (x.dtype, want) else ", or run under torch.autocast"
+    raise fail(fn, arg, f"images of the model's dtype ({want})", describe(x),
+               f"Convert them with x.to({want}){numpy}, or convert the model{autocast}")
+
+
+@contextlib.contextmanager
+def batch_of_one(fn: str, arg: str) -> Iterator[None]:
+    """Name torch's error for a BatchNorm layer in training mode given one value per channel (a
+    batch of one image reaching a 1 x 1 map, or a ``BatchNorm1d``): usually a loader's last batch."""
+    try:
+        yield
+    except ValueError as e:
+        if "Expected more than 1 value per channel when training" not in str(e):
+            raise
+        raise fail(fn, arg, "at least 2 images while the model's BatchNorm layers are in training mode (a "
+                   "batch of one gives them one value per channel to normalise)", f"torch's error: {e}",
+                   "Pass drop_last=True to the DataLoader (its last batch can hold one image), use a batch "
+                   "size of 2 or more, or put the model in eval mode (model.eval()) to explain single images") from e

@@ -113,11 +113,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods){draws}",
                    repr(args.method), "Add it under methods: in the config, or pick an existing one")
     source = load_source(cfg["data"])  # every setting checked before the folder is made
-    seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
     domains = _one_run(source, cfg["train"].get("domains", "all"))
     train_set = next(iter(source.training_sets(domains).values()))
     val_set = source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")
-    select, every = check_selection(cfg)
+    select, every = check_selection(cfg)  # (train.seeds too: an int or a non-empty list)
+    seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
     if select == "acc" or every is not None:
         check_val_set(cfg, val_set, select)
     out = results_dir(cfg, f"train-{args.method}")

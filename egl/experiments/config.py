@@ -6,12 +6,13 @@ Every value the paper leaves open is a key here, so a run's JSONL log records it
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any
 
-from egl._check import fail
+from egl._check import check_choice, check_flag, check_int, fail
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys"]
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys", "check_values"]
 
 #: Defaults of ``egl experiment`` and ``egl train``; ``egl demo`` starts from :data:`egl.experiments.demo.DEMO`.
 DEFAULTS: dict[str, Any] = {
@@ -166,3 +167,76 @@ def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]
                        f"the unknown key '{k}'", f"{hint} (an unknown key would be silently ignored)")
         if isinstance(ref[k], dict) and isinstance(v, dict):
             _check_level(v, ref[k], where)
+
+
+def check_values(cfg: dict[str, Any]) -> None:
+    """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
+    ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
+    ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
+    ``train.progress``, ``data.batch_size``, ``data.num_workers``, ``data.image_size``,
+    ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``."""
+    from egl.metrics.faithfulness import BASELINES
+
+    fn = "egl.experiments"
+    t, d, e = cfg["train"], cfg.get("data") or {}, cfg.get("eval") or {}
+    check_int(t.get("steps"), fn, "train.steps", low=1, fix="Set e.g. train.steps=300")
+    lr = t.get("lr")
+    if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
+    _check_seeds(t.get("seeds"))
+    _check_device(t.get("device", "cpu"))
+    check_choice(t.get("precision", "fp32"), ("fp32", "bf16", "fp16"), fn, "train.precision")
+    check_flag(t.get("progress", True), fn, "train.progress")
+    check_int(d.get("batch_size"), fn, "data.batch_size", low=1, note="(training images a step takes)",
+              fix="Set e.g. data.batch_size=64")
+    check_int(d.get("num_workers", 0), fn, "data.num_workers", low=0, note="(0: load in the main process)",
+              fix="Set e.g. data.num_workers=0")
+    check_int(d.get("image_size", 224), fn, "data.image_size", low=1, note="(the side images are resized to)",
+              fix="Set e.g. data.image_size=64")
+    check_int(e.get("batch_size"), fn, "eval.batch_size", low=1, fix="Set e.g. eval.batch_size=256")
+    check_int(e.get("explain_samples"), fn, "eval.explain_samples", low=0, note="(0: no saliency metrics)",
+              fix="Set e.g. eval.explain_samples=256")
+    ks = e.get("ks")
+    good = isinstance(ks, (list, tuple)) and len(ks) > 0 and all(_is_number(k) and 0 < k <= 100 for k in ks)
+    if not good or len(set(ks)) != len(ks):
+        raise fail(fn, "eval.ks", "a non-empty list of distinct percentages in (0, 100]", repr(ks)[:100],
+                   "Set e.g. eval.ks=[1, 5, 10, 20, 50]")
+    check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
+    check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
+
+
+def _is_number(v: object) -> bool:
+    """An int or float (a bool is not; NaN is, for the caller's range check to refuse)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_seeds(seeds: object) -> None:
+    """``train.seeds``: one int >= 0 or a non-empty list of distinct ones (``[]`` ran nothing, ``[0, 0]``
+    the same run twice into one checkpoint folder)."""
+    items = seeds if isinstance(seeds, list) else [seeds]
+    if not items or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
+        raise fail("egl.experiments", "train.seeds", "an int >= 0 or a non-empty list of them", repr(seeds)[:100],
+                   "Set e.g. train.seeds=[0, 1, 2]")
+    if len(set(items)) != len(items):
+        raise fail("egl.experiments", "train.seeds", "distinct seeds", repr(seeds)[:100],
+                   "List each seed once, e.g. train.seeds=[0, 1, 2]")
+
+
+def _check_device(device: object) -> None:
+    """``train.device``: a device name ``torch.device`` reads, and a CUDA device this machine has."""
+    import torch
+
+    fix = "Set train.device=cpu, cuda or cuda:N (N: a GPU index, e.g. cuda:1)"
+    try:
+        dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    except RuntimeError:
+        dev = None
+    if dev is None:
+        raise fail("egl.experiments", "train.device", "a torch device name such as 'cpu', 'cuda' or 'cuda:1'",
+                   repr(device)[:100], fix)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise fail("egl.experiments", "train.device", "a CUDA device this machine has",
+                       f"{device!r} ({count} CUDA devices visible to torch)",
+                       "Set train.device=cpu" if count == 0 else f"Set train.device=cuda:N with N < {count}")

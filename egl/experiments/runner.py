@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import egl
-from egl.experiments.config import check_keys
+from egl.experiments.config import check_keys, check_values
 from egl.experiments.evaluate import evaluate
 from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
@@ -113,8 +113,10 @@ def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
 
 def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     """``train.select``, ``train.val_every``, ``train.val_domains``, ``train.checkpoint_every``,
-    ``train.channels_last`` and ``eval.min_group_size``, checked before any folder is made or step is run."""
+    ``train.channels_last``, ``eval.min_group_size`` and the values
+    :func:`~egl.experiments.config.check_values` checks, before any folder is made or step is run."""
     t = cfg["train"]
+    check_values(cfg)
     select, every = t.get("select", "last"), t.get("val_every")
     if select not in ("last", "acc"):
         raise fail("egl.experiments", "train.select", "'last' or 'acc'", repr(select),

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, ContextManager, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_flag, check_shape, describe, fail
+from egl._check import check_flag, check_model_dtype, check_shape, describe, fail
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
 __all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
@@ -97,6 +97,7 @@ class Explainer:
         if dev is not None and dev != x.device:
             raise fail(fn, "x", f"a tensor on the model's device ({dev})", describe(x),
                        f"Move the batch with x.to('{dev}')")
+        check_model_dtype(self.model, x, fn, "x")
         if torch.is_inference_mode_enabled():  # autograd cannot be switched back on inside it
             raise fail(fn, "x", "a call outside torch.inference_mode() (explainers differentiate the model)",
                        "a call inside inference mode", "Use torch.no_grad() instead: explainers work inside it")

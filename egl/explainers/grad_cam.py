@@ -26,13 +26,14 @@ parameters only through the activations ``A`` (and no double backward is needed)
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice, check_flag, check_logits, fail
+from egl._check import batch_of_one, check_choice, check_flag, check_logits, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
                             resolve_target, token_prefix, tokens_to_grid, unsupported_model)
 from egl.errors import UnsupportedModelError
@@ -128,6 +129,10 @@ class GradCAM(Explainer):
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Grad-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
+        with batch_of_one("egl.explainers.grad_cam", "x"):
+            return self._explain(x, target, create_graph)
+
+    def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
         fn = "egl.explainers.grad_cam"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
@@ -145,6 +150,8 @@ class GradCAM(Explainer):
                 raise
             raise unsupported_model(self.model, x, e.detail, fn) from None
         acts, weights, scale = parts
+        if acts.shape[-2] * acts.shape[-1] == 1:
+            self._warn_one_position(hw, fn)
         with torch.set_grad_enabled(create_graph):  # one fused epilogue for every path
             sal = cam_epilogue(acts, weights, hw if self.upsample else None, scale=scale, relu=self.relu,
                                normalize=self.normalize, backend=self.backend)
@@ -153,6 +160,17 @@ class GradCAM(Explainer):
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
         return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits)
+
+    def _warn_one_position(self, hw: tuple[int, int], fn: str) -> None:
+        """Once per input size: a 1 x 1 map is one value per image, so every map is constant."""
+        warned = self.__dict__.setdefault("_one_position", set())
+        if hw in warned:
+            return
+        warned.add(hw)
+        warnings.warn(f"{fn}: the target layer's map is 1 x 1 for {hw[0]} x {hw[1]} inputs: one value per image, so "
+                      "every map is constant (all zeros once normalised) and an alignment loss on it trains "
+                      "nothing. Use larger images, a layer with more positions (layer='...'), or a model with a "
+                      "smaller output stride (timm: output_stride=16 or 8).", stacklevel=4)
 
     # ------------------------------------------------------------------------------------
     def _choose(self, available: str, fn: str) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_choice, check_flag, check_logits
+from egl._check import batch_of_one, check_choice, check_flag, check_logits
 from egl.explainers._postprocess import minmax_normalize
 from egl.explainers.base import Explainer, Explanation, double_backward_ready, targets
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
@@ -50,6 +50,10 @@ class InputGradient(Explainer):
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Input-gradient saliency and logits for ``x`` (``target=None``: predicted class)."""
+        with batch_of_one("egl.explainers.input_gradient", "x"):
+            return self._explain(x, target, create_graph)
+
+    def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
         fn = "egl.explainers.input_gradient"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)

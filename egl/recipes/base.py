@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_scale
-from egl._check import check_positive, describe, fail
+from egl._check import batch_of_one, check_model_dtype, check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, InputError
@@ -304,9 +304,11 @@ class Recipe(nn.Module):
                 (a loss made non-finite by an overflowing gradient taken inside it, see
                 :mod:`egl._amp`, skips the step as an overflow instead).
         """
-        b = as_batch(batch, f"egl.recipes.{self.name}")
+        fn = f"egl.recipes.{self.name}"
+        b = as_batch(batch, fn)
+        check_model_dtype(self.model, b.x, fn, "batch")
         logs: dict[str, float] = {}
-        with deferred_checks() as checks:  # value checks are read with the loss terms
+        with deferred_checks() as checks, batch_of_one(fn, "batch"):  # value checks: read with the loss terms
             known = b.known_label_range()
             if known is not None:
                 checks.note_range(b.y, *known)
