@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from typing import Any
 
 from egl import _plugins
@@ -69,14 +70,32 @@ def create(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
         >>> egl.create("alignment", "bce", reduction="sum").reduction
         'sum'
     """
-    return _lookup(kind, name, "egl.create")(*args, **kwargs)
+    return _build(_lookup(kind, name, "egl.create"), kind, name, "egl.create", args, kwargs)
 
 
 def resolve(kind: str, spec: Any, *args: Any, **kwargs: Any) -> Any:
     """``spec`` as a component: a registered name is created, anything else is returned as is."""
     if isinstance(spec, str):
-        return _lookup(kind, spec, "egl.resolve")(*args, **kwargs)
+        return _build(_lookup(kind, spec, "egl.resolve"), kind, spec, "egl.resolve", args, kwargs)
     return spec
+
+
+def _build(factory: Any, kind: str, name: str, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``factory(*args, **kwargs)``; arguments its signature does not take are named with the
+    component and its signature (not as a ``TypeError`` from a base class's ``__init__``)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call say
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as e:
+            given = ", ".join([*(type(a).__name__ for a in args), *(f"{k}={v!r}"[:60] for k, v in kwargs.items())])
+            shown = sig.replace(return_annotation=inspect.Signature.empty)
+            raise fail(fn, "args", f"the arguments of {kind} '{name}' {shown}", f"({given}): {e}",
+                       f"Pass the arguments {kind} '{name}' takes (egl list {kind} shows every {kind})") from None
+    return factory(*args, **kwargs)
 
 
 def component_source(kind: str, name: str) -> str:

@@ -52,7 +52,7 @@ def energy_outside(maps: Tensor, mask: Tensor, *, reduction: str = "mean") -> Te
     total = energy.flatten(1).sum(1)
     outside = (energy * (1.0 - m)).flatten(1).sum(1)
     share = outside / total.clamp_min(1e-30)
-    share = share.where(total > 0, share.new_zeros(()))
+    share = share.where((total > 0) | total.isnan(), share.new_zeros(()))  # no energy: 0; a NaN stays NaN
     return reduce(share, reduction, fn)
 
 

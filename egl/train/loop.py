@@ -247,6 +247,16 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     """
     from egl.recipes.batch import as_batch
 
+    from egl.recipes.base import Recipe
+
+    if not isinstance(recipe, Recipe):
+        raise fail(FN, "recipe", "an egl recipe", f"a {type(recipe).__name__}",
+                   "Build one around the model, e.g. egl.recipes.erm(model) or egl.recipes.align(model), "
+                   "and call recipe.fit(loader, steps)")
+    if loader is None or not hasattr(loader, "__iter__"):
+        raise fail(FN, "loader", "an iterable of batches (a DataLoader, or a list of (images, labels))",
+                   type(loader).__name__, "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
+    check_int(seed, FN, "seed", or_none=True, fix="Pass an int seed, e.g. seed=0, or None")
     check_int(steps, FN, "steps", fix="Pass the number of steps to train")
     check_int(checkpoint_every, FN, "checkpoint_every", low=1, fix="Pass a number of steps, e.g. checkpoint_every=500")
     if precision not in ("fp32", "bf16", "fp16"):

@@ -212,3 +212,16 @@ def test_cli_list_rejects_an_unknown_kind(capsys: pytest.CaptureFixture[str]) ->
         cli.main(["list", "explainers"])
     assert info.value.code == 2
     assert "invalid choice: 'explainers'" in capsys.readouterr().err
+
+
+def test_create_names_arguments_the_component_does_not_take() -> None:
+    """Not a TypeError from a base class's __init__: the component, its signature and what arrived."""
+    with pytest.raises(egl.InputError, match=r"egl.create: 'args' expected the arguments of masker 'grayscale' "
+                                             r"\(rescale: 'str' = 'minmax'\), got \(foo=1\): got an unexpected "
+                                             r"keyword argument 'foo'"):
+        egl.create("masker", "grayscale", foo=1)
+    with pytest.raises(egl.InputError, match=r"explainer 'grad_cam' \(model: .*missing a required argument: 'model'"):
+        egl.create("explainer", "grad_cam")
+    with pytest.raises(egl.InputError, match=r"egl.resolve: 'args' expected the arguments of masker 'grayscale'"):
+        egl.resolve("masker", "grayscale", 1, 2)
+    assert egl.create("masker", "grayscale", rescale="minmax") is not None

@@ -72,3 +72,26 @@ def test_16_bit_maps_are_scored_in_float32(dtype: torch.dtype) -> None:
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(maps.grad).all()
     assert torch.equal(maps.grad[0], torch.zeros_like(maps.grad[0]))  # no energy: no gradient
+
+
+def test_a_nan_map_gives_a_nan_loss_not_zero() -> None:
+    """A NaN anywhere in a sample's maps makes its share NaN (the training step then names the
+    non-finite term) instead of 0, which would read as a perfect score."""
+    maps = torch.rand(2, 4, 8, 8)
+    maps[0, 1, 2, 3] = float("nan")
+    share = energy_outside(maps, torch.ones(2, 1, 8, 8), reduction="none")
+    assert bool(share[0].isnan()) and float(share[1]) == 0.0
+
+
+def test_the_mean_over_an_empty_batch_is_refused_not_nan() -> None:
+    from egl.losses import bce_alignment
+    from egl.regularizers import sparsity
+
+    empty = torch.rand(0, 1, 8, 8)
+    for loss in (lambda: energy_outside(torch.rand(0, 4, 8, 8), empty), lambda: bce_alignment(empty, empty),
+                 lambda: sparsity(empty)):
+        with pytest.raises(egl.InputError, match=r"'inputs' expected a batch of at least one sample for "
+                                                 r"reduction='mean', got an empty batch"):
+            loss()
+    assert energy_outside(torch.rand(0, 4, 8, 8), empty, reduction="sum") == 0  # a sum over nothing is 0
+    assert energy_outside(torch.rand(0, 4, 8, 8), empty, reduction="none").shape == (0,)

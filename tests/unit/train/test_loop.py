@@ -209,3 +209,17 @@ def test_optimizers_must_cover_every_phase_before_step_zero() -> None:
         recipe.fit(_batches(), 1, progress=False, optimizers=[only["classifier"]])
     opts = recipe.configure_optimizers()
     assert len(recipe.fit(_batches(), 1, progress=False, optimizers=opts)) == 1
+
+
+def test_fit_names_a_model_a_missing_loader_and_a_seed_that_is_not_an_int() -> None:
+    from egl.train import fit
+
+    model = make_model("test_resnet", eval_mode=False)
+    with pytest.raises(egl.InputError, match=r"'recipe' expected an egl recipe, got a ResNet.*egl.recipes.erm\(model\)"):
+        fit(model, _batches(), 1)
+    recipe = recipes.erm(model)
+    with pytest.raises(egl.InputError, match=r"'loader' expected an iterable of batches .*got NoneType"):
+        recipe.fit(None, 1, progress=False)
+    for seed in ("0", 1.5, -1, True):
+        with pytest.raises(egl.InputError, match=r"'seed' expected an int >= 0 or None"):
+            recipe.fit(_batches(), 1, seed=seed, progress=False)
