@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_same_batch, check_shape, fail
+from egl._check import check_choice, check_logits, check_same_batch, check_shape, fail
 from egl._masks import as_mask, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import targets
@@ -49,7 +49,8 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
     Shape:
         x: ``B C H W``; mask: ``B 1 H W`` at x's resolution; returns two ``B K``.
     """
-    logits = model(torch.cat([x * mask, x * (1.0 - mask)], dim=0))
+    logits = check_logits(model(torch.cat([x * mask, x * (1.0 - mask)], dim=0)), 2 * x.shape[0],
+                          "egl.losses.masked_pair_logits")
     fg, bg = logits.split(x.shape[0], dim=0)
     return fg, bg
 

@@ -221,7 +221,7 @@ class ALIGN(Recipe):
             out = self.explainer.explain(batch.x, batch.y, create_graph=True)
             logits, sal = out.logits, out.saliency
         else:
-            logits, sal = self.model(batch.x), None
+            logits, sal = self._logits(batch.x), None
             check_target_range(batch.y, logits.shape[1], "egl.recipes.align")
         ce = F.cross_entropy(logits, batch.y)
         terms: dict[str, Tensor] = {"ce": ce}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_scale
-from egl._check import batch_of_one, check_model_dtype, check_positive, describe, fail
+from egl._check import batch_of_one, check_logits, check_model_dtype, check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, InputError
@@ -274,6 +274,11 @@ class Recipe(nn.Module):
     def phase_lr(self, name: str) -> float:
         """Learning rate of phase ``name``'s default optimiser."""
         return self.lr
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """``self.model(x)``, checked to be ``[B, num_classes]`` class scores (a tuple or dict output
+        is named, not crashed on deep inside a loss)."""
+        return check_logits(self.model(x), x.shape[0], f"egl.recipes.{self.name or type(self).__name__}")
 
     def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer], *,
                       scalers: dict[str, LossScaler] | None = None) -> dict[str, float]:

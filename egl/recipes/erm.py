@@ -34,7 +34,7 @@ class ERM(Recipe):
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
-        logits = self.model(batch.x)
+        logits = self._logits(batch.x)
         ce = F.cross_entropy(logits, check_target_range(batch.y, logits.shape[1], "egl.recipes.erm"))
         return {"ce": ce, "total": ce}
 

@@ -113,7 +113,7 @@ class IRM(Recipe):
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         domain = require_domains(batch, "egl.recipes.irm", "IRM")
         self.model.train(self.training)
-        logits = self.model(batch.x)
+        logits = self._logits(batch.x)
         check_target_range(batch.y, logits.shape[1], "egl.recipes.irm")
         groups = domain_groups(domain, batch.domain_on_host())
         ce = torch.stack([F.cross_entropy(logits[g], batch.y[g]) for g in groups]).mean()

@@ -120,7 +120,7 @@ class Mixup(Recipe):
         check_shape(lam, f"{len(pairs)}", "egl.recipes.Mixup.sample_lam", "lam")
         lam = lam.to(batch.x.dtype)
         x_mixed = torch.cat([lam[k] * batch.x[i] + (1.0 - lam[k]) * batch.x[j] for k, (i, j) in enumerate(pairs)])
-        logits = self.model(x_mixed)
+        logits = self._logits(x_mixed)
         check_target_range(batch.y, logits.shape[1], "egl.recipes.mixup")
         logits = logits.split([i.numel() for i, _ in pairs])
         losses = [lam[k] * F.cross_entropy(out, batch.y[i]) + (1.0 - lam[k]) * F.cross_entropy(out, batch.y[j])

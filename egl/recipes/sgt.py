@@ -179,7 +179,7 @@ class SGT(Recipe):
         leaf = x.detach().requires_grad_(True)
         with torch.enable_grad():
             with subpixel_input_grads(self.model):  # the stem's input gradient in a faster form
-                logits = self.model(leaf)
+                logits = self._logits(leaf)
             y = check_target_range(y, logits.shape[1], "egl.recipes.sgt")
             (g,) = inner_grad(logits.gather(1, y[:, None]).float().sum(), leaf, retain_graph=True)
         sal = (g.abs() if self.rank == "abs" else g).mean(dim=1, keepdim=True)
@@ -189,14 +189,14 @@ class SGT(Recipe):
         self.model.train(self.training)
         x, y = batch.x, batch.y
         if _count(self.ratio, x.shape[2] * x.shape[3]) == 0:
-            logits = self.model(x)
+            logits = self._logits(x)
             ce = F.cross_entropy(logits, check_target_range(y, logits.shape[1], "egl.recipes.sgt"))
             kl = ce.new_zeros(())
         else:
             logits, sal = self.saliency(x, y)
             ce = F.cross_entropy(logits, y)
             x_masked = sgt_replace(x, sgt_mask(sal, self.ratio), self.replace)
-            kl = F.kl_div(F.log_softmax(self.model(x_masked), dim=1), F.log_softmax(logits, dim=1),
+            kl = F.kl_div(F.log_softmax(self._logits(x_masked), dim=1), F.log_softmax(logits, dim=1),
                           reduction="batchmean", log_target=True)
         return {"ce": ce, "kl": kl, "total": ce + self.kl_weight * kl}
 

@@ -68,3 +68,23 @@ def test_an_empty_batch_is_named(layout: str) -> None:
         recipe.fit([batch], 1, progress=False)
     with pytest.raises(egl.InputError, match="at least one image"):
         as_batch(batch)
+
+
+class _TupleOut(torch.nn.Module):
+    """A model whose forward returns (logits, features), as some detection-style wrappers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model("test_resnet", eval_mode=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits, logits
+
+
+@pytest.mark.parametrize("name", ["erm", "irm", "mixup", "sgt", "align"])
+def test_a_model_returning_a_tuple_is_named_by_every_recipe(name: str) -> None:
+    batch = (torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(egl.UnsupportedModelError, match=r"the model returned a tuple of length 2; expected logits "
+                                                        r"of shape \[\d+, num_classes\]"):
+        getattr(recipes, name)(_TupleOut()).fit([batch], 1, progress=False)
