@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,10 +91,14 @@ def _check_ks(ks: object, fn: str) -> tuple[float, ...]:
         isinstance(k, numbers.Real) and not isinstance(k, bool) and 0 < k <= 100 for k in items
     )
     if not good:
-        raise fail(fn, "ks", "a non-empty sequence of percentages in (0, 100]", describe(ks),
+        shown = repr(items) if items else describe(ks)  # the values, so that the bad one can be seen
+        raise fail(fn, "ks", "a non-empty sequence of percentages in (0, 100]", shown,
                    "Pass e.g. ks=(1, 5, 10, 20, 50)")
     if len(set(items)) != len(items):
         raise fail(fn, "ks", "distinct percentages", repr(items), "Remove the repeated values")
+    if max(items) <= 1:  # (valid, but more likely fractions: 0.1 meant as 10%)
+        warnings.warn(f"{fn}: every k in ks={items} is at most 1%: ks are percentages (ks=(10, 50) is 10% and "
+                      "50% of the pixels), not fractions", stacklevel=3)
     return items  # type: ignore[return-value]
 
 

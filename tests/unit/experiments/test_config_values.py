@@ -37,7 +37,6 @@ BAD = [
     ("train.seeds=[1, 1]", r"'train.seeds' expected distinct seeds, got \[1, 1\]\. List each seed once"),
     ("train.device=gpu", r"'train.device' expected a torch device name such as 'cpu', 'cuda' or 'cuda:1', "
                          r"got 'gpu'\. Set train\.device=cpu, cuda or cuda:N"),
-    ("train.device=cuda:99", r"'train.device' expected a CUDA device this machine has, got 'cuda:99' \("),
     ("train.precision=fp8", r"'train.precision' expected one of \['fp32', 'bf16', 'fp16'\], got 'fp8'\."),
     ("train.progress=maybe", r"'train.progress' expected True or False, got 'maybe'\."),
     ("data.batch_size=0", r"'data.batch_size' expected an int >= 1 \(training images a step takes\), got 0\. "
@@ -66,23 +65,23 @@ def test_egl_train_names_a_bad_value_and_makes_no_folder(override: str, message:
 
 
 @pytest.mark.parametrize("command", ["experiment", "demo"])
-@pytest.mark.parametrize("override,message", [BAD[0], BAD[9], BAD[12], BAD[15], BAD[16]],
-                         ids=["steps", "seeds", "device", "progress", "batch_size"])
+@pytest.mark.parametrize("override", ["train.steps=abc", "train.seeds=[]", "train.device=gpu",
+                                      "train.progress=maybe", "data.batch_size=0"])
 def test_egl_experiment_and_demo_name_a_bad_value_and_make_no_folder(
-        command: str, override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        command: str, override: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     args = [command, "--out", str(out), *(x for kv in [*TINY, override] for x in ("--set", kv))]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert err.startswith("egl: error: ") and re.search(message, err)
+    assert err.startswith("egl: error: ") and re.search(dict(BAD)[override], err)
     assert not out.exists()
 
 
 def test_run_refuses_before_the_results_folder_is_made(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    for override, message in (BAD[1], BAD[6], BAD[13]):
+    for override in ("train.steps=1.9", "train.lr=-1e-3", "train.precision=fp8", "eval.mask_quality=maybe"):
         cfg = apply_overrides(DEFAULTS, [*TINY, override, f"output={out}"])
-        with pytest.raises(egl.InputError, match=message):
+        with pytest.raises(egl.InputError, match=dict(BAD)[override]):
             run(cfg, echo=False)
         assert not out.exists()
 
@@ -107,7 +106,7 @@ def test_the_tiny_config_reaches_training_after_the_folder_is_made(tmp_path: Pat
 
 def test_good_values_pass() -> None:
     assert check_values(DEFAULTS) is None and check_values(DEMO) is None
-    cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cpu", "train.precision=bf16",
+    cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cuda:1", "train.precision=bf16",
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
                                      "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.mask_quality=false"])
     assert check_selection(cfg) == ("last", None)

@@ -308,3 +308,13 @@ def test_bad_target() -> None:
     model, x, s = _args()
     with pytest.raises(egl.InputError, match=r"'target' expected class indices in \[0, 1\], got values in \[0, 5\]"):
         faithfulness(model, x, s, target=torch.tensor([0, 5]))
+
+
+def test_ks_given_as_fractions_warn_and_bad_ks_are_shown() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x, s = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    with pytest.warns(UserWarning, match=r"every k in ks=\(0.1, 0.5\) is at most 1%: ks are percentages"):
+        faithfulness(model, x, s, ks=(0.1, 0.5))
+    with pytest.raises(egl.InputError, match=r"'ks' expected a non-empty sequence of percentages in \(0, 100\], "
+                                             r"got \(0, 10\)"):
+        faithfulness(model, x, s, ks=(0, 10))
