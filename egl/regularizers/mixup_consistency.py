@@ -19,6 +19,8 @@ Choices where the paper is silent (all configurable):
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -66,6 +68,16 @@ def same_class_pairs(target: Tensor, generator: torch.Generator | None = None) -
     return partner
 
 
+def _check_weights(weights: object, fn: str) -> tuple[float, float, float]:
+    """Three finite numbers >= 0 (a NaN or negative weight would silently break the loss)."""
+    ok = isinstance(weights, (tuple, list)) and len(weights) == 3 and all(
+        isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
+    if not ok:
+        raise fail(fn, "weights", "3 finite numbers >= 0 (consistency, ce, sparsity)", repr(weights)[:100],
+                   "Pass e.g. weights=(1.0, 1.0, 1.0)")
+    return tuple(float(w) for w in weights)  # type: ignore[return-value, union-attr]
+
+
 def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, target: Tensor,
                       beta: Tensor, partner: Tensor, *, weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                       reduction: str = "mean") -> MixupTerms:
@@ -85,6 +97,7 @@ def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Te
         saliency, saliency_mixed: ``B 1 h w``; logits_mixed: ``B K``; target, beta, partner: ``B``.
     """
     fn = "egl.regularizers.mixup_consistency"
+    weights = _check_weights(weights, fn)
     check_shape(saliency, "B 1 H W", fn, "saliency")
     check_shape(saliency_mixed, "B 1 H W", fn, "saliency_mixed")
     check_shape(logits_mixed, "B K", fn, "logits_mixed")
@@ -120,10 +133,7 @@ class MixupConsistency(Regularizer):
                  reduction: str = "mean") -> None:
         super().__init__(reduction)
         self.alpha = check_positive(alpha, "egl.regularizers.MixupConsistency", "alpha", allow_zero=False)
-        if len(weights) != 3:
-            raise fail("egl.regularizers.MixupConsistency", "weights", "3 numbers (consistency, ce, sparsity)",
-                       repr(weights), "Pass a 3-tuple")
-        self.weights = tuple(float(w) for w in weights)
+        self.weights = _check_weights(weights, "egl.regularizers.MixupConsistency")
 
     def sample_beta(self, n: int, device: torch.device) -> Tensor:
         """``n`` draws of Beta(α, α) on ``device`` (from torch's global RNG, so seeds apply)."""

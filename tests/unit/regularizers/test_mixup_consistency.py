@@ -194,8 +194,13 @@ def test_module_errors(setup: Setup) -> None:
     for bad in (0, 0.0, -1.0, float("nan"), float("inf"), True, "0.2"):
         with pytest.raises(egl.InputError, match=r"MixupConsistency: 'alpha' expected a finite number > 0, got"):
             MixupConsistency(alpha=bad)  # type: ignore[arg-type]
-    with pytest.raises(egl.InputError, match=r"'weights' expected 3 numbers \(consistency, ce, sparsity\), got \(1.0, 1.0\)"):
-        MixupConsistency(weights=(1.0, 1.0))  # type: ignore[arg-type]
+    for bad in ((1.0, 1.0), (float("nan"), 1, 1), (-1, 1, 1), ("a", 1, 1), None, (True, 1, 1)):
+        with pytest.raises(egl.InputError, match=r"'weights' expected 3 finite numbers >= 0 \(consistency, ce, "
+                                                 r"sparsity\), got"):
+            MixupConsistency(weights=bad)  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"mixup_consistency: 'weights' expected 3 finite numbers"):
+        mixup_consistency(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.randn(2, 3), torch.tensor([0, 0]),
+                          torch.rand(2), torch.tensor([1, 0]), weights=(1, float("inf"), 1))
     with pytest.raises(egl.InputError, match=r"MixupConsistency: 'reduction' expected one of"):
         MixupConsistency(reduction="avg")
     reg = MixupConsistency()
