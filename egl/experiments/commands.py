@@ -78,7 +78,12 @@ def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str,
     if not os.path.isfile(path):
         raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`", repr(os.fspath(path)),
                    "Train one first: egl train --method erm --out runs/erm")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an image, a truncated or foreign file: name it
+        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`",
+                   f"{os.fspath(path)!r}, which torch.load could not read ({type(exc).__name__})",
+                   "Pass the model.pt that `egl train` wrote (images to explain come after it)") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`",
                    f"a {type(ckpt).__name__} without 'arch'/'state_dict'", "Use the model.pt that `egl train` wrote")

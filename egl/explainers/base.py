@@ -90,6 +90,7 @@ class Explainer:
     # -- shared checks ----------------------------------------------------------------
     def _check_input(self, x: Any, create_graph: bool) -> Tensor:
         fn = f"egl.explainers.{self.name or type(self).__name__}"
+        check_flag(create_graph, fn, "create_graph")
         x = check_shape(x, "B C H W", fn, "x")
         if x.shape[0] == 0:
             raise fail(fn, "x", "at least one image", describe(x), "Pass a non-empty batch")

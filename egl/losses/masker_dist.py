@@ -28,6 +28,9 @@ def masker_dist(logits_fg: Tensor, logits_bg: Tensor, target: Tensor) -> Tensor:
     check_shape(logits_fg, "B K", fn, "logits_fg")
     check_shape(logits_bg, "B K", fn, "logits_bg")
     check_same_batch(fn, logits_fg=logits_fg, logits_bg=logits_bg)
+    if logits_fg.shape[1] != logits_bg.shape[1]:
+        raise fail(fn, "logits_bg", f"the class count of 'logits_fg' ({logits_fg.shape[1]})",
+                   f"{logits_bg.shape[1]} classes", "Pass the same model's logits for both images")
     spec = targets(target, logits_fg.shape[0], fn, logits_fg.device)
     if spec is None:
         raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")

@@ -4,6 +4,7 @@ the model's, a batch of one through a training BatchNorm, a target map of one po
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,19 @@ def test_a_one_position_map_warns_once_per_input_size() -> None:
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1
     assert "map is 1 x 1 for 32 x 32 inputs" in messages[0] and "output_stride=16" in messages[0]
+
+
+def test_create_graph_must_be_a_bool() -> None:
+    with pytest.raises(egl.InputError, match=r"grad_cam: 'create_graph' expected True or False, got 'yes'"):
+        grad_cam(make_model("test_resnet"), torch.randn(2, 3, 64, 64), 0, create_graph="yes")
+
+
+def test_a_checkpoint_that_is_not_a_model_file_is_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from egl.experiments.commands import load_model
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")  # the image passed where the model goes
+    with pytest.raises(egl.InputError, match=r"'--checkpoint' expected a model file written by `egl train`, got "
+                                             r"'.*photo.png', which torch.load could not read"):
+        load_model(tmp_path / "photo.png")

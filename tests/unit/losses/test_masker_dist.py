@@ -124,3 +124,9 @@ def test_16_bit_logits_are_scored_in_float32(dtype: torch.dtype) -> None:
     got = masker_dist_loss(fg16, bg16, t)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, masker_dist_loss(fg16.float(), bg16.float(), t), rtol=0, atol=0)
+
+
+def test_logits_of_different_class_counts_are_named() -> None:
+    with pytest.raises(egl.InputError, match=r"masker_dist: 'logits_bg' expected the class count of 'logits_fg' "
+                                             r"\(4\), got 5 classes"):
+        masker_dist(torch.randn(2, 4), torch.randn(2, 5), torch.tensor([0, 1]))
