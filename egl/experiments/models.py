@@ -59,7 +59,15 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if not isinstance(arch, str) or not timm.is_model(arch):
         raise fail("egl.experiments.build_model", "model.arch", "a timm architecture name", repr(arch),
                    "See timm.list_models(), e.g. 'resnet18'")
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **(model_cfg.get("kwargs") or {}))
+    kwargs = model_cfg.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise fail("egl.experiments.build_model", "model.kwargs", "a mapping of keyword arguments for timm",
+                   repr(kwargs)[:100], "Set e.g. model.kwargs={drop_rate: 0.1}, or leave it out")
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an argument the architecture does not take
+        raise fail("egl.experiments.build_model", "model.kwargs", f"keyword arguments that timm's '{arch}' takes",
+                   f"{kwargs!r}"[:100] + f" ({e})", "Remove or rename the argument (see the model's class in timm)") from e
     if model_cfg.get("weights"):
         load_weights(model, model_cfg["weights"])
     return model

@@ -110,3 +110,13 @@ def test_good_values_pass() -> None:
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
                                      "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.mask_quality=false"])
     assert check_selection(cfg) == ("last", None)
+
+
+def test_model_kwargs_timm_does_not_take_are_named() -> None:
+    from egl.experiments.models import build_model
+
+    with pytest.raises(egl.InputError, match=r"'model.kwargs' expected keyword arguments that timm's 'test_resnet' "
+                                             r"takes, got \{'foo': 1\} \(.*unexpected keyword argument 'foo'\)"):
+        build_model({"arch": "test_resnet", "kwargs": {"foo": 1}}, num_classes=3)
+    with pytest.raises(egl.InputError, match=r"'model.kwargs' expected a mapping"):
+        build_model({"arch": "test_resnet", "kwargs": [1]}, num_classes=3)
