@@ -193,6 +193,9 @@ def check_values(cfg: dict[str, Any]) -> None:
               fix="Set e.g. data.num_workers=0")
     check_int(d.get("image_size", 224), fn, "data.image_size", low=1, note="(the side images are resized to)",
               fix="Set e.g. data.image_size=64")
+    if d.get("name", "synthetic") == "synthetic" and d.get("image_size", 64) != 64:  # (egl explain reads it)
+        raise fail(fn, "data.image_size", "64 for the synthetic data (its images are drawn at 64 px)",
+                   repr(d.get("image_size")), "Leave data.image_size out, or use data.name=folder")
     check_int(e.get("batch_size"), fn, "eval.batch_size", low=1, fix="Set e.g. eval.batch_size=256")
     check_int(e.get("explain_samples"), fn, "eval.explain_samples", low=0, note="(0: no saliency metrics)",
               fix="Set e.g. eval.explain_samples=256")

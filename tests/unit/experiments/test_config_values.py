@@ -120,3 +120,11 @@ def test_model_kwargs_timm_does_not_take_are_named() -> None:
         build_model({"arch": "test_resnet", "kwargs": {"foo": 1}}, num_classes=3)
     with pytest.raises(egl.InputError, match=r"'model.kwargs' expected a mapping"):
         build_model({"arch": "test_resnet", "kwargs": [1]}, num_classes=3)
+
+
+def test_the_synthetic_data_refuses_another_image_size(tmp_path: Path) -> None:
+    """Its images are drawn at 64 px: another size would be ignored in training and used by egl explain."""
+    cfg = apply_overrides(DEFAULTS, ["data.image_size=16"])
+    with pytest.raises(egl.InputError, match=r"'data.image_size' expected 64 for the synthetic data .*got 16"):
+        check_values(cfg)
+    check_values(apply_overrides(DEFAULTS, ["data.image_size=224", "data.name=folder", "data.root=/x"]))
