@@ -69,7 +69,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins. ``methods`` is replaced, not merged, so a config lists exactly its methods."""
+    """Recursive dict merge; ``update`` wins. ``methods`` is replaced, not merged, so a config lists
+    exactly its methods."""
     out = copy.deepcopy(base)
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "methods":

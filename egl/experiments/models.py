@@ -67,7 +67,8 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the architecture does not take
         raise fail("egl.experiments.build_model", "model.kwargs", f"keyword arguments that timm's '{arch}' takes",
-                   f"{kwargs!r}"[:100] + f" ({e})", "Remove or rename the argument (see the model's class in timm)") from e
+                   f"{kwargs!r}"[:100] + f" ({e})",
+                   "Remove or rename the argument (see the model's class in timm)") from e
     if model_cfg.get("weights"):
         load_weights(model, model_cfg["weights"])
     return model
