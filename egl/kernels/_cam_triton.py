@@ -410,6 +410,16 @@ def channel_split(b: int, c: int, block_c: int, device: torch.device, cfg: dict[
     return _cdiv(c, ch), ch
 
 
+def grouped_tile(rows: int, row: int, hw: int, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_P, warps)`` of the grouped channel sum over ``rows`` rows of ``row``
+    values: the small-map tile and warps for maps of at most ``small_map_positions`` positions."""
+    small = hw <= cfg["small_map_positions"]
+    tile = cfg["small_map_tile"] if small else cfg["reduce_tile"]
+    warps = cfg["small_map_warps"] if small else cfg["reduce_warps"]
+    block_p = max(16, min(_pow2(row), 256))
+    return max(16, min(_pow2(rows), tile // block_p)), block_p, warps
+
+
 def channel_group(c: int, hw: int, itemsize: int) -> int:
     """The fewest whole channels ``G`` whose ``h·w`` values fill whole 16-byte words (the
     ``"grouped"`` channel sum's rows), or 0 when ``G`` does not divide ``c`` or exceeds 8 (1-byte
@@ -463,11 +473,7 @@ def reduce_stage(acts: Tensor, weights: Tensor, cfg: dict[str, Any]) -> Tensor:
     precision = "tf32x3" if acts.dtype == torch.float32 else "ieee"
     if impl == "grouped":
         rows, row = c // group, group * hw
-        small = hw <= cfg["small_map_positions"]
-        tile, warps = (cfg["small_map_tile"], cfg["small_map_warps"]) if small else (cfg["reduce_tile"],
-                                                                                      cfg["reduce_warps"])
-        block_p = max(16, min(_pow2(row), 256))
-        block_r = max(16, min(_pow2(rows), tile // block_p))
+        block_r, block_p, warps = grouped_tile(rows, row, hw, cfg)
         splits, rh = channel_split(b, rows, block_r, dev, cfg)
         part = torch.empty(b, splits, row, device=dev, dtype=torch.float32)
         reduce_grouped_kernel[(b, splits)](acts, weights, part, rows, rh, splits, acts.stride(0), *weights.stride(),

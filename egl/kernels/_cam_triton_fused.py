@@ -33,7 +33,7 @@ import triton.language as tl
 
 from egl.kernels._bilinear import on_device
 from egl.kernels._cam_triton import (_cdiv, _grouped_sum, _pow2, _ratio, _sm_count, _stats, _write_rows,
-                                     _write_tile, channel_group)
+                                     _write_tile, channel_group, grouped_tile)
 
 __all__ = ["fused_forward", "applies", "auto_fuses"]
 
@@ -90,11 +90,7 @@ def fused_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: f
     dev = acts.device
     group = channel_group(c, hw, acts.element_size())
     rows_n, row = c // group, group * hw
-    small = hw <= cfg["small_map_positions"]
-    tile, warps = (cfg["small_map_tile"], cfg["small_map_warps"]) if small else (cfg["reduce_tile"],
-                                                                                  cfg["reduce_warps"])
-    block_p = max(16, min(_pow2(row), 256))
-    block_r = max(16, min(_pow2(rows_n), tile // block_p))
+    block_r, block_p, warps = grouped_tile(rows_n, row, hw, cfg)
     # wide tiles: one program writes its whole map, a tile at a time (the loads of a step wait on
     # the last step's stores to issue), so each step should carry many pixels
     by, bx = _write_tile(size, {"write_rows": cfg["fuse_write_rows"], "write_cols": cfg["fuse_write_cols"]})
