@@ -83,3 +83,17 @@ def test_the_batchnorm_statistics_kernel_compiles_for_sm90_with_vector_loads() -
     counts = [tuple(int(v) for v in line.split()) for line in res.stdout.split("\n") if line.strip()]
     assert len(counts) == 3 and all(n > 0 for _, n in counts)
     assert counts[0][0] > 0 and counts[1][0] > 0  # 32 channels: rows of 64 / 128 bytes, 16-byte loads
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
+def test_the_one_launch_forward_compiles_for_sm90(tmp_path: Path) -> None:
+    """``fuse="on"``: the fused kernel (three phases and two barriers in one program) builds for an
+    H100/H200 in bf16 and fp32, at a small map (the small-map tile) and a larger one."""
+    out = tmp_path / "sass.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), "--cases", "64:7,32:14", "--out", "64",
+           "--dtypes", "float32,bfloat16", "--batch", "4", "--configs", '{"fuse": "on"}', "--json", str(out)]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    fused = [r for r in rows if r["kernel"] == "fused_kernel"]
+    assert len(fused) == 4 and all(r["instructions"] > 0 and r["vector stores"] > 0 for r in fused)
