@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import check_choice, check_int, fail
+from egl._check import check_choice, check_flag, check_int, fail
 from egl.data.image_file import read_levels
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
@@ -79,6 +79,10 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
     if not found:
         raise fail(_FN, "root", "domain folders (root/<domain>/<class>/<image>)", f"no sub-folders in '{root}'",
                    "Point root at the data set's top folder")
+    if isinstance(domains, str) or (domains is not None and (not isinstance(domains, Sequence) or not domains
+                                                             or len(set(domains)) != len(domains))):
+        raise fail(_FN, "domains", f"None (every domain) or a non-empty list of distinct domains among {found}",
+                   repr(domains)[:100], f"Pass e.g. domains=[{found[0]!r}]" if found else "Pass domains=None")
     if domains is None:
         domains = found
     else:
@@ -154,6 +158,8 @@ class DomainFolder(Dataset):
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
         check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
+        check_int(seed, _FN, "seed", fix="Pass an int seed, e.g. seed=0 (it draws the train/val/test split)")
+        check_flag(verify, _FN, "verify")
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:
             samples = self._verify(samples, on_error)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_flag, check_int, check_shape, fail
+from egl._check import check_choice, check_flag, check_int, check_model_dtype, check_shape, fail
 from egl._module_hooks import has_hooks
 from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
@@ -81,6 +81,7 @@ class LearnedMasker(Masker):
         if x.shape[1] != self.in_channels:
             raise fail(fn, "x", f"{self.in_channels} channels", f"{x.shape[1]} (shape {list(x.shape)})",
                        f"Build the masker with in_channels={x.shape[1]}")
+        check_model_dtype(self, x, fn, "x")
         if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         if not (self.recompute_bn and torch.is_grad_enabled()) or len(self.net) != 7 or has_hooks(self.net):

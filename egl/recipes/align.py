@@ -141,6 +141,13 @@ class ALIGN(Recipe):
         if not getattr(self.explainer, "differentiable", False):
             raise fail(fn, "explainer", "a differentiable explainer (create_graph=True)", repr(explainer),
                        "Use 'grad_cam' or 'input_gradient'")
+        if getattr(self.explainer, "model", model) is not model:  # its maps' gradients would reach another model
+            raise fail(fn, "explainer", "an explainer of the model this recipe trains",
+                       f"one built on another {type(self.explainer.model).__name__} instance",
+                       "Build it on this model, e.g. explainer=GradCAM(model), or pass explainer='grad_cam'")
+        if alignment is None:
+            raise fail(fn, "alignment", "a registered alignment loss name or an egl.losses.AlignmentLoss", "None",
+                       "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
         if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
             raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM",

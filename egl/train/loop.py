@@ -317,6 +317,11 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
         else:
             dist_utils.broadcast_module(recipe)  # every rank starts from rank 0's weights
+        late = [p for p in recipe.phases() if p.start_step >= steps > start]
+        if late and main:  # e.g. ALIGN's masker after a 200-step warm-up, in a 100-step run
+            warnings.warn(f"{FN}: " + "; ".join(f"the '{p.name}' phase starts at step {p.start_step}" for p in late)
+                          + f", and this run ends at step {steps}: it never runs. Train for more steps, or start "
+                          "it earlier (ALIGN: warmup_steps).", stacklevel=2)
         history: list[dict[str, float]] = []
         log = None
         bar = None

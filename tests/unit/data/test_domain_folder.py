@@ -85,6 +85,16 @@ def test_partial_masks_and_bad_arguments(tmp_path) -> None:
     for bad in (0, True, 8.0):  # (True was taken for a 1-pixel image)
         with pytest.raises(egl.InputError, match=rf"'image_size' expected an int >= 1, got {bad!r}"):
             DomainFolder(root, "all", image_size=bad)
+    # a string was read as its letters, an empty list gave no images, a repeat doubled every sample
+    for bad in ("A", [], ["A", "A"]):
+        with pytest.raises(egl.InputError, match=r"'domains' expected None \(every domain\) or a non-empty list of "
+                                                 r"distinct domains among \['A', 'B'\].*domains=\['A'\]"):
+            DomainFolder(root, domains=bad)
+    for bad in (None, 1.5, "x"):
+        with pytest.raises(egl.InputError, match=r"'seed' expected an int >= 0"):
+            DomainFolder(root, seed=bad)
+    with pytest.raises(egl.InputError, match=r"'verify' expected True or False, got 'no'"):
+        DomainFolder(root, verify="no")
 
 
 def test_a_domain_splits_the_same_way_whichever_domains_are_selected(tmp_path) -> None:

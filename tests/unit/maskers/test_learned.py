@@ -106,3 +106,9 @@ def test_memory_format_error() -> None:
     with pytest.raises(egl.InputError, match=r"LearnedMasker: 'memory_format' expected one of \['auto', "
                                              r"'channels_last', 'input'\], got 'nhwc'"):
         LearnedMasker(memory_format="nhwc")
+
+
+def test_float64_images_are_named() -> None:
+    with pytest.raises(egl.InputError, match=r"egl.maskers.learned: 'x' expected images of the model's dtype "
+                                             r"\(torch.float32\), got a torch.float64"):
+        LearnedMasker()(torch.rand(2, 3, 16, 16, dtype=torch.float64))

@@ -307,3 +307,25 @@ def test_mask_mode_batch_takes_the_batchs_statistics_and_leaves_the_running_ones
     torch.testing.assert_close(recipe.eval().masks(batch), eval_masks)  # evaluated: running statistics
     with pytest.raises(egl.InputError, match=r"'mask_mode' expected one of"):
         recipes.align(make_model("test_resnet"), mask_mode="train")
+
+
+def test_an_explainer_of_another_model_and_no_alignment_are_named() -> None:
+    """An explainer built on another model would send the alignment gradient to that model (which
+    no optimiser updates); alignment=None failed only once warm-up ended."""
+    from egl.explainers import GradCAM
+
+    model = make_model("test_resnet", eval_mode=False)
+    with pytest.raises(egl.InputError, match=r"'explainer' expected an explainer of the model this recipe trains, "
+                                             r"got one built on another ResNet instance"):
+        recipes.align(model, explainer=GradCAM(make_model("test_resnet")))
+    with pytest.raises(egl.InputError, match=r"'alignment' expected .*got None.*align_weight=0"):
+        recipes.align(model, alignment=None)
+    assert recipes.align(model, explainer=GradCAM(model)).explainer.model is model
+
+
+def test_a_run_shorter_than_the_warm_up_warns_that_the_masker_never_runs() -> None:
+    model = make_model("test_resnet", eval_mode=False)
+    batch = (torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]))
+    with pytest.warns(UserWarning, match=r"the 'masker' phase starts at step 200, and this run ends at step 2: it "
+                                         r"never runs.*warmup_steps"):
+        recipes.align(model).fit([batch], 2, progress=False)
