@@ -269,6 +269,13 @@ class Recipe(nn.Module):
         bad = {k: type(v).__name__ for k, v in optimizers.items() if not isinstance(v, torch.optim.Optimizer)}
         if bad:
             raise fail(fn, "optimizers", "torch.optim.Optimizer values", f"{bad}", fix)
+        for phase in self.phases():  # an optimiser over none of its phase's parameters trains nothing, silently
+            mine = {id(p) for m in phase.modules for p in m.parameters()}
+            held = {id(p) for group in optimizers[phase.name].param_groups for p in group["params"]}
+            if mine and not mine & held:
+                raise fail(fn, "optimizers", f"the '{phase.name}' optimiser over parameters of that phase's "
+                           f"modules ({', '.join(type(m).__name__ for m in phase.modules)})",
+                           "one holding none of them (optimisers swapped, or built on another model)", fix)
         return optimizers
 
     def phase_lr(self, name: str) -> float:

@@ -207,6 +207,11 @@ def test_optimizers_must_cover_every_phase_before_step_zero() -> None:
         recipe.fit(_batches(), 1, progress=False, optimizers={"classifier": only["classifier"], "masker": 0.1})
     with pytest.raises(egl.InputError, match=r"'optimizers' expected a dict"):
         recipe.fit(_batches(), 1, progress=False, optimizers=[only["classifier"]])
+    swapped = recipe.configure_optimizers()  # each phase's optimiser holding the other's parameters
+    with pytest.raises(egl.InputError, match=r"'optimizers' expected the 'masker' optimiser over parameters of "
+                                             r"that phase's modules \(LearnedMasker\), got one holding none of them"):
+        recipe.fit(_batches(), 1, progress=False,
+                   optimizers={"classifier": swapped["masker"], "masker": swapped["classifier"]})
     opts = recipe.configure_optimizers()
     assert len(recipe.fit(_batches(), 1, progress=False, optimizers=opts)) == 1
 
