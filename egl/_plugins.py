@@ -149,6 +149,13 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> str:
             f"it implements {', '.join(unknown)}, which egl does not define; the hooks are "
             f"{', '.join(KIND_HOOKS.values())}"
         )
+    marked = {caller.name for caller in pm.get_hookcallers(plugin) or []}
+    unmarked = sorted(n for n in dir(plugin) if n.startswith("egl_") and n not in marked
+                      and callable(getattr(plugin, n, None)))
+    if unmarked:  # pluggy ignores a function without the marker: the plugin would register nothing, silently
+        pm.unregister(name=pname)
+        raise ValueError(f"it defines {', '.join(unmarked)} without the @egl.hookimpl marker, so pluggy would not "
+                         "call it; decorate each hook function with @egl.hookimpl")
     return pname
 
 

@@ -336,6 +336,8 @@ def test_register_plugin_raises_on_a_duplicate_and_leaves_nothing_behind() -> No
     (plugin(egl_register_maskers=lambda: {}), r"'return value' expected a list of component classes, got dict"),
     (plugin(egl_register_recipes=lambda: 1 / 0), r"which raised in egl_register_recipes\(\): ZeroDivisionError"),
     (plugin(egl_register_masker=lambda: []), r"it implements egl_register_masker, which egl does not define"),
+    (types.SimpleNamespace(egl_register_maskers=lambda: []),  # no @egl.hookimpl: pluggy would skip it silently
+     r"it defines egl_register_maskers without the @egl.hookimpl marker"),
 ])
 def test_register_plugin_raises_on_an_invalid_plugin(bad: Any, message: str) -> None:
     with pytest.raises(egl.PluginError, match=r"^egl\.register_plugin: 'plugin' expected .*" + message):
