@@ -220,6 +220,11 @@ class ALIGN(Recipe):
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
         aligning = step >= self.warmup_steps and self.align_weight > 0
+        if self.masker.needs_mask and self.align_weight > 0 and batch.mask is None:  # (not only after warm-up)
+            raise fail("egl.recipes.align", "batch", f"batches with a 'mask' (masker={self.masker.name!r} reads "
+                       "the data's masks)", f"a batch without one at step {step}",
+                       "Give batches a 'mask' (dict batches with key 'mask'), or choose a masker that needs "
+                       "none ('learned', 'grayscale', 'sam')")
         regularizing = self.regularizer is not None and self.reg_weight > 0
         reg: Tensor | None = None
         if self.mixup_together():

@@ -102,7 +102,7 @@ def test_ground_truth_masker_needs_masks() -> None:
     mask[..., 16:48, 16:48] = 1
     terms = recipe.compute_phase("classifier", {"image": x, "label": y, "mask": mask}, 0)
     assert torch.isfinite(terms["align"])
-    with pytest.raises(egl.InputError, match="'mask' expected the batch's ground-truth masks"):
+    with pytest.raises(egl.InputError, match=r"'batch' expected batches with a 'mask' \(masker='ground_truth'"):
         recipe.compute_phase("classifier", (x, y), 0)
 
 
@@ -329,3 +329,12 @@ def test_a_run_shorter_than_the_warm_up_warns_that_the_masker_never_runs() -> No
     with pytest.warns(UserWarning, match=r"the 'masker' phase starts at step 200, and this run ends at step 2: it "
                                          r"never runs.*warmup_steps"):
         recipes.align(model).fit([batch], 2, progress=False)
+
+
+def test_a_ground_truth_masker_without_masks_is_named_at_step_zero() -> None:
+    """Not after the 200 warm-up steps, when the masker is first read."""
+    model = make_model("test_resnet", eval_mode=False)
+    batch = (torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(egl.InputError, match=r"'batch' expected batches with a 'mask' \(masker='ground_truth' reads "
+                                             r"the data's masks\), got a batch without one at step 0"):
+        recipes.align(model, masker="ground_truth").fit([batch], 1, progress=False)
