@@ -92,18 +92,28 @@ def load_sam(weights: str | os.PathLike[str]) -> nn.Module:
         InputError: the folder has no ``config.json``, or holds another kind of model.
         MissingDependencyError: transformers is not installed (``pip install egl[sam]``).
     """
+    if not isinstance(weights, (str, os.PathLike)):
+        raise fail(_FN, "weights", "the path of a local SAM checkpoint folder", repr(weights)[:100], _HOW_TO_GET)
     path = Path(weights).expanduser()
     if not (path / "config.json").is_file():
         raise fail(_FN, "weights", "a local folder holding a transformers SAM checkpoint (config.json, "
                    "model.safetensors)", repr(str(weights)), _HOW_TO_GET)
     tf = _transformers()
-    config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:  # a damaged config.json
+        raise fail(_FN, "weights", "a readable config.json", f"{str(path / 'config.json')!r} ({str(e)[:120]})",
+                   "Download the checkpoint again (" + _HOW_TO_GET + ")") from e
     cls = getattr(tf, _CLASSES.get(config.model_type, ""), None)
     if cls is None:
         raise fail(_FN, "weights", f"a checkpoint of model_type {sorted(_CLASSES)} that transformers "
                    f"{tf.__version__} knows", f"model_type {config.model_type!r} in {str(path)!r}",
                    "Point to a SAM, SlimSAM or SAM-HQ checkpoint (or upgrade transformers)")
-    return cls.from_pretrained(str(path), local_files_only=True)
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True)
+    except OSError as e:  # weights missing or unreadable (an interrupted download)
+        raise fail(_FN, "weights", "a folder with the model's weights (model.safetensors or pytorch_model.bin)",
+                   f"{str(path)!r} ({str(e)[:120]})", "Download the checkpoint again (" + _HOW_TO_GET + ")") from e
 
 
 # -- proposals to one mask -------------------------------------------------------------------------

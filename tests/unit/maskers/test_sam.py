@@ -276,6 +276,23 @@ def test_loads_a_local_folder(tiny_sam: torch.nn.Module, x01: torch.Tensor, tmp_
     torch.testing.assert_close(SAMMasker(points_per_side=2)(x01), expected)
 
 
+def test_an_incomplete_or_damaged_folder_is_named(tiny_sam: torch.nn.Module, tmp_path: Path) -> None:
+    """An interrupted download (config.json but no weights), a damaged config.json, a path that is
+    not one: InputErrors naming the folder, not transformers' or pathlib's own errors."""
+    folder = tmp_path / "tiny-sam"
+    tiny_sam.save_pretrained(folder)
+    for f in folder.iterdir():
+        if f.name != "config.json":
+            f.unlink()
+    with pytest.raises(egl.InputError, match=r"'weights' expected a folder with the model's weights .*tiny-sam"):
+        SAMMasker(weights=folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(egl.InputError, match=r"'weights' expected a readable config.json"):
+        SAMMasker(weights=folder)
+    with pytest.raises(egl.InputError, match=r"'weights' expected the path of a local SAM checkpoint folder, got 3"):
+        SAMMasker(weights=3)
+
+
 def test_sam_hq_folder(x01: torch.Tensor, tmp_path: Path) -> None:
     """SAM-HQ checkpoints load as SamHQModel; its decoder also reads intermediate ViT features."""
     if not hasattr(transformers, "SamHQModel"):
