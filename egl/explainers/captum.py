@@ -76,7 +76,21 @@ class CaptumExplainer(Explainer):
 
         fn = "egl.explainers.CaptumExplainer"
         self.method_cls = _captum_class(method, fn)
+        from captum.attr import NoiseTunnel
+
+        if issubclass(self.method_cls, NoiseTunnel):  # it wraps an attribution, not a model
+            raise fail(fn, "method", "an attribution method applied to the model",
+                       "'NoiseTunnel' (it wraps another attribution)",
+                       "Use captum itself for NoiseTunnel(Saliency(model)), or pass a method such as 'Saliency'")
         self.is_layer = issubclass(self.method_cls, _utils.attribution.LayerAttribution)
+        if not isinstance(layer, str):
+            raise fail(fn, "layer", "a dotted module path or 'auto'", repr(layer)[:100], "Pass e.g. layer='auto'")
+        if not self.is_layer and layer != "auto":
+            raise fail(fn, "layer", f"'auto' for {self.method_cls.__name__} (only layer methods take a layer)",
+                       repr(layer), "Leave layer out, or use a layer method such as 'LayerGradCam'")
+        if attribute_kwargs is not None and "target" in attribute_kwargs:
+            raise fail(fn, "attribute_kwargs", "captum's attribute arguments other than 'target'",
+                       repr(sorted(attribute_kwargs)), "Give the targets to the call: explainer(x, target=...)")
         self.layer = layer
         self.absolute = check_flag(absolute, "egl.explainers.CaptumExplainer", "absolute")
         self.attribute_kwargs = dict(attribute_kwargs or {})

@@ -124,3 +124,18 @@ def test_the_auto_layer_follows_the_input_size() -> None:
     assert cap(large, [0, 1]).shape == (2, 1, 4, 4)  # layer "3": a 4x4 map, not "1"'s 16x16
     want = CaptumExplainer(model, "LayerGradCam", layer="3", upsample=False)(large, [0, 1])
     torch.testing.assert_close(cap(large, [0, 1]), want)
+
+
+def test_constructor_arguments_captum_would_misread_are_named() -> None:
+    model = make_model("test_resnet")
+    with pytest.raises(InputError, match=r"'method' expected an attribution method applied to the model, got "
+                                             r"'NoiseTunnel'"):
+        CaptumExplainer(model, "NoiseTunnel")
+    with pytest.raises(InputError, match=r"'layer' expected a dotted module path or 'auto', got None"):
+        CaptumExplainer(model, "LayerGradCam", layer=None)
+    with pytest.raises(InputError, match=r"'layer' expected 'auto' for Saliency \(only layer methods take a "
+                                             r"layer\), got 'layer4'"):
+        CaptumExplainer(model, "Saliency", layer="layer4")  # (was silently ignored)
+    with pytest.raises(InputError, match=r"'attribute_kwargs' expected captum's attribute arguments other than "
+                                             r"'target'"):
+        CaptumExplainer(model, "Saliency", attribute_kwargs={"target": 1})
