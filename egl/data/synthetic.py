@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_int, fail
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "TEXTURES", "NUM_CLASSES"]
 
@@ -275,6 +275,40 @@ def _default_root() -> Path:
     return Path(base) / "synthetic"
 
 
+def _check_config(cfg: SyntheticConfig) -> None:
+    """Every field in its range (a p of 1.5 or a digit larger than the image rendered silently; a
+    count of 0 or a reversed size range crashed inside torch)."""
+    fn = "egl.data.synthetic.build"
+
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    check_int(cfg.seed, fn, "cfg.seed", fix="Pass e.g. SyntheticConfig(seed=0)")
+    for arg in ("train_per_domain", "val_per_domain", "test_per_split"):
+        check_int(getattr(cfg, arg), fn, f"cfg.{arg}", low=2, fix=f"Pass e.g. SyntheticConfig({arg}=100)")
+    if not (isinstance(cfg.p, (tuple, list)) and cfg.p and all(number(v) and 0 <= v <= 1 for v in cfg.p)):
+        raise fail(fn, "cfg.p", "a non-empty tuple of probabilities in [0, 1], one per training domain",
+                   repr(cfg.p)[:100], "Pass e.g. SyntheticConfig(p=(0.9, 0.8))")
+    if len(cfg.cameras) != len(cfg.p) or not all(isinstance(c, Camera) for c in cfg.cameras):
+        raise fail(fn, "cfg.cameras", f"one Camera per training domain ({len(cfg.p)})", repr(cfg.cameras)[:100],
+                   "Give as many Camera(gain=..., blur=..., noise=...) as p values")
+    for c in cfg.cameras:
+        if not (len(c.gain) == 3 and all(number(g) and g > 0 for g in c.gain) and number(c.blur) and c.blur >= 0
+                and number(c.noise) and c.noise >= 0):
+            raise fail(fn, "cfg.cameras", "cameras with 3 gains > 0, blur >= 0 and noise >= 0", repr(c)[:100],
+                       "Pass e.g. Camera(gain=(1.0, 1.0, 1.0), blur=0.0, noise=0.02)")
+    lo, hi = cfg.digit_size if isinstance(cfg.digit_size, (tuple, list)) and len(cfg.digit_size) == 2 else (0, -1)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 8 <= lo <= hi <= IMAGE_SIZE):
+        raise fail(fn, "cfg.digit_size", f"(low, high) pixel heights with 8 <= low <= high <= {IMAGE_SIZE}",
+                   repr(cfg.digit_size)[:100], "Pass e.g. SyntheticConfig(digit_size=(34, 50))")
+    if not (number(cfg.max_rotation) and 0 <= cfg.max_rotation <= 180):
+        raise fail(fn, "cfg.max_rotation", "degrees in [0, 180]", repr(cfg.max_rotation),
+                   "Pass e.g. SyntheticConfig(max_rotation=15)")
+    if not (number(cfg.min_contrast) and 0 <= cfg.min_contrast < 1):
+        raise fail(fn, "cfg.min_contrast", "a luminance difference in [0, 1)", repr(cfg.min_contrast),
+                   "Pass e.g. SyntheticConfig(min_contrast=0.35)")
+
+
 def build(cfg: SyntheticConfig | None = None, root: str | os.PathLike[str] | None = None,
           *, cache: bool = True) -> dict[str, dict[str, Tensor]]:
     """Render every split (or read them from the cache).
@@ -290,9 +324,7 @@ def build(cfg: SyntheticConfig | None = None, root: str | os.PathLike[str] | Non
     cfg = cfg or SyntheticConfig()
     if not isinstance(cfg, SyntheticConfig):
         raise fail("egl.data.synthetic.build", "cfg", "a SyntheticConfig", repr(cfg), "Pass SyntheticConfig(...)")
-    if len(cfg.cameras) != len(cfg.p):
-        raise fail("egl.data.synthetic.build", "cfg", "one camera per training domain",
-                   f"{len(cfg.cameras)} cameras for {len(cfg.p)} domains", "Give as many cameras as p values")
+    _check_config(cfg)
     path = Path(root or _default_root()) / f"{cfg.key()}.pt"
     if cache and path.exists():
         try:

@@ -105,3 +105,25 @@ def test_dataset_items_are_batches_recipes_accept(tmp_path) -> None:
 def test_default_cache_root_honours_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("EGL_CACHE_DIR", os.fspath(tmp_path))
     assert synthetic._default_root() == tmp_path / "synthetic"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("p", (1.5, 0.8), r"'cfg.p' expected a non-empty tuple of probabilities in \[0, 1\]"),
+    ("p", (), r"'cfg.p' expected"),
+    ("train_per_domain", 0, r"'cfg.train_per_domain' expected an int >= 2"),
+    ("test_per_split", 1, r"'cfg.test_per_split' expected an int >= 2"),
+    ("seed", 1.5, r"'cfg.seed' expected an int >= 0"),
+    ("digit_size", (50, 34), r"'cfg.digit_size' expected \(low, high\) pixel heights"),
+    ("digit_size", (80, 100), r"'cfg.digit_size' expected"),
+    ("max_rotation", -10, r"'cfg.max_rotation' expected degrees in \[0, 180\]"),
+    ("min_contrast", 2, r"'cfg.min_contrast' expected a luminance difference in \[0, 1\)"),
+    ("cameras", ((1, 1, 1), (1, 1, 1)), r"'cfg.cameras' expected one Camera per training domain"),
+])
+def test_config_values_out_of_range_are_named(field: str, value: object, message: str) -> None:
+    """Out-of-range values rendered silently (p=1.5, digits larger than the image) or crashed
+    inside torch (a count of 0, a reversed size range)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SMALL, **{field: value})
+    with pytest.raises(egl.InputError, match=message):
+        build(cfg, cache=False)
