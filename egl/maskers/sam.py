@@ -420,8 +420,16 @@ class SAMMasker(Masker):
             raise fail(_FN, "cache_dir", "a directory to precompute into", "None", "Build with cache_dir=...")
         check_int(batch_size, _FN, "batch_size", low=1)
         seen, buf = 0, []
+        fn = "egl.maskers.SAMMasker.precompute"
         for item in data:
             img = item["image"] if isinstance(item, dict) else item[0] if isinstance(item, (tuple, list)) else item
+            if not isinstance(img, torch.Tensor) or img.dim() != 3:  # a DataLoader yields batches [B, 3, H, W]
+                raise fail(fn, "data", "items holding one image [3, H, W] each (a dataset, not a DataLoader: "
+                           "precompute batches them itself)", f"an item with {describe(img)}",
+                           "Pass the dataset, e.g. masker.precompute(loader.dataset, batch_size=16)")
+            if buf and img.shape != buf[0].shape:
+                raise fail(fn, "data", f"images of one size (the first was {list(buf[0].shape)})",
+                           f"one of {list(img.shape)}", "Resize the images as the training loop will see them")
             buf.append(img)
             if len(buf) == batch_size:
                 self(torch.stack(buf))

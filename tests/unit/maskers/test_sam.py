@@ -262,6 +262,11 @@ def test_precompute_fills_the_cache(tiny_sam: torch.nn.Module, x01: torch.Tensor
         count.close()
     with pytest.raises(egl.InputError, match="'cache_dir' expected a directory"):
         SAMMasker(model=tiny_sam).precompute(data)
+    with pytest.raises(egl.InputError, match=r"precompute: 'data' expected items holding one image \[3, H, W\] each "
+                                             r"\(a dataset, not a DataLoader"):
+        m.precompute([(x01, torch.zeros(3))])  # a DataLoader's batch
+    with pytest.raises(egl.InputError, match=r"precompute: 'data' expected images of one size"):
+        m.precompute([x01[0], x01[0, :, :8, :8]])
 
 
 # -- loading and errors --------------------------------------------------------------------------------
