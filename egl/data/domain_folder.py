@@ -211,7 +211,8 @@ class DomainFolder(Dataset):
         item = {"image": self._resize(image.float().div_(image_full)), "label": torch.tensor(s.label),
                 "domain": torch.tensor(s.domain)}
         if s.mask is not None:
-            mask, mask_full = self._read(s.mask, "L")
+            mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
+            mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
             if mask.shape[-2:] != image.shape[-2:]:
                 raise fail(_FN, "root", "a mask of its image's size",
                            f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "

@@ -132,6 +132,19 @@ def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
     assert float(item["mask"].max()) == pytest.approx(1.0) and 0.1 < float(item["mask"].mean()) < 0.4
 
 
+def test_colour_masks_are_read_by_their_brightest_channel(tmp_path) -> None:
+    """A red-on-black mask read through PIL's luminance peaked at 0.3: all background once binarised."""
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    for f in (root / "masks" / "A" / "cat").iterdir():
+        m = np.asarray(Image.open(f).convert("L"))
+        red = np.zeros((*m.shape, 3), dtype=np.uint8)
+        red[..., 0] = m
+        Image.fromarray(red).save(f)
+    item = DomainFolder(root, "all", image_size=16)[0]
+    assert float(item["mask"].max()) == pytest.approx(1.0) and 0.1 < float(item["mask"].mean()) < 0.4
+    assert item["mask"].shape == (1, 16, 16)
+
+
 def test_a_mask_of_another_size_is_named(tmp_path) -> None:
     root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
     Image.fromarray(np.zeros((6, 16), np.uint8)).save(root / "masks" / "A" / "cat" / "0.png")
