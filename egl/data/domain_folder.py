@@ -116,6 +116,15 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
         if len(samples) == n_before:
             raise fail(_FN, "root", f"images in domain '{d}'", f"an empty domain folder '{root / d}'",
                        f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or leave the domain out with domains=")
+    if mask_root.is_dir() and not any(s.mask for s in samples):  # a masks folder laid out otherwise: say so
+        found_masks = next((f for f in sorted(mask_root.rglob("*")) if f.is_file()), None)
+        if found_masks is not None:
+            raise fail(_FN, "root", f"masks at {MASKS_DIR}/<domain>/<class>/<image stem>.png",
+                       f"none matching an image, e.g. '{found_masks.relative_to(root)}' (for "
+                       f"'{samples[0].path.relative_to(root)}' egl looks for "
+                       f"'{MASKS_DIR}/{domains[samples[0].domain]}/{samples[0].path.parent.name}/"
+                       f"{samples[0].path.stem}.png')",
+                       "Rename the masks to their images' stems as .png files, or move the masks folder away")
     return list(domains), classes, samples
 
 

@@ -175,3 +175,15 @@ def test_a_float_image_is_named(tmp_path) -> None:
     Image.fromarray(np.linspace(0, 3, 64, dtype=np.float32).reshape(8, 8)).save(path)
     with pytest.raises(egl.InputError, match=r"'x' expected 8- or 16-bit images, got '.*f.tif', a 32-bit float"):
         read_levels(path, "RGB", "fn", "x")
+
+
+def test_a_masks_folder_that_matches_no_image_is_named(tmp_path) -> None:
+    """Masks saved as .jpg or named <stem>_mask.png were skipped silently: the data read as
+    having no masks, and a ground-truth masker failed hundreds of steps later."""
+    root = domain_tree(tmp_path, masks=True)
+    for f in list((root / "masks").rglob("*.png")):
+        f.rename(f.with_name(f"{f.stem}_mask.png"))
+    with pytest.raises(egl.InputError, match=r"'root' expected masks at masks/<domain>/<class>/<image stem>.png, "
+                                             r"got none matching an image, e.g. 'masks/A/cat/0_mask.png' \(for "
+                                             r"'A/cat/0.png' egl looks for 'masks/A/cat/0.png'\)"):
+        DomainFolder(root, "all")
