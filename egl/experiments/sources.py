@@ -34,6 +34,15 @@ class TensorDictDataset(Dataset):
     """A dataset over a dict of equally long tensors; items are dicts of rows."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        fn = "egl.experiments.TensorDictDataset"
+        if not isinstance(tensors, dict) or not tensors or not all(isinstance(v, torch.Tensor) and v.dim() > 0
+                                                                   for v in tensors.values()):
+            raise fail(fn, "tensors", "a non-empty dict of tensors", repr(tensors)[:100],
+                       "Pass e.g. {'image': images, 'label': labels}")
+        lengths = {k: int(v.shape[0]) for k, v in tensors.items()}
+        if len(set(lengths.values())) > 1:
+            raise fail(fn, "tensors", "tensors of one length (one row per item)", f"lengths {lengths}",
+                       "Give every key one row per item")
         self.tensors = tensors
 
     def __len__(self) -> int:

@@ -53,3 +53,16 @@ def test_bad_train_domains_are_named(folder: dict, domains: object, match: str) 
 def test_leave_one_out_needs_two_domains(folder: dict) -> None:
     with pytest.raises(egl.InputError, match="at least two domains for 'loo'"):
         load_source({**folder, "domains": ["B"]}).training_domains("loo")
+
+
+def test_a_tensor_dict_of_unequal_lengths_or_no_tensors_is_named() -> None:
+    import torch
+
+    from egl.experiments.sources import TensorDictDataset
+
+    with pytest.raises(egl.InputError, match=r"'tensors' expected tensors of one length .*'image': 4, 'label': 3"):
+        TensorDictDataset({"image": torch.zeros(4, 3, 2, 2), "label": torch.zeros(3)})
+    for bad in ({}, {"label": [0, 1]}):
+        with pytest.raises(egl.InputError, match=r"'tensors' expected a non-empty dict of tensors"):
+            TensorDictDataset(bad)
+    assert len(TensorDictDataset({"label": torch.arange(3)})) == 3
