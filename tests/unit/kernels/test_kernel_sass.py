@@ -15,15 +15,20 @@ from egl.kernels import triton_available
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
-def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -> None:
+def _sass_rows(tmp_path: Path, *args: str) -> list[dict]:
+    """``benchmarks/kernel_sass.py ARGS`` in a subprocess (compiled, not interpreted): its JSON rows."""
     out = tmp_path / "sass.json"
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), "--cases", "64:7", "--out", "32",
-           "--dtypes", "bfloat16", "--json", str(out),
-           "--configs", '{};{"write": "gather", "write_warps": 4};{"reduce": "dot"};{"reduce": "grouped"};{"grads": "grouped"}']
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), *args, "--json", str(out)]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    rows = json.loads(out.read_text())["rows"]
+    return json.loads(out.read_text())["rows"]
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
+def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -> None:
+    rows = _sass_rows(tmp_path, "--cases", "64:7", "--out", "32", "--dtypes", "bfloat16", "--configs",
+                      '{};{"write": "gather", "write_warps": 4};{"reduce": "dot"};{"reduce": "grouped"};'
+                      '{"grads": "grouped"}')
     by = {(r["config"], r["kernel"]): r for r in rows}
     sep, gather = by[("{}", "write_rows_kernel")], by[('{"write": "gather", "write_warps": 4}', "write_kernel")]
     assert sep["vector loads"] > 0 and sep["scalar loads"] <= 2  # only the two range values are scalar
@@ -46,12 +51,8 @@ def test_counts_every_launch_and_the_separable_write_is_leaner(tmp_path: Path) -
 def test_every_launch_compiles_for_sm90_at_odd_sizes(tmp_path: Path) -> None:
     """Odd channels (masked channel tiles), unaligned rows (clamped positions), an odd batch, a
     map wider than one position block, both write stages: every kernel builds for an H100/H200."""
-    out = tmp_path / "sass.json"
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), "--cases", "33:5,24:40", "--out", "48",
-           "--dtypes", "float32,bfloat16", "--batch", "3", "--configs", '{};{"write": "gather"}', "--json", str(out)]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    rows = json.loads(out.read_text())["rows"]
+    rows = _sass_rows(tmp_path, "--cases", "33:5,24:40", "--out", "48", "--dtypes", "float32,bfloat16", "--batch",
+                      "3", "--configs", '{};{"write": "gather"}')
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"reduce_kernel", "stats_kernel", "write_rows_kernel", "write_kernel", "input_grads_kernel"}
     assert all(r["instructions"] > 0 for r in rows)
@@ -89,11 +90,7 @@ def test_the_batchnorm_statistics_kernel_compiles_for_sm90_with_vector_loads() -
 def test_the_one_launch_forward_compiles_for_sm90(tmp_path: Path) -> None:
     """``fuse="on"``: the fused kernel (three phases and two barriers in one program) builds for an
     H100/H200 in bf16 and fp32, at a small map (the small-map tile) and a larger one."""
-    out = tmp_path / "sass.json"
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_sass.py"), "--cases", "64:7,32:14", "--out", "64",
-           "--dtypes", "float32,bfloat16", "--batch", "4", "--configs", '{"fuse": "on"}', "--json", str(out)]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
-    rows = json.loads(out.read_text())["rows"]
+    rows = _sass_rows(tmp_path, "--cases", "64:7,32:14", "--out", "64", "--dtypes", "float32,bfloat16", "--batch",
+                      "4", "--configs", '{"fuse": "on"}')
     fused = [r for r in rows if r["kernel"] == "fused_kernel"]
     assert len(fused) == 4 and all(r["instructions"] > 0 and r["vector stores"] > 0 for r in fused)
