@@ -31,8 +31,9 @@ from _common import hardware, table  # noqa: E402
 DEVICE = "cuda"
 CASES = [(512, 7), (2048, 7), (1024, 14), (512, 28)]
 SWEEP = [{}, {"reduce_tile": 4096, "reduce_warps": 4}, {"reduce_tile": 16384, "reduce_warps": 8, "programs_per_sm": 2},
-         {"write": "gather", "write_warps": 4}, {"write_warps": 4}, {"write_rows": 64, "write_warps": 4},
-         {"write_rows": 16, "write_cols": 64}, {"write_rows": 8, "write_cols": 128},  # longer runs of each output row
+         {"write": "gather", "write_warps": 4}, {"write_warps": 4, "fuse": "off"},  # (write tiles: three launches)
+         {"write_rows": 64, "write_warps": 4, "fuse": "off"},
+         {"write_rows": 16, "write_cols": 64, "fuse": "off"}, {"write_rows": 8, "write_cols": 128, "fuse": "off"},
          # the stats stage (one program a sample: 4 µs at 7x7, 15.6 µs at 28x28 on an H200): more in flight per step
          {"stats_warps": 8}, {"stats_block": 2048, "stats_warps": 8}, {"stats_block": 4096, "stats_warps": 16},
          {"reduce": "grouped"}, {"reduce": "grouped", "reduce_tile": 4096, "reduce_warps": 4},

@@ -201,8 +201,8 @@ def batch_of_one(fn: str, arg: str) -> Iterator[None]:
     try:
         yield
     except ValueError as e:
-        if "Expected more than 1 value per channel when training" not in str(e):
-            raise
+        if isinstance(e, InputError) or "Expected more than 1 value per channel when training" not in str(e):
+            raise  # (an InputError: named already, by an inner call)
         raise fail(fn, arg, "at least 2 images while the model's BatchNorm layers are in training mode (a "
                    "batch of one gives them one value per channel to normalise)", f"torch's error: {e}",
                    "Pass drop_last=True to the DataLoader (its last batch can hold one image), use a batch "

@@ -150,8 +150,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str | None) -> str:
             f"{', '.join(KIND_HOOKS.values())}"
         )
     marked = {caller.name for caller in pm.get_hookcallers(plugin) or []}
-    unmarked = sorted(n for n in dir(plugin) if n.startswith("egl_") and n not in marked
-                      and callable(getattr(plugin, n, None)))
+    unmarked = sorted(n for n in KIND_HOOKS.values() if n not in marked and callable(getattr(plugin, n, None)))
     if unmarked:  # pluggy ignores a function without the marker: the plugin would register nothing, silently
         pm.unregister(name=pname)
         raise ValueError(f"it defines {', '.join(unmarked)} without the @egl.hookimpl marker, so pluggy would not "

@@ -27,6 +27,7 @@ with its path.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 import zlib
@@ -117,7 +118,8 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
             raise fail(_FN, "root", f"images in domain '{d}'", f"an empty domain folder '{root / d}'",
                        f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or leave the domain out with domains=")
     if mask_root.is_dir() and not any(s.mask for s in samples):  # a masks folder laid out otherwise: say so
-        found_masks = next((f for f in sorted(mask_root.rglob("*")) if f.is_file()), None)
+        found_masks = next((f for d in domains if (mask_root / d).is_dir()  # (masks of unselected domains: fine)
+                            for f in sorted((mask_root / d).rglob("*")) if f.is_file()), None)
         if found_masks is not None:
             raise fail(_FN, "root", f"masks at {MASKS_DIR}/<domain>/<class>/<image stem>.png",
                        f"none matching an image, e.g. '{found_masks.relative_to(root)}' (for "
@@ -167,7 +169,9 @@ class DomainFolder(Dataset):
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
         check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
-        check_int(seed, _FN, "seed", fix="Pass an int seed, e.g. seed=0 (it draws the train/val/test split)")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
+        seed = int(seed)
         check_flag(verify, _FN, "verify")
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:

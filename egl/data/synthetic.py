@@ -289,6 +289,9 @@ def _check_config(cfg: SyntheticConfig) -> None:
     if not (isinstance(cfg.p, (tuple, list)) and cfg.p and all(number(v) and 0 <= v <= 1 for v in cfg.p)):
         raise fail(fn, "cfg.p", "a non-empty tuple of probabilities in [0, 1], one per training domain",
                    repr(cfg.p)[:100], "Pass e.g. SyntheticConfig(p=(0.9, 0.8))")
+    if cfg.test_per_split < len(cfg.p):  # the test_id split shares its images among the domains
+        raise fail(fn, "cfg.test_per_split", f"at least one image per training domain ({len(cfg.p)})",
+                   repr(cfg.test_per_split), f"Pass e.g. SyntheticConfig(test_per_split={10 * len(cfg.p)})")
     if len(cfg.cameras) != len(cfg.p) or not all(isinstance(c, Camera) for c in cfg.cameras):
         raise fail(fn, "cfg.cameras", f"one Camera per training domain ({len(cfg.p)})", repr(cfg.cameras)[:100],
                    "Give as many Camera(gain=..., blur=..., noise=...) as p values")

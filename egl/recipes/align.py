@@ -141,7 +141,8 @@ class ALIGN(Recipe):
         if not getattr(self.explainer, "differentiable", False):
             raise fail(fn, "explainer", "a differentiable explainer (create_graph=True)", repr(explainer),
                        "Use 'grad_cam' or 'input_gradient'")
-        if getattr(self.explainer, "model", model) is not model:  # its maps' gradients would reach another model
+        theirs = getattr(self.explainer, "model", model)  # (a wrapper of this model shares its parameters)
+        if theirs is not model and next(theirs.parameters(), None) is not next(model.parameters(), None):
             raise fail(fn, "explainer", "an explainer of the model this recipe trains",
                        f"one built on another {type(self.explainer.model).__name__} instance",
                        "Build it on this model, e.g. explainer=GradCAM(model), or pass explainer='grad_cam'")

@@ -270,7 +270,7 @@ class Recipe(nn.Module):
         if bad:
             raise fail(fn, "optimizers", "torch.optim.Optimizer values", f"{bad}", fix)
         for phase in self.phases():  # an optimiser over none of its phase's parameters trains nothing, silently
-            mine = {id(p) for m in phase.modules for p in m.parameters()}
+            mine = {id(p) for p in phase.parameters()}
             held = {id(p) for group in optimizers[phase.name].param_groups for p in group["params"]}
             if mine and not mine & held:
                 raise fail(fn, "optimizers", f"the '{phase.name}' optimiser over parameters of that phase's "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import platform
 import random
@@ -256,7 +257,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if loader is None or not hasattr(loader, "__iter__"):
         raise fail(FN, "loader", "an iterable of batches (a DataLoader, or a list of (images, labels))",
                    type(loader).__name__, "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
-    check_int(seed, FN, "seed", or_none=True, fix="Pass an int seed, e.g. seed=0, or None")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise fail(FN, "seed", "an int or None", repr(seed)[:100], "Pass an int seed, e.g. seed=0, or None")
+    seed = None if seed is None else int(seed)  # (NumPy ints too: Python's random.seed refuses them)
     check_int(steps, FN, "steps", fix="Pass the number of steps to train")
     check_int(checkpoint_every, FN, "checkpoint_every", low=1, fix="Pass a number of steps, e.g. checkpoint_every=500")
     if precision not in ("fp32", "bf16", "fp16"):

@@ -410,3 +410,9 @@ def test_cli_reports_strict_mode_errors_without_a_traceback(entry_points: Any, m
     assert cli.main(["plugins"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("egl: error: egl: 'broken' expected a plugin that loads")
+
+
+def test_a_helper_named_egl_something_is_not_taken_for_an_unmarked_hook() -> None:
+    plugin = types.SimpleNamespace(egl_helper=lambda: None)  # not a hook name: not the plugin's business
+    assert egl.register_plugin(plugin, name="helper_only") == "helper_only"
+    egl.unregister_plugin("helper_only")

@@ -91,7 +91,7 @@ def test_partial_masks_and_bad_arguments(tmp_path) -> None:
                                                  r"distinct domains among \['A', 'B'\].*domains=\['A'\]"):
             DomainFolder(root, domains=bad)
     for bad in (None, 1.5, "x"):
-        with pytest.raises(egl.InputError, match=r"'seed' expected an int >= 0"):
+        with pytest.raises(egl.InputError, match=r"'seed' expected an int, got"):
             DomainFolder(root, seed=bad)
     with pytest.raises(egl.InputError, match=r"'verify' expected True or False, got 'no'"):
         DomainFolder(root, verify="no")
@@ -187,3 +187,11 @@ def test_a_masks_folder_that_matches_no_image_is_named(tmp_path) -> None:
                                              r"got none matching an image, e.g. 'masks/A/cat/0_mask.png' \(for "
                                              r"'A/cat/0.png' egl looks for 'masks/A/cat/0.png'\)"):
         DomainFolder(root, "all")
+
+
+def test_masks_of_unselected_domains_only_are_not_a_layout_error(tmp_path) -> None:
+    root = domain_tree(tmp_path, masks=True)
+    for f in list((root / "masks" / "B").rglob("*.png")):
+        f.unlink()
+    assert not DomainFolder(root, "all", domains=["B"]).has_masks  # masks are optional per domain
+    assert DomainFolder(root, "all", domains=["A"]).has_masks

@@ -127,3 +127,11 @@ def test_config_values_out_of_range_are_named(field: str, value: object, message
     cfg = dataclasses.replace(SMALL, **{field: value})
     with pytest.raises(egl.InputError, match=message):
         build(cfg, cache=False)
+
+
+def test_fewer_test_images_than_training_domains_are_named() -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(SMALL, p=(0.9, 0.8, 0.7), test_per_split=2)
+    with pytest.raises(egl.InputError, match=r"'cfg.test_per_split' expected at least one image per training domain"):
+        build(cfg, cache=False)

@@ -77,3 +77,26 @@ def test_a_checkpoint_that_is_not_a_model_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(egl.InputError, match=r"'--checkpoint' expected a model file written by `egl train`, got "
                                              r"'.*photo.png', which torch.load could not read"):
         load_model(tmp_path / "photo.png")
+
+
+def test_a_batch_of_one_inside_a_recipe_is_named_once() -> None:
+    """ALIGN's explainer names it, and the training step around it does not name it again."""
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0)
+    with pytest.raises(egl.InputError) as info:
+        recipe.fit([(torch.randn(1, 3, 32, 32), torch.tensor([0]))], 1, progress=False)
+    assert str(info.value).count("expected") == 1
+
+
+def test_an_explainer_on_a_wrapper_of_the_model_is_accepted() -> None:
+    from torch import nn
+
+    class Wrapper(nn.Module):  # a user-side wrapper sharing the model's parameters
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    model = make_model("test_resnet", eval_mode=False)
+    assert recipes.align(model, explainer=GradCAM(Wrapper(model))).explainer.model.inner is model

@@ -78,6 +78,7 @@ def test_where_one_launch_does_not_apply_the_three_launches_run(monkeypatch: pyt
     assert not applies(_inputs(2, 12, 7, 7, torch.float16)[0], cfg)
     assert not applies(a, {**cfg, "write": "gather"})
     assert not applies(a, {**cfg, "fuse": "off"})
+    assert not applies(a, {**cfg, "reduce": "dot"})  # an explicit other channel sum: the three launches
     launched = []
     real = _cam_triton.reduce_stage
     monkeypatch.setattr(_cam_triton, "reduce_stage", lambda *args: launched.append(1) or real(*args))
