@@ -382,7 +382,8 @@ def _sm_count(device: str) -> int:
 
 def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool, normalize: bool,
             rel_eps: float, config: dict[str, Any] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run the three stages. Returns ``(maps [B,1,H,W], low [B,h·w], stats [B,2], argext [B,2])``.
+    """Run the three stages (as one launch where :func:`egl.kernels._cam_triton_fused.applies`).
+    Returns ``(maps [B,1,H,W], low [B,h·w], stats [B,2], argext [B,2])``.
 
     ``low`` is the scaled (and ReLU'd) low-resolution map; ``stats`` its upsampled min and max;
     ``argext`` their flat output positions (int32). The last two are left empty without

@@ -12,13 +12,13 @@ The cost: a program per sample, so a batch smaller than the multiprocessor count
 card part idle (the three-launch path splits channels across programs), and its channel sum is
 the grouped one, where float32 at 28x28 is faster through cuBLAS. Selected with
 ``CONFIG["fuse"]``: ``"auto"`` (default: on CUDA, where it measured faster at batch 256 on an
-H200: 16-bit maps of at most 64 positions (7x7 measured: 3-11% faster; 8x8 admitted untimed), float32 maps of at most 14x14 (9-11% faster;
-fp32 1024x14x14 at 71% of the copy bandwidth), with a sample per multiprocessor or more),
-``"on"`` (wherever it applies: NCHW activations whose channels form the grouped sum's rows, the
-separable write) or ``"off"``. The maps, range and positions equal the three-launch grouped
-path's (same functions, same summation order within a split; bit for bit in the interpreter,
-within 2e-6 of the default and at the same positions on the H200). Imported only when the
-Triton backend runs.
+H200: 16-bit maps of at most 64 positions (7x7 measured: 3-11% faster; 8x8 admitted untimed),
+float32 maps of at most 14x14 (9-11% faster; fp32 1024x14x14 at 71% of the copy bandwidth),
+with a sample per multiprocessor or more), ``"on"`` (wherever it applies: NCHW activations whose
+channels form the grouped sum's rows, the grouped or ``"auto"`` channel sum, the separable
+write) or ``"off"``. The maps, range and positions equal the three-launch grouped path's (same
+functions, same summation order within a split; bit for bit in the interpreter, within 2e-6 of
+the default and at the same positions on the H200). Imported only when the Triton backend runs.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def fused_kernel(a_ptr, w_ptr, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, c
 
 def applies(acts: Tensor, cfg: dict[str, Any]) -> bool:
     """Whether the one-launch forward serves ``acts`` under ``cfg``: the separable write, the grouped
-    (or ``"auto"``) channel sum, NCHW activations (channels back to back) whose channels form whole grouped rows, and ``fuse="on"``,
+    (or ``"auto"``) channel sum, NCHW activations (channels back to back) whose channels form whole
+    grouped rows, and ``fuse="on"``,
     or ``"auto"`` on CUDA for maps of at most ``fuse_positions_16bit`` (16-bit) or
     ``fuse_positions_fp32`` positions with at least ``fuse_samples_per_sm`` samples per
     multiprocessor (where it measured faster on an H200: see ``_cam_triton.CONFIG``)."""
