@@ -118,6 +118,7 @@ class GradCAM(Explainer):
         self._target: Target | None = None
         # a non-timm model with layer="auto" is probed per input size (cached): resolved every call
         self._probed = layer == "auto" and not hasattr(model, "forward_features")
+        self._warned_sizes: set[tuple[int, int]] = set()  # input sizes whose 1 x 1 map was warned about
         if not self._probed:
             self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
         self.last_path: str | None = None  # which path the last call took (for tests and logs)
@@ -163,10 +164,9 @@ class GradCAM(Explainer):
 
     def _warn_one_position(self, hw: tuple[int, int], fn: str) -> None:
         """Once per input size: a 1 x 1 map is one value per image, so every map is constant."""
-        warned = self.__dict__.setdefault("_one_position", set())
-        if hw in warned:
+        if hw in self._warned_sizes:
             return
-        warned.add(hw)
+        self._warned_sizes.add(hw)
         warnings.warn(f"{fn}: the target layer's map is 1 x 1 for {hw[0]} x {hw[1]} inputs: one value per image, so "
                       "every map is constant (all zeros once normalised) and an alignment loss on it trains "
                       "nothing. Use larger images, a layer with more positions (layer='...'), or a model with a "
