@@ -185,8 +185,10 @@ def main() -> None:
     p.add_argument("--out", type=int, default=224)
     p.add_argument("--sweep", action="store_true", help="also time other launch configurations")
     p.add_argument("--stages", action="store_true", help="also time every launch on its own")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="time the --sweep configurations alone (not the peers, the reduce= variants, fwd+bwd)")
     p.add_argument("--configs", default=None,
-                   help="with --sweep: the configurations to time instead of the built-in list, as JSON dicts "
+                   help="with --sweep(-only): the configurations to time instead of the built-in list, as JSON dicts "
                         "separated by ';' (e.g. '{};{\"small_map_positions\": 0}')")
     p.add_argument("--compile-dtypes", default="bfloat16,float32",
                    help="dtypes that get the torch.compile variant ('' for none; each shape compiles once)")
@@ -239,8 +241,10 @@ def main() -> None:
             both["triton grads=grouped fwd+bwd"] = lambda: _with_config(
                 {"grads": "grouped", "reduce": "grouped"}, lambda: torch.autograd.grad(
                     cam_epilogue(ar, wr, size, scale=scale, backend="triton"), [ar, wr], g))
+            if a.sweep_only:
+                fwd, both = {}, {}
             sweep = {}
-            if a.sweep:
+            if a.sweep or a.sweep_only:
                 for cfg in [json.loads(t) for t in a.configs.split(";")] if a.configs else SWEEP:
                     name = "triton " + (",".join(f"{k}={v}" for k, v in cfg.items()) or "forward() default")
                     sweep[name] = lambda cfg=cfg: _cam_triton.forward(acts, w, size, scale, True, True, REL_EPS,

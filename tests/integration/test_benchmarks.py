@@ -8,6 +8,7 @@ process, as a user runs it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 pytestmark = pytest.mark.slow
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                          timeout=300, cwd=BENCH.parent)
+                          timeout=300, cwd=BENCH.parent, env=None if env is None else {**os.environ, **env})
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -38,6 +39,15 @@ def test_flops_benchmark_splits_align_into_its_phases(tmp_path: Path) -> None:
     assert rows["align"]["roofline x erm"] > 2  # (at 32 px the optimiser's per-step traffic weighs on both)
     assert set(dict(p.split() for p in rows["align"]["per phase (roofline us / image)"].split(", "))) == set(phases)
     assert len(out["top"]) == 3 and sum(t["roofline share"] for t in out["top"]) < 1
+
+
+def test_kernel_sweep_only_compares_each_configuration_with_the_default(tmp_path: Path) -> None:
+    """gpu.sh's kernel_fuse_batch stage, under the Triton interpreter on the CPU."""
+    run("kernel.py", "--smoke", "--batch", "2", "--out", "16", "--cases", "8:3", "--sweep-only",
+        "--configs", '{};{"fuse": "off"}', "--json", str(tmp_path / "k.json"), env={"TRITON_INTERPRET": "1"})
+    rows = json.loads((tmp_path / "k.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"triton forward() default", "triton fuse=off"}  # the sweep alone
+    assert all(r["max diff vs default"] < 1e-6 and r["same positions"] for r in rows)
 
 
 def test_saliency_benchmark(tmp_path: Path) -> None:

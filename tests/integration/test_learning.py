@@ -47,7 +47,7 @@ def test_the_masker_phase_finds_the_frozen_classifiers_evidence() -> None:
     recipe = recipes.align(_BrightPixels(), explainer="input_gradient", regularizer=None, warmup_steps=0).train()
     opt = torch.optim.Adam(recipe.masker.parameters(), lr=recipe.masker_lr)
     held_out = _patches(64, torch.Generator().manual_seed(1))
-    inside = held_out["mask"].bool().expand(-1, 1, -1, -1)
+    inside = held_out["mask"].bool()
 
     def mask_means() -> tuple[float, float]:
         with torch.no_grad():
