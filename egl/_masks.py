@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from egl._check import check_range, check_tensor, describe, fail
+from egl._check import check_range, check_shape, check_tensor, describe, fail
 
 __all__ = ["as_mask", "resize_mask", "MASK_SHAPE"]
 
@@ -33,6 +35,20 @@ def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = Tr
     return m
 
 
+def _pair(size: object, fn: str) -> tuple[int, int]:
+    """``size`` as ``(H, W)``, two ints >= 1 (a bool, a float or a single int is refused)."""
+    pair = None
+    if isinstance(size, (tuple, list)) and len(size) == 2 and not any(isinstance(v, bool) for v in size):
+        try:
+            pair = (operator.index(size[0]), operator.index(size[1]))
+        except TypeError:  # a float or another non-integer entry
+            pass
+    if pair is None or min(pair) < 1:
+        raise fail(fn, "size", "an output size (H, W): two ints >= 1", repr(size)[:100],
+                   "Pass a pair such as x.shape[-2:] (or (n, n) for a square)")
+    return pair
+
+
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize ``[B, 1, H, W]`` masks to ``size``.
 
@@ -42,8 +58,25 @@ def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     the other uses antialiased bilinear interpolation (computed in float32 at least), so thin
     structures along the shrinking side are averaged, not dropped or doubled by where they fall
     (plain bilinear turned a 25%-foreground mask of thin bands into 0 or 1). Values stay in [0, 1].
+
+    Args:
+        mask: float masks in [0, 1] (:func:`as_mask` turns bool or integer masks into these).
+        size: the output ``(H, W)``, both >= 1, e.g. ``x.shape[-2:]`` (a pair, like every size
+            argument in egl; a single int is refused rather than guessed to mean a square).
+
+    Shape:
+        mask: ``B 1 H W``; returns ``B 1 size[0] size[1]``, of ``mask``'s dtype.
+
+    Raises:
+        InputError: ``mask`` is not a floating ``[B, 1, H, W]`` tensor, or ``size`` is not a pair
+            of ints >= 1.
     """
-    size = (int(size[0]), int(size[1]))
+    fn = "egl._masks.resize_mask"
+    if isinstance(mask, Tensor) and not mask.is_floating_point():
+        raise fail(fn, "mask", "a floating-point mask in [0, 1]", describe(mask),
+                   "Convert it with egl._masks.as_mask (bool or 0/1 masks), or mask.float() / 255 (0-255 masks)")
+    check_shape(mask, MASK_SHAPE, fn, "mask")
+    size = _pair(size, fn)
     if tuple(mask.shape[-2:]) == size:
         return mask
     if size[0] <= mask.shape[-2] and size[1] <= mask.shape[-1]:

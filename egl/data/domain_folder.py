@@ -16,7 +16,10 @@ domain must contain every class (a missing class is an error naming both, unless
 
 Masks are grey images of the same size as their image: 0-255 (255 = foreground; 0-65535 for
 16-bit files), or 0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask
-of another size is an error naming both files. 16-bit images keep their levels (PIL's RGB
+of another size is an error naming both files. A mask whose largest value is 2 to
+``LABEL_MAX`` (15) is an error naming the file: it is a class-label image (0/1/2 classes, or
+a 1/2/3 trimap), which read as 0-255 would be nearly empty (at most 6% foreground), and which
+of its labels is the foreground is not known. 16-bit images keep their levels (PIL's RGB
 conversion would clip them to white).
 
 Unreadable images: ``verify=True`` opens every file once at construction (PIL's
@@ -48,6 +51,7 @@ __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTION
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 MASKS_DIR = "masks"
+LABEL_MAX = 15  # a mask whose largest level is 2..LABEL_MAX is a class-label image, not 0-255
 _FN = "egl.data.DomainFolder"
 
 
@@ -159,6 +163,11 @@ class DomainFolder(Dataset):
         on_error: ``"raise"`` or ``"skip"`` for unreadable images found by ``verify``.
         allow_missing_classes: accept domains that lack some classes.
 
+    Masks are read as 0-255 (0-65535 for 16-bit files; a colour mask by its brightest channel)
+    or, when their largest level is 1, as 0/1. A largest level from 2 to ``LABEL_MAX`` (15) is a
+    class-label image (0/1/2 classes, a 1/2/3 trimap): loading its item raises
+    :class:`~egl.errors.InputError` naming the file, rather than reading it as a nearly empty mask.
+
     Example:
         >>> ds = DomainFolder("data/VLCS", split="train", domains=["Caltech101", "LabelMe"])  # doctest: +SKIP
     """
@@ -231,6 +240,13 @@ class DomainFolder(Dataset):
                            f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
                            f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
                            "Save the mask at its image's size (a stretched mask would point elsewhere)")
-            full = 1 if int(mask.max()) == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
+            top = int(mask.max())
+            if 2 <= top <= LABEL_MAX:  # divided by 255 it peaked at 0.06: silently (nearly) empty
+                raise fail(_FN, "root", f"masks of 0-{mask_full} ({mask_full} = foreground) or of 0/1",
+                           f"'{s.mask}' with levels 0 to {top}, a class-label image (which label is the "
+                           "foreground is unknown)",
+                           "Save each mask as foreground 255 (or 1) on background 0, e.g. "
+                           "Image.fromarray(((labels == k) * 255).astype('uint8')) for class k")
+            full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
             item["mask"] = self._resize(mask.float().div_(full))
         return item

@@ -159,7 +159,8 @@ def combine_proposals(logits: Tensor, iou: Tensor, *, rule: str = "union", iou_t
 
     Args:
         logits: mask logits of P proposals per image. iou: their predicted IoU.
-        rule: ``"union"`` or ``"best"``. iou_threshold: union threshold. max_area: in (0, 1].
+        rule: ``"union"`` or ``"best"``. iou_threshold: union threshold, in [0, 1].
+        max_area: in (0, 1].
 
     Shape:
         logits: ``B P h w``; iou: ``B P``; returns ``B 1 h w`` (logits).
@@ -176,7 +177,40 @@ def combine_proposals(logits: Tensor, iou: Tensor, *, rule: str = "union", iou_t
         raise fail(fn, "iou", f"shape {list(logits.shape[:2])} (one score per proposal)", describe(iou),
                    "Pass the iou_scores that came with the logits")
     check_choice(rule, ("union", "best"), fn, "rule")
-    return _finish(_reduce(logits, iou, float(iou_threshold), float(max_area), None), rule)
+    return _finish(_reduce(logits, iou, *_thresholds(iou_threshold, max_area, fn), None), rule)
+
+
+def _thresholds(iou_threshold: object, max_area: object, fn: str) -> tuple[float, float]:
+    """``(iou_threshold, max_area)`` as floats, in [0, 1] and (0, 1] (a bool or NaN is refused)."""
+    out = []
+    for arg, value, lo_open, fix in (
+            ("iou_threshold", iou_threshold, False, "Pass e.g. iou_threshold=0.88 (SAM's pred_iou_thresh)"),
+            ("max_area", max_area, True, "Pass e.g. max_area=0.5 to drop proposals covering more than half "
+             "the image, or 1.0 to keep every proposal")):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not (0 < value <= 1 if lo_open else 0 <= value <= 1)):  # NaN fails too
+            expected = "a number in (0, 1] (a fraction of the image)" if lo_open else "a number in [0, 1]"
+            raise fail(fn, arg, expected, repr(value)[:100], fix)
+        out.append(float(value))
+    return out[0], out[1]
+
+
+def _cache(cache_dir: object, dataset: str | None) -> MaskCache:
+    """The mask cache under ``cache_dir``, refused now when it cannot be a folder (a path that is,
+    or lies under, an existing file failed only at the first write, with a raw OSError)."""
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise fail(_FN, "cache_dir", "a folder path (or None: no cache)", repr(cache_dir)[:100],
+                   "Pass e.g. cache_dir='~/.cache/egl/sam'")
+    cache = MaskCache(cache_dir, dataset)
+    for path in (cache.dir, *cache.dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "an existing file" if path == cache.dir else f"a path under the file {str(path)!r}"
+                raise fail(_FN, "cache_dir", "a folder (or a path where one can be created)",
+                           f"{str(cache.dir)!r}, {what}",
+                           "Pass a folder, e.g. cache_dir='~/.cache/egl/sam', or move the file away")
+            break
+    return cache
 
 
 def _unit_stats(value: float | Sequence[float] | None, arg: str) -> tuple[float, ...] | None:
@@ -200,13 +234,15 @@ class SAMMasker(Masker):
         model: an already-built ``SamModel`` / ``SamHQModel`` instead of ``weights``.
         points_per_side: the prompt grid is ``points_per_side ** 2`` points (16).
         rule: ``"union"`` (default) or ``"best"`` (see :func:`combine_proposals`).
-        iou_threshold: predicted IoU a proposal needs to join the union (0.88).
-        max_area: proposals covering more of the image than this are dropped (1.0: none).
+        iou_threshold: predicted IoU a proposal needs to join the union, in [0, 1] (0.88).
+        max_area: proposals covering more of the image than this fraction are dropped, in
+            (0, 1] (1.0: none).
         input_mean, input_std: the normalisation the inputs carry, undone before SAM's own
             (None: inputs are RGB in [0, 1]).
         points_per_batch: points per mask-decoder call, per image (64; memory only).
         image_batch_size: images per image-encoder call (8; memory only).
-        cache_dir: where masks are cached (None: no cache).
+        cache_dir: the folder where masks are cached (None: no cache); created on first write.
+            An existing file there is refused at construction.
         dataset: a subfolder of ``cache_dir`` per data set (None: ``cache_dir`` itself).
 
     The SAM model is frozen, kept in eval mode and held outside the module tree: it has no
@@ -243,11 +279,8 @@ class SAMMasker(Masker):
         self.points_per_side = check_int(points_per_side, _FN, "points_per_side", low=1)
         self.points_per_batch = check_int(points_per_batch, _FN, "points_per_batch", low=1)
         self.image_batch_size = check_int(image_batch_size, _FN, "image_batch_size", low=1)
-        if not isinstance(iou_threshold, (int, float)) or not math.isfinite(iou_threshold):
-            raise fail(_FN, "iou_threshold", "a finite number", repr(iou_threshold), "Pass e.g. 0.88")
-        if not isinstance(max_area, (int, float)) or not 0 < max_area <= 1:
-            raise fail(_FN, "max_area", "a number in (0, 1]", repr(max_area), "Pass 1.0 to keep every proposal")
-        self.rule, self.iou_threshold, self.max_area = rule, float(iou_threshold), float(max_area)
+        self.rule = rule
+        self.iou_threshold, self.max_area = _thresholds(iou_threshold, max_area, _FN)
         self.input_mean = _unit_stats(input_mean, "input_mean")
         self.input_std = _unit_stats(input_std, "input_std")
         if (self.input_mean is None) != (self.input_std is None):
@@ -256,7 +289,7 @@ class SAMMasker(Masker):
                        "Pass both input_mean and input_std, or neither")
         if dataset is not None and (not isinstance(dataset, str) or not dataset):
             raise fail(_FN, "dataset", "a non-empty name", repr(dataset), "Pass e.g. dataset='waterbirds'")
-        self.cache = None if cache_dir is None else MaskCache(cache_dir, dataset)
+        self.cache = None if cache_dir is None else _cache(cache_dir, dataset)
         if isinstance(weights, nn.Module) and model is None:  # SAMMasker(sam_model)
             weights, model = None, weights
         if model is not None and weights is not None:

@@ -52,18 +52,24 @@ class LossScaler:
     """Dynamic loss scale of one phase.
 
     Args:
-        init_scale: first scale (2**16, GradScaler's default); a power of two.
-        growth_factor: scale multiplier after ``growth_interval`` steps without overflow (2).
-        backoff_factor: scale multiplier after an overflow (0.5).
-        growth_interval: steps without overflow before the scale grows (2000).
+        init_scale: first scale (2**16, GradScaler's default); a power of two >= 1 (a scale
+            below 1 shrinks gradients toward underflow, and raises once reached in training).
+        growth_factor: scale multiplier after ``growth_interval`` steps without overflow (2);
+            a power of two above 1.
+        backoff_factor: scale multiplier after an overflow (0.5); a power of two below 1.
+        growth_interval: steps without overflow before the scale grows (2000); an int >= 1.
+
+    Raises:
+        InputError: an argument outside these ranges (a bool is not a number here).
     """
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000) -> None:
         if not (isinstance(init_scale, (int, float)) and not isinstance(init_scale, bool)
-                and math.isfinite(init_scale) and init_scale > 0 and math.frexp(init_scale)[0] == 0.5):
-            raise fail(FN, "init_scale", "a positive power of two (so that scaling stays exact)", repr(init_scale),
-                       "Pass e.g. init_scale=2.0**16")
+                and math.isfinite(init_scale) and init_scale >= 1 and math.frexp(init_scale)[0] == 0.5):
+            raise fail(FN, "init_scale", "a power of two >= 1 (a power of two keeps scaling exact; a scale below 1 "
+                       "would shrink the gradients toward float16's underflow)", repr(init_scale),
+                       "Pass e.g. init_scale=2.0**16 (GradScaler's default), or precision='bf16' for no loss scaling")
         self.growth_factor = _power_of_two(growth_factor, "growth_factor", above_one=True)
         self.backoff_factor = _power_of_two(backoff_factor, "backoff_factor", above_one=False)
         check_int(growth_interval, FN, "growth_interval", low=1, fix="Pass e.g. growth_interval=2000")

@@ -139,3 +139,27 @@ def test_resize_is_differentiable() -> None:
     resize_mask(m, (4, 4)).sum().backward()
     assert m.grad is not None
     torch.testing.assert_close(m.grad, torch.full_like(m, 0.25))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
+def test_resize_refuses_bool_and_integer_masks_by_name(dtype: torch.dtype) -> None:
+    """A bool mask crashed inside adaptive_avg_pool2d ("not implemented for 'Bool'"); callers
+    pass as_mask's float masks, so a direct call is told to convert."""
+    m = torch.ones(1, 1, 8, 8, dtype=dtype)
+    with pytest.raises(egl.InputError, match=r"resize_mask: 'mask' expected a floating-point mask in \[0, 1\], "
+                                             rf"got a {re.escape(str(dtype))} tensor .*as_mask"):
+        resize_mask(m, (4, 4))
+
+
+@pytest.mark.parametrize("size", [4, (4,), (4, 4, 4), (0, 4), (4, -1), (4.0, 4), (True, 4), None, "44"])
+def test_resize_refuses_a_size_that_is_not_a_pair_of_positive_ints(size: object) -> None:
+    """An int size raised "'int' object is not subscriptable"; 0 or a float went on to torch."""
+    with pytest.raises(egl.InputError, match=r"resize_mask: 'size' expected an output size \(H, W\): two ints >= 1, "
+                                             rf"got {re.escape(repr(size))}\. Pass a pair"):
+        resize_mask(torch.rand(1, 1, 8, 8), size)  # type: ignore[arg-type]
+
+
+def test_resize_takes_torch_size_and_lists() -> None:
+    m = torch.rand(2, 1, 8, 8)
+    assert resize_mask(m, torch.Size([4, 2])).shape == (2, 1, 4, 2)
+    assert resize_mask(m, [16, 4]).shape == (2, 1, 16, 4)  # type: ignore[arg-type]

@@ -132,6 +132,32 @@ def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
     assert float(item["mask"].max()) == pytest.approx(1.0) and 0.1 < float(item["mask"].mean()) < 0.4
 
 
+@pytest.mark.parametrize(("top", "dtype"), [(2, np.uint8), (3, np.uint8), (15, np.uint8), (2, np.uint16)])
+def test_class_label_masks_are_named_not_read_as_nearly_empty(tmp_path, top: int, dtype: type) -> None:
+    """A 0/1/2 label mask was divided by 255 and peaked at 0.008: no pixel was foreground, silently."""
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
+    for f in (root / "masks" / "A" / "cat").iterdir():
+        m = (np.asarray(Image.open(f)) // 255).astype(dtype)  # 0/1 ...
+        m[0, 0] = top  # ... with a further class label
+        Image.fromarray(m).save(f)
+    ds = DomainFolder(root, "all", image_size=16)
+    full = 65535 if dtype == np.uint16 else 255
+    with pytest.raises(egl.InputError, match=rf"DomainFolder: 'root' expected masks of 0-{full} \({full} = "
+                                             rf"foreground\) or of 0/1, got '.*0.png' with levels 0 to {top}, a "
+                                             r"class-label image .*Save each mask as foreground 255 \(or 1\) on "
+                                             r"background 0"):
+        ds[0]
+
+
+def test_masks_just_above_the_label_range_are_still_0_255(tmp_path) -> None:
+    """The rule stops at LABEL_MAX: a dim 0-255 mask (largest level 16) is read as it always was."""
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    f = next((root / "masks" / "A" / "cat").iterdir())
+    Image.fromarray((np.asarray(Image.open(f)) // 255 * 16).astype(np.uint8)).save(f)
+    item = DomainFolder(root, "all", image_size=16)[0]
+    assert float(item["mask"].max()) == pytest.approx(16 / 255)
+
+
 def test_colour_masks_are_read_by_their_brightest_channel(tmp_path) -> None:
     """A red-on-black mask read through PIL's luminance peaked at 0.3: all background once binarised."""
     root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)

@@ -58,7 +58,7 @@ def entries(root: Path) -> list[Path]:
 # -- output ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rule", ["union", "best"])
 def test_shape_range_dtype(tiny_sam: torch.nn.Module, x01: torch.Tensor, rule: str) -> None:
-    m = SAMMasker(model=tiny_sam, points_per_side=4, rule=rule, iou_threshold=-1.0)
+    m = SAMMasker(model=tiny_sam, points_per_side=4, rule=rule, iou_threshold=0.0)
     out = m(x01)
     assert out.shape == (3, 1, 40, 56) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
@@ -139,7 +139,7 @@ def test_combine_proposals_union_and_best() -> None:
 
 
 def test_rules_differ_on_sam(tiny_sam: torch.nn.Module, x01: torch.Tensor) -> None:
-    union = SAMMasker(model=tiny_sam, points_per_side=4, iou_threshold=-1.0)(x01)
+    union = SAMMasker(model=tiny_sam, points_per_side=4, iou_threshold=0.0)(x01)
     best = SAMMasker(model=tiny_sam, points_per_side=4, rule="best")(x01)
     assert (union >= best - 1e-3).all()  # the union of every proposal covers the best one
     assert not torch.allclose(union, best)
@@ -343,6 +343,45 @@ def test_argument_errors(tiny_sam: torch.nn.Module) -> None:
         SAMMasker(model=tiny_sam, max_area=0)
     with pytest.raises(egl.InputError, match="'input_std' expected to come with 'input_mean'"):
         SAMMasker(model=tiny_sam, input_mean=IMAGENET_MEAN)
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"iou_threshold": -1.0}, r"'iou_threshold' expected a number in \[0, 1\], got -1.0"),
+    ({"iou_threshold": 1.5}, r"'iou_threshold' expected a number in \[0, 1\], got 1.5"),
+    ({"iou_threshold": True}, r"'iou_threshold' expected a number in \[0, 1\], got True"),
+    ({"iou_threshold": float("nan")}, r"'iou_threshold' expected a number in \[0, 1\], got nan"),
+    ({"max_area": 1.5}, r"'max_area' expected a number in \(0, 1\] \(a fraction of the image\), got 1.5"),
+    ({"max_area": -0.5}, r"'max_area' expected a number in \(0, 1\]"),
+    ({"max_area": True}, r"'max_area' expected a number in \(0, 1\] \(a fraction of the image\), got True"),
+    ({"max_area": "0.5"}, r"'max_area' expected a number in \(0, 1\] \(a fraction of the image\), got '0.5'"),
+])
+def test_thresholds_out_of_range_or_bool_are_refused(tiny_sam: torch.nn.Module, kw: dict, msg: str) -> None:
+    """combine_proposals took any value (a bool as 1.0, max_area=1.5, iou_threshold=-1); SAMMasker
+    took a bool and an iou_threshold outside [0, 1]. Both now refuse them by name."""
+    with pytest.raises(egl.InputError, match=rf"egl.maskers.SAMMasker: {msg}"):
+        SAMMasker(model=tiny_sam, **kw)
+    logits, iou = torch.randn(1, 3, 4, 4), torch.rand(1, 3)
+    with pytest.raises(egl.InputError, match=rf"egl.maskers.combine_proposals: {msg}"):
+        combine_proposals(logits, iou, **kw)
+    assert combine_proposals(logits, iou, iou_threshold=0, max_area=1).shape == (1, 1, 4, 4)  # ints are fine
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_at_construction(tiny_sam: torch.nn.Module, x01: torch.Tensor,
+                                                               tmp_path: Path) -> None:
+    """A file as cache_dir failed only at the first forward, with a raw FileExistsError from mkdir."""
+    f = tmp_path / "masks.pt"
+    f.write_bytes(b"not a folder")
+    under = r"a path under the file '.*masks.pt'"
+    for kw, what in (({"cache_dir": f}, "an existing file"), ({"cache_dir": f, "dataset": "toy"}, under),
+                     ({"cache_dir": f / "sub"}, under)):
+        with pytest.raises(egl.InputError, match=rf"SAMMasker: 'cache_dir' expected a folder \(or a path where one "
+                                                 rf"can be created\), got '.*', {what}\. Pass a folder"):
+            SAMMasker(model=tiny_sam, points_per_side=2, **kw)
+    with pytest.raises(egl.InputError, match=r"'cache_dir' expected a folder path \(or None: no cache\), got 3"):
+        SAMMasker(model=tiny_sam, cache_dir=3)  # type: ignore[arg-type]
+    m = SAMMasker(model=tiny_sam, points_per_side=2, cache_dir=tmp_path / "new" / "deeper", dataset="toy")
+    m(x01[:1])  # a folder that does not exist yet is created on first write
+    assert len(entries(tmp_path / "new" / "deeper" / "toy")) == 1
     with pytest.raises(egl.InputError, match="'model' expected a transformers SamModel"):
         SAMMasker(model=torch.nn.Linear(2, 2))
     m = SAMMasker(model=tiny_sam)

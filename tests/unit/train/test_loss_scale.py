@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -47,12 +48,26 @@ def test_update_backs_off_and_grows() -> None:
 
 
 def test_arguments_are_checked() -> None:
-    for kw, msg in (({"init_scale": 1000.0}, "'init_scale' expected a positive power of two"),
+    for kw, msg in (({"init_scale": 1000.0}, "'init_scale' expected a power of two >= 1"),
                     ({"growth_factor": 1.5}, "'growth_factor' expected a power of two above 1"),
                     ({"backoff_factor": 2.0}, "'backoff_factor' expected a power of two below 1"),
                     ({"growth_interval": 0}, "'growth_interval' expected an int >= 1, got 0")):
         with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: {msg}"):
             LossScaler(**kw)
+
+
+@pytest.mark.parametrize("init_scale", [0.5, 2.0**-10, 0.0, -4.0, True, float("inf"), float("nan"), "8"])
+def test_init_scale_below_one_or_not_a_number_is_refused(init_scale: object) -> None:
+    """LossScaler(init_scale=0.5) was taken: a scale below 1 shrinks float16 gradients toward
+    underflow (and training_step raised at the first overflow as if no scale could help)."""
+    with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: 'init_scale' expected a power of two >= 1 "
+                                             rf"\(.*underflow\), got {re.escape(repr(init_scale))}\. Pass e.g. "):
+        LossScaler(init_scale=init_scale)  # type: ignore[arg-type]
+    for kw in ({"growth_factor": True}, {"backoff_factor": 1.0}, {"growth_factor": 1.0},
+               {"growth_interval": True}, {"growth_interval": 2.5}):
+        with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: '{next(iter(kw))}' expected "):
+            LossScaler(**kw)  # type: ignore[arg-type]
+    assert LossScaler(init_scale=1).scale_value == 1.0 and LossScaler(init_scale=2.0**127).scale_value == 2.0**127
 
 
 def test_scaled_step_equals_the_unscaled_step() -> None:
@@ -122,7 +137,7 @@ def test_fit_takes_the_loss_scalers_arguments() -> None:
         recipe.fit([_batch()], 1, progress=False, precision="bf16", loss_scale={"init_scale": 2.0})
     with pytest.raises(egl.InputError, match=r"'loss_scale' expected a dict with keys among \['init_scale'"):
         recipe.fit([_batch()], 1, progress=False, precision="fp16", loss_scale={"scale": 2.0})
-    with pytest.raises(egl.InputError, match=r"LossScaler: 'init_scale' expected a positive power of two"):
+    with pytest.raises(egl.InputError, match=r"LossScaler: 'init_scale' expected a power of two >= 1"):
         recipe.fit([_batch()], 1, progress=False, precision="fp16", loss_scale={"init_scale": 1000})
 
 
@@ -147,7 +162,7 @@ def test_parameter_listed_twice_is_unscaled_once_and_state_is_checked() -> None:
     with pytest.raises(egl.InputError, match=r"LossScaler.load_state_dict: 'state' expected a dict with keys"):
         scaler.load_state_dict({"scale": 2.0})
     bad = {**scaler.state_dict(), "scale": 3.0}
-    with pytest.raises(egl.InputError, match="'init_scale' expected a positive power of two"):
+    with pytest.raises(egl.InputError, match="'init_scale' expected a power of two >= 1"):
         scaler.load_state_dict(bad)
 
 
