@@ -102,7 +102,8 @@ def _one_run(source: Any, mode: Any) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from egl.experiments.runner import check_selection, check_val_set, results_dir, train_method
+    from egl.experiments.models import check_model_builds
+    from egl.experiments.runner import check_batch_size, check_selection, check_val_set, results_dir, train_method
     from egl.experiments.sources import load_source
 
     from egl.experiments.sweep import expand
@@ -117,14 +118,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         draws = f"; or a draw <method>@<0..{int(cfg['sweep']['n']) - 1}> of {swept} (sweep.n)" if swept else ""
         raise fail("egl train", "--method", f"one of {list(cfg['methods'])} (from the config's methods){draws}",
                    repr(args.method), "Add it under methods: in the config, or pick an existing one")
+    select, every = check_selection(cfg)  # every value (train.seeds: an int or a non-empty list), before the data
     source = load_source(cfg["data"])  # every setting checked before the folder is made
     domains = _one_run(source, cfg["train"].get("domains", "all"))
     train_set = next(iter(source.training_sets(domains).values()))
     val_set = source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")
-    select, every = check_selection(cfg)  # (train.seeds too: an int or a non-empty list)
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
     if select == "acc" or every is not None:
         check_val_set(cfg, val_set, select)
+    check_batch_size(cfg, {"+".join(domains): train_set})
+    check_model_builds(cfg["model"], source.num_classes)
     out = results_dir(cfg, f"train-{args.method}")
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)

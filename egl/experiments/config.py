@@ -175,7 +175,11 @@ def check_values(cfg: dict[str, Any]) -> None:
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
     ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
     ``train.progress``, ``data.batch_size``, ``data.num_workers``, ``data.image_size``,
-    ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``."""
+    ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
+    ``train.device`` names a device this machine has, and ``model.arch``, ``model.kwargs`` and
+    ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
+    Runs after :func:`check_keys` and before the data set is built (folder data reads ``data.image_size``)."""
+    from egl.experiments.models import check_model
     from egl.metrics.faithfulness import BASELINES
 
     fn = "egl.experiments"
@@ -207,6 +211,7 @@ def check_values(cfg: dict[str, Any]) -> None:
                    "Set e.g. eval.ks=[1, 5, 10, 20, 50]")
     check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
     check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
+    check_model(cfg.get("model"), fn)
 
 
 def _is_number(v: object) -> bool:
@@ -227,7 +232,8 @@ def _check_seeds(seeds: object) -> None:
 
 
 def _check_device(device: object) -> None:
-    """``train.device``: a device name ``torch.device`` reads (whether this machine has it, torch says)."""
+    """``train.device``: a device name ``torch.device`` reads, and one this machine has (``cuda`` without
+    a GPU, or ``cuda:2`` with two, failed when the first run moved its model, in a made folder)."""
     import torch
 
     try:
@@ -237,3 +243,21 @@ def _check_device(device: object) -> None:
     if not ok:
         raise fail("egl.experiments", "train.device", "a torch device name such as 'cpu', 'cuda' or 'cuda:1'",
                    repr(device)[:100], "Set train.device=cpu, cuda or cuda:N (N: a GPU index, e.g. cuda:1)")
+    dev = torch.device(device)  # type: ignore[arg-type]
+    if dev.type == "cuda":
+        count, kind = (torch.cuda.device_count() if torch.cuda.is_available() else 0), "CUDA GPU"
+    elif dev.type == "mps":
+        count, kind = (1 if torch.backends.mps.is_available() else 0), "Apple MPS device"
+    else:  # cpu, or a backend torch checks itself
+        return
+    if (dev.index or 0) < count:
+        return
+    if count == 0:
+        where = ("torch.cuda.is_available() is True (a GPU, its driver and a CUDA build of torch)"
+                 if dev.type == "cuda" else "torch.backends.mps.is_available() is True")
+        raise fail("egl.experiments", "train.device", "a device this machine has",
+                   f"{str(device)!r}, but torch finds no {kind} here", f"Set train.device=cpu, or run where {where}")
+    have = f"{dev.type}:0" if count == 1 else f"{dev.type}:0 to {dev.type}:{count - 1}"
+    raise fail("egl.experiments", "train.device", "a device this machine has",
+               f"{str(device)!r}, but torch finds {count} {kind}{'s' if count > 1 else ''} here ({have})",
+               f"Set train.device={dev.type}:{count - 1} or lower, or train.device=cpu")

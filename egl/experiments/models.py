@@ -14,27 +14,72 @@ from typing import Any
 import torch
 from torch import nn
 
-from egl._check import fail
+from egl._check import describe, fail
 
-__all__ = ["build_model", "load_weights"]
+__all__ = ["build_model", "load_weights", "check_model", "check_model_builds"]
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
-    """Load a local weights file into ``model``; returns the keys left at initialisation.
+def check_model(model_cfg: object, fn: str = "egl.experiments") -> None:
+    """The config's ``model`` section, without building anything: ``model.arch`` is a name timm
+    knows (``timm.is_model``, no download), ``model.kwargs`` a mapping and ``model.weights`` null
+    or an existing file (both failed only when the first run built its model, in a made folder)."""
+    import timm
 
-    Raises:
-        InputError: the file is missing or holds no state dict, or backbone keys do not match.
-    """
-    fn = "egl.experiments.load_weights"
+    if not isinstance(model_cfg, dict):
+        raise fail(fn, "model", "a mapping with arch, kwargs and weights", repr(model_cfg)[:100],
+                   "Set e.g. model.arch=resnet18, or leave the model section out")
+    arch = model_cfg.get("arch")
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3) if isinstance(arch, str) else []
+        hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise fail(fn, "model.arch", "a timm architecture name", repr(arch)[:100],
+                   f"{hint}Set e.g. model.arch=resnet18 (any name in timm.list_models())")
+    kwargs = model_cfg.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise fail(fn, "model.kwargs", "a mapping of keyword arguments for timm",
+                   repr(kwargs)[:100], "Set e.g. model.kwargs={drop_rate: 0.1}, or leave it out")
+    weights = model_cfg.get("weights")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise fail(fn, "model.weights", "a path to a local weights file, or null", describe(weights),
+                   "Set model.weights=/path/to/weights.pt, or model.weights=null for random weights")
+    if weights and not os.path.isfile(weights):
+        raise fail(fn, "model.weights", "an existing local weights file", repr(os.fspath(weights)),
+                   "Download the weights once, by hand, and set model.weights to the file's path "
+                   "(or model.weights=null for random weights)")
+
+
+def check_model_builds(model_cfg: dict[str, Any], num_classes: int) -> None:
+    """Build the model once, on the CPU, and load ``model.weights`` into it: arguments timm's
+    architecture does not take, and a weights file torch cannot read or that holds another
+    architecture's weights, are named before any folder is made (not when the first run starts)."""
+    with warnings.catch_warnings():  # (the runs warn of classifier weights kept at initialisation)
+        warnings.simplefilter("ignore", UserWarning)
+        build_model(model_cfg, num_classes)
+
+
+def _read_state_dict(path: str | os.PathLike[str], fn: str, arg: str, fix_path: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` in the file at ``path`` (a checkpoint's ``state_dict``/``model`` entry too)."""
     if not os.path.isfile(path):
-        raise fail(fn, "weights", "an existing local weights file", repr(os.fspath(path)),
-                   "Download the weights once, by hand, and point model.weights at the file")
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        raise fail(fn, arg, "an existing local weights file", repr(os.fspath(path)),
+                   f"Download the weights once, by hand, and {fix_path}")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated, foreign or pickled-object file: name it
+        raise fail(fn, arg, "a weights file torch.load reads (weights_only=True: tensors, no pickled objects)",
+                   f"{os.fspath(path)!r}, which it could not read ({type(exc).__name__}: {exc})"[:300],
+                   "Save the weights with torch.save(model.state_dict(), path)") from exc
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         obj = obj.get("state_dict") or obj.get("model") or obj
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise fail(fn, "weights", "a state_dict (name -> tensor)", f"{type(obj).__name__} from {path}",
+        raise fail(fn, arg, "a state_dict (name -> tensor)", f"{type(obj).__name__} from {path}",
                    "Save weights with torch.save(model.state_dict(), path)")
+    return obj
+
+
+def _load(model: nn.Module, path: str | os.PathLike[str], fn: str, arg: str, fix_path: str) -> list[str]:
+    obj = _read_state_dict(path, fn, arg, fix_path)
     own = model.state_dict()
     skipped = [k for k, v in obj.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in obj.items() if k not in skipped}
@@ -42,33 +87,37 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
     unexpected = list(result.unexpected_keys)
     missing = [k for k in result.missing_keys if k not in skipped]
     if unexpected or len(missing) > len(skipped) + 4:
-        raise fail(fn, "weights", f"weights for {type(model).__name__}",
+        raise fail(fn, arg, f"weights for {type(model).__name__}",
                    f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}) and {len(missing)} missing "
                    f"(e.g. {missing[:3]})", "Check that model.arch matches the file")
     if skipped:
         warnings.warn(f"{fn}: kept {skipped} at initialisation (shape differs: new number of classes)",
-                      stacklevel=2)
+                      stacklevel=3)
     return skipped + missing
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Load a local weights file into ``model``; returns the keys left at initialisation.
+
+    Raises:
+        InputError: the file is missing, unreadable or holds no state dict, or backbone keys do not match.
+    """
+    return _load(model, path, "egl.experiments.load_weights", "path", "pass the file's path")
 
 
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """``timm.create_model(arch, num_classes=..., **kwargs)`` with random weights, then ``weights`` if given."""
     import timm
 
-    arch = model_cfg.get("arch")
-    if not isinstance(arch, str) or not timm.is_model(arch):
-        raise fail("egl.experiments.build_model", "model.arch", "a timm architecture name", repr(arch),
-                   "See timm.list_models(), e.g. 'resnet18'")
-    kwargs = model_cfg.get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise fail("egl.experiments.build_model", "model.kwargs", "a mapping of keyword arguments for timm",
-                   repr(kwargs)[:100], "Set e.g. model.kwargs={drop_rate: 0.1}, or leave it out")
+    fn = "egl.experiments.build_model"
+    check_model(model_cfg, fn)
+    arch, kwargs = model_cfg["arch"], model_cfg.get("kwargs") or {}
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument the architecture does not take
-        raise fail("egl.experiments.build_model", "model.kwargs", f"keyword arguments that timm's '{arch}' takes",
+        raise fail(fn, "model.kwargs", f"keyword arguments that timm's '{arch}' takes",
                    f"{kwargs!r}"[:100] + f" ({e})",
                    "Remove or rename the argument (see the model's class in timm)") from e
     if model_cfg.get("weights"):
-        load_weights(model, model_cfg["weights"])
+        _load(model, model_cfg["weights"], fn, "model.weights", "set model.weights to the file's path")
     return model

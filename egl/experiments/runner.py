@@ -34,14 +34,14 @@ from egl.experiments.config import check_keys, check_values
 from egl.experiments.evaluate import evaluate
 from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
-from egl.experiments.models import build_model
+from egl.experiments.models import build_model, check_model_builds
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import render_tables
 from egl._check import check_int, fail
 from egl.train.loop import _versions, seed_everything
 from egl.train.validation import Validation
 
-__all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set"]
+__all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set", "check_batch_size"]
 
 
 def results_dir(cfg: dict[str, Any], kind: str) -> Path:
@@ -109,6 +109,24 @@ def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
                    "Train on fewer domains (egl experiment: train.domains=each or loo; egl train: a list such as "
                    "train.domains=[domain0])" if held_out else
                    "Use train.select=last and leave train.val_every unset, or give the data a validation split")
+
+
+def check_batch_size(cfg: dict[str, Any], train_sets: dict[str, Any]) -> None:
+    """Every run's training set holds at least ``data.batch_size`` images: the loader drops the last
+    incomplete batch, so a smaller set gives no batch at all (fit refused its empty loader only when
+    the first run started, in a made folder)."""
+    batch = cfg["data"]["batch_size"]
+    name, n = min(((k, len(v)) for k, v in train_sets.items()), key=lambda kv: kv[1])
+    if n >= batch:
+        return
+    runs = f"the training set of run '{name}'" + (" (the smallest)" if len(train_sets) > 1 else "")
+    synthetic = cfg["data"].get("name", "synthetic") == "synthetic"
+    more = " (e.g. data.synthetic.train_per_domain)" if synthetic else " (check data.root and data.domains)"
+    raise fail("egl.experiments", "data.batch_size",
+               f"at most the number of images in every run's training set (the loader drops the last incomplete "
+               f"batch; {runs} has {n})", repr(batch),
+               f"Set data.batch_size={n} or lower, or train on more images{more}" if n > 0
+               else f"Give every run training images{more}")
 
 
 def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
@@ -186,20 +204,22 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
 
     check_keys(cfg)
     grid, draws = expand(cfg)  # methods with a space become their draws, <method>@<draw>
-    source = load_source(cfg["data"])  # bad data settings fail before any folder is made
+    select, every = check_selection(cfg)  # every value (model.arch, train.device...), before the data is built
     if resume and not cfg.get("output"):
         raise fail("egl experiment", "--resume", "--out naming the results folder of the run to resume", "no --out",
                    "Pass --out DIR, the folder the interrupted run wrote to")
+    source = load_source(cfg["data"])  # bad data settings fail before any folder is made
     t, e = cfg["train"], cfg["eval"]
     seeds = t["seeds"] if isinstance(t["seeds"], list) else [t["seeds"]]
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
-    select, every = check_selection(cfg)
     on_diverge = check_on_diverge(t.get("on_diverge", "stop"))
     if select == "acc" or every is not None:  # every run has data to validate on, before anything is made
         for domains in train_domains.values():
             check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
+    check_batch_size(cfg, train_sets)  # every run has a batch to train on
+    check_model_builds(cfg["model"], source.num_classes)  # model.kwargs and model.weights fit the architecture
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_int, fail
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
 
@@ -165,7 +165,9 @@ def load_source(data: dict[str, Any]) -> Source:
     if not data.get("root"):
         raise fail("egl.experiments", "data.root", "the data set's folder for data.name=folder", "None",
                    "Set data.root=/path/to/VLCS (layout root/<domain>/<class>/<image>)")
-    kw = {"domains": data.get("domains"), "image_size": int(data.get("image_size", 224))}
+    size = check_int(data.get("image_size", 224), "egl.experiments", "data.image_size", low=1,  # (egl eval too)
+                     note="(the side images are resized to)", fix="Set e.g. data.image_size=64")
+    kw = {"domains": data.get("domains"), "image_size": size}
     full = DomainFolder(data["root"], "all", **kw)
     per_split = {s: DomainFolder(data["root"], s, **kw) for s in ("train", "val", "test")}
 

@@ -116,10 +116,46 @@ def test_local_weights_load_without_download(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="shape differs"):
         model = build_model({"arch": "test_resnet", "kwargs": {}, "weights": str(tmp_path / "w.pt")}, num_classes=5)
     assert torch.equal(model.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
-    with pytest.raises(egl.InputError, match="'weights' expected an existing local weights file"):
+    with pytest.raises(egl.InputError, match="'model.weights' expected an existing local weights file"):
         build_model({"arch": "test_resnet", "weights": str(tmp_path / "missing.pt")}, num_classes=5)
     with pytest.raises(egl.InputError, match="'model.arch' expected a timm architecture name"):
         build_model({"arch": "resnet9000"}, num_classes=5)
+
+
+def test_model_weights_and_kwargs_are_checked_before_a_folder_is_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing, unreadable or foreign weights file (and an argument the architecture does not take)
+    failed when the first run built its model, in a made folder (in a grid, after the runs before it)."""
+    from egl.experiments.models import load_weights
+
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"head.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    cases = [
+        ("model.weights=" + str(tmp_path / "missing.pt"),
+         "'model.weights' expected an existing local weights file, got '{}'. Download the weights once, by hand, and "
+         "set model.weights to the file's path (or model.weights=null for random weights).".format(
+             tmp_path / "missing.pt")),
+        ("model.weights=" + str(tmp_path / "junk.pt"),
+         "'model.weights' expected a weights file torch.load reads (weights_only=True: tensors, no pickled objects), "
+         f"got '{tmp_path / 'junk.pt'}', which it could not read (UnpicklingError"),
+        ("model.weights=" + str(tmp_path / "list.pt"),
+         "'model.weights' expected a state_dict (name -> tensor), got list"),
+        ("model.weights=" + str(tmp_path / "other.pt"),
+         "'model.weights' expected weights for ResNet, got 1 unexpected keys (e.g. ['head.weight'])"),
+        ("model.weights=3", "'model.weights' expected a path to a local weights file, or null, got int 3."),
+        ("model.kwargs={foo: 1}", "'model.kwargs' expected keyword arguments that timm's 'test_resnet' takes, got "
+                                  "{'foo': 1}"),
+    ]
+    for override, message in cases:
+        for command in (["train", "--method", "erm"], ["experiment"]):
+            out = tmp_path / "never"
+            assert main([*command, "--out", str(out), *TINY, "--set", override]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("egl: error: egl.experiments") and message in err, (override, err)
+            assert not out.exists()
+    with pytest.raises(egl.InputError, match=r"load_weights: 'path' expected a weights file torch.load reads"):
+        load_weights(torch.nn.Linear(2, 2), tmp_path / "junk.pt")
 
 
 def test_ablation_preset_gains_m_sam_with_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,7 +181,10 @@ def test_on_diverge_and_channels_last_are_checked_before_anything_is_written(tmp
     assert not out.exists()
 
 
-def test_an_older_folder_with_channels_last_false_is_told_how_to_resume(tmp_path: Path) -> None:
+def test_an_older_folder_with_channels_last_false_is_told_how_to_resume(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     out = tmp_path / "old"
     run(_cfg(out, "train.seeds=[0]", "train.steps=1"), echo=False)
     log = out / "results.jsonl"
@@ -189,6 +192,8 @@ def test_an_older_folder_with_channels_last_false_is_told_how_to_resume(tmp_path
     header = json.loads(lines[0])
     header["config"]["train"].update(channels_last=False, device="cuda", precision="bf16")  # as written before "auto"
     log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # train.device=cuda is checked before the config
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # ...is compared, and refused on a machine without
     with pytest.raises(egl.InputError, match=r"add --set train.channels_last=false, the default before 'auto'"):
         run(_cfg(out, "train.seeds=[0]", "train.steps=1", "train.device=cuda", "train.precision=bf16"),
             echo=False, resume=True)

@@ -104,7 +104,16 @@ def test_the_tiny_config_reaches_training_after_the_folder_is_made(tmp_path: Pat
     assert out.is_dir()
 
 
-def test_good_values_pass() -> None:
+def _gpus(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """This machine as one with ``n`` CUDA GPUs, whatever it has."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def test_good_values_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    _gpus(monkeypatch, 2)
     assert check_values(DEFAULTS) is None and check_values(DEMO) is None
     cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cuda:1", "train.precision=bf16",
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
@@ -128,3 +137,112 @@ def test_the_synthetic_data_refuses_another_image_size(tmp_path: Path) -> None:
     with pytest.raises(egl.InputError, match=r"'data.image_size' expected 64 for the synthetic data .*got 16"):
         check_values(cfg)
     check_values(apply_overrides(DEFAULTS, ["data.image_size=224", "data.name=folder", "data.root=/x"]))
+
+
+def _cli(command: str, out: Path, *overrides: str) -> list[str]:
+    method = ["--method", "erm"] if command == "train" else []
+    return [command, *method, "--out", str(out), *(x for kv in [*TINY, *overrides] for x in ("--set", kv))]
+
+
+DEVICES = [  # GPUs this machine has, train.device, the message
+    (0, "cuda", r"'train.device' expected a device this machine has, got 'cuda', but torch finds no CUDA GPU here\. "
+                r"Set train\.device=cpu, or run where torch\.cuda\.is_available\(\) is True"),
+    (0, "cuda:0", r"got 'cuda:0', but torch finds no CUDA GPU here\."),
+    (1, "cuda:1", r"'train.device' expected a device this machine has, got 'cuda:1', but torch finds 1 CUDA GPU here "
+                  r"\(cuda:0\)\. Set train\.device=cuda:0 or lower, or train\.device=cpu\."),
+    (2, "cuda:2", r"got 'cuda:2', but torch finds 2 CUDA GPUs here \(cuda:0 to cuda:1\)\. Set train\.device=cuda:1"),
+]
+
+
+@pytest.mark.parametrize("gpus,device,message", DEVICES, ids=[f"{d}-with-{n}-gpus" for n, d, _ in DEVICES])
+@pytest.mark.parametrize("command", ["train", "experiment"])
+def test_a_device_this_machine_lacks_is_named_and_makes_no_folder(
+        command: str, gpus: int, device: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``train.device=cuda`` without a GPU failed when the first run moved its model, in a made folder."""
+    _gpus(monkeypatch, gpus)
+    out = tmp_path / "out"
+    assert main(_cli(command, out, f"train.device={device}")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("egl: error: egl.experiments: 'train.device'") and re.search(message, err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("gpus,device", [(1, "cuda"), (1, "cuda:0"), (2, "cuda:1"), (0, "cpu")])
+def test_a_device_this_machine_has_passes(gpus: int, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _gpus(monkeypatch, gpus)
+    assert check_values(apply_overrides(DEFAULTS, [f"train.device={device}"])) is None
+
+
+ARCHS = [
+    ("model.arch=test_resnt", r"'model.arch' expected a timm architecture name, got 'test_resnt'\. "
+                              r"Did you mean 'test_resnet'.*\? Set e\.g\. model\.arch=resnet18 "
+                              r"\(any name in timm\.list_models\(\)\)\."),
+    ("model.arch=123", r"'model.arch' expected a timm architecture name, got 123\. Set e\.g\. model\.arch=resnet18"),
+    ("model.kwargs=[1]", r"'model.kwargs' expected a mapping of keyword arguments for timm, got \[1\]\."),
+]
+
+
+@pytest.mark.parametrize("override,message", ARCHS, ids=[o for o, _ in ARCHS])
+@pytest.mark.parametrize("command", ["train", "experiment", "demo"])
+def test_an_unknown_model_arch_is_named_and_makes_no_folder(command: str, override: str, message: str,
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name timm does not know failed when the first run built its model, in a made folder
+    (after minutes of other runs' work in a grid whose first methods were fine)."""
+    out = tmp_path / "out"
+    assert main(_cli(command, out, override)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"egl: error: egl.experiments: '{override.split('=')[0]}'") and re.search(message, err)
+    assert not out.exists()
+    with pytest.raises(egl.InputError, match=message):  # without building the data or the model
+        check_values(apply_overrides(DEFAULTS, [override]))
+
+
+@pytest.mark.parametrize("command,overrides,run,images", [
+    ("train", ["data.batch_size=17"], "'domain0+domain1'", 16),
+    ("experiment", ["data.batch_size=17"], "'all'", 16),
+    ("experiment", ["data.batch_size=9", "train.domains=each"], "'domain0' (the smallest)", 8),
+])
+def test_a_batch_larger_than_a_training_set_is_named_and_makes_no_folder(
+        command: str, overrides: list[str], run: str, images: int, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader drops the last incomplete batch: a training set smaller than data.batch_size gave
+    no batch at all, and fit refused its empty loader once the folder was made and the model built."""
+    out = tmp_path / "out"
+    assert main(_cli(command, out, *overrides)) == 1
+    assert capsys.readouterr().err == (
+        "egl: error: egl.experiments: 'data.batch_size' expected at most the number of images in every run's training "
+        f"set (the loader drops the last incomplete batch; the training set of run {run} has {images}), got "
+        f"{overrides[0].split('=')[1]}. Set data.batch_size={images} or lower, or train on more images "
+        "(e.g. data.synthetic.train_per_domain).\n")
+    assert not out.exists()
+
+
+def test_a_batch_as_large_as_the_training_set_reaches_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import egl.experiments.runner as runner
+
+    class Reached(Exception):
+        pass
+
+    def train_method(*args: object, **kwargs: object) -> None:
+        raise Reached
+
+    monkeypatch.setattr(runner, "train_method", train_method)
+    with pytest.raises(Reached):
+        main(_cli("train", tmp_path / "out", "data.batch_size=16"))
+
+
+@pytest.mark.parametrize("command", ["train", "experiment"])
+def test_folder_data_checks_image_size_before_reading_it(command: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Folder data read ``int(data.image_size)`` before the config checks: a raw ValueError."""
+    from egl.experiments.sources import load_source
+
+    out = tmp_path / "out"
+    assert main(_cli(command, out, "data.name=folder", f"data.root={tmp_path}", "data.image_size=abc")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("egl: error: egl.experiments: 'data.image_size' expected an int >= 1 (the side images are "
+                          "resized to), got 'abc'. Set e.g. data.image_size=64.")
+    assert not out.exists()
+    with pytest.raises(egl.InputError, match=r"'data.image_size' expected an int >= 1 .*got 1\.5"):  # (egl eval)
+        load_source({"name": "folder", "root": str(tmp_path), "image_size": 1.5})
