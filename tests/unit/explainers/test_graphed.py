@@ -71,7 +71,7 @@ def test_off_cuda_the_call_is_the_explainers_own() -> None:
 @pytest.mark.usefixtures("cpu_graphs")
 def test_replays_give_the_eager_maps_of_each_new_input(name: str) -> None:
     model = make_model(name)
-    size = 64 if name == "test_vit" else 48
+    size = 48 if name == "test_resnet" else 64  # (test_convnext's map is 1 x 1 at 48 px: constant maps)
     eager = GradCAM(model)
     cam = GraphedExplainer(GradCAM(model), warmup=1)
     modes = []
