@@ -243,7 +243,7 @@ class _FusedEpilogue(torch.autograd.Function):
         from egl.kernels import _cam_triton
 
         out, low, stats, argext = _cam_triton.forward(acts, weights, size, scale, relu, normalize, REL_EPS)
-        ctx.save_for_backward(acts, weights, low, stats, argext)
+        ctx.save_for_backward(acts, weights, low, stats, argext, out if normalize else None)
         ctx.args = (size, scale, relu, normalize)
         ctx.fallback = fallback
         return out
@@ -251,7 +251,9 @@ class _FusedEpilogue(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
-        acts, weights, low, stats, argext = ctx.saved_tensors
+        acts, weights, low, stats, argext, out = ctx.saved_tensors
+        if out is not None:  # pixels pinned at 0 or 1 pass no gradient, as in minmax_normalize (see there)
+            grad = torch.where((out > 0) & (out < 1), grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         ga, gw = _backward(grad, acts, weights, low, stats, argext, *ctx.args, needs=ctx.needs_input_grad[:2],
                            fallback=ctx.fallback)
         return ga, gw, None, None, None, None, None

@@ -208,7 +208,7 @@ def test_grad_cam_options_with_another_explainer_are_refused_not_ignored() -> No
 
 # -- batch_mixup: the mixup pass in the main pass when that is exact --------------------------------
 def _terms_and_grads(recipe: recipes.ALIGN, step: int = 0) -> tuple[dict, dict]:
-    x, y = _batch(6, 32)
+    x, y = _batch(6, 64)  # (2 x 2 Grad-CAM maps on test_resnet: at 32 px one value, constant maps)
     recipe.train()
     torch.manual_seed(7)  # the same partners and β in both modes
     terms = recipe.compute_phase("classifier", (x, y), step)
