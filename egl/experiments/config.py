@@ -166,6 +166,9 @@ def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]
             raise fail("egl.experiments.load_config", ".".join(where),
                        f"a known key; at {'.'.join(path) or 'the top level'} these are {sorted(ref)}",
                        f"the unknown key '{k}'", f"{hint} (an unknown key would be silently ignored)")
+        if isinstance(ref[k], dict) and not isinstance(v, dict):  # (--set data=abc)
+            raise fail("egl.experiments.load_config", ".".join(where), f"a mapping of settings (keys {sorted(ref[k])})",
+                       repr(v)[:100], f"Set its settings one at a time, e.g. --set {'.'.join(where)}.{sorted(ref[k])[0]}=...")
         if isinstance(ref[k], dict) and isinstance(v, dict):
             _check_level(v, ref[k], where)
 

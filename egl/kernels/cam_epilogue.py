@@ -259,6 +259,12 @@ class _FusedEpilogue(torch.autograd.Function):
         return ga, gw, None, None, None, None, None
 
 
+def _is_size(size: object) -> bool:
+    """An output size ``(H, W)``: two ints (not bools) >= 1, as a tuple, list or ``torch.Size``."""
+    return (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))
+
+
 def _auto_uses_triton(acts: Tensor) -> bool:
     """``backend="auto"``: the Triton kernels for CUDA tensors, while they work in this process."""
     return acts.is_cuda and triton_available() and _TRITON_FAILED is None
@@ -290,7 +296,7 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if acts.shape[-2] == 0 or acts.shape[-1] == 0:
         raise fail(fn, "acts", "a feature map of at least 1 x 1", f"shape {list(acts.shape)}",
                    "Pick a target layer whose output keeps spatial positions at this input size")
-    if size is not None and (len(tuple(size)) != 2 or min(int(v) for v in size) < 1):
+    if size is not None and not _is_size(size):
         raise fail(fn, "size", "an output size (H, W) of at least 1 x 1", repr(size), "Pass e.g. x.shape[-2:]")
     if weights.shape != acts.shape[:2]:
         raise fail(fn, "weights", f"shape {list(acts.shape[:2])} (batch, channels of 'acts')",

@@ -7,6 +7,7 @@ each left an empty ``--out`` folder behind.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -246,3 +247,13 @@ def test_folder_data_checks_image_size_before_reading_it(command: str, tmp_path:
     assert not out.exists()
     with pytest.raises(egl.InputError, match=r"'data.image_size' expected an int >= 1 .*got 1\.5"):  # (egl eval)
         load_source({"name": "folder", "root": str(tmp_path), "image_size": 1.5})
+
+
+@pytest.mark.parametrize("section", ["data", "train", "eval", "model", "sweep"])
+def test_a_section_that_is_not_a_mapping_is_named(section: str) -> None:
+    from egl.experiments.config import check_keys
+
+    cfg = apply_overrides(copy.deepcopy(DEFAULTS), [f"{section}=abc"])
+    with pytest.raises(egl.InputError, match=rf"'{section}' expected a mapping of settings \(keys \[.*got 'abc'. "
+                                             rf"Set its settings one at a time, e.g. --set {section}\."):
+        check_keys(cfg)

@@ -766,3 +766,10 @@ def test_the_bce_gradient_of_pinned_maps_in_float32_is_near_float64() -> None:
             bce_alignment(cam_epilogue(a, ww, (64, 64), scale=0.25, backend=backend), m.to(dt)).backward()
             into += [a.grad, ww.grad]
         assert max(_rel(got[0], want[0]), _rel(got[1], want[1])) < 5e-3
+
+
+@pytest.mark.parametrize("size", [5, (5,), (5, 0), (5.0, 5), (True, 5), "55"])
+def test_an_output_size_that_is_not_a_pair_of_positive_ints_is_named(size: object) -> None:
+    a, w = _inputs(1, 4, 3, 3)
+    with pytest.raises(egl.InputError, match=r"'size' expected an output size \(H, W\) of at least 1 x 1"):
+        cam_epilogue(a, w, size)  # type: ignore[arg-type]
