@@ -139,8 +139,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from egl.experiments.evaluate import evaluate
     from egl.experiments.sources import load_source
 
+    from egl.experiments.config import check_eval_values
+
     model, ckpt = load_model(args.checkpoint)
     cfg = _config(args, base=ckpt["config"])
+    check_eval_values(cfg)  # train.device, eval.*: before the data is built
     source = load_source(cfg["data"])
     # in distribution: a split of a domain the model trained on, in the data it trained on
     trained = ckpt["config"].get("data", {})

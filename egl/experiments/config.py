@@ -12,7 +12,8 @@ from typing import Any
 
 from egl._check import check_choice, check_flag, check_int, fail
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys", "check_values"]
+__all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys", "check_values",
+           "check_eval_values"]
 
 #: Defaults of ``egl experiment`` and ``egl train``; ``egl demo`` starts from :data:`egl.experiments.demo.DEMO`.
 DEFAULTS: dict[str, Any] = {
@@ -183,16 +184,14 @@ def check_values(cfg: dict[str, Any]) -> None:
     ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
     Runs after :func:`check_keys` and before the data set is built (folder data reads ``data.image_size``)."""
     from egl.experiments.models import check_model
-    from egl.metrics.faithfulness import BASELINES
 
     fn = "egl.experiments"
-    t, d, e = cfg["train"], cfg.get("data") or {}, cfg.get("eval") or {}
+    t, d = cfg["train"], cfg.get("data") or {}
     check_int(t.get("steps"), fn, "train.steps", low=1, fix="Set e.g. train.steps=300")
     lr = t.get("lr")
     if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
     _check_seeds(t.get("seeds"))
-    _check_device(t.get("device", "cpu"))
     check_choice(t.get("precision", "fp32"), ("fp32", "bf16", "fp16"), fn, "train.precision")
     check_flag(t.get("progress", True), fn, "train.progress")
     check_int(d.get("batch_size"), fn, "data.batch_size", low=1, note="(training images a step takes)",
@@ -204,6 +203,18 @@ def check_values(cfg: dict[str, Any]) -> None:
     if d.get("name", "synthetic") == "synthetic" and d.get("image_size", 64) != 64:  # (egl explain reads it)
         raise fail(fn, "data.image_size", "64 for the synthetic data (its images are drawn at 64 px)",
                    repr(d.get("image_size")), "Leave data.image_size out, or use data.name=folder")
+    check_eval_values(cfg)
+    check_model(cfg.get("model"), fn)
+
+
+def check_eval_values(cfg: dict[str, Any]) -> None:
+    """What ``egl eval`` reads: ``train.device`` (a device this machine has) and the ``eval``
+    section's values (part of :func:`check_values`; a raw torch or ``int()`` error before)."""
+    from egl.metrics.faithfulness import BASELINES
+
+    fn = "egl.experiments"
+    e = cfg.get("eval") or {}
+    _check_device(cfg["train"].get("device", "cpu"))
     check_int(e.get("batch_size"), fn, "eval.batch_size", low=1, fix="Set e.g. eval.batch_size=256")
     check_int(e.get("explain_samples"), fn, "eval.explain_samples", low=0, note="(0: no saliency metrics)",
               fix="Set e.g. eval.explain_samples=256")
@@ -214,7 +225,6 @@ def check_values(cfg: dict[str, Any]) -> None:
                    "Set e.g. eval.ks=[1, 5, 10, 20, 50]")
     check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
     check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
-    check_model(cfg.get("model"), fn)
 
 
 def _is_number(v: object) -> bool:

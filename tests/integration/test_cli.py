@@ -49,6 +49,11 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped",
                      "--set", "eval.ks=[10, 50]", "--set", "eval.baseline=mean"]) == 0
     assert seen["ks"] == (10, 50) and seen["baseline"] == "mean" and seen["device"] == "cpu"
+    capsys.readouterr()  # a device this machine lacks, or a bad eval value, is named (a raw torch error before)
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "train.device=cuda:99"]) == 1
+    assert "egl.experiments: 'train.device' expected a device this machine has" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "eval.batch_size=abc"]) == 1
+    assert "'eval.batch_size' expected" in capsys.readouterr().err
     img = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
     assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex")]) == 0
