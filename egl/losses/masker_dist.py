@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_logits, check_same_batch, check_shape, fail
+from egl._check import (check_choice, check_logits, check_model_dtype, check_same_batch, check_shape, describe,
+                        fail)
 from egl._masks import as_mask, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import targets
@@ -51,11 +52,33 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
 
     Shape:
         x: ``B C H W``; mask: ``B 1 H W`` at x's resolution; returns two ``B K``.
+
+    Raises:
+        InputError: ``model`` not callable, ``x`` or ``mask`` of the wrong shape (a mask of another
+            batch size or resolution would broadcast), or ``x`` not of the model's dtype.
+        UnsupportedModelError: the model does not return ``[2B, K]`` logits.
     """
-    logits = check_logits(model(torch.cat([x * mask, x * (1.0 - mask)], dim=0)), 2 * x.shape[0],
-                          "egl.losses.masked_pair_logits")
-    fg, bg = logits.split(x.shape[0], dim=0)
-    return fg, bg
+    fn = "egl.losses.masked_pair_logits"
+    x = check_shape(x, "B C H W", fn, "x")
+    _check_model(model, x, fn)
+    mask = check_shape(mask, "B 1 H W", fn, "mask")
+    check_same_batch(fn, x=x, mask=mask)
+    if mask.shape[-2:] != x.shape[-2:]:
+        raise fail(fn, "mask", f"masks at the resolution of 'x' {list(x.shape[-2:])}", describe(mask),
+                   "Resize them with egl._masks.resize_mask(mask, x.shape[-2:])")
+    b = x.shape[0]
+    logits = check_logits(model(torch.cat([x * mask, x * (1.0 - mask)], dim=0)), 2 * b, fn)
+    return logits[:b], logits[b:]  # (split() of an empty batch gives one piece, not two)
+
+
+def _check_model(model: object, x: Tensor, fn: str) -> None:
+    """A callable classifier; an ``nn.Module`` is given images of its parameters' dtype (float64
+    images into a float32 model crash deep inside its first layer)."""
+    if not callable(model):
+        raise fail(fn, "model", "a classifier (a torch.nn.Module returning [B, K] logits)", describe(model),
+                   "Pass the model itself")
+    if isinstance(model, nn.Module):
+        check_model_dtype(model, x, fn, "x")
 
 
 class MaskerDistLoss(nn.Module):
@@ -77,6 +100,7 @@ class MaskerDistLoss(nn.Module):
     def forward(self, model: nn.Module, x: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         fn = "egl.losses.MaskerDistLoss"
         x = check_shape(x, "B C H W", fn, "x")
+        _check_model(model, x, fn)
         m = resize_mask(upload(as_mask(mask, fn, "mask"), x.device, x.dtype), tuple(x.shape[-2:]))
         check_same_batch(fn, x=x, mask=m)
         fg, bg = masked_pair_logits(model, x, m)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_same_batch, check_shape
+from egl._check import check_logits, check_model_dtype, check_same_batch, check_shape, describe, fail
 from egl._masks import as_mask, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import double_backward_ready
@@ -33,16 +33,26 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
 
     Shape:
         x: ``B C H W``; mask: ``B 1 H W`` or ``B H W`` in [0, 1] (resized to x).
+
+    Raises:
+        InputError: ``model`` not an ``nn.Module``, ``x`` or ``mask`` of the wrong shape, ``x`` not of
+            the model's dtype, or a mask outside [0, 1].
+        UnsupportedModelError: the model does not return ``[B, K]`` logits.
     """
     fn = "egl.losses.rrr_penalty"
+    if not isinstance(model, nn.Module):
+        raise fail(fn, "model", "a torch.nn.Module classifier returning [B, K] logits", describe(model),
+                   "Pass the classifier itself (the penalty differentiates its parameters)")
     x = check_shape(x, "B C H W", fn, "x")
+    check_model_dtype(model, x, fn, "x")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, x=x, mask=m)
     m = resize_mask(upload(m, x.device, x.dtype), tuple(x.shape[-2:]))
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), double_backward_ready(True):
         with subpixel_input_grads(model):  # the stem's input gradient in a faster form
-            logp = torch.log_softmax(model(leaf), dim=1)
+            logits = check_logits(model(leaf), x.shape[0], fn)  # (a dense map: log_softmax over its channels)
+            logp = torch.log_softmax(logits, dim=1)
         (g,) = inner_grad(logp.float().sum(), leaf, create_graph=True)  # float32 sum: no overflow
     per_sample = ((1.0 - m) * g.pow(2)).flatten(1).sum(1)
     return reduce(per_sample, reduction, fn)

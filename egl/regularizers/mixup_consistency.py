@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from egl._check import check_positive, check_same_batch, check_shape, fail
+from egl._check import check_positive, check_same_batch, check_shape, describe, fail
 from egl._sampling import sample_beta
 from egl._transfer import upload
 from egl.explainers.base import Explainer, as_targets
@@ -46,12 +46,34 @@ class MixupTerms(NamedTuple):
     total: Tensor
 
 
+def _check_indices(t: object, fn: str, arg: str, what: str) -> Tensor:
+    """A ``[B]`` integer tensor (not bool: a bool index selects rows instead of naming them)."""
+    t = check_shape(t, "B", fn, arg, floating=False)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise fail(fn, arg, f"an integer tensor of {what}", describe(t), f"Pass {what} as a LongTensor ({arg}.long())")
+    return t
+
+
+def _check_draws(beta: object, partner: object, fn: str) -> tuple[Tensor, Tensor]:
+    """``beta``: ``[B]`` real mixing weights; ``partner``: ``[B]`` integer indices (shapes and dtypes
+    only: their values are not read, so nothing waits for the device)."""
+    beta = check_shape(beta, "B", fn, "beta", floating=False)
+    if beta.is_complex():
+        raise fail(fn, "beta", "real mixing weights in [0, 1]", describe(beta), "Pass beta as a float tensor")
+    return beta, _check_indices(partner, fn, "partner", "partner indices")
+
+
 def same_class_pairs(target: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Partner index for every sample: a random other sample of the same class (itself if alone).
 
     Shape:
-        target: ``B``; returns ``B`` (a permutation that maps each class onto itself).
+        target: ``B`` integer class indices; returns ``B`` (a permutation that maps each class onto itself).
+
+    Raises:
+        InputError: ``target`` is not a 1-D integer tensor (float labels would interleave classes
+            in the sort and pair samples across them).
     """
+    target = _check_indices(target, "egl.regularizers.same_class_pairs", "target", "class indices")
     b = target.shape[0]
     rand = upload(torch.rand(b, generator=generator, device="cpu"), target.device)  # (a CPU generator's draws)
     order = torch.argsort(target.to(torch.float64) * 2.0 + rand.to(torch.float64))  # by class, random within
@@ -95,12 +117,20 @@ def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Te
 
     Shape:
         saliency, saliency_mixed: ``B 1 h w``; logits_mixed: ``B K``; target, beta, partner: ``B``.
+
+    Raises:
+        InputError: a shape, a batch size or a dtype that does not fit (``target`` and ``partner``
+            integer tensors, ``beta`` real), or bad ``weights`` / ``reduction``. Values are not read
+            (no wait for the device): ``beta`` outside [0, 1] extrapolates, and the class range of
+            ``target`` is checked where it is explained.
     """
     fn = "egl.regularizers.mixup_consistency"
     weights = _check_weights(weights, fn)
     check_shape(saliency, "B 1 H W", fn, "saliency")
     check_shape(saliency_mixed, "B 1 H W", fn, "saliency_mixed")
     check_shape(logits_mixed, "B K", fn, "logits_mixed")
+    target = _check_indices(target, fn, "target", "class indices")
+    beta, partner = _check_draws(beta, partner, fn)
     check_same_batch(fn, saliency=saliency, saliency_mixed=saliency_mixed, logits_mixed=logits_mixed,
                      target=target, beta=beta, partner=partner)
     if saliency.shape != saliency_mixed.shape:
@@ -109,7 +139,7 @@ def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Te
     b = beta.to(saliency.dtype).view(-1, 1, 1, 1)
     mixed_target = b * saliency + (1.0 - b) * saliency[partner]
     consistency = reduce((mixed_target - saliency_mixed).abs(), reduction, fn)
-    ce = reduce(F.cross_entropy(logits_mixed, target, reduction="none"), reduction, fn)
+    ce = reduce(F.cross_entropy(logits_mixed, target.long(), reduction="none"), reduction, fn)
     sparse = reduce(saliency_mixed.abs(), reduction, fn)
     total = weights[0] * consistency + weights[1] * ce + weights[2] * sparse
     return MixupTerms(consistency, ce, sparse, total)
@@ -143,10 +173,16 @@ class MixupConsistency(Regularizer):
               create_graph: bool = True, beta: Tensor | None = None, partner: Tensor | None = None) -> MixupTerms:
         """Every term of ``L_reg`` for a batch (``beta`` / ``partner`` override the random draws)."""
         fn = "egl.regularizers.MixupConsistency"
+        if not callable(getattr(explainer, "explain", None)):
+            raise fail(fn, "explainer", "an egl explainer (with an explain(x, target) method)", describe(explainer),
+                       "Pass e.g. egl.explainers.GradCAM(model)")
         x = check_shape(x, "B C H W", fn, "x")
         t = as_targets(target, x.shape[0], fn, x.device)
         if t is None:
             raise fail(fn, "target", "the true class of every sample", "None", "Pass the labels y")
+        if saliency is not None:  # (else a wrong batch size is blamed on the mixed batch's saliency)
+            check_shape(saliency, "B 1 H W", fn, "saliency")
+            check_same_batch(fn, x=x, saliency=saliency)
         # the explainer gets the spec as given: a host spec keeps its host range (no device read)
         spec = t if isinstance(target, Tensor) and target.device == x.device else target
         if saliency is None:
@@ -157,11 +193,21 @@ class MixupConsistency(Regularizer):
 
     def mix(self, x: Tensor, target: Tensor, *, beta: Tensor | None = None,
             partner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x̃, β, partner)``: same-class partners and β drawn (in that order) unless given."""
+        """``(x̃, β, partner)``: same-class partners and β drawn (in that order) unless given.
+
+        Shape:
+            x: ``B C H W`` floating; target, beta, partner: ``B``.
+        """
+        fn = "egl.regularizers.MixupConsistency.mix"
+        x = check_shape(x, "B C H W", fn, "x")  # (integer images would truncate β to 0: x̃ = x[partner])
         if partner is None:
+            target = _check_indices(target, fn, "target", "class indices")
+            check_same_batch(fn, x=x, target=target)
             partner = same_class_pairs(target)
         if beta is None:
             beta = self.sample_beta(x.shape[0], x.device)
+        beta, partner = _check_draws(beta, partner, fn)
+        check_same_batch(fn, x=x, beta=beta, partner=partner)
         b = beta.to(x.dtype).view(-1, 1, 1, 1)
         return b * x + (1.0 - b) * x[partner], beta, partner
 

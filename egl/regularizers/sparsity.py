@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from egl._check import check_tensor
+from egl._check import check_tensor, describe, fail
 from egl.losses._reduction import reduce
 from egl.regularizers.base import Regularizer
 
@@ -15,7 +15,7 @@ def sparsity(mask: Tensor, *, reduction: str = "mean") -> Tensor:
     """Mean absolute value of each sample's mask, reduced over the batch.
 
     Shape:
-        mask: ``B *`` (typically ``B 1 H W``).
+        mask: ``B *`` (typically ``B 1 H W``); each sample needs at least one element.
 
     Example:
         >>> import torch
@@ -24,6 +24,9 @@ def sparsity(mask: Tensor, *, reduction: str = "mean") -> Tensor:
     """
     fn = "egl.regularizers.sparsity"
     m = check_tensor(mask, fn, "mask", floating=True)
+    if m.dim() == 0:  # (no batch dimension to reduce over)
+        raise fail(fn, "mask", "a tensor of shape [B, ...] (typically [B, 1, H, W])", describe(m),
+                   "Keep the batch dimension, e.g. mask[None] for a single mask")
     return reduce(m.abs(), reduction, fn)
 
 

@@ -52,13 +52,28 @@ from typing import Any
 
 import torch
 
-from egl._check import fail
+from egl._check import describe, fail
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
            "get_rng_state", "set_rng_state", "loader_generators", "DataStream"]
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT = 1
+
+
+# -- paths ----------------------------------------------------------------------------------------
+def as_path(value: object, fn: str, arg: str, fix: str) -> Path:
+    """``value`` as a :class:`~pathlib.Path`: a non-empty ``str`` or an ``os.PathLike`` of one (an
+    int, None or bytes raised a TypeError deep in pathlib; ``""`` silently meant the current folder)."""
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str) or text == "":
+        raise fail(fn, arg, "a path (a non-empty str or pathlib.Path)", describe(value), fix)
+    return Path(text)
+
+
+def os_reason(exc: OSError) -> str:
+    """``"<ErrorClass>: <reason>"`` of an ``OSError``, for messages."""
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
 # -- atomic files ------------------------------------------------------------------------------
@@ -77,10 +92,22 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
 
     If anything fails while writing, ``path`` keeps its previous content and the temporary
     file is removed. Returns ``path``.
+
+    Raises:
+        InputError: ``path`` is not a path, is a directory, or lies where no file can be created
+            (under a file, or in a folder that cannot be written).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fn = "egl.train.save_checkpoint"
+    path = as_path(path, fn, "path", "Pass the file to write, e.g. Path(checkpoint_dir) / 'last.pt'")
+    if path.is_dir():
+        raise fail(fn, "path", "a file path to write the checkpoint to", f"'{path}', a directory",
+                   f"Pass a file in it, e.g. '{path / CHECKPOINT_NAME}'")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise fail(fn, "path", "a file in a folder that can be created and written", f"'{path}' ({os_reason(exc)})",
+                   "Pass a path in a writable folder") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -102,7 +129,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     ``recipe.load_state_dict(ckpt["recipe"])`` then moves the weights to the recipe's device.
     """
-    path = Path(path)
+    path = as_path(path, "egl.train.load_checkpoint", "path",
+                   "Pass checkpoint_dir / 'last.pt' of a run that saved checkpoints")
     if not path.is_file():
         raise fail("egl.train.load_checkpoint", "path", "an existing checkpoint file", repr(str(path)),
                    "Pass checkpoint_dir / 'last.pt' of a run that saved checkpoints")
@@ -117,7 +145,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
     """``checkpoint_dir / "last.pt"`` if it exists, else None."""
-    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    path = as_path(checkpoint_dir, "egl.train.latest_checkpoint", "checkpoint_dir",
+                   "Pass the checkpoint_dir of a run") / CHECKPOINT_NAME
     return path if path.is_file() else None
 
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from egl._check import check_int, fail
+from egl._check import check_flag, check_int, describe, fail
 from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
-from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, latest_checkpoint,
-                                  load_checkpoint, save_checkpoint, set_rng_state)
+from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, get_rng_state, latest_checkpoint,
+                                  load_checkpoint, os_reason, save_checkpoint, set_rng_state)
 from egl.train.loss_scale import LossScaler
 from egl.train.validation import Validation
 
@@ -39,8 +39,22 @@ __all__ = ["fit", "seed_everything", "MissingDependencyError"]
 FN = "egl.train.fit"
 
 
+def _check_seed(seed: object, fn: str, *, or_none: bool = False) -> int:
+    """An int (NumPy's too, not a bool) that torch can seed with: in [-2**63, 2**64 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= int(seed) < 2**64:
+        what = "an int or None" if or_none else "an int"
+        raise fail(fn, "seed", f"{what} (an int in [-2**63, 2**64 - 1], what torch.manual_seed takes)",
+                   repr(seed)[:100], "Pass an int seed, e.g. seed=0" + (", or None" if or_none else ""))
+    return int(seed)  # (NumPy ints too: Python's random.seed refuses them)
+
+
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy (when installed) and torch (CPU and CUDA)."""
+    """Seed Python, NumPy (when installed) and torch (CPU and CUDA).
+
+    Raises:
+        InputError: ``seed`` is not an int in ``[-2**63, 2**64 - 1]`` (a bool is not).
+    """
+    seed = _check_seed(seed, "egl.train.seed_everything")
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -73,7 +87,58 @@ def _summary_writer(log_dir: str | os.PathLike[str]) -> Any:
             f"{FN}: 'tensorboard_dir' needs the tensorboard package, which is not installed ({exc}). "
             "Run `pip install tensorboard`, or leave tensorboard_dir=None (the JSONL log has every term)."
         ) from exc
-    return SummaryWriter(log_dir=str(log_dir))
+    try:
+        return SummaryWriter(log_dir=str(log_dir))
+    except OSError as exc:  # a file of that name, or a folder that cannot be created
+        raise fail(FN, "tensorboard_dir", "a folder that can be created and written", f"'{log_dir}' ({os_reason(exc)})",
+                   "Pass a path in a writable folder, or tensorboard_dir=None") from exc
+
+
+def _open_log(path: Path) -> Any:
+    """``path`` opened for appending (its folder created), or an error naming ``log_path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise fail(FN, "log_path", "a file that can be created and appended to", f"'{path}' ({os_reason(exc)})",
+                   "Pass a path in a writable folder, or log_path=None") from exc
+
+
+def _check_checkpoint_dir(path: Path) -> None:
+    """Create ``checkpoint_dir`` and check that ``last.pt`` can be written there (a file of that
+    name, or an unwritable place, raised an OSError only at the first save)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(FN, "checkpoint_dir", "a folder that can be created and written", f"'{path}' ({os_reason(exc)})",
+                   "Pass a path in a writable folder") from exc
+    last = path / CHECKPOINT_NAME
+    if (last.exists() and not last.is_file()) or not os.access(path, os.W_OK | os.X_OK):
+        got = f"'{last}', not a file" if last.exists() and not last.is_file() else f"'{path}', not writable"
+        raise fail(FN, "checkpoint_dir", f"a writable folder where '{CHECKPOINT_NAME}' can be written", got,
+                   "Pass another checkpoint_dir")
+
+
+def _check_device(device: object) -> torch.device:
+    """A device name ``torch.device`` reads, of a kind this machine has (``cuda:7`` on a machine with
+    fewer GPUs, or without any, was a raw torch error)."""
+    try:
+        ok = isinstance(device, (str, torch.device)) or (isinstance(device, int) and not isinstance(device, bool))
+        dev = torch.device(device) if ok else None  # type: ignore[arg-type]
+    except RuntimeError:
+        dev = None
+    if dev is None:
+        raise fail(FN, "device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'", repr(device)[:100],
+                   "Pass device='cpu', 'cuda' or 'cuda:N', or leave it out (the recipe's device)")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise fail(FN, "device", f"a CUDA device this machine has ({count} CUDA GPU{'s' * (count != 1)})",
+                       repr(device), "Pass device='cpu', or the index of a GPU this machine has")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise fail(FN, "device", "a device this machine has", f"{device!r} (no Apple MPS device here)",
+                   "Pass device='cpu'")
+    return dev
 
 
 def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
@@ -108,6 +173,11 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     and training seconds (0 from checkpoints of older egl versions). ``numerics`` (precision and
     memory layout of this run) is compared with the checkpoint's."""
     ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
+    needed = ("step", "recipe", "optimizers", "ranks")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in needed):  # (a torch.save of something else)
+        got = describe(ckpt) if not isinstance(ckpt, dict) else f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+        raise fail(FN, "resume", f"a training checkpoint written by egl.train.fit (keys {list(needed)}) in {path}",
+                   got, "Use another checkpoint_dir, or resume=False to start afresh (nothing was loaded)")
     saved = ckpt.get("numerics")  # (absent from checkpoints of older egl versions)
     if saved is not None and numerics is not None and saved != numerics:
         was = ", ".join(f"{k}={v!r}" for k, v in saved.items())
@@ -241,6 +311,11 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         NonFiniteLossError: a loss term became NaN or infinite; the run stops and the last
             checkpoint stays as it was.
         MissingDependencyError: ``tensorboard_dir`` without the tensorboard package.
+        InputError: an argument of the wrong type or value, before anything is trained: among
+            others a ``seed`` torch cannot take, a ``device`` this machine lacks, a non-bool
+            ``progress`` / ``resume``, or a ``log_path`` / ``checkpoint_dir`` / ``tensorboard_dir``
+            that is not a path or where nothing can be written (``checkpoint_dir`` is created at
+            the start, so that this is known before the first checkpoint is due).
 
     Example:
         >>> # recipe.fit(loader, steps=5000, seed=0, log_path="run/log.jsonl",
@@ -257,9 +332,16 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if loader is None or not hasattr(loader, "__iter__"):
         raise fail(FN, "loader", "an iterable of batches (a DataLoader, or a list of (images, labels))",
                    type(loader).__name__, "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise fail(FN, "seed", "an int or None", repr(seed)[:100], "Pass an int seed, e.g. seed=0, or None")
-    seed = None if seed is None else int(seed)  # (NumPy ints too: Python's random.seed refuses them)
+    seed = None if seed is None else _check_seed(seed, FN, or_none=True)
+    check_flag(progress, FN, "progress")  # (progress="no" showed the bar, resume="no" resumed)
+    check_flag(resume, FN, "resume")
+    fix = "Pass a str or pathlib.Path, or None"
+    log_file = None if log_path is None else as_path(log_path, FN, "log_path", fix)
+    ckpt_dir = None if checkpoint_dir is None else as_path(checkpoint_dir, FN, "checkpoint_dir", fix)
+    tb_dir = None if tensorboard_dir is None else as_path(tensorboard_dir, FN, "tensorboard_dir", fix)
+    if log_file is not None and log_file.is_dir():
+        raise fail(FN, "log_path", "a JSONL file to append to", f"'{log_file}', a directory",
+                   f"Pass a file in it, e.g. log_path='{log_file / 'log.jsonl'}'")
     check_int(steps, FN, "steps", fix="Pass the number of steps to train")
     check_int(checkpoint_every, FN, "checkpoint_every", low=1, fix="Pass a number of steps, e.g. checkpoint_every=500")
     if precision not in ("fp32", "bf16", "fp16"):
@@ -283,8 +365,12 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if resume and checkpoint_dir is None:
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
+    if device is not None:
+        device = _check_device(device)
     main = dist_utils.rank() == 0
-    writer = _summary_writer(tensorboard_dir) if tensorboard_dir is not None and main else None
+    if ckpt_dir is not None and main:  # now, not at the first save checkpoint_every steps into the run
+        _check_checkpoint_dir(ckpt_dir)
+    writer = _summary_writer(tb_dir) if tb_dir is not None and main else None
     if seed is not None:
         seed_everything(seed)
     opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
@@ -309,7 +395,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         scalers = {name: LossScaler(**(loss_scale or {})) for name in opts} if precision == "fp16" else None
         step_kwargs = {"scalers": scalers} if scalers is not None else {}
         stream = DataStream(loader, device)
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
         start, prior_seconds, began = 0, 0.0, time.time()
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
@@ -329,9 +415,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         log = None
         bar = None
         try:
-            if log_path is not None and main:
-                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-                log = open(log_path, "a", encoding="utf-8")
+            if log_file is not None and main:
+                log = _open_log(log_file)
                 header = {"event": "resume" if resume_from is not None else "start", "recipe": recipe.name,
                           "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}",
                           "config": recipe.config(), "steps": steps, "start_step": start, "seed": seed,

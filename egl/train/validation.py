@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from egl._check import check_int, check_logits, fail
+from egl._check import check_int, check_logits, check_model_dtype, fail
 from egl.errors import EGLError, InputError, UnsupportedModelError
 from egl.metrics._common import check_labels
 from egl.train import distributed as dist_utils
@@ -122,6 +122,7 @@ class Validation:
                     batch = as_batch(raw, FN).to(device)
                     x = batch.x.contiguous(memory_format=memory_format)
                     with autocast():
+                        check_model_dtype(model, x, FN, "loader's images")  # (float64: a raw error in a layer)
                         logits = model(x)
                     logits = check_logits(logits, x.shape[0], FN).float()
                     y = check_labels(batch.y, logits, logits.shape[1], FN, "loader's labels")

@@ -130,3 +130,31 @@ def test_logits_of_different_class_counts_are_named() -> None:
     with pytest.raises(egl.InputError, match=r"masker_dist: 'logits_bg' expected the class count of 'logits_fg' "
                                              r"\(4\), got 5 classes"):
         masker_dist(torch.randn(2, 4), torch.randn(2, 5), torch.tensor([0, 1]))
+
+
+def test_masked_pair_logits_names_a_mask_that_would_broadcast() -> None:
+    """A mask of batch 1 (or of another resolution) broadcast over x: logits of the wrong images, silently."""
+    from egl.losses.masker_dist import masked_pair_logits
+
+    model, x = make_model("test_resnet"), torch.randn(2, 3, 32, 32)
+    with pytest.raises(egl.InputError, match=r"masked_pair_logits: 'mask' expected the same batch size as 'x' \(2\)"):
+        masked_pair_logits(model, x, torch.rand(1, 1, 32, 32))
+    with pytest.raises(egl.InputError, match=r"'mask' expected masks at the resolution of 'x' \[32, 32\]"):
+        masked_pair_logits(model, x, torch.rand(2, 1, 1, 32))
+    with pytest.raises(egl.InputError, match=r"'mask' expected a 4-D tensor of shape \[B, 1, H, W\]"):
+        masked_pair_logits(model, x, torch.rand(2, 32, 32))
+    fg, bg = masked_pair_logits(model, x, torch.ones(2, 1, 32, 32))
+    torch.testing.assert_close(fg, model(x))
+
+
+def test_empty_batch_float64_images_and_a_non_model_are_named() -> None:
+    """An empty batch was a ValueError from unpacking split(); float64 images a conv dtype error."""
+    model, loss = make_model("test_resnet"), MaskerDistLoss()
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(egl.InputError, match=r"masker_dist_loss: 'inputs' expected a batch of at least one sample"):
+        loss(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, NUM_CLASSES)), torch.rand(0, 3, 2, 2),
+             torch.rand(0, 1, 2, 2), empty)
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'x' expected images of the model's dtype"):
+        loss(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'model' expected a classifier"):
+        loss("resnet", torch.randn(2, 3, 32, 32), torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))

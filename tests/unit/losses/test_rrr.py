@@ -43,3 +43,18 @@ def test_errors() -> None:
         rrr_penalty(model, torch.randn(3, 32, 32), torch.ones(3, 32, 32))
     with pytest.raises(egl.InputError, match="'mask' expected the same batch size as 'x'"):
         rrr_penalty(model, torch.randn(2, 3, 32, 32), torch.ones(3, 32, 32))
+
+
+def test_a_model_whose_output_is_not_logits_is_named() -> None:
+    """A dense [B, C, H, W] output was taken as logits: log_softmax over its channels, a silent number."""
+    with pytest.raises(egl.UnsupportedModelError, match=r"rrr_penalty: the model returned a torch.float32 tensor of "
+                                                        r"shape \[2, 4, 8, 8\].*expected logits of shape \[2, "):
+        rrr_penalty(torch.nn.Conv2d(3, 4, 1), torch.randn(2, 3, 8, 8), torch.ones(2, 8, 8))
+
+
+def test_a_model_that_is_not_a_module_and_float64_images_are_named() -> None:
+    model = make_model("test_resnet")
+    with pytest.raises(egl.InputError, match=r"rrr_penalty: 'model' expected a torch.nn.Module classifier"):
+        rrr_penalty(lambda t: model(t), torch.randn(2, 3, 32, 32), torch.ones(2, 32, 32))  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"rrr_penalty: 'x' expected images of the model's dtype \(torch.float32"):
+        rrr_penalty(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.ones(2, 32, 32))

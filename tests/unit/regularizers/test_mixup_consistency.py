@@ -210,3 +210,68 @@ def test_module_errors(setup: Setup) -> None:
         reg(GradCAM(model), x[0], t)
     with pytest.raises(egl.InputError, match=r"'target' expected one class index per sample \(shape \[6\]\)"):
         reg(GradCAM(model), x, t[:3])
+
+
+def test_functional_names_targets_draws_and_partners_of_the_wrong_kind() -> None:
+    """A bool or [B, 1] partner indexed silently wrong rows (a bool index selects, it does not name);
+    a float or list target, a list or 0-D beta were raw torch or Python errors."""
+    d = _functional_inputs()
+    cases = [
+        ("partner", torch.ones(4, dtype=torch.bool), r"'partner' expected an integer tensor of partner indices"),
+        ("partner", d["partner"][:, None], r"'partner' expected a 1-D tensor of shape \[B\]"),
+        ("partner", d["partner"].float(), r"'partner' expected an integer tensor"),
+        ("partner", [2, 3, 0, 1], r"'partner' expected a torch.Tensor"),
+        ("target", d["target"].float(), r"'target' expected an integer tensor of class indices"),
+        ("target", d["target"][:, None], r"'target' expected a 1-D tensor of shape \[B\]"),
+        ("target", [0, 1, 0, 1], r"'target' expected a torch.Tensor"),
+        ("beta", torch.tensor(0.5), r"'beta' expected a 1-D tensor of shape \[B\]"),
+        ("beta", d["beta"][:, None], r"'beta' expected a 1-D tensor of shape \[B\]"),
+        ("beta", d["beta"].tolist(), r"'beta' expected a torch.Tensor"),
+    ]
+    for arg, bad, msg in cases:
+        with pytest.raises(egl.InputError, match=r"mixup_consistency: " + msg):
+            mixup_consistency(**{**d, arg: bad})
+
+
+def test_functional_takes_int32_targets_and_partners() -> None:
+    d = _functional_inputs()
+    ref = mixup_consistency(**d)
+    got = mixup_consistency(**{**d, "target": d["target"].int(), "partner": d["partner"].int()})
+    torch.testing.assert_close(got.total, ref.total)
+
+
+def test_same_class_pairs_refuses_labels_that_are_not_integers() -> None:
+    """Float labels broke the class sort (a sample could pair with itself though it had a classmate)."""
+    for bad, msg in ((torch.tensor([0.0, 0.3, 0.0, 0.3]), r"'target' expected an integer tensor of class indices"),
+                     (torch.tensor([True, False]), r"'target' expected an integer tensor"),
+                     (torch.tensor([[0, 1]]), r"'target' expected a 1-D tensor of shape \[B\]"),
+                     ([0, 0, 1], r"'target' expected a torch.Tensor")):
+        with pytest.raises(egl.InputError, match=r"same_class_pairs: " + msg):
+            same_class_pairs(bad)  # type: ignore[arg-type]
+
+
+def test_mix_names_integer_images_and_draws_that_do_not_fit() -> None:
+    """Integer images truncated beta to 0 (x̃ = x[partner], silently); a beta of another length, a
+    float partner or a list target were raw torch errors."""
+    reg, x, y = MixupConsistency(), torch.randn(2, 3, 8, 8), torch.tensor([1, 1])
+    with pytest.raises(egl.InputError, match=r"MixupConsistency.mix: 'x' expected a floating-point tensor"):
+        reg.mix((x * 10).long(), y, beta=torch.full((2,), 0.5))
+    with pytest.raises(egl.InputError, match=r"mix: 'beta' expected the same batch size as 'x' \(2\), got batch size"):
+        reg.mix(x, y, beta=torch.rand(3))
+    with pytest.raises(egl.InputError, match=r"mix: 'partner' expected an integer tensor"):
+        reg.mix(x, y, partner=torch.tensor([1.0, 0.0]))
+    with pytest.raises(egl.InputError, match=r"mix: 'target' expected a torch.Tensor"):
+        reg.mix(x, [1, 1])  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"mix: 'target' expected the same batch size as 'x' \(2\)"):
+        reg.mix(x, torch.tensor([1, 1, 1]))
+    mixed, beta, partner = reg.mix(x, y, beta=torch.tensor([1.0, 0.25]), partner=torch.tensor([1, 0]))
+    torch.testing.assert_close(mixed, torch.stack([x[0], 0.25 * x[1] + 0.75 * x[0]]))
+
+
+def test_terms_names_a_non_explainer_and_a_saliency_of_another_batch(setup: Setup) -> None:
+    model, x, t = setup
+    reg = MixupConsistency()
+    with pytest.raises(egl.InputError, match=r"MixupConsistency: 'explainer' expected an egl explainer"):
+        reg.terms("grad_cam", x, t)  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"MixupConsistency: 'saliency' expected the same batch size as 'x' \(6\)"):
+        reg.terms(GradCAM(model), x, t, torch.rand(3, 1, 2, 2), create_graph=False)

@@ -44,3 +44,12 @@ def test_errors() -> None:
         sparsity(torch.rand(1, 1, 2, 2), reduction="avg")
     with pytest.raises(egl.InputError, match=r"Sparsity: 'reduction' expected one of"):
         Sparsity(reduction="avg")
+
+
+def test_masks_without_elements_or_without_a_batch_dimension_are_named() -> None:
+    """A [B, 1, 0, W] mask gave NaN (a mean over nothing), a 0-D one an IndexError inside reduce."""
+    for reduction in ("mean", "sum", "none"):
+        with pytest.raises(egl.InputError, match=r"sparsity: 'inputs' expected at least one element per sample"):
+            sparsity(torch.rand(2, 1, 0, 4), reduction=reduction)
+    with pytest.raises(egl.InputError, match=r"sparsity: 'mask' expected a tensor of shape \[B, \.\.\.\]"):
+        sparsity(torch.tensor(0.5))

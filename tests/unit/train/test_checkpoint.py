@@ -308,3 +308,35 @@ def test_checking_the_loader_draws_nothing_from_its_rng() -> None:
     global_before = torch.get_rng_state()
     DataStream(loader)
     assert torch.equal(loader.generator.get_state(), before) and torch.equal(torch.get_rng_state(), global_before)
+
+
+def test_a_file_that_is_not_a_training_checkpoint_is_named_on_resume(tmp_path: Path) -> None:
+    """A torch.save of a list was an AttributeError in the resume, a dict without the keys a KeyError."""
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False))
+    for i, obj in enumerate(([1, 2], {"recipe_name": "erm", "step": 1})):
+        (tmp_path / str(i)).mkdir()
+        torch.save(obj, tmp_path / str(i) / "last.pt")
+        with pytest.raises(egl.InputError, match=r"fit: 'resume' expected a training checkpoint written by "
+                                                 r"egl.train.fit \(keys \['step', 'recipe', 'optimizers', 'ranks'\]\)"):
+            erm.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path / str(i), resume=True)
+
+
+def test_checkpoint_helpers_name_paths_they_cannot_use(tmp_path: Path) -> None:
+    """None or an int was a TypeError from pathlib; a directory, or a path under a file, a raw OSError."""
+    from egl.train import latest_checkpoint
+
+    (tmp_path / "afile").write_text("x")
+    for bad in (None, 3, ""):
+        with pytest.raises(egl.InputError, match=r"save_checkpoint: 'path' expected a path \(a non-empty str"):
+            save_checkpoint({"step": 1}, bad)  # type: ignore[arg-type]
+        with pytest.raises(egl.InputError, match=r"load_checkpoint: 'path' expected a path"):
+            load_checkpoint(bad)  # type: ignore[arg-type]
+        with pytest.raises(egl.InputError, match=r"latest_checkpoint: 'checkpoint_dir' expected a path"):
+            latest_checkpoint(bad)  # type: ignore[arg-type]
+    with pytest.raises(egl.InputError, match=r"save_checkpoint: 'path' expected a file path to write the checkpoint "
+                                             r"to, got '.*', a directory\. Pass a file in it, e\.g\. '.*last.pt'"):
+        save_checkpoint({"step": 1}, tmp_path)
+    with pytest.raises(egl.InputError, match=r"save_checkpoint: 'path' expected a file in a folder that can be "
+                                             r"created and written, got '.*afile/last.pt' \(FileExistsError"):
+        save_checkpoint({"step": 1}, tmp_path / "afile" / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing left behind

@@ -232,3 +232,79 @@ def test_fit_names_a_model_a_missing_loader_and_a_seed_that_is_not_an_int() -> N
 
     for seed in (np.int64(3), -1):  # a NumPy int (converted) and a negative seed (seed_everything takes it)
         assert len(recipe.fit(_batches(), 1, seed=seed, progress=False)) == 1
+
+
+def _unchanged(recipe: recipes.Recipe, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(before[k], v) for k, v in recipe.state_dict().items())
+
+
+def test_progress_and_resume_must_be_bools(tmp_path: Path) -> None:
+    """progress="no" showed the bar and resume="no" resumed: a string or a number read as a switch."""
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    for arg, bad in (("progress", "no"), ("resume", "no"), ("resume", 1)):
+        kwargs = {"progress": False, "checkpoint_dir": tmp_path, arg: bad}
+        with pytest.raises(egl.InputError, match=rf"fit: '{arg}' expected True or False, got {bad!r}\."):
+            recipe.fit(_batches(), 1, **kwargs)
+
+
+def test_unusable_paths_are_named_before_anything_is_trained(tmp_path: Path) -> None:
+    """A checkpoint_dir that is a file, or holds a folder named last.pt, raised a raw OSError at the
+    first save, checkpoint_every steps into the run; log and TensorBoard paths raised raw OSError or
+    TypeError (an int), and "" meant the current folder."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ckpt" / "last.pt").mkdir(parents=True)
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    before = {k: v.clone() for k, v in recipe.state_dict().items()}
+    cases = [
+        ({"checkpoint_dir": tmp_path / "afile"}, r"'checkpoint_dir' expected a folder that can be created and "
+                                                 r"written, got '.*afile' \(FileExistsError"),
+        ({"checkpoint_dir": tmp_path / "ckpt"}, r"'checkpoint_dir' expected a writable folder where 'last.pt' can be "
+                                                r"written, got '.*last.pt', not a file"),
+        ({"checkpoint_dir": 5}, r"'checkpoint_dir' expected a path \(a non-empty str or pathlib.Path\), got int 5"),
+        ({"log_path": tmp_path}, r"'log_path' expected a JSONL file to append to, got '.*', a directory"),
+        ({"log_path": tmp_path / "afile" / "log.jsonl"}, r"'log_path' expected a file that can be created and "
+                                                         r"appended to, got '.*afile/log.jsonl' \("),
+        ({"log_path": ""}, r"'log_path' expected a path \(a non-empty str or pathlib.Path\), got str ''"),
+        ({"tensorboard_dir": 3}, r"'tensorboard_dir' expected a path"),
+    ]
+    for kwargs, msg in cases:
+        with pytest.raises(egl.InputError, match=r"egl.train.fit: " + msg):
+            recipe.fit(_batches(), 2, progress=False, checkpoint_every=1, **kwargs)
+        assert _unchanged(recipe, before), kwargs
+
+
+def test_a_tensorboard_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(egl.InputError, match=r"fit: 'tensorboard_dir' expected a folder that can be created and "
+                                             r"written, got '.*afile' \(FileExistsError"):
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_batches(), 1, progress=False,
+                                                                     tensorboard_dir=tmp_path / "afile")
+
+
+def test_a_device_torch_cannot_read_or_this_machine_lacks_is_named() -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"fit: 'device' expected a torch device such as 'cpu', 'cuda' or "
+                                             r"'cuda:1', got 'gpu'"):
+        recipe.fit(_batches(), 1, progress=False, device="gpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(egl.InputError, match=rf"'device' expected a CUDA device this machine has \({count} CUDA "
+                                             rf"GPUs?\), got 'cuda:{count}'"):
+        recipe.fit(_batches(), 1, progress=False, device=f"cuda:{count}")
+    assert len(recipe.fit(_batches(), 1, progress=False, device=torch.device("cpu"))) == 1
+
+
+def test_a_seed_torch_cannot_take_is_named() -> None:
+    """2**70 was a raw ValueError from torch.manual_seed; seed_everything took True and crashed on
+    a str or a float inside random or NumPy."""
+    from egl.train import seed_everything
+
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"fit: 'seed' expected an int or None \(an int in \[-2\*\*63, 2\*\*64 - "
+                                             r"1\], what torch.manual_seed takes\), got 1180591620717411303424"):
+        recipe.fit(_batches(), 1, progress=False, seed=2**70)
+    for bad in ("0", 0.5, None, True, 2**64):
+        with pytest.raises(egl.InputError, match=r"seed_everything: 'seed' expected an int \(an int in"):
+            seed_everything(bad)  # type: ignore[arg-type]
+    seed_everything(2**64 - 1)
+    seed_everything(-2**63)

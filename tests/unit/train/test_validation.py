@@ -138,3 +138,12 @@ def test_resuming_with_selection_from_a_run_without_validation_warns(tmp_path: P
                                          "after step 2 only"):
         recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
             _data(2, 0), 3, validation=Validation(_data(1, 1), select="acc"), **kwargs)
+
+
+def test_validation_images_of_another_dtype_are_named() -> None:
+    """float64 images (from NumPy) were a raw dtype error from the model's first convolution."""
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    bad = [(torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1]))]
+    with pytest.raises(egl.InputError, match=r"Validation: 'loader's images' expected images of the model's dtype "
+                                             r"\(torch.float32\), got a torch.float64 tensor"):
+        recipe.fit(_data(1, 0), 1, progress=False, validation=Validation(bad))
