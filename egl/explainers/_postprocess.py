@@ -23,15 +23,6 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS) -> Tensor:
     Differentiable, never NaN: the division only happens where the range is
     meaningful (``max - min > rel_eps * max(|min|, |max|)``).
 
-    Gradient at the pinned pixels: a pixel that *is* the minimum (or the maximum) maps to
-    exactly 0 (1) whatever the input, so its derivative is zero; autograd gets that zero as a
-    difference of two equal terms (the pixel's own path and the minimum's), which in float32
-    leaves rounding noise scaled by the incoming gradient there. A loss steep at 0 and 1 (BCE's
-    ``1/eps``) turned that noise into a 10% error of the whole gradient on small maps (2 x 2
-    upsampled to 64 x 64: blocks of tied pixels at the clamped edges). The outputs that are
-    exactly 0 or 1 therefore pass no gradient (the exact derivative, without the cancellation);
-    :func:`egl.kernels.cam_epilogue`'s analytic backward does the same.
-
     Shape:
         x: ``B *``; returns the same shape.
     """
@@ -43,8 +34,6 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS) -> Tensor:
     view = (-1,) + (1,) * (x.dim() - 1)
     safe = torch.where(ok, rng, torch.ones_like(rng)).view(view)
     out = (x - lo.view(view)) / safe
-    if out.requires_grad:  # pinned pixels (exactly 0 or 1): their exact derivative, zero
-        out = torch.where((out > 0) & (out < 1), out, out.detach())
     return torch.where(ok.view(view), out, torch.zeros_like(out))
 
 

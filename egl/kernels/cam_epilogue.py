@@ -22,6 +22,7 @@ tests them.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import warnings
 from typing import Any
@@ -243,7 +244,7 @@ class _FusedEpilogue(torch.autograd.Function):
         from egl.kernels import _cam_triton
 
         out, low, stats, argext = _cam_triton.forward(acts, weights, size, scale, relu, normalize, REL_EPS)
-        ctx.save_for_backward(acts, weights, low, stats, argext, out if normalize else None)
+        ctx.save_for_backward(acts, weights, low, stats, argext)
         ctx.args = (size, scale, relu, normalize)
         ctx.fallback = fallback
         return out
@@ -251,18 +252,21 @@ class _FusedEpilogue(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Any:
-        acts, weights, low, stats, argext, out = ctx.saved_tensors
-        if out is not None:  # pixels pinned at 0 or 1 pass no gradient, as in minmax_normalize (see there)
-            grad = torch.where((out > 0) & (out < 1), grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        acts, weights, low, stats, argext = ctx.saved_tensors
         ga, gw = _backward(grad, acts, weights, low, stats, argext, *ctx.args, needs=ctx.needs_input_grad[:2],
                            fallback=ctx.fallback)
         return ga, gw, None, None, None, None, None
 
 
 def _is_size(size: object) -> bool:
-    """An output size ``(H, W)``: two ints (not bools) >= 1, as a tuple, list or ``torch.Size``."""
-    return (isinstance(size, (tuple, list)) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size))
+    """An output size ``(H, W)``: two integers >= 1 (Python, NumPy or 0-D tensor integers; not bools),
+    as a tuple, list or ``torch.Size``."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(isinstance(v, bool) for v in size):
+        return False
+    try:
+        return all(operator.index(v) >= 1 for v in size)
+    except TypeError:  # a float, a string
+        return False
 
 
 def _auto_uses_triton(acts: Tensor) -> bool:
