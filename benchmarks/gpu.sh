@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 7 minutes on an H200; stage limits sum to 14).
+# Every GPU measurement of docs/performance.md in one short run (about 7 minutes on an H200; stage limits sum to about 14).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
@@ -37,8 +37,8 @@ stage saliency 120 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-m
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
 # fuse="auto" (one launch) was chosen at batch 256 only: at the other batches, the default against
 # the three launches (fuse off), for the shapes it fuses (bf16 7x7, fp32 7x7 and 14x14).
-stage kernel_fuse_batch 60 bash -c "for b in 64 132 512; do $py benchmarks/kernel.py --batch \$b --sweep-only \
-  --configs '{};{\"fuse\": \"off\"}' --cases 512:7,2048:7,1024:14 --json $out/kernel_fuse_b\$b.json || exit; done"
+stage kernel_fuse_batch 90 bash -c "for b in 64 132 512; do $py benchmarks/kernel.py --batch \$b --sweep-only \
+  --configs '{};{\"fuse\": \"off\"}' --cases 512:7,2048:7,1024:14 --json '$out'/kernel_fuse_b\$b.json || exit; done"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"

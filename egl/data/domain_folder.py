@@ -17,10 +17,11 @@ domain must contain every class (a missing class is an error naming both, unless
 Masks are grey images of the same size as their image: 0-255 (255 = foreground; 0-65535 for
 16-bit files), or 0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask
 of another size is an error naming both files. A mask whose largest value is 2 to
-``LABEL_MAX`` (15) is an error naming the file: it is a class-label image (0/1/2 classes, or
-a 1/2/3 trimap), which read as 0-255 would be nearly empty (at most 6% foreground), and which
-of its labels is the foreground is not known. 16-bit images keep their levels (PIL's RGB
-conversion would clip them to white).
+``LABEL_MAX`` (15) is read as 0-255 with a warning (once per data set) naming the file: it is
+most likely a class-label image (0/1/2 classes, or a 1/2/3 trimap), which read as 0-255 is
+nearly empty (at most 6% foreground), and which of its labels is the foreground is not known;
+a faint 0-255 mask (a thin antialiased object) can peak there too, hence a warning, not an
+error. 16-bit images keep their levels (PIL's RGB conversion would clip them to white).
 
 Unreadable images: ``verify=True`` opens every file once at construction (PIL's
 ``verify``) and, by ``on_error``, raises naming the file (``"raise"``, default) or drops
@@ -164,9 +165,9 @@ class DomainFolder(Dataset):
         allow_missing_classes: accept domains that lack some classes.
 
     Masks are read as 0-255 (0-65535 for 16-bit files; a colour mask by its brightest channel)
-    or, when their largest level is 1, as 0/1. A largest level from 2 to ``LABEL_MAX`` (15) is a
-    class-label image (0/1/2 classes, a 1/2/3 trimap): loading its item raises
-    :class:`~egl.errors.InputError` naming the file, rather than reading it as a nearly empty mask.
+    or, when their largest level is 1, as 0/1. A largest level from 2 to ``LABEL_MAX`` (15) is
+    most likely a class-label image (0/1/2 classes, a 1/2/3 trimap), nearly empty read as 0-255:
+    the first one loaded warns, naming the file (a faint 0-255 mask can peak there too).
 
     Example:
         >>> ds = DomainFolder("data/VLCS", split="train", domains=["Caltech101", "LabelMe"])  # doctest: +SKIP
@@ -195,6 +196,7 @@ class DomainFolder(Dataset):
                        f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image")
         self.has_masks = with_mask > 0
         self.image_size = image_size
+        self._warned_label_mask = False  # a mask peaking at 2..LABEL_MAX was warned about
         self.split = split
 
     @staticmethod
@@ -241,12 +243,13 @@ class DomainFolder(Dataset):
                            f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
                            "Save the mask at its image's size (a stretched mask would point elsewhere)")
             top = int(mask.max())
-            if 2 <= top <= LABEL_MAX:  # divided by 255 it peaked at 0.06: silently (nearly) empty
-                raise fail(_FN, "root", f"masks of 0-{mask_full} ({mask_full} = foreground) or of 0/1",
-                           f"'{s.mask}' with levels 0 to {top}, a class-label image (which label is the "
-                           "foreground is unknown)",
-                           "Save each mask as foreground 255 (or 1) on background 0, e.g. "
-                           "Image.fromarray(((labels == k) * 255).astype('uint8')) for class k")
+            if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
+                self._warned_label_mask = True
+                warnings.warn(f"{_FN}: the mask '{s.mask}' has levels 0 to {top}: read as 0-{mask_full} "
+                              f"({mask_full} = foreground) it is nearly empty. If it is a class-label image (0/1/2 "
+                              "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
+                              "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
+                              "once per data set.)", stacklevel=2)
             full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
             item["mask"] = self._resize(mask.float().div_(full))
         return item

@@ -131,8 +131,13 @@ class LossScaler:
         if not isinstance(state, dict) or not keys <= set(state):
             raise fail(f"{FN}.load_state_dict", "state", f"a dict with keys {sorted(keys)}", describe(state),
                        "Pass what LossScaler.state_dict() returned")
-        checked = LossScaler(state["scale"], state["growth_factor"], state["backoff_factor"], state["growth_interval"])
-        self.scale_value, self.growth_factor = checked.scale_value, checked.growth_factor
+        scale = state["scale"]  # any positive power of two: checkpoints of older versions may hold one below 1
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+                and scale > 0 and math.frexp(scale)[0] == 0.5):
+            raise fail(f"{FN}.load_state_dict", "state['scale']", "a positive power of two", repr(scale)[:100],
+                       "Pass what LossScaler.state_dict() returned")
+        checked = LossScaler(2.0**16, state["growth_factor"], state["backoff_factor"], state["growth_interval"])
+        self.scale_value, self.growth_factor = float(scale), checked.growth_factor
         self.backoff_factor, self.growth_interval = checked.backoff_factor, checked.growth_interval
         self._good_steps = int(state["good_steps"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -133,8 +135,9 @@ def test_0_1_label_masks_are_read_as_0_1(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("top", "dtype"), [(2, np.uint8), (3, np.uint8), (15, np.uint8), (2, np.uint16)])
-def test_class_label_masks_are_named_not_read_as_nearly_empty(tmp_path, top: int, dtype: type) -> None:
-    """A 0/1/2 label mask was divided by 255 and peaked at 0.008: no pixel was foreground, silently."""
+def test_class_label_masks_are_warned_about_once(tmp_path, top: int, dtype: type) -> None:
+    """A 0/1/2 label mask was divided by 255 and peaked at 0.008: no pixel was foreground, silently.
+    A warning, not an error: a faint 0-255 mask (a thin antialiased object) can peak there too."""
     root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=2, masks=True)
     for f in (root / "masks" / "A" / "cat").iterdir():
         m = (np.asarray(Image.open(f)) // 255).astype(dtype)  # 0/1 ...
@@ -142,11 +145,14 @@ def test_class_label_masks_are_named_not_read_as_nearly_empty(tmp_path, top: int
         Image.fromarray(m).save(f)
     ds = DomainFolder(root, "all", image_size=16)
     full = 65535 if dtype == np.uint16 else 255
-    with pytest.raises(egl.InputError, match=rf"DomainFolder: 'root' expected masks of 0-{full} \({full} = "
-                                             rf"foreground\) or of 0/1, got '.*0.png' with levels 0 to {top}, a "
-                                             r"class-label image .*Save each mask as foreground 255 \(or 1\) on "
-                                             r"background 0"):
-        ds[0]
+    with pytest.warns(UserWarning, match=rf"DomainFolder: the mask '.*0.png' has levels 0 to {top}: read as "
+                                         rf"0-{full} \({full} = foreground\) it is nearly empty. If it is a "
+                                         r"class-label image"):
+        item = ds[0]
+    assert float(item["mask"].max()) == pytest.approx(top / full)  # read as 0-255 (0-65535)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds[1]  # once per data set
 
 
 def test_masks_just_above_the_label_range_are_still_0_255(tmp_path) -> None:

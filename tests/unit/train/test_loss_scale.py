@@ -161,9 +161,11 @@ def test_parameter_listed_twice_is_unscaled_once_and_state_is_checked() -> None:
     assert w.grad.tolist() == [3.0]
     with pytest.raises(egl.InputError, match=r"LossScaler.load_state_dict: 'state' expected a dict with keys"):
         scaler.load_state_dict({"scale": 2.0})
-    bad = {**scaler.state_dict(), "scale": 3.0}
-    with pytest.raises(egl.InputError, match="'init_scale' expected a power of two >= 1"):
-        scaler.load_state_dict(bad)
+    for value in (3.0, 0.0, -2.0, float("inf"), True, "2"):
+        with pytest.raises(egl.InputError, match=r"load_state_dict: 'state\['scale'\]' expected a positive power of two"):
+            scaler.load_state_dict({**scaler.state_dict(), "scale": value})
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 0.5})  # (older versions took init_scale=0.5)
+    assert scaler.scale_value == 0.5
 
 
 def test_reads_per_step_with_a_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
