@@ -7,7 +7,7 @@ Messages follow one form:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "check_positive",
     "check_logits",
     "check_flag",
+    "check_device",
     "describe",
 ]
 
@@ -207,3 +208,35 @@ def batch_of_one(fn: str, arg: str) -> Iterator[None]:
                    "batch of one gives them one value per channel to normalise)", f"torch's error: {e}",
                    "Pass drop_last=True to the DataLoader (its last batch can hold one image), use a batch "
                    "size of 2 or more, or put the model in eval mode (model.eval()) to explain single images") from e
+
+
+def check_device(device: object, fn: str, arg: str, *, verb: str = "Pass",
+                 spell: Callable[[str], str] = lambda v: f"device='{v}'") -> torch.device:
+    """``device`` as a ``torch.device``: a name (or index) torch reads, of a device this machine has
+    (``cuda`` without a GPU, or ``cuda:2`` with two, failed later inside torch). ``verb`` and
+    ``spell`` word the fix as the caller takes the value (``Set`` / ``train.device=cpu``)."""
+    try:
+        ok = isinstance(device, (str, torch.device)) or (isinstance(device, int) and not isinstance(device, bool))
+        dev = torch.device(device) if ok else None  # type: ignore[arg-type]
+    except RuntimeError:
+        dev = None
+    if dev is None:
+        raise fail(fn, arg, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'", repr(device)[:100],
+                   f"{verb} {spell('cpu')}, {spell('cuda')} or {spell('cuda:N')} (N: a GPU index)")
+    if dev.type == "cuda":
+        count, kind = (torch.cuda.device_count() if torch.cuda.is_available() else 0), "CUDA GPU"
+        where = "torch.cuda.is_available() is True (a GPU, its driver and a CUDA build of torch)"
+    elif dev.type == "mps":
+        count, kind = (1 if torch.backends.mps.is_available() else 0), "Apple MPS device"
+        where = "torch.backends.mps.is_available() is True"
+    else:  # cpu, or a backend torch checks itself
+        return dev
+    if (dev.index or 0) < count:
+        return dev
+    if count == 0:
+        raise fail(fn, arg, "a device this machine has", f"{str(device)!r}, but torch finds no {kind} here",
+                   f"{verb} {spell('cpu')}, or run where {where}")
+    have = f"{dev.type}:0" if count == 1 else f"{dev.type}:0 to {dev.type}:{count - 1}"
+    raise fail(fn, arg, "a device this machine has",
+               f"{str(device)!r}, but torch finds {count} {kind}{'s' if count > 1 else ''} here ({have})",
+               f"{verb} {spell(f'{dev.type}:{count - 1}')} or lower, or {spell('cpu')}")

@@ -10,7 +10,7 @@ import math
 import os
 from typing import Any
 
-from egl._check import check_choice, check_flag, check_int, fail
+from egl._check import check_choice, check_device, check_flag, check_int, fail
 
 __all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys", "check_values",
            "check_eval_values"]
@@ -247,30 +247,4 @@ def _check_seeds(seeds: object) -> None:
 def _check_device(device: object) -> None:
     """``train.device``: a device name ``torch.device`` reads, and one this machine has (``cuda`` without
     a GPU, or ``cuda:2`` with two, failed when the first run moved its model, in a made folder)."""
-    import torch
-
-    try:
-        ok = isinstance(device, (str, torch.device)) and torch.device(device) is not None
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise fail("egl.experiments", "train.device", "a torch device name such as 'cpu', 'cuda' or 'cuda:1'",
-                   repr(device)[:100], "Set train.device=cpu, cuda or cuda:N (N: a GPU index, e.g. cuda:1)")
-    dev = torch.device(device)  # type: ignore[arg-type]
-    if dev.type == "cuda":
-        count, kind = (torch.cuda.device_count() if torch.cuda.is_available() else 0), "CUDA GPU"
-    elif dev.type == "mps":
-        count, kind = (1 if torch.backends.mps.is_available() else 0), "Apple MPS device"
-    else:  # cpu, or a backend torch checks itself
-        return
-    if (dev.index or 0) < count:
-        return
-    if count == 0:
-        where = ("torch.cuda.is_available() is True (a GPU, its driver and a CUDA build of torch)"
-                 if dev.type == "cuda" else "torch.backends.mps.is_available() is True")
-        raise fail("egl.experiments", "train.device", "a device this machine has",
-                   f"{str(device)!r}, but torch finds no {kind} here", f"Set train.device=cpu, or run where {where}")
-    have = f"{dev.type}:0" if count == 1 else f"{dev.type}:0 to {dev.type}:{count - 1}"
-    raise fail("egl.experiments", "train.device", "a device this machine has",
-               f"{str(device)!r}, but torch finds {count} {kind}{'s' if count > 1 else ''} here ({have})",
-               f"Set train.device={dev.type}:{count - 1} or lower, or train.device=cpu")
+    check_device(device, "egl.experiments", "train.device", verb="Set", spell=lambda v: f"train.device={v}")

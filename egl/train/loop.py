@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from egl._check import check_flag, check_int, describe, fail
+from egl._check import check_device, check_flag, check_int, describe, fail
 from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, get_rng_state, latest_checkpoint,
@@ -117,28 +117,6 @@ def _check_checkpoint_dir(path: Path) -> None:
         got = f"'{last}', not a file" if last.exists() and not last.is_file() else f"'{path}', not writable"
         raise fail(FN, "checkpoint_dir", f"a writable folder where '{CHECKPOINT_NAME}' can be written", got,
                    "Pass another checkpoint_dir")
-
-
-def _check_device(device: object) -> torch.device:
-    """A device name ``torch.device`` reads, of a kind this machine has (``cuda:7`` on a machine with
-    fewer GPUs, or without any, was a raw torch error)."""
-    try:
-        ok = isinstance(device, (str, torch.device)) or (isinstance(device, int) and not isinstance(device, bool))
-        dev = torch.device(device) if ok else None  # type: ignore[arg-type]
-    except RuntimeError:
-        dev = None
-    if dev is None:
-        raise fail(FN, "device", "a torch device such as 'cpu', 'cuda' or 'cuda:1'", repr(device)[:100],
-                   "Pass device='cpu', 'cuda' or 'cuda:N', or leave it out (the recipe's device)")
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            raise fail(FN, "device", f"a CUDA device this machine has ({count} CUDA GPU{'s' * (count != 1)})",
-                       repr(device), "Pass device='cpu', or the index of a GPU this machine has")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise fail(FN, "device", "a device this machine has", f"{device!r} (no Apple MPS device here)",
-                   "Pass device='cpu'")
-    return dev
 
 
 def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
@@ -366,7 +344,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         raise fail(FN, "checkpoint_dir", "a directory when resume=True", "None",
                    "Pass the checkpoint_dir of the run to resume")
     if device is not None:
-        device = _check_device(device)
+        device = check_device(device, FN, "device")
     main = dist_utils.rank() == 0
     if ckpt_dir is not None and main:  # now, not at the first save checkpoint_every steps into the run
         _check_checkpoint_dir(ckpt_dir)

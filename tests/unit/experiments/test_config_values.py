@@ -37,7 +37,7 @@ BAD = [
     ("train.seeds=[0, 1.5]", r"'train.seeds' expected an int >= 0 or a non-empty list of them, got \[0, 1\.5\]"),
     ("train.seeds=[1, 1]", r"'train.seeds' expected distinct seeds, got \[1, 1\]\. List each seed once"),
     ("train.device=gpu", r"'train.device' expected a torch device name such as 'cpu', 'cuda' or 'cuda:1', "
-                         r"got 'gpu'\. Set train\.device=cpu, cuda or cuda:N"),
+                         r"got 'gpu'\. Set train\.device=cpu, train\.device=cuda or train\.device=cuda:N"),
     ("train.precision=fp8", r"'train.precision' expected one of \['fp32', 'bf16', 'fp16'\], got 'fp8'\."),
     ("train.progress=maybe", r"'train.progress' expected True or False, got 'maybe'\."),
     ("data.batch_size=0", r"'data.batch_size' expected an int >= 1 \(training images a step takes\), got 0\. "
