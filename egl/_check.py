@@ -161,6 +161,10 @@ def check_logits(out: object, batch: int, fn: str) -> Tensor:
 def check_flag(value: object, fn: str, arg: str) -> bool:
     """Raise unless ``value`` is ``True`` or ``False`` (``bool("false")`` is True: a string or a
     number would be read silently as the wrong switch)."""
+    import numpy
+
+    if isinstance(value, numpy.bool_):  # (np.True_: a real switch)
+        value = bool(value)
     if not isinstance(value, bool):
         raise fail(fn, arg, "True or False", repr(value)[:100], f"Pass {arg}=True or {arg}=False")
     return value
@@ -211,12 +215,13 @@ def batch_of_one(fn: str, arg: str) -> Iterator[None]:
 
 
 def check_device(device: object, fn: str, arg: str, *, verb: str = "Pass",
-                 spell: Callable[[str], str] = lambda v: f"device='{v}'") -> torch.device:
-    """``device`` as a ``torch.device``: a name (or index) torch reads, of a device this machine has
-    (``cuda`` without a GPU, or ``cuda:2`` with two, failed later inside torch). ``verb`` and
-    ``spell`` word the fix as the caller takes the value (``Set`` / ``train.device=cpu``)."""
+                 spell: Callable[[str], str] = lambda v: f"device='{v}'", ints: bool = True) -> torch.device:
+    """``device`` as a ``torch.device``: a name (or, with ``ints``, an index) torch reads, of a device
+    this machine has (``cuda`` without a GPU, or ``cuda:2`` with two, failed later inside torch).
+    ``verb`` and ``spell`` word the fix as the caller takes the value (``Set`` / ``train.device=cpu``)."""
     try:
-        ok = isinstance(device, (str, torch.device)) or (isinstance(device, int) and not isinstance(device, bool))
+        index = ints and isinstance(device, int) and not isinstance(device, bool)
+        ok = isinstance(device, (str, torch.device)) or index
         dev = torch.device(device) if ok else None  # type: ignore[arg-type]
     except RuntimeError:
         dev = None

@@ -169,7 +169,8 @@ def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]
                        f"the unknown key '{k}'", f"{hint} (an unknown key would be silently ignored)")
         if isinstance(ref[k], dict) and not isinstance(v, dict):  # (--set data=abc)
             raise fail("egl.experiments.load_config", ".".join(where), f"a mapping of settings (keys {sorted(ref[k])})",
-                       repr(v)[:100], f"Set its settings one at a time, e.g. --set {'.'.join(where)}.{sorted(ref[k])[0]}=...")
+                       repr(v)[:100],
+                       f"Set its settings one at a time, e.g. --set {'.'.join(where)}.{sorted(ref[k])[0]}=...")
         if isinstance(ref[k], dict) and isinstance(v, dict):
             _check_level(v, ref[k], where)
 
@@ -236,8 +237,9 @@ def _check_seeds(seeds: object) -> None:
     """``train.seeds``: one int >= 0 or a non-empty list of distinct ones (``[]`` ran nothing, ``[0, 0]``
     the same run twice into one checkpoint folder)."""
     items = seeds if isinstance(seeds, list) else [seeds]
-    if not items or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in items):
-        raise fail("egl.experiments", "train.seeds", "an int >= 0 or a non-empty list of them", repr(seeds)[:100],
+    if not items or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**64 for s in items):
+        raise fail("egl.experiments", "train.seeds", "an int in [0, 2**64) or a non-empty list of them",
+                   repr(seeds)[:100],
                    "Set e.g. train.seeds=[0, 1, 2]")
     if len(set(items)) != len(items):
         raise fail("egl.experiments", "train.seeds", "distinct seeds", repr(seeds)[:100],
@@ -247,4 +249,5 @@ def _check_seeds(seeds: object) -> None:
 def _check_device(device: object) -> None:
     """``train.device``: a device name ``torch.device`` reads, and one this machine has (``cuda`` without
     a GPU, or ``cuda:2`` with two, failed when the first run moved its model, in a made folder)."""
-    check_device(device, "egl.experiments", "train.device", verb="Set", spell=lambda v: f"train.device={v}")
+    check_device(device, "egl.experiments", "train.device", verb="Set", spell=lambda v: f"train.device={v}",
+                 ints=False)  # (a bare index would be stored as "0", which resume reads as no CUDA device)

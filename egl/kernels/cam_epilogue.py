@@ -302,6 +302,8 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
                    "Pick a target layer whose output keeps spatial positions at this input size")
     if size is not None and not _is_size(size):
         raise fail(fn, "size", "an output size (H, W) of at least 1 x 1", repr(size), "Pass e.g. x.shape[-2:]")
+    if size is not None:  # Python ints: a NumPy int or a 0-D tensor is no Triton launch argument
+        size = (operator.index(size[0]), operator.index(size[1]))
     if weights.shape != acts.shape[:2]:
         raise fail(fn, "weights", f"shape {list(acts.shape[:2])} (batch, channels of 'acts')",
                    f"{list(weights.shape)}", "Pass one weight per channel and sample")

@@ -61,7 +61,10 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
     fn = "egl.losses.masked_pair_logits"
     x = check_shape(x, "B C H W", fn, "x")
     _check_model(model, x, fn)
-    mask = check_shape(mask, "B 1 H W", fn, "mask")
+    mask = check_shape(mask, "B 1 H W", fn, "mask", floating=False)
+    if not mask.is_floating_point():  # (x * a uint8 0-255 mask would weigh pixels by 255)
+        raise fail(fn, "mask", "floating-point masks in [0, 1]", describe(mask),
+                   "Convert them: mask.float() for 0/1 or bool masks, mask.float() / 255 for 0-255 masks")
     check_same_batch(fn, x=x, mask=mask)
     if mask.shape[-2:] != x.shape[-2:]:
         raise fail(fn, "mask", f"masks at the resolution of 'x' {list(x.shape[-2:])}", describe(mask),

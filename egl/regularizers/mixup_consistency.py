@@ -46,10 +46,11 @@ class MixupTerms(NamedTuple):
     total: Tensor
 
 
-def _check_indices(t: object, fn: str, arg: str, what: str) -> Tensor:
-    """A ``[B]`` integer tensor (not bool: a bool index selects rows instead of naming them)."""
+def _check_indices(t: object, fn: str, arg: str, what: str, *, row_index: bool = False) -> Tensor:
+    """A ``[B]`` integer tensor, not bool (nor uint8 for a ``row_index``: as an index, a bool or uint8
+    tensor selects rows instead of naming them)."""
     t = check_shape(t, "B", fn, arg, floating=False)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or (row_index and t.dtype == torch.uint8):
         raise fail(fn, arg, f"an integer tensor of {what}", describe(t), f"Pass {what} as a LongTensor ({arg}.long())")
     return t
 
@@ -60,7 +61,7 @@ def _check_draws(beta: object, partner: object, fn: str) -> tuple[Tensor, Tensor
     beta = check_shape(beta, "B", fn, "beta", floating=False)
     if beta.is_complex():
         raise fail(fn, "beta", "real mixing weights in [0, 1]", describe(beta), "Pass beta as a float tensor")
-    return beta, _check_indices(partner, fn, "partner", "partner indices")
+    return beta, _check_indices(partner, fn, "partner", "partner indices", row_index=True)
 
 
 def same_class_pairs(target: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -43,6 +43,7 @@ skipping costs loading the consumed batches once. Bit-exactness further assumes 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -69,6 +70,10 @@ def as_path(value: object, fn: str, arg: str, fix: str) -> Path:
     if not isinstance(text, str) or text == "":
         raise fail(fn, arg, "a path (a non-empty str or pathlib.Path)", describe(value), fix)
     return Path(text)
+
+
+#: errors that say the path cannot hold a file (raised as the path's InputError; others stay OSErrors)
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG}
 
 
 def os_reason(exc: OSError) -> str:
@@ -106,6 +111,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
+        if exc.errno not in _PATH_ERRNOS:  # a full disk, a quota, too many open files: not the path's fault
+            raise
         raise fail(fn, "path", "a file in a folder that can be created and written", f"'{path}' ({os_reason(exc)})",
                    "Pass a path in a writable folder") from exc
     try:

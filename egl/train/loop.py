@@ -346,9 +346,6 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if device is not None:
         device = check_device(device, FN, "device")
     main = dist_utils.rank() == 0
-    if ckpt_dir is not None and main:  # now, not at the first save checkpoint_every steps into the run
-        _check_checkpoint_dir(ckpt_dir)
-    writer = _summary_writer(tb_dir) if tb_dir is not None and main else None
     if seed is not None:
         seed_everything(seed)
     opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
@@ -360,6 +357,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         raise fail(FN, "precision", "'fp32' or 'bf16' on the CPU with torch < 2.3 (float16 loss scaling "
                    "has no CPU kernel before 2.3)", f"'fp16' with torch {torch.__version__}",
                    "Use precision='bf16', or torch >= 2.3")
+    if ckpt_dir is not None and main:  # after the other checks (no empty folder left by a bad argument), and
+        _check_checkpoint_dir(ckpt_dir)  # now, not at the first save checkpoint_every steps into the run
+    writer = _summary_writer(tb_dir) if tb_dir is not None and main else None
     channels_last = resolve_channels_last(channels_last, device, precision)
     numerics = {"precision": precision, "channels_last": channels_last}  # recorded in checkpoints, checked on resume
     modes = [(m, m.training) for m in recipe.modules()]  # restored on the way out

@@ -31,10 +31,12 @@ BAD = [
     ("train.lr=null", r"'train.lr' expected a finite number > 0, got None\."),
     ("train.lr=-1e-3", r"'train.lr' expected a finite number > 0, got -0\.001\."),
     ("train.lr=.nan", r"'train.lr' expected a finite number > 0, got nan\."),
-    ("train.seeds=abc", r"'train.seeds' expected an int >= 0 or a non-empty list of them, got 'abc'\. "
+    ("train.seeds=abc", r"'train.seeds' expected an int in \[0, 2\*\*64\) or a non-empty list of them, got 'abc'\. "
                         r"Set e\.g\. train\.seeds=\[0, 1, 2\]\."),
-    ("train.seeds=[]", r"'train.seeds' expected an int >= 0 or a non-empty list of them, got \[\]\."),
-    ("train.seeds=[0, 1.5]", r"'train.seeds' expected an int >= 0 or a non-empty list of them, got \[0, 1\.5\]"),
+    ("train.seeds=[]", r"'train.seeds' expected an int in \[0, 2\*\*64\) or a non-empty list of them, got \[\]\."),
+    ("train.seeds=[0, 1.5]", r"'train.seeds' expected an int in \[0, 2\*\*64\) or a non-empty list of them, "
+                             r"got \[0, 1\.5\]"),
+    ("train.seeds=[18446744073709551616]", r"'train.seeds' expected an int in \[0, 2\*\*64\)"),
     ("train.seeds=[1, 1]", r"'train.seeds' expected distinct seeds, got \[1, 1\]\. List each seed once"),
     ("train.device=gpu", r"'train.device' expected a torch device name such as 'cpu', 'cuda' or 'cuda:1', "
                          r"got 'gpu'\. Set train\.device=cpu, train\.device=cuda or train\.device=cuda:N"),

@@ -748,3 +748,14 @@ def test_output_sizes_of_numpy_and_tensor_integers_are_taken() -> None:
     want = cam_epilogue(a, w, (8, 8))
     for size in ((np.int64(8), np.int64(8)), (torch.tensor(8), 8), torch.Size([8, 8]), [8, 8]):
         torch.testing.assert_close(cam_epilogue(a, w, size), want)
+
+
+@needs_interpreter
+def test_numpy_and_tensor_sizes_reach_the_triton_launch_as_python_ints() -> None:
+    """A NumPy int is no Triton launch argument (and a 0-D tensor reads as a pointer)."""
+    import numpy as np
+
+    a, w = _inputs(2, 4, 3, 3)
+    want = cam_epilogue(a, w, (8, 8), backend="triton")
+    for size in ((np.int64(8), np.int64(8)), (torch.tensor(8), 8)):
+        torch.testing.assert_close(cam_epilogue(a, w, size, backend="triton"), want)

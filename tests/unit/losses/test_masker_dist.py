@@ -158,3 +158,13 @@ def test_empty_batch_float64_images_and_a_non_model_are_named() -> None:
         loss(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
     with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'model' expected a classifier"):
         loss("resnet", torch.randn(2, 3, 32, 32), torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+
+
+def test_integer_masks_are_named_with_both_conversions() -> None:
+    """x * a uint8 0-255 mask would weigh pixels by 255: the fix names 0/1 and 0-255 masks apart."""
+    from egl.losses.masker_dist import masked_pair_logits
+
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(egl.InputError, match=r"'mask' expected floating-point masks in \[0, 1\], got a torch.uint8 "
+                                             r".*mask.float\(\) for 0/1 or bool masks, mask.float\(\) / 255 for 0-255"):
+        masked_pair_logits(make_model("test_resnet"), x, torch.ones(2, 1, 16, 16, dtype=torch.uint8))

@@ -275,3 +275,15 @@ def test_terms_names_a_non_explainer_and_a_saliency_of_another_batch(setup: Setu
         reg.terms("grad_cam", x, t)  # type: ignore[arg-type]
     with pytest.raises(egl.InputError, match=r"MixupConsistency: 'saliency' expected the same batch size as 'x' \(6\)"):
         reg.terms(GradCAM(model), x, t, torch.rand(3, 1, 2, 2), create_graph=False)
+
+
+def test_uint8_partners_are_refused_and_uint8_labels_taken() -> None:
+    """As an index a uint8 tensor selects rows (like a bool mask): partner indices must not be uint8;
+    labels may (datasets store them so)."""
+    y = torch.tensor([0, 1, 0, 1], dtype=torch.uint8)
+    assert same_class_pairs(y, torch.Generator().manual_seed(0)).dtype == torch.int64
+    s = torch.rand(4, 1, 4, 4)
+    with pytest.raises(egl.InputError, match=r"'partner' expected an integer tensor of partner indices"):
+        mixup_consistency(s, s, torch.randn(4, 3), y.long(), torch.rand(4), torch.tensor([2, 3, 0, 1], dtype=torch.uint8))
+    terms = mixup_consistency(s, s, torch.randn(4, 3), y, torch.rand(4), torch.tensor([2, 3, 0, 1]))
+    assert torch.isfinite(terms.total)

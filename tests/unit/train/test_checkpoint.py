@@ -340,3 +340,17 @@ def test_checkpoint_helpers_name_paths_they_cannot_use(tmp_path: Path) -> None:
                                              r"created and written, got '.*afile/last.pt' \(FileExistsError"):
         save_checkpoint({"step": 1}, tmp_path / "afile" / "last.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing left behind
+
+
+def test_a_full_disk_is_an_os_error_not_a_bad_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only errors that say the path cannot hold a file blame 'path': ENOSPC mid-run stays an OSError."""
+    import errno
+    import tempfile
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        save_checkpoint({"a": 1}, tmp_path / "last.pt")
+    assert not isinstance(info.value, egl.InputError)

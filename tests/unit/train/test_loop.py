@@ -285,7 +285,8 @@ def test_a_tensorboard_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
 def test_a_device_torch_cannot_read_or_this_machine_lacks_is_named() -> None:
     recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
     with pytest.raises(egl.InputError, match=r"fit: 'device' expected a torch device name such as 'cpu', 'cuda' or "
-                                             r"'cuda:1', got 'gpu'. Pass device='cpu', device='cuda' or device='cuda:N'"):
+                                             r"'cuda:1', got 'gpu'. Pass device='cpu', device='cuda' or "
+                                             r"device='cuda:N'"):
         recipe.fit(_batches(), 1, progress=False, device="gpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(egl.InputError, match=rf"'device' expected a device this machine has, got 'cuda:{count}', "
@@ -308,3 +309,17 @@ def test_a_seed_torch_cannot_take_is_named() -> None:
             seed_everything(bad)  # type: ignore[arg-type]
     seed_everything(2**64 - 1)
     seed_everything(-2**63)
+
+
+def test_numpy_bools_are_switches() -> None:
+    import numpy as np
+
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    assert len(recipe.fit(_batches(), 1, progress=np.False_, resume=np.False_)) == 1
+
+
+def test_a_bad_argument_leaves_no_checkpoint_dir_behind(tmp_path) -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match="'optimizers'"):
+        recipe.fit(_batches(), 1, progress=False, checkpoint_dir=tmp_path / "ck", optimizers={"nope": None})
+    assert not (tmp_path / "ck").exists()
