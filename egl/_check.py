@@ -7,6 +7,7 @@ Messages follow one form:
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_logits",
     "check_flag",
     "check_device",
+    "check_size",
     "describe",
 ]
 
@@ -245,3 +247,19 @@ def check_device(device: object, fn: str, arg: str, *, verb: str = "Pass",
     raise fail(fn, arg, "a device this machine has",
                f"{str(device)!r}, but torch finds {count} {kind}{'s' if count > 1 else ''} here ({have})",
                f"{verb} {spell(f'{dev.type}:{count - 1}')} or lower, or {spell('cpu')}")
+
+
+def check_size(size: object, fn: str, arg: str = "size") -> tuple[int, int]:
+    """``size`` as ``(H, W)`` of Python ints >= 1, from a tuple, list or ``torch.Size`` of two
+    integers (NumPy's and 0-D tensors' too: Triton takes Python ints only); a bool, a float or a
+    single int is refused."""
+    pair = None
+    if isinstance(size, (tuple, list)) and len(size) == 2 and not any(isinstance(v, bool) for v in size):
+        try:
+            pair = (operator.index(size[0]), operator.index(size[1]))
+        except TypeError:  # a float or another non-integer entry
+            pass
+    if pair is None or min(pair) < 1:
+        raise fail(fn, arg, "an output size (H, W): two ints >= 1", repr(size)[:100],
+                   "Pass a pair such as x.shape[-2:] (or (n, n) for a square)")
+    return pair

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from egl._check import check_range, check_shape, check_tensor, describe, fail
+from egl._check import check_range, check_shape, check_size, check_tensor, describe, fail
 
 __all__ = ["as_mask", "resize_mask", "MASK_SHAPE"]
 
@@ -33,20 +31,6 @@ def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = Tr
         check_range(m.detach(), 0.0, 1.0, fn, arg,
                     f"Masks are soft foreground probabilities: scale '{arg}' into [0, 1]")
     return m
-
-
-def _pair(size: object, fn: str) -> tuple[int, int]:
-    """``size`` as ``(H, W)``, two ints >= 1 (a bool, a float or a single int is refused)."""
-    pair = None
-    if isinstance(size, (tuple, list)) and len(size) == 2 and not any(isinstance(v, bool) for v in size):
-        try:
-            pair = (operator.index(size[0]), operator.index(size[1]))
-        except TypeError:  # a float or another non-integer entry
-            pass
-    if pair is None or min(pair) < 1:
-        raise fail(fn, "size", "an output size (H, W): two ints >= 1", repr(size)[:100],
-                   "Pass a pair such as x.shape[-2:] (or (n, n) for a square)")
-    return pair
 
 
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -76,7 +60,7 @@ def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
         raise fail(fn, "mask", "a floating-point mask in [0, 1]", describe(mask),
                    "Convert it with egl._masks.as_mask (bool or 0/1 masks), or mask.float() / 255 (0-255 masks)")
     check_shape(mask, MASK_SHAPE, fn, "mask")
-    size = _pair(size, fn)
+    size = check_size(size, fn)
     if tuple(mask.shape[-2:]) == size:
         return mask
     if size[0] <= mask.shape[-2] and size[1] <= mask.shape[-1]:

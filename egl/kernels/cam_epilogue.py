@@ -22,7 +22,6 @@ tests them.
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import warnings
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from egl._check import check_choice, check_shape, fail
+from egl._check import check_choice, check_shape, check_size, fail
 
 __all__ = ["cam_epilogue", "cam_epilogue_reference", "triton_available"]
 
@@ -258,17 +257,6 @@ class _FusedEpilogue(torch.autograd.Function):
         return ga, gw, None, None, None, None, None
 
 
-def _is_size(size: object) -> bool:
-    """An output size ``(H, W)``: two integers >= 1 (Python, NumPy or 0-D tensor integers; not bools),
-    as a tuple, list or ``torch.Size``."""
-    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(isinstance(v, bool) for v in size):
-        return False
-    try:
-        return all(operator.index(v) >= 1 for v in size)
-    except TypeError:  # a float, a string
-        return False
-
-
 def _auto_uses_triton(acts: Tensor) -> bool:
     """``backend="auto"``: the Triton kernels for CUDA tensors, while they work in this process."""
     return acts.is_cuda and triton_available() and _TRITON_FAILED is None
@@ -300,10 +288,8 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     if acts.shape[-2] == 0 or acts.shape[-1] == 0:
         raise fail(fn, "acts", "a feature map of at least 1 x 1", f"shape {list(acts.shape)}",
                    "Pick a target layer whose output keeps spatial positions at this input size")
-    if size is not None and not _is_size(size):
-        raise fail(fn, "size", "an output size (H, W) of at least 1 x 1", repr(size), "Pass e.g. x.shape[-2:]")
-    if size is not None:  # Python ints: a NumPy int or a 0-D tensor is no Triton launch argument
-        size = (operator.index(size[0]), operator.index(size[1]))
+    if size is not None:  # (Python ints: a NumPy int or a 0-D tensor is no Triton launch argument)
+        size = check_size(size, fn)
     if weights.shape != acts.shape[:2]:
         raise fail(fn, "weights", f"shape {list(acts.shape[:2])} (batch, channels of 'acts')",
                    f"{list(weights.shape)}", "Pass one weight per channel and sample")

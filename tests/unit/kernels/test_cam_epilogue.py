@@ -737,7 +737,7 @@ def test_an_unknown_backward_formulation_is_named(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("size", [5, (5,), (5, 0), (5.0, 5), (True, 5), "55"])
 def test_an_output_size_that_is_not_a_pair_of_positive_ints_is_named(size: object) -> None:
     a, w = _inputs(1, 4, 3, 3)
-    with pytest.raises(egl.InputError, match=r"'size' expected an output size \(H, W\) of at least 1 x 1"):
+    with pytest.raises(egl.InputError, match=r"cam_epilogue: 'size' expected an output size \(H, W\): two ints >= 1"):
         cam_epilogue(a, w, size)  # type: ignore[arg-type]
 
 
