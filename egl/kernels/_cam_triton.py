@@ -36,7 +36,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from egl._check import check_choice
+from egl._check import check_choice, check_int
 from egl.kernels._bilinear import on_device
 from egl.kernels.cam_epilogue import hi_lo
 
@@ -59,7 +59,10 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: positions and at least ``fuse_samples_per_sm`` samples per multiprocessor: at batch 256 on an
 #: H200 the one launch took 26.0 / 44.5 µs against 29.3 / 45.7 at bf16 512x7x7 / 2048x7x7, 29.2 /
 #: 54.7 / 85.5 against 32.0 / 60.7 / 96.1 at fp32 512x7x7 / 2048x7x7 / 1024x14x14, the same at bf16
-#: 14x14 and 28x28, and 193 against 149 µs at fp32 28x28, where cuBLAS sums the channels), and how
+#: 14x14 and 28x28, and 193 against 149 µs at fp32 28x28, where cuBLAS sums the channels;
+#: ``fuse_split``: programs per sample, each summing the sample's channels itself (the repeats read
+#: from L2) and writing every ``fuse_split``-th tile of its map: 1, one program a sample, as measured),
+#: and how
 #: the backward forms
 #: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
@@ -77,7 +80,7 @@ CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps":
                           "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4,
                           "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4, "fuse": "auto",
                           "fuse_write_rows": 32, "fuse_write_cols": 256, "fuse_warps": 0, "fuse_positions_16bit": 64,
-                          "fuse_positions_fp32": 196, "fuse_samples_per_sm": 1}
+                          "fuse_positions_fp32": 196, "fuse_samples_per_sm": 1, "fuse_split": 1}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
@@ -391,6 +394,7 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     """
     cfg = {**CONFIG, **(config or {})}
     check_choice(cfg["fuse"], FUSES, "egl.kernels._cam_triton", "config['fuse']")
+    check_int(cfg["fuse_split"], "egl.kernels._cam_triton", "config['fuse_split']", low=1)
     if cfg["fuse"] != "off":
         from egl.kernels._cam_triton_fused import applies, fused_forward
 

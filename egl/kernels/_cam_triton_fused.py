@@ -40,18 +40,27 @@ __all__ = ["fused_forward", "applies", "auto_fuses"]
 
 @triton.jit
 def fused_kernel(a_ptr, w_ptr, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, out_ptr,
-                 R, sa_b, sw_b, sw_c, h, w, H, W, WP, NY, NX, NTX, NT, scale, ry, rx, rel_eps,
+                 B, R, sa_b, sw_b, sw_c, h, w, H, W, WP, NY, NX, NTX, NT, scale, ry, rx, rel_eps,
                  HW: tl.constexpr, G: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
                  BLOCK_P: tl.constexpr, PRECISION: tl.constexpr, RELU: tl.constexpr, NORMALIZE: tl.constexpr,
                  BLOCK_S: tl.constexpr, BLOCK_PS: tl.constexpr, BLOCK_K: tl.constexpr, BY: tl.constexpr,
-                 BX: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+                 BX: tl.constexpr, SPLIT: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // SPLIT  # the SPLIT programs of a sample are neighbours: the later ones' reads hit L2
+    s = pid % SPLIT
+    # program s works in scratch slot s * B + b (the slots of s == 0 are the returned low map, range and
+    # positions): each computes its sample's sum and range itself, then writes every SPLIT-th tile
+    part_ptr += s * B * G * HW
+    low_ptr += s * B * HW
+    rows_ptr += s * B * h * WP
+    stat_ptr += s * B * 2
+    idx_ptr += s * B * 2
     _grouped_sum(a_ptr, w_ptr, part_ptr, b, 0, R, R, 1, sa_b, sw_b, sw_c, HW, G, PACKED, BLOCK_R, BLOCK_P, PRECISION)
     tl.debug_barrier()  # the G partial maps, stored by every thread, are read back by others
     _stats(b, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, G, HW, h, w, H, W, WP, NY, NX, scale,
            ry, rx, RELU, NORMALIZE, True, BLOCK_S, BLOCK_PS, BLOCK_K)
     tl.debug_barrier()  # the rows and the range, likewise
-    for t in range(0, NT):
+    for t in range(s, NT, SPLIT):
         _write_rows(rows_ptr, stat_ptr, out_ptr, b, t // NTX, t % NTX, h, H, W, WP, ry, rel_eps, NORMALIZE, BY, BX)
 
 
@@ -96,19 +105,23 @@ def fused_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: f
     # the last step's stores to issue), so each step should carry many pixels
     by, bx = _write_tile(size, {"write_rows": cfg["fuse_write_rows"], "write_cols": cfg["fuse_write_cols"]})
     wp = _cdiv(ww, bx) * bx
-    part = torch.empty(b, group, hw, device=dev, dtype=torch.float32)
-    work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)
-    low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
-    rows = torch.empty(b, h, wp, device=dev, dtype=torch.float32)
-    argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
+    ntx = _cdiv(ww, bx)
+    nt = _cdiv(hh, by) * ntx
+    split = min(cfg["fuse_split"], nt)  # (a program with no tile to write would only repeat the sum)
+    slots = split * b  # scratch: a slot per program; slots [0, b) are returned
+    part = torch.empty(slots, group, hw, device=dev, dtype=torch.float32)
+    work = torch.empty(slots * (hw + 2), device=dev, dtype=torch.float32)
+    low_all, stats_all = work[: slots * hw].view(slots, hw), work[slots * hw:].view(slots, 2)
+    rows = torch.empty(slots, h, wp, device=dev, dtype=torch.float32)
+    argext = torch.empty(slots, 2, device=dev, dtype=torch.int32)
     out = torch.empty(b, 1, hh, ww, device=dev, dtype=torch.float32)
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
-    ntx = _cdiv(ww, bx)
-    fused_kernel[(b,)](acts, weights, part, low, rows, stats, argext, cy, cx, out, rows_n, acts.stride(0),
-                       *weights.stride(), h, w, hh, ww, wp, len(cy), len(cx), ntx, _cdiv(hh, by) * ntx, float(scale),
+    fused_kernel[(slots,)](acts, weights, part, low_all, rows, stats_all, argext, cy, cx, out, b, rows_n,
+                       acts.stride(0), *weights.stride(), h, w, hh, ww, wp, len(cy), len(cx), ntx, nt, float(scale),
                        _ratio(h, hh), _ratio(w, ww), float(rel_eps), HW=hw, G=group,
                        PACKED=b == 1 or acts.stride(0) == c * hw, BLOCK_R=block_r, BLOCK_P=block_p,
                        PRECISION="tf32x3" if acts.dtype == torch.float32 else "ieee", RELU=relu, NORMALIZE=normalize,
                        BLOCK_S=max(2, _pow2(group)), BLOCK_PS=max(16, min(_pow2(hw), 4096 // _pow2(group))),
-                       BLOCK_K=cfg["stats_block"], BY=by, BX=bx, num_warps=cfg["fuse_warps"] or warps)
-    return out, low, stats, argext
+                       BLOCK_K=cfg["stats_block"], BY=by, BX=bx, SPLIT=split,
+                       num_warps=cfg["fuse_warps"] or warps)
+    return out, low_all[:b], stats_all[:b], argext[:b]
