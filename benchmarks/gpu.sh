@@ -35,12 +35,13 @@ stage gpu_checks 90 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
 stage saliency 120 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
-# fuse="auto" (one launch) was chosen at batch 256 only: at every batch, the default against the
-# three launches (fuse off), the one launch, and the one launch with 2 and 4 programs a sample
-# (fuse_split) or with 8 warps, for the shapes it fuses (bf16 7x7, fp32 7x7 and 14x14).
-stage kernel_fuse_batch 180 bash -c "for b in 64 132 256 512; do $py benchmarks/kernel.py --batch \$b --sweep-only \
-  --configs '{};{\"fuse\": \"off\"};{\"fuse\": \"on\"};{\"fuse\": \"on\", \"fuse_split\": 2};{\"fuse\": \"on\", \"fuse_split\": 4};{\"fuse\": \"on\", \"fuse_warps\": 8}' \
-  --cases 512:7,2048:7,1024:14 --json '$out'/kernel_fuse_b\$b.json || exit; done"
+# fuse="auto" (one launch) fuses at 1.8-2.0 samples per multiprocessor (it runs in steps of a sample
+# per multiprocessor): at batches on both sides of the window's edges (H200: 132 multiprocessors),
+# the default against the three launches (fuse off) and the one launch, for the shapes it fuses
+# (bf16 7x7, fp32 7x7 and 14x14).
+stage kernel_fuse_batch 150 bash -c "for b in 132 200 240 256 264 512; do $py benchmarks/kernel.py --batch \$b \
+  --sweep-only --configs '{};{\"fuse\": \"off\"};{\"fuse\": \"on\"}' --cases 512:7,2048:7,1024:14 \
+  --json '$out'/kernel_fuse_b\$b.json || exit; done"
 stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
   --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"

@@ -7,8 +7,7 @@ CUDA defaults (``reduce="auto"``, ``grads="auto"``, ``bn_stats`` for the masker'
 the sub-pixel stem gradient), on the shapes the training and saliency paths meet:
 
 - the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
-  batches of 1 and 3; channel counts no whole-channel row divides; non-square maps), and its
-  one-launch forward with several programs a sample (``fuse_split``);
+  batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
 - ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000);
 - ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems;
 - ``egl.explainers.GraphedExplainer``'s replays against eager calls (CUDA only; the last column
@@ -73,31 +72,6 @@ def epilogue_rows(device: str, small: bool) -> list[dict[str, Any]]:
             if cl:
                 rows.append({"check": f"{name}: d acts keeps channels-last",
                              "rel err": float(not ga.is_contiguous(memory_format=torch.channels_last)), "tol": 0.0})
-    return rows
-
-
-def fused_split_rows(device: str, small: bool) -> list[dict[str, Any]]:
-    """The one-launch forward with 2 and 4 programs a sample (``fuse_split``, a sweep setting):
-    maps against float64, and equal to one program a sample's (max |difference|, tolerance 0)."""
-    from egl.explainers._postprocess import REL_EPS
-    from egl.kernels import _cam_triton, cam_epilogue_reference
-
-    shapes = [(2, 64, 7, 7)] if small else [(256, 512, 7, 7), (64, 1024, 14, 14)]
-    size = (32, 32) if small else (224, 224)
-    rows = []
-    for dtype in (torch.float32,) if small else (torch.bfloat16, torch.float32):  # (the interpreter's bf16 dot)
-        for b, c, h, w in shapes:
-            torch.manual_seed(b + c)
-            acts, wts = torch.randn(b, c, h, w, device=device).to(dtype), torch.randn(b, c, device=device)
-            ref = cam_epilogue_reference(acts.double(), wts.double(), size, scale=1.0 / (h * w))
-            one = _cam_triton.forward(acts, wts, size, 1.0 / (h * w), True, True, REL_EPS, {"fuse": "on"})
-            for split in (2, 4):
-                got = _cam_triton.forward(acts, wts, size, 1.0 / (h * w), True, True, REL_EPS,
-                                          {"fuse": "on", "fuse_split": split})
-                name = f"epilogue fuse_split={split} {str(dtype)[6:]} {b}x{c}x{h}x{w}"
-                rows.append({"check": f"{name}: maps", "rel err": _rel(got[0], ref), "tol": TOL[dtype][0]})
-                rows.append({"check": f"{name}: = one program a sample", "tol": 0.0,
-                             "rel err": max(float((x.double() - y.double()).abs().max()) for x, y in zip(got, one))})
     return rows
 
 
@@ -208,8 +182,7 @@ def main() -> None:
     small = device == "cpu"
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    rows = [*epilogue_rows(device, small), *fused_split_rows(device, small), *bn_stats_rows(device, small),
-            *subpixel_rows(device, small),
+    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *subpixel_rows(device, small),
             *graphed_rows(device, small)]
     for r in rows:
         r["ok"] = "ok" if r["rel err"] <= r["tol"] else "OVER"

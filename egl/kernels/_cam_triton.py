@@ -36,7 +36,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from egl._check import check_choice, check_int
+from egl._check import check_choice
 from egl.kernels._bilinear import on_device
 from egl.kernels.cam_epilogue import hi_lo
 
@@ -56,15 +56,18 @@ __all__ = ["forward", "auto_reduce", "reduce_stage", "stats_stage", "write_stage
 #: (``fuse``: ``"auto"``, ``"off"`` or ``"on"``, :mod:`egl.kernels._cam_triton_fused`, with its write
 #: tile and warps: ``fuse_write_rows`` x ``fuse_write_cols``, ``fuse_warps``, 0 for the channel sum's;
 #: ``"auto"`` fuses on CUDA for maps of at most ``fuse_positions_16bit`` / ``fuse_positions_fp32``
-#: positions and at least ``fuse_samples_per_sm`` samples per multiprocessor: at batch 256 on an
+#: positions and between ``fuse_samples_per_sm`` and ``fuse_max_samples_per_sm`` samples per
+#: multiprocessor: at batch 256 on an
 #: H200 the one launch took 26.0 / 44.5 µs against 29.3 / 45.7 at bf16 512x7x7 / 2048x7x7, 29.2 /
 #: 54.7 / 85.5 against 32.0 / 60.7 / 96.1 at fp32 512x7x7 / 2048x7x7 / 1024x14x14, the same at bf16
-#: 14x14 and 28x28, and 193 against 149 µs at fp32 28x28, where cuBLAS sums the channels;
-#: ``fuse_split``: programs per sample, each summing the sample's channels itself (the repeats read
-#: from L2) and writing every ``fuse_split``-th tile of its map: 1, one program a sample, as measured),
-#: and how
-#: the backward forms
-#: the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
+#: 14x14 and 28x28, and 193 against 149 µs at fp32 28x28, where cuBLAS sums the channels; its time
+#: goes up in steps of a sample per multiprocessor (a program per sample: bf16 512x7x7 13.9 / 26.0
+#: / 57.0 µs at batch 132 / 256 / 512), the three launches' in proportion to the batch, so over the
+#: five fused shapes it lost at batch 64, 132 and 512 (151 against 142 µs at 132, 489 against 481
+#: at 512) and won only at 256, 1.94 samples per multiprocessor: the window is 1.8-2.0, the second
+#: step nearly full; the channel sum's warps (8: 1-4% slower at 256) and one program a sample (2 or
+#: 4, each summing the sample and writing its share of the tiles: up to 3x slower) as timed), and
+#: how the backward forms the gradients of the activations and weights (``"torch"``: a broadcast product and a batched
 #: matrix product; ``"triton"``: one pass, :func:`egl.kernels._cam_triton_backward.input_grads`).
 #: Chosen by benchmarks/kernel.py on an H200 (docs/performance.md): ``reduce="auto"``
 #: (``grouped`` for 16-bit activations, ``bmm`` for fp32) beat the elementwise loop at every size
@@ -80,7 +83,8 @@ CONFIG: dict[str, Any] = {"reduce": "auto", "reduce_tile": 8192, "reduce_warps":
                           "reduce_stages": 0, "grads": "auto", "stats_block": 1024, "stats_warps": 4,
                           "small_map_positions": 64, "small_map_tile": 4096, "small_map_warps": 4, "fuse": "auto",
                           "fuse_write_rows": 32, "fuse_write_cols": 256, "fuse_warps": 0, "fuse_positions_16bit": 64,
-                          "fuse_positions_fp32": 196, "fuse_samples_per_sm": 1, "fuse_split": 1}
+                          "fuse_positions_fp32": 196, "fuse_samples_per_sm": 1.8,
+                          "fuse_max_samples_per_sm": 2.0}
 WRITES = ("separable", "gather")
 REDUCES = ("auto", "loop", "dot", "bmm", "grouped")
 GRADS = ("auto", "torch", "triton", "grouped")
@@ -394,7 +398,6 @@ def forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, 
     """
     cfg = {**CONFIG, **(config or {})}
     check_choice(cfg["fuse"], FUSES, "egl.kernels._cam_triton", "config['fuse']")
-    check_int(cfg["fuse_split"], "egl.kernels._cam_triton", "config['fuse_split']", low=1)
     if cfg["fuse"] != "off":
         from egl.kernels._cam_triton_fused import applies, fused_forward
 

@@ -14,7 +14,8 @@ the grouped one, where float32 at 28x28 is faster through cuBLAS. Selected with
 ``CONFIG["fuse"]``: ``"auto"`` (default: on CUDA, where it measured faster at batch 256 on an
 H200: 16-bit maps of at most 64 positions (7x7 measured: 3-11% faster; 8x8 admitted untimed),
 float32 maps of at most 14x14 (9-11% faster; fp32 1024x14x14 at 71% of the copy bandwidth),
-with a sample per multiprocessor or more), ``"on"`` (wherever it applies: NCHW activations whose
+with 1.8-2.0 samples per multiprocessor: batch 256 of 132 multiprocessors; it lost at batch 64,
+132 and 512), ``"on"`` (wherever it applies: NCHW activations whose
 channels form the grouped sum's rows, the grouped or ``"auto"`` channel sum, the separable
 write) or ``"off"``. The maps, range and positions equal the three-launch grouped path's (same
 functions, same summation order within a split; bit for bit in the interpreter, within 2e-6 of
@@ -40,27 +41,18 @@ __all__ = ["fused_forward", "applies", "auto_fuses"]
 
 @triton.jit
 def fused_kernel(a_ptr, w_ptr, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, out_ptr,
-                 B, R, sa_b, sw_b, sw_c, h, w, H, W, WP, NY, NX, NTX, NT, scale, ry, rx, rel_eps,
+                 R, sa_b, sw_b, sw_c, h, w, H, W, WP, NY, NX, NTX, NT, scale, ry, rx, rel_eps,
                  HW: tl.constexpr, G: tl.constexpr, PACKED: tl.constexpr, BLOCK_R: tl.constexpr,
                  BLOCK_P: tl.constexpr, PRECISION: tl.constexpr, RELU: tl.constexpr, NORMALIZE: tl.constexpr,
                  BLOCK_S: tl.constexpr, BLOCK_PS: tl.constexpr, BLOCK_K: tl.constexpr, BY: tl.constexpr,
-                 BX: tl.constexpr, SPLIT: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // SPLIT  # the SPLIT programs of a sample are neighbours: the later ones' reads hit L2
-    s = pid % SPLIT
-    # program s works in scratch slot s * B + b (the slots of s == 0 are the returned low map, range and
-    # positions): each computes its sample's sum and range itself, then writes every SPLIT-th tile
-    part_ptr += s * B * G * HW
-    low_ptr += s * B * HW
-    rows_ptr += s * B * h * WP
-    stat_ptr += s * B * 2
-    idx_ptr += s * B * 2
+                 BX: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
     _grouped_sum(a_ptr, w_ptr, part_ptr, b, 0, R, R, 1, sa_b, sw_b, sw_c, HW, G, PACKED, BLOCK_R, BLOCK_P, PRECISION)
     tl.debug_barrier()  # the G partial maps, stored by every thread, are read back by others
     _stats(b, part_ptr, low_ptr, rows_ptr, stat_ptr, idx_ptr, cy_ptr, cx_ptr, G, HW, h, w, H, W, WP, NY, NX, scale,
            ry, rx, RELU, NORMALIZE, True, BLOCK_S, BLOCK_PS, BLOCK_K)
     tl.debug_barrier()  # the rows and the range, likewise
-    for t in range(s, NT, SPLIT):
+    for t in range(0, NT):
         _write_rows(rows_ptr, stat_ptr, out_ptr, b, t // NTX, t % NTX, h, H, W, WP, ry, rel_eps, NORMALIZE, BY, BX)
 
 
@@ -69,8 +61,8 @@ def applies(acts: Tensor, cfg: dict[str, Any]) -> bool:
     (or ``"auto"``) channel sum, NCHW activations (channels back to back) whose channels form whole
     grouped rows, and ``fuse="on"``,
     or ``"auto"`` on CUDA for maps of at most ``fuse_positions_16bit`` (16-bit) or
-    ``fuse_positions_fp32`` positions with at least ``fuse_samples_per_sm`` samples per
-    multiprocessor (where it measured faster on an H200: see ``_cam_triton.CONFIG``)."""
+    ``fuse_positions_fp32`` positions with ``fuse_samples_per_sm`` to ``fuse_max_samples_per_sm``
+    samples per multiprocessor (where it measured faster on an H200: see ``_cam_triton.CONFIG``)."""
     if cfg["fuse"] == "off" or cfg["write"] != "separable" or cfg["reduce"] not in ("auto", "grouped"):
         return False  # (an explicit other channel sum, or the gathering write: the three launches run it)
     b, c, h, w = acts.shape
@@ -83,12 +75,14 @@ def applies(acts: Tensor, cfg: dict[str, Any]) -> bool:
 
 def auto_fuses(dtype: torch.dtype, positions: int, batch: int, sms: int, cfg: dict[str, Any]) -> bool:
     """``fuse="auto"``'s rule on CUDA: 16-bit maps of at most ``fuse_positions_16bit`` positions,
-    float32 ones of at most ``fuse_positions_fp32``, and at least ``fuse_samples_per_sm`` samples
-    per multiprocessor."""
+    float32 ones of at most ``fuse_positions_fp32``, and ``fuse_samples_per_sm`` to
+    ``fuse_max_samples_per_sm`` samples per multiprocessor (a program per sample runs in steps of
+    a sample per multiprocessor: just below the second step, the one launch beat the three on an
+    H200; at one sample per multiprocessor and near four, it lost)."""
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return False
     limit = cfg["fuse_positions_fp32"] if dtype == torch.float32 else cfg["fuse_positions_16bit"]
-    return positions <= limit and batch >= cfg["fuse_samples_per_sm"] * sms
+    return positions <= limit and cfg["fuse_samples_per_sm"] * sms <= batch <= cfg["fuse_max_samples_per_sm"] * sms
 
 
 def fused_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: float, relu: bool, normalize: bool,
@@ -105,23 +99,19 @@ def fused_forward(acts: Tensor, weights: Tensor, size: tuple[int, int], scale: f
     # the last step's stores to issue), so each step should carry many pixels
     by, bx = _write_tile(size, {"write_rows": cfg["fuse_write_rows"], "write_cols": cfg["fuse_write_cols"]})
     wp = _cdiv(ww, bx) * bx
-    ntx = _cdiv(ww, bx)
-    nt = _cdiv(hh, by) * ntx
-    split = min(cfg["fuse_split"], nt)  # (a program with no tile to write would only repeat the sum)
-    slots = split * b  # scratch: a slot per program; slots [0, b) are returned
-    part = torch.empty(slots, group, hw, device=dev, dtype=torch.float32)
-    work = torch.empty(slots * (hw + 2), device=dev, dtype=torch.float32)
-    low_all, stats_all = work[: slots * hw].view(slots, hw), work[slots * hw:].view(slots, 2)
-    rows = torch.empty(slots, h, wp, device=dev, dtype=torch.float32)
-    argext = torch.empty(slots, 2, device=dev, dtype=torch.int32)
+    part = torch.empty(b, group, hw, device=dev, dtype=torch.float32)
+    work = torch.empty(b * (hw + 2), device=dev, dtype=torch.float32)
+    low, stats = work[: b * hw].view(b, hw), work[b * hw:].view(b, 2)
+    rows = torch.empty(b, h, wp, device=dev, dtype=torch.float32)
+    argext = torch.empty(b, 2, device=dev, dtype=torch.int32)
     out = torch.empty(b, 1, hh, ww, device=dev, dtype=torch.float32)
     cy, cx = on_device("candidates", h, hh, dev), on_device("candidates", w, ww, dev)
-    fused_kernel[(slots,)](acts, weights, part, low_all, rows, stats_all, argext, cy, cx, out, b, rows_n,
-                       acts.stride(0), *weights.stride(), h, w, hh, ww, wp, len(cy), len(cx), ntx, nt, float(scale),
+    ntx = _cdiv(ww, bx)
+    fused_kernel[(b,)](acts, weights, part, low, rows, stats, argext, cy, cx, out, rows_n, acts.stride(0),
+                       *weights.stride(), h, w, hh, ww, wp, len(cy), len(cx), ntx, _cdiv(hh, by) * ntx, float(scale),
                        _ratio(h, hh), _ratio(w, ww), float(rel_eps), HW=hw, G=group,
                        PACKED=b == 1 or acts.stride(0) == c * hw, BLOCK_R=block_r, BLOCK_P=block_p,
                        PRECISION="tf32x3" if acts.dtype == torch.float32 else "ieee", RELU=relu, NORMALIZE=normalize,
                        BLOCK_S=max(2, _pow2(group)), BLOCK_PS=max(16, min(_pow2(hw), 4096 // _pow2(group))),
-                       BLOCK_K=cfg["stats_block"], BY=by, BX=bx, SPLIT=split,
-                       num_warps=cfg["fuse_warps"] or warps)
-    return out, low_all[:b], stats_all[:b], argext[:b]
+                       BLOCK_K=cfg["stats_block"], BY=by, BX=bx, num_warps=cfg["fuse_warps"] or warps)
+    return out, low, stats, argext
