@@ -8,7 +8,8 @@ the sub-pixel stem gradient), on the shapes the training and saliency paths meet
 
 - the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
   batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
-- ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000);
+- ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000),
+  and ``egl.kernels.channel_affine``, the multiply-add that follows it;
 - ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems;
 - ``egl.explainers.GraphedExplainer``'s replays against eager calls (CUDA only; the last column
   says how many captures were made, or the error of a capture that failed).
@@ -91,6 +92,30 @@ def bn_stats_rows(device: str, small: bool) -> list[dict[str, Any]]:
             err = float((mean.double() - rm).norm() / (rm.abs() + rv.sqrt()).norm())
             rows.append({"check": f"{name}: mean (error / (|mean| + std))", "rel err": err, "tol": 1e-6})
             rows.append({"check": f"{name}: var", "rel err": _rel(var, rv), "tol": 1e-5})
+    return rows
+
+
+def channel_affine_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """BatchNorm's multiply-add (``egl.kernels.channel_affine``): the largest error against the
+    float64 result, in units of the dtype's epsilon times ``|x·s| + |t|`` (a multiply-add rounds
+    at most twice: tolerance 2), and the map's layout."""
+    from egl.kernels.channel_affine import channel_affine
+
+    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(2)
+        x = (torch.randn(shape, device=device) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+        sc, sh = torch.rand(shape[1], device=device) + 0.5, torch.randn(shape[1], device=device)
+        out = channel_affine(x, sc, sh)
+        prod, shift = x.double() * sc.double().view(1, -1, 1, 1), sh.double().view(1, -1, 1, 1)
+        bound = (torch.finfo(dtype).eps * (prod.abs() + shift.abs())).clamp_min(1e-300)
+        units = (out.double() - (prod + shift)).abs() / bound
+        name = f"channel_affine {str(dtype)[6:]} {'x'.join(map(str, shape))}"
+        rows.append({"check": f"{name}: max error (eps x (|x s| + |t|))", "rel err": float(units.max()), "tol": 2.0})
+        rows.append({"check": f"{name}: keeps channels-last and dtype", "tol": 0.0, "rel err": float(
+            not (out.is_contiguous(memory_format=torch.channels_last) and out.dtype == dtype))})
+        del prod, shift, bound, units
     return rows
 
 
@@ -182,7 +207,8 @@ def main() -> None:
     small = device == "cpu"
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *subpixel_rows(device, small),
+    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *channel_affine_rows(device, small),
+            *subpixel_rows(device, small),
             *graphed_rows(device, small)]
     for r in rows:
         r["ok"] = "ok" if r["rel err"] <= r["tol"] else "OVER"

@@ -92,6 +92,13 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
                     mean, var = bn_stats(hd)
                     return _affine(hd, bn.weight, bn.bias, mean, torch.rsqrt(var + bn.eps))
             out["batchnorm train fwd as bn_stats + one multiply-add (nhwc)"] = (bn_kernel, 3 * full)
+            from egl.kernels.channel_affine import channel_affine, channel_affine_reference
+
+            sc, sh = torch.randn(width, device=dev), torch.randn(width, device=dev)
+            out["multiply-add: egl.kernels.channel_affine (nhwc)"] = (
+                lambda hd=hd: channel_affine(hd, sc, sh), 2 * full)
+            out["multiply-add: torch.addcmul, float32 [1,C,1,1] factors (nhwc)"] = (
+                lambda hd=hd: channel_affine_reference(hd, sc, sh), 2 * full)
             out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
             out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
         # the classifier's input gradient over 2B images: the library's convolution backward, and

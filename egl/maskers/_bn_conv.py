@@ -59,16 +59,29 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
 #: On one H200 (bf16 ``[256, 32, 224, 224]`` channels-last): BatchNorm's forward 4.27 ms native,
 #: 2.36 ms from ``bn_stats`` (0.43 ms) and the multiply-add; an ALIGN step 168 → 160 ms
 #: (``benchmarks/masker_ops.py``, ``benchmarks/train_step.py`` row ``align-bnstats``).
-CONFIG: dict[str, Any] = {"stats": "auto"}
+#: ``"affine"``: how that multiply-add (BatchNorm's output from its statistics, in the forward
+#: and again in the backward) runs: ``"kernel"`` (:func:`egl.kernels.channel_affine.channel_affine`,
+#: channels-last maps on CUDA or under the Triton interpreter), ``"torch"`` (``torch.addcmul``,
+#: whose mixed-dtype broadcast took about 1.9 ms of the 2.36 above) or ``"auto"`` (the default:
+#: ``"kernel"`` for CUDA tensors it supports, ``"torch"`` elsewhere). The two may differ in the last
+#: bit; the forward and the backward of a call take the same one.
+CONFIG: dict[str, Any] = {"stats": "auto", "affine": "auto"}
 STATS = ("auto", "native", "kernel")
+AFFINES = ("auto", "torch", "kernel")
 
 
 def _affine(x: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
     """BatchNorm's output from its statistics, in float32, rounded once on the write to ``x``'s
-    dtype and layout (``out=`` casts: no float32 copy of the map)."""
+    dtype and layout (no float32 copy of the map); ``CONFIG["affine"]`` picks the kernel."""
+    from egl.kernels import channel_affine
+
+    check_choice(CONFIG["affine"], AFFINES, "egl.maskers._bn_conv", "CONFIG['affine']")
     scale = gamma.float() * invstd
     shift = beta.float() - mean * scale
-    return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1), out=torch.empty_like(x))
+    mode = CONFIG["affine"]
+    if mode == "torch" or (mode == "auto" and not x.is_cuda) or not channel_affine.supported(x):
+        return channel_affine.channel_affine_reference(x, scale, shift)
+    return channel_affine.channel_affine(x, scale, shift)
 
 
 def _batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, running: tuple[Tensor | None, Tensor | None],

@@ -40,9 +40,12 @@ def _run(fused: bool, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor, step
 @pytest.mark.parametrize("stats", ["native", "kernel"])  # "kernel": egl.kernels.bn_stats on channels-last maps
 def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum: float | None, stats: str,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """(With the statistics from the kernel, the multiply-add too: egl.kernels.channel_affine, as
+    on CUDA.)"""
     from egl.maskers import _bn_conv
 
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", stats)
+    monkeypatch.setitem(_bn_conv.CONFIG, "affine", "kernel" if stats == "kernel" else "torch")
     bn, conv = _pair(**conv_kw)
     bn.momentum = momentum
     x = torch.randn(3, 6, 11, 9) * 2 + 1
@@ -207,11 +210,16 @@ def test_the_statistics_kernel_path_is_taken_and_a_bad_choice_is_named(monkeypat
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", "fast")
     with pytest.raises(InputError, match="stats"):
         bn_conv(x, bn, conv)
+    monkeypatch.setitem(_bn_conv.CONFIG, "stats", "native")
+    monkeypatch.setitem(_bn_conv.CONFIG, "affine", "fast")
+    with pytest.raises(InputError, match=r"CONFIG\['affine'\].*'auto', 'torch', 'kernel'.*'fast'"):
+        bn_conv(x.requires_grad_(True), bn, conv).sum().backward()  # (the backward's multiply-add)
 
 
 def test_auto_statistics_are_native_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``stats="auto"`` (the default) takes ``bn_stats`` on CUDA only: on the CPU, also under the
-    Triton interpreter, the output is BatchNorm's own, bit for bit."""
+    """``stats="auto"`` and ``affine="auto"`` (the defaults) take the kernels on CUDA only: on the
+    CPU, also under the Triton interpreter, the output is BatchNorm's own, bit for bit, and the
+    backward's multiply-add PyTorch's."""
     from egl.kernels import bn_stats
     from egl.maskers import _bn_conv
 
@@ -219,6 +227,11 @@ def test_auto_statistics_are_native_off_cuda(monkeypatch: pytest.MonkeyPatch) ->
     bn, conv = _pair(padding=1)
     x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
     monkeypatch.setattr(bn_stats, "bn_stats", lambda t: pytest.fail("bn_stats ran on the CPU under 'auto'"))
+    from egl.kernels import channel_affine
+
+    assert _bn_conv.CONFIG["affine"] == "auto"
+    monkeypatch.setattr(channel_affine, "channel_affine", lambda *a: pytest.fail("the kernel ran on the CPU"))
     auto = bn_conv(x, copy.deepcopy(bn), conv)
+    bn_conv(x.clone().requires_grad_(True), copy.deepcopy(bn), conv).sum().backward()  # (its multiply-add)
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", "native")
     assert torch.equal(auto, bn_conv(x, copy.deepcopy(bn), conv))
