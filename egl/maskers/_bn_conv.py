@@ -64,7 +64,8 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
 #: channels-last maps on CUDA or under the Triton interpreter), ``"torch"`` (``torch.addcmul``,
 #: whose mixed-dtype broadcast took about 1.9 ms of the 2.36 above) or ``"auto"`` (the default:
 #: ``"kernel"`` for CUDA tensors it supports, ``"torch"`` elsewhere). The two may differ in the last
-#: bit; the forward and the backward of a call take the same one.
+#: bit; the forward and the backward of a call take the same one. On the H200 above: 0.40 against
+#: 1.94 ms, BatchNorm's forward 0.84 ms, an ALIGN step 156 → 146 ms (``align-torchaffine``).
 CONFIG: dict[str, Any] = {"stats": "auto", "affine": "auto"}
 STATS = ("auto", "native", "kernel")
 AFFINES = ("auto", "torch", "kernel")
