@@ -9,7 +9,7 @@ the sub-pixel stem gradient), on the shapes the training and saliency paths meet
 - the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
   batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
 - ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000),
-  and ``egl.kernels.channel_affine``, the multiply-add that follows it;
+  ``egl.kernels.channel_affine``, the multiply-add that follows it, and ``egl.kernels.bn_backward``;
 - ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems;
 - ``egl.explainers.GraphedExplainer``'s replays against eager calls (CUDA only; the last column
   says how many captures were made, or the error of a capture that failed).
@@ -92,6 +92,33 @@ def bn_stats_rows(device: str, small: bool) -> list[dict[str, Any]]:
             err = float((mean.double() - rm).norm() / (rm.abs() + rv.sqrt()).norm())
             rows.append({"check": f"{name}: mean (error / (|mean| + std))", "rel err": err, "tol": 1e-6})
             rows.append({"check": f"{name}: var", "rel err": _rel(var, rv), "tol": 1e-5})
+    return rows
+
+
+def bn_backward_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """BatchNorm's training-mode backward (``egl.kernels.bn_backward``) against PyTorch's kernel in
+    float64 on the same inputs (also at a mean of 1000)."""
+    from egl.kernels.bn_backward import bn_backward, bn_backward_reference
+
+    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    rows = []
+    for offset in (0.0, 1000.0):
+        for dtype in (torch.bfloat16, torch.float32):
+            torch.manual_seed(3)
+            cl = torch.channels_last
+            x = (torch.randn(shape, device=device) + offset).to(dtype).contiguous(memory_format=cl)
+            g = torch.randn(shape, device=device).to(dtype).contiguous(memory_format=cl)
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+            invstd, gamma = torch.rsqrt(var + 1e-5), torch.rand(shape[1], device=device) + 0.5
+            got = bn_backward(g, x, gamma, mean, invstd)
+            want = bn_backward_reference(g.double(), x.double(), gamma.double(), mean.double(), invstd.double())
+            name = f"bn_backward {str(dtype)[6:]} {'x'.join(map(str, shape))} mean {offset:g}"
+            tol_dx = 4e-3 if dtype == torch.bfloat16 else 1e-5  # (bf16 dx: rounded once on its write)
+            for what, a, b, tol in zip(("dx", "d gamma", "d beta"), got, want, (tol_dx, 1e-5, 1e-5)):
+                rows.append({"check": f"{name}: {what}", "rel err": _rel(a, b), "tol": tol})
+            rows.append({"check": f"{name}: dx keeps channels-last", "tol": 0.0,
+                         "rel err": float(not got[0].is_contiguous(memory_format=cl))})
+            del x, g, got, want
     return rows
 
 
@@ -208,6 +235,7 @@ def main() -> None:
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
     rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *channel_affine_rows(device, small),
+            *bn_backward_rows(device, small),
             *subpixel_rows(device, small),
             *graphed_rows(device, small)]
     for r in rows:

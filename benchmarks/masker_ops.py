@@ -99,6 +99,15 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
                 lambda hd=hd: channel_affine(hd, sc, sh), 2 * full)
             out["multiply-add: torch.addcmul, float32 [1,C,1,1] factors (nhwc)"] = (
                 lambda hd=hd: channel_affine_reference(hd, sc, sh), 2 * full)
+            from egl.kernels.bn_backward import bn_backward, bn_backward_reference
+
+            gd = torch.randn_like(hd)
+            mu, inv = torch.randn(width, device=dev), torch.rand(width, device=dev) + 0.5
+            gam = torch.rand(width, device=dev) + 0.5
+            out["batchnorm train bwd: native_batch_norm_backward (nhwc)"] = (
+                lambda hd=hd, gd=gd: bn_backward_reference(gd, hd, gam, mu, inv), 3 * full)
+            out["batchnorm train bwd: egl.kernels.bn_backward (nhwc)"] = (
+                lambda hd=hd, gd=gd: bn_backward(gd, hd, gam, mu, inv), 3 * full)
             out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
             out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
         # the classifier's input gradient over 2B images: the library's convolution backward, and

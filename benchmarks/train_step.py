@@ -21,7 +21,9 @@ statistics from ``egl.kernels.bn_stats`` or from ``torch.native_batch_norm``:
 ``egl.kernels.subpixel_dgrad``, or by the library's own convolution backward: its
 ``CONFIG["use"]`` = ``"always"`` / ``"never"``; default ``"auto"``), ``-affinekernel`` /
 ``-torchaffine`` (BatchNorm's multiply-add by ``egl.kernels.channel_affine`` or ``torch.addcmul``:
-``_bn_conv.CONFIG["affine"]`` = ``"kernel"`` / ``"torch"``; default ``"auto"``),
+``_bn_conv.CONFIG["affine"]`` = ``"kernel"`` / ``"torch"``; default ``"auto"``), ``-bnbwdkernel`` /
+``-nativebnbwd`` (BatchNorm's backward by ``egl.kernels.bn_backward`` or PyTorch's:
+``_bn_conv.CONFIG["backward"]``),
 ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
@@ -85,10 +87,12 @@ def _recipe(name: str, arch: str) -> Any:
 
 
 #: Row-name suffixes that force one library setting for the row (any order, several at once):
-#: ``egl.maskers._bn_conv.CONFIG["stats"]`` / ``["affine"]`` and ``egl.kernels.subpixel_dgrad.CONFIG["use"]``.
+#: ``egl.maskers._bn_conv.CONFIG["stats"]`` / ``["affine"]`` / ``["backward"]`` and
+#: ``egl.kernels.subpixel_dgrad.CONFIG["use"]``.
 SUFFIXES = {"-bnstats": ("stats", "kernel"), "-nativebn": ("stats", "native"),
             "-subpixel": ("use", "always"), "-nativedgrad": ("use", "never"),
-            "-affinekernel": ("affine", "kernel"), "-torchaffine": ("affine", "torch")}
+            "-affinekernel": ("affine", "kernel"), "-torchaffine": ("affine", "torch"),
+            "-bnbwdkernel": ("backward", "kernel"), "-nativebnbwd": ("backward", "native")}
 
 
 def split_suffixes(name: str) -> tuple[str, dict[str, str]]:
@@ -129,7 +133,8 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
         from egl.kernels import subpixel_dgrad
         from egl.maskers import _bn_conv
 
-        configs = {"stats": _bn_conv.CONFIG, "affine": _bn_conv.CONFIG, "use": subpixel_dgrad.CONFIG}
+        configs = {"stats": _bn_conv.CONFIG, "affine": _bn_conv.CONFIG, "backward": _bn_conv.CONFIG,
+                   "use": subpixel_dgrad.CONFIG}
         saved = {k: configs[k][k] for k in forced}  # per row: rows share a process
         for k, v in forced.items():
             configs[k][k] = v

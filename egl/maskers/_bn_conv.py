@@ -66,9 +66,15 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
 #: ``"kernel"`` for CUDA tensors it supports, ``"torch"`` elsewhere). The two may differ in the last
 #: bit; the forward and the backward of a call take the same one. On the H200 above: 0.40 against
 #: 1.94 ms, BatchNorm's forward 0.84 ms, an ALIGN step 156 → 146 ms (``align-torchaffine``).
-CONFIG: dict[str, Any] = {"stats": "auto", "affine": "auto"}
+#: ``"backward"``: BatchNorm's backward, ``"kernel"`` (:func:`egl.kernels.bn_backward.bn_backward`:
+#: a float32 sum of the two maps' products, then one two-input multiply-add; channels-last maps on
+#: CUDA or under the Triton interpreter), ``"native"`` (``native_batch_norm_backward``: 3.0 ms a
+#: call on the H200 above, where the maps' bytes take 0.6) or ``"auto"`` (the default:
+#: ``"kernel"`` for CUDA tensors it supports, ``"native"`` elsewhere).
+CONFIG: dict[str, Any] = {"stats": "auto", "affine": "auto", "backward": "auto"}
 STATS = ("auto", "native", "kernel")
 AFFINES = ("auto", "torch", "kernel")
+BACKWARDS = ("auto", "native", "kernel")
 
 
 def _affine(x: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
@@ -106,6 +112,18 @@ def _batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, running: tuple[Tensor | 
     return _affine(x, gamma, beta, mean, invstd), mean, invstd
 
 
+def _batch_norm_backward(g: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, invstd: Tensor, eps: float,
+                         mask: tuple[bool, bool, bool]) -> tuple:
+    """``native_batch_norm_backward`` in training mode, or its kernels (``CONFIG["backward"]``)."""
+    from egl.kernels import bn_backward
+
+    check_choice(CONFIG["backward"], BACKWARDS, "egl.maskers._bn_conv", "CONFIG['backward']")
+    mode = CONFIG["backward"]
+    if mode == "native" or (mode == "auto" and not x.is_cuda) or not bn_backward.supported(g, x):
+        return torch.ops.aten.native_batch_norm_backward(g, x, gamma, None, None, mean, invstd, True, eps, list(mask))
+    return bn_backward.bn_backward(g, x, gamma, mean, invstd, mask)
+
+
 def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     """``bn_conv`` computes exactly ``conv(bn(x))`` for this pair: a plain, affine BatchNorm2d in
     training mode, a zero-padded Conv2d, and no hooks that the fused call would skip."""
@@ -140,8 +158,8 @@ class _BNConv(torch.autograd.Function):
         del y
         d_x = d_gamma = d_beta = None
         if need[0] or need[1] or need[2]:
-            d_x, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
-                d_y.to(x.dtype), x, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[1], need[2]])
+            d_x, d_gamma, d_beta = _batch_norm_backward(d_y.to(x.dtype), x, gamma, mean, invstd, ctx.eps,
+                                                        (need[0], need[1], need[2]))
         return (d_x, d_gamma, d_beta, None if d_w is None else d_w.to(weight.dtype),
                 None if d_b is None else d_b.to(weight.dtype), None, None, None, None)
 

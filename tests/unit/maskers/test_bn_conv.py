@@ -40,12 +40,13 @@ def _run(fused: bool, bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor, step
 @pytest.mark.parametrize("stats", ["native", "kernel"])  # "kernel": egl.kernels.bn_stats on channels-last maps
 def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum: float | None, stats: str,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """(With the statistics from the kernel, the multiply-add too: egl.kernels.channel_affine, as
-    on CUDA.)"""
+    """(With the statistics from the kernel, the multiply-add and the backward too:
+    egl.kernels.channel_affine and egl.kernels.bn_backward, as on CUDA.)"""
     from egl.maskers import _bn_conv
 
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", stats)
     monkeypatch.setitem(_bn_conv.CONFIG, "affine", "kernel" if stats == "kernel" else "torch")
+    monkeypatch.setitem(_bn_conv.CONFIG, "backward", stats)
     bn, conv = _pair(**conv_kw)
     bn.momentum = momentum
     x = torch.randn(3, 6, 11, 9) * 2 + 1
@@ -214,12 +215,16 @@ def test_the_statistics_kernel_path_is_taken_and_a_bad_choice_is_named(monkeypat
     monkeypatch.setitem(_bn_conv.CONFIG, "affine", "fast")
     with pytest.raises(InputError, match=r"CONFIG\['affine'\].*'auto', 'torch', 'kernel'.*'fast'"):
         bn_conv(x.requires_grad_(True), bn, conv).sum().backward()  # (the backward's multiply-add)
+    monkeypatch.setitem(_bn_conv.CONFIG, "affine", "torch")
+    monkeypatch.setitem(_bn_conv.CONFIG, "backward", "fast")
+    with pytest.raises(InputError, match=r"CONFIG\['backward'\].*'auto', 'native', 'kernel'.*'fast'"):
+        bn_conv(x, bn, conv).sum().backward()
 
 
 def test_auto_statistics_are_native_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``stats="auto"`` and ``affine="auto"`` (the defaults) take the kernels on CUDA only: on the
-    CPU, also under the Triton interpreter, the output is BatchNorm's own, bit for bit, and the
-    backward's multiply-add PyTorch's."""
+    """``stats``, ``affine`` and ``backward`` ``"auto"`` (the defaults) take the kernels on CUDA
+    only: on the CPU, also under the Triton interpreter, the output is BatchNorm's own, bit for
+    bit, and the backward PyTorch's."""
     from egl.kernels import bn_stats
     from egl.maskers import _bn_conv
 
@@ -231,6 +236,10 @@ def test_auto_statistics_are_native_off_cuda(monkeypatch: pytest.MonkeyPatch) ->
 
     assert _bn_conv.CONFIG["affine"] == "auto"
     monkeypatch.setattr(channel_affine, "channel_affine", lambda *a: pytest.fail("the kernel ran on the CPU"))
+    from egl.kernels import bn_backward
+
+    assert _bn_conv.CONFIG["backward"] == "auto"
+    monkeypatch.setattr(bn_backward, "bn_backward", lambda *a: pytest.fail("the backward kernel ran on the CPU"))
     auto = bn_conv(x, copy.deepcopy(bn), conv)
     bn_conv(x.clone().requires_grad_(True), copy.deepcopy(bn), conv).sum().backward()  # (its multiply-add)
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", "native")
