@@ -9,7 +9,9 @@ positions of a channel). :func:`bn_backward` views both maps as ``[N·H·W, C]``
 kernel sums ``g`` and ``g·(x - μ)`` per channel in float32 over bands of rows (the bands
 combined in float64), a second writes ``dx = a·g + b·(x - μ) + c`` with per-channel factors,
 computed in float32 and rounded once to ``x``'s dtype. ``x - μ`` is formed in the kernels, so
-a large mean does not cancel the gradient's small part.
+a large mean does not cancel the gradient's small part. On the H200: 0.99 ms a call (2.5 TB/s),
+``dx`` within 1.7e-3 (bf16) / 4.4e-8 (float32) of PyTorch's kernel run in float64
+(``benchmarks/gpu_checks.py``, also at a mean of 1000).
 
 With ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors (how CI tests them); for any
 other layout, or without Triton, :func:`bn_backward_reference` (PyTorch's kernel) runs.
