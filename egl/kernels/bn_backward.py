@@ -29,6 +29,7 @@ from egl._check import fail
 __all__ = ["bn_backward", "bn_backward_reference", "supported"]
 
 _TILE = 4096  # elements per loaded tile: rows = this // the padded channel count
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # (float64 keeps PyTorch's float64 arithmetic)
 
 
 def supported(g: Tensor, x: Tensor) -> bool:
@@ -37,8 +38,8 @@ def supported(g: Tensor, x: Tensor) -> bool:
 
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     cl = torch.channels_last
-    return (on_device and x.dim() == 4 and g.shape == x.shape and g.device == x.device and x.is_floating_point()
-            and g.is_floating_point() and x.is_contiguous(memory_format=cl) and g.is_contiguous(memory_format=cl)
+    return (on_device and x.dim() == 4 and g.shape == x.shape and g.device == x.device and x.dtype in _DTYPES
+            and g.dtype in _DTYPES and x.is_contiguous(memory_format=cl) and g.is_contiguous(memory_format=cl)
             and 0 < x.shape[1] <= 1024 and x.numel() > 0 and triton_available())
 
 

@@ -23,6 +23,7 @@ from egl._check import check_shape, fail
 __all__ = ["channel_affine", "channel_affine_reference", "supported"]
 
 _TILE = 4096  # elements per program: rows = this // the padded channel count
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # (float64 keeps PyTorch's float64 arithmetic)
 
 
 def supported(x: Tensor) -> bool:
@@ -31,7 +32,7 @@ def supported(x: Tensor) -> bool:
 
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     return (on_device and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and x.is_floating_point() and 0 < x.shape[1] <= 1024 and x.numel() > 0 and triton_available())
+            and x.dtype in _DTYPES and 0 < x.shape[1] <= 1024 and x.numel() > 0 and triton_available())
 
 
 def channel_affine_reference(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:

@@ -78,5 +78,7 @@ def test_other_layouts_take_pytorchs_kernel_and_empty_maps_are_refused() -> None
     for a, b in zip(bn_backward(g, x, gamma, mean, invstd), bn_backward_reference(g, x, gamma, mean, invstd)):
         assert torch.equal(a, b)
     assert not supported(g.contiguous(memory_format=torch.channels_last), x)  # the two layouts differ
+    cl = torch.channels_last
+    assert not supported(g.double().contiguous(memory_format=cl), x.double().contiguous(memory_format=cl))
     with pytest.raises(egl.InputError, match="'x'"):
         bn_backward(g[:0], x[:0], gamma, mean, invstd)

@@ -59,6 +59,9 @@ def test_other_layouts_take_the_reference_and_bad_factors_are_named() -> None:
     s, t = torch.randn(3), torch.randn(3)
     assert not supported(x)
     assert torch.equal(channel_affine(x, s, t), channel_affine_reference(x, s, t))
+    x64 = x.double().contiguous(memory_format=torch.channels_last)  # float64: PyTorch's float64 arithmetic
+    assert not supported(x64)
+    assert torch.equal(channel_affine(x64, s, t), channel_affine_reference(x64, s, t))
     with pytest.raises(egl.InputError, match=r"'scale' expected a \[3\] tensor.*shape \[4\]"):
         channel_affine(x, torch.randn(4), t)
     with pytest.raises(egl.InputError, match=r"'shift' expected a \[3\] tensor.*got 1.0"):
