@@ -97,12 +97,12 @@ def bn_stats_rows(device: str, small: bool) -> list[dict[str, Any]]:
 
 def bn_backward_rows(device: str, small: bool) -> list[dict[str, Any]]:
     """BatchNorm's training-mode backward (``egl.kernels.bn_backward``) against PyTorch's kernel in
-    float64 on the same inputs (also at a mean of 1000)."""
+    float64 on the same inputs (also at a mean of 1000, and with 33 channels: masked columns)."""
     from egl.kernels.bn_backward import bn_backward, bn_backward_reference
 
-    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    shapes = [(8, 32, 32, 32), (4, 33, 9, 9)] if small else [(256, 32, 224, 224), (64, 33, 56, 56)]
     rows = []
-    for offset in (0.0, 1000.0):
+    for shape, offset in ((shapes[0], 0.0), (shapes[0], 1000.0), (shapes[1], 0.0)):  # (33 channels: masked)
         for dtype in (torch.bfloat16, torch.float32):
             torch.manual_seed(3)
             cl = torch.channels_last
@@ -125,12 +125,12 @@ def bn_backward_rows(device: str, small: bool) -> list[dict[str, Any]]:
 def channel_affine_rows(device: str, small: bool) -> list[dict[str, Any]]:
     """BatchNorm's multiply-add (``egl.kernels.channel_affine``): the largest error against the
     float64 result, in units of the dtype's epsilon times ``|x·s| + |t|`` (a multiply-add rounds
-    at most twice: tolerance 2), and the map's layout."""
+    at most twice: tolerance 2), and the map's layout; 32 and 33 channels (masked columns)."""
     from egl.kernels.channel_affine import channel_affine
 
-    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    shapes = [(8, 32, 32, 32), (4, 33, 9, 9)] if small else [(256, 32, 224, 224), (64, 33, 56, 56)]
     rows = []
-    for dtype in (torch.bfloat16, torch.float32):
+    for shape, dtype in [(s, d) for s in shapes for d in (torch.bfloat16, torch.float32)]:
         torch.manual_seed(2)
         x = (torch.randn(shape, device=device) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
         sc, sh = torch.rand(shape[1], device=device) + 0.5, torch.randn(shape[1], device=device)

@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from egl.kernels._device import device_of
+
 __all__ = ["partial_sums", "input_grad"]
 
 
@@ -68,7 +70,8 @@ def partial_sums(g: Tensor, x: Tensor, mean: Tensor, tile: int) -> Tensor:
     per = triton.cdiv(triton.cdiv(rows, n_prog), block_r) * block_r  # whole tiles per program
     n_prog = triton.cdiv(rows, per)
     parts = torch.empty(n_prog, 2, c, device=x.device, dtype=torch.float32)
-    sums_kernel[(n_prog,)](g, x, mean, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    with device_of(x):
+        sums_kernel[(n_prog,)](g, x, mean, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
     return parts
 
 
@@ -79,6 +82,7 @@ def input_grad(g: Tensor, x: Tensor, a: Tensor, b: Tensor, mean: Tensor, c0: Ten
     block_c = triton.next_power_of_2(c)
     block_r = max(1, tile // block_c)
     out = torch.empty_like(x)
-    grad_kernel[(triton.cdiv(rows, block_r),)](g, x, a, b, mean, c0, out, rows, c, BLOCK_R=block_r, BLOCK_C=block_c,
-                                               num_warps=4)
+    with device_of(x):
+        grad_kernel[(triton.cdiv(rows, block_r),)](g, x, a, b, mean, c0, out, rows, c, BLOCK_R=block_r,
+                                                   BLOCK_C=block_c, num_warps=4)
     return out

@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from egl.kernels._device import device_of
+
 __all__ = ["partial_sums"]
 
 
@@ -47,5 +49,6 @@ def partial_sums(x: Tensor, rows: int, c: int, tile: int) -> tuple[Tensor, Tenso
     per = triton.cdiv(triton.cdiv(rows, n_prog), block_r) * block_r  # whole tiles per program
     n_prog = triton.cdiv(rows, per)
     parts = torch.empty(n_prog, 2, c, device=x.device, dtype=torch.float32)
-    bn_stats_kernel[(n_prog,)](x, shift, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    with device_of(x):
+        bn_stats_kernel[(n_prog,)](x, shift, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
     return parts, shift

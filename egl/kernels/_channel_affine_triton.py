@@ -7,6 +7,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from egl.kernels._device import device_of
+
 __all__ = ["affine"]
 
 
@@ -31,6 +33,7 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor, tile: int) -> Tensor:
     block_c = triton.next_power_of_2(c)
     block_r = max(1, tile // block_c)
     out = torch.empty_like(x)  # (channels-last, as x: the same [R, C] rows)
-    affine_kernel[(triton.cdiv(rows, block_r),)](x, scale, shift, out, rows, c, BLOCK_R=block_r, BLOCK_C=block_c,
-                                                  num_warps=4)
+    with device_of(x):
+        affine_kernel[(triton.cdiv(rows, block_r),)](x, scale, shift, out, rows, c, BLOCK_R=block_r, BLOCK_C=block_c,
+                                                      num_warps=4)
     return out

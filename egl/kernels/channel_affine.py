@@ -6,9 +6,10 @@ masker's ``[256, 32, 224, 224]`` bf16 map in about 1.9 ms, where a copy of the s
 0.39 ms (``benchmarks/masker_ops.py``). :func:`channel_affine` views the map as ``[N·H·W, C]``
 rows and runs one Triton kernel: each program loads a band of rows, multiplies and adds in
 float32 with the ``C`` factors held in registers, and rounds once on the store to ``x``'s dtype
-(as ``out=`` does): 0.40 ms there, 97% of the copy bandwidth, with a largest error of 0.5 ε
-(|x·s| + |t|) against the float64 result, bf16 and float32 (``benchmarks/gpu_checks.py``). With ``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors (how CI
-tests it); :func:`channel_affine_reference` is the PyTorch form, taken for any other layout.
+(as ``out=`` does): 0.40 ms there, 97% of the copy bandwidth, with a largest error of
+0.5 ε (|x·s| + |t|) against the float64 result, bf16 and float32 (``benchmarks/gpu_checks.py``).
+With ``TRITON_INTERPRET=1`` the kernel also runs on CPU tensors (how CI tests it);
+:func:`channel_affine_reference` is the PyTorch form, taken for any other layout or dtype.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def supported(x: Tensor) -> bool:
 
 
 def channel_affine_reference(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``shift[c] + x · scale[c]`` in float32, rounded once to ``x``'s dtype and layout."""
+    """``shift[c] + x · scale[c]`` in float32 (float64 for a float64 ``x``), rounded once to ``x``'s
+    dtype and layout."""
     return torch.addcmul(shift.float().view(1, -1, 1, 1), x, scale.float().view(1, -1, 1, 1), out=torch.empty_like(x))
 
 

@@ -12,9 +12,10 @@ each instead of two (the ReLU's output *is* the BatchNorm's input, kept once).
 Exactness: the forward is PyTorch's own batch norm (``torch.native_batch_norm``: same output,
 same running-statistics update, ``num_batches_tracked`` and ``momentum=None`` handled as
 ``nn.BatchNorm2d`` does) and PyTorch's convolution; the backward is PyTorch's convolution and
-batch-norm backward kernels. Differences from autograd through the modules: the convolution's
-weight gradient sees ``y`` recomputed as a multiply-add, which may differ from the forward's
-``y`` in the last bit (on the CPU it was bit-identical in every test; on CUDA ``nn.BatchNorm2d``
+batch-norm backward kernels (on CUDA, for channels-last maps, the statistics, the multiply-add
+and the batch-norm backward are egl's Triton kernels by default: ``CONFIG``). Differences from
+autograd through the modules: the convolution's weight gradient sees ``y`` recomputed as a
+multiply-add, which may differ from the forward's ``y`` in the last bit (on the CPU it was bit-identical in every test; on CUDA ``nn.BatchNorm2d``
 runs cuDNN's kernels, this path the native ones); and the pair is differentiable once (no
 ``create_graph`` through it). Under autocast the convolution runs in the autocast dtype, as it
 would in the module. :func:`fusable` says when a pair may take this path.
@@ -64,8 +65,11 @@ def _conv_dtype(x: Tensor) -> torch.dtype:
 #: channels-last maps on CUDA or under the Triton interpreter), ``"torch"`` (``torch.addcmul``,
 #: whose mixed-dtype broadcast took about 1.9 ms of the 2.36 above) or ``"auto"`` (the default:
 #: ``"kernel"`` for CUDA tensors it supports, ``"torch"`` elsewhere). The two may differ in the last
-#: bit; the forward and the backward of a call take the same one. On the H200 above: 0.40 against
-#: 1.94 ms, BatchNorm's forward 0.84 ms, an ALIGN step 156 → 146 ms (``align-torchaffine``).
+#: bit; with ``stats="kernel"`` (the CUDA default) the forward's output and the backward's
+#: recomputation both come from the same one (with native statistics the forward's output is
+#: ``native_batch_norm``'s, the recomputation this multiply-add: equal up to the last bit). On
+#: the H200 above: 0.40 against 1.94 ms, BatchNorm's forward 0.84 ms, an ALIGN step 156 → 146 ms
+#: (``align-torchaffine``).
 #: ``"backward"``: BatchNorm's backward, ``"kernel"`` (:func:`egl.kernels.bn_backward.bn_backward`:
 #: a float32 sum of the two maps' products, then one two-input multiply-add; channels-last maps on
 #: CUDA or under the Triton interpreter), ``"native"`` (``native_batch_norm_backward``) or

@@ -44,9 +44,15 @@ def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum:
     egl.kernels.channel_affine and egl.kernels.bn_backward, as on CUDA.)"""
     from egl.maskers import _bn_conv
 
+    from egl.kernels import bn_backward, channel_affine
+
     monkeypatch.setitem(_bn_conv.CONFIG, "stats", stats)
     monkeypatch.setitem(_bn_conv.CONFIG, "affine", "kernel" if stats == "kernel" else "torch")
     monkeypatch.setitem(_bn_conv.CONFIG, "backward", stats)
+    ran: list[str] = []
+    for mod, name in ((channel_affine, "channel_affine"), (bn_backward, "bn_backward")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
     bn, conv = _pair(**conv_kw)
     bn.momentum = momentum
     x = torch.randn(3, 6, 11, 9) * 2 + 1
@@ -57,6 +63,8 @@ def test_matches_conv_of_batchnorm(conv_kw: dict, channels_last: bool, momentum:
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1], ref[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    kernels = stats == "kernel" and channel_affine.supported(x)  # (channels-last: the kernels' layout)
+    assert sorted(set(ran)) == (["bn_backward", "channel_affine"] if kernels else [])
     rtol = 1e-6 if stats == "native" else 1e-5  # the kernel sums in another order (float64 across bands)
     for a, b in zip(got[2], ref[2]):  # running mean, var and num_batches_tracked
         torch.testing.assert_close(a, b, rtol=rtol, atol=1e-7)
