@@ -15,9 +15,9 @@ same running-statistics update, ``num_batches_tracked`` and ``momentum=None`` ha
 batch-norm backward kernels (on CUDA, for channels-last maps, the statistics, the multiply-add
 and the batch-norm backward are egl's Triton kernels by default: ``CONFIG``). Differences from
 autograd through the modules: the convolution's weight gradient sees ``y`` recomputed as a
-multiply-add, which may differ from the forward's ``y`` in the last bit (on the CPU it was bit-identical in every test; on CUDA ``nn.BatchNorm2d``
-runs cuDNN's kernels, this path the native ones); and the pair is differentiable once (no
-``create_graph`` through it). Under autocast the convolution runs in the autocast dtype, as it
+multiply-add, which may differ from the forward's ``y`` in the last bit (on the CPU it was
+bit-identical in every test; on CUDA ``nn.BatchNorm2d`` runs cuDNN's kernels, this path the
+native ones or egl's); and the pair is differentiable once (no ``create_graph`` through it). Under autocast the convolution runs in the autocast dtype, as it
 would in the module. :func:`fusable` says when a pair may take this path.
 """
 
