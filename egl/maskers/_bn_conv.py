@@ -17,8 +17,9 @@ and the batch-norm backward are egl's Triton kernels by default: ``CONFIG``). Di
 autograd through the modules: the convolution's weight gradient sees ``y`` recomputed as a
 multiply-add, which may differ from the forward's ``y`` in the last bit (on the CPU it was
 bit-identical in every test; on CUDA ``nn.BatchNorm2d`` runs cuDNN's kernels, this path the
-native ones or egl's); and the pair is differentiable once (no ``create_graph`` through it). Under autocast the convolution runs in the autocast dtype, as it
-would in the module. :func:`fusable` says when a pair may take this path.
+native ones or egl's); and the pair is differentiable once (no ``create_graph`` through it).
+Under autocast the convolution runs in the autocast dtype, as it would in the module.
+:func:`fusable` says when a pair may take this path.
 """
 
 from __future__ import annotations
