@@ -8,6 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from egl.kernels._device import device_of
+from egl.kernels._rows import bands, row_tiles
 
 __all__ = ["partial_sums", "input_grad"]
 
@@ -55,20 +56,10 @@ def grad_kernel(g_ptr, x_ptr, a_ptr, b_ptr, mu_ptr, c_ptr, out_ptr, R, C, BLOCK_
     tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _programs(x: Tensor, rows: int, block_r: int) -> int:
-    target = 8 * torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    return max(1, min(target, triton.cdiv(rows, block_r)))
-
-
 def partial_sums(g: Tensor, x: Tensor, mean: Tensor, tile: int) -> Tensor:
     """``[P, 2, C]`` float32 partial sums of ``g`` and ``g · (x - mean)`` (channels-last maps)."""
-    n, c, h, w = x.shape
-    rows = n * h * w
-    block_c = triton.next_power_of_2(c)
-    block_r = max(1, tile // block_c)
-    n_prog = _programs(x, rows, block_r)
-    per = triton.cdiv(triton.cdiv(rows, n_prog), block_r) * block_r  # whole tiles per program
-    n_prog = triton.cdiv(rows, per)
+    rows, c, block_r, block_c = row_tiles(x, tile)
+    n_prog, per = bands(x, rows, block_r)
     parts = torch.empty(n_prog, 2, c, device=x.device, dtype=torch.float32)
     with device_of(x):
         sums_kernel[(n_prog,)](g, x, mean, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
@@ -77,10 +68,7 @@ def partial_sums(g: Tensor, x: Tensor, mean: Tensor, tile: int) -> Tensor:
 
 def input_grad(g: Tensor, x: Tensor, a: Tensor, b: Tensor, mean: Tensor, c0: Tensor, tile: int) -> Tensor:
     """``a·g + b·(x - mean) + c0`` per channel (float32 ``[C]`` factors), in ``x``'s dtype and layout."""
-    n, c, h, w = x.shape
-    rows = n * h * w
-    block_c = triton.next_power_of_2(c)
-    block_r = max(1, tile // block_c)
+    rows, c, block_r, block_c = row_tiles(x, tile)
     out = torch.empty_like(x)
     with device_of(x):
         grad_kernel[(triton.cdiv(rows, block_r),)](g, x, a, b, mean, c0, out, rows, c, BLOCK_R=block_r,

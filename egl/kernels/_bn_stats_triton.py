@@ -8,6 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from egl.kernels._device import device_of
+from egl.kernels._rows import bands, row_tiles
 
 __all__ = ["partial_sums"]
 
@@ -35,19 +36,11 @@ def bn_stats_kernel(x_ptr, k_ptr, part_ptr, R, C, ROWS, BLOCK_R: tl.constexpr, B
     tl.store(part_ptr + (p * 2 + 1) * C + cs, tl.sum(q, axis=0), mask=cm)
 
 
-def _programs(x: Tensor, rows: int, block_r: int) -> int:
-    target = 8 * torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    return max(1, min(target, triton.cdiv(rows, block_r)))
-
-
-def partial_sums(x: Tensor, rows: int, c: int, tile: int) -> tuple[Tensor, Tensor]:
+def partial_sums(x: Tensor, tile: int) -> tuple[Tensor, Tensor]:
     """``([P, 2, C] float32 partial sums, [C] float32 shift)`` for channels-last ``x``."""
-    block_c = triton.next_power_of_2(c)
-    block_r = max(1, tile // block_c)
+    rows, c, block_r, block_c = row_tiles(x, tile)
     shift = x[0, :, 0, 0].float().contiguous()  # the first row of the [R, C] view
-    n_prog = _programs(x, rows, block_r)
-    per = triton.cdiv(triton.cdiv(rows, n_prog), block_r) * block_r  # whole tiles per program
-    n_prog = triton.cdiv(rows, per)
+    n_prog, per = bands(x, rows, block_r)
     parts = torch.empty(n_prog, 2, c, device=x.device, dtype=torch.float32)
     with device_of(x):
         bn_stats_kernel[(n_prog,)](x, shift, parts, rows, c, per, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)

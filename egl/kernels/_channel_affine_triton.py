@@ -8,6 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from egl.kernels._device import device_of
+from egl.kernels._rows import row_tiles
 
 __all__ = ["affine"]
 
@@ -28,10 +29,7 @@ def affine_kernel(x_ptr, s_ptr, t_ptr, out_ptr, R, C, BLOCK_R: tl.constexpr, BLO
 
 def affine(x: Tensor, scale: Tensor, shift: Tensor, tile: int) -> Tensor:
     """``x · scale + shift`` for channels-last ``x`` (float32 ``[C]`` factors), in ``x``'s dtype and layout."""
-    n, c, h, w = x.shape
-    rows = n * h * w
-    block_c = triton.next_power_of_2(c)
-    block_r = max(1, tile // block_c)
+    rows, c, block_r, block_c = row_tiles(x, tile)
     out = torch.empty_like(x)  # (channels-last, as x: the same [R, C] rows)
     with device_of(x):
         affine_kernel[(triton.cdiv(rows, block_r),)](x, scale, shift, out, rows, c, BLOCK_R=block_r, BLOCK_C=block_c,
