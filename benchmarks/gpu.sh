@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md in one short run (about 7 minutes on an H200; stage limits sum to about 14).
+# Every GPU measurement of docs/performance.md in one short run (about 8 minutes on an H200; stage limits sum to about 16).
 #
 #     bash benchmarks/gpu.sh OUTDIR        # OUTDIR gets one .txt (and .json) per benchmark
 #
@@ -32,6 +32,14 @@ stage() {  # stage NAME SECONDS CMD...
 }
 gpu="--device cuda --precision bf16"
 stage gpu_checks 90 $py benchmarks/gpu_checks.py --json "$out/gpu_checks.json"
+# the learned masker's kernels: the defaults (BatchNorm's multiply-add and backward as Triton kernels)
+# against PyTorch's paths, and the bias add + ReLU in one pass (egl.maskers._bias_relu, off by default
+# until timed here); then the same operations one by one, and where a whole ALIGN step's time goes
+stage train_step_masker 60 $py benchmarks/train_step.py $gpu --batch 256 --size 224 --inline-memory --channels-last \
+  --only clf+align,align,align-biasrelu,align-nativebnbwd-torchaffine --json "$out/train_step_masker.json"
+stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
+stage profile_align 40 $py benchmarks/profile_step.py --recipe align $gpu --batch 256 --size 224 --channels-last \
+  --rows 30
 stage saliency 120 $py benchmarks/saliency.py --settings 32x224,64x64 --inline-memory --repeats 4 \
   --json "$out/saliency.json"
 stage kernel 140 $py benchmarks/kernel.py --sweep --stages --compile-dtypes '' --json "$out/kernel.json"
@@ -46,7 +54,6 @@ stage train_step_cl 90 $py benchmarks/train_step.py $gpu --batch 256 --size 224 
   --only clf+align,align,align-nativebn-nativedgrad,align-nativebn,align-nativedgrad,align-keep,align-keep-whole,align-ckpt-whole,align-gt,align-w1,dre,irm,mixup,sgdrop,sgt,sgt-nativedgrad \
   --json "$out/train_step_cl.json"
 stage sync_check 40 $py benchmarks/sync_check.py --batch 32 --size 224 --json "$out/sync_check.json"
-stage masker_ops 30 $py benchmarks/masker_ops.py $gpu --batch 256 --size 224
 stage input_grads 40 $py benchmarks/input_grads.py --batch 128 --repeats 5 --json "$out/input_grads.json"
 stage profile_saliency 30 $py benchmarks/profile_saliency.py --model resnet18 --batch 32 --size 224
 stage profile_masker 35 $py benchmarks/profile_step.py --recipe align --phase masker $gpu --batch 256 --size 224 \

@@ -122,6 +122,29 @@ def bn_backward_rows(device: str, small: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def bias_relu_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """The learned masker's bias add + ReLU in one pass (``egl.maskers._bias_relu``, not yet a
+    default): against ``relu(h + bias)`` in float64, the largest error in units of the dtype's
+    epsilon times ``|h| + |bias|`` (one rounding: tolerance 1)."""
+    from egl.maskers._bias_relu import bias_relu
+
+    shape = (8, 32, 32, 32) if small else (256, 32, 224, 224)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(4)
+        h = torch.randn(shape, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(shape[1], device=device)
+        want = torch.relu(h.double() + b.double().view(1, -1, 1, 1))
+        bound = (torch.finfo(dtype).eps * (h.double().abs() + b.double().abs().view(1, -1, 1, 1))).clamp_min(1e-300)
+        with torch.no_grad():
+            got = bias_relu(h.clone(), b)
+        name = f"bias_relu {str(dtype)[6:]} {'x'.join(map(str, shape))}"
+        rows.append({"check": f"{name}: max error (eps x (|h| + |b|))", "tol": 1.0,
+                     "rel err": float(((got.double() - want).abs() / bound).max())})
+        del h, want, bound, got
+    return rows
+
+
 def channel_affine_rows(device: str, small: bool) -> list[dict[str, Any]]:
     """BatchNorm's multiply-add (``egl.kernels.channel_affine``): the largest error against the
     float64 result, in units of the dtype's epsilon times ``|x·s| + |t|`` (a multiply-add rounds
@@ -235,7 +258,7 @@ def main() -> None:
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
     rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *channel_affine_rows(device, small),
-            *bn_backward_rows(device, small),
+            *bn_backward_rows(device, small), *bias_relu_rows(device, small),
             *subpixel_rows(device, small),
             *graphed_rows(device, small)]
     for r in rows:

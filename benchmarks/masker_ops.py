@@ -108,6 +108,18 @@ def cases(b: int, s: int, dev: str, dt: torch.dtype, width: int = 32) -> dict[st
                 lambda hd=hd, gd=gd: bn_backward_reference(gd, hd, gam, mu, inv), 3 * full)
             out["batchnorm train bwd: egl.kernels.bn_backward (nhwc)"] = (
                 lambda hd=hd, gd=gd: bn_backward(gd, hd, gam, mu, inv), 3 * full)
+            from egl.maskers import _bias_relu
+
+            bias32 = torch.randn(width, device=dev)
+
+            def torch_bias_relu(hd: torch.Tensor = hd) -> torch.Tensor:  # what a conv with bias + ReLU(inplace) do
+                return torch.relu_(hd.clone().add_(bias32.to(dt).view(1, -1, 1, 1)))
+
+            def egl_bias_relu(hd: torch.Tensor = hd) -> torch.Tensor:
+                with torch.no_grad():
+                    return _bias_relu.bias_relu(hd.clone(), bias32)
+            out["conv bias add + ReLU: add_ then relu_, after a copy (nhwc)"] = (torch_bias_relu, 4 * full)
+            out["conv bias add + ReLU: egl's one pass, after a copy (nhwc)"] = (egl_bias_relu, 4 * full)
             out["sum over [NHW, C] (nhwc)"] = (lambda flat=flat: flat.sum(0, dtype=torch.float32), full)
             out["copy (the bandwidth floor: read + write)"] = (lambda flat=flat: flat.clone(), 2 * full)
         # the classifier's input gradient over 2B images: the library's convolution backward, and

@@ -23,7 +23,8 @@ statistics from ``egl.kernels.bn_stats`` or from ``torch.native_batch_norm``:
 ``-torchaffine`` (BatchNorm's multiply-add by ``egl.kernels.channel_affine`` or ``torch.addcmul``:
 ``_bn_conv.CONFIG["affine"]`` = ``"kernel"`` / ``"torch"``; default ``"auto"``), ``-bnbwdkernel`` /
 ``-nativebnbwd`` (BatchNorm's backward by ``egl.kernels.bn_backward`` or PyTorch's:
-``_bn_conv.CONFIG["backward"]``),
+``_bn_conv.CONFIG["backward"]``), ``-biasrelu`` / ``-nobiasrelu`` (the learned masker's bias adds
+and ReLUs in one pass each, or as PyTorch's modules: ``egl.maskers._bias_relu.CONFIG["mode"]``),
 ``erm-fbn``, ``align-fbn`` and ``align-fbn-2pass``: frozen BatchNorm
 (``recipes.freeze_batchnorm``), where ALIGN explains ``x`` and the mixed batch in one pass
 (``batch_mixup="auto"``), and the same in two passes (``batch_mixup=False``). Median of
@@ -87,12 +88,13 @@ def _recipe(name: str, arch: str) -> Any:
 
 
 #: Row-name suffixes that force one library setting for the row (any order, several at once):
-#: ``egl.maskers._bn_conv.CONFIG["stats"]`` / ``["affine"]`` / ``["backward"]`` and
-#: ``egl.kernels.subpixel_dgrad.CONFIG["use"]``.
+#: ``egl.maskers._bn_conv.CONFIG["stats"]`` / ``["affine"]`` / ``["backward"]``,
+#: ``egl.kernels.subpixel_dgrad.CONFIG["use"]`` and ``egl.maskers._bias_relu.CONFIG["mode"]``.
 SUFFIXES = {"-bnstats": ("stats", "kernel"), "-nativebn": ("stats", "native"),
             "-subpixel": ("use", "always"), "-nativedgrad": ("use", "never"),
             "-affinekernel": ("affine", "kernel"), "-torchaffine": ("affine", "torch"),
-            "-bnbwdkernel": ("backward", "kernel"), "-nativebnbwd": ("backward", "native")}
+            "-bnbwdkernel": ("backward", "kernel"), "-nativebnbwd": ("backward", "native"),
+            "-biasrelu": ("mode", "kernel"), "-nobiasrelu": ("mode", "torch")}
 
 
 def split_suffixes(name: str) -> tuple[str, dict[str, str]]:
@@ -133,8 +135,10 @@ def _step_fn(name: str, arch: str, batch: int, size: int, device: str = "cpu", p
         from egl.kernels import subpixel_dgrad
         from egl.maskers import _bn_conv
 
+        from egl.maskers import _bias_relu
+
         configs = {"stats": _bn_conv.CONFIG, "affine": _bn_conv.CONFIG, "backward": _bn_conv.CONFIG,
-                   "use": subpixel_dgrad.CONFIG}
+                   "use": subpixel_dgrad.CONFIG, "mode": _bias_relu.CONFIG}
         saved = {k: configs[k][k] for k in forced}  # per row: rows share a process
         for k, v in forced.items():
             configs[k][k] = v

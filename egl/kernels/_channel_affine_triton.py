@@ -14,8 +14,10 @@ __all__ = ["affine"]
 
 
 @triton.jit
-def affine_kernel(x_ptr, s_ptr, t_ptr, out_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Program ``p`` writes rows ``[p·BLOCK_R, (p+1)·BLOCK_R)`` of the ``[R, C]`` row-major view."""
+def affine_kernel(x_ptr, s_ptr, t_ptr, out_ptr, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                  RELU: tl.constexpr):
+    """Program ``p`` writes rows ``[p·BLOCK_R, (p+1)·BLOCK_R)`` of the ``[R, C]`` row-major view
+    (``out_ptr`` may be ``x_ptr``: each element is read before it is written, by the same thread)."""
     cs = tl.arange(0, BLOCK_C)
     cm = cs < C
     s = tl.load(s_ptr + cs, mask=cm, other=0.0)
@@ -23,15 +25,18 @@ def affine_kernel(x_ptr, s_ptr, t_ptr, out_ptr, R, C, BLOCK_R: tl.constexpr, BLO
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     m = (rows < R)[:, None] & cm[None, :]
     at = rows[:, None] * C + cs[None, :]
-    v = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + at, (v * s[None, :] + t[None, :]).to(out_ptr.dtype.element_ty), mask=m)
+    v = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32) * s[None, :] + t[None, :]
+    if RELU:  # NaN stays NaN, as torch.relu keeps it (a hardware max would drop it)
+        v = tl.where(v != v, v, tl.maximum(v, 0.0))
+    tl.store(out_ptr + at, v.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def affine(x: Tensor, scale: Tensor, shift: Tensor, tile: int) -> Tensor:
-    """``x · scale + shift`` for channels-last ``x`` (float32 ``[C]`` factors), in ``x``'s dtype and layout."""
+def affine(x: Tensor, scale: Tensor, shift: Tensor, tile: int, relu: bool = False, inplace: bool = False) -> Tensor:
+    """``x · scale + shift`` (then ReLU) for channels-last ``x`` (float32 ``[C]`` factors), in ``x``'s
+    dtype and layout; written into ``x`` itself with ``inplace``."""
     rows, c, block_r, block_c = row_tiles(x, tile)
-    out = torch.empty_like(x)  # (channels-last, as x: the same [R, C] rows)
+    out = x if inplace else torch.empty_like(x)  # (channels-last, as x: the same [R, C] rows)
     with device_of(x):
         affine_kernel[(triton.cdiv(rows, block_r),)](x, scale, shift, out, rows, c, BLOCK_R=block_r, BLOCK_C=block_c,
-                                                      num_warps=4)
+                                                      RELU=relu, num_warps=4)
     return out

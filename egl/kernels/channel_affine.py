@@ -1,4 +1,5 @@
-"""``x · scale[c] + shift[c]`` over a channels-last map: BatchNorm's output from its statistics.
+"""``x · scale[c] + shift[c]`` over a channels-last map: BatchNorm's output from its statistics
+(and, with ``relu=True``, a convolution's bias add and the ReLU after it, in one pass).
 
 PyTorch's ``torch.addcmul(shift, x, scale, out=...)`` with float32 ``[1, C, 1, 1]`` factors and a
 bf16 channels-last map takes its mixed-dtype broadcast path: on one H200 it wrote the learned
@@ -36,18 +37,22 @@ def supported(x: Tensor) -> bool:
             and x.dtype in _DTYPES and 0 < x.shape[1] <= 1024 and x.numel() > 0 and triton_available())
 
 
-def channel_affine_reference(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+def channel_affine_reference(x: Tensor, scale: Tensor, shift: Tensor, *, relu: bool = False,
+                             inplace: bool = False) -> Tensor:
     """``shift[c] + x · scale[c]`` in float32 (float64 for a float64 ``x``), rounded once to ``x``'s
-    dtype and layout."""
-    return torch.addcmul(shift.float().view(1, -1, 1, 1), x, scale.float().view(1, -1, 1, 1), out=torch.empty_like(x))
+    dtype and layout (then ReLU'd, and written into ``x`` with ``inplace``)."""
+    out = torch.addcmul(shift.float().view(1, -1, 1, 1), x, scale.float().view(1, -1, 1, 1),
+                        out=x if inplace else torch.empty_like(x))
+    return out.relu_() if relu else out
 
 
-def channel_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+def channel_affine(x: Tensor, scale: Tensor, shift: Tensor, *, relu: bool = False, inplace: bool = False) -> Tensor:
     """``x [N, C, H, W] · scale[c] + shift[c]``, computed in float32, returned in ``x``'s dtype and layout.
 
-    Channels-last ``x`` on CUDA (or the Triton interpreter) takes the kernel; anything else
-    :func:`channel_affine_reference`. The two may differ in the last bit of the rounded result
-    (a fused multiply-add against PyTorch's): pick one per use and keep it.
+    ``relu=True`` applies a ReLU before the store (NaN kept, as ``torch.relu``); ``inplace=True``
+    writes the result into ``x``. Channels-last ``x`` on CUDA (or the Triton interpreter) takes
+    the kernel; anything else :func:`channel_affine_reference`. The two may differ in the last bit
+    of the rounded result (a fused multiply-add against PyTorch's): pick one per use and keep it.
     """
     fn = "egl.kernels.channel_affine"
     check_shape(x, "N C H W", fn, "x")
@@ -57,7 +62,8 @@ def channel_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
             raise fail(fn, name, f"a [{x.shape[1]}] tensor (one value per channel of x) on {x.device}", got,
                        f"Pass {name} with x.shape[1] values, on x's device")
     if not supported(x):
-        return channel_affine_reference(x, scale, shift)
+        return channel_affine_reference(x, scale, shift, relu=relu, inplace=inplace)
     from egl.kernels import _channel_affine_triton
 
-    return _channel_affine_triton.affine(x, scale.float().contiguous(), shift.float().contiguous(), _TILE)
+    return _channel_affine_triton.affine(x, scale.float().contiguous(), shift.float().contiguous(), _TILE, relu,
+                                         inplace)

@@ -169,10 +169,12 @@ class _BNConv(torch.autograd.Function):
                 None if d_b is None else d_b.to(weight.dtype), None, None, None, None)
 
 
-def bn_conv(x: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> Tensor:
+def bn_conv(x: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d, *, with_bias: bool = True) -> Tensor:
     """``conv(bn(x))`` with ``bn`` in training mode, keeping only ``x`` for the backward.
 
-    ``conv`` must use zero padding (``padding_mode="zeros"``); ``bn`` must be affine.
+    ``conv`` must use zero padding (``padding_mode="zeros"``); ``bn`` must be affine. With
+    ``with_bias=False`` the convolution's bias is left out (for the caller to add, e.g. with
+    :func:`egl.maskers._bias_relu.bias_relu`).
     """
     if conv.padding_mode != "zeros" or not bn.affine:
         raise fail("egl.maskers.bn_conv", "conv" if conv.padding_mode != "zeros" else "bn",
@@ -188,4 +190,5 @@ def bn_conv(x: Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> Tensor:
         if bn.momentum is None:  # cumulative moving average
             factor = 1.0 / float(bn.num_batches_tracked)
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-    return _BNConv.apply(x, bn.weight, bn.bias, conv.weight, conv.bias, running, factor, bn.eps, conv)
+    return _BNConv.apply(x, bn.weight, bn.bias, conv.weight, conv.bias if with_bias else None, running, factor, bn.eps,
+                         conv)

@@ -21,10 +21,13 @@ recomputed map may differ from the stored one in its last bit), so long runs dri
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_flag, check_int, check_model_dtype, check_shape, fail
 from egl._module_hooks import has_hooks
+from egl.maskers import _bias_relu
+from egl.maskers._bias_relu import bias_relu
 from egl.maskers._bn_conv import bn_conv, fusable
 from egl.maskers.base import Masker
 
@@ -87,9 +90,22 @@ class LearnedMasker(Masker):
         if not (self.recompute_bn and torch.is_grad_enabled()) or len(self.net) != 7 or has_hooks(self.net):
             return self.net(x).sigmoid()  # (a net edited by the user runs as it is)
         conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
+        if self._bias_relu_applies(x):  # each block's bias add and ReLU in one pass (egl.maskers._bias_relu)
+            h = bias_relu(F.conv2d(x, conv1.weight, None, conv1.stride, conv1.padding, conv1.dilation, conv1.groups),
+                          conv1.bias)
+            h = bias_relu(bn_conv(h, bn1, conv2, with_bias=False), conv2.bias)
+            return bn_conv(h, bn2, conv3).sigmoid()
         h = relu1(conv1(x))
         h = relu2(bn_conv(h, bn1, conv2) if fusable(bn1, conv2) else conv2(bn1(h)))
         return (bn_conv(h, bn2, conv3) if fusable(bn2, conv3) else conv3(bn2(h))).sigmoid()
+
+    def _bias_relu_applies(self, x: Tensor) -> bool:
+        """The blocks are plain modules (the fused form computes exactly them) and the one pass
+        serves their channels-last maps (``_bias_relu.CONFIG``)."""
+        conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
+        plain = (all(type(c) is nn.Conv2d and c.bias is not None and c.padding_mode == "zeros" for c in (conv1, conv2))
+                 and type(relu1) is nn.ReLU and type(relu2) is nn.ReLU and fusable(bn1, conv2) and fusable(bn2, conv3))
+        return plain and _bias_relu.wanted(x)
 
     def extra_repr(self) -> str:
         return f"memory_format={self.memory_format!r}, recompute_bn={self.recompute_bn}"
