@@ -94,3 +94,42 @@ def test_the_one_launch_forward_compiles_for_sm90(tmp_path: Path) -> None:
                       "4", "--configs", '{"fuse": "on"}')
     fused = [r for r in rows if r["kernel"] == "fused_kernel"]
     assert len(fused) == 4 and all(r["instructions"] > 0 and r["vector stores"] > 0 for r in fused)
+
+
+_ROW_KERNELS_SASS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import kernel_sass  # compiles real kernels (TRITON_INTERPRET=0)
+import torch
+from triton.runtime.jit import JITFunction
+from egl.kernels import _bn_backward_triton, _channel_affine_triton
+seen = []
+JITFunction.run = lambda self, *a, grid=None, warmup=False, **kw: seen.append({"fn": self, "args": a, "kwargs": kw})
+for dt, c in ((torch.bfloat16, 32), (torch.float32, 33)):
+    x = torch.randn(4, c, 9, 7).to(dt).contiguous(memory_format=torch.channels_last)
+    f = torch.ones(c)
+    for relu in (False, True):
+        _channel_affine_triton.affine(x, f, f, 4096, relu, relu)
+    _bn_backward_triton.partial_sums(x, x, f, 4096)
+    _bn_backward_triton.input_grad(x, x, f, f, f, f, 4096)
+for launch in seen:
+    lines = kernel_sass.disassemble(launch, 90)
+    print(launch["fn"].__name__, sum("LDG.E.128" in s for s in lines), sum("STG.E.128" in s for s in lines), len(lines))
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
+def test_the_batchnorm_multiply_add_and_backward_kernels_compile_for_sm90() -> None:
+    """``channel_affine`` (with and without its ReLU, in place) and ``bn_backward``'s two kernels
+    build for an H100/H200 in bf16 (32 channels: 64-byte rows, 16-byte loads and stores) and
+    float32 (33 channels: masked columns)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", _ROW_KERNELS_SASS, str(ROOT / "benchmarks")], check=True, env=env,
+                         capture_output=True, text=True, timeout=300)
+    rows = [line.split() for line in res.stdout.split("\n") if line.strip()]
+    assert [r[0] for r in rows] == ["affine_kernel", "affine_kernel", "sums_kernel", "grad_kernel"] * 2
+    assert all(int(r[3]) > 0 for r in rows)
+    bf16 = rows[:4]
+    assert all(int(r[1]) > 0 for r in bf16)  # every bf16 kernel loads 16 bytes at a time
+    assert int(bf16[0][2]) > 0 and int(bf16[1][2]) > 0 and int(bf16[3][2]) > 0  # and stores so
+
