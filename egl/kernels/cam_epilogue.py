@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from egl._check import check_choice, check_shape, check_size, fail
+from egl.kernels._device import device_of
 
 __all__ = ["cam_epilogue", "cam_epilogue_reference", "triton_available"]
 
@@ -304,12 +305,13 @@ def cam_epilogue(acts: Tensor, weights: Tensor, size: tuple[int, int] | None = N
     out_size = tuple(size) if size is not None else tuple(acts.shape[-2:])
     fallback = backend == "auto"
     try:
-        if not (torch.is_grad_enabled() and (acts.requires_grad or weights.requires_grad)):  # inference: no node
-            from egl.explainers._postprocess import REL_EPS
-            from egl.kernels import _cam_triton
+        with device_of(acts):  # (Triton launches on the current device; autograd's backward sets it itself)
+            if not (torch.is_grad_enabled() and (acts.requires_grad or weights.requires_grad)):  # inference: no node
+                from egl.explainers._postprocess import REL_EPS
+                from egl.kernels import _cam_triton
 
-            return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
-        return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize, fallback)
+                return _cam_triton.forward(acts, weights, out_size, scale, relu, normalize, REL_EPS)[0]
+            return _FusedEpilogue.apply(acts, weights, out_size, scale, relu, normalize, fallback)
     except Exception as err:  # noqa: BLE001 - a kernel that does not build here: see _give_up_triton
         if not _may_fall_back(err, fallback, acts):
             raise
