@@ -63,6 +63,7 @@ class _BiasReLU(torch.autograd.Function):
 
 
 def bias_relu(h: Tensor, bias: Tensor) -> Tensor:
-    """``relu(h + bias[c])`` written into ``h`` (a convolution's output without its bias), one pass
-    where :func:`applies`; differentiable once (the backward is not itself differentiable)."""
+    """``relu(h + bias[c])`` written into ``h`` (a convolution's output without its bias): one pass
+    where :func:`egl.kernels.channel_affine.supported`, PyTorch's ops elsewhere; differentiable once
+    (the backward is not itself differentiable)."""
     return _BiasReLU.apply(h, bias)

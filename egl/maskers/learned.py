@@ -100,8 +100,8 @@ class LearnedMasker(Masker):
         return (bn_conv(h, bn2, conv3) if fusable(bn2, conv3) else conv3(bn2(h))).sigmoid()
 
     def _bias_relu_applies(self, x: Tensor) -> bool:
-        """The blocks are plain modules (the fused form computes exactly them) and the one pass
-        serves their channels-last maps (``_bias_relu.CONFIG``)."""
+        """The blocks are plain modules (the fused form computes exactly them) and
+        ``_bias_relu.CONFIG`` asks for the one pass on ``x``'s device."""
         conv1, relu1, bn1, conv2, relu2, bn2, conv3 = self.net
         plain = (all(type(c) is nn.Conv2d and c.bias is not None and c.padding_mode == "zeros" for c in (conv1, conv2))
                  and type(relu1) is nn.ReLU and type(relu2) is nn.ReLU and fusable(bn1, conv2) and fusable(bn2, conv3))
