@@ -249,6 +249,14 @@ def check_device(device: object, fn: str, arg: str, *, verb: str = "Pass",
                f"{verb} {spell(f'{dev.type}:{count - 1}')} or lower, or {spell('cpu')}")
 
 
+def check_per_channel(t: object, x: Tensor, fn: str, arg: str, fix: str) -> Tensor:
+    """``t``: a ``[C]`` tensor for the ``C`` channels of ``x [N, C, H, W]``, on ``x``'s device."""
+    if not isinstance(t, Tensor) or t.shape != (x.shape[1],) or t.device != x.device:
+        got = f"a tensor of shape {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else repr(t)[:60]
+        raise fail(fn, arg, f"a [{x.shape[1]}] tensor (one value per channel of x) on {x.device}", got, fix)
+    return t
+
+
 def check_size(size: object, fn: str, arg: str = "size") -> tuple[int, int]:
     """``size`` as ``(H, W)`` of Python ints >= 1, from a tuple, list or ``torch.Size`` of two
     integers (NumPy's and 0-D tensors' too: Triton takes Python ints only); a bool, a float or a

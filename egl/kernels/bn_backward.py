@@ -25,7 +25,7 @@ import os
 import torch
 from torch import Tensor
 
-from egl._check import fail
+from egl._check import check_per_channel, fail
 
 __all__ = ["bn_backward", "bn_backward_reference", "supported"]
 
@@ -65,12 +65,8 @@ def bn_backward(g: Tensor, x: Tensor, gamma: Tensor | None, mean: Tensor, invstd
         raise fail(fn, "x", "a non-empty [N, C, H, W] map", f"shape {list(x.shape)}", "Pass the BatchNorm's input")
     c = x.shape[1]
     for name, t in (("gamma", gamma), ("mean", mean), ("invstd", invstd)):
-        if name == "gamma" and t is None:
-            continue
-        if not isinstance(t, Tensor) or t.shape != (c,) or t.device != x.device:
-            got = f"shape {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else repr(t)[:60]
-            raise fail(fn, name, f"a [{c}] tensor (one value per channel of x) on {x.device}", got,
-                       f"Pass the BatchNorm's {name} for x's {c} channels, on x's device")
+        if t is not None or name != "gamma":
+            check_per_channel(t, x, fn, name, f"Pass the BatchNorm's {name} for x's {c} channels, on x's device")
     if not any(mask):
         return None, None, None
     if not supported(g, x):

@@ -20,7 +20,7 @@ import os
 import torch
 from torch import Tensor
 
-from egl._check import check_shape, fail
+from egl._check import check_per_channel, check_shape
 
 __all__ = ["channel_affine", "channel_affine_reference", "supported"]
 
@@ -57,10 +57,7 @@ def channel_affine(x: Tensor, scale: Tensor, shift: Tensor, *, relu: bool = Fals
     fn = "egl.kernels.channel_affine"
     check_shape(x, "N C H W", fn, "x")
     for name, t in (("scale", scale), ("shift", shift)):
-        if not isinstance(t, Tensor) or t.shape != (x.shape[1],) or t.device != x.device:
-            got = f"{type(t).__name__} of shape {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else repr(t)
-            raise fail(fn, name, f"a [{x.shape[1]}] tensor (one value per channel of x) on {x.device}", got,
-                       f"Pass {name} with x.shape[1] values, on x's device")
+        check_per_channel(t, x, fn, name, f"Pass {name} with x.shape[1] values, on x's device")
     if not supported(x):
         return channel_affine_reference(x, scale, shift, relu=relu, inplace=inplace)
     from egl.kernels import _channel_affine_triton

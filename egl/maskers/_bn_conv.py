@@ -82,16 +82,21 @@ AFFINES = ("auto", "torch", "kernel")
 BACKWARDS = ("auto", "native", "kernel")
 
 
+def _kernel_wanted(key: str, choices: tuple[str, ...], x: Tensor) -> bool:
+    """``CONFIG[key]`` asks for egl's kernel on ``x``: ``"kernel"``, or ``"auto"`` on CUDA (the
+    other choice, ``choices[1]``, is PyTorch's path)."""
+    check_choice(CONFIG[key], choices, "egl.maskers._bn_conv", f"CONFIG['{key}']")
+    return CONFIG[key] == "kernel" or (CONFIG[key] == "auto" and x.is_cuda)
+
+
 def _affine(x: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor) -> Tensor:
     """BatchNorm's output from its statistics, in float32, rounded once on the write to ``x``'s
     dtype and layout (no float32 copy of the map); ``CONFIG["affine"]`` picks the kernel."""
     from egl.kernels import channel_affine
 
-    check_choice(CONFIG["affine"], AFFINES, "egl.maskers._bn_conv", "CONFIG['affine']")
     scale = gamma.float() * invstd
     shift = beta.float() - mean * scale
-    mode = CONFIG["affine"]
-    if mode == "torch" or (mode == "auto" and not x.is_cuda) or not channel_affine.supported(x):
+    if not _kernel_wanted("affine", AFFINES, x) or not channel_affine.supported(x):
         return channel_affine.channel_affine_reference(x, scale, shift)
     return channel_affine.channel_affine(x, scale, shift)
 
@@ -102,9 +107,7 @@ def _batch_norm(x: Tensor, gamma: Tensor, beta: Tensor, running: tuple[Tensor | 
     taken as ``CONFIG["stats"]`` says."""
     from egl.kernels import bn_stats
 
-    check_choice(CONFIG["stats"], STATS, "egl.maskers._bn_conv", "CONFIG['stats']")
-    mode = CONFIG["stats"]
-    if mode == "native" or (mode == "auto" and not x.is_cuda) or not bn_stats.supported(x):
+    if not _kernel_wanted("stats", STATS, x) or not bn_stats.supported(x):
         return torch.native_batch_norm(x, gamma, beta, running[0], running[1], True, factor, eps)
     mean, var = bn_stats.bn_stats(x)
     invstd = torch.rsqrt(var + eps)
@@ -122,9 +125,7 @@ def _batch_norm_backward(g: Tensor, x: Tensor, gamma: Tensor, mean: Tensor, invs
     """``native_batch_norm_backward`` in training mode, or its kernels (``CONFIG["backward"]``)."""
     from egl.kernels import bn_backward
 
-    check_choice(CONFIG["backward"], BACKWARDS, "egl.maskers._bn_conv", "CONFIG['backward']")
-    mode = CONFIG["backward"]
-    if mode == "native" or (mode == "auto" and not x.is_cuda) or not bn_backward.supported(g, x):
+    if not _kernel_wanted("backward", BACKWARDS, x) or not bn_backward.supported(g, x):
         return torch.ops.aten.native_batch_norm_backward(g, x, gamma, None, None, mean, invstd, True, eps, list(mask))
     return bn_backward.bn_backward(g, x, gamma, mean, invstd, mask)
 
