@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kernel.py --stages
 	$(PY) benchmarks/kernel_sass.py
 	$(PY) benchmarks/sync_check.py
+	$(PY) benchmarks/alignment_precision.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

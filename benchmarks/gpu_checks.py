@@ -7,7 +7,8 @@ CUDA defaults (``reduce="auto"``, ``grads="auto"``, ``bn_stats`` for the masker'
 the sub-pixel stem gradient), on the shapes the training and saliency paths meet:
 
 - the fused Grad-CAM epilogue, maps and both gradients (bf16 and fp32; NCHW and channels-last;
-  batches of 1 and 3; channel counts no whole-channel row divides; non-square maps);
+  batches of 1 and 3; channel counts no whole-channel row divides; non-square maps), and ALIGN's
+  BCE through it on 2 x 2 maps upsampled to 64 px (blocks of pixels copy a map's extremes);
 - ``egl.kernels.bn_stats`` on the learned masker's channels-last maps (also at a mean of 1000),
   ``egl.kernels.channel_affine``, the multiply-add that follows it, and ``egl.kernels.bn_backward``;
 - ``egl.kernels.subpixel_dgrad.conv2d_input_grad`` on ResNet, ConvNeXt and ViT stems;
@@ -73,6 +74,33 @@ def epilogue_rows(device: str, small: bool) -> list[dict[str, Any]]:
             if cl:
                 rows.append({"check": f"{name}: d acts keeps channels-last",
                              "rel err": float(not ga.is_contiguous(memory_format=torch.channels_last)), "tol": 0.0})
+    return rows
+
+
+def small_map_bce_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """ALIGN's BCE on 2 x 2 maps upsampled to 64 px through the Triton epilogue in float32, against
+    float64: 16 x 16 blocks copy each corner, and the backward must pass no gradient from the
+    blocks that hold a map's extremes (their large BCE gradients cancelled only to rounding: 2.3-3.3e-4
+    here under the interpreter before, 3-7e-5 after; what is left comes from pixels near, not at, an
+    extreme, whose gradient is steep in the map's own float32 rounding)."""
+    import egl
+    from egl.kernels import cam_epilogue, cam_epilogue_reference
+
+    bce = egl.create("alignment", "bce")
+    rows = []
+    for relu in (True, False):
+        torch.manual_seed(7)
+        acts, wts = torch.randn(8, 32, 2, 2, device=device).relu(), torch.randn(8, 32, device=device) * 0.1
+        mask = torch.rand(8, 1, 64, 64, device=device)
+        grads = []
+        for dt, fn in ((torch.float32, lambda *a, **k: cam_epilogue(*a, backend="triton", **k)),
+                       (torch.float64, cam_epilogue_reference)):
+            a1, w1 = acts.to(dt).clone().requires_grad_(True), wts.to(dt).clone().requires_grad_(True)
+            sal = fn(a1, w1, (64, 64), scale=0.25, relu=relu)
+            grads.append(torch.autograd.grad(bce(sal, mask.to(dt)), [a1, w1]))
+        for what, i in (("d acts", 0), ("d w", 1)):
+            rows.append({"check": f"epilogue float32 BCE on 2x2 maps at 64 px{'' if relu else ', signed'}: {what}",
+                         "rel err": _rel(grads[0][i], grads[1][i]), "tol": 1.5e-4})
     return rows
 
 
@@ -257,7 +285,8 @@ def main() -> None:
     small = device == "cpu"
     if small:  # before egl's kernels are first imported: Triton reads it when a kernel is defined
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    rows = [*epilogue_rows(device, small), *bn_stats_rows(device, small), *channel_affine_rows(device, small),
+    rows = [*epilogue_rows(device, small), *small_map_bce_rows(device, small), *bn_stats_rows(device, small),
+            *channel_affine_rows(device, small),
             *bn_backward_rows(device, small), *bias_relu_rows(device, small),
             *subpixel_rows(device, small),
             *graphed_rows(device, small)]

@@ -17,23 +17,45 @@ __all__ = ["minmax_normalize", "upsample", "finalize", "REL_EPS"]
 REL_EPS = 1e-6
 
 
-def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS) -> Tensor:
+def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int, int] | None = None) -> Tensor:
     """Per-sample min-max normalisation to [0, 1]; a constant sample becomes all zeros.
 
     Differentiable, never NaN: the division only happens where the range is
     meaningful (``max - min > rel_eps * max(|min|, |max|)``).
 
+    Outputs that hold their sample's minimum or maximum are 0 or 1 whatever the input, so their
+    gradient is zero, and they pass none back (autograd would route a large gradient from each,
+    BCE's ``1/eps``, to the input twice with opposite signs, cancelling only to rounding): every
+    output equal to an extreme, and, when ``x`` is ``[B, C, H, W]`` maps bilinearly upsampled from
+    ``src_size`` (``align_corners=False``), every output that copies the same source pixel as an
+    extreme (:func:`egl.kernels._bilinear.pinned`: float rounding of the upsampling leaves those
+    one unit in the last place apart). Float32 alignment gradients on 2 x 2 maps upsampled to
+    64 px were 1-4% off float64 before (``docs/explainers.md``, "Precision").
+
     Shape:
         x: ``B *``; returns the same shape.
     """
     flat = x.flatten(1)
-    lo = flat.amin(dim=1)
-    hi = flat.amax(dim=1)
+    hold = torch.is_grad_enabled() and x.requires_grad
+    if hold:
+        lo, at_lo = flat.min(dim=1)
+        hi, at_hi = flat.max(dim=1)
+    else:
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     rng = hi - lo
     ok = rng > rel_eps * torch.maximum(hi.abs(), lo.abs())
     view = (-1,) + (1,) * (x.dim() - 1)
     safe = torch.where(ok, rng, torch.ones_like(rng)).view(view)
     out = (x - lo.view(view)) / safe
+    if hold:
+        with torch.no_grad():
+            pin = (flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))
+            if src_size is not None and x.dim() == 4 and tuple(src_size) != tuple(x.shape[-2:]):
+                from egl.kernels._bilinear import pinned  # lazy: egl.kernels imports egl.explainers lazily
+
+                shape = (x.shape[1], x.shape[2], x.shape[3])
+                pin |= pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)
+        out = torch.where(pin.view_as(x), out.detach(), out)
     return torch.where(ok.view(view), out, torch.zeros_like(out))
 
 
@@ -46,6 +68,7 @@ def upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def finalize(saliency: Tensor, size: tuple[int, int] | None, normalize: bool) -> Tensor:
     """Upsample (when ``size`` is given) then normalise (when ``normalize``) ``[B, 1, h, w]`` maps."""
+    src = tuple(saliency.shape[-2:])
     if size is not None:
         saliency = upsample(saliency, size)
-    return minmax_normalize(saliency) if normalize else saliency
+    return minmax_normalize(saliency, src_size=src) if normalize else saliency

@@ -2,7 +2,9 @@
 
 1. ``transpose_upsample``: grid ``(B, ⌈H/BY⌉)``; ``M_t = U_yᵀ[:, rows] · G[rows, :] · U_x`` for
    one band of output rows, as two small matrix products on tiles whose interpolation weights
-   are built in registers; the incoming gradient ``G`` is read once.
+   are built in registers; the incoming gradient ``G`` is read once. With normalisation, ``G`` is
+   zero at outputs that copy the source pixel of the minimum or maximum (they are 0 or 1
+   identically; :func:`egl.kernels._bilinear.pinned`), read from the rows' and columns' copy classes.
 2. ``finish``: grid ``(B,)``; sums the bands, applies the min/max terms, the ReLU mask and the
    scale, and writes ``d [B, h·w]``, from which ``d acts = w ⊗ d`` and ``d w = acts · d``.
 3. ``input_grads`` (``CONFIG["grads"] == "grouped"``: rows of whole channels, 16-byte loads and
@@ -26,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from egl.kernels._bilinear import on_device
 from egl.kernels._cam_triton import _cdiv, _positions, _pow2, _ratio, _src
 
 __all__ = ["auto_grads", "grad_low", "grouped_rows", "input_grads", "supported"]
@@ -46,7 +49,7 @@ def _row_weights(o, ratio, n_src, idx):
 
 
 @triton.jit
-def transpose_upsample(g_ptr, band_ptr, h, w, H, W, ry, rx, T,
+def transpose_upsample(g_ptr, band_ptr, idx_ptr, cy_ptr, cx_ptr, h, w, H, W, ry, rx, T, NORMALIZE: tl.constexpr,
                        BY: tl.constexpr, BX: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -55,10 +58,22 @@ def transpose_upsample(g_ptr, band_ptr, h, w, H, W, ry, rx, T,
     yy = tl.arange(0, HP)
     xx = tl.arange(0, WP)
     acc = tl.zeros([BY, WP], dtype=tl.float32)
+    if NORMALIZE:  # outputs copying the source pixel of the minimum or maximum: no gradient (_bilinear.pinned)
+        at_mn = tl.load(idx_ptr + 2 * b)
+        at_mx = tl.load(idx_ptr + 2 * b + 1)
+        cy = tl.load(cy_ptr + oy, mask=ym, other=-1)  # copy classes (egl.kernels._bilinear.copy_classes)
+        row_mn = cy == tl.load(cy_ptr + at_mn // W)
+        row_mx = cy == tl.load(cy_ptr + at_mx // W)
+        col_mn = tl.load(cx_ptr + at_mn % W)
+        col_mx = tl.load(cx_ptr + at_mx % W)
     for x0 in range(0, W, BX):
         ox = x0 + tl.arange(0, BX)
         xm = ox < W
         g = tl.load(g_ptr + b * H * W + oy[:, None] * W + ox[None, :], mask=ym[:, None] & xm[None, :], other=0.0)
+        if NORMALIZE:
+            cx = tl.load(cx_ptr + ox, mask=xm, other=-1)
+            held = (row_mn[:, None] & (cx == col_mn)[None, :]) | (row_mx[:, None] & (cx == col_mx)[None, :])
+            g = tl.where(held, 0.0, g)
         ux = tl.where(xm[:, None], _row_weights(ox[:, None], rx, w, xx[None, :]), 0.0)  # [BX, WP]
         acc += tl.dot(g.to(tl.float32), ux, input_precision="ieee")
     uyt = tl.where(ym[None, :], _row_weights(oy[None, :], ry, h, yy[:, None]), 0.0)  # [HP, BY]
@@ -282,8 +297,9 @@ def grad_low(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape:
     t = _cdiv(hh, by)
     band = torch.empty(b, t, h * w, device=grad.device, dtype=torch.float32)
     ry, rx = _ratio(h, hh), _ratio(w, ww)
-    transpose_upsample[(b, t)](grad, band, h, w, hh, ww, ry, rx, t, BY=by, BX=bx, HP=max(16, _pow2(h)),
-                               WP=max(16, _pow2(w)))
+    cy, cx = on_device("classes", h, hh, grad.device), on_device("classes", w, ww, grad.device)
+    transpose_upsample[(b, t)](grad, band, argext, cy, cx, h, w, hh, ww, ry, rx, t, NORMALIZE=normalize, BY=by,
+                               BX=bx, HP=max(16, _pow2(h)), WP=max(16, _pow2(w)))
     d = torch.empty(b, h * w, device=grad.device, dtype=torch.float32)
     finish[(b,)](band, low, stats, argext, d, t, h * w, h, w, hh, ww, ry, rx, float(scale), float(rel_eps),
                  RELU=relu, NORMALIZE=normalize, BLOCK_P=max(16, _pow2(h * w)))

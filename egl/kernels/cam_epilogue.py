@@ -102,9 +102,10 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
         raw = torch.einsum("bc,bchw->bhw", weights.to(dt), acts.to(dt)).unsqueeze(1) * scale
         if relu:
             raw = torch.relu(raw)
-        if size is not None and tuple(raw.shape[-2:]) != tuple(size):
+        src = tuple(raw.shape[-2:])
+        if size is not None and src != tuple(size):
             raw = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
-        return minmax_normalize(raw) if normalize else raw
+        return minmax_normalize(raw, src_size=src) if normalize else raw
 
 
 def _no_autocast(device_type: str) -> Any:
@@ -117,14 +118,18 @@ def _no_autocast(device_type: str) -> Any:
 def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],
                     size: tuple[int, int], scale: float, relu: bool, normalize: bool, rel_eps: float) -> Tensor:
     """``d [B, h·w]`` in PyTorch ops: the same maths as the Triton backward, for any map size."""
-    from egl.kernels._bilinear import interp_matrix
+    from egl.kernels._bilinear import interp_matrix, pinned
 
     h, w = hw_shape
     hh, ww = size
     b = grad.shape[0]
     dev = grad.device
     uy, ux = interp_matrix(h, hh, dev), interp_matrix(w, ww, dev)
-    m = uy.t() @ (grad.reshape(b, hh, ww).float() @ ux)  # [B, h, w]
+    g = grad.reshape(b, hh, ww).float()
+    if normalize:  # outputs copying an extreme's source pixel are 0 or 1 identically: no gradient
+        held = pinned(argext[:, 0], (1, hh, ww), (h, w)) | pinned(argext[:, 1], (1, hh, ww), (h, w))
+        g = g.masked_fill(held.view(b, hh, ww), 0.0)
+    m = uy.t() @ (g @ ux)  # [B, h, w]
     r = low.view(b, h, w)
     if normalize:
         mn, mx = stats[:, 0], stats[:, 1]
@@ -156,6 +161,9 @@ def _backward(grad: Tensor, acts: Tensor, weights: Tensor, low: Tensor, stats: T
     ``dr = (M - S·u_min - P·u_max) / (mx - mn)``, where ``u_min``/``u_max`` are the
     interpolation weights of the pixels holding the minimum and maximum (on ties, the first
     such pixel; tied pixels drawn from the same source pixels get the same gradient either way).
+    With normalisation, ``grad`` is first zeroed at the outputs that copy the source pixel of the
+    minimum or maximum (:func:`egl.kernels._bilinear.pinned`): they are 0 or 1 whatever the map, and
+    their large loss gradients would otherwise cancel through ``S`` and ``P`` only to rounding.
     ``M`` and ``dr`` come from two Triton kernels (:mod:`egl.kernels._cam_triton_backward`) for
     maps up to 64 x 64, else from PyTorch ops; ``d acts = w ⊗ d`` and ``d w = acts · d`` come
     from one broadcast product and one batched matrix-vector product (``_cam_triton.CONFIG["grads"]

@@ -78,6 +78,7 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
      "host-device synchronisations"),
     ("input_grads.py", ["--batch", "2", "--size", "32", "--models", "resnet18", "--repeats", "1"], "sub-pixel"),
     ("gpu_checks.py", ["--smoke"], "correctness of the device defaults"),
+    ("alignment_precision.py", ["--settings", "64:32", "--seeds", "1", "--batch", "2"], "2x2"),
     ("train_step.py", ["--batch", "2", "--size", "32", "--repeats", "1", "--only", "align-nativebn-nativedgrad"],
      "align-nativebn-nativedgrad"),
 ])

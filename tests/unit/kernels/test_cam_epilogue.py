@@ -759,3 +759,68 @@ def test_numpy_and_tensor_sizes_reach_the_triton_launch_as_python_ints() -> None
     want = cam_epilogue(a, w, (8, 8), backend="triton")
     for size in ((np.int64(8), np.int64(8)), (torch.tensor(8), 8)):
         torch.testing.assert_close(cam_epilogue(a, w, size, backend="triton"), want)
+
+
+_BACKWARDS = ["torch", "triton", "triton-torch-backward"]  # autograd reference; Triton kernels; their PyTorch ops
+
+
+def _epilogue(backward: str, monkeypatch: pytest.MonkeyPatch):
+    """``cam_epilogue`` on one of the three backward formulations."""
+    if backward == "torch":
+        return lambda *a, **k: cam_epilogue(*a, backend="torch", **k)
+    if backward == "triton-torch-backward":  # maps the Triton backward would take, on its PyTorch ops
+        from egl.kernels import _cam_triton_backward
+
+        monkeypatch.setattr(_cam_triton_backward, "supported", lambda h, w: False)
+    return lambda *a, **k: cam_epilogue(*a, backend="triton", **k)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("backward", _BACKWARDS)
+def test_outputs_holding_an_extreme_pass_no_gradient(backward: str, relu: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upsampled 2 x 2 -> 32 x 32, the 8 x 8 corner blocks copy their source pixel; the blocks of the
+    maximum and minimum are 1 and 0 whatever the activations, so their derivative is zero
+    (autograd gave a rounding residue: each pixel's gradient reached its source twice, with
+    opposite signs)."""
+    run = _epilogue(backward, monkeypatch)
+    a = torch.tensor([[3.0, 1.0], [1.5, 0.5]]).repeat(2, 4, 1, 1) * torch.rand(2, 4, 1, 1).add(0.5)
+    a.requires_grad_(True)
+    wt = torch.full((2, 4), 0.25, requires_grad=True)
+    out = run(a, wt, (32, 32), relu=relu)
+    # (1 and 0 up to rounding: the last rows and columns copy their source as (1 - λ)·v + λ·v)
+    assert (out[:, :, :8, :8] > 1 - 1e-6).all() and (out[:, :, 24:, 24:] < 1e-6).all()
+    g = torch.Generator().manual_seed(0)
+    held = (out[:, :, :8, :8] * torch.randn(2, 1, 8, 8, generator=g)).sum() \
+        + (out[:, :, 24:, 24:] * torch.randn(2, 1, 8, 8, generator=g)).sum()
+    ga, gw = torch.autograd.grad(held, (a, wt))
+    assert not ga.any() and not gw.any()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("seed", range(1, 5))
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("backward", _BACKWARDS)
+def test_bce_gradients_on_2x2_maps_match_float64(backward: str, relu: bool, seed: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ALIGN's BCE (``1/eps`` steep at a map's 0 and 1) on 2 x 2 maps upsampled to 64 px, where
+    16 x 16 blocks copy each corner: float32 gradients were 0.1-4% off float64 (the blocks'
+    large gradients cancelling to rounding); now 1e-6 to 1e-5 (benchmarks/alignment_precision.py
+    for whole models)."""
+    run = _epilogue(backward, monkeypatch)
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(4, 32, 2, 2, generator=g).relu()
+    w = torch.randn(4, 32, generator=g) * 0.1
+    mask = torch.rand(4, 1, 64, 64, generator=g)
+    bce = egl.create("alignment", "bce")
+
+    def grads(dt: torch.dtype, epilogue) -> tuple[torch.Tensor, torch.Tensor]:
+        a1, w1 = a.to(dt).clone().requires_grad_(True), w.to(dt).clone().requires_grad_(True)
+        sal = epilogue(a1, w1, (64, 64), scale=0.25, relu=relu)
+        bce(sal, mask.to(sal.dtype)).backward()
+        return a1.grad.double(), w1.grad.double()
+
+    ref = grads(torch.float64, lambda *x, **k: cam_epilogue(*x, backend="torch", **k))
+    got = grads(torch.float32, run)
+    assert _rel(got[0], ref[0]) < 1e-4 and _rel(got[1], ref[1]) < 1e-4

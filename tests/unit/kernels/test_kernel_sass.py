@@ -133,3 +133,34 @@ def test_the_batchnorm_multiply_add_and_backward_kernels_compile_for_sm90() -> N
     assert all(int(r[1]) > 0 for r in bf16)  # every bf16 kernel loads 16 bytes at a time
     assert int(bf16[0][2]) > 0 and int(bf16[1][2]) > 0 and int(bf16[3][2]) > 0  # and stores so
 
+
+
+_GRAD_LOW_SASS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import kernel_sass  # compiles real kernels (TRITON_INTERPRET=0)
+import torch
+from triton.runtime.jit import JITFunction
+from egl.kernels import _cam_triton_backward
+seen = []
+JITFunction.run = lambda self, *a, grid=None, warmup=False, **kw: seen.append({"fn": self, "args": a, "kwargs": kw})
+for normalize in (True, False):
+    low, stats, argext = torch.zeros(3, 35), torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.int32)
+    _cam_triton_backward.grad_low(torch.zeros(3, 1, 50, 70), low, stats, argext, (5, 7), (50, 70), 1.0, True,
+                                  normalize, 1e-6)
+for launch in seen:
+    print(launch["fn"].__name__, len(kernel_sass.disassemble(launch, 90)))
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its bundled ptxas compiles for sm_90)")
+def test_the_backward_maps_kernels_compile_for_sm90() -> None:
+    """The analytic backward's transposed upsampling (with the copy classes of the extremes' source
+    pixels when normalising) and its finishing kernel build for an H100/H200."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", _GRAD_LOW_SASS, str(ROOT / "benchmarks")], check=True, env=env,
+                         capture_output=True, text=True, timeout=300)
+    rows = [line.split() for line in res.stdout.split("\n") if line.strip()]
+    assert [r[0] for r in rows] == ["transpose_upsample", "finish"] * 2
+    assert all(int(r[1]) > 0 for r in rows)
+    assert int(rows[0][1]) > int(rows[2][1])  # the normalising variant does the class tests
