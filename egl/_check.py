@@ -230,6 +230,9 @@ def check_device(device: object, fn: str, arg: str, *, verb: str = "Pass",
     if dev is None:
         raise fail(fn, arg, "a torch device name such as 'cpu', 'cuda' or 'cuda:1'", repr(device)[:100],
                    f"{verb} {spell('cpu')}, {spell('cuda')} or {spell('cuda:N')} (N: a GPU index)")
+    if dev.type == "meta":  # (torch takes it, and a training step then fails inside a layer)
+        raise fail(fn, arg, "a device that computes", f"{str(device)!r}: its tensors hold shapes, no values",
+                   f"{verb} {spell('cpu')} or {spell('cuda')}")
     if dev.type == "cuda":
         count, kind = (torch.cuda.device_count() if torch.cuda.is_available() else 0), "CUDA GPU"
         where = "torch.cuda.is_available() is True (a GPU, its driver and a CUDA build of torch)"

@@ -23,20 +23,23 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
     Differentiable, never NaN: the division only happens where the range is
     meaningful (``max - min > rel_eps * max(|min|, |max|)``).
 
-    Outputs that hold their sample's minimum or maximum are 0 or 1 whatever the input, so their
-    gradient is zero, and they pass none back (autograd would route a large gradient from each,
-    BCE's ``1/eps``, to the input twice with opposite signs, cancelling only to rounding): every
-    output equal to an extreme, and, when ``x`` is ``[B, C, H, W]`` maps bilinearly upsampled from
-    ``src_size`` (``align_corners=False``), every output that copies the same source pixel as an
-    extreme (:func:`egl.kernels._bilinear.pinned`: float rounding of the upsampling leaves those
-    one unit in the last place apart). Float32 alignment gradients on 2 x 2 maps upsampled to
-    64 px were 1-4% off float64 before (``docs/explainers.md``, "Precision").
+    ``src_size``: when ``x`` is ``[B, C, H, W]`` maps bilinearly upsampled (``align_corners=False``)
+    from ``src_size``, the outputs that hold a sample's minimum or maximum pass no gradient back:
+    those equal to it, and those that copy its source pixel (:func:`egl.kernels._bilinear.pinned`: a
+    2 x 2 map upsampled to 64 px copies each corner into a 16 x 16 block, whose values float rounding
+    leaves a unit in the last place apart). They are 0 or 1 whatever the map, so their derivative is
+    zero; autograd would send each one's gradient (``1/eps`` under BCE) to its source pixel twice,
+    with opposite signs, cancelling only to rounding: float32 alignment gradients on 2 x 2 maps were
+    1-4% off float64 (``docs/explainers.md``, "Precision"). The Triton backward does the same for the
+    copies. Without ``src_size`` (or at the source size) the gradient is autograd's, as before: a
+    map at its own resolution holds each extreme on one pixel or a few.
 
     Shape:
         x: ``B *``; returns the same shape.
     """
     flat = x.flatten(1)
-    hold = torch.is_grad_enabled() and x.requires_grad
+    hold = (src_size is not None and x.dim() == 4 and tuple(src_size) != tuple(x.shape[-2:])
+            and torch.is_grad_enabled() and x.requires_grad)
     if hold:
         lo, at_lo = flat.min(dim=1)
         hi, at_hi = flat.max(dim=1)
@@ -48,14 +51,13 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
     safe = torch.where(ok, rng, torch.ones_like(rng)).view(view)
     out = (x - lo.view(view)) / safe
     if hold:
-        with torch.no_grad():
-            pin = (flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))
-            if src_size is not None and x.dim() == 4 and tuple(src_size) != tuple(x.shape[-2:]):
-                from egl.kernels._bilinear import pinned  # lazy: egl.kernels imports egl.explainers lazily
+        from egl.kernels._bilinear import pinned  # lazy: egl.kernels imports egl.explainers lazily
 
-                shape = (x.shape[1], x.shape[2], x.shape[3])
-                pin |= pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)
-        out = torch.where(pin.view_as(x), out.detach(), out)
+        with torch.no_grad():
+            shape = (x.shape[1], x.shape[2], x.shape[3])
+            held = pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)  # type: ignore[arg-type]
+            held |= ((flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))).view_as(held)
+        out = torch.where(held.view_as(x), out.detach(), out)
     return torch.where(ok.view(view), out, torch.zeros_like(out))
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from egl._check import check_int, check_logits, check_model_dtype, fail
+from egl._check import check_int, check_logits, check_model_dtype, describe, fail
 from egl.errors import EGLError, InputError, UnsupportedModelError
 from egl.metrics._common import check_labels
 from egl.train import distributed as dist_utils
@@ -109,8 +109,14 @@ class Validation:
 
         The record's ``step`` is that of the log row it joins (``done - 1``: rows count from 0),
         so ``{"step": 399}`` holds the weights after the 400th step."""
+        from egl.recipes.base import Recipe
         from egl.recipes.batch import as_batch
 
+        if not isinstance(recipe, Recipe):  # (a bare model: an AttributeError on .model)
+            got = f"a {type(recipe).__name__} module" if isinstance(recipe, torch.nn.Module) else describe(recipe)
+            raise fail(f"{FN}.run", "recipe", "an egl recipe (its model is evaluated)", got,
+                       "Pass the recipe that fit trains, e.g. validation.run(recipe, done, device), or "
+                       "egl.recipes.erm(model) to wrap a bare model")
         model = recipe.model
         modes = [(m, m.training) for m in model.modules()]
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, summed cross-entropy

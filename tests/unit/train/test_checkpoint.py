@@ -180,6 +180,9 @@ def test_data_stream_calls_set_epoch_and_rejects_empty_loaders() -> None:
     assert sampler.epochs == [0, 1, 2]
     with pytest.raises(egl.InputError, match="an empty loader"):
         next(DataStream([]))
+    for bad in (None, 3):  # (a TypeError at the first batch before)
+        with pytest.raises(egl.InputError, match=r"'loader' expected an iterable of batches .*, got (NoneType|int)"):
+            DataStream(bad)  # type: ignore[arg-type]
 
 
 # -- resume ----------------------------------------------------------------------------------

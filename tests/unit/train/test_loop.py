@@ -292,6 +292,9 @@ def test_a_device_torch_cannot_read_or_this_machine_lacks_is_named() -> None:
     with pytest.raises(egl.InputError, match=rf"'device' expected a device this machine has, got 'cuda:{count}', "
                                              r"but torch finds (no CUDA GPU|\d+ CUDA GPUs?) here"):
         recipe.fit(_batches(), 1, progress=False, device=f"cuda:{count}")
+    with pytest.raises(egl.InputError, match=r"fit: 'device' expected a device that computes, got 'meta': its "
+                                             r"tensors hold shapes, no values. Pass device='cpu' or device='cuda'"):
+        recipe.fit(_batches(), 1, progress=False, device="meta")
     assert len(recipe.fit(_batches(), 1, progress=False, device=torch.device("cpu"))) == 1
 
 

@@ -54,6 +54,10 @@ def test_arguments_are_checked() -> None:
                     ({"growth_interval": 0}, "'growth_interval' expected an int >= 1, got 0")):
         with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: {msg}"):
             LossScaler(**kw)
+    for bad in ([torch.tensor(1.0), torch.tensor(2.0)], torch.tensor(3)):  # a list: "can't multiply sequence"
+        with pytest.raises(egl.InputError, match=r"LossScaler.scale: 'loss' expected a floating-point tensor .*"
+                                                 r"Sum the loss terms into one tensor first"):
+            LossScaler().scale(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("init_scale", [0.5, 2.0**-10, 0.0, -4.0, True, float("inf"), float("nan"), "8"])
