@@ -31,8 +31,10 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
     zero; autograd would send each one's gradient (``1/eps`` under BCE) to its source pixel twice,
     with opposite signs, cancelling only to rounding: float32 alignment gradients on 2 x 2 maps were
     1-4% off float64 (``docs/explainers.md``, "Precision"). The Triton backward does the same for the
-    copies. Without ``src_size`` (or at the source size) the gradient is autograd's, as before: a
-    map at its own resolution holds each extreme on one pixel or a few.
+    copies; in 16-bit maps only copies are held (rounding puts many outputs on an extreme). Outputs
+    tied with an extreme by coincidence get zero, one valid choice where the map is not
+    differentiable. Without ``src_size`` (or at the source size) the gradient is autograd's: a map at
+    its own resolution holds each extreme on one pixel or a few.
 
     Shape:
         x: ``B *``; returns the same shape.
@@ -56,7 +58,8 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
         with torch.no_grad():
             shape = (x.shape[1], x.shape[2], x.shape[3])
             held = pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)  # type: ignore[arg-type]
-            held |= ((flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))).view_as(held)
+            if x.dtype in (torch.float32, torch.float64):  # (a 16-bit map rounds many outputs onto its extremes)
+                held |= ((flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))).view_as(held)
         out = torch.where(held.view_as(x), out.detach(), out)
     return torch.where(ok.view(view), out, torch.zeros_like(out))
 

@@ -228,9 +228,9 @@ class DataStream:
     """
 
     def __init__(self, loader: Iterable[Any], device: torch.device | None = None) -> None:
-        if loader is None or not hasattr(loader, "__iter__"):  # (else a TypeError at the first batch)
+        if not (isinstance(loader, Iterable) or hasattr(type(loader), "__getitem__")):  # (iter() takes both)
             raise fail("egl.train.fit", "loader", "an iterable of batches (a DataLoader, or a list of (images, "
-                       "labels))", type(loader).__name__,
+                       "labels))", describe(loader),
                        "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
         if isinstance(loader, Iterator):  # a generator or iterator: its second epoch would be empty (no iter()
             # here: a DataLoader's iterator draws a seed from the RNG and may start workers)

@@ -307,7 +307,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         raise fail(FN, "recipe", "an egl recipe", f"a {type(recipe).__name__}",
                    "Build one around the model, e.g. egl.recipes.erm(model) or egl.recipes.align(model), "
                    "and call recipe.fit(loader, steps)")
-    if loader is None or not hasattr(loader, "__iter__"):
+    if not (isinstance(loader, Iterable) or hasattr(type(loader), "__getitem__")):  # (iter() takes both)
         raise fail(FN, "loader", "an iterable of batches (a DataLoader, or a list of (images, labels))",
                    type(loader).__name__, "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
     seed = None if seed is None else _check_seed(seed, FN, or_none=True)

@@ -80,8 +80,10 @@ class LossScaler:
     def scale(self, loss: Tensor) -> Tensor:
         """``loss`` times the current scale (run the backward on this)."""
         if not isinstance(loss, Tensor) or not loss.is_floating_point():  # (a list: "can't multiply sequence")
+            fix = ("Convert it, e.g. loss.float()" if isinstance(loss, Tensor)
+                   else "Sum the loss terms into one tensor first, e.g. sum(losses)")
             raise fail(f"{FN}.scale", "loss", "a floating-point tensor (the loss to run the backward on)",
-                       describe(loss), "Sum the loss terms into one tensor first, e.g. sum(losses)")
+                       describe(loss), fix)
         return loss * self.scale_value
 
     def unscale_(self, params: Iterable[torch.nn.Parameter]) -> Tensor:

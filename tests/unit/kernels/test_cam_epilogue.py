@@ -824,3 +824,27 @@ def test_bce_gradients_on_2x2_maps_match_float64(backward: str, relu: bool, seed
     ref = grads(torch.float64, lambda *x, **k: cam_epilogue(*x, backend="torch", **k))
     got = grads(torch.float32, run)
     assert _rel(got[0], ref[0]) < 1e-4 and _rel(got[1], ref[1]) < 1e-4
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", [(2, 8, 2, 2, 64, 64), (2, 5, 3, 5, 17, 40), (1, 4, 9, 7, 4, 3), (2, 6, 1, 4, 5, 9)])
+@pytest.mark.parametrize("backward", ["triton", "triton-torch-backward"])
+def test_the_kernels_hold_nothing_with_a_nonzero_derivative(backward: str, case: tuple,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against autograd in float64 *without* holding (``minmax_normalize`` without ``src_size``):
+    an output held that should not be would be off by the size of its gradient, not by rounding."""
+    import torch.nn.functional as F
+
+    from egl.explainers import minmax_normalize
+
+    run = _epilogue(backward, monkeypatch)
+    b, c, h, w, hh, ww = case
+    a, wt = _inputs(b, c, h, w, seed=3)
+    g = torch.rand(b, 1, hh, ww, generator=torch.Generator().manual_seed(4)) * 100
+    a1, w1 = a.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+    got = torch.autograd.grad((run(a1, w1, (hh, ww), scale=0.5) * g).sum(), [a1, w1])
+    a2, w2 = a.double().requires_grad_(True), wt.double().requires_grad_(True)
+    raw = (torch.einsum("bc,bchw->bhw", w2, a2).unsqueeze(1) * 0.5).relu()
+    ref = minmax_normalize(F.interpolate(raw, size=(hh, ww), mode="bilinear", align_corners=False))
+    want = torch.autograd.grad((ref * g.double()).sum(), [a2, w2])
+    assert _rel(got[0].double(), want[0]) < 1e-4 and _rel(got[1].double(), want[1]) < 1e-4

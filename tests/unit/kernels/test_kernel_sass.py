@@ -134,7 +134,6 @@ def test_the_batchnorm_multiply_add_and_backward_kernels_compile_for_sm90() -> N
     assert int(bf16[0][2]) > 0 and int(bf16[1][2]) > 0 and int(bf16[3][2]) > 0  # and stores so
 
 
-
 _GRAD_LOW_SASS = """
 import sys
 sys.path.insert(0, sys.argv[1])

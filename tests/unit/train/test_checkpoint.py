@@ -181,8 +181,18 @@ def test_data_stream_calls_set_epoch_and_rejects_empty_loaders() -> None:
     with pytest.raises(egl.InputError, match="an empty loader"):
         next(DataStream([]))
     for bad in (None, 3):  # (a TypeError at the first batch before)
-        with pytest.raises(egl.InputError, match=r"'loader' expected an iterable of batches .*, got (NoneType|int)"):
+        with pytest.raises(egl.InputError, match=r"'loader' expected an iterable of batches .*, "
+                                                 r"got (NoneType None|int 3)"):
             DataStream(bad)  # type: ignore[arg-type]
+
+    class Batches:  # a sequence by __getitem__ alone, as iter() takes it
+        def __getitem__(self, i: int) -> int:
+            if i >= 2:
+                raise IndexError(i)
+            return i
+
+    stream = DataStream(Batches())
+    assert [next(stream) for _ in range(3)] == [0, 1, 0]  # two batches an epoch
 
 
 # -- resume ----------------------------------------------------------------------------------

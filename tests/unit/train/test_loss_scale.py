@@ -54,9 +54,9 @@ def test_arguments_are_checked() -> None:
                     ({"growth_interval": 0}, "'growth_interval' expected an int >= 1, got 0")):
         with pytest.raises(egl.InputError, match=rf"egl.train.LossScaler: {msg}"):
             LossScaler(**kw)
-    for bad in ([torch.tensor(1.0), torch.tensor(2.0)], torch.tensor(3)):  # a list: "can't multiply sequence"
-        with pytest.raises(egl.InputError, match=r"LossScaler.scale: 'loss' expected a floating-point tensor .*"
-                                                 r"Sum the loss terms into one tensor first"):
+    for bad, fix in (([torch.tensor(1.0), torch.tensor(2.0)], "Sum the loss terms into one tensor first"),
+                     (torch.tensor(3), r"Convert it, e.g. loss.float\(\)")):  # (a list: "can't multiply sequence")
+        with pytest.raises(egl.InputError, match=rf"LossScaler.scale: 'loss' expected a floating-point tensor .*{fix}"):
             LossScaler().scale(bad)  # type: ignore[arg-type]
 
 

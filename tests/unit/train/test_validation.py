@@ -152,7 +152,8 @@ def test_validation_images_of_another_dtype_are_named() -> None:
 def test_run_names_a_bare_model_passed_for_the_recipe() -> None:
     """(An AttributeError on ``.model`` before.)"""
     model = make_model("test_resnet", eval_mode=False)
-    with pytest.raises(egl.InputError, match=r"Validation.run: 'recipe' expected an egl recipe \(its model is evaluated\), got a ResNet module. .*"
+    with pytest.raises(egl.InputError, match=r"Validation.run: 'recipe' expected an egl recipe \(its model is "
+                                             r"evaluated\), got a ResNet module. .*"
                                              r"egl.recipes.erm\(model\) to wrap a bare model"):
         Validation(_data(1, 0)).run(model, 1, torch.device("cpu"))  # type: ignore[arg-type]
     assert set(Validation(_data(1, 0)).run(recipes.erm(model), 1, torch.device("cpu"))) >= {"val/acc", "val/loss"}
