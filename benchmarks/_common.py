@@ -110,6 +110,16 @@ def run_isolated(script: str, args: list[str]) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def report(title: str, rows: list[dict[str, Any]], cols: list[str], json_path: str | None) -> None:
+    """Print ``# title`` and the table of ``rows``; with ``json_path``, also write them there as
+    ``{"hardware", "rows"}``."""
+    print(f"# {title}")
+    print(table(rows, cols))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+
+
 def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     """A plain-text table."""
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, table  # noqa: E402
+from _common import hardware, report  # noqa: E402
 
 
 def gradient_error(arch: str, size: int, stride: int, seed: int, backend: str, batch: int) -> tuple[float, str]:
@@ -72,11 +71,8 @@ def main() -> None:
                 errs.append(e)
             rows.append({"input": f"{size} px", "stride": stride, "map": hw, "backend": backend,
                          "median rel. error": statistics.median(errs), "largest": max(errs)})
-    print(f"# float32 alignment gradient vs float64: {a.arch}, batch {a.batch}, {a.seeds} seeds; {hardware()}")
-    print(table(rows, ["input", "stride", "map", "backend", "median rel. error", "largest"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    report(f"float32 alignment gradient vs float64: {a.arch}, batch {a.batch}, {a.seeds} seeds; {hardware()}",
+           rows, ["input", "stride", "map", "backend", "median rel. error", "largest"], a.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ under the Triton interpreter at smaller sizes with ``--smoke``, else prints that
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, table  # noqa: E402
+from _common import hardware, report  # noqa: E402
 
 #: (dtype, memory format) -> tolerance for (maps, d acts, d w): bf16 ``d acts`` is rounded once to
 #: bf16 on its write (relative rounding 2^-9 ≈ 2e-3); everything else sums in fp32.
@@ -292,11 +291,8 @@ def main() -> None:
             *graphed_rows(device, small)]
     for r in rows:
         r["ok"] = "ok" if r["rel err"] <= r["tol"] else "OVER"
-    print(f"# correctness of the device defaults on {hardware()} (relative to float64)")
-    print(table(rows, ["check", "rel err", "tol", "ok", "library's rel err"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    report(f"correctness of the device defaults on {hardware()} (relative to float64)", rows,
+           ["check", "rel err", "tol", "ok", "library's rel err"], a.json)
     over = [r["check"] for r in rows if r["ok"] != "ok"]
     if over:
         print(f"{len(over)} check(s) over tolerance: {', '.join(over)}")

@@ -13,7 +13,6 @@ over channels here, as egl's default). Median of round-robin repeats, one proces
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable
@@ -21,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, round_robin, sync, table  # noqa: E402
+from _common import hardware, report, round_robin, sync  # noqa: E402
 from saliency import _model  # noqa: E402
 
 
@@ -77,11 +76,8 @@ def main() -> None:
         for v, t in times.items():
             rows.append({"model": name, "variant": v, "ms": 1000 * t, "x forward": t / times["forward"],
                          "egl speed-up": t / times["egl (sub-pixel stem gradient)"]})
-    print(f"# input-gradient benchmark on {hardware()}: batch {a.batch} x {a.size}px")
-    print(table(rows, ["model", "variant", "ms", "x forward", "egl speed-up"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    report(f"input-gradient benchmark on {hardware()}: batch {a.batch} x {a.size}px", rows,
+           ["model", "variant", "ms", "x forward", "egl speed-up"], a.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ host waits for the queued work, then the device idles while the host queues the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, sync, table  # noqa: E402
+from _common import hardware, report, sync  # noqa: E402
 
 
 def _where() -> str:
@@ -126,12 +125,10 @@ def main() -> None:
                      "where": "" if not found else "; ".join(f"{n}x {w}" if n > 1 else w
                                                            for w, n in Counter(found).items())})
         print(f"{name}: {rows[-1]['syncs']}", flush=True)
-    print(f"\n# host-device synchronisations on {hardware()}: resnet18, batch {a.batch} x {a.size} px"
-          + ("" if torch.cuda.is_available() else " (CPU: not detectable, the calls ran)"))
-    print(table(rows, ["call", "syncs", "where"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    print()
+    report(f"host-device synchronisations on {hardware()}: resnet18, batch {a.batch} x {a.size} px"
+           + ("" if torch.cuda.is_available() else " (CPU: not detectable, the calls ran)"),
+           rows, ["call", "syncs", "where"], a.json)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import hardware, peak_memory_mb, round_robin, run_isolated, table  # noqa: E402
+from _common import hardware, peak_memory_mb, report, round_robin, run_isolated  # noqa: E402
 
 
 def _setup(arch: str, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,13 +205,10 @@ def main() -> None:
     for r in rows:
         if isinstance(r["peak MB"], float) and isinstance(erm_mem, float) and erm_mem > 0:
             r["x erm mem"] = r["peak MB"] / erm_mem
-    print(f"# train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px, "
-          f"{a.device}, {a.precision}{', channels-last' if a.channels_last else ''}"
-          f"{', cudnn.benchmark' if a.cudnn_benchmark else ''}")
-    print(table(rows, ["recipe", "ms/step", "img/s", "x erm", "peak MB", "x erm mem"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"hardware": hardware(), "rows": rows}, f, indent=1)
+    report(f"train-step benchmark on {hardware()}: {a.arch} (output_stride 16), batch {a.batch} x {a.size}px, "
+           f"{a.device}, {a.precision}{', channels-last' if a.channels_last else ''}"
+           f"{', cudnn.benchmark' if a.cudnn_benchmark else ''}",
+           rows, ["recipe", "ms/step", "img/s", "x erm", "peak MB", "x erm mem"], a.json)
 
 
 if __name__ == "__main__":
