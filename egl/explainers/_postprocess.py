@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from egl._check import check_size
+
 __all__ = ["minmax_normalize", "upsample", "finalize", "REL_EPS"]
 
 #: A map whose range is below ``REL_EPS`` times its largest magnitude is treated as constant.
@@ -39,6 +41,8 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
     Shape:
         x: ``B *``; returns the same shape.
     """
+    if src_size is not None:
+        src_size = check_size(src_size, "egl.explainers.minmax_normalize", "src_size")
     flat = x.flatten(1)
     hold = (src_size is not None and x.dim() == 4 and tuple(src_size) != tuple(x.shape[-2:])
             and torch.is_grad_enabled() and x.requires_grad)
@@ -57,7 +61,7 @@ def minmax_normalize(x: Tensor, rel_eps: float = REL_EPS, *, src_size: tuple[int
 
         with torch.no_grad():
             shape = (x.shape[1], x.shape[2], x.shape[3])
-            held = pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)  # type: ignore[arg-type]
+            held = pinned(at_lo, shape, src_size) | pinned(at_hi, shape, src_size)
             if x.dtype in (torch.float32, torch.float64):  # (a 16-bit map rounds many outputs onto its extremes)
                 held |= ((flat == lo.unsqueeze(1)) | (flat == hi.unsqueeze(1))).view_as(held)
         out = torch.where(held.view_as(x), out.detach(), out)

@@ -85,3 +85,12 @@ def test_a_16_bit_map_holds_copies_only() -> None:
     assert g.any()
     (g,) = torch.autograd.grad(out[0, 0, :16, :16].float().sum(), low)  # the copies of the maximum
     assert not g.any()
+
+
+def test_a_source_size_that_is_no_size_is_named() -> None:
+    import egl
+
+    up = F.interpolate(_low(), size=(8, 8), mode="bilinear", align_corners=False)
+    for bad in ("3x3", (3, 0), 3, (3.0, 3)):
+        with pytest.raises(egl.InputError, match=r"minmax_normalize: 'src_size' expected an output size \(H, W\)"):
+            minmax_normalize(up, src_size=bad)  # type: ignore[arg-type]
