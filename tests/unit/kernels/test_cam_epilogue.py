@@ -761,7 +761,8 @@ def test_numpy_and_tensor_sizes_reach_the_triton_launch_as_python_ints() -> None
         torch.testing.assert_close(cam_epilogue(a, w, size, backend="triton"), want)
 
 
-_BACKWARDS = ["torch", "triton", "triton-torch-backward"]  # autograd reference; Triton kernels; their PyTorch ops
+#: autograd reference; Triton kernels; their PyTorch ops; the Triton backward after the one-launch forward
+_BACKWARDS = ["torch", "triton", "triton-torch-backward", "triton-fused"]
 
 
 def _epilogue(backward: str, monkeypatch: pytest.MonkeyPatch):
@@ -772,6 +773,10 @@ def _epilogue(backward: str, monkeypatch: pytest.MonkeyPatch):
         from egl.kernels import _cam_triton_backward
 
         monkeypatch.setattr(_cam_triton_backward, "supported", lambda h, w: False)
+    if backward == "triton-fused":  # its positions of the extremes feed the backward too
+        from egl.kernels import _cam_triton
+
+        monkeypatch.setitem(_cam_triton.CONFIG, "fuse", "on")
     return lambda *a, **k: cam_epilogue(*a, backend="triton", **k)
 
 
@@ -828,7 +833,7 @@ def test_bce_gradients_on_2x2_maps_match_float64(backward: str, relu: bool, seed
 
 @needs_interpreter
 @pytest.mark.parametrize("case", [(2, 8, 2, 2, 64, 64), (2, 5, 3, 5, 17, 40), (1, 4, 9, 7, 4, 3), (2, 6, 1, 4, 5, 9)])
-@pytest.mark.parametrize("backward", ["triton", "triton-torch-backward"])
+@pytest.mark.parametrize("backward", ["triton", "triton-torch-backward", "triton-fused"])
 def test_the_kernels_hold_nothing_with_a_nonzero_derivative(backward: str, case: tuple,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Against autograd in float64 *without* holding (``minmax_normalize`` without ``src_size``):
