@@ -219,6 +219,14 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None,
 
 
 # -- data order ---------------------------------------------------------------------------------
+def check_loader(loader: object) -> None:
+    """``loader`` can be iterated (``iter()`` takes an ``Iterable`` or a sequence by ``__getitem__``)."""
+    if not (isinstance(loader, Iterable) or hasattr(type(loader), "__getitem__")):  # (a TypeError at a batch)
+        raise fail("egl.train.fit", "loader", "an iterable of batches (a DataLoader, or a list of (images, "
+                   "labels))", describe(loader),
+                   "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
+
+
 class DataStream:
     """Cycle over ``loader`` epoch after epoch, remembering enough to replay its order.
 
@@ -228,10 +236,7 @@ class DataStream:
     """
 
     def __init__(self, loader: Iterable[Any], device: torch.device | None = None) -> None:
-        if not (isinstance(loader, Iterable) or hasattr(type(loader), "__getitem__")):  # (iter() takes both)
-            raise fail("egl.train.fit", "loader", "an iterable of batches (a DataLoader, or a list of (images, "
-                       "labels))", describe(loader),
-                       "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
+        check_loader(loader)
         if isinstance(loader, Iterator):  # a generator or iterator: its second epoch would be empty (no iter()
             # here: a DataLoader's iterator draws a seed from the RNG and may start workers)
             raise fail("egl.train.fit", "loader", "a re-iterable loader (a DataLoader, a list of batches)",

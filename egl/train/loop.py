@@ -26,8 +26,8 @@ import torch
 from egl._check import check_device, check_flag, check_int, describe, fail
 from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
-from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, get_rng_state, latest_checkpoint,
-                                  load_checkpoint, os_reason, save_checkpoint, set_rng_state)
+from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, check_loader, get_rng_state,
+                                  latest_checkpoint, load_checkpoint, os_reason, save_checkpoint, set_rng_state)
 from egl.train.loss_scale import LossScaler
 from egl.train.validation import Validation
 
@@ -307,9 +307,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         raise fail(FN, "recipe", "an egl recipe", f"a {type(recipe).__name__}",
                    "Build one around the model, e.g. egl.recipes.erm(model) or egl.recipes.align(model), "
                    "and call recipe.fit(loader, steps)")
-    if not (isinstance(loader, Iterable) or hasattr(type(loader), "__getitem__")):  # (iter() takes both)
-        raise fail(FN, "loader", "an iterable of batches (a DataLoader, or a list of (images, labels))",
-                   type(loader).__name__, "Pass e.g. DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True)")
+    check_loader(loader)
     seed = None if seed is None else _check_seed(seed, FN, or_none=True)
     check_flag(progress, FN, "progress")  # (progress="no" showed the bar, resume="no" resumed)
     check_flag(resume, FN, "resume")
