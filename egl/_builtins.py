@@ -12,9 +12,10 @@ from egl.hookspecs import hookimpl
 
 @hookimpl
 def egl_register_explainers() -> list[Any]:
-    from egl.explainers import CaptumExplainer, GradCAM, InputGradient
+    from egl.explainers import (CaptumExplainer, GradCAM, GradCAMPlusPlus, HiResCAM, InputGradient, LayerCAM,
+                                XGradCAM)
 
-    return [GradCAM, InputGradient, CaptumExplainer]
+    return [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, InputGradient, CaptumExplainer]
 
 
 @hookimpl

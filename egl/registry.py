@@ -4,8 +4,8 @@ Kinds: ``explainer``, ``masker``, ``alignment``, ``regularizer``, ``recipe``.
 
 Example:
     >>> import egl
-    >>> egl.list_components("explainer", "grad*")
-    ['grad_cam']
+    >>> egl.list_components("explainer", "*_cam")
+    ['grad_cam', 'hires_cam', 'layer_cam', 'xgrad_cam']
     >>> loss = egl.create("alignment", "bce")
 """
 

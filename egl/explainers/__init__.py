@@ -9,14 +9,26 @@ from egl.explainers.base import Explainer, Explanation
 from egl.explainers.captum import CaptumExplainer
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, grad_cam
+from egl.explainers.grad_cam_plus_plus import GradCAMPlusPlus, grad_cam_plus_plus
 from egl.explainers.graphed import GraphedExplainer
+from egl.explainers.hires_cam import HiResCAM, hires_cam
 from egl.explainers.input_gradient import InputGradient, input_gradient
+from egl.explainers.layer_cam import LayerCAM, layer_cam
+from egl.explainers.xgrad_cam import XGradCAM, xgrad_cam
 
 __all__ = [
     "Explainer",
     "Explanation",
     "GradCAM",
     "grad_cam",
+    "GradCAMPlusPlus",
+    "grad_cam_plus_plus",
+    "HiResCAM",
+    "hires_cam",
+    "LayerCAM",
+    "layer_cam",
+    "XGradCAM",
+    "xgrad_cam",
     "GraphedExplainer",
     "InputGradient",
     "input_gradient",

@@ -41,7 +41,7 @@ from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
-__all__ = ["GradCAM", "grad_cam"]
+__all__ = ["GradCAM", "grad_cam"]  # (_Parts and _accumulate serve the variants' modules)
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
 
@@ -49,6 +49,14 @@ PATHS = ("auto", "closed_form", "pooled", "autograd")
 # What every path hands to the epilogue: activations [B, C, h, w], channel weights [B, C], and the
 # scale of the weighted sum (1 / (h*w) where the weights are the gradient of a pooled head).
 _Parts = tuple[Tensor, Tensor, float]
+
+
+def _accumulate(*ts: Tensor) -> torch.dtype:
+    """The dtype the variants' weights are computed in: float32, or float64 for float64 inputs."""
+    out = torch.float32
+    for t in ts:
+        out = torch.promote_types(out, t.dtype)
+    return out
 
 
 def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tensor:
@@ -201,7 +209,7 @@ class GradCAM(Explainer):
                 w = model.get_classifier().weight[t]  # [B, C]
                 if self.detach_weights:
                     w = w.detach()
-                return (a, w.to(a.dtype), 1.0 / (a.shape[-2] * a.shape[-1])), logits
+                return self._weigh_uniform(a, w.to(a.dtype), 1.0 / (a.shape[-2] * a.shape[-1])), logits
         if path == "pooled":
             return self._pooled(feats, tgt, create_graph, fn, hw)
         # autograd over the feature output
@@ -242,7 +250,7 @@ class GradCAM(Explainer):
             else:
                 weights = g.flatten(1)
                 a = _to_nchw(feats, fmt, model, hw)
-            return (a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
+            return self._weigh_uniform(a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
 
     def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Targets | None, create_graph: bool,
                        fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
@@ -261,10 +269,27 @@ class GradCAM(Explainer):
         with torch.set_grad_enabled(create_graph):
             a = _to_nchw(act, fmt, self.model, hw)
             g = _to_nchw(grad, fmt, self.model, hw)
-            alpha = g.mean(dim=(2, 3), keepdim=True)
             if self.detach_weights:
-                alpha = alpha.detach()
-        return (a, alpha.flatten(1), 1.0), logits
+                g = g.detach()
+            return self._weigh(a, g), logits
+
+    # -- the channel weighting: what Grad-CAM's variants override -------------------------------
+    def _weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> _Parts:
+        """The epilogue's inputs when the gradient is the same at every position:
+        ``d s_y / d A_k[i, j] = scale * w[:, k]`` (a pooled head). Grad-CAM: ``alpha = scale * w``."""
+        return a, w, scale
+
+    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
+        """The epilogue's inputs from the gradient ``g = d s_y / d A`` (``[B, C, h, w]``, like ``a``).
+        Grad-CAM: ``alpha_k = mean_ij g_k``."""
+        return a, g.mean(dim=(2, 3)), 1.0
+
+    def _weight_input(self, t: Tensor) -> Tensor:
+        """``t`` as a term of the channel weights, in float32 at least (float64 stays): detached
+        with ``detach_weights=True``."""
+        t = t.detach() if self.detach_weights else t
+        return t.to(_accumulate(t))
+
 
     def _from_hook(self, x: Tensor, tgt: Targets | None, create_graph: bool,
                    fn: str) -> tuple[_Parts, Tensor]:

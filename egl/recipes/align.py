@@ -77,7 +77,7 @@ from egl.recipes.batch import Batch
 from egl.regularizers.mixup_consistency import MixupConsistency
 from egl.regularizers.smoothness import smoothness
 from egl.regularizers.sparsity import sparsity
-from egl.registry import resolve
+from egl.registry import get_component, resolve
 
 __all__ = ["ALIGN", "align"]
 
@@ -93,7 +93,8 @@ class ALIGN(Recipe):
         regularizer: registered regularizer name or instance (default ``"mixup_consistency"``), or None.
         sparsity_weight: λ1 (10). smooth_weight: λ2 (1). align_weight: λ3 (0.1). reg_weight: λ4 (0.1).
         warmup_steps: classifier-only steps before the masker and the alignment term join (200).
-        layer: Grad-CAM target layer (``"auto"``).
+        layer: Grad-CAM target layer (``"auto"``); with ``align_resolution``, configures an
+            explainer named from the Grad-CAM family (``"grad_cam"``, ``"layer_cam"``, ...).
         align_resolution: ``"input"`` (default) or ``"feature"``.
         lr: classifier learning rate (5e-5). masker_lr: masker learning rate (1e-3).
         masker_checkpoint: recompute the masker's activations in the masker phase's backward
@@ -130,11 +131,13 @@ class ALIGN(Recipe):
             raise fail(fn, "masker", "a registered masker name or an egl.maskers.Masker", repr(masker),
                        "See egl.list_components('masker')")
         upsample = align_resolution == "input"
-        named_grad_cam = isinstance(explainer, str) and explainer == "grad_cam"
+        # layer= and align_resolution= configure an explainer named here from the Grad-CAM family
+        named_grad_cam = isinstance(explainer, str) and _is_grad_cam_family(explainer)
         for arg, value, default in (("layer", layer, "auto"), ("align_resolution", align_resolution, "input")):
             if not named_grad_cam and value != default:
-                raise fail(fn, arg, f"its default {default!r} when explainer is not the name 'grad_cam' "
-                           f"(it configures that one; explainer={explainer!r})", repr(value),
+                raise fail(fn, arg, f"its default {default!r} when explainer is not the name of a Grad-CAM explainer "
+                           f"('grad_cam', 'layer_cam', ...: it configures those; explainer={explainer!r})",
+                           repr(value),
                            "Configure the explainer itself, e.g. explainer=GradCAM(model, layer=..., upsample=...)")
         self.explainer = resolve("explainer", explainer, model, **({"layer": layer, "upsample": upsample}
                                                                    if named_grad_cam else {}))
@@ -150,9 +153,10 @@ class ALIGN(Recipe):
             raise fail(fn, "alignment", "a registered alignment loss name or an egl.losses.AlignmentLoss", "None",
                        "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
-        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
-            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM",
-                       f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM maps of every class)",
+        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and type(self.explainer) is not GradCAM:
+            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM itself",
+                       f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM maps of every class; "
+                       f"explainer={type(self.explainer).__name__})",
                        "Use explainer='grad_cam' with this loss, or a loss such as 'bce' or 'l1'")
         self.regularizer = None if regularizer is None else resolve("regularizer", regularizer)
         self.sparsity_weight, self.smooth_weight = float(sparsity_weight), float(smooth_weight)
@@ -290,3 +294,10 @@ def _plain_mixup(regularizer: Any) -> bool:
 def align(model: nn.Module, **kwargs: Any) -> ALIGN:
     """Build an :class:`ALIGN` recipe: ``recipes.align(model).fit(loader, steps=1000)``."""
     return ALIGN(model, **kwargs)
+
+
+def _is_grad_cam_family(name: str) -> bool:
+    """Whether the registered explainer ``name`` is Grad-CAM or a variant of it (a subclass); an
+    unknown name is refused with the registry's "did you mean" error."""
+    cls = get_component("explainer", name)
+    return isinstance(cls, type) and issubclass(cls, GradCAM)
