@@ -153,7 +153,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
-                           device=device, min_group_size=int(e.get("min_group_size", 10)))
+                           device=device, min_group_size=int(e.get("min_group_size", 10)),
+                           explainer=e.get("explainer", "grad_cam"))
         flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
         print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0
@@ -187,25 +188,28 @@ def _read_image(path: str, size: int) -> torch.Tensor:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from egl.experiments.config import check_explainer
+    from egl.experiments.evaluate import saliency_explainer
     from egl.experiments.figures import _to_pil, overlay
-    from egl.explainers.grad_cam import GradCAM
 
+    check_explainer(args.explainer, "egl explain", "--explainer")  # before the checkpoint and images are read
     model, ckpt = load_model(args.checkpoint)
     size = int(ckpt["config"]["data"].get("image_size", 64))
     x = torch.stack([_read_image(p, size) for p in args.images])
     with torch.no_grad():
         probs = model(x).softmax(1)
     target = None if args.target is None else args.target
-    sal = GradCAM(model)(x, target)
+    sal = saliency_explainer(model, args.explainer)(x, target)
+    suffix = "gradcam" if args.explainer == "grad_cam" else args.explainer
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     for i, path in enumerate(args.images):
         k = int(probs[i].argmax()) if target is None else int(target)
-        name, n = f"{Path(path).stem}_gradcam", 1
+        name, n = f"{Path(path).stem}_{suffix}", 1
         while name in taken:  # a/cat.png and b/cat.png: cat_gradcam.png, cat_gradcam_2.png
             n += 1
-            name = f"{Path(path).stem}_gradcam_{n}"
+            name = f"{Path(path).stem}_{suffix}_{n}"
         taken.add(name)
         dest = out / f"{name}.png"
         _to_pil(overlay(x[i], sal[i]), 4).save(dest)
@@ -250,4 +254,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="explanations")
     p.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    p.add_argument("--explainer", default="grad_cam",
+                   help="registered explainer (default grad_cam; e.g. layer_cam, grad_cam_plus_plus, input_gradient); "
+                        "overlays are named <stem>_gradcam.png, or <stem>_<explainer>.png for another")
     p.set_defaults(func=_cmd_explain)

@@ -6,6 +6,7 @@ Every value the paper leaves open is a key here, so a run's JSONL log records it
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 from typing import Any
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "explain_samples": 256,       # images per split for saliency metrics (faithfulness, localisation)
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
+        "explainer": "grad_cam",      # saliency metrics' explainer: any registered name (layer_cam, input_gradient, ...)
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
         "mask_quality": True,         # the first method's accuracy with the background outside each mask blurred
     },
@@ -155,8 +157,6 @@ def check_keys(cfg: dict[str, Any], reference: dict[str, Any] | None = None) -> 
 
 
 def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]) -> None:
-    import difflib
-
     for k, v in cfg.items():
         where = (*path, str(k))
         if where in _OPEN or where == ("methods",):
@@ -225,7 +225,21 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "eval.ks", "a non-empty list of distinct percentages in (0, 100]", repr(ks)[:100],
                    "Set e.g. eval.ks=[1, 5, 10, 20, 50]")
     check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
+    check_explainer(e.get("explainer", "grad_cam"), fn)
     check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
+
+
+def check_explainer(name: object, fn: str, arg: str = "eval.explainer") -> None:
+    """``eval.explainer`` (or the CLI's ``--explainer``): a registered explainer's name (plugins' included)."""
+    from egl.registry import list_components
+
+    names = list_components("explainer")
+    if not isinstance(name, str) or name not in names:
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise fail(fn, arg, f"a registered explainer name: {', '.join(names)}", f"{name!r}{hint}",
+                   f"Pass e.g. {'--explainer grad_cam' if arg.startswith('--') else arg + '=grad_cam'}; "
+                   "a third-party explainer needs its plugin installed")
 
 
 def _is_number(v: object) -> bool:

@@ -1,7 +1,8 @@
 """Evaluate one classifier on one test set: accuracy, AUC, shortcut rate, and saliency metrics.
 
 Saliency metrics (ERASER sufficiency/comprehensiveness, localisation against masks) use
-Grad-CAM of the predicted class on the first ``explain_samples`` images of the set;
+Grad-CAM (or the ``explainer`` named) of the predicted class on the first ``explain_samples``
+images of the set;
 classification metrics use every image. The model is put in eval mode and restored.
 """
 
@@ -14,12 +15,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from egl._check import fail
 from egl._transfer import upload
-from egl.explainers.grad_cam import GradCAM
+from egl.explainers.base import Explainer
+from egl.explainers.grad_cam import in_grad_cam_family
 from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate, worst_group_accuracy
 from egl.recipes.batch import as_batch
+from egl.registry import create
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "saliency_explainer"]
 
 
 def _collate_keys(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -43,16 +47,19 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, explain_samples: int = 256,
              ks: tuple[float, ...] = (1, 5, 10, 20, 50), baseline: str = "zero", layer: str = "auto",
-             device: str = "cpu", min_group_size: int = 10) -> dict[str, float]:
+             device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam") -> dict[str, float]:
     """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined).
+
+    ``explainer``: the registered explainer the saliency metrics read (default ``"grad_cam"``;
+    ``layer`` configures the Grad-CAM family: ``"layer_cam"``, ``"grad_cam_plus_plus"``, ...).
 
     ``worst_group`` (where items carry ``shortcut`` labels): the worst accuracy over (class,
     background class) groups of at least ``min_group_size`` images (default 10: the synthetic
     test_id splits hold (class, background) groups of one or two images, which read 0 or 1 by
     chance); NaN when no group is that large."""
+    cam = saliency_explainer(model, explainer, layer)
     was = model.training
     model.eval()
-    cam = GradCAM(model, layer)
     logits, labels, shortcuts = [], [], []
     suff, comp, loc_rows = [], [], {"energy": [], "area": [], "pointing": [], "iou": []}
     explained = 0
@@ -101,3 +108,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
             vals = torch.cat(v).float()
             out[k] = float(vals.mean()) if vals.numel() else math.nan
     return out
+
+
+def saliency_explainer(model: nn.Module, name: str, layer: str = "auto") -> Explainer:
+    """The registered explainer ``name`` on ``model`` (``layer`` for the Grad-CAM family)."""
+    if in_grad_cam_family(name):
+        return create("explainer", name, model, layer)
+    if layer != "auto":
+        raise fail("egl.experiments.evaluate", "layer", f"'auto' with explainer={name!r} (not a Grad-CAM explainer)",
+                   repr(layer), "Leave layer out, or pick a Grad-CAM explainer such as 'grad_cam' or 'layer_cam'")
+    return create("explainer", name, model)

@@ -41,7 +41,7 @@ from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
-__all__ = ["GradCAM", "grad_cam"]  # (_Parts and _accumulate serve the variants' modules)
+__all__ = ["GradCAM", "grad_cam", "in_grad_cam_family"]  # (_Parts, _accumulate: for the variants)
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
 
@@ -342,6 +342,16 @@ class GradCAM(Explainer):
                 "[B, C, H, W] map or [B, N, C] ViT tokens. Pass layer= naming a spatial layer."
             )
         return act, logits, "NLC" if act.dim() == 3 else map_layout(self.model, act, hw)
+
+
+def in_grad_cam_family(name: str) -> bool:
+    """Whether the registered explainer ``name`` is Grad-CAM or a variant of it (a subclass of
+    :class:`GradCAM`, which takes ``layer=``); an unknown name is refused with the registry's
+    "did you mean" error."""
+    from egl.registry import get_component
+
+    cls = get_component("explainer", name)
+    return isinstance(cls, type) and issubclass(cls, GradCAM)
 
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -66,7 +66,7 @@ from egl._deferred import carry_range
 from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
-from egl.explainers.grad_cam import GradCAM
+from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
@@ -77,7 +77,7 @@ from egl.recipes.batch import Batch
 from egl.regularizers.mixup_consistency import MixupConsistency
 from egl.regularizers.smoothness import smoothness
 from egl.regularizers.sparsity import sparsity
-from egl.registry import get_component, resolve
+from egl.registry import resolve
 
 __all__ = ["ALIGN", "align"]
 
@@ -132,7 +132,7 @@ class ALIGN(Recipe):
                        "See egl.list_components('masker')")
         upsample = align_resolution == "input"
         # layer= and align_resolution= configure an explainer named here from the Grad-CAM family
-        named_grad_cam = isinstance(explainer, str) and _is_grad_cam_family(explainer)
+        named_grad_cam = isinstance(explainer, str) and in_grad_cam_family(explainer)
         for arg, value, default in (("layer", layer, "auto"), ("align_resolution", align_resolution, "input")):
             if not named_grad_cam and value != default:
                 raise fail(fn, arg, f"its default {default!r} when explainer is not the name of a Grad-CAM explainer "
@@ -295,9 +295,3 @@ def align(model: nn.Module, **kwargs: Any) -> ALIGN:
     """Build an :class:`ALIGN` recipe: ``recipes.align(model).fit(loader, steps=1000)``."""
     return ALIGN(model, **kwargs)
 
-
-def _is_grad_cam_family(name: str) -> bool:
-    """Whether the registered explainer ``name`` is Grad-CAM or a variant of it (a subclass); an
-    unknown name is refused with the registry's "did you mean" error."""
-    cls = get_component("explainer", name)
-    return isinstance(cls, type) and issubclass(cls, GradCAM)

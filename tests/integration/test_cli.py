@@ -49,6 +49,15 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped",
                      "--set", "eval.ks=[10, 50]", "--set", "eval.baseline=mean"]) == 0
     assert seen["ks"] == (10, 50) and seen["baseline"] == "mean" and seen["device"] == "cpu"
+    assert seen["explainer"] == "grad_cam"
+    capsys.readouterr()  # the saliency metrics' explainer: any registered one, a misspelt one named
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped",
+                 "--set", "eval.explainer=layer_cam"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["acc"] == row["acc"] and other["energy"] != row["energy"]  # same model, other maps
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "eval.explainer=gradcam"]) == 1
+    assert "'eval.explainer' expected a registered explainer name" in (err := capsys.readouterr().err)
+    assert "did you mean 'grad_cam'?" in err
     capsys.readouterr()  # a device this machine lacks, or a bad eval value, is named (a raw torch error before)
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "train.device=cuda:99"]) == 1
     assert "egl.experiments: 'train.device' expected a device this machine has" in capsys.readouterr().err
@@ -67,6 +76,14 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [Path(r["overlay"]).name for r in rows] == ["img_gradcam.png", "img_gradcam_2.png"]
     assert all(Path(r["overlay"]).is_file() for r in rows)
+    assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex3"),
+                 "--explainer", "grad_cam_plus_plus"]) == 0
+    assert (tmp_path / "ex3" / "img_grad_cam_plus_plus.png").is_file()
+    capsys.readouterr()
+    assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex4"),
+                 "--explainer", "nope"]) == 1
+    assert "egl explain: 'eval.explainer'" not in (err := capsys.readouterr().err) and "'--explainer'" in err
+    assert not (tmp_path / "ex4").exists()
     from egl.experiments.commands import _read_image
 
     assert 0.45 < float(_read_image(str(grey16), 32).mean()) < 0.55
@@ -80,6 +97,7 @@ def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:
         "align", "align_wo_eg", "align_m_gray"}
     results = rows[1:]
     assert {r["method"] for r in results} == {"align", "align_wo_eg", "align_m_gray"}
+    assert {r["explainer"] for r in results} == {"grad_cam"}  # eval.explainer, recorded with each row
     assert {r["split"] for r in results} == {"test_id/domain0", "test_id/domain1", "random", "flipped", "novel"}
     tables = (out / "tables.md").read_text()
     assert "| align_m_gray | all |" in tables and "Shortcut" in tables
