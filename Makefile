@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kernel_sass.py
 	$(PY) benchmarks/sync_check.py
 	$(PY) benchmarks/alignment_precision.py
+	$(PY) benchmarks/cam_variants.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

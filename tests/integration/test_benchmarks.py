@@ -84,3 +84,12 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
 ])
 def test_benchmark_script_runs(script: str, args: list[str], expect: str) -> None:
     assert expect in run(script, *args)
+
+
+def test_cam_variants_benchmark(tmp_path: Path) -> None:
+    run("cam_variants.py", "--batch", "2", "--size", "32", "--repeats", "1", "--cams", "grad_cam,grad_cam_plus_plus",
+        "--json", str(tmp_path / "v.json"))
+    rows = json.loads((tmp_path / "v.json").read_text())["rows"]
+    assert [(r["layer"], r["cam"]) for r in rows] == [("last", "grad_cam"), ("last", "grad_cam_plus_plus"),
+                                                       ("layer3", "grad_cam"), ("layer3", "grad_cam_plus_plus")]
+    assert all(r["egl ms"] > 0 and r["x forward"] > 0 and r["align step x ERM"] > 0 for r in rows)
