@@ -46,6 +46,12 @@ def test_masker_ablation(tmp_path: Path) -> None:
     assert all(0 <= r["flipped"] <= 1 and not math.isnan(r["shortcut"]) for r in results.values())
 
 
+def test_explainer_ablation() -> None:
+    results = _load("explainer_ablation").main(TINY)
+    assert list(results) == ["none", "grad_cam", "layer_cam", "grad_cam_plus_plus", "input_gradient"]
+    assert all(0 <= r["flipped"] <= 1 and 0 <= r["energy"] <= 1 for r in results.values())
+
+
 def test_leave_one_domain_out(tmp_path: Path) -> None:
     root = domain_tree(tmp_path / "data", domains=("A", "B", "C"))
     args = ["--root", str(root), "--out", str(tmp_path / "loo"), "--arch", "test_resnet", "--image-size", "32",
