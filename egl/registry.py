@@ -48,14 +48,14 @@ def get_component(kind: str, name: str) -> Any:
     return _lookup(kind, name, "egl.get_component")
 
 
-def _lookup(kind: str, name: str, fn: str) -> Any:
+def _lookup(kind: str, name: str, fn: str, arg: str = "name") -> Any:
     table = _table(kind, fn)
     if not isinstance(name, str) or name not in table:
         available = sorted(table)
         close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.5)
         hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise ComponentNotFoundError(
-            f"{fn}: 'name' expected a registered {kind} name, got {name!r}. {hint}"
+            f"{fn}: '{arg}' expected a registered {kind} name, got {name!r}. {hint}"
             f"Available: {', '.join(available) or '(none)'}; a third-party {kind} needs its plugin "
             "installed (see `egl plugins`)."
         )

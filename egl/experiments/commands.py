@@ -249,7 +249,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("explain", help="write Grad-CAM overlay PNGs for images with a saved model")
+    p = sub.add_parser("explain", help="write saliency overlay PNGs (Grad-CAM, or --explainer) for images with a "
+                       "saved model")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="explanations")

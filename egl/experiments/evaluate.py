@@ -112,7 +112,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
 
 def saliency_explainer(model: nn.Module, name: str, layer: str = "auto") -> Explainer:
     """The registered explainer ``name`` on ``model`` (``layer`` for the Grad-CAM family)."""
-    if in_grad_cam_family(name):
+    if in_grad_cam_family(name, fn="egl.experiments.evaluate", arg="explainer"):
         return create("explainer", name, model, layer)
     if layer != "auto":
         raise fail("egl.experiments.evaluate", "layer", f"'auto' with explainer={name!r} (not a Grad-CAM explainer)",

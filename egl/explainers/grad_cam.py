@@ -41,7 +41,7 @@ from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
-__all__ = ["GradCAM", "grad_cam", "in_grad_cam_family"]  # (_Parts, _accumulate: for the variants)
+__all__ = ["GradCAM", "grad_cam", "in_grad_cam_family", "same_maps_as_grad_cam"]  # (_Parts, _accumulate: for the variants)
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
 
@@ -116,19 +116,20 @@ class GradCAM(Explainer):
                  normalize: bool = True, path: str = "auto", relu: bool = True,
                  detach_weights: bool = False, backend: str = "auto") -> None:
         super().__init__(model, upsample=upsample, normalize=normalize)
-        check_choice(path, PATHS, "egl.explainers.GradCAM", "path")
+        ctor = f"egl.explainers.{type(self).__name__}"  # a variant names itself in its errors
+        check_choice(path, PATHS, ctor, "path")
         self.layer = layer
         self.path = path
-        self.relu = check_flag(relu, "egl.explainers.GradCAM", "relu")
-        self.detach_weights = check_flag(detach_weights, "egl.explainers.GradCAM", "detach_weights")
-        check_choice(backend, BACKENDS, "egl.explainers.GradCAM", "backend")  # not after a whole forward
+        self.relu = check_flag(relu, ctor, "relu")
+        self.detach_weights = check_flag(detach_weights, ctor, "detach_weights")
+        check_choice(backend, BACKENDS, ctor, "backend")  # not after a whole forward
         self.backend = backend
         self._target: Target | None = None
         # a non-timm model with layer="auto" is probed per input size (cached): resolved every call
         self._probed = layer == "auto" and not hasattr(model, "forward_features")
         self._warned_sizes: set[tuple[int, int]] = set()  # input sizes whose 1 x 1 map was warned about
         if not self._probed:
-            self._target = resolve_target(model, layer, fn="egl.explainers.GradCAM")
+            self._target = resolve_target(model, layer, fn=ctor)
         self.last_path: str | None = None  # which path the last call took (for tests and logs)
 
     @property
@@ -138,11 +139,11 @@ class GradCAM(Explainer):
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Grad-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
-        with batch_of_one("egl.explainers.grad_cam", "x"):
+        with batch_of_one(f"egl.explainers.{self.name}", "x"):
             return self._explain(x, target, create_graph)
 
     def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
-        fn = "egl.explainers.grad_cam"
+        fn = f"egl.explainers.{self.name}"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
         if self._target is None or self._probed:
@@ -344,14 +345,22 @@ class GradCAM(Explainer):
         return act, logits, "NLC" if act.dim() == 3 else map_layout(self.model, act, hw)
 
 
-def in_grad_cam_family(name: str) -> bool:
+def in_grad_cam_family(name: str, *, fn: str = "egl.explainers.in_grad_cam_family", arg: str = "name") -> bool:
     """Whether the registered explainer ``name`` is Grad-CAM or a variant of it (a subclass of
-    :class:`GradCAM`, which takes ``layer=``); an unknown name is refused with the registry's
-    "did you mean" error."""
-    from egl.registry import get_component
+    :class:`GradCAM`, which takes ``layer=``). An unknown name raises
+    :class:`~egl.errors.ComponentNotFoundError` naming ``fn``'s argument ``arg``, with "did you mean"."""
+    from egl.registry import _lookup
 
-    cls = get_component("explainer", name)
+    cls = _lookup("explainer", name, fn, arg)
     return isinstance(cls, type) and issubclass(cls, GradCAM)
+
+
+def same_maps_as_grad_cam(explainer: object) -> bool:
+    """Whether ``explainer`` computes Grad-CAM's maps: a :class:`GradCAM`, or a subclass that keeps
+    its channel weighting (a variant such as LayerCAM overrides it)."""
+    cls = type(explainer)
+    return (isinstance(explainer, GradCAM) and cls._weigh is GradCAM._weigh
+            and cls._weigh_uniform is GradCAM._weigh_uniform)
 
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -5,7 +5,9 @@ of CNNs", BMVC 2020), batched and trainable.
 with ``g = d s_y / d A``: Grad-CAM's channel weights, averaged with the activations as
 weights instead of uniformly (the paper derives them from its sensitivity and conservation
 axioms). A channel whose activations sum to exactly zero gets weight 0 (ours: the paper
-assumes post-ReLU maps with a positive sum; a zero channel adds nothing to the map either way).
+assumes post-ReLU maps, where such a channel is all zeros and adds nothing either way). On
+signed activations (ViT tokens, pre-activation layers) a sum near zero gives a very large
+weight: the method is meant for post-ReLU maps.
 Where the head is global average pooling then ``Linear`` the gradient is uniform and the
 weights reduce to Grad-CAM's (one forward pass, no backward). Everything else is
 :class:`~egl.explainers.GradCAM`'s.

@@ -66,7 +66,7 @@ from egl._deferred import carry_range
 from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
-from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
+from egl.explainers.grad_cam import in_grad_cam_family, same_maps_as_grad_cam
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
@@ -132,7 +132,7 @@ class ALIGN(Recipe):
                        "See egl.list_components('masker')")
         upsample = align_resolution == "input"
         # layer= and align_resolution= configure an explainer named here from the Grad-CAM family
-        named_grad_cam = isinstance(explainer, str) and in_grad_cam_family(explainer)
+        named_grad_cam = isinstance(explainer, str) and in_grad_cam_family(explainer, fn=fn, arg="explainer")
         for arg, value, default in (("layer", layer, "auto"), ("align_resolution", align_resolution, "input")):
             if not named_grad_cam and value != default:
                 raise fail(fn, arg, f"its default {default!r} when explainer is not the name of a Grad-CAM explainer "
@@ -153,8 +153,8 @@ class ALIGN(Recipe):
             raise fail(fn, "alignment", "a registered alignment loss name or an egl.losses.AlignmentLoss", "None",
                        "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
-        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and type(self.explainer) is not GradCAM:
-            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM itself",
+        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not same_maps_as_grad_cam(self.explainer):
+            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM",
                        f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM maps of every class; "
                        f"explainer={type(self.explainer).__name__})",
                        "Use explainer='grad_cam' with this loss, or a loss such as 'bce' or 'l1'")

@@ -15,6 +15,7 @@ import torch
 from _helpers import make_model
 from torch import Tensor, nn
 
+import egl
 from egl import recipes
 from egl.backbones import _module
 from egl.errors import InputError
@@ -100,6 +101,16 @@ def test_at_a_pooled_linear_head_three_variants_reduce_to_grad_cam(images: Tenso
     w = model.fc.weight[TARGETS].clamp(min=0)
     manual = torch.einsum("bc,bchw->bhw", w, a)[:, None].clamp(min=0) / 4
     torch.testing.assert_close(LayerCAM(model, **kw)(images, TARGETS), manual)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_vit_pooled_path_equals_its_autograd_path(name: str, images: Tensor) -> None:
+    # average-pooled ViT tokens: signed activations, a uniform gradient over the patch tokens
+    model = make_model("test_vit", global_pool="avg", class_token=False)
+    maps = {p: VARIANTS[name](model, path=p, normalize=False, upsample=False)(images, TARGETS)
+            for p in ("pooled", "autograd")}
+    assert maps["autograd"].abs().max() > 0
+    assert rel_err(maps["pooled"], maps["autograd"]) < 1e-5
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -196,3 +207,19 @@ def test_align_refuses_a_variant_for_a_loss_on_every_class_map() -> None:
     model = make_model("test_resnet", eval_mode=False)
     with pytest.raises(InputError, match="'alignment'.*explainer=LayerCAM"):
         recipes.align(model, explainer="layer_cam", masker="ground_truth", alignment="energy_outside")
+
+    class MyCAM(GradCAM):  # a user's subclass that keeps Grad-CAM's weighting: its maps are Grad-CAM's
+        pass
+
+    recipes.align(model, explainer=MyCAM(model), masker="ground_truth", alignment="energy_outside")
+
+
+def test_errors_name_the_variant_and_the_argument(images: Tensor) -> None:
+    model = make_model("test_resnet")
+    with pytest.raises(InputError, match="^egl.explainers.LayerCAM: 'path' expected one of"):
+        LayerCAM(model, path="bogus")
+    with pytest.raises(InputError, match="^egl.explainers.grad_cam_plus_plus: 'path' expected one of"):
+        GradCAMPlusPlus(model, layer="layer3", path="closed_form")(images, TARGETS)
+    with pytest.raises(egl.ComponentNotFoundError,
+                       match="^egl.recipes.align: 'explainer' expected a registered explainer name, got 'layercam'"):
+        recipes.align(model, explainer="layercam", layer="layer3")
