@@ -41,18 +41,19 @@ from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
-__all__ = ["GradCAM", "grad_cam", "in_grad_cam_family", "same_maps_as_grad_cam"]  # (_Parts, _accumulate: for the variants)
+__all__ = ["GradCAM", "grad_cam", "CAMParts", "weight_dtype", "in_grad_cam_family", "same_maps_as_grad_cam"]
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
 
 
-# What every path hands to the epilogue: activations [B, C, h, w], channel weights [B, C], and the
-# scale of the weighted sum (1 / (h*w) where the weights are the gradient of a pooled head).
-_Parts = tuple[Tensor, Tensor, float]
+#: What every path hands to the epilogue: activations ``[B, C, h, w]``, channel weights ``[B, C]``
+#: and the scale of the weighted sum; the map is ``relu(scale * sum_c weights[:, c] * acts[:, c])``.
+CAMParts = tuple[Tensor, Tensor, float]
 
 
-def _accumulate(*ts: Tensor) -> torch.dtype:
-    """The dtype the variants' weights are computed in: float32, or float64 for float64 inputs."""
+def weight_dtype(*ts: Tensor) -> torch.dtype:
+    """The dtype a weighting computes in: float32 (half-precision sums of ``A * g`` lose too
+    much), or float64 where an input is float64."""
     out = torch.float32
     for t in ts:
         out = torch.promote_types(out, t.dtype)
@@ -195,7 +196,7 @@ class GradCAM(Explainer):
         return self.path
 
     def _from_features(self, x: Tensor, tgt: Targets | None, create_graph: bool,
-                       fn: str) -> tuple[_Parts, Tensor]:
+                       fn: str) -> tuple[CAMParts, Tensor]:
         model: Any = self.model
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         feats, target = self._features(x, create_graph, fn)
@@ -210,7 +211,7 @@ class GradCAM(Explainer):
                 w = model.get_classifier().weight[t]  # [B, C]
                 if self.detach_weights:
                     w = w.detach()
-                return self._weigh_uniform(a, w.to(a.dtype), 1.0 / (a.shape[-2] * a.shape[-1])), logits
+                return self.weigh_uniform(a, w.to(a.dtype), 1.0 / (a.shape[-2] * a.shape[-1])), logits
         if path == "pooled":
             return self._pooled(feats, tgt, create_graph, fn, hw)
         # autograd over the feature output
@@ -233,7 +234,7 @@ class GradCAM(Explainer):
         return feats, target
 
     def _pooled(self, feats: Tensor, tgt: Targets | None, create_graph: bool, fn: str,
-                hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
+                hw: tuple[int, int]) -> tuple[CAMParts, Tensor]:
         model: Any = self.model
         fmt = self._target.fmt  # type: ignore[union-attr]
         head_in = pool_features(feats, fmt, model)
@@ -251,10 +252,10 @@ class GradCAM(Explainer):
             else:
                 weights = g.flatten(1)
                 a = _to_nchw(feats, fmt, model, hw)
-            return self._weigh_uniform(a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
+            return self.weigh_uniform(a, weights, 1.0 / (a.shape[-2] * a.shape[-1])), logits
 
     def _cam_from_grad(self, act: Tensor, logits: Tensor, tgt: Targets | None, create_graph: bool,
-                       fn: str, fmt: str, hw: tuple[int, int]) -> tuple[_Parts, Tensor]:
+                       fn: str, fmt: str, hw: tuple[int, int]) -> tuple[CAMParts, Tensor]:
         with torch.enable_grad():
             t = _pick(logits, tgt, fn, act.shape[0])
             score = logits.gather(1, t[:, None]).float().sum()  # float32: a float16 sum can overflow
@@ -272,28 +273,45 @@ class GradCAM(Explainer):
             g = _to_nchw(grad, fmt, self.model, hw)
             if self.detach_weights:
                 g = g.detach()
-            return self._weigh(a, g), logits
+            return self.weigh(a, g), logits
 
-    # -- the channel weighting: what Grad-CAM's variants override -------------------------------
-    def _weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> _Parts:
-        """The epilogue's inputs when the gradient is the same at every position:
-        ``d s_y / d A_k[i, j] = scale * w[:, k]`` (a pooled head). Grad-CAM: ``alpha = scale * w``."""
+    # -- the weighting: what Grad-CAM's variants (and a plugin's) override ---------------------
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
+        """The epilogue's inputs where the gradient is the same at every position (the
+        closed-form and pooled paths): ``d s_y / d A[:, k, i, j] = scale * w[:, k]``.
+
+        Args:
+            a: the target layer's activations ``[B, C, h, w]``.
+            w: ``[B, C]``: ``W[y]`` of a linear head, or the gradient at the pooled features.
+            scale: ``1 / (h * w)``.
+
+        Returns:
+            :data:`CAMParts`; Grad-CAM's is ``(a, w, scale)`` (``alpha = scale * w``).
+        """
         return a, w, scale
 
-    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
-        """The epilogue's inputs from the gradient ``g = d s_y / d A`` (``[B, C, h, w]``, like ``a``).
-        Grad-CAM: ``alpha_k = mean_ij g_k``."""
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        """The epilogue's inputs from the gradient ``g = d s_y / d A`` (the autograd path).
+
+        Args:
+            a: the target layer's activations ``[B, C, h, w]``.
+            g: the target logit's gradient, like ``a`` (detached with ``detach_weights=True``;
+                float32 when it comes loss-scaled).
+
+        Returns:
+            :data:`CAMParts`; Grad-CAM's is ``(a, mean_ij g, 1)``. A per-position weighting
+            returns its map summed over channels, ``([B, 1, h, w], ones [B, 1], 1)``.
+        """
         return a, g.mean(dim=(2, 3)), 1.0
 
-    def _weight_input(self, t: Tensor) -> Tensor:
-        """``t`` as a term of the channel weights, in float32 at least (float64 stays): detached
-        with ``detach_weights=True``."""
+    def weight_input(self, t: Tensor) -> Tensor:
+        """``t`` (activations) as a term of the channel weights: in :func:`weight_dtype`, and
+        detached with ``detach_weights=True`` (the weights are then constants)."""
         t = t.detach() if self.detach_weights else t
-        return t.to(_accumulate(t))
-
+        return t.to(weight_dtype(t))
 
     def _from_hook(self, x: Tensor, tgt: Targets | None, create_graph: bool,
-                   fn: str) -> tuple[_Parts, Tensor]:
+                   fn: str) -> tuple[CAMParts, Tensor]:
         self._choose("none", fn)
         self.last_path = "autograd"
         act, logits, fmt = self._hooked_activation(x, create_graph, fn)
@@ -359,8 +377,8 @@ def same_maps_as_grad_cam(explainer: object) -> bool:
     """Whether ``explainer`` computes Grad-CAM's maps: a :class:`GradCAM`, or a subclass that keeps
     its channel weighting (a variant such as LayerCAM overrides it)."""
     cls = type(explainer)
-    return (isinstance(explainer, GradCAM) and cls._weigh is GradCAM._weigh
-            and cls._weigh_uniform is GradCAM._weigh_uniform)
+    return (isinstance(explainer, GradCAM) and cls.weigh is GradCAM.weigh
+            and cls.weigh_uniform is GradCAM.weigh_uniform)
 
 
 def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

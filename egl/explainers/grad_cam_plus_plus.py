@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, _Parts
+from egl.explainers.grad_cam import GradCAM, CAMParts
 
 __all__ = ["GradCAMPlusPlus", "grad_cam_plus_plus", "DENOMINATOR_MIN"]
 
@@ -53,15 +53,15 @@ class GradCAMPlusPlus(GradCAM):
 
     name = "grad_cam_plus_plus"
 
-    def _weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> _Parts:
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
         # g = scale * w at all h*w positions: alpha = h*w * ReLU(g) / (2 + S g) = ReLU(w) / (2 + S g)
-        total = self._weight_input(a).sum(dim=(2, 3))  # [B, C]
+        total = self.weight_input(a).sum(dim=(2, 3))  # [B, C]
         wf = w.to(total.dtype)
         alpha = torch.relu(wf) / (2 + total * (scale * wf)).clamp(min=DENOMINATOR_MIN)
         return a, alpha.to(w.dtype), 1.0
 
-    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
-        total = self._weight_input(a).sum(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        total = self.weight_input(a).sum(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
         gf = g.to(total.dtype)
         alpha = (torch.relu(gf) / (2 + total * gf).clamp(min=DENOMINATOR_MIN)).sum(dim=(2, 3))
         return a, alpha, 1.0

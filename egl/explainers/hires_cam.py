@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, _accumulate, _Parts
+from egl.explainers.grad_cam import GradCAM, weight_dtype, CAMParts
 
 __all__ = ["HiResCAM", "hires_cam"]
 
@@ -39,10 +39,10 @@ class HiResCAM(GradCAM):
 
     name = "hires_cam"
 
-    # _weigh_uniform: Grad-CAM's (a uniform gradient times the activations is Grad-CAM)
+    # weigh_uniform: Grad-CAM's (a uniform gradient times the activations is Grad-CAM)
 
-    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
-        dt = _accumulate(a, g)
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        dt = weight_dtype(a, g)
         m = (g.to(dt) * a.to(dt)).sum(dim=1, keepdim=True)  # [B, 1, h, w]
         return m, m.new_ones(m.shape[0], 1), 1.0
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, _accumulate, _Parts
+from egl.explainers.grad_cam import GradCAM, weight_dtype, CAMParts
 
 __all__ = ["LayerCAM", "layer_cam"]
 
@@ -40,11 +40,11 @@ class LayerCAM(GradCAM):
 
     name = "layer_cam"
 
-    def _weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> _Parts:
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
         return a, torch.relu(w), scale
 
-    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
-        dt = _accumulate(a, g)
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        dt = weight_dtype(a, g)
         m = (torch.relu(g.to(dt)) * a.to(dt)).sum(dim=1, keepdim=True)  # [B, 1, h, w]
         return m, m.new_ones(m.shape[0], 1), 1.0
 

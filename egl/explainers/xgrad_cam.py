@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, _Parts
+from egl.explainers.grad_cam import GradCAM, CAMParts
 
 __all__ = ["XGradCAM", "xgrad_cam"]
 
@@ -49,12 +49,12 @@ class XGradCAM(GradCAM):
 
     name = "xgrad_cam"
 
-    def _weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> _Parts:
-        total = self._weight_input(a).sum(dim=(2, 3))  # [B, C]
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
+        total = self.weight_input(a).sum(dim=(2, 3))  # [B, C]
         return a, w * (total != 0).to(w.dtype), scale
 
-    def _weigh(self, a: Tensor, g: Tensor) -> _Parts:
-        af = self._weight_input(a)
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        af = self.weight_input(a)
         alpha = _safe_divide((af * g.to(af.dtype)).sum(dim=(2, 3)), af.sum(dim=(2, 3)))
         return a, alpha, 1.0
 

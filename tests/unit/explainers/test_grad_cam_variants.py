@@ -159,7 +159,7 @@ def test_plus_plus_clamps_a_vanishing_denominator() -> None:
     cam = GradCAMPlusPlus(make_model("test_resnet"))
     a = torch.tensor([[[[-1.0, 0.0]], [[1.0, 2.0]]]])  # [1, 2, 1, 2]: sums -1 and 3
     g = torch.tensor([[[[2.0, 0.0]], [[0.5, -1.0]]]])
-    _, alpha, _ = cam._weigh(a, g)
+    _, alpha, _ = cam.weigh(a, g)
     torch.testing.assert_close(alpha, torch.tensor([[2.0 / 1.0, 0.5 / (2 + 3 * 0.5)]]))
 
 
@@ -167,11 +167,11 @@ def test_xgrad_gives_a_zero_sum_channel_weight_zero() -> None:
     cam = XGradCAM(make_model("test_resnet"))
     a = torch.tensor([[[[1.0, -1.0]], [[1.0, 3.0]]]], requires_grad=True)  # channel 0 sums to 0
     g = torch.tensor([[[[5.0, 5.0]], [[2.0, 1.0]]]])
-    _, alpha, _ = cam._weigh(a, g)
+    _, alpha, _ = cam.weigh(a, g)
     torch.testing.assert_close(alpha, torch.tensor([[0.0, (2.0 + 3.0) / 4.0]]))
     alpha.sum().backward()
     assert torch.isfinite(a.grad).all()
-    _, w, _ = cam._weigh_uniform(a, torch.tensor([[7.0, 7.0]]), 0.5)
+    _, w, _ = cam.weigh_uniform(a, torch.tensor([[7.0, 7.0]]), 0.5)
     torch.testing.assert_close(w, torch.tensor([[0.0, 7.0]]))
 
 
