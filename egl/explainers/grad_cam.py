@@ -308,7 +308,7 @@ class GradCAM(Explainer):
         """``t`` (activations) as a term of the channel weights: in :func:`weight_dtype`, and
         detached with ``detach_weights=True`` (the weights are then constants)."""
         t = t.detach() if self.detach_weights else t
-        return t.to(weight_dtype(t))
+        return t.to(dtype=weight_dtype(t))
 
     def _from_hook(self, x: Tensor, tgt: Targets | None, create_graph: bool,
                    fn: str) -> tuple[CAMParts, Tensor]:
