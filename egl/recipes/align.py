@@ -43,7 +43,7 @@ Choices where the paper is silent (all arguments):
   batch differed by 0.11 (mean absolute) after 1 step, 0.18 after 10, 0.26 after 40 (means
   0.34 vs 0.55). ``"batch"`` takes the masks with the batch's own statistics (the masks the
   masker phase just optimised; running statistics untouched) while the recipe trains, and
-  eval-mode masks when it is evaluated. On the demo's benchmark (2 seeds) the two gave
+  eval-mode masks when it is evaluated. On the demo's benchmark (4 seeds) the two gave
   classifiers within noise of each other (docs/recipes.md has the numbers).
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
