@@ -6,7 +6,6 @@ Every value the paper leaves open is a key here, so a run's JSONL log records it
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
 from typing import Any
@@ -157,6 +156,8 @@ def check_keys(cfg: dict[str, Any], reference: dict[str, Any] | None = None) -> 
 
 
 def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]) -> None:
+    import difflib
+
     for k, v in cfg.items():
         where = (*path, str(k))
         if where in _OPEN or where == ("methods",):
@@ -230,16 +231,11 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
 
 
 def check_explainer(name: object, fn: str, arg: str = "eval.explainer") -> None:
-    """``eval.explainer`` (or the CLI's ``--explainer``): a registered explainer's name (plugins' included)."""
-    from egl.registry import list_components
+    """``eval.explainer`` (or the CLI's ``--explainer``): a registered explainer's name (plugins'
+    included); else the registry's error, naming ``arg`` with "did you mean" and the names there are."""
+    from egl.registry import _lookup
 
-    names = list_components("explainer")
-    if not isinstance(name, str) or name not in names:
-        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise fail(fn, arg, f"a registered explainer name: {', '.join(names)}", f"{name!r}{hint}",
-                   f"Pass e.g. {'--explainer grad_cam' if arg.startswith('--') else arg + '=grad_cam'}; "
-                   "a third-party explainer needs its plugin installed")
+    _lookup("explainer", name, fn, arg)
 
 
 def _is_number(v: object) -> bool:

@@ -41,7 +41,7 @@ from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
 from egl.kernels.cam_epilogue import BACKENDS, cam_epilogue
 
-__all__ = ["GradCAM", "grad_cam", "CAMParts", "weight_dtype", "in_grad_cam_family", "same_maps_as_grad_cam"]
+__all__ = ["GradCAM", "grad_cam", "CAMParts", "position_map", "weight_dtype", "in_grad_cam_family", "same_maps_as_grad_cam"]
 
 PATHS = ("auto", "closed_form", "pooled", "autograd")
 
@@ -58,6 +58,11 @@ def weight_dtype(*ts: Tensor) -> torch.dtype:
     for t in ts:
         out = torch.promote_types(out, t.dtype)
     return out
+
+
+def position_map(m: Tensor, scale: float = 1.0) -> CAMParts:
+    """A per-position weighting's map summed over channels, ``m: [B, 1, h, w]``, as :data:`CAMParts`."""
+    return m, m.new_ones(m.shape[0], 1), scale
 
 
 def _to_nchw(a: Tensor, fmt: str, model: nn.Module, hw: tuple[int, int]) -> Tensor:
@@ -300,7 +305,7 @@ class GradCAM(Explainer):
 
         Returns:
             :data:`CAMParts`; Grad-CAM's is ``(a, mean_ij g, 1)``. A per-position weighting
-            returns its map summed over channels, ``([B, 1, h, w], ones [B, 1], 1)``.
+            returns its map summed over channels through :func:`position_map`.
         """
         return a, g.mean(dim=(2, 3)), 1.0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, weight_dtype, CAMParts
+from egl.explainers.grad_cam import CAMParts, GradCAM, position_map, weight_dtype
 
 __all__ = ["HiResCAM", "hires_cam"]
 
@@ -43,8 +43,7 @@ class HiResCAM(GradCAM):
 
     def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
         dt = weight_dtype(a, g)
-        m = (g.to(dt) * a.to(dt)).sum(dim=1, keepdim=True)  # [B, 1, h, w]
-        return m, m.new_ones(m.shape[0], 1), 1.0
+        return position_map((g.to(dt) * a.to(dt)).sum(dim=1, keepdim=True))
 
 
 def hires_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, weight_dtype, CAMParts
+from egl.explainers.grad_cam import CAMParts, GradCAM, position_map, weight_dtype
 
 __all__ = ["LayerCAM", "layer_cam"]
 
@@ -45,8 +45,7 @@ class LayerCAM(GradCAM):
 
     def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
         dt = weight_dtype(a, g)
-        m = (torch.relu(g.to(dt)) * a.to(dt)).sum(dim=1, keepdim=True)  # [B, 1, h, w]
-        return m, m.new_ones(m.shape[0], 1), 1.0
+        return position_map((torch.relu(g.to(dt)) * a.to(dt)).sum(dim=1, keepdim=True))
 
 
 def layer_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl.explainers.grad_cam import GradCAM, CAMParts
+from egl.explainers.grad_cam import CAMParts, GradCAM
 
 __all__ = ["XGradCAM", "xgrad_cam"]
 

@@ -294,4 +294,3 @@ def _plain_mixup(regularizer: Any) -> bool:
 def align(model: nn.Module, **kwargs: Any) -> ALIGN:
     """Build an :class:`ALIGN` recipe: ``recipes.align(model).fit(loader, steps=1000)``."""
     return ALIGN(model, **kwargs)
-

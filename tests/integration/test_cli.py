@@ -57,7 +57,7 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert other["acc"] == row["acc"] and other["energy"] != row["energy"]  # same model, other maps
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "eval.explainer=gradcam"]) == 1
     assert "'eval.explainer' expected a registered explainer name" in (err := capsys.readouterr().err)
-    assert "did you mean 'grad_cam'?" in err
+    assert "Did you mean 'grad_cam'" in err
     capsys.readouterr()  # a device this machine lacks, or a bad eval value, is named (a raw torch error before)
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", "train.device=cuda:99"]) == 1
     assert "egl.experiments: 'train.device' expected a device this machine has" in capsys.readouterr().err
