@@ -1,6 +1,9 @@
-"""Data: the built-in synthetic shortcut benchmark and DomainBed-layout folders."""
+"""Data: the built-in synthetic shortcut benchmark, DomainBed-layout folders, and training
+augmentation that moves masks with their images."""
 
+from egl.data.augment import PRESETS, Augment, Augmented
 from egl.data.domain_folder import DomainFolder
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
-__all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder"]
+__all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "Augment", "Augmented",
+           "PRESETS"]

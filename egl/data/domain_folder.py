@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from egl._check import check_choice, check_flag, check_int, fail
+from egl.data.augment import as_augment
 from egl.data.image_file import read_levels
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
@@ -142,7 +143,10 @@ def _split(samples: list[Sample], domains: Sequence[str], split: str, seed: int)
         items = [s for s in samples if s.domain == d]
         # seeded by the domain's name, not its position in ``domains``: loaded alone or with
         # others, a domain splits the same way (by position, train and test could overlap)
-        g = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(name.encode("utf-8")))
+        key = seed * 7919 + zlib.crc32(name.encode("utf-8"))
+        if not -(2**63) <= key < 2**64:  # outside what manual_seed takes: folded in (the range's splits unchanged)
+            key %= 2**64
+        g = torch.Generator().manual_seed(key)
         order = torch.randperm(len(items), generator=g).tolist()
         n = len(items)
         a, b = round(lo * n), round(hi * n)
@@ -163,6 +167,10 @@ class DomainFolder(Dataset):
         verify: open every image at construction to find unreadable files.
         on_error: ``"raise"`` or ``"skip"`` for unreadable images found by ``verify``.
         allow_missing_classes: accept domains that lack some classes.
+        augment: training augmentation, masks moved with their images (:class:`~egl.data.Augment`):
+            a preset name (``"domainbed"``, ``"flip"``, ``"none"``), a dict of ``Augment``'s
+            settings, an ``Augment``, or None (default). The crop is taken from the file at its
+            own resolution and resized to ``image_size`` once, as DomainBed's transform does.
 
     Masks are read as 0-255 (0-65535 for 16-bit files; a colour mask by its brightest channel)
     or, when their largest level is 1, as 0/1. A largest level from 2 to ``LABEL_MAX`` (15) is
@@ -175,7 +183,7 @@ class DomainFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", *, domains: Sequence[str] | None = None,
                  image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
-                 allow_missing_classes: bool = False) -> None:
+                 allow_missing_classes: bool = False, augment: object = None) -> None:
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
         check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
@@ -183,6 +191,7 @@ class DomainFolder(Dataset):
             raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
         seed = int(seed)
         check_flag(verify, _FN, "verify")
+        self.augment = as_augment(augment, _FN)
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:
             samples = self._verify(samples, on_error)
@@ -232,24 +241,33 @@ class DomainFolder(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         s = self.samples[i]
         image, image_full = self._read(s.path, "RGB")
-        item = {"image": self._resize(image.float().div_(image_full)), "label": torch.tensor(s.label),
+        item = {"image": image.float().div_(image_full), "label": torch.tensor(s.label),
                 "domain": torch.tensor(s.domain)}
         if s.mask is not None:
-            mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
-            mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
-            if mask.shape[-2:] != image.shape[-2:]:
-                raise fail(_FN, "root", "a mask of its image's size",
-                           f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
-                           f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
-                           "Save the mask at its image's size (a stretched mask would point elsewhere)")
-            top = int(mask.max())
-            if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
-                self._warned_label_mask = True
-                warnings.warn(f"{_FN}: the mask '{s.mask}' has levels 0 to {top}: read as 0-{mask_full} "
-                              f"({mask_full} = foreground) it is nearly empty. If it is a class-label image (0/1/2 "
-                              "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
-                              "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
-                              "once per data set.)", stacklevel=2)
-            full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
-            item["mask"] = self._resize(mask.float().div_(full))
+            item["mask"] = self._read_mask(s, image.shape[-2:])
+        if self.augment is not None:
+            return self.augment(item, size=(self.image_size, self.image_size))
+        item["image"] = self._resize(item["image"])
+        if "mask" in item:
+            item["mask"] = self._resize(item["mask"])
         return item
+
+    def _read_mask(self, s: Sample, size: torch.Size) -> Tensor:
+        """``s``'s mask at its file's resolution, ``[1, H, W]`` in [0, 1]."""
+        mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
+        mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
+        if mask.shape[-2:] != size:
+            raise fail(_FN, "root", "a mask of its image's size",
+                       f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
+                       f"{size[-1]}x{size[-2]} (width x height)",
+                       "Save the mask at its image's size (a stretched mask would point elsewhere)")
+        top = int(mask.max())
+        if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
+            self._warned_label_mask = True
+            warnings.warn(f"{_FN}: the mask '{s.mask}' has levels 0 to {top}: read as 0-{mask_full} "
+                          f"({mask_full} = foreground) it is nearly empty. If it is a class-label image (0/1/2 "
+                          "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
+                          "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
+                          "once per data set.)", stacklevel=3)
+        full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
+        return mask.float().div_(full)

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "num_workers": 0,
         "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
+        "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
+                                      # of egl.data.Augment settings; masks are moved with their images
     },
     "model": {
         "arch": "resnet10t",          # any timm architecture, created with random weights...
@@ -180,11 +182,12 @@ def check_values(cfg: dict[str, Any]) -> None:
     """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
     ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
-    ``train.progress``, ``data.batch_size``, ``data.num_workers``, ``data.image_size``,
+    ``train.progress``, ``data.batch_size``, ``data.num_workers``, ``data.image_size``, ``data.augment``,
     ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
     ``train.device`` names a device this machine has, and ``model.arch``, ``model.kwargs`` and
     ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
     Runs after :func:`check_keys` and before the data set is built (folder data reads ``data.image_size``)."""
+    from egl.data.augment import as_augment
     from egl.experiments.models import check_model
 
     fn = "egl.experiments"
@@ -205,6 +208,7 @@ def check_values(cfg: dict[str, Any]) -> None:
     if d.get("name", "synthetic") == "synthetic" and d.get("image_size", 64) != 64:  # (egl explain reads it)
         raise fail(fn, "data.image_size", "64 for the synthetic data (its images are drawn at 64 px)",
                    repr(d.get("image_size")), "Leave data.image_size out, or use data.name=folder")
+    as_augment(d.get("augment"), fn, "data.augment")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)
 

@@ -13,6 +13,9 @@ they are the test split (20 %) of every domain, named by the domain.
   (DomainBed's protocol), named ``all-but-<domain>``;
 * a list of domain names -- those pooled (one run), named ``A+B``.
 
+``data.augment`` augments the training sets only (masks moved with their images,
+:class:`egl.data.Augment`); validation and test sets are read as they are.
+
 A test split is *in distribution* for a run when it is drawn from one of the run's training
 domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
 """
@@ -26,6 +29,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from egl._check import check_choice, check_int, fail
+from egl.data.augment import Augmented, as_augment
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
 
@@ -142,16 +146,22 @@ def _synthetic_config(fields: dict[str, Any]) -> Any:
     return SyntheticConfig(**kw)
 
 
+def _augmented(ds: Dataset, augment: Any) -> Dataset:
+    return ds if augment is None else Augmented(ds, augment)
+
+
 def load_source(data: dict[str, Any]) -> Source:
     """Build the :class:`Source` described by a config's ``data`` section."""
     check_choice(data.get("name"), ("synthetic", "folder"), "egl.experiments", "data.name")
+    augment = as_augment(data.get("augment"), "egl.experiments", "data.augment")  # training sets only
     if data["name"] == "synthetic":
         from egl.data.synthetic import NUM_CLASSES, build
 
         cfg = _synthetic_config(data.get("synthetic") or {})
         splits = build(cfg)
         domains = [f"domain{d}" for d in range(len(cfg.p))]
-        train = {name: _select(splits["train"], splits["train"]["domain"] == d) for d, name in enumerate(domains)}
+        train = {name: _augmented(_select(splits["train"], splits["train"]["domain"] == d), augment)
+                 for d, name in enumerate(domains)}
         val = {name: _select(splits["val"], splits["val"]["domain"] == d) for d, name in enumerate(domains)}
         tests: dict[str, Dataset] = {
             f"test_id/{name}": _select(splits["test_id"], splits["test_id"]["domain"] == d)
@@ -169,7 +179,8 @@ def load_source(data: dict[str, Any]) -> Source:
                      note="(the side images are resized to)", fix="Set e.g. data.image_size=64")
     kw = {"domains": data.get("domains"), "image_size": size}
     full = DomainFolder(data["root"], "all", **kw)
-    per_split = {s: DomainFolder(data["root"], s, **kw) for s in ("train", "val", "test")}
+    per_split = {s: DomainFolder(data["root"], s, **kw, augment=augment if s == "train" else None)
+                 for s in ("train", "val", "test")}
 
     def by_domain(ds: DomainFolder) -> dict[str, Dataset]:
         return {name: Subset(ds, [i for i, s in enumerate(ds.samples) if s.domain == d])

@@ -46,6 +46,11 @@ BAD = [
                           r"Set e\.g\. data\.batch_size=64\."),
     ("data.num_workers=-1", r"'data.num_workers' expected an int >= 0 \(0: load in the main process\), got -1\."),
     ("data.image_size=0", r"'data.image_size' expected an int >= 1 .*, got 0\. Set e\.g\. data\.image_size=64\."),
+    ("data.augment=crops", r"'data.augment' expected one of \['none', 'flip', 'domainbed'\], a dict of Augment "
+                           r"settings or an Augment, got 'crops'\. Pick e\.g\. 'domainbed'"),
+    ("data.augment.flips=0.5", r"'data.augment.flips' expected one of Augment's settings \['crop_scale', .*\], got "
+                               r"the unknown key 'flips'\. Did you mean 'data.augment.flip'\?"),
+    ("data.augment.hue=0.9", r"'data.augment.hue' expected a number in \[0, 0.5\] \(0 turns it off\), got 0.9\."),
     ("eval.batch_size=2.5", r"'eval.batch_size' expected an int >= 1, got 2\.5\. Set e\.g\. eval\.batch_size=256\."),
     ("eval.explain_samples=-1", r"'eval.explain_samples' expected an int >= 0 \(0: no saliency metrics\), got -1\."),
     ("eval.ks=[0, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[0, 5\]\."),

@@ -66,3 +66,22 @@ def test_a_tensor_dict_of_unequal_lengths_or_no_tensors_is_named() -> None:
         with pytest.raises(egl.InputError, match=r"'tensors' expected a non-empty dict of tensors"):
             TensorDictDataset(bad)
     assert len(TensorDictDataset({"label": torch.arange(3)})) == 3
+
+
+def test_data_augment_applies_to_training_sets_only(folder: dict) -> None:
+    import torch
+
+    from egl.data import Augment, Augmented
+
+    source = load_source({**folder, "augment": {"crop_scale": [0.5, 0.9]}})
+    assert all(isinstance(ds.dataset.augment, Augment) for ds in source.train.values())  # Subset of a DomainFolder
+    assert source.train["A"].dataset.augment.crop_scale == (0.5, 0.9)
+    assert all(ds.dataset.augment is None for part in (source.val, source.tests) for ds in part.values())
+    torch.manual_seed(0)
+    assert source.train["A"][0]["image"].shape == (3, 32, 32)
+    tiny = {"train_per_domain": 8, "val_per_domain": 2, "test_per_split": 4}
+    synthetic = load_source({"name": "synthetic", "synthetic": tiny, "augment": "domainbed"})
+    assert all(isinstance(ds, Augmented) for ds in synthetic.train.values())
+    assert not any(isinstance(ds, Augmented) for part in (synthetic.val, synthetic.tests) for ds in part.values())
+    plain = load_source({"name": "synthetic", "synthetic": tiny, "augment": "none"})
+    assert not any(isinstance(ds, Augmented) for ds in plain.train.values())
