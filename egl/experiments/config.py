@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "steps": 300,
         "lr": 1e-3,                   # from scratch; DomainBed's 5e-5 is for pretrained backbones
+        "lr_schedule": None,          # None: constant (DomainBed's, ALIGN's); "cosine", "linear", or
+                                      # {shape: cosine, warmup: 100, final: 0.0} (egl.train.LRSchedule)
         "seeds": [0],
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
@@ -182,13 +184,14 @@ def check_values(cfg: dict[str, Any]) -> None:
     """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
     ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
-    ``train.progress``, ``data.batch_size``, ``data.num_workers``, ``data.image_size``, ``data.augment``,
-    ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
+    ``train.progress``, ``train.lr_schedule``, ``data.batch_size``, ``data.num_workers``,
+    ``data.image_size``, ``data.augment``, ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
     ``train.device`` names a device this machine has, and ``model.arch``, ``model.kwargs`` and
     ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
     Runs after :func:`check_keys` and before the data set is built (folder data reads ``data.image_size``)."""
     from egl.data.augment import as_augment
     from egl.experiments.models import check_model
+    from egl.train.lr_schedule import LRSchedule
 
     fn = "egl.experiments"
     t, d = cfg["train"], cfg.get("data") or {}
@@ -196,6 +199,8 @@ def check_values(cfg: dict[str, Any]) -> None:
     lr = t.get("lr")
     if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
+    if t.get("lr_schedule") is not None:
+        LRSchedule.parse(t["lr_schedule"], fn, "train.lr_schedule")
     _check_seeds(t.get("seeds"))
     check_choice(t.get("precision", "fp32"), ("fp32", "bf16", "fp16"), fn, "train.precision")
     check_flag(t.get("progress", True), fn, "train.progress")

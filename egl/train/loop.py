@@ -29,6 +29,7 @@ from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, check_loader, get_rng_state,
                                   latest_checkpoint, load_checkpoint, os_reason, save_checkpoint, set_rng_state)
 from egl.train.loss_scale import LossScaler
+from egl.train.lr_schedule import LRSchedule, describe_schedulers, resolve_schedulers, step_schedulers
 from egl.train.validation import Validation
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
           stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
           validation: Validation | None = None, numerics: dict[str, Any] | None = None,
-          train_seconds: float = 0.0) -> None:
+          train_seconds: float = 0.0, schedulers: dict[str, Any] | None = None) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
@@ -141,12 +142,14 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
         state["validation"] = validation.state_dict()
     if numerics is not None:
         state["numerics"] = numerics
+    if schedulers:
+        state["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
     save_checkpoint(state, path)
 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
             device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None,
-            numerics: dict[str, Any] | None = None) -> tuple[int, float]:
+            numerics: dict[str, Any] | None = None, schedulers: dict[str, Any] | None = None) -> tuple[int, float]:
     """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step
     and training seconds (0 from checkpoints of older egl versions). ``numerics`` (precision and
     memory layout of this run) is compared with the checkpoint's."""
@@ -180,10 +183,13 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
                    ", ".join(f"{k}: {b}" for k, (_, b) in wrong.items()),
                    "Resume with the same optimizer classes (their state and hyperparameters come from the "
                    "checkpoint), or resume=False to start afresh")
+    _check_schedulers(ckpt, schedulers or {}, path)
     _check_same_tensors(ckpt["recipe"], recipe.state_dict(), path)  # before anything is overwritten
     recipe.load_state_dict(ckpt["recipe"])
     for name, opt in opts.items():
         opt.load_state_dict(ckpt["optimizers"][name])
+    for name, sched in (schedulers or {}).items():
+        sched.load_state_dict(ckpt["schedulers"][name])
     for name, sc in (scalers or {}).items():  # a float16 run resumed from a float16 checkpoint
         if name in ckpt.get("loss_scalers", {}):
             sc.load_state_dict(ckpt["loss_scalers"][name])
@@ -200,6 +206,16 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
     stream.load_state_dict(mine["data"])
     set_rng_state(mine["rng"], device, stream.generators)
     return int(ckpt["step"]), float(ckpt.get("train_seconds", 0.0))
+
+
+def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:
+    """The run's schedulers are the checkpoint's phases' (a schedule dropped or added on resume
+    would train on at another rate than the interrupted run: refused, naming both)."""
+    saved = sorted(ckpt.get("schedulers", {}))
+    if saved != sorted(schedulers):
+        raise fail(FN, "lr_schedule", f"schedulers for the phases the checkpoint in {path.parent} has them for: "
+                   f"{saved}", f"{sorted(schedulers)}",
+                   "Resume with the lr_schedule (or schedulers) the run started with, or resume=False to start afresh")
 
 
 def _check_same_tensors(saved: dict[str, Any], mine: dict[str, Any], path: Path) -> None:
@@ -236,7 +252,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int = 1000, resume: bool = False,
         tensorboard_dir: str | os.PathLike[str] | None = None, precision: str = "fp32",
         loss_scale: dict[str, Any] | None = None, channels_last: bool | str = "auto",
-        validation: Validation | None = None) -> list[dict[str, float]]:
+        validation: Validation | None = None, lr_schedule: LRSchedule | str | dict[str, Any] | None = None,
+        schedulers: dict[str, Any] | None = None) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     ``recipe.train()`` is called for the call; every module gets back the mode it had before
@@ -281,6 +298,13 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             many steps and after the last, logged as ``val/acc`` and ``val/loss`` in that
             step's row; with ``select="acc"`` the recipe ends with the weights of its most
             accurate evaluation (a ``"select"`` event in the log says which).
+        lr_schedule: every phase's learning rate over the run (:class:`egl.train.LRSchedule`, a
+            shape name ``"constant"``/``"cosine"``/``"linear"``, or a dict of its fields, e.g.
+            ``{"shape": "cosine", "warmup": 500}``); None (default): the optimisers' own rate,
+            constant. Indexed by the run's step; each row logs ``"<phase>/lr"``, the rate that
+            step used; checkpoints keep the schedulers' state.
+        schedulers: your own ``torch.optim.lr_scheduler`` schedulers instead, one per phase name
+            at most, built on the ``optimizers`` you pass; stepped once after every step.
 
     Returns:
         The per-step logs of this call (``{"step": i, "<phase>/<term>": value, ...}``).
@@ -347,6 +371,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     if seed is not None:
         seed_everything(seed)
     opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
+    scheds = resolve_schedulers(lr_schedule, schedulers, opts, steps, FN)
     if device is None:
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
@@ -376,7 +401,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
             start, prior_seconds = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation,
-                                           numerics)
+                                           numerics, scheds)
             if start >= steps:
                 warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
@@ -399,6 +424,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                           "device": str(device), "world_size": dist_utils.world_size(),
                           "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
                           "checkpoint_every": checkpoint_every, "versions": _versions(), "time": time.time()}
+                if scheds:
+                    header["lr_schedule"] = describe_schedulers(scheds)
                 log.write(json.dumps(header) + "\n")
                 log.flush()
             if progress and main:
@@ -410,8 +437,13 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     batch = as_batch(next(stream), FN).to(device)
                     if channels_last:
                         batch.x = batch.x.contiguous(memory_format=memory_format)
+                    rates = {k: float(opts[k].param_groups[0]["lr"]) for k in scheds}  # the rates this step uses
                     with autocast():
                         logs = recipe.training_step(batch, step, opts, **step_kwargs)
+                    if scheds:  # the rate of each phase that ran (ALIGN's masker: after its warm-up)
+                        ran = {term.split("/")[0] for term in logs}
+                        logs.update({f"{k}/lr": v for k, v in rates.items() if k in ran})
+                        step_schedulers(scheds)
                     dist_utils.broadcast_buffers(recipe)
                     done = step + 1
                     if validation is not None and validation.due(done, steps):
@@ -429,7 +461,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
                         _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation, numerics,
-                              prior_seconds + time.time() - began)
+                              prior_seconds + time.time() - began, scheds)
             if validation is not None:
                 selected = validation.finish(recipe)
                 if log is not None and selected is not None:

@@ -46,6 +46,8 @@ BAD = [
                           r"Set e\.g\. data\.batch_size=64\."),
     ("data.num_workers=-1", r"'data.num_workers' expected an int >= 0 \(0: load in the main process\), got -1\."),
     ("data.image_size=0", r"'data.image_size' expected an int >= 1 .*, got 0\. Set e\.g\. data\.image_size=64\."),
+    ("train.lr_schedule=exp", r"'train.lr_schedule' expected one of \['constant', 'cosine', 'linear'\], got 'exp'\."),
+    ("train.lr_schedule.warmup=-5", r"'train.lr_schedule.warmup' expected an int >= 0, got -5\."),
     ("data.augment=crops", r"'data.augment' expected one of \['none', 'flip', 'domainbed'\], a dict of Augment "
                            r"settings or an Augment, got 'crops'\. Pick e\.g\. 'domainbed'"),
     ("data.augment.flips=0.5", r"'data.augment.flips' expected one of Augment's settings \['crop_scale', .*\], got "
