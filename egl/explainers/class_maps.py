@@ -6,33 +6,44 @@ pooling then ``Linear`` this is one forward pass and one einsum with the whole w
 matrix (``W · A / (h·w)``); otherwise one forward pass and K backward passes through
 what follows the target layer only (the head, or a ViT's last block and head), never
 through the trunk.
+
+``weighting=`` takes the channel weighting of a Grad-CAM variant instead (an explainer such
+as :class:`~egl.explainers.LayerCAM` or :class:`~egl.explainers.GradCAMPlusPlus`, or a
+plugin's subclass of :class:`~egl.explainers.GradCAM`): class ``k``'s map is the variant's raw
+map for target ``k`` (its ``weigh`` on the gradient of logit ``k``, or its ``weigh_uniform``
+on ``W[k]`` at a linear head), computed in float32 at least.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_grad
-from egl._check import check_logits
+from egl._check import check_logits, fail
 from egl.backbones import _LayoutError, head_kind, resolve_target, unsupported_model
 from egl.errors import UnsupportedModelError
 from egl.explainers.base import Explanation, double_backward_ready
-from egl.explainers.grad_cam import GradCAM, _to_nchw
+from egl.explainers.grad_cam import CAMParts, GradCAM, _to_nchw, same_maps_as_grad_cam
 
 __all__ = ["class_maps"]
 
 
-def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph: bool = False) -> Explanation:
-    """Raw signed Grad-CAM of all classes.
+def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph: bool = False,
+               weighting: GradCAM | None = None) -> Explanation:
+    """Raw signed Grad-CAM (or a variant's map) of all classes.
 
     Args:
         model: classifier returning logits ``[B, K]``.
         x: input batch.
         layer: Grad-CAM target layer (``"auto"`` or a dotted path).
         create_graph: keep the maps differentiable with respect to the model's parameters.
+        weighting: a :class:`~egl.explainers.GradCAM` (or variant) instance whose channel
+            weighting (``weigh`` / ``weigh_uniform``, and ``detach_weights``) makes the maps;
+            None (default) or one with Grad-CAM's weighting: Grad-CAM's maps.
 
     Returns:
         ``Explanation(saliency=[B, K, h, w], logits=[B, K])``.
@@ -47,12 +58,17 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
         torch.Size([2, 5, 2, 2])
     """
     fn = "egl.explainers.class_maps"
+    if weighting is not None and not isinstance(weighting, GradCAM):
+        raise fail(fn, "weighting", "a GradCAM instance or a variant's (LayerCAM, GradCAMPlusPlus, ...)",
+                   type(weighting).__name__, "Pass e.g. weighting=egl.explainers.LayerCAM(model), or leave it out "
+                   "for Grad-CAM")
     cam = GradCAM(model, layer, upsample=False, normalize=False, relu=False)
+    variant = weighting if weighting is not None and not same_maps_as_grad_cam(weighting) else None
     x = cam._check_input(x, create_graph)
     if cam._target is None:
         cam._target = resolve_target(model, layer, x, fn=fn)
     try:
-        maps, logits = _maps(cam, x, create_graph, fn)
+        maps, logits = _maps(cam, x, create_graph, fn, variant)
     except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works (as GradCAM does)
         if layer != "auto":
             raise
@@ -62,7 +78,17 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
     return Explanation(maps if create_graph else maps.detach(), logits if create_graph else logits.detach())
 
 
-def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor, Tensor]:
+def _raw(parts: CAMParts) -> Tensor:
+    """``scale * sum_c w[:, c] a[:, c]`` (``[B, h, w]``) in float32 at least."""
+    a, w, scale = parts
+    dt = torch.promote_types(a.dtype, torch.float32)
+    with torch.autocast(a.device.type, enabled=False) if torch.amp.is_autocast_available(a.device.type) else \
+            contextlib.nullcontext():
+        return torch.einsum("bc,bchw->bhw", w.to(dt), a.to(dt)) * scale
+
+
+def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM | None) -> tuple[Tensor, Tensor]:
+    """The maps and logits; ``variant``: the weighting of a Grad-CAM variant (None: Grad-CAM's)."""
     model: Any = cam.model
     target = cam._target
     assert target is not None
@@ -74,7 +100,12 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
                 with torch.set_grad_enabled(create_graph):
                     logits = check_logits(model.forward_head(feats), x.shape[0], fn)
                     a = _to_nchw(feats, target.fmt, model, hw)
-                    maps = torch.einsum("kc,bchw->bkhw", model.get_classifier().weight.to(a.dtype), a)
+                    weight = model.get_classifier().weight.to(a.dtype)
+                    if variant is not None:  # d s_k / d A = W[k] / (h w) at every position
+                        scale = 1.0 / (a.shape[-2] * a.shape[-1])
+                        return torch.stack([_raw(variant.weigh_uniform(a, weight[k].expand(a.shape[0], -1), scale))
+                                            for k in range(weight.shape[0])], dim=1), logits
+                    maps = torch.einsum("kc,bchw->bkhw", weight, a)
                     return maps / (a.shape[-2] * a.shape[-1]), logits
             act = feats if create_graph else feats.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -95,6 +126,10 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor,
             reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):
+                if variant is not None:
+                    g = _to_nchw(g, fmt, model, hw)
+                    maps.append(_raw(variant.weigh(a, g.detach() if variant.detach_weights else g)))
+                    continue
                 alpha = _to_nchw(g, fmt, model, hw).mean(dim=(2, 3))
                 if a.dtype == torch.float16:  # in float32: loss-scaled inner gradients (egl._amp) are tiny
                     with torch.autocast(a.device.type, enabled=False):

@@ -66,7 +66,7 @@ from egl._deferred import carry_range
 from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
-from egl.explainers.grad_cam import in_grad_cam_family, same_maps_as_grad_cam
+from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
@@ -153,11 +153,12 @@ class ALIGN(Recipe):
             raise fail(fn, "alignment", "a registered alignment loss name or an egl.losses.AlignmentLoss", "None",
                        "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
-        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not same_maps_as_grad_cam(self.explainer):
-            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM",
-                       f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM maps of every class; "
+        if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
+            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM or a variant",
+                       f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM-family maps of every class; "
                        f"explainer={type(self.explainer).__name__})",
-                       "Use explainer='grad_cam' with this loss, or a loss such as 'bce' or 'l1'")
+                       "Use a Grad-CAM-family explainer (grad_cam, layer_cam, ...) with this loss, or a loss such as "
+                       "'bce' or 'l1'")
         self.regularizer = None if regularizer is None else resolve("regularizer", regularizer)
         self.sparsity_weight, self.smooth_weight = float(sparsity_weight), float(smooth_weight)
         self.align_weight, self.reg_weight = float(align_weight), float(reg_weight)
@@ -277,7 +278,7 @@ class ALIGN(Recipe):
         kind = getattr(self.alignment, "inputs", "saliency")
         if kind == "class_maps":  # signed maps of every class: one more forward pass of the classifier
             layer = getattr(self.explainer, "layer", "auto")
-            maps = class_maps(self.model, batch.x, layer=layer, create_graph=True).saliency
+            maps = class_maps(self.model, batch.x, layer=layer, create_graph=True, weighting=self.explainer).saliency
             return self.alignment(maps, masks)
         if kind == "batch":  # the loss differentiates the model itself (e.g. RRR)
             return self.alignment(self.model, batch.x, masks)

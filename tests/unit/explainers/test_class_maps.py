@@ -74,3 +74,61 @@ def test_maps_come_in_the_input_dtype_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = class_maps(model, torch.randn(2, 3, 64, 64))
     assert out.saliency.dtype == torch.float32
+
+
+VARIANTS = ["LayerCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM"]
+
+
+@pytest.mark.parametrize("layer", ["auto", "layer3"])  # closed form (pool + Linear) and per-class autograd
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_variant_weighting_gives_its_own_raw_map_for_every_class(variant: str, layer: str) -> None:
+    import egl.explainers as ex
+
+    cls = getattr(ex, variant)
+    model = make_model("test_resnet", output_stride=16).double()
+    x = torch.rand(3, 3, 64, 64, dtype=torch.float64)
+    maps = class_maps(model, x, layer=layer, weighting=cls(model)).saliency
+    own = cls(model, layer, upsample=False, normalize=False, relu=False)
+    ref = torch.cat([own(x, target=k) for k in range(NUM_CLASSES)], dim=1)
+    torch.testing.assert_close(maps, ref, rtol=1e-10, atol=1e-12)
+    if variant in ("LayerCAM", "GradCAMPlusPlus"):  # (HiResCAM and XGrad-CAM equal Grad-CAM at a linear head)
+        assert not torch.allclose(maps, class_maps(model, x, layer=layer).saliency)
+
+
+@pytest.mark.parametrize("name", ["test_convnext", "test_vit"])
+def test_a_variant_weighting_on_heads_that_are_not_pool_and_linear(name: str) -> None:
+    from egl.explainers import LayerCAM
+
+    model = make_model(name)
+    x = torch.randn(2, 3, 64, 64)
+    out = class_maps(model, x, weighting=LayerCAM(model), create_graph=True)
+    own = LayerCAM(model, upsample=False, normalize=False, relu=False)
+    for k in range(NUM_CLASSES):
+        torch.testing.assert_close(out.saliency[:, k:k + 1], own(x, target=k), atol=1e-6, rtol=1e-4)
+    out.saliency.abs().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
+
+
+def test_detach_weights_and_grad_cam_weighting() -> None:
+    from egl.explainers import GradCAM, GradCAMPlusPlus
+
+    model = make_model("test_resnet", output_stride=16)
+    x = torch.randn(2, 3, 64, 64)
+    plain = class_maps(model, x, layer="layer3").saliency
+    assert torch.equal(class_maps(model, x, layer="layer3", weighting=GradCAM(model)).saliency, plain)
+    free = class_maps(model, x, layer="layer3", create_graph=True, weighting=GradCAMPlusPlus(model))
+    held = class_maps(model, x, layer="layer3", create_graph=True,
+                      weighting=GradCAMPlusPlus(model, detach_weights=True))
+    torch.testing.assert_close(free.saliency, held.saliency)  # same values; the weights' graph differs
+    head = model.get_classifier().weight  # after the target layer: it reaches the maps through the weights only
+    assert torch.autograd.grad(free.saliency.sum(), head)[0].abs().sum() > 0
+    assert torch.autograd.grad(held.saliency.sum(), head, allow_unused=True)[0] is None
+
+
+def test_weighting_must_be_a_grad_cam() -> None:
+    import egl
+    from egl.explainers import InputGradient
+
+    model = make_model("test_resnet")
+    with pytest.raises(egl.InputError, match="class_maps: 'weighting' expected a GradCAM instance"):
+        class_maps(model, torch.randn(2, 3, 64, 64), weighting=InputGradient(model))

@@ -19,8 +19,10 @@ import egl
 from egl import recipes
 from egl.backbones import _module
 from egl.errors import InputError
-from egl.explainers import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from egl.explainers import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, class_maps
 from egl.kernels import triton_available
+from egl.losses import energy_outside
+from egl.recipes.batch import as_batch
 
 TARGETS = [0, 3, 1, 4]
 VARIANTS = {"hires_cam": HiResCAM, "layer_cam": LayerCAM, "xgrad_cam": XGradCAM, "grad_cam_plus_plus": GradCAMPlusPlus}
@@ -203,10 +205,24 @@ def test_align_takes_a_variant_by_name_with_its_layer(images: Tensor) -> None:
     assert torch.isfinite(loss) and model.conv1[0].weight.grad.abs().sum() > 0
 
 
-def test_align_refuses_a_variant_for_a_loss_on_every_class_map() -> None:
-    model = make_model("test_resnet", eval_mode=False)
-    with pytest.raises(InputError, match="'alignment'.*explainer=LayerCAM"):
-        recipes.align(model, explainer="layer_cam", masker="ground_truth", alignment="energy_outside")
+def test_align_reads_every_class_map_with_the_variant_weighting() -> None:
+    """energy_outside reads class_maps with the explainer's weighting (LayerCAM's here): the
+    alignment term equals the loss on LayerCAM's all-class maps, and differs from Grad-CAM's."""
+    model = make_model("test_resnet", eval_mode=False, output_stride=16)
+    x, y = torch.rand(4, 3, 64, 64), torch.tensor(TARGETS)
+    masks = (torch.rand(4, 1, 64, 64) > 0.5).float()
+    batch = as_batch({"image": x, "label": y, "mask": masks}, "test")
+    terms = {}
+    for name in ("layer_cam", "grad_cam"):
+        recipe = recipes.align(model, explainer=name, masker="ground_truth", alignment="energy_outside",
+                               warmup_steps=0)
+        terms[name] = recipe._align_term(batch, None)
+        weighting = LayerCAM(model) if name == "layer_cam" else None
+        expected = energy_outside(class_maps(model, x, create_graph=True, weighting=weighting).saliency, masks)
+        torch.testing.assert_close(terms[name], expected)
+    assert not torch.allclose(terms["layer_cam"], terms["grad_cam"])
+    terms["layer_cam"].backward()
+    assert model.conv1[0].weight.grad.abs().sum() > 0
 
     class MyCAM(GradCAM):  # a user's subclass that keeps Grad-CAM's weighting: its maps are Grad-CAM's
         pass
