@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 1e-3,                   # from scratch; DomainBed's 5e-5 is for pretrained backbones
         "lr_schedule": None,          # None: constant (DomainBed's, ALIGN's); "cosine", "linear", or
                                       # {shape: cosine, warmup: 100, final: 0.0} (egl.train.LRSchedule)
+        "grad_clip": None,            # None: no clipping (DomainBed's, ALIGN's); a max gradient norm for every phase
         "seeds": [0],
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
@@ -184,7 +185,7 @@ def check_values(cfg: dict[str, Any]) -> None:
     """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
     ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
-    ``train.progress``, ``train.lr_schedule``, ``data.batch_size``, ``data.num_workers``,
+    ``train.progress``, ``train.lr_schedule``, ``train.grad_clip``, ``data.batch_size``, ``data.num_workers``,
     ``data.image_size``, ``data.augment``, ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
     ``train.device`` names a device this machine has, and ``model.arch``, ``model.kwargs`` and
     ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
@@ -201,6 +202,10 @@ def check_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
     if t.get("lr_schedule") is not None:
         LRSchedule.parse(t["lr_schedule"], fn, "train.lr_schedule")
+    clip = t.get("grad_clip")
+    if clip is not None and not (_is_number(clip) and math.isfinite(clip) and clip > 0):
+        raise fail(fn, "train.grad_clip", "a finite max gradient norm > 0, or null (no clipping)", repr(clip)[:100],
+                   "Set e.g. train.grad_clip=1.0")
     _check_seeds(t.get("seeds"))
     check_choice(t.get("precision", "fp32"), ("fp32", "bf16", "fp16"), fn, "train.precision")
     check_flag(t.get("progress", True), fn, "train.progress")

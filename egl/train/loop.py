@@ -28,6 +28,7 @@ from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, check_loader, get_rng_state,
                                   latest_checkpoint, load_checkpoint, os_reason, save_checkpoint, set_rng_state)
+from egl.train.grad_clip import check_grad_clip, clip_gradients, read_norms
 from egl.train.loss_scale import LossScaler
 from egl.train.lr_schedule import LRSchedule, describe_schedulers, resolve_schedulers, step_schedulers
 from egl.train.validation import Validation
@@ -253,7 +254,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         tensorboard_dir: str | os.PathLike[str] | None = None, precision: str = "fp32",
         loss_scale: dict[str, Any] | None = None, channels_last: bool | str = "auto",
         validation: Validation | None = None, lr_schedule: LRSchedule | str | dict[str, Any] | None = None,
-        schedulers: dict[str, Any] | None = None) -> list[dict[str, float]]:
+        schedulers: dict[str, Any] | None = None,
+        grad_clip: float | dict[str, float] | None = None) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     ``recipe.train()`` is called for the call; every module gets back the mode it had before
@@ -305,6 +307,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             step used; checkpoints keep the schedulers' state.
         schedulers: your own ``torch.optim.lr_scheduler`` schedulers instead, one per phase name
             at most, built on the ``optimizers`` you pass; stepped once after every step.
+        grad_clip: clip each phase's gradients to this total L2 norm before its optimiser steps
+            (one number for every phase, or ``{phase: max_norm}``); the norm before clipping is
+            logged as ``"<phase>/grad_norm"``. None (default): no clipping (DomainBed, ALIGN).
+            See :mod:`egl.train.grad_clip`.
 
     Returns:
         The per-step logs of this call (``{"step": i, "<phase>/<term>": value, ...}``).
@@ -372,6 +378,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         seed_everything(seed)
     opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
     scheds = resolve_schedulers(lr_schedule, schedulers, opts, steps, FN)
+    max_norms = check_grad_clip(grad_clip, sorted(opts), FN)
     if device is None:
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
@@ -432,7 +439,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=steps, initial=min(start, steps), desc=recipe.name or "train", leave=False)
-            with dist_utils.sync_optimizers(opts):
+            with dist_utils.sync_optimizers(opts), clip_gradients(opts, max_norms) as norms:  # average, then clip
                 for step in range(start, steps):
                     batch = as_batch(next(stream), FN).to(device)
                     if channels_last:
@@ -440,6 +447,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     rates = {k: float(opts[k].param_groups[0]["lr"]) for k in scheds}  # the rates this step uses
                     with autocast():
                         logs = recipe.training_step(batch, step, opts, **step_kwargs)
+                    logs.update(read_norms(norms))
                     if scheds:  # the rate of each phase that ran (ALIGN's masker: after its warm-up)
                         ran = {term.split("/")[0] for term in logs}
                         logs.update({f"{k}/lr": v for k, v in rates.items() if k in ran})

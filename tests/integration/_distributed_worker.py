@@ -61,6 +61,7 @@ def main(out: Path) -> None:
     result["overflow"] = _overflow_on_one_rank()
     result["overflow_vs_error"] = _overflow_here_input_error_there()
     result["validation"] = _validation()
+    result["clip"] = _clip_after_averaging()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -86,6 +87,18 @@ def _validation() -> dict[str, object]:
         error = str(exc)
     return {"records": val.records, "best": val.best, "correct": correct, "state": recipe.state_dict(),
             "error": error}
+
+
+def _clip_after_averaging() -> dict[str, object]:
+    """grad_clip clips the averaged gradient: the logged norm is the same on both ranks (each has
+    its own data, so their own gradients' norms differ), and so are the clipped updates."""
+    torch.manual_seed(0)
+    recipe = recipes.erm(timm.create_model("test_resnet", pretrained=False, num_classes=5))
+    opts = {"classifier": torch.optim.SGD(recipe.parameters(), lr=1.0)}
+    before = [p.detach().clone() for p in recipe.parameters()]
+    rows = recipe.fit(_loader(), 1, seed=0, progress=False, optimizers=opts, grad_clip=1e-3)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(recipe.parameters(), before)]).norm()
+    return {"norm": rows[0]["classifier/grad_norm"], "moved": float(moved)}
 
 
 def _nan_on_one_rank() -> str:

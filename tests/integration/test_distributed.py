@@ -60,6 +60,9 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     assert "'loader's labels' expected class indices in [0, 4]" in v1["error"]
     assert "'loader' expected validation batches that pass every check on every rank, got a failed check on " \
            "rank 1 after step 0" in v0["error"], v0["error"]
+    # grad_clip: clipped after the averaging (same norm on both ranks), the update's norm is lr * max_norm.
+    assert r0["clip"]["norm"] == r1["clip"]["norm"] > 1e-3
+    assert r0["clip"]["moved"] == pytest.approx(1e-3, rel=1e-3) and r1["clip"]["moved"] == pytest.approx(1e-3, rel=1e-3)
     for key in ("state", "resumed"):
         assert r0[key].keys() == r1[key].keys()
         assert all(torch.equal(r0[key][k], r1[key][k]) for k in r0[key]), key  # parameters and buffers

@@ -48,6 +48,9 @@ BAD = [
     ("data.image_size=0", r"'data.image_size' expected an int >= 1 .*, got 0\. Set e\.g\. data\.image_size=64\."),
     ("train.lr_schedule=exp", r"'train.lr_schedule' expected one of \['constant', 'cosine', 'linear'\], got 'exp'\."),
     ("train.lr_schedule.warmup=-5", r"'train.lr_schedule.warmup' expected an int >= 0, got -5\."),
+    ("train.grad_clip=0", r"'train.grad_clip' expected a finite max gradient norm > 0, or null \(no clipping\), "
+                          r"got 0\. Set e\.g\. train\.grad_clip=1\.0\."),
+    ("train.grad_clip={classifier: 1}", r"'train.grad_clip' expected a finite max gradient norm > 0"),
     ("data.augment=crops", r"'data.augment' expected one of \['none', 'flip', 'domainbed'\], a dict of Augment "
                            r"settings or an Augment, got 'crops'\. Pick e\.g\. 'domainbed'"),
     ("data.augment.flips=0.5", r"'data.augment.flips' expected one of Augment's settings \['crop_scale', .*\], got "
