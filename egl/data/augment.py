@@ -15,8 +15,9 @@ of Lost Domain Generalization", ICLR 2021, ``domainbed/datasets.py``): ``RandomR
 egl's experiments default to none (``data.augment``), so their measured results read the
 method alone. ``"flip"`` is the horizontal flip only; ``"none"`` is no augmentation.
 
-Random draws come from torch's global generator, as torchvision's transforms do: a
-``DataLoader`` seeds each worker from it, and :func:`egl.train.fit`'s resume replays them.
+Random draws come from torch's global generator, as torchvision's transforms do: in a
+``DataLoader``'s workers that generator is seeded per worker from the loader's ``generator=``
+(or the global one), and :func:`egl.train.fit`'s resume replays the draws.
 Items stay in [0, 1]: the crop is resized back with antialiased bilinear interpolation (the
 resize :class:`~egl.data.DomainFolder` uses) and clamped, so a soft mask stays soft.
 """
@@ -150,6 +151,11 @@ class Augment:
     def __call__(self, item: Mapping[str, Any], size: Sequence[int] | None = None) -> dict[str, Any]:
         image, mask = self._check(item)
         out_size = tuple(image.shape[-2:]) if size is None else check_size(size, _FN)
+        dtypes = (image.dtype, None if mask is None else mask.dtype)
+        if image.dtype in (torch.float16, torch.bfloat16):  # (no 16-bit antialiased resize on the CPU)
+            image = image.float()
+        if mask is not None and mask.dtype in (torch.float16, torch.bfloat16):
+            mask = mask.float()
         top, left, h, w = self._crop_box(image)
         image = _crop_resize(image, top, left, h, w, out_size)
         mask = None if mask is None else _crop_resize(mask, top, left, h, w, out_size)
@@ -163,9 +169,9 @@ class Augment:
 
             image = rgb_to_grayscale(image, num_output_channels=3)
         out = dict(item)
-        out["image"] = image
+        out["image"] = image.to(dtypes[0])
         if mask is not None:
-            out["mask"] = mask
+            out["mask"] = mask.to(dtypes[1])
         return out
 
     def _check(self, item: object) -> tuple[Tensor, Tensor | None]:
@@ -207,8 +213,10 @@ def _crop_resize(t: Tensor, top: int, left: int, h: int, w: int, size: tuple[int
 
 def as_augment(spec: object, fn: str, arg: str = "augment") -> Callable[..., dict[str, Any]] | None:
     """``spec`` as an augmentation: None or ``"none"`` -> None; a :data:`PRESETS` name; a dict of
-    :class:`Augment`'s settings; an :class:`Augment` (or any callable ``(item, size=None) -> item``)
-    as it is. Anything else is refused naming ``arg``."""
+    :class:`Augment`'s settings; an :class:`Augment` (or any callable ``(item, size=None) -> item``
+    that moves ``item["mask"]`` with ``item["image"]``) as it is. A torchvision transform (an
+    ``nn.Module``, which would move the image without its mask), a class, or anything else is
+    refused naming ``arg``."""
     if spec is None:
         return None
     if isinstance(spec, str):
@@ -228,6 +236,12 @@ def as_augment(spec: object, fn: str, arg: str = "augment") -> Callable[..., dic
                            f"Did you mean '{arg}.{close[0]}'?" if close else "Remove it")
         _settings(fn, f"{arg}.", **{**defaults, **spec})  # errors name the key: 'data.augment.hue'
         return Augment(**spec)
+    if isinstance(spec, torch.nn.Module) or isinstance(spec, type):  # a torchvision transform (or a class)
+        raise fail(fn, arg, "a preset name, a dict of Augment settings, an Augment instance, or a callable "
+                   "(item, size=None) -> item that moves the mask with the image", describe(spec),
+                   "A torchvision transform sees the image alone and would flip or crop it without its mask: use "
+                   "egl.data.Augment(...) (crop, flip, jitter, greyscale), or wrap the transform in a function of "
+                   "the item that applies each geometric draw to item['image'] and item['mask'] alike")
     if callable(spec):
         return spec
     raise fail(fn, arg, f"one of {list(PRESETS)}, a dict of Augment settings or an Augment", describe(spec),

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "steps": 300,
         "lr": 1e-3,                   # from scratch; DomainBed's 5e-5 is for pretrained backbones
-        "lr_schedule": None,          # None: constant (DomainBed's, ALIGN's); "cosine", "linear", or
+        "lr_schedule": None,          # None / "none": constant (DomainBed's, ALIGN's); "cosine", "linear", or
                                       # {shape: cosine, warmup: 100, final: 0.0} (egl.train.LRSchedule)
         "grad_clip": None,            # None: no clipping (DomainBed's, ALIGN's); a max gradient norm for every phase
         "seeds": [0],
@@ -200,7 +200,7 @@ def check_values(cfg: dict[str, Any]) -> None:
     lr = t.get("lr")
     if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
-    if t.get("lr_schedule") is not None:
+    if t.get("lr_schedule") not in (None, "none"):
         LRSchedule.parse(t["lr_schedule"], fn, "train.lr_schedule")
     clip = t.get("grad_clip")
     if clip is not None and not (_is_number(clip) and math.isfinite(clip) and clip > 0):

@@ -30,7 +30,8 @@ from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, 
                                   latest_checkpoint, load_checkpoint, os_reason, save_checkpoint, set_rng_state)
 from egl.train.grad_clip import check_grad_clip, clip_gradients, read_norms
 from egl.train.loss_scale import LossScaler
-from egl.train.lr_schedule import LRSchedule, describe_schedulers, resolve_schedulers, step_schedulers
+from egl.train.lr_schedule import (LRSchedule, check_resumed, describe_schedulers, quiet_order_warning,
+                                  resolve_schedulers, step_schedulers)
 from egl.train.validation import Validation
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Pa
         raise fail(FN, "lr_schedule", f"schedulers for the phases the checkpoint in {path.parent} has them for: "
                    f"{saved}", f"{sorted(schedulers)}",
                    "Resume with the lr_schedule (or schedulers) the run started with, or resume=False to start afresh")
+    check_resumed(ckpt.get("schedulers", {}), schedulers, FN, str(path.parent))
 
 
 def _check_same_tensors(saved: dict[str, Any], mine: dict[str, Any], path: Path) -> None:
@@ -439,7 +441,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=steps, initial=min(start, steps), desc=recipe.name or "train", leave=False)
-            with dist_utils.sync_optimizers(opts), clip_gradients(opts, max_norms) as norms:  # average, then clip
+            with dist_utils.sync_optimizers(opts), clip_gradients(opts, max_norms) as norms, \
+                    quiet_order_warning(bool(scheds)):  # average, then clip
                 for step in range(start, steps):
                     batch = as_batch(next(stream), FN).to(device)
                     if channels_last:

@@ -12,9 +12,11 @@ the warm-up, starts at the rate the schedule has reached by then.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 
 from egl._check import check_choice, check_int, fail
 
-__all__ = ["LRSchedule", "SHAPES", "resolve_schedulers", "step_schedulers"]
+__all__ = ["LRSchedule", "SHAPES", "resolve_schedulers", "step_schedulers", "quiet_order_warning", "check_resumed"]
 
 #: What follows the warm-up.
 SHAPES = ("constant", "cosine", "linear")
@@ -56,6 +58,8 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         _check_fields(self.shape, self.warmup, self.final, _FN, "")
+        object.__setattr__(self, "warmup", int(self.warmup))  # (NumPy numbers would not load from a checkpoint
+        object.__setattr__(self, "final", float(self.final))  # with weights_only=True)
 
     @classmethod
     def parse(cls, spec: object, fn: str, arg: str) -> LRSchedule:
@@ -65,7 +69,15 @@ class LRSchedule:
         if isinstance(spec, str):
             check_choice(spec, SHAPES, fn, arg)
             return cls(spec)
-        if isinstance(spec, dict) and set(spec) <= {"shape", "warmup", "final"}:
+        if isinstance(spec, dict):
+            import difflib
+
+            known = ["shape", "warmup", "final"]
+            for k in spec:
+                if k not in known:
+                    close = difflib.get_close_matches(str(k), known, n=1)
+                    raise fail(fn, f"{arg}.{k}", f"one of LRSchedule's fields {known}", f"the unknown key '{k}'",
+                               f"Did you mean '{arg}.{close[0]}'?" if close else "Remove it")
             fields = {"shape": "constant", "warmup": 0, "final": 0.0, **spec}
             _check_fields(fields["shape"], fields["warmup"], fields["final"], fn, f"{arg}.")  # naming arg.warmup
             return cls(**fields)
@@ -91,7 +103,8 @@ class LRSchedule:
 
 def _check_fields(shape: object, warmup: object, final: object, fn: str, prefix: str) -> None:
     check_choice(shape, SHAPES, fn, prefix + "shape")
-    check_int(warmup, fn, prefix + "warmup", fix=f"Pass e.g. {prefix}warmup=500 (steps), or 0 for none")
+    check_int(int(warmup) if isinstance(warmup, numbers.Integral) and not isinstance(warmup, bool) else warmup,
+              fn, prefix + "warmup", fix=f"Pass e.g. {prefix}warmup=500 (steps), or 0 for none")  # (NumPy ints too)
     if isinstance(final, bool) or not isinstance(final, numbers.Real) or not 0 <= final <= 1:
         raise fail(fn, prefix + "final", "a factor in [0, 1]", repr(final)[:100],
                    f"Pass e.g. {prefix}final=0.0 (decay to zero) or {prefix}final=0.01")
@@ -99,7 +112,8 @@ def _check_fields(shape: object, warmup: object, final: object, fn: str, prefix:
 
 class _Factor:
     """``LambdaLR``'s function as an object: its state (schedule and length) goes into the
-    scheduler's ``state_dict``, so a checkpoint holds the schedule it was trained with."""
+    scheduler's ``state_dict``, so a checkpoint holds the schedule it was trained with (and a
+    resume with another schedule or length is refused: :func:`check_resumed`)."""
 
     def __init__(self, schedule: LRSchedule, steps: int) -> None:
         self.shape, self.warmup, self.final, self.steps = schedule.shape, schedule.warmup, schedule.final, steps
@@ -123,12 +137,20 @@ def describe_schedulers(schedulers: dict[str, Any]) -> dict[str, str]:
 def resolve_schedulers(lr_schedule: object, schedulers: object, optimizers: dict[str, torch.optim.Optimizer],
                        steps: int, fn: str) -> dict[str, Any]:
     """``fit``'s schedulers: built from ``lr_schedule``, or ``schedulers`` checked against the
-    run's optimisers (one per phase name at most, each built on that phase's optimiser)."""
+    run's optimisers (one per phase name at most, each built on that phase's optimiser).
+    ``lr_schedule="none"`` is None (the config's spelling of no schedule)."""
+    if lr_schedule == "none":
+        lr_schedule = None
     if lr_schedule is not None and schedulers is not None:
         raise fail(fn, "schedulers", "None when lr_schedule is given (one way to set the learning rate)",
                    "both", "Pass lr_schedule (egl's shapes) or schedulers (your own), not both")
     if lr_schedule is not None:
-        return LRSchedule.parse(lr_schedule, fn, "lr_schedule").schedulers(optimizers, steps)
+        schedule = LRSchedule.parse(lr_schedule, fn, "lr_schedule")
+        if schedule.warmup >= steps > 0:
+            warnings.warn(f"{fn}: lr_schedule's warmup={schedule.warmup} is not shorter than steps={steps}: the rate "
+                          f"never reaches its full value (at most {steps / schedule.warmup:.2g} of it) and "
+                          f"{schedule.shape!r} never starts. Shorten the warm-up or train longer.", stacklevel=3)
+        return schedule.schedulers(optimizers, steps)
     if schedulers is None:
         return {}
     fix = ("Build each on the optimiser of its phase and pass those optimisers too: opts = "
@@ -155,10 +177,38 @@ def resolve_schedulers(lr_schedule: object, schedulers: object, optimizers: dict
 
 
 def step_schedulers(schedulers: dict[str, Any]) -> None:
-    """Advance every scheduler by one run step. A phase that has not stepped yet (ALIGN's masker
-    in its warm-up) or skipped a step (float16 overflow) follows the run's step all the same:
-    torch's warning about a scheduler stepping before its optimiser is the intended behaviour here."""
+    """Advance every scheduler by one run step (inside :func:`quiet_order_warning`)."""
+    for s in schedulers.values():
+        s.step()
+
+
+@contextlib.contextmanager
+def quiet_order_warning(active: bool) -> Iterator[None]:
+    """Within the block, torch's warning that a scheduler stepped before its optimiser is off. A
+    phase that has not stepped yet (ALIGN's masker in its warm-up) or skipped a step (float16
+    overflow) follows the run's step all the same: that is the intended behaviour here. Entered
+    once around the training loop: ``catch_warnings`` resets Python's once-per-location
+    bookkeeping, so entering it every step would repeat every once-only warning of the run."""
+    if not active:
+        yield
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        for s in schedulers.values():
-            s.step()
+        yield
+
+
+def check_resumed(saved: dict[str, Any], schedulers: dict[str, Any], fn: str, where: str) -> None:
+    """The run's :class:`LRSchedule` schedulers are the checkpoint's (shape, warm-up, final factor and
+    length): loading the state would otherwise replace the run's schedule with the checkpoint's
+    silently (a resume with more steps would train the extra steps at the checkpoint's end rate)."""
+    for name, s in schedulers.items():
+        fns = getattr(s, "lr_lambdas", None)
+        mine = fns[0] if fns and isinstance(fns[0], _Factor) else None
+        theirs = (saved.get(name) or {}).get("lr_lambdas") or [None]
+        if mine is None or not isinstance(theirs[0], dict):
+            continue  # a user's scheduler: its own state_dict rules
+        if theirs[0] != mine.__dict__:
+            was = _Factor.__new__(_Factor)
+            was.__dict__.update(theirs[0])
+            raise fail(fn, "lr_schedule", f"the schedule the checkpoint in {where} was trained with: {was!r}",
+                       repr(mine), "Resume with that lr_schedule and steps, or resume=False to start afresh")

@@ -190,3 +190,25 @@ def test_domain_folder_takes_seeds_beyond_the_generator_range(tmp_path) -> None:
                  for s in ("train", "val", "test")}
         assert [len(parts[s]) for s in ("train", "val", "test")] == [24, 8, 8]
         assert len(parts["train"] | parts["val"] | parts["test"]) == 40
+
+
+def test_torchvision_transforms_and_classes_are_refused() -> None:
+    from torchvision.transforms import v2
+
+    for spec in (v2.RandomHorizontalFlip(p=1.0), Augment):
+        with pytest.raises(egl.InputError, match="'augment' expected a preset name.*that moves the mask with the image"):
+            Augmented([_marked()], spec)
+
+    def mine(item, size=None):  # noqa: ANN001, ANN202 - a user's own joint transform
+        return {**item, "image": item["image"].flip(-1), "mask": item["mask"].flip(-1)}
+
+    out = Augmented([_marked()], mine)[0]
+    torch.testing.assert_close(out["image"][:1], out["mask"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_items_keep_their_dtype(dtype: torch.dtype) -> None:
+    item = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _marked().items()}
+    torch.manual_seed(0)
+    out = Augment()(item, size=(24, 32))
+    assert out["image"].dtype == out["mask"].dtype == dtype and out["image"].shape == (3, 24, 32)

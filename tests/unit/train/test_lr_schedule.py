@@ -128,7 +128,7 @@ def test_resume_mid_run_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch:
     ({"lr_schedule": "exp"}, r"'lr_schedule' expected one of \['constant', 'cosine', 'linear'\], got 'exp'"),
     ({"lr_schedule": {"shape": "cosine", "warmup": -1}}, r"'lr_schedule.warmup' expected an int >= 0, got -1"),
     ({"lr_schedule": {"shape": "cosine", "final": 2}}, r"'lr_schedule.final' expected a factor in \[0, 1\], got 2"),
-    ({"lr_schedule": {"shape": "cosine", "decay": 1}}, r"'lr_schedule' expected one of .*a dict with keys among"),
+    ({"lr_schedule": {"shape": "cosine", "decay": 1}}, r"'lr_schedule.decay' expected one of LRSchedule's fields"),
     ({"lr_schedule": 3}, r"'lr_schedule' expected one of"),
     ({"lr_schedule": "cosine", "schedulers": {}}, r"'schedulers' expected None when lr_schedule is given"),
     ({"schedulers": ["x"]}, r"'schedulers' expected a dict of learning-rate schedulers keyed by phase name"),
@@ -162,3 +162,54 @@ def test_the_log_header_names_the_schedule(tmp_path: Path) -> None:
     header = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert header["lr_schedule"] == {"classifier": "LRSchedule('cosine', warmup=0, final=0.0) over 2 steps"}
     assert math.isfinite(json.loads((tmp_path / "log.jsonl").read_text().splitlines()[1])["classifier/lr"])
+
+
+def test_a_resume_with_another_schedule_or_length_is_refused(tmp_path: Path) -> None:
+    """Loading the scheduler's state would otherwise replace the run's schedule with the
+    checkpoint's silently: 4 more steps of a 4-step cosine trained at rate 0."""
+    sched = {"shape": "cosine", "warmup": 1}
+    _erm().fit(_loader(), 4, seed=0, progress=False, lr_schedule=sched, checkpoint_dir=tmp_path)
+    for kw, what in (({"lr_schedule": sched}, "over 8 steps"), ({"lr_schedule": "linear"}, "'linear'")):
+        with pytest.raises(egl.InputError, match=r"'lr_schedule' expected the schedule the checkpoint .* was trained "
+                                                 rf"with: LRSchedule\('cosine', warmup=1, final=0.0\) over 4 steps, "
+                                                 rf"got .*{what}"):
+            _erm().fit(_loader(), 8 if "over 8" in what else 4, seed=0, progress=False, checkpoint_dir=tmp_path,
+                       resume=True, **kw)
+
+
+def test_numpy_fields_are_plain_numbers_and_checkpoints_load(tmp_path: Path) -> None:
+    import numpy as np
+
+    s = LRSchedule("cosine", warmup=np.int64(1), final=np.float64(0.1))
+    assert type(s.warmup) is int and type(s.final) is float
+    _erm().fit(_loader(), 2, seed=0, progress=False, lr_schedule=s, checkpoint_dir=tmp_path)
+    torch.load(tmp_path / "last.pt", weights_only=True)  # as resume reads it
+    rows = _erm().fit(_loader(), 2, seed=0, progress=False, lr_schedule=s, checkpoint_dir=tmp_path, resume=True)
+    assert rows == []  # loaded (and nothing left to train)
+
+
+def test_once_only_warnings_stay_once_with_a_schedule() -> None:
+    import warnings
+
+    class Noisy(recipes.ERM):
+        def training_step(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            warnings.warn("noisy recipe", UserWarning)  # the same location every step
+            return super().training_step(*args, **kwargs)
+
+    for schedule in (None, "cosine"):
+        torch.manual_seed(0)
+        recipe = Noisy(make_model("test_resnet", eval_mode=False))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("default")  # once per location
+            recipe.fit(_loader(), 4, seed=0, progress=False, lr_schedule=schedule)
+        assert sum("noisy recipe" in str(w.message) for w in seen) == 1, schedule
+
+
+def test_a_warmup_as_long_as_the_run_warns_and_none_is_no_schedule() -> None:
+    with pytest.warns(UserWarning, match=r"warmup=5 is not shorter than steps=4: .*at most 0.8 of it"):
+        _erm().fit(_loader(), 4, seed=0, progress=False, lr_schedule={"shape": "cosine", "warmup": 5})
+    rows = _erm().fit(_loader(), 2, seed=0, progress=False, lr_schedule="none")
+    assert "classifier/lr" not in rows[0]
+    with pytest.raises(egl.InputError, match=r"'lr_schedule.warm_up' expected one of LRSchedule's fields .* "
+                                             r"Did you mean 'lr_schedule.warmup'\?"):
+        _erm().fit(_loader(), 2, progress=False, lr_schedule={"warm_up": 3})
