@@ -154,7 +154,8 @@ class ALIGN(Recipe):
                        "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
         if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
-            raise fail(fn, "alignment", "a loss on the explainer's maps when the explainer is not Grad-CAM or a variant",
+            raise fail(fn, "alignment",
+                       "a loss on the explainer's maps when the explainer is not Grad-CAM or a variant",
                        f"{getattr(self.alignment, 'name', alignment)!r} (it reads Grad-CAM-family maps of every class; "
                        f"explainer={type(self.explainer).__name__})",
                        "Use a Grad-CAM-family explainer (grad_cam, layer_cam, ...) with this loss, or a loss such as "
