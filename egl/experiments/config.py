@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "lr_schedule": None,          # None / "none": constant (DomainBed's, ALIGN's); "cosine", "linear", or
                                       # {shape: cosine, warmup: 100, final: 0.0} (egl.train.LRSchedule)
         "grad_clip": None,            # None: no clipping (DomainBed's, ALIGN's); a max gradient norm for every phase
+        "ema": None,                  # None: no weight average (DomainBed's, ALIGN's); a decay such as 0.999
         "seeds": [0],
         "domains": "all",            # "all": pool the training domains; "each": one run per domain
         "device": "cpu",
@@ -185,13 +186,15 @@ def check_values(cfg: dict[str, Any]) -> None:
     """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
     ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
-    ``train.progress``, ``train.lr_schedule``, ``train.grad_clip``, ``data.batch_size``, ``data.num_workers``,
-    ``data.image_size``, ``data.augment``, ``eval.batch_size``, ``eval.explain_samples``, ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
+    ``train.progress``, ``train.lr_schedule``, ``train.grad_clip``, ``train.ema``, ``data.batch_size``,
+    ``data.num_workers``, ``data.image_size``, ``data.augment``, ``eval.batch_size``, ``eval.explain_samples``,
+    ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
     ``train.device`` names a device this machine has, and ``model.arch``, ``model.kwargs`` and
     ``model.weights`` are checked without building the model (:func:`~egl.experiments.models.check_model`).
     Runs after :func:`check_keys` and before the data set is built (folder data reads ``data.image_size``)."""
     from egl.data.augment import as_augment
     from egl.experiments.models import check_model
+    from egl.train.ema import check_ema
     from egl.train.lr_schedule import LRSchedule
 
     fn = "egl.experiments"
@@ -202,6 +205,7 @@ def check_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
     if t.get("lr_schedule") not in (None, "none"):
         LRSchedule.parse(t["lr_schedule"], fn, "train.lr_schedule")
+    check_ema(t.get("ema"), fn, "train.ema")
     clip = t.get("grad_clip")
     if clip is not None and not (_is_number(clip) and math.isfinite(clip) and clip > 0):
         raise fail(fn, "train.grad_clip", "a finite max gradient norm > 0, or null (no clipping)", repr(clip)[:100],

@@ -82,7 +82,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
                loss_scale=t.get("loss_scale"), channels_last=t.get("channels_last", "auto"),
                validation=validation, checkpoint_dir=checkpoint_dir, resume=resume, lr_schedule=t.get("lr_schedule"),
-               grad_clip=t.get("grad_clip"),
+               grad_clip=t.get("grad_clip"), ema=t.get("ema"),
                checkpoint_every=int(t.get("checkpoint_every", 500)))
     recipe.selected = validation.selected if validation is not None else None  # (not the kept weights' copy)
     return recipe

@@ -3,6 +3,7 @@ TensorBoard, and data-parallel training under ``torchrun`` (see ``docs/training.
 
 from egl.train.checkpoint import DataStream, latest_checkpoint, load_checkpoint, save_checkpoint
 from egl.train.distributed import init_distributed
+from egl.train.ema import WeightAverage
 from egl.train.loop import MissingDependencyError, fit, seed_everything
 from egl.train.loss_scale import LossScaler
 from egl.train.lr_schedule import LRSchedule
@@ -10,4 +11,4 @@ from egl.train.validation import Validation
 
 __all__ = ["fit", "seed_everything", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "DataStream",
            "init_distributed", "MissingDependencyError", "LossScaler", "Validation",
-           "LRSchedule"]
+           "LRSchedule", "WeightAverage"]

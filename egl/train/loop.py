@@ -28,6 +28,7 @@ from egl.errors import MissingDependencyError
 from egl.train import distributed as dist_utils
 from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, as_path, check_loader, get_rng_state,
                                   latest_checkpoint, load_checkpoint, os_reason, save_checkpoint, set_rng_state)
+from egl.train.ema import WeightAverage, check_ema
 from egl.train.grad_clip import check_grad_clip, clip_gradients, read_norms
 from egl.train.loss_scale import LossScaler
 from egl.train.lr_schedule import (LRSchedule, check_resumed, describe_schedulers, quiet_order_warning,
@@ -129,7 +130,8 @@ def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
 def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
           stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
           validation: Validation | None = None, numerics: dict[str, Any] | None = None,
-          train_seconds: float = 0.0, schedulers: dict[str, Any] | None = None) -> None:
+          train_seconds: float = 0.0, schedulers: dict[str, Any] | None = None,
+          average: WeightAverage | None = None) -> None:
     ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
     if dist_utils.rank() != 0:
         return
@@ -146,12 +148,15 @@ def _save(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], 
         state["numerics"] = numerics
     if schedulers:
         state["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
+    if average is not None:
+        state["ema"] = average.state_dict()
     save_checkpoint(state, path)
 
 
 def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
             device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None,
-            numerics: dict[str, Any] | None = None, schedulers: dict[str, Any] | None = None) -> tuple[int, float]:
+            numerics: dict[str, Any] | None = None, schedulers: dict[str, Any] | None = None,
+            average: WeightAverage | None = None) -> tuple[int, float]:
     """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step
     and training seconds (0 from checkpoints of older egl versions). ``numerics`` (precision and
     memory layout of this run) is compared with the checkpoint's."""
@@ -186,12 +191,19 @@ def _resume(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer]
                    "Resume with the same optimizer classes (their state and hyperparameters come from the "
                    "checkpoint), or resume=False to start afresh")
     _check_schedulers(ckpt, schedulers or {}, path)
+    saved_decay = (ckpt.get("ema") or {}).get("decay")
+    if saved_decay != (None if average is None else average.decay):
+        raise fail(FN, "ema", f"the weight average the checkpoint in {path.parent} was trained with: "
+                   f"ema={saved_decay!r}", f"ema={None if average is None else average.decay!r}",
+                   f"Resume with ema={saved_decay!r}, or resume=False to start afresh")
     _check_same_tensors(ckpt["recipe"], recipe.state_dict(), path)  # before anything is overwritten
     recipe.load_state_dict(ckpt["recipe"])
     for name, opt in opts.items():
         opt.load_state_dict(ckpt["optimizers"][name])
     for name, sched in (schedulers or {}).items():
         sched.load_state_dict(ckpt["schedulers"][name])
+    if average is not None:
+        average.load_state_dict(ckpt["ema"])
     for name, sc in (scalers or {}).items():  # a float16 run resumed from a float16 checkpoint
         if name in ckpt.get("loss_scalers", {}):
             sc.load_state_dict(ckpt["loss_scalers"][name])
@@ -257,7 +269,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         loss_scale: dict[str, Any] | None = None, channels_last: bool | str = "auto",
         validation: Validation | None = None, lr_schedule: LRSchedule | str | dict[str, Any] | None = None,
         schedulers: dict[str, Any] | None = None,
-        grad_clip: float | dict[str, float] | None = None) -> list[dict[str, float]]:
+        grad_clip: float | dict[str, float] | None = None, ema: float | None = None) -> list[dict[str, float]]:
     """Train ``recipe`` until ``steps`` steps are done, cycling over ``loader``.
 
     ``recipe.train()`` is called for the call; every module gets back the mode it had before
@@ -313,6 +325,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             (one number for every phase, or ``{phase: max_norm}``); the norm before clipping is
             logged as ``"<phase>/grad_norm"``. None (default): no clipping (DomainBed, ALIGN).
             See :mod:`egl.train.grad_clip`.
+        ema: keep an exponential moving average of ``recipe.model``'s weights with this decay
+            (e.g. 0.999), bias-corrected; validation measures the average, and the call ends with
+            the average in ``recipe.model`` (or, with ``select="acc"``, the best one measured).
+            Checkpoints keep it. None (default): no average. See :mod:`egl.train.ema`.
 
     Returns:
         The per-step logs of this call (``{"step": i, "<phase>/<term>": value, ...}``).
@@ -381,6 +397,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     opts = recipe.check_optimizers(optimizers, FN) if optimizers is not None else recipe.configure_optimizers()
     scheds = resolve_schedulers(lr_schedule, schedulers, opts, steps, FN)
     max_norms = check_grad_clip(grad_clip, sorted(opts), FN)
+    ema = check_ema(ema, FN)
     if device is None:
         p = next(recipe.parameters(), None)
         device = p.device if p is not None else "cpu"
@@ -403,6 +420,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         autocast = (lambda: torch.autocast(device.type, dtype=half)) if half is not None else contextlib.nullcontext
         scalers = {name: LossScaler(**(loss_scale or {})) for name in opts} if precision == "fp16" else None
+        average = WeightAverage(recipe.model, ema) if ema is not None else None
         step_kwargs = {"scalers": scalers} if scalers is not None else {}
         stream = DataStream(loader, device)
         ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
@@ -410,7 +428,7 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
         resume_from = dist_utils.broadcast_object(latest_checkpoint(checkpoint_dir) if resume and main else None)
         if resume_from is not None:
             start, prior_seconds = _resume(Path(resume_from), recipe, opts, stream, device, scalers, validation,
-                                           numerics, scheds)
+                                           numerics, scheds, average)
             if start >= steps:
                 warnings.warn(f"{FN}: the checkpoint in {checkpoint_dir} is at step {start}, and steps={steps}: "
                               "nothing is trained (pass a larger steps to train on).", stacklevel=2)
@@ -435,6 +453,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                           "checkpoint_every": checkpoint_every, "versions": _versions(), "time": time.time()}
                 if scheds:
                     header["lr_schedule"] = describe_schedulers(scheds)
+                if ema is not None:
+                    header["ema"] = ema
                 log.write(json.dumps(header) + "\n")
                 log.flush()
             if progress and main:
@@ -456,9 +476,12 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         logs.update({f"{k}/lr": v for k, v in rates.items() if k in ran})
                         step_schedulers(scheds)
                     dist_utils.broadcast_buffers(recipe)
+                    if average is not None:
+                        average.update(recipe.model)
                     done = step + 1
                     if validation is not None and validation.due(done, steps):
-                        logs.update(validation.run(recipe, done, device, autocast, memory_format))
+                        with average.swapped(recipe.model) if average is not None else contextlib.nullcontext():
+                            logs.update(validation.run(recipe, done, device, autocast, memory_format))
                     row = {"step": step, **logs}
                     history.append(row)
                     if log is not None:
@@ -472,7 +495,9 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                         bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items() if k.endswith("total")})
                     if ckpt_path is not None and (done % checkpoint_every == 0 or done == steps):
                         _save(ckpt_path, recipe, opts, done, stream, device, scalers, validation, numerics,
-                              prior_seconds + time.time() - began, scheds)
+                              prior_seconds + time.time() - began, scheds, average)
+            if average is not None:  # the average (select="acc" then loads the best one measured)
+                average.apply(recipe.model)
             if validation is not None:
                 selected = validation.finish(recipe)
                 if log is not None and selected is not None:

@@ -51,6 +51,7 @@ BAD = [
     ("train.grad_clip=0", r"'train.grad_clip' expected a finite max gradient norm > 0, or null \(no clipping\), "
                           r"got 0\. Set e\.g\. train\.grad_clip=1\.0\."),
     ("train.grad_clip={classifier: 1}", r"'train.grad_clip' expected a finite max gradient norm > 0"),
+    ("train.ema=1", r"'train.ema' expected None or a decay in \(0, 1\), got 1\. Pass e\.g\. train\.ema=0\.999"),
     ("data.augment=crops", r"'data.augment' expected one of \['none', 'flip', 'domainbed'\], a dict of Augment "
                            r"settings or an Augment, got 'crops'\. Pick e\.g\. 'domainbed'"),
     ("data.augment.flips=0.5", r"'data.augment.flips' expected one of Augment's settings \['crop_scale', .*\], got "
