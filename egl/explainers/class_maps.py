@@ -63,7 +63,9 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
                    type(weighting).__name__, "Pass e.g. weighting=egl.explainers.LayerCAM(model), or leave it out "
                    "for Grad-CAM")
     cam = GradCAM(model, layer, upsample=False, normalize=False, relu=False)
-    variant = weighting if weighting is not None and not same_maps_as_grad_cam(weighting) else None
+    # Grad-CAM's own weighting takes the fast path below, unless its weights are to be held constant
+    variant = weighting if weighting is not None and (not same_maps_as_grad_cam(weighting)
+                                                      or weighting.detach_weights) else None
     x = cam._check_input(x, create_graph)
     if cam._target is None:
         cam._target = resolve_target(model, layer, x, fn=fn)
@@ -103,6 +105,7 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM
                     weight = model.get_classifier().weight.to(a.dtype)
                     if variant is not None:  # d s_k / d A = W[k] / (h w) at every position
                         scale = 1.0 / (a.shape[-2] * a.shape[-1])
+                        weight = weight.detach() if variant.detach_weights else weight
                         return torch.stack([_raw(variant.weigh_uniform(a, weight[k].expand(a.shape[0], -1), scale))
                                             for k in range(weight.shape[0])], dim=1), logits
                     maps = torch.einsum("kc,bchw->bkhw", weight, a)
@@ -121,8 +124,8 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM
             g = None
             if logits.requires_grad:
                 with torch.enable_grad():
-                    g = inner_grad(logits[:, k].float().sum(), act, retain_graph=True, create_graph=create_graph,
-                                   allow_unused=True)[0]
+                    g = inner_grad(logits[:, k].float().sum(), act, retain_graph=True, allow_unused=True,
+                                   create_graph=create_graph and not (variant is not None and variant.detach_weights))[0]
             reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):

@@ -13,9 +13,11 @@ Choices (the papers differ; these are egl's):
   weighted ``decay**age`` and normalised; the random initial weights carry no weight (an
   average initialised with them, as timm's ``ModelEma`` is, keeps ``0.999**600 = 55 %`` of
   them after a 600-step run).
-* Every floating tensor of the classifier's ``state_dict`` is averaged, BatchNorm's running
-  statistics included (as timm does); integer buffers (``num_batches_tracked``) are copied.
-  The masker (ALIGN) is not averaged: it only shapes training.
+* The trainable parameters and the floating buffers of the classifier's ``state_dict`` are
+  averaged, BatchNorm's running statistics included (as timm does; they are not recomputed for
+  the averaged weights, as SWA's ``update_bn`` would); frozen parameters and integer buffers
+  (``num_batches_tracked``) are left as the module holds them. The masker (ALIGN) is not
+  averaged: it only shapes training.
 * Accumulated in float32 at least (a bf16 average would round each small update away).
 """
 
@@ -65,11 +67,13 @@ class WeightAverage:
     """
 
     def __init__(self, module: nn.Module, decay: float) -> None:
-        self.decay = float(decay)
+        self.decay = check_ema(decay, "egl.train.WeightAverage", "decay")
+        if self.decay is None:
+            raise fail("egl.train.WeightAverage", "decay", "a decay in (0, 1)", "None", "Pass e.g. decay=0.999")
         self.updates = 0
+        frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
         self.sums = {k: torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32))
-                     for k, v in module.state_dict().items() if v.is_floating_point()}
-        self.latest = {k: v.detach().clone() for k, v in module.state_dict().items() if not v.is_floating_point()}
+                     for k, v in module.state_dict().items() if v.is_floating_point() and k not in frozen}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -79,23 +83,23 @@ class WeightAverage:
         torch._foreach_mul_([self.sums[k] for k in keys], self.decay)
         torch._foreach_add_([self.sums[k] for k in keys], [state[k].detach().to(self.sums[k].dtype) for k in keys],
                             alpha=1.0 - self.decay)
-        for k, v in self.latest.items():
-            v.copy_(state[k])
         self.updates += 1
 
     def average(self) -> dict[str, Tensor]:
-        """The averaged ``state_dict`` (in the sums' float32-at-least dtype; the module's own
-        dtype on loading). Before any update: empty (nothing to average)."""
+        """The averaged tensors of the ``state_dict`` (in the sums' float32-at-least dtype; the
+        module's own dtype on loading). Before any update: empty (nothing to average)."""
         if self.updates == 0:
             return {}
         norm = 1.0 - self.decay ** self.updates
-        return {**{k: v / norm for k, v in self.sums.items()}, **self.latest}
+        return {k: v / norm for k, v in self.sums.items()}
 
+    @torch.no_grad()
     def apply(self, module: nn.Module) -> None:
-        """Load the average into ``module`` (no-op before any update)."""
-        avg = self.average()
-        if avg:
-            module.load_state_dict(avg)
+        """Load the average into ``module`` (no-op before any update); only the averaged
+        tensors are written (frozen parameters and integer buffers are not touched)."""
+        state = module.state_dict()
+        for k, v in self.average().items():
+            state[k].copy_(v)
 
     @contextlib.contextmanager
     def swapped(self, module: nn.Module) -> Iterator[None]:
@@ -103,19 +107,24 @@ class WeightAverage:
         if self.updates == 0:
             yield
             return
-        own = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state = module.state_dict()
+        own = {k: state[k].detach().clone() for k in self.sums}
         self.apply(module)
         try:
             yield
         finally:
-            module.load_state_dict(own)
+            with torch.no_grad():
+                for k, v in own.items():
+                    state[k].copy_(v)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "sums": self.sums, "latest": self.latest}
+        return {"decay": self.decay, "updates": self.updates, "sums": self.sums}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if float(state["decay"]) != self.decay or set(state["sums"]) != set(self.sums):
+            raise fail("egl.train.WeightAverage", "state", f"an average with decay {self.decay} of the same "
+                       f"tensors ({len(self.sums)})", f"decay {state['decay']}, {len(state['sums'])} tensors",
+                       "Load the state of an average built with the same decay on the same model")
         self.updates = int(state["updates"])
         for k, v in state["sums"].items():
             self.sums[k].copy_(v)
-        for k, v in state["latest"].items():
-            self.latest[k].copy_(v)

@@ -1,7 +1,8 @@
 """Gradient-norm clipping for :func:`egl.train.fit` (``grad_clip=``).
 
 Each phase's gradients are scaled down so that their total L2 norm is at most ``max_norm``
-(``torch.nn.utils.clip_grad_norm_``), right before its optimiser steps: after a float16 run's
+(``torch.nn.utils.clip_grad_norm_``'s rule, with the norm taken in float32), right before its
+optimiser steps: after a float16 run's
 unscaling, and under ``torchrun`` after the gradients are averaged over the ranks (the clip is
 an optimiser step pre-hook registered after the averaging one), so every rank clips the same
 averaged gradient, as DDP users clip after ``backward``. The norm before clipping is logged as
@@ -21,7 +22,7 @@ import torch
 
 from egl._check import fail
 
-__all__ = ["check_grad_clip", "clip_gradients", "read_norms"]
+__all__ = ["check_grad_clip", "clip_gradients", "clip_grad_norm", "read_norms"]
 
 
 def check_grad_clip(grad_clip: object, phases: list[str], fn: str) -> dict[str, float]:
@@ -53,9 +54,9 @@ def clip_gradients(optimizers: dict[str, torch.optim.Optimizer],
 
     def hook_for(name: str, max_norm: float) -> Any:
         def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if params:  # (no host read: the clip factor stays a tensor)
-                norms[name] = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                norms[name] = clip_grad_norm(grads, max_norm)
         return hook
 
     for name, max_norm in max_norms.items():
@@ -65,6 +66,30 @@ def clip_gradients(optimizers: dict[str, torch.optim.Optimizer],
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` with the norm taken in float32: a float16 or bfloat16
+    gradient's norm in its own dtype overflows (float16: 40000 in 10 entries is inf, and the clip
+    then zeroes the step) or is rounded. Returns the total norm before clipping (float32); no host
+    read (the clip factor stays a tensor)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    first = grads[0].device
+    per_tensor = [n.to(first) for group in groups.values()
+                  for n in torch._foreach_norm(group, 2, dtype=torch.float32)]
+    total = torch.linalg.vector_norm(torch.stack(per_tensor), 2)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # (torch's epsilon)
+    for (device, dtype), group in groups.items():
+        c = coef.to(device)
+        if dtype in (torch.float16, torch.bfloat16):  # a small factor is subnormal (or coarse) in 16 bits
+            for g in group:
+                g.copy_(g.float().mul_(c))
+        else:
+            torch._foreach_mul_(group, c.to(dtype))
+    return total
 
 
 def read_norms(norms: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -109,20 +109,34 @@ def test_a_variant_weighting_on_heads_that_are_not_pool_and_linear(name: str) ->
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.dim() > 1)
 
 
-def test_detach_weights_and_grad_cam_weighting() -> None:
-    from egl.explainers import GradCAM, GradCAMPlusPlus
+@pytest.mark.parametrize("layer", ["auto", "layer3"])
+@pytest.mark.parametrize("variant", ["GradCAM", "LayerCAM", "GradCAMPlusPlus"])
+def test_detach_weights_holds_the_weights_constant(variant: str, layer: str) -> None:
+    """As the explainer itself does: the head (after the target layer) reaches the maps through the
+    channel weights only, so held constant it gets no gradient; the values are the same."""
+    import egl.explainers as ex
+
+    cls = getattr(ex, variant)
+    model = make_model("test_resnet", output_stride=16)
+    x = torch.randn(2, 3, 64, 64)
+    free = class_maps(model, x, layer=layer, create_graph=True, weighting=cls(model))
+    held = class_maps(model, x, layer=layer, create_graph=True, weighting=cls(model, detach_weights=True))
+    torch.testing.assert_close(free.saliency, held.saliency)
+    head = model.get_classifier().weight
+    assert torch.autograd.grad(free.saliency.sum(), head)[0].abs().sum() > 0
+    assert torch.autograd.grad(held.saliency.sum(), head, allow_unused=True)[0] is None
+    own = cls(model, layer, upsample=False, normalize=False, relu=False, detach_weights=True)
+    ref = sum(own(x, target=k, create_graph=True).sum() for k in range(NUM_CLASSES))
+    assert torch.autograd.grad(ref, head, allow_unused=True)[0] is None  # (the explainer's own behaviour)
+
+
+def test_grad_cam_weighting_is_grad_cam() -> None:
+    from egl.explainers import GradCAM
 
     model = make_model("test_resnet", output_stride=16)
     x = torch.randn(2, 3, 64, 64)
-    plain = class_maps(model, x, layer="layer3").saliency
-    assert torch.equal(class_maps(model, x, layer="layer3", weighting=GradCAM(model)).saliency, plain)
-    free = class_maps(model, x, layer="layer3", create_graph=True, weighting=GradCAMPlusPlus(model))
-    held = class_maps(model, x, layer="layer3", create_graph=True,
-                      weighting=GradCAMPlusPlus(model, detach_weights=True))
-    torch.testing.assert_close(free.saliency, held.saliency)  # same values; the weights' graph differs
-    head = model.get_classifier().weight  # after the target layer: it reaches the maps through the weights only
-    assert torch.autograd.grad(free.saliency.sum(), head)[0].abs().sum() > 0
-    assert torch.autograd.grad(held.saliency.sum(), head, allow_unused=True)[0] is None
+    assert torch.equal(class_maps(model, x, layer="layer3", weighting=GradCAM(model)).saliency,
+                       class_maps(model, x, layer="layer3").saliency)
 
 
 def test_weighting_must_be_a_grad_cam() -> None:

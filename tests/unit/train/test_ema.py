@@ -127,3 +127,28 @@ def test_resume_with_an_average_is_bit_exact_and_checks_the_decay(tmp_path: Path
 def test_bad_decays_are_named(ema: object) -> None:
     with pytest.raises(egl.InputError, match=r"egl.train.fit: 'ema' expected None or a decay in \(0, 1\)"):
         _recorded().fit(_loader(), 1, progress=False, ema=ema)
+
+
+def test_frozen_parameters_are_left_alone_and_selection_does_not_warn() -> None:
+    import warnings
+
+    recipe = _recorded()
+    for p in recipe.model.conv1.parameters():
+        p.requires_grad_(False)
+    frozen = {f"conv1.{k}": v.detach().clone() for k, v in recipe.model.conv1.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe.fit(_loader(), STEPS, seed=0, progress=False, ema=DECAY,
+                   validation=Validation(_loader(), every=2, select="acc"))
+    assert all(torch.equal(recipe.model.state_dict()[k], v) for k, v in frozen.items())
+
+
+def test_weight_average_checks_its_decay_and_state() -> None:
+    m = torch.nn.Linear(2, 1)
+    for bad in (1.0, 2.0, "0.9", None):
+        with pytest.raises(egl.InputError, match="egl.train.WeightAverage: 'decay' expected"):
+            WeightAverage(m, bad)
+    a, b = WeightAverage(m, 0.9), WeightAverage(m, 0.5)
+    a.update(m)
+    with pytest.raises(egl.InputError, match="'state' expected an average with decay 0.5"):
+        b.load_state_dict(a.state_dict())

@@ -72,3 +72,21 @@ def test_no_hook_is_left_on_the_optimisers() -> None:
     recipe, opts = _erm_with_sgd()
     recipe.fit(_loader(), 1, seed=0, progress=False, optimizers=opts, grad_clip=1.0)
     assert not opts["classifier"]._optimizer_step_pre_hooks
+
+
+def test_the_norm_is_taken_in_float32_and_matches_torch() -> None:
+    from egl.train.grad_clip import clip_grad_norm
+
+    g = [torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.randn(7)]
+    ref = [t.clone().requires_grad_() for t in g]
+    for r, t in zip(ref, g):
+        r.grad = t.clone()
+    mine = [t.clone() for t in g]
+    total = clip_grad_norm(mine, 0.5)
+    assert float(total) == pytest.approx(float(torch.nn.utils.clip_grad_norm_(ref, 0.5)), rel=1e-6)
+    for m, r in zip(mine, ref):
+        torch.testing.assert_close(m, r.grad)
+    half = [torch.full((10,), 40000.0, dtype=torch.float16), torch.full((4,), 0.5, dtype=torch.bfloat16)]
+    total = clip_grad_norm(half, 1.0)  # float16's own norm of the first is inf (and the clip would zero it)
+    assert float(total) == pytest.approx((10 * 40000.0**2 + 4 * 0.25) ** 0.5, rel=1e-6)
+    assert torch.isfinite(half[0]).all() and float(half[0][0]) == pytest.approx(40000 / float(total), rel=1e-3)
