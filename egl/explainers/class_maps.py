@@ -120,12 +120,13 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM
         with torch.set_grad_enabled(create_graph):
             a = _to_nchw(act, fmt, model, hw)
         maps, reached = [], False
+        held = variant is not None and variant.detach_weights  # constant weights: no second-order graph
         for k in range(int(logits.shape[1])):  # backward passes through the head (or tail) only
             g = None
             if logits.requires_grad:
                 with torch.enable_grad():
                     g = inner_grad(logits[:, k].float().sum(), act, retain_graph=True, allow_unused=True,
-                                   create_graph=create_graph and not (variant is not None and variant.detach_weights))[0]
+                                   create_graph=create_graph and not held)[0]
             reached = reached or g is not None
             g = torch.zeros_like(act) if g is None else g
             with torch.set_grad_enabled(create_graph):
