@@ -17,6 +17,7 @@ on ``W[k]`` at a linear head), computed in float32 at least.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,12 +81,19 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
     return Explanation(maps if create_graph else maps.detach(), logits if create_graph else logits.detach())
 
 
+@contextlib.contextmanager
+def _float32_at_least(a: Tensor) -> Iterator[torch.dtype]:
+    """Autocast off; yields ``a``'s dtype promoted to float32 at least (the Grad-CAM epilogue's)."""
+    off = torch.autocast(a.device.type, enabled=False) if torch.amp.is_autocast_available(a.device.type) else \
+        contextlib.nullcontext()
+    with off:
+        yield torch.promote_types(a.dtype, torch.float32)
+
+
 def _raw(parts: CAMParts) -> Tensor:
     """``scale * sum_c w[:, c] a[:, c]`` (``[B, h, w]``) in float32 at least."""
     a, w, scale = parts
-    dt = torch.promote_types(a.dtype, torch.float32)
-    with torch.autocast(a.device.type, enabled=False) if torch.amp.is_autocast_available(a.device.type) else \
-            contextlib.nullcontext():
+    with _float32_at_least(a) as dt:
         return torch.einsum("bc,bchw->bhw", w.to(dt), a.to(dt)) * scale
 
 
@@ -108,7 +116,8 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM
                         weight = weight.detach() if variant.detach_weights else weight
                         return torch.stack([_raw(variant.weigh_uniform(a, weight[k].expand(a.shape[0], -1), scale))
                                             for k in range(weight.shape[0])], dim=1), logits
-                    maps = torch.einsum("kc,bchw->bkhw", weight, a)
+                    with _float32_at_least(a) as dt:  # as Grad-CAM's epilogue sums (16-bit: 3e-3 off it)
+                        maps = torch.einsum("kc,bchw->bkhw", weight.to(dt), a.to(dt))
                     return maps / (a.shape[-2] * a.shape[-1]), logits
             act = feats if create_graph else feats.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -134,12 +143,8 @@ def _maps(cam: GradCAM, x: Tensor, create_graph: bool, fn: str, variant: GradCAM
                     g = _to_nchw(g, fmt, model, hw)
                     maps.append(_raw(variant.weigh(a, g.detach() if variant.detach_weights else g)))
                     continue
-                alpha = _to_nchw(g, fmt, model, hw).mean(dim=(2, 3))
-                if a.dtype == torch.float16:  # in float32: loss-scaled inner gradients (egl._amp) are tiny
-                    with torch.autocast(a.device.type, enabled=False):
-                        maps.append(torch.einsum("bc,bchw->bhw", alpha.float(), a.float()))
-                else:
-                    maps.append(torch.einsum("bc,bchw->bhw", alpha.to(a.dtype), a))
+                # in float32 at least: loss-scaled inner gradients (egl._amp) are tiny in float16
+                maps.append(_raw((a, _to_nchw(g, fmt, model, hw).mean(dim=(2, 3)), 1.0)))
         if not reached:
             raise UnsupportedModelError(
                 f"{fn}: the logits of {type(model).__name__} do not depend on layer '{cam.target_layer}'. "

@@ -146,3 +146,15 @@ def test_weighting_must_be_a_grad_cam() -> None:
     model = make_model("test_resnet")
     with pytest.raises(egl.InputError, match="class_maps: 'weighting' expected a GradCAM instance"):
         class_maps(model, torch.randn(2, 3, 64, 64), weighting=InputGradient(model))
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_convnext", "test_vit"])
+def test_under_bf16_autocast_the_maps_are_grad_cams_sums(name: str) -> None:
+    """Summed in float32, as Grad-CAM's epilogue does (in bfloat16 they were 3e-3 off it)."""
+    model = make_model(name)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = class_maps(model, x).saliency
+        for k in range(NUM_CLASSES):
+            ref = grad_cam(model, x, k, upsample=False, normalize=False, relu=False)
+            torch.testing.assert_close(maps[:, k:k + 1], ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
