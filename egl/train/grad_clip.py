@@ -88,7 +88,7 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
             for g in group:
                 g.copy_(g.float().mul_(c))
         else:
-            torch._foreach_mul_(group, c.to(dtype))
+            torch._foreach_mul_(group, c.to(dtype=dtype))
     return total
 
 

@@ -124,6 +124,10 @@ DEVICE_MOVES = {
     "egl/train/loop.py: as_batch(next(stream), FN).to(device)": "Batch.to, which uploads through upload()",
     "egl/train/validation.py: as_batch(raw, FN).to(device)": "Batch.to, which uploads through upload()",
     "egl/train/loss_scale.py: f.to(target)": "overflow flags already on a device",
+    "egl/train/grad_clip.py: n.to(first)": "gradient norms already on a device, to the first gradient's",
+    "egl/train/grad_clip.py: coef.to(device)": "the clip factor, already on a device, to each gradient group's",
+    "egl/train/grad_clip.py: norms[n].detach().float().to(norms[names[0]].device)":
+        "gradient norms already on a device, gathered for one read",
     "egl/experiments/runner.py: build_model(cfg['model'], source.num_classes).to(t.get('device', 'cpu'))":
         "a module, once per run",
     "egl/experiments/runner.py: egl.create('recipe', mcfg['recipe'], model, **kwargs).to(t.get('device', 'cpu'))":
