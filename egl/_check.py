@@ -30,6 +30,7 @@ __all__ = [
     "check_flag",
     "check_device",
     "check_size",
+    "check_known_keys",
     "describe",
 ]
 
@@ -258,6 +259,18 @@ def check_per_channel(t: object, x: Tensor, fn: str, arg: str, fix: str) -> Tens
         got = f"a tensor of shape {list(t.shape)} on {t.device}" if isinstance(t, Tensor) else repr(t)[:60]
         raise fail(fn, arg, f"a [{x.shape[1]}] tensor (one value per channel of x) on {x.device}", got, fix)
     return t
+
+
+def check_known_keys(spec: Any, known: Sequence[str], fn: str, arg: str, what: str) -> None:
+    """Raise unless every key of the settings dict ``spec`` is in ``known``; the error names the key
+    as ``<arg>.<key>`` with the closest known one (``data.augment.flips``: "Did you mean ...flip")."""
+    import difflib
+
+    for k in spec:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), list(known), n=1)
+            raise fail(fn, f"{arg}.{k}", f"one of {what} {list(known)}", f"the unknown key '{k}'",
+                       f"Did you mean '{arg}.{close[0]}'?" if close else "Remove it")
 
 
 def check_size(size: object, fn: str, arg: str = "size") -> tuple[int, int]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import check_size, describe, fail
+from egl._check import check_known_keys, check_size, describe, fail
 
 __all__ = ["Augment", "Augmented", "PRESETS", "as_augment"]
 
@@ -225,15 +225,10 @@ def as_augment(spec: object, fn: str, arg: str = "augment") -> Callable[..., dic
                        repr(spec)[:100], "Pick e.g. 'domainbed' (DomainBed's augmentation) or 'none'")
         return Augment.preset(spec)
     if isinstance(spec, Mapping):
-        import difflib
         import inspect
 
         defaults = {k: p.default for k, p in inspect.signature(Augment).parameters.items()}
-        for k in spec:
-            if k not in defaults:
-                close = difflib.get_close_matches(str(k), list(defaults), n=1)
-                raise fail(fn, f"{arg}.{k}", f"one of Augment's settings {list(defaults)}", f"the unknown key '{k}'",
-                           f"Did you mean '{arg}.{close[0]}'?" if close else "Remove it")
+        check_known_keys(spec, list(defaults), fn, arg, "Augment's settings")
         _settings(fn, f"{arg}.", **{**defaults, **spec})  # errors name the key: 'data.augment.hue'
         return Augment(**spec)
     if isinstance(spec, torch.nn.Module) or isinstance(spec, type):  # a torchvision transform (or a class)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from egl._check import check_choice, check_int, fail
+from egl._check import check_choice, check_int, check_known_keys, fail
 
 __all__ = ["LRSchedule", "SHAPES", "resolve_schedulers", "step_schedulers", "quiet_order_warning", "check_resumed"]
 
@@ -70,14 +70,7 @@ class LRSchedule:
             check_choice(spec, SHAPES, fn, arg)
             return cls(spec)
         if isinstance(spec, dict):
-            import difflib
-
-            known = ["shape", "warmup", "final"]
-            for k in spec:
-                if k not in known:
-                    close = difflib.get_close_matches(str(k), known, n=1)
-                    raise fail(fn, f"{arg}.{k}", f"one of LRSchedule's fields {known}", f"the unknown key '{k}'",
-                               f"Did you mean '{arg}.{close[0]}'?" if close else "Remove it")
+            check_known_keys(spec, ["shape", "warmup", "final"], fn, arg, "LRSchedule's fields")
             fields = {"shape": "constant", "warmup": 0, "final": 0.0, **spec}
             _check_fields(fields["shape"], fields["warmup"], fields["final"], fn, f"{arg}.")  # naming arg.warmup
             return cls(**fields)
@@ -86,19 +79,24 @@ class LRSchedule:
 
     def factor(self, t: int, steps: int) -> float:
         """The factor at step ``t`` (0-based) of a ``steps``-step run."""
-        if t < self.warmup:
-            return (t + 1) / self.warmup
-        if self.shape == "constant":
-            return 1.0
-        span = max(steps - self.warmup, 1)  # `final` one step after the last: no step is spent at it
-        p = min((t - self.warmup) / span, 1.0)
-        shape = 0.5 * (1.0 + math.cos(math.pi * p)) if self.shape == "cosine" else 1.0 - p
-        return self.final + (1.0 - self.final) * shape
+        return _factor(self.shape, self.warmup, self.final, t, steps)
 
     def schedulers(self, optimizers: dict[str, torch.optim.Optimizer],
                    steps: int) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
         """One ``LambdaLR`` per optimiser following this schedule over ``steps`` steps."""
         return {name: torch.optim.lr_scheduler.LambdaLR(opt, _Factor(self, steps)) for name, opt in optimizers.items()}
+
+
+def _factor(shape: str, warmup: int, final: float, t: int, steps: int) -> float:
+    """:meth:`LRSchedule.factor` on checked fields (what each scheduler step calls)."""
+    if t < warmup:
+        return (t + 1) / warmup
+    if shape == "constant":
+        return 1.0
+    span = max(steps - warmup, 1)  # `final` one step after the last: no step is spent at it
+    p = min((t - warmup) / span, 1.0)
+    decay = 0.5 * (1.0 + math.cos(math.pi * p)) if shape == "cosine" else 1.0 - p
+    return final + (1.0 - final) * decay
 
 
 def _check_fields(shape: object, warmup: object, final: object, fn: str, prefix: str) -> None:
@@ -119,7 +117,7 @@ class _Factor:
         self.shape, self.warmup, self.final, self.steps = schedule.shape, schedule.warmup, schedule.final, steps
 
     def __call__(self, t: int) -> float:
-        return LRSchedule(self.shape, self.warmup, self.final).factor(t, self.steps)
+        return _factor(self.shape, self.warmup, self.final, t, self.steps)
 
     def __repr__(self) -> str:
         return f"LRSchedule({self.shape!r}, warmup={self.warmup}, final={self.final}) over {self.steps} steps"
