@@ -1,10 +1,11 @@
-"""Cost of ERASER sufficiency + comprehensiveness at 5 thresholds against the forward passes it needs.
+"""Cost of the perturbation metrics against the forward passes they need.
 
-    python benchmarks/metrics.py [--quick]
+    python benchmarks/metrics.py [--quick] [--steps 16]
 
-The metric needs 2 x 5 perturbed batches plus the original: egl builds them lazily and sends
-them through the model in chunks. The reference is the same 11 forward passes of prepared
-inputs; a per-image Python loop (what Quantus-style code does) is measured beside it.
+ERASER sufficiency + comprehensiveness at 5 thresholds need 2 x 5 perturbed batches plus the
+original; RISE deletion + insertion need 2 x (steps + 1). egl builds them lazily and sends them
+through the model in chunks. The reference is the same forward passes of prepared inputs; a
+per-image Python loop (what Quantus-style code does) is measured beside it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ def main() -> None:
     import timm
 
     from egl.explainers import grad_cam
-    from egl.metrics import faithfulness
+    from egl.metrics import deletion, faithfulness, insertion
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=16, help="RISE steps per curve")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -55,6 +57,31 @@ def main() -> None:
     times["per-image loop"] *= a.batch / min(8, a.batch)
     rows = [{"variant": k, "ms": 1000 * v, "x floor": v / times["11 forward passes"]} for k, v in times.items()]
     print(f"# faithfulness benchmark on {hardware()}: resnet18 (os16), batch {a.batch} x {a.size}px, k = {ks}")
+    print(table(rows, ["variant", "ms", "x floor"]))
+
+    curve_inputs = torch.cat([x] * (2 * (a.steps + 1)))
+
+    def curve_floor() -> None:
+        with torch.no_grad():
+            for chunk in curve_inputs.split(256):
+                model(chunk)
+
+    def egl_curves() -> None:
+        deletion(model, x, sal, steps=a.steps, batch_size=256)
+        insertion(model, x, sal, steps=a.steps, batch_size=256)
+
+    def curves_per_image() -> None:
+        for i in range(min(4, a.batch)):  # 4 images, scaled to the batch below
+            deletion(model, x[i: i + 1], sal[i: i + 1], steps=a.steps, batch_size=256)
+            insertion(model, x[i: i + 1], sal[i: i + 1], steps=a.steps, batch_size=256)
+
+    floor_name = f"{2 * (a.steps + 1)} forward passes"
+    times = round_robin({floor_name: curve_floor, "egl deletion + insertion": egl_curves,
+                         "per-image loop": curves_per_image}, 2 if a.quick else 5)
+    times["per-image loop"] *= a.batch / min(4, a.batch)
+    rows = [{"variant": k, "ms": 1000 * v, "x floor": v / times[floor_name]} for k, v in times.items()]
+    print(f"\n# RISE deletion + insertion on {hardware()}: resnet18 (os16), batch {a.batch} x {a.size}px, "
+          f"{a.steps} steps per curve")
     print(table(rows, ["variant", "ms", "x floor"]))
 
 

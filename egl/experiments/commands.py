@@ -154,7 +154,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
                            device=device, min_group_size=int(e.get("min_group_size", 10)),
-                           explainer=e.get("explainer", "grad_cam"))
+                           explainer=e.get("explainer", "grad_cam"), curve_steps=int(e.get("curve_steps", 0)))
         flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
         print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0

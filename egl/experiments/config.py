@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "explain_samples": 256,       # images per split for saliency metrics (faithfulness, localisation)
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
+        "curve_steps": 0,             # RISE deletion/insertion steps per curve (0: off; steps+1 passes each)
         "explainer": "grad_cam",      # saliency metrics' explainer: any registered name (layer_cam, input_gradient, ...)
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
         "mask_quality": True,         # the first method's accuracy with the background outside each mask blurred
@@ -244,6 +245,8 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "eval.ks", "a non-empty list of distinct percentages in (0, 100]", repr(ks)[:100],
                    "Set e.g. eval.ks=[1, 5, 10, 20, 50]")
     check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
+    check_int(e.get("curve_steps", 0), fn, "eval.curve_steps", low=0,
+              note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Set e.g. eval.curve_steps=100")
     check_explainer(e.get("explainer", "grad_cam"), fn)
     check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
 

@@ -1,6 +1,7 @@
 """Evaluate one classifier on one test set: accuracy, AUC, shortcut rate, and saliency metrics.
 
-Saliency metrics (ERASER sufficiency/comprehensiveness, localisation against masks) use
+Saliency metrics (ERASER sufficiency/comprehensiveness, RISE deletion/insertion when asked for,
+localisation against masks) use
 Grad-CAM (or the ``explainer`` named) of the predicted class on the first ``explain_samples``
 images of the set;
 classification metrics use every image. The model is put in eval mode and restored.
@@ -19,7 +20,8 @@ from egl._check import fail
 from egl._transfer import upload
 from egl.explainers.base import Explainer
 from egl.explainers.grad_cam import in_grad_cam_family
-from egl.metrics import accuracy, auc, faithfulness, localization, shortcut_rate, worst_group_accuracy
+from egl.metrics import (accuracy, auc, deletion, faithfulness, insertion, localization, shortcut_rate,
+                         worst_group_accuracy)
 from egl.recipes.batch import as_batch
 from egl.registry import create
 
@@ -47,7 +49,8 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, explain_samples: int = 256,
              ks: tuple[float, ...] = (1, 5, 10, 20, 50), baseline: str = "zero", layer: str = "auto",
-             device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam") -> dict[str, float]:
+             device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam",
+             curve_steps: int = 0) -> dict[str, float]:
     """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined).
 
     ``explainer``: the registered explainer the saliency metrics read (default ``"grad_cam"``;
@@ -56,11 +59,17 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     ``worst_group`` (where items carry ``shortcut`` labels): the worst accuracy over (class,
     background class) groups of at least ``min_group_size`` images (default 10: the synthetic
     test_id splits hold (class, background) groups of one or two images, which read 0 or 1 by
-    chance); NaN when no group is that large."""
+    chance); NaN when no group is that large.
+
+    ``curve_steps`` > 0 adds RISE ``deletion`` (zero baseline) and ``insertion`` (blur baseline,
+    sigma 5 px or the image's side if smaller) areas with that many steps per curve (at most the
+    image's pixel count) on the explained images: ``curve_steps + 1`` forward passes per image and
+    curve, so off (0) by default."""
     cam = saliency_explainer(model, explainer, layer)
     was = model.training
     model.eval()
     logits, labels, shortcuts = [], [], []
+    curves: dict[str, list[torch.Tensor]] = {"deletion": [], "insertion": []}
     suff, comp, loc_rows = [], [], {"energy": [], "area": [], "pointing": [], "iou": []}
     explained = 0
     try:
@@ -80,6 +89,11 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
                 f = faithfulness(model, xe, sal, ks=ks, baseline=baseline, batch_size=batch_size)
                 suff.append(f.sufficiency_per_image.mean(1).cpu())
                 comp.append(f.comprehensiveness_per_image.mean(1).cpu())
+                if curve_steps > 0:
+                    for name, curve in (("deletion", deletion), ("insertion", insertion)):
+                        c = curve(model, xe, sal, steps=min(curve_steps, xe.shape[-2] * xe.shape[-1]),
+                                  batch_size=batch_size, blur_sigma=min(5.0, max(xe.shape[-2:])))
+                        curves[name].append(c.auc_per_image.cpu())
                 if batch.mask is not None:
                     r = localization(sal, upload(batch.mask[:n], device))
                     for k in loc_rows:
@@ -103,6 +117,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     if suff:
         out["suff"] = float(torch.cat(suff).mean())
         out["comp"] = float(torch.cat(comp).mean())
+    for k, v in curves.items():
+        if v:
+            out[k] = float(torch.cat(v).mean())
     for k, v in loc_rows.items():
         if v:
             vals = torch.cat(v).float()

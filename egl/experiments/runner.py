@@ -349,7 +349,8 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
     for split, ds in tests.items():
         metrics = evaluate(recipe.model, ds, batch_size=int(e["batch_size"]), explain_samples=int(e["explain_samples"]),
                            ks=tuple(e["ks"]), baseline=e["baseline"], device=t.get("device", "cpu"),
-                           min_group_size=e.get("min_group_size", 10), explainer=e.get("explainer", "grad_cam"))
+                           min_group_size=e.get("min_group_size", 10), explainer=e.get("explainer", "grad_cam"),
+                           curve_steps=int(e.get("curve_steps", 0)))
         row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
                "explainer": e.get("explainer", "grad_cam"),
                "in_distribution": source.in_distribution(split, run_.domains),

@@ -17,7 +17,7 @@ __all__ = ["pivot", "summary_table", "heldout_table", "render_tables", "METRIC_N
 
 METRIC_NAMES = {
     "val_acc": "Val acc", "acc": "Acc", "worst_group": "Worst group", "auc": "AUC", "suff": "Suff ↓",
-    "comp": "Comp ↑", "shortcut": "Shortcut ↓",
+    "comp": "Comp ↑", "deletion": "Del ↓", "insertion": "Ins ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
 }
 
@@ -173,7 +173,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
-    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "shortcut", "energy", "area", "iou")
+    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "deletion", "insertion", "shortcut",
+                             "energy", "area", "iou")
                if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"
@@ -187,6 +188,7 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
     if note:
         parts += ["", note]
     parts += ["", "Suff: ERASER sufficiency (lower is better); Comp: comprehensiveness (higher is better); "
-              "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
-              "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]
+              + ("Del / Ins: RISE deletion / insertion areas (lower / higher is better); " if "deletion" in has else "")
+              + "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
+              + "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]
     return "\n".join(parts) + "\n"

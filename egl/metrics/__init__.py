@@ -3,6 +3,8 @@
 - :mod:`~egl.metrics.classification`: ``accuracy``, macro one-vs-rest ``auc``.
 - :mod:`~egl.metrics.faithfulness`: ERASER sufficiency and comprehensiveness (AOPC) of
   saliency, batched through the model (DeYoung et al., ACL 2020).
+- :mod:`~egl.metrics.deletion_insertion`: RISE ``deletion`` and ``insertion`` curves and their
+  areas, batched through the model (Petsiuk et al., BMVC 2018).
 - :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
   IoU of saliency (or a masker's output) against ground-truth masks.
 - :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
@@ -19,6 +21,7 @@ Example:
 """
 
 from egl.metrics.classification import accuracy, auc
+from egl.metrics.deletion_insertion import CurveResult, deletion, insertion
 from egl.metrics.faithfulness import BASELINES, DEFAULT_KS, FaithfulnessResult, faithfulness
 from egl.metrics.localization import (
     LocalizationResult,
@@ -34,6 +37,9 @@ __all__ = [
     "auc",
     "faithfulness",
     "FaithfulnessResult",
+    "deletion",
+    "insertion",
+    "CurveResult",
     "BASELINES",
     "DEFAULT_KS",
     "localization",

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
-from egl._check import check_finite, check_same_batch, check_shape, check_tensor, describe, fail
+from egl._check import (
+    check_choice,
+    check_finite,
+    check_positive,
+    check_same_batch,
+    check_shape,
+    check_tensor,
+    describe,
+    fail,
+)
 from egl._transfer import upload
 
-__all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map"]
+__all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
+           "check_perturbation", "replacement", "model_logits"]
+
+BASELINES = ("zero", "blur", "mean")
 
 
 def check_logits(logits: object, fn: str, arg: str = "logits") -> Tensor:
@@ -64,3 +78,41 @@ def resize_map(s: Tensor, size: tuple[int, int]) -> Tensor:
     if size[0] <= s.shape[-2] and size[1] <= s.shape[-1]:
         return F.adaptive_avg_pool2d(s, size)
     return F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+
+
+def check_perturbation(x: Tensor, baseline: object, batch_size: object, blur_sigma: object, fn: str,
+                       arg: str = "baseline") -> None:
+    """The arguments every perturbation metric shares: ``baseline`` one of :data:`BASELINES`,
+    ``batch_size`` an int >= 1, and (``baseline="blur"`` only) ``0 < blur_sigma <=`` the image's
+    larger side (the kernel, ``2 ceil(3 sigma) + 1`` wide, would grow without bound)."""
+    check_choice(baseline, BASELINES, fn, arg)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise fail(fn, "batch_size", "an int >= 1", describe(batch_size), "Pass e.g. batch_size=256")
+    if baseline == "blur":
+        check_positive(blur_sigma, fn, "blur_sigma", allow_zero=False)
+        if blur_sigma > max(x.shape[-2:]):  # type: ignore[operator]
+            raise fail(fn, "blur_sigma", f"at most the image's larger side ({max(x.shape[-2:])} px)",
+                       repr(blur_sigma), "A wider Gaussian is nearly constant over the image: use "
+                       "baseline='mean', or a smaller blur_sigma")
+
+
+def replacement(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
+    """Values that removed pixels take, broadcastable to ``x`` and indexable by sample:
+    ``"zero"`` ``[B, 1, 1, 1]`` zeros, ``"mean"`` the per-image channel means, ``"blur"`` a
+    Gaussian-blurred copy (``blur_sigma`` px, kernel ``2 ceil(3 sigma) + 1``, replicate border)."""
+    if baseline == "zero":
+        return x.new_zeros(x.shape[0], 1, 1, 1)
+    if baseline == "mean":
+        return x.mean(dim=(2, 3), keepdim=True)
+    radius = max(1, math.ceil(3.0 * blur_sigma))
+    return gaussian_blur2d(x, (2 * radius + 1, 2 * radius + 1), (blur_sigma, blur_sigma),
+                           border_type="replicate")
+
+
+def model_logits(model: Callable[[Tensor], Tensor], inp: Tensor, fn: str) -> Tensor:
+    """``model(inp)``, refused unless it is a ``[N, num_classes]`` tensor."""
+    out = model(inp)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != inp.shape[0]:
+        raise fail(fn, "model", f"a model returning logits of shape [{inp.shape[0]}, num_classes]",
+                   f"an output {describe(out)}", "Wrap the model so that it returns a [N, C] tensor")
+    return out

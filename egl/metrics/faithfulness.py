@@ -17,7 +17,6 @@ mean).
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,24 +24,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
-from egl._check import (
-    check_choice,
-    check_finite,
-    check_positive,
-    check_same_batch,
-    check_shape,
-    describe,
-    fail,
-)
+from egl._check import check_finite, check_same_batch, check_shape, describe, fail
 from egl._transfer import host_tensor, upload
-from egl.metrics._common import check_labels, num_top_pixels, pixel_ranks
+from egl.metrics._common import (
+    BASELINES,
+    check_labels,
+    check_perturbation,
+    model_logits,
+    num_top_pixels,
+    pixel_ranks,
+    replacement,
+)
 
 __all__ = ["faithfulness", "FaithfulnessResult", "BASELINES", "DEFAULT_KS"]
 
-BASELINES = ("zero", "blur", "mean")
 DEFAULT_KS: tuple[float, ...] = (1, 5, 10, 20, 50)
 X_SHAPE = "B C H W"
 SALIENCY_SHAPE = "B 1 h w"
@@ -100,25 +97,6 @@ def _check_ks(ks: object, fn: str) -> tuple[float, ...]:
         warnings.warn(f"{fn}: every k in ks={items} is at most 1%: ks are percentages (ks=(10, 50) is 10% and "
                       "50% of the pixels), not fractions", stacklevel=3)
     return items  # type: ignore[return-value]
-
-
-def _baseline(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
-    """Replacement values, broadcastable to ``x`` and indexable by sample."""
-    if baseline == "zero":
-        return x.new_zeros(x.shape[0], 1, 1, 1)
-    if baseline == "mean":
-        return x.mean(dim=(2, 3), keepdim=True)
-    radius = max(1, math.ceil(3.0 * blur_sigma))
-    return gaussian_blur2d(x, (2 * radius + 1, 2 * radius + 1), (blur_sigma, blur_sigma),
-                           border_type="replicate")
-
-
-def _logits(model: Callable[[Tensor], Tensor], inp: Tensor, fn: str) -> Tensor:
-    out = model(inp)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != inp.shape[0]:
-        raise fail(fn, "model", f"a model returning logits of shape [{inp.shape[0]}, num_classes]",
-                   f"an output {describe(out)}", "Wrap the model so that it returns a [N, C] tensor")
-    return out
 
 
 def faithfulness(
@@ -188,15 +166,7 @@ def faithfulness(
     check_finite(x.detach(), fn, "x")
     check_finite(s.detach(), fn, "saliency")
     ks = _check_ks(ks, fn)
-    check_choice(baseline, BASELINES, fn, "baseline")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise fail(fn, "batch_size", "an int >= 1", describe(batch_size), "Pass e.g. batch_size=256")
-    if baseline == "blur":
-        check_positive(blur_sigma, fn, "blur_sigma", allow_zero=False)
-        if blur_sigma > max(x.shape[-2:]):  # the kernel (2⌈3σ⌉+1 wide) would grow without bound
-            raise fail(fn, "blur_sigma", f"at most the image's larger side ({max(x.shape[-2:])} px)",
-                       repr(blur_sigma), "A wider Gaussian is nearly constant over the image: use "
-                       "baseline='mean', or a smaller blur_sigma")
+    check_perturbation(x, baseline, batch_size, blur_sigma, fn)
 
     b, _, h, w = x.shape
     with torch.no_grad():
@@ -205,7 +175,7 @@ def faithfulness(
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient
-        base = _baseline(x, baseline, blur_sigma)
+        base = replacement(x, baseline, blur_sigma)
         counts = tuple(num_top_pixels(k, h * w) for k in ks)
         # Variant 0 is the original image (nothing removed), then comprehensiveness
         # (top n removed) and sufficiency (only top n kept) for every k.
@@ -218,7 +188,7 @@ def faithfulness(
             v, i = idx // b, idx % b
             in_top = ranks[i] < n_of[v, None]
             keep = (in_top == keep_top[v, None]).view(-1, 1, h, w)
-            logits.append(_logits(model, torch.where(keep, x[i], base[i]), fn))
+            logits.append(model_logits(model, torch.where(keep, x[i], base[i]), fn))
         out = torch.cat(logits)
         out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
         probs = torch.softmax(out, dim=1).view(n_of.numel(), b, -1)

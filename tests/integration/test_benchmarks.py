@@ -68,7 +68,7 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script,args,expect", [
-    ("metrics.py", ["--quick", "--batch", "2", "--size", "32"], "egl faithfulness"),
+    ("metrics.py", ["--quick", "--batch", "2", "--size", "32", "--steps", "4"], "egl deletion + insertion"),
     ("activations.py", ["--batch", "2", "--size", "32"], "masker"),
     ("masker_ops.py", ["--batch", "2", "--size", "32", "--repeats", "1"], "bn_stats"),
     ("profile_step.py", ["--recipe", "align", "--batch", "2", "--size", "32", "--rows", "3"], "egl.phase.masker"),

@@ -61,6 +61,8 @@ BAD = [
     ("eval.explain_samples=-1", r"'eval.explain_samples' expected an int >= 0 \(0: no saliency metrics\), got -1\."),
     ("eval.ks=[0, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[0, 5\]\."),
     ("eval.ks=[5, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[5, 5\]\."),
+    ("eval.curve_steps=-1", r"'eval.curve_steps' expected an int >= 0 \(RISE deletion/insertion steps per curve; "
+                            r"0: not measured\), got -1\."),
     ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean'\], got 'black'\."),
     ("eval.mask_quality=maybe", r"'eval.mask_quality' expected True or False, got 'maybe'\."),
 ]
@@ -131,7 +133,7 @@ def test_good_values_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_values(DEFAULTS) is None and check_values(DEMO) is None
     cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cuda:1", "train.precision=bf16",
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
-                                     "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.mask_quality=false"])
+                                     "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.curve_steps=4", "eval.mask_quality=false"])
     assert check_selection(cfg) == ("last", None)
 
 

@@ -26,3 +26,25 @@ def test_another_explainer_refuses_a_layer_and_an_unknown_name_is_named() -> Non
                        match="^egl.experiments.evaluate: 'explainer' expected a registered explainer name, got 'layercam'"
                              r"\. Did you mean 'layer_cam'"):
         saliency_explainer(model, "layercam")
+
+
+def test_curve_steps_adds_rise_deletion_and_insertion_of_the_explained_images() -> None:
+    import torch
+
+    from egl.experiments.evaluate import evaluate
+    from egl.metrics import deletion, insertion
+
+    model = make_model("test_resnet", output_stride=8)
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 5
+    data = [{"image": x[i], "label": y[i]} for i in range(6)]
+    plain = evaluate(model, data, batch_size=4, explain_samples=5)
+    assert "deletion" not in plain and "insertion" not in plain  # off by default (steps + 1 passes per curve)
+    out = evaluate(model, data, batch_size=4, explain_samples=5, curve_steps=8)
+    assert {k: out[k] for k in plain} == plain  # the other metrics unchanged
+    sal = saliency_explainer(model, "grad_cam")(x[:5])
+    assert out["deletion"] == pytest.approx(float(deletion(model, x[:5], sal, steps=8).auc), rel=1e-5)
+    assert out["insertion"] == pytest.approx(float(insertion(model, x[:5], sal, steps=8).auc), rel=1e-5)
+    tiny = [{"image": torch.randn(3, 4, 4), "label": torch.tensor(0)}]  # more steps than pixels: capped at 16
+    assert 0 <= evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)), tiny,
+                         explainer="input_gradient", curve_steps=100)["deletion"] <= 1

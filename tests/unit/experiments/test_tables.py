@@ -39,6 +39,17 @@ def test_rows_without_the_flag_still_get_a_summary_table() -> None:
     rows = [{"method": "erm", "train": "all", "seed": 0, "split": s, "acc": 0.5, "auc": 0.7} for s in "ab"]
     tables = render_tables(rows, None)
     assert "## Every test split" in tables and "| erm | all | 50.0 | 70.0 |" in tables
+    assert "Del" not in tables and "RISE" not in tables
+
+
+def test_rise_areas_get_their_columns_and_key_when_measured() -> None:
+    from egl.experiments.tables import render_tables
+
+    rows = [{"method": "erm", "train": "all", "seed": 0, "split": "a", "acc": 0.5, "deletion": 0.25,
+             "insertion": 0.75}]
+    tables = render_tables(rows, None)
+    assert "| method | trained on | Acc | Del ↓ | Ins ↑ |" in tables and "| erm | all | 50.0 | 25.0 | 75.0 |" in tables
+    assert "Del / Ins: RISE deletion / insertion areas" in tables
 
 
 def test_heldout_table_is_domainbeds_table_for_leave_one_out() -> None:
