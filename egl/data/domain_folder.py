@@ -33,38 +33,22 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from egl._check import check_choice, check_flag, check_int, fail
 from egl.data.augment import as_augment
-from egl.data.image_file import read_levels
+from egl.data.image_items import LABEL_MAX, ImageItems, Sample, verify_images
 
-__all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS"]
+__all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS", "LABEL_MAX"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_FRACTIONS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 MASKS_DIR = "masks"
-LABEL_MAX = 15  # a mask whose largest level is 2..LABEL_MAX is a class-label image, not 0-255
 _FN = "egl.data.DomainFolder"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: its path, class index, domain index and (optional) mask path."""
-
-    path: Path
-    label: int
-    domain: int
-    mask: Path | None
 
 
 def _subdirs(p: Path) -> list[str]:
@@ -154,7 +138,7 @@ def _split(samples: list[Sample], domains: Sequence[str], split: str, seed: int)
     return out
 
 
-class DomainFolder(Dataset):
+class DomainFolder(ImageItems):
     """A DomainBed-layout data set: items are dicts ``image [3, S, S]`` in [0, 1], ``label``,
     ``domain`` and, when the data has masks, ``mask [1, S, S]`` in [0, 1].
 
@@ -194,80 +178,8 @@ class DomainFolder(Dataset):
         self.augment = as_augment(augment, _FN)
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:
-            samples = self._verify(samples, on_error)
-        self.samples = samples if split == "all" else _split(samples, self.domains, split, seed)
-        with_mask = sum(s.mask is not None for s in self.samples)
-        if 0 < with_mask < len(self.samples):
-            first = next(s for s in self.samples if s.mask is None)
-            raise fail(_FN, "root", "a mask for every image or for none",
-                       f"{len(self.samples) - with_mask} of {len(self.samples)} images without one "
-                       f"(e.g. '{first.path}')",
-                       f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image")
-        self.has_masks = with_mask > 0
-        self.image_size = image_size
-        self._warned_label_mask = False  # a mask peaking at 2..LABEL_MAX was warned about
+            samples = verify_images(samples, on_error, _FN, "root")
+        samples = samples if split == "all" else _split(samples, self.domains, split, seed)
+        super().__init__(samples, image_size=image_size, augment=self.augment, fn=_FN, arg="root",
+                         mask_fix=f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image")
         self.split = split
-
-    @staticmethod
-    def _verify(samples: list[Sample], on_error: str) -> list[Sample]:
-        from PIL import Image
-
-        good = []
-        for s in samples:
-            try:
-                with Image.open(s.path) as im:
-                    im.verify()
-            except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable
-                if on_error == "raise":
-                    raise fail(_FN, "root", "readable images", f"'{s.path}' ({type(exc).__name__}: {exc})",
-                               "Remove or replace the file, or pass on_error='skip'") from exc
-                warnings.warn(f"{_FN}: skipping unreadable image '{s.path}': {exc}", stacklevel=3)
-                continue
-            good.append(s)
-        return good
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @staticmethod
-    def _read(path: Path, mode: str) -> tuple[Tensor, int]:
-        """The file's levels ``[C, H, W]`` and their full scale (255, or 65535 for 16-bit files)."""
-        return read_levels(path, mode, _FN, "root")
-
-    def _resize(self, t: Tensor) -> Tensor:
-        return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=False, antialias=True)[0].clamp_(0, 1)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        s = self.samples[i]
-        image, image_full = self._read(s.path, "RGB")
-        item = {"image": image.float().div_(image_full), "label": torch.tensor(s.label),
-                "domain": torch.tensor(s.domain)}
-        if s.mask is not None:
-            item["mask"] = self._read_mask(s, image.shape[-2:])
-        if self.augment is not None:
-            return self.augment(item, size=(self.image_size, self.image_size))
-        item["image"] = self._resize(item["image"])
-        if "mask" in item:
-            item["mask"] = self._resize(item["mask"])
-        return item
-
-    def _read_mask(self, s: Sample, size: torch.Size) -> Tensor:
-        """``s``'s mask at its file's resolution, ``[1, H, W]`` in [0, 1]."""
-        mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
-        mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
-        if mask.shape[-2:] != size:
-            raise fail(_FN, "root", "a mask of its image's size",
-                       f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
-                       f"{size[-1]}x{size[-2]} (width x height)",
-                       "Save the mask at its image's size (a stretched mask would point elsewhere)")
-        top = int(mask.max())
-        if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
-            self._warned_label_mask = True
-            warnings.warn(f"{_FN}: the mask '{s.mask}' has levels 0 to {top}: read as 0-{mask_full} "
-                          f"({mask_full} = foreground) it is nearly empty. If it is a class-label image (0/1/2 "
-                          "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
-                          "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
-                          "once per data set.)", stacklevel=3)
-        full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
-        return mask.float().div_(full)

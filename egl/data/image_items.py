@@ -1,0 +1,139 @@
+"""Items read from image files: what :class:`~egl.data.DomainFolder` and :class:`~egl.data.ImageCSV` share.
+
+An item is a dict ``image [3, S, S]`` in [0, 1], ``label``, ``domain`` and, when the data has
+them, ``mask [1, S, S]`` in [0, 1] and ``shortcut`` (the class a spurious feature of the image
+stands for, -1 for none: what :func:`egl.metrics.shortcut_rate` and worst-group accuracy read).
+
+Masks are grey images of their image's size: 0-255 (0-65535 for 16-bit files; a colour mask by
+its brightest channel) or, when their largest level is 1, 0/1 label images. A largest level from
+2 to ``LABEL_MAX`` (15) is most likely a class-label image (0/1/2 classes, a 1/2/3 trimap),
+nearly empty read as 0-255: the first one loaded warns, naming the file (a faint 0-255 mask can
+peak there too). Images and masks are resized to ``S x S`` (bilinear, antialiased), or cropped at
+the file's resolution and resized once when an ``augment`` is given.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from egl._check import fail
+from egl.data.image_file import read_levels
+
+__all__ = ["Sample", "ImageItems", "verify_images", "LABEL_MAX"]
+
+LABEL_MAX = 15  # a mask whose largest level is 2..LABEL_MAX is a class-label image, not 0-255
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its path, class index, domain index, (optional) mask path and (optional) shortcut
+    class (the class a spurious feature of the image stands for; -1: none)."""
+
+    path: Path
+    label: int
+    domain: int
+    mask: Path | None
+    shortcut: int | None = None
+
+
+def verify_images(samples: list[Sample], on_error: str, fn: str, arg: str) -> list[Sample]:
+    """``samples`` whose image PIL can open and verify; an unreadable one raises naming the file
+    (``on_error="raise"``) or is dropped with a warning (``"skip"``)."""
+    from PIL import Image
+
+    good = []
+    for s in samples:
+        try:
+            with Image.open(s.path) as im:
+                im.verify()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable
+            if on_error == "raise":
+                raise fail(fn, arg, "readable images", f"'{s.path}' ({type(exc).__name__}: {exc})",
+                           "Remove or replace the file, or pass on_error='skip'") from exc
+            warnings.warn(f"{fn}: skipping unreadable image '{s.path}': {exc}", stacklevel=3)
+            continue
+        good.append(s)
+    return good
+
+
+class ImageItems(Dataset):
+    """A data set over :class:`Sample` s (see the module doc for the items).
+
+    Args:
+        samples: the images, in item order.
+        image_size: the side images and masks are resized to.
+        augment: an :class:`~egl.data.Augment` (or None), applied at the file's resolution.
+        fn, arg: the data set's name and argument, for errors and warnings.
+        mask_fix: what to do when some samples have masks and others not.
+    """
+
+    def __init__(self, samples: Sequence[Sample], *, image_size: int, augment: object, fn: str, arg: str,
+                 mask_fix: str) -> None:
+        self.samples = list(samples)
+        with_mask = sum(s.mask is not None for s in self.samples)
+        if 0 < with_mask < len(self.samples):
+            first = next(s for s in self.samples if s.mask is None)
+            raise fail(fn, arg, "a mask for every image or for none",
+                       f"{len(self.samples) - with_mask} of {len(self.samples)} images without one "
+                       f"(e.g. '{first.path}')", mask_fix)
+        self.has_masks = with_mask > 0
+        self.image_size = image_size
+        self.augment = augment
+        self._fn, self._arg = fn, arg
+        self._warned_label_mask = False  # a mask peaking at 2..LABEL_MAX was warned about
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _read(self, path: Path, mode: str) -> tuple[Tensor, int]:
+        """The file's levels ``[C, H, W]`` and their full scale (255, or 65535 for 16-bit files)."""
+        return read_levels(path, mode, self._fn, self._arg)
+
+    def _resize(self, t: Tensor) -> Tensor:
+        return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False, antialias=True)[0].clamp_(0, 1)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        s = self.samples[i]
+        image, image_full = self._read(s.path, "RGB")
+        item = {"image": image.float().div_(image_full), "label": torch.tensor(s.label),
+                "domain": torch.tensor(s.domain)}
+        if s.shortcut is not None:
+            item["shortcut"] = torch.tensor(s.shortcut)
+        if s.mask is not None:
+            item["mask"] = self._read_mask(s, image.shape[-2:])
+        if self.augment is not None:
+            return self.augment(item, size=(self.image_size, self.image_size))
+        item["image"] = self._resize(item["image"])
+        if "mask" in item:
+            item["mask"] = self._resize(item["mask"])
+        return item
+
+    def _read_mask(self, s: Sample, size: torch.Size) -> Tensor:
+        """``s``'s mask at its file's resolution, ``[1, H, W]`` in [0, 1]."""
+        assert s.mask is not None
+        mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
+        mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
+        if mask.shape[-2:] != size:
+            raise fail(self._fn, self._arg, "a mask of its image's size",
+                       f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
+                       f"{size[-1]}x{size[-2]} (width x height)",
+                       "Save the mask at its image's size (a stretched mask would point elsewhere)")
+        top = int(mask.max())
+        if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
+            self._warned_label_mask = True
+            warnings.warn(f"{self._fn}: the mask '{s.mask}' has levels 0 to {top}: read as 0-{mask_full} "
+                          f"({mask_full} = foreground) it is nearly empty. If it is a class-label image (0/1/2 "
+                          "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
+                          "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
+                          "once per data set.)", stacklevel=3)
+        full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
+        return mask.float().div_(full)
