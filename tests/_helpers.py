@@ -94,3 +94,30 @@ def domain_tree(root: Path, domains: tuple[str, ...] = ("A", "B"), classes: tupl
                     m[3:9, 4:12] = 255
                     Image.fromarray(m).save(root / "masks" / d / c / f"{i}.png")
     return root
+
+
+def waterbirds_table(root: Path, n: int = 24, masks: bool = True) -> Path:
+    """A tiny Waterbirds (``metadata.csv`` with img_id, img_filename, y, split 0/1/2, place; CUB-style
+    class folders of 12x10 JPEGs, image ``i`` filled with level ``10 i``; with ``masks``, a rectangle per
+    image under ``segmentations/`` at the image's path with ``.png``). Blocks of four images, one of
+    each (y, place) group, go to train, val, test, train, ..."""
+    import csv
+
+    rows = []
+    for i in range(n):
+        y, place, split = i % 2, (i // 2) % 2, (i // 4) % 3
+        name = f"{'017.Cardinal' if y == 0 else '045.Gull'}/bird_{i:02d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((10, 12, 3), (10 * i) % 256, dtype=np.uint8)).save(root / name)
+        if masks:
+            m = np.zeros((10, 12), dtype=np.uint8)
+            m[2:6, 3:9] = 255
+            seg = (root / "segmentations" / name).with_suffix(".png")
+            seg.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(m).save(seg)
+        rows.append([i, name, y, split, place])
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["img_id", "img_filename", "y", "split", "place"])
+        w.writerows(rows)
+    return root

@@ -1,9 +1,11 @@
-"""Data: the built-in synthetic shortcut benchmark, DomainBed-layout folders, and training
-augmentation that moves masks with their images."""
+"""Data: the built-in synthetic shortcut benchmark, DomainBed-layout folders, images listed in a
+CSV table (Waterbirds' metadata.csv and the like), and training augmentation that moves masks with
+their images."""
 
 from egl.data.augment import PRESETS, Augment, Augmented
 from egl.data.domain_folder import DomainFolder
+from egl.data.image_csv import ImageCSV
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
-__all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "Augment", "Augmented",
-           "PRESETS"]
+__all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
+           "Augmented", "PRESETS"]

@@ -18,12 +18,16 @@ __all__ = ["DEFAULTS", "load_config", "apply_overrides", "merge", "check_keys", 
 #: Defaults of ``egl experiment`` and ``egl train``; ``egl demo`` starts from :data:`egl.experiments.demo.DEMO`.
 DEFAULTS: dict[str, Any] = {
     "data": {
-        "name": "synthetic",          # "synthetic" (built in) or "folder" (DomainBed layout under data.root)
-        "root": None,                 # folder data: the data set's top folder
+        "name": "synthetic",          # "synthetic" (built in), "folder" (DomainBed layout under data.root) or
+                                      # "csv" (images listed in data.root/data.csv: egl.data.ImageCSV)
+        "root": None,                 # folder / csv data: the data set's top folder
         "domains": None,              # folder data: domains to use (default: all)
         "image_size": 64,
         "batch_size": 64,
         "num_workers": 0,
+        "csv": "metadata.csv",        # csv data: the table, relative to data.root
+        "columns": None,              # csv data: "default", "waterbirds", or {role: header name} (ImageCSV)
+        "mask_dir": None,             # csv data: masks at <root>/<mask_dir>/<image path>.png (Waterbirds: CUB's)
         "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images

@@ -1,9 +1,11 @@
-"""Where an experiment's data comes from: the built-in synthetic benchmark or DomainBed folders.
+"""Where an experiment's data comes from: the built-in synthetic benchmark, DomainBed folders, or a CSV table.
 
 A :class:`Source` gives per-domain training sets and named test sets. For the synthetic
 benchmark the test sets are ``test_id/<domain>`` (in distribution, per training domain)
 and the out-of-distribution splits ``random``, ``flipped``, ``novel``; for folder data
-they are the test split (20 %) of every domain, named by the domain.
+they are the test split (20 %) of every domain, named by the domain; for CSV data
+(:class:`egl.data.ImageCSV`, ``data.name=csv``) the table's test split of every domain, named
+by the domain, or ``test`` for a table without domains.
 
 ``train.domains`` picks what one run trains on (:meth:`Source.training_domains`):
 
@@ -152,7 +154,7 @@ def _augmented(ds: Dataset, augment: Any) -> Dataset:
 
 def load_source(data: dict[str, Any]) -> Source:
     """Build the :class:`Source` described by a config's ``data`` section."""
-    check_choice(data.get("name"), ("synthetic", "folder"), "egl.experiments", "data.name")
+    check_choice(data.get("name"), ("synthetic", "folder", "csv"), "egl.experiments", "data.name")
     augment = as_augment(data.get("augment"), "egl.experiments", "data.augment")  # training sets only
     if data["name"] == "synthetic":
         from egl.data.synthetic import NUM_CLASSES, build
@@ -170,19 +172,28 @@ def load_source(data: dict[str, Any]) -> Source:
             tests[split] = TensorDictDataset(splits[split])
         return Source("synthetic", NUM_CLASSES, [str(i) for i in range(NUM_CLASSES)], train, val, tests,
                       {f"test_id/{name}": name for name in domains})
-    from egl.data.domain_folder import DomainFolder
+    from egl.data import DomainFolder, ImageCSV
 
     if not data.get("root"):
-        raise fail("egl.experiments", "data.root", "the data set's folder for data.name=folder", "None",
-                   "Set data.root=/path/to/VLCS (layout root/<domain>/<class>/<image>)")
+        raise fail("egl.experiments", "data.root", f"the data set's folder for data.name={data['name']}", "None",
+                   "Set data.root=/path/to/VLCS (layout root/<domain>/<class>/<image>)" if data["name"] == "folder"
+                   else "Set data.root=/path/to/waterbird_complete95_forest2water2 (the folder of its metadata.csv)")
     size = check_int(data.get("image_size", 224), "egl.experiments", "data.image_size", low=1,  # (egl eval too)
                      note="(the side images are resized to)", fix="Set e.g. data.image_size=64")
-    kw = {"domains": data.get("domains"), "image_size": size}
-    full = DomainFolder(data["root"], "all", **kw)
-    per_split = {s: DomainFolder(data["root"], s, **kw, augment=augment if s == "train" else None)
+    kw: dict[str, Any] = {"domains": data.get("domains"), "image_size": size}
+    kind: Any = DomainFolder
+    if data["name"] == "csv":
+        kind = ImageCSV
+        kw.update(csv=data.get("csv") or "metadata.csv", columns=data.get("columns"), mask_dir=data.get("mask_dir"))
+    full = kind(data["root"], "all", **kw)
+    per_split = {s: kind(data["root"], s, **kw, augment=augment if s == "train" else None)
                  for s in ("train", "val", "test")}
+    if kind is ImageCSV and full.domains == [ImageCSV.ONE_DOMAIN]:  # a table without domains: one of each
+        (domain,) = full.domains
+        return Source(str(data["root"]), len(full.classes), full.classes, {domain: per_split["train"]},
+                      {domain: per_split["val"]}, {"test": per_split["test"]}, {"test": domain})
 
-    def by_domain(ds: DomainFolder) -> dict[str, Dataset]:
+    def by_domain(ds: Any) -> dict[str, Dataset]:
         return {name: Subset(ds, [i for i, s in enumerate(ds.samples) if s.domain == d])
                 for d, name in enumerate(ds.domains)}
 

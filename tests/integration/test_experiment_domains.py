@@ -117,3 +117,26 @@ def test_held_out_validation_uses_the_other_domains_validation_splits(
     assert main([*args, "--set", "train.domains=all", "--out", str(tmp_path / "none")]) == 1  # nothing held out
     assert "'train.select' expected a run with a validation split, got none for this run (train.val_domains=held_out" \
         in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_experiment_on_a_waterbirds_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _helpers import waterbirds_table
+
+    root = waterbirds_table(tmp_path / "wb", n=40)
+    out = tmp_path / "wb-run"
+    args = ["--set", "data.name=csv", "--set", f"data.root={root}", "--set", "data.columns=waterbirds",
+            "--set", "data.mask_dir=segmentations", "--set", "data.image_size=32", "--set", "data.batch_size=8",
+            "--set", "train.steps=2", "--set", "eval.explain_samples=4", "--set", "eval.min_group_size=1",
+            "--set", "model.arch=test_resnet", "--set", "eval.mask_quality=false",
+            "--set", "methods={erm: {recipe: erm}, align: {recipe: align, kwargs: {masker: ground_truth}}}",
+            "--out", str(out), "--no-progress"]
+    assert main(["experiment", *args]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()][1:]
+    assert {(r["method"], r["train"], r["split"]) for r in rows} == {("erm", "all", "test"), ("align", "all", "test")}
+    for r in rows:  # the place column read as the shortcut: shortcut rate and worst (class, place) group
+        assert r["in_distribution"] is True and 0 <= r["shortcut"] <= 1 and 0 <= r["worst_group"] <= r["acc"]
+        assert 0 <= r["energy"] <= 1  # masks from the segmentations folder
+    assert "Worst group" in (out / "tables.md").read_text()
+    capsys.readouterr()  # a preset the table does not fit is named before anything is written
+    assert main(["experiment", *args, "--set", "data.columns=default", "--out", str(tmp_path / "bad")]) == 1
+    assert "'columns' expected columns the header" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -1,0 +1,125 @@
+"""Images listed in a CSV table: Waterbirds' metadata.csv, the default column names, and the errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _helpers import waterbirds_table
+from PIL import Image
+
+import egl
+from egl.data import ImageCSV
+
+
+def _image(path: Path, value: int, size: tuple[int, int] = (12, 10)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, dtype=np.uint8)).save(path)
+
+
+def _mask(path: Path, size: tuple[int, int] = (12, 10)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = np.zeros((size[1], size[0]), dtype=np.uint8)
+    m[2:6, 3:9] = 255
+    Image.fromarray(m).save(path)
+
+
+def _table(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_waterbirds_preset_reads_splits_labels_shortcuts_and_masks(tmp_path: Path) -> None:
+    root = waterbirds_table(tmp_path)
+    meta = list(csv.DictReader(open(root / "metadata.csv")))
+    parts = {s: ImageCSV(root, s, columns="waterbirds", mask_dir="segmentations", image_size=8)
+             for s in ("train", "val", "test")}
+    for split, code in (("train", "0"), ("val", "1"), ("test", "2")):
+        assert sorted(s.path.name for s in parts[split].samples) == \
+            sorted(Path(r["img_filename"]).name for r in meta if r["split"] == code)
+    ds = parts["train"]
+    assert ds.classes == ["0", "1"] and ds.domains == ["all"] and ds.has_masks
+    item = ds[0]
+    row = next(r for r in meta if Path(r["img_filename"]).name == ds.samples[0].path.name)
+    assert int(item["label"]) == int(row["y"]) and int(item["shortcut"]) == int(row["place"])
+    assert item["image"].shape == (3, 8, 8) and item["mask"].shape == (1, 8, 8) and int(item["domain"]) == 0
+    assert 0.1 < float(item["mask"].mean()) < 0.4
+    assert abs(float(item["image"].mean()) - int(row["img_id"]) * 10 / 255) < 1e-6  # its own pixels
+    batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
+    assert batch["shortcut"].dtype == torch.long and batch["mask"].shape == (3, 1, 8, 8)
+    assert len(ImageCSV(root, "all", columns="waterbirds", image_size=8)) == 24
+    assert "mask" not in ImageCSV(root, "train", columns="waterbirds", image_size=8)[0]  # masks only when asked
+
+
+def test_default_columns_names_domains_and_a_seeded_split(tmp_path: Path) -> None:
+    rows = []
+    for i in range(30):
+        name = f"img/{i}.png"
+        _image(tmp_path / name, i)
+        rows.append([name, ("cat", "dog", "eel")[i % 3], ("north", "south")[i % 2]])
+    _table(tmp_path / "list.csv", ["image", "label", "domain"], rows)
+    full = ImageCSV(tmp_path, "all", csv="list.csv", image_size=4)
+    assert full.classes == ["cat", "dog", "eel"] and full.domains == ["north", "south"]
+    assert [s.label for s in full.samples[:4]] == [0, 1, 2, 0] and "shortcut" not in full[0]
+    parts = {s: ImageCSV(tmp_path, s, csv="list.csv", image_size=4) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [18, 6, 6]  # 6:2:2 per domain of 15
+    paths = {s: {x.path for x in parts[s].samples} for s in parts}
+    assert not (paths["train"] & paths["test"]) and not (paths["val"] & paths["test"])
+    south = ImageCSV(tmp_path, "test", csv="list.csv", domains=["south"], image_size=4)
+    assert {x.path for x in south.samples} == {x.path for x in parts["test"].samples if x.domain == 1}
+    assert ImageCSV(tmp_path, "train", csv="list.csv", image_size=4, seed=1).samples != parts["train"].samples
+
+
+def test_a_mask_column_and_augmentation_move_masks_with_images(tmp_path: Path) -> None:
+    rows = []
+    for i in range(4):
+        _image(tmp_path / f"{i}.png", 100)
+        _mask(tmp_path / "m" / f"{i}.png")
+        rows.append([f"{i}.png", i % 2, f"m/{i}.png", "train"])
+    _table(tmp_path / "metadata.csv", ["image", "label", "mask", "split"], rows)
+    plain = ImageCSV(tmp_path, "train", image_size=8)
+    assert plain.has_masks and plain[0]["mask"].shape == (1, 8, 8)
+    torch.manual_seed(0)
+    flipped = ImageCSV(tmp_path, "train", image_size=8, augment={"flip": 1.0, "crop_scale": None, "brightness": 0,
+                                                               "contrast": 0, "saturation": 0, "hue": 0,
+                                                               "grayscale": 0})
+    assert torch.equal(flipped[0]["mask"], plain[0]["mask"].flip(-1))
+
+
+@pytest.mark.parametrize("header, rows, kwargs, match", [
+    (["file", "y"], [["0.png", 0]], {}, r"'columns' expected columns the header .* has: \['file', 'y'\]"),
+    (["img_filename", "y", "split"], [["0.png", 0, 0]], {"columns": "waterbirds"}, r"'place'"),
+    (["image", "label"], [["0.png", 0]], {"columns": {"image": "image"}}, r"the roles \['image', 'label'\]"),
+    (["image", "label"], [["0.png", 0]], {"columns": {"image": "image", "label": "label", "colour": "c"}},
+     r"Remove \['colour'\]"),
+    (["image", "label", "split"], [["0.png", 0, "holdout"]], {}, r"'holdout' in column 'split' \(split\) at line 2"),
+    (["image", "label", "shortcut"], [["0.png", 0, 5]], {}, r"class index in \[0, 0\].*'5' in column 'shortcut'"),
+    (["image", "label"], [["0.png", -1]], {}, r"'label' expected a class index >= 0|class index >= 0"),
+    (["image", "label"], [["gone.png", 0]], {}, r"every image the table lists.*1 missing, e.g. '.*gone.png'"),
+    (["image", "label"], [["0.png", 0]], {"domains": ["x"]}, r"'domains' expected None for a table without"),
+    (["image", "label", "mask"], [["0.png", 0, "m.png"]], {"mask_dir": "seg"}, r"'mask_dir' expected None when"),
+    (["image", "label"], [["0.png", 0]], {"mask_dir": "seg"}, r"'mask_dir' expected a folder holding a .png mask"),
+])
+def test_bad_tables_are_named(tmp_path: Path, header: list[str], rows: list, kwargs: dict, match: str) -> None:
+    _image(tmp_path / "0.png", 0)
+    _image(tmp_path / "1.png", 0)
+    _table(tmp_path / "metadata.csv", header, rows)
+    with pytest.raises(egl.InputError, match=match):
+        ImageCSV(tmp_path, "all", **kwargs)
+
+
+def test_missing_table_and_masks_for_some_images_only(tmp_path: Path) -> None:
+    with pytest.raises(egl.InputError, match="'csv' expected a CSV file"):
+        ImageCSV(tmp_path)
+    for i in range(2):
+        _image(tmp_path / f"{i}.png", 0)
+    _mask(tmp_path / "seg" / "0.png")
+    _table(tmp_path / "metadata.csv", ["image", "label"], [["0.png", 0], ["1.png", 1]])
+    with pytest.raises(egl.InputError, match=r"a mask for every image or for none.*Add a mask for each image"):
+        ImageCSV(tmp_path, "all", mask_dir="seg")
