@@ -1,11 +1,12 @@
 """Data: the built-in synthetic shortcut benchmark, DomainBed-layout folders, images listed in a
-CSV table (Waterbirds' metadata.csv and the like), and training augmentation that moves masks with
-their images."""
+CSV table (Waterbirds' metadata.csv and the like), training augmentation that moves masks with
+their images, and partial annotation (the masks of a fraction of the images kept)."""
 
 from egl.data.augment import PRESETS, Augment, Augmented
 from egl.data.domain_folder import DomainFolder
 from egl.data.image_csv import ImageCSV
+from egl.data.partial_masks import PartialMasks
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
-           "Augmented", "PRESETS"]
+           "Augmented", "PRESETS", "PartialMasks"]

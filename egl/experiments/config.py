@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
         "columns": None,              # csv data: "default", "waterbirds", or {role: header name} (ImageCSV)
         "mask_dir": None,             # csv data: masks at <root>/<mask_dir>/<image path>.png (Waterbirds: CUB's)
         "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
+        "mask_fraction": 1.0,         # training images that keep their masks (the rest: annotated=False)
+        "mask_seed": 0,               # which ones (egl.data.PartialMasks; the same for every training seed)
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images
     },
@@ -228,6 +230,10 @@ def check_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "data.image_size", "64 for the synthetic data (its images are drawn at 64 px)",
                    repr(d.get("image_size")), "Leave data.image_size out, or use data.name=folder")
     as_augment(d.get("augment"), fn, "data.augment")
+    from egl.data.partial_masks import check_fraction
+
+    check_fraction(d.get("mask_fraction", 1.0), fn, "data.mask_fraction")
+    check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)
 

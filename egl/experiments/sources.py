@@ -16,7 +16,9 @@ by the domain, or ``test`` for a table without domains.
 * a list of domain names -- those pooled (one run), named ``A+B``.
 
 ``data.augment`` augments the training sets only (masks moved with their images,
-:class:`egl.data.Augment`); validation and test sets are read as they are.
+:class:`egl.data.Augment`); validation and test sets are read as they are. ``data.mask_fraction``
+< 1 keeps the masks of that share of each training domain's images (:class:`egl.data.PartialMasks`,
+drawn with ``data.mask_seed``); validation and test sets keep theirs.
 
 A test split is *in distribution* for a run when it is drawn from one of the run's training
 domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
@@ -32,6 +34,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from egl._check import check_choice, check_int, fail
 from egl.data.augment import Augmented, as_augment
+from egl.data.partial_masks import PartialMasks, check_fraction
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
 
@@ -152,6 +155,17 @@ def _augmented(ds: Dataset, augment: Any) -> Dataset:
     return ds if augment is None else Augmented(ds, augment)
 
 
+def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool) -> Dataset:
+    """A training set: the masks of ``data.mask_fraction`` of it kept, then augmented."""
+    fraction = check_fraction(data.get("mask_fraction", 1.0), "egl.experiments", "data.mask_fraction")
+    if fraction < 1:
+        if not has_masks:
+            raise fail("egl.experiments", "data.mask_fraction", "1.0 for data without masks (no mask to keep)",
+                       repr(data.get("mask_fraction")), "Leave data.mask_fraction out, or use data with masks")
+        ds = PartialMasks(ds, fraction, seed=int(data.get("mask_seed", 0)))
+    return _augmented(ds, augment)
+
+
 def load_source(data: dict[str, Any]) -> Source:
     """Build the :class:`Source` described by a config's ``data`` section."""
     check_choice(data.get("name"), ("synthetic", "folder", "csv"), "egl.experiments", "data.name")
@@ -162,7 +176,8 @@ def load_source(data: dict[str, Any]) -> Source:
         cfg = _synthetic_config(data.get("synthetic") or {})
         splits = build(cfg)
         domains = [f"domain{d}" for d in range(len(cfg.p))]
-        train = {name: _augmented(_select(splits["train"], splits["train"]["domain"] == d), augment)
+        has_masks = "mask" in splits["train"]
+        train = {name: _training(_select(splits["train"], splits["train"]["domain"] == d), data, augment, has_masks)
                  for d, name in enumerate(domains)}
         val = {name: _select(splits["val"], splits["val"]["domain"] == d) for d, name in enumerate(domains)}
         tests: dict[str, Dataset] = {
@@ -190,7 +205,8 @@ def load_source(data: dict[str, Any]) -> Source:
                  for s in ("train", "val", "test")}
     if kind is ImageCSV and full.domains == [ImageCSV.ONE_DOMAIN]:  # a table without domains: one of each
         (domain,) = full.domains
-        return Source(str(data["root"]), len(full.classes), full.classes, {domain: per_split["train"]},
+        train = _training(per_split["train"], data, None, per_split["train"].has_masks)  # (augmented as read)
+        return Source(str(data["root"]), len(full.classes), full.classes, {domain: train},
                       {domain: per_split["val"]}, {"test": per_split["test"]}, {"test": domain})
 
     def by_domain(ds: Any) -> dict[str, Dataset]:
@@ -198,5 +214,7 @@ def load_source(data: dict[str, Any]) -> Source:
                 for d, name in enumerate(ds.domains)}
 
     tests = by_domain(per_split["test"])
-    return Source(str(data["root"]), len(full.classes), full.classes, by_domain(per_split["train"]),
+    train = {name: _training(ds, data, None, per_split["train"].has_masks)  # (augmented as read)
+             for name, ds in by_domain(per_split["train"]).items()}
+    return Source(str(data["root"]), len(full.classes), full.classes, train,
                   by_domain(per_split["val"]), tests, {name: name for name in tests})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor
 
 from egl._check import check_choice, describe, fail
 
-__all__ = ["reduce", "REDUCTIONS"]
+__all__ = ["reduce", "REDUCTIONS", "annotated_mean"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -40,3 +41,24 @@ def reduce(elementwise: Tensor, reduction: str, fn: str) -> Tensor:
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
+
+
+def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str) -> Tensor:
+    """``loss(*args)`` averaged over the samples flagged in ``annotated`` (bool ``[B]``) only; 0 (with
+    a graph) for a batch of none. ``loss`` is called with its ``reduction`` set to ``"none"`` for the
+    call (an :class:`~egl.losses.AlignmentLoss`); no host read."""
+    if getattr(loss, "reduction", None) not in REDUCTIONS:
+        raise fail(fn, "alignment", "a loss with a 'reduction' attribute (an egl.losses.AlignmentLoss): partially "
+                   "annotated batches need its per-sample values", describe(loss),
+                   "Subclass egl.losses.AlignmentLoss, or train on fully annotated data")
+    saved = loss.reduction
+    loss.reduction = "none"
+    try:
+        per = loss(*args)
+    finally:
+        loss.reduction = saved
+    if not isinstance(per, Tensor) or per.shape != annotated.shape:
+        raise fail(fn, "alignment", f"per-sample losses of shape {list(annotated.shape)} with reduction='none'",
+                   describe(per), "Return one loss per sample when the loss's reduction is 'none'")
+    w = annotated.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp(min=1.0)

@@ -68,6 +68,7 @@ from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
+from egl.losses._reduction import annotated_mean
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes._batching import batchable
@@ -280,10 +281,14 @@ class ALIGN(Recipe):
         if kind == "class_maps":  # signed maps of every class: one more forward pass of the classifier
             layer = getattr(self.explainer, "layer", "auto")
             maps = class_maps(self.model, batch.x, layer=layer, create_graph=True, weighting=self.explainer).saliency
-            return self.alignment(maps, masks)
-        if kind == "batch":  # the loss differentiates the model itself (e.g. RRR)
-            return self.alignment(self.model, batch.x, masks)
-        return self.alignment(sal, masks)
+            args: tuple[Any, ...] = (maps, masks)
+        elif kind == "batch":  # the loss differentiates the model itself (e.g. RRR)
+            args = (self.model, batch.x, masks)
+        else:
+            args = (sal, masks)
+        if batch.annotated is not None and self.masker.needs_mask:  # the data's masks, some of them placeholders
+            return annotated_mean(self.alignment, batch.annotated, *args, fn="egl.recipes.align")
+        return self.alignment(*args)
 
 
 def _plain_mixup(regularizer: Any) -> bool:

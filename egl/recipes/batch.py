@@ -1,5 +1,6 @@
 """One batch format for every recipe: ``(x, y)``, ``(x, y, domain)`` or a dict with keys
-``image``, ``label`` and optionally ``domain``, ``mask``."""
+``image``, ``label`` and optionally ``domain``, ``mask``, ``annotated`` (which images' masks are
+annotations: a partially annotated batch, see :class:`egl.data.PartialMasks`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ class _HostCopy:
 
 @dataclass
 class Batch:
-    """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none.
+    """A parsed batch. ``domain`` and ``mask`` are ``None`` when the data has none; ``annotated``
+    (bool ``[B]``) is ``None`` unless the batch says which images' masks are annotations (the
+    others' masks are placeholders: recipes leave them out of mask-supervised terms).
 
     ``label_range`` is ``(min, max)`` of ``y`` when :func:`as_batch` read it on the host (labels
     that arrive on the CPU, as a DataLoader gives them): recipes then check labels against the
@@ -54,6 +57,7 @@ class Batch:
     label_range: tuple[int, int] | None = None
     _labels_host: _HostCopy | None = field(default=None, repr=False, compare=False)
     _domain_host: _HostCopy | None = field(default=None, repr=False, compare=False)
+    annotated: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
@@ -63,7 +67,7 @@ class Batch:
         known = self.label_range if labels_host is not None else None
         y, domain = mv(self.y), mv(self.domain)  # (a DataLoader's pinned batch: copied without waiting)
         return Batch(mv(self.x), y, domain, mv(self.mask), known,
-                     _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain))
+                     _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain), mv(self.annotated))
 
     def known_label_range(self) -> tuple[int, int] | None:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
@@ -89,13 +93,14 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     if isinstance(batch, dict):
         missing = [k for k in ("image", "label") if k not in batch]
         if missing:
-            raise fail(fn, "batch", "a dict with keys 'image' and 'label' (optionally 'domain', 'mask')",
+            raise fail(fn, "batch", "a dict with keys 'image' and 'label' (optionally 'domain', 'mask', 'annotated')",
                        f"a dict with keys {sorted(batch)}", f"Add {missing} to the batch")
         x, y, d, m = batch["image"], batch["label"], batch.get("domain"), batch.get("mask")
+        a = batch.get("annotated")
     elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         x, y = batch[0], batch[1]
         d = batch[2] if len(batch) == 3 else None
-        m = None
+        m = a = None
     else:
         raise fail(fn, "batch", "(x, y), (x, y, domain) or a dict with 'image' and 'label'", describe(batch),
                    "Return one of these layouts from the dataset")
@@ -109,9 +114,17 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     if d is not None and (not isinstance(d, Tensor) or d.shape != y.shape or d.is_floating_point()):
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
                    "Give one integer domain index per image")
+    if a is not None:
+        if m is None:
+            raise fail(fn, "batch annotated", "a batch with a 'mask' (it says which masks are annotations)",
+                       f"'annotated' {describe(a)} without a 'mask'", "Drop 'annotated', or add the masks")
+        if not isinstance(a, Tensor) or a.shape != y.shape or a.is_floating_point() or a.is_complex():
+            raise fail(fn, "batch annotated", f"a bool (or 0/1 integer) tensor of shape [{x.shape[0]}]", describe(a),
+                       "Give one flag per image: True where its mask is an annotation")
+        a = a.bool()
     y = y.long()
     labels_host = _HostCopy.of(y, y) if y.device.type == "cpu" and y.numel() else None
     label_range = (int(y.min()), int(y.max())) if labels_host is not None else None
     d = None if d is None else d.long()
     return Batch(x, y, d, m, label_range, labels_host,
-                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None)
+                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None, a)

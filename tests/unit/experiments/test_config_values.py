@@ -57,6 +57,8 @@ BAD = [
     ("data.augment.flips=0.5", r"'data.augment.flips' expected one of Augment's settings \['crop_scale', .*\], got "
                                r"the unknown key 'flips'\. Did you mean 'data.augment.flip'\?"),
     ("data.augment.hue=0.9", r"'data.augment.hue' expected a number in \[0, 0.5\] \(0 turns it off\), got 0.9\."),
+    ("data.mask_fraction=2", r"'data.mask_fraction' expected a share of the images in \[0, 1\], got 2\."),
+    ("data.mask_seed=-1", r"'data.mask_seed' expected an int >= 0, got -1\."),
     ("eval.batch_size=2.5", r"'eval.batch_size' expected an int >= 1, got 2\.5\. Set e\.g\. eval\.batch_size=256\."),
     ("eval.explain_samples=-1", r"'eval.explain_samples' expected an int >= 0 \(0: no saliency metrics\), got -1\."),
     ("eval.ks=[0, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[0, 5\]\."),
@@ -133,7 +135,8 @@ def test_good_values_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_values(DEFAULTS) is None and check_values(DEMO) is None
     cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cuda:1", "train.precision=bf16",
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
-                                     "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.curve_steps=4", "eval.mask_quality=false"])
+                                     "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.curve_steps=4",
+                                     "data.mask_fraction=0.5", "eval.mask_quality=false"])
     assert check_selection(cfg) == ("last", None)
 
 

@@ -1,0 +1,99 @@
+"""Keep the masks of a fraction of a data set's images: explanation supervision with few annotations.
+
+Human masks are the costly part of explanation-guided learning; how much a method gains from
+1 %, 10 % or all of them is a question of the field (RES, Gao et al., KDD 2022, trains with a
+few hundred annotated images; ALIGN's learned masker is there to need none). ``PartialMasks``
+wraps a data set whose items carry ``mask``: a seeded draw of ``round(fraction * len)`` items
+keeps its mask and is marked ``annotated=True``; every other item's mask becomes zeros (so
+nothing of it leaks) and ``annotated=False``. Recipes read the flag: ALIGN with a masker that
+reads the data's masks (``ground_truth``) averages its alignment term over the annotated images
+of each batch only (:class:`egl.recipes.ALIGN`).
+
+The draw depends on ``seed`` and the data set's length only, not on the training seed: runs of
+several training seeds share one annotated subset (a choice; vary ``seed`` to vary the subset).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from egl._check import describe, fail
+
+__all__ = ["PartialMasks", "check_fraction"]
+
+_FN = "egl.data.PartialMasks"
+
+
+def check_fraction(fraction: object, fn: str, arg: str = "fraction") -> float:
+    """A share in [0, 1] (a bool or NaN is refused)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+        raise fail(fn, arg, "a share of the images in [0, 1]", repr(fraction)[:100] if isinstance(
+            fraction, (numbers.Real, str)) else describe(fraction), f"Pass e.g. {arg}=0.1 (10% of the masks kept)")
+    return float(fraction)
+
+
+class PartialMasks(Dataset):
+    """``dataset`` with the masks of a seeded ``fraction`` of its items kept (see the module doc).
+
+    Args:
+        dataset: a map-style data set of dict items with ``mask``.
+        fraction: the share of items whose masks are kept, in [0, 1]; ``round(fraction * len)``
+            items (halves up), at least one when ``fraction > 0``.
+        seed: the draw's seed.
+
+    Attributes:
+        annotated: the sorted indices of the items that keep their masks.
+
+    Example:
+        >>> import torch
+        >>> data = [{"image": torch.rand(3, 4, 4), "label": torch.tensor(0), "mask": torch.ones(1, 4, 4)}
+        ...         for _ in range(10)]
+        >>> part = PartialMasks(data, 0.3)
+        >>> len(part.annotated), sum(bool(part[i]["annotated"]) for i in range(10))
+        (3, 3)
+        >>> [float(part[i]["mask"].max()) for i in range(10) if not part[i]["annotated"]][:2]
+        [0.0, 0.0]
+    """
+
+    def __init__(self, dataset: Any, fraction: float, seed: int = 0) -> None:
+        self.fraction = check_fraction(fraction, _FN)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+            raise fail(_FN, "seed", "an int in [0, 2**63)", repr(seed)[:100], "Pass e.g. seed=0")
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise fail(_FN, "dataset", "a map-style data set (with len())", describe(dataset),
+                       "Wrap a data set that has a length (an IterableDataset cannot be subset)") from None
+        self.dataset = dataset
+        self.seed = int(seed)
+        k = math.floor(self.fraction * n + 0.5)
+        k = max(k, 1) if self.fraction > 0 and n else k
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        self.annotated = sorted(order[:k])
+        self._keep = set(self.annotated)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        if not isinstance(item, dict) or "mask" not in item:
+            got = f"an item with keys {sorted(item)}" if isinstance(item, dict) else f"an item {describe(item)}"
+            raise fail(_FN, "dataset", "dict items with a 'mask' (masks to keep or drop)", got,
+                       "Wrap a data set with masks (egl.data.DomainFolder with a masks folder, ImageCSV with "
+                       "mask_dir=, the synthetic benchmark)")
+        keep = (i % len(self) if isinstance(i, int) and i < 0 else i) in self._keep
+        out = dict(item)
+        if not keep:
+            out["mask"] = torch.zeros_like(item["mask"])
+        out["annotated"] = torch.tensor(keep)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PartialMasks(fraction={self.fraction}, annotated={len(self.annotated)} of {len(self)}, "
+                f"seed={self.seed})")
