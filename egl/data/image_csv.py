@@ -84,6 +84,12 @@ def _columns(columns: object, header: list[str], path: Path) -> dict[str, str]:
     missing = {r: c for r, c in chosen.items() if c not in header}
     if optional:
         missing = {r: c for r, c in missing.items() if r in REQUIRED}
+        near = {c: h for r, c in chosen.items() if c not in header for h in header if h.lower() == c}
+        if near:  # "Split" for "split": the table's split would be silently replaced by a drawn one
+            raise fail(_FN, "columns", f"the default column names {list(chosen.values())} (case matters)",
+                       f"the header names {list(near.values())} in '{path}'",
+                       f"Rename them to {list(near)}, or pass columns={{..., " + ", ".join(
+                           f"'{r}': '{h}'" for r, h in near.items()) + "}")
     if missing:
         raise fail(_FN, "columns", f"columns the header of '{path}' has: {header}",
                    f"{missing} (role: column)", "Name the table's own columns, e.g. columns={'image': "
@@ -103,8 +109,6 @@ def _int(value: str) -> int | None:
 
 
 class ImageCSV(ImageItems):
-    ONE_DOMAIN = ONE_DOMAIN
-
     """Images listed in a CSV file: items ``image``, ``label``, ``domain`` and, where the table has
     them, ``mask`` and ``shortcut`` (see the module doc for the columns).
 
@@ -122,10 +126,19 @@ class ImageCSV(ImageItems):
         on_error: ``"raise"`` or ``"skip"`` for unreadable images found by ``verify``.
         augment: training augmentation, masks moved with their images (:class:`~egl.data.Augment`).
 
+    Attributes:
+        splits: the splits the table's split column holds (all three without one).
+
+    A missing image file is an error even with ``on_error="skip"`` (which skips files that exist
+    but do not decode); so is a split of the table's split column that holds no image, a repeated
+    image path, a domain cell left empty, and labels that mix class indices and names.
+
     Example:
         >>> train = ImageCSV("data/waterbird_complete95_forest2water2", "train", columns="waterbirds",
         ...                  mask_dir="../CUB_200_2011/segmentations")  # doctest: +SKIP
     """
+
+    ONE_DOMAIN = ONE_DOMAIN
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", *,
                  csv: str | os.PathLike[str] = "metadata.csv", columns: str | Mapping[str, str] | None = None,
@@ -138,6 +151,7 @@ class ImageCSV(ImageItems):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
         check_flag(verify, _FN, "verify")
+        augment = as_augment(augment, _FN)
         root = Path(root)
         if not root.is_dir():
             raise fail(_FN, "root", "an existing folder", f"'{root}' ({'a file' if root.exists() else 'missing'})",
@@ -153,10 +167,20 @@ class ImageCSV(ImageItems):
                        f"Drop mask_dir, or the column '{cols['mask']}' from columns=")
         self.columns = cols
         self.classes, labels = self._labels(rows, cols["label"], table)
+        if "domain" in cols:
+            empty = next((line for line, r in rows if not r[cols["domain"]]), None)
+            if empty is not None:
+                raise _row_error(table, empty, "domain", cols["domain"], "a domain name", "", "Fill in the domain")
         all_domains = sorted({r[cols["domain"]] for _, r in rows}) if "domain" in cols else [ONE_DOMAIN]
         self.domains = self._select_domains(domains, all_domains, "domain" in cols)
         samples, codes = self._samples(rows, labels, cols, root, table, mask_dir)
+        self.splits = sorted(set(codes), key=list(SPLIT_FRACTIONS).index) if "split" in cols else list(SPLIT_FRACTIONS)
         if "split" in cols and split != "all":  # the table's split, then only its images verified
+            if split not in codes:
+                raise fail(_FN, "split", f"a split the table holds images of: {self.splits}"
+                           + (f" (in the domains {self.domains})" if "domain" in cols else ""), repr(split),
+                           f"Pick one of {self.splits}, or give the table's rows that split (column "
+                           f"'{cols['split']}': train/val/test or 0/1/2)")
             samples = [s for s, c in zip(samples, codes) if c == split]
         if verify:
             samples = verify_images(samples, on_error, _FN, "root")
@@ -165,23 +189,27 @@ class ImageCSV(ImageItems):
         self.split = split
         fix = (f"Add a mask for each image at {root / mask_dir}/<image path>.png" if mask_dir is not None
                else f"Fill the column '{cols.get('mask')}' for every row, or for none")
-        super().__init__(chosen, image_size=image_size, augment=as_augment(augment, _FN), fn=_FN, arg="root",
-                         mask_fix=fix)
+        super().__init__(chosen, image_size=image_size, augment=augment, fn=_FN, arg="root", mask_fix=fix)
         if mask_dir is not None and not self.has_masks and chosen:
-            first = Path(chosen[0].path)
+            first = chosen[0].path
             raise fail(_FN, "mask_dir", "a folder holding a .png mask per image at the image's path",
                        f"no mask in '{root / mask_dir}' (for '{first}' egl looks for "
-                       f"'{self._mask_at(root, mask_dir, rows[0][1][cols['image']])}')",
+                       f"'{self._mask_at(root, mask_dir, first)}')",
                        "Point mask_dir at the masks' top folder (for Waterbirds: CUB's segmentations)")
 
     @staticmethod
     def _read_table(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # (a byte-order mark from spreadsheet exports)
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = []
-            for row in reader:
-                rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}))
+        rows = []
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # (a byte-order mark from spreadsheet exports)
+                reader = csv.DictReader(f)
+                header = [h.strip() for h in reader.fieldnames or []]  # (" split" after a comma and a space)
+                reader.fieldnames = header
+                for row in reader:
+                    rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}))
+        except UnicodeDecodeError as exc:
+            raise fail(_FN, "csv", "a UTF-8 text file", f"'{path}' ({exc})",
+                       "Save the table as UTF-8 CSV (spreadsheets: 'CSV UTF-8')") from None
         if not header or not rows:
             raise fail(_FN, "csv", "a header line and at least one row", f"'{path}' ({len(rows)} rows)",
                        "Point csv= at the data set's metadata table")
@@ -198,6 +226,10 @@ class ImageCSV(ImageItems):
                 raise _row_error(path, negative[0], "label", column, "a class index >= 0", negative[1],
                                  "Relabel the row (class indices count from 0)")
             return [str(c) for c in range(max(ints) + 1)], ints
+        if ints:  # "0, 1, bird": a typo or two label schemes, not three class names
+            line, v = next((line, v) for (line, _), v, i in zip(rows, values, parsed) if i is None)
+            raise _row_error(path, line, "label", column, "class indices in every row (as the table's other rows), "
+                             "or class names in every row", v, "Use one kind of label for the whole column")
         empty = next((line for (line, _), v in zip(rows, values) if not v), None)
         if empty is not None:
             raise _row_error(path, empty, "label", column, "a class index or name", "", "Fill in the label")
@@ -222,8 +254,9 @@ class ImageCSV(ImageItems):
         return list(domains)
 
     @staticmethod
-    def _mask_at(root: Path, mask_dir: str | os.PathLike[str], image: str) -> Path:
-        return (root / mask_dir / image).with_suffix(".png")
+    def _mask_at(root: Path, mask_dir: str | os.PathLike[str], image: Path) -> Path:
+        """``root/mask_dir/<image's path under root>.png``."""
+        return (root / mask_dir / image.relative_to(root)).with_suffix(".png")
 
     def _samples(self, rows: list[tuple[int, dict[str, str]]], labels: list[int], cols: dict[str, str], root: Path,
                  table: Path, mask_dir: str | os.PathLike[str] | None) -> tuple[list[Sample], list[str]]:
@@ -231,6 +264,7 @@ class ImageCSV(ImageItems):
         samples: list[Sample] = []
         codes: list[str] = []  # each sample's split ("" without a split column)
         missing: list[Path] = []
+        seen: dict[Path, int] = {}
         for (line, r), label in zip(rows, labels):
             domain = r[cols["domain"]] if "domain" in cols else ONE_DOMAIN
             if domain not in domain_index:
@@ -238,6 +272,14 @@ class ImageCSV(ImageItems):
             if not r[cols["image"]]:
                 raise _row_error(table, line, "image", cols["image"], "an image path", "", "Fill in the path")
             path = root / r[cols["image"]]
+            if path in seen:  # listed twice: in two splits it would leak test images into training
+                raise _row_error(table, line, "image", cols["image"], "each image listed once",
+                                 f"{r[cols['image']]} (also at line {seen[path]})", "Remove the repeated row")
+            seen[path] = line
+            if mask_dir is not None and not path.is_relative_to(root):
+                raise _row_error(table, line, "image", cols["image"], f"a path inside root ('{root}') to find its "
+                                 "mask under mask_dir", r[cols["image"]],
+                                 "List image paths relative to root, or give masks in a mask column")
             if not path.is_file():
                 missing.append(path)
                 continue
@@ -254,7 +296,10 @@ class ImageCSV(ImageItems):
                     raise _row_error(table, line, "mask", cols["mask"], "the path of an existing mask file",
                                      r[cols["mask"]], "Fix the path (relative to root), or leave the cell empty")
             elif mask_dir is not None:
-                at = self._mask_at(root, mask_dir, r[cols["image"]])
+                at = self._mask_at(root, mask_dir, path)
+                if at == path:  # mask_dir="." and PNG images: each image would be its own mask
+                    raise fail(_FN, "mask_dir", "a folder of masks apart from the images", repr(str(mask_dir)),
+                               "Point mask_dir at the masks' folder (masks at <mask_dir>/<image path>.png)")
                 mask = at if at.is_file() else None
             shortcut = None
             if "shortcut" in cols:

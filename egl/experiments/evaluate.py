@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from egl._check import fail
+from egl._check import check_int, fail
 from egl._transfer import upload
 from egl.explainers.base import Explainer
 from egl.explainers.grad_cam import in_grad_cam_family
@@ -65,6 +65,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     sigma 5 px or the image's side if smaller) areas with that many steps per curve (at most the
     image's pixel count) on the explained images: ``curve_steps + 1`` forward passes per image and
     curve, so off (0) by default."""
+    check_int(curve_steps, "egl.experiments.evaluate", "curve_steps", low=0,
+              note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Pass e.g. curve_steps=100")
     cam = saliency_explainer(model, explainer, layer)
     was = model.training
     model.eval()

@@ -110,9 +110,8 @@ class Source:
     def validation_set(self, domains: list[str], *, held_out: bool = False) -> Dataset | None:
         """The validation splits of ``domains`` pooled (DomainBed's training-domain validation),
         or with ``held_out`` those of every other domain (DomainBed's test-domain validation,
-        the "oracle"); None when there are none."""
-        if held_out:
-            domains = [d for d in self.val if d not in domains]
+        the "oracle"); None when there are none (a domain without a validation split adds none)."""
+        domains = [d for d in self.val if d not in domains] if held_out else [d for d in domains if d in self.val]
         if not domains:
             return None
         return self.val[domains[0]] if len(domains) == 1 else ConcatDataset([self.val[d] for d in domains])
@@ -201,20 +200,26 @@ def load_source(data: dict[str, Any]) -> Source:
         kind = ImageCSV
         kw.update(csv=data.get("csv") or "metadata.csv", columns=data.get("columns"), mask_dir=data.get("mask_dir"))
     full = kind(data["root"], "all", **kw)
+    splits = getattr(full, "splits", ("train", "val", "test"))  # (a CSV table may hold no val rows)
     per_split = {s: kind(data["root"], s, **kw, augment=augment if s == "train" else None)
-                 for s in ("train", "val", "test")}
+                 for s in ("train", "val", "test") if s in splits or s != "val"}  # (no train or test: named)
     if kind is ImageCSV and full.domains == [ImageCSV.ONE_DOMAIN]:  # a table without domains: one of each
         (domain,) = full.domains
         train = _training(per_split["train"], data, None, per_split["train"].has_masks)  # (augmented as read)
-        return Source(str(data["root"]), len(full.classes), full.classes, {domain: train},
-                      {domain: per_split["val"]}, {"test": per_split["test"]}, {"test": domain})
+        val = {domain: per_split["val"]} if "val" in per_split else {}
+        return Source(str(data["root"]), len(full.classes), full.classes, {domain: train}, val,
+                      {"test": per_split["test"]}, {"test": domain})
 
     def by_domain(ds: Any) -> dict[str, Dataset]:
-        return {name: Subset(ds, [i for i, s in enumerate(ds.samples) if s.domain == d])
-                for d, name in enumerate(ds.domains)}
+        """Per domain; a domain of no image in this split is left out (a CSV table may put whole
+        domains in one split, as WILDS does: hospitals for training, others for testing)."""
+        if ds is None:
+            return {}
+        parts = {name: [i for i, s in enumerate(ds.samples) if s.domain == d] for d, name in enumerate(ds.domains)}
+        return {name: Subset(ds, idx) for name, idx in parts.items() if idx}
 
     tests = by_domain(per_split["test"])
     train = {name: _training(ds, data, None, per_split["train"].has_masks)  # (augmented as read)
              for name, ds in by_domain(per_split["train"]).items()}
     return Source(str(data["root"]), len(full.classes), full.classes, train,
-                  by_domain(per_split["val"]), tests, {name: name for name in tests})
+                  by_domain(per_split.get("val")), tests, {name: name for name in tests})

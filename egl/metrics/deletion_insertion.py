@@ -75,8 +75,12 @@ def _curve(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, in
     check_finite(x.detach(), fn, "x")
     check_finite(s.detach(), fn, "saliency")
     b, _, h, w = x.shape
+    if b == 0:
+        raise fail(fn, "x", "at least one image", describe(x), "Pass a non-empty batch")
     steps = _check_steps(steps, h * w, fn)
     check_perturbation(x, baseline, batch_size, blur_sigma, fn)
+    if target is not None:  # its shape and type before (steps + 1) B forward passes; its range after the first
+        check_labels(target, x, 2**62, fn, "target", batch_arg="x")
     with torch.no_grad():
         x = x.detach()
         s = upload(s.detach(), x.device, torch.promote_types(s.dtype, torch.float32))  # ranked at >= 32 bits

@@ -163,6 +163,8 @@ def faithfulness(
     x = check_shape(x, X_SHAPE, fn, "x")
     s = check_shape(saliency, SALIENCY_SHAPE, fn, "saliency")
     check_same_batch(fn, x=x, saliency=s)
+    if x.shape[0] == 0:
+        raise fail(fn, "x", "at least one image", describe(x), "Pass a non-empty batch")
     check_finite(x.detach(), fn, "x")
     check_finite(s.detach(), fn, "saliency")
     ks = _check_ks(ks, fn)

@@ -105,6 +105,12 @@ def test_a_mask_column_and_augmentation_move_masks_with_images(tmp_path: Path) -
     (["image", "label"], [["0.png", 0]], {"domains": ["x"]}, r"'domains' expected None for a table without"),
     (["image", "label", "mask"], [["0.png", 0, "m.png"]], {"mask_dir": "seg"}, r"'mask_dir' expected None when"),
     (["image", "label"], [["0.png", 0]], {"mask_dir": "seg"}, r"'mask_dir' expected a folder holding a .png mask"),
+    (["image", "label"], [["0.png", 0]], {"mask_dir": "."}, r"'mask_dir' expected a folder of masks apart"),
+    (["image", "label", "split"], [["0.png", 0, "train"], ["1.png", 0, "test"], ["0.png", 0, "test"]], {},
+     r"each image listed once.*'0.png \(also at line 2\)' in column 'image' \(image\) at line 4"),
+    (["image", "label"], [["0.png", 0], ["1.png", "bird"]], {}, r"class indices in every row.*'bird'.*line 3"),
+    (["image", "label", "Split"], [["0.png", 0, "test"]], {}, r"the header names \['Split'\].*'split': 'Split'"),
+    (["image", "label", "domain"], [["0.png", 0, "a"], ["1.png", 0, ""]], {}, r"'' in column 'domain'.*line 3"),
 ])
 def test_bad_tables_are_named(tmp_path: Path, header: list[str], rows: list, kwargs: dict, match: str) -> None:
     _image(tmp_path / "0.png", 0)
@@ -123,3 +129,52 @@ def test_missing_table_and_masks_for_some_images_only(tmp_path: Path) -> None:
     _table(tmp_path / "metadata.csv", ["image", "label"], [["0.png", 0], ["1.png", 1]])
     with pytest.raises(egl.InputError, match=r"a mask for every image or for none.*Add a mask for each image"):
         ImageCSV(tmp_path, "all", mask_dir="seg")
+
+
+def test_header_spaces_are_stripped_and_a_split_without_images_is_named(tmp_path: Path) -> None:
+    for i in range(3):
+        _image(tmp_path / f"{i}.png", 0)
+    (tmp_path / "metadata.csv").write_text("image, label, split\n0.png,0,train\n1.png,1,test\n2.png,0,0\n")
+    ds = ImageCSV(tmp_path, "train")
+    assert ds.columns == {"image": "image", "label": "label", "split": "split"} and len(ds) == 2
+    assert ds.splits == ["train", "test"]
+    with pytest.raises(egl.InputError, match=r"'split' expected a split the table holds images of: \['train', "
+                                             r"'test'\], got 'val'"):
+        ImageCSV(tmp_path, "val")
+
+
+def test_non_utf8_tables_and_paths_outside_root_with_mask_dir_are_named(tmp_path: Path) -> None:
+    _image(tmp_path / "0.png", 0)
+    (tmp_path / "metadata.csv").write_bytes("image,label\n0.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(egl.InputError, match="'csv' expected a UTF-8 text file"):
+        ImageCSV(tmp_path, "all")
+    other = tmp_path / "elsewhere"
+    _image(other / "0.png", 0)
+    root = tmp_path / "root"
+    root.mkdir()
+    _table(root / "metadata.csv", ["image", "label"], [[str(other / "0.png"), 0]])
+    assert len(ImageCSV(root, "all")) == 1  # an absolute path is fine...
+    with pytest.raises(egl.InputError, match="a path inside root"):  # ...but its mask cannot be found under mask_dir
+        ImageCSV(root, "all", mask_dir="seg")
+
+
+def test_wilds_style_domains_in_their_own_splits(tmp_path: Path) -> None:
+    from egl.experiments.sources import load_source
+
+    rows = []
+    for i in range(12):
+        hospital = f"h{i // 4}"
+        _image(tmp_path / f"{i}.png", i)
+        rows.append([f"{i}.png", i % 2, hospital, {"h0": "train", "h1": "val", "h2": "test"}[hospital]])
+    _table(tmp_path / "metadata.csv", ["image", "label", "domain", "split"], rows)
+    source = load_source({"name": "csv", "root": str(tmp_path), "image_size": 8})
+    assert list(source.train) == ["h0"] and list(source.val) == ["h1"] and list(source.tests) == ["h2"]
+    assert not source.in_distribution("h2", ["h0"])
+    no_val = tmp_path / "no_val"  # a table without val rows: no validation set, not an error
+    no_val.mkdir()
+    for i in range(4):
+        _image(no_val / f"{i}.png", i)
+    _table(no_val / "metadata.csv", ["image", "label", "split"], [[f"{i}.png", i % 2, ("train", "test")[i % 2]]
+                                                                  for i in range(4)])
+    source = load_source({"name": "csv", "root": str(no_val), "image_size": 8})
+    assert source.val == {} and source.validation_set(["all"]) is None and len(source.tests["test"]) == 2

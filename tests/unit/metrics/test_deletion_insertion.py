@@ -186,3 +186,12 @@ def test_bad_tensors_are_named() -> None:
         insertion(model, x[0], s)
     with pytest.raises(egl.InputError, match="'model'"):
         insertion(lambda t: t.mean(), x, s, steps=2)
+    with pytest.raises(egl.InputError, match="'x' expected at least one image"):
+        deletion(model, x[:0], s[:0])
+
+
+def test_a_bad_target_is_named_before_the_forward_passes() -> None:
+    model = Recorder(_cnn())
+    with pytest.raises(egl.InputError, match="'target' expected a 1-D integer tensor"):
+        deletion(model, torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8), target=torch.zeros(2))
+    assert model.inputs == []
