@@ -13,9 +13,9 @@ from egl.hookspecs import hookimpl
 @hookimpl
 def egl_register_explainers() -> list[Any]:
     from egl.explainers import (CaptumExplainer, GradCAM, GradCAMPlusPlus, HiResCAM, InputGradient, LayerCAM,
-                                XGradCAM)
+                                SmoothedExplainer, XGradCAM)
 
-    return [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, InputGradient, CaptumExplainer]
+    return [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, InputGradient, CaptumExplainer, SmoothedExplainer]
 
 
 @hookimpl

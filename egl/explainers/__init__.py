@@ -14,6 +14,7 @@ from egl.explainers.graphed import GraphedExplainer
 from egl.explainers.hires_cam import HiResCAM, hires_cam
 from egl.explainers.input_gradient import InputGradient, input_gradient
 from egl.explainers.layer_cam import LayerCAM, layer_cam
+from egl.explainers.smoothed import SmoothedExplainer, smoothed
 from egl.explainers.xgrad_cam import XGradCAM, xgrad_cam
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "InputGradient",
     "input_gradient",
     "CaptumExplainer",
+    "SmoothedExplainer",
+    "smoothed",
     "class_maps",
     "minmax_normalize",
 ]
