@@ -41,7 +41,7 @@ import torch
 
 from egl._check import check_choice, check_flag, check_int, fail
 from egl.data.augment import as_augment
-from egl.data.image_items import LABEL_MAX, ImageItems, Sample, verify_images
+from egl.data.image_items import LABEL_MAX, MISSING_MASKS, ImageItems, Sample, verify_images
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS", "LABEL_MAX"]
 
@@ -155,6 +155,8 @@ class DomainFolder(ImageItems):
             a preset name (``"domainbed"``, ``"flip"``, ``"none"``), a dict of ``Augment``'s
             settings, an ``Augment``, or None (default). The crop is taken from the file at its
             own resolution and resized to ``image_size`` once, as DomainBed's transform does.
+        missing_masks: when some images have masks and others not: ``"raise"`` (default) or
+            ``"unannotated"`` (items carry ``annotated``; those without a mask get zeros).
 
     Masks are read as 0-255 (0-65535 for 16-bit files; a colour mask by its brightest channel)
     or, when their largest level is 1, as 0/1. A largest level from 2 to ``LABEL_MAX`` (15) is
@@ -167,9 +169,11 @@ class DomainFolder(ImageItems):
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", *, domains: Sequence[str] | None = None,
                  image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
-                 allow_missing_classes: bool = False, augment: object = None) -> None:
+                 allow_missing_classes: bool = False, augment: object = None,
+                 missing_masks: str = "raise") -> None:
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
+        check_choice(missing_masks, MISSING_MASKS, _FN, "missing_masks")
         check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
@@ -181,5 +185,6 @@ class DomainFolder(ImageItems):
             samples = verify_images(samples, on_error, _FN, "root")
         samples = samples if split == "all" else _split(samples, self.domains, split, seed)
         super().__init__(samples, image_size=image_size, augment=self.augment, fn=_FN, arg="root",
-                         mask_fix=f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image")
+                         mask_fix=f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image",
+                         missing_masks=missing_masks)
         self.split = split

@@ -43,7 +43,7 @@ from typing import Any
 from egl._check import check_choice, check_flag, check_int, describe, fail
 from egl.data.augment import as_augment
 from egl.data.domain_folder import SPLIT_FRACTIONS, _split
-from egl.data.image_items import ImageItems, Sample, verify_images
+from egl.data.image_items import MISSING_MASKS, ImageItems, Sample, verify_images
 
 __all__ = ["ImageCSV", "COLUMN_PRESETS", "SPLIT_CODES"]
 
@@ -125,6 +125,8 @@ class ImageCSV(ImageItems):
         verify: open every image at construction to find unreadable files.
         on_error: ``"raise"`` or ``"skip"`` for unreadable images found by ``verify``.
         augment: training augmentation, masks moved with their images (:class:`~egl.data.Augment`).
+        missing_masks: when some images have masks and others not: ``"raise"`` (default) or
+            ``"unannotated"`` (items carry ``annotated``; those without a mask get zeros).
 
     Attributes:
         splits: the splits the table's split column holds (all three without one).
@@ -144,9 +146,10 @@ class ImageCSV(ImageItems):
                  csv: str | os.PathLike[str] = "metadata.csv", columns: str | Mapping[str, str] | None = None,
                  domains: Sequence[str] | None = None, mask_dir: str | os.PathLike[str] | None = None,
                  image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
-                 augment: object = None) -> None:
+                 augment: object = None, missing_masks: str = "raise") -> None:
         check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
         check_choice(on_error, ("raise", "skip"), _FN, "on_error")
+        check_choice(missing_masks, MISSING_MASKS, _FN, "missing_masks")
         check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
@@ -189,7 +192,8 @@ class ImageCSV(ImageItems):
         self.split = split
         fix = (f"Add a mask for each image at {root / mask_dir}/<image path>.png" if mask_dir is not None
                else f"Fill the column '{cols.get('mask')}' for every row, or for none")
-        super().__init__(chosen, image_size=image_size, augment=augment, fn=_FN, arg="root", mask_fix=fix)
+        super().__init__(chosen, image_size=image_size, augment=augment, fn=_FN, arg="root", mask_fix=fix,
+                         missing_masks=missing_masks)
         if mask_dir is not None and not self.has_masks and chosen:
             first = chosen[0].path
             raise fail(_FN, "mask_dir", "a folder holding a .png mask per image at the image's path",

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import fail
+from egl._check import check_choice, fail
 from egl.data.image_file import read_levels
 
-__all__ = ["Sample", "ImageItems", "verify_images", "LABEL_MAX"]
+__all__ = ["Sample", "ImageItems", "verify_images", "LABEL_MAX", "MISSING_MASKS"]
 
+MISSING_MASKS = ("raise", "unannotated")
 LABEL_MAX = 15  # a mask whose largest level is 2..LABEL_MAX is a class-label image, not 0-255
 
 
@@ -73,17 +74,24 @@ class ImageItems(Dataset):
         augment: an :class:`~egl.data.Augment` (or None), applied at the file's resolution.
         fn, arg: the data set's name and argument, for errors and warnings.
         mask_fix: what to do when some samples have masks and others not.
+        missing_masks: when some samples have masks and others not: ``"raise"`` (an error
+            naming one without, and ``mask_fix``) or ``"unannotated"`` (those items get an
+            all-zero mask and ``annotated=False``, the others ``annotated=True``: partial
+            annotation, see :class:`egl.data.PartialMasks`).
     """
 
     def __init__(self, samples: Sequence[Sample], *, image_size: int, augment: object, fn: str, arg: str,
-                 mask_fix: str) -> None:
+                 mask_fix: str, missing_masks: str = "raise") -> None:
+        check_choice(missing_masks, MISSING_MASKS, fn, "missing_masks")
         self.samples = list(samples)
         with_mask = sum(s.mask is not None for s in self.samples)
-        if 0 < with_mask < len(self.samples):
+        self.partial = 0 < with_mask < len(self.samples) and missing_masks == "unannotated"
+        if 0 < with_mask < len(self.samples) and not self.partial:
             first = next(s for s in self.samples if s.mask is None)
             raise fail(fn, arg, "a mask for every image or for none",
                        f"{len(self.samples) - with_mask} of {len(self.samples)} images without one "
-                       f"(e.g. '{first.path}')", mask_fix)
+                       f"(e.g. '{first.path}')", f"{mask_fix}, or pass missing_masks='unannotated' (images "
+                       "without a mask then train without mask supervision)")
         self.has_masks = with_mask > 0
         self.image_size = image_size
         self.augment = augment
@@ -110,6 +118,10 @@ class ImageItems(Dataset):
             item["shortcut"] = torch.tensor(s.shortcut)
         if s.mask is not None:
             item["mask"] = self._read_mask(s, image.shape[-2:])
+        elif self.partial:  # an image without an annotation: a placeholder, flagged
+            item["mask"] = torch.zeros(1, *image.shape[-2:])
+        if self.partial:
+            item["annotated"] = torch.tensor(s.mask is not None)
         if self.augment is not None:
             return self.augment(item, size=(self.image_size, self.image_size))
         item["image"] = self._resize(item["image"])

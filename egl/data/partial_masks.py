@@ -88,6 +88,7 @@ class PartialMasks(Dataset):
                        "Wrap a data set with masks (egl.data.DomainFolder with a masks folder, ImageCSV with "
                        "mask_dir=, the synthetic benchmark)")
         keep = (i % len(self) if isinstance(i, int) and i < 0 else i) in self._keep
+        keep = keep and bool(item.get("annotated", True))  # (an item the data set has no mask for stays out)
         out = dict(item)
         if not keep:
             out["mask"] = torch.zeros_like(item["mask"])

@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
         "mask_dir": None,             # csv data: masks at <root>/<mask_dir>/<image path>.png (Waterbirds: CUB's)
         "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
         "mask_fraction": 1.0,         # training images that keep their masks (the rest: annotated=False)
-        "mask_seed": 0,               # which ones (egl.data.PartialMasks; the same for every training seed)
+        "mask_seed": 0,
+        "missing_masks": "raise",     # folder / csv data with masks for some images only: or "unannotated"               # which ones (egl.data.PartialMasks; the same for every training seed)
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images
     },
@@ -233,6 +234,7 @@ def check_values(cfg: dict[str, Any]) -> None:
     from egl.data.partial_masks import check_fraction
 
     check_fraction(d.get("mask_fraction", 1.0), fn, "data.mask_fraction")
+    check_choice(d.get("missing_masks", "raise"), ("raise", "unannotated"), fn, "data.missing_masks")
     check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)

@@ -194,7 +194,8 @@ def load_source(data: dict[str, Any]) -> Source:
                    else "Set data.root=/path/to/waterbird_complete95_forest2water2 (the folder of its metadata.csv)")
     size = check_int(data.get("image_size", 224), "egl.experiments", "data.image_size", low=1,  # (egl eval too)
                      note="(the side images are resized to)", fix="Set e.g. data.image_size=64")
-    kw: dict[str, Any] = {"domains": data.get("domains"), "image_size": size}
+    kw: dict[str, Any] = {"domains": data.get("domains"), "image_size": size,
+                          "missing_masks": data.get("missing_masks") or "raise"}
     kind: Any = DomainFolder
     if data["name"] == "csv":
         kind = ImageCSV

@@ -227,3 +227,14 @@ def test_masks_of_unselected_domains_only_are_not_a_layout_error(tmp_path) -> No
         f.unlink()
     assert not DomainFolder(root, "all", domains=["B"]).has_masks  # masks are optional per domain
     assert DomainFolder(root, "all", domains=["A"]).has_masks
+
+
+def test_images_without_masks_can_train_unannotated(tmp_path) -> None:
+    root = domain_tree(tmp_path, masks=True)
+    for m in sorted((root / "masks" / "A" / "cat").iterdir())[:3]:
+        m.unlink()
+    with pytest.raises(egl.InputError, match="or pass missing_masks='unannotated'"):
+        DomainFolder(root, "all", image_size=8)
+    ds = DomainFolder(root, "all", image_size=8, missing_masks="unannotated")
+    flags = [bool(ds[i]["annotated"]) for i in range(len(ds))]
+    assert flags.count(False) == 3 and all(float(ds[i]["mask"].max()) == 0 for i in range(len(ds)) if not flags[i])

@@ -178,3 +178,26 @@ def test_wilds_style_domains_in_their_own_splits(tmp_path: Path) -> None:
                                                                   for i in range(4)])
     source = load_source({"name": "csv", "root": str(no_val), "image_size": 8})
     assert source.val == {} and source.validation_set(["all"]) is None and len(source.tests["test"]) == 2
+
+
+def test_images_without_masks_can_train_unannotated(tmp_path: Path) -> None:
+    from egl.data import PartialMasks
+
+    for i in range(4):
+        _image(tmp_path / f"{i}.png", 50)
+    for i in (0, 2):
+        _mask(tmp_path / "seg" / f"{i}.png")
+    _table(tmp_path / "metadata.csv", ["image", "label"], [[f"{i}.png", i % 2] for i in range(4)])
+    with pytest.raises(egl.InputError, match="or pass missing_masks='unannotated'"):
+        ImageCSV(tmp_path, "all", mask_dir="seg")
+    ds = ImageCSV(tmp_path, "all", mask_dir="seg", missing_masks="unannotated", image_size=8)
+    items = [ds[i] for i in range(4)]
+    assert [bool(it["annotated"]) for it in items] == [True, False, True, False]
+    assert float(items[0]["mask"].max()) == 1.0 and float(items[1]["mask"].max()) == 0.0
+    assert items[1]["mask"].shape == (1, 8, 8)
+    part = PartialMasks(ds, 1.0)  # a share of the annotated ones: an image the data has no mask for stays out
+    assert [bool(part[i]["annotated"]) for i in range(4)] == [True, False, True, False]
+    full = ImageCSV(tmp_path, "all", image_size=8, missing_masks="unannotated")  # no masks at all: no flags
+    assert "annotated" not in full[0] and "mask" not in full[0]
+    with pytest.raises(egl.InputError, match="'missing_masks' expected one of"):
+        ImageCSV(tmp_path, "all", missing_masks="skip")
