@@ -3,11 +3,15 @@
 Human masks are the costly part of explanation-guided learning; how much a method gains from
 1 %, 10 % or all of them is a question of the field (RES, Gao et al., KDD 2022, trains with a
 few hundred annotated images; ALIGN's learned masker is there to need none). ``PartialMasks``
-wraps a data set whose items carry ``mask``: a seeded draw of ``round(fraction * len)`` items
-keeps its mask and is marked ``annotated=True``; every other item's mask becomes zeros (so
-nothing of it leaks) and ``annotated=False``. Recipes read the flag: ALIGN with a masker that
-reads the data's masks (``ground_truth``) averages its alignment term over the annotated images
-of each batch only (:class:`egl.recipes.ALIGN`).
+wraps a data set whose items carry ``mask``: a seeded draw of ``round(fraction * n)`` of its ``n``
+items that have a mask keeps its mask and is marked ``annotated=True``; every other item's mask
+becomes zeros (so nothing of it leaks) and ``annotated=False``. ``n`` is the data set's length,
+or, for a :class:`~egl.data.DomainFolder` or :class:`~egl.data.ImageCSV` (or a ``Subset`` of one)
+read with ``missing_masks="unannotated"``, the number of its images that have a mask. Recipes
+read the flag: ALIGN with a masker that reads the data's masks (``ground_truth``) averages its
+alignment term over the annotated images of each batch only (:class:`egl.recipes.ALIGN`).
+Recipes, maskers and losses of your own that read ``batch.mask`` see the placeholders too: read
+``batch.annotated`` to leave them out.
 
 The draw depends on ``seed`` and the data set's length only, not on the training seed: runs of
 several training seeds share one annotated subset (a choice; vary ``seed`` to vary the subset).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Any
 
 import torch
@@ -42,8 +47,8 @@ class PartialMasks(Dataset):
 
     Args:
         dataset: a map-style data set of dict items with ``mask``.
-        fraction: the share of items whose masks are kept, in [0, 1]; ``round(fraction * len)``
-            items (halves up), at least one when ``fraction > 0``.
+        fraction: the share of items whose masks are kept, in [0, 1]; ``round(fraction * n)``
+            items (halves up; ``n`` as in the module doc), at least one when ``fraction > 0``.
         seed: the draw's seed.
 
     Attributes:
@@ -71,10 +76,13 @@ class PartialMasks(Dataset):
                        "Wrap a data set that has a length (an IterableDataset cannot be subset)") from None
         self.dataset = dataset
         self.seed = int(seed)
-        k = math.floor(self.fraction * n + 0.5)
-        k = max(k, 1) if self.fraction > 0 and n else k
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        self.annotated = sorted(order[:k])
+        candidates = _with_masks(dataset)
+        if candidates is None:
+            candidates = list(range(n))
+        k = math.floor(self.fraction * len(candidates) + 0.5)
+        k = max(k, 1) if self.fraction > 0 and candidates else k
+        order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        self.annotated = sorted(candidates[j] for j in order[:k])
         self._keep = set(self.annotated)
 
     def __len__(self) -> int:
@@ -87,7 +95,8 @@ class PartialMasks(Dataset):
             raise fail(_FN, "dataset", "dict items with a 'mask' (masks to keep or drop)", got,
                        "Wrap a data set with masks (egl.data.DomainFolder with a masks folder, ImageCSV with "
                        "mask_dir=, the synthetic benchmark)")
-        keep = (i % len(self) if isinstance(i, int) and i < 0 else i) in self._keep
+        j = operator.index(i)  # (a 0-D tensor or NumPy integer too)
+        keep = (j % len(self) if j < 0 else j) in self._keep
         keep = keep and bool(item.get("annotated", True))  # (an item the data set has no mask for stays out)
         out = dict(item)
         if not keep:
@@ -98,3 +107,22 @@ class PartialMasks(Dataset):
     def __repr__(self) -> str:
         return (f"PartialMasks(fraction={self.fraction}, annotated={len(self.annotated)} of {len(self)}, "
                 f"seed={self.seed})")
+
+
+def _with_masks(dataset: Any) -> list[int] | None:
+    """Indices of the items that have a mask, where the data set can tell without reading them
+    (an :class:`~egl.data.image_items.ImageItems` with images lacking masks, or a ``Subset`` of
+    one); None otherwise (every item a candidate)."""
+    from torch.utils.data import Subset
+
+    from egl.data.image_items import ImageItems
+
+    if isinstance(dataset, Subset):
+        inner = _with_masks(dataset.dataset)
+        if inner is None:
+            return None
+        has = set(inner)
+        return [j for j, i in enumerate(dataset.indices) if i in has]
+    if isinstance(dataset, ImageItems) and getattr(dataset, "partial", False):
+        return [i for i, s in enumerate(dataset.samples) if s.mask is not None]
+    return None

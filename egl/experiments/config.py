@@ -30,8 +30,8 @@ DEFAULTS: dict[str, Any] = {
         "mask_dir": None,             # csv data: masks at <root>/<mask_dir>/<image path>.png (Waterbirds: CUB's)
         "synthetic": {},              # SyntheticConfig fields, e.g. {train_per_domain: 500}
         "mask_fraction": 1.0,         # training images that keep their masks (the rest: annotated=False)
-        "mask_seed": 0,
-        "missing_masks": "raise",     # folder / csv data with masks for some images only: or "unannotated"               # which ones (egl.data.PartialMasks; the same for every training seed)
+        "mask_seed": 0,               # which ones (egl.data.PartialMasks; the same for every training seed)
+        "missing_masks": "raise",     # folder / csv data with masks for some images only: or "unannotated"
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images
     },

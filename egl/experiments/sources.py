@@ -26,6 +26,7 @@ domains (:meth:`Source.in_distribution`); the tables average the two kinds apart
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,15 +155,19 @@ def _augmented(ds: Dataset, augment: Any) -> Dataset:
     return ds if augment is None else Augmented(ds, augment)
 
 
-def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool) -> Dataset:
-    """A training set: the masks of ``data.mask_fraction`` of it kept, then augmented."""
+def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, domain: str) -> Dataset:
+    """A training set: augmented, then the masks of ``data.mask_fraction`` of it kept (outside the
+    augmentation, so that an augmentation that builds new items cannot drop the flags), drawn with
+    a seed of ``data.mask_seed`` and the domain's name (domains of one size keep different images)."""
     fraction = check_fraction(data.get("mask_fraction", 1.0), "egl.experiments", "data.mask_fraction")
+    ds = _augmented(ds, augment)
     if fraction < 1:
         if not has_masks:
             raise fail("egl.experiments", "data.mask_fraction", "1.0 for data without masks (no mask to keep)",
                        repr(data.get("mask_fraction")), "Leave data.mask_fraction out, or use data with masks")
-        ds = PartialMasks(ds, fraction, seed=int(data.get("mask_seed", 0)))
-    return _augmented(ds, augment)
+        seed = (int(data.get("mask_seed", 0)) * 7919 + zlib.crc32(domain.encode("utf-8"))) % 2**63
+        ds = PartialMasks(ds, fraction, seed=seed)
+    return ds
 
 
 def load_source(data: dict[str, Any]) -> Source:
@@ -176,8 +181,8 @@ def load_source(data: dict[str, Any]) -> Source:
         splits = build(cfg)
         domains = [f"domain{d}" for d in range(len(cfg.p))]
         has_masks = "mask" in splits["train"]
-        train = {name: _training(_select(splits["train"], splits["train"]["domain"] == d), data, augment, has_masks)
-                 for d, name in enumerate(domains)}
+        train = {name: _training(_select(splits["train"], splits["train"]["domain"] == d), data, augment, has_masks,
+                                 name) for d, name in enumerate(domains)}
         val = {name: _select(splits["val"], splits["val"]["domain"] == d) for d, name in enumerate(domains)}
         tests: dict[str, Dataset] = {
             f"test_id/{name}": _select(splits["test_id"], splits["test_id"]["domain"] == d)
@@ -206,7 +211,7 @@ def load_source(data: dict[str, Any]) -> Source:
                  for s in ("train", "val", "test") if s in splits or s != "val"}  # (no train or test: named)
     if kind is ImageCSV and full.domains == [ImageCSV.ONE_DOMAIN]:  # a table without domains: one of each
         (domain,) = full.domains
-        train = _training(per_split["train"], data, None, per_split["train"].has_masks)  # (augmented as read)
+        train = _training(per_split["train"], data, None, per_split["train"].has_masks, domain)  # (augmented as read)
         val = {domain: per_split["val"]} if "val" in per_split else {}
         return Source(str(data["root"]), len(full.classes), full.classes, {domain: train}, val,
                       {"test": per_split["test"]}, {"test": domain})
@@ -220,7 +225,7 @@ def load_source(data: dict[str, Any]) -> Source:
         return {name: Subset(ds, idx) for name, idx in parts.items() if idx}
 
     tests = by_domain(per_split["test"])
-    train = {name: _training(ds, data, None, per_split["train"].has_masks)  # (augmented as read)
+    train = {name: _training(ds, data, None, per_split["train"].has_masks, name)  # (augmented as read)
              for name, ds in by_domain(per_split["train"]).items()}
     return Source(str(data["root"]), len(full.classes), full.classes, train,
                   by_domain(per_split.get("val")), tests, {name: name for name in tests})

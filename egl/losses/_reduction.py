@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from egl._check import check_choice, describe, fail
+from egl._transfer import upload
 
 __all__ = ["reduce", "REDUCTIONS", "annotated_mean"]
 
@@ -44,21 +46,40 @@ def reduce(elementwise: Tensor, reduction: str, fn: str) -> Tensor:
 
 
 def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str) -> Tensor:
-    """``loss(*args)`` averaged over the samples flagged in ``annotated`` (bool ``[B]``) only; 0 (with
-    a graph) for a batch of none. ``loss`` is called with its ``reduction`` set to ``"none"`` for the
-    call (an :class:`~egl.losses.AlignmentLoss`); no host read."""
+    """``loss(*args)`` over the samples flagged in ``annotated`` (bool ``[B]``) only, reduced as the
+    loss's own ``reduction`` says: ``"mean"`` averages over the flagged samples (0, with a graph, for
+    a batch of none), ``"sum"`` sums them, ``"none"`` gives ``[B]`` with the others' values 0.
+
+    The loss is called as a shallow copy whose ``reduction`` is ``"none"`` (the loss itself is not
+    touched: a loss shared by two threads keeps its own). Under ``torch.distributed`` (more than one
+    rank) ``"mean"`` divides by the flagged samples of *all* ranks (one ``all_reduce`` of the count)
+    and multiplies by the world size, so that the ranks' averaged gradients are those of the mean
+    over every flagged sample of the global batch, as one process would compute it; each rank's
+    value is then its share of that mean times the world size. No host read."""
+    import copy
+
     if getattr(loss, "reduction", None) not in REDUCTIONS:
         raise fail(fn, "alignment", "a loss with a 'reduction' attribute (an egl.losses.AlignmentLoss): partially "
                    "annotated batches need its per-sample values", describe(loss),
                    "Subclass egl.losses.AlignmentLoss, or train on fully annotated data")
-    saved = loss.reduction
-    loss.reduction = "none"
-    try:
-        per = loss(*args)
-    finally:
-        loss.reduction = saved
+    per_sample = copy.copy(loss)
+    per_sample.reduction = "none"
+    per = per_sample(*args)
     if not isinstance(per, Tensor) or per.shape != annotated.shape:
         raise fail(fn, "alignment", f"per-sample losses of shape {list(annotated.shape)} with reduction='none'",
                    describe(per), "Return one loss per sample when the loss's reduction is 'none'")
-    w = annotated.to(per.dtype)
-    return (per * w).sum() / w.sum().clamp(min=1.0)
+    flags = upload(annotated, per.device)
+    kept = torch.where(flags, per, per.new_zeros(()))  # (not per * flags: an unflagged inf or NaN would leak)
+    if loss.reduction == "none":
+        return kept
+    if loss.reduction == "sum":
+        return kept.sum()
+    count = flags.sum().to(dtype=per.dtype)
+    from egl.train.distributed import is_distributed, world_size
+
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(count)  # (a device collective: every rank's flagged samples)
+        return world_size() * kept.sum() / count.clamp(min=1.0)
+    return kept.sum() / count.clamp(min=1.0)

@@ -1,5 +1,5 @@
 """L1 distance between a saliency map and a mask (a common alternative to BCE in
-explanation supervision, e.g. Gao et al., "RES", NeurIPS 2022)."""
+explanation supervision, e.g. Gao et al., "RES", KDD 2022)."""
 
 from __future__ import annotations
 

@@ -69,6 +69,7 @@ from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses._reduction import annotated_mean
+from egl.train.distributed import is_distributed
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes._batching import batchable
@@ -276,6 +277,9 @@ class ALIGN(Recipe):
 
     def _align_term(self, batch: Batch, sal: Tensor) -> Tensor:
         """The alignment loss, called as its ``inputs`` declares (see :class:`egl.losses.AlignmentLoss`)."""
+        partial = batch.annotated is not None and self.masker.needs_mask  # the data's masks, some placeholders
+        if partial and batch.annotated_count == 0 and not is_distributed():  # (counted on the host: no wait)
+            return batch.x.new_zeros((), dtype=torch.float32)  # no annotated image: nothing to compute
         masks = self.masks(batch)
         kind = getattr(self.alignment, "inputs", "saliency")
         if kind == "class_maps":  # signed maps of every class: one more forward pass of the classifier
@@ -286,7 +290,8 @@ class ALIGN(Recipe):
             args = (self.model, batch.x, masks)
         else:
             args = (sal, masks)
-        if batch.annotated is not None and self.masker.needs_mask:  # the data's masks, some of them placeholders
+        if partial:
+            assert batch.annotated is not None
             return annotated_mean(self.alignment, batch.annotated, *args, fn="egl.recipes.align")
         return self.alignment(*args)
 

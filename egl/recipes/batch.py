@@ -58,6 +58,8 @@ class Batch:
     _labels_host: _HostCopy | None = field(default=None, repr=False, compare=False)
     _domain_host: _HostCopy | None = field(default=None, repr=False, compare=False)
     annotated: Tensor | None = None
+    #: How many images are flagged ``annotated``, counted on the host when the flags arrive there.
+    annotated_count: int | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
@@ -67,7 +69,8 @@ class Batch:
         known = self.label_range if labels_host is not None else None
         y, domain = mv(self.y), mv(self.domain)  # (a DataLoader's pinned batch: copied without waiting)
         return Batch(mv(self.x), y, domain, mv(self.mask), known,
-                     _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain), mv(self.annotated))
+                     _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain), mv(self.annotated),
+                     self.annotated_count)
 
     def known_label_range(self) -> tuple[int, int] | None:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
@@ -104,6 +107,7 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     else:
         raise fail(fn, "batch", "(x, y), (x, y, domain) or a dict with 'image' and 'label'", describe(batch),
                    "Return one of these layouts from the dataset")
+    count: int | None = None
     x = check_shape(x, "B C H W", fn, "batch image")
     if x.shape[0] == 0:
         raise fail(fn, "batch image", "at least one image", describe(x),
@@ -121,10 +125,14 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
         if not isinstance(a, Tensor) or a.shape != y.shape or a.is_floating_point() or a.is_complex():
             raise fail(fn, "batch annotated", f"a bool (or 0/1 integer) tensor of shape [{x.shape[0]}]", describe(a),
                        "Give one flag per image: True where its mask is an annotation")
+        if a.device.type == "cpu" and a.dtype != torch.bool and a.numel() and not 0 <= a.min() <= a.max() <= 1:
+            raise fail(fn, "batch annotated", "flags 0 or 1", f"values in [{int(a.min())}, {int(a.max())}]",
+                       "Give 1 (or True) where the image's mask is an annotation, 0 elsewhere")
         a = a.bool()
+        count = int(a.sum()) if a.device.type == "cpu" else None
     y = y.long()
     labels_host = _HostCopy.of(y, y) if y.device.type == "cpu" and y.numel() else None
     label_range = (int(y.min()), int(y.max())) if labels_host is not None else None
     d = None if d is None else d.long()
     return Batch(x, y, d, m, label_range, labels_host,
-                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None, a)
+                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None, a, count)

@@ -62,6 +62,7 @@ def main(out: Path) -> None:
     result["overflow_vs_error"] = _overflow_here_input_error_there()
     result["validation"] = _validation()
     result["clip"] = _clip_after_averaging()
+    result["partial"] = _partial_annotation()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -99,6 +100,25 @@ def _clip_after_averaging() -> dict[str, object]:
     rows = recipe.fit(_loader(), 1, seed=0, progress=False, optimizers=opts, grad_clip=1e-3)
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(recipe.parameters(), before)]).norm()
     return {"norm": rows[0]["classifier/grad_norm"], "moved": float(moved)}
+
+
+def _partial_annotation() -> dict[str, object]:
+    """annotated_mean over ranks holding 1 and 3 flagged samples of 4: the averaged gradient is that
+    of the mean over the 4 flagged samples of the global batch (each rank computes it for comparison)."""
+    from egl.losses import BCEAlignmentLoss
+    from egl.losses._reduction import annotated_mean
+
+    g = torch.Generator().manual_seed(5)
+    logits, masks = torch.randn(8, 1, 4, 4, generator=g), torch.rand(8, 1, 4, 4, generator=g).round()
+    flags = torch.tensor([True, False, False, False, True, True, False, True])
+    weight = torch.nn.Parameter(torch.ones(()))
+    mine = slice(4 * rank(), 4 * rank() + 4)
+    annotated_mean(BCEAlignmentLoss(), flags[mine], torch.sigmoid(weight * logits[mine]), masks[mine],
+                   fn="test").backward()
+    average_gradients([weight])
+    whole = torch.nn.Parameter(torch.ones(()))
+    BCEAlignmentLoss()(torch.sigmoid(whole * logits[flags]), masks[flags]).backward()
+    return {"averaged": float(weight.grad), "global": float(whole.grad)}
 
 
 def _nan_on_one_rank() -> str:

@@ -196,7 +196,10 @@ def test_images_without_masks_can_train_unannotated(tmp_path: Path) -> None:
     assert float(items[0]["mask"].max()) == 1.0 and float(items[1]["mask"].max()) == 0.0
     assert items[1]["mask"].shape == (1, 8, 8)
     part = PartialMasks(ds, 1.0)  # a share of the annotated ones: an image the data has no mask for stays out
-    assert [bool(part[i]["annotated"]) for i in range(4)] == [True, False, True, False]
+    assert [bool(part[i]["annotated"]) for i in range(4)] == [True, False, True, False] and part.annotated == [0, 2]
+    assert len(PartialMasks(ds, 0.5).annotated) == 1  # half of the 2 images with masks
+    sub = torch.utils.data.Subset(ds, [1, 2, 3])
+    assert PartialMasks(sub, 1.0).annotated == [1]  # (the Subset's index of image 2)
     full = ImageCSV(tmp_path, "all", image_size=8, missing_masks="unannotated")  # no masks at all: no flags
     assert "annotated" not in full[0] and "mask" not in full[0]
     with pytest.raises(egl.InputError, match="'missing_masks' expected one of"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ def test_the_share_kept_and_the_rest_blanked_and_flagged() -> None:
     assert PartialMasks(data, 0.25, seed=4).annotated != kept
     assert set(PartialMasks(data, 0.5, seed=3).annotated) >= set(kept)  # one draw order: larger shares nest
     assert bool(part[-1]["annotated"]) == (19 in kept)  # negative indices as the data set reads them
+    assert bool(part[torch.tensor(kept[0])]["annotated"]) and bool(part[np.int64(kept[0])]["annotated"])
     batch = torch.utils.data.default_collate(items[:4])
     assert batch["annotated"].dtype == torch.bool and batch["annotated"].shape == (4,)
 
@@ -60,9 +62,12 @@ def test_items_without_masks_are_named() -> None:
 def test_the_synthetic_source_keeps_a_share_of_each_training_domain() -> None:
     data = {"name": "synthetic", "synthetic": {"train_per_domain": 40}, "mask_fraction": 0.1, "mask_seed": 1}
     source = load_source(data)
+    kept = {}
     for name, ds in source.train.items():
         flags = torch.stack([ds[i]["annotated"] for i in range(len(ds))])
         assert int(flags.sum()) == round(0.1 * len(ds)), name
+        kept[name] = ds.annotated
+    assert kept["domain0"] != kept["domain1"]  # each domain its own draw
     assert all("annotated" not in ds[0] for ds in source.tests.values())  # test sets keep every mask
     assert "annotated" not in load_source({"name": "synthetic", "synthetic": {"train_per_domain": 40}}).train[
         "domain0"][0]
