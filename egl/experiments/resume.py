@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from egl._check import fail
-from egl.train.loop import _versions
+from egl.train.run_state import versions as _versions
 
 __all__ = ["RunKey", "previous_rows", "config_differences", "write_log_start"]
 

@@ -38,7 +38,8 @@ from egl.experiments.models import build_model, check_model_builds
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import render_tables
 from egl._check import check_int, fail
-from egl.train.loop import _versions, seed_everything
+from egl.train.loop import seed_everything
+from egl.train.run_state import versions as _versions
 from egl.train.validation import Validation
 
 __all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set", "check_batch_size"]

@@ -1,0 +1,183 @@
+"""A fit's state: what its checkpoint holds, written at a step and loaded on resume, with the checks
+that refuse a resume which would not continue the interrupted run (another recipe, optimizers,
+schedule, weight average or model). Used by :func:`egl.train.fit`; the file format and the data
+replay live in :mod:`egl.train.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from egl._check import describe, fail
+from egl.train import distributed as dist_utils
+from egl.train.checkpoint import (CHECKPOINT_NAME, FORMAT, DataStream, get_rng_state, load_checkpoint, os_reason,
+                                  save_checkpoint, set_rng_state)
+from egl.train.ema import WeightAverage
+from egl.train.loss_scale import LossScaler
+from egl.train.lr_schedule import check_resumed
+from egl.train.validation import Validation
+
+if TYPE_CHECKING:
+    from egl.recipes.base import Recipe
+
+__all__ = ["versions", "check_checkpoint_dir", "save_run", "resume_run"]
+
+FN = "egl.train.fit"
+
+
+def versions() -> dict[str, str]:
+    import egl
+
+    out = {"egl": str(egl.__version__), "torch": str(torch.__version__), "python": platform.python_version()}
+    try:
+        import timm
+
+        out["timm"] = str(timm.__version__)
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Create ``checkpoint_dir`` and check that ``last.pt`` can be written there (a file of that
+    name, or an unwritable place, raised an OSError only at the first save)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(FN, "checkpoint_dir", "a folder that can be created and written", f"'{path}' ({os_reason(exc)})",
+                   "Pass a path in a writable folder") from exc
+    last = path / CHECKPOINT_NAME
+    if (last.exists() and not last.is_file()) or not os.access(path, os.W_OK | os.X_OK):
+        got = f"'{last}', not a file" if last.exists() and not last.is_file() else f"'{path}', not writable"
+        raise fail(FN, "checkpoint_dir", f"a writable folder where '{CHECKPOINT_NAME}' can be written", got,
+                   "Pass another checkpoint_dir")
+
+
+def _rank_state(stream: DataStream, device: torch.device) -> dict[str, Any]:
+    return {"rng": get_rng_state(device, stream.generators), "data": stream.state_dict()}
+
+
+def save_run(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], step: int,
+          stream: DataStream, device: torch.device, scalers: dict[str, LossScaler] | None,
+          validation: Validation | None = None, numerics: dict[str, Any] | None = None,
+          train_seconds: float = 0.0, schedulers: dict[str, Any] | None = None,
+          average: WeightAverage | None = None) -> None:
+    ranks = dist_utils.all_gather_object(_rank_state(stream, device))  # collective: every rank
+    if dist_utils.rank() != 0:
+        return
+    state = {"format": FORMAT, "step": step, "train_seconds": train_seconds, "recipe_name": recipe.name,
+             "recipe_class": f"{type(recipe).__module__}.{type(recipe).__qualname__}", "config": recipe.config(),
+             "versions": versions(), "world_size": len(ranks), "recipe": recipe.state_dict(),
+             "optimizers": {k: o.state_dict() for k, o in opts.items()},
+             "optimizer_classes": {k: type(o).__qualname__ for k, o in opts.items()}, "ranks": ranks}
+    if scalers is not None:
+        state["loss_scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
+    if validation is not None:
+        state["validation"] = validation.state_dict()
+    if numerics is not None:
+        state["numerics"] = numerics
+    if schedulers:
+        state["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
+    if average is not None:
+        state["ema"] = average.state_dict()
+    save_checkpoint(state, path)
+
+
+def resume_run(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimizer], stream: DataStream,
+            device: torch.device, scalers: dict[str, LossScaler] | None, validation: Validation | None = None,
+            numerics: dict[str, Any] | None = None, schedulers: dict[str, Any] | None = None,
+            average: WeightAverage | None = None) -> tuple[int, float]:
+    """Load the checkpoint (rank 0 reads, every rank receives it) into the run; returns its step
+    and training seconds (0 from checkpoints of older egl versions). ``numerics`` (precision and
+    memory layout of this run) is compared with the checkpoint's."""
+    ckpt = dist_utils.broadcast_object(load_checkpoint(path) if dist_utils.rank() == 0 else None)
+    needed = ("step", "recipe", "optimizers", "ranks")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in needed):  # (a torch.save of something else)
+        got = describe(ckpt) if not isinstance(ckpt, dict) else f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+        raise fail(FN, "resume", f"a training checkpoint written by egl.train.fit (keys {list(needed)}) in {path}",
+                   got, "Use another checkpoint_dir, or resume=False to start afresh (nothing was loaded)")
+    saved = ckpt.get("numerics")  # (absent from checkpoints of older egl versions)
+    if saved is not None and numerics is not None and saved != numerics:
+        was = ", ".join(f"{k}={v!r}" for k, v in saved.items())
+        warnings.warn(f"{FN}: the checkpoint in {path.parent} was trained with {was}; this run has "
+                      + ", ".join(f"{k}={v!r}" for k, v in numerics.items())
+                      + ". Training goes on, but not as the interrupted run would have (not bit-exact); pass "
+                      + f"{was} to continue it as it was.", stacklevel=3)
+    this_class = f"{type(recipe).__module__}.{type(recipe).__qualname__}"
+    if ckpt.get("recipe_name") != recipe.name or ckpt.get("recipe_class", this_class) != this_class:  # unnamed too
+        raise fail(FN, "resume", f"a checkpoint of a '{recipe.name or this_class}' recipe",
+                   f"one of '{ckpt.get('recipe_name') or ckpt.get('recipe_class')}' in {path}",
+                   "Use another checkpoint_dir, or resume=False to start afresh")
+    if set(ckpt["optimizers"]) != set(opts):
+        raise fail(FN, "optimizers", f"the phases of the checkpoint {sorted(ckpt['optimizers'])}", f"{sorted(opts)}",
+                   "Pass one optimizer per phase, as when the checkpoint was written")
+    classes = ckpt.get("optimizer_classes", {})  # (absent from checkpoints of older egl versions)
+    wrong = {k: (classes[k], type(o).__qualname__) for k, o in opts.items()
+             if k in classes and classes[k] != type(o).__qualname__}
+    if wrong:
+        raise fail(FN, "optimizers", "the optimizer classes of the checkpoint "
+                   + ", ".join(f"{k}: {a}" for k, (a, _) in wrong.items()),
+                   ", ".join(f"{k}: {b}" for k, (_, b) in wrong.items()),
+                   "Resume with the same optimizer classes (their state and hyperparameters come from the "
+                   "checkpoint), or resume=False to start afresh")
+    _check_schedulers(ckpt, schedulers or {}, path)
+    saved_decay = (ckpt.get("ema") or {}).get("decay")
+    if saved_decay != (None if average is None else average.decay):
+        raise fail(FN, "ema", f"the weight average the checkpoint in {path.parent} was trained with: "
+                   f"ema={saved_decay!r}", f"ema={None if average is None else average.decay!r}",
+                   f"Resume with ema={saved_decay!r}, or resume=False to start afresh")
+    _check_same_tensors(ckpt["recipe"], recipe.state_dict(), path)  # before anything is overwritten
+    recipe.load_state_dict(ckpt["recipe"])
+    for name, opt in opts.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    for name, sched in (schedulers or {}).items():
+        sched.load_state_dict(ckpt["schedulers"][name])
+    if average is not None:
+        average.load_state_dict(ckpt["ema"])
+    for name, sc in (scalers or {}).items():  # a float16 run resumed from a float16 checkpoint
+        if name in ckpt.get("loss_scalers", {}):
+            sc.load_state_dict(ckpt["loss_scalers"][name])
+    if validation is not None and "validation" in ckpt:
+        validation.load_state_dict(ckpt["validation"])
+    elif validation is not None and validation.select == "acc" and int(ckpt["step"]) > 0:
+        warnings.warn(f"{FN}: the checkpoint in {path.parent} was written without validation: select='acc' chooses "
+                      f"among the measurements after step {int(ckpt['step'])} only.", stacklevel=3)
+    ranks = ckpt["ranks"]
+    if len(ranks) != dist_utils.world_size():
+        warnings.warn(f"{FN}: resuming on {dist_utils.world_size()} ranks from a checkpoint written on {len(ranks)}: "
+                      "the data order and random draws are not replayed exactly.", stacklevel=3)
+    mine = ranks[dist_utils.rank() % len(ranks)]
+    stream.load_state_dict(mine["data"])
+    set_rng_state(mine["rng"], device, stream.generators)
+    return int(ckpt["step"]), float(ckpt.get("train_seconds", 0.0))
+
+
+def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:
+    """The run's schedulers are the checkpoint's phases' (a schedule dropped or added on resume
+    would train on at another rate than the interrupted run: refused, naming both)."""
+    saved = sorted(ckpt.get("schedulers", {}))
+    if saved != sorted(schedulers):
+        raise fail(FN, "lr_schedule", f"schedulers for the phases the checkpoint in {path.parent} has them for: "
+                   f"{saved}", f"{sorted(schedulers)}",
+                   "Resume with the lr_schedule (or schedulers) the run started with, or resume=False to start afresh")
+    check_resumed(ckpt.get("schedulers", {}), schedulers, FN, str(path.parent))
+
+
+def _check_same_tensors(saved: dict[str, Any], mine: dict[str, Any], path: Path) -> None:
+    """The checkpoint's recipe holds exactly this recipe's tensors, shapes included: a
+    ``load_state_dict`` that fails half-way has already overwritten what fitted."""
+    missing, extra = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
+    shapes = [f"{k} {list(saved[k].shape)} (here {list(v.shape)})" for k, v in mine.items()
+              if k in saved and hasattr(v, "shape") and hasattr(saved[k], "shape") and saved[k].shape != v.shape]
+    if missing or extra or shapes:
+        got = "; ".join(part for part in (
+            f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "",
+            f"other shapes: {', '.join(shapes[:5])}" if shapes else "") if part)
+        raise fail(FN, "resume", f"a checkpoint of this recipe's model (same tensors and shapes) in {path}", got,
+                   "Use another checkpoint_dir, or resume=False to start afresh (nothing was loaded)")
