@@ -10,19 +10,35 @@ clean image when ``target`` is None) repeated.
 Choices (ours, configurable):
 
 * ``samples=16`` copies (the paper uses 50; the cost is ``samples`` calls of the wrapped
-  explainer per image, plus one forward pass for the clean image's logits).
+  explainer per image, plus one forward pass for the clean image's logits), sent through the
+  wrapped explainer one copy of the batch at a time (``batch_size=None``: ``B`` images per
+  call, the memory of the wrapped explainer's own call) or in chunks of ``batch_size``.
+  With ``create_graph=True`` every copy's graph is kept until the backward: memory grows with
+  ``samples`` whatever the chunks.
+* In training mode the clean pass updates BatchNorm's running statistics as any forward
+  does; the copies' passes do not (their statistics are put back), so the model evaluated
+  afterwards is the one an unsmoothed explainer would leave.
 * The same ``samples`` noise patterns for every image of a call, drawn from ``seed`` (default 0;
   scaled by each image's own range): a map does not depend on which other images share its
   batch, nor on the global random state, so calls repeat. ``seed=None`` draws fresh noise from
   torch's global generator at every call.
 * The wrapped explainer's maps (min-max normalised by default) are averaged, then the average is
   min-max normalised again (``normalize=True``), as pytorch-grad-cam's ``aug_smooth`` averages
-  normalised maps.
+  normalised maps. (SmoothGrad proper averages raw gradients: wrap
+  ``InputGradient(model, absolute=False, normalize=False)``.)
+* ``flip=True`` needs an even ``samples`` (half the copies flipped). A flipped map is flipped
+  back, which at an even input size is off by up to the layer's stride minus one pixel
+  (stride-2 layers pad asymmetrically), as in pytorch-grad-cam: a coarse map is blurred by
+  about one of its cells.
+* The seeded noise (``seed=0``) is the same at every call, also in training; for a training
+  loss, ``seed=None`` draws new noise each step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,11 +47,29 @@ from torch import Tensor, nn
 from egl._check import batch_of_one, check_flag, check_logits, describe, fail
 from egl._transfer import upload
 from egl.explainers._postprocess import minmax_normalize
-from egl.explainers.base import Explainer, Explanation, targets
+from egl.explainers.base import Explainer, Explanation, Targets, targets
 
 __all__ = ["SmoothedExplainer", "smoothed"]
 
 _FN = "egl.explainers.SmoothedExplainer"
+
+
+@contextlib.contextmanager
+def _scratch_buffers(model: nn.Module) -> Iterator[None]:
+    """In training mode, the block's forward passes update copies of the model's buffers, and the
+    module gets its own tensors back on exit, untouched (copied back in place they would break a
+    backward through the block's graph, which saved them)."""
+    if not model.training:
+        yield
+        return
+    own = [(m, name, buf) for m in model.modules() for name, buf in m._buffers.items() if buf is not None]
+    for m, name, buf in own:
+        m._buffers[name] = buf.detach().clone()
+    try:
+        yield
+    finally:
+        for m, name, buf in own:
+            m._buffers[name] = buf
 
 
 class SmoothedExplainer(Explainer):
@@ -50,7 +84,8 @@ class SmoothedExplainer(Explainer):
             adds none (with ``flip``: flips alone).
         flip: flip every other copy horizontally, its map flipped back (False).
         seed: the noise patterns' seed (0), or None for torch's global generator.
-        batch_size: most copies per call of the wrapped explainer (None: all at once).
+        batch_size: most copies per call of the wrapped explainer (None: one copy of the batch,
+            ``B`` images, per call).
         normalize: min-max normalise the average (True).
         explainer_kwargs: arguments of the wrapped explainer (e.g. ``layer="layer3"``).
 
@@ -85,6 +120,12 @@ class SmoothedExplainer(Explainer):
                                        or batch_size < 1):
             raise fail(_FN, "batch_size", "None or an int >= 1", describe(batch_size), "Pass e.g. batch_size=64")
         self.flip = check_flag(flip, _FN, "flip")
+        if self.flip and samples % 2:
+            raise fail(_FN, "samples", "an even number with flip=True (half the copies flipped)", repr(samples),
+                       f"Pass samples={samples + 1}")
+        if noise == 0 and not self.flip and samples > 1:
+            raise fail(_FN, "samples", "1 when noise=0 and flip=False (every copy would be the image itself)",
+                       repr(samples), "Pass noise > 0 or flip=True, or samples=1")
         self.samples, self.noise, self.seed, self.batch_size = samples, float(noise), seed, batch_size
         if isinstance(explainer, Explainer):
             if explainer_kwargs:
@@ -104,7 +145,8 @@ class SmoothedExplainer(Explainer):
         else:
             raise fail(_FN, "explainer", "a registered explainer's name or an Explainer", describe(explainer),
                        "Pass e.g. explainer='grad_cam'")
-        self.differentiable = type(self.base).differentiable  # type: ignore[misc]  # (per instance)
+        self.differentiable = self.base.differentiable  # type: ignore[misc]  # (per instance: a wrapper's own)
+        self._noise_cache: tuple[tuple[Any, ...], Tensor] | None = None
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Smoothed maps and the clean image's logits (``target=None``: its predicted class)."""
@@ -116,8 +158,11 @@ class SmoothedExplainer(Explainer):
         shape = (self.samples, 1, *x.shape[1:])
         if self.seed is None:
             return torch.randn(shape, device=x.device, dtype=x.dtype)
-        z = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))  # (drawn on the host: repeatable)
-        return upload(z, x.device, x.dtype)
+        key = (shape, x.device, x.dtype)
+        if self._noise_cache is None or self._noise_cache[0] != key:  # drawn on the host once (repeatable)
+            z = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
+            self._noise_cache = (key, upload(z, x.device, x.dtype))
+        return self._noise_cache[1]
 
     def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
         fn = "egl.explainers.smoothed"
@@ -126,7 +171,8 @@ class SmoothedExplainer(Explainer):
         tgt = targets(target, b, fn, x.device)
         with torch.set_grad_enabled(create_graph):
             logits = check_logits(self.model(x), b, fn)
-        t = logits.detach().argmax(1) if tgt is None else tgt.index(logits.shape[1], fn)
+        k = logits.shape[1]
+        t = logits.detach().argmax(1) if tgt is None else tgt.index(k, fn)  # (checked: in [0, k))
         flat = x.detach().flatten(1)
         scale = (flat.amax(1) - flat.amin(1)).view(1, b, 1, 1, 1) * self.noise  # [1, B, 1, 1, 1]
         copies = x.detach()[None] + scale * self._noise(x) if self.noise > 0 else x.detach()[None].expand(
@@ -136,9 +182,11 @@ class SmoothedExplainer(Explainer):
             copies = torch.where(flipped.view(-1, 1, 1, 1, 1), copies.flip(-1), copies)
         copies = copies.reshape(self.samples * b, *x.shape[1:])
         repeated = t.repeat(self.samples)
-        step = self.batch_size or copies.shape[0]
-        maps = torch.cat([self.base.explain(copies[i:i + step], repeated[i:i + step], create_graph=create_graph)
-                          .saliency for i in range(0, copies.shape[0], step)])
+        step = self.batch_size or b
+        with _scratch_buffers(self.model):  # the copies' passes leave BatchNorm's running statistics alone
+            maps = torch.cat([self.base.explain(copies[i:i + step], Targets(repeated[i:i + step], (0, k - 1)),
+                                                create_graph=create_graph).saliency
+                              for i in range(0, copies.shape[0], step)])  # (a known range: no device read)
         with torch.set_grad_enabled(create_graph):
             maps = maps.view(self.samples, b, *maps.shape[1:])
             if flipped is not None:

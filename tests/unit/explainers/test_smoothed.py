@@ -22,7 +22,7 @@ def test_one_clean_copy_is_the_wrapped_explainer() -> None:
 
 def test_equals_the_average_over_the_drawn_copies() -> None:
     model, x = make_model("test_resnet"), _x()
-    s, noise = 5, 0.2
+    s, noise = 6, 0.2
     out = smoothed(model, x, [0, 1, 2], explainer="input_gradient", samples=s, noise=noise, seed=7, flip=True)
     z = torch.randn((s, 1, 3, 64, 64), generator=torch.Generator().manual_seed(7))
     rng = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
@@ -73,6 +73,8 @@ def test_differentiable_with_the_wrapped_explainer() -> None:
     ({"explainer": "smoothed"}, "'explainer' expected another explainer's name"),
     ({"explainer": 3}, "'explainer' expected a registered explainer's name or an Explainer"),
     ({"explainer": "gradcam"}, "Did you mean 'grad_cam'"),
+    ({"flip": True, "samples": 3}, r"'samples' expected an even number with flip=True.*samples=4"),
+    ({"noise": 0.0, "samples": 4}, "'samples' expected 1 when noise=0 and flip=False"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises((egl.InputError, egl.ComponentNotFoundError), match=match):
@@ -86,3 +88,29 @@ def test_an_instance_must_be_bound_to_the_model() -> None:
     with pytest.raises(egl.InputError, match="'explainer_kwargs' expected none with an explainer instance"):
         SmoothedExplainer(model, GradCAM(model), layer="layer3")
     assert SmoothedExplainer(model, GradCAM(model, "layer3")).base.target_layer == "layer3"
+
+
+def test_training_mode_copies_leave_batchnorm_statistics_and_read_no_target() -> None:
+    from egl.explainers import _targets
+
+    model = make_model("test_resnet", eval_mode=False)
+    plain = make_model("test_resnet", eval_mode=False)
+    x = _x(4)
+    SmoothedExplainer(model, samples=4, batch_size=2)(x, [0, 1, 2, 3], create_graph=True)
+    with torch.no_grad():
+        plain(x)  # the clean pass alone moves the statistics
+    for (name, a), b in zip(model.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    reads = []
+    real = _targets.check_target_range
+
+    def spy(t, n, fn, known=None):
+        reads.append(known)
+        return real(t, n, fn, known=known)
+
+    _targets.check_target_range = spy
+    try:
+        SmoothedExplainer(make_model("test_resnet"), samples=2)(x)
+    finally:
+        _targets.check_target_range = real
+    assert reads and all(k is not None for k in reads)  # every chunk's range known on the host
