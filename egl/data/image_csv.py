@@ -177,6 +177,7 @@ class ImageCSV(ImageItems):
         all_domains = sorted({r[cols["domain"]] for _, r in rows}) if "domain" in cols else [ONE_DOMAIN]
         self.domains = self._select_domains(domains, all_domains, "domain" in cols)
         samples, codes = self._samples(rows, labels, cols, root, table, mask_dir)
+        any_mask = any(s.mask is not None for s in samples)  # (in the whole table: a split may hold none)
         self.splits = sorted(set(codes), key=list(SPLIT_FRACTIONS).index) if "split" in cols else list(SPLIT_FRACTIONS)
         if "split" in cols and split != "all":  # the table's split, then only its images verified
             if split not in codes:
@@ -194,7 +195,7 @@ class ImageCSV(ImageItems):
                else f"Fill the column '{cols.get('mask')}' for every row, or for none")
         super().__init__(chosen, image_size=image_size, augment=augment, fn=_FN, arg="root", mask_fix=fix,
                          missing_masks=missing_masks)
-        if mask_dir is not None and not self.has_masks and chosen:
+        if mask_dir is not None and not any_mask and chosen:
             first = chosen[0].path
             raise fail(_FN, "mask_dir", "a folder holding a .png mask per image at the image's path",
                        f"no mask in '{root / mask_dir}' (for '{first}' egl looks for "

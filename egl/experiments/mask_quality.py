@@ -33,8 +33,12 @@ def mask_quality(model: nn.Module, dataset: Dataset, maskers: dict[str, Masker],
                  batch_size: int = 256, device: str = "cpu") -> dict[str, dict[str, float]]:
     """Accuracy of ``model`` on ``dataset`` as is and with each masker's background blurred.
 
+    Images flagged ``annotated=False`` (placeholder masks: :class:`egl.data.PartialMasks`,
+    ``missing_masks="unannotated"``) are left out for every masker, so that the rows compare the
+    same images.
+
     Returns:
-        ``{"none": {"acc": a}, name: {"acc": a_blur, "delta": a_blur - a, "mask_area": mean mask}}``.
+        ``{"none": {"acc": a, "images": n}, name: {"acc": a_blur, "delta": a_blur - a, "mask_area": mean mask}}``.
     """
     was = {m: m.training for m in [model, *maskers.values()]}
     for m in was:
@@ -46,19 +50,28 @@ def mask_quality(model: nn.Module, dataset: Dataset, maskers: dict[str, Masker],
         with torch.no_grad():
             for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 b = as_batch(raw)
-                x = upload(b.x, device)
-                labels.append(b.y)
+                x, y, mask = b.x, b.y, b.mask
+                if b.annotated is not None:  # placeholders are no masks: the annotated images only
+                    keep = b.annotated.cpu()
+                    if not bool(keep.any()):
+                        continue
+                    x, y, mask = x[keep], y[keep], None if mask is None else mask[keep]
+                x = upload(x, device)
+                labels.append(y)
                 logits["none"].append(model(x).cpu())
                 for name, masker in maskers.items():
-                    m = masker(x, None if b.mask is None else upload(b.mask, device))
+                    m = masker(x, None if mask is None else upload(mask, device))
                     area[name].append(m.mean(dim=(1, 2, 3)).cpu())
                     logits[name].append(model(blur_outside(x, m, sigma)).cpu())
     finally:
         for m, mode in was.items():
             m.train(mode)
+    if not labels:
+        return {"none": {"acc": math.nan, "images": 0.0},
+                **{n: {"acc": math.nan, "delta": math.nan, "mask_area": math.nan} for n in maskers}}
     y = torch.cat(labels)
     base = float(accuracy(torch.cat(logits["none"]), y))
-    out = {"none": {"acc": base}}
+    out = {"none": {"acc": base, "images": float(len(y))}}
     for name in maskers:
         acc = float(accuracy(torch.cat(logits[name]), y))
         out[name] = {"acc": acc, "delta": acc - base, "mask_area": float(torch.cat(area[name]).mean())}

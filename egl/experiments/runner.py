@@ -378,7 +378,9 @@ def _mask_quality_table(recipes: dict[str, Any], tests: dict[str, Any], split: s
         if isinstance(masker, Masker) and masker.trainable:
             maskers[f"learned ({name})"] = masker
     res = mask_quality(ref.model, tests[split], maskers, batch_size=int(cfg["eval"]["batch_size"]))
-    lines = [f"## Mask quality on {split}: accuracy of {ref_name} with the background outside each mask blurred",
+    partial = "annotated" in tests[split][0]
+    lines = [f"## Mask quality on {split}: accuracy of {ref_name} with the background outside each mask blurred"
+             + (f" ({int(res['none']['images'])} annotated images)" if partial else ""),
              "", "| mask | Acc | Δ Acc | mask area |", "|---|---|---|---|",
              f"| none (original images) | {100 * res['none']['acc']:.1f} | – | – |"]
     for name in maskers:

@@ -204,3 +204,15 @@ def test_images_without_masks_can_train_unannotated(tmp_path: Path) -> None:
     assert "annotated" not in full[0] and "mask" not in full[0]
     with pytest.raises(egl.InputError, match="'missing_masks' expected one of"):
         ImageCSV(tmp_path, "all", missing_masks="skip")
+
+
+def test_a_split_without_masks_when_others_have_them(tmp_path: Path) -> None:
+    for i in range(4):
+        _image(tmp_path / f"{i}.png", 50)
+    for i in (0, 1):
+        _mask(tmp_path / "seg" / f"{i}.png")
+    _table(tmp_path / "metadata.csv", ["image", "label", "split"],
+           [[f"{i}.png", i % 2, ("train", "train", "test", "test")[i]] for i in range(4)])
+    test = ImageCSV(tmp_path, "test", mask_dir="seg", image_size=8)  # masks for the training rows only
+    assert not test.has_masks and "mask" not in test[0]
+    assert ImageCSV(tmp_path, "train", mask_dir="seg", image_size=8).has_masks
