@@ -31,7 +31,6 @@ with its path.
 
 from __future__ import annotations
 
-import numbers
 import os
 import zlib
 from collections.abc import Sequence
@@ -39,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from egl._check import check_choice, check_flag, check_int, fail
+from egl._check import fail
 from egl.data.augment import as_augment
-from egl.data.image_items import LABEL_MAX, MISSING_MASKS, ImageItems, Sample, verify_images
+from egl.data.image_items import LABEL_MAX, ImageItems, Sample, check_read_args, verify_images
 
 __all__ = ["DomainFolder", "Sample", "scan", "IMAGE_EXTENSIONS", "SPLIT_FRACTIONS", "LABEL_MAX"]
 
@@ -171,14 +170,8 @@ class DomainFolder(ImageItems):
                  image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
                  allow_missing_classes: bool = False, augment: object = None,
                  missing_masks: str = "raise") -> None:
-        check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
-        check_choice(on_error, ("raise", "skip"), _FN, "on_error")
-        check_choice(missing_masks, MISSING_MASKS, _FN, "missing_masks")
-        check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
-        seed = int(seed)
-        check_flag(verify, _FN, "verify")
+        seed = check_read_args(_FN, split=split, splits=list(SPLIT_FRACTIONS), on_error=on_error,
+                               missing_masks=missing_masks, image_size=image_size, seed=seed, verify=verify)
         self.augment = as_augment(augment, _FN)
         self.domains, self.classes, samples = scan(root, domains, allow_missing_classes=allow_missing_classes)
         if verify:

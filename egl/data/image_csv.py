@@ -34,16 +34,15 @@ Items are those of :mod:`egl.data.image_items`.
 from __future__ import annotations
 
 import csv
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from egl._check import check_choice, check_flag, check_int, describe, fail
+from egl._check import check_choice, describe, fail
 from egl.data.augment import as_augment
 from egl.data.domain_folder import SPLIT_FRACTIONS, _split
-from egl.data.image_items import MISSING_MASKS, ImageItems, Sample, verify_images
+from egl.data.image_items import ImageItems, Sample, check_read_args, verify_images
 
 __all__ = ["ImageCSV", "COLUMN_PRESETS", "SPLIT_CODES"]
 
@@ -147,13 +146,8 @@ class ImageCSV(ImageItems):
                  domains: Sequence[str] | None = None, mask_dir: str | os.PathLike[str] | None = None,
                  image_size: int = 224, seed: int = 0, verify: bool = False, on_error: str = "raise",
                  augment: object = None, missing_masks: str = "raise") -> None:
-        check_choice(split, (*SPLIT_FRACTIONS, "all"), _FN, "split")
-        check_choice(on_error, ("raise", "skip"), _FN, "on_error")
-        check_choice(missing_masks, MISSING_MASKS, _FN, "missing_masks")
-        check_int(image_size, _FN, "image_size", low=1, fix="Pass e.g. image_size=224")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise fail(_FN, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
-        check_flag(verify, _FN, "verify")
+        seed = check_read_args(_FN, split=split, splits=list(SPLIT_FRACTIONS), on_error=on_error,
+                               missing_masks=missing_masks, image_size=image_size, seed=seed, verify=verify)
         augment = as_augment(augment, _FN)
         root = Path(root)
         if not root.is_dir():

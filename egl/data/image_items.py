@@ -14,6 +14,7 @@ the file's resolution and resized once when an ``augment`` is given.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from egl._check import check_choice, fail
+from egl._check import check_choice, check_flag, check_int, fail
 from egl.data.image_file import read_levels
 
-__all__ = ["Sample", "ImageItems", "verify_images", "LABEL_MAX", "MISSING_MASKS"]
+__all__ = ["Sample", "ImageItems", "verify_images", "check_read_args", "LABEL_MAX", "MISSING_MASKS"]
 
 MISSING_MASKS = ("raise", "unannotated")
 LABEL_MAX = 15  # a mask whose largest level is 2..LABEL_MAX is a class-label image, not 0-255
@@ -43,6 +44,19 @@ class Sample:
     domain: int
     mask: Path | None
     shortcut: int | None = None
+
+
+def check_read_args(fn: str, *, split: object, splits: Sequence[str], on_error: object, missing_masks: object,
+                    image_size: object, seed: object, verify: object) -> int:
+    """The arguments every file-backed data set takes, checked at once; returns the seed as an int."""
+    check_choice(split, (*splits, "all"), fn, "split")
+    check_choice(on_error, ("raise", "skip"), fn, "on_error")
+    check_choice(missing_masks, MISSING_MASKS, fn, "missing_masks")
+    check_int(image_size, fn, "image_size", low=1, fix="Pass e.g. image_size=224")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise fail(fn, "seed", "an int", repr(seed)[:100], "Pass an int seed, e.g. seed=0 (it draws the split)")
+    check_flag(verify, fn, "verify")
+    return int(seed)
 
 
 def verify_images(samples: list[Sample], on_error: str, fn: str, arg: str) -> list[Sample]:
