@@ -11,7 +11,7 @@ from torch import Tensor
 from egl._check import check_choice, describe, fail
 from egl._transfer import upload
 
-__all__ = ["reduce", "REDUCTIONS", "annotated_mean"]
+__all__ = ["reduce", "REDUCTIONS", "annotated_mean", "ANNOTATED_MEANS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -45,19 +45,29 @@ def reduce(elementwise: Tensor, reduction: str, fn: str) -> Tensor:
     return per_sample
 
 
-def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str) -> Tensor:
-    """``loss(*args)`` over the samples flagged in ``annotated`` (bool ``[B]``) only, reduced as the
-    loss's own ``reduction`` says: ``"mean"`` averages over the flagged samples (0, with a graph, for
-    a batch of none), ``"sum"`` sums them, ``"none"`` gives ``[B]`` with the others' values 0.
+ANNOTATED_MEANS = ("batch", "annotated")
 
-    The loss is called as a shallow copy whose ``reduction`` is ``"none"`` (the loss itself is not
-    touched: a loss shared by two threads keeps its own). Under ``torch.distributed`` (more than one
-    rank) ``"mean"`` divides by the flagged samples of *all* ranks (one ``all_reduce`` of the count)
-    and multiplies by the world size, so that the ranks' averaged gradients are those of the mean
-    over every flagged sample of the global batch, as one process would compute it; each rank's
-    value is then its share of that mean times the world size. No host read."""
+
+def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str = "batch") -> Tensor:
+    """``loss(*args)`` over the samples flagged in ``annotated`` (bool ``[B]``) only.
+
+    With the loss's ``reduction="mean"``, ``over`` says what the flagged values are averaged over:
+
+    * ``"batch"`` (default): their sum divided by the batch size ``B``: every flagged sample
+      weighs what it weighs when every sample is flagged, and the term shrinks with the share of
+      flagged samples. Under ``torch.distributed`` each rank divides by its own batch, and the
+      ranks' averaged gradients are those of the global batch (for equal batches per rank).
+    * ``"annotated"``: their mean (0, with a graph, for a batch of none): the term keeps its
+      scale whatever the share, each flagged sample weighing ``B / flagged`` times more. Under
+      ``torch.distributed`` the mean is over the flagged samples of every rank (one
+      ``all_reduce`` of the count; each rank's value is its share times the world size).
+
+    ``"sum"`` sums the flagged values, ``"none"`` gives ``[B]`` with the others' values 0. The loss
+    is called as a shallow copy whose ``reduction`` is ``"none"`` (the loss itself is not touched:
+    a loss shared by two threads keeps its own). No host read."""
     import copy
 
+    check_choice(over, ANNOTATED_MEANS, fn, "over")
     if getattr(loss, "reduction", None) not in REDUCTIONS:
         raise fail(fn, "alignment", "a loss with a 'reduction' attribute (an egl.losses.AlignmentLoss): partially "
                    "annotated batches need its per-sample values", describe(loss),
@@ -74,6 +84,8 @@ def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str) -> Tensor:
         return kept
     if loss.reduction == "sum":
         return kept.sum()
+    if over == "batch":
+        return kept.sum() / max(kept.shape[0], 1)
     count = flags.sum().to(dtype=per.dtype)
     from egl.train.distributed import is_distributed, world_size
 

@@ -104,21 +104,26 @@ def _clip_after_averaging() -> dict[str, object]:
 
 def _partial_annotation() -> dict[str, object]:
     """annotated_mean over ranks holding 1 and 3 flagged samples of 4: the averaged gradient is that
-    of the mean over the 4 flagged samples of the global batch (each rank computes it for comparison)."""
+    of the global batch of 8 (over="batch": the flagged losses' sum / 8; over="annotated": their mean
+    over the 4 flagged), each rank computing it for comparison."""
     from egl.losses import BCEAlignmentLoss
     from egl.losses._reduction import annotated_mean
 
     g = torch.Generator().manual_seed(5)
     logits, masks = torch.randn(8, 1, 4, 4, generator=g), torch.rand(8, 1, 4, 4, generator=g).round()
     flags = torch.tensor([True, False, False, False, True, True, False, True])
-    weight = torch.nn.Parameter(torch.ones(()))
-    mine = slice(4 * rank(), 4 * rank() + 4)
-    annotated_mean(BCEAlignmentLoss(), flags[mine], torch.sigmoid(weight * logits[mine]), masks[mine],
-                   fn="test").backward()
-    average_gradients([weight])
-    whole = torch.nn.Parameter(torch.ones(()))
-    BCEAlignmentLoss()(torch.sigmoid(whole * logits[flags]), masks[flags]).backward()
-    return {"averaged": float(weight.grad), "global": float(whole.grad)}
+    out = {}
+    for over in ("batch", "annotated"):
+        weight = torch.nn.Parameter(torch.ones(()))
+        mine = slice(4 * rank(), 4 * rank() + 4)
+        annotated_mean(BCEAlignmentLoss(), flags[mine], torch.sigmoid(weight * logits[mine]), masks[mine],
+                       fn="test", over=over).backward()
+        average_gradients([weight])
+        whole = torch.nn.Parameter(torch.ones(()))
+        per = BCEAlignmentLoss(reduction="none")(torch.sigmoid(whole * logits[flags]), masks[flags])
+        (per.sum() / (8 if over == "batch" else 4)).backward()
+        out[over] = {"averaged": float(weight.grad), "global": float(whole.grad)}
+    return out
 
 
 def _nan_on_one_rank() -> str:

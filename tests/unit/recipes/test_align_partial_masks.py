@@ -22,15 +22,17 @@ def _batch(annotated: list[bool] | None, n: int = 6) -> dict[str, torch.Tensor]:
     return out
 
 
-def _recipe(alignment: str = "bce") -> recipes.ALIGN:
+def _recipe(alignment: str = "bce", annotated_mean: str = "batch") -> recipes.ALIGN:
     model = make_model("test_resnet", eval_mode=False, output_stride=8)
-    return recipes.align(model, masker="ground_truth", alignment=alignment, warmup_steps=0, regularizer=None).train()
+    return recipes.align(model, masker="ground_truth", alignment=alignment, warmup_steps=0, regularizer=None,
+                         annotated_mean=annotated_mean).train()
 
 
+@pytest.mark.parametrize("over", ["batch", "annotated"])
 @pytest.mark.parametrize("alignment", ["bce", "energy_outside"])
-def test_the_alignment_term_is_the_mean_over_annotated_images(alignment: str) -> None:
+def test_the_alignment_term_sums_the_annotated_images(alignment: str, over: str) -> None:
     flags = [True, False, True, False, False, True]
-    recipe = _recipe(alignment)
+    recipe = _recipe(alignment, over)
     terms = recipe.compute_phase("classifier", _batch(flags), step=0)
     b = _batch(None)
     keep = torch.tensor(flags)
@@ -43,7 +45,8 @@ def test_the_alignment_term_is_the_mean_over_annotated_images(alignment: str) ->
 
             maps = class_maps(recipe.model, b["image"], layer="auto", weighting=recipe.explainer).saliency
             per = energy_outside(maps, b["mask"], reduction="none")
-    torch.testing.assert_close(terms["align"].detach(), per[keep].mean(), rtol=1e-5, atol=1e-6)
+    expected = per[keep].sum() / (6 if over == "batch" else 3)  # over the batch, or over the 3 annotated
+    torch.testing.assert_close(terms["align"].detach(), expected, rtol=1e-5, atol=1e-6)
     everyone = recipe.compute_phase("classifier", _batch([True] * 6), step=0)["align"]
     plain = recipe.compute_phase("classifier", _batch(None), step=0)["align"]
     torch.testing.assert_close(everyone.detach(), plain.detach())  # all annotated: the plain mean
@@ -70,6 +73,9 @@ def test_reductions_non_finite_placeholders_and_the_loss_left_alone() -> None:
     per = bce_alignment(s, m, reduction="none")
     loss = BCEAlignmentLoss(reduction="sum")
     torch.testing.assert_close(annotated_mean(loss, flags, s, m, fn="t"), per[flags].sum())
+    torch.testing.assert_close(annotated_mean(BCEAlignmentLoss(), flags, s, m, fn="t"), per[flags].sum() / 4)
+    torch.testing.assert_close(annotated_mean(BCEAlignmentLoss(), flags, s, m, fn="t", over="annotated"),
+                               per[flags].mean())
     assert loss.reduction == "sum"  # a copy was switched, not the loss
     torch.testing.assert_close(annotated_mean(BCEAlignmentLoss(reduction="none"), flags, s, m, fn="t"),
                                torch.where(flags, per, 0))
@@ -82,6 +88,7 @@ def test_reductions_non_finite_placeholders_and_the_loss_left_alone() -> None:
             return out if self.reduction == "none" else out.mean()
 
     assert torch.isfinite(annotated_mean(Raw(), flags, s_bad, m, fn="t"))
+    assert torch.isfinite(annotated_mean(Raw(), flags, s_bad, m, fn="t", over="annotated"))
 
 
 def test_as_batch_reads_and_checks_the_flags() -> None:
@@ -112,6 +119,8 @@ def test_a_loss_without_per_sample_values_is_named() -> None:
     recipe.alignment = Whole()
     with pytest.raises(egl.InputError, match="'alignment' expected a loss with a 'reduction' attribute"):
         recipe.compute_phase("classifier", _batch([True, False] * 3), step=0)
+    with pytest.raises(egl.InputError, match="'annotated_mean' expected one of \\['batch', 'annotated'\\]"):
+        _recipe(annotated_mean="flagged")
 
 
 def test_a_learned_masker_ignores_the_flags() -> None:
