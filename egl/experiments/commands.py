@@ -127,7 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if select == "acc" or every is not None:
         check_val_set(cfg, val_set, select)
     check_batch_size(cfg, {"+".join(domains): train_set})
-    check_model_builds(cfg["model"], source.num_classes)
+    check_model_builds(cfg["model"], source.num_classes, cfg["eval"])
     out = results_dir(cfg, f"train-{args.method}")
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
@@ -154,7 +154,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
                            explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
                            device=device, min_group_size=int(e.get("min_group_size", 10)),
-                           explainer=e.get("explainer", "grad_cam"), curve_steps=int(e.get("curve_steps", 0)))
+                           explainer=e.get("explainer", "grad_cam"), curve_steps=int(e.get("curve_steps", 0)),
+                           explainer_kwargs=dict(e.get("explainer_kwargs") or {}))
         flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
         print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0

@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "baseline": "zero",
         "curve_steps": 0,             # RISE deletion/insertion steps per curve (0: off; steps+1 passes each)
         "explainer": "grad_cam",      # saliency metrics' explainer: any registered name (layer_cam, input_gradient, ...)
+        "explainer_kwargs": {},       # its arguments, e.g. {layer: layer3} or, for smoothed, {samples: 8, flip: true}
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
         "mask_quality": True,         # the first method's accuracy with the background outside each mask blurred
     },
@@ -153,7 +154,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 
 
 #: Keys whose contents are free: arguments passed on to another function.
-_OPEN = {("data", "synthetic"), ("model", "kwargs"), ("train", "loss_scale")}
+_OPEN = {("data", "synthetic"), ("model", "kwargs"), ("train", "loss_scale"), ("eval", "explainer_kwargs")}
 _METHOD_KEYS = ("recipe", "kwargs", "space")
 
 
@@ -260,6 +261,10 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
     check_int(e.get("curve_steps", 0), fn, "eval.curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Set e.g. eval.curve_steps=100")
     check_explainer(e.get("explainer", "grad_cam"), fn)
+    kw = e.get("explainer_kwargs") or {}
+    if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+        raise fail(fn, "eval.explainer_kwargs", "a mapping of the explainer's arguments", repr(kw)[:100],
+                   "Set e.g. eval.explainer_kwargs={layer: layer3}")
     check_flag(e.get("mask_quality", True), fn, "eval.mask_quality")
 
 

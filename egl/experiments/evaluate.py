@@ -50,7 +50,7 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, explain_samples: int = 256,
              ks: tuple[float, ...] = (1, 5, 10, 20, 50), baseline: str = "zero", layer: str = "auto",
              device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam",
-             curve_steps: int = 0) -> dict[str, float]:
+             curve_steps: int = 0, explainer_kwargs: dict[str, Any] | None = None) -> dict[str, float]:
     """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined).
 
     ``explainer``: the registered explainer the saliency metrics read (default ``"grad_cam"``;
@@ -61,13 +61,16 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     test_id splits hold (class, background) groups of one or two images, which read 0 or 1 by
     chance); NaN when no group is that large.
 
+    ``explainer_kwargs``: the explainer's own arguments (e.g. ``{"layer": "layer3"}``, or
+    ``{"samples": 8, "flip": True}`` for ``"smoothed"``).
+
     ``curve_steps`` > 0 adds RISE ``deletion`` (zero baseline) and ``insertion`` (blur baseline,
     sigma 5 px or the image's side if smaller) areas with that many steps per curve (at most the
     image's pixel count) on the explained images: ``curve_steps + 1`` forward passes per image and
     curve, so off (0) by default."""
     check_int(curve_steps, "egl.experiments.evaluate", "curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Pass e.g. curve_steps=100")
-    cam = saliency_explainer(model, explainer, layer)
+    cam = saliency_explainer(model, explainer, layer, explainer_kwargs)
     was = model.training
     model.eval()
     logits, labels, shortcuts = [], [], []
@@ -129,11 +132,16 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     return out
 
 
-def saliency_explainer(model: nn.Module, name: str, layer: str = "auto") -> Explainer:
-    """The registered explainer ``name`` on ``model`` (``layer`` for the Grad-CAM family)."""
+def saliency_explainer(model: nn.Module, name: str, layer: str = "auto",
+                       kwargs: dict[str, Any] | None = None) -> Explainer:
+    """The registered explainer ``name`` on ``model`` (``layer`` for the Grad-CAM family), built
+    with ``kwargs`` (``eval.explainer_kwargs``: a ``layer`` there too; a wrapper such as
+    ``"smoothed"`` passes it on to the explainer it wraps)."""
+    kwargs = dict(kwargs or {})
     if in_grad_cam_family(name, fn="egl.experiments.evaluate", arg="explainer"):
-        return create("explainer", name, model, layer)
+        layer = kwargs.pop("layer", layer)
+        return create("explainer", name, model, layer, **kwargs)
     if layer != "auto":
         raise fail("egl.experiments.evaluate", "layer", f"'auto' with explainer={name!r} (not a Grad-CAM explainer)",
                    repr(layer), "Leave layer out, or pick a Grad-CAM explainer such as 'grad_cam' or 'layer_cam'")
-    return create("explainer", name, model)
+    return create("explainer", name, model, **kwargs)

@@ -50,13 +50,19 @@ def check_model(model_cfg: object, fn: str = "egl.experiments") -> None:
                    "(or model.weights=null for random weights)")
 
 
-def check_model_builds(model_cfg: dict[str, Any], num_classes: int) -> None:
+def check_model_builds(model_cfg: dict[str, Any], num_classes: int, eval_cfg: dict[str, Any] | None = None) -> None:
     """Build the model once, on the CPU, and load ``model.weights`` into it: arguments timm's
     architecture does not take, and a weights file torch cannot read or that holds another
-    architecture's weights, are named before any folder is made (not when the first run starts)."""
+    architecture's weights, are named before any folder is made (not when the first run starts).
+    With ``eval_cfg``, the evaluation's explainer is built on it too (``eval.explainer_kwargs`` it
+    does not take are named now, not after the training)."""
     with warnings.catch_warnings():  # (the runs warn of classifier weights kept at initialisation)
         warnings.simplefilter("ignore", UserWarning)
-        build_model(model_cfg, num_classes)
+        model = build_model(model_cfg, num_classes)
+    if eval_cfg is not None:
+        from egl.experiments.evaluate import saliency_explainer
+
+        saliency_explainer(model, eval_cfg.get("explainer", "grad_cam"), kwargs=eval_cfg.get("explainer_kwargs"))
 
 
 def _read_state_dict(path: str | os.PathLike[str], fn: str, arg: str, fix_path: str) -> dict[str, torch.Tensor]:

@@ -221,7 +221,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         for domains in train_domains.values():
             check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     check_batch_size(cfg, train_sets)  # every run has a batch to train on
-    check_model_builds(cfg["model"], source.num_classes)  # model.kwargs and model.weights fit the architecture
+    check_model_builds(cfg["model"], source.num_classes, cfg["eval"])  # model.kwargs, .weights; eval's explainer
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}
@@ -351,7 +351,8 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
         metrics = evaluate(recipe.model, ds, batch_size=int(e["batch_size"]), explain_samples=int(e["explain_samples"]),
                            ks=tuple(e["ks"]), baseline=e["baseline"], device=t.get("device", "cpu"),
                            min_group_size=e.get("min_group_size", 10), explainer=e.get("explainer", "grad_cam"),
-                           curve_steps=int(e.get("curve_steps", 0)))
+                           curve_steps=int(e.get("curve_steps", 0)),
+                           explainer_kwargs=dict(e.get("explainer_kwargs") or {}))
         row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
                "explainer": e.get("explainer", "grad_cam"),
                "in_distribution": source.in_distribution(split, run_.domains),

@@ -140,3 +140,7 @@ def test_experiment_on_a_waterbirds_table(tmp_path: Path, capsys: pytest.Capture
     capsys.readouterr()  # a preset the table does not fit is named before anything is written
     assert main(["experiment", *args, "--set", "data.columns=default", "--out", str(tmp_path / "bad")]) == 1
     assert "'columns' expected columns the header" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # an argument the evaluation's explainer does not take is named before training, not after
+    assert main(["experiment", *args, "--set", "eval.explainer=smoothed", "--set", "eval.explainer_kwargs={samples: 0}",
+                 "--out", str(tmp_path / "bad")]) == 1
+    assert "'samples' expected an int >= 1" in capsys.readouterr().err and not (tmp_path / "bad").exists()

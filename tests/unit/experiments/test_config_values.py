@@ -65,6 +65,7 @@ BAD = [
     ("eval.ks=[5, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[5, 5\]\."),
     ("eval.curve_steps=-1", r"'eval.curve_steps' expected an int >= 0 \(RISE deletion/insertion steps per curve; "
                             r"0: not measured\), got -1\."),
+    ("eval.explainer_kwargs=3", r"'eval.explainer_kwargs' expected a mapping of the explainer's arguments, got 3\."),
     ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean'\], got 'black'\."),
     ("eval.mask_quality=maybe", r"'eval.mask_quality' expected True or False, got 'maybe'\."),
 ]

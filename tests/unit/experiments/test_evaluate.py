@@ -48,3 +48,16 @@ def test_curve_steps_adds_rise_deletion_and_insertion_of_the_explained_images() 
     tiny = [{"image": torch.randn(3, 4, 4), "label": torch.tensor(0)}]  # more steps than pixels: capped at 16
     assert 0 <= evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)), tiny,
                          explainer="input_gradient", curve_steps=100)["deletion"] <= 1
+
+
+def test_explainer_kwargs_reach_the_explainer() -> None:
+    from egl.explainers import SmoothedExplainer
+
+    model = make_model("test_resnet")
+    assert saliency_explainer(model, "grad_cam", kwargs={"layer": "layer3"}).target_layer == "layer3"
+    smooth = saliency_explainer(model, "smoothed", kwargs={"samples": 2, "flip": True, "layer": "layer3"})
+    assert type(smooth) is SmoothedExplainer and smooth.samples == 2 and smooth.base.target_layer == "layer3"
+    with pytest.raises(egl.InputError, match="'samples' expected an int >= 1"):
+        saliency_explainer(model, "smoothed", kwargs={"samples": 0})
+    with pytest.raises(egl.InputError, match="layerz"):
+        saliency_explainer(model, "grad_cam", kwargs={"layerz": "layer3"})
