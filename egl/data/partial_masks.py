@@ -8,8 +8,9 @@ items that have a mask keeps its mask and is marked ``annotated=True``; every ot
 becomes zeros (so nothing of it leaks) and ``annotated=False``. ``n`` is the data set's length,
 or, for a :class:`~egl.data.DomainFolder` or :class:`~egl.data.ImageCSV` (or a ``Subset`` of one)
 read with ``missing_masks="unannotated"``, the number of its images that have a mask. Recipes
-read the flag: ALIGN with a masker that reads the data's masks (``ground_truth``) averages its
-alignment term over the annotated images of each batch only (:class:`egl.recipes.ALIGN`).
+read the flag: ALIGN with a masker that reads the data's masks (``ground_truth``) takes its
+alignment term from the annotated images of each batch only (summed and divided by the batch
+size by default; :class:`egl.recipes.ALIGN`'s ``annotated_mean``).
 Recipes, maskers and losses of your own that read ``batch.mask`` see the placeholders too: read
 ``batch.annotated`` to leave them out.
 

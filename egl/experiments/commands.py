@@ -144,6 +144,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint)
     cfg = _config(args, base=ckpt["config"])
     check_eval_values(cfg)  # train.device, eval.*: before the data is built
+    from egl.experiments.models import check_explainer_builds
+
+    check_explainer_builds(model, cfg["eval"])  # eval.explainer_kwargs too
     source = load_source(cfg["data"])
     # in distribution: a split of a domain the model trained on, in the data it trained on
     trained = ckpt["config"].get("data", {})

@@ -261,7 +261,8 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
     check_int(e.get("curve_steps", 0), fn, "eval.curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Set e.g. eval.curve_steps=100")
     check_explainer(e.get("explainer", "grad_cam"), fn)
-    kw = e.get("explainer_kwargs") or {}
+    kw = e.get("explainer_kwargs")
+    kw = {} if kw is None else kw
     if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
         raise fail(fn, "eval.explainer_kwargs", "a mapping of the explainer's arguments", repr(kw)[:100],
                    "Set e.g. eval.explainer_kwargs={layer: layer3}")

@@ -138,6 +138,9 @@ def saliency_explainer(model: nn.Module, name: str, layer: str = "auto",
     with ``kwargs`` (``eval.explainer_kwargs``: a ``layer`` there too; a wrapper such as
     ``"smoothed"`` passes it on to the explainer it wraps)."""
     kwargs = dict(kwargs or {})
+    if layer != "auto" and "layer" in kwargs:
+        raise fail("egl.experiments.evaluate", "layer", "one layer, as layer= or in the explainer's arguments",
+                   f"layer={layer!r} and layer={kwargs['layer']!r}", "Give the layer once")
     if in_grad_cam_family(name, fn="egl.experiments.evaluate", arg="explainer"):
         layer = kwargs.pop("layer", layer)
         return create("explainer", name, model, layer, **kwargs)

@@ -60,9 +60,21 @@ def check_model_builds(model_cfg: dict[str, Any], num_classes: int, eval_cfg: di
         warnings.simplefilter("ignore", UserWarning)
         model = build_model(model_cfg, num_classes)
     if eval_cfg is not None:
-        from egl.experiments.evaluate import saliency_explainer
+        check_explainer_builds(model, eval_cfg)
 
-        saliency_explainer(model, eval_cfg.get("explainer", "grad_cam"), kwargs=eval_cfg.get("explainer_kwargs"))
+
+def check_explainer_builds(model: torch.nn.Module, eval_cfg: dict[str, Any]) -> None:
+    """Build ``eval.explainer`` with ``eval.explainer_kwargs`` on ``model``: an argument it does not
+    take, or a bad value, is named as the config key (with the explainer's own message)."""
+    from egl.errors import InputError
+    from egl.experiments.evaluate import saliency_explainer
+
+    name, kwargs = eval_cfg.get("explainer", "grad_cam"), eval_cfg.get("explainer_kwargs") or {}
+    try:
+        saliency_explainer(model, name, kwargs=kwargs)
+    except InputError as exc:
+        raise fail("egl.experiments", "eval.explainer_kwargs", f"arguments the explainer {name!r} takes",
+                   f"{kwargs!r}, refused: {exc}", "Fix eval.explainer_kwargs (or eval.explainer)") from exc
 
 
 def _read_state_dict(path: str | os.PathLike[str], fn: str, arg: str, fix_path: str) -> dict[str, torch.Tensor]:

@@ -84,9 +84,10 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
     if target is None:
         return None
     if isinstance(target, Targets):  # (a wrapper's targets, their range already known or checked)
-        if target.tensor.dim() != 1 or target.tensor.shape[0] != batch:
-            raise fail(fn, "target", f"one class index per sample (shape [{batch}])", describe(target.tensor),
-                       "Pass one target per image in x")
+        t = target.tensor
+        if t.dim() != 1 or t.shape[0] != batch or t.dtype != torch.long or t.device != torch.device(device):
+            raise fail(fn, "target", f"one int64 class index per sample (shape [{batch}]) on {device}", describe(t),
+                       "Pass one target per image in x, on the model's device")
         return target
     if isinstance(target, bool):
         raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",

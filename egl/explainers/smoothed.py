@@ -59,7 +59,7 @@ def _scratch_buffers(model: nn.Module) -> Iterator[None]:
     """In training mode, the block's forward passes update copies of the model's buffers, and the
     module gets its own tensors back on exit, untouched (copied back in place they would break a
     backward through the block's graph, which saved them)."""
-    if not model.training:
+    if not any(m.training for m in model.modules()):  # (a submodule in training mode moves statistics too)
         yield
         return
     own = [(m, name, buf) for m in model.modules() for name, buf in m._buffers.items() if buf is not None]
@@ -158,7 +158,7 @@ class SmoothedExplainer(Explainer):
         shape = (self.samples, 1, *x.shape[1:])
         if self.seed is None:
             return torch.randn(shape, device=x.device, dtype=x.dtype)
-        key = (shape, x.device, x.dtype)
+        key = (shape, x.device, x.dtype, self.seed)
         if self._noise_cache is None or self._noise_cache[0] != key:  # drawn on the host once (repeatable)
             z = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
             self._noise_cache = (key, upload(z, x.device, x.dtype))
@@ -183,10 +183,16 @@ class SmoothedExplainer(Explainer):
         copies = copies.reshape(self.samples * b, *x.shape[1:])
         repeated = t.repeat(self.samples)
         step = self.batch_size or b
+        # egl's explainers take the chunks' targets with their known range (no device read per chunk);
+        # an explainer of a plugin gets plain class indices, as the documented target types say
+        known = type(self.base).__module__.startswith("egl.")
+
+        def chunk_targets(i: int) -> Any:
+            return Targets(repeated[i:i + step], (0, k - 1)) if known else repeated[i:i + step]
+
         with _scratch_buffers(self.model):  # the copies' passes leave BatchNorm's running statistics alone
-            maps = torch.cat([self.base.explain(copies[i:i + step], Targets(repeated[i:i + step], (0, k - 1)),
-                                                create_graph=create_graph).saliency
-                              for i in range(0, copies.shape[0], step)])  # (a known range: no device read)
+            maps = torch.cat([self.base.explain(copies[i:i + step], chunk_targets(i), create_graph=create_graph)
+                              .saliency for i in range(0, copies.shape[0], step)])
         with torch.set_grad_enabled(create_graph):
             maps = maps.view(self.samples, b, *maps.shape[1:])
             if flipped is not None:

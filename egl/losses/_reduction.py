@@ -1,4 +1,5 @@
-"""The one reduction helper of the package."""
+"""The reduction helpers of the package: per-sample means reduced over a batch, and over the
+annotated samples of a partially annotated batch."""
 
 from __future__ import annotations
 
@@ -57,14 +58,15 @@ def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str 
       weighs what it weighs when every sample is flagged, and the term shrinks with the share of
       flagged samples. Under ``torch.distributed`` each rank divides by its own batch, and the
       ranks' averaged gradients are those of the global batch (for equal batches per rank).
-    * ``"annotated"``: their mean (0, with a graph, for a batch of none): the term keeps its
-      scale whatever the share, each flagged sample weighing ``B / flagged`` times more. Under
-      ``torch.distributed`` the mean is over the flagged samples of every rank (one
-      ``all_reduce`` of the count; each rank's value is its share times the world size).
+    * ``"annotated"``: their mean: the term keeps its scale whatever the share, each flagged
+      sample weighing ``B / flagged`` times more. Under ``torch.distributed`` the mean is over
+      the flagged samples of every rank (one ``all_reduce`` of the count; each rank's value is
+      its share times the world size).
 
-    ``"sum"`` sums the flagged values, ``"none"`` gives ``[B]`` with the others' values 0. The loss
-    is called as a shallow copy whose ``reduction`` is ``"none"`` (the loss itself is not touched:
-    a loss shared by two threads keeps its own). No host read."""
+    Either gives 0, with a graph, for a batch of none. ``"sum"`` sums the flagged values,
+    ``"none"`` gives ``[B]`` with the others' values 0. The loss is called as a shallow copy
+    whose ``reduction`` is ``"none"`` (the loss itself is not touched: a loss shared by two
+    threads keeps its own). No host read."""
     import copy
 
     check_choice(over, ANNOTATED_MEANS, fn, "over")

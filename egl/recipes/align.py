@@ -48,6 +48,9 @@ Choices where the paper is silent (all arguments):
 * With a masker that has no parameters (``grayscale``, ``ground_truth``) there is no masker phase.
 * With ``align_weight=0`` (the "w/o EG" ablation) the masker phase is skipped: it could not
   change the classifier.
+* ``annotated_mean="batch"``: on partially annotated batches (``ground_truth`` masks for some
+  images only) the alignment term is the annotated images' losses summed over the batch size;
+  ``"annotated"`` divides by their number instead (docs/recipes.md, "Partially annotated batches").
 
 Ablations of the paper's Table 2: ``align(model, align_weight=0)`` (w/o EG),
 ``align(model, masker="grayscale")`` (m-Gray); ``masker="ground_truth"`` trains on the data's masks.

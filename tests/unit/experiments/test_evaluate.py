@@ -61,3 +61,14 @@ def test_explainer_kwargs_reach_the_explainer() -> None:
         saliency_explainer(model, "smoothed", kwargs={"samples": 0})
     with pytest.raises(egl.InputError, match="layerz"):
         saliency_explainer(model, "grad_cam", kwargs={"layerz": "layer3"})
+
+
+def test_a_layer_given_twice_and_bad_explainer_kwargs_are_named() -> None:
+    from egl.experiments.models import check_explainer_builds
+
+    model = make_model("test_resnet")
+    with pytest.raises(egl.InputError, match="'layer' expected one layer"):
+        saliency_explainer(model, "grad_cam", "layer3", kwargs={"layer": "layer4"})
+    with pytest.raises(egl.InputError, match=r"'eval.explainer_kwargs' expected arguments the explainer 'smoothed' "
+                                             r"takes, got \{'samples': 0\}, refused: .*'samples' expected an int >= 1"):
+        check_explainer_builds(model, {"explainer": "smoothed", "explainer_kwargs": {"samples": 0}})

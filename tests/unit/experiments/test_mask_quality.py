@@ -29,7 +29,7 @@ def test_unannotated_images_are_left_out_for_every_masker() -> None:
     model = make_model("test_resnet")
     res = mask_quality(model, part, maskers, batch_size=5)
     assert res["none"]["images"] == 3.0
-    assert res["ground_truth"]["mask_area"] == 1.0 and res["ground_truth"]["delta"] == 0.0  # full masks: nothing blurred
+    assert res["ground_truth"]["mask_area"] == 1.0 and res["ground_truth"]["delta"] == 0.0  # full masks: no blur
     kept = torch.utils.data.Subset(data, part.annotated)
     torch.testing.assert_close(torch.tensor(res["grayscale"]["acc"]),
                                torch.tensor(mask_quality(model, kept, maskers, batch_size=5)["grayscale"]["acc"]))

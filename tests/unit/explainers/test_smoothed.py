@@ -114,3 +114,44 @@ def test_training_mode_copies_leave_batchnorm_statistics_and_read_no_target() ->
     finally:
         _targets.check_target_range = real
     assert reads and all(k is not None for k in reads)  # every chunk's range known on the host
+
+
+def test_an_explainer_of_a_plugin_gets_plain_class_indices() -> None:
+    from egl.explainers import Explainer, Explanation
+
+    seen = []
+
+    class Plugin(Explainer):  # (defined here, outside egl: its targets are plain tensors)
+        name = "plugin_probe"
+
+        def explain(self, x, target=None, *, create_graph=False):
+            seen.append(type(target))
+            logits = self.model(x)
+            return Explanation(x.mean(1, keepdim=True).sigmoid(), logits)
+
+    model = make_model("test_resnet")
+    SmoothedExplainer(model, Plugin(model), samples=2)(_x(2))
+    assert seen == [torch.Tensor, torch.Tensor]
+
+
+def test_the_noise_follows_the_seed_and_a_training_submodule_keeps_its_statistics() -> None:
+    model, x = make_model("test_resnet"), _x(2)
+    cam = SmoothedExplainer(model, samples=2)
+    first = cam(x)
+    cam.seed = 1
+    assert not torch.equal(cam(x), first)  # a new seed, new noise (not the cached draw)
+    import copy
+
+    model.bn1.train()  # one BatchNorm in training mode inside an eval-mode model
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        plain(x)  # the clean pass alone moves its statistics
+    SmoothedExplainer(model, samples=2)(x)
+    torch.testing.assert_close(model.bn1.running_mean, plain.bn1.running_mean)
+
+
+def test_targets_objects_are_checked() -> None:
+    from egl.explainers.base import Targets, targets
+
+    with pytest.raises(egl.InputError, match="'target' expected one int64 class index per sample"):
+        targets(Targets(torch.zeros(3, dtype=torch.int32)), 3, "t", torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""ALIGN on partially annotated batches: the alignment term averages over the annotated images only."""
+"""ALIGN on partially annotated batches: the alignment term comes from the annotated images only."""
 
 from __future__ import annotations
 
