@@ -121,6 +121,7 @@ class ALIGN(Recipe):
     """
 
     name = "align"
+    resume_free = frozenset({"masker_checkpoint", "batch_mixup"})  # memory and batching, not the maths' terms
 
     def __init__(self, model: nn.Module, *, masker: Any = "learned", explainer: Any = "grad_cam",
                  alignment: Any = "bce", regularizer: Any = "mixup_consistency", sparsity_weight: float = 10.0,

@@ -196,6 +196,10 @@ class Recipe(nn.Module):
 
     name: ClassVar[str] = ""
     needs_domains: ClassVar[bool] = False
+    #: Constructor arguments that change how a step is computed (memory, batching), not what it
+    #: computes: a resume may change them (with a warning: not bit-exact). Any other argument that
+    #: differs from the checkpoint's refuses the resume (:func:`egl.train.fit`).
+    resume_free: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,8 +6,10 @@ replay live in :mod:`egl.train.checkpoint`.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +128,7 @@ def resume_run(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimiz
                    ", ".join(f"{k}: {b}" for k, (_, b) in wrong.items()),
                    "Resume with the same optimizer classes (their state and hyperparameters come from the "
                    "checkpoint), or resume=False to start afresh")
+    _check_same_arguments(ckpt.get("config"), recipe, path)
     _check_schedulers(ckpt, schedulers or {}, path)
     saved_decay = (ckpt.get("ema") or {}).get("decay")
     if saved_decay != (None if average is None else average.decay):
@@ -156,6 +159,42 @@ def resume_run(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimiz
     stream.load_state_dict(mine["data"])
     set_rng_state(mine["rng"], device, stream.generators)
     return int(ckpt["step"]), float(ckpt.get("train_seconds", 0.0))
+
+
+#: A ``repr`` that names an object's address (``<function f at 0x7f...>``): another on every run.
+_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+")
+
+
+def _check_same_arguments(saved: object, recipe: "Recipe", path: Path) -> None:
+    """The recipe's constructor arguments (:meth:`~egl.recipes.Recipe.config`) are the checkpoint's.
+
+    An argument that differs refuses the resume (``align_weight=0.2`` resumed at 0.1 trained
+    another method from the step it left off, and a changed ``lr`` was silently replaced by the
+    optimizer state's). Arguments in the recipe's ``resume_free`` (memory and batching options)
+    may differ, with a warning; values shown by an address (a function's ``repr``) are not
+    compared. An argument the checkpoint lacks (written by an older egl) or has and the recipe
+    does not (a newer one) is named in a warning, with the value this run takes.
+    """
+    if not isinstance(saved, dict):  # (checkpoints of egl versions before the config was saved)
+        return
+    mine = recipe.config()
+    canon = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731  (tuples were stored as lists)
+    differ = sorted(k for k in set(saved) & set(mine)
+                    if canon(saved[k]) != canon(mine[k]) and not _ADDRESS.search(canon(saved[k]) + canon(mine[k])))
+    strict = [k for k in differ if k not in recipe.resume_free]
+    where = f"the checkpoint in {path.parent}"
+    if strict:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in strict)
+        raise fail(FN, "resume", f"a recipe built with the arguments of {where}: {was}",
+                   ", ".join(f"{k}={mine[k]!r}" for k in strict),
+                   f"Build the recipe with {was} to continue the run, or pass resume=False (or another "
+                   "checkpoint_dir) to train afresh; nothing was loaded")
+    notes = [f"{k} was {saved[k]!r}, is {mine[k]!r} (not bit-exact)" for k in differ if k in recipe.resume_free]
+    notes += [f"{k}={mine[k]!r} is new (the checkpoint predates it: the run continues with it)"
+              for k in sorted(set(mine) - set(saved))]
+    notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)" for k in sorted(set(saved) - set(mine))]
+    if notes:
+        warnings.warn(f"{FN}: resuming from {where}: " + "; ".join(notes) + ".", stacklevel=4)
 
 
 def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:

@@ -313,6 +313,64 @@ def test_unnamed_recipes_of_other_classes_are_told_apart(tmp_path: Path) -> None
                                                               checkpoint_dir=tmp_path, resume=True)
 
 
+def test_resuming_with_other_recipe_arguments_is_refused_before_anything_is_loaded(tmp_path: Path) -> None:
+    """align_weight=0.2 resumed a run trained at 0.1 (another method from the step it left off), and
+    a changed lr was silently replaced by the optimizer state's."""
+    _align_run(KILL, checkpoint_dir=tmp_path)
+    other = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=WARMUP, align_weight=0.2)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(egl.InputError, match=r"'resume' expected a recipe built with the arguments of the checkpoint "
+                       r"in .*: align_weight=0.1, got align_weight=0.2.*Build the recipe with align_weight=0.1.*"
+                       r"resume=False.*nothing was loaded"):
+        other.fit(_loader("global_rng"), STEPS, seed=0, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    erm = recipes.erm(make_model("test_resnet", eval_mode=False), lr=1e-3)
+    erm.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path / "erm")
+    with pytest.raises(egl.InputError, match=r"lr=0.001, got lr=0.0001"):
+        recipes.erm(make_model("test_resnet", eval_mode=False), lr=1e-4).fit(
+            _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path / "erm", resume=True)
+
+
+def test_a_resume_may_change_memory_options_and_is_bit_exact_with_them(tmp_path: Path) -> None:
+    """masker_checkpoint recomputes the masker's activations: same maths, so resuming with it
+    changed continues the run (with a warning), here bit-exactly."""
+    straight, straight_logs = _align_run(STEPS)
+    _align_run(KILL, checkpoint_dir=tmp_path)
+    resumed = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=WARMUP,
+                            masker_checkpoint=False)
+    with pytest.warns(UserWarning, match=r"masker_checkpoint was 'auto', is False \(not bit-exact\)"):
+        logs = resumed.fit(_loader("global_rng"), STEPS, seed=0, progress=False, checkpoint_dir=tmp_path,
+                           resume=True)
+    assert [row["step"] for row in logs] == list(range(KILL, STEPS))
+    assert _same_state(straight, resumed)
+
+
+def test_arguments_a_checkpoint_predates_are_named_and_addresses_are_not_compared(tmp_path: Path) -> None:
+    """A checkpoint written before an argument existed (annotated_mean is newer than many runs)
+    resumed with the new default without notice; a function's repr differs on every run."""
+    _align_run(KILL, checkpoint_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    del ckpt["config"]["annotated_mean"]
+    ckpt["config"]["retired_option"] = 3
+    save_checkpoint(ckpt, tmp_path / "last.pt")
+    with pytest.warns(UserWarning, match=r"annotated_mean='batch' is new \(the checkpoint predates it.*"
+                      r"retired_option=3 is not an argument"):
+        _align_run(STEPS, checkpoint_dir=tmp_path, resume=True)
+
+    class Hooked(recipes.ERM):
+        name = ""
+
+        def __init__(self, model: torch.nn.Module, *, hook: object = None) -> None:
+            super().__init__(model)
+            self.hook = hook
+
+    Hooked(make_model("test_resnet", eval_mode=False), hook=lambda: 1).fit(
+        _loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path / "hooked")
+    logs = Hooked(make_model("test_resnet", eval_mode=False), hook=lambda: 2).fit(
+        _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path / "hooked", resume=True)
+    assert [row["step"] for row in logs] == [1]
+
+
 def test_checking_the_loader_draws_nothing_from_its_rng() -> None:
     """The one-shot check first called iter(loader): a DataLoader's iterator draws its base seed
     from the loader's generator, so every run's data order moved (and workers would start)."""
