@@ -75,6 +75,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     kwargs = {"lr": float(t["lr"]), **(mcfg.get("kwargs") or {})}
     recipe = egl.create("recipe", mcfg["recipe"], model, **kwargs).to(t.get("device", "cpu"))
     _warn_if_a_schedule_never_starts(recipe, method, int(t["steps"]))
+    _warn_if_masks_are_not_read(recipe, method, cfg.get("data") or {})
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True, drop_last=True,
                         generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
@@ -174,6 +175,19 @@ def _warn_if_a_schedule_never_starts(recipe: Any, method: str, steps: int) -> No
             warnings.warn(f"egl.experiments: method '{method}' has {attr}={at} but the run has train.steps={steps}: "
                           f"{lost}. Set methods.{method}.kwargs.{attr} below {steps}, or train longer.",
                           UserWarning, stacklevel=3)
+
+
+def _warn_if_masks_are_not_read(recipe: Any, method: str, data: dict[str, Any]) -> None:
+    """``data.mask_fraction < 1`` for a method that reads no masks (ERM, a learned masker's ALIGN)
+    changes nothing for it: the grid's rows would look like a partial-annotation result."""
+    fraction = data.get("mask_fraction", 1.0)
+    if fraction < 1 and not getattr(recipe, "reads_masks", False):
+        masker = getattr(getattr(recipe, "masker", None), "name", None)
+        what = f" (its masker '{masker}' makes its own masks)" if masker else ""
+        warnings.warn(f"egl.experiments: method '{method}' reads no masks from the data{what}: "
+                      f"data.mask_fraction={fraction} changes nothing for it. Compare it with the methods "
+                      "that align to the data's masks (e.g. masker=ground_truth), or leave data.mask_fraction out.",
+                      UserWarning, stacklevel=3)
 
 
 def _case_images(source: Source, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

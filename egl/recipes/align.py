@@ -196,6 +196,11 @@ class ALIGN(Recipe):
                        "Drop batch_mixup=True, or use regularizer='mixup_consistency'")
         self.batch_mixup = batch_mixup
 
+    @property
+    def reads_masks(self) -> bool:
+        """True when the masks come with the data (a masker that ``needs_mask``) and are aligned to."""
+        return bool(self.masker.needs_mask and self.align_weight > 0)
+
     def phases(self) -> list[Phase]:
         phases = []
         if self.masker.trainable and self.align_weight > 0:

@@ -201,6 +201,14 @@ class Recipe(nn.Module):
     #: differs from the checkpoint's refuses the resume (:func:`egl.train.fit`).
     resume_free: ClassVar[frozenset[str]] = frozenset()
 
+    @property
+    def reads_masks(self) -> bool:
+        """Whether training reads the batch's masks (``batch.mask``, the data's annotations).
+        False here; ALIGN with a masker that ``needs_mask`` (``ground_truth``) and a non-zero
+        ``align_weight`` says True. ``egl experiment`` warns when ``data.mask_fraction`` is set
+        for a method that does not read them (the fraction changes nothing there)."""
+        return False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:  # record constructor arguments for config()

@@ -56,6 +56,34 @@ def test_a_run_shorter_than_a_recipes_schedule_warns() -> None:
     assert methods["align"]["kwargs"]["warmup_steps"] < DEFAULTS["train"]["steps"]
 
 
+def test_a_mask_fraction_for_a_method_that_reads_no_masks_warns() -> None:
+    """data.mask_fraction=0.1 in a grid with ERM and ALIGN's learned masker changed nothing for
+    them, silently: their rows looked like partial-annotation results."""
+    import warnings
+
+    from egl import recipes
+    from egl.experiments.runner import _warn_if_masks_are_not_read
+
+    from _helpers import make_model
+
+    partial = {"mask_fraction": 0.1}
+    with pytest.warns(UserWarning, match=r"method 'erm' reads no masks from the data: data.mask_fraction=0.1 "
+                                         r"changes nothing for it"):
+        _warn_if_masks_are_not_read(recipes.erm(make_model("test_resnet")), "erm", partial)
+    with pytest.warns(UserWarning, match=r"method 'align' reads no masks .*its masker 'learned' makes its own"):
+        _warn_if_masks_are_not_read(recipes.align(make_model("test_resnet")), "align", partial)
+    with pytest.warns(UserWarning, match=r"method 'off' reads no masks"):  # (alignment switched off)
+        _warn_if_masks_are_not_read(recipes.align(make_model("test_resnet"), masker="ground_truth", align_weight=0),
+                                    "off", partial)
+    gt = recipes.align(make_model("test_resnet"), masker="ground_truth")
+    assert gt.reads_masks and not recipes.erm(make_model("test_resnet")).reads_masks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_masks_are_not_read(gt, "gt", partial)
+        _warn_if_masks_are_not_read(recipes.erm(make_model("test_resnet")), "erm", {"mask_fraction": 1.0})
+        _warn_if_masks_are_not_read(recipes.erm(make_model("test_resnet")), "erm", {})
+
+
 def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path: Path) -> None:
     """PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string: lr=1e-3 reached the recipes as '1e-3'."""
     cfg = apply_overrides(DEFAULTS, ["train.lr=1e-3", "eval.ks=[1, 5E+1]", "output=run1e5"])
