@@ -41,6 +41,6 @@ def egl_register_regularizers() -> list[Any]:
 
 @hookimpl
 def egl_register_recipes() -> list[Any]:
-    from egl.recipes import ALIGN, DRE, ERM, IRM, SGT, Mixup, SGDrop
+    from egl.recipes import ALIGN, DRE, ERM, IRM, SGT, GroupDRO, Mixup, SGDrop
 
-    return [ALIGN, ERM, IRM, Mixup, SGT, SGDrop, DRE]
+    return [ALIGN, ERM, IRM, Mixup, SGT, SGDrop, DRE, GroupDRO]

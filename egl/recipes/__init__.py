@@ -3,7 +3,8 @@
 ``from egl import recipes; recipes.align(model).fit(loader, steps=1000)``. Every recipe
 is also registered (``egl.create("recipe", "align", model)``), so plugins can add their own.
 Baselines of the paper: ``erm``, ``irm``, ``mixup``, ``sgt``, ``sgdrop``, ``dre``; ALIGN's
-ablations are arguments of ``align`` (``align_weight=0``, ``masker="grayscale"``).
+ablations are arguments of ``align`` (``align_weight=0``, ``masker="grayscale"``). Beyond the
+paper: ``group_dro`` (Sagawa et al., group labels instead of masks).
 """
 
 from egl.recipes.align import ALIGN, align
@@ -12,6 +13,7 @@ from egl.recipes.batch import Batch, as_batch
 from egl.recipes.dre import DRE, dre
 from egl.recipes.erm import ERM, erm
 from egl.recipes.freeze_bn import freeze_batchnorm, unfreeze_batchnorm
+from egl.recipes.group_dro import GroupDRO, group_dro
 from egl.recipes.irm import IRM, irm
 from egl.recipes.mixup import Mixup, mixup
 from egl.recipes.sgdrop import SGDrop, sgdrop
@@ -20,5 +22,6 @@ from egl.recipes.sgt import SGT, sgt
 __all__ = [
     "Recipe", "Phase", "Batch", "as_batch", "NonFiniteLossError",
     "ALIGN", "align", "ERM", "erm", "IRM", "irm", "Mixup", "mixup",
-    "SGT", "sgt", "SGDrop", "sgdrop", "DRE", "dre", "freeze_batchnorm", "unfreeze_batchnorm",
+    "SGT", "sgt", "SGDrop", "sgdrop", "DRE", "dre", "GroupDRO", "group_dro", "freeze_batchnorm",
+    "unfreeze_batchnorm",
 ]

@@ -1,6 +1,7 @@
 """One batch format for every recipe: ``(x, y)``, ``(x, y, domain)`` or a dict with keys
 ``image``, ``label`` and optionally ``domain``, ``mask``, ``annotated`` (which images' masks are
-annotations: a partially annotated batch, see :class:`egl.data.PartialMasks`)."""
+annotations: a partially annotated batch, see :class:`egl.data.PartialMasks`) and ``shortcut``
+(the class a spurious feature of each image stands for, -1 for none: GroupDRO's groups)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class Batch:
     annotated: Tensor | None = None
     #: How many images are flagged ``annotated``, counted on the host when the flags arrive there.
     annotated_count: int | None = None
+    #: The class a spurious feature of each image stands for (-1: none), ``[B]``; None without.
+    shortcut: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on ``device`` (host copies follow the labels and domains if unchanged)."""
@@ -70,7 +73,7 @@ class Batch:
         y, domain = mv(self.y), mv(self.domain)  # (a DataLoader's pinned batch: copied without waiting)
         return Batch(mv(self.x), y, domain, mv(self.mask), known,
                      _HostCopy.of(labels_host, y), _HostCopy.of(domain_host, domain), mv(self.annotated),
-                     self.annotated_count)
+                     self.annotated_count, mv(self.shortcut))
 
     def known_label_range(self) -> tuple[int, int] | None:
         """``label_range`` if ``y`` is still the tensor it was read from, unchanged; else None."""
@@ -96,14 +99,15 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     if isinstance(batch, dict):
         missing = [k for k in ("image", "label") if k not in batch]
         if missing:
-            raise fail(fn, "batch", "a dict with keys 'image' and 'label' (optionally 'domain', 'mask', 'annotated')",
+            raise fail(fn, "batch", "a dict with keys 'image' and 'label' (optionally 'domain', 'mask', 'annotated', "
+                       "'shortcut')",
                        f"a dict with keys {sorted(batch)}", f"Add {missing} to the batch")
         x, y, d, m = batch["image"], batch["label"], batch.get("domain"), batch.get("mask")
-        a = batch.get("annotated")
+        a, s = batch.get("annotated"), batch.get("shortcut")
     elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         x, y = batch[0], batch[1]
         d = batch[2] if len(batch) == 3 else None
-        m = a = None
+        m = a = s = None
     else:
         raise fail(fn, "batch", "(x, y), (x, y, domain) or a dict with 'image' and 'label'", describe(batch),
                    "Return one of these layouts from the dataset")
@@ -118,6 +122,10 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     if d is not None and (not isinstance(d, Tensor) or d.shape != y.shape or d.is_floating_point()):
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
                    "Give one integer domain index per image")
+    if s is not None and (not isinstance(s, Tensor) or s.shape != y.shape or s.is_floating_point()
+                          or s.is_complex() or s.dtype == torch.bool):
+        raise fail(fn, "batch shortcut", f"an integer tensor of shape [{x.shape[0]}] (a class index, -1 for none)",
+                   describe(s), "Give one integer per image: the class its spurious feature stands for, or -1")
     if a is not None:
         if m is None:
             raise fail(fn, "batch annotated", "a batch with a 'mask' (it says which masks are annotations)",
@@ -135,4 +143,5 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
     label_range = (int(y.min()), int(y.max())) if labels_host is not None else None
     d = None if d is None else d.long()
     return Batch(x, y, d, m, label_range, labels_host,
-                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None, a, count)
+                 _HostCopy.of(d, d) if d is not None and d.device.type == "cpu" else None, a, count,
+                 None if s is None else s.long())

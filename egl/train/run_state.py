@@ -192,7 +192,8 @@ def _check_same_arguments(saved: object, recipe: "Recipe", path: Path) -> None:
     notes = [f"{k} was {saved[k]!r}, is {mine[k]!r} (not bit-exact)" for k in differ if k in recipe.resume_free]
     notes += [f"{k}={mine[k]!r} is new (the checkpoint predates it: the run continues with it)"
               for k in sorted(set(mine) - set(saved))]
-    notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)" for k in sorted(set(saved) - set(mine))]
+    notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)"
+              for k in sorted(set(saved) - set(mine))]
     if notes:
         warnings.warn(f"{FN}: resuming from {where}: " + "; ".join(notes) + ".", stacklevel=4)
 

@@ -63,6 +63,7 @@ def main(out: Path) -> None:
     result["validation"] = _validation()
     result["clip"] = _clip_after_averaging()
     result["partial"] = _partial_annotation()
+    result["group_dro"] = _group_dro()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -124,6 +125,30 @@ def _partial_annotation() -> dict[str, object]:
         (per.sum() / (8 if over == "batch" else 4)).backward()
         out[over] = {"averaged": float(weight.grad), "global": float(whole.grad)}
     return out
+
+
+def _group_dro() -> dict[str, object]:
+    """GroupDRO over ranks holding 4 samples each of a global batch of 8 (domain 2 on rank 1 only):
+    the averaged gradient and the group weights are those of the global batch, computed by each
+    rank for comparison."""
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    d = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
+
+    def make() -> recipes.GroupDRO:
+        torch.manual_seed(0)
+        return recipes.group_dro(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)).double(), eta=0.5)
+
+    ranked, whole = make(), make()
+    mine = slice(4 * rank(), 4 * rank() + 4)
+    for _ in range(2):
+        ranked.zero_grad()
+        ranked.compute_phase("classifier", (x[mine], y[mine], d[mine]), 0)["total"].backward()
+        average_gradients(list(ranked.parameters()))
+        whole.zero_grad()
+        whole.compute_phase("classifier", (x, y, d), 0)["total"].backward()
+    return {"grad": ranked.model[1].weight.grad, "global_grad": whole.model[1].weight.grad,
+            "weights": ranked.weights[:3], "global_weights": whole.weights[:3]}
 
 
 def _nan_on_one_rank() -> str:

@@ -1,0 +1,169 @@
+"""Group distributionally robust optimisation (Sagawa et al., "Distributionally Robust Neural
+Networks for Group Shifts", ICLR 2020; the online algorithm of their Algorithm 1, as DomainBed's
+``algorithms.GroupDRO`` implements it for domains).
+
+A weight ``q_g`` per group, kept across steps; each step, with ``L_g`` the mean cross-entropy of
+the batch's samples in group ``g``::
+
+    q_g <- q_g · exp(η · L_g)  for every group in the batch, then q normalised
+    L   = Σ_g q_g L_g / Σ_g q_g   over the groups in the batch
+
+so the loss leans towards the groups the model does worst on (the worst-group risk, online).
+
+Groups (``groups=``):
+
+* ``"domain"`` (default, DomainBed): one group per domain label (``(x, y, domain)`` batches).
+* ``"class"``: one group per class (no extra labels).
+* ``"domain_class"``: one per (domain, class) pair.
+* ``"shortcut"``: one per (class, shortcut) pair, the shortcut being the class a spurious
+  feature of the image stands for (dict batches with key ``shortcut``, -1 for none; the
+  synthetic benchmark and :class:`egl.data.ImageCSV` with a shortcut column carry it). This is
+  Sagawa et al.'s grouping on Waterbirds: (bird, place).
+
+Choices (arguments where they matter):
+
+* ``eta=0.01``: DomainBed's ``groupdro_eta`` and Sagawa et al.'s robust step size.
+* Batches are drawn as they come (not one mini-batch per group, as DomainBed draws one per
+  domain): a group absent from a batch keeps its weight that step and takes no part in the
+  loss, which is normalised over the groups present (so the loss keeps a cross-entropy's scale
+  whatever the batch holds). Sagawa et al.'s code leaves absent groups out of the sum without
+  renormalising; over many steps an absent group's weight falls relative to the others' (as in
+  their code), and a group first seen late starts from that lower weight.
+* The weights are kept as ``log q`` (a buffer of ``max_groups`` entries, 1024 by default,
+  checkpointed): updates add ``η L_g`` and subtract the log-sum-exp, so a long run neither
+  overflows nor underflows. Group ids must fit in ``max_groups`` (checked, naming it).
+* Not included: Sagawa et al.'s generalisation adjustment ``C / sqrt(n_g)`` (needs the
+  training set's group sizes) and their strong weight decay (``weight_decay=`` is the recipe's
+  argument; their Waterbirds setting is 1.0 with SGD).
+* Under ``torch.distributed`` the group sums and counts are all-reduced (one collective of
+  ``2 · max_groups`` values), so every rank updates the same weights from the global batch and
+  the ranks' averaged gradients are those of the global batch's loss.
+* The weights change only while the recipe is training (``compute_phase`` under ``eval()``
+  reads them). Logged terms: ``ce`` (the batch's plain mean), ``worst_group`` (the largest
+  ``L_g`` of the batch, no gradient) and ``total``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egl._check import check_choice, check_int, check_positive, check_range, fail
+from egl.explainers.base import check_target_range
+from egl.recipes._domains import require_domains
+from egl.recipes.base import Phase, Recipe
+from egl.recipes.batch import Batch
+
+__all__ = ["GroupDRO", "group_dro", "GROUPINGS"]
+
+GROUPINGS = ("domain", "class", "domain_class", "shortcut")
+FN = "egl.recipes.group_dro"
+
+
+class GroupDRO(Recipe):
+    """GroupDRO on any classifier: cross-entropy reweighted online towards the worst group.
+
+    Args:
+        model: the classifier.
+        groups: what a group is: ``"domain"`` (default, DomainBed), ``"class"``,
+            ``"domain_class"`` or ``"shortcut"`` ((class, shortcut) pairs, Sagawa et al.'s
+            Waterbirds groups); see the module docstring.
+        eta: step size of the group weights (0.01).
+        max_groups: how many group weights are kept (1024): group ids must be below it.
+        lr, weight_decay: the classifier's Adam (5e-5, 0).
+
+    Example:
+        >>> import timm, torch
+        >>> from egl import recipes
+        >>> recipe = recipes.group_dro(timm.create_model("test_resnet", num_classes=3), groups="class")
+        >>> terms = recipe.compute_phase("classifier", (torch.randn(4, 3, 32, 32), torch.tensor([0, 2, 2, 1])), 0)
+        >>> sorted(terms)
+        ['ce', 'total', 'worst_group']
+    """
+
+    name = "group_dro"
+
+    def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, max_groups: int = 1024,
+                 lr: float = 5e-5, weight_decay: float = 0.0) -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay)
+        check_choice(groups, GROUPINGS, FN, "groups")
+        self.groups = groups
+        self.eta = check_positive(eta, FN, "eta")
+        self.max_groups = check_int(max_groups, FN, "max_groups", low=1, fix="Pass e.g. max_groups=1024")
+        self.log_q: Tensor
+        self.register_buffer("log_q", torch.zeros(self.max_groups))
+
+    @property
+    def weights(self) -> Tensor:
+        """The group weights ``q`` (summing to 1 over all ``max_groups`` entries; index = group id)."""
+        return self.log_q.softmax(0)
+
+    def phases(self) -> list[Phase]:
+        return [Phase("classifier", (self.model,), self._classifier_terms)]
+
+    def group_ids(self, batch: Batch, num_classes: int) -> Tensor:
+        """Each sample's group id (see the module docstring), checked to fit in ``max_groups``
+        (values checked with the step's deferred checks; ids clamped meanwhile)."""
+        y, g = batch.y, self.max_groups
+        fix = f"Raise max_groups (now {g}) or renumber them from 0"
+        if self.groups == "class":
+            self._check_fits(num_classes, "classes")
+            return y
+        if self.groups == "shortcut":
+            if batch.shortcut is None:
+                raise fail(FN, "batch", "dict batches with key 'shortcut' (groups='shortcut')",
+                           "a batch without shortcut labels", "Use data whose items carry 'shortcut' (the synthetic "
+                           "benchmark, egl.data.ImageCSV with a shortcut column), or groups='domain'")
+            self._check_fits(num_classes * (num_classes + 1), f"(class, shortcut) pairs for {num_classes} classes")
+            s = check_range(batch.shortcut, -1, num_classes - 1, FN, "batch shortcut",
+                            f"Give a class index in [0, {num_classes - 1}], or -1 for none")
+            return y * (num_classes + 1) + (s + 1)
+        d = require_domains(batch, FN, "GroupDRO with groups='domain' or 'domain_class'")
+        if self.groups == "domain":
+            check_range(d, 0, g - 1, FN, "batch domain", fix)
+            return d.clamp(0, g - 1)
+        self._check_fits(num_classes, "classes")
+        per = g // num_classes  # domains that fit
+        check_range(d, 0, per - 1, FN, "batch domain", f"{fix} (groups='domain_class' keeps {num_classes} per domain)")
+        return d.clamp(0, per - 1) * num_classes + y
+
+    def _check_fits(self, n: int, what: str) -> None:
+        if n > self.max_groups:
+            raise fail(FN, "max_groups", f"at least {n} ({what})", str(self.max_groups), f"Pass max_groups={n}")
+
+    def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        self.model.train(self.training)
+        logits = self._logits(batch.x)
+        y = check_target_range(batch.y, logits.shape[1], FN)
+        per = F.cross_entropy(logits, y, reduction="none")
+        per = per.to(dtype=torch.promote_types(per.dtype, torch.float32))  # (half logits: sums in float32)
+        ids = self.group_ids(batch, logits.shape[1])
+        sums = per.new_zeros(self.max_groups).index_add(0, ids, per)
+        counts = per.new_zeros(self.max_groups).index_add(0, ids, torch.ones_like(per))
+        stats = torch.stack([sums.detach(), counts])
+        world = 1
+        from egl.train.distributed import is_distributed, world_size
+
+        if is_distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)  # every rank: the global batch's group sums and counts
+            world = world_size()
+        present = stats[1] > 0
+        means = stats[0] / stats[1].clamp(min=1.0)
+        if self.training:
+            with torch.no_grad():
+                self.log_q.add_(torch.where(present, self.eta * means, 0.0).to(self.log_q.dtype))
+                self.log_q.sub_(self.log_q.logsumexp(0))
+        w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0)
+        total = world * (w * sums / stats[1].clamp(min=1.0)).sum()
+        worst = torch.where(present, means, float("-inf")).max()
+        return {"ce": per.mean(), "worst_group": worst, "total": total}
+
+
+def group_dro(model: nn.Module, **kwargs: Any) -> GroupDRO:
+    """Build a :class:`GroupDRO` recipe."""
+    return GroupDRO(model, **kwargs)
