@@ -1,12 +1,14 @@
 """Data: the built-in synthetic shortcut benchmark, DomainBed-layout folders, images listed in a
 CSV table (Waterbirds' metadata.csv and the like), training augmentation that moves masks with
-their images, and partial annotation (the masks of a fraction of the images kept)."""
+their images, partial annotation (the masks of a fraction of the images kept) and group-balanced
+sampling."""
 
 from egl.data.augment import PRESETS, Augment, Augmented
 from egl.data.domain_folder import DomainFolder
+from egl.data.group_balance import group_balanced_sampler, item_groups
 from egl.data.image_csv import ImageCSV
 from egl.data.partial_masks import PartialMasks
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
-           "Augmented", "PRESETS", "PartialMasks"]
+           "Augmented", "PRESETS", "PartialMasks", "group_balanced_sampler", "item_groups"]

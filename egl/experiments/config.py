@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "missing_masks": "raise",     # folder / csv data with masks for some images only: or "unannotated"
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images
+        "balance": None,              # training batches drawn group-balanced: "class", "domain", "domain_class"
+                                      # or "shortcut" (egl.data.group_balanced_sampler); None: shuffled
     },
     "model": {
         "arch": "resnet10t",          # any timm architecture, created with random weights...
@@ -236,6 +238,9 @@ def check_values(cfg: dict[str, Any]) -> None:
 
     check_fraction(d.get("mask_fraction", 1.0), fn, "data.mask_fraction")
     check_choice(d.get("missing_masks", "raise"), ("raise", "unannotated"), fn, "data.missing_masks")
+    from egl.data.group_balance import GROUPINGS
+
+    check_choice(d.get("balance"), (None, *GROUPINGS), fn, "data.balance")
     check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)

@@ -38,11 +38,13 @@ from egl.experiments.models import build_model, check_model_builds
 from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import render_tables
 from egl._check import check_int, fail
+from egl.data.group_balance import group_balanced_sampler, item_groups
 from egl.train.loop import seed_everything
 from egl.train.run_state import versions as _versions
 from egl.train.validation import Validation
 
-__all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set", "check_batch_size"]
+__all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set", "check_batch_size",
+           "check_balance"]
 
 
 def results_dir(cfg: dict[str, Any], kind: str) -> Path:
@@ -77,8 +79,11 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     _warn_if_a_schedule_never_starts(recipe, method, int(t["steps"]))
     _warn_if_masks_are_not_read(recipe, method, cfg.get("data") or {})
     g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=True, drop_last=True,
-                        generator=g, num_workers=int(cfg["data"].get("num_workers", 0)))
+    balance = cfg["data"].get("balance")
+    sampler = None if balance is None else group_balanced_sampler(train_set, balance, generator=g)
+    loader = DataLoader(train_set, batch_size=int(cfg["data"]["batch_size"]), shuffle=sampler is None,
+                        sampler=sampler, drop_last=True, generator=g,
+                        num_workers=int(cfg["data"].get("num_workers", 0)))
     validation = _validation(cfg, val_set)
     recipe.fit(loader, int(t["steps"]), seed=seed, log_path=log_path, progress=bool(t.get("progress", True)),
                device=t.get("device", "cpu"), precision=t.get("precision", "fp32"),
@@ -112,6 +117,20 @@ def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
                    "Train on fewer domains (egl experiment: train.domains=each or loo; egl train: a list such as "
                    "train.domains=[domain0])" if held_out else
                    "Use train.select=last and leave train.val_every unset, or give the data a validation split")
+
+
+def check_balance(cfg: dict[str, Any], train_sets: dict[str, Any]) -> None:
+    """``data.balance`` names a grouping every run's training items carry (``"shortcut"`` on folder
+    data, which has none, failed when the first run built its loader, in a made folder)."""
+    by = cfg["data"].get("balance")
+    if by is None:
+        return
+    for name, ds in train_sets.items():
+        try:
+            item_groups(ds, by)
+        except egl.InputError as exc:
+            raise fail("egl.experiments", "data.balance", "a grouping the training items carry",
+                       f"{by!r} for run '{name}' ({exc})", "Set data.balance=class or domain, or leave it out") from exc
 
 
 def check_batch_size(cfg: dict[str, Any], train_sets: dict[str, Any]) -> None:
@@ -235,6 +254,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
         for domains in train_domains.values():
             check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     check_batch_size(cfg, train_sets)  # every run has a batch to train on
+    check_balance(cfg, train_sets)
     check_model_builds(cfg["model"], source.num_classes, cfg["eval"])  # model.kwargs, .weights; eval's explainer
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}

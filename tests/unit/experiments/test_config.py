@@ -84,6 +84,24 @@ def test_a_mask_fraction_for_a_method_that_reads_no_masks_warns() -> None:
         _warn_if_masks_are_not_read(recipes.erm(make_model("test_resnet")), "erm", {})
 
 
+def test_data_balance_names_a_grouping_the_training_items_lack() -> None:
+    """data.balance=shortcut on data without shortcut labels failed when the first run built its
+    loader, in a made folder."""
+    import torch
+
+    from egl.experiments.runner import check_balance
+    from egl.experiments.sources import TensorDictDataset
+
+    plain = TensorDictDataset({"image": torch.zeros(4, 3, 2, 2), "label": torch.tensor([0, 1, 0, 1]),
+                               "domain": torch.zeros(4, dtype=torch.long)})
+    check_balance({"data": {"balance": "domain_class"}}, {"a": plain})
+    check_balance({"data": {}}, {"a": plain})
+    with pytest.raises(egl.InputError, match=r"egl.experiments: 'data.balance' expected a grouping the training "
+                                             r"items carry, got 'shortcut' for run 'a' \(.*keys \['domain', 'image', "
+                                             r"'label'\].*Set data.balance=class or domain"):
+        check_balance({"data": {"balance": "shortcut"}}, {"a": plain})
+
+
 def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path: Path) -> None:
     """PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string: lr=1e-3 reached the recipes as '1e-3'."""
     cfg = apply_overrides(DEFAULTS, ["train.lr=1e-3", "eval.ks=[1, 5E+1]", "output=run1e5"])

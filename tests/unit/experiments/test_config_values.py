@@ -59,6 +59,8 @@ BAD = [
     ("data.augment.hue=0.9", r"'data.augment.hue' expected a number in \[0, 0.5\] \(0 turns it off\), got 0.9\."),
     ("data.mask_fraction=2", r"'data.mask_fraction' expected a share of the images in \[0, 1\], got 2\."),
     ("data.mask_seed=-1", r"'data.mask_seed' expected an int >= 0, got -1\."),
+    ("data.balance=place", r"'data.balance' expected one of \[None, 'class', 'domain', 'domain_class', 'shortcut'\], "
+                           r"got 'place'\."),
     ("eval.batch_size=2.5", r"'eval.batch_size' expected an int >= 1, got 2\.5\. Set e\.g\. eval\.batch_size=256\."),
     ("eval.explain_samples=-1", r"'eval.explain_samples' expected an int >= 0 \(0: no saliency metrics\), got -1\."),
     ("eval.ks=[0, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[0, 5\]\."),
