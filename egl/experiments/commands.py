@@ -125,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_set = next(iter(source.training_sets(domains).values()))
     val_set = source.validation_set(domains, held_out=cfg["train"].get("val_domains") == "held_out")
     seed = cfg["train"]["seeds"][0] if isinstance(cfg["train"]["seeds"], list) else cfg["train"]["seeds"]
-    if select == "acc" or every is not None:
+    if select != "last" or every is not None:
         check_val_set(cfg, val_set, select)
     check_batch_size(cfg, {"+".join(domains): train_set})
     check_balance(cfg, {"+".join(domains): train_set})

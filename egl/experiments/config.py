@@ -56,7 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "loss_scale": None,           # fp16 only: LossScaler arguments, e.g. {init_scale: 1024}
         "channels_last": "auto",
         "select": "last",             # "last" (final weights) or "acc": the most accurate on the validation
-        "val_every": None,            # ...splits, measured every val_every steps (None: 10 times a run)
+        "val_every": None,            # ...splits, measured every val_every steps (None: 10 times a run);
+                                      # "worst_group": the best worst-(class, shortcut)-group accuracy there
         "val_domains": "train",       # whose validation splits: "train" (the run's training domains) or "held_out"
                                       # (the others; with select=last, the accuracy DomainBed's oracle reads)
         "on_diverge": "stop",         # a run whose loss turns NaN: "stop" the grid, or "record" it (NaN rows) and go on

@@ -41,7 +41,7 @@ from egl._check import check_int, fail
 from egl.data.group_balance import group_balanced_sampler, item_groups
 from egl.train.loop import seed_everything
 from egl.train.run_state import versions as _versions
-from egl.train.validation import Validation
+from egl.train.validation import SELECTS, Validation
 
 __all__ = ["run", "train_method", "results_dir", "check_selection", "check_val_set", "check_batch_size",
            "check_balance"]
@@ -103,13 +103,14 @@ def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
     check_val_set(cfg, val_set, select)
     loader = DataLoader(val_set, batch_size=int(cfg["eval"]["batch_size"]),
                         num_workers=int(cfg["data"].get("num_workers", 0)))
-    return Validation(loader, every=every, select=select)
+    return Validation(loader, every=every, select=select,
+                      min_group_size=int(cfg["eval"].get("min_group_size", 10)))
 
 
 def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
     """A run that validates has a non-empty validation set."""
     if val_set is None or len(val_set) == 0:
-        key = "train.select" if select == "acc" else "train.val_every"
+        key = "train.select" if select != "last" else "train.val_every"
         held_out = cfg["train"].get("val_domains", "train") == "held_out"
         raise fail("egl.experiments", key, "a run with a validation split",
                    "none for this run" + (" (train.val_domains=held_out: no domain outside the run's training "
@@ -158,9 +159,10 @@ def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
     t = cfg["train"]
     check_values(cfg)
     select, every = t.get("select", "last"), t.get("val_every")
-    if select not in ("last", "acc"):
-        raise fail("egl.experiments", "train.select", "'last' or 'acc'", repr(select),
-                   "Set train.select=acc to keep the weights most accurate on the validation split")
+    if select not in SELECTS:
+        raise fail("egl.experiments", "train.select", "'last', 'acc' or 'worst_group'", repr(select),
+                   "Set train.select=acc to keep the weights most accurate on the validation split (worst_group: "
+                   "those with the best worst-group accuracy there)")
     check_int(every, "egl.experiments", "train.val_every", low=1, or_none=True, note="(null: 10 evaluations a run)",
               fix="Set e.g. train.val_every=50")
     if t.get("val_domains", "train") not in ("train", "held_out"):
@@ -250,7 +252,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
     on_diverge = check_on_diverge(t.get("on_diverge", "stop"))
-    if select == "acc" or every is not None:  # every run has data to validate on, before anything is made
+    if select != "last" or every is not None:  # every run has data to validate on, before anything is made
         for domains in train_domains.values():
             check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     check_batch_size(cfg, train_sets)  # every run has a batch to train on
@@ -380,6 +382,8 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
     train_s = float(json.loads(run_.trained_file.read_text())["train_seconds"])
     chosen = recipe.selected
     selected = {} if chosen is None else {"selected_step": chosen["step"], "val_acc": chosen["acc"]}
+    if chosen is not None and "worst_group" in chosen:
+        selected["val_worst_group"] = chosen["worst_group"]
     rows = []
     for split, ds in tests.items():
         metrics = evaluate(recipe.model, ds, batch_size=int(e["batch_size"]), explain_samples=int(e["explain_samples"]),

@@ -172,10 +172,12 @@ def origin(method: str) -> tuple[str, int | None]:
 
 def select(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of the draw each (method, training set, seed) keeps, renamed to the method, and
-    one record per choice (``method``, ``train``, ``seed``, ``draw``, ``val_acc``).
+    one record per choice (``method``, ``train``, ``seed``, ``draw``, ``val_acc``, and
+    ``val_worst_group`` when the runs selected by it).
 
-    The kept draw has the highest ``val_acc`` (the same for every split of a run); ties and
-    missing values go to the lower draw. Rows of methods that are not draws pass unchanged."""
+    The kept draw has the highest ``val_acc`` (the same for every split of a run), or the highest
+    ``val_worst_group`` when the rows have it (``train.select=worst_group``); ties and missing
+    values go to the lower draw. Rows of methods that are not draws pass unchanged."""
     runs: dict[tuple[str, str, Any], dict[int, list[dict[str, Any]]]] = defaultdict(dict)
     kept: list[dict[str, Any]] = []
     for r in rows:
@@ -187,15 +189,19 @@ def select(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
     choices = []
     for (base, train, seed), draws in runs.items():
         best = max(draws, key=lambda i: _score(draws[i], i))
-        choices.append({"method": base, "train": train, "seed": seed, "draw": best,
-                        "val_acc": draws[best][0].get("val_acc")})
+        choice = {"method": base, "train": train, "seed": seed, "draw": best, "val_acc": draws[best][0].get("val_acc")}
+        if "val_worst_group" in draws[best][0]:
+            choice["val_worst_group"] = draws[best][0]["val_worst_group"]
+        choices.append(choice)
         kept += [{**r, "method": base, "draw": best} for r in draws[best]]
     return kept, choices
 
 
 def _score(rows: Sequence[dict[str, Any]], index: int) -> tuple[float, int]:
-    """How :func:`select` ranks a draw: its validation accuracy (missing or NaN: lowest), then the lower draw."""
-    v = rows[0].get("val_acc") if rows else None
+    """How :func:`select` ranks a draw: its validation worst-group accuracy when selected by it, else its
+    validation accuracy (missing or NaN: lowest), then the lower draw."""
+    key = "val_worst_group" if rows and "val_worst_group" in rows[0] else "val_acc"
+    v = rows[0].get(key) if rows else None
     return (v if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf, -index)
 
 

@@ -16,7 +16,8 @@ from egl._check import fail
 __all__ = ["pivot", "summary_table", "heldout_table", "render_tables", "METRIC_NAMES"]
 
 METRIC_NAMES = {
-    "val_acc": "Val acc", "acc": "Acc", "worst_group": "Worst group", "auc": "AUC", "suff": "Suff ↓",
+    "val_acc": "Val acc", "val_worst_group": "Val worst group", "acc": "Acc", "worst_group": "Worst group",
+    "auc": "AUC", "suff": "Suff ↓",
     "comp": "Comp ↑", "deletion": "Del ↓", "insertion": "Ins ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
 }
@@ -173,8 +174,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
     if "shortcut" in has:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
-    metrics = [m for m in ("val_acc", "acc", "worst_group", "auc", "suff", "comp", "deletion", "insertion", "shortcut",
-                             "energy", "area", "iou")
+    metrics = [m for m in ("val_acc", "val_worst_group", "acc", "worst_group", "auc", "suff", "comp", "deletion",
+                           "insertion", "shortcut", "energy", "area", "iou")
                if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"

@@ -148,8 +148,9 @@ def resume_run(path: Path, recipe: "Recipe", opts: dict[str, torch.optim.Optimiz
             sc.load_state_dict(ckpt["loss_scalers"][name])
     if validation is not None and "validation" in ckpt:
         validation.load_state_dict(ckpt["validation"])
-    elif validation is not None and validation.select == "acc" and int(ckpt["step"]) > 0:
-        warnings.warn(f"{FN}: the checkpoint in {path.parent} was written without validation: select='acc' chooses "
+    elif validation is not None and validation.select != "last" and int(ckpt["step"]) > 0:
+        warnings.warn(f"{FN}: the checkpoint in {path.parent} was written without validation: "
+                      f"select={validation.select!r} chooses "
                       f"among the measurements after step {int(ckpt['step'])} only.", stacklevel=3)
     ranks = ckpt["ranks"]
     if len(ranks) != dist_utils.world_size():

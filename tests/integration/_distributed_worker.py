@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import egl
 from egl import recipes
-from egl.train import init_distributed
+from egl.train import Validation, init_distributed
 from egl.train.distributed import average_gradients, rank, world_size
 
 
@@ -64,6 +64,7 @@ def main(out: Path) -> None:
     result["clip"] = _clip_after_averaging()
     result["partial"] = _partial_annotation()
     result["group_dro"] = _group_dro()
+    result["worst_group"] = _worst_group_validation()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -149,6 +150,24 @@ def _group_dro() -> dict[str, object]:
         whole.compute_phase("classifier", (x, y, d), 0)["total"].backward()
     return {"grad": ranked.model[1].weight.grad, "global_grad": whole.model[1].weight.grad,
             "weights": ranked.weights[:3], "global_weights": whole.weights[:3]}
+
+
+def _worst_group_validation() -> dict[str, float]:
+    """select='worst_group' on shards of 4 images each: the groups' counts are gathered over ranks,
+    so each rank's measurement is that of all 8 images (computed here for comparison)."""
+    from egl.metrics import worst_group_accuracy
+
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.tensor([0, 1, 0, 1, 1, 0, 1, 0])
+    s = torch.tensor([0, 1, 1, 0, 0, 0, 1, 1])
+    mine = slice(4 * rank(), 4 * rank() + 4)
+    val = Validation([{"image": x[mine], "label": y[mine], "shortcut": s[mine]}], every=1, select="worst_group")
+    recipe = recipes.erm(timm.create_model("test_resnet", pretrained=False, num_classes=5), lr=0.05)
+    recipe.fit(_loader(), 1, seed=0, progress=False, validation=val)
+    recipe.eval()
+    with torch.no_grad():
+        whole = float(worst_group_accuracy(recipe.model(x), y, y * 6 + s + 1))
+    return {"measured": val.records[-1]["worst_group"], "whole": whole}
 
 
 def _nan_on_one_rank() -> str:

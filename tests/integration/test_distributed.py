@@ -60,6 +60,8 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     for r in (r0, r1):
         torch.testing.assert_close(r["group_dro"]["grad"], r["group_dro"]["global_grad"], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(r["group_dro"]["weights"], r["group_dro"]["global_weights"], rtol=1e-6, atol=0)
+    # Worst-group selection: the groups' counts gathered over ranks, the measurement of all 8 images.
+    assert r0["worst_group"]["measured"] == r1["worst_group"]["measured"] == r0["worst_group"]["whole"]
     # Validation: each rank its shard, the counts summed; both ranks select the same step and weights.
     v0, v1 = r0["validation"], r1["validation"]
     assert v0["records"] == v1["records"] and len(v0["records"]) == 3 and v0["best"] == v1["best"]

@@ -55,7 +55,7 @@ def test_leave_one_out_experiment_on_folder_data(folder: dict, tmp_path: Path,
     assert "Val acc" in tables
     capsys.readouterr()
     assert main(["experiment", *args, "--set", "train.select=best", "--out", str(tmp_path / "bad")]) == 1
-    assert "'train.select' expected 'last' or 'acc'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "'train.select' expected 'last', 'acc' or 'worst_group'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["experiment", *args, "--set", "train.val_every=0", "--out", str(tmp_path / "bad")]) == 1
     assert "'train.val_every' expected an int >= 1" in capsys.readouterr().err
 

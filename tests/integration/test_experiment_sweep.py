@@ -65,3 +65,24 @@ def test_a_diverging_draw_is_recorded_and_passed_over(tmp_path: Path) -> None:
     assert [r["draw"] for r in again] == [r["draw"] for r in rows]
     logged = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len([r for r in logged if r.get("method") == "erm@1"]) == len(bad)  # its rows once, not again
+
+
+def test_a_sweep_selected_by_worst_group_keeps_the_draw_best_on_it(tmp_path: Path) -> None:
+    """train.select=worst_group: each run keeps its weights best on the validation split's worst
+    (class, shortcut) group, and the sweep its draw best on it (not on accuracy)."""
+    out = tmp_path / "worst"
+    cfg = apply_overrides(merge(DEFAULTS, {}), [*SETTINGS, f"output={out}", "train.select=worst_group",
+                                                "eval.min_group_size=1", "methods={erm: {recipe: erm, space: "
+                                                "{lr: [loguniform, 1e-4, 1e-1]}}}"])
+    rows, _ = run(cfg, echo=False)
+    logged = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if "event" not in r]
+    draws = {r["method"]: r for r in logged}
+    assert all(0 <= r["val_worst_group"] <= r["val_acc"] for r in logged)
+    best = max(range(3), key=lambda i: (draws[f"erm@{i}"]["val_worst_group"], -i))
+    assert {r["draw"] for r in rows} == {best}
+    assert json.loads((out / "sweep.json").read_text())[0]["val_worst_group"] == draws[f"erm@{best}"]["val_worst_group"]
+    log = [json.loads(line) for line in (out / "train" / "erm@0-all-s0.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "select" and log[-1]["select"] == "worst_group"
+    assert log[-1]["val/worst_group"] == max(r["val/worst_group"] for r in log if "val/worst_group" in r
+                                             and "event" not in r)
+    assert "Val worst group" in (out / "tables.md").read_text()

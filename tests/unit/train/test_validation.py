@@ -94,7 +94,7 @@ def test_resume_keeps_the_records_and_the_best_weights(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"loader": "val"}, "'loader' expected an iterable of validation batches"),
     ({"every": 0}, "'every' expected an int >= 1 or None"),
-    ({"select": "loss"}, "'select' expected 'last' or 'acc'"),
+    ({"select": "loss"}, "'select' expected 'last', 'acc' or 'worst_group'"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(egl.InputError, match=match):
@@ -157,3 +157,61 @@ def test_run_names_a_bare_model_passed_for_the_recipe() -> None:
                                              r"egl.recipes.erm\(model\) to wrap a bare model"):
         Validation(_data(1, 0)).run(model, 1, torch.device("cpu"))  # type: ignore[arg-type]
     assert set(Validation(_data(1, 0)).run(recipes.erm(model), 1, torch.device("cpu"))) >= {"val/acc", "val/loss"}
+
+
+def _grouped(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of 4 with shortcut labels (-1 .. 4)."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randn(4, 3, 32, 32, generator=g), "label": torch.randint(0, 5, (4,), generator=g),
+             "shortcut": torch.randint(-1, 5, (4,), generator=g)} for _ in range(n)]
+
+
+def _worst_group(model: torch.nn.Module, data: list) -> float:
+    from egl.metrics import worst_group_accuracy
+
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(b["image"]) for b in data])
+    y, s = torch.cat([b["label"] for b in data]), torch.cat([b["shortcut"] for b in data])
+    return float(worst_group_accuracy(logits, y, y * 6 + s + 1))
+
+
+def test_select_worst_group_restores_the_weights_best_on_the_worst_group() -> None:
+    torch.manual_seed(0)
+    # two classes, validated on the training images (so accuracy moves), shortcut = class: a group per class
+    train = [(x, torch.tensor([0, 1, 0, 1])) for x, _ in _data(4, 0)]
+    val_data = [{"image": x, "label": y, "shortcut": y} for x, y in train]
+    val = Validation(val_data, every=1, select="worst_group")
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False), lr=0.01)
+    history = recipe.fit(train, 12, seed=0, progress=False, validation=val)
+    worst = [r["val/worst_group"] for r in history]
+    best = max(range(len(worst)), key=lambda i: (worst[i], -i))
+    assert val.best == val.records[best] and val.selected == val.best
+    assert _worst_group(recipe.model, val_data) == pytest.approx(worst[best])
+    assert all(r["val/acc"] >= r["val/worst_group"] for r in history)
+    assert max(worst) > min(worst), "the worst group should move, for the selection to be exercised"
+
+
+def test_worst_group_selection_names_its_data_and_a_resume_across_metrics_restarts(tmp_path: Path) -> None:
+    recipe = recipes.erm(make_model("test_resnet", eval_mode=False))
+    with pytest.raises(egl.InputError, match=r"'loader' expected dict batches with key 'shortcut' \(select='worst_"
+                       r"group'.*or select='acc'"):
+        recipe.fit(_data(2, 0), 1, progress=False, validation=Validation(_data(1, 1), select="worst_group"))
+    with pytest.raises(egl.InputError, match=r"'min_group_size' expected at most the size of some validation group "
+                       r".*got 50; the largest of \d+ groups has \d images .*Pass min_group_size=\d"):
+        recipe.fit(_data(2, 0), 1, progress=False,
+                   validation=Validation(_grouped(1, 1), select="worst_group", min_group_size=50))
+    bad = _grouped(1, 1)
+    bad[0]["shortcut"][0] = 5
+    with pytest.raises(egl.InputError, match=r"'loader's shortcut labels' expected class indices in \[0, 4\], or -1"):
+        recipe.fit(_data(2, 0), 1, progress=False, validation=Validation(bad, select="worst_group"))
+    with pytest.raises(egl.InputError, match=r"'min_group_size' expected an int >= 1"):
+        Validation(_grouped(1, 1), select="worst_group", min_group_size=0)
+    kwargs = {"seed": 0, "progress": False, "checkpoint_dir": tmp_path}
+    recipes.erm(make_model("test_resnet", eval_mode=False)).fit(
+        _data(4, 0), 2, validation=Validation(_grouped(1, 1), every=1, select="acc"), **kwargs)
+    again = Validation(_grouped(1, 1), every=1, select="worst_group")
+    with pytest.warns(UserWarning, match=r"selected by 'acc', this run by 'worst_group'.*starts afresh"):
+        recipes.erm(make_model("test_resnet", eval_mode=False)).fit(_data(4, 0), 3, validation=again, resume=True,
+                                                                    **kwargs)
+    assert [r["step"] for r in again.records] == [2]
