@@ -203,11 +203,15 @@ def _warn_if_masks_are_not_read(recipe: Any, method: str, data: dict[str, Any]) 
     changes nothing for it: the grid's rows would look like a partial-annotation result."""
     fraction = data.get("mask_fraction", 1.0)
     if fraction < 1 and not getattr(recipe, "reads_masks", False):
-        masker = getattr(getattr(recipe, "masker", None), "name", None)
-        what = f" (its masker '{masker}' makes its own masks)" if masker else ""
+        masker = getattr(recipe, "masker", None)
+        what, fix = "", "Compare it with the methods that align to the data's masks (e.g. masker=ground_truth)"
+        if masker is not None and not getattr(masker, "needs_mask", False):
+            what = f" (its masker '{getattr(masker, 'name', type(masker).__name__)}' makes its own masks)"
+        elif masker is not None:
+            what = f" (align_weight={getattr(recipe, 'align_weight', None)!r}: it aligns to none)"
+            fix = "Give it an align_weight > 0 to align to them"
         warnings.warn(f"egl.experiments: method '{method}' reads no masks from the data{what}: "
-                      f"data.mask_fraction={fraction} changes nothing for it. Compare it with the methods "
-                      "that align to the data's masks (e.g. masker=ground_truth), or leave data.mask_fraction out.",
+                      f"data.mask_fraction={fraction} changes nothing for it. {fix}, or leave data.mask_fraction out.",
                       UserWarning, stacklevel=3)
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from egl._check import check_choice, describe, fail
 from egl._transfer import upload
 
-__all__ = ["reduce", "REDUCTIONS", "annotated_mean", "ANNOTATED_MEANS"]
+__all__ = ["reduce", "REDUCTIONS", "annotated_mean", "annotated_count", "ANNOTATED_MEANS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -49,7 +49,8 @@ def reduce(elementwise: Tensor, reduction: str, fn: str) -> Tensor:
 ANNOTATED_MEANS = ("batch", "annotated")
 
 
-def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str = "batch") -> Tensor:
+def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str = "batch",
+                   global_count: Tensor | None = None) -> Tensor:
     """``loss(*args)`` over the samples flagged in ``annotated`` (bool ``[B]``) only.
 
     With the loss's ``reduction="mean"``, ``over`` says what the flagged values are averaged over:
@@ -61,7 +62,9 @@ def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str 
     * ``"annotated"``: their mean: the term keeps its scale whatever the share, each flagged
       sample weighing ``B / flagged`` times more. Under ``torch.distributed`` the mean is over
       the flagged samples of every rank (one ``all_reduce`` of the count; each rank's value is
-      its share times the world size).
+      its share times the world size). A caller that computed that count already (before any
+      check that could fail on one rank only, so that no rank is left alone in the collective)
+      passes it as ``global_count``.
 
     Either gives 0, with a graph, for a batch of none. ``"sum"`` sums the flagged values,
     ``"none"`` gives ``[B]`` with the others' values 0. The loss is called as a shallow copy
@@ -92,8 +95,20 @@ def annotated_mean(loss: Any, annotated: Tensor, *args: Any, fn: str, over: str 
     from egl.train.distributed import is_distributed, world_size
 
     if is_distributed():
+        if global_count is None:
+            global_count = annotated_count(flags, per.dtype)
+        return world_size() * kept.sum() / global_count.to(dtype=per.dtype).clamp(min=1.0)
+    return kept.sum() / count.clamp(min=1.0)
+
+
+def annotated_count(annotated: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The number of flagged samples over every rank (one ``all_reduce``; this rank's alone when
+    not distributed), as a 0-D tensor of ``dtype`` on ``annotated``'s device."""
+    from egl.train.distributed import is_distributed
+
+    count = annotated.sum().to(dtype=dtype)
+    if is_distributed():
         import torch.distributed as dist
 
         dist.all_reduce(count)  # (a device collective: every rank's flagged samples)
-        return world_size() * kept.sum() / count.clamp(min=1.0)
-    return kept.sum() / count.clamp(min=1.0)
+    return count

@@ -71,7 +71,7 @@ from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
 from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
-from egl.losses._reduction import ANNOTATED_MEANS, annotated_mean
+from egl.losses._reduction import ANNOTATED_MEANS, annotated_count, annotated_mean
 from egl.train.distributed import is_distributed
 from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
@@ -121,7 +121,7 @@ class ALIGN(Recipe):
     """
 
     name = "align"
-    resume_free = frozenset({"masker_checkpoint", "batch_mixup"})  # memory and batching, not the maths' terms
+    resume_free = frozenset({"masker_checkpoint"})  # recomputed activations: memory, not the maths
 
     def __init__(self, model: nn.Module, *, masker: Any = "learned", explainer: Any = "grad_cam",
                  alignment: Any = "bce", regularizer: Any = "mixup_consistency", sparsity_weight: float = 10.0,
@@ -247,6 +247,10 @@ class ALIGN(Recipe):
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self.model.train(self.training)
         aligning = step >= self.warmup_steps and self.align_weight > 0
+        count = None  # the global count of annotated images, first: a check failing on one rank below
+        if (aligning and is_distributed() and self.annotated_mean == "annotated" and batch.annotated is not None
+                and self.masker.needs_mask):  # leaves no other rank alone in this collective
+            count = annotated_count(batch.annotated)
         if self.masker.needs_mask and self.align_weight > 0 and batch.mask is None:  # (not only after warm-up)
             raise fail("egl.recipes.align", "batch", f"batches with a 'mask' (masker={self.masker.name!r} reads "
                        "the data's masks)", f"a batch without one at step {step}",
@@ -267,7 +271,7 @@ class ALIGN(Recipe):
         total = ce
         if aligning:
             assert sal is not None
-            terms["align"] = self._align_term(batch, sal)
+            terms["align"] = self._align_term(batch, sal, count)
             total = total + self.align_weight * terms["align"]
         if regularizing:
             if reg is not None:
@@ -293,7 +297,7 @@ class ALIGN(Recipe):
         reg = self.regularizer.from_explanations(sal, both.saliency[b:], both.logits[b:], y, beta, partner).total
         return logits, sal, reg
 
-    def _align_term(self, batch: Batch, sal: Tensor) -> Tensor:
+    def _align_term(self, batch: Batch, sal: Tensor, count: Tensor | None = None) -> Tensor:
         """The alignment loss, called as its ``inputs`` declares (see :class:`egl.losses.AlignmentLoss`)."""
         partial = batch.annotated is not None and self.masker.needs_mask  # the data's masks, some placeholders
         if partial and batch.annotated_count == 0 and not is_distributed():  # (counted on the host: no wait)
@@ -311,7 +315,7 @@ class ALIGN(Recipe):
         if partial:
             assert batch.annotated is not None
             return annotated_mean(self.alignment, batch.annotated, *args, fn="egl.recipes.align",
-                                  over=self.annotated_mean)
+                                  over=self.annotated_mean, global_count=count)
         return self.alignment(*args)
 
 

@@ -143,8 +143,9 @@ class _Defaults:
 
 
 class _RunningStats:
-    """A copy of the normalisation layers' running statistics, taken before a phase's forward
-    passes (which update them in training mode) and put back when the phase fails or is skipped.
+    """A copy of the normalisation layers' running statistics (and the recipe's ``step_buffers``),
+    taken before a phase's forward passes (which update them in training mode) and put back when
+    the phase fails or is skipped.
 
     One preallocated copy per recipe, refreshed with ``torch._foreach_copy_`` (a launch or two
     per phase, on the device, no read): a NaN batch no longer leaves NaN running statistics
@@ -162,6 +163,7 @@ class _RunningStats:
             cached = (stamp, [m for m in recipe.modules() if isinstance(m, nn.modules.batchnorm._NormBase)])
             recipe.__dict__["_running_stats_modules"] = cached
         bufs = [b for m in cached[1] for b in m._buffers.values() if b is not None]  # as they are now (.to())
+        bufs += [getattr(recipe, name) for name in getattr(recipe, "step_buffers", ())]
         last, held = recipe.__dict__.get("_running_stats_copy", ([], []))
         if len(last) != len(bufs) or any(a is not b for a, b in zip(last, bufs)):  # new tensors (.to()): new copies
             held = [torch.empty_like(b) for b in bufs]
@@ -200,6 +202,10 @@ class Recipe(nn.Module):
     #: computes: a resume may change them (with a warning: not bit-exact). Any other argument that
     #: differs from the checkpoint's refuses the resume (:func:`egl.train.fit`).
     resume_free: ClassVar[frozenset[str]] = frozenset()
+    #: Names of the recipe's own buffers that a step updates (GroupDRO's group weights): a step
+    #: refused by a failed check or a non-finite loss, or skipped for a float16 overflow, leaves
+    #: them as they were, as it leaves BatchNorm's running statistics.
+    step_buffers: ClassVar[tuple[str, ...]] = ()
 
     @property
     def reads_masks(self) -> bool:

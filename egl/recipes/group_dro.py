@@ -39,8 +39,13 @@ Choices (arguments where they matter):
   ``2 · max_groups`` values), so every rank updates the same weights from the global batch and
   the ranks' averaged gradients are those of the global batch's loss.
 * The weights change only while the recipe is training (``compute_phase`` under ``eval()``
-  reads them). Logged terms: ``ce`` (the batch's plain mean), ``worst_group`` (the largest
-  ``L_g`` of the batch, no gradient) and ``total``.
+  reads them), and a step refused by a failed check, a non-finite loss or a float16 overflow
+  leaves them as they were (the recipe's ``step_buffers``). Logged terms: ``ce`` (the
+  batch's plain mean), ``worst_group`` (the largest ``L_g`` of the batch, no gradient) and
+  ``total``. Under ``torch.distributed`` the log holds rank 0's values: ``worst_group`` is the
+  global batch's, ``ce`` rank 0's images' mean and ``total`` rank 0's share of the global loss
+  times the number of ranks (what its backward takes); and every call of the phase, in
+  ``eval()`` too, takes part in the all-reduce, so every rank must call it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_int, check_positive, check_range, fail
+from egl.errors import InputError
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import require_domains
 from egl.recipes.base import Phase, Recipe
@@ -85,6 +91,7 @@ class GroupDRO(Recipe):
     """
 
     name = "group_dro"
+    step_buffers = ("log_q",)  # a refused or skipped step leaves the group weights as they were
 
     def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, max_groups: int = 1024,
                  lr: float = 5e-5, weight_decay: float = 0.0) -> None:
@@ -120,7 +127,7 @@ class GroupDRO(Recipe):
             self._check_fits(num_classes * (num_classes + 1), f"(class, shortcut) pairs for {num_classes} classes")
             s = check_range(batch.shortcut, -1, num_classes - 1, FN, "batch shortcut",
                             f"Give a class index in [0, {num_classes - 1}], or -1 for none")
-            return y * (num_classes + 1) + (s + 1)
+            return y * (num_classes + 1) + (s.clamp(-1, num_classes - 1) + 1)
         d = require_domains(batch, FN, "GroupDRO with groups='domain' or 'domain_class'")
         if self.groups == "domain":
             check_range(d, 0, g - 1, FN, "batch domain", fix)
@@ -135,18 +142,25 @@ class GroupDRO(Recipe):
             raise fail(FN, "max_groups", f"at least {n} ({what})", str(self.max_groups), f"Pass max_groups={n}")
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        self.model.train(self.training)
-        logits = self._logits(batch.x)
-        y = check_target_range(batch.y, logits.shape[1], FN)
-        per = F.cross_entropy(logits, y, reduction="none")
-        per = per.to(dtype=torch.promote_types(per.dtype, torch.float32))  # (half logits: sums in float32)
-        ids = self.group_ids(batch, logits.shape[1])
-        sums = per.new_zeros(self.max_groups).index_add(0, ids, per)
-        counts = per.new_zeros(self.max_groups).index_add(0, ids, torch.ones_like(per))
-        stats = torch.stack([sums.detach(), counts])
-        world = 1
         from egl.train.distributed import is_distributed, world_size
 
+        self.model.train(self.training)
+        try:
+            logits = self._logits(batch.x)
+            y = check_target_range(batch.y, logits.shape[1], FN)
+            per = F.cross_entropy(logits, y, reduction="none")
+            per = per.to(dtype=torch.promote_types(per.dtype, torch.float32))  # (half logits: sums in float32)
+            ids = self.group_ids(batch, logits.shape[1])
+        except InputError:  # the other ranks wait in the all-reduce below: join it, then raise (the step's
+            if is_distributed():  # failure protocol then tells them, egl.recipes.Recipe.training_step)
+                import torch.distributed as dist
+
+                dist.all_reduce(torch.zeros(2, self.max_groups, dtype=torch.float64, device=batch.x.device))
+            raise
+        sums = per.new_zeros(self.max_groups).index_add(0, ids, per)
+        counts = per.new_zeros(self.max_groups).index_add(0, ids, torch.ones_like(per))
+        stats = torch.stack([sums.detach(), counts]).to(dtype=torch.float64)  # (one dtype on every rank)
+        world = 1
         if is_distributed():
             import torch.distributed as dist
 
@@ -158,9 +172,9 @@ class GroupDRO(Recipe):
             with torch.no_grad():
                 self.log_q.add_(torch.where(present, self.eta * means, 0.0).to(self.log_q.dtype))
                 self.log_q.sub_(self.log_q.logsumexp(0))
-        w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0)
-        total = world * (w * sums / stats[1].clamp(min=1.0)).sum()
-        worst = torch.where(present, means, float("-inf")).max()
+        w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0).to(per.dtype)
+        total = world * (w * sums / stats[1].clamp(min=1.0).to(per.dtype)).sum()
+        worst = torch.where(present, means, float("-inf")).max().to(per.dtype)
         return {"ce": per.mean(), "worst_group": worst, "total": total}
 
 

@@ -171,32 +171,53 @@ def _check_same_arguments(saved: object, recipe: "Recipe", path: Path) -> None:
 
     An argument that differs refuses the resume (``align_weight=0.2`` resumed at 0.1 trained
     another method from the step it left off, and a changed ``lr`` was silently replaced by the
-    optimizer state's). Arguments in the recipe's ``resume_free`` (memory and batching options)
-    may differ, with a warning; values shown by an address (a function's ``repr``) are not
-    compared. An argument the checkpoint lacks (written by an older egl) or has and the recipe
-    does not (a newer one) is named in a warning, with the value this run takes.
+    optimizer state's). Values are compared as the config shows them (numbers by value: 100 and
+    100.0 are one; objects such as an explainer instance by their description, their type and
+    model, so a change inside one is not seen); values shown by an address (a function's
+    ``repr``) are not compared. Arguments in the recipe's ``resume_free`` (ALIGN's
+    ``masker_checkpoint``) may differ, with a warning. An argument the checkpoint lacks (written
+    by an older egl) or has and the recipe does not (a newer one) is named in a warning, with
+    the value this run takes. Rank 0 decides and tells the others (a value shown differently on
+    two ranks must not stop one of them only).
     """
     if not isinstance(saved, dict):  # (checkpoints of egl versions before the config was saved)
         return
+    verdict: tuple[str, str] | None = None
+    if dist_utils.rank() == 0:
+        verdict = _argument_verdict(saved, recipe, path)
+    verdict = dist_utils.broadcast_object(verdict)
+    if verdict is None:
+        return
+    kind, text = verdict
+    if kind == "error":
+        was, got = text.split("\0")
+        raise fail(FN, "resume", f"a recipe built with the arguments of the checkpoint in {path.parent}: {was}", got,
+                   f"Build the recipe with {was} to continue the run, or train afresh: resume=False or another "
+                   "checkpoint_dir (egl experiment: leave out --resume, or another --out); nothing was loaded")
+    if dist_utils.rank() == 0:
+        warnings.warn(text, stacklevel=4)
+
+
+def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tuple[str, str] | None:
+    """``("error", "was\0got")``, ``("warn", message)`` or None (rank 0's comparison)."""
     mine = recipe.config()
-    canon = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731  (tuples were stored as lists)
+    canon = lambda v: json.loads(json.dumps(v, sort_keys=True, default=str))  # noqa: E731  (tuples -> lists)
+    text = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
     differ = sorted(k for k in set(saved) & set(mine)
-                    if canon(saved[k]) != canon(mine[k]) and not _ADDRESS.search(canon(saved[k]) + canon(mine[k])))
+                    if canon(saved[k]) != canon(mine[k]) and not _ADDRESS.search(text(saved[k]) + text(mine[k])))
     strict = [k for k in differ if k not in recipe.resume_free]
-    where = f"the checkpoint in {path.parent}"
     if strict:
-        was = ", ".join(f"{k}={saved[k]!r}" for k in strict)
-        raise fail(FN, "resume", f"a recipe built with the arguments of {where}: {was}",
-                   ", ".join(f"{k}={mine[k]!r}" for k in strict),
-                   f"Build the recipe with {was} to continue the run, or pass resume=False (or another "
-                   "checkpoint_dir) to train afresh; nothing was loaded")
-    notes = [f"{k} was {saved[k]!r}, is {mine[k]!r} (not bit-exact)" for k in differ if k in recipe.resume_free]
+        return ("error", ", ".join(f"{k}={saved[k]!r}" for k in strict) + "\0"
+                + ", ".join(f"{k}={mine[k]!r}" for k in strict))
+    notes = [f"{k} was {saved[k]!r}, is {mine[k]!r} (how a step is computed, not what: the run goes on)"
+             for k in differ]
     notes += [f"{k}={mine[k]!r} is new (the checkpoint predates it: the run continues with it)"
               for k in sorted(set(mine) - set(saved))]
     notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)"
               for k in sorted(set(saved) - set(mine))]
-    if notes:
-        warnings.warn(f"{FN}: resuming from {where}: " + "; ".join(notes) + ".", stacklevel=4)
+    if not notes:
+        return None
+    return ("warn", f"{FN}: resuming from the checkpoint in {path.parent}: " + "; ".join(notes) + ".")
 
 
 def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:

@@ -65,6 +65,9 @@ def main(out: Path) -> None:
     result["partial"] = _partial_annotation()
     result["group_dro"] = _group_dro()
     result["worst_group"] = _worst_group_validation()
+    result["group_dro_bad_label"] = _input_error_on_one_rank("label", "group_dro")
+    result["annotated_bad_label"] = _input_error_on_one_rank("label", "align_annotated")
+    result["annotated_bad_mask"] = _input_error_on_one_rank("mask", "align_annotated")
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -140,6 +143,8 @@ def _group_dro() -> dict[str, object]:
         torch.manual_seed(0)
         return recipes.group_dro(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)).double(), eta=0.5)
 
+    from unittest import mock
+
     ranked, whole = make(), make()
     mine = slice(4 * rank(), 4 * rank() + 4)
     for _ in range(2):
@@ -147,7 +152,8 @@ def _group_dro() -> dict[str, object]:
         ranked.compute_phase("classifier", (x[mine], y[mine], d[mine]), 0)["total"].backward()
         average_gradients(list(ranked.parameters()))
         whole.zero_grad()
-        whole.compute_phase("classifier", (x, y, d), 0)["total"].backward()
+        with mock.patch("egl.train.distributed.is_distributed", return_value=False):  # one process's view
+            whole.compute_phase("classifier", (x, y, d), 0)["total"].backward()
     return {"grad": ranked.model[1].weight.grad, "global_grad": whole.model[1].weight.grad,
             "weights": ranked.weights[:3], "global_weights": whole.weights[:3]}
 
@@ -185,13 +191,18 @@ def _nan_on_one_rank() -> str:
     return "no error"
 
 
-def _input_error_on_one_rank(what: str) -> str:
+def _input_error_on_one_rank(what: str, recipe_name: str = "align") -> str:
     """Rank 1's mask (checked with the losses) or label (checked at once) is out of range: both
-    ranks stop with an InputError; rank 0's names rank 1."""
+    ranks stop with an InputError; rank 0's names rank 1. GroupDRO all-reduces inside its loss:
+    the failing rank must still join that collective."""
     from egl import InputError
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
-    recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0)
+    if recipe_name == "group_dro":
+        recipe = recipes.group_dro(model, groups="class")
+    else:  # align_annotated: the mean over the annotated images of every rank, one all-reduce in the loss
+        recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0,
+                               annotated_mean="annotated" if recipe_name == "align_annotated" else "batch")
     mask = torch.ones(4, 1, 32, 32)
     y = torch.zeros(4, dtype=torch.long)
     if rank() == 1:
@@ -200,7 +211,10 @@ def _input_error_on_one_rank(what: str) -> str:
         else:
             y[0] = 9
     try:
-        recipe.fit([{"image": torch.randn(4, 3, 32, 32), "label": y, "mask": mask}], 1, seed=0, progress=False)
+        batch = {"image": torch.randn(4, 3, 32, 32), "label": y, "mask": mask}
+        if recipe_name == "align_annotated":
+            batch["annotated"] = torch.tensor([True, False, True, False])
+        recipe.fit([batch], 1, seed=0, progress=False)
     except InputError as e:
         return str(e)
     return "no error"

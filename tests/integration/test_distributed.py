@@ -60,6 +60,11 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     for r in (r0, r1):
         torch.testing.assert_close(r["group_dro"]["grad"], r["group_dro"]["global_grad"], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(r["group_dro"]["weights"], r["group_dro"]["global_weights"], rtol=1e-6, atol=0)
+    # A bad label or mask on rank 1 with a collective inside the loss (GroupDRO's group sums; ALIGN's count of
+    # annotated images, taken first): both ranks stop with an InputError, none waits alone in the collective.
+    for key in ("group_dro_bad_label", "annotated_bad_label", "annotated_bad_mask"):
+        assert "expected class indices in [0, 4]" in r1[key] or "'mask' expected values in" in r1[key], r1[key]
+        assert "failed input check of phase 'classifier' on rank 1" in r0[key], r0[key]
     # Worst-group selection: the groups' counts gathered over ranks, the measurement of all 8 images.
     assert r0["worst_group"]["measured"] == r1["worst_group"]["measured"] == r0["worst_group"]["whole"]
     # Validation: each rank its shard, the counts summed; both ranks select the same step and weights.

@@ -72,7 +72,8 @@ def test_a_mask_fraction_for_a_method_that_reads_no_masks_warns() -> None:
         _warn_if_masks_are_not_read(recipes.erm(make_model("test_resnet")), "erm", partial)
     with pytest.warns(UserWarning, match=r"method 'align' reads no masks .*its masker 'learned' makes its own"):
         _warn_if_masks_are_not_read(recipes.align(make_model("test_resnet")), "align", partial)
-    with pytest.warns(UserWarning, match=r"method 'off' reads no masks"):  # (alignment switched off)
+    with pytest.warns(UserWarning, match=r"method 'off' reads no masks from the data \(align_weight=0.0: it aligns "
+                                         r"to none\).*Give it an align_weight > 0"):  # (alignment switched off)
         _warn_if_masks_are_not_read(recipes.align(make_model("test_resnet"), masker="ground_truth", align_weight=0),
                                     "off", partial)
     gt = recipes.align(make_model("test_resnet"), masker="ground_truth")

@@ -153,3 +153,22 @@ def test_as_batch_reads_shortcut_labels_and_moves_them() -> None:
     with pytest.raises(egl.InputError, match=r"'batch shortcut' expected an integer tensor of shape \[4\].*got a "
                                              r"torch.bool"):
         recipes.as_batch({"image": x, "label": y, "shortcut": torch.ones(4, dtype=torch.bool)})
+
+
+def test_a_refused_step_is_named_and_leaves_the_group_weights_as_they_were() -> None:
+    """A shortcut out of range in fit gave an IndexError from index_add (the check is deferred; the
+    ids were not clamped), and a refused step moved the weights all the same."""
+    recipe = recipes.group_dro(nn.Sequential(nn.Flatten(), nn.Linear(48, K)), groups="shortcut")
+    good = {"image": torch.randn(6, 3, 4, 4), "label": torch.arange(6) % K,
+            "shortcut": torch.zeros(6, dtype=torch.long)}
+    recipe.fit([good], 1, progress=False)
+    before = recipe.log_q.clone()
+    bad = {**good, "shortcut": torch.tensor([-3, 0, 0, 0, 0, 0])}
+    with pytest.raises(egl.InputError, match=r"'batch shortcut' expected values in \[-1, 2\], got values in \[-3, 0\]"):
+        recipe.fit([bad], 1, progress=False)
+    assert torch.equal(recipe.log_q, before)
+    nan = {**good, "image": good["image"].clone()}
+    nan["image"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(recipes.NonFiniteLossError):
+        recipe.fit([nan], 1, progress=False)
+    assert torch.equal(recipe.log_q, before) and torch.isfinite(recipe.log_q).all()

@@ -338,7 +338,8 @@ def test_a_resume_may_change_memory_options_and_is_bit_exact_with_them(tmp_path:
     _align_run(KILL, checkpoint_dir=tmp_path)
     resumed = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=WARMUP,
                             masker_checkpoint=False)
-    with pytest.warns(UserWarning, match=r"masker_checkpoint was 'auto', is False \(not bit-exact\)"):
+    with pytest.warns(UserWarning, match=r"masker_checkpoint was 'auto', is False \(how a step is computed, not "
+                      r"what: the run goes on\)"):
         logs = resumed.fit(_loader("global_rng"), STEPS, seed=0, progress=False, checkpoint_dir=tmp_path,
                            resume=True)
     assert [row["step"] for row in logs] == list(range(KILL, STEPS))
@@ -368,6 +369,13 @@ def test_arguments_a_checkpoint_predates_are_named_and_addresses_are_not_compare
         _loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path / "hooked")
     logs = Hooked(make_model("test_resnet", eval_mode=False), hook=lambda: 2).fit(
         _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path / "hooked", resume=True)
+    assert [row["step"] for row in logs] == [1]
+    # numbers by value: penalty_weight=100 (an int from a YAML file) resumes a run built with 100.0
+    domains = [(torch.randn(4, 3, 32, 32), torch.arange(4) % 5, torch.arange(4) % 2)]
+    recipes.irm(make_model("test_resnet", eval_mode=False), penalty_weight=100.0).fit(
+        domains, 1, progress=False, checkpoint_dir=tmp_path / "irm")
+    logs = recipes.irm(make_model("test_resnet", eval_mode=False), penalty_weight=100).fit(
+        domains, 2, progress=False, checkpoint_dir=tmp_path / "irm", resume=True)
     assert [row["step"] for row in logs] == [1]
 
 
