@@ -12,7 +12,11 @@ or ``"shortcut"`` ((class, shortcut) pairs).
 then replays its draws on resume (bit-exact). The groups are read without loading images
 where the data set allows it: egl's data sets (tensor-backed synthetic data, ``DomainFolder``,
 ``ImageCSV``) and ``Subset`` / ``ConcatDataset`` / ``PartialMasks`` / ``Augmented`` over them;
-any other map-style data set of dict items is read item by item once (images included).
+any other map-style data set of dict items (a wrapper of your own included: it may relabel)
+is read item by item once, images included (a ``Subset`` of one: its own items only). The
+sampler is not shard-aware: under ``torch.distributed`` give each rank its own generator seed
+(e.g. ``seed + rank``) and ``num_samples=len(dataset) // world_size``, or every rank draws
+the same batches.
 In experiments: ``data.balance`` (default none).
 """
 
@@ -44,10 +48,10 @@ def item_groups(dataset: Dataset, by: str) -> Tensor:
     """
     check_choice(by, GROUPINGS, FN, "by")
     keys = _KEYS[by]
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise fail(FN, "dataset", "a data set of at least one item", "an empty one", "Check the training split")
     columns = _columns(dataset, keys)
     stacked = torch.stack([columns[k].long() for k in keys], dim=1)
-    if stacked.shape[0] == 0:
-        raise fail(FN, "dataset", "a data set of at least one item", "an empty one", "Check the training split")
     _, inverse = torch.unique(stacked, dim=0, return_inverse=True)
     return inverse
 
@@ -85,46 +89,59 @@ def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_sample
 
 
 def _columns(ds: Any, keys: Sequence[str]) -> dict[str, Tensor]:
-    """``{key: [N] tensor}`` for ``ds``'s items, read from its storage where it has one."""
+    """``{key: [N] tensor}`` for ``ds``'s items: from its storage where it has one, else read."""
+    stored = _stored(ds, keys)
+    return stored if stored is not None else _read(ds, range(len(ds)), keys, ds)
+
+
+def _stored(ds: Any, keys: Sequence[str]) -> dict[str, Tensor] | None:
+    """The columns read from ``ds``'s storage, without loading an item; None where it has none
+    (a ``Subset`` or ``ConcatDataset`` part without storage is read item by item, its own items only)."""
+    from egl.data.augment import Augmented
+    from egl.data.image_items import ImageItems
+    from egl.data.partial_masks import PartialMasks
+
     if isinstance(ds, Subset):
-        inner = _columns(ds.dataset, keys)
+        inner = _stored(ds.dataset, keys)
+        if inner is None:
+            return _read(ds.dataset, ds.indices, keys, ds)
         index = torch.as_tensor(list(ds.indices), dtype=torch.long)
         return {k: v[index] for k, v in inner.items()}
     if isinstance(ds, ConcatDataset):
         parts = [_columns(d, keys) for d in ds.datasets]
         return {k: torch.cat([p[k] for p in parts]) for k in keys}
-    tensors = getattr(ds, "tensors", None)
-    if isinstance(tensors, dict) and all(isinstance(v, Tensor) for v in tensors.values()):
+    if isinstance(ds, (PartialMasks, Augmented)):  # the same items in the same order, labels untouched
+        return _stored(ds.dataset, keys)
+    if isinstance(ds, ImageItems):
+        have = ["domain", "image", "label"] + (["mask"] if ds.has_masks else [])
+        if ds.samples and all(s.shortcut is not None for s in ds.samples):
+            have.append("shortcut")
+        _check_keys(keys, sorted(have), ds)
+        return {k: torch.tensor([int(getattr(s, k)) for s in ds.samples], dtype=torch.long) for k in keys}
+    tensors = getattr(ds, "tensors", None)  # egl's tensor-backed sets (synthetic data, TensorDictDataset)
+    if isinstance(tensors, dict) and tensors and all(isinstance(v, Tensor) for v in tensors.values()):
         _check_keys(keys, sorted(tensors), ds)
         return {k: tensors[k] for k in keys}
-    samples = getattr(ds, "samples", None)
-    if isinstance(samples, list) and samples and all(hasattr(samples[0], a) for a in ("label", "domain", "shortcut")):
-        field = {"label": "label", "domain": "domain", "shortcut": "shortcut"}
-        if "shortcut" in keys and any(s.shortcut is None for s in samples):
-            _check_keys(keys, ["domain", "image", "label"], ds)  # (no shortcut column: named)
-        return {k: torch.tensor([getattr(s, field[k]) for s in samples]) for k in keys}
-    inner_ds = getattr(ds, "dataset", None)  # PartialMasks, Augmented: same items, same order
-    if isinstance(inner_ds, Dataset) and _same_length(inner_ds, ds):
-        return _columns(inner_ds, keys)
-    items = [ds[i] for i in range(len(ds))]  # the general case: read once
-    if not all(isinstance(item, dict) for item in items[:1]):
+    return None
+
+
+def _read(ds: Any, indices: Sequence[int], keys: Sequence[str], named: Any) -> dict[str, Tensor]:
+    """The columns of ``ds[i]`` for ``i`` in ``indices``, each item read once (images included)."""
+    items = [ds[i] for i in indices]
+    if items and not isinstance(items[0], dict):
         raise fail(FN, "dataset", "a data set of dict items (keys 'label', 'domain', 'shortcut')",
-                   f"items like {describe(items[0]) if items else 'none'}", "Use egl's data sets, or dict items")
-    _check_keys(keys, sorted(items[0]) if items else [], ds)
-    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
-
-
-def _same_length(a: Any, b: Any) -> bool:
-    try:
-        return len(a) == len(b)
-    except TypeError:
-        return False
+                   f"items like {describe(items[0])}", "Use egl's data sets, or dict items")
+    if items:
+        _check_keys(keys, sorted(items[0]), named)
+    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) if items
+            else torch.zeros(0, dtype=torch.long) for k in keys}
 
 
 def _check_keys(keys: Sequence[str], have: Sequence[str], ds: Any) -> None:
     missing = [k for k in keys if k not in have]
     if missing:
+        instead = "Use by='class', or data" if "label" in have else "Use data"
         raise fail(FN, "by", f"a grouping whose keys the items carry (it needs {list(keys)})",
                    f"items of {type(ds).__name__} with keys {list(have)}",
-                   "Use by='class', or data whose items carry " + " and ".join(repr(k) for k in missing)
+                   f"{instead} whose items carry " + " and ".join(repr(k) for k in missing)
                    + " (the synthetic benchmark and ImageCSV with a shortcut column carry 'shortcut')")

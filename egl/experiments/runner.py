@@ -108,7 +108,24 @@ def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:
 
 
 def check_val_set(cfg: dict[str, Any], val_set: Any, select: str) -> None:
-    """A run that validates has a non-empty validation set."""
+    """A run that validates has a non-empty validation set; with ``train.select=worst_group``, one
+    whose items carry shortcut labels and hold a group of ``eval.min_group_size`` images (read
+    without loading images: the failure came at the first measurement, in a made folder)."""
+    if select == "worst_group" and val_set is not None and len(val_set) > 0:
+        try:
+            groups = item_groups(val_set, "shortcut")
+        except egl.InputError as exc:
+            raise fail("egl.experiments", "train.select", "validation data with shortcut labels for 'worst_group' "
+                       "(its groups are (class, shortcut) pairs)", f"'worst_group' ({exc})",
+                       "Use data whose items carry 'shortcut' (synthetic, csv with a shortcut column), or "
+                       "train.select=acc") from exc
+        largest = int(torch.bincount(groups).max())
+        need = int(cfg.get("eval", {}).get("min_group_size", 10))
+        if largest < need:
+            raise fail("egl.experiments", "eval.min_group_size", "at most the size of some validation group "
+                       "(train.select=worst_group leaves smaller groups out)",
+                       f"{need}; the largest validation group has {largest} images",
+                       f"Set eval.min_group_size={largest} or lower")
     if val_set is None or len(val_set) == 0:
         key = "train.select" if select != "last" else "train.val_every"
         held_out = cfg["train"].get("val_domains", "train") == "held_out"

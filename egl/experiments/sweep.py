@@ -229,8 +229,9 @@ def _mean(values: list[float]) -> float:
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], choices: Sequence[dict[str, Any]]) -> str:
-    """Markdown: every draw's hyperparameters (its rows' ``hparams``), validation accuracy and
-    in- / out-of-distribution accuracy (means over seeds and splits), and how many seeds kept it."""
+    """Markdown: every draw's hyperparameters (its rows' ``hparams``), validation accuracy (and
+    worst-group accuracy, when the runs selected by it) and in- / out-of-distribution accuracy
+    (means over seeds and splits), and how many seeds kept it."""
     kept: dict[tuple[str, str, int], int] = defaultdict(int)
     for c in choices:
         kept[(c["method"], c["train"], c["draw"])] += 1
@@ -239,8 +240,10 @@ def sweep_table(rows: Sequence[dict[str, Any]], choices: Sequence[dict[str, Any]
         base, index = origin(r["method"])
         if index is not None:
             by_run[(base, r["train"], index)].append(r)
-    lines = ["| method | train | draw | hyperparameters | val acc | ID acc | OOD acc | kept (seeds) |",
-             "|---|---|---|---|---|---|---|---|"]
+    worst = any("val_worst_group" in r for r in rows)  # (train.select=worst_group: the draws kept by it)
+    lines = ["| method | train | draw | hyperparameters | val acc |" + (" val worst group |" if worst else "")
+             + " ID acc | OOD acc | kept (seeds) |",
+             "|---|---|---|---|---|" + ("---|" if worst else "") + "---|---|---|"]
 
     def pct(v: float) -> str:
         return "–" if math.isnan(v) else f"{100 * v:.1f}"
@@ -248,11 +251,13 @@ def sweep_table(rows: Sequence[dict[str, Any]], choices: Sequence[dict[str, Any]
     for (base, train, index), rs in sorted(by_run.items()):
         hp = ", ".join(f"{k}={_short(v)}" for k, v in (rs[0].get("hparams") or {}).items()) or "–"
         seeds = {r["seed"]: r.get("val_acc") for r in rs}
+        by_seed = {r["seed"]: r.get("val_worst_group", math.nan) for r in rs}
+        worst_cell = f" {pct(_mean(list(by_seed.values())))} |" if worst else ""
         ind = [r["acc"] for r in rs if r.get("in_distribution") is True]
         ood = [r["acc"] for r in rs if r.get("in_distribution") is False]
         note = (" (configured)" if index == 0 else "") + (", diverged" if any(r.get("diverged") for r in rs) else "")
         lines.append(f"| {base} | {train} | {index}{note} | {hp} | "
-                     f"{pct(_mean(list(seeds.values())))} | {pct(_mean(ind))} | {pct(_mean(ood))} | "
+                     f"{pct(_mean(list(seeds.values())))} |{worst_cell} {pct(_mean(ind))} | {pct(_mean(ood))} | "
                      f"{kept[(base, train, index)]} of {len(seeds)} |")
     return "\n".join(lines)
 

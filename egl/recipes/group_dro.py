@@ -159,11 +159,12 @@ class GroupDRO(Recipe):
             raise
         sums = per.new_zeros(self.max_groups).index_add(0, ids, per)
         counts = per.new_zeros(self.max_groups).index_add(0, ids, torch.ones_like(per))
-        stats = torch.stack([sums.detach(), counts]).to(dtype=torch.float64)  # (one dtype on every rank)
+        stats = torch.stack([sums.detach(), counts])
         world = 1
         if is_distributed():
             import torch.distributed as dist
 
+            stats = stats.to(dtype=torch.float64)  # (one dtype on every rank, as the failing rank's zeros)
             dist.all_reduce(stats)  # every rank: the global batch's group sums and counts
             world = world_size()
         present = stats[1] > 0

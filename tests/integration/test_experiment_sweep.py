@@ -85,4 +85,5 @@ def test_a_sweep_selected_by_worst_group_keeps_the_draw_best_on_it(tmp_path: Pat
     assert log[-1]["event"] == "select" and log[-1]["select"] == "worst_group"
     assert log[-1]["val/worst_group"] == max(r["val/worst_group"] for r in log if "val/worst_group" in r
                                              and "event" not in r)
-    assert "Val worst group" in (out / "tables.md").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "Val worst group" in tables and "| val acc | val worst group | ID acc |" in tables

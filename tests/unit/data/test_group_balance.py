@@ -68,6 +68,36 @@ def test_image_tables_are_grouped_without_loading_images(tmp_path: Path, monkeyp
         item_groups(no_shortcut, "shortcut")
 
 
+def test_a_wrapper_of_ones_own_is_read_item_by_item_and_a_subset_reads_only_its_items() -> None:
+    """Any wrapper with a same-length .dataset was taken for a pass-through: one that relabels got
+    its inner labels' groups; a Subset of a custom set read every item of the parent."""
+
+    class Relabelled(Dataset):
+        def __init__(self, dataset: Dataset) -> None:
+            self.dataset = dataset
+
+        def __len__(self) -> int:
+            return len(self.dataset)  # type: ignore[arg-type]
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {**self.dataset[i], "label": torch.tensor(1 - int(i < 2))}
+
+    base = TensorDictDataset({"image": torch.zeros(6, 1, 1, 1), "label": torch.tensor([0, 0, 0, 0, 1, 1])})
+    assert item_groups(Relabelled(base), "class").tolist() == [0, 0, 1, 1, 1, 1]
+
+    reads = []
+
+    class Counted(_ItemByItem):
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            reads.append(i)
+            return super().__getitem__(i)
+
+    assert item_groups(Subset(Counted(_tensors(40)), [3, 7, 9]), "class").shape == (3,)
+    assert sorted(reads) == [3, 7, 9]
+    with pytest.raises(egl.InputError, match=r"'dataset' expected a data set of at least one item, got an empty one"):
+        item_groups(Subset(base, []), "class")
+
+
 def test_every_group_is_drawn_about_equally_often() -> None:
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     ds = TensorDictDataset({"image": torch.zeros(100, 1, 1, 1), "label": labels})
@@ -91,7 +121,8 @@ def test_a_run_on_a_balanced_loader_resumes_bit_exactly(tmp_path: Path) -> None:
         return model
 
     straight = run(8)
-    run(3, checkpoint_dir=tmp_path)  # killed mid-epoch (5 batches an epoch)
+    run(6, checkpoint_dir=tmp_path)  # killed in the second epoch (5 batches an epoch): the sampler's
+    # generator must come back as it was at that epoch's start, not freshly seeded
     resumed = run(8, checkpoint_dir=tmp_path, resume=True)
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
 

@@ -103,6 +103,26 @@ def test_data_balance_names_a_grouping_the_training_items_lack() -> None:
         check_balance({"data": {"balance": "shortcut"}}, {"a": plain})
 
 
+def test_worst_group_selection_is_checked_against_the_validation_data_first() -> None:
+    """train.select=worst_group on data without shortcut labels, or with eval.min_group_size above
+    every group, failed at the first measurement, in a made folder."""
+    import torch
+
+    from egl.experiments.runner import check_val_set
+    from egl.experiments.sources import TensorDictDataset
+
+    plain = TensorDictDataset({"image": torch.zeros(4, 3, 2, 2), "label": torch.tensor([0, 1, 0, 1])})
+    grouped = TensorDictDataset({**plain.tensors, "shortcut": torch.tensor([0, 1, 1, 1])})
+    check_val_set({"eval": {"min_group_size": 2}}, grouped, "worst_group")
+    check_val_set({"eval": {}}, plain, "acc")
+    with pytest.raises(egl.InputError, match=r"'train.select' expected validation data with shortcut labels for "
+                                             r"'worst_group'.*or train.select=acc"):
+        check_val_set({"eval": {}}, plain, "worst_group")
+    with pytest.raises(egl.InputError, match=r"'eval.min_group_size' expected at most the size of some validation "
+                                             r"group .*got 3; the largest validation group has 2 images"):
+        check_val_set({"eval": {"min_group_size": 3}}, grouped, "worst_group")
+
+
 def test_exponent_numbers_are_numbers_on_the_command_line_and_in_files(tmp_path: Path) -> None:
     """PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string: lr=1e-3 reached the recipes as '1e-3'."""
     cfg = apply_overrides(DEFAULTS, ["train.lr=1e-3", "eval.ks=[1, 5E+1]", "output=run1e5"])
