@@ -52,8 +52,10 @@ class Validation:
             not copied: no optimizer moves them. The optimizers keep their last state.
             ``"worst_group"``: the same, by the lowest accuracy over the (class, shortcut)
             groups of the validation split (batches must be dicts with ``shortcut``, as the
-            synthetic data and :class:`egl.data.ImageCSV` with a shortcut column give them);
-            each record then has ``worst_group`` too, logged as ``val/worst_group``.
+            synthetic data and :class:`egl.data.ImageCSV` with a shortcut column give them),
+            equals told apart by accuracy (a worst group of a few images sits at 0 for many
+            measurements); each record then has ``worst_group`` too, logged as
+            ``val/worst_group``.
         min_group_size: with ``"worst_group"``, groups of fewer validation images are left
             out (default 1: every group counts; an evaluation with no group that large is an
             error naming this argument).
@@ -98,13 +100,19 @@ class Validation:
 
     @property
     def best(self) -> dict[str, float] | None:
-        """The evaluation with the highest :attr:`metric` so far (the earliest of equals); ``None``
-        before any."""
+        """The evaluation with the highest :attr:`metric` so far (the earliest of equals; with
+        ``"worst_group"``, equals are told apart by accuracy first); ``None`` before any."""
         best = None
         for r in self.records:
-            if best is None or r[self.metric] > best[self.metric]:
+            if best is None or self._key(r) > self._key(best):
                 best = r
         return best
+
+    def _key(self, record: dict[str, float]) -> tuple[float, ...]:
+        """What :attr:`best` maximises. A worst group of a few validation images sits at 0 for
+        many measurements: ties then go to the more accurate one (the earliest of equals kept the
+        untrained model of the first measurement)."""
+        return (record["worst_group"], record["acc"]) if self.metric == "worst_group" else (record["acc"],)
 
     @property
     def selected(self) -> dict[str, float] | None:
@@ -178,7 +186,7 @@ class Validation:
         record = {"step": done - 1, "acc": correct / count, "loss": loss / count}  # the log row's step
         if self.metric == "worst_group":
             record["worst_group"] = self._worst_group(groups, done)
-        improved = self.best is None or record[self.metric] > self.best[self.metric]
+        improved = self.best is None or self._key(record) > self._key(self.best)
         self.records.append(record)
         if improved and self.select != "last":
             self._keep(recipe)
