@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_int, check_positive, check_range, fail
+from egl.data.group_balance import GROUPINGS  # (the groupings the sampler balances)
 from egl.errors import InputError
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import require_domains
@@ -65,7 +66,6 @@ from egl.recipes.batch import Batch
 
 __all__ = ["GroupDRO", "group_dro", "GROUPINGS"]
 
-GROUPINGS = ("domain", "class", "domain_class", "shortcut")
 FN = "egl.recipes.group_dro"
 
 
