@@ -102,6 +102,8 @@ class ALIGN(Recipe):
             explainer named from the Grad-CAM family (``"grad_cam"``, ``"layer_cam"``, ...).
         align_resolution: ``"input"`` (default) or ``"feature"``.
         lr: classifier learning rate (5e-5). masker_lr: masker learning rate (1e-3).
+        weight_decay: both phases' (0). optimizer: both phases' optimiser, ``"adam"`` (the paper's;
+            :mod:`egl.recipes.optimizer`).
         masker_checkpoint: recompute the masker's activations in the masker phase's backward
             instead of keeping them (less memory, one more masker forward): ``"auto"`` (default:
             when the masker is ``recomputable``), ``True`` or ``False``.
@@ -128,9 +130,10 @@ class ALIGN(Recipe):
                  smooth_weight: float = 1.0, align_weight: float = 0.1, reg_weight: float = 0.1,
                  warmup_steps: int = 200, layer: str = "auto", align_resolution: str = "input",
                  lr: float = 5e-5, masker_lr: float = 1e-3, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam",
                  masker_checkpoint: bool | str = "auto", batch_mixup: bool | str = "auto",
                  mask_mode: str = "eval", annotated_mean: str = "batch") -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.align"
         check_choice(annotated_mean, ANNOTATED_MEANS, fn, "annotated_mean")
         self.annotated_mean = annotated_mean

@@ -20,7 +20,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +32,7 @@ from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
+from egl.recipes.optimizer import build_optimizer, check_optimizer, describe_optimizer
 from egl.train.loss_scale import LossScaler
 
 __all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
@@ -135,13 +136,6 @@ def _readable(value: Any) -> Any:
     return repr(value)[:200]
 
 
-@dataclass
-class _Defaults:
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class _RunningStats:
     """A copy of the normalisation layers' running statistics (and the recipe's ``step_buffers``),
     taken before a phase's forward passes (which update them in training mode) and put back when
@@ -194,6 +188,9 @@ class Recipe(nn.Module):
         model: the classifier (any ``nn.Module`` returning logits; timm models work out of the box).
         lr: learning rate of the classifier's default optimiser (Adam, 5e-5: DomainBed's default).
         weight_decay: weight decay of the default optimisers (0, DomainBed's default).
+        optimizer: the default optimisers' kind: ``"adam"`` (DomainBed's), ``"adamw"`` (decoupled
+            weight decay), ``"sgd"`` (momentum 0.9), or a dict with their options
+            (:mod:`egl.recipes.optimizer`).
     """
 
     name: ClassVar[str] = ""
@@ -233,10 +230,14 @@ class Recipe(nn.Module):
             >>> cfg["model"], cfg["lr"]
             ('ResNet(test_resnet)', 0.0001)
         """
-        return {k: _readable(v) for k, v in getattr(self, "_init_arguments", {}).items()}
+        cfg = {k: _readable(v) for k, v in getattr(self, "_init_arguments", {}).items()}
+        if "optimizer" in cfg and isinstance(self.__dict__.get("optimizer_spec"), dict):  # "sgd" == {"name": "sgd"}
+            cfg["optimizer"] = describe_optimizer(self.__dict__["optimizer_spec"])
+        return cfg
 
     @_records_arguments
-    def __init__(self, model: nn.Module, *, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, *, lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise fail(f"egl.recipes.{self.name or type(self).__name__}", "model", "a torch.nn.Module classifier",
@@ -245,6 +246,7 @@ class Recipe(nn.Module):
         fn = f"egl.recipes.{self.name or type(self).__name__}"
         self.lr = check_positive(lr, fn, "lr")  # 0 is allowed (a frozen run); negative or NaN is not
         self.weight_decay = check_positive(weight_decay, fn, "weight_decay")
+        self.optimizer_spec = check_optimizer(optimizer, fn)  # the checked form, every option filled in
 
     # -- phases ---------------------------------------------------------------------------
     def phases(self) -> list[Phase]:  # pragma: no cover - abstract
@@ -271,9 +273,10 @@ class Recipe(nn.Module):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """One Adam optimiser per phase (classifier: ``lr``; subclasses may override per phase)."""
-        return {p.name: torch.optim.Adam(list(p.parameters()), lr=self.phase_lr(p.name),
-                                         weight_decay=self.weight_decay) for p in self.phases()}
+        """One optimiser per phase, of the kind ``optimizer`` names (Adam by default), at
+        :meth:`phase_lr` (classifier: ``lr``; ALIGN's masker: ``masker_lr``) with ``weight_decay``."""
+        return {p.name: build_optimizer(p.parameters(), self.optimizer_spec, lr=self.phase_lr(p.name),
+                                        weight_decay=self.weight_decay) for p in self.phases()}
 
     def check_optimizers(self, optimizers: object, fn: str) -> dict[str, torch.optim.Optimizer]:
         """``optimizers`` unless it is not a dict of one ``torch.optim.Optimizer`` per phase name."""

@@ -134,7 +134,8 @@ class DRE(Recipe):
             the batch, divided by the model's number of classes, as METHODS.md and the authors'
             ``mixuploss.py`` do) or ``"present"`` (divided by the number of classes present: a
             plain mean over them, weighing the terms more when few classes are in the batch).
-        lr: Adam learning rate (5e-5, the paper's). weight_decay: (0).
+        lr: Adam learning rate (5e-5, the paper's). weight_decay: (0). optimizer: ``"adam"`` (see
+            :mod:`egl.recipes.optimizer`).
 
     Logged terms: ``ce``, ``consistency``, ``sparsity``, ``mix_ce``, ``total``.
 
@@ -152,8 +153,9 @@ class DRE(Recipe):
 
     def __init__(self, model: nn.Module, *, alpha: float = 0.2, consistency_weight: float = 1.0,
                  sparsity_weight: float = 0.5, mix_ce_weight: float = 0.1, layer: str = "auto",
-                 class_mean: str = "all", lr: float = 5e-5, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 class_mean: str = "all", lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.dre"
         self.alpha = check_positive(alpha, fn, "alpha", allow_zero=False)
         self.consistency_weight = check_positive(consistency_weight, fn, "consistency_weight")

@@ -79,7 +79,8 @@ class GroupDRO(Recipe):
             Waterbirds groups); see the module docstring.
         eta: step size of the group weights (0.01).
         max_groups: how many group weights are kept (1024): group ids must be below it.
-        lr, weight_decay: the classifier's Adam (5e-5, 0).
+        lr, weight_decay, optimizer: the classifier's optimiser (5e-5, 0, ``"adam"``; see
+            :mod:`egl.recipes.optimizer`: ``"adamw"`` decouples the decay).
 
     Example:
         >>> import timm, torch
@@ -94,8 +95,9 @@ class GroupDRO(Recipe):
     step_buffers = ("log_q",)  # a refused or skipped step leaves the group weights as they were
 
     def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, max_groups: int = 1024,
-                 lr: float = 5e-5, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         check_choice(groups, GROUPINGS, FN, "groups")
         self.groups = groups
         self.eta = check_positive(eta, FN, "eta")

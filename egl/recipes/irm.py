@@ -79,7 +79,8 @@ class IRM(Recipe):
         anneal_steps: steps with λ = 1 before λ = ``penalty_weight`` (500, DomainBed's
             ``irm_penalty_anneal_iters``); the optimiser state is reset at this step.
         rescale: divide the loss by λ once λ > 1 (original IRM code); ``False`` as DomainBed.
-        lr: Adam learning rate (5e-5). weight_decay: (0).
+        lr: Adam learning rate (5e-5). weight_decay: (0). optimizer: ``"adam"`` (see
+            :mod:`egl.recipes.optimizer`).
 
     Logged terms: ``ce``, ``penalty``, ``penalty_weight`` (λ at this step), ``total``.
 
@@ -96,8 +97,9 @@ class IRM(Recipe):
     needs_domains = True
 
     def __init__(self, model: nn.Module, *, penalty_weight: float = 100.0, anneal_steps: int = 500,
-                 rescale: bool = False, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 rescale: bool = False, lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.irm"
         self.penalty_weight = check_positive(penalty_weight, fn, "penalty_weight")
         self.anneal_steps = check_int(anneal_steps, fn, "anneal_steps", fix="Pass a number of steps")

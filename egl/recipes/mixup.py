@@ -79,7 +79,8 @@ class Mixup(Recipe):
     Args:
         model: the classifier.
         alpha: Beta(α, α) concentration (0.2, DomainBed's ``mixup_alpha``).
-        lr: Adam learning rate (5e-5). weight_decay: (0).
+        lr: Adam learning rate (5e-5). weight_decay: (0). optimizer: ``"adam"`` (see
+            :mod:`egl.recipes.optimizer`).
 
     Logged terms: ``mix_ce`` (the mixed cross-entropy) and ``total`` (the same).
 
@@ -96,8 +97,9 @@ class Mixup(Recipe):
     needs_domains = True
 
     def __init__(self, model: nn.Module, *, alpha: float = 0.2, lr: float = 5e-5,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         self.alpha = check_positive(alpha, "egl.recipes.mixup", "alpha", allow_zero=False)
 
     def phases(self) -> list[Phase]:

@@ -118,7 +118,8 @@ class SGDrop(Recipe):
         ratio: fraction of activations (or positions) dropped per sample (0.1, ours).
         granularity: ``"element"`` (default: over ``C·H·W``, or ``N·C`` tokens) or ``"spatial"``.
         rescale: multiply kept activations by ``n / (n − dropped)`` (True).
-        lr: learning rate (5e-5). weight_decay: (0).
+        lr: learning rate (5e-5). weight_decay: (0). optimizer: ``"adam"`` (see
+            :mod:`egl.recipes.optimizer`).
 
     Raises:
         UnsupportedModelError: the model lacks ``forward_features`` or ``forward_head``.
@@ -135,8 +136,9 @@ class SGDrop(Recipe):
     name = "sgdrop"
 
     def __init__(self, model: nn.Module, *, ratio: float = RATIO, granularity: str = GRANULARITY,
-                 rescale: bool = RESCALE, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 rescale: bool = RESCALE, lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.sgdrop"
         missing = [a for a in ("forward_features", "forward_head") if not callable(getattr(model, a, None))]
         if missing:

@@ -141,7 +141,8 @@ class SGT(Recipe):
         rank: ``"abs"`` (default, ours: smallest ``|gradient|`` masked) or ``"signed"`` (the code's
             default: most negative gradient masked first).
         replace: ``"mean"`` (default) or ``"random"``.
-        lr: learning rate (5e-5). weight_decay: (0).
+        lr: learning rate (5e-5). weight_decay: (0). optimizer: ``"adam"`` (see
+            :mod:`egl.recipes.optimizer`).
 
     Example:
         >>> import timm, torch
@@ -155,8 +156,9 @@ class SGT(Recipe):
     name = "sgt"
 
     def __init__(self, model: nn.Module, *, ratio: float = RATIO, kl_weight: float = KL_WEIGHT,
-                 rank: str = RANK, replace: str = REPLACE, lr: float = 5e-5, weight_decay: float = 0.0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay)
+                 rank: str = RANK, replace: str = REPLACE, lr: float = 5e-5, weight_decay: float = 0.0,
+                 optimizer: str | dict[str, Any] = "adam") -> None:
+        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.sgt"
         self.ratio = _check_ratio(ratio, fn)
         self.kl_weight = check_positive(kl_weight, fn, "kl_weight")

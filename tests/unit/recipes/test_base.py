@@ -24,14 +24,14 @@ def test_config_records_the_outermost_constructor_with_defaults() -> None:
     assert cfg["model"] == "ResNet(test_resnet)" and cfg["masker"] == "LearnedMasker(learned)"
     json.dumps(cfg)  # JSON-friendly
     assert recipes.erm(make_model("test_resnet"), lr=1e-4).config() == {
-        "model": "ResNet(test_resnet)", "lr": 1e-4, "weight_decay": 0.0}
+        "model": "ResNet(test_resnet)", "lr": 1e-4, "weight_decay": 0.0, "optimizer": "adam"}
 
 
 def test_config_survives_copies_and_keeps_signatures() -> None:
     recipe = recipes.align(make_model("test_resnet"), warmup_steps=7)
     assert copy.deepcopy(recipe).config() == recipe.config()
     assert "warmup_steps" in inspect.signature(recipes.ALIGN).parameters
-    assert list(inspect.signature(ERM).parameters) == ["model", "lr", "weight_decay"]
+    assert list(inspect.signature(ERM).parameters) == ["model", "lr", "weight_decay", "optimizer"]
 
 
 def test_config_of_a_third_party_recipe_with_kwargs() -> None:

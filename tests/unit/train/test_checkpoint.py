@@ -433,3 +433,21 @@ def test_a_full_disk_is_an_os_error_not_a_bad_path(tmp_path: Path, monkeypatch: 
     with pytest.raises(OSError, match="No space left") as info:
         save_checkpoint({"a": 1}, tmp_path / "last.pt")
     assert not isinstance(info.value, egl.InputError)
+
+
+def test_a_resume_with_another_optimizer_is_refused_and_equal_spellings_resume(tmp_path: Path) -> None:
+    """Another kind is refused (the optimiser classes differ); other options of the same kind
+    would be overridden by the checkpoint's param groups: refused by name too; a spelling of the
+    same optimiser resumes."""
+    recipes.erm(make_model("test_resnet", eval_mode=False), optimizer="sgd").fit(
+        _loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(egl.InputError, match=r"optimizer classes of the checkpoint classifier: SGD, got "
+                       r"classifier: AdamW"):
+        recipes.erm(make_model("test_resnet", eval_mode=False), optimizer="adamw").fit(
+            _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(egl.InputError, match=r"optimizer='sgd', got optimizer=\{'name': 'sgd', 'momentum': 0.5\}"):
+        recipes.erm(make_model("test_resnet", eval_mode=False), optimizer={"name": "sgd", "momentum": 0.5}).fit(
+            _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
+    logs = recipes.erm(make_model("test_resnet", eval_mode=False), optimizer={"name": "sgd", "momentum": 0.9}).fit(
+        _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert [row["step"] for row in logs] == [1]
