@@ -5,10 +5,11 @@ sampling."""
 
 from egl.data.augment import PRESETS, Augment, Augmented
 from egl.data.domain_folder import DomainFolder
-from egl.data.group_balance import group_balanced_sampler, item_groups
+from egl.data.group_balance import group_balanced_sampler, item_groups, item_labels
 from egl.data.image_csv import ImageCSV
 from egl.data.partial_masks import PartialMasks
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
-           "Augmented", "PRESETS", "PartialMasks", "group_balanced_sampler", "item_groups"]
+           "Augmented", "PRESETS", "PartialMasks", "group_balanced_sampler", "item_groups",
+           "item_labels"]

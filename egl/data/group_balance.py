@@ -31,7 +31,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset, WeightedRandomSampl
 
 from egl._check import check_choice, check_int, describe, fail
 
-__all__ = ["GROUPINGS", "group_balanced_sampler", "item_groups"]
+__all__ = ["GROUPINGS", "group_balanced_sampler", "item_groups", "item_labels"]
 
 GROUPINGS = ("class", "domain", "domain_class", "shortcut")
 _KEYS = {"class": ("label",), "domain": ("domain",), "domain_class": ("domain", "label"),
@@ -46,14 +46,27 @@ def item_groups(dataset: Dataset, by: str) -> Tensor:
         InputError: an unknown ``by``; items without the keys ``by`` needs (``label``,
             ``domain``, ``shortcut``), naming the keys they have.
     """
+    columns = item_labels(dataset, by)
+    stacked = torch.stack(list(columns.values()), dim=1)
+    _, inverse = torch.unique(stacked, dim=0, return_inverse=True)
+    return inverse
+
+
+def item_labels(dataset: Dataset, by: str) -> dict[str, Tensor]:
+    """The labels grouping ``by`` reads, one ``[N]`` long tensor per key (``"label"``,
+    ``"domain"``, ``"shortcut"``), read as :func:`item_groups` reads them (without loading
+    images where the data set allows it). :meth:`egl.recipes.GroupDRO.set_group_sizes` counts
+    its groups from them.
+
+    Raises:
+        InputError: as :func:`item_groups`.
+    """
     check_choice(by, GROUPINGS, FN, "by")
     keys = _KEYS[by]
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise fail(FN, "dataset", "a data set of at least one item", "an empty one", "Check the training split")
     columns = _columns(dataset, keys)
-    stacked = torch.stack([columns[k].long() for k in keys], dim=1)
-    _, inverse = torch.unique(stacked, dim=0, return_inverse=True)
-    return inverse
+    return {k: columns[k].long() for k in keys}
 
 
 def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_samples: int | None = None,

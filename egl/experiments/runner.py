@@ -39,6 +39,7 @@ from egl.experiments.sources import Source, load_source
 from egl.experiments.tables import render_tables
 from egl._check import check_int, fail
 from egl.data.group_balance import group_balanced_sampler, item_groups
+from egl.recipes.group_dro import GroupDRO
 from egl.train.loop import seed_everything
 from egl.train.run_state import versions as _versions
 from egl.train.validation import SELECTS, Validation
@@ -76,6 +77,8 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     model = build_model(cfg["model"], source.num_classes).to(t.get("device", "cpu"))
     kwargs = {"lr": float(t["lr"]), **(mcfg.get("kwargs") or {})}
     recipe = egl.create("recipe", mcfg["recipe"], model, **kwargs).to(t.get("device", "cpu"))
+    if isinstance(recipe, GroupDRO) and recipe.adjustment > 0:  # C / sqrt(n_g): the training set's group sizes
+        recipe.set_group_sizes(train_set, num_classes=source.num_classes)
     _warn_if_a_schedule_never_starts(recipe, method, int(t["steps"]))
     _warn_if_masks_are_not_read(recipe, method, cfg.get("data") or {})
     g = torch.Generator().manual_seed(seed)

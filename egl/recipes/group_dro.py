@@ -32,9 +32,15 @@ Choices (arguments where they matter):
 * The weights are kept as ``log q`` (a buffer of ``max_groups`` entries, 1024 by default,
   checkpointed): updates add ``η L_g`` and subtract the log-sum-exp, so a long run neither
   overflows nor underflows. Group ids must fit in ``max_groups`` (checked, naming it).
-* Not included: Sagawa et al.'s generalisation adjustment ``C / sqrt(n_g)`` (needs the
-  training set's group sizes) and their strong weight decay (``weight_decay=`` is the recipe's
-  argument; their Waterbirds setting is 1.0 with SGD).
+* Sagawa et al.'s generalisation adjustment (their Section 3.3): with ``adjustment=C > 0``
+  the weights' update reads ``L_g + C / sqrt(n_g)`` instead of ``L_g``, ``n_g`` being group
+  ``g``'s size in the training set, so small groups (whose training loss understates their
+  test loss) gain weight; the loss itself stays ``Σ_g q_g L_g``, as in their code. The sizes
+  come from the data: ``recipe.set_group_sizes(train_set)`` before training (``egl
+  experiment`` calls it); a step without them, or with a group the sizes do not hold, is
+  refused by name. ``adjustment=0`` (default: DomainBed's, which has none); Sagawa et al.
+  tune C over {0, 1, 2, 3, 4, 5} (their Waterbirds choice: 2). Their strong weight decay is
+  the recipe's ``weight_decay=`` (with ``optimizer="sgd"``: their setting, 1.0 on Waterbirds).
 * Under ``torch.distributed`` the group sums and counts are all-reduced (one collective of
   ``2 · max_groups`` values), so every rank updates the same weights from the global batch and
   the ranks' averaged gradients are those of the global batch's loss.
@@ -50,13 +56,16 @@ Choices (arguments where they matter):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from egl._check import check_choice, check_int, check_positive, check_range, fail
+from egl._deferred import active
 from egl.data.group_balance import GROUPINGS  # (the groupings the sampler balances)
 from egl.errors import InputError
 from egl.explainers.base import check_target_range
@@ -78,6 +87,8 @@ class GroupDRO(Recipe):
             ``"domain_class"`` or ``"shortcut"`` ((class, shortcut) pairs, Sagawa et al.'s
             Waterbirds groups); see the module docstring.
         eta: step size of the group weights (0.01).
+        adjustment: Sagawa et al.'s generalisation adjustment ``C`` (0: none); needs
+            :meth:`set_group_sizes`.
         max_groups: how many group weights are kept (1024): group ids must be below it.
         lr, weight_decay, optimizer: the classifier's optimiser (5e-5, 0, ``"adam"``; see
             :mod:`egl.recipes.optimizer`: ``"adamw"`` decouples the decay).
@@ -94,16 +105,69 @@ class GroupDRO(Recipe):
     name = "group_dro"
     step_buffers = ("log_q",)  # a refused or skipped step leaves the group weights as they were
 
-    def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, max_groups: int = 1024,
-                 lr: float = 5e-5, weight_decay: float = 0.0,
+    def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, adjustment: float = 0.0,
+                 max_groups: int = 1024, lr: float = 5e-5, weight_decay: float = 0.0,
                  optimizer: str | dict[str, Any] = "adam") -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         check_choice(groups, GROUPINGS, FN, "groups")
         self.groups = groups
         self.eta = check_positive(eta, FN, "eta")
+        self.adjustment = check_positive(adjustment, FN, "adjustment")
         self.max_groups = check_int(max_groups, FN, "max_groups", low=1, fix="Pass e.g. max_groups=1024")
         self.log_q: Tensor
         self.register_buffer("log_q", torch.zeros(self.max_groups))
+        # training-set group sizes by group id (0: not in it), from the data: not checkpointed
+        self.group_sizes: Tensor
+        self.register_buffer("group_sizes", torch.zeros(self.max_groups), persistent=False)
+        self._sizes_classes: int | None = None  # the number of classes the ids were counted with
+
+    @property
+    def needs_domains(self) -> bool:  # type: ignore[override]
+        """Whether batches must carry domain labels (``groups="domain"`` or ``"domain_class"``)."""
+        return self.groups in ("domain", "domain_class")
+
+    def set_group_sizes(self, dataset: Dataset, num_classes: int | None = None) -> Tensor:
+        """Count each group's training images in ``dataset`` (for ``adjustment``); returns the sizes
+        by group id.
+
+        Args:
+            dataset: the training data, a map-style data set of dict items with the labels the
+                grouping needs (read as :func:`egl.data.item_labels` reads them: without loading
+                images from egl's data sets).
+            num_classes: the classifier's number of classes (group ids of ``"class"``,
+                ``"domain_class"`` and ``"shortcut"`` depend on it); default ``model.num_classes``
+                (timm models have it); not needed with ``groups="domain"``.
+
+        Raises:
+            InputError: no ``num_classes`` known, labels out of range, or more groups than
+                ``max_groups``.
+        """
+        from egl.data.group_balance import item_labels
+
+        k = num_classes if num_classes is not None else getattr(self.model, "num_classes", None)
+        if self.groups == "domain" and k is None:
+            k = 1  # (domain ids do not depend on the classes)
+        k = check_int(k, f"{FN}.set_group_sizes", "num_classes", low=1,
+                      fix="Pass num_classes=K (the classifier's number of classes)")
+        fits = {"class": k, "shortcut": k * (k + 1), "domain_class": k, "domain": 1}[self.groups]
+        self._check_fits(fits, f"the groups of {k} classes")
+        cols = item_labels(dataset, self.groups)
+        fn, fix = f"{FN}.set_group_sizes", "Check the data set's labels"
+        y = cols.get("label")
+        if y is not None:
+            check_range(y, 0, k - 1, fn, "dataset labels", f"{fix}: classes are 0 .. {k - 1}")
+        if self.groups == "shortcut":
+            check_range(cols["shortcut"], -1, k - 1, fn, "dataset shortcut labels",
+                        f"{fix}: a class index in [0, {k - 1}], or -1 for none")
+        if "domain" in cols:
+            per = self.max_groups // k if self.groups == "domain_class" else self.max_groups
+            check_range(cols["domain"], 0, per - 1, fn, "dataset domains",
+                        f"Raise max_groups (now {self.max_groups}) or renumber the domains from 0")
+        ids = self._ids(y, cols.get("domain"), cols.get("shortcut"), k)
+        sizes = torch.bincount(ids, minlength=self.max_groups).to(self.group_sizes)
+        self.group_sizes.copy_(sizes)
+        self._sizes_classes = k
+        return sizes
 
     @property
     def weights(self) -> Tensor:
@@ -116,28 +180,39 @@ class GroupDRO(Recipe):
     def group_ids(self, batch: Batch, num_classes: int) -> Tensor:
         """Each sample's group id (see the module docstring), checked to fit in ``max_groups``
         (values checked with the step's deferred checks; ids clamped meanwhile)."""
-        y, g = batch.y, self.max_groups
+        y, g, k = batch.y, self.max_groups, num_classes
         fix = f"Raise max_groups (now {g}) or renumber them from 0"
+        d = s = None
         if self.groups == "class":
-            self._check_fits(num_classes, "classes")
-            return y
-        if self.groups == "shortcut":
+            self._check_fits(k, "classes")
+        elif self.groups == "shortcut":
             if batch.shortcut is None:
                 raise fail(FN, "batch", "dict batches with key 'shortcut' (groups='shortcut')",
                            "a batch without shortcut labels", "Use data whose items carry 'shortcut' (the synthetic "
                            "benchmark, egl.data.ImageCSV with a shortcut column), or groups='domain'")
-            self._check_fits(num_classes * (num_classes + 1), f"(class, shortcut) pairs for {num_classes} classes")
-            s = check_range(batch.shortcut, -1, num_classes - 1, FN, "batch shortcut",
-                            f"Give a class index in [0, {num_classes - 1}], or -1 for none")
-            return y * (num_classes + 1) + (s.clamp(-1, num_classes - 1) + 1)
-        d = require_domains(batch, FN, "GroupDRO with groups='domain' or 'domain_class'")
+            self._check_fits(k * (k + 1), f"(class, shortcut) pairs for {k} classes")
+            s = check_range(batch.shortcut, -1, k - 1, FN, "batch shortcut",
+                            f"Give a class index in [0, {k - 1}], or -1 for none")
+        else:
+            d = require_domains(batch, FN, "GroupDRO with groups='domain' or 'domain_class'")
+            if self.groups == "domain":
+                check_range(d, 0, g - 1, FN, "batch domain", fix)
+            else:
+                self._check_fits(k, "classes")
+                check_range(d, 0, g // k - 1, FN, "batch domain",
+                            f"{fix} (groups='domain_class' keeps {k} per domain)")
+        return self._ids(y, d, s, k)
+
+    def _ids(self, y: Tensor | None, d: Tensor | None, s: Tensor | None, k: int) -> Tensor:
+        """Group ids from the labels (checked by the caller; clamped here so that a value whose
+        check is still queued cannot index out of range)."""
+        if self.groups == "class":
+            return y  # type: ignore[return-value]
+        if self.groups == "shortcut":
+            return y * (k + 1) + (s.clamp(-1, k - 1) + 1)  # type: ignore[operator, union-attr]
         if self.groups == "domain":
-            check_range(d, 0, g - 1, FN, "batch domain", fix)
-            return d.clamp(0, g - 1)
-        self._check_fits(num_classes, "classes")
-        per = g // num_classes  # domains that fit
-        check_range(d, 0, per - 1, FN, "batch domain", f"{fix} (groups='domain_class' keeps {num_classes} per domain)")
-        return d.clamp(0, per - 1) * num_classes + y
+            return d.clamp(0, self.max_groups - 1)  # type: ignore[union-attr]
+        return d.clamp(0, self.max_groups // k - 1) * k + y  # type: ignore[union-attr, operator]
 
     def _check_fits(self, n: int, what: str) -> None:
         if n > self.max_groups:
@@ -172,13 +247,47 @@ class GroupDRO(Recipe):
         present = stats[1] > 0
         means = stats[0] / stats[1].clamp(min=1.0)
         if self.training:
+            step_losses = means
+            if self.adjustment > 0:
+                step_losses = means + self._adjustments(present, logits.shape[1])
             with torch.no_grad():
-                self.log_q.add_(torch.where(present, self.eta * means, 0.0).to(self.log_q.dtype))
+                self.log_q.add_(torch.where(present, self.eta * step_losses, 0.0).to(self.log_q.dtype))
                 self.log_q.sub_(self.log_q.logsumexp(0))
         w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0).to(per.dtype)
         total = world * (w * sums / stats[1].clamp(min=1.0).to(per.dtype)).sum()
         worst = torch.where(present, means, float("-inf")).max().to(per.dtype)
         return {"ce": per.mean(), "worst_group": worst, "total": total}
+
+
+    def _adjustments(self, present: Tensor, num_classes: int) -> Tensor:
+        """``C / sqrt(n_g)`` by group id; a batch's group the sizes do not hold is refused by name
+        (with the step's deferred checks: no read here)."""
+        if self._sizes_classes is None:
+            raise fail(FN, "adjustment", "the training set's group sizes (adjustment > 0 reads them)",
+                       "none set", "Call recipe.set_group_sizes(train_set) before training, or adjustment=0")
+        if self._sizes_classes != num_classes and self.groups != "domain":
+            raise fail(FN, "batch", f"logits of the {self._sizes_classes} classes the group sizes were counted with",
+                       f"{num_classes} classes", "Call recipe.set_group_sizes(train_set, num_classes=K) again")
+        sizes = self.group_sizes.to(present.device)
+        unknown = present & (sizes == 0)
+        first = torch.where(unknown, torch.arange(self.max_groups, device=present.device), self.max_groups).min()
+        stats = torch.stack([unknown.sum(), first]).float()
+
+        def verdict(v: Sequence[float]) -> InputError | None:
+            if v[0] == 0:
+                return None
+            return fail(FN, "batch", "groups that the training set's group sizes hold",
+                        f"{int(v[0])} group(s) with no training image counted (first id {int(v[1])})",
+                        "Count the sizes on the data you train on: recipe.set_group_sizes(train_set)")
+
+        checks = active()
+        if checks is not None:
+            checks.add(stats, verdict)
+        else:
+            err = verdict(stats.tolist())
+            if err is not None:
+                raise err
+        return self.adjustment / sizes.clamp(min=1.0).sqrt().to(present.device, torch.float32)
 
 
 def group_dro(model: nn.Module, **kwargs: Any) -> GroupDRO:

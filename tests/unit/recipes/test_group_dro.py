@@ -9,6 +9,7 @@ from torch import nn
 
 import egl
 from egl import recipes
+from egl.experiments.sources import TensorDictDataset
 
 K = 3
 
@@ -25,9 +26,10 @@ def _batch(seed: int, n: int = 12, **extra: torch.Tensor) -> dict[str, torch.Ten
 
 
 def _reference(model: nn.Module, batches: list[dict[str, torch.Tensor]], ids: list[torch.Tensor], eta: float,
-               ) -> tuple[list[torch.Tensor], list[float], torch.Tensor]:
-    """Per batch: L_g, q_g <- q_g exp(eta L_g) for the groups present, loss = sum_g q_g L_g / sum_g q_g
-    over those; gradients of the last loss with respect to the model's weight."""
+               adjust: dict[int, float] | None = None) -> tuple[list[torch.Tensor], list[float], torch.Tensor]:
+    """Per batch: L_g, q_g <- q_g exp(eta (L_g + adjust_g)) for the groups present, loss =
+    sum_g q_g L_g / sum_g q_g over those; gradients of the last loss with respect to the model's weight."""
+    adjust = adjust or {}
     q: dict[int, float] = {}
     losses, grads = [], None
     for batch, gid in zip(batches, ids):
@@ -36,7 +38,7 @@ def _reference(model: nn.Module, batches: list[dict[str, torch.Tensor]], ids: li
         groups = sorted(set(gid.tolist()))
         means = {g: per[gid == g].mean() for g in groups}
         for g in groups:
-            q[g] = q.get(g, 1.0) * float(torch.exp(eta * means[g].detach()))
+            q[g] = q.get(g, 1.0) * float(torch.exp(eta * (means[g].detach() + adjust.get(g, 0.0))))
         total = sum(q[g] * means[g] for g in groups) / sum(q[g] for g in groups)
         total.backward()
         losses.append(total.detach())
@@ -45,18 +47,38 @@ def _reference(model: nn.Module, batches: list[dict[str, torch.Tensor]], ids: li
     return losses, [q.get(g, 0.0) / norm for g in range(max(q) + 1)], grads
 
 
-@pytest.mark.parametrize("groups", ["domain", "class", "domain_class", "shortcut"])
-def test_loss_weights_and_gradients_match_the_reference(groups: str) -> None:
+def _batches() -> list[dict[str, torch.Tensor]]:
     batches = [_batch(s, domain=torch.randint(3, (12,), generator=torch.Generator().manual_seed(10 + s)),
                       shortcut=torch.randint(-1, K, (12,), generator=torch.Generator().manual_seed(20 + s)))
                for s in range(4)]
     batches[1] = {k: v[:5] for k, v in batches[1].items()}  # a batch missing some groups
-    ids = {"domain": [b["domain"] for b in batches], "class": [b["label"] for b in batches],
-           "domain_class": [b["domain"] * K + b["label"] for b in batches],
-           "shortcut": [b["label"] * (K + 1) + b["shortcut"] + 1 for b in batches]}[groups]
+    return batches
+
+
+def _ids(batches: list[dict[str, torch.Tensor]], groups: str) -> list[torch.Tensor]:
+    return {"domain": [b["domain"] for b in batches], "class": [b["label"] for b in batches],
+            "domain_class": [b["domain"] * K + b["label"] for b in batches],
+            "shortcut": [b["label"] * (K + 1) + b["shortcut"] + 1 for b in batches]}[groups]
+
+
+def _dataset(batches: list[dict[str, torch.Tensor]]) -> TensorDictDataset:
+    return TensorDictDataset({k: torch.cat([b[k] for b in batches]) for k in batches[0]})
+
+
+@pytest.mark.parametrize("adjustment", [0.0, 2.0])
+@pytest.mark.parametrize("groups", ["domain", "class", "domain_class", "shortcut"])
+def test_loss_weights_and_gradients_match_the_reference(groups: str, adjustment: float) -> None:
+    """With ``adjustment=C`` the weights' update reads L_g + C / sqrt(n_g), n_g counted on the
+    training data (Sagawa et al.'s generalisation adjustment); the loss reads L_g."""
+    batches = _batches()
+    ids = _ids(batches, groups)
+    every = torch.cat(ids)
+    adjust = {g: adjustment / float((every == g).sum()) ** 0.5 for g in set(every.tolist())}
     eta = 0.5  # large enough for the weights to tilt visibly in four steps
-    losses, weights, grad = _reference(_model(), batches, ids, eta)
-    recipe = recipes.group_dro(_model(), groups=groups, eta=eta, max_groups=64)
+    losses, weights, grad = _reference(_model(), batches, ids, eta, adjust)
+    recipe = recipes.group_dro(_model(), groups=groups, eta=eta, max_groups=64, adjustment=adjustment)
+    sizes = recipe.set_group_sizes(_dataset(batches), num_classes=K)
+    assert sizes.tolist() == torch.bincount(every, minlength=64).float().tolist()
     recipe.train()
     for batch, want in zip(batches, losses):
         recipe.model.zero_grad()
@@ -172,3 +194,64 @@ def test_a_refused_step_is_named_and_leaves_the_group_weights_as_they_were() -> 
     with pytest.raises(recipes.NonFiniteLossError):
         recipe.fit([nan], 1, progress=False)
     assert torch.equal(recipe.log_q, before) and torch.isfinite(recipe.log_q).all()
+
+
+def test_the_adjustment_tilts_the_weights_towards_small_groups() -> None:
+    """Two groups with equal losses: without the adjustment their weights stay equal; with it the
+    group of 4 training images gains on the group of 100 (C / sqrt(n): 1.0 against 0.2)."""
+    batch = _batch(0, n=8, domain=torch.tensor([0, 1] * 4))
+    batch["image"][1::2] = batch["image"][0::2]  # the same images and labels in both groups
+    batch["label"][1::2] = batch["label"][0::2]
+    data = TensorDictDataset({"image": torch.zeros(104, 3, 4, 4), "label": torch.zeros(104, dtype=torch.long),
+                              "domain": torch.tensor([0] * 100 + [1] * 4)})
+    for adjustment, expect_tilt in ((0.0, False), (2.0, True)):
+        recipe = recipes.group_dro(_model(), eta=1.0, adjustment=adjustment).train()
+        recipe.set_group_sizes(data)
+        for step in range(3):
+            recipe.compute_phase("classifier", batch, step)
+        w = recipe.weights
+        if expect_tilt:
+            torch.testing.assert_close(w[1] / w[0], torch.exp(torch.tensor(3 * (2.0 / 2 - 2.0 / 10))))
+        else:
+            torch.testing.assert_close(w[1], w[0])
+
+
+def test_group_sizes_default_to_the_models_classes_and_are_not_checkpointed() -> None:
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    recipe = recipes.group_dro(model, groups="shortcut", adjustment=1.0)
+    data = TensorDictDataset({"image": torch.zeros(5, 3, 8, 8), "label": torch.tensor([0, 0, 1, 2, 2]),
+                              "shortcut": torch.tensor([0, 1, -1, 2, 2])})
+    sizes = recipe.set_group_sizes(data)
+    assert {i: int(v) for i, v in enumerate(sizes.tolist()) if v} == {1: 1, 2: 1, 4: 1, 11: 2}
+    assert "group_sizes" not in recipe.state_dict() and "log_q" in recipe.state_dict()
+    assert recipe.needs_domains is False and recipes.group_dro(model).needs_domains is True
+
+
+def test_adjustment_errors_name_the_fix() -> None:
+    data = _dataset(_batches())
+    recipe = recipes.group_dro(_model(), groups="shortcut", adjustment=1.0).train()
+    batch = _batches()[0]
+    with pytest.raises(egl.InputError, match=r"'adjustment' expected the training set's group sizes.*got none "
+                       r"set.*recipe.set_group_sizes\(train_set\)"):
+        recipe.compute_phase("classifier", batch, 0)
+    with pytest.raises(egl.InputError, match=r"set_group_sizes: 'num_classes' expected .*got None.*Pass num_classes"):
+        recipe.set_group_sizes(data)
+    with pytest.raises(egl.InputError, match=r"'dataset labels' expected values in \[0, 1\].*classes are 0 .. 1"):
+        recipe.set_group_sizes(data, num_classes=2)
+    recipe.set_group_sizes(data, num_classes=4)
+    with pytest.raises(egl.InputError, match=r"'batch' expected logits of the 4 classes the group sizes were "
+                       r"counted with, got 3 classes"):
+        recipe.compute_phase("classifier", batch, 0)
+    small = TensorDictDataset({k: v[:3] for k, v in data.tensors.items()})
+    recipe.set_group_sizes(small, num_classes=K)
+    before = recipe.log_q.clone()
+    with pytest.raises(egl.InputError, match=r"'batch' expected groups that the training set's group sizes hold, "
+                       r"got \d+ group\(s\) with no training image counted \(first id \d+\).*on the data you train on"):
+        recipe.compute_phase("classifier", batch, 0)
+    with pytest.raises(egl.InputError, match=r"with no training image counted"):  # deferred: refused, weights kept
+        recipe.training_step(batch, 0, recipe.configure_optimizers())
+    torch.testing.assert_close(recipe.log_q, before)
+    with pytest.raises(egl.InputError, match=r"'adjustment' expected a finite number >= 0, got -1"):
+        recipes.group_dro(_model(), adjustment=-1)
