@@ -165,7 +165,8 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
             shape name ``"constant"``/``"cosine"``/``"linear"``, or a dict of its fields, e.g.
             ``{"shape": "cosine", "warmup": 500}``); None (default): the optimisers' own rate,
             constant. Indexed by the run's step; each row logs ``"<phase>/lr"``, the rate that
-            step used; checkpoints keep the schedulers' state.
+            step used (an optimiser with several param groups: the first group's, and
+            ``"<phase>/lr_<i>"`` for group ``i >= 1``); checkpoints keep the schedulers' state.
         schedulers: your own ``torch.optim.lr_scheduler`` schedulers instead, one per phase name
             at most, built on the ``optimizers`` you pass; stepped once after every step.
         grad_clip: clip each phase's gradients to this total L2 norm before its optimiser steps
@@ -314,13 +315,13 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
                     batch = as_batch(next(stream), FN).to(device)
                     if channels_last:
                         batch.x = batch.x.contiguous(memory_format=memory_format)
-                    rates = {k: float(opts[k].param_groups[0]["lr"]) for k in scheds}  # the rates this step uses
+                    rates = _rates(opts, scheds)  # the rates this step uses
                     with autocast():
                         logs = recipe.training_step(batch, step, opts, **step_kwargs)
                     logs.update(read_norms(norms))
                     if scheds:  # the rate of each phase that ran (ALIGN's masker: after its warm-up)
                         ran = {term.split("/")[0] for term in logs}
-                        logs.update({f"{k}/lr": v for k, v in rates.items() if k in ran})
+                        logs.update({f"{k}/{name}": v for (k, name), v in rates.items() if k in ran})
                         step_schedulers(scheds)
                     dist_utils.broadcast_buffers(recipe)
                     if average is not None:
@@ -367,3 +368,10 @@ def fit(recipe: "Recipe", loader: Iterable[Any], steps: int, *, seed: int | None
     finally:
         for m, was_training in modes:
             m.training = was_training
+
+
+def _rates(opts: dict[str, torch.optim.Optimizer], phases: Any) -> dict[tuple[str, str], float]:
+    """``{(phase, "lr"): rate}`` of each scheduled phase's first param group, and ``"lr_<i>"`` for
+    its other groups (a head trained at ten times the backbone's rate logs both)."""
+    return {(k, "lr" if i == 0 else f"lr_{i}"): float(group["lr"])
+            for k in phases for i, group in enumerate(opts[k].param_groups)}

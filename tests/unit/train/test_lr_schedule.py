@@ -57,6 +57,17 @@ def test_fit_runs_each_step_at_the_scheduled_rate_and_logs_it() -> None:
     assert "classifier/lr" not in plain[0]  # no schedule: rows as before
 
 
+def test_every_param_group_logs_its_rate() -> None:
+    """A head trained at ten times the backbone's rate: the log held the first group's rate only."""
+    recipe = _erm()
+    head = list(recipe.model.get_classifier().parameters())
+    rest = [p for p in recipe.model.parameters() if all(p is not h for h in head)]
+    opt = torch.optim.Adam([{"params": rest}, {"params": head, "lr": 10 * LR}], lr=LR)
+    rows = recipe.fit(_loader(), 4, seed=0, progress=False, optimizers={"classifier": opt}, lr_schedule="linear")
+    assert [r["classifier/lr"] for r in rows] == pytest.approx([LR * (1 - t / 4) for t in range(4)])
+    assert [r["classifier/lr_1"] for r in rows] == pytest.approx([10 * LR * (1 - t / 4) for t in range(4)])
+
+
 def test_schedule_changes_training_and_constant_without_warmup_does_not() -> None:
     def weights(**kw: object) -> dict[str, torch.Tensor]:
         recipe = _erm()
