@@ -12,10 +12,11 @@ from egl.hookspecs import hookimpl
 
 @hookimpl
 def egl_register_explainers() -> list[Any]:
-    from egl.explainers import (CaptumExplainer, GradCAM, GradCAMPlusPlus, HiResCAM, InputGradient, LayerCAM,
-                                SmoothedExplainer, XGradCAM)
+    from egl.explainers import (CaptumExplainer, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, InputGradient,
+                                LayerCAM, ScoreCAM, SmoothedExplainer, XGradCAM)
 
-    return [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, InputGradient, CaptumExplainer, SmoothedExplainer]
+    return [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM, EigenCAM, ScoreCAM, InputGradient,
+            CaptumExplainer, SmoothedExplainer]
 
 
 @hookimpl

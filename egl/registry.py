@@ -5,7 +5,7 @@ Kinds: ``explainer``, ``masker``, ``alignment``, ``regularizer``, ``recipe``.
 Example:
     >>> import egl
     >>> egl.list_components("explainer", "*_cam")
-    ['grad_cam', 'hires_cam', 'layer_cam', 'xgrad_cam']
+    ['eigen_cam', 'grad_cam', 'hires_cam', 'layer_cam', 'score_cam', 'xgrad_cam']
     >>> loss = egl.create("alignment", "bce")
 """
 

@@ -74,7 +74,8 @@ def test_list_components_filters_by_fnmatch(kind: str, pattern: str) -> None:
 
 def test_list_components_examples() -> None:
     assert egl.list_components("explainer", "grad_c*") == ["grad_cam", "grad_cam_plus_plus"]
-    assert egl.list_components("explainer", "*_cam") == ["grad_cam", "hires_cam", "layer_cam", "xgrad_cam"]
+    assert egl.list_components("explainer", "*_cam") == ["eigen_cam", "grad_cam", "hires_cam", "layer_cam", "score_cam",
+                                                     "xgrad_cam"]
     assert egl.list_components("regularizer", "sp*") == ["sparsity"]
     assert egl.list_components("alignment", "b?e") == ["bce"]
     assert egl.list_components("masker", "GRAY*") == []  # case-sensitive, as timm's list_models

@@ -1,0 +1,159 @@
+"""Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
+Neural Networks", CVPR Workshops 2020): channel weights from forward passes, no gradient.
+
+Each channel ``A_k`` of the target layer, upsampled to the input and min-max normalised to
+[0, 1], masks the image; the weight of the channel is the target class's softmax probability
+on the masked image::
+
+    M_k = minmax(upsample(A_k)),  w_k = softmax(f(x · M_k))_y,  map = ReLU(sum_k w_k A_k)
+
+then upsampling and min-max normalisation as :class:`~egl.explainers.GradCAM`'s (the same
+target layer, ``layer="auto"``). ``C`` forward passes per image (512 on a ResNet-18's last
+stage): the price of a gradient-free map, batched ``batch_size`` masked images per pass.
+
+Choices where the paper is silent or its code differs:
+
+* The weight is the probability itself, as in the authors' code; the paper's "increase of
+  confidence" subtracts the baseline image's score, a constant per image that the code leaves
+  out.
+* A channel that is constant over the image (its mask would be 0/0) gets weight 0, as in the
+  authors' code.
+* Inference only (``differentiable = False``); the forward passes run in the model's current
+  mode: call it in ``eval()`` (in training mode BatchNorm layers would normalise with, and
+  update their running statistics from, the masked images).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egl._check import batch_of_one, check_int, fail
+from egl.backbones import _LayoutError, unsupported_model
+from egl.explainers.base import Explanation, targets
+from egl.explainers.grad_cam import CAMParts, GradCAM, _pick, _to_nchw
+from egl.kernels.cam_epilogue import cam_epilogue
+
+__all__ = ["ScoreCAM", "score_cam"]
+
+
+class ScoreCAM(GradCAM):
+    """Score-CAM bound to a model and a target layer.
+
+    Args:
+        model, layer, upsample, normalize, relu, backend: as :class:`~egl.explainers.GradCAM`.
+        batch_size: masked images per forward pass (64).
+
+    Shape:
+        x: ``B C H W``; returns ``B 1 H W`` (or ``B 1 h w`` with ``upsample=False``).
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.explainers import ScoreCAM
+        >>> model = timm.create_model("test_resnet", num_classes=5).eval()
+        >>> with ScoreCAM(model, layer="layer3") as cam:
+        ...     maps = cam(torch.randn(2, 3, 64, 64), target=[0, 3])
+        >>> maps.shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    name = "score_cam"
+    differentiable = False  # forward passes of masked images: inference only
+
+    def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True, normalize: bool = True,
+                 relu: bool = True, batch_size: int = 64, backend: str = "auto") -> None:
+        super().__init__(model, layer, upsample=upsample, normalize=normalize, relu=relu, backend=backend)
+        self.batch_size = check_int(batch_size, f"egl.explainers.{type(self).__name__}", "batch_size", low=1,
+                                    fix="Pass e.g. batch_size=64 (masked images per forward pass)")
+
+    def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
+        fn = f"egl.explainers.{self.name}"
+        x = self._check_input(x, create_graph)  # (refuses create_graph=True)
+        tgt = targets(target, x.shape[0], fn, x.device)
+        if self._target is None or self._probed:
+            from egl.backbones import resolve_target
+
+            self._target = resolve_target(self.model, self.layer, x, fn=fn)
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        try:
+            acts, logits = self._activations(x, fn, hw)
+        except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works
+            if self.layer != "auto":
+                raise
+            raise unsupported_model(self.model, x, e.detail, fn) from None
+        t = _pick(logits, tgt, fn, x.shape[0])
+        if tgt is not None:
+            tgt.settle()  # now, not after C forward passes
+        with torch.no_grad():
+            weights = self.channel_scores(x, acts, t)
+            if acts.shape[-2] * acts.shape[-1] == 1:
+                self._warn_one_position(hw, fn)
+            sal = cam_epilogue(acts, weights, hw if self.upsample else None, scale=1.0, relu=self.relu,
+                               normalize=self.normalize, backend=self.backend)
+        return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits.detach())
+
+    def _activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The target layer's activations ``[B, C, h, w]`` and the logits, without a gradient."""
+        assert self._target is not None
+        with torch.no_grad():
+            if self._target.module is None:
+                feats, target = self._features(x, False, fn)
+                self.last_path = "forward"
+                return _to_nchw(feats, target.fmt, self.model, hw).detach(), self.model.forward_head(feats)
+        act, logits, fmt = self._hooked_activation(x, False, fn)  # (the hook opens gradients from the layer on)
+        self.last_path = "forward"
+        return _to_nchw(act.detach(), fmt, self.model, hw), logits.detach()
+
+    def channel_scores(self, x: Tensor, acts: Tensor, t: Tensor) -> Tensor:
+        """``w[b, k]``: the softmax probability of class ``t[b]`` on ``x[b]`` masked by channel ``k``'s
+        normalised, upsampled activation (0 for a constant channel)."""
+        b, c = acts.shape[:2]
+        hw = x.shape[-2:]
+        per = max(1, self.batch_size // b)  # channels per pass
+        out = acts.new_zeros(b, c, dtype=torch.float32)
+        index = t.view(b, 1, 1)
+        for k in range(0, c, per):
+            up = F.interpolate(acts[:, k:k + per].float(), size=hw, mode="bilinear", align_corners=False)
+            lo = up.amin(dim=(2, 3), keepdim=True)
+            span = up.amax(dim=(2, 3), keepdim=True) - lo
+            masks = torch.where(span > 0, (up - lo) / span.clamp(min=torch.finfo(up.dtype).tiny), 0.0)
+            n = masks.shape[1]
+            masked = (x[:, None] * masks[:, :, None].to(x.dtype)).flatten(0, 1)  # [b * n, C_in, H, W]
+            probs = self.model(masked).float().softmax(dim=1).view(b, n, -1)
+            scores = probs.gather(2, index.expand(b, n, 1)).squeeze(2)
+            out[:, k:k + n] = torch.where(span.view(b, n) > 0, scores, 0.0)
+        return out
+
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
+        raise self._no_weighting()
+
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        raise self._no_weighting()
+
+    def _no_weighting(self) -> Exception:
+        return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels from the "
+                    "activations and gradients", "ScoreCAM (its weights need forward passes of masked images)",
+                    "Call ScoreCAM(model)(x, target) per class instead")
+
+    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
+        """Score-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
+        with batch_of_one(f"egl.explainers.{self.name}", "x"):
+            return self._explain(x, target, create_graph)
+
+
+def score_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto", upsample: bool = True,
+              normalize: bool = True, relu: bool = True, batch_size: int = 64) -> Tensor:
+    """Functional Score-CAM: ``ScoreCAM(model, layer, ...)(x, target)``.
+
+    Example:
+        >>> import timm, torch
+        >>> from egl.explainers import score_cam
+        >>> model = timm.create_model("test_resnet", num_classes=5).eval()
+        >>> score_cam(model, torch.randn(2, 3, 64, 64), 1, layer="layer3", upsample=False).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    return ScoreCAM(model, layer, upsample=upsample, normalize=normalize, relu=relu,
+                    batch_size=batch_size)(x, target)
