@@ -13,7 +13,10 @@ that :meth:`egl.recipes.Recipe.configure_optimizers` builds for each phase:
 
 A dict sets the optimiser's own options too: ``{"name": "sgd", "momentum": 0.0}``,
 ``{"name": "adamw", "betas": [0.9, 0.99]}``. Options: ``betas``, ``eps``, ``amsgrad`` (Adam,
-AdamW); ``momentum``, ``dampening``, ``nesterov`` (SGD). The choice applies to every phase's
+AdamW); ``momentum``, ``dampening``, ``nesterov`` (SGD); and for each,
+``decay_norm_and_bias`` (``True``, torch's and DomainBed's: ``weight_decay`` applies to every
+parameter; ``False``: not to 1-D parameters, the biases and normalisation scales, as timm's
+optimisers do by default; they then form a second param group). The choice applies to every phase's
 default optimiser (ALIGN's masker too); for per-phase choices pass your own ``optimizers=`` to
 :func:`egl.train.fit`.
 
@@ -41,10 +44,12 @@ __all__ = ["OPTIMIZERS", "check_optimizer", "describe_optimizer", "build_optimiz
 _ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}  # torch's
 #: name -> (class, the options a dict may set with their defaults: torch's, but SGD's momentum 0.9)
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
-    "adam": (torch.optim.Adam, _ADAM_DEFAULTS),
-    "adamw": (torch.optim.AdamW, _ADAM_DEFAULTS),
-    "sgd": (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.0, "nesterov": False}),
+    "adam": (torch.optim.Adam, {**_ADAM_DEFAULTS, "decay_norm_and_bias": True}),
+    "adamw": (torch.optim.AdamW, {**_ADAM_DEFAULTS, "decay_norm_and_bias": True}),
+    "sgd": (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.0, "nesterov": False, "decay_norm_and_bias": True}),
 }
+#: options of ours, not the torch optimiser's
+_OURS = ("decay_norm_and_bias",)
 
 
 def check_optimizer(spec: object, fn: str, arg: str = "optimizer") -> dict[str, Any]:
@@ -88,7 +93,7 @@ def _check_option(name: str, key: str, value: object, fn: str, arg: str) -> Any:
     def number(v: object) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if key in ("amsgrad", "nesterov"):
+    if key in ("amsgrad", "nesterov", "decay_norm_and_bias"):
         if not isinstance(value, bool):
             raise fail(fn, arg, "True or False", describe(value), f"Pass {arg}: true or false")
         return value
@@ -113,5 +118,10 @@ def build_optimizer(params: Iterable[nn.Parameter], spec: dict[str, Any], *, lr:
                     weight_decay: float) -> torch.optim.Optimizer:
     """The optimiser ``spec`` (from :func:`check_optimizer`) over ``params``."""
     cls = OPTIMIZERS[spec["name"]][0]
-    options = {k: v for k, v in spec.items() if k != "name"}
-    return cls(list(params), lr=lr, weight_decay=weight_decay, **options)
+    options = {k: v for k, v in spec.items() if k != "name" and k not in _OURS}
+    params = list(params)
+    if spec.get("decay_norm_and_bias", True) or weight_decay == 0:
+        return cls(params, lr=lr, weight_decay=weight_decay, **options)
+    decayed = [p for p in params if p.dim() > 1]  # timm's rule: 1-D tensors are biases and norm scales
+    groups = [{"params": decayed}, {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    return cls([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay, **options)

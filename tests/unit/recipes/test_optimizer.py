@@ -72,6 +72,21 @@ def test_sgd_and_adamw_steps_are_the_textbook_updates() -> None:
             torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6, msg=f"{spec}: {n}")
 
 
+def test_norm_and_bias_parameters_can_go_undecayed() -> None:
+    """timm's rule: 1-D parameters (biases, BatchNorm scales) in a second group without decay."""
+    model = make_model("test_resnet")
+    spec = {"name": "adamw", "decay_norm_and_bias": False}
+    opt = recipes.erm(model, optimizer=spec, weight_decay=0.05).configure_optimizers()["classifier"]
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in plain["params"]} == {id(p) for p in model.parameters() if p.dim() == 1}
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in model.parameters() if p.dim() > 1}
+    assert plain["params"] and all(g["lr"] == 5e-5 for g in opt.param_groups)
+    no_decay = recipes.erm(model, optimizer=spec).configure_optimizers()["classifier"]
+    assert len(no_decay.param_groups) == 1  # nothing to split at weight_decay=0
+    assert recipes.erm(model, optimizer=spec).config()["optimizer"] == {"name": "adamw", "decay_norm_and_bias": False}
+
+
 def test_equal_specs_read_alike_in_the_config() -> None:
     model = make_model("test_resnet")
     assert recipes.erm(model, optimizer={"name": "sgd", "momentum": 0.9}).config()["optimizer"] == "sgd"
@@ -85,7 +100,7 @@ def test_equal_specs_read_alike_in_the_config() -> None:
     (torch.optim.SGD, r"'optimizer' expected one of \['adam', 'adamw', 'sgd'\] or a dict.*got .*SGD"),
     ({"momentum": 0.9}, r"'optimizer' expected a dict with a 'name' key, got keys \['momentum'\].*Add 'name'"),
     ({"name": "adam", "momentum": 0.9}, r"'optimizer.momentum' expected one of the options of 'adam' "
-     r"\['betas', 'eps', 'amsgrad'\]"),
+     r"\['betas', 'eps', 'amsgrad', 'decay_norm_and_bias'\]"),
     ({"name": "sgd", "momentun": 0.9}, r"'optimizer.momentun'.*Did you mean 'optimizer.momentum'"),
     ({"name": "adam", "betas": [0.9]}, r"'optimizer.betas' expected two numbers in \[0, 1\)"),
     ({"name": "adam", "betas": [0.9, 1.0]}, r"'optimizer.betas' expected two numbers in \[0, 1\)"),
