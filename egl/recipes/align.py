@@ -58,6 +58,7 @@ Ablations of the paper's Table 2: ``align(model, align_weight=0)`` (w/o EG),
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -251,9 +252,12 @@ class ALIGN(Recipe):
         self.model.train(self.training)
         aligning = step >= self.warmup_steps and self.align_weight > 0
         count = None  # the global count of annotated images, first: a check failing on one rank below
-        if (aligning and is_distributed() and self.annotated_mean == "annotated" and batch.annotated is not None
-                and self.masker.needs_mask):  # leaves no other rank alone in this collective
-            count = annotated_count(batch.annotated)
+        if aligning and is_distributed() and self.annotated_mean == "annotated" and self.masker.needs_mask:
+            if batch.annotated is None:  # another rank's batch may carry flags: every image here counts,
+                batch = dataclasses.replace(  # and this rank joins the count's collective as they do
+                    batch, annotated=torch.ones(batch.x.shape[0], dtype=torch.bool, device=batch.x.device),
+                    annotated_count=batch.x.shape[0])
+            count = annotated_count(batch.annotated)  # (leaves no other rank alone in this collective)
         if self.masker.needs_mask and self.align_weight > 0 and batch.mask is None:  # (not only after warm-up)
             raise fail("egl.recipes.align", "batch", f"batches with a 'mask' (masker={self.masker.name!r} reads "
                        "the data's masks)", f"a batch without one at step {step}",

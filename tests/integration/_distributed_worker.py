@@ -68,6 +68,7 @@ def main(out: Path) -> None:
     result["group_dro_bad_label"] = _input_error_on_one_rank("label", "group_dro")
     result["annotated_bad_label"] = _input_error_on_one_rank("label", "align_annotated")
     result["annotated_bad_mask"] = _input_error_on_one_rank("mask", "align_annotated")
+    result["flags_on_one_rank"] = _flags_on_one_rank_only()
     torch.save(result, out / f"rank{rank()}.pt")
     torch.distributed.destroy_process_group()
 
@@ -219,6 +220,21 @@ def _input_error_on_one_rank(what: str, recipe_name: str = "align") -> str:
     except InputError as e:
         return str(e)
     return "no error"
+
+
+def _flags_on_one_rank_only() -> dict:
+    """annotated_mean="annotated" with rank 0's batch flagged (2 of 4 images) and rank 1's not at all
+    (every image counts): rank 1 skipped the count's all-reduce that rank 0 waited in."""
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0,
+                           annotated_mean="annotated")
+    g = torch.Generator().manual_seed(rank())
+    batch = {"image": torch.randn(4, 3, 32, 32, generator=g), "label": torch.arange(4),
+             "mask": (torch.rand(4, 1, 32, 32, generator=g) > 0.5).float()}
+    if rank() == 0:
+        batch["annotated"] = torch.tensor([True, False, True, False])
+    logs = recipe.fit([batch], 1, seed=0, progress=False)
+    return {"align": logs[0]["classifier/align"], "state": recipe.state_dict()}
 
 
 def _overflow_on_one_rank() -> dict:

@@ -65,6 +65,11 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     for key in ("group_dro_bad_label", "annotated_bad_label", "annotated_bad_mask"):
         assert "expected class indices in [0, 4]" in r1[key] or "'mask' expected values in" in r1[key], r1[key]
         assert "failed input check of phase 'classifier' on rank 1" in r0[key], r0[key]
+    # annotated_mean="annotated" with flags on rank 0's batch only: rank 1's images all count, and it
+    # joins the count's all-reduce (it skipped it, leaving rank 0 waiting); the ranks stay in lockstep.
+    f0, f1 = r0["flags_on_one_rank"], r1["flags_on_one_rank"]
+    assert f0["align"] > 0 and f1["align"] > 0
+    assert all(torch.equal(f0["state"][k], f1["state"][k]) for k in f0["state"])
     # Worst-group selection: the groups' counts gathered over ranks, the measurement of all 8 images.
     assert r0["worst_group"]["measured"] == r1["worst_group"]["measured"] == 0.5  # (1.0 and 0.0 alone)
     # Validation: each rank its shard, the counts summed; both ranks select the same step and weights.
