@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "steps": 300,
         "lr": 1e-3,                   # from scratch; DomainBed's 5e-5 is for pretrained backbones
+        "optimizer": None,            # every method's (unless its kwargs set one): None: the recipes' own
+                                      # (Adam); "adam", "adamw", "sgd" or {name: sgd, momentum: 0.9, ...}
+        "weight_decay": None,         # every method's (unless its kwargs set one): None: the recipes' (0)
         "lr_schedule": None,          # None / "none": constant (DomainBed's, ALIGN's); "cosine", "linear", or
                                       # {shape: cosine, warmup: 100, final: 0.0} (egl.train.LRSchedule)
         "grad_clip": None,            # None: no clipping (DomainBed's, ALIGN's); a max gradient norm for every phase
@@ -197,7 +200,7 @@ def _check_level(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...]
 def check_values(cfg: dict[str, Any]) -> None:
     """The values a run reads as numbers, switches or names (``int("abc")``, ``int(1.9) == 1`` and
     ``bool("maybe")`` crashed deep in a run, or ran another one, after its folder was made):
-    ``train.steps``, ``train.lr``, ``train.seeds``, ``train.device``, ``train.precision``,
+    ``train.steps``, ``train.lr``, ``train.optimizer``, ``train.weight_decay``, ``train.seeds``, ``train.device``, ``train.precision``,
     ``train.progress``, ``train.lr_schedule``, ``train.grad_clip``, ``train.ema``, ``data.batch_size``,
     ``data.num_workers``, ``data.image_size``, ``data.augment``, ``eval.batch_size``, ``eval.explain_samples``,
     ``eval.ks``, ``eval.baseline`` and ``eval.mask_quality``;
@@ -215,6 +218,14 @@ def check_values(cfg: dict[str, Any]) -> None:
     lr = t.get("lr")
     if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
         raise fail(fn, "train.lr", "a finite number > 0", repr(lr)[:100], "Set e.g. train.lr=1e-3")
+    if t.get("optimizer") is not None:
+        from egl.recipes.optimizer import check_optimizer
+
+        check_optimizer(t["optimizer"], fn, "train.optimizer")
+    wd = t.get("weight_decay")
+    if wd is not None and not (_is_number(wd) and math.isfinite(wd) and wd >= 0):
+        raise fail(fn, "train.weight_decay", "a finite number >= 0, or null (the recipes' own, 0)", repr(wd)[:100],
+                   "Set e.g. train.weight_decay=0.01")
     if t.get("lr_schedule") not in (None, "none"):
         LRSchedule.parse(t["lr_schedule"], fn, "train.lr_schedule")
     check_ema(t.get("ema"), fn, "train.ema")

@@ -75,7 +75,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     t = cfg["train"]
     seed_everything(seed)
     model = build_model(cfg["model"], source.num_classes).to(t.get("device", "cpu"))
-    kwargs = {"lr": float(t["lr"]), **(mcfg.get("kwargs") or {})}
+    kwargs = {**train_defaults(t), **(mcfg.get("kwargs") or {})}
     recipe = egl.create("recipe", mcfg["recipe"], model, **kwargs).to(t.get("device", "cpu"))
     if isinstance(recipe, GroupDRO) and recipe.adjustment > 0:  # C / sqrt(n_g): the training set's group sizes
         recipe.set_group_sizes(train_set, num_classes=source.num_classes)
@@ -96,6 +96,14 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                checkpoint_every=int(t.get("checkpoint_every", 500)))
     recipe.selected = validation.selected if validation is not None else None  # (not the kept weights' copy)
     return recipe
+
+
+def train_defaults(t: dict[str, Any]) -> dict[str, Any]:
+    """The recipe arguments every method takes from ``train`` unless its kwargs set them: ``lr``,
+    and ``optimizer`` and ``weight_decay`` where they are set (not None)."""
+    out: dict[str, Any] = {"lr": float(t["lr"])}
+    out.update({k: t[k] for k in ("optimizer", "weight_decay") if t.get(k) is not None})
+    return out
 
 
 def _validation(cfg: dict[str, Any], val_set: Any) -> Validation | None:

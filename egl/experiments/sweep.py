@@ -142,13 +142,15 @@ def expand(cfg: dict[str, Any], selecting: bool = True) -> tuple[dict[str, Any],
     (``<m>@0`` .. ``<m>@<n-1>``, each a plain method with ``kwargs``; others unchanged), and for
     each draw the fields its result rows carry: ``sweep_of`` (the method) and ``hparams`` (the
     space's keys with the values the draw trains with: draw 0's are its kwargs, else the
-    recipe's defaults, and ``lr`` is ``train.lr`` unless the kwargs set one). ``selecting=False``
+    recipe's defaults, and ``lr`` is ``train.lr`` unless the kwargs set one, as are ``optimizer`` and
+    ``weight_decay`` where ``train`` sets them). ``selecting=False``
     (``egl train`` of one draw) needs no validation split."""
     n = check_sweep(cfg, selecting)
     seed = int((cfg.get("sweep") or {}).get("seed", 0))
     methods: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
-    fallback = {"lr": (cfg.get("train") or {}).get("lr")}  # (a method without kwargs.lr trains at train.lr)
+    t = cfg.get("train") or {}  # (a method without kwargs.lr trains at train.lr; so optimizer, weight_decay)
+    fallback = {"lr": t.get("lr"), **{k: t[k] for k in ("optimizer", "weight_decay") if t.get(k) is not None}}
     for m, spec in cfg["methods"].items():
         space = spec.get("space")
         if not space:

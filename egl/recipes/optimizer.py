@@ -57,6 +57,7 @@ def check_optimizer(spec: object, fn: str, arg: str = "optimizer") -> dict[str, 
     option, our defaults filled in. Raises :class:`egl.InputError` naming the bad part."""
     names = list(OPTIMIZERS)
     if isinstance(spec, str):
+        check_choice(spec, names, fn, arg)
         spec = {"name": spec}
     if not isinstance(spec, dict):
         raise fail(fn, arg, f"one of {names} or a dict such as {{'name': 'sgd', 'momentum': 0.9}}",

@@ -31,6 +31,9 @@ BAD = [
     ("train.lr=null", r"'train.lr' expected a finite number > 0, got None\."),
     ("train.lr=-1e-3", r"'train.lr' expected a finite number > 0, got -0\.001\."),
     ("train.lr=.nan", r"'train.lr' expected a finite number > 0, got nan\."),
+    ("train.optimizer=adamm", r"'train.optimizer' expected one of \['adam', 'adamw', 'sgd'\], got 'adamm'\."),
+    ("train.weight_decay=-1", r"'train.weight_decay' expected a finite number >= 0, or null \(the recipes' own, 0\), "
+                              r"got -1\. Set e\.g\. train\.weight_decay=0\.01\."),
     ("train.seeds=abc", r"'train.seeds' expected an int in \[0, 2\*\*64\) or a non-empty list of them, got 'abc'\. "
                         r"Set e\.g\. train\.seeds=\[0, 1, 2\]\."),
     ("train.seeds=[]", r"'train.seeds' expected an int in \[0, 2\*\*64\) or a non-empty list of them, got \[\]\."),

@@ -10,7 +10,8 @@ import torch
 
 from egl.data import item_labels
 from egl.experiments.config import DEFAULTS
-from egl.experiments.runner import train_method
+from egl.experiments.runner import train_defaults, train_method
+from egl.experiments.sweep import expand
 from egl.experiments.sources import load_source
 
 
@@ -31,3 +32,27 @@ def test_group_dro_with_the_adjustment_trains_on_the_training_sets_group_sizes(
     assert recipe.group_sizes.sum() == len(train_set) == 48
     torch.testing.assert_close(recipe.group_sizes, want)
     assert not torch.equal(recipe.log_q, torch.zeros_like(recipe.log_q))  # it trained
+
+
+def test_train_optimizer_and_weight_decay_reach_every_method_unless_its_kwargs_set_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EGL_CACHE_DIR", str(tmp_path))
+    assert train_defaults(DEFAULTS["train"]) == {"lr": 1e-3}  # null: the recipes' own
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["data"].update(synthetic={"train_per_domain": 8, "val_per_domain": 2, "test_per_split": 4}, batch_size=4)
+    cfg["model"].update(arch="test_resnet", kwargs={})
+    cfg["train"].update(steps=1, progress=False, optimizer="adamw", weight_decay=0.02)
+    cfg["methods"] = {"erm": {"recipe": "erm"},
+                      "sgd": {"recipe": "erm", "kwargs": {"optimizer": "sgd", "weight_decay": 0.0}}}
+    source = load_source(cfg["data"])
+    train_set = source.training_sets("all")["all"]
+    plain = train_method(cfg, "erm", source, train_set, seed=0)
+    assert plain.config()["optimizer"] == "adamw" and plain.weight_decay == 0.02
+    own = train_method(cfg, "sgd", source, train_set, seed=0)
+    assert own.config()["optimizer"] == "sgd" and own.weight_decay == 0.0
+    cfg["methods"] = {"erm": {"recipe": "erm", "space": {"weight_decay": ["choice", [0.1]],
+                                                          "optimizer": ["choice", ["sgd"]]}}}
+    cfg["sweep"] = {"n": 2, "seed": 0}
+    _, info = expand(cfg, selecting=False)
+    assert info["erm@0"]["hparams"] == {"optimizer": "adamw", "weight_decay": 0.02}  # draw 0: train's
+    assert info["erm@1"]["hparams"] == {"optimizer": "sgd", "weight_decay": 0.1}

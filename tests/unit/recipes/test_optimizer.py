@@ -96,7 +96,8 @@ def test_equal_specs_read_alike_in_the_config() -> None:
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    ("adamm", r"'optimizer.name' expected one of \['adam', 'adamw', 'sgd'\], got 'adamm'"),
+    ("adamm", r"'optimizer' expected one of \['adam', 'adamw', 'sgd'\], got 'adamm'"),
+    ({"name": "sdg"}, r"'optimizer.name' expected one of \['adam', 'adamw', 'sgd'\], got 'sdg'"),
     (torch.optim.SGD, r"'optimizer' expected one of \['adam', 'adamw', 'sgd'\] or a dict.*got .*SGD"),
     ({"momentum": 0.9}, r"'optimizer' expected a dict with a 'name' key, got keys \['momentum'\].*Add 'name'"),
     ({"name": "adam", "momentum": 0.9}, r"'optimizer.momentum' expected one of the options of 'adam' "
