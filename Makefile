@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/sync_check.py
 	$(PY) benchmarks/alignment_precision.py
 	$(PY) benchmarks/cam_variants.py
+	$(PY) benchmarks/gradient_free.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

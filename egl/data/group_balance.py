@@ -13,10 +13,11 @@ then replays its draws on resume (bit-exact). The groups are read without loadin
 where the data set allows it: egl's data sets (tensor-backed synthetic data, ``DomainFolder``,
 ``ImageCSV``) and ``Subset`` / ``ConcatDataset`` / ``PartialMasks`` / ``Augmented`` over them;
 any other map-style data set of dict items (a wrapper of your own included: it may relabel)
-is read item by item once, images included (a ``Subset`` of one: its own items only). The
-sampler is not shard-aware: under ``torch.distributed`` give each rank its own generator seed
-(e.g. ``seed + rank``) and ``num_samples=len(dataset) // world_size``, or every rank draws
-the same batches.
+is read item by item once, images included (a ``Subset`` of one: its own items only). Under
+``torch.distributed`` (``shard="auto"``) each rank draws ``len(dataset) // world_size`` items
+per epoch from its own stream (a generator seeded with the given one's initial seed plus the
+rank), so the ranks' batches differ as a ``DistributedSampler``'s do; ``shard=False`` draws
+what a single process draws on every rank.
 In experiments: ``data.balance`` (default none).
 """
 
@@ -70,7 +71,8 @@ def item_labels(dataset: Dataset, by: str) -> dict[str, Tensor]:
 
 
 def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_samples: int | None = None,
-                           generator: torch.Generator | None = None) -> WeightedRandomSampler:
+                           generator: torch.Generator | None = None,
+                           shard: bool | str = "auto") -> WeightedRandomSampler:
     """A sampler drawing ``dataset``'s items with weights ``1 / n_g`` (``n_g``: the size of the
     item's group), so that each group is drawn equally often in expectation.
 
@@ -81,6 +83,11 @@ def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_sample
             shortcut) pairs, Sagawa et al.'s Waterbirds groups).
         num_samples: draws per epoch (default ``len(dataset)``).
         generator: the sampler's ``torch.Generator`` (seed it for reproducible, resumable runs).
+        shard: under ``torch.distributed``, one share of the draws per rank from a stream of its
+            own (``"auto"``, default: when distributed; ``True`` requires it; ``False``: every rank
+            draws the same items). The rank's generator is ``Generator().manual_seed(seed + rank)``
+            with ``seed`` the given generator's initial seed (without one: a seed drawn from
+            torch's global generator, the same on every rank seeded alike).
 
     Example:
         >>> import torch
@@ -90,12 +97,24 @@ def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_sample
         >>> group_balanced_sampler(ds, "class").weights.tolist()
         [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 1.0]
     """
-    groups = item_groups(dataset, by)
-    n = len(groups) if num_samples is None else check_int(num_samples, FN, "num_samples", low=1,
-                                                          fix="Pass e.g. num_samples=len(dataset)")
+    from egl.train.distributed import is_distributed, rank, world_size
+
+    if shard not in (True, False, "auto"):
+        raise fail(FN, "shard", "True, False or 'auto'", repr(shard)[:100], "Pass shard='auto'")
+    if shard is True and not is_distributed():
+        raise fail(FN, "shard", "'auto' or False outside torch.distributed", "True with no process group",
+                   "Initialise torch.distributed first (egl.train.init_distributed), or pass shard='auto'")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise fail(FN, "generator", "a torch.Generator or None", describe(generator),
                    "Pass e.g. torch.Generator().manual_seed(0)")
+    groups = item_groups(dataset, by)
+    sharded = shard is not False and is_distributed()
+    world = world_size() if sharded else 1
+    n = max(1, len(groups) // world) if num_samples is None else check_int(
+        num_samples, FN, "num_samples", low=1, fix="Pass e.g. num_samples=len(dataset)")
+    if sharded:
+        seed = generator.initial_seed() if generator is not None else int(torch.randint(2**62, ()).item())
+        generator = torch.Generator().manual_seed(seed + rank())
     counts = torch.bincount(groups)
     weights = 1.0 / counts[groups].double()
     return WeightedRandomSampler(weights, n, replacement=True, generator=generator)

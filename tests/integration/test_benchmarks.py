@@ -93,3 +93,11 @@ def test_cam_variants_benchmark(tmp_path: Path) -> None:
     assert [(r["layer"], r["cam"]) for r in rows] == [("last", "grad_cam"), ("last", "grad_cam_plus_plus"),
                                                        ("layer3", "grad_cam"), ("layer3", "grad_cam_plus_plus")]
     assert all(r["egl ms"] > 0 and r["x forward"] > 0 and r["align step x ERM"] > 0 for r in rows)
+
+
+def test_gradient_free_benchmark(tmp_path: Path) -> None:
+    run("gradient_free.py", "--batch", "1", "--size", "32", "--repeats", "1", "--layers", "layer3",
+        "--json", str(tmp_path / "g.json"))
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert [(r["layer"], r["cam"]) for r in rows] == [("layer3", "eigen_cam"), ("layer3", "score_cam")]
+    assert all(r["egl ms"] > 0 and r["floor ms"] > 0 and r["x floor"] > 0 for r in rows)

@@ -140,3 +140,42 @@ def test_bad_arguments_are_named() -> None:
         group_balanced_sampler(plain, "domain")
     with pytest.raises(egl.InputError, match=r"'dataset' expected a data set of dict items"):
         group_balanced_sampler(torch.utils.data.TensorDataset(torch.zeros(4, 1), torch.zeros(4)), "class")
+
+
+def _as_rank(monkeypatch: pytest.MonkeyPatch, r: int, world: int = 2) -> None:
+    import egl.train.distributed as dist_utils
+
+    monkeypatch.setattr(dist_utils, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist_utils, "rank", lambda: r)
+    monkeypatch.setattr(dist_utils, "world_size", lambda: world)
+
+
+def test_under_torch_distributed_each_rank_draws_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank drew the same items (the same seed): the ranks' batches were copies."""
+    ds = _tensors(40)
+    single = group_balanced_sampler(ds, "shortcut", generator=torch.Generator().manual_seed(7))
+    single_draws = list(single)
+    draws = {}
+    for r in (0, 1):
+        _as_rank(monkeypatch, r)
+        sampler = group_balanced_sampler(ds, "shortcut", generator=torch.Generator().manual_seed(7))
+        assert sampler.num_samples == 20 and sampler.generator.initial_seed() == 7 + r
+        draws[r] = list(sampler)
+        monkeypatch.undo()
+        alone = group_balanced_sampler(ds, "shortcut", num_samples=20, generator=torch.Generator().manual_seed(7 + r))
+        assert draws[r] == list(alone)  # the single-process draws of seed + rank
+        _as_rank(monkeypatch, r)
+        unsharded = group_balanced_sampler(ds, "shortcut", generator=torch.Generator().manual_seed(7), shard=False)
+        assert list(unsharded) == single_draws
+        monkeypatch.undo()
+    assert draws[0] != draws[1]
+    torch.testing.assert_close(single.weights, sampler.weights)
+
+
+def test_shard_is_checked() -> None:
+    ds = _tensors(8)
+    with pytest.raises(egl.InputError, match=r"'shard' expected 'auto' or False outside torch.distributed, got True "
+                       r"with no process group"):
+        group_balanced_sampler(ds, "class", shard=True)
+    with pytest.raises(egl.InputError, match=r"'shard' expected True, False or 'auto', got 'yes'"):
+        group_balanced_sampler(ds, "class", shard="yes")  # type: ignore[arg-type]
