@@ -19,7 +19,7 @@ Choices where the paper is silent:
   activations do.
 * Computed from the eigenvectors of the smaller Gram matrix (``A Aᵀ`` or ``Aᵀ A``) in float32
   at least (float64 inputs in float64): the same vector as an SVD, at a fraction of its cost.
-* Inference only (``differentiable = False``): the gradient of an eigenvector is undefined
+* One forward pass, no backward; inference only (``differentiable = False``): the gradient of an eigenvector is undefined
   where the top two eigenvalues meet (an all-zero map, for one), so no training loss is
   built on it.
 """
@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_flag
-from egl.explainers.grad_cam import CAMParts, GradCAM, position_map, weight_dtype
+from egl.explainers._gradient_free import GradientFreeCAM
+from egl.explainers.grad_cam import CAMParts, position_map, weight_dtype
 
 __all__ = ["EigenCAM", "eigen_cam", "principal_projection"]
 
@@ -63,12 +64,12 @@ def principal_projection(a: Tensor, *, center: bool = False) -> Tensor:
     return (proj * sign).reshape(a.shape[0], 1, *a.shape[-2:])
 
 
-class EigenCAM(GradCAM):
+class EigenCAM(GradientFreeCAM):
     """Eigen-CAM bound to a model and a target layer.
 
     Args:
-        model, layer, upsample, normalize, path, relu, backend: as :class:`~egl.explainers.GradCAM`
-            (the path only decides how the activations are reached: no gradient is used).
+        model, layer, upsample, normalize, relu, backend: as :class:`~egl.explainers.GradCAM`
+            (one forward pass to the activations, no backward).
         center: subtract each channel's mean over the positions before the decomposition
             (``False``, the paper's).
 
@@ -85,16 +86,17 @@ class EigenCAM(GradCAM):
         torch.Size([2, 1, 64, 64])
     """
 
-    name = "eigen_cam"
-    differentiable = False  # inference only: see the module docstring
+    name = "eigen_cam"  # (inference only: GradientFreeCAM refuses create_graph=True)
 
     def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True, normalize: bool = True,
-                 path: str = "auto", relu: bool = True, center: bool = False, backend: str = "auto") -> None:
-        super().__init__(model, layer, upsample=upsample, normalize=normalize, path=path, relu=relu,
-                         backend=backend)
+                 relu: bool = True, center: bool = False, backend: str = "auto") -> None:
+        super().__init__(model, layer, upsample=upsample, normalize=normalize, relu=relu, backend=backend)
         self.center = check_flag(center, f"egl.explainers.{type(self).__name__}", "center")
 
-    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
+    def parts(self, x: Tensor, acts: Tensor, t: Tensor) -> CAMParts:
+        return position_map(principal_projection(acts, center=self.center))
+
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:  # (class_maps' weighting)
         return position_map(principal_projection(a, center=self.center))
 
     def weigh(self, a: Tensor, g: Tensor) -> CAMParts:

@@ -315,6 +315,19 @@ class GradCAM(Explainer):
         t = t.detach() if self.detach_weights else t
         return t.to(dtype=weight_dtype(t))
 
+    def forward_activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The target layer's activations ``[B, C, h, w]`` and the logits from one forward pass, no
+        gradient taken (what the gradient-free Eigen-CAM and Score-CAM read); sets ``last_path``
+        to ``"forward"``."""
+        assert self._target is not None
+        self.last_path = "forward"
+        with torch.no_grad():
+            if self._target.module is None:
+                feats, target = self._features(x, False, fn)
+                return _to_nchw(feats, target.fmt, self.model, hw).detach(), self.model.forward_head(feats)
+            act, logits, fmt = self._hooked_activation(x, False, fn, track=False)
+        return _to_nchw(act, fmt, self.model, hw), logits
+
     def _from_hook(self, x: Tensor, tgt: Targets | None, create_graph: bool,
                    fn: str) -> tuple[CAMParts, Tensor]:
         self._choose("none", fn)
@@ -322,12 +335,14 @@ class GradCAM(Explainer):
         act, logits, fmt = self._hooked_activation(x, create_graph, fn)
         return self._cam_from_grad(act, logits, tgt, create_graph, fn, fmt, (int(x.shape[-2]), int(x.shape[-1])))
 
-    def _hooked_activation(self, x: Tensor, create_graph: bool, fn: str) -> tuple[Tensor, Tensor, str]:
-        """The named layer's output (gradients flow from it on), the logits, and its layout."""
+    def _hooked_activation(self, x: Tensor, create_graph: bool, fn: str,
+                           track: bool = True) -> tuple[Tensor, Tensor, str]:
+        """The named layer's output (gradients flow from it on; ``track=False``: none, a plain
+        forward), the logits, and its layout."""
         target = self._target
         assert target is not None and target.module is not None
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if not create_graph and _vit_tail.usable(self.model, target.module, x):  # class-token ViT, inference
+        if track and not create_graph and _vit_tail.usable(self.model, target.module, x):  # class-token ViT
             a, x_in = _vit_tail.capture(self.model, x)
             act = a.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -341,7 +356,7 @@ class GradCAM(Explainer):
                     f"{fn}: layer '{target.name}' returns {type(out).__name__}, not a tensor. "
                     "Pass layer= naming a module that outputs one tensor."
                 )
-            if create_graph:
+            if create_graph or not track:
                 store["a"] = out
             else:  # gradients from here on only: the trunk above ran under no_grad
                 store["a"] = out.detach().requires_grad_(True)

@@ -31,16 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import batch_of_one, check_int, fail
-from egl.backbones import _LayoutError, unsupported_model
-from egl.explainers.base import Explanation, targets
-from egl.explainers.grad_cam import CAMParts, GradCAM, _pick, _to_nchw
-from egl.kernels.cam_epilogue import cam_epilogue
+from egl._check import check_int, fail
+from egl.explainers._gradient_free import GradientFreeCAM
+from egl.explainers.grad_cam import CAMParts
 
 __all__ = ["ScoreCAM", "score_cam"]
 
 
-class ScoreCAM(GradCAM):
+class ScoreCAM(GradientFreeCAM):
     """Score-CAM bound to a model and a target layer.
 
     Args:
@@ -60,8 +58,7 @@ class ScoreCAM(GradCAM):
         torch.Size([2, 1, 64, 64])
     """
 
-    name = "score_cam"
-    differentiable = False  # forward passes of masked images: inference only
+    name = "score_cam"  # (inference only: GradientFreeCAM refuses create_graph=True)
 
     def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True, normalize: bool = True,
                  relu: bool = True, batch_size: int = 64, backend: str = "auto") -> None:
@@ -69,43 +66,8 @@ class ScoreCAM(GradCAM):
         self.batch_size = check_int(batch_size, f"egl.explainers.{type(self).__name__}", "batch_size", low=1,
                                     fix="Pass e.g. batch_size=64 (masked images per forward pass)")
 
-    def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
-        fn = f"egl.explainers.{self.name}"
-        x = self._check_input(x, create_graph)  # (refuses create_graph=True)
-        tgt = targets(target, x.shape[0], fn, x.device)
-        if self._target is None or self._probed:
-            from egl.backbones import resolve_target
-
-            self._target = resolve_target(self.model, self.layer, x, fn=fn)
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
-        try:
-            acts, logits = self._activations(x, fn, hw)
-        except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works
-            if self.layer != "auto":
-                raise
-            raise unsupported_model(self.model, x, e.detail, fn) from None
-        t = _pick(logits, tgt, fn, x.shape[0])
-        if tgt is not None:
-            tgt.settle()  # now, not after C forward passes
-        with torch.no_grad():
-            weights = self.channel_scores(x, acts, t)
-            if acts.shape[-2] * acts.shape[-1] == 1:
-                self._warn_one_position(hw, fn)
-            sal = cam_epilogue(acts, weights, hw if self.upsample else None, scale=1.0, relu=self.relu,
-                               normalize=self.normalize, backend=self.backend)
-        return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits.detach())
-
-    def _activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """The target layer's activations ``[B, C, h, w]`` and the logits, without a gradient."""
-        assert self._target is not None
-        with torch.no_grad():
-            if self._target.module is None:
-                feats, target = self._features(x, False, fn)
-                self.last_path = "forward"
-                return _to_nchw(feats, target.fmt, self.model, hw).detach(), self.model.forward_head(feats)
-        act, logits, fmt = self._hooked_activation(x, False, fn)  # (the hook opens gradients from the layer on)
-        self.last_path = "forward"
-        return _to_nchw(act.detach(), fmt, self.model, hw), logits.detach()
+    def parts(self, x: Tensor, acts: Tensor, t: Tensor) -> CAMParts:
+        return acts, self.channel_scores(x, acts, t), 1.0
 
     def channel_scores(self, x: Tensor, acts: Tensor, t: Tensor) -> Tensor:
         """``w[b, k]``: the softmax probability of class ``t[b]`` on ``x[b]`` masked by channel ``k``'s
@@ -137,11 +99,6 @@ class ScoreCAM(GradCAM):
         return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels from the "
                     "activations and gradients", "ScoreCAM (its weights need forward passes of masked images)",
                     "Call ScoreCAM(model)(x, target) per class instead")
-
-    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
-        """Score-CAM maps and logits for ``x``; ``target=None`` explains the predicted class."""
-        with batch_of_one(f"egl.explainers.{self.name}", "x"):
-            return self._explain(x, target, create_graph)
 
 
 def score_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto", upsample: bool = True,

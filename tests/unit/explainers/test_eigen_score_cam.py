@@ -139,3 +139,20 @@ def test_score_cam_errors_name_the_argument() -> None:
         ScoreCAM(model)(torch.randn(1, 3, 32, 32), create_graph=True)
     with pytest.raises(egl.InputError, match=r"'weighting' expected a Grad-CAM variant.*got ScoreCAM.*per class"):
         class_maps(model, torch.randn(1, 3, 32, 32), weighting=ScoreCAM(model))
+
+
+@pytest.mark.parametrize("name", ["eigen_cam", "score_cam"])
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit", "test_convnext"])
+def test_one_forward_no_backward_on_cnns_and_vits(name: str, arch: str) -> None:
+    """Eigen-CAM ran Grad-CAM's autograd path at inner layers: a backward whose gradient went unused."""
+    model = make_model(arch)
+    size = 32 if arch == "test_vit" else 64
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
+    kwargs = {"batch_size": 16} if name == "score_cam" else {}
+    layers = ["auto", "layer3"] if arch == "test_resnet" else ["auto"]
+    for layer in layers:
+        cam = egl.create("explainer", name, model, layer, **kwargs)
+        out = cam.explain(x, [0, 1])
+        assert cam.last_path == "forward" and out.logits.grad_fn is None and out.saliency.grad_fn is None
+        assert out.saliency.shape == (2, 1, size, size) and torch.isfinite(out.saliency).all()
+        assert all(p.grad is None for p in model.parameters())
