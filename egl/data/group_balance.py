@@ -53,20 +53,22 @@ def item_groups(dataset: Dataset, by: str) -> Tensor:
     return inverse
 
 
-def item_labels(dataset: Dataset, by: str) -> dict[str, Tensor]:
+def item_labels(dataset: Dataset, by: str, *, who: tuple[str, str] = (FN, "by")) -> dict[str, Tensor]:
     """The labels grouping ``by`` reads, one ``[N]`` long tensor per key (``"label"``,
     ``"domain"``, ``"shortcut"``), read as :func:`item_groups` reads them (without loading
     images where the data set allows it). :meth:`egl.recipes.GroupDRO.set_group_sizes` counts
     its groups from them.
 
+    ``who``: the ``(function, argument)`` an error names (``by`` is GroupDRO's ``groups``).
+
     Raises:
         InputError: as :func:`item_groups`.
     """
-    check_choice(by, GROUPINGS, FN, "by")
+    check_choice(by, GROUPINGS, who[0], who[1])
     keys = _KEYS[by]
     if len(dataset) == 0:  # type: ignore[arg-type]
-        raise fail(FN, "dataset", "a data set of at least one item", "an empty one", "Check the training split")
-    columns = _columns(dataset, keys)
+        raise fail(who[0], "dataset", "a data set of at least one item", "an empty one", "Check the training split")
+    columns = _columns(dataset, keys, who)
     return {k: columns[k].long() for k in keys}
 
 
@@ -81,13 +83,15 @@ def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_sample
             ``by`` needs).
         by: ``"class"``, ``"domain"``, ``"domain_class"`` or ``"shortcut"`` (default: (class,
             shortcut) pairs, Sagawa et al.'s Waterbirds groups).
-        num_samples: draws per epoch (default ``len(dataset)``).
+        num_samples: draws per epoch (default ``len(dataset)``; sharded: per rank, default
+            ``len(dataset) // world_size``).
         generator: the sampler's ``torch.Generator`` (seed it for reproducible, resumable runs).
         shard: under ``torch.distributed``, one share of the draws per rank from a stream of its
             own (``"auto"``, default: when distributed; ``True`` requires it; ``False``: every rank
             draws the same items). The rank's generator is ``Generator().manual_seed(seed + rank)``
             with ``seed`` the given generator's initial seed (without one: a seed drawn from
-            torch's global generator, the same on every rank seeded alike).
+            torch's global generator, the same on every rank seeded alike; that draw advances
+            the global generator, under torch.distributed only).
 
     Example:
         >>> import torch
@@ -120,13 +124,13 @@ def group_balanced_sampler(dataset: Dataset, by: str = "shortcut", *, num_sample
     return WeightedRandomSampler(weights, n, replacement=True, generator=generator)
 
 
-def _columns(ds: Any, keys: Sequence[str]) -> dict[str, Tensor]:
+def _columns(ds: Any, keys: Sequence[str], who: tuple[str, str] = (FN, "by")) -> dict[str, Tensor]:
     """``{key: [N] tensor}`` for ``ds``'s items: from its storage where it has one, else read."""
-    stored = _stored(ds, keys)
-    return stored if stored is not None else _read(ds, range(len(ds)), keys, ds)
+    stored = _stored(ds, keys, who)
+    return stored if stored is not None else _read(ds, range(len(ds)), keys, ds, who)
 
 
-def _stored(ds: Any, keys: Sequence[str]) -> dict[str, Tensor] | None:
+def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Tensor] | None:
     """The columns read from ``ds``'s storage, without loading an item; None where it has none
     (a ``Subset`` or ``ConcatDataset`` part without storage is read item by item, its own items only)."""
     from egl.data.augment import Augmented
@@ -134,46 +138,48 @@ def _stored(ds: Any, keys: Sequence[str]) -> dict[str, Tensor] | None:
     from egl.data.partial_masks import PartialMasks
 
     if isinstance(ds, Subset):
-        inner = _stored(ds.dataset, keys)
+        inner = _stored(ds.dataset, keys, who)
         if inner is None:
-            return _read(ds.dataset, ds.indices, keys, ds)
+            return _read(ds.dataset, ds.indices, keys, ds, who)
         index = torch.as_tensor(list(ds.indices), dtype=torch.long)
         return {k: v[index] for k, v in inner.items()}
     if isinstance(ds, ConcatDataset):
-        parts = [_columns(d, keys) for d in ds.datasets]
+        parts = [_columns(d, keys, who) for d in ds.datasets]
         return {k: torch.cat([p[k] for p in parts]) for k in keys}
     if isinstance(ds, (PartialMasks, Augmented)):  # the same items in the same order, labels untouched
-        return _stored(ds.dataset, keys)
+        return _stored(ds.dataset, keys, who)
     if isinstance(ds, ImageItems):
         have = ["domain", "image", "label"] + (["mask"] if ds.has_masks else [])
         if ds.samples and all(s.shortcut is not None for s in ds.samples):
             have.append("shortcut")
-        _check_keys(keys, sorted(have), ds)
+        _check_keys(keys, sorted(have), ds, who)
         return {k: torch.tensor([int(getattr(s, k)) for s in ds.samples], dtype=torch.long) for k in keys}
     tensors = getattr(ds, "tensors", None)  # egl's tensor-backed sets (synthetic data, TensorDictDataset)
     if isinstance(tensors, dict) and tensors and all(isinstance(v, Tensor) for v in tensors.values()):
-        _check_keys(keys, sorted(tensors), ds)
+        _check_keys(keys, sorted(tensors), ds, who)
         return {k: tensors[k] for k in keys}
     return None
 
 
-def _read(ds: Any, indices: Sequence[int], keys: Sequence[str], named: Any) -> dict[str, Tensor]:
+def _read(ds: Any, indices: Sequence[int], keys: Sequence[str], named: Any,
+          who: tuple[str, str]) -> dict[str, Tensor]:
     """The columns of ``ds[i]`` for ``i`` in ``indices``, each item read once (images included)."""
     items = [ds[i] for i in indices]
     if items and not isinstance(items[0], dict):
-        raise fail(FN, "dataset", "a data set of dict items (keys 'label', 'domain', 'shortcut')",
+        raise fail(who[0], "dataset", "a data set of dict items (keys 'label', 'domain', 'shortcut')",
                    f"items like {describe(items[0])}", "Use egl's data sets, or dict items")
     if items:
-        _check_keys(keys, sorted(items[0]), named)
+        _check_keys(keys, sorted(items[0]), named, who)
     return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) if items
             else torch.zeros(0, dtype=torch.long) for k in keys}
 
 
-def _check_keys(keys: Sequence[str], have: Sequence[str], ds: Any) -> None:
+def _check_keys(keys: Sequence[str], have: Sequence[str], ds: Any, who: tuple[str, str]) -> None:
     missing = [k for k in keys if k not in have]
     if missing:
-        instead = "Use by='class', or data" if "label" in have else "Use data"
-        raise fail(FN, "by", f"a grouping whose keys the items carry (it needs {list(keys)})",
+        fn, arg = who
+        instead = f"Use {arg}='class', or data" if "label" in have else "Use data"
+        raise fail(fn, arg, f"a grouping whose keys the items carry (it needs {list(keys)})",
                    f"items of {type(ds).__name__} with keys {list(have)}",
                    f"{instead} whose items carry " + " and ".join(repr(k) for k in missing)
                    + " (the synthetic benchmark and ImageCSV with a shortcut column carry 'shortcut')")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from egl._check import batch_of_one
+from egl._check import batch_of_one, fail
 from egl.backbones import _LayoutError, resolve_target, unsupported_model
 from egl.explainers.base import Explanation, targets
 from egl.explainers.grad_cam import CAMParts, GradCAM, _pick
@@ -27,6 +27,17 @@ class GradientFreeCAM(GradCAM):
         """The epilogue's inputs from the input, the activations ``[B, C, h, w]`` and the targets."""
         raise NotImplementedError
 
+    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
+        raise self._no_weighting()
+
+    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
+        raise self._no_weighting()
+
+    def _no_weighting(self) -> Exception:
+        return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels by the "
+                    "gradient", f"{type(self).__name__} (gradient-free: its map has no per-class weighting)",
+                    f"Call {type(self).__name__}(model)(x, target) per class instead")
+
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Maps and logits for ``x``; ``target=None`` explains the predicted class."""
         with batch_of_one(f"egl.explainers.{self.name}", "x"):
@@ -40,7 +51,7 @@ class GradientFreeCAM(GradCAM):
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         try:
-            acts, logits = self.forward_activations(x, fn, hw)
+            acts, logits = self._forward_activations(x, fn, hw)
         except _LayoutError as e:  # tokens egl cannot lay out: name a layer that works
             if self.layer != "auto":
                 raise

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_flag
+from egl._check import check_flag, check_shape
 from egl.explainers._gradient_free import GradientFreeCAM
 from egl.explainers.grad_cam import CAMParts, position_map, weight_dtype
 
@@ -47,9 +47,13 @@ def principal_projection(a: Tensor, *, center: bool = False) -> Tensor:
 
     Returns:
         ``[B, 1, h, w]`` in float32 at least, signed to agree with the total activation
-        (``Σ_i p_i s_i >= 0``, ``s_i`` the channels' sum at position ``i``).
+        (``Σ_i p_i s_i >= 0``, ``s_i`` the channels' sum at position ``i``); NaN for an image
+        whose activations are not finite (as Grad-CAM's map of a diverged model is).
     """
+    a = check_shape(a, "B C H W", "egl.explainers.eigen_cam.principal_projection", "a")
     m = a.detach().to(dtype=weight_dtype(a)).flatten(2).transpose(1, 2)  # [B, hw, C]
+    bad = ~torch.isfinite(m).flatten(1).all(dim=1)  # an image with NaN/inf activations (a diverged model):
+    m = torch.where(bad[:, None, None], 0.0, m)  # decomposed as zeros (eigh would raise), answered NaN below
     total = m.sum(dim=2)  # [B, hw]: the sign's reference
     if center:
         m = m - m.mean(dim=1, keepdim=True)
@@ -61,7 +65,8 @@ def principal_projection(a: Tensor, *, center: bool = False) -> Tensor:
         vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)[1]
         proj = (m @ vecs[..., -1:]).squeeze(-1)
     sign = torch.where((proj * total).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
-    return (proj * sign).reshape(a.shape[0], 1, *a.shape[-2:])
+    proj = torch.where(bad[:, None], float("nan"), proj * sign)
+    return proj.reshape(a.shape[0], 1, *a.shape[-2:])
 
 
 class EigenCAM(GradientFreeCAM):
@@ -95,12 +100,6 @@ class EigenCAM(GradientFreeCAM):
 
     def parts(self, x: Tensor, acts: Tensor, t: Tensor) -> CAMParts:
         return position_map(principal_projection(acts, center=self.center))
-
-    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:  # (class_maps' weighting)
-        return position_map(principal_projection(a, center=self.center))
-
-    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
-        return position_map(principal_projection(a, center=self.center))
 
 
 def eigen_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto", upsample: bool = True,

@@ -315,7 +315,7 @@ class GradCAM(Explainer):
         t = t.detach() if self.detach_weights else t
         return t.to(dtype=weight_dtype(t))
 
-    def forward_activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _forward_activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """The target layer's activations ``[B, C, h, w]`` and the logits from one forward pass, no
         gradient taken (what the gradient-free Eigen-CAM and Score-CAM read); sets ``last_path``
         to ``"forward"``."""

@@ -18,6 +18,10 @@ Choices where the paper is silent or its code differs:
   out.
 * A channel that is constant over the image (its mask would be 0/0) gets weight 0, as in the
   authors' code.
+* The ReLU acts on the weighted sum at the layer's resolution, before upsampling (egl's
+  epilogue, as for Grad-CAM); the authors' code sums the upsampled channels, then applies it.
+  The maps are the same wherever the weighted sum is non-negative (probabilities times a CNN's
+  post-ReLU activations); on signed activations (ViT tokens) they may differ.
 * Inference only (``differentiable = False``); the forward passes run in the model's current
   mode: call it in ``eval()`` (in training mode BatchNorm layers would normalise with, and
   update their running statistics from, the masked images).
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_int, fail
+from egl._check import check_int
 from egl.explainers._gradient_free import GradientFreeCAM
 from egl.explainers.grad_cam import CAMParts
 
@@ -71,34 +75,27 @@ class ScoreCAM(GradientFreeCAM):
 
     def channel_scores(self, x: Tensor, acts: Tensor, t: Tensor) -> Tensor:
         """``w[b, k]``: the softmax probability of class ``t[b]`` on ``x[b]`` masked by channel ``k``'s
-        normalised, upsampled activation (0 for a constant channel)."""
+        normalised, upsampled activation (0 for a constant channel); at most ``batch_size`` masked
+        images a forward pass (blocks of images times blocks of channels)."""
         b, c = acts.shape[:2]
         hw = x.shape[-2:]
-        per = max(1, self.batch_size // b)  # channels per pass
+        images = min(b, self.batch_size)  # images per block, and channels per pass for each
+        per = max(1, self.batch_size // images)
         out = acts.new_zeros(b, c, dtype=torch.float32)
-        index = t.view(b, 1, 1)
-        for k in range(0, c, per):
-            up = F.interpolate(acts[:, k:k + per].float(), size=hw, mode="bilinear", align_corners=False)
-            lo = up.amin(dim=(2, 3), keepdim=True)
-            span = up.amax(dim=(2, 3), keepdim=True) - lo
-            masks = torch.where(span > 0, (up - lo) / span.clamp(min=torch.finfo(up.dtype).tiny), 0.0)
-            n = masks.shape[1]
-            masked = (x[:, None] * masks[:, :, None].to(x.dtype)).flatten(0, 1)  # [b * n, C_in, H, W]
-            probs = self.model(masked).float().softmax(dim=1).view(b, n, -1)
-            scores = probs.gather(2, index.expand(b, n, 1)).squeeze(2)
-            out[:, k:k + n] = torch.where(span.view(b, n) > 0, scores, 0.0)
+        for i in range(0, b, images):
+            xi, ti = x[i:i + images], t[i:i + images].view(-1, 1, 1)
+            for k in range(0, c, per):
+                up = F.interpolate(acts[i:i + images, k:k + per].float(), size=hw, mode="bilinear",
+                                   align_corners=False)
+                lo = up.amin(dim=(2, 3), keepdim=True)
+                span = up.amax(dim=(2, 3), keepdim=True) - lo
+                masks = torch.where(span > 0, (up - lo) / span.clamp(min=torch.finfo(up.dtype).tiny), 0.0)
+                m, n = masks.shape[:2]
+                masked = (xi[:, None] * masks[:, :, None].to(x.dtype)).flatten(0, 1)  # [m * n, C_in, H, W]
+                probs = self.model(masked).float().softmax(dim=1).view(m, n, -1)
+                scores = probs.gather(2, ti.expand(m, n, 1)).squeeze(2)
+                out[i:i + m, k:k + n] = torch.where(span.view(m, n) > 0, scores, 0.0)
         return out
-
-    def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
-        raise self._no_weighting()
-
-    def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
-        raise self._no_weighting()
-
-    def _no_weighting(self) -> Exception:
-        return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels from the "
-                    "activations and gradients", "ScoreCAM (its weights need forward passes of masked images)",
-                    "Call ScoreCAM(model)(x, target) per class instead")
 
 
 def score_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto", upsample: bool = True,

@@ -32,7 +32,7 @@ from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, InputError
 from egl.recipes.batch import Batch, as_batch
-from egl.recipes.optimizer import build_optimizer, check_optimizer, describe_optimizer
+from egl.recipes.optimizer import build_optimizer, check_optimizer, describe_optimizer, no_weight_decay_ids
 from egl.train.loss_scale import LossScaler
 
 __all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
@@ -276,7 +276,8 @@ class Recipe(nn.Module):
         """One optimiser per phase, of the kind ``optimizer`` names (Adam by default), at
         :meth:`phase_lr` (classifier: ``lr``; ALIGN's masker: ``masker_lr``) with ``weight_decay``."""
         return {p.name: build_optimizer(p.parameters(), self.optimizer_spec, lr=self.phase_lr(p.name),
-                                        weight_decay=self.weight_decay) for p in self.phases()}
+                                        weight_decay=self.weight_decay, no_decay=no_weight_decay_ids(p.modules))
+                for p in self.phases()}
 
     def check_optimizers(self, optimizers: object, fn: str) -> dict[str, torch.optim.Optimizer]:
         """``optimizers`` unless it is not a dict of one ``torch.optim.Optimizer`` per phase name."""

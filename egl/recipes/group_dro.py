@@ -35,7 +35,10 @@ Choices (arguments where they matter):
 * Sagawa et al.'s generalisation adjustment (their Section 3.3): with ``adjustment=C > 0``
   the weights' update reads ``L_g + C / sqrt(n_g)`` instead of ``L_g``, ``n_g`` being group
   ``g``'s size in the training set, so small groups (whose training loss understates their
-  test loss) gain weight; the loss itself stays ``Σ_g q_g L_g``, as in their code. The sizes
+  test loss) gain weight. As in their code every training group's weight takes its
+  ``C / sqrt(n_g)`` at every step, in the batch or not (an absent group's loss counts as 0),
+  and the loss's gradient is that of ``Σ_g q_g L_g`` (their logged loss also adds the constant
+  ``Σ_g q_g C / sqrt(n_g)``; ours does not). The sizes
   come from the data: ``recipe.set_group_sizes(train_set)`` before training (``egl
   experiment`` calls it); a step without them, or with a group the sizes do not hold, is
   refused by name. ``adjustment=0`` (default: DomainBed's, which has none); Sagawa et al.
@@ -123,7 +126,8 @@ class GroupDRO(Recipe):
 
     @property
     def needs_domains(self) -> bool:  # type: ignore[override]
-        """Whether batches must carry domain labels (``groups="domain"`` or ``"domain_class"``)."""
+        """Whether batches must carry domain labels (``groups="domain"`` or ``"domain_class"``):
+        per instance (read it on a recipe, not on the class, where it is the property object)."""
         return self.groups in ("domain", "domain_class")
 
     def set_group_sizes(self, dataset: Dataset, num_classes: int | None = None) -> Tensor:
@@ -149,20 +153,21 @@ class GroupDRO(Recipe):
             k = 1  # (domain ids do not depend on the classes)
         k = check_int(k, f"{FN}.set_group_sizes", "num_classes", low=1,
                       fix="Pass num_classes=K (the classifier's number of classes)")
+        fn = f"{FN}.set_group_sizes"
         fits = {"class": k, "shortcut": k * (k + 1), "domain_class": k, "domain": 1}[self.groups]
-        self._check_fits(fits, f"the groups of {k} classes")
-        cols = item_labels(dataset, self.groups)
-        fn, fix = f"{FN}.set_group_sizes", "Check the data set's labels"
+        self._check_fits(fits, f"the groups of {k} classes", fn)
+        cols = item_labels(dataset, self.groups, who=(fn, "groups"))
         y = cols.get("label")
         if y is not None:
-            check_range(y, 0, k - 1, fn, "dataset labels", f"{fix}: classes are 0 .. {k - 1}")
+            check_range(y, 0, k - 1, fn, "dataset", f"Check the data set's labels: classes are 0 .. {k - 1}")
         if self.groups == "shortcut":
-            check_range(cols["shortcut"], -1, k - 1, fn, "dataset shortcut labels",
-                        f"{fix}: a class index in [0, {k - 1}], or -1 for none")
+            check_range(cols["shortcut"], -1, k - 1, fn, "dataset",
+                        f"Check the data set's shortcut labels: a class index in [0, {k - 1}], or -1 for none")
         if "domain" in cols:
             per = self.max_groups // k if self.groups == "domain_class" else self.max_groups
-            check_range(cols["domain"], 0, per - 1, fn, "dataset domains",
-                        f"Raise max_groups (now {self.max_groups}) or renumber the domains from 0")
+            check_range(cols["domain"], 0, per - 1, fn, "dataset",
+                        f"Check the data set's domains: raise max_groups (now {self.max_groups}) or renumber "
+                        "the domains from 0")
         ids = self._ids(y, cols.get("domain"), cols.get("shortcut"), k)
         sizes = torch.bincount(ids, minlength=self.max_groups).to(self.group_sizes)
         self.group_sizes.copy_(sizes)
@@ -214,9 +219,9 @@ class GroupDRO(Recipe):
             return d.clamp(0, self.max_groups - 1)  # type: ignore[union-attr]
         return d.clamp(0, self.max_groups // k - 1) * k + y  # type: ignore[union-attr, operator]
 
-    def _check_fits(self, n: int, what: str) -> None:
+    def _check_fits(self, n: int, what: str, fn: str = FN) -> None:
         if n > self.max_groups:
-            raise fail(FN, "max_groups", f"at least {n} ({what})", str(self.max_groups), f"Pass max_groups={n}")
+            raise fail(fn, "max_groups", f"at least {n} ({what})", str(self.max_groups), f"Pass max_groups={n}")
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         from egl.train.distributed import is_distributed, world_size
@@ -247,21 +252,20 @@ class GroupDRO(Recipe):
         present = stats[1] > 0
         means = stats[0] / stats[1].clamp(min=1.0)
         if self.training:
-            step_losses = means
-            if self.adjustment > 0:
-                step_losses = means + self._adjustments(present, logits.shape[1])
             with torch.no_grad():
-                self.log_q.add_(torch.where(present, self.eta * step_losses, 0.0).to(self.log_q.dtype))
+                step = torch.where(present, self.eta * means, 0.0)
+                if self.adjustment > 0:  # every training group, in the batch or not (Sagawa et al.'s code)
+                    step = step + self.eta * self._adjustments(present, logits.shape[1])
+                self.log_q.add_(step.to(self.log_q.dtype))
                 self.log_q.sub_(self.log_q.logsumexp(0))
         w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0).to(per.dtype)
         total = world * (w * sums / stats[1].clamp(min=1.0).to(per.dtype)).sum()
         worst = torch.where(present, means, float("-inf")).max().to(per.dtype)
         return {"ce": per.mean(), "worst_group": worst, "total": total}
 
-
     def _adjustments(self, present: Tensor, num_classes: int) -> Tensor:
-        """``C / sqrt(n_g)`` by group id; a batch's group the sizes do not hold is refused by name
-        (with the step's deferred checks: no read here)."""
+        """``C / sqrt(n_g)`` by group id (0 for a group of no training image); a batch's group the
+        sizes do not hold is refused by name (with the step's deferred checks: no read here)."""
         if self._sizes_classes is None:
             raise fail(FN, "adjustment", "the training set's group sizes (adjustment > 0 reads them)",
                        "none set", "Call recipe.set_group_sizes(train_set) before training, or adjustment=0")
@@ -287,7 +291,8 @@ class GroupDRO(Recipe):
             err = verdict(stats.tolist())
             if err is not None:
                 raise err
-        return self.adjustment / sizes.clamp(min=1.0).sqrt().to(present.device, torch.float32)
+        adjust = self.adjustment / sizes.clamp(min=1.0).sqrt().to(torch.float32)
+        return torch.where(sizes > 0, adjust, 0.0)  # (a group of no training image: none)
 
 
 def group_dro(model: nn.Module, **kwargs: Any) -> GroupDRO:

@@ -15,8 +15,9 @@ A dict sets the optimiser's own options too: ``{"name": "sgd", "momentum": 0.0}`
 ``{"name": "adamw", "betas": [0.9, 0.99]}``. Options: ``betas``, ``eps``, ``amsgrad`` (Adam,
 AdamW); ``momentum``, ``dampening``, ``nesterov`` (SGD); and for each,
 ``decay_norm_and_bias`` (``True``, torch's and DomainBed's: ``weight_decay`` applies to every
-parameter; ``False``: not to 1-D parameters, the biases and normalisation scales, as timm's
-optimisers do by default; they then form a second param group). The choice applies to every phase's
+parameter; ``False``: not to 1-D parameters, the biases and normalisation scales, nor to what a
+module's ``no_weight_decay()`` names (a timm ViT's position embedding and class token), as
+timm's optimisers do by default; they then form a second param group). The choice applies to every phase's
 default optimiser (ALIGN's masker too); for per-phase choices pass your own ``optimizers=`` to
 :func:`egl.train.fit`.
 
@@ -31,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 
 from egl._check import check_choice, check_known_keys, describe, fail
 
-__all__ = ["OPTIMIZERS", "check_optimizer", "describe_optimizer", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "check_optimizer", "describe_optimizer", "build_optimizer", "no_weight_decay_ids"]
 
 _ADAM_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}  # torch's
 #: name -> (class, the options a dict may set with their defaults: torch's, but SGD's momentum 0.9)
@@ -115,14 +116,27 @@ def _check_option(name: str, key: str, value: object, fn: str, arg: str) -> Any:
     return float(value)  # type: ignore[arg-type]
 
 
+def no_weight_decay_ids(modules: Iterable[nn.Module]) -> set[int]:
+    """The ids of the parameters the modules' own ``no_weight_decay()`` names (timm's ViTs: the
+    position embedding and class token), found by their names in each module."""
+    out: set[int] = set()
+    for m in modules:
+        names = m.no_weight_decay() if callable(getattr(m, "no_weight_decay", None)) else ()
+        out.update(id(p) for n, p in m.named_parameters() if n in set(names))
+    return out
+
+
 def build_optimizer(params: Iterable[nn.Parameter], spec: dict[str, Any], *, lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
-    """The optimiser ``spec`` (from :func:`check_optimizer`) over ``params``."""
+                    weight_decay: float, no_decay: Collection[int] = ()) -> torch.optim.Optimizer:
+    """The optimiser ``spec`` (from :func:`check_optimizer`) over ``params``; with
+    ``decay_norm_and_bias=False`` the 1-D parameters and those in ``no_decay`` (ids, from
+    :func:`no_weight_decay_ids`) form a second param group without weight decay (timm's rule)."""
     cls = OPTIMIZERS[spec["name"]][0]
     options = {k: v for k, v in spec.items() if k != "name" and k not in _OURS}
     params = list(params)
     if spec.get("decay_norm_and_bias", True) or weight_decay == 0:
         return cls(params, lr=lr, weight_decay=weight_decay, **options)
-    decayed = [p for p in params if p.dim() > 1]  # timm's rule: 1-D tensors are biases and norm scales
-    groups = [{"params": decayed}, {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    plain = [p for p in params if p.dim() <= 1 or id(p) in no_decay]
+    held = {id(p) for p in plain}
+    groups = [{"params": [p for p in params if id(p) not in held]}, {"params": plain, "weight_decay": 0.0}]
     return cls([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay, **options)

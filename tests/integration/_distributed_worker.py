@@ -233,8 +233,17 @@ def _flags_on_one_rank_only() -> dict:
              "mask": (torch.rand(4, 1, 32, 32, generator=g) > 0.5).float()}
     if rank() == 0:
         batch["annotated"] = torch.tensor([True, False, True, False])
+    import copy
+
+    from egl.losses import bce_alignment
+
+    ref = copy.deepcopy(recipe).train()  # the step's maps (batch statistics, the same batch)
+    per = bce_alignment(ref.explainer.explain(batch["image"], batch["label"]).saliency, batch["mask"],
+                        reduction="none").detach()
+    flags = batch.get("annotated", torch.ones(4, dtype=torch.bool))
+    expected = 2 * float(per[flags].sum()) / 6  # world size x this rank's flagged sum / the 2 + 4 flagged
     logs = recipe.fit([batch], 1, seed=0, progress=False)
-    return {"align": logs[0]["classifier/align"], "state": recipe.state_dict()}
+    return {"align": logs[0]["classifier/align"], "expected": expected, "state": recipe.state_dict()}
 
 
 def _overflow_on_one_rank() -> dict:

@@ -156,3 +156,28 @@ def test_one_forward_no_backward_on_cnns_and_vits(name: str, arch: str) -> None:
         assert cam.last_path == "forward" and out.logits.grad_fn is None and out.saliency.grad_fn is None
         assert out.saliency.shape == (2, 1, size, size) and torch.isfinite(out.saliency).all()
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_score_cam_keeps_to_batch_size_with_more_images_than_it() -> None:
+    model = make_model("test_resnet")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
+    try:
+        got = ScoreCAM(model, "layer3", batch_size=2)(x, [0, 1, 2])
+    finally:
+        handle.remove()
+    assert sizes[0] == 3 and max(sizes[1:]) <= 2  # the activations' pass, then the masked images
+    torch.testing.assert_close(got, ScoreCAM(model, "layer3")(x, [0, 1, 2]), rtol=1e-5, atol=1e-6)
+
+
+def test_eigen_cam_answers_nan_for_non_finite_activations_and_checks_shape() -> None:
+    a = torch.rand(2, 4, 3, 3)
+    a[1, 0, 0, 0] = float("nan")
+    p = principal_projection(a)
+    assert torch.isfinite(p[0]).all() and torch.isnan(p[1]).all()
+    torch.testing.assert_close(p[0], principal_projection(a[:1])[0])
+    with pytest.raises(egl.InputError, match=r"principal_projection: 'a' expected"):
+        principal_projection(torch.rand(2, 4, 9))
+    with pytest.raises(egl.InputError, match=r"'weighting' expected a Grad-CAM variant.*got EigenCAM"):
+        class_maps(make_model("test_resnet"), torch.randn(1, 3, 32, 32), weighting=EigenCAM(make_model("test_resnet")))

@@ -27,8 +27,10 @@ def _batch(seed: int, n: int = 12, **extra: torch.Tensor) -> dict[str, torch.Ten
 
 def _reference(model: nn.Module, batches: list[dict[str, torch.Tensor]], ids: list[torch.Tensor], eta: float,
                adjust: dict[int, float] | None = None) -> tuple[list[torch.Tensor], list[float], torch.Tensor]:
-    """Per batch: L_g, q_g <- q_g exp(eta (L_g + adjust_g)) for the groups present, loss =
-    sum_g q_g L_g / sum_g q_g over those; gradients of the last loss with respect to the model's weight."""
+    """Per batch: L_g, q_g <- q_g exp(eta (L_g + adjust_g)) for the groups present and
+    q_g <- q_g exp(eta adjust_g) for the training groups absent (Sagawa et al.'s code: an absent
+    group's loss is 0), loss = sum_g q_g L_g / sum_g q_g over those present; gradients of the
+    last loss with respect to the model's weight."""
     adjust = adjust or {}
     q: dict[int, float] = {}
     losses, grads = [], None
@@ -39,6 +41,9 @@ def _reference(model: nn.Module, batches: list[dict[str, torch.Tensor]], ids: li
         means = {g: per[gid == g].mean() for g in groups}
         for g in groups:
             q[g] = q.get(g, 1.0) * float(torch.exp(eta * (means[g].detach() + adjust.get(g, 0.0))))
+        for g, a in adjust.items():
+            if g not in means:
+                q[g] = q.get(g, 1.0) * float(torch.exp(torch.tensor(eta * a, dtype=torch.float64)))
         total = sum(q[g] * means[g] for g in groups) / sum(q[g] for g in groups)
         total.backward()
         losses.append(total.detach())
@@ -238,7 +243,8 @@ def test_adjustment_errors_name_the_fix() -> None:
         recipe.compute_phase("classifier", batch, 0)
     with pytest.raises(egl.InputError, match=r"set_group_sizes: 'num_classes' expected .*got None.*Pass num_classes"):
         recipe.set_group_sizes(data)
-    with pytest.raises(egl.InputError, match=r"'dataset labels' expected values in \[0, 1\].*classes are 0 .. 1"):
+    with pytest.raises(egl.InputError, match=r"set_group_sizes: 'dataset' expected values in \[0, 1\].*labels: "
+                       r"classes are 0 .. 1"):
         recipe.set_group_sizes(data, num_classes=2)
     recipe.set_group_sizes(data, num_classes=4)
     with pytest.raises(egl.InputError, match=r"'batch' expected logits of the 4 classes the group sizes were "
@@ -253,5 +259,12 @@ def test_adjustment_errors_name_the_fix() -> None:
     with pytest.raises(egl.InputError, match=r"with no training image counted"):  # deferred: refused, weights kept
         recipe.training_step(batch, 0, recipe.configure_optimizers())
     torch.testing.assert_close(recipe.log_q, before)
+    plain = TensorDictDataset({"image": torch.zeros(4, 3, 4, 4), "label": torch.zeros(4, dtype=torch.long)})
+    with pytest.raises(egl.InputError, match=r"set_group_sizes: 'groups' expected a grouping whose keys the items "
+                       r"carry \(it needs \['label', 'shortcut'\]\), got items of TensorDictDataset with keys "
+                       r"\['image', 'label'\]\. Use groups='class'"):
+        recipe.set_group_sizes(plain, num_classes=K)
+    with pytest.raises(egl.InputError, match=r"set_group_sizes: 'max_groups' expected at least 20"):
+        recipes.group_dro(_model(), groups="shortcut", max_groups=8).set_group_sizes(data, num_classes=4)
     with pytest.raises(egl.InputError, match=r"'adjustment' expected a finite number >= 0, got -1"):
         recipes.group_dro(_model(), adjustment=-1)

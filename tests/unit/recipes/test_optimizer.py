@@ -87,6 +87,17 @@ def test_norm_and_bias_parameters_can_go_undecayed() -> None:
     assert recipes.erm(model, optimizer=spec).config()["optimizer"] == {"name": "adamw", "decay_norm_and_bias": False}
 
 
+def test_what_a_models_no_weight_decay_names_goes_undecayed_too() -> None:
+    model = make_model("test_vit")
+    names = set(model.no_weight_decay())
+    assert {"pos_embed", "cls_token"} & names
+    opt = recipes.erm(model, optimizer={"name": "adamw", "decay_norm_and_bias": False},
+                      weight_decay=0.05).configure_optimizers()["classifier"]
+    plain = {id(p) for p in opt.param_groups[1]["params"]}
+    for n, p in model.named_parameters():
+        assert (id(p) in plain) == (p.dim() <= 1 or n in names), n
+
+
 def test_equal_specs_read_alike_in_the_config() -> None:
     model = make_model("test_resnet")
     assert recipes.erm(model, optimizer={"name": "sgd", "momentum": 0.9}).config()["optimizer"] == "sgd"
