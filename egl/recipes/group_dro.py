@@ -272,7 +272,7 @@ class GroupDRO(Recipe):
         if self._sizes_classes != num_classes and self.groups != "domain":
             raise fail(FN, "batch", f"logits of the {self._sizes_classes} classes the group sizes were counted with",
                        f"{num_classes} classes", "Call recipe.set_group_sizes(train_set, num_classes=K) again")
-        sizes = self.group_sizes.to(present.device)
+        sizes = self.group_sizes  # (a buffer: on the recipe's device, as the batch)
         unknown = present & (sizes == 0)
         first = torch.where(unknown, torch.arange(self.max_groups, device=present.device), self.max_groups).min()
         stats = torch.stack([unknown.sum(), first]).float()
