@@ -28,6 +28,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         **{f"gt_{loss}": {"recipe": "align", "kwargs": {"warmup_steps": 50, "masker": "ground_truth",
                                                         "alignment": loss, "align_weight": w, "regularizer": None}}
            for loss, w in (("bce", 1.0), ("energy_outside", 5.0), ("rrr", 1.0))}}},
+    # Two kinds of extra supervision side by side: the data's masks (ALIGN's classifier phase with
+    # energy_outside) against (class, shortcut) group labels (GroupDRO: with Sagawa et al.'s
+    # adjustment, and with decoupled weight decay), beside ERM (docs/experiments.md, "Group labels").
+    "groups": {"methods": {
+        "erm": {"recipe": "erm"},
+        "align_gt": {"recipe": "align", "kwargs": {"warmup_steps": 50, "masker": "ground_truth",
+                                                   "alignment": "energy_outside", "align_weight": 5.0,
+                                                   "regularizer": None}},
+        "group_dro_adj": {"recipe": "group_dro", "kwargs": {"groups": "shortcut", "adjustment": 2.0}},
+        "group_dro_adamw": {"recipe": "group_dro", "kwargs": {"groups": "shortcut", "optimizer": "adamw",
+                                                              "weight_decay": 1.0}}}},
     # Tables 1 and 3: every recipe, one run per training domain, tested on every split.
     "baselines": {"train": {"domains": "each"}, "methods": {
         name: {"recipe": name, "kwargs": {"align": {"warmup_steps": 50}, "irm": {"anneal_steps": 50}}.get(name, {})}

@@ -203,3 +203,12 @@ def test_alignment_preset_lists_the_three_losses() -> None:
     assert {m["kwargs"]["alignment"] for n, m in methods.items() if n != "erm"} == {"bce", "energy_outside", "rrr"}
     for name in methods:
         egl.get_component("recipe", methods[name]["recipe"])
+
+
+def test_groups_preset_runs_masks_against_group_labels(tmp_path: Path) -> None:
+    out = tmp_path / "groups"
+    assert main(["experiment", "--preset", "groups", "--out", str(out), *TINY, "--set", "eval.explain_samples=0",
+                 "--set", "eval.mask_quality=false"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    methods = {"erm", "align_gt", "group_dro_adj", "group_dro_adamw"}
+    assert rows[0]["config"]["methods"].keys() == methods and {r["method"] for r in rows[1:]} == methods
