@@ -14,7 +14,16 @@ from egl.explainers.base import Explanation, targets
 from egl.explainers.grad_cam import CAMParts, GradCAM, _pick
 from egl.kernels.cam_epilogue import cam_epilogue
 
-__all__ = ["GradientFreeCAM"]
+__all__ = ["GradientFreeCAM", "no_class_weighting"]
+
+
+def no_class_weighting(cam: GradCAM) -> Exception:
+    """The error for a gradient-free CAM passed to ``class_maps(weighting=...)``."""
+    name = type(cam).__name__
+    fix = (f"Call {name}(model)(x) once: its map is the same for every class" if getattr(cam, "class_free", False)
+           else f"Call {name}(model)(x, target) per class instead")
+    return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels by the gradient",
+                f"{name} (gradient-free: its map has no per-class channel weighting)", fix)
 
 
 class GradientFreeCAM(GradCAM):
@@ -34,9 +43,7 @@ class GradientFreeCAM(GradCAM):
         raise self._no_weighting()
 
     def _no_weighting(self) -> Exception:
-        return fail("egl.explainers.class_maps", "weighting", "a Grad-CAM variant weighting channels by the "
-                    "gradient", f"{type(self).__name__} (gradient-free: its map has no per-class weighting)",
-                    f"Call {type(self).__name__}(model)(x, target) per class instead")
+        return no_class_weighting(self)
 
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
         """Maps and logits for ``x``; ``target=None`` explains the predicted class."""

@@ -63,6 +63,10 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
         raise fail(fn, "weighting", "a GradCAM instance or a variant's (LayerCAM, GradCAMPlusPlus, ...)",
                    type(weighting).__name__, "Pass e.g. weighting=egl.explainers.LayerCAM(model), or leave it out "
                    "for Grad-CAM")
+    from egl.explainers._gradient_free import GradientFreeCAM, no_class_weighting
+
+    if isinstance(weighting, GradientFreeCAM):  # (before any forward pass)
+        raise no_class_weighting(weighting)
     cam = GradCAM(model, layer, upsample=False, normalize=False, relu=False)
     # Grad-CAM's own weighting takes the fast path below, unless its weights are to be held constant
     variant = weighting if weighting is not None and (not same_maps_as_grad_cam(weighting)

@@ -48,12 +48,15 @@ def principal_projection(a: Tensor, *, center: bool = False) -> Tensor:
     Returns:
         ``[B, 1, h, w]`` in float32 at least, signed to agree with the total activation
         (``Σ_i p_i s_i >= 0``, ``s_i`` the channels' sum at position ``i``); NaN for an image
-        whose activations are not finite (as Grad-CAM's map of a diverged model is).
+        whose activations are not finite (normalised by the explainer, all zeros, as
+        Grad-CAM's map of a diverged model is).
     """
     a = check_shape(a, "B C H W", "egl.explainers.eigen_cam.principal_projection", "a")
     m = a.detach().to(dtype=weight_dtype(a)).flatten(2).transpose(1, 2)  # [B, hw, C]
     bad = ~torch.isfinite(m).flatten(1).all(dim=1)  # an image with NaN/inf activations (a diverged model):
     m = torch.where(bad[:, None, None], 0.0, m)  # decomposed as zeros (eigh would raise), answered NaN below
+    scale = m.abs().amax(dim=(1, 2), keepdim=True).clamp(min=torch.finfo(m.dtype).tiny)
+    m = m / scale  # (huge finite activations would overflow the Gram matrix; the projection scales back)
     total = m.sum(dim=2)  # [B, hw]: the sign's reference
     if center:
         m = m - m.mean(dim=1, keepdim=True)
@@ -65,7 +68,7 @@ def principal_projection(a: Tensor, *, center: bool = False) -> Tensor:
         vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)[1]
         proj = (m @ vecs[..., -1:]).squeeze(-1)
     sign = torch.where((proj * total).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
-    proj = torch.where(bad[:, None], float("nan"), proj * sign)
+    proj = torch.where(bad[:, None], float("nan"), proj * sign * scale[:, :, 0])
     return proj.reshape(a.shape[0], 1, *a.shape[-2:])
 
 
@@ -92,6 +95,7 @@ class EigenCAM(GradientFreeCAM):
     """
 
     name = "eigen_cam"  # (inference only: GradientFreeCAM refuses create_graph=True)
+    class_free = True  # the same map whatever the target
 
     def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True, normalize: bool = True,
                  relu: bool = True, center: bool = False, backend: str = "auto") -> None:

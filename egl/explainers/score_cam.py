@@ -79,11 +79,11 @@ class ScoreCAM(GradientFreeCAM):
         images a forward pass (blocks of images times blocks of channels)."""
         b, c = acts.shape[:2]
         hw = x.shape[-2:]
-        images = min(b, self.batch_size)  # images per block, and channels per pass for each
-        per = max(1, self.batch_size // images)
+        images = min(b, self.batch_size)  # images per block
         out = acts.new_zeros(b, c, dtype=torch.float32)
         for i in range(0, b, images):
             xi, ti = x[i:i + images], t[i:i + images].view(-1, 1, 1)
+            per = max(1, self.batch_size // xi.shape[0])  # channels per pass (a smaller last block: more)
             for k in range(0, c, per):
                 up = F.interpolate(acts[i:i + images, k:k + per].float(), size=hw, mode="bilinear",
                                    align_corners=False)

@@ -24,8 +24,8 @@ Choices (arguments where they matter):
 
 * ``eta=0.01``: DomainBed's ``groupdro_eta`` and Sagawa et al.'s robust step size.
 * Batches are drawn as they come (not one mini-batch per group, as DomainBed draws one per
-  domain): a group absent from a batch keeps its weight that step and takes no part in the
-  loss, which is normalised over the groups present (so the loss keeps a cross-entropy's scale
+  domain): a group absent from a batch keeps its weight that step (without the adjustment,
+  below) and takes no part in the loss, which is normalised over the groups present (so the loss keeps a cross-entropy's scale
   whatever the batch holds). Sagawa et al.'s code leaves absent groups out of the sum without
   renormalising; over many steps an absent group's weight falls relative to the others' (as in
   their code), and a group first seen late starts from that lower weight.
@@ -253,10 +253,10 @@ class GroupDRO(Recipe):
         means = stats[0] / stats[1].clamp(min=1.0)
         if self.training:
             with torch.no_grad():
-                step = torch.where(present, self.eta * means, 0.0)
+                update = torch.where(present, self.eta * means, 0.0)
                 if self.adjustment > 0:  # every training group, in the batch or not (Sagawa et al.'s code)
-                    step = step + self.eta * self._adjustments(present, logits.shape[1])
-                self.log_q.add_(step.to(self.log_q.dtype))
+                    update = update + self.eta * self._adjustments(present, logits.shape[1])
+                self.log_q.add_(update.to(self.log_q.dtype))
                 self.log_q.sub_(self.log_q.logsumexp(0))
         w = self.log_q.detach().masked_fill(~present, float("-inf")).softmax(0).to(per.dtype)
         total = world * (w * sums / stats[1].clamp(min=1.0).to(per.dtype)).sum()

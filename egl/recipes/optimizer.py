@@ -118,11 +118,12 @@ def _check_option(name: str, key: str, value: object, fn: str, arg: str) -> Any:
 
 def no_weight_decay_ids(modules: Iterable[nn.Module]) -> set[int]:
     """The ids of the parameters the modules' own ``no_weight_decay()`` names (timm's ViTs: the
-    position embedding and class token), found by their names in each module."""
+    position embedding and class token), found by their names in each module. Only the phase's
+    own modules are asked, as timm asks the model (a ViT wrapped in another module is not)."""
     out: set[int] = set()
     for m in modules:
-        names = m.no_weight_decay() if callable(getattr(m, "no_weight_decay", None)) else ()
-        out.update(id(p) for n, p in m.named_parameters() if n in set(names))
+        names = set(m.no_weight_decay()) if callable(getattr(m, "no_weight_decay", None)) else set()
+        out.update(id(p) for n, p in m.named_parameters() if n in names)
     return out
 
 

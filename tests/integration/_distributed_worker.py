@@ -225,6 +225,7 @@ def _input_error_on_one_rank(what: str, recipe_name: str = "align") -> str:
 def _flags_on_one_rank_only() -> dict:
     """annotated_mean="annotated" with rank 0's batch flagged (2 of 4 images) and rank 1's not at all
     (every image counts): rank 1 skipped the count's all-reduce that rank 0 waited in."""
+    torch.manual_seed(0)  # the same initial weights on both ranks (the reference is taken before fit)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
     recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0,
                            annotated_mean="annotated")

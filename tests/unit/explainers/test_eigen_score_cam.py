@@ -168,6 +168,8 @@ def test_score_cam_keeps_to_batch_size_with_more_images_than_it() -> None:
     finally:
         handle.remove()
     assert sizes[0] == 3 and max(sizes[1:]) <= 2  # the activations' pass, then the masked images
+    c = _activations(model, "layer3", x).shape[1]  # 2 images a block (1 channel a pass), then the last alone (2)
+    assert len(sizes) - 1 == c + c // 2
     torch.testing.assert_close(got, ScoreCAM(model, "layer3")(x, [0, 1, 2]), rtol=1e-5, atol=1e-6)
 
 
@@ -179,5 +181,9 @@ def test_eigen_cam_answers_nan_for_non_finite_activations_and_checks_shape() -> 
     torch.testing.assert_close(p[0], principal_projection(a[:1])[0])
     with pytest.raises(egl.InputError, match=r"principal_projection: 'a' expected"):
         principal_projection(torch.rand(2, 4, 9))
-    with pytest.raises(egl.InputError, match=r"'weighting' expected a Grad-CAM variant.*got EigenCAM"):
+    huge = torch.rand(2, 4, 3, 3)
+    huge[1] *= 1e25  # finite, but its Gram matrix overflows float32
+    torch.testing.assert_close(principal_projection(huge)[1] / 1e25, principal_projection(huge[1:] / 1e25)[0])
+    with pytest.raises(egl.InputError, match=r"'weighting' expected a Grad-CAM variant.*got EigenCAM.*Call "
+                       r"EigenCAM\(model\)\(x\) once"):
         class_maps(make_model("test_resnet"), torch.randn(1, 3, 32, 32), weighting=EigenCAM(make_model("test_resnet")))
