@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from egl._check import batch_of_one, fail
+from egl._check import fail
 from egl.backbones import _LayoutError, resolve_target, unsupported_model
 from egl.explainers.base import Explanation, targets
 from egl.explainers.grad_cam import CAMParts, GradCAM, _pick
@@ -37,18 +37,10 @@ class GradientFreeCAM(GradCAM):
         raise NotImplementedError
 
     def weigh_uniform(self, a: Tensor, w: Tensor, scale: float) -> CAMParts:
-        raise self._no_weighting()
+        raise no_class_weighting(self)
 
     def weigh(self, a: Tensor, g: Tensor) -> CAMParts:
-        raise self._no_weighting()
-
-    def _no_weighting(self) -> Exception:
-        return no_class_weighting(self)
-
-    def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
-        """Maps and logits for ``x``; ``target=None`` explains the predicted class."""
-        with batch_of_one(f"egl.explainers.{self.name}", "x"):
-            return self._explain(x, target, create_graph)
+        raise no_class_weighting(self)
 
     def _explain(self, x: Tensor, target: Any, create_graph: bool) -> Explanation:
         fn = f"egl.explainers.{self.name}"
