@@ -25,10 +25,11 @@ Choices (arguments where they matter):
 * ``eta=0.01``: DomainBed's ``groupdro_eta`` and Sagawa et al.'s robust step size.
 * Batches are drawn as they come (not one mini-batch per group, as DomainBed draws one per
   domain): a group absent from a batch keeps its weight that step (without the adjustment,
-  below) and takes no part in the loss, which is normalised over the groups present (so the loss keeps a cross-entropy's scale
-  whatever the batch holds). Sagawa et al.'s code leaves absent groups out of the sum without
-  renormalising; over many steps an absent group's weight falls relative to the others' (as in
-  their code), and a group first seen late starts from that lower weight.
+  below) and takes no part in the loss, which is normalised over the groups present (so the
+  loss keeps a cross-entropy's scale whatever the batch holds). Sagawa et al.'s code leaves
+  absent groups out of the sum without renormalising; over many steps an absent group's weight
+  falls relative to the others' (as in their code), and a group first seen late starts from
+  that lower weight.
 * The weights are kept as ``log q`` (a buffer of ``max_groups`` entries, 1024 by default,
   checkpointed): updates add ``η L_g`` and subtract the log-sum-exp, so a long run neither
   overflows nor underflows. Group ids must fit in ``max_groups`` (checked, naming it).

@@ -23,10 +23,10 @@ Choices and deviations (all arguments where they matter):
 * A domain with fewer than 2 samples in the batch has no even/odd split: its CE counts, its
   penalty is left out of the mean (penalty 0 when no domain has 2 samples).
 * All domains go through the model as one batch, as DomainBed does (``all_x``).
-* The reset happens in :meth:`IRM.training_step` (used by ``recipe.fit``): the optimiser of the
-  classifier phase keeps its identity and param groups (learning rate included) and loses its
-  state (Adam's moments and step count), which is what re-creating Adam does with a constant
-  learning rate. Custom loops call :meth:`IRM.reset_optimizer` at :attr:`IRM.anneal_steps`.
+* The reset happens in :meth:`IRM.training_step` (used by ``recipe.fit``; shared with VREx,
+  :class:`egl.recipes._anneal.AnnealedPenalty`): the optimiser keeps its identity and param
+  groups and loses its state. Custom loops call :meth:`IRM.reset_optimizer` at
+  :attr:`IRM.anneal_steps`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from egl._check import check_flag, check_int, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
+from egl.recipes._anneal import AnnealedPenalty
 from egl.recipes._domains import domain_groups, require_domains
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -70,7 +71,7 @@ def irm_penalty(logits: Tensor, target: Tensor) -> Tensor:
     return g1 * g2
 
 
-class IRM(Recipe):
+class IRM(AnnealedPenalty, Recipe):
     """IRM (IRMv1 penalty, DomainBed's schedule) on any classifier; needs domain labels.
 
     Args:
@@ -108,10 +109,6 @@ class IRM(Recipe):
     def phases(self) -> list[Phase]:
         return [Phase("classifier", (self.model,), self._classifier_terms)]
 
-    def weight_at(self, step: int) -> float:
-        """λ at ``step``: 1 before ``anneal_steps``, ``penalty_weight`` from then on."""
-        return self.penalty_weight if step >= self.anneal_steps else 1.0
-
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         domain = require_domains(batch, "egl.recipes.irm", "IRM")
         self.model.train(self.training)
@@ -127,19 +124,6 @@ class IRM(Recipe):
             total = total / weight
         weight_t = torch.full((), float(weight), device=logits.device)  # (no upload: a fill)
         return {"ce": ce, "penalty": penalty, "penalty_weight": weight_t, "total": total}
-
-    # -- the optimiser reset at the annealing step ----------------------------------------------
-    @staticmethod
-    def reset_optimizer(optimizer: torch.optim.Optimizer) -> None:
-        """Forget ``optimizer``'s state in place (Adam's moments and step count), keeping its param groups."""
-        optimizer.state.clear()
-
-    def training_step(self, batch: Any, step: int, optimizers: dict[str, torch.optim.Optimizer],
-                      **kwargs: Any) -> dict[str, float]:
-        """:meth:`Recipe.training_step`, after resetting the optimiser at step ``anneal_steps``."""
-        if step == self.anneal_steps:
-            self.reset_optimizer(optimizers["classifier"])
-        return super().training_step(batch, step, optimizers, **kwargs)
 
 
 def irm(model: nn.Module, **kwargs: Any) -> IRM:

@@ -1,15 +1,18 @@
-"""Domain grouping for IRM and Mixup: on the host when the domains arrived on the CPU."""
+"""Domain grouping for IRM and Mixup (on the host when the domains arrived on the CPU), and the
+batch groupings VREx uses."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from _helpers import make_model
 
+import egl
 from egl import recipes
 from egl.recipes import Batch, as_batch
-from egl.recipes._domains import domain_groups
+from egl.recipes._domains import batch_groups, domain_groups
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,3 +52,30 @@ def test_irm_and_mixup_terms_do_not_depend_on_where_domains_are_grouped() -> Non
         assert terms[0].keys() == terms[1].keys()
         for k in terms[0]:
             torch.testing.assert_close(terms[0][k], terms[1][k], rtol=0, atol=0, msg=k)
+
+
+def test_batch_groups_partition_by_each_grouping() -> None:
+    x, y, d = _data()
+    s = torch.tensor([-1, 1, 2, 0, -1, -1, 0, 1])
+    b = as_batch({"image": x, "label": y, "domain": d, "shortcut": s})
+    want = {
+        "domain": {(1, 3, 7), (4, 5), (0, 2, 6)},
+        "class": {(0, 3, 6), (1, 4, 7), (2, 5)},
+        "domain_class": {(0, 6), (1, 7), (2,), (3,), (4,), (5,)},
+        "shortcut": {(0,), (3, 6), (1, 7), (4,), (2,), (5,)},
+    }
+    for by, groups in want.items():
+        got = batch_groups(b, by, "fn", "M")
+        assert {tuple(g.tolist()) for g in got} == groups, by
+        assert sorted(i for g in got for i in g.tolist()) == list(range(8))
+        built = batch_groups(Batch(x, y, d, shortcut=s), by, "fn", "M")  # no host copies: grouped where they are
+        assert [g.tolist() for g in built] == [g.tolist() for g in got], by
+
+
+def test_batch_groups_name_the_labels_a_grouping_needs() -> None:
+    x, y, _ = _data()
+    with pytest.raises(egl.InputError, match=r"fn: 'batch' expected dict batches with key 'shortcut'"):
+        batch_groups(as_batch((x, y)), "shortcut", "fn", "M")
+    with pytest.raises(egl.InputError, match=r"M with groups='domain_class' needs \(x, y, domain\) batches"):
+        batch_groups(as_batch((x, y)), "domain_class", "fn", "M")
+    assert [g.tolist() for g in batch_groups(as_batch((x, y)), "class", "fn", "M")] == [[0, 3, 6], [1, 4, 7], [2, 5]]
