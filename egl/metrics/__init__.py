@@ -5,6 +5,8 @@
   saliency, batched through the model (DeYoung et al., ACL 2020).
 - :mod:`~egl.metrics.deletion_insertion`: RISE ``deletion`` and ``insertion`` curves and their
   areas, batched through the model (Petsiuk et al., BMVC 2018).
+- :mod:`~egl.metrics.imputation`: ROAD's noisy linear imputation (Rong et al., ICML 2022), the
+  ``"noisy_linear"`` baseline of both families above.
 - :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
   IoU of saliency (or a masker's output) against ground-truth masks.
 - :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
@@ -23,6 +25,7 @@ Example:
 from egl.metrics.classification import accuracy, auc
 from egl.metrics.deletion_insertion import CurveResult, deletion, insertion
 from egl.metrics.faithfulness import BASELINES, DEFAULT_KS, FaithfulnessResult, faithfulness
+from egl.metrics.imputation import noisy_linear_imputation
 from egl.metrics.localization import (
     LocalizationResult,
     energy_pointing_game,
@@ -42,6 +45,7 @@ __all__ = [
     "CurveResult",
     "BASELINES",
     "DEFAULT_KS",
+    "noisy_linear_imputation",
     "localization",
     "LocalizationResult",
     "energy_pointing_game",

@@ -23,9 +23,12 @@ from egl._check import (
 from egl._transfer import upload
 
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
-           "check_perturbation", "replacement", "model_logits"]
+           "check_perturbation", "replacement", "filler", "model_logits"]
 
-BASELINES = ("zero", "blur", "mean")
+BASELINES = ("zero", "blur", "mean", "linear", "noisy_linear")
+#: Baselines that fill the removed pixels from the kept ones (ROAD's imputation): their values
+#: depend on which pixels are removed, so they are computed per perturbed image.
+IMPUTED = {"linear": 0.0, "noisy_linear": 0.01}
 
 
 def check_logits(logits: object, fn: str, arg: str = "logits") -> Tensor:
@@ -99,7 +102,8 @@ def check_perturbation(x: Tensor, baseline: object, batch_size: object, blur_sig
 def replacement(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
     """Values that removed pixels take, broadcastable to ``x`` and indexable by sample:
     ``"zero"`` ``[B, 1, 1, 1]`` zeros, ``"mean"`` the per-image channel means, ``"blur"`` a
-    Gaussian-blurred copy (``blur_sigma`` px, kernel ``2 ceil(3 sigma) + 1``, replicate border)."""
+    Gaussian-blurred copy (``blur_sigma`` px, kernel ``2 ceil(3 sigma) + 1``, replicate border).
+    Not for the imputed baselines (:func:`filler` serves every baseline)."""
     if baseline == "zero":
         return x.new_zeros(x.shape[0], 1, 1, 1)
     if baseline == "mean":
@@ -107,6 +111,28 @@ def replacement(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
     radius = max(1, math.ceil(3.0 * blur_sigma))
     return gaussian_blur2d(x, (2 * radius + 1, 2 * radius + 1), (blur_sigma, blur_sigma),
                            border_type="replicate")
+
+
+def filler(x: Tensor, baseline: str, blur_sigma: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fill(i, keep)``: the images ``x[i]`` with the pixels where ``keep`` (``[n, 1, H, W]``
+    bool) is False removed, the way ``baseline`` says.
+
+    The imputed baselines (``"linear"``, ``"noisy_linear"``: ROAD's, :mod:`egl.metrics.imputation`)
+    solve each perturbed image's fill from its kept pixels; ``"noisy_linear"`` adds one noise
+    field per image of ``x``, drawn once (generator seeded 0), so that image ``i`` carries the
+    same noise at every removal level and the result does not depend on how the images are
+    chunked into forward passes.
+    """
+    if baseline not in IMPUTED:
+        base = replacement(x, baseline, blur_sigma)
+        return lambda i, keep: torch.where(keep, x[i], base[i])
+    from egl.metrics.imputation import _fill
+
+    sigma = IMPUTED[baseline]
+    field = None
+    if sigma > 0:
+        field = sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    return lambda i, keep: _fill(x[i], keep[:, 0], None if field is None else field[i.cpu()])
 
 
 def model_logits(model: Callable[[Tensor], Tensor], inp: Tensor, fn: str) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from egl._check import check_finite, check_same_batch, check_shape, describe, fail
 from egl._transfer import host_tensor, upload
-from egl.metrics._common import check_labels, check_perturbation, model_logits, pixel_ranks, replacement
+from egl.metrics._common import check_labels, check_perturbation, filler, model_logits, pixel_ranks
 
 __all__ = ["deletion", "insertion", "CurveResult", "DEFAULT_STEPS"]
 
@@ -87,8 +87,7 @@ def _curve(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, in
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient
-        base = replacement(x, baseline, blur_sigma)
-        start, finish = (base, x) if insert else (x, base)
+        fill = filler(x, baseline, blur_sigma)
         counts = [(2 * i * h * w + steps) // (2 * steps) for i in range(steps + 1)]  # floor(i H W / steps + 0.5)
         n_of = host_tensor(counts, x.device, torch.int32)
         total = (steps + 1) * b
@@ -97,7 +96,7 @@ def _curve(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, in
             idx = torch.arange(first, min(first + batch_size, total), device=x.device)
             v, i = idx // b, idx % b
             moved = (ranks[i] < n_of[v, None]).view(-1, 1, h, w)
-            logits.append(model_logits(model, torch.where(moved, finish[i], start[i]), fn))
+            logits.append(model_logits(model, fill(i, moved if insert else ~moved), fn))
         out = torch.cat(logits)
         out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
         probs = torch.softmax(out, dim=1).view(steps + 1, b, -1)
@@ -134,8 +133,10 @@ def deletion(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, 
             pixels per step).
         baseline: what removed pixels become: ``"zero"`` (zero in normalised space: the dataset's
             mean colour; RISE's deletion), ``"blur"`` (a Gaussian blur of the image, ``blur_sigma``
-            px, kernel ``2 ceil(3 sigma) + 1``; RISE used an 11-pixel kernel) or ``"mean"``
-            (the image's channel means).
+            px, kernel ``2 ceil(3 sigma) + 1``; RISE used an 11-pixel kernel), ``"mean"``
+            (the image's channel means), ``"noisy_linear"`` (ROAD's imputation from the pixels not
+            yet removed, noise 0.01: ROAD's MoRF curve; one sparse solve per point and image on
+            the CPU) or ``"linear"`` (the same without noise).
         target: classes to score instead of the prediction ``argmax model(x)``.
         batch_size: most images per forward call.
         blur_sigma: the blur's standard deviation in pixels (``baseline="blur"`` only; at most the

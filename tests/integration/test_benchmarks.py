@@ -101,3 +101,13 @@ def test_gradient_free_benchmark(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "g.json").read_text())["rows"]
     assert [(r["layer"], r["cam"]) for r in rows] == [("layer3", "eigen_cam"), ("layer3", "score_cam")]
     assert all(r["egl ms"] > 0 and r["floor ms"] > 0 and r["x floor"] > 0 for r in rows)
+
+
+def test_road_benchmark(tmp_path: Path) -> None:
+    run("road.py", "--batch", "1", "--sizes", "16", "--fractions", "50", "--repeats", "1",
+        "--json", str(tmp_path / "r.json"))
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["size"], r["removed %"]) for r in rows] == [(16, 50.0)]
+    assert rows[0]["egl ms"] > 0 and rows[0]["ms/img"] > 0
+    if "max diff" in rows[0]:  # (pytorch-grad-cam installed: the same system solved)
+        assert rows[0]["max diff"] < 1e-4

@@ -71,7 +71,8 @@ BAD = [
     ("eval.curve_steps=-1", r"'eval.curve_steps' expected an int >= 0 \(RISE deletion/insertion steps per curve; "
                             r"0: not measured\), got -1\."),
     ("eval.explainer_kwargs=3", r"'eval.explainer_kwargs' expected a mapping of the explainer's arguments, got 3\."),
-    ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean'\], got 'black'\."),
+    ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], "
+                            r"got 'black'\."),
     ("eval.mask_quality=maybe", r"'eval.mask_quality' expected True or False, got 'maybe'\."),
 ]
 

@@ -274,7 +274,8 @@ def test_bad_ks(ks: object) -> None:
 
 def test_bad_baseline() -> None:
     model, x, s = _args()
-    with pytest.raises(egl.InputError, match=r"'baseline' expected one of \['zero', 'blur', 'mean'\], got 'black'"):
+    want = r"'baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], got 'black'"
+    with pytest.raises(egl.InputError, match=want):
         faithfulness(model, x, s, baseline="black")
 
 
