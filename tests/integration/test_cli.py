@@ -212,3 +212,14 @@ def test_groups_preset_runs_masks_against_group_labels(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     methods = {"erm", "align_gt", "group_dro_adj", "group_dro_adamw"}
     assert rows[0]["config"]["methods"].keys() == methods and {r["method"] for r in rows[1:]} == methods
+
+
+def test_invariance_preset_runs_the_domain_penalties_on_pooled_domains(tmp_path: Path) -> None:
+    out = tmp_path / "invariance"
+    with pytest.warns(UserWarning, match="anneal_steps=50 but the run has train.steps=2"):
+        assert main(["experiment", "--preset", "invariance", "--out", str(out), *TINY, "--set",
+                     "eval.explain_samples=0", "--set", "eval.mask_quality=false"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    methods = {"erm", "irm", "vrex", "coral", "mmd"}
+    assert rows[0]["config"]["methods"].keys() == methods and {r["method"] for r in rows[1:]} == methods
+    assert {r["train"] for r in rows[1:]} == {"all"}
