@@ -42,6 +42,6 @@ def egl_register_regularizers() -> list[Any]:
 
 @hookimpl
 def egl_register_recipes() -> list[Any]:
-    from egl.recipes import ALIGN, CORAL, DRE, ERM, IRM, MMD, SGT, GroupDRO, Mixup, SGDrop, VREx
+    from egl.recipes import ALIGN, CORAL, DRE, ERM, IRM, MMD, SD, SGT, GroupDRO, Mixup, SGDrop, VREx
 
-    return [ALIGN, ERM, IRM, Mixup, SGT, SGDrop, DRE, GroupDRO, VREx, CORAL, MMD]
+    return [ALIGN, ERM, IRM, Mixup, SGT, SGDrop, DRE, GroupDRO, VREx, CORAL, MMD, SD]

@@ -169,3 +169,18 @@ def test_the_imputation_hides_a_removed_region_that_zeros_show() -> None:
     assert torch.allclose(curve.curve[:, :4], curve.curve[:, :1].expand(2, 4), atol=1e-6)  # until all is removed
     start = insertion(model, x, s, steps=4, baseline="linear").curve[:, 0]  # everything removed: zeros
     assert torch.allclose(start, model(torch.zeros_like(x)).softmax(1).gather(1, curve.target[:, None])[:, 0])
+
+
+def test_images_solved_side_by_side_equal_one_by_one() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 2, 12, 10, generator=g, dtype=torch.float64)
+    keep = torch.rand(3, 12, 10, generator=g) > 0.4
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = noisy_linear_imputation(x, keep, noise=0.0)
+        torch.set_num_threads(3)
+        together = noisy_linear_imputation(x, keep, noise=0.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, together)

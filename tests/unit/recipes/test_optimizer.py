@@ -39,7 +39,7 @@ def test_every_phase_gets_the_kind_at_its_own_learning_rate() -> None:
     assert opts["masker"].param_groups[0]["weight_decay"] == 0.05
 
 
-@pytest.mark.parametrize("name", ["erm", "irm", "mixup", "sgt", "sgdrop", "dre", "group_dro", "vrex", "coral",
+@pytest.mark.parametrize("name", ["erm", "irm", "mixup", "sgt", "sgdrop", "dre", "group_dro", "vrex", "coral", "sd",
                                   "mmd", "align"])
 def test_every_recipe_takes_and_records_the_optimizer(name: str) -> None:
     recipe = egl.create("recipe", name, make_model("test_resnet"), optimizer={"name": "sgd", "momentum": 0.0})
