@@ -150,7 +150,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_balance(cfg, {"+".join(domains): train_set})
     check_model_builds(cfg["model"], source.num_classes, cfg["eval"])
     out = results_dir(cfg, f"train-{args.method}")
-    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set).model
+    model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set,
+                         domains=domains).model
     save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0

@@ -58,7 +58,7 @@ def results_dir(cfg: dict[str, Any], kind: str) -> Path:
 
 def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: Any, seed: int,
                  log_path: Path | None = None, val_set: Any = None, *,
-                 checkpoint_dir: Path | None = None, resume: bool = False) -> Any:
+                 checkpoint_dir: Path | None = None, resume: bool = False, domains: list[str] | None = None) -> Any:
     """Build the model, the method's recipe and a seeded loader; train ``train.steps`` steps.
 
     With ``val_set`` and ``train.select`` or ``train.val_every`` set, accuracy on ``val_set`` is
@@ -80,6 +80,7 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
     if isinstance(recipe, GroupDRO) and recipe.adjustment > 0:  # C / sqrt(n_g): the training set's group sizes
         recipe.set_group_sizes(train_set, num_classes=source.num_classes)
     _warn_if_a_schedule_never_starts(recipe, method, int(t["steps"]))
+    _warn_if_domains_cannot_differ(recipe, method, domains)
     _warn_if_masks_are_not_read(recipe, method, cfg.get("data") or {})
     g = torch.Generator().manual_seed(seed)
     balance = cfg["data"].get("balance")
@@ -224,6 +225,22 @@ def _warn_if_a_schedule_never_starts(recipe: Any, method: str, steps: int) -> No
             warnings.warn(f"egl.experiments: method '{method}' has {attr}={at} but the run has train.steps={steps}: "
                           f"{lost}. Set methods.{method}.kwargs.{attr} below {steps}, or train longer.",
                           UserWarning, stacklevel=3)
+
+
+def _compares_domains(recipe: Any) -> bool:
+    """Whether the recipe's extra term compares the batch's domains (none with a single domain)."""
+    from egl.recipes import CORAL, VREx
+
+    return isinstance(recipe, CORAL) or (isinstance(recipe, (VREx, GroupDRO)) and recipe.groups == "domain")
+
+
+def _warn_if_domains_cannot_differ(recipe: Any, method: str, domains: list[str] | None) -> None:
+    """CORAL, MMD, V-REx and GroupDRO over domains trained on one domain: the run is ERM."""
+    if domains is not None and len(domains) == 1 and _compares_domains(recipe):
+        warnings.warn(f"egl.experiments: method '{method}' compares the training domains, but this run trains on one "
+                      f"({domains[0]}): its penalty or reweighting has nothing to compare and the run is ERM. Train "
+                      "on several domains (train.domains=all or loo), or leave the method out of this grid.",
+                      UserWarning, stacklevel=3)
 
 
 def _warn_if_masks_are_not_read(recipe: Any, method: str, data: dict[str, Any]) -> None:
@@ -388,7 +405,7 @@ def _train_or_restore(cfg: dict[str, Any], kind: str, source: Source, run_: _Run
         recipe = train_method(cfg, run_.method, source, train_set, run_.seed,
                               out / "train" / f"{run_.method}-{run_.train}-s{run_.seed}.jsonl",
                               source.validation_set(run_.domains, held_out=t.get("val_domains") == "held_out"),
-                              checkpoint_dir=run_.checkpoint_dir, resume=resume)
+                              checkpoint_dir=run_.checkpoint_dir, resume=resume, domains=run_.domains)
     if not (resume and run_.trained_file.is_file()):
         run_.trained_file.parent.mkdir(parents=True, exist_ok=True)
         seconds = _checkpoint_seconds(run_.checkpoint_dir / "last.pt")

@@ -136,7 +136,8 @@ def deletion(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, 
             px, kernel ``2 ceil(3 sigma) + 1``; RISE used an 11-pixel kernel), ``"mean"``
             (the image's channel means), ``"noisy_linear"`` (ROAD's imputation from the pixels not
             yet removed, noise 0.01: ROAD's MoRF curve; one sparse solve per point and image on
-            the CPU) or ``"linear"`` (the same without noise).
+            the CPU; one noise field per image, seeded 0, the same at every point, where ROAD
+            draws it afresh) or ``"linear"`` (the same without noise).
         target: classes to score instead of the prediction ``argmax model(x)``.
         batch_size: most images per forward call.
         blur_sigma: the blur's standard deviation in pixels (``baseline="blur"`` only; at most the

@@ -141,7 +141,9 @@ def faithfulness(
             ``2 ceil(3 sigma) + 1``, replicate border), ``"mean"`` (per-image channel mean),
             ``"noisy_linear"`` (ROAD's imputation from the kept pixels, noise 0.01; one sparse
             solve per perturbed image on the CPU: far slower than the others) or ``"linear"``
-            (the same without noise).
+            (the same without noise). The noise is one field per image (generator seeded 0),
+            the same at every ``k``: ROAD's code draws it afresh for every perturbed image; here
+            results repeat and do not depend on ``batch_size``.
         target: classes to score instead of the prediction ``argmax model(x)``.
         batch_size: most images per forward call.
         blur_sigma: standard deviation of the blur in pixels (``baseline="blur"`` only; at most

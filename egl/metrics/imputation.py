@@ -74,6 +74,8 @@ def noisy_linear_imputation(x: Tensor, keep: Tensor, *, noise: float = 0.01,
     if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
         raise fail(fn, "generator", "a CPU torch.Generator (the noise is drawn on the CPU)", describe(generator),
                    "Pass torch.Generator().manual_seed(0), or None")
+    if x.shape[0] == 0:
+        return x.detach().clone()
     field = None
     if noise > 0:
         field = noise * torch.randn(x.shape, generator=generator)

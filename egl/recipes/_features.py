@@ -35,27 +35,32 @@ def classifier_head(model: nn.Module, name: str | None, fn: str) -> nn.Module:
 
 
 def logits_and_features(run: Callable[[], Tensor], head: nn.Module, fn: str) -> tuple[Tensor, Tensor]:
-    """``run()``'s logits and the input ``head`` received during it, flattened to ``[B, D]``.
+    """``run()``'s logits and the input ``head`` received during it, as ``[B, D]``.
 
-    ``head`` must be called exactly once by ``run`` with a tensor whose first dimension is the batch's.
+    ``head`` must be called exactly once by ``run``, its first tensor argument (positional or
+    keyword) holding one feature vector per image: ``[B, D]``, or ``[B, D, 1, 1]`` (a 1x1
+    convolution head after pooling). An unpooled map (``[B, C, H, W]`` with ``H W > 1``, a
+    ViT's ``[B, N, D]`` tokens) is refused: its flattened covariance would be ``(C H W)²``.
     """
-    seen: list[Tensor] = []
+    seen: list[object] = []
 
-    def keep(_module: nn.Module, args: tuple[object, ...]) -> None:
-        if args and isinstance(args[0], Tensor):
-            seen.append(args[0])
+    def keep(_module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        seen.append(next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None))
 
-    handle = head.register_forward_pre_hook(keep)
+    handle = head.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         logits = run()
     finally:
         handle.remove()
     fix = "Pass classifier='<name>': the module the model calls once, on its pooled features, to make the logits"
-    if len(seen) != 1:
-        raise fail(fn, "classifier", f"a {type(head).__name__} called once per forward pass on a tensor",
-                   f"{len(seen)} calls", fix)
+    if len(seen) != 1 or not isinstance(seen[0], Tensor):
+        got = f"{len(seen)} calls" if len(seen) != 1 else f"one call without a tensor argument ({describe(seen[0])})"
+        raise fail(fn, "classifier", f"a {type(head).__name__} called once per forward pass on a tensor", got, fix)
     feats = seen[0]
-    if feats.dim() < 2 or feats.shape[0] != logits.shape[0]:
-        raise fail(fn, "classifier", "a module whose input holds one feature vector per image "
-                   f"([{logits.shape[0]}, D])", describe(feats), fix)
+    b = logits.shape[0]
+    pooled = feats.dim() == 2 or (feats.dim() == 4 and feats.shape[2] * feats.shape[3] == 1)
+    if not pooled or feats.shape[0] != b:
+        raise fail(fn, "classifier", f"a module whose input holds one feature vector per image ([{b}, D], or "
+                   f"[{b}, D, 1, 1])", describe(feats) + " (an unpooled map or tokens?)",
+                   fix + " (timm models: leave classifier=None, the model's get_classifier())")
     return logits, feats.flatten(1)

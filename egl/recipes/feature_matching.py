@@ -26,7 +26,11 @@ Choices (arguments where they matter):
   the batch counts in the cross-entropy; only domains with at least 2 samples in the batch
   take part in the penalty (a covariance needs two; one image is no distribution), and a
   batch with fewer than two such domains has no penalty (0).
-* Features and distances are computed in float32 (under float16 autocast too).
+* Features and distances are computed in float32 at least, with autocast off (under float16
+  autocast a covariance of features of scale 100 overflows; under bfloat16 an MMD lost 10 %).
+* All domains go through the model as one batch, as DomainBed's ``all_x``; DomainBed then
+  runs its featurizer once per domain, so BatchNorm in train mode normalises each domain alone
+  there and the mixed batch here (the same for frozen BatchNorm, as DomainBed's ResNets have).
 * Under ``torch.distributed`` each rank computes the penalty on its own share of the batch (the
   feature statistics are not gathered across ranks).
 * MMD computes one kernel matrix over the batch and takes each pair's block means from it
@@ -74,7 +78,19 @@ def coral_distance(a: Tensor, b: Tensor) -> Tensor:
                        "Give each domain at least 2 samples")
     if a.shape[1] != b.shape[1]:
         raise fail(fn, "b", f"{a.shape[1]} features per row, as 'a'", f"{b.shape[1]}", "Pass features of one layer")
-    return _coral(*_moments(a), *_moments(b))
+    with _full_precision(a):
+        a, b = _at_least_float32(a), _at_least_float32(b)
+        return _coral(*_moments(a), *_moments(b))
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _full_precision(t: Tensor) -> Any:
+    """Autocast off on ``t``'s device: a covariance or a kernel's block sums in float16 overflow
+    (features of scale 100 square to 1e4 and sum over the batch), in bfloat16 they lose digits."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,16 +114,18 @@ def mmd_distances(feats: Tensor, groups: Sequence[Tensor], gammas: Sequence[floa
     Shape:
         feats: ``B D``; returns ``G G`` (entry ``[i, j]``: the MMD of groups ``i`` and ``j``; 0 on the diagonal).
     """
-    # Differences, not |u|² + |v|² − 2 u·v (DomainBed's): with γ up to 1000 the expansion's
-    # float32 cancellation moved near-zero distances' kernels by percents.
-    dist = torch.cdist(feats, feats, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-    kernel = sum(torch.exp(-g * dist) for g in gammas)
-    member = torch.zeros(len(groups), feats.shape[0], dtype=feats.dtype, device=feats.device)
-    for i, g in enumerate(groups):
-        member[i, g] = 1.0 / g.numel()
-    block = member @ kernel @ member.T  # [i, j]: mean kernel between groups i and j
-    diag = block.diagonal()
-    return diag[:, None] + diag[None, :] - 2 * block
+    with _full_precision(feats):
+        feats = _at_least_float32(feats)
+        # Differences, not |u|² + |v|² − 2 u·v (DomainBed's): with γ up to 1000 the expansion's
+        # float32 cancellation moved near-zero distances' kernels by percents.
+        dist = torch.cdist(feats, feats, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+        kernel = sum(torch.exp(-g * dist) for g in gammas)
+        member = torch.zeros(len(groups), feats.shape[0], dtype=feats.dtype, device=feats.device)
+        for i, g in enumerate(groups):
+            member[i, g] = 1.0 / g.numel()
+        block = member @ kernel @ member.T  # [i, j]: mean kernel between groups i and j
+        diag = block.diagonal()
+        return diag[:, None] + diag[None, :] - 2 * block
 
 
 class CORAL(Recipe):
@@ -147,9 +165,11 @@ class CORAL(Recipe):
     def pair_distances(self, feats: Tensor, groups: Sequence[Tensor]) -> Tensor:
         """Distances of the pairs ``(i, j)``, ``i < j``, of ``groups`` of ``feats``, in row-major order
         (``G (G - 1) / 2`` values)."""
-        moments = [_moments(feats[g]) for g in groups]
-        return torch.stack([_coral(*moments[i], *moments[j])
-                            for i in range(len(groups)) for j in range(i + 1, len(groups))])
+        with _full_precision(feats):
+            feats = _at_least_float32(feats)
+            moments = [_moments(feats[g]) for g in groups]
+            return torch.stack([_coral(*moments[i], *moments[j])
+                                for i in range(len(groups)) for j in range(i + 1, len(groups))])
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         fn = f"egl.recipes.{self.name}"
@@ -164,7 +184,7 @@ class CORAL(Recipe):
         ce = torch.stack([per[g].mean() for g in groups]).mean()
         sized = [g for g in groups if g.numel() >= 2]
         if len(sized) >= 2:
-            penalty = self.pair_distances(feats.float(), sized).mean()
+            penalty = self.pair_distances(feats, sized).mean()
         else:
             penalty = ce.new_zeros(())
         return {"ce": ce, "penalty": penalty, "total": ce + self.penalty_weight * penalty}

@@ -56,3 +56,27 @@ def test_train_optimizer_and_weight_decay_reach_every_method_unless_its_kwargs_s
     _, info = expand(cfg, selecting=False)
     assert info["erm@0"]["hparams"] == {"optimizer": "adamw", "weight_decay": 0.02}  # draw 0: train's
     assert info["erm@1"]["hparams"] == {"optimizer": "sgd", "weight_decay": 0.1}
+
+
+def test_a_domain_comparing_method_on_one_training_domain_warns() -> None:
+    import warnings
+
+    from egl import recipes
+    from egl.experiments.runner import _warn_if_domains_cannot_differ
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    model.get_classifier = lambda: model[1]  # (what CORAL reads its features from)
+    comparing = [recipes.coral(model), recipes.mmd(model), recipes.vrex(model), recipes.group_dro(model)]
+    for recipe in comparing:
+        with pytest.warns(UserWarning, match=rf"method 'm' compares the training domains, but this run trains on one "
+                                             rf"\(domain0\).*the run is ERM"):
+            _warn_if_domains_cannot_differ(recipe, "m", ["domain0"])
+    others = [recipes.vrex(model, groups="shortcut"), recipes.group_dro(model, groups="class"), recipes.irm(model),
+              recipes.erm(model)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for recipe in others:
+            _warn_if_domains_cannot_differ(recipe, "m", ["domain0"])
+        for recipe in comparing:
+            _warn_if_domains_cannot_differ(recipe, "m", ["domain0", "domain1"])
+            _warn_if_domains_cannot_differ(recipe, "m", None)

@@ -101,6 +101,8 @@ def test_nothing_or_everything_removed() -> None:
     assert torch.equal(noisy_linear_imputation(x, torch.ones(2, 5, 5, dtype=torch.bool)), x)
     none_kept = noisy_linear_imputation(x, torch.zeros(2, 5, 5, dtype=torch.bool), noise=0.0)
     assert torch.equal(none_kept, torch.zeros_like(x))  # nothing to interpolate from: zeros
+    empty = torch.zeros(0, 3, 5, 5)
+    assert noisy_linear_imputation(empty, torch.zeros(0, 5, 5, dtype=torch.bool)).shape == empty.shape
 
 
 def test_half_precision_keeps_its_dtype() -> None:

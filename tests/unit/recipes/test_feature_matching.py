@@ -164,3 +164,71 @@ def test_registered_with_their_configs() -> None:
     assert isinstance(egl.create("recipe", "coral", model), CORAL)
     mmd = egl.create("recipe", "mmd", model, gammas=[1.0, 10.0])
     assert isinstance(mmd, MMD) and mmd.config()["gammas"] == [1.0, 10.0] and mmd.needs_domains
+
+
+class _Keyword(nn.Module):
+    """Calls its head by keyword, or on an unpooled map."""
+
+    def __init__(self, pooled: bool = True) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 3)
+        self.out = nn.Conv2d(4, 3, 1)
+        self.pooled = pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        f = f.mean((2, 3), keepdim=True) if self.pooled else f
+        return self.out(input=f).mean((2, 3))
+
+
+def test_a_keyword_call_and_a_1x1_head_are_read_and_an_unpooled_map_is_refused() -> None:
+    torch.manual_seed(0)
+    x, y, d = _batch()
+    net = _Keyword()
+    terms = recipes.coral(net, classifier="out").compute_phase("classifier", (x, y, d), 0)
+    feats = net.body(x).mean((2, 3))
+    want = sum(_coral_db(feats[d == i], feats[d == j]) for i, j in ((0, 1), (0, 2), (1, 2))) / 3
+    assert torch.allclose(terms["penalty"], want, rtol=1e-4, atol=1e-7)
+    with pytest.raises(egl.InputError, match=r"'classifier' expected a module whose input holds one feature vector "
+                                             r"per image \(\[9, D\], or \[9, D, 1, 1\]\).*unpooled map"):
+        recipes.coral(_Keyword(pooled=False), classifier="out").compute_phase("classifier", (x, y, d), 0)
+    with pytest.raises(egl.InputError, match=r"unpooled map or tokens"):  # a ViT's blocks: tokens
+        recipes.mmd(make_model("test_vit"), classifier="blocks.0").compute_phase("classifier", (x, y, d), 0)
+
+
+def test_the_hook_is_removed_when_the_forward_fails() -> None:
+    net = _Net()
+    recipe = recipes.coral(net, classifier="out")
+    with pytest.raises(RuntimeError):
+        recipe.compute_phase("classifier", (torch.randn(4, 5, 32, 32), torch.zeros(4, dtype=torch.long),
+                                            torch.tensor([0, 0, 1, 1])), 0)  # 5 channels: the conv fails
+    assert not net.out._forward_pre_hooks
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_penalties_are_float32_under_autocast(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = 150 * torch.randn(64, 32, generator=g), 150 * torch.randn(64, 32, generator=g) + 5
+    want = coral_distance(a, b)
+    with torch.autocast("cpu", dtype=dtype):
+        got = coral_distance(a.to(dtype), b.to(dtype))
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    assert torch.allclose(got, coral_distance(a.to(dtype).float(), b.to(dtype).float()), rtol=1e-5)
+    assert torch.allclose(got, want, rtol=0.05)
+    feats = torch.randn(12, 8, generator=g)
+    groups = [torch.arange(6), torch.arange(6, 12)]
+    with torch.autocast("cpu", dtype=dtype):
+        mmd = mmd_distances(feats, groups)
+    assert mmd.dtype == torch.float32 and torch.allclose(mmd, mmd_distances(feats, groups), rtol=1e-5)
+    model = make_model("test_resnet")
+    x, y, d = _batch(8)
+    with torch.autocast("cpu", dtype=dtype):
+        terms = recipes.coral(model).eval().compute_phase("classifier", (x, y, d), 0)
+    assert terms["penalty"].dtype == torch.float32 and torch.isfinite(terms["total"])
+
+
+def test_a_float64_model_keeps_float64() -> None:
+    model = make_model("test_resnet").double()
+    x, y, d = _batch(8)
+    terms = recipes.mmd(model).eval().compute_phase("classifier", (x.double(), y, d), 0)
+    assert terms["penalty"].dtype == torch.float64 and terms["ce"].dtype == torch.float64
