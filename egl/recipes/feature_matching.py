@@ -84,7 +84,7 @@ def coral_distance(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+    return t.to(dtype=torch.promote_types(t.dtype, torch.float32))
 
 
 def _full_precision(t: Tensor) -> Any:

@@ -74,7 +74,7 @@ class SD(Recipe):
         self.model.train(self.training)
         logits = self._logits(batch.x)
         ce = F.cross_entropy(logits, check_target_range(batch.y, logits.shape[1], FN))
-        penalty = (logits.to(torch.promote_types(logits.dtype, torch.float32)) - self.target).pow(2).mean()
+        penalty = (logits.to(dtype=torch.promote_types(logits.dtype, torch.float32)) - self.target).pow(2).mean()
         return {"ce": ce, "penalty": penalty, "total": ce + self.penalty_weight * penalty}
 
 
