@@ -135,6 +135,7 @@ def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Ten
     (a ``Subset`` or ``ConcatDataset`` part without storage is read item by item, its own items only)."""
     from egl.data.augment import Augmented
     from egl.data.image_items import ImageItems
+    from egl.data.masked_by import MaskedBy
     from egl.data.partial_masks import PartialMasks
 
     if isinstance(ds, Subset):
@@ -146,7 +147,7 @@ def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Ten
     if isinstance(ds, ConcatDataset):
         parts = [_columns(d, keys, who) for d in ds.datasets]
         return {k: torch.cat([p[k] for p in parts]) for k in keys}
-    if isinstance(ds, (PartialMasks, Augmented)):  # the same items in the same order, labels untouched
+    if isinstance(ds, (PartialMasks, Augmented, MaskedBy)):  # the same items in the same order, labels untouched
         return _stored(ds.dataset, keys, who)
     if isinstance(ds, ImageItems):
         have = ["domain", "image", "label"] + (["mask"] if ds.has_masks else [])

@@ -39,14 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "group_dro_adj": {"recipe": "group_dro", "kwargs": {"groups": "shortcut", "adjustment": 2.0}},
         "group_dro_adamw": {"recipe": "group_dro", "kwargs": {"groups": "shortcut", "optimizer": "adamw",
                                                               "weight_decay": 1.0}}}},
-    # DomainBed's domain-invariance penalties on the pooled training domains, beside ERM
+    # DomainBed's domain-invariance penalties on the pooled training domains, and SD (no labels), beside ERM
     # (docs/experiments.md, "Domain-invariance penalties"; schedules scaled to 300 steps).
     "invariance": {"train": {"domains": "all"}, "methods": {
         "erm": {"recipe": "erm"},
         "irm": {"recipe": "irm", "kwargs": {"anneal_steps": 50}},
         "vrex": {"recipe": "vrex", "kwargs": {"anneal_steps": 50}},
         "coral": {"recipe": "coral"},
-        "mmd": {"recipe": "mmd"}}},
+        "mmd": {"recipe": "mmd"},
+        "sd": {"recipe": "sd"}}},
     # Tables 1 and 3: every recipe, one run per training domain, tested on every split.
     "baselines": {"train": {"domains": "each"}, "methods": {
         name: {"recipe": name, "kwargs": {"align": {"warmup_steps": 50}, "irm": {"anneal_steps": 50}}.get(name, {})}

@@ -239,7 +239,8 @@ def _warn_if_domains_cannot_differ(recipe: Any, method: str, domains: list[str] 
     if domains is not None and len(domains) == 1 and _compares_domains(recipe):
         warnings.warn(f"egl.experiments: method '{method}' compares the training domains, but this run trains on one "
                       f"({domains[0]}): its penalty or reweighting has nothing to compare and the run is ERM. Train "
-                      "on several domains (train.domains=all or loo), or leave the method out of this grid.",
+                      "on several domains (egl experiment: train.domains=all, or loo with three or more domains; "
+                      "egl train: a list such as train.domains=[domain0, domain1]), or leave the method out.",
                       UserWarning, stacklevel=3)
 
 

@@ -19,13 +19,17 @@ Choices where their code is silent or does otherwise:
   the CPU in float32: the same generator state gives the same images on every device.
 * The systems are solved on the CPU with SciPy's sparse LU factorisation (SuperLU, symmetric
   mode), in float64, whatever the images' device and dtype, the images of a call side by side
-  on ``torch.get_num_threads()`` threads (SuperLU releases the GIL); the result is copied back.
+  on ``torch.get_num_threads()`` threads, at most 8, each with one BLAS thread, once a call
+  removes 20,000 pixels or more (SuperLU releases the GIL; a 224-px factorisation holds about
+  40 MB); the result is copied back.
   ``benchmarks/road.py`` times it against the authors' imputer.
 """
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +39,11 @@ from egl._check import check_finite, check_positive, check_shape, describe, fail
 from egl._transfer import upload
 
 __all__ = ["noisy_linear_imputation", "NEIGHBOUR_WEIGHTS"]
+
+#: Most images solved at once (each factorisation of a 224-px image holds tens of MB).
+MAX_WORKERS = 8
+#: Fewer removed pixels in a call than this are solved on one thread (starting threads costs more).
+PARALLEL_PIXELS = 20_000
 
 #: ``((dy, dx), weight)`` of the eight neighbours of a pixel (ROAD's weights; they sum to 1).
 NEIGHBOUR_WEIGHTS = (((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6),
@@ -88,9 +97,9 @@ def _fill(x: Tensor, keep: Tensor, noise: Tensor | None) -> Tensor:
     ``noise`` (a CPU ``B C H W`` tensor, or None) there."""
     host = x.to("cpu", torch.float64).numpy()
     kept = keep.cpu().numpy()
-    workers = min(host.shape[0], torch.get_num_threads())
-    if workers > 1:  # SuperLU releases the GIL: images are solved side by side
-        with ThreadPoolExecutor(workers) as pool:
+    workers = min(host.shape[0], torch.get_num_threads(), MAX_WORKERS)
+    if workers > 1 and (~kept).sum() >= PARALLEL_PIXELS:  # SuperLU releases the GIL: images side by side
+        with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             out = np.stack(list(pool.map(_impute_one, host, kept)))
     else:
         out = np.stack([_impute_one(host[i], kept[i]) for i in range(host.shape[0])])
@@ -98,6 +107,24 @@ def _fill(x: Tensor, keep: Tensor, noise: Tensor | None) -> Tensor:
     if noise is not None:
         filled = filled + noise.to(torch.float64) * torch.from_numpy(~kept)[:, None]
     return upload(filled, x.device, x.dtype)
+
+
+def _one_blas_thread() -> Any:
+    """SciPy's BLAS limited to one thread while the images' solves run on threads of their own
+    (threadpoolctl, installed with scikit-learn; nothing when it is missing). The libraries are
+    looked up once per process."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings it
+            _BLAS.append(None)
+        else:
+            _BLAS.append(ThreadpoolController())
+    controller = _BLAS[0]
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+_BLAS: list[Any] = []
 
 
 def _check_keep(keep: object, x: Tensor, fn: str) -> Tensor:

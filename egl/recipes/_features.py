@@ -60,7 +60,8 @@ def logits_and_features(run: Callable[[], Tensor], head: nn.Module, fn: str) -> 
     b = logits.shape[0]
     pooled = feats.dim() == 2 or (feats.dim() == 4 and feats.shape[2] * feats.shape[3] == 1)
     if not pooled or feats.shape[0] != b:
+        hint = " (an unpooled map or tokens?)" if feats.shape[0] == b else f" (not one row per image of the {b})"
         raise fail(fn, "classifier", f"a module whose input holds one feature vector per image ([{b}, D], or "
-                   f"[{b}, D, 1, 1])", describe(feats) + " (an unpooled map or tokens?)",
+                   f"[{b}, D, 1, 1])", describe(feats) + hint,
                    fix + " (timm models: leave classifier=None, the model's get_classifier())")
     return logits, feats.flatten(1)

@@ -16,7 +16,8 @@ Choices (arguments where they matter):
   γ, tunes both; DomainBed's has γ = 0). One γ for every class here.
 * The penalty is computed in float32 (under float16 autocast too).
 
-Logged terms: ``ce``, ``penalty`` (the mean squared logit), ``total``.
+Logged terms: ``ce``, ``penalty`` (the mean squared deviation of the logits from ``target``),
+``total``.
 """
 
 from __future__ import annotations

@@ -220,6 +220,6 @@ def test_invariance_preset_runs_the_domain_penalties_on_pooled_domains(tmp_path:
         assert main(["experiment", "--preset", "invariance", "--out", str(out), *TINY, "--set",
                      "eval.explain_samples=0", "--set", "eval.mask_quality=false"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    methods = {"erm", "irm", "vrex", "coral", "mmd"}
+    methods = {"erm", "irm", "vrex", "coral", "mmd", "sd"}
     assert rows[0]["config"]["methods"].keys() == methods and {r["method"] for r in rows[1:]} == methods
     assert {r["train"] for r in rows[1:]} == {"all"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _helpers import make_model, tiny_sam_config
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 import egl
 from egl import recipes
@@ -39,8 +39,8 @@ def test_masks_are_the_maskers_of_the_plain_images_computed_once_in_batches() ->
         want = GrayscaleMasker()(data[i]["image"][None])[0]
         assert item["mask"].dtype == torch.float16 and torch.allclose(item["mask"].float(), want, atol=1e-3)
     assert _Counting.calls == 3
-    other = MaskedBy(data, GrayscaleMasker(), key="sam_mask")[0]
-    assert torch.equal(other["mask"], data[0]["mask"]) and "annotated" in other and "sam_mask" in other
+    masked[0]["mask"].fill_(0.5)  # an item's mask is its own copy
+    assert not torch.equal(masked[0]["mask"], torch.full_like(masked[0]["mask"], 0.5))
 
 
 def test_augmentation_moves_the_mask_with_its_image() -> None:
@@ -74,6 +74,55 @@ def test_sam_masks_are_the_maskers() -> None:
     assert torch.allclose(masked.masks.float(), want, atol=1e-3)
 
 
+class _Bad(torch.nn.Module):
+    def __init__(self, value: float, shape: str = "b1hw") -> None:
+        super().__init__()
+        self.value, self.shape = value, shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.full_like(x[:, :1], self.value)
+        return m[:, 0] if self.shape == "bhw" else m[:, :, :4] if self.shape == "small" else m
+
+
+class _Half(torch.nn.Module):
+    """A masker holding only a float64 buffer: images must arrive in its dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(0.5, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.float64
+        return (x[:, :1] * self.scale).clamp(0, 1)
+
+
+def test_masker_outputs_are_checked_and_its_dtype_followed() -> None:
+    assert MaskedBy(_data(3), _Bad(0.25, "bhw"))[0]["mask"].shape == (1, 16, 16)  # [B, H, W] taken as one channel
+    for value in (1.5, -0.1, float("nan"), float("inf")):
+        with pytest.raises(egl.InputError, match=r"'masker' expected finite masks in \[0, 1\], got values in"):
+            MaskedBy(_data(3), _Bad(value))
+    with pytest.raises(egl.InputError, match=r"'masker' expected masks of shape \[2, 1, 16, 16\]"):
+        MaskedBy(_data(3), _Bad(0.5, "small"), batch_size=2)
+    masked = MaskedBy(_data(2), _Half())
+    assert torch.allclose(masked[1]["mask"].float(), (_data(2)[1]["image"][:1] * 0.5), atol=1e-3)
+
+
+def test_group_labels_are_read_without_loading_the_images() -> None:
+    from egl.data import SyntheticConfig, SyntheticShortcuts, item_labels
+
+    plain = SyntheticShortcuts("train", SyntheticConfig(train_per_domain=8, val_per_domain=2, test_per_split=2),
+                               cache=False)
+    masked = MaskedBy(plain, GrayscaleMasker())
+    reads = []
+    original = MaskedBy.__getitem__
+    try:
+        MaskedBy.__getitem__ = lambda self, i: reads.append(i) or original(self, i)  # type: ignore[method-assign]
+        labels = item_labels(masked, "shortcut")
+    finally:
+        MaskedBy.__getitem__ = original  # type: ignore[method-assign]
+    assert not reads and torch.equal(labels["label"], plain.tensors["label"])
+
+
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(egl.InputError, match=r"'masker' expected a frozen masker.*got a trainable masker"):
         MaskedBy(_data(), LearnedMasker())
@@ -93,3 +142,9 @@ def test_bad_arguments_are_named() -> None:
         MaskedBy(_data(), GrayscaleMasker(), batch_size=0)
     with pytest.raises(egl.InputError, match=r"'dataset' expected a map-style data set"):
         MaskedBy(iter(_data()), GrayscaleMasker())
+    augmented = Augmented(_data(), "flip")
+    for ds in (augmented, Subset(augmented, [0, 1]), ConcatDataset([_data(), augmented])):
+        with pytest.raises(egl.InputError, match=r"'dataset' expected a data set that does not augment its items.*"
+                                                 r"Augmented\(MaskedBy\(plain, masker\)"):
+            MaskedBy(ds, GrayscaleMasker())
+    MaskedBy(Augmented(_data(), "none"), GrayscaleMasker())  # (no augmentation: fine)
