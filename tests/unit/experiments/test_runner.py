@@ -68,8 +68,8 @@ def test_a_domain_comparing_method_on_one_training_domain_warns() -> None:
     model.get_classifier = lambda: model[1]  # (what CORAL reads its features from)
     comparing = [recipes.coral(model), recipes.mmd(model), recipes.vrex(model), recipes.group_dro(model)]
     for recipe in comparing:
-        with pytest.warns(UserWarning, match=rf"method 'm' compares the training domains, but this run trains on one "
-                                             rf"\(domain0\).*the run is ERM"):
+        with pytest.warns(UserWarning, match=r"method 'm' compares the training domains, but this run trains on one "
+                                             r"\(domain0\).*the run is ERM"):
             _warn_if_domains_cannot_differ(recipe, "m", ["domain0"])
     others = [recipes.vrex(model, groups="shortcut"), recipes.group_dro(model, groups="class"), recipes.irm(model),
               recipes.erm(model)]
