@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["InnerScale", "inner_grad", "inner_scale", "inner_scale_for", "MAX_INNER_SCALE"]
+__all__ = ["InnerScale", "inner_grad", "inner_scale", "inner_scale_for", "MAX_INNER_SCALE", "no_autocast"]
 
 #: the largest power of two below float16's largest finite value (65504)
 MAX_INNER_SCALE = 2.0**15
@@ -104,3 +104,11 @@ def inner_grad(output: Tensor, inputs: Tensor | Sequence[Tensor], **kwargs: Any)
         state.flags.append((finite_output & torch.logical_not(torch.isfinite(g.detach()).all())).float().reshape(1))
         out.append(g)
     return tuple(out)
+
+
+def no_autocast(device_type: str) -> Any:
+    """Autocast off for ``device_type`` (nothing to switch off where autocast does not exist:
+    meta): for sums and products that float16 would overflow or bfloat16 round."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._amp import inner_grad
+from egl._amp import inner_grad, no_autocast
 from egl._check import check_logits, fail
 from egl.backbones import _LayoutError, head_kind, resolve_target, unsupported_model
 from egl.errors import UnsupportedModelError
@@ -88,9 +88,7 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
 @contextlib.contextmanager
 def _float32_at_least(a: Tensor) -> Iterator[torch.dtype]:
     """Autocast off; yields ``a``'s dtype promoted to float32 at least (the Grad-CAM epilogue's)."""
-    off = torch.autocast(a.device.type, enabled=False) if torch.amp.is_autocast_available(a.device.type) else \
-        contextlib.nullcontext()
-    with off:
+    with no_autocast(a.device.type):
         yield torch.promote_types(a.dtype, torch.float32)
 
 

@@ -21,7 +21,6 @@ tests them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from egl._amp import no_autocast
 from egl._check import check_choice, check_shape, check_size, fail
 from egl.kernels._device import device_of
 
@@ -98,7 +98,7 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
     # came out 100x too large (tests/unit/kernels/test_cam_epilogue.py). Costs a float32 copy of
     # 16-bit activations, on this (CPU / fallback) path only.
     dt = torch.promote_types(acts.dtype, torch.float32)
-    with _no_autocast(acts.device.type):
+    with no_autocast(acts.device.type):
         raw = torch.einsum("bc,bchw->bhw", weights.to(dt), acts.to(dt)).unsqueeze(1) * scale
         if relu:
             raw = torch.relu(raw)
@@ -106,13 +106,6 @@ def cam_epilogue_reference(acts: Tensor, weights: Tensor, size: tuple[int, int] 
         if size is not None and src != tuple(size):
             raw = F.interpolate(raw, size=tuple(size), mode="bilinear", align_corners=False)
         return minmax_normalize(raw, src_size=src) if normalize else raw
-
-
-def _no_autocast(device_type: str) -> Any:
-    """Autocast off for ``device_type`` (nothing to switch off where autocast does not exist: meta)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _grad_low_torch(grad: Tensor, low: Tensor, stats: Tensor, argext: Tensor, hw_shape: tuple[int, int],

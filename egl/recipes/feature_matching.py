@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from egl._amp import no_autocast
 from egl._check import check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
@@ -90,7 +91,7 @@ def _at_least_float32(t: Tensor) -> Tensor:
 def _full_precision(t: Tensor) -> Any:
     """Autocast off on ``t``'s device: a covariance or a kernel's block sums in float16 overflow
     (features of scale 100 square to 1e4 and sum over the batch), in bfloat16 they lose digits."""
-    return torch.autocast(t.device.type, enabled=False)
+    return no_autocast(t.device.type)
 
 
 def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
