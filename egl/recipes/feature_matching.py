@@ -115,6 +115,14 @@ def mmd_distances(feats: Tensor, groups: Sequence[Tensor], gammas: Sequence[floa
     Shape:
         feats: ``B D``; returns ``G G`` (entry ``[i, j]``: the MMD of groups ``i`` and ``j``; 0 on the diagonal).
     """
+    fn = "egl.recipes.mmd_distances"
+    check_shape(feats, "B D", fn, "feats")
+    bad = [i for i, g in enumerate(groups) if not isinstance(g, Tensor) or g.dim() != 1 or g.numel() == 0
+           or g.is_floating_point()]
+    if bad:
+        raise fail(fn, "groups", "non-empty 1-D integer index tensors, one per group",
+                   f"{len(bad)} other entries (first at position {bad[0]})",
+                   "Pass e.g. [torch.arange(4), torch.arange(4, 8)]")
     with _full_precision(feats):
         feats = _at_least_float32(feats)
         # Differences, not |u|² + |v|² − 2 u·v (DomainBed's): with γ up to 1000 the expansion's

@@ -157,6 +157,10 @@ def test_distance_errors_are_named() -> None:
         coral_distance(torch.randn(1, 3), torch.randn(4, 3))
     with pytest.raises(egl.InputError, match=r"'b' expected 3 features per row"):
         coral_distance(torch.randn(2, 3), torch.randn(4, 5))
+    with pytest.raises(egl.InputError, match=r"egl.recipes.mmd_distances: 'feats' expected"):
+        mmd_distances(torch.randn(4), [torch.arange(2)])
+    with pytest.raises(egl.InputError, match=r"'groups' expected non-empty 1-D integer index tensors.*position 1"):
+        mmd_distances(torch.randn(4, 3), [torch.arange(2), torch.tensor([], dtype=torch.long)])
 
 
 def test_registered_with_their_configs() -> None:
