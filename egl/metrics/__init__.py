@@ -6,7 +6,8 @@
 - :mod:`~egl.metrics.deletion_insertion`: RISE ``deletion`` and ``insertion`` curves and their
   areas, batched through the model (Petsiuk et al., BMVC 2018).
 - :mod:`~egl.metrics.imputation`: ROAD's noisy linear imputation (Rong et al., ICML 2022), the
-  ``"noisy_linear"`` baseline of both families above.
+  ``"noisy_linear"`` baseline of both families above; :mod:`~egl.metrics.road`: ROAD's MoRF,
+  LeRF and combined scores with it.
 - :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
   IoU of saliency (or a masker's output) against ground-truth masks.
 - :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
@@ -33,6 +34,7 @@ from egl.metrics.localization import (
     pointing_game,
     top_k_iou,
 )
+from egl.metrics.road import ROAD_PERCENTILES, RoadResult, road
 from egl.metrics.shortcut import shortcut_rate, worst_group_accuracy
 
 __all__ = [
@@ -46,6 +48,9 @@ __all__ = [
     "BASELINES",
     "DEFAULT_KS",
     "noisy_linear_imputation",
+    "road",
+    "RoadResult",
+    "ROAD_PERCENTILES",
     "localization",
     "LocalizationResult",
     "energy_pointing_game",
