@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
                                       # of egl.data.Augment settings; masks are moved with their images
         "balance": None,              # training batches drawn group-balanced: "class", "domain", "domain_class"
                                       # or "shortcut" (egl.data.group_balanced_sampler); None: shuffled
+        "masks_from": None,           # training masks made once by a frozen masker instead of the data's
+                                      # ("grayscale", "sam" or {name:, kwargs:}: egl.data.MaskedBy, before
+                                      # augmentation); test masks stay the data's
     },
     "model": {
         "arch": "resnet10t",          # any timm architecture, created with random weights...
@@ -253,9 +256,28 @@ def check_values(cfg: dict[str, Any]) -> None:
     from egl.data.group_balance import GROUPINGS
 
     check_choice(d.get("balance"), (None, *GROUPINGS), fn, "data.balance")
+    check_masks_from(d.get("masks_from"), fn)
     check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)
+
+
+def check_masks_from(spec: object, fn: str) -> tuple[str, dict[str, Any]] | None:
+    """``data.masks_from`` as ``(masker name, kwargs)``: None, a registered masker's name, or
+    ``{name: ..., kwargs: {...}}``; a masker that trains or reads the data's masks is refused."""
+    if spec is None:
+        return None
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (
+        (spec.get("name"), spec.get("kwargs") or {}) if isinstance(spec, dict) else (None, None))
+    extra = sorted(set(spec) - {"name", "kwargs"}) if isinstance(spec, dict) else []
+    import egl
+
+    names = [n for n in egl.list_components("masker") if n not in ("learned", "ground_truth")]
+    if name not in names or not isinstance(kwargs, dict) or extra:
+        raise fail(fn, "data.masks_from", f"null, a frozen masker's name among {names}, or {{name: ..., kwargs: "
+                   "{...}}", repr(spec)[:200], "Set e.g. data.masks_from=grayscale, or data.masks_from={name: sam, "
+                   "kwargs: {weights: /path/to/sam}} (the learned masker trains inside ALIGN: masker=learned)")
+    return name, kwargs  # type: ignore[return-value]
 
 
 def check_eval_values(cfg: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from egl._check import check_choice, check_int, fail
 from egl.data.augment import Augmented, as_augment
+from egl.data.masked_by import MaskedBy
 from egl.data.partial_masks import PartialMasks, check_fraction
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
@@ -155,6 +156,23 @@ def _augmented(ds: Dataset, augment: Any) -> Dataset:
     return ds if augment is None else Augmented(ds, augment)
 
 
+def _masker(data: dict[str, Any]) -> Any:
+    """The frozen masker of ``data.masks_from`` (None without one)."""
+    from egl.experiments.config import check_masks_from
+
+    spec = check_masks_from(data.get("masks_from"), "egl.experiments")
+    if spec is None:
+        return None
+    import egl
+
+    return egl.create("masker", spec[0], **spec[1])
+
+
+def _masked(ds: Dataset, masker: Any) -> Dataset:
+    """``ds`` with ``masker``'s masks (made once, before augmentation), or ``ds`` without a masker."""
+    return ds if masker is None else MaskedBy(ds, masker)
+
+
 def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, domain: str) -> Dataset:
     """A training set: augmented, then the masks of ``data.mask_fraction`` of it kept (outside the
     augmentation, so that an augmentation that builds new items cannot drop the flags), drawn with
@@ -180,9 +198,10 @@ def load_source(data: dict[str, Any]) -> Source:
         cfg = _synthetic_config(data.get("synthetic") or {})
         splits = build(cfg)
         domains = [f"domain{d}" for d in range(len(cfg.p))]
-        has_masks = "mask" in splits["train"]
-        train = {name: _training(_select(splits["train"], splits["train"]["domain"] == d), data, augment, has_masks,
-                                 name) for d, name in enumerate(domains)}
+        masker = _masker(data)
+        has_masks = "mask" in splits["train"] or masker is not None
+        train = {name: _training(_masked(_select(splits["train"], splits["train"]["domain"] == d), masker), data,
+                                 augment, has_masks, name) for d, name in enumerate(domains)}
         val = {name: _select(splits["val"], splits["val"]["domain"] == d) for d, name in enumerate(domains)}
         tests: dict[str, Dataset] = {
             f"test_id/{name}": _select(splits["test_id"], splits["test_id"]["domain"] == d)
@@ -207,11 +226,14 @@ def load_source(data: dict[str, Any]) -> Source:
         kw.update(csv=data.get("csv") or "metadata.csv", columns=data.get("columns"), mask_dir=data.get("mask_dir"))
     full = kind(data["root"], "all", **kw)
     splits = getattr(full, "splits", ("train", "val", "test"))  # (a CSV table may hold no val rows)
-    per_split = {s: kind(data["root"], s, **kw, augment=augment if s == "train" else None)
+    masker = _masker(data)  # (its masks are made from the plain images: the augmentation wraps them)
+    read_augment, wrap_augment = (augment, None) if masker is None else (None, augment)
+    per_split = {s: kind(data["root"], s, **kw, augment=read_augment if s == "train" else None)
                  for s in ("train", "val", "test") if s in splits or s != "val"}  # (no train or test: named)
+    has_masks = per_split["train"].has_masks or masker is not None
     if kind is ImageCSV and full.domains == [ImageCSV.ONE_DOMAIN]:  # a table without domains: one of each
         (domain,) = full.domains
-        train = _training(per_split["train"], data, None, per_split["train"].has_masks, domain)  # (augmented as read)
+        train = _training(_masked(per_split["train"], masker), data, wrap_augment, has_masks, domain)
         val = {domain: per_split["val"]} if "val" in per_split else {}
         return Source(str(data["root"]), len(full.classes), full.classes, {domain: train}, val,
                       {"test": per_split["test"]}, {"test": domain})
@@ -225,7 +247,7 @@ def load_source(data: dict[str, Any]) -> Source:
         return {name: Subset(ds, idx) for name, idx in parts.items() if idx}
 
     tests = by_domain(per_split["test"])
-    train = {name: _training(ds, data, None, per_split["train"].has_masks, name)  # (augmented as read)
-             for name, ds in by_domain(per_split["train"]).items()}
+    train = {name: _training(_masked(ds, masker), data, wrap_augment, has_masks, name)  # (augmented as read
+             for name, ds in by_domain(per_split["train"]).items()}                    # without a masker)
     return Source(str(data["root"]), len(full.classes), full.classes, train,
                   by_domain(per_split.get("val")), tests, {name: name for name in tests})

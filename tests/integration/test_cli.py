@@ -223,3 +223,14 @@ def test_invariance_preset_runs_the_domain_penalties_on_pooled_domains(tmp_path:
     methods = {"erm", "irm", "vrex", "coral", "mmd", "sd"}
     assert rows[0]["config"]["methods"].keys() == methods and {r["method"] for r in rows[1:]} == methods
     assert {r["train"] for r in rows[1:]} == {"all"}
+
+
+def test_an_experiment_trains_on_a_frozen_maskers_masks_under_augmentation(tmp_path: Path) -> None:
+    out = tmp_path / "gray"
+    methods = '{align_gray: {recipe: align, kwargs: {masker: ground_truth, warmup_steps: 0}}}'
+    assert main(["experiment", "--out", str(out), *TINY, "--set", "data.masks_from=grayscale", "--set",
+                 "data.augment=domainbed", "--set", f"methods={methods}", "--set", "eval.mask_quality=false"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["config"]["data"]["masks_from"] == "grayscale" and {r["method"] for r in rows[1:]} == {"align_gray"}
+    log = [json.loads(line) for line in (out / "train" / "align_gray-all-s0.jsonl").read_text().splitlines()]
+    assert any("classifier/align" in row for row in log)  # aligned to the grayscale masks

@@ -85,3 +85,31 @@ def test_data_augment_applies_to_training_sets_only(folder: dict) -> None:
     assert not any(isinstance(ds, Augmented) for part in (synthetic.val, synthetic.tests) for ds in part.values())
     plain = load_source({"name": "synthetic", "synthetic": tiny, "augment": "none"})
     assert not any(isinstance(ds, Augmented) for ds in plain.train.values())
+
+
+def test_masks_from_a_frozen_masker_replace_the_training_masks_before_augmentation(folder: dict) -> None:
+    import torch
+
+    from egl.data import Augmented, MaskedBy
+    from egl.maskers import GrayscaleMasker
+
+    gray = GrayscaleMasker()
+    tiny = {"train_per_domain": 8, "val_per_domain": 2, "test_per_split": 4}
+    synthetic = load_source({"name": "synthetic", "synthetic": tiny, "augment": "flip", "masks_from": "grayscale"})
+    torch.manual_seed(0)
+    for ds in synthetic.train.values():
+        assert isinstance(ds, Augmented) and isinstance(ds.dataset, MaskedBy)
+        item = ds[3]  # flipped or not, the mask is the plain image's, moved with it
+        assert torch.allclose(item["mask"].float(), gray(item["image"][None])[0], atol=1e-3)
+    test = next(iter(synthetic.tests.values()))[0]
+    assert not torch.allclose(test["mask"].float(), gray(test["image"][None])[0], atol=1e-2)  # tests keep the data's
+    # Folder data without masks gains them; the augmentation moves to the wrapper.
+    clamp = {"name": "grayscale", "kwargs": {"rescale": "clamp"}}
+    source = load_source({**folder, "augment": "flip", "masks_from": clamp})
+    ds = source.train["A"]
+    assert isinstance(ds, Augmented) and isinstance(ds.dataset, MaskedBy) and ds.dataset.dataset.dataset.augment is None
+    item = ds[0]
+    assert torch.allclose(item["mask"].float(), GrayscaleMasker("clamp")(item["image"][None])[0], atol=1e-3)
+    for bad in ("learned", "ground_truth", "sammy", {"name": "grayscale", "extra": 1}, 3):
+        with pytest.raises(egl.InputError, match=r"'data.masks_from' expected null, a frozen masker's name"):
+            load_source({"name": "synthetic", "synthetic": tiny, "masks_from": bad})
