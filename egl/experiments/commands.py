@@ -170,7 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from egl.experiments.models import check_explainer_builds
 
     check_explainer_builds(model, cfg["eval"])  # eval.explainer_kwargs too
-    source = load_source(cfg["data"])
+    source = load_source({**cfg["data"], "masks_from": None})  # (test sets only: no training masks to make)
     # in distribution: a split of a domain the model trained on, in the data it trained on
     trained = ckpt["config"].get("data", {})
     same_data = all(trained.get(k) == cfg["data"].get(k) for k in ("name", "root", "synthetic"))

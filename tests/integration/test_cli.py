@@ -234,3 +234,19 @@ def test_an_experiment_trains_on_a_frozen_maskers_masks_under_augmentation(tmp_p
     assert rows[0]["config"]["data"]["masks_from"] == "grayscale" and {r["method"] for r in rows[1:]} == {"align_gray"}
     log = [json.loads(line) for line in (out / "train" / "align_gray-all-s0.jsonl").read_text().splitlines()]
     assert any("classifier/align" in row for row in log)  # aligned to the grayscale masks
+
+
+def test_eval_of_a_model_trained_on_a_maskers_masks_makes_no_training_masks(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from egl.data import MaskedBy
+
+    out = tmp_path / "gray"
+    methods = '{align_gray: {recipe: align, kwargs: {masker: ground_truth, warmup_steps: 0}}}'
+    assert main(["train", "--method", "align_gray", "--out", str(out), *TINY, "--set", "data.masks_from=grayscale",
+                 "--set", f"methods={methods}"]) == 0
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("egl eval built training masks")
+
+    monkeypatch.setattr(MaskedBy, "__init__", refuse)
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped"]) == 0
