@@ -159,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from egl.experiments.evaluate import evaluate
+    from egl.experiments.evaluate import eval_settings, evaluate
     from egl.experiments.sources import load_source
 
     from egl.experiments.config import check_eval_values
@@ -177,11 +177,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     trained_on = ckpt.get("domains") if same_data else []
     for split, ds in source.test_sets(args.split or None).items():
         e, device = cfg["eval"], cfg["train"].get("device", "cpu")  # the runner's evaluation settings
-        metrics = evaluate(model.to(device), ds, batch_size=int(e["batch_size"]),
-                           explain_samples=int(e["explain_samples"]), ks=tuple(e["ks"]), baseline=e["baseline"],
-                           device=device, min_group_size=int(e.get("min_group_size", 10)),
-                           explainer=e.get("explainer", "grad_cam"), curve_steps=int(e.get("curve_steps", 0)),
-                           explainer_kwargs=dict(e.get("explainer_kwargs") or {}))
+        metrics = evaluate(model.to(device), ds, **eval_settings(e, device))
         flag = {} if trained_on is None else {"in_distribution": source.in_distribution(split, trained_on)}
         print(json.dumps({"split": split, **flag, **{k: round(v, 4) for k, v in metrics.items()}}))
     return 0

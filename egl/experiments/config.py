@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "masks_from": None,           # training masks made once by a frozen masker instead of the data's
                                       # ("grayscale", "sam" or {name:, kwargs:}: egl.data.MaskedBy, before
                                       # augmentation); test masks stay the data's
+        "mask_noise": None,           # training masks degraded like cheap annotations: {box: true, dilate: px,
+                                      # erode: px, shift: px, seed: 0} (egl.data.NoisyMasks, before augmentation)
     },
     "model": {
         "arch": "resnet10t",          # any timm architecture, created with random weights...
@@ -85,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
         "ks": [1, 5, 10, 20, 50],
         "baseline": "zero",
         "curve_steps": 0,             # RISE deletion/insertion steps per curve (0: off; steps+1 passes each)
+        "sensitivity_samples": 0,     # max-/avg-sensitivity: noisy copies per explained image (0: off)
+        "sensitivity_radius": 0.02,   # ... half-width of the uniform noise, in the model's input space
+        "randomization": False,       # Adebayo et al.'s cascading parameter randomisation test (rand_top, rand_all)
         "explainer": "grad_cam",      # saliency metrics' explainer: any registered name (layer_cam, input_gradient, ...)
         "explainer_kwargs": {},       # its arguments, e.g. {layer: layer3} or, for smoothed, {samples: 8, flip: true}
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
@@ -257,6 +262,9 @@ def check_values(cfg: dict[str, Any]) -> None:
 
     check_choice(d.get("balance"), (None, *GROUPINGS), fn, "data.balance")
     check_masks_from(d.get("masks_from"), fn)
+    from egl.data.noisy_masks import as_mask_noise
+
+    as_mask_noise(d.get("mask_noise"), fn, "data.mask_noise")
     check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)
@@ -299,6 +307,14 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
     check_choice(e.get("baseline"), BASELINES, fn, "eval.baseline")
     check_int(e.get("curve_steps", 0), fn, "eval.curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Set e.g. eval.curve_steps=100")
+    check_int(e.get("sensitivity_samples", 0), fn, "eval.sensitivity_samples", low=0,
+              note="(noisy copies per explained image for max-sensitivity; 0: not measured)",
+              fix="Set e.g. eval.sensitivity_samples=10")
+    radius = e.get("sensitivity_radius", 0.02)
+    if not (_is_number(radius) and 0 < radius < float("inf")):
+        raise fail(fn, "eval.sensitivity_radius", "a finite number > 0", repr(radius)[:100],
+                   "Set e.g. eval.sensitivity_radius=0.02")
+    check_flag(e.get("randomization", False), fn, "eval.randomization")
     check_explainer(e.get("explainer", "grad_cam"), fn)
     kw = e.get("explainer_kwargs")
     kw = {} if kw is None else kw

@@ -1,7 +1,7 @@
 """Evaluate one classifier on one test set: accuracy, AUC, shortcut rate, and saliency metrics.
 
-Saliency metrics (ERASER sufficiency/comprehensiveness, RISE deletion/insertion when asked for,
-localisation against masks) use
+Saliency metrics (ERASER sufficiency/comprehensiveness, RISE deletion/insertion, sensitivity and the
+parameter randomisation test when asked for, localisation against masks) use
 Grad-CAM (or the ``explainer`` named) of the predicted class on the first ``explain_samples``
 images of the set;
 classification metrics use every image. The model is put in eval mode and restored.
@@ -16,16 +16,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from egl._check import check_int, fail
+from egl._check import check_flag, check_int, check_positive, fail
 from egl._transfer import upload
 from egl.explainers.base import Explainer
 from egl.explainers.grad_cam import in_grad_cam_family
-from egl.metrics import (accuracy, auc, deletion, faithfulness, insertion, localization, shortcut_rate,
-                         worst_group_accuracy)
+from egl.metrics import (accuracy, auc, deletion, faithfulness, insertion, localization, parameter_randomization,
+                         sensitivity, shortcut_rate, worst_group_accuracy)
 from egl.recipes.batch import as_batch
 from egl.registry import create
 
-__all__ = ["evaluate", "predict", "saliency_explainer"]
+__all__ = ["evaluate", "predict", "saliency_explainer", "eval_settings"]
 
 
 def _collate_keys(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -50,7 +50,9 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, explain_samples: int = 256,
              ks: tuple[float, ...] = (1, 5, 10, 20, 50), baseline: str = "zero", layer: str = "auto",
              device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam",
-             curve_steps: int = 0, explainer_kwargs: dict[str, Any] | None = None) -> dict[str, float]:
+             curve_steps: int = 0, explainer_kwargs: dict[str, Any] | None = None,
+             sensitivity_samples: int = 0, sensitivity_radius: float = 0.02,
+             randomization: bool = False) -> dict[str, float]:
     """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined).
 
     ``explainer``: the registered explainer the saliency metrics read (default ``"grad_cam"``;
@@ -67,15 +69,32 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     ``curve_steps`` > 0 adds RISE ``deletion`` (zero baseline) and ``insertion`` (blur baseline,
     sigma 5 px or the image's side if smaller) areas with that many steps per curve (at most the
     image's pixel count) on the explained images: ``curve_steps + 1`` forward passes per image and
-    curve, so off (0) by default."""
-    check_int(curve_steps, "egl.experiments.evaluate", "curve_steps", low=0,
+    curve, so off (0) by default.
+
+    ``sensitivity_samples`` > 0 adds Yeh et al.'s ``max_sens`` and ``avg_sens`` (relative change of
+    the maps under uniform noise of half-width ``sensitivity_radius``, :func:`egl.metrics.sensitivity`)
+    over that many perturbations of each explained image: one explainer call per sample.
+
+    ``randomization`` adds Adebayo et al.'s cascading parameter randomisation test on the explained
+    images (:func:`egl.metrics.parameter_randomization`, ``layers="blocks"``): ``rand_top``, the mean
+    Spearman correlation of the maps once the top block is random, and ``rand_all``, once every
+    block is (lower is better: a map that stays the same does not read the model). One explainer
+    call per block."""
+    fn = "egl.experiments.evaluate"
+    check_int(curve_steps, fn, "curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Pass e.g. curve_steps=100")
+    check_int(sensitivity_samples, fn, "sensitivity_samples", low=0,
+              note="(perturbations per image for max-sensitivity; 0: not measured)",
+              fix="Pass e.g. sensitivity_samples=10")
+    check_positive(sensitivity_radius, fn, "sensitivity_radius", allow_zero=False)
+    check_flag(randomization, fn, "randomization")
     cam = saliency_explainer(model, explainer, layer, explainer_kwargs)
     was = model.training
     model.eval()
     logits, labels, shortcuts = [], [], []
     curves: dict[str, list[torch.Tensor]] = {"deletion": [], "insertion": []}
     suff, comp, loc_rows = [], [], {"energy": [], "area": [], "pointing": [], "iou": []}
+    sanity: dict[str, list[torch.Tensor]] = {"max_sens": [], "avg_sens": [], "rand_top": [], "rand_all": []}
     explained = 0
     try:
         for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -99,6 +118,15 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
                         c = curve(model, xe, sal, steps=min(curve_steps, xe.shape[-2] * xe.shape[-1]),
                                   batch_size=batch_size, blur_sigma=min(5.0, max(xe.shape[-2:])))
                         curves[name].append(c.auc_per_image.cpu())
+                if sensitivity_samples > 0:
+                    sens = sensitivity(model, xe, cam, samples=sensitivity_samples, radius=sensitivity_radius)
+                    sanity["max_sens"].append(sens.max[sens.valid])
+                    sanity["avg_sens"].append(sens.mean[sens.valid])
+                if randomization:
+                    rand = parameter_randomization(
+                        model, xe, lambda m: saliency_explainer(m, explainer, layer, explainer_kwargs))
+                    sanity["rand_top"].append(rand.spearman[0])
+                    sanity["rand_all"].append(rand.spearman[-1])
                 if batch.mask is not None:
                     r = localization(sal, upload(batch.mask[:n], device))
                     for k in loc_rows:
@@ -125,11 +153,22 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     for k, v in curves.items():
         if v:
             out[k] = float(torch.cat(v).mean())
-    for k, v in loc_rows.items():
+    for k, v in [*sanity.items(), *loc_rows.items()]:
         if v:
             vals = torch.cat(v).float()
             out[k] = float(vals.mean()) if vals.numel() else math.nan
     return out
+
+
+def eval_settings(e: dict[str, Any], device: str) -> dict[str, Any]:
+    """:func:`evaluate`'s keyword arguments from an experiment config's ``eval`` section."""
+    return {"batch_size": int(e["batch_size"]), "explain_samples": int(e["explain_samples"]), "ks": tuple(e["ks"]),
+            "baseline": e["baseline"], "device": device, "min_group_size": int(e.get("min_group_size", 10)),
+            "explainer": e.get("explainer", "grad_cam"), "curve_steps": int(e.get("curve_steps", 0)),
+            "explainer_kwargs": dict(e.get("explainer_kwargs") or {}),
+            "sensitivity_samples": int(e.get("sensitivity_samples", 0)),
+            "sensitivity_radius": float(e.get("sensitivity_radius", 0.02)),
+            "randomization": bool(e.get("randomization", False))}
 
 
 def saliency_explainer(model: nn.Module, name: str, layer: str = "auto",

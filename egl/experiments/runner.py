@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 import egl
 from egl.experiments.config import check_keys, check_values
-from egl.experiments.evaluate import evaluate
+from egl.experiments.evaluate import eval_settings, evaluate
 from egl.experiments.figures import case_study
 from egl.experiments.mask_quality import mask_quality
 from egl.experiments.models import build_model, check_model_builds
@@ -436,11 +436,7 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
         selected["val_worst_group"] = chosen["worst_group"]
     rows = []
     for split, ds in tests.items():
-        metrics = evaluate(recipe.model, ds, batch_size=int(e["batch_size"]), explain_samples=int(e["explain_samples"]),
-                           ks=tuple(e["ks"]), baseline=e["baseline"], device=t.get("device", "cpu"),
-                           min_group_size=e.get("min_group_size", 10), explainer=e.get("explainer", "grad_cam"),
-                           curve_steps=int(e.get("curve_steps", 0)),
-                           explainer_kwargs=dict(e.get("explainer_kwargs") or {}))
+        metrics = evaluate(recipe.model, ds, **eval_settings(e, t.get("device", "cpu")))
         row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
                "explainer": e.get("explainer", "grad_cam"),
                "in_distribution": source.in_distribution(split, run_.domains),

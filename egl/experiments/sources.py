@@ -18,7 +18,9 @@ by the domain, or ``test`` for a table without domains.
 ``data.augment`` augments the training sets only (masks moved with their images,
 :class:`egl.data.Augment`); validation and test sets are read as they are. ``data.mask_fraction``
 < 1 keeps the masks of that share of each training domain's images (:class:`egl.data.PartialMasks`,
-drawn with ``data.mask_seed``); validation and test sets keep theirs.
+drawn with ``data.mask_seed``), and ``data.mask_noise`` degrades the training masks as cheap
+annotations are (boxes, loose or tight outlines, offsets: :class:`egl.data.NoisyMasks`); validation
+and test sets keep theirs.
 
 A test split is *in distribution* for a run when it is drawn from one of the run's training
 domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
@@ -36,6 +38,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from egl._check import check_choice, check_int, fail
 from egl.data.augment import Augmented, as_augment
 from egl.data.masked_by import MaskedBy
+from egl.data.noisy_masks import NoisyMasks, as_mask_noise
 from egl.data.partial_masks import PartialMasks, check_fraction
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
@@ -174,10 +177,17 @@ def _masked(ds: Dataset, masker: Any) -> Dataset:
 
 
 def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, domain: str) -> Dataset:
-    """A training set: augmented, then the masks of ``data.mask_fraction`` of it kept (outside the
+    """A training set: its masks degraded by ``data.mask_noise`` (before augmentation, which then moves
+    them as it would real annotations), augmented, then the masks of ``data.mask_fraction`` of it kept (outside the
     augmentation, so that an augmentation that builds new items cannot drop the flags), drawn with
     a seed of ``data.mask_seed`` and the domain's name (domains of one size keep different images)."""
     fraction = check_fraction(data.get("mask_fraction", 1.0), "egl.experiments", "data.mask_fraction")
+    noise = as_mask_noise(data.get("mask_noise"), "egl.experiments", "data.mask_noise")
+    if noise is not None:
+        if not has_masks:
+            raise fail("egl.experiments", "data.mask_noise", "null for data without masks (no mask to degrade)",
+                       repr(data.get("mask_noise"))[:100], "Leave data.mask_noise out, or use data with masks")
+        ds = NoisyMasks(ds, **noise)  # (before augmentation: it moves the degraded mask as an annotation)
     ds = _augmented(ds, augment)
     if fraction < 1:
         if not has_masks:

@@ -10,6 +10,10 @@
   LeRF and combined scores with it.
 - :mod:`~egl.metrics.localization`: energy pointing game, pointing game and top-|mask|
   IoU of saliency (or a masker's output) against ground-truth masks.
+- :mod:`~egl.metrics.randomization`: Adebayo et al.'s sanity check, the model parameter
+  randomisation test (cascading or independent; Spearman and SSIM against the trained maps).
+- :mod:`~egl.metrics.sensitivity`: max- and average-sensitivity of maps under small input noise
+  (Yeh et al., NeurIPS 2019).
 - :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
   accuracy over (class, spurious feature) groups.
 
@@ -34,7 +38,14 @@ from egl.metrics.localization import (
     pointing_game,
     top_k_iou,
 )
+from egl.metrics.randomization import (
+    RandomizationResult,
+    map_similarity,
+    parameter_randomization,
+    randomization_layers,
+)
 from egl.metrics.road import ROAD_PERCENTILES, RoadResult, road
+from egl.metrics.sensitivity import SensitivityResult, sensitivity
 from egl.metrics.shortcut import shortcut_rate, worst_group_accuracy
 
 __all__ = [
@@ -56,6 +67,12 @@ __all__ = [
     "energy_pointing_game",
     "pointing_game",
     "top_k_iou",
+    "parameter_randomization",
+    "RandomizationResult",
+    "randomization_layers",
+    "map_similarity",
+    "sensitivity",
+    "SensitivityResult",
     "shortcut_rate",
     "worst_group_accuracy",
 ]

@@ -70,6 +70,10 @@ BAD = [
     ("eval.ks=[5, 5]", r"'eval.ks' expected a non-empty list of distinct percentages in \(0, 100\], got \[5, 5\]\."),
     ("eval.curve_steps=-1", r"'eval.curve_steps' expected an int >= 0 \(RISE deletion/insertion steps per curve; "
                             r"0: not measured\), got -1\."),
+    ("eval.sensitivity_samples=-2", r"'eval.sensitivity_samples' expected an int >= 0 \(noisy copies per explained "
+                                    r"image for max-sensitivity; 0: not measured\), got -2\."),
+    ("eval.sensitivity_radius=0", r"'eval.sensitivity_radius' expected a finite number > 0, got 0\."),
+    ("eval.randomization=maybe", r"'eval.randomization' expected True or False, got 'maybe'\."),
     ("eval.explainer_kwargs=3", r"'eval.explainer_kwargs' expected a mapping of the explainer's arguments, got 3\."),
     ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], "
                             r"got 'black'\."),
@@ -143,6 +147,7 @@ def test_good_values_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = apply_overrides(DEFAULTS, ["train.seeds=3", "train.lr=1", "train.device=cuda:1", "train.precision=bf16",
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
                                      "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.curve_steps=4",
+                                     "eval.sensitivity_samples=3", "eval.sensitivity_radius=0.1", "eval.randomization=true",
                                      "data.mask_fraction=0.5", "eval.mask_quality=false"])
     assert check_selection(cfg) == ("last", None)
 

@@ -50,6 +50,40 @@ def test_curve_steps_adds_rise_deletion_and_insertion_of_the_explained_images() 
                          explainer="input_gradient", curve_steps=100)["deletion"] <= 1
 
 
+def test_sensitivity_and_randomization_are_the_metrics_on_the_explained_images() -> None:
+    import torch
+
+    from egl.experiments.evaluate import eval_settings, evaluate
+    from egl.experiments.config import DEFAULTS
+    from egl.metrics import parameter_randomization, sensitivity
+
+    model = make_model("test_resnet", output_stride=8).eval()
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 5
+    data = [{"image": x[i], "label": y[i]} for i in range(6)]
+    plain = evaluate(model, data, batch_size=8, explain_samples=5)
+    assert not {"max_sens", "avg_sens", "rand_top", "rand_all"} & set(plain)  # off by default
+    out = evaluate(model, data, batch_size=8, explain_samples=5, sensitivity_samples=3, sensitivity_radius=0.05,
+                   randomization=True)
+    assert {k: out[k] for k in plain} == plain
+    cam = saliency_explainer(model, "grad_cam")
+    s = sensitivity(model, x[:5], cam, samples=3, radius=0.05)
+    assert out["max_sens"] == pytest.approx(float(s.max[s.valid].mean()), rel=1e-5)
+    assert out["avg_sens"] == pytest.approx(float(s.mean[s.valid].mean()), rel=1e-5)
+    r = parameter_randomization(model, x[:5], "grad_cam")
+    assert out["rand_top"] == pytest.approx(float(r.spearman[0].mean()), rel=1e-5)
+    assert out["rand_all"] == pytest.approx(float(r.spearman[-1].mean()), rel=1e-5)
+    assert model.training is False
+    settings = eval_settings({**DEFAULTS["eval"], "sensitivity_samples": 3, "randomization": True}, "cpu")
+    assert settings["sensitivity_samples"] == 3 and settings["randomization"] is True
+    with pytest.raises(egl.InputError, match="'sensitivity_samples' expected an int >= 0"):
+        evaluate(model, data, sensitivity_samples=-1)
+    with pytest.raises(egl.InputError, match="'sensitivity_radius' expected a finite number > 0"):
+        evaluate(model, data, sensitivity_radius=0.0)
+    with pytest.raises(egl.InputError, match="'randomization' expected True or False"):
+        evaluate(model, data, randomization="yes")
+
+
 def test_explainer_kwargs_reach_the_explainer() -> None:
     from egl.explainers import SmoothedExplainer
 

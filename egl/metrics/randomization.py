@@ -1,0 +1,408 @@
+"""Sanity check of saliency: the model parameter randomisation test.
+
+Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018. An explanation that stays the
+same when the model's weights are replaced by random ones does not explain the model (an edge
+detector passes for a saliency method on natural images). The test re-initialises the model's
+layers, from the output towards the input, and compares the maps of the randomised model with
+the trained model's maps of the same images and classes:
+
+- ``order="cascading"`` (the paper's main test): the layers are randomised one after another
+  and stay random, so the ``i``-th step has the top ``i + 1`` layers random;
+- ``order="independent"``: each step randomises one layer of the trained model.
+
+Similarities, per image and step (the paper's, less HOG):
+
+- ``spearman``: Spearman rank correlation of the two maps (ties get average ranks);
+- ``spearman_abs``: the same on absolute values (differs from ``spearman`` for signed maps);
+- ``ssim``: structural similarity of the two maps after per-image min-max scaling to [0, 1]
+  (Gaussian window of 11 pixels, sigma 1.5, or the largest odd size the map holds).
+
+A faithful explanation's similarity falls towards 0 as the cascade reaches the input. egl's
+choices where the paper is silent, each configurable:
+
+- The layers: ``layers="blocks"`` (default) takes the model's children that hold parameters,
+  opening plain containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``), so a timm
+  ResNet gives ``fc, layer4.1, layer4.0, ..., bn1, conv1`` and a ViT ``head, norm, blocks.11, ...``;
+  ``"leaves"`` every module that owns parameters; or a list of module names. The automatic lists
+  take registration order, reversed, as the output-to-input order (true of timm models and
+  ``nn.Sequential``; pass names for a model built otherwise).
+- Re-initialisation (``init="reset"``): every module of the layer that has ``reset_parameters``
+  (convolutions, linear layers, norms: BatchNorm's running statistics go back to 0 and 1) calls
+  it, under ``torch.manual_seed(seed + step)`` with the global generator restored afterwards;
+  parameters of other modules (a timm ``LayerScale``) are drawn from a truncated normal of
+  standard deviation 0.02. ``init`` may instead be a callable ``(name, module) -> None`` that
+  re-initialises ``module`` in place.
+- The class explained at every step is ``target``, or the trained model's prediction.
+- A constant map (a dead Grad-CAM: a random head often gives one) has no ranking: two constant
+  maps count as identical (Spearman 1), one constant map against a varying one as unrelated
+  (Spearman 0). ``constant`` marks the steps where the randomised map is constant, so that a
+  fall to 0 by death can be told from a fall by change.
+
+The user's model is not touched: the test runs on a deep copy, in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from egl._check import check_finite, check_flag, check_int, check_shape, check_tensor, describe, fail
+from egl.metrics._common import check_labels, model_logits
+
+__all__ = ["parameter_randomization", "RandomizationResult", "randomization_layers", "map_similarity", "ORDERS",
+           "SIMILARITIES"]
+
+ORDERS = ("cascading", "independent")
+SIMILARITIES = ("spearman", "spearman_abs", "ssim")
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+FALLBACK_STD = 0.02
+
+FN = "egl.metrics.parameter_randomization"
+
+
+@dataclass(frozen=True)
+class RandomizationResult:
+    """What :func:`parameter_randomization` measured. Tensors are on the CPU.
+
+    Attributes:
+        layers: the layers, in the order randomised (output first).
+        order: ``"cascading"`` or ``"independent"``.
+        spearman: ``[L, B]`` rank correlation of each step's map with the trained model's map.
+        spearman_abs: ``[L, B]`` the same on absolute values.
+        ssim: ``[L, B]`` structural similarity of the min-max scaled maps.
+        constant: ``[L, B]`` bool, the randomised model's map is constant.
+        trained_constant: ``[B]`` bool, the trained model's own map is constant.
+        target: ``[B]`` the classes explained.
+        maps: ``[L + 1, B, 1, h, w]`` the trained model's maps, then each step's (``keep_maps=True``),
+            else None.
+    """
+
+    layers: tuple[str, ...]
+    order: str
+    spearman: Tensor
+    spearman_abs: Tensor
+    ssim: Tensor
+    constant: Tensor
+    trained_constant: Tensor
+    target: Tensor
+    maps: Tensor | None = None
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """``{layer: {"spearman", "spearman_abs", "ssim", "constant"}}``: means over images
+        (``constant`` is the share of images whose randomised map is constant)."""
+        return {name: {"spearman": float(self.spearman[i].mean()),
+                       "spearman_abs": float(self.spearman_abs[i].mean()),
+                       "ssim": float(self.ssim[i].mean()),
+                       "constant": float(self.constant[i].float().mean())}
+                for i, name in enumerate(self.layers)}
+
+
+def randomization_layers(model: nn.Module, layers: str | Sequence[str] = "blocks") -> tuple[str, ...]:
+    """The names of the layers :func:`parameter_randomization` re-initialises, output first.
+
+    Args:
+        model: the classifier.
+        layers: ``"blocks"``, ``"leaves"`` or module names (returned as given, after checking).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        >>> randomization_layers(net)
+        ('3', '0')
+    """
+    fn = "egl.metrics.randomization_layers"
+    if not isinstance(model, nn.Module):
+        raise fail(fn, "model", "a torch.nn.Module", describe(model), "Pass the classifier module itself")
+    return _layer_names(model, layers, fn)
+
+
+def _layer_names(model: nn.Module, layers: object, fn: str) -> tuple[str, ...]:
+    modules = dict(model.named_modules())
+    if layers == "blocks":
+        names = tuple(reversed(_blocks(model, "")))
+    elif layers == "leaves":
+        names = tuple(reversed([n for n, m in modules.items() if n and _owns_parameters(m)]))
+    elif isinstance(layers, Sequence) and not isinstance(layers, str) and len(layers) > 0:
+        names = tuple(layers)
+        unknown = [n for n in names if not isinstance(n, str) or n not in modules or not n]
+        if unknown:
+            shown = ", ".join(list(_blocks(model, ""))[:12])
+            raise fail(fn, "layers", "names of the model's submodules", f"{unknown[0]!r}, not one of them",
+                       f"Pick names from model.named_modules(), e.g. {shown}")
+        if len(set(names)) != len(names):
+            raise fail(fn, "layers", "distinct module names", repr(names), "Remove the repeated names")
+        empty = [n for n in names if not any(True for _ in modules[n].parameters())]
+        if empty:
+            raise fail(fn, "layers", "modules that hold parameters", f"{empty[0]!r}, which holds none",
+                       "Leave parameterless modules (activations, pooling) out")
+    else:
+        raise fail(fn, "layers", "'blocks', 'leaves' or a non-empty list of module names", repr(layers)[:100],
+                   "Pass layers='blocks' or e.g. layers=['fc', 'layer4']")
+    if not names:
+        raise fail(fn, "model", "a model with parameters to randomise", f"{type(model).__name__} with none",
+                   "Pass a trained classifier")
+    return names
+
+
+def _owns_parameters(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+def _blocks(module: nn.Module, prefix: str) -> list[str]:
+    """Children holding parameters, plain containers opened; a module that owns parameters
+    itself (beside its children) is one block."""
+    out: list[str] = []
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, CONTAINERS) and not _owns_parameters(child):
+            out.extend(_blocks(child, full + "."))
+        else:
+            out.append(full)
+    return out
+
+
+def _reset(name: str, module: nn.Module) -> None:
+    """egl's default re-initialisation (see the module docstring)."""
+    covered: set[int] = set()
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            covered.update(id(p) for p in m.parameters(recurse=False))
+    with torch.no_grad():
+        for p in module.parameters():
+            if id(p) not in covered:
+                nn.init.trunc_normal_(p, std=FALLBACK_STD, a=-2 * FALLBACK_STD, b=2 * FALLBACK_STD)
+
+
+def _average_ranks(v: Tensor) -> Tensor:
+    """1-based ranks along dim 1, ties averaged."""
+    s = torch.sort(v, dim=1).values
+    below = torch.searchsorted(s, v, right=False)
+    at_or_below = torch.searchsorted(s, v, right=True)
+    return (below + at_or_below + 1).to(torch.float64) / 2.0
+
+
+def _spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Per-row rank correlation of ``[B, N]`` maps; see the module docstring for constant rows."""
+    ra, rb = _average_ranks(a.contiguous()), _average_ranks(b.contiguous())
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    na, nb = ra.norm(dim=1), rb.norm(dim=1)
+    flat_a, flat_b = na == 0, nb == 0
+    rho = (ra * rb).sum(1) / (na * nb).clamp_min(1e-300)
+    rho = torch.where(flat_a | flat_b, (flat_a & flat_b).to(rho.dtype), rho)
+    return rho.clamp(-1.0, 1.0).float()
+
+
+def _unit_range(m: Tensor) -> Tensor:
+    lo = m.amin(dim=(-2, -1), keepdim=True)
+    hi = m.amax(dim=(-2, -1), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, 1.0), torch.zeros_like(m))
+
+
+def _ssim(a: Tensor, b: Tensor) -> Tensor:
+    """Mean SSIM per image of ``[B, 1, h, w]`` maps scaled to [0, 1] (float64)."""
+    from kornia.metrics import ssim
+
+    size = min(SSIM_WINDOW, *a.shape[-2:])
+    size -= 1 - size % 2  # odd
+    if size < 3:  # too small for a window: fall back to the single-window (global) form
+        return _global_ssim(a, b)
+    return ssim(a, b, size, max_val=1.0).mean(dim=(1, 2, 3)).float()
+
+
+def _global_ssim(a: Tensor, b: Tensor) -> Tensor:
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    a, b = a.flatten(1), b.flatten(1)
+    ma, mb = a.mean(1), b.mean(1)
+    va, vb = a.var(1, unbiased=False), b.var(1, unbiased=False)
+    cov = ((a - ma[:, None]) * (b - mb[:, None])).mean(1)
+    return (((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))).float()
+
+
+def map_similarity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """The test's similarities of two sets of maps, per image: ``{"spearman", "spearman_abs", "ssim"}``
+    of ``[B]`` float32 tensors on the CPU (see the module docstring for constant maps).
+
+    Use it for the paper's data randomisation test: the maps of a model trained on permuted labels
+    against those of the model trained on the true ones, for the same images and classes.
+
+    Args:
+        a: maps ``[B, 1, h, w]``.
+        b: maps of the same shape.
+
+    Raises:
+        InputError: bad shapes, shapes that differ, or values that are not finite.
+
+    Example:
+        >>> import torch
+        >>> a = torch.rand(2, 1, 8, 8)
+        >>> {k: [round(float(t), 4) for t in v] for k, v in map_similarity(a, 2 * a + 1).items()}
+        {'spearman': [1.0, 1.0], 'spearman_abs': [1.0, 1.0], 'ssim': [1.0, 1.0]}
+    """
+    fn = "egl.metrics.map_similarity"
+    a = check_shape(a, "B 1 h w", fn, "a")
+    b = check_shape(b, "B 1 h w", fn, "b")
+    if a.shape != b.shape:
+        raise fail(fn, "b", f"maps of a's shape {list(a.shape)}", describe(b),
+                   "Compare maps of the same images at one resolution (resize one with F.interpolate)")
+    check_finite(a.detach(), fn, "a")
+    check_finite(b.detach(), fn, "b")
+    return _similarities(a.detach().cpu(), b.detach().cpu())
+
+
+def _similarities(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    fa, fb = a.flatten(1).double(), b.flatten(1).double()
+    return {"spearman": _spearman(fa, fb), "spearman_abs": _spearman(fa.abs(), fb.abs()),
+            "ssim": _ssim(_unit_range(a.double()), _unit_range(b.double()))}
+
+
+def _explainer_factory(explainer: object, kwargs: dict[str, Any] | None) -> Callable[[nn.Module], Any]:
+    if isinstance(explainer, str):
+        from egl.registry import _lookup, create
+
+        _lookup("explainer", explainer, FN, "explainer")  # "did you mean" before any work
+        return lambda m: create("explainer", explainer, m, **(kwargs or {}))
+    if kwargs:
+        raise fail(FN, "explainer_kwargs", "None when 'explainer' is a callable", repr(kwargs)[:100],
+                   "Bind the arguments in the callable, or pass the explainer's registered name")
+    if isinstance(explainer, nn.Module) or not callable(explainer):
+        raise fail(FN, "explainer", "a registered explainer name, or a callable model -> explainer",
+                   describe(explainer), "Pass e.g. explainer='grad_cam', or lambda m: GradCAM(m, 'layer4')")
+    return explainer  # type: ignore[return-value]
+
+
+def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target: Tensor,
+          shape: tuple[int, ...] | None) -> Tensor:
+    e = make(model)
+    if not callable(e):
+        raise fail(FN, "explainer", "a factory returning a callable (x, target) -> saliency",
+                   f"one returning {describe(e)}", "Return the explainer built on the model it is given")
+    s = e(x, target)
+    s = check_shape(s, "B 1 h w", FN, "explainer's output")
+    if s.shape[0] != x.shape[0] or (shape is not None and tuple(s.shape) != shape):
+        raise fail(FN, "explainer", f"maps of shape {list(shape or (x.shape[0], 1, 'h', 'w'))} at every step",
+                   describe(s), "Return one [B, 1, h, w] map per image, at one resolution")
+    check_finite(s.detach(), FN, "explainer's output")
+    remove = getattr(e, "remove_hooks", None)
+    if callable(remove):
+        remove()
+    return s.detach().float().cpu()
+
+
+def parameter_randomization(
+    model: nn.Module,
+    x: Tensor,
+    explainer: str | Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]] = "grad_cam",
+    *,
+    target: Tensor | None = None,
+    order: str = "cascading",
+    layers: str | Sequence[str] = "blocks",
+    init: str | Callable[[str, nn.Module], None] = "reset",
+    seed: int = 0,
+    explainer_kwargs: dict[str, Any] | None = None,
+    keep_maps: bool = False,
+) -> RandomizationResult:
+    """Adebayo et al.'s model parameter randomisation test of an explainer on ``model``.
+
+    One explainer call on ``x`` for the trained model and one per layer: ``len(layers) + 1``
+    calls (plus one forward for the prediction when ``target`` is None).
+
+    Args:
+        model: the trained classifier (not modified: the test works on a deep copy in eval mode).
+        x: images in the model's input space, on the model's device.
+        explainer: a registered explainer name (built on each randomised copy with
+            ``explainer_kwargs``), or a callable that builds an explainer on the model it is
+            given; the explainer is called as ``e(x, target)`` and returns ``[B, 1, h, w]``.
+        target: classes to explain; default: the trained model's prediction, kept at every step.
+        order: ``"cascading"`` (the top layers stay random) or ``"independent"`` (one at a time).
+        layers: ``"blocks"``, ``"leaves"``, or module names in the order to randomise them.
+        init: ``"reset"`` (see the module docstring) or a callable ``(name, module) -> None``.
+        seed: step ``i`` re-initialises under ``torch.manual_seed(seed + i)``.
+        explainer_kwargs: the registered explainer's arguments (e.g. ``{"layer": "layer3"}``).
+        keep_maps: keep every step's maps in the result (for figures).
+
+    Returns:
+        A :class:`RandomizationResult`; ``.means()`` per layer.
+
+    Raises:
+        InputError: bad ``x``, ``target``, ``order``, ``layers``, ``init``, ``seed``, an explainer
+            that is not one, or maps of the wrong shape or not finite.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> r = parameter_randomization(net, torch.randn(2, 3, 8, 8), "grad_cam",
+        ...                             explainer_kwargs={"layer": "1"})
+        >>> r.layers, r.spearman.shape
+        (('4', '0'), torch.Size([2, 2]))
+    """
+    if not isinstance(model, nn.Module):
+        raise fail(FN, "model", "a torch.nn.Module", describe(model), "Pass the classifier module itself")
+    x = check_shape(x, "B C H W", FN, "x")
+    if x.shape[0] == 0:
+        raise fail(FN, "x", "at least one image", describe(x), "Pass a non-empty batch")
+    check_finite(x.detach(), FN, "x")
+    if order not in ORDERS:
+        raise fail(FN, "order", f"one of {list(ORDERS)}", repr(order), "Pass order='cascading' or 'independent'")
+    check_int(seed, FN, "seed", low=0)
+    check_flag(keep_maps, FN, "keep_maps")
+    if init == "reset":
+        reinit: Callable[[str, nn.Module], None] = _reset
+    elif callable(init) and not isinstance(init, str):
+        reinit = init
+    else:
+        raise fail(FN, "init", "'reset' or a callable (name, module) -> None", repr(init)[:100],
+                   "Pass init='reset', or a function that re-initialises the module in place")
+    make = _explainer_factory(explainer, explainer_kwargs)
+    names = _layer_names(model, layers, FN)
+
+    work = copy.deepcopy(model).eval()
+    x = x.detach()
+    if target is None:
+        with torch.no_grad():
+            tgt = model_logits(work, x, FN).argmax(dim=1)
+    else:
+        check_tensor(target, FN, "target")
+        with torch.no_grad():
+            k = model_logits(work, x[:1], FN).shape[1]
+        tgt = check_labels(target, x, k, FN, "target", batch_arg="x")
+    trained = _maps(make, work, x, tgt, None)
+    shape = tuple(trained.shape)
+    original = {k: v.clone() for k, v in work.state_dict().items()} if order == "independent" else None
+    modules = dict(work.named_modules())
+    devices = [p.device for p in work.parameters() if p.device.type == "cuda"][:1]
+
+    steps = []
+    for i, name in enumerate(names):
+        if original is not None and i > 0:
+            work.load_state_dict(original)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + i)
+            reinit(name, modules[name])
+        steps.append(_maps(make, work, x, tgt, shape))
+    rand = torch.stack(steps)  # [L, B, 1, h, w]
+    num = len(names)
+    a = trained.expand(num, *shape).flatten(0, 1)
+    b = rand.flatten(0, 1)
+    sim = {k: v.view(num, -1) for k, v in _similarities(a, b).items()}
+    flat = b.flatten(1)
+    constant = (flat.amax(1) == flat.amin(1)).view(num, -1)
+    tflat = trained.flatten(1)
+    return RandomizationResult(
+        layers=names, order=order, spearman=sim["spearman"], spearman_abs=sim["spearman_abs"], ssim=sim["ssim"],
+        constant=constant, trained_constant=tflat.amax(1) == tflat.amin(1), target=tgt.cpu(),
+        maps=torch.cat([trained[None], rand]) if keep_maps else None,
+    )
