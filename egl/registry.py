@@ -80,9 +80,11 @@ def resolve(kind: str, spec: Any, *args: Any, **kwargs: Any) -> Any:
     return spec
 
 
-def _build(factory: Any, kind: str, name: str, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``factory(*args, **kwargs)``; arguments its signature does not take are named with the
-    component and its signature (not as a ``TypeError`` from a base class's ``__init__``)."""
+def _build(factory: Any, kind: str, name: str, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+           arg: str = "args") -> Any:
+    """``factory(*args, **kwargs)``; arguments its signature does not take are named (as ``fn``'s
+    ``arg``) with the component and its signature (not as a ``TypeError`` from a base class's
+    ``__init__``)."""
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # no signature to read (a builtin): let the call say
@@ -93,7 +95,7 @@ def _build(factory: Any, kind: str, name: str, fn: str, args: tuple[Any, ...], k
         except TypeError as e:
             given = ", ".join([*(type(a).__name__ for a in args), *(f"{k}={v!r}"[:60] for k, v in kwargs.items())])
             shown = sig.replace(return_annotation=inspect.Signature.empty)
-            raise fail(fn, "args", f"the arguments of {kind} '{name}' {shown}", f"({given}): {e}",
+            raise fail(fn, arg, f"the arguments of {kind} '{name}' {shown}", f"({given}): {e}",
                        f"Pass the arguments {kind} '{name}' takes (egl list {kind} shows every {kind})") from None
     return factory(*args, **kwargs)
 

@@ -14,5 +14,6 @@ from egl.data.partial_masks import PartialMasks
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
-           "Augmented", "PRESETS", "PartialMasks", "MaskedBy", "NoisyMasks", "degrade_mask", "group_balanced_sampler", "item_groups",
+           "Augmented", "PRESETS", "PartialMasks", "MaskedBy", "NoisyMasks", "degrade_mask", "group_balanced_sampler",
+           "item_groups",
            "item_labels"]

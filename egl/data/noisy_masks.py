@@ -133,9 +133,16 @@ def as_mask_noise(spec: object, fn: str, arg: str = "mask_noise") -> dict[str, A
             raise fail(fn, f"{arg}.{key}", f"one of NoisyMasks' settings {list(NOISE_KEYS)}",
                        f"the unknown key {key!r}.{hint}", f"Use one of {list(NOISE_KEYS)}")
     check_flag(spec.get("box", False), fn, f"{arg}.box")
-    for key in ("dilate", "erode", "shift", "seed"):
+    for key in ("dilate", "erode", "shift"):
         _pixels(spec.get(key, 0), fn, f"{arg}.{key}")
+    _seed(spec.get("seed", 0), fn, f"{arg}.seed")
     return dict(spec)
+
+
+def _seed(seed: object, fn: str, arg: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise fail(fn, arg, "an int in [0, 2**63)", repr(seed)[:100], f"Pass e.g. {arg}=0")
+    return int(seed)
 
 
 class NoisyMasks(Dataset):
@@ -163,9 +170,7 @@ class NoisyMasks(Dataset):
         self.dilate = _pixels(dilate, _FN, "dilate")
         self.erode = _pixels(erode, _FN, "erode")
         self.shift = _pixels(shift, _FN, "shift")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**62:
-            raise fail(_FN, "seed", "an int in [0, 2**62)", repr(seed)[:100], "Pass e.g. seed=0")
-        self.seed = int(seed)
+        self.seed = _seed(seed, _FN, "seed")
         try:
             len(dataset)
         except TypeError:
@@ -180,7 +185,7 @@ class NoisyMasks(Dataset):
         """Item ``i``'s offset ``(dy, dx)`` (``(0, 0)`` with ``shift=0``)."""
         if not self.shift:
             return (0, 0)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
         dy, dx = torch.randint(-self.shift, self.shift + 1, (2,), generator=g).tolist()
         return (dy, dx)
 
@@ -192,6 +197,11 @@ class NoisyMasks(Dataset):
         if not isinstance(mask, Tensor):
             raise fail(_FN, "dataset", "items whose 'mask' is a tensor", f"a mask {describe(mask)}",
                        "Return masks as tensors [1, H, W] or [H, W]")
+        if mask.numel():
+            lo, hi = (float(v) for v in torch.aminmax(mask.float()))
+            if lo < 0 or hi > 1:
+                raise fail(_FN, "dataset", "masks with values in [0, 1]", f"item {i}'s mask in [{lo:g}, {hi:g}]",
+                           "Scale the masks to [0, 1] (e.g. mask / 255 for 8-bit images)")
         j = operator.index(i)
         j = j % len(self) if j < 0 else j
         degraded = degrade_mask(mask.float(), box=self.box, dilate=self.dilate, erode=self.erode,

@@ -78,8 +78,10 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     ``randomization`` adds Adebayo et al.'s cascading parameter randomisation test on the explained
     images (:func:`egl.metrics.parameter_randomization`, ``layers="blocks"``): ``rand_top``, the mean
     Spearman correlation of the maps once the top block is random, and ``rand_all``, once every
-    block is (lower is better: a map that stays the same does not read the model). One explainer
-    call per block."""
+    block is (lower is better: a map that stays the same does not read the model), over the images
+    whose trained map is not constant; ``rand_dead``, the share of those whose map is constant once
+    every block is random (a dead map scores 0, a pass for a reason other than change). One
+    explainer call per block plus one, on a deep copy of the model, per batch of explained images."""
     fn = "egl.experiments.evaluate"
     check_int(curve_steps, fn, "curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Pass e.g. curve_steps=100")
@@ -94,7 +96,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     logits, labels, shortcuts = [], [], []
     curves: dict[str, list[torch.Tensor]] = {"deletion": [], "insertion": []}
     suff, comp, loc_rows = [], [], {"energy": [], "area": [], "pointing": [], "iou": []}
-    sanity: dict[str, list[torch.Tensor]] = {"max_sens": [], "avg_sens": [], "rand_top": [], "rand_all": []}
+    sanity: dict[str, list[torch.Tensor]] = {"max_sens": [], "avg_sens": [], "rand_top": [], "rand_all": [],
+                                             "rand_dead": []}
     explained = 0
     try:
         for raw in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -125,8 +128,10 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
                 if randomization:
                     rand = parameter_randomization(
                         model, xe, lambda m: saliency_explainer(m, explainer, layer, explainer_kwargs))
-                    sanity["rand_top"].append(rand.spearman[0])
-                    sanity["rand_all"].append(rand.spearman[-1])
+                    alive = ~rand.trained_constant  # (a constant trained map has no ranking to keep)
+                    sanity["rand_top"].append(rand.spearman[0][alive])
+                    sanity["rand_all"].append(rand.spearman[-1][alive])
+                    sanity["rand_dead"].append(rand.constant[-1][alive].float())
                 if batch.mask is not None:
                     r = localization(sal, upload(batch.mask[:n], device))
                     for k in loc_rows:

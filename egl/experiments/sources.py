@@ -237,7 +237,8 @@ def load_source(data: dict[str, Any]) -> Source:
     full = kind(data["root"], "all", **kw)
     splits = getattr(full, "splits", ("train", "val", "test"))  # (a CSV table may hold no val rows)
     masker = _masker(data)  # (its masks are made from the plain images: the augmentation wraps them)
-    read_augment, wrap_augment = (augment, None) if masker is None else (None, augment)
+    plain = masker is not None or as_mask_noise(data.get("mask_noise"), "egl.experiments", "data.mask_noise")
+    read_augment, wrap_augment = (None, augment) if plain else (augment, None)  # (masks degraded before it)
     per_split = {s: kind(data["root"], s, **kw, augment=read_augment if s == "train" else None)
                  for s in ("train", "val", "test") if s in splits or s != "val"}  # (no train or test: named)
     has_masks = per_split["train"].has_masks or masker is not None

@@ -21,6 +21,7 @@ METRIC_NAMES = {
     "comp": "Comp ↑", "deletion": "Del ↓", "insertion": "Ins ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
     "max_sens": "MaxSens ↓", "avg_sens": "AvgSens ↓", "rand_top": "Rand-top ρ ↓", "rand_all": "Rand-all ρ ↓",
+    "rand_dead": "Rand-all dead",
 }
 
 
@@ -176,7 +177,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
         parts += ["", "## Shortcut rate (%): predictions that follow the background, among conflicting samples",
                   "", pivot(rows, "shortcut", splits=splits)]
     metrics = [m for m in ("val_acc", "val_worst_group", "acc", "worst_group", "auc", "suff", "comp", "deletion",
-                           "insertion", "shortcut", "energy", "area", "iou", "max_sens", "avg_sens", "rand_top", "rand_all")
+                           "insertion", "shortcut", "energy", "area", "iou", "max_sens", "avg_sens", "rand_top",
+                           "rand_all", "rand_dead")
                if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"
@@ -194,7 +196,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
               + ("MaxSens / AvgSens: largest / mean relative change (%) of the maps under small input noise "
                  "(lower is more stable); " if "max_sens" in has else "")
               + ("Rand-top / Rand-all: Spearman correlation (x100) of the maps with those of the model with "
-                 "its top block / every block re-initialised (lower: the maps read the weights); "
+                 "its top block / every block re-initialised (lower: the maps read the weights), over images "
+                 "whose map is not constant; Rand-all dead: share (%) of them whose map is constant once every block is; "
                  if "rand_top" in has else "")
               + "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               + "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

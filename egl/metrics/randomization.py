@@ -13,7 +13,9 @@ the trained model's maps of the same images and classes:
 Similarities, per image and step (the paper's, less HOG):
 
 - ``spearman``: Spearman rank correlation of the two maps (ties get average ranks);
-- ``spearman_abs``: the same on absolute values (differs from ``spearman`` for signed maps);
+- ``spearman_abs``: the same on absolute values (it differs from ``spearman`` only for signed
+  maps: egl's explainers give non-negative maps unless built with ``normalize=False`` and, for
+  ``input_gradient``, ``absolute=False``);
 - ``ssim``: structural similarity of the two maps after per-image min-max scaling to [0, 1]
   (Gaussian window of 11 pixels, sigma 1.5, or the largest odd size the map holds).
 
@@ -25,20 +27,27 @@ choices where the paper is silent, each configurable:
   ResNet gives ``fc, layer4.1, layer4.0, ..., bn1, conv1`` and a ViT ``head, norm, blocks.11, ...``;
   ``"leaves"`` every module that owns parameters; or a list of module names. The automatic lists
   take registration order, reversed, as the output-to-input order (true of timm models and
-  ``nn.Sequential``; pass names for a model built otherwise).
+  ``nn.Sequential``; pass names for a model built otherwise). Parameters the model holds itself
+  (a ViT's ``cls_token`` and ``pos_embed``) are the last step of both lists, named ``"<own>"``
+  (a name that also works in a list), so that the full cascade leaves no trained parameter.
 - Re-initialisation (``init="reset"``): every module of the layer that has ``reset_parameters``
   (convolutions, linear layers, norms: BatchNorm's running statistics go back to 0 and 1) calls
   it, under ``torch.manual_seed(seed + step)`` with the global generator restored afterwards;
   parameters of other modules (a timm ``LayerScale``) are drawn from a truncated normal of
-  standard deviation 0.02. ``init`` may instead be a callable ``(name, module) -> None`` that
-  re-initialises ``module`` in place.
+  standard deviation 0.02. A norm layer's reset is the identity (weight 1, bias 0): its step
+  changes maps through its statistics only. ``init`` may instead be a callable
+  ``(name, module) -> None`` that re-initialises ``module`` in place (for ``"<own>"`` it gets the
+  model and must re-initialise only ``model.parameters(recurse=False)``).
 - The class explained at every step is ``target``, or the trained model's prediction.
 - A constant map (a dead Grad-CAM: a random head often gives one) has no ranking: two constant
   maps count as identical (Spearman 1), one constant map against a varying one as unrelated
   (Spearman 0). ``constant`` marks the steps where the randomised map is constant, so that a
   fall to 0 by death can be told from a fall by change.
 
-The user's model is not touched: the test runs on a deep copy, in eval mode.
+The user's model is not touched: the test runs on a deep copy, in eval mode. The re-initialisation
+draws under a forked generator (the CPU's and every CUDA device's), so the global generators are
+where they were; draws an explainer makes itself (``smoothed`` without a ``seed``) advance them as
+any call of it would.
 """
 
 from __future__ import annotations
@@ -51,11 +60,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_finite, check_flag, check_int, check_shape, check_tensor, describe, fail
+from egl._check import check_finite, check_flag, check_shape, check_tensor, describe, fail
 from egl.metrics._common import check_labels, model_logits
+from egl.metrics._explainers import build_registered, check_kwargs, check_model_and_images, check_seed
 
 __all__ = ["parameter_randomization", "RandomizationResult", "randomization_layers", "map_similarity", "ORDERS",
-           "SIMILARITIES"]
+           "SIMILARITIES", "OWN"]
 
 ORDERS = ("cascading", "independent")
 SIMILARITIES = ("spearman", "spearman_abs", "ssim")
@@ -63,6 +73,8 @@ CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 FALLBACK_STD = 0.02
+#: The step of the parameters the model holds itself, beside its submodules' (a ViT's ``pos_embed``).
+OWN = "<own>"
 
 FN = "egl.metrics.parameter_randomization"
 
@@ -125,20 +137,22 @@ def randomization_layers(model: nn.Module, layers: str | Sequence[str] = "blocks
 
 def _layer_names(model: nn.Module, layers: object, fn: str) -> tuple[str, ...]:
     modules = dict(model.named_modules())
+    own = (OWN,) if _owns_parameters(model) else ()
     if layers == "blocks":
-        names = tuple(reversed(_blocks(model, "")))
+        names = tuple(reversed(_blocks(model, ""))) + own
     elif layers == "leaves":
-        names = tuple(reversed([n for n, m in modules.items() if n and _owns_parameters(m)]))
+        names = tuple(reversed([n for n, m in modules.items() if n and _owns_parameters(m)])) + own
     elif isinstance(layers, Sequence) and not isinstance(layers, str) and len(layers) > 0:
         names = tuple(layers)
-        unknown = [n for n in names if not isinstance(n, str) or n not in modules or not n]
+        unknown = [n for n in names if not isinstance(n, str) or not n or (n not in modules and n != OWN)]
         if unknown:
-            shown = ", ".join(list(_blocks(model, ""))[:12])
-            raise fail(fn, "layers", "names of the model's submodules", f"{unknown[0]!r}, not one of them",
+            shown = ", ".join([*_blocks(model, "")[:12], *own])
+            raise fail(fn, "layers", f"names of the model's submodules (or {OWN!r})",
+                       f"{unknown[0]!r}, not one of them",
                        f"Pick names from model.named_modules(), e.g. {shown}")
         if len(set(names)) != len(names):
             raise fail(fn, "layers", "distinct module names", repr(names), "Remove the repeated names")
-        empty = [n for n in names if not any(True for _ in modules[n].parameters())]
+        empty = [n for n in names if not (_owns_parameters(model) if n == OWN else _holds_parameters(modules[n]))]
         if empty:
             raise fail(fn, "layers", "modules that hold parameters", f"{empty[0]!r}, which holds none",
                        "Leave parameterless modules (activations, pooling) out")
@@ -151,6 +165,10 @@ def _layer_names(model: nn.Module, layers: object, fn: str) -> tuple[str, ...]:
     return names
 
 
+def _holds_parameters(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
 def _owns_parameters(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
@@ -161,7 +179,7 @@ def _blocks(module: nn.Module, prefix: str) -> list[str]:
     out: list[str] = []
     for name, child in module.named_children():
         full = f"{prefix}{name}"
-        if not any(True for _ in child.parameters()):
+        if not _holds_parameters(child):
             continue
         if isinstance(child, CONTAINERS) and not _owns_parameters(child):
             out.extend(_blocks(child, full + "."))
@@ -171,15 +189,17 @@ def _blocks(module: nn.Module, prefix: str) -> list[str]:
 
 
 def _reset(name: str, module: nn.Module) -> None:
-    """egl's default re-initialisation (see the module docstring)."""
+    """egl's default re-initialisation (see the module docstring); for :data:`OWN`, ``module`` is
+    the model and only the parameters it holds itself are drawn."""
     covered: set[int] = set()
-    for m in module.modules():
-        reset = getattr(m, "reset_parameters", None)
-        if callable(reset):
-            reset()
-            covered.update(id(p) for p in m.parameters(recurse=False))
+    if name != OWN:
+        for m in module.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+                covered.update(id(p) for p in m.parameters(recurse=False))
     with torch.no_grad():
-        for p in module.parameters():
+        for p in module.parameters(recurse=name != OWN):
             if id(p) not in covered:
                 nn.init.trunc_normal_(p, std=FALLBACK_STD, a=-2 * FALLBACK_STD, b=2 * FALLBACK_STD)
 
@@ -218,7 +238,7 @@ def _ssim(a: Tensor, b: Tensor) -> Tensor:
     size -= 1 - size % 2  # odd
     if size < 3:  # too small for a window: fall back to the single-window (global) form
         return _global_ssim(a, b)
-    return ssim(a, b, size, max_val=1.0).mean(dim=(1, 2, 3)).float()
+    return ssim(a, b, size, max_val=1.0, eps=0.0).mean(dim=(1, 2, 3)).float()  # (eps 0: two equal maps give 1)
 
 
 def _global_ssim(a: Tensor, b: Tensor) -> Tensor:
@@ -267,15 +287,22 @@ def _similarities(a: Tensor, b: Tensor) -> dict[str, Tensor]:
             "ssim": _ssim(_unit_range(a.double()), _unit_range(b.double()))}
 
 
-def _explainer_factory(explainer: object, kwargs: dict[str, Any] | None) -> Callable[[nn.Module], Any]:
+def _explainer_factory(explainer: object, kwargs: object) -> Callable[[nn.Module], Any]:
+    from egl.explainers.base import Explainer
+
+    kw = check_kwargs(kwargs, FN)
     if isinstance(explainer, str):
-        from egl.registry import _lookup, create
+        from egl.registry import _lookup
 
         _lookup("explainer", explainer, FN, "explainer")  # "did you mean" before any work
-        return lambda m: create("explainer", explainer, m, **(kwargs or {}))
-    if kwargs:
+        return lambda m: build_registered(explainer, m, kw, FN)
+    if kw:
         raise fail(FN, "explainer_kwargs", "None when 'explainer' is a callable", repr(kwargs)[:100],
                    "Bind the arguments in the callable, or pass the explainer's registered name")
+    if isinstance(explainer, Explainer):
+        raise fail(FN, "explainer", "a registered explainer name, or a callable model -> explainer (the test builds "
+                   "the explainer on every randomised copy)", f"an explainer bound to one model ({explainer!r})",
+                   f"Pass a factory, e.g. lambda m: {type(explainer).__name__}(m, ...), or the registered name")
     if isinstance(explainer, nn.Module) or not callable(explainer):
         raise fail(FN, "explainer", "a registered explainer name, or a callable model -> explainer",
                    describe(explainer), "Pass e.g. explainer='grad_cam', or lambda m: GradCAM(m, 'layer4')")
@@ -284,10 +311,21 @@ def _explainer_factory(explainer: object, kwargs: dict[str, Any] | None) -> Call
 
 def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target: Tensor,
           shape: tuple[int, ...] | None) -> Tensor:
-    e = make(model)
+    try:
+        e = make(model)
+    except TypeError as err:
+        raise fail(FN, "explainer", "a callable model -> explainer (called with the randomised model)",
+                   f"one that raised TypeError: {err}"[:300],
+                   "Pass a factory such as lambda m: GradCAM(m, 'layer4'); sensitivity takes the explainer itself, "
+                   "this test a way to build it") from None
     if not callable(e):
         raise fail(FN, "explainer", "a factory returning a callable (x, target) -> saliency",
                    f"one returning {describe(e)}", "Return the explainer built on the model it is given")
+    bound = getattr(e, "model", model)
+    if isinstance(bound, nn.Module) and bound is not model:
+        raise fail(FN, "explainer", "a factory that builds the explainer on the model it is given",
+                   "an explainer of another model (the trained one?): its maps would never change",
+                   "Build it inside the factory: lambda m: GradCAM(m, ...), not lambda m: cam")
     s = e(x, target)
     s = check_shape(s, "B 1 h w", FN, "explainer's output")
     if s.shape[0] != x.shape[0] or (shape is not None and tuple(s.shape) != shape):
@@ -328,7 +366,8 @@ def parameter_randomization(
         order: ``"cascading"`` (the top layers stay random) or ``"independent"`` (one at a time).
         layers: ``"blocks"``, ``"leaves"``, or module names in the order to randomise them.
         init: ``"reset"`` (see the module docstring) or a callable ``(name, module) -> None``.
-        seed: step ``i`` re-initialises under ``torch.manual_seed(seed + i)``.
+        seed: step ``i`` re-initialises under ``torch.manual_seed(seed + i)`` (an int in
+            ``[0, 2**63 - L]``).
         explainer_kwargs: the registered explainer's arguments (e.g. ``{"layer": "layer3"}``).
         keep_maps: keep every step's maps in the result (for figures).
 
@@ -336,8 +375,13 @@ def parameter_randomization(
         A :class:`RandomizationResult`; ``.means()`` per layer.
 
     Raises:
-        InputError: bad ``x``, ``target``, ``order``, ``layers``, ``init``, ``seed``, an explainer
-            that is not one, or maps of the wrong shape or not finite.
+        InputError: bad ``x`` (its device or dtype not the model's too), ``target``, ``order``,
+            ``layers``, ``init``, ``seed``, ``explainer_kwargs``, an explainer that is not a way to
+            build one (an explainer bound to the trained model never changes), or maps of the wrong
+            shape or not finite.
+
+    Shape:
+        x: ``B C H W``; target: ``B``; the explainer's maps: ``B 1 h w``.
 
     Example:
         >>> import torch
@@ -349,15 +393,9 @@ def parameter_randomization(
         >>> r.layers, r.spearman.shape
         (('4', '0'), torch.Size([2, 2]))
     """
-    if not isinstance(model, nn.Module):
-        raise fail(FN, "model", "a torch.nn.Module", describe(model), "Pass the classifier module itself")
-    x = check_shape(x, "B C H W", FN, "x")
-    if x.shape[0] == 0:
-        raise fail(FN, "x", "at least one image", describe(x), "Pass a non-empty batch")
-    check_finite(x.detach(), FN, "x")
+    x = check_model_and_images(model, x, FN)
     if order not in ORDERS:
         raise fail(FN, "order", f"one of {list(ORDERS)}", repr(order), "Pass order='cascading' or 'independent'")
-    check_int(seed, FN, "seed", low=0)
     check_flag(keep_maps, FN, "keep_maps")
     if init == "reset":
         reinit: Callable[[str, nn.Module], None] = _reset
@@ -368,6 +406,7 @@ def parameter_randomization(
                    "Pass init='reset', or a function that re-initialises the module in place")
     make = _explainer_factory(explainer, explainer_kwargs)
     names = _layer_names(model, layers, FN)
+    seed = check_seed(seed, FN, steps=len(names))
 
     work = copy.deepcopy(model).eval()
     x = x.detach()
@@ -382,27 +421,29 @@ def parameter_randomization(
     trained = _maps(make, work, x, tgt, None)
     shape = tuple(trained.shape)
     original = {k: v.clone() for k, v in work.state_dict().items()} if order == "independent" else None
-    modules = dict(work.named_modules())
-    devices = [p.device for p in work.parameters() if p.device.type == "cuda"][:1]
+    modules = {**dict(work.named_modules()), OWN: work}
+    devices = sorted({p.device for p in work.parameters() if p.device.type == "cuda"}, key=str)
 
-    steps = []
+    num = len(names)
+    sims: dict[str, list[Tensor]] = {k: [] for k in SIMILARITIES}
+    constant, kept = [], []
     for i, name in enumerate(names):
         if original is not None and i > 0:
             work.load_state_dict(original)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + i)
             reinit(name, modules[name])
-        steps.append(_maps(make, work, x, tgt, shape))
-    rand = torch.stack(steps)  # [L, B, 1, h, w]
-    num = len(names)
-    a = trained.expand(num, *shape).flatten(0, 1)
-    b = rand.flatten(0, 1)
-    sim = {k: v.view(num, -1) for k, v in _similarities(a, b).items()}
-    flat = b.flatten(1)
-    constant = (flat.amax(1) == flat.amin(1)).view(num, -1)
+        step = _maps(make, work, x, tgt, shape)  # similarities step by step: only [L, B] is kept
+        for k, v in _similarities(trained, step).items():
+            sims[k].append(v)
+        flat = step.flatten(1)
+        constant.append(flat.amax(1) == flat.amin(1))
+        if keep_maps:
+            kept.append(step)
     tflat = trained.flatten(1)
     return RandomizationResult(
-        layers=names, order=order, spearman=sim["spearman"], spearman_abs=sim["spearman_abs"], ssim=sim["ssim"],
-        constant=constant, trained_constant=tflat.amax(1) == tflat.amin(1), target=tgt.cpu(),
-        maps=torch.cat([trained[None], rand]) if keep_maps else None,
+        layers=names, order=order, spearman=torch.stack(sims["spearman"]).view(num, -1),
+        spearman_abs=torch.stack(sims["spearman_abs"]).view(num, -1), ssim=torch.stack(sims["ssim"]).view(num, -1),
+        constant=torch.stack(constant), trained_constant=tflat.amax(1) == tflat.amin(1), target=tgt.cpu(),
+        maps=torch.stack([trained, *kept]) if keep_maps else None,
     )

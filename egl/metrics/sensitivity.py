@@ -16,10 +16,12 @@ value in ``[-r, r]``), with its average beside it. egl's choices, each configura
   perturbed copy (a map of another class is not a change of this explanation).
 - ``radius`` is in the model's input space: on images normalised by ImageNet's standard
   deviations (about 0.23), the default 0.02 is about 1.2 / 255 of the raw pixel range.
-- The noise is drawn on the CPU from a generator seeded ``seed``, one ``[B, C, H, W]`` draw per
-  sample, so that results repeat on every device.
+- The noise is drawn on the CPU from a generator seeded ``seed``: ``samples`` draws of one
+  ``[C, H, W]`` image, the same for every image of the batch, so an image's score does not depend
+  on the batch it is in, and results repeat on every device.
 
-Explainers do not change the model's train/eval mode: put the model in eval mode first.
+The model must be in eval mode: in training mode dropout and batch statistics change the maps by
+themselves (and every forward would move BatchNorm's running statistics), so it is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 from egl._check import check_finite, check_flag, check_int, check_positive, check_shape, describe, fail
 from egl._transfer import upload
 from egl.metrics._common import check_labels, model_logits
+from egl.metrics._explainers import build_registered, check_kwargs, check_model_and_images, check_seed
 
 __all__ = ["sensitivity", "SensitivityResult"]
 
@@ -68,12 +71,11 @@ class SensitivityResult:
                 "avg_sensitivity": float(self.mean[self.valid].mean())}
 
 
-def _explainer(model: nn.Module, explainer: object, kwargs: dict[str, Any] | None) -> Callable[..., Tensor]:
+def _explainer(model: nn.Module, explainer: object, kwargs: object) -> Callable[..., Tensor]:
+    kw = check_kwargs(kwargs, FN)
     if isinstance(explainer, str):
-        from egl.registry import create
-
-        return create("explainer", explainer, model, **(kwargs or {}))
-    if kwargs:
+        return build_registered(explainer, model, kw, FN)  # type: ignore[no-any-return]
+    if kw:
         raise fail(FN, "explainer_kwargs", "None when 'explainer' is a callable", repr(kwargs)[:100],
                    "Build the explainer with its arguments, or pass its registered name")
     if isinstance(explainer, nn.Module) or not callable(explainer):
@@ -124,8 +126,12 @@ def sensitivity(
         A :class:`SensitivityResult`; ``.means()`` for logging.
 
     Raises:
-        InputError: bad ``x``, ``radius``, ``samples``, ``target`` or ``seed``, an explainer that is
+        InputError: a model in training mode, bad ``x`` (its device or dtype not the model's too),
+            ``radius``, ``samples``, ``target``, ``seed`` or ``explainer_kwargs``, an explainer that is
             not one, or maps of the wrong shape or not finite.
+
+    Shape:
+        x: ``B C H W``; target: ``B``; the explainer's maps: ``B 1 h w``; results: ``B``.
 
     Example:
         >>> import torch
@@ -136,28 +142,29 @@ def sensitivity(
         >>> r.max.shape, bool((r.max >= r.mean).all())
         (torch.Size([2]), True)
     """
-    if not isinstance(model, nn.Module):
-        raise fail(FN, "model", "a torch.nn.Module", describe(model), "Pass the classifier module itself")
-    x = check_shape(x, "B C H W", FN, "x")
-    if x.shape[0] == 0:
-        raise fail(FN, "x", "at least one image", describe(x), "Pass a non-empty batch")
-    check_finite(x.detach(), FN, "x")
+    x = check_model_and_images(model, x, FN)
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise fail(FN, "model", "a model in eval mode (dropout and batch statistics would move the maps by "
+                   "themselves)", f"{training[0]!r} in training mode", "Call model.eval() first")
     radius = check_positive(radius, FN, "radius", allow_zero=False)
     check_int(samples, FN, "samples", low=1)
-    check_int(seed, FN, "seed", low=0)
+    seed = check_seed(seed, FN)
     check_flag(relative, FN, "relative")
     e = _explainer(model, explainer, explainer_kwargs)
     x = x.detach()
     with torch.no_grad():
-        logits = model_logits(model, x, FN)
-    tgt = logits.argmax(dim=1) if target is None else check_labels(target, x, logits.shape[1], FN, "target",
-                                                                     batch_arg="x")
+        if target is None:
+            tgt = model_logits(model, x, FN).argmax(dim=1)
+        else:
+            num_classes = model_logits(model, x[:1], FN).shape[1]
+            tgt = check_labels(target, x, num_classes, FN, "target", batch_arg="x")
     base = _map(e, x, tgt, None)
     shape = tuple(base.shape)
     gen = torch.Generator().manual_seed(seed)
     changes = []
     for _ in range(samples):
-        noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * radius
+        noise = (torch.rand(x.shape[1:], generator=gen) * 2 - 1) * radius  # one draw for every image
         xp = x + upload(noise, x.device, x.dtype)
         changes.append((_map(e, xp, tgt, shape) - base).flatten(1).norm(dim=1))
     change = torch.stack(changes, dim=1).cpu()  # [B, samples]

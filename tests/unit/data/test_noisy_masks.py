@@ -104,7 +104,7 @@ def test_augmentation_after_it_moves_the_degraded_mask() -> None:
         ({"erode": 1.5}, "'erode' expected a whole number of pixels >= 0"),
         ({"shift": True}, "'shift' expected a whole number of pixels >= 0"),
         ({"box": "yes"}, "'box' expected True or False"),
-        ({"seed": -3}, "'seed' expected an int in \\[0, 2\\*\\*62\\)"),
+        ({"seed": -3}, "'seed' expected an int in \\[0, 2\\*\\*63\\)"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, match: str) -> None:
@@ -143,3 +143,14 @@ def test_experiments_degrade_the_training_masks_only() -> None:
     with pytest.raises(egl.InputError, match="'data.mask_noise' expected null or a mapping"):
         check_values(apply_overrides(DEFAULTS, ["data.mask_noise=box"]))
     assert check_values(apply_overrides(DEFAULTS, ["data.mask_noise={box: true, shift: 3}"])) is None
+
+
+def test_large_seeds_work_and_masks_outside_the_unit_range_are_named() -> None:
+    assert NoisyMasks(_data(), shift=2, seed=2**63 - 1).offset(5) != (99, 99)
+    with pytest.raises(egl.InputError, match="'dataset' expected masks with values in \\[0, 1\\], got item 0's mask "
+                                             "in \\[0, 255\\]"):
+        NoisyMasks([{"image": torch.rand(3, 10, 10), "mask": (_blob() * 255).to(torch.uint8)}], box=True)[0]
+    with pytest.raises(egl.InputError, match="'data.mask_noise.seed' expected an int in \\[0, 2\\*\\*63\\)"):
+        from egl.data.noisy_masks import as_mask_noise
+
+        as_mask_noise({"seed": -1}, "egl.experiments", "data.mask_noise")

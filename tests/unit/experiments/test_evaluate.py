@@ -62,7 +62,7 @@ def test_sensitivity_and_randomization_are_the_metrics_on_the_explained_images()
     x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 5
     data = [{"image": x[i], "label": y[i]} for i in range(6)]
     plain = evaluate(model, data, batch_size=8, explain_samples=5)
-    assert not {"max_sens", "avg_sens", "rand_top", "rand_all"} & set(plain)  # off by default
+    assert not {"max_sens", "avg_sens", "rand_top", "rand_all", "rand_dead"} & set(plain)  # off by default
     out = evaluate(model, data, batch_size=8, explain_samples=5, sensitivity_samples=3, sensitivity_radius=0.05,
                    randomization=True)
     assert {k: out[k] for k in plain} == plain
@@ -71,8 +71,13 @@ def test_sensitivity_and_randomization_are_the_metrics_on_the_explained_images()
     assert out["max_sens"] == pytest.approx(float(s.max[s.valid].mean()), rel=1e-5)
     assert out["avg_sens"] == pytest.approx(float(s.mean[s.valid].mean()), rel=1e-5)
     r = parameter_randomization(model, x[:5], "grad_cam")
-    assert out["rand_top"] == pytest.approx(float(r.spearman[0].mean()), rel=1e-5)
-    assert out["rand_all"] == pytest.approx(float(r.spearman[-1].mean()), rel=1e-5)
+    alive = ~r.trained_constant
+    assert out["rand_top"] == pytest.approx(float(r.spearman[0][alive].mean()), rel=1e-5)
+    assert out["rand_all"] == pytest.approx(float(r.spearman[-1][alive].mean()), rel=1e-5)
+    assert out["rand_dead"] == pytest.approx(float(r.constant[-1][alive].float().mean()), abs=1e-6)
+    two_batches = evaluate(model, data, batch_size=3, explain_samples=5, sensitivity_samples=3,
+                           sensitivity_radius=0.05, randomization=True)  # 3 + 2 images: per image, then averaged
+    assert two_batches["max_sens"] == pytest.approx(out["max_sens"], rel=1e-4)
     assert model.training is False
     settings = eval_settings({**DEFAULTS["eval"], "sensitivity_samples": 3, "randomization": True}, "cpu")
     assert settings["sensitivity_samples"] == 3 and settings["randomization"] is True

@@ -113,3 +113,20 @@ def test_masks_from_a_frozen_masker_replace_the_training_masks_before_augmentati
     for bad in ("learned", "ground_truth", "sammy", {"name": "grayscale", "extra": 1}, 3):
         with pytest.raises(egl.InputError, match=r"'data.masks_from' expected null, a frozen masker's name"):
             load_source({"name": "synthetic", "synthetic": tiny, "masks_from": bad})
+
+
+def test_mask_noise_degrades_folder_masks_before_the_augmentation(tmp_path: Path) -> None:
+    import torch
+
+    from egl.data import Augmented, NoisyMasks, degrade_mask
+
+    root = domain_tree(tmp_path / "masked", masks=True)
+    data = {"name": "folder", "root": str(root), "image_size": 32, "augment": "flip"}
+    noisy = load_source({**data, "mask_noise": {"dilate": 2}})
+    ds = noisy.train["A"]
+    assert isinstance(ds, Augmented) and isinstance(ds.dataset, NoisyMasks)  # read plain, degraded, then augmented
+    plain = ds.dataset.dataset[0]
+    assert torch.equal(ds.dataset[0]["mask"], degrade_mask(plain["mask"].float(), dilate=2).to(plain["mask"].dtype))
+    assert not isinstance(load_source(data).train["A"], Augmented)  # without noise: augmented as read
+    with pytest.raises(egl.InputError, match="'data.mask_noise' expected null for data without masks"):
+        load_source({"name": "folder", "root": str(domain_tree(tmp_path / "bare")), "mask_noise": {"box": True}})

@@ -184,21 +184,23 @@ def test_blocks_of_timm_models() -> None:
     assert randomization_layers(resnet) == ("fc", "layer4.1", "layer4.0", "layer3.1", "layer3.0", "layer2.1",
                                             "layer2.0", "layer1.1", "layer1.0", "bn1", "conv1")
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=2)
-    assert randomization_layers(vit) == ("head", "norm", "blocks.1", "blocks.0", "patch_embed")
+    assert randomization_layers(vit) == ("head", "norm", "blocks.1", "blocks.0", "patch_embed", "<own>")
     assert randomization_layers(resnet, "leaves")[:3] == ("fc", "layer4.1.bn2", "layer4.1.conv2")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"layers": ["6", "nope"]}, "'layers' expected names of the model's submodules, got 'nope'"),
+        ({"layers": ["6", "nope"]}, "'layers' expected names of the model's submodules \\(or '<own>'\\), got 'nope'"),
         ({"layers": ["6", "6"]}, "'layers' expected distinct module names"),
         ({"layers": ["2"]}, "'layers' expected modules that hold parameters, got '2'"),
         ({"layers": "all"}, "'layers' expected 'blocks', 'leaves' or a non-empty list"),
         ({"layers": []}, "'layers' expected 'blocks', 'leaves' or a non-empty list"),
         ({"order": "top_down"}, "'order' expected one of \\['cascading', 'independent'\\]"),
         ({"init": "normal"}, "'init' expected 'reset' or a callable"),
-        ({"seed": -1}, "'seed' expected an int >= 0"),
+        ({"seed": -1}, "'seed' expected an int in \\[0, 2\\*\\*63 - 4\\]"),
+        ({"seed": 2**63 - 2}, "'seed' expected an int in \\[0, 2\\*\\*63 - 4\\]"),
+        ({"explainer_kwargs": [1]}, "'explainer_kwargs' expected None or a mapping"),
         ({"keep_maps": "yes"}, "'keep_maps' expected True or False"),
         ({"explainer": 3}, "'explainer' expected a registered explainer name, or a callable model -> explainer"),
         ({"explainer": nn.ReLU()}, "'explainer' expected a registered explainer name"),
@@ -259,3 +261,60 @@ def test_map_similarity_is_the_tests_similarities_and_checks_its_inputs() -> Non
         map_similarity(a[:, 0], b)
     with pytest.raises(egl.InputError, match="'b'"):
         map_similarity(a, b / 0)
+
+
+def test_the_full_cascade_leaves_no_trained_parameter() -> None:
+    """A ViT's cls_token and pos_embed belong to the model itself: the last step, '<own>'."""
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=2).eval()
+    trained = {k: v.clone() for k, v in vit.state_dict().items()}
+    last: dict[str, torch.Tensor] = {}
+
+    def factory(m: nn.Module):
+        last.clear()
+        last.update({k: v.clone() for k, v in m.state_dict().items()})
+        return lambda x, t: x[:, :1].abs()
+
+    r = parameter_randomization(vit, torch.randn(2, 3, 32, 32), factory)
+    assert r.layers[-1] == "<own>"
+    same = [k for k, v in trained.items() if v.is_floating_point() and torch.equal(v, last[k])
+            and not (k.endswith("weight") and bool((v == 1).all())) and not (k.endswith("bias") and not v.any())]
+    assert same == []  # (a norm's reset is weight 1, bias 0: the values it was created with)
+    assert not torch.equal(trained["pos_embed"], last["pos_embed"])
+    assert not torch.equal(trained["cls_token"], last["cls_token"])
+    own_only = parameter_randomization(vit, torch.randn(2, 3, 32, 32), factory, layers=["<own>"])
+    assert own_only.layers == ("<own>",) and torch.equal(last["head.weight"], trained["head.weight"])
+
+
+def test_an_explainer_of_the_trained_model_is_refused() -> None:
+    from egl.explainers import GradCAM
+
+    net = _net()
+    cam = GradCAM(net, "3")
+    with pytest.raises(egl.InputError, match="'explainer' expected a registered explainer name, or a callable "
+                                             "model -> explainer .*Pass a factory, e.g. lambda m: GradCAM"):
+        parameter_randomization(net, _x(), cam)
+    with pytest.raises(egl.InputError, match="'explainer' expected a factory that builds the explainer on the model "
+                                             "it is given, got an explainer of another model"):
+        parameter_randomization(net, _x(), lambda m: cam)
+    with pytest.raises(egl.InputError, match="'explainer' expected a callable model -> explainer .*TypeError"):
+        parameter_randomization(net, _x(), lambda x, t: x[:, :1])  # sensitivity's form, not a factory
+
+
+def test_dtype_and_device_mismatches_are_named() -> None:
+    with pytest.raises(egl.InputError, match="'x' expected .*float32"):
+        parameter_randomization(_net(), _x().double())
+    with pytest.raises(egl.InputError, match="'explainer_kwargs' expected the arguments of explainer 'grad_cam'"):
+        parameter_randomization(_net(), _x(), "grad_cam", explainer_kwargs={"layers": "3"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models(dtype: torch.dtype) -> None:
+    net = _net().to(dtype=dtype)
+    r = parameter_randomization(net, _x().to(dtype=dtype), "grad_cam", explainer_kwargs={"layer": "3"})
+    assert r.spearman.dtype == torch.float32 and bool(r.spearman.isfinite().all())
+
+
+def test_constant_maps_have_ssim_one() -> None:
+    c = torch.zeros(2, 1, 12, 12, dtype=torch.float64)
+    assert torch.equal(_ssim(c, c), torch.ones(2))

@@ -31,7 +31,7 @@ def test_values_are_the_hand_loop_of_the_definition() -> None:
     base = _abs_map(x, None).double()
     changes = []
     for _ in range(5):
-        xp = x + (torch.rand(x.shape, generator=gen) * 2 - 1) * 0.1
+        xp = x + (torch.rand(x.shape[1:], generator=gen) * 2 - 1) * 0.1  # one draw for every image
         changes.append((_abs_map(xp, None).double() - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
     c = torch.stack(changes, 1)
     assert torch.allclose(r.max, c.amax(1).float()) and torch.allclose(r.mean, c.mean(1).float())
@@ -111,7 +111,10 @@ def test_registered_explainers_by_name_repeat_with_the_seed() -> None:
         ({"radius": 0.0}, "'radius' expected a finite number > 0"),
         ({"radius": float("nan")}, "'radius' expected a finite number > 0"),
         ({"samples": 0}, "'samples' expected an int >= 1"),
-        ({"seed": 1.5}, "'seed' expected an int >= 0"),
+        ({"seed": 1.5}, "'seed' expected an int in \\[0, 2\\*\\*63 - 1\\]"),
+        ({"seed": 2**64}, "'seed' expected an int in \\[0, 2\\*\\*63 - 1\\]"),
+        ({"explainer": "grad_cam", "explainer_kwargs": {"layers": "1"}},
+         "'explainer_kwargs' expected the arguments of explainer 'grad_cam'"),
         ({"relative": 1}, "'relative' expected True or False"),
         ({"explainer": 3}, "'explainer' expected a registered explainer name, or a callable"),
         ({"explainer": nn.ReLU()}, "'explainer' expected a registered explainer name"),
@@ -145,3 +148,34 @@ def test_bad_x_and_model_are_named() -> None:
         sensitivity(_net(), torch.full((1, 3, 10, 10), float("inf")))
     with pytest.raises(egl.InputError, match="'model' expected a torch.nn.Module"):
         sensitivity(lambda x: x, _x())
+
+
+def test_a_model_in_training_mode_is_refused_and_left_as_it_was() -> None:
+    net = _net()
+    net[0].train()
+    with pytest.raises(egl.InputError, match="'model' expected a model in eval mode .*got '0' in training mode. "
+                                             "Call model.eval\\(\\) first"):
+        sensitivity(net, _x(), _abs_map)
+    assert net[0].training
+
+
+def test_an_images_score_does_not_depend_on_its_batch() -> None:
+    x = _x(4)
+    whole = sensitivity(_net(), x, "grad_cam", samples=3, explainer_kwargs={"layer": "1"})
+    alone = sensitivity(_net(), x[2:3], "grad_cam", samples=3, explainer_kwargs={"layer": "1"})
+    assert torch.allclose(whole.max[2:3], alone.max, atol=1e-6) and torch.allclose(whole.mean[2:3], alone.mean,
+                                                                                     atol=1e-6)
+
+
+def test_unknown_names_and_mismatched_dtypes_are_named_as_this_functions() -> None:
+    with pytest.raises(egl.ComponentNotFoundError, match="^egl.metrics.sensitivity: 'explainer' expected a registered"):
+        sensitivity(_net(), _x(), "grad_kam")
+    with pytest.raises(egl.InputError, match="^egl.metrics.sensitivity: 'x' expected .*float32"):
+        sensitivity(_net(), _x().double(), _abs_map)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models(dtype: torch.dtype) -> None:
+    net = _net().to(dtype=dtype)
+    r = sensitivity(net, _x().to(dtype=dtype), "grad_cam", samples=2, explainer_kwargs={"layer": "1"})
+    assert r.max.dtype == torch.float32 and bool(r.max[r.valid].isfinite().all())
