@@ -89,6 +89,19 @@ def degrade_mask(mask: Tensor, *, box: bool = False, dilate: int = 0, erode: int
     """One mask ``[..., H, W]`` degraded by the steps of the module docstring, with a given offset
     ``(dy, dx)`` in pixels for the shift (positive: down and right).
 
+    Args:
+        mask: a floating mask ``[..., H, W]`` (values in [0, 1]).
+        box: replace it by the bounding box of its foreground.
+        dilate: pixels to grow it by.
+        erode: pixels to shrink it by.
+        offset: ``(dy, dx)``, whole pixels.
+
+    Returns:
+        The degraded mask, of ``mask``'s shape and dtype.
+
+    Raises:
+        InputError: ``mask`` not a floating tensor of at least two dimensions, or a bad setting.
+
     Example:
         >>> import torch
         >>> m = torch.zeros(1, 6, 6); m[0, 2, 2] = 1; m[0, 3, 4] = 1
@@ -118,7 +131,15 @@ def degrade_mask(mask: Tensor, *, box: bool = False, dilate: int = 0, erode: int
 
 def as_mask_noise(spec: object, fn: str, arg: str = "mask_noise") -> dict[str, Any] | None:
     """A ``{box, dilate, erode, shift, seed}`` mapping (each optional) checked as :class:`NoisyMasks`'
-    arguments; None for None or an empty mapping (no noise)."""
+    arguments; None for None or an empty mapping (no noise).
+
+    Args:
+        spec: the mapping (a config's ``data.mask_noise``).
+        fn: the function named in errors.
+        arg: the argument named in errors (keys as ``<arg>.<key>``).
+
+    Raises:
+        InputError: not a mapping, an unknown key (with the closest known one), or a bad value."""
     import difflib
 
     if spec is None or spec == {}:

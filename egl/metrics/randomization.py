@@ -123,6 +123,13 @@ def randomization_layers(model: nn.Module, layers: str | Sequence[str] = "blocks
         model: the classifier.
         layers: ``"blocks"``, ``"leaves"`` or module names (returned as given, after checking).
 
+    Returns:
+        The names, output first; ``"<own>"`` last where the model holds parameters itself.
+
+    Raises:
+        InputError: ``model`` not a module or without parameters, or ``layers`` not one of the
+            forms above (unknown, repeated or parameterless names).
+
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
