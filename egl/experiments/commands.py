@@ -1,4 +1,5 @@
-"""The experiment commands of the ``egl`` CLI: ``train``, ``eval``, ``experiment``, ``explain``, ``demo``."""
+"""The experiment commands of the ``egl`` CLI: ``train``, ``eval``, ``experiment``, ``explain``, ``sanity``,
+``demo``."""
 
 from __future__ import annotations
 
@@ -241,6 +242,58 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sanity_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    """The images to check: the files given, or the first ``--n`` of a test split of the
+    checkpoint's data (``--split``, default the first)."""
+    size = int(ckpt["config"]["data"].get("image_size", 64))
+    if args.images:
+        return torch.stack([_read_image(p, size) for p in args.images]), list(args.images)
+    from egl.experiments.sources import load_source
+
+    source = load_source({**ckpt["config"]["data"], "masks_from": None})  # (test sets only)
+    split = args.split or next(iter(source.tests))
+    ds = source.test_sets([split])[split]
+    n = min(args.n, len(ds))
+    from torch.utils.data import DataLoader, Subset
+
+    from egl.recipes.batch import as_batch
+
+    x = as_batch(next(iter(DataLoader(Subset(ds, range(n)), batch_size=n)))).x
+    return x.float(), [f"{split}[{i}]" for i in range(n)]
+
+
+def _cmd_sanity(args: argparse.Namespace) -> int:
+    from egl.experiments.config import check_explainer
+    from egl.experiments.evaluate import saliency_explainer
+    from egl.experiments.figures import randomization_figure
+    from egl.metrics import parameter_randomization
+
+    check_explainer(args.explainer, "egl sanity", "--explainer")  # before the checkpoint and images are read
+    if args.n < 1:
+        raise fail("egl sanity", "--n", "an int >= 1 (images taken from the split)", repr(args.n), "Pass e.g. --n 8")
+    model, ckpt = load_model(args.checkpoint)
+    x, names = _sanity_images(args, ckpt)
+    r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer), order=args.order,
+                                layers=args.layers, seed=args.seed, keep_maps=True)
+    alive = ~r.trained_constant
+    for i, layer in enumerate(r.layers):
+        row = {"step": i, "layer": layer, "order": r.order}
+        for key in ("spearman", "spearman_abs", "ssim"):
+            v = getattr(r, key)[i][alive]
+            row[key] = round(float(v.mean()), 4) if v.numel() else None
+        row["dead"] = round(float(r.constant[i][alive].float().mean()), 4) if bool(alive.any()) else None
+        print(json.dumps(row))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    assert r.maps is not None  # (keep_maps=True)
+    fig = randomization_figure(x, r.maps, r.layers, out / f"randomization_{r.order}.png", spearman=r.spearman)
+    torch.save({"layers": r.layers, "order": r.order, "images": names, "spearman": r.spearman,
+                "spearman_abs": r.spearman_abs, "ssim": r.ssim, "constant": r.constant,
+                "trained_constant": r.trained_constant, "target": r.target}, out / f"randomization_{r.order}.pt")
+    print(json.dumps({"images": len(names), "constant_trained_maps": int(r.trained_constant.sum()), "figure": fig}))
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register the experiment commands on the ``egl`` argument parser."""
     def common(p: argparse.ArgumentParser, *, presets: bool = False) -> None:
@@ -282,3 +335,15 @@ def add_commands(sub: Any) -> None:
                    help="registered explainer (default grad_cam; e.g. layer_cam, grad_cam_plus_plus, input_gradient); "
                         "overlays are named <stem>_gradcam.png, or <stem>_<explainer>.png for another")
     p.set_defaults(func=_cmd_explain)
+    p = sub.add_parser("sanity", help="Adebayo et al.'s parameter randomisation test of a saved model's maps: one "
+                       "line per layer, and a figure")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="*", help="image files (default: the first --n images of a test split)")
+    p.add_argument("--split", help="test split of the checkpoint's data (default: the first)")
+    p.add_argument("--n", type=int, default=8, help="images taken from the split (default 8)")
+    p.add_argument("--explainer", default="grad_cam", help="registered explainer (default grad_cam)")
+    p.add_argument("--order", default="cascading", choices=["cascading", "independent"])
+    p.add_argument("--layers", default="blocks", choices=["blocks", "leaves"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="sanity", help="folder of the figure and the per-image scores (.pt)")
+    p.set_defaults(func=_cmd_sanity)

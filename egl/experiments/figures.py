@@ -1,5 +1,6 @@
 """The case-study figure (the paper's Figure 4): images × methods, Grad-CAM overlays with the
-predicted class and its probability. Written with Pillow only (no plotting library)."""
+predicted class and its probability; and the sanity check's figure (Adebayo et al.'s Figure 2):
+images × cascade steps. Written with Pillow only (no plotting library)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from egl.explainers.grad_cam import grad_cam
 
-__all__ = ["case_study", "overlay"]
+__all__ = ["case_study", "overlay", "randomization_figure"]
 
 
 def overlay(image: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
@@ -67,6 +68,52 @@ def case_study(models: dict[str, nn.Module], images: Tensor, labels: Tensor, pat
             ok = int(pred[i]) == int(labels[i])
             draw.text(((j + 1) * cell_w + 2, top + cell_h + 1),
                       f"{names[int(pred[i])]} {float(probs[i, pred[i]]):.2f}", fill="green" if ok else "red")
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    canvas.save(path)
+    return os.fspath(path)
+
+
+def randomization_figure(images: Tensor, maps: Tensor, layers: Sequence[str], path: str | os.PathLike[str], *,
+                         spearman: Tensor | None = None, scale: int = 2) -> str:
+    """Write a PNG grid: one row per image, columns = input, the trained model's map, then the map
+    after each step of :func:`egl.metrics.parameter_randomization` (its ``keep_maps=True`` maps).
+
+    Args:
+        images: ``[B, 3, H, W]`` in [0, 1].
+        maps: ``[L + 1, B, 1, h, w]``: the trained model's maps, then each step's (min-max scaled
+            per map for display).
+        layers: the ``L`` step names (column titles).
+        path: the PNG to write.
+        spearman: ``[L, B]``, written under each step's cell.
+        scale: pixels per image pixel.
+
+    Returns:
+        The path written.
+    """
+    import torch.nn.functional as F
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = images.shape
+    cell_w, cell_h, pad = w * scale, h * scale, 16
+    cols = 2 + len(layers)
+    canvas = Image.new("RGB", (cols * cell_w, pad + n * (cell_h + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, title in enumerate(["input", "trained", *layers]):
+        draw.text((j * cell_w + 2, 2), title[: max(cell_w // 6, 4)], fill="black")
+    m = maps.float()
+    if tuple(m.shape[-2:]) != (h, w):
+        m = F.interpolate(m.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False).view(
+            *m.shape[:3], h, w)
+    lo, hi = m.amin(dim=(-2, -1), keepdim=True), m.amax(dim=(-2, -1), keepdim=True)
+    m = torch.where(hi > lo, (m - lo) / torch.where(hi > lo, hi - lo, 1.0), torch.zeros_like(m))
+    for i in range(n):
+        top = pad + i * (cell_h + pad)
+        canvas.paste(_to_pil(images[i], scale), (0, top))
+        for j in range(m.shape[0]):
+            canvas.paste(_to_pil(overlay(images[i], m[j, i]), scale), ((j + 1) * cell_w, top))
+            if j > 0 and spearman is not None:
+                draw.text(((j + 1) * cell_w + 2, top + cell_h + 1), f"rho {float(spearman[j - 1, i]):.2f}",
+                          fill="black")
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     canvas.save(path)
     return os.fspath(path)

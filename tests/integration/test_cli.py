@@ -87,6 +87,23 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from egl.experiments.commands import _read_image
 
     assert 0.45 < float(_read_image(str(grey16), 32).mean()) < 0.55
+    # egl sanity: one line per cascade step, a figure, the per-image scores; from files or a split
+    capsys.readouterr()
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--n", "3", "--split", "flipped",
+                 "--out", str(tmp_path / "sanity")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert rows[0]["layer"] == "fc" and rows[0]["order"] == "cascading" and len(rows) == 12
+    assert all(-1 <= r["spearman"] <= 1 for r in rows[:-1] if r["spearman"] is not None)
+    assert rows[-1]["images"] == 3 and Path(rows[-1]["figure"]).is_file()
+    saved = torch.load(tmp_path / "sanity" / "randomization_cascading.pt", weights_only=False)
+    assert saved["spearman"].shape == (11, 3) and saved["images"][0] == "flipped[0]"
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), str(img), "--order", "independent",
+                 "--out", str(tmp_path / "sanity2")]) == 0
+    assert (tmp_path / "sanity2" / "randomization_independent.png").is_file()
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--explainer", "gradcam"]) == 1
+    assert "egl sanity: '--explainer'" in capsys.readouterr().err
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--n", "0"]) == 1
+    assert "egl sanity: '--n' expected an int >= 1" in capsys.readouterr().err
 
 
 def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:
