@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/alignment_precision.py
 	$(PY) benchmarks/cam_variants.py
 	$(PY) benchmarks/gradient_free.py
+	$(PY) benchmarks/sanity.py
 	$(PY) benchmarks/road.py
 
 clean:

@@ -69,6 +69,7 @@ def test_train_step_benchmark(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("script,args,expect", [
     ("metrics.py", ["--quick", "--batch", "2", "--size", "32", "--steps", "4"], "egl deletion + insertion"),
+    ("sanity.py", ["--quick", "--batch", "2", "--size", "32", "--samples", "2"], "egl parameter_randomization"),
     ("activations.py", ["--batch", "2", "--size", "32"], "masker"),
     ("masker_ops.py", ["--batch", "2", "--size", "32", "--repeats", "1"], "bn_stats"),
     ("profile_step.py", ["--recipe", "align", "--batch", "2", "--size", "32", "--rows", "3"], "egl.phase.masker"),
