@@ -136,7 +136,9 @@ def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Ten
     from egl.data.augment import Augmented
     from egl.data.image_items import ImageItems
     from egl.data.masked_by import MaskedBy
+    from egl.data.noisy_masks import NoisyMasks
     from egl.data.partial_masks import PartialMasks
+    from egl.data.permuted_labels import PermutedLabels
 
     if isinstance(ds, Subset):
         inner = _stored(ds.dataset, keys, who)
@@ -147,8 +149,10 @@ def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Ten
     if isinstance(ds, ConcatDataset):
         parts = [_columns(d, keys, who) for d in ds.datasets]
         return {k: torch.cat([p[k] for p in parts]) for k in keys}
-    if isinstance(ds, (PartialMasks, Augmented, MaskedBy)):  # the same items in the same order, labels untouched
+    if isinstance(ds, (PartialMasks, Augmented, MaskedBy, NoisyMasks)):  # the same items, labels untouched
         return _stored(ds.dataset, keys, who)
+    if isinstance(ds, PermutedLabels):  # the same items, labels permuted
+        return {k: ds.labels if k == "label" else v for k, v in _columns(ds.dataset, keys, who).items()}
     if isinstance(ds, ImageItems):
         have = ["domain", "image", "label"] + (["mask"] if ds.has_masks else [])
         if ds.samples and all(s.shortcut is not None for s in ds.samples):

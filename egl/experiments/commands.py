@@ -273,6 +273,8 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
         raise fail("egl sanity", "--n", "an int >= 1 (images taken from the split)", repr(args.n), "Pass e.g. --n 8")
     model, ckpt = load_model(args.checkpoint)
     x, names = _sanity_images(args, ckpt)
+    if args.against:
+        return _maps_against(args, model, x, names)
     r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer), order=args.order,
                                 layers=args.layers, seed=args.seed, keep_maps=True)
     alive = ~r.trained_constant
@@ -291,6 +293,38 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
                 "spearman_abs": r.spearman_abs, "ssim": r.ssim, "constant": r.constant,
                 "trained_constant": r.trained_constant, "target": r.target}, out / f"randomization_{r.order}.pt")
     print(json.dumps({"images": len(names), "constant_trained_maps": int(r.trained_constant.sum()), "figure": fig}))
+    return 0
+
+
+def _maps_against(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> int:
+    """Adebayo et al.'s data randomisation test: the maps of ``--checkpoint`` (trained on permuted
+    labels) against those of ``--against`` (trained on the true ones), for the same images and
+    classes (``--against``'s predictions)."""
+    from egl.experiments.evaluate import saliency_explainer
+    from egl.experiments.figures import randomization_figure
+    from egl.metrics import map_similarity
+
+    reference, _ = load_model(args.against)
+    with torch.no_grad():
+        target = reference(x).argmax(1)
+    ref_maps = saliency_explainer(reference, args.explainer)(x, target).detach()
+    maps = saliency_explainer(model, args.explainer)(x, target).detach()
+    if ref_maps.shape != maps.shape:
+        raise fail("egl sanity", "--against", f"a model whose maps have the shape of --checkpoint's "
+                   f"{list(maps.shape)}", f"maps of shape {list(ref_maps.shape)}",
+                   "Compare two models of one architecture and input size")
+    sim = map_similarity(ref_maps, maps)
+    flat = ref_maps.flatten(1)
+    alive = flat.amax(1) != flat.amin(1)
+    row = {"against": str(args.against)}
+    for key, v in sim.items():
+        row[key] = round(float(v[alive].mean()), 4) if bool(alive.any()) else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = randomization_figure(x, torch.stack([ref_maps, maps]), [Path(args.checkpoint).parent.name or "checked"],
+                               out / "against.png", spearman=sim["spearman"][None])
+    torch.save({"images": names, "target": target, **sim}, out / "against.pt")
+    print(json.dumps({**row, "images": len(names), "constant_reference_maps": int((~alive).sum()), "figure": fig}))
     return 0
 
 
@@ -345,5 +379,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--order", default="cascading", choices=["cascading", "independent"])
     p.add_argument("--layers", default="blocks", choices=["blocks", "leaves"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--against", help="another model.pt (trained on the true labels): compare --checkpoint's maps "
+                   "with its maps instead (the data randomisation test: --checkpoint trained with "
+                   "data.permute_labels)")
     p.add_argument("--out", default="sanity", help="folder of the figure and the per-image scores (.pt)")
     p.set_defaults(func=_cmd_sanity)

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "masks_from": None,           # training masks made once by a frozen masker instead of the data's
                                       # ("grayscale", "sam" or {name:, kwargs:}: egl.data.MaskedBy, before
                                       # augmentation); test masks stay the data's
+        "permute_labels": None,       # a seed: training labels permuted across the items (egl.data.PermutedLabels:
+                                      # Adebayo et al.'s data randomisation test); None: the true labels
         "mask_noise": None,           # training masks degraded like cheap annotations: {box: true, dilate: px,
                                       # erode: px, shift: px, seed: 0} (egl.data.NoisyMasks, before augmentation)
     },
@@ -265,6 +267,9 @@ def check_values(cfg: dict[str, Any]) -> None:
     from egl.data.noisy_masks import as_mask_noise
 
     as_mask_noise(d.get("mask_noise"), fn, "data.mask_noise")
+    check_int(d.get("permute_labels"), fn, "data.permute_labels", low=0, or_none=True,
+              note="(the seed of a permutation of the training labels; null: the true labels)",
+              fix="Set e.g. data.permute_labels=0, or leave it out")
     check_int(d.get("mask_seed", 0), fn, "data.mask_seed", low=0, fix="Set e.g. data.mask_seed=0")
     check_eval_values(cfg)
     check_model(cfg.get("model"), fn)

@@ -20,7 +20,8 @@ by the domain, or ``test`` for a table without domains.
 < 1 keeps the masks of that share of each training domain's images (:class:`egl.data.PartialMasks`,
 drawn with ``data.mask_seed``), and ``data.mask_noise`` degrades the training masks as cheap
 annotations are (boxes, loose or tight outlines, offsets: :class:`egl.data.NoisyMasks`); validation
-and test sets keep theirs.
+and test sets keep theirs. ``data.permute_labels: <seed>`` permutes the training sets' labels
+(:class:`egl.data.PermutedLabels`, Adebayo et al.'s data randomisation test).
 
 A test split is *in distribution* for a run when it is drawn from one of the run's training
 domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
@@ -40,6 +41,7 @@ from egl.data.augment import Augmented, as_augment
 from egl.data.masked_by import MaskedBy
 from egl.data.noisy_masks import NoisyMasks, as_mask_noise
 from egl.data.partial_masks import PartialMasks, check_fraction
+from egl.data.permuted_labels import PermutedLabels
 
 __all__ = ["Source", "TensorDictDataset", "load_source"]
 
@@ -182,6 +184,9 @@ def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, 
     augmentation, so that an augmentation that builds new items cannot drop the flags), drawn with
     a seed of ``data.mask_seed`` and the domain's name (domains of one size keep different images)."""
     fraction = check_fraction(data.get("mask_fraction", 1.0), "egl.experiments", "data.mask_fraction")
+    permute = check_int(data.get("permute_labels"), "egl.experiments", "data.permute_labels", low=0, or_none=True)
+    if permute is not None:  # (a seed per domain, as the masks kept: domains of one size differ)
+        ds = PermutedLabels(ds, seed=(int(permute) * 7919 + zlib.crc32(domain.encode("utf-8"))) % 2**63)
     noise = as_mask_noise(data.get("mask_noise"), "egl.experiments", "data.mask_noise")
     if noise is not None:
         if not has_masks:

@@ -104,6 +104,15 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "egl sanity: '--explainer'" in capsys.readouterr().err
     assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--n", "0"]) == 1
     assert "egl sanity: '--n' expected an int >= 1" in capsys.readouterr().err
+    # the data randomisation test: a model trained on permuted labels against the trained one
+    permuted = tmp_path / "permuted"
+    assert main(["train", "--method", "erm", "--out", str(permuted), *TINY, "--set", "data.permute_labels=0"]) == 0
+    capsys.readouterr()
+    assert main(["sanity", "--checkpoint", str(permuted / "model.pt"), "--against", str(out / "model.pt"),
+                 "--n", "3", "--out", str(tmp_path / "against")]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["images"] == 3 and Path(row["figure"]).is_file() and -1 <= row["spearman"] <= 1
+    assert (tmp_path / "against" / "against.pt").is_file()
 
 
 def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:
