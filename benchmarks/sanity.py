@@ -4,15 +4,18 @@
 
 Both metrics call the explainer themselves. Their floor is those Grad-CAM calls alone:
 
-- cascading parameter randomisation over the model's leaves (every module that owns parameters,
-  Quantus' granularity): one Grad-CAM per layer plus one;
+- cascading parameter randomisation over the model's leaves (every module that owns parameters:
+  on resnet18 the 41 modules with ``reset_parameters`` that Quantus randomises, checked below):
+  one Grad-CAM per layer plus one;
 - max-sensitivity with ``samples`` noisy copies: ``samples + 1`` Grad-CAMs of the batch.
 
 egl adds a deep copy, the re-initialisations and the similarities (resp. the noise and the norms).
 Quantus 0.6.0 (``pip install quantus``; measured when importable) runs the same work with the same
 explainer (egl's Grad-CAM, called through Quantus' ``explain_func`` interface): ``MPRT(layer_order=
-"top_down")`` and ``MaxSensitivity(nr_samples=samples)``. Its values differ from egl's by design
-(another similarity normalisation and noise), so only the time is compared.
+"top_down")`` (which explains the trained model again itself) and ``MaxSensitivity(nr_samples=
+samples)`` given no attributions (so that it explains the image too: ``samples + 1`` calls, as
+egl). Its values differ from egl's by design (another similarity normalisation and noise), so only
+the time is compared.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main() -> None:
     x = torch.randn(a.batch, 3, a.size, a.size)
     target = torch.zeros(a.batch, dtype=torch.long)
     steps = len(randomization_layers(model, "leaves")) + 1
+    resettable = sum(callable(getattr(m, "reset_parameters", None)) for m in model.modules())
+    assert steps - 1 == resettable, (steps - 1, resettable)  # the layers Quantus randomises: the same work
 
     def cams(n: int) -> None:
         for _ in range(n):
@@ -81,7 +86,7 @@ def main() -> None:
                  batch_size=a.batch)
 
         def q_sens() -> None:
-            sens(model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=explain_func, device="cpu",
+            sens(model=model, x_batch=xn, y_batch=yn, a_batch=None, explain_func=explain_func, device="cpu",
                  batch_size=a.batch)
 
         variants["quantus MPRT"] = q_mprt

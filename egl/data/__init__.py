@@ -16,6 +16,5 @@ from egl.data.permuted_labels import PermutedLabels
 from egl.data.synthetic import SPLITS, SyntheticConfig, SyntheticShortcuts, build
 
 __all__ = ["SyntheticConfig", "SyntheticShortcuts", "build", "SPLITS", "DomainFolder", "ImageCSV", "Augment",
-           "Augmented", "PRESETS", "PartialMasks", "MaskedBy", "NoisyMasks", "degrade_mask", "PermutedLabels", "group_balanced_sampler",
-           "item_groups",
-           "item_labels"]
+           "Augmented", "PRESETS", "PartialMasks", "MaskedBy", "NoisyMasks", "degrade_mask", "PermutedLabels",
+           "group_balanced_sampler", "item_groups", "item_labels"]

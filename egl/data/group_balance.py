@@ -11,7 +11,8 @@ or ``"shortcut"`` ((class, shortcut) pairs).
 ``DataLoader(dataset, sampler=...)``. Pass it a seeded ``generator``: :func:`egl.train.fit`
 then replays its draws on resume (bit-exact). The groups are read without loading images
 where the data set allows it: egl's data sets (tensor-backed synthetic data, ``DomainFolder``,
-``ImageCSV``) and ``Subset`` / ``ConcatDataset`` / ``PartialMasks`` / ``Augmented`` over them;
+``ImageCSV``) and ``Subset`` / ``ConcatDataset`` / ``PartialMasks`` / ``Augmented`` / ``MaskedBy``
+/ ``NoisyMasks`` over them (``PermutedLabels``: its permuted labels, read when it was built);
 any other map-style data set of dict items (a wrapper of your own included: it may relabel)
 is read item by item once, images included (a ``Subset`` of one: its own items only). Under
 ``torch.distributed`` (``shard="auto"``) each rank draws ``len(dataset) // world_size`` items
@@ -151,8 +152,10 @@ def _stored(ds: Any, keys: Sequence[str], who: tuple[str, str]) -> dict[str, Ten
         return {k: torch.cat([p[k] for p in parts]) for k in keys}
     if isinstance(ds, (PartialMasks, Augmented, MaskedBy, NoisyMasks)):  # the same items, labels untouched
         return _stored(ds.dataset, keys, who)
-    if isinstance(ds, PermutedLabels):  # the same items, labels permuted
-        return {k: ds.labels if k == "label" else v for k, v in _columns(ds.dataset, keys, who).items()}
+    if isinstance(ds, PermutedLabels):  # the same items, labels permuted (read at its construction)
+        others = [k for k in keys if k != "label"]
+        inner = _columns(ds.dataset, others, who) if others else {}
+        return {k: ds.labels if k == "label" else inner[k] for k in keys}
     if isinstance(ds, ImageItems):
         have = ["domain", "image", "label"] + (["mask"] if ds.has_masks else [])
         if ds.samples and all(s.shortcut is not None for s in ds.samples):

@@ -15,6 +15,7 @@ labels (validation and test sets keep the true ones).
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 import torch
@@ -33,6 +34,9 @@ class PermutedLabels(Dataset):
     Args:
         dataset: a map-style data set of dict items with ``label``.
         seed: the permutation's seed.
+
+    Raises:
+        InputError: a bad ``seed``, a data set without a length, or items without a ``label``.
 
     Attributes:
         permutation: ``[N]`` item ``i`` takes the label of item ``permutation[i]``.
@@ -68,11 +72,12 @@ class PermutedLabels(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
+        j = operator.index(i)  # (a 0-D tensor or NumPy integer too; a float or a 1-D index is refused)
+        item = self.dataset[j]
         if not isinstance(item, dict) or "label" not in item:
             got = f"an item with keys {sorted(item)}" if isinstance(item, dict) else f"an item {describe(item)}"
             raise fail(_FN, "dataset", "dict items with a 'label'", got, "Wrap a data set of dict items")
-        j = int(i) % len(self) if int(i) < 0 else int(i)
+        j = j % len(self) if j < 0 else j
         return {**item, "label": self.labels[j]}
 
     def __repr__(self) -> str:

@@ -92,21 +92,22 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, cfg: dict[s
                      "config": json.loads(json.dumps(cfg, default=str)), "domains": domains}, path)
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the classifier saved by :func:`save_model` (no download)."""
+def load_model(path: str | os.PathLike[str], *, fn: str = "egl eval/explain",
+               arg: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the classifier saved by :func:`save_model` (no download); errors name ``fn``'s ``arg``."""
     import timm
 
     if not os.path.isfile(path):
-        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`", repr(os.fspath(path)),
+        raise fail(fn, arg, "a model file written by `egl train`", repr(os.fspath(path)),
                    "Train one first: egl train --method erm --out runs/erm")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an image, a truncated or foreign file: name it
-        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`",
+        raise fail(fn, arg, "a model file written by `egl train`",
                    f"{os.fspath(path)!r}, which torch.load could not read ({type(exc).__name__})",
                    "Pass the model.pt that `egl train` wrote (images to explain come after it)") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise fail("egl eval/explain", "--checkpoint", "a model file written by `egl train`",
+        raise fail(fn, arg, "a model file written by `egl train`",
                    f"a {type(ckpt).__name__} without 'arch'/'state_dict'", "Use the model.pt that `egl train` wrote")
     model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=ckpt["num_classes"], **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
@@ -161,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from egl.experiments.evaluate import eval_settings, evaluate
-    from egl.experiments.sources import load_source
+    from egl.experiments.sources import evaluation_source
 
     from egl.experiments.config import check_eval_values
 
@@ -171,7 +172,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from egl.experiments.models import check_explainer_builds
 
     check_explainer_builds(model, cfg["eval"])  # eval.explainer_kwargs too
-    source = load_source({**cfg["data"], "masks_from": None})  # (test sets only: no training masks to make)
+    source = evaluation_source(cfg["data"])  # (test sets only: no training masks to make)
     # in distribution: a split of a domain the model trained on, in the data it trained on
     trained = ckpt["config"].get("data", {})
     same_data = all(trained.get(k) == cfg["data"].get(k) for k in ("name", "root", "synthetic"))
@@ -248,9 +249,9 @@ def _sanity_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> tuple[torc
     size = int(ckpt["config"]["data"].get("image_size", 64))
     if args.images:
         return torch.stack([_read_image(p, size) for p in args.images]), list(args.images)
-    from egl.experiments.sources import load_source
+    from egl.experiments.sources import evaluation_source
 
-    source = load_source({**ckpt["config"]["data"], "masks_from": None})  # (test sets only)
+    source = evaluation_source(ckpt["config"]["data"])
     split = args.split or next(iter(source.tests))
     ds = source.test_sets([split])[split]
     n = min(args.n, len(ds))
@@ -271,12 +272,15 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
     check_explainer(args.explainer, "egl sanity", "--explainer")  # before the checkpoint and images are read
     if args.n < 1:
         raise fail("egl sanity", "--n", "an int >= 1 (images taken from the split)", repr(args.n), "Pass e.g. --n 8")
-    model, ckpt = load_model(args.checkpoint)
+    if args.seed < 0:
+        raise fail("egl sanity", "--seed", "an int >= 0", repr(args.seed), "Pass e.g. --seed 0")
+    model, ckpt = load_model(args.checkpoint, fn="egl sanity")
     x, names = _sanity_images(args, ckpt)
+    kwargs = _explainer_kwargs(args, ckpt)
     if args.against:
-        return _maps_against(args, model, x, names)
-    r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer), order=args.order,
-                                layers=args.layers, seed=args.seed, keep_maps=True)
+        return _maps_against(args, model, ckpt, x, names, kwargs)
+    r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer, kwargs=kwargs),
+                                order=args.order, layers=args.layers, seed=args.seed, keep_maps=True)
     alive = ~r.trained_constant
     for i, layer in enumerate(r.layers):
         row = {"step": i, "layer": layer, "order": r.order}
@@ -296,23 +300,43 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _maps_against(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> int:
+def _explainer_kwargs(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``eval.explainer_kwargs`` when ``--explainer`` is its ``eval.explainer`` (so
+    that ``egl sanity`` checks the maps ``egl eval`` scores), else none."""
+    e = ckpt["config"].get("eval") or {}
+    return dict(e.get("explainer_kwargs") or {}) if e.get("explainer", "grad_cam") == args.explainer else {}
+
+
+def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[str, Any], x: torch.Tensor,
+                  names: list[str], kwargs: dict[str, Any]) -> int:
     """Adebayo et al.'s data randomisation test: the maps of ``--checkpoint`` (trained on permuted
     labels) against those of ``--against`` (trained on the true ones), for the same images and
     classes (``--against``'s predictions)."""
+    import warnings
+
     from egl.experiments.evaluate import saliency_explainer
     from egl.experiments.figures import randomization_figure
     from egl.metrics import map_similarity
 
-    reference, _ = load_model(args.against)
+    reference, ref_ckpt = load_model(args.against, fn="egl sanity", arg="--against")
+    same = {k: (ckpt.get(k), ref_ckpt.get(k)) for k in ("arch", "kwargs", "num_classes")}
+    data = {k: (ckpt["config"]["data"].get(k), ref_ckpt["config"]["data"].get(k))
+            for k in ("name", "root", "image_size", "synthetic", "domains", "csv", "columns")}
+    differ = {k: v for k, v in {**same, **data}.items() if v[0] != v[1]}
+    if differ:
+        key, (ours, theirs) = next(iter(differ.items()))
+        raise fail("egl sanity", "--against", f"a model of --checkpoint's architecture and data ({key}={ours!r})",
+                   f"{key}={theirs!r}", "Compare two models trained alike on the same data (one of them on "
+                   "permuted labels: data.permute_labels)")
+    if ckpt["config"]["data"].get("permute_labels") is None or ref_ckpt["config"]["data"].get("permute_labels") \
+            is not None:
+        warnings.warn("egl sanity --against: the data randomisation test compares a --checkpoint trained with "
+                      "data.permute_labels against an --against model trained on the true labels; these two are "
+                      "not that pair (the similarities are still computed)", stacklevel=2)
     with torch.no_grad():
         target = reference(x).argmax(1)
-    ref_maps = saliency_explainer(reference, args.explainer)(x, target).detach()
-    maps = saliency_explainer(model, args.explainer)(x, target).detach()
-    if ref_maps.shape != maps.shape:
-        raise fail("egl sanity", "--against", f"a model whose maps have the shape of --checkpoint's "
-                   f"{list(maps.shape)}", f"maps of shape {list(ref_maps.shape)}",
-                   "Compare two models of one architecture and input size")
+    ref_maps = saliency_explainer(reference, args.explainer, kwargs=kwargs)(x, target).detach()
+    maps = saliency_explainer(model, args.explainer, kwargs=kwargs)(x, target).detach()
     sim = map_similarity(ref_maps, maps)
     flat = ref_maps.flatten(1)
     alive = flat.amax(1) != flat.amin(1)
@@ -376,9 +400,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", help="test split of the checkpoint's data (default: the first)")
     p.add_argument("--n", type=int, default=8, help="images taken from the split (default 8)")
     p.add_argument("--explainer", default="grad_cam", help="registered explainer (default grad_cam)")
-    p.add_argument("--order", default="cascading", choices=["cascading", "independent"])
-    p.add_argument("--layers", default="blocks", choices=["blocks", "leaves"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", default="cascading", choices=["cascading", "independent"],
+                   help="(parameter randomisation only)")
+    p.add_argument("--layers", default="blocks", choices=["blocks", "leaves"], help="(parameter randomisation only)")
+    p.add_argument("--seed", type=int, default=0, help="the re-initialisations' seed (not with --against)")
     p.add_argument("--against", help="another model.pt (trained on the true labels): compare --checkpoint's maps "
                    "with its maps instead (the data randomisation test: --checkpoint trained with "
                    "data.permute_labels)")

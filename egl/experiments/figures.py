@@ -89,11 +89,34 @@ def randomization_figure(images: Tensor, maps: Tensor, layers: Sequence[str], pa
 
     Returns:
         The path written.
+
+    Raises:
+        InputError: ``images``, ``maps``, ``layers`` or ``spearman`` of shapes that do not fit together.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.rand(3, 2, 1, 4, 4)
+        >>> randomization_figure(torch.rand(2, 3, 8, 8), maps, ["fc", "conv1"], "/tmp/egl-fig.png")
+        '/tmp/egl-fig.png'
     """
     import torch.nn.functional as F
     from PIL import Image, ImageDraw
 
+    from egl._check import check_shape, describe, fail
+
+    fn = "egl.experiments.figures.randomization_figure"
+    images = check_shape(images, "B 3 H W", fn, "images")
+    maps = check_shape(maps, "S B 1 h w", fn, "maps")
     n, _, h, w = images.shape
+    if maps.shape[1] != n or maps.shape[0] < 2:
+        raise fail(fn, "maps", f"[L + 1, {n}, 1, h, w]: the trained maps, then at least one step's, for the {n} images",
+                   describe(maps), "Pass parameter_randomization(..., keep_maps=True).maps")
+    if isinstance(layers, str) or len(layers) != maps.shape[0] - 1:
+        raise fail(fn, "layers", f"{maps.shape[0] - 1} step names (one per step of 'maps')", repr(layers)[:100],
+                   "Pass the result's .layers")
+    if spearman is not None and tuple(spearman.shape) != (maps.shape[0] - 1, n):
+        raise fail(fn, "spearman", f"[{maps.shape[0] - 1}, {n}] (steps x images)", describe(spearman),
+                   "Pass the result's .spearman, or None")
     cell_w, cell_h, pad = w * scale, h * scale, 16
     cols = 2 + len(layers)
     canvas = Image.new("RGB", (cols * cell_w, pad + n * (cell_h + pad)), "white")

@@ -203,6 +203,10 @@ def check_selection(cfg: dict[str, Any]) -> tuple[str, int | None]:
         raise fail("egl.experiments", "train.val_domains", "'train' unless the run validates", "'held_out' with "
                    "train.select=last and no train.val_every (nothing is measured)",
                    "Set train.select=acc or train.val_every=N, or leave train.val_domains out")
+    if select != "last" and cfg.get("data", {}).get("permute_labels") is not None:
+        warnings.warn(f"egl.experiments: train.select={select!r} with data.permute_labels: the step is chosen by "
+                      "the validation split's true labels, which leaks them into the model trained on permuted "
+                      "ones; set train.select=last for the data randomisation test", stacklevel=2)
     check_int(t.get("checkpoint_every", 500), "egl.experiments", "train.checkpoint_every", low=1,
               note="(steps between a run's checkpoints)", fix="Set e.g. train.checkpoint_every=500")
     cl = t.get("channels_last", "auto")

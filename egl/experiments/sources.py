@@ -20,8 +20,8 @@ by the domain, or ``test`` for a table without domains.
 < 1 keeps the masks of that share of each training domain's images (:class:`egl.data.PartialMasks`,
 drawn with ``data.mask_seed``), and ``data.mask_noise`` degrades the training masks as cheap
 annotations are (boxes, loose or tight outlines, offsets: :class:`egl.data.NoisyMasks`); validation
-and test sets keep theirs. ``data.permute_labels: <seed>`` permutes the training sets' labels
-(:class:`egl.data.PermutedLabels`, Adebayo et al.'s data randomisation test).
+and test sets keep theirs. ``data.permute_labels: <seed>`` permutes each run's pooled training
+labels (:class:`egl.data.PermutedLabels`, Adebayo et al.'s data randomisation test).
 
 A test split is *in distribution* for a run when it is drawn from one of the run's training
 domains (:meth:`Source.in_distribution`); the tables average the two kinds apart.
@@ -84,6 +84,8 @@ class Source:
     tests: dict[str, Dataset]
     #: The training domain each test split is drawn from (absent: a split of no training domain).
     split_domains: dict[str, str] = field(default_factory=dict)
+    #: ``data.permute_labels``: the seed of the permutation of every run's pooled training labels.
+    permute_labels: int | None = None
 
     def training_domains(self, mode: str | list[str]) -> dict[str, list[str]]:
         """The runs ``train.domains`` asks for: run name -> the domains it trains on (see the module doc)."""
@@ -110,9 +112,18 @@ class Source:
         return {f"all-but-{d}": [o for o in names if o != d] for d in names}
 
     def training_sets(self, mode: str | list[str]) -> dict[str, Dataset]:
-        """Run name -> its training set (the domains of :meth:`training_domains` pooled)."""
-        return {run: self.train[ds[0]] if len(ds) == 1 else ConcatDataset([self.train[d] for d in ds])
-                for run, ds in self.training_domains(mode).items()}
+        """Run name -> its training set (the domains of :meth:`training_domains` pooled; with
+        ``permute_labels``, its labels permuted across all of it, domains mixed, as Adebayo et al.
+        permute a whole training set: a permutation within each domain would keep what the domain
+        tells of the class)."""
+        out: dict[str, Dataset] = {}
+        for run, ds in self.training_domains(mode).items():
+            pooled = self.train[ds[0]] if len(ds) == 1 else ConcatDataset([self.train[d] for d in ds])
+            if self.permute_labels is not None:  # (salted: not the stream of data.mask_seed's draw)
+                salt = zlib.crc32(f"permute_labels:{run}".encode("utf-8"))
+                pooled = PermutedLabels(pooled, seed=(self.permute_labels * 7919 + salt) % 2**63)
+            out[run] = pooled
+        return out
 
     def validation_set(self, domains: list[str], *, held_out: bool = False) -> Dataset | None:
         """The validation splits of ``domains`` pooled (DomainBed's training-domain validation),
@@ -184,9 +195,6 @@ def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, 
     augmentation, so that an augmentation that builds new items cannot drop the flags), drawn with
     a seed of ``data.mask_seed`` and the domain's name (domains of one size keep different images)."""
     fraction = check_fraction(data.get("mask_fraction", 1.0), "egl.experiments", "data.mask_fraction")
-    permute = check_int(data.get("permute_labels"), "egl.experiments", "data.permute_labels", low=0, or_none=True)
-    if permute is not None:  # (a seed per domain, as the masks kept: domains of one size differ)
-        ds = PermutedLabels(ds, seed=(int(permute) * 7919 + zlib.crc32(domain.encode("utf-8"))) % 2**63)
     noise = as_mask_noise(data.get("mask_noise"), "egl.experiments", "data.mask_noise")
     if noise is not None:
         if not has_masks:
@@ -205,6 +213,23 @@ def _training(ds: Dataset, data: dict[str, Any], augment: Any, has_masks: bool, 
 
 def load_source(data: dict[str, Any]) -> Source:
     """Build the :class:`Source` described by a config's ``data`` section."""
+    permute = check_int(data.get("permute_labels"), "egl.experiments", "data.permute_labels", low=0, or_none=True,
+                        note="(the seed of a permutation of the training labels; null: the true labels)",
+                        fix="Set e.g. data.permute_labels=0, or leave it out")
+    source = _load_source(data)
+    source.permute_labels = permute
+    return source
+
+
+def evaluation_source(data: dict[str, Any]) -> Source:
+    """The :class:`Source` of ``data`` for its test sets only (``egl eval``, ``egl sanity``): the
+    training-set settings (a masker's masks, kept or degraded masks, permuted labels) left out, so
+    that a checkpoint trained with them is evaluated without building them."""
+    return load_source({**data, "masks_from": None, "mask_fraction": 1.0, "mask_noise": None,
+                        "permute_labels": None})
+
+
+def _load_source(data: dict[str, Any]) -> Source:
     check_choice(data.get("name"), ("synthetic", "folder", "csv"), "egl.experiments", "data.name")
     augment = as_augment(data.get("augment"), "egl.experiments", "data.augment")  # training sets only
     if data["name"] == "synthetic":

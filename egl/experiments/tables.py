@@ -197,7 +197,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
                  "(lower is more stable); " if "max_sens" in has else "")
               + ("Rand-top / Rand-all: Spearman correlation (x100) of the maps with those of the model with "
                  "its top block / every block re-initialised (lower: the maps read the weights), over images "
-                 "whose map is not constant; Rand-all dead: share (%) of them whose map is constant once every block is; "
+                 "whose map is not constant; Rand-all dead: share (%) of them whose map is constant once every "
+                 "block is; "
                  if "rand_top" in has else "")
               + "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               + "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

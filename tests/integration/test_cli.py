@@ -113,6 +113,21 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["images"] == 3 and Path(row["figure"]).is_file() and -1 <= row["spearman"] <= 1
     assert (tmp_path / "against" / "against.pt").is_file()
+    with pytest.warns(UserWarning, match="not that pair"):  # the roles swapped: still computed, warned
+        assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--against", str(permuted / "model.pt"),
+                     "--n", "2", "--out", str(tmp_path / "swapped")]) == 0
+    other = torch.load(permuted / "model.pt", weights_only=False)  # another image size: refused by name
+    other["config"]["data"]["image_size"] = 32
+    torch.save(other, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert main(["sanity", "--checkpoint", str(permuted / "model.pt"), "--against", str(tmp_path / "other.pt"),
+                 "--n", "2"]) == 1
+    assert "egl sanity: '--against' expected a model of --checkpoint's architecture and data (image_size=" in \
+        capsys.readouterr().err
+    assert main(["sanity", "--checkpoint", str(permuted / "model.pt"), "--against", str(tmp_path / "none.pt")]) == 1
+    assert "egl sanity: '--against' expected a model file written by `egl train`" in capsys.readouterr().err
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--seed", "-1"]) == 1
+    assert "egl sanity: '--seed' expected an int >= 0" in capsys.readouterr().err
 
 
 def test_experiment_writes_results_tables_and_figure(tmp_path: Path) -> None:

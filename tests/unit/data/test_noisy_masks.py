@@ -154,3 +154,19 @@ def test_large_seeds_work_and_masks_outside_the_unit_range_are_named() -> None:
         from egl.data.noisy_masks import as_mask_noise
 
         as_mask_noise({"seed": -1}, "egl.experiments", "data.mask_noise")
+
+
+def test_group_labels_are_read_through_it_without_loading_items() -> None:
+    from egl.data import item_labels
+
+    class Counting(TensorDictDataset):
+        reads = 0
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            Counting.reads += 1
+            return super().__getitem__(i)
+
+    data = _data()
+    labels = item_labels(NoisyMasks(Counting({**data.tensors, "domain": torch.arange(6) % 2}), box=True),
+                         "domain_class")
+    assert Counting.reads == 0 and torch.equal(labels["label"], data.tensors["label"])

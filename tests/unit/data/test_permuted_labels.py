@@ -49,6 +49,13 @@ def test_group_labels_read_the_permuted_labels_without_loading_items() -> None:
     assert torch.equal(labels["domain"], data.tensors["domain"])
 
 
+def test_indices_are_integers() -> None:
+    perm = PermutedLabels(_data(), seed=0)
+    assert torch.equal(perm[torch.tensor(3)]["image"], perm[3]["image"])
+    with pytest.raises(TypeError):
+        perm[1.5]
+
+
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(egl.InputError, match="'seed' expected an int in \\[0, 2\\*\\*63\\)"):
         PermutedLabels(_data(), seed=-1)
@@ -58,18 +65,26 @@ def test_bad_arguments_are_named() -> None:
         PermutedLabels([{"image": torch.rand(3, 2, 2)}])
 
 
-def test_experiments_permute_the_training_labels_only() -> None:
+def test_experiments_permute_each_runs_pooled_training_labels_only() -> None:
     from egl.experiments.config import DEFAULTS, apply_overrides, check_values
+    from egl.experiments.runner import check_selection
 
     synth = {"train_per_domain": 16, "val_per_domain": 4, "test_per_split": 4}
     plain = load_source({**DEFAULTS["data"], "synthetic": synth})
     perm = load_source({**DEFAULTS["data"], "synthetic": synth, "permute_labels": 3})
-    domain = next(iter(plain.train))
-    got = [int(perm.train[domain][i]["label"]) for i in range(16)]
-    want = [int(plain.train[domain][i]["label"]) for i in range(16)]
+    pooled, shuffled = plain.training_sets("all")["all"], perm.training_sets("all")["all"]
+    assert isinstance(shuffled, PermutedLabels) and len(shuffled) == len(pooled) == 32
+    got = [int(shuffled[i]["label"]) for i in range(32)]
+    want = [int(pooled[i]["label"]) for i in range(32)]
     assert got != want and sorted(got) == sorted(want)
-    assert torch.equal(perm.train[domain][0]["image"], plain.train[domain][0]["image"])
+    crossed = (shuffled.permutation[:16] >= 16).any() and (shuffled.permutation[16:] < 16).any()
+    assert bool(crossed)  # across the domains, not within each
+    assert torch.equal(shuffled[0]["image"], pooled[0]["image"])
+    each = perm.training_sets("each")
+    assert set(each) == set(plain.train) and all(isinstance(ds, PermutedLabels) for ds in each.values())
     split = next(iter(plain.tests))
     assert int(perm.tests[split][0]["label"]) == int(plain.tests[split][0]["label"])
     with pytest.raises(egl.InputError, match="'data.permute_labels' expected an int >= 0 or None"):
         check_values(apply_overrides(DEFAULTS, ["data.permute_labels=-1"]))
+    with pytest.warns(UserWarning, match="train.select='acc' with data.permute_labels"):
+        check_selection(apply_overrides(DEFAULTS, ["data.permute_labels=0", "train.select=acc"]))

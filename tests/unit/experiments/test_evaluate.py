@@ -111,3 +111,25 @@ def test_a_layer_given_twice_and_bad_explainer_kwargs_are_named() -> None:
     with pytest.raises(egl.InputError, match=r"'eval.explainer_kwargs' expected arguments the explainer 'smoothed' "
                                              r"takes, got \{'samples': 0\}, refused: .*'samples' expected an int >= 1"):
         check_explainer_builds(model, {"explainer": "smoothed", "explainer_kwargs": {"samples": 0}})
+
+
+def test_the_randomization_figure_checks_its_inputs(tmp_path) -> None:
+    import torch
+
+    from egl.experiments.figures import randomization_figure
+
+    images, maps = torch.rand(2, 3, 8, 8), torch.rand(3, 2, 1, 4, 4)
+    path = randomization_figure(images, maps, ["fc", "conv1"], tmp_path / "f.png", spearman=torch.rand(2, 2))
+    from PIL import Image
+
+    assert Image.open(path).size == (4 * 8 * 2, 16 + 2 * (8 * 2 + 16))
+    with pytest.raises(egl.InputError, match="'layers' expected 2 step names"):
+        randomization_figure(images, maps, ["fc"], tmp_path / "g.png")
+    with pytest.raises(egl.InputError, match="'maps' expected \\[L \\+ 1, 2, 1, h, w\\]"):
+        randomization_figure(images, torch.rand(3, 4, 1, 4, 4), ["fc", "conv1"], tmp_path / "g.png")
+    with pytest.raises(egl.InputError, match="'maps' expected"):
+        randomization_figure(images, torch.rand(2, 1, 4, 4), ["fc"], tmp_path / "g.png")
+    with pytest.raises(egl.InputError, match="'spearman' expected \\[2, 2\\]"):
+        randomization_figure(images, maps, ["fc", "conv1"], tmp_path / "g.png", spearman=torch.rand(2))
+    with pytest.raises(egl.InputError, match="'images' expected"):
+        randomization_figure(torch.rand(2, 1, 8, 8), maps, ["fc", "conv1"], tmp_path / "g.png")
