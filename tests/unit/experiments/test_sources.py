@@ -130,3 +130,18 @@ def test_mask_noise_degrades_folder_masks_before_the_augmentation(tmp_path: Path
     assert not isinstance(load_source(data).train["A"], Augmented)  # without noise: augmented as read
     with pytest.raises(egl.InputError, match="'data.mask_noise' expected null for data without masks"):
         load_source({"name": "folder", "root": str(domain_tree(tmp_path / "bare")), "mask_noise": {"box": True}})
+
+
+def test_the_evaluation_source_leaves_the_training_settings_out(folder: dict) -> None:
+    import torch
+
+    from egl.experiments.sources import evaluation_source
+
+    trained = {**folder, "masks_from": "grayscale", "mask_fraction": 0.5, "mask_noise": {"box": True},
+               "permute_labels": 1}
+    source = evaluation_source(trained)  # mask-less data: load_source would need the masker's masks
+    assert source.permute_labels is None
+    plain = load_source(folder)
+    assert set(source.tests) == set(plain.tests)
+    split = next(iter(plain.tests))
+    assert torch.equal(source.tests[split][0]["image"], plain.tests[split][0]["image"])
