@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from egl._check import check_flag, describe, fail
+from egl.data._wrapping import check_data_seed, map_style_length
 
 __all__ = ["NoisyMasks", "degrade_mask", "as_mask_noise", "NOISE_KEYS"]
 
@@ -156,14 +157,8 @@ def as_mask_noise(spec: object, fn: str, arg: str = "mask_noise") -> dict[str, A
     check_flag(spec.get("box", False), fn, f"{arg}.box")
     for key in ("dilate", "erode", "shift"):
         _pixels(spec.get(key, 0), fn, f"{arg}.{key}")
-    _seed(spec.get("seed", 0), fn, f"{arg}.seed")
+    check_data_seed(spec.get("seed", 0), fn, f"{arg}.seed")
     return dict(spec)
-
-
-def _seed(seed: object, fn: str, arg: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise fail(fn, arg, "an int in [0, 2**63)", repr(seed)[:100], f"Pass e.g. {arg}=0")
-    return int(seed)
 
 
 class NoisyMasks(Dataset):
@@ -191,12 +186,8 @@ class NoisyMasks(Dataset):
         self.dilate = _pixels(dilate, _FN, "dilate")
         self.erode = _pixels(erode, _FN, "erode")
         self.shift = _pixels(shift, _FN, "shift")
-        self.seed = _seed(seed, _FN, "seed")
-        try:
-            len(dataset)
-        except TypeError:
-            raise fail(_FN, "dataset", "a map-style data set (with len())", describe(dataset),
-                       "Wrap a data set that has a length") from None
+        self.seed = check_data_seed(seed, _FN)
+        map_style_length(dataset, _FN)
         self.dataset = dataset
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from egl._check import describe, fail
+from egl.data._wrapping import check_data_seed, map_style_length
 
 __all__ = ["PartialMasks", "check_fraction"]
 
@@ -68,15 +69,9 @@ class PartialMasks(Dataset):
 
     def __init__(self, dataset: Any, fraction: float, seed: int = 0) -> None:
         self.fraction = check_fraction(fraction, _FN)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise fail(_FN, "seed", "an int in [0, 2**63)", repr(seed)[:100], "Pass e.g. seed=0")
-        try:
-            n = len(dataset)
-        except TypeError:
-            raise fail(_FN, "dataset", "a map-style data set (with len())", describe(dataset),
-                       "Wrap a data set that has a length (an IterableDataset cannot be subset)") from None
+        self.seed = check_data_seed(seed, _FN)
+        n = map_style_length(dataset, _FN, "an IterableDataset cannot be subset")
         self.dataset = dataset
-        self.seed = int(seed)
         candidates = _with_masks(dataset)
         if candidates is None:
             candidates = list(range(n))

@@ -14,7 +14,6 @@ labels (validation and test sets keep the true ones).
 
 from __future__ import annotations
 
-import numbers
 import operator
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from egl._check import describe, fail
+from egl.data._wrapping import check_data_seed, map_style_length
 
 __all__ = ["PermutedLabels"]
 
@@ -51,17 +51,11 @@ class PermutedLabels(Dataset):
     """
 
     def __init__(self, dataset: Any, seed: int = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise fail(_FN, "seed", "an int in [0, 2**63)", repr(seed)[:100], "Pass e.g. seed=0")
-        try:
-            n = len(dataset)
-        except TypeError:
-            raise fail(_FN, "dataset", "a map-style data set (with len())", describe(dataset),
-                       "Wrap a data set that has a length") from None
+        self.seed = check_data_seed(seed, _FN)
+        n = map_style_length(dataset, _FN)
         from egl.data.group_balance import item_labels
 
         self.dataset = dataset
-        self.seed = int(seed)
         self.permutation = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         # every item's label, read without loading images where the data set allows it (egl's data
         # sets; others are read once, here)
