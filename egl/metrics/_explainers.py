@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from egl._check import check_finite, check_model_dtype, check_shape, describe, fail
 
-__all__ = ["check_model_and_images", "build_registered", "check_seed", "check_kwargs"]
+__all__ = ["check_model_and_images", "build_registered", "check_seed", "check_kwargs", "check_maps"]
 
 
 def check_model_and_images(model: object, x: object, fn: str) -> Tensor:
@@ -53,3 +53,13 @@ def check_seed(seed: object, fn: str, steps: int = 1) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= top:
         raise fail(fn, "seed", f"an int in [0, 2**63 - {steps}]", repr(seed)[:100], "Pass e.g. seed=0")
     return int(seed)
+
+
+def check_maps(s: object, batch: int, shape: tuple[int, ...] | None, fn: str, when: str) -> Tensor:
+    """An explainer's output: finite ``[batch, 1, h, w]`` maps, of ``shape`` when given (the first
+    call's), detached; ``when`` ends the expectation ("at every step", "for every input")."""
+    t = check_shape(s, "B 1 h w", fn, "explainer's output")
+    if t.shape[0] != batch or (shape is not None and tuple(t.shape) != shape):
+        raise fail(fn, "explainer", f"maps of shape {list(shape or (batch, 1, 'h', 'w'))} {when}",
+                   describe(t), "Return one [B, 1, h, w] map per image, at one resolution")
+    return check_finite(t.detach(), fn, "explainer's output")

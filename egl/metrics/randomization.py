@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from egl._check import check_finite, check_flag, check_shape, check_tensor, describe, fail
 from egl.metrics._common import check_labels, model_logits
-from egl.metrics._explainers import build_registered, check_kwargs, check_model_and_images, check_seed
+from egl.metrics._explainers import build_registered, check_kwargs, check_maps, check_model_and_images, check_seed
 
 __all__ = ["parameter_randomization", "RandomizationResult", "randomization_layers", "map_similarity", "ORDERS",
            "SIMILARITIES", "OWN"]
@@ -310,8 +310,8 @@ def _similarities(a: Tensor, b: Tensor, ranked: dict[str, Any] | None = None) ->
         ranked["abs"] = ranked["plain"] if ranked["non_negative"] else _centred_ranks(fa.abs())
     spearman = _spearman(fa, fb, ranked["plain"])
     same = ranked["non_negative"] and bool((fb >= 0).all())
-    return {"spearman": spearman, "spearman_abs": spearman.clone() if same else _spearman(fa.abs(), fb.abs(),
-                                                                                            ranked["abs"]),
+    abs_rho = spearman.clone() if same else _spearman(fa.abs(), fb.abs(), ranked["abs"])  # (own tensor: returned)
+    return {"spearman": spearman, "spearman_abs": abs_rho,
             "ssim": _ssim(_unit_range(a.double()), _unit_range(b.double()))}
 
 
@@ -355,11 +355,7 @@ def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target:
                    "an explainer of another model (the trained one?): its maps would never change",
                    "Build it inside the factory: lambda m: GradCAM(m, ...), not lambda m: cam")
     s = e(x, target)
-    s = check_shape(s, "B 1 h w", FN, "explainer's output")
-    if s.shape[0] != x.shape[0] or (shape is not None and tuple(s.shape) != shape):
-        raise fail(FN, "explainer", f"maps of shape {list(shape or (x.shape[0], 1, 'h', 'w'))} at every step",
-                   describe(s), "Return one [B, 1, h, w] map per image, at one resolution")
-    check_finite(s.detach(), FN, "explainer's output")
+    s = check_maps(s, x.shape[0], shape, FN, "at every step")
     remove = getattr(e, "remove_hooks", None)
     if callable(remove):
         remove()

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import check_finite, check_flag, check_int, check_positive, check_shape, describe, fail
+from egl._check import check_flag, check_int, check_positive, describe, fail
 from egl._transfer import upload
 from egl.metrics._common import check_labels, model_logits
-from egl.metrics._explainers import build_registered, check_kwargs, check_model_and_images, check_seed
+from egl.metrics._explainers import build_registered, check_kwargs, check_maps, check_model_and_images, check_seed
 
 __all__ = ["sensitivity", "SensitivityResult"]
 
@@ -85,12 +85,7 @@ def _explainer(model: nn.Module, explainer: object, kwargs: object) -> Callable[
 
 
 def _map(e: Callable[..., Tensor], x: Tensor, target: Tensor, shape: tuple[int, ...] | None) -> Tensor:
-    s = check_shape(e(x, target), "B 1 h w", FN, "explainer's output")
-    if s.shape[0] != x.shape[0] or (shape is not None and tuple(s.shape) != shape):
-        raise fail(FN, "explainer", f"maps of shape {list(shape or (x.shape[0], 1, 'h', 'w'))} for every input",
-                   describe(s), "Return one [B, 1, h, w] map per image, at one resolution")
-    check_finite(s.detach(), FN, "explainer's output")
-    return s.detach().double()
+    return check_maps(e(x, target), x.shape[0], shape, FN, "for every input").double()
 
 
 def sensitivity(
