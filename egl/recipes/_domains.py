@@ -10,7 +10,7 @@ from egl._check import fail
 from egl._transfer import upload
 from egl.recipes.batch import Batch
 
-__all__ = ["require_domains", "domain_groups", "batch_groups"]
+__all__ = ["require_domains", "domain_groups", "batch_groups", "group_keys", "split_keys"]
 
 
 def require_domains(batch: Batch, fn: str, method: str) -> Tensor:
@@ -58,20 +58,58 @@ def batch_groups(batch: Batch, by: str, fn: str, method: str) -> list[Tensor]:
     assumed. Labels that arrived on the CPU are grouped there (no device synchronisation);
     shortcut labels, which keep no host copy, are grouped where they are.
     """
+    return split_keys(group_keys(batch, by, fn, method), batch.y.device)
+
+
+def group_keys(batch: Batch, by: str, fn: str, method: str) -> Tensor:
+    """The labels whose distinct rows are :func:`batch_groups`'s groups (arguments as there):
+    on the host when every column has a host copy, else on the batch's device.
+
+    Shape:
+        returns ``B C``, ``C`` = 1 (``"domain"``, ``"class"``) or 2 (the pairs).
+    """
     if by == "shortcut" and batch.shortcut is None:
         raise fail(fn, "batch", "dict batches with key 'shortcut' (groups='shortcut')",
                    "a batch without shortcut labels", "Use data whose items carry 'shortcut' (the synthetic "
                    "benchmark, egl.data.ImageCSV with a shortcut column), or groups='domain'")
     if by in ("domain", "domain_class"):
         require_domains(batch, fn, f"{method} with groups='{by}'")
-    if by == "domain":
-        return domain_groups(batch.domain, batch.domain_on_host())  # type: ignore[arg-type]
-    cols = {"class": [(batch.y, batch.labels_on_host())],
+    cols = {"domain": [(batch.domain, batch.domain_on_host())],
+            "class": [(batch.y, batch.labels_on_host())],
             "domain_class": [(batch.domain, batch.domain_on_host()), (batch.y, batch.labels_on_host())],
             "shortcut": [(batch.y, batch.labels_on_host()), (batch.shortcut, None)]}[by]
-    if len(cols) == 1:
-        labels = cols[0][1] if cols[0][1] is not None else cols[0][0]
-    else:
-        on_host = all(h is not None for _, h in cols)
-        _, labels = torch.unique(torch.stack([h if on_host else t for t, h in cols], 1), dim=0, return_inverse=True)
-    return _split(labels, batch.y.device)  # type: ignore[arg-type]
+    on_host = all(h is not None for _, h in cols)
+    return torch.stack([h if on_host else t for t, h in cols], 1)  # type: ignore[misc]
+
+
+def split_keys(keys: Tensor, device: torch.device) -> list[Tensor]:
+    """One index tensor per distinct row of ``keys`` (``B C``), rows sorted, on ``device``."""
+    if keys.shape[1] == 1:
+        return _split(keys[:, 0], device)
+    _, labels = torch.unique(keys, dim=0, return_inverse=True)
+    return _split(labels, device)
+
+
+def global_groups(keys: Tensor, *rows: Tensor, fn: str) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    """The global batch's groups and rows: under ``torch.distributed`` every rank's ``keys`` and
+    ``rows`` are gathered (:func:`egl.train.global_batch.gather_rows`, differentiable), so that
+    each rank computes the global batch's loss; outside, this rank's as given.
+
+    Args:
+        keys: :func:`group_keys` (or domain labels as ``B 1``), on the host or the rows' device.
+        rows: per-sample tensors (risks, logits, features) on one device.
+        fn: the recipe, named when another rank failed its checks.
+
+    Returns:
+        the groups' index tensors (on the rows' device) and the rows, in rank order.
+    """
+    from egl.train.distributed import is_distributed  # lazy: egl.train imports the recipes
+
+    device = rows[0].device
+    if is_distributed():
+        from egl.train.global_batch import gather_rows
+
+        keys, *gathered = gather_rows(upload(keys, device), *rows, fn=fn)
+        rows = tuple(gathered)
+        keys = keys.cpu()  # (one read: the sizes' exchange has synchronised already)
+    return split_keys(keys, device), rows

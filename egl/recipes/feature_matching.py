@@ -31,8 +31,9 @@ Choices (arguments where they matter):
 * All domains go through the model as one batch, as DomainBed's ``all_x``; DomainBed then
   runs its featurizer once per domain, so BatchNorm in train mode normalises each domain alone
   there and the mixed batch here (the same for frozen BatchNorm, as DomainBed's ResNets have).
-* Under ``torch.distributed`` each rank computes the penalty on its own share of the batch (the
-  feature statistics are not gathered across ranks).
+* Under ``torch.distributed`` the features, per-sample losses and domains of every rank are
+  gathered (:mod:`egl.train.global_batch`): every rank computes the global batch's moments or
+  kernel means, and the averaged gradients are those of one process on the global batch.
 * MMD computes one kernel matrix over the batch and takes each pair's block means from it
   (DomainBed's three kernels per pair give the same numbers), with squared distances from the
   differences of the features (DomainBed expands ``|u|² + |v|² − 2 u·v``, whose float32
@@ -54,7 +55,7 @@ from torch import Tensor, nn
 from egl._amp import no_autocast
 from egl._check import check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
-from egl.recipes._domains import domain_groups, require_domains
+from egl.recipes._domains import global_groups, group_keys, require_domains
 from egl.recipes._features import classifier_head, logits_and_features
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
@@ -181,15 +182,19 @@ class CORAL(Recipe):
                                 for i in range(len(groups)) for j in range(i + 1, len(groups))])
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        from egl.train.global_batch import before_gather  # lazy: egl.train imports the recipes
+
         fn = f"egl.recipes.{self.name}"
-        domain = require_domains(batch, fn, type(self).__name__)
         self.model.train(self.training)
-        groups = domain_groups(domain, batch.domain_on_host())
-        head = classifier_head(self.model, self.classifier, fn)
-        logits, feats = logits_and_features(lambda: self._logits(batch.x), head, fn)
-        check_target_range(batch.y, logits.shape[1], fn)
+        with before_gather(batch.x.device):
+            require_domains(batch, fn, type(self).__name__)
+            keys = group_keys(batch, "domain", fn, type(self).__name__)
+            head = classifier_head(self.model, self.classifier, fn)
+            logits, feats = logits_and_features(lambda: self._logits(batch.x), head, fn)
+            check_target_range(batch.y, logits.shape[1], fn)
         per = F.cross_entropy(logits, batch.y, reduction="none")
         per = per.to(dtype=torch.promote_types(per.dtype, torch.float32))
+        groups, (per, feats) = global_groups(keys, per, feats, fn=fn)
         ce = torch.stack([per[g].mean() for g in groups]).mean()
         sized = [g for g in groups if g.numel() >= 2]
         if len(sized) >= 2:

@@ -23,6 +23,10 @@ Choices and deviations (all arguments where they matter):
 * A domain with fewer than 2 samples in the batch has no even/odd split: its CE counts, its
   penalty is left out of the mean (penalty 0 when no domain has 2 samples).
 * All domains go through the model as one batch, as DomainBed does (``all_x``).
+* Under ``torch.distributed`` the logits and labels of every rank are gathered
+  (:mod:`egl.train.global_batch`): every rank computes the global batch's risks and even/odd
+  penalties (the samples in rank order), and the averaged gradients are those of one process
+  on the global batch.
 * The reset happens in :meth:`IRM.training_step` (used by ``recipe.fit``; shared with VREx,
   :class:`egl.recipes._anneal.AnnealedPenalty`): the optimiser keeps its identity and param
   groups and loses its state. Custom loops call :meth:`IRM.reset_optimizer` at
@@ -40,7 +44,7 @@ from torch import Tensor, nn
 from egl._check import check_flag, check_int, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._anneal import AnnealedPenalty
-from egl.recipes._domains import domain_groups, require_domains
+from egl.recipes._domains import global_groups, group_keys, require_domains
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
 
@@ -110,13 +114,18 @@ class IRM(AnnealedPenalty, Recipe):
         return [Phase("classifier", (self.model,), self._classifier_terms)]
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        domain = require_domains(batch, "egl.recipes.irm", "IRM")
+        from egl.train.global_batch import before_gather  # lazy: egl.train imports the recipes
+
+        fn = "egl.recipes.irm"
         self.model.train(self.training)
-        logits = self._logits(batch.x)
-        check_target_range(batch.y, logits.shape[1], "egl.recipes.irm")
-        groups = domain_groups(domain, batch.domain_on_host())
-        ce = torch.stack([F.cross_entropy(logits[g], batch.y[g]) for g in groups]).mean()
-        penalties = [irm_penalty(logits[g], batch.y[g]) for g in groups if g.numel() >= 2]
+        with before_gather(batch.x.device):
+            require_domains(batch, fn, "IRM")
+            keys = group_keys(batch, "domain", fn, "IRM")
+            logits = self._logits(batch.x)
+            check_target_range(batch.y, logits.shape[1], fn)
+        groups, (logits, y) = global_groups(keys, logits, batch.y, fn=fn)
+        ce = torch.stack([F.cross_entropy(logits[g], y[g]) for g in groups]).mean()
+        penalties = [irm_penalty(logits[g], y[g]) for g in groups if g.numel() >= 2]
         penalty = torch.stack(penalties).mean() if penalties else logits.new_zeros(())
         weight = self.weight_at(step)
         total = ce + weight * penalty

@@ -21,9 +21,9 @@ Choices (arguments where they matter):
   those of the groups present in the batch, each weighing the same in the mean whatever its
   size; a batch holding one group has no penalty (0).
 * The risks are computed in float32 (under float16 autocast too).
-* Under ``torch.distributed`` each rank computes the penalty on its own share of the batch (the
-  risks are not gathered across ranks, as IRM's are not): with few images per group and rank
-  the variance is noisier than the global batch's.
+* Under ``torch.distributed`` the per-sample losses and group labels of every rank are gathered
+  (:mod:`egl.train.global_batch`): every rank computes the global batch's risks, variance and
+  logged terms, and the averaged gradients are those of one process on the global batch.
 
 Logged terms: ``ce`` (mean of the groups' risks), ``penalty`` (their variance),
 ``penalty_weight`` (λ at this step), ``total``.
@@ -41,7 +41,7 @@ from egl._check import check_choice, check_int, check_positive
 from egl.data.group_balance import GROUPINGS
 from egl.explainers.base import check_target_range
 from egl.recipes._anneal import AnnealedPenalty
-from egl.recipes._domains import batch_groups
+from egl.recipes._domains import global_groups, group_keys
 from egl.recipes.base import Phase, Recipe
 from egl.recipes.batch import Batch
 
@@ -101,12 +101,16 @@ class VREx(AnnealedPenalty, Recipe):
         return [Phase("classifier", (self.model,), self._classifier_terms)]
 
     def _classifier_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        from egl.train.global_batch import before_gather  # lazy: egl.train imports the recipes
+
         self.model.train(self.training)
-        groups = batch_groups(batch, self.groups, FN, "VREx")
-        logits = self._logits(batch.x)
-        check_target_range(batch.y, logits.shape[1], FN)
+        with before_gather(batch.x.device):
+            keys = group_keys(batch, self.groups, FN, "VREx")
+            logits = self._logits(batch.x)
+            check_target_range(batch.y, logits.shape[1], FN)
         per = F.cross_entropy(logits, batch.y, reduction="none")
         per = per.to(dtype=torch.promote_types(per.dtype, torch.float32))
+        groups, (per,) = global_groups(keys, per, fn=FN)
         risks = torch.stack([per[g].mean() for g in groups])
         ce = risks.mean()
         penalty = risk_variance(risks)

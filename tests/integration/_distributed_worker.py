@@ -66,6 +66,8 @@ def main(out: Path) -> None:
     result["group_dro"] = _group_dro()
     result["worst_group"] = _worst_group_validation()
     result["group_dro_bad_label"] = _input_error_on_one_rank("label", "group_dro")
+    result["gathered"] = _gathered_penalties()
+    result["vrex_bad_label"] = _input_error_on_one_rank("label", "vrex")
     result["annotated_bad_label"] = _input_error_on_one_rank("label", "align_annotated")
     result["annotated_bad_mask"] = _input_error_on_one_rank("mask", "align_annotated")
     result["flags_on_one_rank"] = _flags_on_one_rank_only()
@@ -159,6 +161,40 @@ def _group_dro() -> dict[str, object]:
             "weights": ranked.weights[:3], "global_weights": whole.weights[:3]}
 
 
+def _gathered_penalties() -> dict[str, dict[str, object]]:
+    """V-REx, IRM, CORAL and MMD over ranks holding 4 and 5 samples of a global batch of 9 (domain 2
+    on rank 1 only): each rank's averaged gradient and logged terms, and those of one process on the
+    global batch, computed by each rank for comparison."""
+    from unittest import mock
+
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(9, 3, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (9,), generator=g)
+    d = torch.tensor([0, 1, 0, 1, 2, 0, 2, 1, 0])
+    mine = slice(0, 4) if rank() == 0 else slice(4, 9)
+    builds = {"vrex": lambda m: recipes.vrex(m), "vrex_domain_class": lambda m: recipes.vrex(m, groups="domain_class"),
+              "irm": lambda m: recipes.irm(m), "coral": lambda m: recipes.coral(m, classifier="3"),
+              "mmd": lambda m: recipes.mmd(m, classifier="3", gammas=[0.1, 1.0])}
+    out: dict[str, dict[str, object]] = {}
+    for name, build in builds.items():
+        def make() -> recipes.Recipe:
+            torch.manual_seed(0)
+            seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+            return build(seq.double())
+
+        ranked, whole = make(), make()
+        terms = ranked.compute_phase("classifier", (x[mine], y[mine], d[mine]), 0)
+        terms["total"].backward()
+        average_gradients(list(ranked.parameters()))
+        with mock.patch("egl.train.distributed.is_distributed", return_value=False):  # one process's view
+            global_terms = whole.compute_phase("classifier", (x, y, d), 0)
+            global_terms["total"].backward()
+        out[name] = {"grads": [p.grad for p in ranked.parameters()],
+                     "global_grads": [p.grad for p in whole.parameters()],
+                     "terms": {k: float(v) for k, v in terms.items()},
+                     "global_terms": {k: float(v) for k, v in global_terms.items()}}
+    return out
+
+
 def _worst_group_validation() -> dict[str, float]:
     """select='worst_group' on shards of 4 images each, with a fixed classifier (class 0 where the
     first pixel is positive): group (0, 0) is right on rank 0's images and wrong on rank 1's,
@@ -202,6 +238,8 @@ def _input_error_on_one_rank(what: str, recipe_name: str = "align") -> str:
     model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
     if recipe_name == "group_dro":
         recipe = recipes.group_dro(model, groups="class")
+    elif recipe_name == "vrex":  # gathers the global batch inside its loss
+        recipe = recipes.vrex(model, groups="class")
     else:  # align_annotated: the mean over the annotated images of every rank, one all-reduce in the loss
         recipe = recipes.align(model, masker="ground_truth", regularizer=None, warmup_steps=0,
                                annotated_mean="annotated" if recipe_name == "align_annotated" else "batch")

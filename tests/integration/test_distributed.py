@@ -60,6 +60,16 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
     for r in (r0, r1):
         torch.testing.assert_close(r["group_dro"]["grad"], r["group_dro"]["global_grad"], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(r["group_dro"]["weights"], r["group_dro"]["global_weights"], rtol=1e-6, atol=0)
+    # V-REx, IRM, CORAL, MMD: the rows of both ranks (4 and 5 samples) gathered inside the loss: every rank
+    # logs the global batch's terms, and the averaged gradient is the global batch's.
+    for r in (r0, r1):
+        for name, got in r["gathered"].items():
+            assert got["terms"] == pytest.approx(got["global_terms"], rel=1e-9, abs=1e-12), name
+            assert got["terms"]["penalty"] > 0, name
+            for mine, whole in zip(got["grads"], got["global_grads"]):
+                torch.testing.assert_close(mine, whole, rtol=1e-9, atol=1e-12, msg=name)
+    assert "expected class indices in [0, 4]" in r1["vrex_bad_label"], r1["vrex_bad_label"]
+    assert "a failed input check on rank 1 before the global batch was gathered" in r0["vrex_bad_label"]
     # A bad label or mask on rank 1 with a collective inside the loss (GroupDRO's group sums; ALIGN's count of
     # annotated images, taken first): both ranks stop with an InputError, none waits alone in the collective.
     for key in ("group_dro_bad_label", "annotated_bad_label", "annotated_bad_mask"):
