@@ -178,8 +178,8 @@ def _gathered_penalties() -> dict[str, dict[str, object]]:
     for name, build in builds.items():
         def make() -> recipes.Recipe:
             torch.manual_seed(0)
-            seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
-            return build(seq.double())
+            nn = torch.nn
+            return build(nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.Tanh(), nn.Linear(6, 3)).double())
 
         ranked, whole = make(), make()
         terms = ranked.compute_phase("classifier", (x[mine], y[mine], d[mine]), 0)
