@@ -352,6 +352,17 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from egl.experiments.compare import comparison_table, read_results
+
+    rows = read_results(args.results)
+    for metric in args.metric or ["acc"]:  # (x100, as the tables: percentage points)
+        print(comparison_table(rows, metric, baseline=args.baseline, over=args.over or ["id", "ood"],
+                               confidence=args.confidence, seed=args.seed))
+        print()
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register the experiment commands on the ``egl`` argument parser."""
     def common(p: argparse.ArgumentParser, *, presets: bool = False) -> None:
@@ -409,3 +420,14 @@ def add_commands(sub: Any) -> None:
                    "data.permute_labels)")
     p.add_argument("--out", default="sanity", help="folder of the figure and the per-image scores (.pt)")
     p.set_defaults(func=_cmd_sanity)
+    p = sub.add_parser("compare", help="paired differences of each method against a baseline, per training set and "
+                       "seed: mean, confidence interval, paired t and sign-flip p-values")
+    p.add_argument("results", nargs="+", help="results folders (or their results.jsonl); a method name found in "
+                   "several is prefixed by its folder's name")
+    p.add_argument("--metric", action="append", help="metric of the rows (repeatable; default acc)")
+    p.add_argument("--baseline", help="method compared against (default: erm when present, else the first)")
+    p.add_argument("--over", action="append", help="test splits averaged per pair: ood, id, all or a split's name "
+                   "(repeatable; default id and ood)")
+    p.add_argument("--confidence", type=float, default=0.95, help="of the interval (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="of the sampled sign-flip test (more than 16 pairs)")
+    p.set_defaults(func=_cmd_compare)

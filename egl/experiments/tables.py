@@ -188,6 +188,18 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
     if not kinds:  # rows that do not say which splits are in distribution (written by hand, or by older egl)
         parts += ["", "## Every test split: accuracy, AUC, faithfulness and localisation (mean over the splits)",
                   "", summary_table(rows, metrics)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if len(methods) > 1:
+        from egl.experiments.compare import comparison_table
+
+        over = [o for o, k in (("id", True), ("ood", False)) if k in kinds] or ["all"]
+        base = "erm" if "erm" in methods else methods[0]
+        parts += ["", f"## Against {base}: accuracy differences paired by training set and seed", "",
+                  comparison_table(rows, "acc", baseline=base, over=over), "",
+                  "Δ: the method's accuracy minus the baseline's (percentage points), per (training set, seed), "
+                  "then averaged; CI: Student's t over those pairs; p (sign-flip): exact permutation test of the "
+                  "pairs' signs, which cannot fall below 0.5 with 2 pairs or 0.0625 with 5. Other metrics and "
+                  "baselines: `egl compare <results folder> --metric M --baseline B` (docs/experiments.md)."]
     note = diverged_note(rows)
     if note:
         parts += ["", note]

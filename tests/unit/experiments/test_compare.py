@@ -1,0 +1,150 @@
+"""Paired comparison against a baseline: the statistics against scipy and hand counts, the pairing
+by (training set, seed), the metric's direction, the table, reading results files, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import egl
+from egl.experiments.compare import comparison_table, paired_comparison, read_results, sign_flip_p
+
+
+def _rows(scores: dict[str, list[float]], *, train: str = "all", split: str = "ood", metric: str = "acc",
+          in_distribution: bool = False) -> list[dict]:
+    return [{"method": m, "train": train, "seed": seed, "split": split, "in_distribution": in_distribution,
+             metric: v} for m, values in scores.items() for seed, v in enumerate(values)]
+
+
+def test_statistics_match_scipy_and_the_t_interval() -> None:
+    base, mine = [0.50, 0.55, 0.60, 0.52, 0.58], [0.56, 0.57, 0.69, 0.55, 0.60]
+    (c,) = paired_comparison(_rows({"erm": base, "align": mine}))
+    d = np.subtract(mine, base)
+    assert (c.method, c.baseline, c.n, c.better, c.skipped) == ("align", "erm", 5, 5, 0)
+    assert c.mean == pytest.approx(d.mean())
+    assert c.p_t == pytest.approx(stats.ttest_rel(mine, base).pvalue)
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert c.p_sign_flip == pytest.approx(2 / 32)  # every difference positive: only all-+ and all-- are as far
+
+
+def test_sign_flip_counts_assignments_by_hand_and_samples_above_16_pairs() -> None:
+    assert sign_flip_p(np.array([1.0, 2.0, 3.0])) == pytest.approx(2 / 8)
+    # [3, -1, 1]: mean 1; |mean| >= 1 for (+,+,+), (+,-,+), (+,+,-)... counted by hand below
+    d = np.array([3.0, -1.0, 1.0])
+    count = sum(abs(np.dot(s, d)) / 3 >= 1 - 1e-12 for s in itertools.product((1, -1), repeat=3))
+    assert sign_flip_p(d) == pytest.approx(count / 8)
+    assert sign_flip_p(np.zeros(4)) == 1.0
+    d = np.random.default_rng(0).normal(0.3, 1.0, 17)
+    exact = np.mean([abs(np.dot(s, d)) >= abs(d.sum()) - 1e-9 for s in itertools.product((1, -1), repeat=17)])
+    assert sign_flip_p(d, seed=1) == pytest.approx(exact, abs=0.01)
+
+
+def test_pairs_are_training_set_and_seed_and_unpaired_or_nan_units_are_left_out() -> None:
+    rows = _rows({"erm": [0.5, 0.6, 0.7], "align": [0.6, 0.7]}) + _rows({"erm": [0.4], "align": [0.5]}, train="B")
+    rows[1]["acc"] = math.nan  # erm seed 1 on 'all' diverged
+    (c,) = paired_comparison(rows)
+    # pairs: (all, 0) +0.1, (B, 0) +0.1; left out: (all, 1) NaN, (all, 2) erm only
+    assert (c.n, c.skipped, c.better) == (2, 2, 2) and c.mean == pytest.approx(0.1)
+    assert math.isnan(c.p_t)  # equal differences: no t statistic
+    one = paired_comparison(_rows({"erm": [0.5], "align": [0.7]}))[0]
+    assert one.n == 1 and math.isnan(one.ci_low) and one.p_sign_flip == 1.0
+
+
+def test_splits_are_averaged_per_pair_as_the_tables_do_skipping_undefined_ones() -> None:
+    rows = (_rows({"erm": [0.2], "align": [0.4]}, split="x") + _rows({"erm": [0.6], "align": [0.6]}, split="y")
+            + _rows({"erm": [0.9], "align": [0.1]}, split="z", in_distribution=True)
+            + _rows({"erm": [math.nan], "align": [math.nan]}, split="w"))
+    assert paired_comparison(rows, over="ood")[0].mean == pytest.approx(0.1)  # mean(0.4, 0.6) - mean(0.2, 0.6)
+    assert paired_comparison(rows, over="id")[0].mean == pytest.approx(-0.8)
+    assert paired_comparison(rows, over="x")[0].mean == pytest.approx(0.2)
+    assert paired_comparison(rows, over="all")[0].mean == pytest.approx((0.4 + 0.6 + 0.1 - 0.2 - 0.6 - 0.9) / 3)
+
+
+def test_lower_is_better_metrics_count_a_drop_as_better() -> None:
+    (c,) = paired_comparison(_rows({"erm": [0.4, 0.5], "align": [0.2, 0.3]}, metric="shortcut"), "shortcut")
+    assert c.better == 2 and c.mean == pytest.approx(-0.2)
+
+
+def test_the_baseline_defaults_to_erm_else_the_first_method() -> None:
+    rows = _rows({"align": [0.6, 0.7], "erm": [0.5, 0.5], "irm": [0.4, 0.4]})
+    assert [(c.method, c.baseline) for c in paired_comparison(rows)] == [("align", "erm"), ("irm", "erm")]
+    rows = _rows({"align": [0.6, 0.7], "irm": [0.4, 0.4]})
+    assert [(c.method, c.baseline) for c in paired_comparison(rows)] == [("irm", "align")]
+
+
+@pytest.mark.parametrize("kwargs, arg, message", [
+    ({"over": "test"}, "over", "one of ['ood', 'id', 'all'] or a test split of the rows ['ood']"),
+    ({"baseline": "dro"}, "baseline", "one of the rows' methods ['erm', 'align'], got 'dro'"),
+    ({"metric": "accuracy"}, "metric", "a metric of the rows ['acc'], got 'accuracy'"),
+    ({"confidence": 95.0}, "confidence", "a float in (0, 1), got 95.0"),
+])
+def test_bad_arguments_are_named(kwargs: dict, arg: str, message: str) -> None:
+    with pytest.raises(egl.InputError, match=f"'{arg}'") as info:
+        paired_comparison(_rows({"erm": [0.5], "align": [0.6]}), **kwargs)
+    assert message in str(info.value)
+    with pytest.raises(egl.InputError, match="results of at least two methods, got 1 method"):
+        paired_comparison(_rows({"erm": [0.5]}))
+
+
+def test_the_table_prints_percentage_points_and_what_few_pairs_allow() -> None:
+    table = comparison_table(_rows({"erm": [0.50, 0.55], "align": [0.58, 0.61]}), over=["ood"])
+    head, _, line = table.splitlines()
+    assert head.startswith("| Method | vs | Splits | Pairs | Δ Acc | 95% CI |")
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[:5] == ["align", "erm", "ood", "2", "+7.0"] and cells[7:] == ["0.500", "2/2"]
+
+
+def test_read_results_prefixes_names_found_in_several_files(tmp_path: Path) -> None:
+    for name, acc in (("box", 0.6), ("exact", 0.5)):
+        (tmp_path / name).mkdir()
+        lines = [{"event": "start", "config": {}}] + _rows({"align": [acc, acc], name: [0.1, 0.1]})
+        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = read_results([tmp_path / "box", tmp_path / "exact" / "results.jsonl"])
+    assert list(dict.fromkeys(r["method"] for r in rows)) == ["box/align", "box", "exact/align", "exact"]
+    (c,) = [c for c in paired_comparison(rows, baseline="exact/align") if c.method == "box/align"]
+    assert c.n == 2 and c.mean == pytest.approx(0.1)
+    # more seeds of one experiment, run into another folder: merged, not told apart
+    (tmp_path / "more").mkdir()
+    later = _rows({"align": [0.7, 0.7], "erm": [0.4, 0.5]})
+    lines = [{"event": "start"}] + [{**r, "seed": r["seed"] + 2} for r in later]
+    (tmp_path / "more" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    lines = [{"event": "start"}] + _rows({"align": [0.6, 0.6], "erm": [0.5, 0.5]})
+    (tmp_path / "first.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (c,) = paired_comparison(read_results([tmp_path / "first.jsonl", tmp_path / "more"]))
+    assert (c.method, c.baseline, c.n) == ("align", "erm", 4)
+    with pytest.raises(egl.InputError, match="'results' expected results.jsonl files"):
+        read_results([tmp_path / "missing"])
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"event": "start"}) + "\n")
+    with pytest.raises(egl.InputError, match="a results.jsonl holding result rows"):
+        read_results([tmp_path / "empty.jsonl"])
+
+
+def test_the_experiment_tables_hold_the_comparison_against_erm() -> None:
+    from egl.experiments.tables import render_tables
+
+    rows = _rows({"erm": [0.5, 0.55], "align": [0.58, 0.61]}) + _rows(
+        {"erm": [0.9, 0.9], "align": [0.92, 0.91]}, split="iid", in_distribution=True)
+    tables = render_tables(rows, None)
+    assert "## Against erm: accuracy differences paired by training set and seed" in tables
+    assert "| align | erm | id | 2 | +1.5 |" in tables and "| align | erm | ood | 2 | +7.0 |" in tables
+    assert "Against" not in render_tables(_rows({"erm": [0.5, 0.6]}), None)
+
+
+def test_egl_compare_prints_one_table_per_metric(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from egl.cli import main
+
+    rows = _rows({"erm": [0.5, 0.55], "align": [0.58, 0.61]}) + _rows(
+        {"erm": [0.4, 0.5], "align": [0.3, 0.2]}, metric="shortcut", split="o2")
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"event": "start"}, *rows]))
+    assert main(["compare", str(tmp_path), "--metric", "acc", "--metric", "shortcut", "--over", "ood"]) == 0
+    out = capsys.readouterr().out
+    assert "| align | erm | ood | 2 | +7.0 |" in out and "| align | erm | ood | 2 | -20.0 |" in out
+    assert main(["compare", str(tmp_path), "--over", "nowhere"]) == 1
+    assert "'over' expected one of ['ood', 'id', 'all'] or a test split" in capsys.readouterr().err
