@@ -252,6 +252,9 @@ def _sanity_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> tuple[torc
     from egl.experiments.sources import evaluation_source
 
     source = evaluation_source(ckpt["config"]["data"])
+    if args.split is not None and args.split not in source.tests:
+        raise fail("egl sanity", "--split", f"a test split of the checkpoint's data {list(source.tests)}",
+                   repr(args.split), "Pass one of them, or leave --split out (the first)")
     split = args.split or next(iter(source.tests))
     ds = source.test_sets([split])[split]
     n = min(args.n, len(ds))
@@ -272,15 +275,22 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
     check_explainer(args.explainer, "egl sanity", "--explainer")  # before the checkpoint and images are read
     if args.n < 1:
         raise fail("egl sanity", "--n", "an int >= 1 (images taken from the split)", repr(args.n), "Pass e.g. --n 8")
-    if args.seed < 0:
+    if args.seed is not None and args.seed < 0:
         raise fail("egl sanity", "--seed", "an int >= 0", repr(args.seed), "Pass e.g. --seed 0")
+    if args.against:
+        given = next((f"--{k}" for k in ("order", "layers", "seed") if getattr(args, k) is not None), None)
+        if given is not None:
+            raise fail("egl sanity", given, f"no {given} with --against (the data randomisation test compares two "
+                       "trained models: it re-initialises no layer)", f"{given} {getattr(args, given[2:])}",
+                       f"Leave {given} out, or run the parameter randomisation test without --against")
     model, ckpt = load_model(args.checkpoint, fn="egl sanity")
     x, names = _sanity_images(args, ckpt)
     kwargs = _explainer_kwargs(args, ckpt)
     if args.against:
         return _maps_against(args, model, ckpt, x, names, kwargs)
     r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer, kwargs=kwargs),
-                                order=args.order, layers=args.layers, seed=args.seed, keep_maps=True)
+                                order=args.order or "cascading", layers=args.layers or "blocks",
+                                seed=args.seed or 0, keep_maps=True)
     alive = ~r.trained_constant
     for i, layer in enumerate(r.layers):
         row = {"step": i, "layer": layer, "order": r.order}
@@ -305,6 +315,14 @@ def _explainer_kwargs(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[st
     that ``egl sanity`` checks the maps ``egl eval`` scores), else none."""
     e = ckpt["config"].get("eval") or {}
     return dict(e.get("explainer_kwargs") or {}) if e.get("explainer", "grad_cam") == args.explainer else {}
+
+
+def _run_name(path: str) -> str:
+    """A model file's run name for file names: its folder's (``runs/permuted/model.pt``: ``permuted``),
+    else its stem."""
+    p = Path(path)
+    name = p.parent.name if p.name == "model.pt" and p.parent.name else p.stem
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
 def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[str, Any], x: torch.Tensor,
@@ -345,9 +363,11 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
         row[key] = round(float(v[alive].mean()), 4) if bool(alive.any()) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = randomization_figure(x, torch.stack([ref_maps, maps]), [Path(args.checkpoint).parent.name or "checked"],
-                               out / "against.png", spearman=sim["spearman"][None])
-    torch.save({"images": names, "target": target, **sim}, out / "against.pt")
+    mine, theirs = _run_name(args.checkpoint), _run_name(args.against)
+    stem = f"{mine}_against_{theirs}"  # (one --out holds several pairs)
+    fig = randomization_figure(x, torch.stack([ref_maps, maps]), [mine], out / f"{stem}.png",
+                               spearman=sim["spearman"][None])
+    torch.save({"images": names, "target": target, **sim}, out / f"{stem}.pt")
     print(json.dumps({**row, "images": len(names), "constant_reference_maps": int((~alive).sum()), "figure": fig}))
     return 0
 
@@ -411,10 +431,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", help="test split of the checkpoint's data (default: the first)")
     p.add_argument("--n", type=int, default=8, help="images taken from the split (default 8)")
     p.add_argument("--explainer", default="grad_cam", help="registered explainer (default grad_cam)")
-    p.add_argument("--order", default="cascading", choices=["cascading", "independent"],
-                   help="(parameter randomisation only)")
-    p.add_argument("--layers", default="blocks", choices=["blocks", "leaves"], help="(parameter randomisation only)")
-    p.add_argument("--seed", type=int, default=0, help="the re-initialisations' seed (not with --against)")
+    p.add_argument("--order", choices=["cascading", "independent"],
+                   help="default cascading (parameter randomisation only: an error with --against)")
+    p.add_argument("--layers", choices=["blocks", "leaves"],
+                   help="default blocks (parameter randomisation only: an error with --against)")
+    p.add_argument("--seed", type=int, help="the re-initialisations' seed, default 0 (an error with --against)")
     p.add_argument("--against", help="another model.pt (trained on the true labels): compare --checkpoint's maps "
                    "with its maps instead (the data randomisation test: --checkpoint trained with "
                    "data.permute_labels)")

@@ -112,7 +112,13 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                  "--n", "3", "--out", str(tmp_path / "against")]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["images"] == 3 and Path(row["figure"]).is_file() and -1 <= row["spearman"] <= 1
-    assert (tmp_path / "against" / "against.pt").is_file()
+    assert (tmp_path / "against" / "permuted_against_erm.pt").is_file()
+    assert Path(row["figure"]).name == "permuted_against_erm.png"
+    assert main(["sanity", "--checkpoint", str(permuted / "model.pt"), "--against", str(out / "model.pt"),
+                 "--seed", "3"]) == 1  # nothing is re-initialised: a seed would be ignored
+    assert "egl sanity: '--seed' expected no --seed with --against" in capsys.readouterr().err
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--split", "flippd"]) == 1
+    assert "egl sanity: '--split' expected a test split of the checkpoint's data [" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="not that pair"):  # the roles swapped: still computed, warned
         assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--against", str(permuted / "model.pt"),
                      "--n", "2", "--out", str(tmp_path / "swapped")]) == 0
