@@ -15,8 +15,8 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
   normality, and says plainly what few units allow: with 2 units it can never fall below 0.5,
   with 5 never below 0.0625;
 * ``better``: in how many units the method beat the baseline (in the metric's direction: lower
-  is better for sufficiency, deletion, the shortcut rate, sensitivity and the randomisation
-  correlations; ties count as not better).
+  is better for sufficiency, deletion, the shortcut rate, sensitivity, the randomisation
+  correlations, BG-gap and BG-follow; ties count as not better).
 
 Per unit, splits where the metric is not finite are left out of the mean (as in the tables);
 units where either method has no finite score (a diverged run, a metric not computed) are left
@@ -43,7 +43,8 @@ __all__ = ["PairedComparison", "paired_comparison", "comparison_table", "read_re
            "LOWER_IS_BETTER"]
 
 #: Metrics where a lower score is better (the rest: higher is better).
-LOWER_IS_BETTER = frozenset({"suff", "deletion", "shortcut", "max_sens", "avg_sens", "rand_top", "rand_all"})
+LOWER_IS_BETTER = frozenset({"suff", "deletion", "shortcut", "max_sens", "avg_sens", "rand_top", "rand_all",
+                             "bg_gap", "bg_follow"})
 #: Above this many units the sign-flip test samples assignments instead of listing them all.
 EXACT_UNITS = 16
 _SAMPLED = 100_000

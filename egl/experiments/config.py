@@ -92,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
         "sensitivity_samples": 0,     # max-/avg-sensitivity: noisy copies per explained image (0: off)
         "sensitivity_radius": 0.02,   # ... half-width of the uniform noise, in the model's input space
         "randomization": False,       # Adebayo et al.'s cascading parameter randomisation test (rand_top, rand_all)
+        "background_swap": False,     # objects on backgrounds of their class / another (bg_same, bg_rand, bg_gap...)
         "explainer": "grad_cam",      # saliency metrics' explainer: any registered name (layer_cam, input_gradient, ...)
         "explainer_kwargs": {},       # its arguments, e.g. {layer: layer3} or, for smoothed, {samples: 8, flip: true}
         "min_group_size": 10,         # worst-group accuracy: groups of fewer images are left out
@@ -320,6 +321,7 @@ def check_eval_values(cfg: dict[str, Any]) -> None:
         raise fail(fn, "eval.sensitivity_radius", "a finite number > 0", repr(radius)[:100],
                    "Set e.g. eval.sensitivity_radius=0.02")
     check_flag(e.get("randomization", False), fn, "eval.randomization")
+    check_flag(e.get("background_swap", False), fn, "eval.background_swap")
     check_explainer(e.get("explainer", "grad_cam"), fn)
     kw = e.get("explainer_kwargs")
     kw = {} if kw is None else kw

@@ -10,6 +10,7 @@ classification metrics use every image. The model is put in eval mode and restor
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -20,8 +21,9 @@ from egl._check import check_flag, check_int, check_positive, fail
 from egl._transfer import upload
 from egl.explainers.base import Explainer
 from egl.explainers.grad_cam import in_grad_cam_family
-from egl.metrics import (accuracy, auc, deletion, faithfulness, insertion, localization, parameter_randomization,
-                         sensitivity, shortcut_rate, worst_group_accuracy)
+from egl.metrics import (BackgroundSwapResult, accuracy, auc, deletion, faithfulness, insertion, localization,
+                         parameter_randomization, sensitivity, shortcut_rate, worst_group_accuracy)
+from egl.metrics import background_swap as swap_metric
 from egl.recipes.batch import as_batch
 from egl.registry import create
 
@@ -52,7 +54,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
              device: str = "cpu", min_group_size: int = 10, explainer: str = "grad_cam",
              curve_steps: int = 0, explainer_kwargs: dict[str, Any] | None = None,
              sensitivity_samples: int = 0, sensitivity_radius: float = 0.02,
-             randomization: bool = False) -> dict[str, float]:
+             randomization: bool = False, background_swap: bool = False) -> dict[str, float]:
     """All metrics of ``model`` on ``dataset`` as a flat dict of floats (NaN where undefined).
 
     ``explainer``: the registered explainer the saliency metrics read (default ``"grad_cam"``;
@@ -81,7 +83,15 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     block is (lower is better: a map that stays the same does not read the model), over the images
     whose trained map is not constant; ``rand_dead``, the share of those whose map is constant once
     every block is random (a dead map scores 0, a pass for a reason other than change). One
-    explainer call per block plus one, on a deep copy of the model, per batch of explained images."""
+    explainer call per block plus one, on a deep copy of the model, per batch of explained images.
+
+    ``background_swap`` adds Xiao et al.'s background challenge on every image with a mask
+    (:func:`egl.metrics.background_swap`: the donors drawn within each batch of ``batch_size``
+    from a generator seeded 0, so every model of an experiment sees the same composites):
+    ``bg_fg`` (accuracy on the object alone), ``bg_same`` / ``bg_rand`` (on a background of its
+    class / of another class), ``bg_gap`` (their difference, over the images that have both) and
+    ``bg_follow`` (the share of ``bg_rand`` predictions that are the background's class). Three
+    forward passes per image and one imputation of each image's background."""
     fn = "egl.experiments.evaluate"
     check_int(curve_steps, fn, "curve_steps", low=0,
               note="(RISE deletion/insertion steps per curve; 0: not measured)", fix="Pass e.g. curve_steps=100")
@@ -90,6 +100,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
               fix="Pass e.g. sensitivity_samples=10")
     check_positive(sensitivity_radius, fn, "sensitivity_radius", allow_zero=False)
     check_flag(randomization, fn, "randomization")
+    check_flag(background_swap, fn, "background_swap")
+    swaps: list[BackgroundSwapResult] = []
+    donors = torch.Generator().manual_seed(0)
     cam = saliency_explainer(model, explainer, layer, explainer_kwargs)
     was = model.training
     model.eval()
@@ -109,6 +122,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
             labels.append(y)
             if shortcut is not None:
                 shortcuts.append(shortcut)
+            if background_swap and batch.mask is not None:
+                swaps.append(swap_metric(model, x, upload(y, device), upload(batch.mask, device), generator=donors))
             n = min(explain_samples - explained, x.shape[0])
             if n > 0:
                 xe = x[:n]
@@ -158,6 +173,9 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
     for k, v in curves.items():
         if v:
             out[k] = float(torch.cat(v).mean())
+    if swaps:
+        out.update(BackgroundSwapResult(*(torch.cat([getattr(r, f.name) for r in swaps])
+                                          for f in fields(BackgroundSwapResult))).means())
     for k, v in [*sanity.items(), *loc_rows.items()]:
         if v:
             vals = torch.cat(v).float()
@@ -173,7 +191,8 @@ def eval_settings(e: dict[str, Any], device: str) -> dict[str, Any]:
             "explainer_kwargs": dict(e.get("explainer_kwargs") or {}),
             "sensitivity_samples": int(e.get("sensitivity_samples", 0)),
             "sensitivity_radius": float(e.get("sensitivity_radius", 0.02)),
-            "randomization": bool(e.get("randomization", False))}
+            "randomization": bool(e.get("randomization", False)),
+            "background_swap": bool(e.get("background_swap", False))}
 
 
 def saliency_explainer(model: nn.Module, name: str, layer: str = "auto",

@@ -21,7 +21,8 @@ METRIC_NAMES = {
     "comp": "Comp ↑", "deletion": "Del ↓", "insertion": "Ins ↑", "shortcut": "Shortcut ↓",
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
     "max_sens": "MaxSens ↓", "avg_sens": "AvgSens ↓", "rand_top": "Rand-top ρ ↓", "rand_all": "Rand-all ρ ↓",
-    "rand_dead": "Rand-all dead",
+    "rand_dead": "Rand-all dead", "bg_fg": "Only-FG", "bg_same": "Mixed-same", "bg_rand": "Mixed-rand",
+    "bg_gap": "BG-gap ↓", "bg_follow": "BG-follow ↓",
 }
 
 
@@ -178,7 +179,7 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
                   "", pivot(rows, "shortcut", splits=splits)]
     metrics = [m for m in ("val_acc", "val_worst_group", "acc", "worst_group", "auc", "suff", "comp", "deletion",
                            "insertion", "shortcut", "energy", "area", "iou", "max_sens", "avg_sens", "rand_top",
-                           "rand_all", "rand_dead")
+                           "rand_all", "rand_dead", "bg_fg", "bg_same", "bg_rand", "bg_gap", "bg_follow")
                if m in has]
     for kind in kinds:
         title = "In distribution" if kind else "Out of distribution"
@@ -212,6 +213,11 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
                  "whose map is not constant; Rand-all dead: share (%) of them whose map is constant once every "
                  "block is; "
                  if "rand_top" in has else "")
+              + ("Only-FG / Mixed-same / Mixed-rand: accuracy with the object on a blank background / on the "
+                 "background of another image of its class / of another class (Xiao et al.); BG-gap: Mixed-same "
+                 "minus Mixed-rand (near 0: the background adds nothing); BG-follow: share of Mixed-rand "
+                 "predictions that are the background's class; "
+                 if "bg_gap" in has else "")
               + "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               + "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]
     return "\n".join(parts) + "\n"

@@ -14,6 +14,9 @@
   randomisation test (cascading or independent; Spearman and SSIM against the trained maps).
 - :mod:`~egl.metrics.sensitivity`: max- and average-sensitivity of maps under small input noise
   (Yeh et al., NeurIPS 2019).
+- :mod:`~egl.metrics.background_swap`: accuracy with objects moved onto backgrounds of their
+  class and of other classes, and how often predictions follow the background (Xiao et al.,
+  ICLR 2021), from any images with foreground masks.
 - :mod:`~egl.metrics.shortcut`: how often predictions follow a spurious feature; worst-group
   accuracy over (class, spurious feature) groups.
 
@@ -27,6 +30,7 @@ Example:
     1.0
 """
 
+from egl.metrics.background_swap import BackgroundSwapResult, background_swap
 from egl.metrics.classification import accuracy, auc
 from egl.metrics.deletion_insertion import CurveResult, deletion, insertion
 from egl.metrics.faithfulness import BASELINES, DEFAULT_KS, FaithfulnessResult, faithfulness
@@ -51,6 +55,8 @@ from egl.metrics.shortcut import shortcut_rate, worst_group_accuracy
 __all__ = [
     "accuracy",
     "auc",
+    "background_swap",
+    "BackgroundSwapResult",
     "faithfulness",
     "FaithfulnessResult",
     "deletion",

@@ -74,6 +74,7 @@ BAD = [
                                     r"image for max-sensitivity; 0: not measured\), got -2\."),
     ("eval.sensitivity_radius=0", r"'eval.sensitivity_radius' expected a finite number > 0, got 0\."),
     ("eval.randomization=maybe", r"'eval.randomization' expected True or False, got 'maybe'\."),
+    ("eval.background_swap=maybe", r"'eval.background_swap' expected True or False, got 'maybe'\."),
     ("eval.explainer_kwargs=3", r"'eval.explainer_kwargs' expected a mapping of the explainer's arguments, got 3\."),
     ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], "
                             r"got 'black'\."),
@@ -148,7 +149,7 @@ def test_good_values_pass(monkeypatch: pytest.MonkeyPatch) -> None:
                                      "train.progress=false", "data.num_workers=0", "eval.explain_samples=0",
                                      "eval.ks=[0.5, 100]", "eval.baseline=blur", "eval.curve_steps=4",
                                      "eval.sensitivity_samples=3", "eval.sensitivity_radius=0.1", "eval.randomization=true",
-                                     "data.mask_fraction=0.5", "eval.mask_quality=false"])
+                                     "data.mask_fraction=0.5", "eval.mask_quality=false", "eval.background_swap=true"])
     assert check_selection(cfg) == ("last", None)
 
 

@@ -133,3 +133,29 @@ def test_the_randomization_figure_checks_its_inputs(tmp_path) -> None:
         randomization_figure(images, maps, ["fc", "conv1"], tmp_path / "g.png", spearman=torch.rand(2))
     with pytest.raises(egl.InputError, match="'images' expected"):
         randomization_figure(torch.rand(2, 1, 8, 8), maps, ["fc", "conv1"], tmp_path / "g.png")
+
+
+def test_background_swap_scores_every_image_with_a_mask_with_the_same_donors_for_every_model() -> None:
+    import torch
+
+    from egl.experiments.config import DEFAULTS
+    from egl.experiments.evaluate import eval_settings, evaluate
+    from egl.metrics import background_swap
+
+    model = make_model("test_resnet", output_stride=8).eval()
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 2
+    mask = torch.zeros(6, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1.0
+    data = [{"image": x[i], "label": y[i], "mask": mask[i]} for i in range(6)]
+    plain = evaluate(model, data, batch_size=8, explain_samples=2)
+    assert not {"bg_fg", "bg_same", "bg_rand", "bg_gap", "bg_follow"} & set(plain)  # off by default
+    out = evaluate(model, data, batch_size=8, explain_samples=2, background_swap=True)
+    assert {k: out[k] for k in plain} == plain
+    want = background_swap(model, x, y, mask, generator=torch.Generator().manual_seed(0)).means()
+    assert {k: out[k] for k in want} == pytest.approx(want)  # all 6 images, not the 2 explained
+    no_masks = evaluate(model, [{"image": x[i], "label": y[i]} for i in range(6)], background_swap=True)
+    assert "bg_gap" not in no_masks
+    assert eval_settings({**DEFAULTS["eval"], "background_swap": True}, "cpu")["background_swap"] is True
+    with pytest.raises(egl.InputError, match="'background_swap' expected True or False"):
+        evaluate(model, data, background_swap="maybe")
