@@ -290,11 +290,11 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
         return _maps_against(args, model, ckpt, x, names, kwargs)
     r = parameter_randomization(model, x, lambda m: saliency_explainer(m, args.explainer, kwargs=kwargs),
                                 order=args.order or "cascading", layers=args.layers or "blocks",
-                                seed=args.seed or 0, keep_maps=True)
+                                seed=args.seed or 0, keep_maps=True, hog=args.hog)
     alive = ~r.trained_constant
     for i, layer in enumerate(r.layers):
         row = {"step": i, "layer": layer, "order": r.order}
-        for key in ("spearman", "spearman_abs", "ssim"):
+        for key in ("spearman", "spearman_abs", "ssim", *(("hog",) if args.hog else ())):
             v = getattr(r, key)[i][alive]
             row[key] = round(float(v.mean()), 4) if v.numel() else None
         row["dead"] = round(float(r.constant[i][alive].float().mean()), 4) if bool(alive.any()) else None
@@ -305,7 +305,8 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
     fig = randomization_figure(x, r.maps, r.layers, out / f"randomization_{r.order}.png", spearman=r.spearman)
     torch.save({"layers": r.layers, "order": r.order, "images": names, "spearman": r.spearman,
                 "spearman_abs": r.spearman_abs, "ssim": r.ssim, "constant": r.constant,
-                "trained_constant": r.trained_constant, "target": r.target}, out / f"randomization_{r.order}.pt")
+                "trained_constant": r.trained_constant, "target": r.target,
+                **({"hog": r.hog} if args.hog else {})}, out / f"randomization_{r.order}.pt")
     print(json.dumps({"images": len(names), "constant_trained_maps": int(r.trained_constant.sum()), "figure": fig}))
     return 0
 
@@ -355,7 +356,7 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
         target = reference(x).argmax(1)
     ref_maps = saliency_explainer(reference, args.explainer, kwargs=kwargs)(x, target).detach()
     maps = saliency_explainer(model, args.explainer, kwargs=kwargs)(x, target).detach()
-    sim = map_similarity(ref_maps, maps)
+    sim = map_similarity(ref_maps, maps, hog=args.hog)
     flat = ref_maps.flatten(1)
     alive = flat.amax(1) != flat.amin(1)
     row = {"against": str(args.against)}
@@ -436,6 +437,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--layers", choices=["blocks", "leaves"],
                    help="default blocks (parameter randomisation only: an error with --against)")
     p.add_argument("--seed", type=int, help="the re-initialisations' seed, default 0 (an error with --against)")
+    p.add_argument("--hog", action="store_true", help="also the Pearson correlation of the maps' histograms of "
+                   "oriented gradients (the paper's third similarity; maps of at least 24 x 24 pixels)")
     p.add_argument("--against", help="another model.pt (trained on the true labels): compare --checkpoint's maps "
                    "with its maps instead (the data randomisation test: --checkpoint trained with "
                    "data.permute_labels)")

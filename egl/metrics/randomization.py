@@ -10,14 +10,18 @@ the trained model's maps of the same images and classes:
   and stay random, so the ``i``-th step has the top ``i + 1`` layers random;
 - ``order="independent"``: each step randomises one layer of the trained model.
 
-Similarities, per image and step (the paper's, less HOG):
+Similarities, per image and step (the paper's three):
 
 - ``spearman``: Spearman rank correlation of the two maps (ties get average ranks);
 - ``spearman_abs``: the same on absolute values (it differs from ``spearman`` only for signed
   maps: egl's explainers give non-negative maps unless built with ``normalize=False`` and, for
   ``input_gradient``, ``absolute=False``);
 - ``ssim``: structural similarity of the two maps after per-image min-max scaling to [0, 1]
-  (Gaussian window of 11 pixels, sigma 1.5, or the largest odd size the map holds).
+  (Gaussian window of 11 pixels, sigma 1.5, or the largest odd size the map holds);
+- ``hog`` (with ``hog=True``: computed on the CPU, one map at a time): Pearson correlation of the
+  two maps' histograms of oriented gradients (scikit-image's ``hog``, as the authors' code uses:
+  9 orientations, cells of 8 x 8 pixels, blocks of 3 x 3 cells, L2-Hys) after the same min-max
+  scaling; the maps must be at least 24 pixels a side (one block).
 
 A faithful explanation's similarity falls towards 0 as the cascade reaches the input. egl's
 choices where the paper is silent, each configurable:
@@ -41,7 +45,7 @@ choices where the paper is silent, each configurable:
 - The class explained at every step is ``target``, or the trained model's prediction.
 - A constant map (a dead Grad-CAM: a random head often gives one) has no ranking: two constant
   maps count as identical (Spearman 1), one constant map against a varying one as unrelated
-  (Spearman 0). ``constant`` marks the steps where the randomised map is constant, so that a
+  (Spearman 0), and likewise for HOG's correlation. ``constant`` marks the steps where the randomised map is constant, so that a
   fall to 0 by death can be told from a fall by change.
 
 The user's model is not touched: the test runs on a deep copy, in eval mode. The re-initialisation
@@ -69,6 +73,8 @@ __all__ = ["parameter_randomization", "RandomizationResult", "randomization_laye
 
 ORDERS = ("cascading", "independent")
 SIMILARITIES = ("spearman", "spearman_abs", "ssim")
+#: scikit-image ``hog`` settings of the ``hog`` similarity (one block: 24 pixels a side).
+HOG = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (3, 3), "block_norm": "L2-Hys"}
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -94,6 +100,7 @@ class RandomizationResult:
         target: ``[B]`` the classes explained.
         maps: ``[L + 1, B, 1, h, w]`` the trained model's maps, then each step's (``keep_maps=True``),
             else None.
+        hog: ``[L, B]`` Pearson correlation of the HOG features (``hog=True``), else None.
     """
 
     layers: tuple[str, ...]
@@ -105,13 +112,15 @@ class RandomizationResult:
     trained_constant: Tensor
     target: Tensor
     maps: Tensor | None = None
+    hog: Tensor | None = None
 
     def means(self) -> dict[str, dict[str, float]]:
-        """``{layer: {"spearman", "spearman_abs", "ssim", "constant"}}``: means over images
-        (``constant`` is the share of images whose randomised map is constant)."""
+        """``{layer: {"spearman", "spearman_abs", "ssim", "constant"}}`` (and ``"hog"`` when measured):
+        means over images (``constant`` is the share of images whose randomised map is constant)."""
         return {name: {"spearman": float(self.spearman[i].mean()),
                        "spearman_abs": float(self.spearman_abs[i].mean()),
                        "ssim": float(self.ssim[i].mean()),
+                       **({"hog": float(self.hog[i].mean())} if self.hog is not None else {}),
                        "constant": float(self.constant[i].float().mean())}
                 for i, name in enumerate(self.layers)}
 
@@ -267,9 +276,10 @@ def _global_ssim(a: Tensor, b: Tensor) -> Tensor:
     return (((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))).float()
 
 
-def map_similarity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+def map_similarity(a: Tensor, b: Tensor, *, hog: bool = False) -> dict[str, Tensor]:
     """The test's similarities of two sets of maps, per image: ``{"spearman", "spearman_abs", "ssim"}``
-    of ``[B]`` float32 tensors on the CPU (see the module docstring for constant maps).
+    (and ``"hog"`` with ``hog=True``) of ``[B]`` tensors on the CPU (see the module docstring for
+    constant maps).
 
     Use it for the paper's data randomisation test: the maps of a model trained on permuted labels
     against those of the model trained on the true ones, for the same images and classes.
@@ -277,9 +287,12 @@ def map_similarity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
     Args:
         a: maps ``[B, 1, h, w]``.
         b: maps of the same shape.
+        hog: also the Pearson correlation of their histograms of oriented gradients (maps of at
+            least 24 x 24 pixels).
 
     Raises:
-        InputError: bad shapes, shapes that differ, or values that are not finite.
+        InputError: bad shapes, shapes that differ, values that are not finite, or maps too small
+            for ``hog``.
 
     Example:
         >>> import torch
@@ -295,13 +308,17 @@ def map_similarity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
                    "Compare maps of the same images at one resolution (resize one with F.interpolate)")
     check_finite(a.detach(), fn, "a")
     check_finite(b.detach(), fn, "b")
-    return _similarities(a.detach().cpu(), b.detach().cpu())
+    check_flag(hog, fn, "hog")
+    if hog:
+        _check_hog_size(a, fn, "a")
+    return _similarities(a.detach().cpu(), b.detach().cpu(), hog=hog)
 
 
-def _similarities(a: Tensor, b: Tensor, ranked: dict[str, Any] | None = None) -> dict[str, Tensor]:
-    """The similarities of ``a`` and ``b``; ``ranked`` caches ``a``'s ranks over calls with one
-    ``a`` (the trained maps, against every step's). Two non-negative sets of maps have
-    ``spearman_abs == spearman`` (taken, not recomputed)."""
+def _similarities(a: Tensor, b: Tensor, ranked: dict[str, Any] | None = None, *,
+                  hog: bool = False) -> dict[str, Tensor]:
+    """The similarities of ``a`` and ``b``; ``ranked`` caches ``a``'s ranks (and HOG features) over
+    calls with one ``a`` (the trained maps, against every step's). Two non-negative sets of maps
+    have ``spearman_abs == spearman`` (taken, not recomputed)."""
     ranked = {} if ranked is None else ranked
     fa, fb = a.flatten(1).double(), b.flatten(1).double()
     if "plain" not in ranked:
@@ -311,8 +328,39 @@ def _similarities(a: Tensor, b: Tensor, ranked: dict[str, Any] | None = None) ->
     spearman = _spearman(fa, fb, ranked["plain"])
     same = ranked["non_negative"] and bool((fb >= 0).all())
     abs_rho = spearman.clone() if same else _spearman(fa.abs(), fb.abs(), ranked["abs"])  # (own tensor: returned)
-    return {"spearman": spearman, "spearman_abs": abs_rho,
-            "ssim": _ssim(_unit_range(a.double()), _unit_range(b.double()))}
+    out = {"spearman": spearman, "spearman_abs": abs_rho,
+           "ssim": _ssim(_unit_range(a.double()), _unit_range(b.double()))}
+    if hog:
+        if "hog" not in ranked:
+            ranked["hog"] = _hog_features(a)
+        out["hog"] = _pearson_rows(ranked["hog"], _hog_features(b))
+    return out
+
+
+def _check_hog_size(m: Tensor, fn: str, arg: str) -> None:
+    side = HOG["pixels_per_cell"][0] * HOG["cells_per_block"][0]
+    if min(m.shape[-2:]) < side:
+        raise fail(fn, arg, f"maps of at least {side} x {side} pixels for hog=True (one HOG block)",
+                   f"maps of {list(m.shape[-2:])}", "Upsample the maps to the image size (egl's explainers do by "
+                   "default), or leave hog out")
+
+
+def _hog_features(m: Tensor) -> Tensor:
+    """``[B, F]`` float64 HOG features of min-max scaled ``[B, 1, h, w]`` maps (scikit-image's)."""
+    from skimage.feature import hog
+
+    scaled = _unit_range(m.double())[:, 0].numpy()
+    return torch.stack([torch.from_numpy(hog(img, feature_vector=True, **HOG)) for img in scaled])
+
+
+def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Per-row Pearson correlation; a constant row: 1 against a constant row, 0 against another."""
+    ca, cb = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    na, nb = ca.norm(dim=1), cb.norm(dim=1)
+    flat_a, flat_b = na == 0, nb == 0
+    r = (ca * cb).sum(1) / torch.where(flat_a | flat_b, 1.0, na * nb)
+    r = torch.where(flat_a & flat_b, 1.0, torch.where(flat_a | flat_b, 0.0, r))
+    return r.clamp(-1.0, 1.0).float()
 
 
 def _explainer_factory(explainer: object, kwargs: object) -> Callable[[nn.Module], Any]:
@@ -374,6 +422,7 @@ def parameter_randomization(
     seed: int = 0,
     explainer_kwargs: dict[str, Any] | None = None,
     keep_maps: bool = False,
+    hog: bool = False,
 ) -> RandomizationResult:
     """Adebayo et al.'s model parameter randomisation test of an explainer on ``model``.
 
@@ -394,6 +443,8 @@ def parameter_randomization(
             ``[0, 2**63 - L]``).
         explainer_kwargs: the registered explainer's arguments (e.g. ``{"layer": "layer3"}``).
         keep_maps: keep every step's maps in the result (for figures).
+        hog: also the HOG similarity (``result.hog``; maps of at least 24 x 24 pixels; computed on
+            the CPU, one map at a time).
 
     Returns:
         A :class:`RandomizationResult`; ``.means()`` per layer.
@@ -421,6 +472,7 @@ def parameter_randomization(
     if order not in ORDERS:
         raise fail(FN, "order", f"one of {list(ORDERS)}", repr(order), "Pass order='cascading' or 'independent'")
     check_flag(keep_maps, FN, "keep_maps")
+    check_flag(hog, FN, "hog")
     if init == "reset":
         reinit: Callable[[str, nn.Module], None] = _reset
     elif callable(init) and not isinstance(init, str):
@@ -443,13 +495,15 @@ def parameter_randomization(
             k = model_logits(work, x[:1], FN).shape[1]
         tgt = check_labels(target, x, k, FN, "target", batch_arg="x")
     trained = _maps(make, work, x, tgt, None)
+    if hog:
+        _check_hog_size(trained, FN, "hog")
     shape = tuple(trained.shape)
     original = {k: v.clone() for k, v in work.state_dict().items()} if order == "independent" else None
     modules = {**dict(work.named_modules()), OWN: work}
     devices = sorted({p.device for p in work.parameters() if p.device.type == "cuda"}, key=str)
 
     num = len(names)
-    sims: dict[str, list[Tensor]] = {k: [] for k in SIMILARITIES}
+    sims: dict[str, list[Tensor]] = {k: [] for k in (*SIMILARITIES, "hog")}
     ranked: dict[str, Any] = {}  # the trained maps' ranks, computed once
     constant, kept = [], []
     for i, name in enumerate(names):
@@ -459,7 +513,7 @@ def parameter_randomization(
             torch.manual_seed(seed + i)
             reinit(name, modules[name])
         step = _maps(make, work, x, tgt, shape)  # similarities step by step: only [L, B] is kept
-        for k, v in _similarities(trained, step, ranked).items():
+        for k, v in _similarities(trained, step, ranked, hog=hog).items():
             sims[k].append(v)
         flat = step.flatten(1)
         constant.append(flat.amax(1) == flat.amin(1))
@@ -471,4 +525,5 @@ def parameter_randomization(
         spearman_abs=torch.stack(sims["spearman_abs"]).view(num, -1), ssim=torch.stack(sims["ssim"]).view(num, -1),
         constant=torch.stack(constant), trained_constant=tflat.amax(1) == tflat.amin(1), target=tgt.cpu(),
         maps=torch.stack([trained, *kept]) if keep_maps else None,
+        hog=torch.stack(sims["hog"]).view(num, -1) if hog else None,
     )

@@ -97,8 +97,11 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert rows[-1]["images"] == 3 and Path(rows[-1]["figure"]).is_file()
     saved = torch.load(tmp_path / "sanity" / "randomization_cascading.pt", weights_only=False)
     assert saved["spearman"].shape == (11, 3) and saved["images"][0] == "flipped[0]"
-    assert main(["sanity", "--checkpoint", str(out / "model.pt"), str(img), "--order", "independent",
+    capsys.readouterr()
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), str(img), "--order", "independent", "--hog",
                  "--out", str(tmp_path / "sanity2")]) == 0
+    hogs = [json.loads(line)["hog"] for line in capsys.readouterr().out.strip().splitlines()[:-1]]
+    assert len(hogs) == 11 and all(h is None or -1 <= h <= 1 for h in hogs)
     assert (tmp_path / "sanity2" / "randomization_independent.png").is_file()
     assert main(["sanity", "--checkpoint", str(out / "model.pt"), "--explainer", "gradcam"]) == 1
     assert "egl sanity: '--explainer'" in capsys.readouterr().err

@@ -318,3 +318,37 @@ def test_half_precision_models(dtype: torch.dtype) -> None:
 def test_constant_maps_have_ssim_one() -> None:
     c = torch.zeros(2, 1, 12, 12, dtype=torch.float64)
     assert torch.equal(_ssim(c, c), torch.ones(2))
+
+
+def test_hog_similarity_is_scikit_images_features_correlated_and_optional() -> None:
+    import numpy as np
+    from skimage.feature import hog
+
+    from egl.metrics import map_similarity
+    from egl.metrics.randomization import HOG
+
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.rand(3, 1, 32, 40, generator=g), torch.rand(3, 1, 32, 40, generator=g)
+    b[1] = 2 * a[1] + 1  # the same map scaled: HOG of min-max scaled maps is the same
+    b[2] = 0.5  # constant against varying: 0, as Spearman
+    sim = map_similarity(a, b, hog=True)
+
+    def feats(m: torch.Tensor) -> np.ndarray:
+        m = m.double()
+        return hog(((m - m.min()) / (m.max() - m.min())).numpy(), **HOG)
+
+    assert float(sim["hog"][0]) == pytest.approx(np.corrcoef(feats(a[0, 0]), feats(b[0, 0]))[0, 1], rel=1e-5)
+    assert sim["hog"][1:].tolist() == [1.0, 0.0]
+    assert float(map_similarity(b[2:], b[2:], hog=True)["hog"][0]) == 1.0  # two constant maps: identical
+    assert "hog" not in map_similarity(a, b)
+    with pytest.raises(egl.InputError, match="'a' expected maps of at least 24 x 24 pixels for hog=True"):
+        map_similarity(a[..., :20, :], b[..., :20, :], hog=True)
+
+    r = parameter_randomization(_net(), _x(2, 32), "grad_cam", explainer_kwargs={"layer": "3"}, hog=True)
+    assert r.hog is not None and r.hog.shape == r.spearman.shape and "hog" in r.means()[r.layers[0]]
+    assert bool((r.hog <= 1).all()) and bool((r.hog >= -1).all())
+    plain = parameter_randomization(_net(), _x(2, 32), "grad_cam", explainer_kwargs={"layer": "3"})
+    assert plain.hog is None and "hog" not in plain.means()[plain.layers[0]]
+    torch.testing.assert_close(plain.spearman, r.spearman)
+    with pytest.raises(egl.InputError, match="'hog' expected maps of at least 24 x 24 pixels"):
+        parameter_randomization(_net(), _x(2, 12), "grad_cam", explainer_kwargs={"layer": "3"}, hog=True)
