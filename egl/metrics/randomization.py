@@ -45,8 +45,8 @@ choices where the paper is silent, each configurable:
 - The class explained at every step is ``target``, or the trained model's prediction.
 - A constant map (a dead Grad-CAM: a random head often gives one) has no ranking: two constant
   maps count as identical (Spearman 1), one constant map against a varying one as unrelated
-  (Spearman 0), and likewise for HOG's correlation. ``constant`` marks the steps where the randomised map is constant, so that a
-  fall to 0 by death can be told from a fall by change.
+  (Spearman 0), and likewise for HOG's correlation. ``constant`` marks the steps where the
+  randomised map is constant, so that a fall to 0 by death can be told from a fall by change.
 
 The user's model is not touched: the test runs on a deep copy, in eval mode. The re-initialisation
 draws under a forked generator (the CPU's and every CUDA device's), so the global generators are
