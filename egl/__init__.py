@@ -18,6 +18,7 @@ from egl.errors import (
     InputError,
     MissingDependencyError,
     PluginError,
+    RankFailedError,
     UnsupportedModelError,
 )
 from egl.hookspecs import hookimpl
@@ -46,4 +47,5 @@ __all__ = [
     "PluginError",
     "MissingDependencyError",
     "UnsupportedModelError",
+    "RankFailedError",
 ]

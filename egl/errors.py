@@ -14,6 +14,7 @@ __all__ = [
     "PluginError",
     "UnsupportedModelError",
     "MissingDependencyError",
+    "RankFailedError",
 ]
 
 
@@ -46,3 +47,8 @@ class UnsupportedModelError(EGLError, ValueError):
 
 class MissingDependencyError(EGLError, ImportError):
     """An optional feature needs a package that is not installed (the message names the extra)."""
+
+
+class RankFailedError(EGLError, RuntimeError):
+    """Under ``torch.distributed``: another rank failed with an error that is not an input check
+    (out of memory, a bug); this rank stops at the same step instead of waiting for it."""

@@ -10,7 +10,7 @@ from egl._check import fail
 from egl._transfer import upload
 from egl.recipes.batch import Batch
 
-__all__ = ["require_domains", "domain_groups", "batch_groups", "group_keys", "split_keys"]
+__all__ = ["require_domains", "domain_groups", "batch_groups", "group_keys", "split_keys", "global_groups"]
 
 
 def require_domains(batch: Batch, fn: str, method: str) -> Tensor:
@@ -111,5 +111,5 @@ def global_groups(keys: Tensor, *rows: Tensor, fn: str) -> tuple[list[Tensor], t
 
         keys, *gathered = gather_rows(upload(keys, device), *rows, fn=fn)
         rows = tuple(gathered)
-        keys = keys.cpu()  # (one read: the sizes' exchange has synchronised already)
+        keys = keys.cpu()  # (a second host read, after the sizes': it waits for the gathers queued before it)
     return split_keys(keys, device), rows

@@ -30,7 +30,7 @@ from egl._amp import inner_scale
 from egl._check import batch_of_one, check_logits, check_model_dtype, check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
-from egl.errors import EGLError, InputError
+from egl.errors import EGLError, InputError, RankFailedError
 from egl.recipes.batch import Batch, as_batch
 from egl.recipes.optimizer import build_optimizer, check_optimizer, describe_optimizer, no_weight_decay_ids
 from egl.train.loss_scale import LossScaler
@@ -38,8 +38,9 @@ from egl.train.loss_scale import LossScaler
 __all__ = ["Phase", "Recipe", "NonFiniteLossError", "frozen"]
 
 # what the ranks exchange after each phase (the highest code wins): gradients overflowed under
-# loss scaling (skip the step), an input check failed, a loss term is not finite (raise)
-_OVERFLOW, _INPUT, _NON_FINITE = 1, 2, 3
+# loss scaling (skip the step), an input check failed, a loss term is not finite, another error
+# while computing the terms (raise)
+_OVERFLOW, _INPUT, _NON_FINITE, _ERROR = 1, 2, 3, 4
 
 
 class NonFiniteLossError(EGLError, FloatingPointError):
@@ -330,6 +331,8 @@ class Recipe(nn.Module):
             and ``"<phase>/skipped"``).
 
         Raises:
+            RankFailedError: under ``torch.distributed``, another rank raised an error that is not an
+                input check while computing the phase's terms (this rank stops at the same step).
             InputError: an input check of the phase failed (a mask or saliency map outside [0, 1],
                 a label out of range), here or on another rank, before that phase's optimiser step.
             NonFiniteLossError: naming the term and the step, before that phase's optimiser step
@@ -361,9 +364,9 @@ class Recipe(nn.Module):
             try:  # gradients taken inside the loss (saliency) are loss-scaled too (egl._amp)
                 with inner_scale(scaler.scale_value if scaler is not None else None) as inner:
                     terms = phase.compute(b, step)
-            except InputError:  # an immediate check (labels): tell the other ranks, then raise
-                stats.restore()
-                first_failure(_INPUT, b.x.device)
+            except Exception as exc:  # an immediate check (labels), or any error: tell the other ranks, raise
+                stats.restore()  # (a ValueError: torch's, for a batch of one under BatchNorm, named outside)
+                first_failure(_INPUT if isinstance(exc, ValueError) else _ERROR, b.x.device)
                 raise
             total = terms["total"]
             (scaler.scale(total) if scaler is not None else total).backward()
@@ -417,6 +420,10 @@ class Recipe(nn.Module):
                  bad_code: int) -> Exception:
         """The error for a phase stopped by a non-finite term here, or by any failure on another rank."""
         fn = f"egl.recipes.{self.name}"
+        if bad_code == _ERROR:
+            return RankFailedError(f"{fn}: rank {bad_rank} failed while computing the terms of phase '{phase}' at "
+                                   f"step {step} (an error that is not an input check). See rank {bad_rank}'s "
+                                   "traceback; parameters were not updated at this step.")
         if not bad and bad_code == _INPUT:
             return fail(fn, "batch", "inputs that pass every check on every rank",
                         f"a failed input check of phase '{phase}' on rank {bad_rank} at step {step}",

@@ -10,19 +10,23 @@ rank, so that each computes the global batch's loss; its backward hands each ran
 gradient of its own rows, so that the averaged gradients are those of one process training
 on the global batch.
 
-The contract: every rank computes *the same function* of the gathered rows (the backward
-takes the gathered rows' gradient to be equal on every rank and passes no message; each
-rank's share is multiplied by the number of ranks, which the averaging divides out).
+The contract: every rank computes *the same function* of the gathered rows, and the gradient
+reaches the parameters through ``loss.backward()`` followed by the ranks' gradient average (the
+backward takes the gathered rows' gradient to be equal on every rank and passes no message;
+each rank's share is multiplied by the number of ranks, which the averaging divides out: a
+``torch.autograd.grad`` through the gather, with no average after it, is that many times the
+rank's share).
 
-Costs: one ``all_gather`` of ``[world, 2]`` sizes, read on the host (a synchronisation
-point), and one ``all_gather`` per tensor, padded to the largest share. Ranks may hold
-different numbers of rows.
+Costs: one ``all_gather`` of ``[world, 3]`` integers (status, rows, and a checksum of the
+tensors' dtypes and trailing shapes), read on the host (a synchronisation point), and one
+``all_gather`` per tensor, padded to the largest share. Ranks may hold different numbers of
+rows; tensors of another dtype or trailing shape on some rank are refused on every rank.
 
 A check that fails on one rank before the gather (a label out of range) must not leave the
-others waiting in it: run the checks inside :func:`before_gather`, which joins the size
-exchange as a failed rank before re-raising; the other ranks then raise an
-:class:`egl.InputError` naming it (and :meth:`egl.recipes.Recipe.training_step` stops every
-rank at that phase, as for any failed check).
+others waiting in it: run the code before the gather inside :func:`before_gather`, which, on
+any exception, joins the exchange as a failed rank before re-raising; the other ranks then
+raise an :class:`egl.InputError` naming it (and :meth:`egl.recipes.Recipe.training_step` stops
+every rank at that phase, as for any failed check). ``gather_rows``'s own checks do the same.
 
 Example:
     >>> import torch
@@ -34,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,8 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from egl._check import fail
-from egl.errors import InputError
+from egl._check import describe, fail
+from egl._transfer import upload
 
 __all__ = ["gather_rows", "before_gather"]
 
@@ -63,62 +68,81 @@ def gather_rows(*tensors: Tensor, fn: str = FN) -> tuple[Tensor, ...]:
         fn: the public function named in the error when another rank failed its checks.
 
     Raises:
-        InputError: another rank failed a check inside :func:`before_gather` (that rank raises
-            its own error, naming the argument).
+        InputError: tensors that do not line up (here, or another rank's), or another rank failed
+            inside :func:`before_gather` (that rank raises its own error).
 
     Shape:
         each tensor ``N_r *``; returns ``sum_r N_r *`` each.
     """
+    from egl.train.distributed import is_distributed
+
+    with before_gather(next((t.device for t in tensors if isinstance(t, Tensor)), "cpu")):
+        n = _check_rows(tensors)
+    if not is_distributed():
+        return tensors
+    device = tensors[0].device
+    tensors = tuple(upload(t, device) for t in tensors)  # (the collectives run on one device)
+    sizes = _exchange(_OK, n, device, fn, _signature(tensors))
+    return tuple(_GatherRows.apply(t, sizes) if t.is_floating_point() else _gather(t, sizes) for t in tensors)
+
+
+def _check_rows(tensors: tuple[Any, ...]) -> int:
+    """The rows of each tensor (all the same), else an InputError naming the first that differs."""
     if not tensors:
         raise fail(FN, "tensors", "at least one tensor", "none",
                    "Pass the rows to gather, e.g. gather_rows(loss, labels)")
-    n = tensors[0].shape[0] if tensors[0].dim() else -1
+    first = tensors[0]
+    n = first.shape[0] if isinstance(first, Tensor) and first.dim() else -1
     bad = [i for i, t in enumerate(tensors) if not isinstance(t, Tensor) or t.dim() == 0 or t.shape[0] != n]
     if bad:
         t = tensors[bad[0]]
-        got = f"{tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else describe(t)
         want = f"tensors of {n} rows each (dimension 0, as the first)" if n >= 0 else "tensors of one row per sample"
-        raise fail(FN, "tensors", want,
-                   f"shape {got} at position {bad[0]}", "Pass one row per sample of this rank's batch")
-    from egl.train.distributed import is_distributed
+        raise fail(FN, "tensors", want, f"{got} at position {bad[0]}", "Pass one row per sample of this rank's batch")
+    return n
 
-    if not is_distributed():
-        return tensors
-    sizes = _exchange(_OK, n, tensors[0].device, fn)
-    return tuple(_GatherRows.apply(t, sizes) if t.is_floating_point() else _gather(t, sizes) for t in tensors)
+
+def _signature(tensors: tuple[Tensor, ...]) -> int:
+    """A checksum of the tensors' dtypes and trailing shapes (equal on every rank, or refused)."""
+    text = ";".join(f"{t.dtype}{tuple(t.shape[1:])}" for t in tensors)
+    return zlib.crc32(text.encode())
 
 
 @contextmanager
 def before_gather(device: torch.device | str) -> Iterator[None]:
-    """Run the checks that precede a :func:`gather_rows`: an :class:`egl.InputError` raised
-    inside joins the size exchange as a failed rank (the other ranks then raise instead of
-    waiting), then propagates. Outside distributed runs it only propagates."""
+    """Run the code that precedes a :func:`gather_rows` (its checks, the forward pass): an
+    exception raised inside joins the size exchange as a failed rank (the other ranks then raise
+    instead of waiting), then propagates. Outside distributed runs it only propagates."""
     try:
         yield
-    except InputError:
+    except Exception:
         from egl.train.distributed import is_distributed
 
         if is_distributed():
-            _exchange(_FAILED, 0, torch.device(device), FN)
+            _exchange(_FAILED, 0, torch.device(device), FN, 0)
         raise
 
 
-def _exchange(status: int, rows: int, device: torch.device, fn: str) -> list[int]:
+def _exchange(status: int, rows: int, device: torch.device, fn: str, signature: int) -> list[int]:
     """Every rank's row count (one all_gather, read on the host); raises on a healthy rank when
-    another failed."""
+    another failed, and on every rank when the tensors' dtypes or trailing shapes differ."""
     import torch.distributed as dist
 
-    mine = torch.tensor([status, rows], dtype=torch.int64, device=device)
+    mine = torch.tensor([status, rows, signature], dtype=torch.int64, device=device)
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(out, mine)
     table = torch.stack(out).tolist()
-    failed = [r for r, (s, _) in enumerate(table) if s == _FAILED]
+    failed = [r for r, (s, _, _) in enumerate(table) if s == _FAILED]
     if failed and status == _OK:
         raise fail(fn, "batch", "inputs that pass every check on every rank",
                    f"a failed input check on rank {failed[0]} before the global batch was gathered",
                    f"See rank {failed[0]}'s error, which names the argument and the fix; "
                    "parameters were not updated at this step")
-    return [n for _, n in table]
+    if not failed and len({sig for _, _, sig in table}) > 1:
+        raise fail(fn, "tensors", "tensors of one dtype and trailing shape on every rank",
+                   f"other dtypes or shapes on rank {next(r for r, row in enumerate(table) if row[2] != signature)}",
+                   "Gather the same quantities on every rank (one model, one autocast setting)")
+    return [n for _, n, _ in table]
 
 
 def _gather(t: Tensor, sizes: list[int]) -> Tensor:

@@ -68,6 +68,7 @@ def main(out: Path) -> None:
     result["group_dro_bad_label"] = _input_error_on_one_rank("label", "group_dro")
     result["gathered"] = _gathered_penalties()
     result["vrex_bad_label"] = _input_error_on_one_rank("label", "vrex")
+    result["gather_failures"] = _gather_failures()
     result["annotated_bad_label"] = _input_error_on_one_rank("label", "align_annotated")
     result["annotated_bad_mask"] = _input_error_on_one_rank("mask", "align_annotated")
     result["flags_on_one_rank"] = _flags_on_one_rank_only()
@@ -192,6 +193,44 @@ def _gathered_penalties() -> dict[str, dict[str, object]]:
                      "global_grads": [p.grad for p in whole.parameters()],
                      "terms": {k: float(v) for k, v in terms.items()},
                      "global_terms": {k: float(v) for k, v in global_terms.items()}}
+    return out
+
+
+def _gather_failures() -> dict[str, str]:
+    """Failures around the gather that must stop both ranks, not leave one waiting: a batch of one
+    under BatchNorm on rank 1 (torch's ValueError, inside the forward before V-REx's gather); any
+    other error on rank 1 (ERM, no gather: the others raise RankFailedError); rows of another dtype."""
+    from egl import EGLError
+    from egl.train.global_batch import gather_rows
+
+    out = {}
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5)
+    n = 4 if rank() == 0 else 1
+    try:
+        recipes.vrex(model, groups="class").fit([(torch.randn(n, 3, 32, 32), torch.zeros(n, dtype=torch.long))], 1,
+                                              seed=0, progress=False)
+    except EGLError as e:
+        out["batch_of_one"] = f"{type(e).__name__}: {e}"
+
+    class Broken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(48, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if rank() == 1:
+                raise RuntimeError("out of memory (simulated)")
+            return self.fc(x.flatten(1))
+
+    try:
+        recipes.erm(Broken()).fit([(torch.randn(4, 3, 4, 4), torch.zeros(4, dtype=torch.long))], 1, seed=0,
+                                  progress=False)
+    except Exception as e:
+        out["other_error"] = f"{type(e).__name__}: {e}"
+    try:
+        gather_rows(torch.zeros(2, 3, dtype=torch.float32 if rank() == 0 else torch.float64))
+    except EGLError as e:
+        out["dtype"] = str(e)
     return out
 
 

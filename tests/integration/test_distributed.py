@@ -70,6 +70,15 @@ def test_two_cpu_ranks_train_align_in_lockstep(tmp_path: Path) -> None:
                 torch.testing.assert_close(mine, whole, rtol=1e-9, atol=1e-12, msg=name)
     assert "expected class indices in [0, 4]" in r1["vrex_bad_label"], r1["vrex_bad_label"]
     assert "a failed input check on rank 1 before the global batch was gathered" in r0["vrex_bad_label"]
+    # A batch of one under BatchNorm on rank 1 (torch's ValueError inside the forward, before V-REx's gather), any
+    # other error on rank 1 (RankFailedError on rank 0), rows of another dtype: both ranks stop, none waits.
+    f0, f1 = r0["gather_failures"], r1["gather_failures"]
+    assert f1["batch_of_one"].startswith("InputError") and "at least 2 images" in f1["batch_of_one"]
+    assert "a failed input check on rank 1 before the global batch was gathered" in f0["batch_of_one"]
+    assert f1["other_error"] == "RuntimeError: out of memory (simulated)"
+    assert f0["other_error"].startswith("RankFailedError") and "rank 1 failed while computing" in f0["other_error"]
+    assert all("'tensors' expected tensors of one dtype and trailing shape on every rank, got other dtypes or "
+               "shapes on rank" in f["dtype"] for f in (f0, f1))
     # A bad label or mask on rank 1 with a collective inside the loss (GroupDRO's group sums; ALIGN's count of
     # annotated images, taken first): both ranks stop with an InputError, none waits alone in the collective.
     for key in ("group_dro_bad_label", "annotated_bad_label", "annotated_bad_mask"):

@@ -71,3 +71,23 @@ def test_the_copy_follows_the_buffers_after_a_dtype_change() -> None:
     with pytest.raises(NonFiniteLossError):
         recipe.fit([(x.double(), y)], 1, progress=False)
     assert _same(recipe, before) == []
+
+
+def test_any_other_error_inside_a_phase_restores_them_and_propagates_unchanged() -> None:
+    """Any exception while computing the terms (out of memory, a bug) is passed on as it is (under
+    torch.distributed the other ranks are told first: tests/integration/test_distributed.py)."""
+    torch.manual_seed(0)
+    model = make_model("test_resnet", eval_mode=False)
+    recipe = recipes.erm(model)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    recipe.fit([(x, y)], 1, progress=False)
+    before = _state(recipe)
+
+    def fail_after_the_forward(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        raise RuntimeError("simulated out of memory")
+
+    handle = model.get_classifier().register_forward_hook(fail_after_the_forward)
+    with pytest.raises(RuntimeError, match="simulated out of memory"):
+        recipe.fit([(x, y)], 1, progress=False)
+    handle.remove()
+    assert _same(recipe, before) == []

@@ -22,7 +22,8 @@ def test_outside_distributed_runs_rows_come_back_as_given() -> None:
     ((torch.zeros(3), torch.zeros(2)), "expected tensors of 3 rows each (dimension 0, as the first), got shape (2,) "
                                        "at position 1"),
     ((torch.zeros(3), torch.tensor(1.0)), "got shape () at position 1"),
-    ((torch.zeros(3), [1, 2, 3]), "got shape list at position 1"),
+    ((torch.zeros(3), [1, 2, 3]), "got a list of length 3 at position 1"),
+    (([1, 2, 3],), "expected tensors of one row per sample, got a list of length 3 at position 0"),
 ])
 def test_rows_that_do_not_line_up_are_refused_by_name(tensors: tuple, message: str) -> None:
     with pytest.raises(InputError, match="egl.train.global_batch.gather_rows") as info:
