@@ -30,7 +30,7 @@ from egl._amp import inner_scale
 from egl._check import batch_of_one, check_logits, check_model_dtype, check_positive, describe, fail
 from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
-from egl.errors import EGLError, InputError, RankFailedError
+from egl.errors import EGLError, RankFailedError
 from egl.recipes.batch import Batch, as_batch
 from egl.recipes.optimizer import build_optimizer, check_optimizer, describe_optimizer, no_weight_decay_ids
 from egl.train.loss_scale import LossScaler
