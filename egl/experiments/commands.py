@@ -374,12 +374,16 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from egl.experiments.compare import comparison_table, read_results
+    from egl.experiments.compare import check_request, comparison_table, read_results
 
-    rows = read_results(args.results)
-    for metric in args.metric or ["acc"]:  # (x100, as the tables: percentage points)
-        print(comparison_table(rows, metric, baseline=args.baseline, over=args.over or ["id", "ood"],
-                               confidence=args.confidence, seed=args.seed))
+    rows = read_results(args.results, fn="egl compare", arg="results")
+    metrics = list(dict.fromkeys(args.metric or ["acc"]))
+    flagged = any("in_distribution" in r for r in rows)  # (rows of older egl: no in/out split)
+    over = list(dict.fromkeys(args.over or (["id", "ood"] if flagged else ["all"])))
+    base = check_request(rows, metrics, args.baseline, over, args.confidence, fn="egl compare",
+                         arg=lambda name: "results" if name == "rows" else f"--{name}")  # (before any table)
+    for metric in metrics:  # (x100, as the tables: percentage points)
+        print(comparison_table(rows, metric, baseline=base, over=over, confidence=args.confidence, seed=args.seed))
         print()
     return 0
 
@@ -451,7 +455,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--metric", action="append", help="metric of the rows (repeatable; default acc)")
     p.add_argument("--baseline", help="method compared against (default: erm when present, else the first)")
     p.add_argument("--over", action="append", help="test splits averaged per pair: ood, id, all or a split's name "
-                   "(repeatable; default id and ood)")
+                   "(repeatable; default id and ood, or all for rows that do not say which splits are in distribution)")
     p.add_argument("--confidence", type=float, default=0.95, help="of the interval (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="of the sampled sign-flip test (more than 16 pairs)")
     p.set_defaults(func=_cmd_compare)

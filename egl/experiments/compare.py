@@ -8,7 +8,8 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
 
 * ``Δ``: the mean difference, with a ``confidence`` (0.95) interval from Student's t
   (``n − 1`` degrees of freedom; none for one unit);
-* ``p (t)``: the two-sided paired t-test (none for one unit, or when every difference is equal);
+* ``p (t)``: the two-sided paired t-test (none for one unit, or when every difference is equal,
+  to 1e-12 of the largest);
 * ``p (sign-flip)``: the two-sided paired permutation test: the share of the ``2^n`` sign
   assignments of the differences whose mean is at least as far from 0 as the observed one
   (exact up to ``n = 16``; above, 100,000 random assignments from ``seed``). It assumes no
@@ -16,11 +17,13 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
   with 5 never below 0.0625;
 * ``better``: in how many units the method beat the baseline (in the metric's direction: lower
   is better for sufficiency, deletion, the shortcut rate, sensitivity, the randomisation
-  correlations, BG-gap and BG-follow; ties count as not better).
+  correlations, BG-gap and BG-follow; ties count as not better; none for the metrics with no
+  direction, the mask area and the share of dead maps).
 
-Per unit, splits where the metric is not finite are left out of the mean (as in the tables);
-units where either method has no finite score (a diverged run, a metric not computed) are left
-out and counted. p-values are not corrected for comparing several methods with one baseline
+Per unit, only splits where both methods' scores are finite enter the two means (a split where
+the metric is undefined, the shortcut rate of a split with no conflicting sample, is left out of
+both); units where no split is left (a diverged run, a metric not computed) are left out and
+counted. p-values are not corrected for comparing several methods with one baseline
 (Holm's correction: sort the ``k`` p-values, multiply the ``i``-th smallest by ``k − i + 1``).
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,11 +44,17 @@ import numpy as np
 from egl._check import fail
 
 __all__ = ["PairedComparison", "paired_comparison", "comparison_table", "read_results", "sign_flip_p",
-           "LOWER_IS_BETTER"]
+           "check_request", "LOWER_IS_BETTER"]
+
+_FN = "egl.experiments.compare.paired_comparison"
 
 #: Metrics where a lower score is better (the rest: higher is better).
 LOWER_IS_BETTER = frozenset({"suff", "deletion", "shortcut", "max_sens", "avg_sens", "rand_top", "rand_all",
                              "bg_gap", "bg_follow"})
+#: Metrics with no better direction ("better" is not counted).
+NO_DIRECTION = frozenset({"area", "rand_dead", "n"})
+#: Row keys that are not metrics.
+NOT_METRICS = frozenset({"seed", "n", "draw", "in_distribution"})
 #: Above this many units the sign-flip test samples assignments instead of listing them all.
 EXACT_UNITS = 16
 _SAMPLED = 100_000
@@ -65,7 +75,7 @@ class PairedComparison:
     ci_high: float
     p_t: float
     p_sign_flip: float
-    better: int
+    better: int | None
     skipped: int
 
 
@@ -86,25 +96,50 @@ def paired_comparison(rows: Sequence[dict[str, Any]], metric: str = "acc", *, ba
         One :class:`PairedComparison` per other method, in the rows' order (``n`` = 0 when no unit
         pairs up).
     """
-    fn = "egl.experiments.paired_comparison"
+    base = check_request(rows, [metric], baseline, [over], confidence)
+    return [_compare(m, base, metric, over, rows, confidence, seed)
+            for m in dict.fromkeys(r["method"] for r in rows) if m != base]
+
+
+def _is_value(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_request(rows: Sequence[dict[str, Any]], metrics: Sequence[str], baseline: str | None,
+                  overs: Sequence[str], confidence: float, *, fn: str = _FN,
+                  arg: Any = lambda name: name) -> str:
+    """Check a comparison's arguments against ``rows`` and return the baseline (``arg`` spells an
+    argument's name as the caller takes it: ``--over`` for the command line)."""
+    def bad(name: str, want: str, got: str, fix: str) -> Exception:
+        return fail(fn, arg(name), want, got, fix)
+
     methods = list(dict.fromkeys(r["method"] for r in rows))
     if len(methods) < 2:
-        raise fail(fn, "rows", "results of at least two methods", f"{len(methods)} method(s): {methods}",
-                   "Compare an experiment that trained a baseline and a method (e.g. erm and align)")
+        raise bad("rows", "results of at least two methods", f"{len(methods)} method(s): {methods}",
+                  "Compare an experiment that trained a baseline and a method (e.g. erm and align)")
     splits = list(dict.fromkeys(r["split"] for r in rows))
-    if over not in _OVER and over not in splits:
-        raise fail(fn, "over", f"one of {list(_OVER)} or a test split of the rows {splits}", repr(over),
-                   "Pass over='ood' (the default), 'id', 'all' or a split's name")
-    if not isinstance(confidence, float) or not 0.0 < confidence < 1.0:
-        raise fail(fn, "confidence", "a float in (0, 1)", repr(confidence), "Pass e.g. confidence=0.95")
-    base = baseline if baseline is not None else ("erm" if "erm" in methods else methods[0])
+    flagged = any("in_distribution" in r for r in rows)
+    for over in overs:
+        if over not in _OVER and over not in splits:
+            raise bad("over", f"one of {list(_OVER)} or a test split of the rows {splits}", repr(over),
+                      "Pass ood, id, all or a split's name")
+        if over in ("id", "ood") and not flagged:
+            raise bad("over", "rows that say which splits are in distribution (written by egl experiment)",
+                      f"{over!r}, with no row saying so", "Pass all, or a split's name")
+    if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0.0 < confidence < 1.0:
+        raise bad("confidence", "a float in (0, 1)", repr(confidence), "Pass e.g. 0.95")
+    erms = [m for m in methods if m == "erm" or m.endswith("/erm")]
+    if baseline is None and len(erms) > 1:
+        raise bad("baseline", "the method to compare against (several are named erm)", f"none, with {erms}",
+                  "Name one of them")
+    base = baseline if baseline is not None else (erms[0] if erms else methods[0])
     if base not in methods:
-        raise fail(fn, "baseline", f"one of the rows' methods {methods}", repr(base), "Pass one of them")
-    if not any(isinstance(r.get(metric), (int, float)) for r in rows):
-        found = sorted({k for r in rows for k, v in r.items() if isinstance(v, float)})
-        raise fail(fn, "metric", f"a metric of the rows {found}", repr(metric), "Pass one of them")
-    scores = _unit_scores(rows, metric, over)
-    return [_compare(m, base, metric, over, scores, confidence, seed) for m in methods if m != base]
+        raise bad("baseline", f"one of the rows' methods {methods}", repr(base), "Pass one of them")
+    found = sorted({k for r in rows for k, v in r.items() if _is_value(v) and k not in NOT_METRICS})
+    for metric in metrics:
+        if metric not in found:
+            raise bad("metric", f"a metric of the rows {found}", repr(metric), "Pass one of them")
+    return base
 
 
 def _selected(row: dict[str, Any], over: str) -> bool:
@@ -115,38 +150,42 @@ def _selected(row: dict[str, Any], over: str) -> bool:
     return row["split"] == over
 
 
-def _unit_scores(rows: Sequence[dict[str, Any]], metric: str, over: str) -> dict[str, dict[tuple, float]]:
-    """method -> (train, seed) -> the metric's mean over the unit's selected splits where it is finite, as
-    the tables take it (a split where it is undefined, the shortcut rate of a split with no conflicting
-    sample, is left out; NaN when none is finite: a diverged run)."""
-    values: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _split_scores(rows: Sequence[dict[str, Any]], method: str, metric: str,
+                  over: str) -> dict[tuple, dict[str, float]]:
+    """(train, seed) -> split -> the method's finite score there, for the selected splits."""
+    out: dict[tuple, dict[str, float]] = defaultdict(dict)
     for r in rows:
-        if _selected(r, over):
+        if r["method"] == method and _selected(r, over):
             v = r.get(metric)
-            values[r["method"]][(str(r["train"]), r["seed"])].append(float(v) if isinstance(v, (int, float))
-                                                                    else math.nan)
-    return {m: {u: (sum(f) / len(f) if (f := [x for x in v if math.isfinite(x)]) else math.nan)
-                for u, v in units.items()}
-            for m, units in values.items()}
+            unit = out[(str(r["train"]), r["seed"])]  # (a unit with no finite split: counted, left out)
+            if _is_value(v) and math.isfinite(float(v)):
+                unit[r["split"]] = float(v)
+    return out
 
 
-def _compare(method: str, base: str, metric: str, over: str, scores: dict[str, dict[tuple, float]],
+def _compare(method: str, base: str, metric: str, over: str, rows: Sequence[dict[str, Any]],
              confidence: float, seed: int) -> PairedComparison:
-    mine, theirs = scores.get(method, {}), scores.get(base, {})
-    units = [u for u in mine if u in theirs]
-    diffs = np.array([mine[u] - theirs[u] for u in units if math.isfinite(mine[u]) and math.isfinite(theirs[u])])
-    skipped = len(set(mine) | set(theirs)) - len(diffs)
+    mine, theirs = _split_scores(rows, method, metric, over), _split_scores(rows, base, metric, over)
+    diffs_list = []
+    for unit in mine.keys() & theirs.keys():
+        both = sorted(mine[unit].keys() & theirs[unit].keys())  # the splits where both are finite
+        if both:
+            diffs_list.append(sum(mine[unit][k] - theirs[unit][k] for k in both) / len(both))
+    diffs = np.array(diffs_list)
+    skipped = len(mine.keys() | theirs.keys()) - len(diffs)
     nan = math.nan
     if len(diffs) == 0:
-        return PairedComparison(method, base, metric, over, 0, nan, nan, nan, nan, nan, 0, skipped)
+        return PairedComparison(method, base, metric, over, 0, nan, nan, nan, nan, nan, None, skipped)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    better = int((sign * diffs > 0).sum())
+    better = None if metric in NO_DIRECTION else int((sign * diffs > 0).sum())
     mean = float(diffs.mean())
     low = high = p_t = nan
     if len(diffs) > 1:
         from scipy import stats
 
         sd = float(diffs.std(ddof=1))
+        if sd <= 1e-12 * float(np.abs(diffs).max()):  # equal differences (rounding aside): no t statistic
+            sd = 0.0
         half = float(stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
         low, high = mean - half, mean + half
         if sd > 0:
@@ -156,7 +195,15 @@ def _compare(method: str, base: str, metric: str, over: str, scores: dict[str, d
 
 
 def sign_flip_p(diffs: np.ndarray, *, seed: int = 0) -> float:
-    """Two-sided paired permutation p-value of the mean of ``diffs`` (see the module docstring)."""
+    """Two-sided paired permutation p-value of the mean of ``diffs`` (see the module docstring).
+
+    Shape:
+        diffs: ``n`` finite values, ``n >= 1``."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.ndim != 1 or diffs.size == 0 or not np.isfinite(diffs).all():
+        raise fail(f"{_FN.rpartition('.')[0]}.sign_flip_p", "diffs", "a non-empty 1-D array of finite differences",
+                   f"shape {diffs.shape}" + ("" if np.isfinite(diffs).all() else " with values that are not finite"),
+                   "Pass the paired differences, one per unit")
     n = len(diffs)
     if n <= EXACT_UNITS:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
@@ -165,7 +212,8 @@ def sign_flip_p(diffs: np.ndarray, *, seed: int = 0) -> float:
         signs[0] = 1.0  # the observed assignment counts (a valid p-value is never 0)
     means = np.abs(signs @ diffs) / n
     observed = abs(float(diffs.mean()))
-    return float((means >= observed * (1 - 1e-9)).mean())  # (relative: rounding of the sums, any scale)
+    tolerance = 1e-9 * float(np.abs(diffs).mean())  # (the sums' rounding grows with the values, at any scale)
+    return float((means >= observed - tolerance).mean())
 
 
 def comparison_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, baseline: str | None = None,
@@ -176,52 +224,81 @@ def comparison_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, bas
     from egl.experiments.tables import METRIC_NAMES
 
     name = METRIC_NAMES.get(metric, metric).replace(" ↓", "").replace(" ↑", "")
-    head = (f"| Method | vs | Splits | Pairs | Δ {name} | {confidence:.0%} CI | p (paired t) | p (sign-flip) | "
+    head = (f"| Method | vs | Splits | Pairs | Δ {name} | {confidence * 100:g}% CI | p (paired t) | p (sign-flip) | "
             "Better in |")
     lines = [head, "|" + "---|" * 9]
-    for o in over:
+    for o in dict.fromkeys(over):
         for c in paired_comparison(rows, metric, baseline=baseline, over=o, confidence=confidence, seed=seed):
+            pairs = f"{c.n}" + (f" ({c.skipped} left out)" if c.skipped else "")
             if c.n == 0:
-                lines.append(f"| {c.method} | {c.baseline} | {o} | 0 | – | – | – | – | – |")
+                lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | – | – | – | – | – |")
                 continue
             ci = "–" if math.isnan(c.ci_low) else f"[{c.ci_low * scale:+.1f}, {c.ci_high * scale:+.1f}]"
             p_t = "–" if math.isnan(c.p_t) else f"{c.p_t:.3f}"
-            pairs = f"{c.n}" + (f" ({c.skipped} left out)" if c.skipped else "")
+            better = "–" if c.better is None else f"{c.better}/{c.n}"
             lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | {c.mean * scale:+.1f} | {ci} | {p_t} | "
-                         f"{c.p_sign_flip:.3f} | {c.better}/{c.n} |")
+                         f"{c.p_sign_flip:.3f} | {better} |")
     return "\n".join(lines)
 
 
-def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+def read_results(paths: Sequence[str | Path], *, fn: str = "egl.experiments.compare.read_results",
+                 arg: str = "paths") -> list[dict[str, Any]]:
     """The result rows of ``results.jsonl`` files (or the folders holding them), in order.
 
-    Files are read as one experiment: a method's runs split over several files (more seeds run
-    later into another folder) are merged. A run found in more than one file (the same method,
-    training set and seed: two variants of one experiment) is told apart instead: that method's
-    name is prefixed by its folder's name in every file (``box/align_gt``), so that the variants
-    can be compared (they pair up when their training sets and seeds match).
+    A hyperparameter search's rows (``align@3``: every draw) are reduced to the draw each run
+    keeps, as ``tables.md`` does (:func:`egl.experiments.sweep.select`). Files are read as one
+    experiment: a method's runs split over several files (more seeds run later into another
+    folder) are merged. A run found in more than one file (the same method, training set and
+    seed: two variants of one experiment) is told apart instead: that method's name is prefixed
+    by the file's shortest distinguishing name in every file, its folder's for a ``results.jsonl``
+    (``box/align_gt``), so that the variants can be compared (they pair up when their training
+    sets and seeds match).
+
+    Args:
+        paths: the files, or the folders holding a ``results.jsonl``.
+        fn, arg: named in errors (the command line's ``egl compare`` and ``results``).
     """
-    fn = "egl compare"
-    per_file: list[tuple[str, list[dict[str, Any]]]] = []
+    from egl.experiments.sweep import origin, select
+
+    per_file: list[tuple[Path, list[dict[str, Any]]]] = []
     for p in paths:
         path = Path(p)
         path = path / "results.jsonl" if path.is_dir() else path
         try:
             lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise fail(fn, "results", "results.jsonl files (or their folders) that egl experiment wrote",
+            raise fail(fn, arg, "results.jsonl files (or their folders) that egl experiment wrote",
                        f"{path}: {exc}", "Pass the --out folder of an experiment") from exc
-        rows = [r for r in lines if "event" not in r and {"method", "train", "seed", "split"} <= set(r)]
+        rows = [r for r in lines if isinstance(r, dict) and "event" not in r
+                and {"method", "train", "seed", "split"} <= set(r)]
         if not rows:
-            raise fail(fn, "results", "a results.jsonl holding result rows", f"{path}: none",
+            raise fail(fn, arg, "a results.jsonl holding result rows", f"{path}: none",
                        "Pass the --out folder of a finished experiment")
-        per_file.append((path.parent.name or str(path.parent), rows))
+        if any(origin(r["method"])[1] is not None for r in rows):
+            rows = select(rows)[0]
+        per_file.append((path, rows))
     runs: dict[tuple, int] = defaultdict(int)
     for _, rows in per_file:
         for run in {(r["method"], str(r["train"]), r["seed"]) for r in rows}:
             runs[run] += 1
     clash = {m for (m, _, _), count in runs.items() if count > 1}
+    labels = _labels([path for path, _ in per_file], fn, arg) if clash else {}
     out: list[dict[str, Any]] = []
-    for folder, rows in per_file:
-        out += [{**r, "method": f"{folder}/{r['method']}"} if r["method"] in clash else r for r in rows]
+    for path, rows in per_file:
+        out += [{**r, "method": f"{labels[path]}/{r['method']}"} if r["method"] in clash else r for r in rows]
     return out
+
+
+def _labels(paths: Sequence[Path], fn: str, arg: str) -> dict[Path, str]:
+    """Each file's shortest distinguishing name: its folders' trailing parts, and its stem unless it
+    is ``results.jsonl``; the same file twice is refused."""
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) < len(resolved):
+        twice = next(p for p in paths if resolved.count(p.resolve()) > 1)
+        raise fail(fn, arg, "each results file once", f"{twice} more than once", "Pass each folder once")
+    parts = {p: [*r.parent.parts, *([] if r.name == "results.jsonl" else [r.stem])] for p, r in zip(paths, resolved)}
+    for k in range(1, max(len(v) for v in parts.values()) + 1):
+        names = {p: "/".join(v[-k:]) for p, v in parts.items()}
+        if len(set(names.values())) == len(names):
+            return names
+    return {p: str(r) for p, r in zip(paths, resolved)}

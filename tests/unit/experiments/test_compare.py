@@ -119,11 +119,68 @@ def test_read_results_prefixes_names_found_in_several_files(tmp_path: Path) -> N
     (tmp_path / "first.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (c,) = paired_comparison(read_results([tmp_path / "first.jsonl", tmp_path / "more"]))
     assert (c.method, c.baseline, c.n) == ("align", "erm", 4)
-    with pytest.raises(egl.InputError, match="'results' expected results.jsonl files"):
+    with pytest.raises(egl.InputError, match="'paths' expected results.jsonl files"):
         read_results([tmp_path / "missing"])
     (tmp_path / "empty.jsonl").write_text(json.dumps({"event": "start"}) + "\n")
     with pytest.raises(egl.InputError, match="a results.jsonl holding result rows"):
         read_results([tmp_path / "empty.jsonl"])
+    with pytest.raises(egl.InputError, match="'paths' expected each results file once"):
+        read_results([tmp_path / "box", tmp_path / "box" / "results.jsonl"])
+
+
+def test_variants_in_folders_of_one_name_get_the_shortest_distinct_prefix(tmp_path: Path) -> None:
+    for parent, acc in (("a", 0.6), ("b", 0.5)):
+        (tmp_path / parent / "box").mkdir(parents=True)
+        lines = [{"event": "start"}] + _rows({"align": [acc, acc], "erm": [0.4, 0.4]})
+        (tmp_path / parent / "box" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows = read_results([tmp_path / "a" / "box", tmp_path / "b" / "box"])
+    assert list(dict.fromkeys(r["method"] for r in rows)) == ["a/box/align", "a/box/erm", "b/box/align", "b/box/erm"]
+    with pytest.raises(egl.InputError, match=r"'baseline' expected the method to compare against \(several are "
+                                             r"named erm\), got none, with \['a/box/erm', 'b/box/erm'\]"):
+        paired_comparison(rows)
+    (c, *_) = paired_comparison(rows, baseline="b/box/align")
+    assert c.method == "a/box/align" and c.mean == pytest.approx(0.1)
+
+
+def test_a_sweeps_rows_are_reduced_to_the_kept_draws(tmp_path: Path) -> None:
+    rows = [{**r, "method": f"align@{d}", "val_acc": 0.9 if d == 1 else 0.5}
+            for d, acc in ((0, 0.9), (1, 0.6)) for r in _rows({"x": [acc, acc]})]
+    lines = [{"event": "start"}] + rows + _rows({"erm": [0.5, 0.5]})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (c,) = paired_comparison(read_results([tmp_path]))
+    assert c.method == "align" and c.mean == pytest.approx(0.1)  # draw 1 (val 0.9): 0.6, not draw 0's 0.9
+
+
+def test_splits_count_only_where_both_scores_are_finite_and_old_rows_need_over_all() -> None:
+    rows = (_rows({"erm": [0.2], "align": [0.4]}, split="x") + _rows({"erm": [math.nan], "align": [0.9]}, split="y"))
+    (c,) = paired_comparison(rows)
+    assert c.mean == pytest.approx(0.2)  # split y: the baseline has no score there, so neither counts
+    old = [{k: v for k, v in r.items() if k != "in_distribution"} for r in rows]
+    with pytest.raises(egl.InputError, match="'over' expected rows that say which splits are in distribution"):
+        paired_comparison(old, over="ood")
+    assert paired_comparison(old, over="all")[0].mean == pytest.approx(0.2)
+
+
+def test_equal_differences_have_no_t_statistic_despite_rounding() -> None:
+    rows = _rows({"erm": [0.2, 0.5, 0.7], "align": [0.3, 0.6, 0.8]})  # differences 0.1 up to rounding
+    (c,) = paired_comparison(rows)
+    assert math.isnan(c.p_t) and c.ci_low == pytest.approx(c.ci_high) and c.p_sign_flip == pytest.approx(0.25)
+
+
+def test_sign_flip_p_is_exact_for_differences_of_any_size_and_checks_them() -> None:
+    assert sign_flip_p(np.array([1000.1, -1000.3, 0.1, 0.2])) == 1.0  # every assignment is as far from 0
+    for bad in (np.array([]), np.array([1.0, math.nan]), np.ones((2, 2))):
+        with pytest.raises(egl.InputError, match="'diffs' expected a non-empty 1-D array of finite differences"):
+            sign_flip_p(bad)
+
+
+def test_metrics_without_a_direction_count_no_winner_and_non_metrics_are_refused() -> None:
+    rows = _rows({"erm": [0.2, 0.3], "align": [0.4, 0.1]}, metric="area")
+    (c,) = paired_comparison(rows, "area")
+    assert c.better is None and "| – |" in comparison_table(rows, "area", over=["ood"]).splitlines()[-1]
+    with pytest.raises(egl.InputError, match="'metric' expected a metric of the rows \\['area'\\], got 'seed'"):
+        paired_comparison(rows, "seed")
+    assert "| 97.5% CI |" in comparison_table(rows, "area", over=["ood"], confidence=0.975)
 
 
 def test_the_experiment_tables_hold_the_comparison_against_erm() -> None:
@@ -147,4 +204,11 @@ def test_egl_compare_prints_one_table_per_metric(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "| align | erm | ood | 2 | +7.0 |" in out and "| align | erm | ood | 2 | -20.0 |" in out
     assert main(["compare", str(tmp_path), "--over", "nowhere"]) == 1
-    assert "'over' expected one of ['ood', 'id', 'all'] or a test split" in capsys.readouterr().err
+    assert "egl compare: '--over' expected one of ['ood', 'id', 'all'] or a test split" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--metric", "acc", "--metric", "accuracy"]) == 1  # before any table
+    captured = capsys.readouterr()
+    assert captured.out == "" and "egl compare: '--metric' expected a metric of the rows" in captured.err
+    old = [{k: v for k, v in r.items() if k != "in_distribution"} for r in rows]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert main(["compare", str(tmp_path)]) == 0  # rows of older egl: every split, not id/ood
+    assert "| align | erm | all | 2 |" in capsys.readouterr().out
