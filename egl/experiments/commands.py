@@ -257,7 +257,7 @@ def _sanity_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> tuple[torc
                    repr(args.split), "Pass one of them, or leave --split out (the first)")
     split = args.split or next(iter(source.tests))
     ds = source.test_sets([split])[split]
-    n = min(args.n, len(ds))
+    n = min(args.n or 8, len(ds))
     from torch.utils.data import DataLoader, Subset
 
     from egl.recipes.batch import as_batch
@@ -273,8 +273,13 @@ def _cmd_sanity(args: argparse.Namespace) -> int:
     from egl.metrics import parameter_randomization
 
     check_explainer(args.explainer, "egl sanity", "--explainer")  # before the checkpoint and images are read
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise fail("egl sanity", "--n", "an int >= 1 (images taken from the split)", repr(args.n), "Pass e.g. --n 8")
+    if args.images and (args.split is not None or args.n is not None):
+        given = "--split" if args.split is not None else "--n"
+        raise fail("egl sanity", given, f"no {given} with image files (they choose images from a test split)",
+                   f"{given} {args.split if args.split is not None else args.n} and {len(args.images)} file(s)",
+                   f"Leave {given} out, or the files")
     if args.seed is not None and args.seed < 0:
         raise fail("egl sanity", "--seed", "an int >= 0", repr(args.seed), "Pass e.g. --seed 0")
     if args.against:
@@ -318,12 +323,21 @@ def _explainer_kwargs(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[st
     return dict(e.get("explainer_kwargs") or {}) if e.get("explainer", "grad_cam") == args.explainer else {}
 
 
-def _run_name(path: str) -> str:
-    """A model file's run name for file names: its folder's (``runs/permuted/model.pt``: ``permuted``),
-    else its stem."""
-    p = Path(path)
-    name = p.parent.name if p.name == "model.pt" and p.parent.name else p.stem
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+def _run_names(a: str, b: str) -> tuple[str, str]:
+    """Two model files' run names for file names: their folders' (``runs/permuted/model.pt``:
+    ``permuted``; a file not named ``model.pt``: its stem too), with as many parent folders as
+    tell them apart (``permuted_seed0`` and ``erm_seed0``)."""
+    def parts(path: str) -> list[str]:
+        p = Path(path).resolve()
+        return [*p.parent.parts[1:], *([] if p.name == "model.pt" else [p.stem])] or ["model"]
+
+    pa, pb = parts(a), parts(b)
+    for k in range(1, max(len(pa), len(pb)) + 1):
+        na, nb = "_".join(pa[-k:]), "_".join(pb[-k:])
+        if na != nb:
+            break
+    clean = ("".join(c if c.isalnum() or c in "-_." else "_" for c in n) for n in (na, nb))
+    return next(clean), next(clean)
 
 
 def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[str, Any], x: torch.Tensor,
@@ -356,6 +370,9 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
         target = reference(x).argmax(1)
     ref_maps = saliency_explainer(reference, args.explainer, kwargs=kwargs)(x, target).detach()
     maps = saliency_explainer(model, args.explainer, kwargs=kwargs)(x, target).detach()
+    if args.hog and min(ref_maps.shape[-2:]) < 24:
+        raise fail("egl sanity", "--hog", "maps of at least 24 x 24 pixels (one HOG block)",
+                   f"maps of {list(ref_maps.shape[-2:])}", "Leave --hog out for models of images this small")
     sim = map_similarity(ref_maps, maps, hog=args.hog)
     flat = ref_maps.flatten(1)
     alive = flat.amax(1) != flat.amin(1)
@@ -364,7 +381,7 @@ def _maps_against(args: argparse.Namespace, model: torch.nn.Module, ckpt: dict[s
         row[key] = round(float(v[alive].mean()), 4) if bool(alive.any()) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    mine, theirs = _run_name(args.checkpoint), _run_name(args.against)
+    mine, theirs = _run_names(args.checkpoint, args.against)
     stem = f"{mine}_against_{theirs}"  # (one --out holds several pairs)
     fig = randomization_figure(x, torch.stack([ref_maps, maps]), [mine], out / f"{stem}.png",
                                spearman=sim["spearman"][None])
@@ -434,7 +451,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="*", help="image files (default: the first --n images of a test split)")
     p.add_argument("--split", help="test split of the checkpoint's data (default: the first)")
-    p.add_argument("--n", type=int, default=8, help="images taken from the split (default 8)")
+    p.add_argument("--n", type=int, help="images taken from the split (default 8; not with image files)")
     p.add_argument("--explainer", default="grad_cam", help="registered explainer (default grad_cam)")
     p.add_argument("--order", choices=["cascading", "independent"],
                    help="default cascading (parameter randomisation only: an error with --against)")

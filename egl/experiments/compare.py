@@ -17,8 +17,8 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
   with 5 never below 0.0625;
 * ``better``: in how many units the method beat the baseline (in the metric's direction: lower
   is better for sufficiency, deletion, the shortcut rate, sensitivity, the randomisation
-  correlations, BG-gap and BG-follow; ties count as not better; none for the metrics with no
-  direction, the mask area and the share of dead maps).
+  correlations and BG-follow; ties count as not better; none for the metrics with no
+  direction: the mask area, the share of dead maps, and BG-gap, which is signed).
 
 Per unit, only splits where both methods' scores are finite enter the two means (a split where
 the metric is undefined, the shortcut rate of a split with no conflicting sample, is left out of
@@ -50,11 +50,11 @@ _FN = "egl.experiments.compare.paired_comparison"
 
 #: Metrics where a lower score is better (the rest: higher is better).
 LOWER_IS_BETTER = frozenset({"suff", "deletion", "shortcut", "max_sens", "avg_sens", "rand_top", "rand_all",
-                             "bg_gap", "bg_follow"})
+                             "bg_follow"})
 #: Metrics with no better direction ("better" is not counted).
-NO_DIRECTION = frozenset({"area", "rand_dead", "n"})
+NO_DIRECTION = frozenset({"area", "rand_dead", "bg_gap"})
 #: Row keys that are not metrics.
-NOT_METRICS = frozenset({"seed", "n", "draw", "in_distribution"})
+NOT_METRICS = frozenset({"seed", "n", "bg_n", "draw", "in_distribution"})
 #: Above this many units the sign-flip test samples assignments instead of listing them all.
 EXACT_UNITS = 16
 _SAMPLED = 100_000

@@ -22,7 +22,7 @@ METRIC_NAMES = {
     "energy": "EPG", "area": "Mask area", "pointing": "Pointing", "iou": "IoU",
     "max_sens": "MaxSens ↓", "avg_sens": "AvgSens ↓", "rand_top": "Rand-top ρ ↓", "rand_all": "Rand-all ρ ↓",
     "rand_dead": "Rand-all dead", "bg_fg": "Only-FG", "bg_same": "Mixed-same", "bg_rand": "Mixed-rand",
-    "bg_gap": "BG-gap ↓", "bg_follow": "BG-follow ↓",
+    "bg_gap": "BG-gap", "bg_follow": "BG-follow ↓",
 }
 
 
@@ -215,8 +215,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
                  if "rand_top" in has else "")
               + ("Only-FG / Mixed-same / Mixed-rand: accuracy with the object on a blank background / on the "
                  "background of another image of its class / of another class (Xiao et al.); BG-gap: Mixed-same "
-                 "minus Mixed-rand (near 0: the background adds nothing); BG-follow: share of Mixed-rand "
-                 "predictions that are the background's class; "
+                 "minus Mixed-rand over the images that have both (near 0: the background adds nothing); BG-follow: "
+                 "share of Mixed-rand predictions that are the background's class; "
                  if "bg_gap" in has else "")
               + "EPG: share of Grad-CAM energy inside the ground-truth mask, to read against the mask's area. "
               + "Localisation alone is not evidence of right reasons: read it beside accuracy and shortcut rate."]

@@ -10,7 +10,7 @@ the trained model's maps of the same images and classes:
   and stay random, so the ``i``-th step has the top ``i + 1`` layers random;
 - ``order="independent"``: each step randomises one layer of the trained model.
 
-Similarities, per image and step (the paper's three):
+Similarities, per image and step (the paper's):
 
 - ``spearman``: Spearman rank correlation of the two maps (ties get average ranks);
 - ``spearman_abs``: the same on absolute values (it differs from ``spearman`` only for signed
@@ -19,9 +19,12 @@ Similarities, per image and step (the paper's three):
 - ``ssim``: structural similarity of the two maps after per-image min-max scaling to [0, 1]
   (Gaussian window of 11 pixels, sigma 1.5, or the largest odd size the map holds);
 - ``hog`` (with ``hog=True``: computed on the CPU, one map at a time): Pearson correlation of the
-  two maps' histograms of oriented gradients (scikit-image's ``hog``, as the authors' code uses:
-  9 orientations, cells of 8 x 8 pixels, blocks of 3 x 3 cells, L2-Hys) after the same min-max
-  scaling; the maps must be at least 24 pixels a side (one block).
+  two maps' histograms of oriented gradients (scikit-image's ``hog`` with its defaults: 9
+  unsigned orientations, cells of 8 x 8 pixels, blocks of 3 x 3 cells, L2-Hys; the authors'
+  code imports scikit-image) after the same min-max scaling. The maps must be at least 24
+  pixels a side (one block); rows and columns beyond a multiple of 8 are not seen; the
+  orientations are unsigned, so a map and its negation have the same HOG (read it beside
+  ``spearman``).
 
 A faithful explanation's similarity falls towards 0 as the cascade reaches the input. egl's
 choices where the paper is silent, each configurable:

@@ -116,6 +116,12 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["images"] == 3 and Path(row["figure"]).is_file() and -1 <= row["spearman"] <= 1
     assert (tmp_path / "against" / "permuted_against_erm.pt").is_file()
+    from egl.experiments.commands import _run_names
+
+    assert _run_names("runs/permuted/seed0/model.pt", "runs/erm/seed0/model.pt") == ("permuted_seed0", "erm_seed0")
+    assert _run_names("a/shuffled.pt", "a/model.pt") == ("shuffled", "a")
+    assert main(["sanity", "--checkpoint", str(out / "model.pt"), str(img), "--n", "3"]) == 1
+    assert "egl sanity: '--n' expected no --n with image files" in capsys.readouterr().err
     assert Path(row["figure"]).name == "permuted_against_erm.png"
     assert main(["sanity", "--checkpoint", str(permuted / "model.pt"), "--against", str(out / "model.pt"),
                  "--seed", "3"]) == 1  # nothing is re-initialised: a seed would be ignored

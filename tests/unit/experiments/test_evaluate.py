@@ -152,8 +152,14 @@ def test_background_swap_scores_every_image_with_a_mask_with_the_same_donors_for
     assert not {"bg_fg", "bg_same", "bg_rand", "bg_gap", "bg_follow"} & set(plain)  # off by default
     out = evaluate(model, data, batch_size=8, explain_samples=2, background_swap=True)
     assert {k: out[k] for k in plain} == plain
-    want = background_swap(model, x, y, mask, generator=torch.Generator().manual_seed(0)).means()
-    assert {k: out[k] for k in want} == pytest.approx(want)  # all 6 images, not the 2 explained
+    order = torch.Generator().manual_seed(0)  # one pass in a seeded random order, donors from the same generator
+    perm = torch.randperm(6, generator=order)
+    want = background_swap(model, x[perm], y[perm], mask[perm], generator=order)
+    assert {k: out[k] for k in want.means()} == pytest.approx(want.means())  # all 6 images, not the 2 explained
+    assert out["bg_n"] == float(want.valid_rand.sum()) == 6.0
+    # an unannotated image's placeholder mask is no mask: it is neither scored nor a donor
+    flagged = [{**d, "annotated": torch.tensor(i < 4)} for i, d in enumerate(data)]
+    assert evaluate(model, flagged, batch_size=8, explain_samples=2, background_swap=True)["bg_n"] == 4.0
     no_masks = evaluate(model, [{"image": x[i], "label": y[i]} for i in range(6)], background_swap=True)
     assert "bg_gap" not in no_masks
     assert eval_settings({**DEFAULTS["eval"], "background_swap": True}, "cpu")["background_swap"] is True

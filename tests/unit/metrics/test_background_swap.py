@@ -74,7 +74,22 @@ def test_images_without_object_or_background_have_no_score_and_lend_nothing() ->
     mask[1] = 1.0  # all object: no background shows, none to lend
     r = background_swap(RegionModel("object").eval(), x, y, mask, generator=torch.Generator().manual_seed(0))
     assert not r.valid_fg[:2].any() and r.valid_fg[2:].all()
-    assert not (r.same_donor == 1).any() and not (r.rand_donor == 1).any()
+    for lender in (0, 1):  # an empty mask (an unannotated image's placeholder) would lend its object too
+        assert not (r.same_donor == lender).any() and not (r.rand_donor == lender).any()
+    soft = torch.full_like(mask, 0.3)  # a soft mask with no pixel at the threshold: no object
+    assert not background_swap(RegionModel("object").eval(), x, y, soft).valid_fg.any()
+
+
+def test_foreground_is_decided_in_float32_for_half_precision_models() -> None:
+    x, y, _ = _data(4)
+    mask = torch.ones(4, 1, 8, 8)
+    mask[..., 0, :3] = 0.0  # 3 background pixels of 64: the area 0.953 (bf16 rounds 0.998 and more to 1)
+    mask[..., 4, 4] = 0.499  # below the threshold in float32, 0.5 in bfloat16
+    model = RegionModel("object").eval()
+    r32 = background_swap(model, x, y, mask, generator=torch.Generator().manual_seed(0))
+    r16 = background_swap(model, x.bfloat16(), y, mask, generator=torch.Generator().manual_seed(0))
+    assert r32.valid_fg.all() and torch.equal(r32.valid_fg, r16.valid_fg)
+    assert torch.equal(r32.rand_donor, r16.rand_donor)
 
 
 def test_the_donors_object_is_filled_from_its_background() -> None:
@@ -82,9 +97,9 @@ def test_the_donors_object_is_filled_from_its_background() -> None:
     x[..., 3:5, 3:5] = 5.0  # the donor's object
     keep_mask = torch.zeros(1, 1, 8, 8)
     keep_mask[..., 3:5, 3:5] = 1.0
-    imputed = _backgrounds(x, keep_mask, "impute", 0.0, 0.5)
+    imputed = _backgrounds(x, keep_mask >= 0.5, "impute", 0.0)
     torch.testing.assert_close(imputed, torch.ones(1, 3, 8, 8))  # a constant background fills to itself
-    blank = _backgrounds(x, keep_mask, "baseline", -1.0, 0.5)
+    blank = _backgrounds(x, keep_mask >= 0.5, "baseline", -1.0)
     assert bool((blank[..., 3:5, 3:5] == -1).all()) and bool((blank[..., 0, :] == 1).all())
 
 
@@ -99,7 +114,8 @@ def test_masks_of_another_size_are_resized_and_soft_masks_blend() -> None:
     ({"fill": "tile"}, "fill", "one of ['impute', 'baseline']"),
     ({"threshold": 1.5}, "threshold", "a foreground level in (0, 1]"),
     ({"threshold": 0.0}, "threshold", ""),
-    ({"baseline": float("nan")}, "baseline", "a number"),
+    ({"baseline": float("nan")}, "baseline", "a finite number"),
+    ({"baseline": float("inf")}, "baseline", "a finite number"),
     ({"generator": "seed"}, "generator", "a CPU torch.Generator"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, arg: str, message: str) -> None:
