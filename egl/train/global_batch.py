@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from egl._check import describe, fail
-from egl._transfer import upload
+from egl._transfer import host_tensor, upload
 
 __all__ = ["gather_rows", "before_gather"]
 
@@ -128,7 +128,7 @@ def _exchange(status: int, rows: int, device: torch.device, fn: str, signature: 
     another failed, and on every rank when the tensors' dtypes or trailing shapes differ."""
     import torch.distributed as dist
 
-    mine = torch.tensor([status, rows, signature], dtype=torch.int64, device=device)
+    mine = host_tensor([status, rows, signature], device, torch.int64)
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(out, mine)
     table = torch.stack(out).tolist()
