@@ -234,7 +234,7 @@ def comparison_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, bas
                 lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | – | – | – | – | – |")
                 continue
             ci = "–" if math.isnan(c.ci_low) else f"[{c.ci_low * scale:+.1f}, {c.ci_high * scale:+.1f}]"
-            p_t = "–" if math.isnan(c.p_t) else f"{c.p_t:.3f}"
+            p_t = "–" if math.isnan(c.p_t) else "<0.001" if c.p_t < 0.001 else f"{c.p_t:.3f}"
             better = "–" if c.better is None else f"{c.better}/{c.n}"
             lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | {c.mean * scale:+.1f} | {ci} | {p_t} | "
                          f"{c.p_sign_flip:.3f} | {better} |")
