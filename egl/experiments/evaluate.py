@@ -194,7 +194,7 @@ def _background_swaps(model: nn.Module, dataset: Dataset, batch_size: int, devic
         batch = as_batch(raw, "egl.experiments.evaluate")
         if batch.mask is None:
             return []
-        keep = batch.annotated if batch.annotated is not None else None  # (placeholders are no masks)
+        keep = batch.annotated  # (an unannotated image's placeholder is no mask)
         x, y, mask = (batch.x, batch.y, batch.mask) if keep is None else (batch.x[keep], batch.y[keep],
                                                                          batch.mask[keep])
         if x.shape[0]:
