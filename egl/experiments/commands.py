@@ -397,10 +397,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     metrics = list(dict.fromkeys(args.metric or ["acc"]))
     flagged = any("in_distribution" in r for r in rows)  # (rows of older egl: no in/out split)
     over = list(dict.fromkeys(args.over or (["id", "ood"] if flagged else ["all"])))
-    base = check_request(rows, metrics, args.baseline, over, args.confidence, fn="egl compare",
+    base = check_request(rows, metrics, args.baseline, over, args.confidence, fn="egl compare", adjust=args.adjust,
                          arg=lambda name: "results" if name == "rows" else f"--{name}")  # (before any table)
     for metric in metrics:  # (x100, as the tables: percentage points)
-        print(comparison_table(rows, metric, baseline=base, over=over, confidence=args.confidence, seed=args.seed))
+        print(comparison_table(rows, metric, baseline=base, over=over, confidence=args.confidence, seed=args.seed,
+                               adjust=args.adjust))
         print()
     return 0
 
@@ -475,4 +476,7 @@ def add_commands(sub: Any) -> None:
                    "(repeatable; default id and ood, or all for rows that do not say which splits are in distribution)")
     p.add_argument("--confidence", type=float, default=0.95, help="of the interval (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="of the sampled sign-flip test (more than 16 pairs)")
+    p.add_argument("--adjust", choices=("holm", "none"), default="holm",
+                   help="p-values adjusted for comparing several methods with the baseline (Holm's step-down, "
+                   "per metric and --over; default) or not (none)")
     p.set_defaults(func=_cmd_compare)

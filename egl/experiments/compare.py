@@ -23,12 +23,18 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
 Per unit, only splits where both methods' scores are finite enter the two means (a split where
 the metric is undefined, the shortcut rate of a split with no conflicting sample, is left out of
 both); units where no split is left (a diverged run, a metric not computed) are left out and
-counted. p-values are not corrected for comparing several methods with one baseline
-(Holm's correction: sort the ``k`` p-values, multiply the ``i``-th smallest by ``k − i + 1``).
+counted.
+
+Comparing ``k`` methods with one baseline makes ``k`` tests: with ``adjust="holm"`` (the
+default) both p-values are Holm's step-down adjustment over them (:func:`holm`; each kind of
+p-value on its own, per metric and ``over``), which keeps the chance of any false "significant"
+difference at the level read, for any dependence between the tests. With one method it changes
+nothing; ``adjust="none"`` gives each test's own p-value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -43,8 +49,8 @@ import numpy as np
 
 from egl._check import fail
 
-__all__ = ["PairedComparison", "paired_comparison", "comparison_table", "read_results", "sign_flip_p",
-           "check_request", "LOWER_IS_BETTER"]
+__all__ = ["PairedComparison", "paired_comparison", "comparison_table", "read_results", "sign_flip_p", "holm",
+           "check_request", "LOWER_IS_BETTER", "ADJUSTMENTS"]
 
 _FN = "egl.experiments.compare.paired_comparison"
 
@@ -59,11 +65,14 @@ NOT_METRICS = frozenset({"seed", "n", "bg_n", "draw", "in_distribution"})
 EXACT_UNITS = 16
 _SAMPLED = 100_000
 _OVER = ("ood", "id", "all")
+#: The multiple-comparison adjustments of the p-values.
+ADJUSTMENTS = ("holm", "none")
 
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """One method against the baseline on one metric (scores as stored: fractions for accuracy)."""
+    """One method against the baseline on one metric (scores as stored: fractions for accuracy;
+    ``p_t`` and ``p_sign_flip`` adjusted as ``adjust`` says)."""
 
     method: str
     baseline: str
@@ -77,10 +86,12 @@ class PairedComparison:
     p_sign_flip: float
     better: int | None
     skipped: int
+    adjust: str = "none"
 
 
 def paired_comparison(rows: Sequence[dict[str, Any]], metric: str = "acc", *, baseline: str | None = None,
-                      over: str = "ood", confidence: float = 0.95, seed: int = 0) -> list[PairedComparison]:
+                      over: str = "ood", confidence: float = 0.95, seed: int = 0,
+                      adjust: str = "holm") -> list[PairedComparison]:
     """Every other method of ``rows`` against ``baseline``, paired by (training set, seed).
 
     Args:
@@ -91,14 +102,40 @@ def paired_comparison(rows: Sequence[dict[str, Any]], metric: str = "acc", *, ba
             ``"id"``, ``"all"``, or one split's name.
         confidence: of the interval on the mean difference, in (0, 1).
         seed: of the sampled sign-flip test (more than 16 units).
+        adjust: ``"holm"`` (Holm's adjustment over the methods compared) or ``"none"``.
 
     Returns:
         One :class:`PairedComparison` per other method, in the rows' order (``n`` = 0 when no unit
         pairs up).
     """
-    base = check_request(rows, [metric], baseline, [over], confidence)
-    return [_compare(m, base, metric, over, rows, confidence, seed)
-            for m in dict.fromkeys(r["method"] for r in rows) if m != base]
+    base = check_request(rows, [metric], baseline, [over], confidence, adjust=adjust)
+    found = [_compare(m, base, metric, over, rows, confidence, seed)
+             for m in dict.fromkeys(r["method"] for r in rows) if m != base]
+    if adjust == "none":
+        return found
+    p_t, p_flip = holm([c.p_t for c in found]), holm([c.p_sign_flip for c in found])
+    return [dataclasses.replace(c, p_t=t, p_sign_flip=f, adjust=adjust) for c, t, f in zip(found, p_t, p_flip)]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``k`` p-values, in their order: sort them, take the ``i``-th
+    smallest times ``k − i + 1`` (capped at 1), and keep the running maximum so that the order is
+    kept. Rejecting where the adjusted value is below ``α`` keeps the chance of any false rejection
+    at most ``α``, whatever the tests' dependence (Holm, 1979).
+
+    A p-value that is NaN (a test that could not be made: one unit, equal differences) stays NaN
+    and does not count in ``k``.
+    """
+    values = [float(p) for p in p_values]
+    if any(not math.isnan(p) and not 0.0 <= p <= 1.0 for p in values):
+        raise fail("egl.experiments.compare.holm", "p_values", "p-values in [0, 1] (or NaN for no test)",
+                   repr(values), "Pass the tests' p-values")
+    order = sorted((i for i, p in enumerate(values) if not math.isnan(p)), key=lambda i: values[i])
+    out, running = list(values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * values[i]))
+        out[i] = running
+    return out
 
 
 def _is_value(v: object) -> bool:
@@ -107,7 +144,7 @@ def _is_value(v: object) -> bool:
 
 def check_request(rows: Sequence[dict[str, Any]], metrics: Sequence[str], baseline: str | None,
                   overs: Sequence[str], confidence: float, *, fn: str = _FN,
-                  arg: Any = lambda name: name) -> str:
+                  arg: Any = lambda name: name, adjust: str = "holm") -> str:
     """Check a comparison's arguments against ``rows`` and return the baseline (``arg`` spells an
     argument's name as the caller takes it: ``--over`` for the command line)."""
     def bad(name: str, want: str, got: str, fix: str) -> Exception:
@@ -128,6 +165,8 @@ def check_request(rows: Sequence[dict[str, Any]], metrics: Sequence[str], baseli
                       f"{over!r}, with no row saying so", "Pass all, or a split's name")
     if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0.0 < confidence < 1.0:
         raise bad("confidence", "a float in (0, 1)", repr(confidence), "Pass e.g. 0.95")
+    if adjust not in ADJUSTMENTS:
+        raise bad("adjust", f"one of {list(ADJUSTMENTS)}", repr(adjust), "Pass holm (or none for unadjusted p-values)")
     erms = [m for m in methods if m == "erm" or m.endswith("/erm")]
     if baseline is None and len(erms) > 1:
         raise bad("baseline", "the method to compare against (several are named erm)", f"none, with {erms}",
@@ -218,17 +257,20 @@ def sign_flip_p(diffs: np.ndarray, *, seed: int = 0) -> float:
 
 def comparison_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, baseline: str | None = None,
                      over: Sequence[str] = ("id", "ood"), confidence: float = 0.95, scale: float = 100.0,
-                     seed: int = 0) -> str:
+                     seed: int = 0, adjust: str = "holm") -> str:
     """:func:`paired_comparison` as a Markdown table, one row per method and ``over`` entry
-    (differences times ``scale``: percentage points for accuracy)."""
+    (differences times ``scale``: percentage points for accuracy; the p-value columns say when
+    they are Holm-adjusted, over the methods of one ``over`` entry)."""
     from egl.experiments.tables import METRIC_NAMES
 
     name = METRIC_NAMES.get(metric, metric).replace(" ↓", "").replace(" ↑", "")
-    head = (f"| Method | vs | Splits | Pairs | Δ {name} | {confidence * 100:g}% CI | p (paired t) | p (sign-flip) | "
-            "Better in |")
+    how = ", Holm" if adjust == "holm" else ""
+    head = (f"| Method | vs | Splits | Pairs | Δ {name} | {confidence * 100:g}% CI | p (paired t{how}) | "
+            f"p (sign-flip{how}) | Better in |")
     lines = [head, "|" + "---|" * 9]
     for o in dict.fromkeys(over):
-        for c in paired_comparison(rows, metric, baseline=baseline, over=o, confidence=confidence, seed=seed):
+        for c in paired_comparison(rows, metric, baseline=baseline, over=o, confidence=confidence, seed=seed,
+                                   adjust=adjust):
             pairs = f"{c.n}" + (f" ({c.skipped} left out)" if c.skipped else "")
             if c.n == 0:
                 lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | – | – | – | – | – |")

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import egl
-from egl.experiments.compare import comparison_table, paired_comparison, read_results, sign_flip_p
+from egl.experiments.compare import comparison_table, holm, paired_comparison, read_results, sign_flip_p
 
 
 def _rows(scores: dict[str, list[float]], *, train: str = "all", split: str = "ood", metric: str = "acc",
@@ -72,6 +72,32 @@ def test_lower_is_better_metrics_count_a_drop_as_better() -> None:
     assert c.better == 2 and c.mean == pytest.approx(-0.2)
 
 
+def test_holm_by_hand_keeps_order_caps_at_one_and_skips_tests_not_made() -> None:
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+    assert holm([0.2]) == [0.2]
+    nan, *p = holm([math.nan, 0.02, 0.04])  # a NaN (no test) is not one of the k
+    assert math.isnan(nan) and p == pytest.approx([0.04, 0.04])
+    with pytest.raises(egl.InputError, match="'p_values' expected p-values in \\[0, 1\\]"):
+        holm([1.5])
+
+
+def test_several_methods_are_holm_adjusted_by_default_and_none_gives_the_raw_p_values() -> None:
+    rows = _rows({"erm": [0.50, 0.55, 0.60, 0.52], "align": [0.56, 0.57, 0.69, 0.55],
+                  "irm": [0.49, 0.58, 0.59, 0.50]})
+    raw = paired_comparison(rows, adjust="none")
+    adjusted = paired_comparison(rows)
+    assert [c.adjust for c in raw] == ["none"] * 2 and [c.adjust for c in adjusted] == ["holm"] * 2
+    for kind in ("p_t", "p_sign_flip"):
+        assert [getattr(c, kind) for c in adjusted] == pytest.approx(holm([getattr(c, kind) for c in raw]))
+    assert adjusted[0].p_t == pytest.approx(2 * stats.ttest_rel([0.56, 0.57, 0.69, 0.55],
+                                                                [0.50, 0.55, 0.60, 0.52]).pvalue)
+    assert [c.mean for c in adjusted] == [c.mean for c in raw]
+    assert "p (paired t, Holm) | p (sign-flip, Holm)" in comparison_table(rows, over=["ood"])
+    assert "p (paired t) | p (sign-flip) |" in comparison_table(rows, over=["ood"], adjust="none")
+
+
 def test_the_baseline_defaults_to_erm_else_the_first_method() -> None:
     rows = _rows({"align": [0.6, 0.7], "erm": [0.5, 0.5], "irm": [0.4, 0.4]})
     assert [(c.method, c.baseline) for c in paired_comparison(rows)] == [("align", "erm"), ("irm", "erm")]
@@ -84,6 +110,7 @@ def test_the_baseline_defaults_to_erm_else_the_first_method() -> None:
     ({"baseline": "dro"}, "baseline", "one of the rows' methods ['erm', 'align'], got 'dro'"),
     ({"metric": "accuracy"}, "metric", "a metric of the rows ['acc'], got 'accuracy'"),
     ({"confidence": 95.0}, "confidence", "a float in (0, 1), got 95.0"),
+    ({"adjust": "bonferroni"}, "adjust", "one of ['holm', 'none'], got 'bonferroni'"),
 ])
 def test_bad_arguments_are_named(kwargs: dict, arg: str, message: str) -> None:
     with pytest.raises(egl.InputError, match=f"'{arg}'") as info:
@@ -212,3 +239,5 @@ def test_egl_compare_prints_one_table_per_metric(tmp_path: Path, capsys: pytest.
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
     assert main(["compare", str(tmp_path)]) == 0  # rows of older egl: every split, not id/ood
     assert "| align | erm | all | 2 |" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "--adjust", "none"]) == 0
+    assert "p (paired t) | p (sign-flip) |" in capsys.readouterr().out
