@@ -305,6 +305,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
     train_domains = source.training_domains(t.get("domains", "all"))
     train_sets = source.training_sets(t.get("domains", "all"))
     tests = source.test_sets(e.get("splits"))
+    swap_caches: dict[str, dict[int, Any]] = {split: {} for split in tests}  # (every model: the same backgrounds)
     on_diverge = check_on_diverge(t.get("on_diverge", "stop"))
     if select != "last" or every is not None:  # every run has data to validate on, before anything is made
         for domains in train_domains.values():
@@ -346,7 +347,7 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
                         shutil.rmtree(run_.checkpoint_dir, ignore_errors=True)
                         continue
                     run_rows = done if done is not None else _evaluate_run(grid, source, run_, recipe, tests, log,
-                                                                           draws.get(method, {}))
+                                                                           draws.get(method, {}), swap_caches)
                     rows += run_rows
                     if figures:
                         keep_figure(keep, ranks, method, recipe.cpu(), run_rows)
@@ -429,9 +430,10 @@ def _checkpoint_seconds(path: Path) -> float | None:
 
 
 def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, tests: dict[str, Any],
-                  log: Any, extra: dict[str, Any]) -> list[dict[str, Any]]:
+                  log: Any, extra: dict[str, Any], swap_caches: dict[str, dict[int, Any]]) -> list[dict[str, Any]]:
     """One result row per test split (with ``extra``: a draw's ``sweep_of`` and ``hparams``),
-    each written to ``log`` as soon as it is measured."""
+    each written to ``log`` as soon as it is measured (``swap_caches``: the background swap's
+    backgrounds per split, kept for the experiment's later models)."""
     t, e = cfg["train"], cfg["eval"]
     train_s = float(json.loads(run_.trained_file.read_text())["train_seconds"])
     chosen = recipe.selected
@@ -440,7 +442,8 @@ def _evaluate_run(cfg: dict[str, Any], source: Source, run_: _Run, recipe: Any, 
         selected["val_worst_group"] = chosen["worst_group"]
     rows = []
     for split, ds in tests.items():
-        metrics = evaluate(recipe.model, ds, **eval_settings(e, t.get("device", "cpu")))
+        metrics = evaluate(recipe.model, ds, **eval_settings(e, t.get("device", "cpu")),
+                           background_cache=swap_caches[split])
         row = {"method": run_.method, "train": run_.train, "seed": run_.seed, "split": split,
                "explainer": e.get("explainer", "grad_cam"),
                "in_distribution": source.in_distribution(split, run_.domains),

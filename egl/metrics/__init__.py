@@ -30,7 +30,7 @@ Example:
     1.0
 """
 
-from egl.metrics.background_swap import BackgroundSwapResult, background_swap
+from egl.metrics.background_swap import BackgroundSwapResult, background_swap, remove_objects
 from egl.metrics.classification import accuracy, auc
 from egl.metrics.deletion_insertion import CurveResult, deletion, insertion
 from egl.metrics.faithfulness import BASELINES, DEFAULT_KS, FaithfulnessResult, faithfulness
@@ -56,6 +56,7 @@ __all__ = [
     "accuracy",
     "auc",
     "background_swap",
+    "remove_objects",
     "BackgroundSwapResult",
     "faithfulness",
     "FaithfulnessResult",

@@ -165,3 +165,32 @@ def test_background_swap_scores_every_image_with_a_mask_with_the_same_donors_for
     assert eval_settings({**DEFAULTS["eval"], "background_swap": True}, "cpu")["background_swap"] is True
     with pytest.raises(egl.InputError, match="'background_swap' expected True or False"):
         evaluate(model, data, background_swap="maybe")
+
+
+def test_a_background_cache_imputes_each_batch_once_for_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import torch
+
+    ev = importlib.import_module("egl.experiments.evaluate")  # (egl.experiments.evaluate is also the function)
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(10) % 2
+    mask = torch.zeros(10, 1, 32, 32)
+    mask[..., 8:24, 4:20] = 1.0
+    data = [{"image": x[i], "label": y[i], "mask": mask[i]} for i in range(10)]
+    models = [make_model("test_resnet", output_stride=8).eval() for _ in range(2)]
+    calls = []
+    real = ev.remove_objects
+    monkeypatch.setattr(ev, "remove_objects", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache: dict = {}
+    for model in models:
+        plain = ev.evaluate(model, data, batch_size=4, explain_samples=0, background_swap=True)
+        cached = ev.evaluate(model, data, batch_size=4, explain_samples=0, background_swap=True,
+                             background_cache=cache)
+        assert cached == pytest.approx(plain, nan_ok=True)  # the same composites, the same scores
+    assert len(calls) == 3 and sorted(cache) == [0, 1, 2]  # 3 batches of 4, 4, 2: imputed once, for the first model
+    fingerprint, changed, values = cache[0]
+    assert changed.dtype == torch.bool and changed.shape == (4, 1, 32, 32) and values.numel() == 4 * 3 * 16 * 16
+    other = [{**d, "image": d["image"] + 1} for d in data]  # other images under the same keys: imputed again
+    ev.evaluate(models[0], other, batch_size=4, explain_samples=0, background_swap=True, background_cache=cache)
+    assert len(calls) == 6 and cache[0][0] != fingerprint

@@ -80,3 +80,34 @@ def test_a_domain_comparing_method_on_one_training_domain_warns() -> None:
         for recipe in comparing:
             _warn_if_domains_cannot_differ(recipe, "m", ["domain0", "domain1"])
             _warn_if_domains_cannot_differ(recipe, "m", None)
+
+
+def test_an_experiment_imputes_the_background_swaps_backgrounds_once_for_all_its_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import json
+
+    from egl.experiments.config import apply_overrides, merge
+    from egl.experiments.runner import run
+
+    monkeypatch.setenv("EGL_CACHE_DIR", str(tmp_path / "cache"))
+    ev = importlib.import_module("egl.experiments.evaluate")
+    calls: list[int] = []
+    real = ev.remove_objects
+    monkeypatch.setattr(ev, "remove_objects", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    settings = ["train.steps=1", "train.seeds=[0]", "train.progress=false", "data.synthetic.train_per_domain=16",
+                "data.synthetic.val_per_domain=4", "data.synthetic.test_per_split=6", "eval.explain_samples=2",
+                "model.arch=test_resnet", "eval.mask_quality=false", "eval.background_swap=true",
+                "train.domains=each", "data.batch_size=8"]
+    counts = []
+    for n, methods in enumerate(("{erm: {recipe: erm}}", "{erm: {recipe: erm}, again: {recipe: erm}}")):
+        out = tmp_path / f"run{n}"
+        calls.clear()
+        rows, _ = run(apply_overrides(merge(DEFAULTS, {}), [*settings, f"output={out}", f"methods={methods}"]),
+                      echo=False)
+        counts.append(sum(calls))
+    # one model per training domain and method, each split's backgrounds imputed once (for the first model)
+    assert counts[0] == counts[1] > 0
+    rows = [json.loads(line) for line in (tmp_path / "run1" / "results.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "event" not in r and r["method"] == "again" and "bg_n" in r]
+    assert scored and all(r["bg_n"] > 0 for r in scored)

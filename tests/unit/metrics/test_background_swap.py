@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import egl
-from egl.metrics import background_swap
+from egl.metrics import background_swap, remove_objects
 from egl.metrics.background_swap import _backgrounds
 
 
@@ -137,3 +137,28 @@ def test_bad_inputs_are_named() -> None:
         background_swap(model, x, y, mask * 2)
     with pytest.raises(egl.InputError, match="'mask'"):
         background_swap(model, x, y, mask[:3])
+
+
+def test_backgrounds_made_once_give_the_same_scores_and_remove_objects_checks_its_inputs() -> None:
+    torch.manual_seed(0)
+    x, y, mask = torch.randn(6, 3, 8, 8), torch.arange(6) % 2, torch.zeros(6, 1, 8, 8)
+    mask[..., 2:6, 1:5] = 1
+    model = RegionModel("background").eval()
+    backgrounds = remove_objects(x, mask)
+    outside = (mask < 0.5).expand_as(x)
+    assert torch.equal(backgrounds[outside], x[outside]) and not torch.equal(backgrounds, x)
+    fresh = background_swap(model, x, y, mask, generator=torch.Generator().manual_seed(1))
+    reused = background_swap(model, x, y, mask, generator=torch.Generator().manual_seed(1), backgrounds=backgrounds)
+    assert all(torch.equal(getattr(fresh, k), getattr(reused, k)) for k in fresh.__dict__)
+    blank = remove_objects(x, mask, fill="baseline", baseline=-3.0)
+    assert bool((blank[~outside] == -3).all())
+    with pytest.raises(egl.InputError, match="'backgrounds' expected a tensor of the images' shape"):
+        background_swap(model, x, y, mask, backgrounds=backgrounds[:3])
+    with pytest.raises(egl.InputError, match="'backgrounds' expected finite"):
+        background_swap(model, x, y, mask, backgrounds=torch.full_like(x, float("nan")))
+    with pytest.raises(egl.InputError, match="remove_objects: 'x' expected a non-empty floating B C H W batch"):
+        remove_objects(x[0], mask)
+    with pytest.raises(egl.InputError, match="remove_objects: 'fill' expected one of"):
+        remove_objects(x, mask, fill="tile")
+    with pytest.raises(egl.InputError, match="remove_objects: 'mask'"):
+        remove_objects(x, mask[:2])
