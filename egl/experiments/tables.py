@@ -200,7 +200,8 @@ def render_tables(rows: list[dict[str, Any]], source: Any) -> str:
                   "Δ: the method's accuracy minus the baseline's (percentage points), per (training set, seed), "
                   "then averaged; CI: Student's t over those pairs; p (sign-flip): exact permutation test of the "
                   "pairs' signs, which cannot fall below 0.5 with 2 pairs or 0.0625 with 5; both p-values "
-                  "Holm-adjusted over the methods compared with the baseline. Other metrics and baselines: `egl compare <results folder> --metric M --baseline B` (docs/experiments.md)."]
+                  "Holm-adjusted over the methods compared with the baseline. Other metrics and baselines: "
+                  "`egl compare <results folder> --metric M --baseline B` (docs/experiments.md)."]
     note = diverged_note(rows)
     if note:
         parts += ["", note]
