@@ -125,8 +125,8 @@ def _one_run(source: Any, mode: Any) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from egl.experiments.models import check_model_builds
-    from egl.experiments.runner import (check_balance, check_batch_size, check_selection, check_val_set, results_dir,
-                                        train_method)
+    from egl.experiments.runner import (check_balance, check_batch_size, check_recipes_build, check_selection,
+                                        check_val_set, results_dir, train_method)
     from egl.experiments.sources import load_source
 
     from egl.experiments.sweep import expand
@@ -151,7 +151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_val_set(cfg, val_set, select)
     check_batch_size(cfg, {"+".join(domains): train_set})
     check_balance(cfg, {"+".join(domains): train_set})
-    check_model_builds(cfg["model"], source.num_classes, cfg["eval"])
+    check_recipes_build(cfg, [args.method], check_model_builds(cfg["model"], source.num_classes, cfg["eval"]))
     out = results_dir(cfg, f"train-{args.method}")
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set,
                          domains=domains).model

@@ -50,17 +50,19 @@ def check_model(model_cfg: object, fn: str = "egl.experiments") -> None:
                    "(or model.weights=null for random weights)")
 
 
-def check_model_builds(model_cfg: dict[str, Any], num_classes: int, eval_cfg: dict[str, Any] | None = None) -> None:
+def check_model_builds(model_cfg: dict[str, Any], num_classes: int,
+                       eval_cfg: dict[str, Any] | None = None) -> nn.Module:
     """Build the model once, on the CPU, and load ``model.weights`` into it: arguments timm's
     architecture does not take, and a weights file torch cannot read or that holds another
     architecture's weights, are named before any folder is made (not when the first run starts).
     With ``eval_cfg``, the evaluation's explainer is built on it too (``eval.explainer_kwargs`` it
-    does not take are named now, not after the training)."""
+    does not take are named now, not after the training). Returns the model (on the CPU)."""
     with warnings.catch_warnings():  # (the runs warn of classifier weights kept at initialisation)
         warnings.simplefilter("ignore", UserWarning)
         model = build_model(model_cfg, num_classes)
     if eval_cfg is not None:
         check_explainer_builds(model, eval_cfg)
+    return model
 
 
 def check_explainer_builds(model: torch.nn.Module, eval_cfg: dict[str, Any]) -> None:

@@ -15,12 +15,14 @@ Writes into the results folder:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,24 @@ def train_method(cfg: dict[str, Any], method: str, source: Source, train_set: An
                checkpoint_every=int(t.get("checkpoint_every", 500)))
     recipe.selected = validation.selected if validation is not None else None  # (not the kept weights' copy)
     return recipe
+
+
+def check_recipes_build(cfg: dict[str, Any], methods: Sequence[str], model: nn.Module) -> None:
+    """Build each of ``methods``' recipes (``methods.<name>.recipe`` with its ``kwargs`` and the
+    train defaults) on a copy of ``model``, before any folder is made or run trained: an argument
+    a recipe refuses (``align_weight=-1``, an unknown masker) is named now, not when the grid
+    reaches that method. The recipes' warnings are left to the runs that build them again."""
+    t = cfg["train"]
+    for method in methods:
+        mcfg = cfg["methods"][method]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                egl.create("recipe", mcfg["recipe"], copy.deepcopy(model), **{**train_defaults(t),
+                                                                              **(mcfg.get("kwargs") or {})})
+        except egl.EGLError as err:  # (which config entry: methods.<method>.kwargs)
+            raise type(err)(f"{err} [egl.experiments: methods.{method}, recipe {mcfg['recipe']!r}; nothing was "
+                            "trained or written]") from err
 
 
 def train_defaults(t: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +245,10 @@ def _warn_if_a_schedule_never_starts(recipe: Any, method: str, steps: int) -> No
     """A run shorter than the recipe's warm-up or annealing step silently trains another method."""
     for attr, lost in _SCHEDULES.items():
         at = getattr(recipe, attr, None)
+        if attr == "warmup_steps" and getattr(recipe, "align_weight", None) == 0:
+            continue  # (no alignment term and no masker phase: the warm-up changes nothing)
+        if attr == "warmup_steps" and not getattr(getattr(recipe, "masker", None), "trainable", True):
+            lost = "the alignment term never joins (the run is ERM + regularizer)"
         if isinstance(at, int) and not isinstance(at, bool) and steps > 0 and at >= steps:
             warnings.warn(f"egl.experiments: method '{method}' has {attr}={at} but the run has train.steps={steps}: "
                           f"{lost}. Set methods.{method}.kwargs.{attr} below {steps}, or train longer.",
@@ -312,7 +336,8 @@ def run(cfg: dict[str, Any], kind: str = "experiment", *, echo: bool = True,
             check_val_set(cfg, source.validation_set(domains, held_out=t.get("val_domains") == "held_out"), select)
     check_batch_size(cfg, train_sets)  # every run has a batch to train on
     check_balance(cfg, train_sets)
-    check_model_builds(cfg["model"], source.num_classes, cfg["eval"])  # model.kwargs, .weights; eval's explainer
+    model = check_model_builds(cfg["model"], source.num_classes, cfg["eval"])  # model.kwargs, .weights; explainer
+    check_recipes_build(grid, list(grid["methods"]), model)  # every method's kwargs
     out = results_dir(cfg, kind)
     header = {"event": "start", "kind": kind, "config": cfg, "versions": _versions(), "time": time.time()}
     finished: dict[Any, list[dict[str, Any]]] = {}

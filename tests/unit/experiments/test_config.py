@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ def test_a_run_shorter_than_a_recipes_schedule_warns() -> None:
         _warn_if_a_schedule_never_starts(recipes.irm(make_model("test_resnet")), "irm", 300)
     with pytest.warns(UserWarning, match=r"method 'align' has warmup_steps=200 .*never join"):
         _warn_if_a_schedule_never_starts(recipes.align(make_model("test_resnet")), "align", 200)
+    with pytest.warns(UserWarning, match=r"the alignment term never joins"):  # (no masker phase to miss)
+        _warn_if_a_schedule_never_starts(recipes.align(make_model("test_resnet"), masker="grayscale"), "gray", 200)
+    with warnings.catch_warnings():  # no alignment term: the warm-up changes nothing, nothing to warn of
+        warnings.simplefilter("error")
+        _warn_if_a_schedule_never_starts(recipes.align(make_model("test_resnet"), align_weight=0.0), "wo_eg", 200)
     methods = PRESETS["baselines"]["methods"]
     assert methods["irm"]["kwargs"]["anneal_steps"] < DEFAULTS["train"]["steps"]
     assert methods["align"]["kwargs"]["warmup_steps"] < DEFAULTS["train"]["steps"]

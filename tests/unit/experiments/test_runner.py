@@ -111,3 +111,23 @@ def test_an_experiment_imputes_the_background_swaps_backgrounds_once_for_all_its
     rows = [json.loads(line) for line in (tmp_path / "run1" / "results.jsonl").read_text().splitlines()]
     scored = [r for r in rows if "event" not in r and r["method"] == "again" and "bg_n" in r]
     assert scored and all(r["bg_n"] > 0 for r in scored)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ("{align_weight: -1}", "'align_weight' expected a finite number >= 0, got -1"),
+    ("{align_wieght: 1}", "got an unexpected keyword argument 'align_wieght'"),
+    ("{masker: grey}", "expected a registered masker name, got 'grey'"),
+])
+def test_a_methods_bad_kwargs_stop_the_grid_before_any_folder_or_run(tmp_path: Path, kwargs: str,
+                                                                      message: str) -> None:
+    import egl
+    from egl.experiments.config import apply_overrides, merge
+    from egl.experiments.runner import run
+
+    out = tmp_path / "never"
+    cfg = apply_overrides(merge(DEFAULTS, {}), [
+        "train.steps=1", "train.seeds=[0]", "model.arch=test_resnet", f"output={out}",
+        f"methods={{erm: {{recipe: erm}}, align: {{recipe: align, kwargs: {kwargs}}}}}"])  # align second
+    with pytest.raises(egl.EGLError, match="methods.align, recipe 'align'; nothing was trained") as info:
+        run(cfg, echo=False)
+    assert message in str(info.value) and not out.exists()
