@@ -33,6 +33,26 @@ def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = Tr
     return m
 
 
+def check_aspect(src: tuple[int, int], dst: tuple[int, int], fn: str, arg: str, dst_name: str) -> None:
+    """Refuse resizing an ``src``-sized map to ``dst`` when it is a scaled copy of ``dst``
+    *transposed* and not of ``dst`` (a mask ``[B, 1, W, H]`` of ``[B, C, H, W]`` images), to within
+    one cell of the coarser grid (the rounding of feature grids: 7x7 for 224x200 images at stride
+    32). Other proportions are resized as they are (images squashed to a square beside masks kept
+    at the photo's size), and so are grids with a side under 8 cells, where one cell of rounding
+    makes the orientation ambiguous (a 2x2 Grad-CAM map of 48x64 images)."""
+    def fits(a: tuple[int, int], b: tuple[int, int]) -> bool:  # some s with |b - s a| <= 1 on both sides
+        return max((b[0] - 1) / a[0], (b[1] - 1) / a[1]) <= min((b[0] + 1) / a[0], (b[1] + 1) / a[1])
+
+    def scaled(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return fits(a, b) or fits(b, a)
+
+    src, dst = (int(src[0]), int(src[1])), (int(dst[0]), int(dst[1]))
+    if min(*src, *dst) >= 8 and src != dst and not scaled(src, dst) and scaled((src[1], src[0]), dst):
+        raise fail(fn, arg, f"a map oriented as {dst_name} {list(dst)} (height, width; any scale)",
+                   f"size {list(src)}, their transpose", "Transpose it back (mask.transpose(-2, -1)): masks "
+                   "are [B, 1, H, W] with H the images' height")
+
+
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize ``[B, 1, H, W]`` masks to ``size``.
 
@@ -53,7 +73,8 @@ def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
 
     Raises:
         InputError: ``mask`` is not a floating ``[B, 1, H, W]`` tensor, or ``size`` is not a pair
-            of ints >= 1.
+            of ints >= 1. (Any proportions are resized: the public functions refuse a transposed
+            mask first, :func:`check_aspect`.)
     """
     fn = "egl._masks.resize_mask"
     if isinstance(mask, Tensor) and not mask.is_floating_point():

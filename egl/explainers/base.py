@@ -6,11 +6,17 @@ parameters, so it can sit inside a training loss. Explainers never change the mo
 train/eval mode and leave no hooks behind: hooks live for one call, and
 ``with Explainer(model) as e:`` scopes the explainer for readability and symmetry
 with other libraries.
+
+Every subclass's :meth:`Explainer.explain` is checked on return (see :func:`check_explanation`), so a
+plugin that breaks the contract is named where it is called, by every recipe and metric alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any, ClassVar, ContextManager, NamedTuple
 
 import torch
@@ -20,11 +26,21 @@ from egl._check import check_flag, check_model_dtype, check_shape, describe, fai
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
 __all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
-           "model_device", "double_backward_ready"]
+           "model_device", "double_backward_ready", "check_explanation", "CONTRACT"]
+
+#: What :meth:`Explainer.explain` returns, as the errors of :func:`check_explanation` spell it.
+CONTRACT = "Explanation(saliency=[B, 1, H, W] in [0, 1], logits=[B, num_classes])"
 
 
 class Explanation(NamedTuple):
-    """Saliency ``[B, 1, H, W]`` together with the logits ``[B, K]`` computed on the way."""
+    """Saliency ``[B, 1, H, W]`` together with the logits ``[B, K]`` computed on the way.
+
+    ``saliency`` is a floating-point map on the input's device, in [0, 1] when normalised
+    (``[B, C, H, W]`` for an explainer that keeps channels, ``[B, 1, h, w]`` without upsampling);
+    ``logits`` are the model's class scores for the same batch. With ``create_graph=True`` both
+    stay attached to the model's graph: ALIGN takes its cross-entropy from ``logits`` and
+    backpropagates its alignment loss through ``saliency``.
+    """
 
     saliency: Tensor
     logits: Tensor
@@ -54,6 +70,71 @@ def double_backward_ready(create_graph: bool) -> ContextManager[Any]:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def _trainable(model: Any) -> int:
+    """How many of ``model``'s parameters require grad (0 for something that is not a module)."""
+    return sum(p.requires_grad for p in model.parameters()) if isinstance(model, nn.Module) else 0
+
+
+def check_explanation(explainer: "Explainer", out: object, x: object, create_graph: bool) -> Explanation:
+    """Raise :class:`~egl.errors.InputError` unless ``out`` keeps the explainer contract for input ``x``.
+
+    ``out`` must be an :class:`Explanation` of a floating-point saliency ``[B, C, H, W]`` and logits
+    ``[B, K]``, both on ``x``'s device, ``B`` being ``x``'s batch. With ``create_graph=True``, grad
+    enabled and trainable parameters in the model, both must require grad: a map that does not
+    would make a training loss on it train nothing, silently. Only metadata is read (types,
+    shapes, devices, ``requires_grad``): no device synchronisation, nothing measurable per call.
+    """
+    cls = type(explainer)
+    fn = f"{cls.__module__}.{cls.__name__}.explain"
+    if not isinstance(out, Explanation):
+        raise fail(fn, "return value", f"an egl.explainers.{CONTRACT}", describe(out),
+                   f"Return egl.explainers.Explanation(saliency, logits) from {cls.__name__}.explain: the "
+                   "[B, 1, H, W] map and the model's logits computed on the way (recipes train on both)")
+    batch = x.shape[0] if isinstance(x, Tensor) and x.dim() > 0 else None
+    sal, logits = out.saliency, out.logits
+    if not (isinstance(sal, Tensor) and sal.dim() == 4 and sal.is_floating_point()
+            and (batch is None or sal.shape[0] == batch)):
+        raise fail(fn, "saliency", f"a floating-point [B, 1, H, W] map with B = {batch} (the input's batch), "
+                   f"as in {CONTRACT}", f"saliency = {describe(sal)}",
+                   "Return one map per image, shaped [B, 1, H, W] (e.g. reduce channels with "
+                   "sal.sum(1, keepdim=True), unsqueeze a [B, H, W] map with sal[:, None])")
+    if not (isinstance(logits, Tensor) and logits.dim() == 2 and (batch is None or logits.shape[0] == batch)):
+        raise fail(fn, "logits", f"the model's [B, num_classes] scores with B = {batch}, as in {CONTRACT}",
+                   f"logits = {describe(logits)}", "Return the logits of the forward pass that the map explains")
+    if isinstance(x, Tensor) and (sal.device != x.device or logits.device != x.device):
+        bad = sal if sal.device != x.device else logits
+        raise fail(fn, "saliency" if bad is sal else "logits", f"a tensor on the input's device ({x.device})",
+                   describe(bad), "Compute on the input's device; do not move the result to the CPU")
+    if create_graph and torch.is_grad_enabled() and not (sal.requires_grad and logits.requires_grad):
+        n = _trainable(explainer.model)
+        if n or (isinstance(x, Tensor) and x.requires_grad):
+            field, what, loss = (("saliency", "a map that requires", "ALIGN's alignment term") if not sal.requires_grad
+                                 else ("logits", "logits that require", "ALIGN's cross-entropy"))
+            why = (f"{n} of {type(explainer.model).__name__}'s parameters" if n else "the input") + " require grad"
+            raise fail(fn, field, f"{what} grad (create_graph=True was asked and {why})",
+                       f"{field} that do{'es' if field == 'saliency' else ''} not: {cls.__name__} ignored "
+                       f"create_graph or detached the {field}, so a training loss on the {field} ({loss}) "
+                       "trains nothing",
+                       "Keep saliency and logits differentiable when create_graph=True: compute gradients with "
+                       "torch.autograd.grad(..., create_graph=create_graph), run the forward pass with grad "
+                       "enabled and detach nothing; an explainer that cannot do that sets differentiable = False "
+                       "(then recipes refuse it up front)")
+    return out
+
+
+def _checked(explain: Callable[..., Any]) -> Callable[..., Explanation]:
+    """Wrap a subclass's ``explain`` so that what it returns goes through :func:`check_explanation`."""
+
+    @functools.wraps(explain)
+    def checked(self: "Explainer", *args: Any, **kwargs: Any) -> Explanation:
+        out = explain(self, *args, **kwargs)
+        x = args[0] if args else kwargs.get("x")
+        return check_explanation(self, out, x, kwargs.get("create_graph", False) is True)
+
+    checked.__egl_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Explainer:
     """Base class of egl explainers. Subclasses implement :meth:`explain`.
 
@@ -70,6 +151,12 @@ class Explainer:
     name: ClassVar[str] = ""
     differentiable: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        explain = cls.__dict__.get("explain")
+        if inspect.isfunction(explain) and not getattr(explain, "__egl_checked__", False):
+            cls.explain = _checked(explain)  # type: ignore[method-assign]
+
     def __init__(self, model: nn.Module, *, upsample: bool = True, normalize: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",
@@ -81,7 +168,21 @@ class Explainer:
 
     # -- the work ---------------------------------------------------------------------
     def explain(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Explanation:
-        """Saliency and logits for ``x`` (``target=None`` explains the predicted class)."""
+        """Saliency and logits for ``x`` (``target=None`` explains the predicted class).
+
+        Subclasses implement it; egl checks what it returns (:func:`check_explanation`).
+
+        Args:
+            x: images ``[B, C, H, W]`` on the model's device (check them with ``self._check_input``).
+            target: class per image (int, list, LongTensor), or ``None`` for the predicted class.
+            create_graph: keep both outputs differentiable with respect to the model's parameters.
+
+        Returns:
+            ``Explanation(saliency=[B, 1, H, W] in [0, 1], logits=[B, num_classes])`` on ``x``'s device.
+
+        Raises:
+            InputError: the subclass returned something else, or ignored ``create_graph=True``.
+        """
         raise NotImplementedError
 
     def __call__(self, x: Tensor, target: Any = None, *, create_graph: bool = False) -> Tensor:

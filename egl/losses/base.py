@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_range, check_same_batch, check_shape
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.losses._reduction import REDUCTIONS
 
@@ -26,6 +26,7 @@ def prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, saliency=saliency, mask=m)
     dt = torch.promote_types(saliency.dtype, torch.float32)  # a 16-bit mask would round first (0.3 -> 0.30078)
+    check_aspect(tuple(m.shape[-2:]), tuple(saliency.shape[-2:]), fn, "mask", "the saliency")
     m = resize_mask(upload(m, saliency.device, dt), tuple(saliency.shape[-2:]))
     return saliency, m
 

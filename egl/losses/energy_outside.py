@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from egl._check import check_same_batch, check_shape
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.losses._reduction import reduce
 from egl.losses.base import AlignmentLoss
@@ -47,6 +47,7 @@ def energy_outside(maps: Tensor, mask: Tensor, *, reduction: str = "mean") -> Te
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, maps=maps, mask=m)
     maps = maps.to(dtype=torch.promote_types(maps.dtype, torch.float32))  # 16-bit: overflow, and 1e-30 is 0
+    check_aspect(tuple(m.shape[-2:]), tuple(maps.shape[-2:]), fn, "mask", "the maps")
     m = resize_mask(upload(m, maps.device, maps.dtype), tuple(maps.shape[-2:]))
     energy = maps.abs().sum(dim=1, keepdim=True)  # [B, 1, h, w]
     total = energy.flatten(1).sum(1)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from egl._check import (check_choice, check_logits, check_model_dtype, check_same_batch, check_shape, describe,
                         fail)
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import targets
 from egl.losses._reduction import REDUCTIONS, reduce
@@ -68,7 +68,8 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
     check_same_batch(fn, x=x, mask=mask)
     if mask.shape[-2:] != x.shape[-2:]:
         raise fail(fn, "mask", f"masks at the resolution of 'x' {list(x.shape[-2:])}", describe(mask),
-                   "Resize them with egl._masks.resize_mask(mask, x.shape[-2:])")
+                   "Resize them, e.g. torch.nn.functional.interpolate(mask, size=x.shape[-2:], mode='bilinear') "
+                   "(a masker should return masks at its input's size)")
     b = x.shape[0]
     logits = check_logits(model(torch.cat([x * mask, x * (1.0 - mask)], dim=0)), 2 * b, fn)
     return logits[:b], logits[b:]  # (split() of an empty batch gives one piece, not two)
@@ -104,7 +105,9 @@ class MaskerDistLoss(nn.Module):
         fn = "egl.losses.MaskerDistLoss"
         x = check_shape(x, "B C H W", fn, "x")
         _check_model(model, x, fn)
-        m = resize_mask(upload(as_mask(mask, fn, "mask"), x.device, x.dtype), tuple(x.shape[-2:]))
+        m = as_mask(mask, fn, "mask")
+        check_aspect(tuple(m.shape[-2:]), tuple(x.shape[-2:]), fn, "mask", "the images")
+        m = resize_mask(upload(m, x.device, x.dtype), tuple(x.shape[-2:]))
         check_same_batch(fn, x=x, mask=m)
         fg, bg = masked_pair_logits(model, x, m)
         return masker_dist_loss(fg, bg, target, reduction=self.reduction)

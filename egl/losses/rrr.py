@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from egl._amp import inner_grad
 from egl._check import check_logits, check_model_dtype, check_same_batch, check_shape, describe, fail
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import double_backward_ready
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
@@ -47,6 +47,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     check_model_dtype(model, x, fn, "x")
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, x=x, mask=m)
+    check_aspect(tuple(m.shape[-2:]), tuple(x.shape[-2:]), fn, "mask", "the images")
     m = resize_mask(upload(m, x.device, x.dtype), tuple(x.shape[-2:]))
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad(), double_backward_ready(True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from egl._check import check_same_batch, check_shape, fail
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.maskers.base import Masker
 
@@ -36,4 +36,5 @@ class GroundTruthMasker(Masker):
                        "('learned', 'grayscale')")
         m = as_mask(mask, fn, "mask")
         check_same_batch(fn, x=x, mask=m)
+        check_aspect(tuple(m.shape[-2:]), tuple(x.shape[-2:]), fn, "mask", "the images")
         return resize_mask(upload(m, x.device, x.dtype), (int(x.shape[-2]), int(x.shape[-1])))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
-from torch import Tensor
+from torch import Tensor, nn
 
 from egl._check import (
     check_choice,
@@ -23,12 +23,28 @@ from egl._check import (
 from egl._transfer import upload
 
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
-           "check_perturbation", "replacement", "filler", "model_logits"]
+           "check_perturbation", "replacement", "filler", "model_logits", "check_eval_mode"]
 
 BASELINES = ("zero", "blur", "mean", "linear", "noisy_linear")
 #: Baselines that fill the removed pixels from the kept ones (ROAD's imputation): their values
 #: depend on which pixels are removed, so they are computed per perturbed image.
 IMPUTED = {"linear": 0.0, "noisy_linear": 0.01}
+
+
+def check_eval_mode(model: object, fn: str) -> None:
+    """Refuse a module in training mode whose outputs depend on it (batch normalisation, dropout,
+    stochastic depth): the perturbed copies of a batch would be normalised together, or dropped at
+    random, and the scores would move by themselves. A plain callable, or a module with no such
+    layer (a linear model), is left alone."""
+    if not isinstance(model, nn.Module):
+        return
+    for name, m in model.named_modules():
+        moving = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) or \
+            float(getattr(m, "drop_prob", 0.0) or 0.0) > 0  # (timm's DropPath)
+        if m.training and moving:
+            raise fail(fn, "model", "a model in eval mode (batch statistics and dropout would move the scores of "
+                       "the perturbed images by themselves)", f"{name or type(model).__name__!r} "
+                       f"({type(m).__name__}) in training mode", "Call model.eval() first")
 
 
 def check_logits(logits: object, fn: str, arg: str = "logits") -> Tensor:
@@ -51,8 +67,10 @@ def check_labels(y: object, batch: Tensor, num_classes: int, fn: str, arg: str,
     if t.numel():
         lo, hi = torch.stack([t.min(), t.max()]).tolist()  # one read of the device, not two
         if lo < 0 or hi >= num_classes:
+            owner = f"'{batch_arg}' has {num_classes} classes" if batch_arg.startswith("logits") else \
+                f"the model has {num_classes} outputs"  # (batch_arg the images: they have no classes)
             raise fail(fn, arg, f"class indices in [0, {num_classes - 1}]", f"values in [{lo}, {hi}]",
-                       f"'{batch_arg}' has {num_classes} classes: relabel '{arg}' or fix the head")
+                       f"{owner}: relabel '{arg}' or fix the head")
     return upload(t, batch.device, torch.long)  # one_hot and gather take int64 indices
 
 

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_choice, check_finite, check_positive, check_same_batch, describe, fail
-from egl._masks import as_mask, resize_mask
+from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.metrics._common import check_labels, model_logits
 from egl.metrics._explainers import check_model_and_images
@@ -195,6 +195,7 @@ def _foreground(x: Tensor, mask: Tensor, fill: str, baseline: float, threshold: 
     check_same_batch(fn, x=x, mask=m)
     m = check_finite(m, fn, "mask")
     if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
+        check_aspect(tuple(m.shape[-2:]), tuple(x.shape[-2:]), fn, "mask", "the images")
         m = resize_mask(m, tuple(x.shape[-2:]))
     fg_pixels = upload(m.float(), x.device) >= threshold  # (in float32: bf16 rounds 0.499 to 0.5)
     m = upload(m, x.device, x.dtype)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from egl._check import check_finite, check_same_batch, check_shape, describe, fail
 from egl._transfer import host_tensor, upload
-from egl.metrics._common import check_labels, check_perturbation, filler, model_logits, pixel_ranks
+from egl.metrics._common import check_eval_mode, check_labels, check_perturbation, filler, model_logits, pixel_ranks
 
 __all__ = ["deletion", "insertion", "CurveResult", "DEFAULT_STEPS"]
 
@@ -69,6 +69,7 @@ def _check_steps(steps: object, num_pixels: int, fn: str) -> int:
 
 def _curve(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, insert: bool, steps: int | None,
            baseline: str, target: Tensor | None, batch_size: int, blur_sigma: float, fn: str) -> CurveResult:
+    check_eval_mode(model, fn)
     x = check_shape(x, X_SHAPE, fn, "x")
     s = check_shape(saliency, SALIENCY_SHAPE, fn, "saliency")
     check_same_batch(fn, x=x, saliency=s)

@@ -35,6 +35,7 @@ from egl._check import check_finite, check_same_batch, check_shape, describe, fa
 from egl._transfer import host_tensor, upload
 from egl.metrics._common import (
     BASELINES,
+    check_eval_mode,
     check_labels,
     check_perturbation,
     filler,
@@ -170,6 +171,7 @@ def faithfulness(
         (torch.Size([2, 2]), (6, 32))
     """
     fn = "egl.metrics.faithfulness"
+    check_eval_mode(model, fn)
     x = check_shape(x, X_SHAPE, fn, "x")
     s = check_shape(saliency, SALIENCY_SHAPE, fn, "saliency")
     check_same_batch(fn, x=x, saliency=s)

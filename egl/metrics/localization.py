@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from egl._check import check_choice, check_finite, check_range, check_same_batch, check_shape
-from egl._masks import as_mask
+from egl._masks import as_mask, check_aspect
 from egl._transfer import upload
 from egl.metrics._common import pixel_ranks, resize_map
 
@@ -90,6 +90,7 @@ def _prepare(saliency: Tensor, mask: Tensor, fn: str) -> tuple[Tensor, Tensor]:
     m = as_mask(mask, fn, "mask")
     check_same_batch(fn, saliency=s, mask=m)
     m = upload(m, s.device) >= 0.5
+    check_aspect(tuple(s.shape[-2:]), tuple(m.shape[-2:]), fn, "saliency", "the mask")
     s = resize_map(s.detach(), tuple(m.shape[-2:]))
     s = s.to(dtype=torch.promote_types(s.dtype, torch.float32))  # 16-bit: counts > 2048 round, 2n - inter overflows
     return s.flatten(1), m.flatten(1)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from egl._check import describe, fail
+from egl.metrics._common import check_eval_mode
 from egl.metrics.faithfulness import faithfulness
 
 __all__ = ["road", "RoadResult", "ROAD_PERCENTILES"]
@@ -92,6 +93,7 @@ def road(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *,
         (torch.Size([2, 2]), ['lerf', 'lerf@20', 'lerf@50'])
     """
     fn = "egl.metrics.road"
+    check_eval_mode(model, fn)
     qs = _check_percentiles(percentiles, fn)
     if baseline not in ("noisy_linear", "linear"):
         raise fail(fn, "baseline", "'noisy_linear' (ROAD's) or 'linear'", repr(baseline),

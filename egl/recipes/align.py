@@ -59,14 +59,16 @@ Ablations of the paper's Table 2: ``align(model, align_weight=0)`` (w/o EG),
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_choice, check_int, check_positive, describe, fail
+from egl._check import check_choice, check_int, check_positive, check_range, describe, fail
 from egl._deferred import carry_range
+from egl._masks import as_mask
 from egl.backbones import _restore_buffers
 from egl.explainers.base import check_target_range
 from egl.explainers.class_maps import class_maps
@@ -149,6 +151,13 @@ class ALIGN(Recipe):
         if not isinstance(self.masker, Masker):
             raise fail(fn, "masker", "a registered masker name or an egl.maskers.Masker", repr(masker),
                        "See egl.list_components('masker')")
+        free = sum(p.numel() for p in self.masker.parameters() if p.requires_grad)
+        if free and not self.masker.trainable:
+            warnings.warn(f"{fn}: masker {type(self.masker).__name__} has {free} parameters that require gradients "
+                          "but trainable=False: ALIGN runs no masker phase and uses it as it is (at its "
+                          "initialisation, unless loaded). Set the class attribute trainable = True for ALIGN's "
+                          "masker phase, or masker.requires_grad_(False) for a frozen masker.", UserWarning,
+                          stacklevel=3)
         upsample = align_resolution == "input"
         # layer= and align_resolution= configure an explainer named here from the Grad-CAM family
         named_grad_cam = isinstance(explainer, str) and in_grad_cam_family(explainer, fn=fn, arg="explainer")
@@ -220,7 +229,8 @@ class ALIGN(Recipe):
         self.masker.train(self.training)
         x = batch.x
         with frozen(self.model):
-            m = recompute(self.masker, x, batch.mask) if self.masker_checkpoint else self.masker(x, batch.mask)
+            m = self._checked(recompute(self.masker, x, batch.mask) if self.masker_checkpoint
+                              else self.masker(x, batch.mask), x)
             with subpixel_input_grads(self.model):  # the stem's input gradient in a faster form
                 fg, bg = masked_pair_logits(self.model, x, m)
         dist_loss = masker_dist_loss(fg, bg, batch.y)
@@ -234,13 +244,28 @@ class ALIGN(Recipe):
         while training, in training mode with its running statistics put back afterwards."""
         with frozen(self.masker), torch.no_grad():
             if self.mask_mode == "eval" or not self.training:
-                return self.masker(batch.x, batch.mask)
+                return self._checked(self.masker(batch.x, batch.mask), batch.x)
             saved = [b.detach().clone() for b in self.masker.buffers()]
             self.masker.train()  # batch statistics (frozen() restores the mode on exit)
             try:
-                return self.masker(batch.x, batch.mask)
+                return self._checked(self.masker(batch.x, batch.mask), batch.x)
             finally:
                 _restore_buffers(self.masker, saved)
+
+    def _checked(self, m: Any, x: Tensor) -> Tensor:
+        """The masker's output, checked where it is made (and named): ``[B, 1, h, w]`` (``[B, h, w]``
+        taken) for ``x``'s batch, values in [0, 1] (a deferred check inside a training step). NaN is
+        left to the phase's non-finite loss check, which names the term (a NaN pixel in the input
+        gives NaN masks: no sigmoid would help)."""
+        fn, arg = "egl.recipes.align", f"masker output ({type(self.masker).__name__})"
+        m = as_mask(m, fn, arg, check_values=False)
+        check_range(torch.nan_to_num(m.detach(), nan=0.0), 0.0, 1.0, fn, arg,
+                    "A masker returns soft foreground probabilities: end its forward with torch.sigmoid (or clamp "
+                    "into [0, 1])")
+        if m.shape[0] != x.shape[0]:
+            raise fail(fn, arg, f"one mask per image ({x.shape[0]})", describe(m),
+                       "Return masks [B, 1, H, W] for the batch the masker was given")
+        return m
 
     def mixup_together(self) -> bool:
         """Whether the classifier phase explains ``x`` and ``x̃`` in one pass now (``batch_mixup``)."""

@@ -243,8 +243,15 @@ class Recipe(nn.Module):
         if not isinstance(model, nn.Module):
             raise fail(f"egl.recipes.{self.name or type(self).__name__}", "model", "a torch.nn.Module classifier",
                        describe(model), "Pass e.g. timm.create_model('resnet18', num_classes=K)")
-        self.model = model
         fn = f"egl.recipes.{self.name or type(self).__name__}"
+        head = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+        if isinstance(head, nn.Identity):  # (num_classes=0 with a head set afterwards: fine, get_classifier says)
+            raise fail(fn, "model", "a classifier with a head (its outputs are class logits)",
+                       f"{type(model).__name__} whose get_classifier() is Identity (built with num_classes=0: its "
+                       "outputs are pooled features)",
+                       "Build it with num_classes=K, e.g. timm.create_model(..., num_classes=K), or "
+                       "model.reset_classifier(K)")
+        self.model = model
         self.lr = check_positive(lr, fn, "lr")  # 0 is allowed (a frozen run); negative or NaN is not
         self.weight_decay = check_positive(weight_decay, fn, "weight_decay")
         self.optimizer_spec = check_optimizer(optimizer, fn)  # the checked form, every option filled in

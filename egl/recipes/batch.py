@@ -120,8 +120,11 @@ def as_batch(batch: Any, fn: str = "egl.recipes.as_batch") -> Batch:
         raise fail(fn, "batch label", f"an integer tensor of shape [{x.shape[0]}]", describe(y),
                    "Give one integer class label per image")
     if d is not None and (not isinstance(d, Tensor) or d.shape != y.shape or d.is_floating_point()):
+        looks_like_masks = isinstance(d, Tensor) and d.dim() >= 3 and d.shape[0] == x.shape[0]
         raise fail(fn, "batch domain", f"an integer tensor of shape [{x.shape[0]}]", describe(d),
-                   "Give one integer domain index per image")
+                   "Give one integer domain index per image" + (
+                       "; masks travel in dict batches only: {'image': x, 'label': y, 'mask': m}"
+                       if looks_like_masks else ""))
     if s is not None and (not isinstance(s, Tensor) or s.shape != y.shape or s.is_floating_point()
                           or s.is_complex() or s.dtype == torch.bool):
         raise fail(fn, "batch shortcut", f"an integer tensor of shape [{x.shape[0]}] (a class index, -1 for none)",

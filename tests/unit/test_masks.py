@@ -163,3 +163,27 @@ def test_resize_takes_torch_size_and_lists() -> None:
     m = torch.rand(2, 1, 8, 8)
     assert resize_mask(m, torch.Size([4, 2])).shape == (2, 1, 4, 2)
     assert resize_mask(m, [16, 4]).shape == (2, 1, 16, 4)  # type: ignore[arg-type]
+
+
+def test_a_transposed_mask_is_refused_by_name_and_other_proportions_are_resized() -> None:
+    from egl.losses import bce_alignment, energy_outside
+    from egl.maskers import GroundTruthMasker
+    from egl.metrics import localization
+
+    from egl._masks import check_aspect
+
+    s, m = torch.rand(2, 1, 48, 64), (torch.rand(2, 1, 48, 64) > 0.5).float()
+    mt = m.transpose(-2, -1)  # [2, 1, 64, 48]
+    for call, where in ((lambda: localization(s, mt), "egl.metrics.localization: 'saliency'"),
+                        (lambda: bce_alignment(s, mt), "egl.losses.bce_alignment: 'mask'"),
+                        (lambda: energy_outside(torch.rand(2, 5, 48, 64), mt), "egl.losses.energy_outside: 'mask'"),
+                        (lambda: GroundTruthMasker()(torch.rand(2, 3, 48, 64), mt), "ground_truth: 'mask'")):
+        with pytest.raises(egl.InputError, match=rf"{where} expected a map oriented as .*their transpose"):
+            call()
+    bce_alignment(torch.rand(2, 1, 12, 16), m)  # any scale of the same orientation
+    bce_alignment(torch.rand(2, 1, 2, 2), m)  # a feature grid's rounding (48x64 at stride 32)
+    localization(torch.rand(2, 1, 7, 7), (torch.rand(2, 1, 224, 200) > 0.5).float())
+    bce_alignment(torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 300, 500) > 0.5).float())  # squashed photo: resized
+    check_aspect((8, 8), (8, 8), "f", "mask", "x")  # square, and equal sizes: nothing to refuse
+    with pytest.raises(egl.InputError, match="f: 'mask' expected a map oriented as the images \\[30, 40\\]"):
+        check_aspect((80, 60), (30, 40), "f", "mask", "the images")

@@ -319,3 +319,24 @@ def test_ks_given_as_fractions_warn_and_bad_ks_are_shown() -> None:
     with pytest.raises(egl.InputError, match=r"'ks' expected a non-empty sequence of percentages in \(0, 100\], "
                                              r"got \(0, 10\)"):
         faithfulness(model, x, s, ks=(0, 10))
+
+
+def test_perturbation_metrics_refuse_a_model_whose_training_mode_moves_the_scores() -> None:
+    from egl.metrics import deletion, insertion, road
+
+    x, sal = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    net = make_model("test_resnet").train()  # BatchNorm in training mode
+    calls = [lambda m: faithfulness(m, x, sal, ks=(10,)), lambda m: deletion(m, x, sal, steps=2),
+             lambda m: insertion(m, x, sal, steps=2), lambda m: road(m, x, sal, percentiles=(50,))]
+    for name, call in zip(("faithfulness", "deletion", "insertion", "road"), calls):
+        with pytest.raises(egl.InputError, match=rf"egl.metrics.{name}: 'model' expected a model in eval mode.*"
+                           r"\(BatchNorm2d\) in training mode. Call model.eval\(\) first"):
+            call(net)
+        call(net.eval())
+        net.train()
+    dropout = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 16 * 16, 2))
+    with pytest.raises(egl.InputError, match=r"'1' \(Dropout\) in training mode"):
+        faithfulness(dropout, x, sal, ks=(10,))
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))  # training mode changes nothing: allowed
+    faithfulness(linear.train(), x, sal, ks=(10,))
+    faithfulness(lambda t: linear(t), x, sal, ks=(10,))  # a plain callable: left alone

@@ -193,6 +193,48 @@ def test_masker_checkpoint_auto_trusts_only_recomputable_maskers() -> None:
     assert recipes.align(make_model("test_resnet"), masker=Plugin(), masker_checkpoint=True).masker_checkpoint
 
 
+def test_a_maskers_output_is_checked_where_it_is_made_and_a_forgotten_trainable_warns() -> None:
+    import warnings
+
+    from egl.maskers import Masker
+
+    class Raw(Masker):  # a plugin masker that forgot its sigmoid
+        trainable = True
+
+        def __init__(self, squash: bool = False, per_image: bool = True) -> None:
+            super().__init__()
+            self.conv, self.squash, self.per_image = torch.nn.Conv2d(3, 1, 1), squash, per_image
+            torch.nn.init.constant_(self.conv.bias, 3.0)  # outputs far above 1
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            m = self.conv(x).sigmoid() if self.squash else self.conv(x)
+            return m if self.per_image else m[:1]
+
+    x, y = _batch(4, 32)
+    recipe = recipes.align(make_model("test_resnet"), masker=Raw(), warmup_steps=0)
+    before = _state(recipe.masker)
+    with pytest.raises(egl.InputError, match=r"egl.recipes.align: 'masker output \(Raw\)' expected values in "
+                       r"\[0.0, 1.0\].*end its forward with torch.sigmoid"):
+        recipe.training_step((x, y), 0, recipe.configure_optimizers())
+    assert not _changed(before, recipe.masker)  # stopped before the masker's update
+    with pytest.raises(egl.InputError, match=r"'masker output \(Raw\)' expected one mask per image \(4\)"):
+        one = recipes.align(make_model("test_resnet"), masker=Raw(squash=True, per_image=False), warmup_steps=0)
+        one.training_step((x, y), 0, one.configure_optimizers())
+    fine = recipes.align(make_model("test_resnet"), masker=Raw(squash=True), warmup_steps=0)
+    fine.training_step((x, y), 0, fine.configure_optimizers())
+
+    class Frozen(Raw):
+        trainable = False  # (the default of Masker) with parameters that still require gradients
+
+    with pytest.warns(UserWarning, match="masker Frozen has 4 parameters that require gradients but "
+                      "trainable=False: ALIGN runs no masker phase"):
+        assert [p.name for p in recipes.align(make_model("test_resnet"), masker=Frozen()).phases()] == ["classifier"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipes.align(make_model("test_resnet"), masker=Frozen().requires_grad_(False))  # frozen on purpose
+        recipes.align(make_model("test_resnet"), masker="grayscale")
+
+
 def test_grad_cam_options_with_another_explainer_are_refused_not_ignored() -> None:
     from egl.explainers import GradCAM
 

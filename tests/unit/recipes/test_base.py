@@ -70,6 +70,15 @@ def test_an_empty_batch_is_named(layout: str) -> None:
         as_batch(batch)
 
 
+def test_masks_in_a_tuple_batch_are_told_to_travel_in_a_dict() -> None:
+    x, y, mask = torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), torch.ones(4, 32, 32)
+    with pytest.raises(egl.InputError, match=r"'batch domain' expected an integer tensor of shape \[4\].*masks "
+                       r"travel in dict batches only: \{'image': x, 'label': y, 'mask': m\}"):
+        as_batch((x, y, mask))
+    with pytest.raises(egl.InputError, match=r"Give one integer domain index per image.$"):  # a wrong domain
+        as_batch((x, y, torch.zeros(4)))
+
+
 class _TupleOut(torch.nn.Module):
     """A model whose forward returns (logits, features), as some detection-style wrappers do."""
 
@@ -88,3 +97,15 @@ def test_a_model_returning_a_tuple_is_named_by_every_recipe(name: str) -> None:
     with pytest.raises(egl.UnsupportedModelError, match=r"the model returned a tuple of length 2; expected logits "
                                                         r"of shape \[\d+, num_classes\]"):
         getattr(recipes, name)(_TupleOut()).fit([batch], 1, progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["erm", "align", "irm", "coral"])
+def test_a_model_without_a_head_is_refused(recipe: str) -> None:
+    import timm
+
+    headless = timm.create_model("test_resnet", num_classes=0)  # outputs pooled features, not logits
+    with pytest.raises(egl.InputError, match=rf"egl.recipes.{recipe}: 'model' expected a classifier with a head.*"
+                       r"get_classifier\(\) is Identity.*reset_classifier\(K\)"):
+        egl.create("recipe", recipe, headless)
+    headless.fc = torch.nn.Linear(headless.num_features, 5)  # a head set by hand (num_classes still 0): fine
+    egl.create("recipe", recipe, headless)

@@ -136,7 +136,7 @@ def test_errors_name_the_classifier_argument() -> None:
         recipes.coral(_Net())
     with pytest.raises(egl.InputError, match=r"'classifier' expected the name of a submodule.*'body.3', 'out'"):
         recipes.mmd(_Net(), classifier="fc")
-    with pytest.raises(egl.InputError, match=r"get_classifier\(\) = Identity"):
+    with pytest.raises(egl.InputError, match=r"'model' expected a classifier with a head.*get_classifier\(\) is Identity"):
         recipes.coral(_reset(make_model("test_resnet")))
     with pytest.raises(egl.InputError, match=r"'classifier' expected a Linear called once per forward pass.*2 calls"):
         recipes.coral(_Net(twice=True), classifier="out").compute_phase("classifier", _batch(), 0)
