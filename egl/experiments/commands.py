@@ -94,8 +94,11 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, cfg: dict[s
 
 def load_model(path: str | os.PathLike[str], *, fn: str = "egl eval/explain",
                arg: str = "--checkpoint") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the classifier saved by :func:`save_model` (no download); errors name ``fn``'s ``arg``."""
+    """Rebuild the classifier saved by :func:`save_model` (no download), its config's input
+    normalisation included; errors name ``fn``'s ``arg``."""
     import timm
+
+    from egl.experiments.models import apply_normalize
 
     if not os.path.isfile(path):
         raise fail(fn, arg, "a model file written by `egl train`", repr(os.fspath(path)),
@@ -111,6 +114,7 @@ def load_model(path: str | os.PathLike[str], *, fn: str = "egl eval/explain",
                    f"a {type(ckpt).__name__} without 'arch'/'state_dict'", "Use the model.pt that `egl train` wrote")
     model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=ckpt["num_classes"], **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
+    apply_normalize(model, (ckpt.get("config") or {}).get("model") or {})  # (not in the state dict)
     return model.eval(), ckpt
 
 

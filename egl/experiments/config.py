@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
         "arch": "resnet10t",          # any timm architecture, created with random weights...
         "kwargs": {"output_stride": 16},  # ...at 64 px a stride-16 ResNet gives 4x4 saliency maps
         "weights": None,              # ...or a local checkpoint file (never downloaded)
+        "normalize": "auto",          # (x - mean) / std in the model's stem: auto (timm's mean/std with
+                                      # weights, none without), none, timm, imagenet or {mean: [...], std: [...]}
     },
     "train": {
         "steps": 300,

@@ -16,7 +16,10 @@ from torch import nn
 
 from egl._check import describe, fail
 
-__all__ = ["build_model", "load_weights", "check_model", "check_model_builds"]
+__all__ = ["build_model", "load_weights", "check_model", "check_model_builds", "apply_normalize", "NORMALIZE"]
+
+#: ``model.normalize``'s named values (or ``{mean: [...], std: [...]}``).
+NORMALIZE = ("auto", "none", "timm", "imagenet")
 
 
 def check_model(model_cfg: object, fn: str = "egl.experiments") -> None:
@@ -44,10 +47,42 @@ def check_model(model_cfg: object, fn: str = "egl.experiments") -> None:
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise fail(fn, "model.weights", "a path to a local weights file, or null", describe(weights),
                    "Set model.weights=/path/to/weights.pt, or model.weights=null for random weights")
+    check_normalize(model_cfg.get("normalize", "auto"), fn)
     if weights and not os.path.isfile(weights):
         raise fail(fn, "model.weights", "an existing local weights file", repr(os.fspath(weights)),
                    "Download the weights once, by hand, and set model.weights to the file's path "
                    "(or model.weights=null for random weights)")
+
+
+def check_normalize(value: object, fn: str) -> None:
+    """``model.normalize``: one of :data:`NORMALIZE` or ``{mean: [...], std: [...]}`` of numbers."""
+    if isinstance(value, str) and value in NORMALIZE:
+        return
+    numbers_ = (lambda v: isinstance(v, list) and len(v) > 0  # noqa: E731
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v))
+    if not (isinstance(value, dict) and set(value) == {"mean", "std"} and numbers_(value["mean"])
+            and numbers_(value["std"]) and len(value["mean"]) == len(value["std"])
+            and all(t > 0 for t in value["std"])):
+        raise fail(fn, "model.normalize", f"one of {list(NORMALIZE)} or {{mean: [...], std: [...]}} (one value "
+                   "per input channel, std > 0)", repr(value)[:100],
+                   "Set model.normalize=timm (the weights' own mean and std), imagenet, none, or "
+                   "model.normalize={mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}")
+
+
+def apply_normalize(model: nn.Module, model_cfg: dict[str, Any]) -> nn.Module:
+    """Put ``model.normalize``'s normalisation in ``model``'s stem (:func:`egl.normalization.normalize_inputs`):
+    ``auto`` is ``timm`` (the mean and std the weights were trained with) when ``model.weights`` is
+    set and ``none`` otherwise (random weights learn from [0, 1] images as they are). Returns ``model``."""
+    from egl.normalization import normalize_inputs
+
+    value = model_cfg.get("normalize", "auto")
+    if value == "auto":
+        value = "timm" if model_cfg.get("weights") else "none"
+    if value == "none":
+        return model
+    if isinstance(value, dict):
+        return normalize_inputs(model, value["mean"], value["std"])
+    return normalize_inputs(model, value)
 
 
 def check_model_builds(model_cfg: dict[str, Any], num_classes: int,
@@ -126,7 +161,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
 
 
 def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
-    """``timm.create_model(arch, num_classes=..., **kwargs)`` with random weights, then ``weights`` if given."""
+    """``timm.create_model(arch, num_classes=..., **kwargs)`` with random weights, then ``weights`` if
+    given, then ``normalize``'s input normalisation (:func:`apply_normalize`)."""
     import timm
 
     fn = "egl.experiments.build_model"
@@ -140,4 +176,4 @@ def build_model(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
                    "Remove or rename the argument (see the model's class in timm)") from e
     if model_cfg.get("weights"):
         _load(model, model_cfg["weights"], fn, "model.weights", "set model.weights to the file's path")
-    return model
+    return apply_normalize(model, model_cfg)

@@ -201,6 +201,32 @@ def test_local_weights_load_without_download(tmp_path: Path) -> None:
         build_model({"arch": "resnet9000"}, num_classes=5)
 
 
+def test_model_normalize_puts_the_weights_normalisation_in_the_model_and_the_checkpoint_keeps_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from egl.experiments.commands import load_model
+    from egl.experiments.models import build_model
+    from egl.normalization import input_normalization
+
+    torch.save(build_model({"arch": "test_resnet"}, num_classes=3).state_dict(), tmp_path / "w.pt")
+    cfg = {"arch": "test_resnet", "weights": str(tmp_path / "w.pt")}
+    timm_cfg = build_model({"arch": "test_resnet"}, 3).pretrained_cfg
+    mean, std = timm_cfg["mean"], timm_cfg["std"]
+    assert input_normalization(build_model(cfg, 3))[1:] == (pytest.approx(mean), pytest.approx(std))  # auto: timm
+    assert input_normalization(build_model({"arch": "test_resnet"}, 3)) is None  # auto, random weights: none
+    assert input_normalization(build_model({**cfg, "normalize": "none"}, 3)) is None
+    assert input_normalization(build_model({"arch": "test_resnet", "normalize": {"mean": [0.5] * 3,
+                                                                                "std": [0.25] * 3}}, 3))[1:] == \
+        ((0.5,) * 3, (0.25,) * 3)
+    out = tmp_path / "run"
+    assert main(["train", "--method", "erm", "--out", str(out), *TINY, "--set", "model.normalize=imagenet"]) == 0
+    model, _ = load_model(out / "model.pt")
+    assert input_normalization(model)[0] == "conv1"  # rebuilt with it: not in the state dict
+    for bad in ("model.normalize=cifar", "model.normalize={mean: [0.5], std: [0]}"):
+        assert main(["train", "--method", "erm", "--out", str(tmp_path / "never"), *TINY, "--set", bad]) == 1
+        assert "'model.normalize' expected one of ['auto', 'none', 'timm', 'imagenet']" in capsys.readouterr().err
+        assert not (tmp_path / "never").exists()
+
+
 def test_model_weights_and_kwargs_are_checked_before_a_folder_is_made(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing, unreadable or foreign weights file (and an argument the architecture does not take)
