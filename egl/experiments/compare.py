@@ -23,7 +23,7 @@ named split), and the difference is ``method − baseline``. Over the ``n`` unit
 Per unit, only splits where both methods' scores are finite enter the two means (a split where
 the metric is undefined, the shortcut rate of a split with no conflicting sample, is left out of
 both); units where no split is left (a diverged run, a metric not computed) are left out and
-counted.
+counted (``skipped``), as are the units only one of the two methods ran (``unpaired``, of those).
 
 Comparing ``k`` methods with one baseline makes ``k`` tests: with ``adjust="holm"`` (the
 default) both p-values are Holm's step-down adjustment over them (:func:`holm`; each kind of
@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import numbers
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class PairedComparison:
     better: int | None
     skipped: int
     adjust: str = "none"
+    unpaired: int = 0  # of the skipped: units of one method only (the other's run missing, or another grid)
 
 
 def paired_comparison(rows: Sequence[dict[str, Any]], metric: str = "acc", *, baseline: str | None = None,
@@ -212,9 +214,11 @@ def _compare(method: str, base: str, metric: str, over: str, rows: Sequence[dict
             diffs_list.append(sum(mine[unit][k] - theirs[unit][k] for k in both) / len(both))
     diffs = np.array(diffs_list)
     skipped = len(mine.keys() | theirs.keys()) - len(diffs)
+    unpaired = len(mine.keys() ^ theirs.keys())
     nan = math.nan
     if len(diffs) == 0:
-        return PairedComparison(method, base, metric, over, 0, nan, nan, nan, nan, nan, None, skipped)
+        return PairedComparison(method, base, metric, over, 0, nan, nan, nan, nan, nan, None, skipped,
+                                unpaired=unpaired)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     better = None if metric in NO_DIRECTION else int((sign * diffs > 0).sum())
     mean = float(diffs.mean())
@@ -230,7 +234,7 @@ def _compare(method: str, base: str, metric: str, over: str, rows: Sequence[dict
         if sd > 0:
             p_t = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
     return PairedComparison(method, base, metric, over, len(diffs), mean, low, high, p_t,
-                            sign_flip_p(diffs, seed=seed), better, skipped)
+                            sign_flip_p(diffs, seed=seed), better, skipped, unpaired=unpaired)
 
 
 def sign_flip_p(diffs: np.ndarray, *, seed: int = 0) -> float:
@@ -271,7 +275,8 @@ def comparison_table(rows: Sequence[dict[str, Any]], metric: str = "acc", *, bas
     for o in dict.fromkeys(over):
         for c in paired_comparison(rows, metric, baseline=baseline, over=o, confidence=confidence, seed=seed,
                                    adjust=adjust):
-            pairs = f"{c.n}" + (f" ({c.skipped} left out)" if c.skipped else "")
+            gaps = [f"{k} {what}" for k, what in ((c.unpaired, "unpaired"), (c.skipped - c.unpaired, "undefined")) if k]
+            pairs = f"{c.n}" + (f" ({', '.join(gaps)})" if gaps else "")
             if c.n == 0:
                 lines.append(f"| {c.method} | {c.baseline} | {o} | {pairs} | – | – | – | – | – |")
                 continue
@@ -303,6 +308,7 @@ def read_results(paths: Sequence[str | Path], *, fn: str = "egl.experiments.comp
     from egl.experiments.sweep import origin, select
 
     per_file: list[tuple[Path, list[dict[str, Any]]]] = []
+    configs: list[tuple[Path, dict[str, Any]]] = []
     for p in paths:
         path = Path(p)
         path = path / "results.jsonl" if path.is_dir() else path
@@ -319,6 +325,10 @@ def read_results(paths: Sequence[str | Path], *, fn: str = "egl.experiments.comp
         if any(origin(r["method"])[1] is not None for r in rows):
             rows = select(rows)[0]
         per_file.append((path, rows))
+        config = next((r.get("config") for r in lines if isinstance(r, dict) and r.get("event") == "start"), None)
+        if isinstance(config, dict):
+            configs.append((path, config))
+    _warn_if_configs_differ(configs, fn)
     runs: dict[tuple, int] = defaultdict(int)
     for _, rows in per_file:
         for run in {(r["method"], str(r["train"]), r["seed"]) for r in rows}:
@@ -329,6 +339,27 @@ def read_results(paths: Sequence[str | Path], *, fn: str = "egl.experiments.comp
     for path, rows in per_file:
         out += [{**r, "method": f"{labels[path]}/{r['method']}"} if r["method"] in clash else r for r in rows]
     return out
+
+
+def _warn_if_configs_differ(configs: list[tuple[Path, dict[str, Any]]], fn: str) -> None:
+    """Warn when the files' experiments were run with other settings (seeds and the methods each
+    ran aside; a method that two files both ran, with other settings, is named): their rows are
+    paired as one experiment, so a difference of method may be one of budget or data too."""
+    from egl.experiments.resume import config_differences
+
+    if len(configs) < 2:
+        return
+    (first, ref), notes = configs[0], []
+    for path, cfg in configs[1:]:
+        keys = [k for k in config_differences(ref, cfg) if k not in ("train.seeds", "methods")]
+        mine, theirs = ref.get("methods") or {}, cfg.get("methods") or {}
+        keys += [f"methods.{m}" for m in mine if m in theirs and mine[m] != theirs[m]]
+        if keys:
+            notes.append(f"{path} differs from {first} in {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
+    if notes:
+        warnings.warn(f"{fn}: the results were run with other settings: {'; '.join(notes)}. Their rows are paired "
+                      "as one experiment: a difference between their methods is also one of these settings.",
+                      UserWarning, stacklevel=3)
 
 
 def _labels(paths: Sequence[Path], fn: str, arg: str) -> dict[Path, str]:

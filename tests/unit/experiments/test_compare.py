@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def test_pairs_are_training_set_and_seed_and_unpaired_or_nan_units_are_left_out(
     rows[1]["acc"] = math.nan  # erm seed 1 on 'all' diverged
     (c,) = paired_comparison(rows)
     # pairs: (all, 0) +0.1, (B, 0) +0.1; left out: (all, 1) NaN, (all, 2) erm only
-    assert (c.n, c.skipped, c.better) == (2, 2, 2) and c.mean == pytest.approx(0.1)
+    assert (c.n, c.skipped, c.unpaired, c.better) == (2, 2, 1, 2) and c.mean == pytest.approx(0.1)
+    assert "| align | erm | ood | 2 (1 unpaired, 1 undefined) |" in comparison_table(rows, over=["ood"])
     assert math.isnan(c.p_t)  # equal differences: no t statistic
     one = paired_comparison(_rows({"erm": [0.5], "align": [0.7]}))[0]
     assert one.n == 1 and math.isnan(one.ci_low) and one.p_sign_flip == 1.0
@@ -241,3 +243,25 @@ def test_egl_compare_prints_one_table_per_metric(tmp_path: Path, capsys: pytest.
     assert "| align | erm | all | 2 |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path), "--adjust", "none"]) == 0
     assert "p (paired t) | p (sign-flip) |" in capsys.readouterr().out
+
+
+def test_results_run_with_other_settings_are_compared_with_a_warning(tmp_path: Path) -> None:
+    def write(folder: str, steps: int, methods: dict, scores: dict) -> Path:
+        path = tmp_path / folder
+        path.mkdir()
+        header = {"event": "start", "config": {"train": {"steps": steps, "seeds": [0, 1]}, "methods": methods}}
+        path.joinpath("results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [header, *_rows(scores)]))
+        return path
+
+    erm, align = {"recipe": "erm"}, {"recipe": "align"}
+    a = write("a", 20, {"erm": erm, "align": align}, {"erm": [0.5, 0.6], "align": [0.6, 0.7]})
+    b = write("b", 12, {"align_gt": align, "align": {"recipe": "align", "kwargs": {"warmup_steps": 4}}},
+              {"align_gt": [0.7, 0.8], "align": [0.6, 0.7]})
+    with pytest.warns(UserWarning, match=r"compare.read_results: the results were run with other settings: "
+                      r".*b/results.jsonl differs from .*a/results.jsonl in train.steps, methods.align\. Their "
+                      r"rows are paired as one experiment"):
+        read_results([a, b])
+    c = write("c", 20, {"align_gt": align}, {"align_gt": [0.7, 0.8]})  # other methods, other seeds: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_results([a, c])
