@@ -4,14 +4,26 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
+def _summary(obj: object, width: int = 78) -> str:
+    """The first sentence of ``obj``'s docstring (its class's for an instance), cut to ``width``."""
+    import inspect
+
+    doc = inspect.getdoc(obj if callable(obj) or inspect.isclass(obj) else type(obj)) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    first = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", first).replace("``", "")  # :class:`~a.B` -> B
+    first = re.split(r"(?<=[a-z)])[.;] ", first)[0].rstrip(".")
+    return first if len(first) <= width else first[:width - 1].rstrip() + "…"
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from egl.registry import KINDS, component_source, list_components
+    from egl.registry import KINDS, component_source, get_component, list_components
 
     kinds = [args.kind] if args.kind else list(KINDS)
     for kind in kinds:
@@ -19,6 +31,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind} ({len(names)}):")
         for n in names:
             print(f"  {n:<24} {component_source(kind, n)}")
+            summary = _summary(get_component(kind, n))
+            if summary:
+                print(f"  {'':<24}   {summary}")
     return 0
 
 

@@ -216,19 +216,41 @@ def _read_image(path: str, size: int) -> torch.Tensor:
                          antialias=True)[0].clamp_(0, 1)
 
 
+def _parsed_kwargs(text: str) -> dict[str, Any]:
+    """``--explainer-kwargs``: a YAML mapping of the explainer's arguments (``'{samples: 8}'``)."""
+    import yaml
+
+    from egl.experiments.config import _loader
+
+    try:
+        value = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise fail("egl explain", "--explainer-kwargs", "a YAML mapping, e.g. '{samples: 8, flip: true}'",
+                   repr(text)[:100] + f" ({type(exc).__name__})", "Quote the mapping for the shell") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise fail("egl explain", "--explainer-kwargs", "a YAML mapping of argument names to values",
+                   repr(text)[:100], "Pass e.g. --explainer-kwargs '{relu: false}'")
+    return value
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from egl.experiments.config import check_explainer
     from egl.experiments.evaluate import saliency_explainer
     from egl.experiments.figures import _to_pil, overlay
 
     check_explainer(args.explainer, "egl explain", "--explainer")  # before the checkpoint and images are read
+    given = None if args.explainer_kwargs is None else _parsed_kwargs(args.explainer_kwargs)
     model, ckpt = load_model(args.checkpoint)
+    kwargs = given if given is not None else _explainer_kwargs(args, ckpt)  # (else the checkpoint's, as egl sanity)
+    if args.layer and given is None:
+        kwargs.pop("layer", None)  # (--layer over the checkpoint's)
+    explainer = saliency_explainer(model, args.explainer, args.layer or "auto", kwargs)  # (bad arguments named now)
     size = int(ckpt["config"]["data"].get("image_size", 64))
     x = torch.stack([_read_image(p, size) for p in args.images])
     with torch.no_grad():
         probs = model(x).softmax(1)
     target = None if args.target is None else args.target
-    sal = saliency_explainer(model, args.explainer)(x, target)
+    sal = explainer(x, target)
     suffix = "gradcam" if args.explainer == "grad_cam" else args.explainer
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -450,6 +472,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--explainer", default="grad_cam",
                    help="registered explainer (default grad_cam; e.g. layer_cam, grad_cam_plus_plus, input_gradient); "
                         "overlays are named <stem>_gradcam.png, or <stem>_<explainer>.png for another")
+    p.add_argument("--layer", help="target layer of a Grad-CAM explainer (default: auto; e.g. layer3, "
+                   "stages.2; needed by the architectures docs/backbones.md lists)")
+    p.add_argument("--explainer-kwargs", help="the explainer's own arguments as a YAML mapping, e.g. "
+                   "'{relu: false}' or, for smoothed, '{samples: 8, flip: true}' (default: the checkpoint's "
+                   "eval.explainer_kwargs when --explainer is its eval.explainer)")
     p.set_defaults(func=_cmd_explain)
     p = sub.add_parser("sanity", help="Adebayo et al.'s parameter randomisation test of a saved model's maps: one "
                        "line per layer, and a figure")

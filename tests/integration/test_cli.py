@@ -84,6 +84,17 @@ def test_train_eval_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                  "--explainer", "nope"]) == 1
     assert "egl explain: 'eval.explainer'" not in (err := capsys.readouterr().err) and "'--explainer'" in err
     assert not (tmp_path / "ex4").exists()
+    assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex5"),
+                 "--layer", "layer3", "--explainer-kwargs", "{relu: false}"]) == 0  # another layer, signed maps
+    assert (tmp_path / "ex5" / "img_gradcam.png").is_file()
+    capsys.readouterr()
+    for extra, message in ((["--layer", "layer9"], "'layer'"), (["--explainer-kwargs", "[1, 2]"],
+                                                               "'--explainer-kwargs' expected a YAML mapping"),
+                           (["--explainer", "input_gradient", "--layer", "layer3"], "'layer' expected 'auto'")):
+        assert main(["explain", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "ex6"),
+                     *extra]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "ex6").exists()
     from egl.experiments.commands import _read_image
 
     assert 0.45 < float(_read_image(str(grey16), 32).mean()) < 0.55

@@ -198,6 +198,10 @@ def test_cli_list_prints_every_kind_with_its_source(capsys: pytest.CaptureFixtur
     for kind in egl.KINDS:
         assert f"\n{kind} (" in f"\n{out}"
     assert "grad_cam" in out and "plugin 'builtins' (egl" in out
+    lines = out.splitlines()
+    summary = lines[lines.index(next(line for line in lines if line.split()[:1] == ["grad_cam"])) + 1]
+    assert summary.strip() == "Grad-CAM bound to a model and a target layer"  # the docstring's first sentence
+    assert ":class:" not in out and "``" not in out  # markup stripped
 
 
 def test_cli_list_filters_by_kind_and_pattern(capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,7 +210,7 @@ def test_cli_list_filters_by_kind_and_pattern(capsys: pytest.CaptureFixture[str]
     expected = egl.list_components("regularizer", "s[mp]*")
     assert {"smoothness", "sparsity"} <= set(expected)
     assert lines[0] == f"regularizer ({len(expected)}):"
-    assert [line.split()[0] for line in lines[1:]] == expected
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" " * 5)] == expected
 
 
 def test_cli_list_rejects_an_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
