@@ -95,8 +95,11 @@ def _build(factory: Any, kind: str, name: str, fn: str, args: tuple[Any, ...], k
         except TypeError as e:
             given = ", ".join([*(type(a).__name__ for a in args), *(f"{k}={v!r}"[:60] for k, v in kwargs.items())])
             shown = sig.replace(return_annotation=inspect.Signature.empty)
+            unknown = [k for k in kwargs if k not in sig.parameters]
+            close = difflib.get_close_matches(unknown[0], list(sig.parameters), n=1) if unknown else []
+            hint = f"Did you mean {close[0]!r} (for {unknown[0]!r})? " if close else ""
             raise fail(fn, arg, f"the arguments of {kind} '{name}' {shown}", f"({given}): {e}",
-                       f"Pass the arguments {kind} '{name}' takes (egl list {kind} shows every {kind})") from None
+                       f"{hint}Pass the arguments {kind} '{name}' takes (egl list {kind} shows every {kind})") from None
     return factory(*args, **kwargs)
 
 

@@ -80,7 +80,7 @@ from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes._batching import batchable
 from egl.recipes._recompute import recompute
-from egl.recipes.base import Phase, Recipe, frozen
+from egl.recipes.base import Phase, Recipe, builds, frozen
 from egl.recipes.batch import Batch
 from egl.regularizers.mixup_consistency import MixupConsistency
 from egl.regularizers.smoothness import smoothness
@@ -358,6 +358,7 @@ def _plain_mixup(regularizer: Any) -> bool:
             and type(regularizer).forward is MixupConsistency.forward)
 
 
+@builds(ALIGN)
 def align(model: nn.Module, **kwargs: Any) -> ALIGN:
     """Build an :class:`ALIGN` recipe: ``recipes.align(model).fit(loader, steps=1000)``."""
     return ALIGN(model, **kwargs)

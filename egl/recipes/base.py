@@ -446,3 +446,23 @@ class Recipe(nn.Module):
         from egl.train import fit
 
         return fit(self, loader, steps, **kwargs)
+
+
+def builds(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a recipe's factory (``recipes.align``) that returns ``cls(model, **kwargs)``: it
+    shows ``cls``'s signature (``help()``, ``inspect``, IDEs) and names an argument ``cls`` does not
+    take with the signature, as ``egl.create`` does (a typo was a bare ``TypeError``)."""
+    signature = inspect.signature(cls)
+
+    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(factory)
+        def build(*args: Any, **kwargs: Any) -> Any:
+            from egl.registry import _build  # (lazy: the registry imports the recipes)
+
+            return _build(cls, "recipe", factory.__name__, f"egl.recipes.{factory.__name__}", args, kwargs,
+                          arg="kwargs")
+
+        build.__signature__ = signature.replace(return_annotation=cls.__name__)  # type: ignore[attr-defined]
+        return build
+
+    return decorate

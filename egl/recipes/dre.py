@@ -47,7 +47,7 @@ from egl._check import check_choice, check_positive, check_same_batch, check_sha
 from egl._sampling import sample_beta
 from egl._transfer import upload
 from egl.explainers.grad_cam import GradCAM
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["DRE", "dre", "DRETerms", "dre_terms", "class_permutation"]
@@ -196,6 +196,7 @@ class DRE(Recipe):
                 "total": total}
 
 
+@builds(DRE)
 def dre(model: nn.Module, **kwargs: Any) -> DRE:
     """Build a :class:`DRE` recipe."""
     return DRE(model, **kwargs)

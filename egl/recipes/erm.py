@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egl.explainers.base import check_target_range
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["ERM", "erm"]
@@ -39,6 +39,7 @@ class ERM(Recipe):
         return {"ce": ce, "total": ce}
 
 
+@builds(ERM)
 def erm(model: nn.Module, **kwargs: Any) -> ERM:
     """Build an :class:`ERM` recipe."""
     return ERM(model, **kwargs)

@@ -57,7 +57,7 @@ from egl._check import check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import global_groups, group_keys, require_domains
 from egl.recipes._features import classifier_head, logits_and_features
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["CORAL", "MMD", "coral", "mmd", "coral_distance", "mmd_distances", "MMD_GAMMAS"]
@@ -242,11 +242,13 @@ class MMD(CORAL):
         return dist[upper[0], upper[1]]
 
 
+@builds(CORAL)
 def coral(model: nn.Module, **kwargs: Any) -> CORAL:
     """Build a :class:`CORAL` recipe (batches must carry domains: ``(x, y, domain)``)."""
     return CORAL(model, **kwargs)
 
 
+@builds(MMD)
 def mmd(model: nn.Module, **kwargs: Any) -> MMD:
     """Build an :class:`MMD` recipe (batches must carry domains: ``(x, y, domain)``)."""
     return MMD(model, **kwargs)

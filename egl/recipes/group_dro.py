@@ -74,7 +74,7 @@ from egl.data.group_balance import GROUPINGS  # (the groupings the sampler balan
 from egl.errors import InputError
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import require_domains
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["GroupDRO", "group_dro", "GROUPINGS"]
@@ -296,6 +296,7 @@ class GroupDRO(Recipe):
         return torch.where(sizes > 0, adjust, 0.0)  # (a group of no training image: none)
 
 
+@builds(GroupDRO)
 def group_dro(model: nn.Module, **kwargs: Any) -> GroupDRO:
     """Build a :class:`GroupDRO` recipe."""
     return GroupDRO(model, **kwargs)

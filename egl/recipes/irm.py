@@ -45,7 +45,7 @@ from egl._check import check_flag, check_int, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.recipes._anneal import AnnealedPenalty
 from egl.recipes._domains import global_groups, group_keys, require_domains
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["IRM", "irm", "irm_penalty"]
@@ -135,6 +135,7 @@ class IRM(AnnealedPenalty, Recipe):
         return {"ce": ce, "penalty": penalty, "penalty_weight": weight_t, "total": total}
 
 
+@builds(IRM)
 def irm(model: nn.Module, **kwargs: Any) -> IRM:
     """Build an :class:`IRM` recipe (batches must carry domains: ``(x, y, domain)``)."""
     return IRM(model, **kwargs)

@@ -39,7 +39,7 @@ from egl._sampling import sample_beta
 from egl._transfer import upload
 from egl.explainers.base import check_target_range
 from egl.recipes._domains import domain_groups, require_domains
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["Mixup", "mixup", "domain_pairs"]
@@ -131,6 +131,7 @@ class Mixup(Recipe):
         return {"mix_ce": loss, "total": loss}
 
 
+@builds(Mixup)
 def mixup(model: nn.Module, **kwargs: Any) -> Mixup:
     """Build a :class:`Mixup` recipe (batches must carry domains: ``(x, y, domain)``)."""
     return Mixup(model, **kwargs)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from egl._check import check_positive, fail
 from egl.explainers.base import check_target_range
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["SD", "sd"]
@@ -79,6 +79,7 @@ class SD(Recipe):
         return {"ce": ce, "penalty": penalty, "total": ce + self.penalty_weight * penalty}
 
 
+@builds(SD)
 def sd(model: nn.Module, **kwargs: Any) -> SD:
     """Build an :class:`SD` recipe."""
     return SD(model, **kwargs)

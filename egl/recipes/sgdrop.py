@@ -46,7 +46,7 @@ from egl._check import check_choice, check_tensor, fail
 from egl.backbones import is_timm_model, resolve_target
 from egl.errors import UnsupportedModelError
 from egl.explainers.base import check_target_range
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["SGDrop", "sgdrop", "sgdrop_mask"]
@@ -208,6 +208,7 @@ class SGDrop(Recipe):
         return {"ce": ce, "total": ce}
 
 
+@builds(SGDrop)
 def sgdrop(model: nn.Module, **kwargs: Any) -> SGDrop:
     """Build an :class:`SGDrop` recipe: ``recipes.sgdrop(model, ratio=0.1).fit(loader, steps=1000)``."""
     return SGDrop(model, **kwargs)

@@ -48,7 +48,7 @@ from egl._amp import inner_grad
 from egl._check import check_choice, check_positive, check_shape, fail
 from egl.explainers.base import check_target_range
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["SGT", "sgt", "sgt_mask", "sgt_replace"]
@@ -203,6 +203,7 @@ class SGT(Recipe):
         return {"ce": ce, "kl": kl, "total": ce + self.kl_weight * kl}
 
 
+@builds(SGT)
 def sgt(model: nn.Module, **kwargs: Any) -> SGT:
     """Build an :class:`SGT` recipe: ``recipes.sgt(model, ratio=0.1).fit(loader, steps=1000)``."""
     return SGT(model, **kwargs)

@@ -42,7 +42,7 @@ from egl.data.group_balance import GROUPINGS
 from egl.explainers.base import check_target_range
 from egl.recipes._anneal import AnnealedPenalty
 from egl.recipes._domains import global_groups, group_keys
-from egl.recipes.base import Phase, Recipe
+from egl.recipes.base import Phase, Recipe, builds
 from egl.recipes.batch import Batch
 
 __all__ = ["VREx", "vrex", "risk_variance"]
@@ -119,6 +119,7 @@ class VREx(AnnealedPenalty, Recipe):
         return {"ce": ce, "penalty": penalty, "penalty_weight": weight_t, "total": ce + weight * penalty}
 
 
+@builds(VREx)
 def vrex(model: nn.Module, **kwargs: Any) -> VREx:
     """Build a :class:`VREx` recipe (with the default groups, batches must carry domains: ``(x, y, domain)``)."""
     return VREx(model, **kwargs)

@@ -109,3 +109,16 @@ def test_a_model_without_a_head_is_refused(recipe: str) -> None:
         egl.create("recipe", recipe, headless)
     headless.fc = torch.nn.Linear(headless.num_features, 5)  # a head set by hand (num_classes still 0): fine
     egl.create("recipe", recipe, headless)
+
+
+def test_recipe_factories_show_the_recipes_signature_and_name_a_misspelt_argument() -> None:
+    for name in egl.list_components("recipe"):
+        factory = getattr(recipes, name, None)
+        if factory is None:  # (a plugin's recipe)
+            continue
+        cls = egl.get_component("recipe", name)
+        assert list(inspect.signature(factory).parameters) == list(inspect.signature(cls).parameters), name
+    with pytest.raises(egl.InputError, match=r"egl.recipes.align: 'kwargs' expected the arguments of recipe 'align' "
+                       r"\(model: .*unexpected keyword argument 'align_wieght'. Did you mean 'align_weight'"):
+        recipes.align(make_model("test_resnet"), align_wieght=1.0)
+    assert type(recipes.irm(make_model("test_resnet"), penalty_weight=10.0)).__name__ == "IRM"
