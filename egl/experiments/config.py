@@ -134,7 +134,11 @@ def _loader() -> type:
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``1e-3``, ``[0, 1]``, ``null``)."""
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``1e-3``, ``[0, 1]``, ``null``).
+
+    ``methods.*.<key>=value`` sets ``<key>`` in every method that already has it (``--set
+    methods.*.kwargs.warmup_steps=4`` shortens every preset method's warm-up at once; a method
+    without the key is left alone, and none having it is an error)."""
     import yaml
 
     out = copy.deepcopy(cfg)
@@ -143,6 +147,9 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise fail("egl.experiments.apply_overrides", "overrides", "items like 'train.steps=100'", repr(item),
                        "Write KEY=VALUE with a dotted key")
         key, raw = item.split("=", 1)
+        if key.strip().startswith("methods.*."):
+            _set_in_every_method(out, key.strip().split(".")[2:], yaml.load(raw, Loader=_loader()), item)  # noqa: S506
+            continue
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -151,6 +158,22 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[p]
         node[parts[-1]] = yaml.load(raw, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     return out
+
+
+def _set_in_every_method(cfg: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    """``methods.*.<parts>=value``: set in each method whose spec has ``parts`` already."""
+    hit = 0
+    for spec in (cfg.get("methods") or {}).values():
+        node = spec
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if parts and isinstance(node, dict) and parts[-1] in node:
+            node[parts[-1]] = copy.deepcopy(value)
+            hit += 1
+    if not hit:
+        raise fail("egl.experiments.apply_overrides", "overrides", "a methods.*.<key> that some method sets",
+                   f"{item!r}, which no method of {list(cfg.get('methods') or {})} has",
+                   "Set it per method, e.g. methods.align.kwargs.warmup_steps=4")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,

@@ -145,3 +145,17 @@ def test_resume_compares_channels_last_as_fit_resolves_it() -> None:
     assert config_differences(old, {"train": {"device": "cpu", "precision": "bf16"}}) == []
     cuda = {"train": {"channels_last": False, "device": "cuda", "precision": "bf16"}}
     assert config_differences(cuda, {"train": {"device": "cuda", "precision": "bf16"}}) == ["train.channels_last"]
+
+
+def test_methods_star_sets_a_key_in_every_method_that_has_it() -> None:
+    from egl.experiments.commands import PRESETS
+    from egl.experiments.config import merge
+
+    cfg = merge(DEFAULTS, {"methods": {**PRESETS["ablation"]["methods"], "erm": {"recipe": "erm"}}})
+    out = apply_overrides(cfg, ["methods.*.kwargs.warmup_steps=4"])
+    warm = {m: (s.get("kwargs") or {}).get("warmup_steps") for m, s in out["methods"].items()}
+    assert warm == {**{m: 4 for m in PRESETS["ablation"]["methods"]}, "erm": None}  # erm has no warm-up: left alone
+    assert cfg["methods"]["align"]["kwargs"]["warmup_steps"] == 50  # (a copy)
+    with pytest.raises(egl.InputError, match=r"'overrides' expected a methods.\*.<key> that some method sets, got "
+                       r"'methods.\*.kwargs.anneal_steps=4', which no method of \['align'"):
+        apply_overrides(cfg, ["methods.*.kwargs.anneal_steps=4"])
