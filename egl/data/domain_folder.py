@@ -12,7 +12,9 @@ domains are selected (a domain's test images are the same whether it is loaded a
 with others). Classes are the sorted union of the class folders of *every* domain under
 ``root``, so a class has the same index whichever domains are selected; every selected
 domain must contain every class (a missing class is an error naming both, unless
-``allow_missing_classes=True``).
+``allow_missing_classes=True``). Hidden files and folders (``.DS_Store``, macOS's ``._name``
+resource forks) and ``__MACOSX`` (a zip made on a Mac) are neither images, classes nor
+domains; a mask's ``.png`` may be in any case (``.PNG``).
 
 Masks are grey images of the same size as their image: 0-255 (255 = foreground; 0-65535 for
 16-bit files), or 0/1 label images (a mask whose largest value is 1 is read as 0/1); a mask
@@ -50,8 +52,27 @@ MASKS_DIR = "masks"
 _FN = "egl.data.DomainFolder"
 
 
+#: Folders an archiver or a file manager leaves, never domains or classes (``__MACOSX`` from a zip made on a Mac).
+SKIPPED_DIRS = frozenset({"__MACOSX", "__pycache__"})
+
+
 def _subdirs(p: Path) -> list[str]:
-    return sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d.name for d in p.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and d.name not in SKIPPED_DIRS)
+
+
+def _masks_in(folder: Path) -> dict[str, Path]:
+    """``<folder>``'s mask files by stem: ``.png`` in any case (``.PNG``), hidden files aside;
+    an exact ``.png`` wins over another case of the same stem."""
+    if not folder.is_dir():
+        return {}
+    found = sorted((f for f in folder.iterdir() if f.suffix.lower() == ".png" and not f.name.startswith(".")),
+                   key=lambda f: (f.suffix != ".png", f.name))
+    out: dict[str, Path] = {}
+    for f in found:
+        if f.is_file():
+            out.setdefault(f.stem, f)
+    return out
 
 
 def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
@@ -90,7 +111,8 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
         missing = [c for c in classes if c not in cls]
         if missing and not allow_missing_classes:
             raise fail(_FN, "root", f"every class {classes} in every domain",
-                       f"domain '{d}' without {missing}", "Add the class folders, or pass allow_missing_classes=True")
+                       f"domain '{d}' without {missing}", "Add the class folders, or pass allow_missing_classes=True "
+                       "(data.allow_missing_classes=true in experiments)")
     mask_root = root / MASKS_DIR
     samples: list[Sample] = []
     for di, d in enumerate(domains):
@@ -99,10 +121,10 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
             folder = root / d / c
             if not folder.is_dir():
                 continue
-            for f in sorted(folder.iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                    m = mask_root / d / c / f"{f.stem}.png"
-                    samples.append(Sample(f, ci, di, m if m.is_file() else None))
+            masks = _masks_in(mask_root / d / c)
+            for f in sorted(folder.iterdir()):  # (hidden files: macOS's ._name resource forks, not images)
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith("."):
+                    samples.append(Sample(f, ci, di, masks.get(f.stem)))
         if len(samples) == n_before:
             raise fail(_FN, "root", f"images in domain '{d}'", f"an empty domain folder '{root / d}'",
                        f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or leave the domain out with domains=")

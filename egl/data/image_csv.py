@@ -58,8 +58,8 @@ ONE_DOMAIN = "all"  # the domain of every row when the table has no domain colum
 _FN = "egl.data.ImageCSV"
 
 
-def _columns(columns: object, header: list[str], path: Path) -> dict[str, str]:
-    """Role -> header name, for the roles the table has."""
+def _columns(columns: object, header: list[str], path: Path, split: str = "all") -> dict[str, str]:
+    """Role -> header name, for the roles the table has (``split``: the split asked for)."""
     if columns is None:
         columns = "default"
     if isinstance(columns, str):
@@ -74,6 +74,11 @@ def _columns(columns: object, header: list[str], path: Path) -> dict[str, str]:
                        "header names", repr(dict(columns))[:200],
                        f"Remove {unknown}" if unknown else f"Give the header names of {bad} as strings")
         chosen, optional = dict(columns), False
+        if split != "all" and "split" not in chosen and "split" in header and "split" not in chosen.values():
+            raise fail(_FN, "columns", "a dict that maps the table's 'split' column (without it a split is drawn "
+                       "at random, and the table's test rows can land in training)", repr(dict(columns))[:200],
+                       "Add 'split': 'split' to columns= (or rename the column if the table's split is not to "
+                       "be used)")
     else:
         raise fail(_FN, "columns", f"a preset {list(COLUMN_PRESETS)} or a dict from roles to header names",
                    describe(columns), "Pass e.g. columns='waterbirds' or columns={'image': 'file', 'label': 'y'}")
@@ -90,9 +95,18 @@ def _columns(columns: object, header: list[str], path: Path) -> dict[str, str]:
                        f"Rename them to {list(near)}, or pass columns={{..., " + ", ".join(
                            f"'{r}': '{h}'" for r, h in near.items()) + "}")
     if missing:
+        fits = [name for name, preset in COLUMN_PRESETS.items() if name != "default"
+                and all(c in header for r, c in preset.items() if r in REQUIRED)]
+        delimiter = next((d for d in (";", "\t", "|") if len(header) == 1 and d in header[0]), None)
+        if delimiter is not None:
+            fix = (f"The table is separated by {delimiter!r}, not commas: save it as comma-separated CSV "
+                   "(spreadsheets: 'CSV UTF-8')")
+        elif fits:
+            fix = f"Pass columns={fits[0]!r} (its header fits that preset)"
+        else:
+            fix = f"Name the table's own columns, e.g. columns={{'image': {header[0]!r}, ...}}"
         raise fail(_FN, "columns", f"columns the header of '{path}' has: {header}",
-                   f"{missing} (role: column)", "Name the table's own columns, e.g. columns={'image': "
-                   f"{header[0]!r}, ...}}, or pick the preset that fits")
+                   f"{missing} (role: column)", fix)
     return {r: c for r, c in chosen.items() if c in header}
 
 
@@ -105,6 +119,15 @@ def _int(value: str) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def _integral(value: str) -> int | None:
+    """``"2.0"`` -> 2 (an integer column a spreadsheet or pandas wrote as floats); else None."""
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else None
 
 
 class ImageCSV(ImageItems):
@@ -158,7 +181,7 @@ class ImageCSV(ImageItems):
             raise fail(_FN, "csv", "a CSV file (relative to root, or absolute)", f"'{table}' (missing)",
                        "Pass csv= the table's name, e.g. csv='metadata.csv'")
         rows, header = self._read_table(table)
-        cols = _columns(columns, header, table)
+        cols = _columns(columns, header, table, split)
         if mask_dir is not None and "mask" in cols:
             raise fail(_FN, "mask_dir", "None when the table has a mask column", repr(str(mask_dir)),
                        f"Drop mask_dir, or the column '{cols['mask']}' from columns=")
@@ -203,6 +226,10 @@ class ImageCSV(ImageItems):
             with open(path, newline="", encoding="utf-8-sig") as f:  # (a byte-order mark from spreadsheet exports)
                 reader = csv.DictReader(f)
                 header = [h.strip() for h in reader.fieldnames or []]  # (" split" after a comma and a space)
+                twice = sorted({h for h in header if header.count(h) > 1 and h})
+                if twice:  # (DictReader keeps the last of two same-named columns, silently)
+                    raise fail(_FN, "csv", "a header naming each column once", f"{twice} twice in '{path}'",
+                               "Rename or remove the repeated column")
                 reader.fieldnames = header
                 for row in reader:
                     rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}))
@@ -217,7 +244,12 @@ class ImageCSV(ImageItems):
     @staticmethod
     def _labels(rows: list[tuple[int, dict[str, str]]], column: str, path: Path) -> tuple[list[str], list[int]]:
         values = [r[column] for _, r in rows]
+        empty = next((line for (line, _), v in zip(rows, values) if not v), None)
+        if empty is not None:
+            raise _row_error(path, empty, "label", column, "a class index or name", "", "Fill in the label")
         parsed = [_int(v) for v in values]
+        if any(i is None for i in parsed) and all(_integral(v) is not None for v in values):
+            parsed = [_integral(v) for v in values]  # "2.0": an integer column exported as float (pandas, NaN)
         ints = [i for i in parsed if i is not None]
         if len(ints) == len(values):
             negative = next(((line, v) for (line, _), v, i in zip(rows, values, ints) if i < 0), None)
@@ -229,9 +261,6 @@ class ImageCSV(ImageItems):
             line, v = next((line, v) for (line, _), v, i in zip(rows, values, parsed) if i is None)
             raise _row_error(path, line, "label", column, "class indices in every row (as the table's other rows), "
                              "or class names in every row", v, "Use one kind of label for the whole column")
-        empty = next((line for (line, _), v in zip(rows, values) if not v), None)
-        if empty is not None:
-            raise _row_error(path, empty, "label", column, "a class index or name", "", "Fill in the label")
         classes = sorted(set(values))
         index = {c: k for k, c in enumerate(classes)}
         return classes, [index[v] for v in values]
@@ -303,7 +332,7 @@ class ImageCSV(ImageItems):
             shortcut = None
             if "shortcut" in cols:
                 raw = r[cols["shortcut"]]
-                shortcut = -1 if raw == "" else _int(raw)
+                shortcut = -1 if raw == "" else _int(raw) if _int(raw) is not None else _integral(raw)
                 if shortcut is None or not -1 <= shortcut < len(self.classes):
                     raise _row_error(table, line, "shortcut", cols["shortcut"],
                                      f"a class index in [0, {len(self.classes) - 1}], or -1 / empty for none", raw,

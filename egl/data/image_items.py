@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from egl._check import check_choice, check_flag, check_int, fail
-from egl.data.image_file import read_levels
+from egl.data.image_file import read_levels, read_mask_levels
 
 __all__ = ["Sample", "ImageItems", "verify_images", "check_read_args", "LABEL_MAX", "MISSING_MASKS"]
 
@@ -91,7 +91,8 @@ class ImageItems(Dataset):
         missing_masks: when some samples have masks and others not: ``"raise"`` (an error
             naming one without, and ``mask_fix``) or ``"unannotated"`` (those items get an
             all-zero mask and ``annotated=False``, the others ``annotated=True``: partial
-            annotation, see :class:`egl.data.PartialMasks`).
+            annotation, see :class:`egl.data.PartialMasks`; a set where every image has a mask
+            flags them all, so that sets combined with ``ConcatDataset`` have the same keys).
     """
 
     def __init__(self, samples: Sequence[Sample], *, image_size: int, augment: object, fn: str, arg: str,
@@ -99,8 +100,10 @@ class ImageItems(Dataset):
         check_choice(missing_masks, MISSING_MASKS, fn, "missing_masks")
         self.samples = list(samples)
         with_mask = sum(s.mask is not None for s in self.samples)
-        self.partial = 0 < with_mask < len(self.samples) and missing_masks == "unannotated"
-        if 0 < with_mask < len(self.samples) and not self.partial:
+        # (every set with masks read with "unannotated" flags its items, all annotated or not: combined
+        # with ConcatDataset, a fully annotated set's items then have the keys a partial one's have)
+        self.partial = 0 < with_mask and missing_masks == "unannotated"
+        if 0 < with_mask < len(self.samples) and missing_masks != "unannotated":
             first = next(s for s in self.samples if s.mask is None)
             raise fail(fn, arg, "a mask for every image or for none",
                        f"{len(self.samples) - with_mask} of {len(self.samples)} images without one "
@@ -111,6 +114,7 @@ class ImageItems(Dataset):
         self.augment = augment
         self._fn, self._arg = fn, arg
         self._warned_label_mask = False  # a mask peaking at 2..LABEL_MAX was warned about
+        self._warned_wide_mask = False  # a 16-bit mask peaking at LABEL_MAX + 1..255
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -146,8 +150,8 @@ class ImageItems(Dataset):
     def _read_mask(self, s: Sample, size: torch.Size) -> Tensor:
         """``s``'s mask at its file's resolution, ``[1, H, W]`` in [0, 1]."""
         assert s.mask is not None
-        mask, mask_full = self._read(s.mask, "RGB")  # brightest channel: a red-on-black mask is foreground
-        mask = mask.amax(0, keepdim=True)  # (PIL's "L" gave red 0.3: read as background once binarised)
+        # palette indices, a cut-out's alpha, or the brightest channel (PIL's "L" read red as 0.3)
+        mask, mask_full, how = read_mask_levels(s.mask, self._fn, self._arg)
         if mask.shape[-2:] != size:
             raise fail(self._fn, self._arg, "a mask of its image's size",
                        f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
@@ -161,5 +165,17 @@ class ImageItems(Dataset):
                           "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
                           "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
                           "once per data set.)", stacklevel=3)
+        if how == "index" and top > LABEL_MAX and len(mask.unique()) > 2 and not self._warned_label_mask:
+            self._warned_label_mask = True  # (VOC's class masks: 0 background, 1-20 classes, 255 the void border)
+            warnings.warn(f"{self._fn}: the palette mask '{s.mask}' has indices {mask.unique().tolist()[:8]}: read "
+                          "as 0-255 levels; if it is a class-label image (VOC: 255 is the void border), save each "
+                          "mask as foreground 255 on background 0. (Warned once per data set.)", stacklevel=3)
+        if how == "grey" and LABEL_MAX < top <= 255:  # 0/255 saved as 16 bits: read as 0-65535 it is empty
+            mask_full = 255
+            if not self._warned_wide_mask:
+                self._warned_wide_mask = True
+                warnings.warn(f"{self._fn}: the 16-bit mask '{s.mask}' peaks at {top}: read as 0-255 (read as "
+                              "0-65535 it would be nearly empty). Save masks as 8-bit files to silence this. "
+                              "(Warned once per data set.)", stacklevel=3)
         full = 1 if top == 1 else mask_full  # a 0/1 label image, or 0-255 (0-65535)
         return mask.float().div_(full)

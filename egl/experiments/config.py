@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "mask_fraction": 1.0,         # training images that keep their masks (the rest: annotated=False)
         "mask_seed": 0,               # which ones (egl.data.PartialMasks; the same for every training seed)
         "missing_masks": "raise",     # folder / csv data with masks for some images only: or "unannotated"
+        "allow_missing_classes": False,  # folder data: a domain may lack some classes' folders
         "augment": "none",            # training images: "none", "flip", "domainbed" (DomainBed's), or a dict
                                       # of egl.data.Augment settings; masks are moved with their images
         "balance": None,              # training batches drawn group-balanced: "class", "domain", "domain_class"
@@ -286,6 +287,15 @@ def check_values(cfg: dict[str, Any]) -> None:
 
     check_fraction(d.get("mask_fraction", 1.0), fn, "data.mask_fraction")
     check_choice(d.get("missing_masks", "raise"), ("raise", "unannotated"), fn, "data.missing_masks")
+    check_flag(d.get("allow_missing_classes", False), fn, "data.allow_missing_classes")
+    name = d.get("name", "synthetic")
+    unused = {"csv": ("csv", "columns", "mask_dir"), "folder": ("allow_missing_classes",)}
+    for kind, keys in unused.items():  # (another data kind's setting was silently ignored)
+        for key in keys:
+            if name != kind and d.get(key) not in (None, DEFAULTS["data"][key]):
+                raise fail(fn, f"data.{key}", f"its default with data.name={name!r} (it is read for "
+                           f"data.name={kind} only)", repr(d.get(key))[:100],
+                           f"Leave data.{key} out, or set data.name={kind}")
     from egl.data.group_balance import GROUPINGS
 
     check_choice(d.get("balance"), (None, *GROUPINGS), fn, "data.balance")

@@ -264,6 +264,8 @@ def _load_source(data: dict[str, Any]) -> Source:
     if data["name"] == "csv":
         kind = ImageCSV
         kw.update(csv=data.get("csv") or "metadata.csv", columns=data.get("columns"), mask_dir=data.get("mask_dir"))
+    else:
+        kw.update(allow_missing_classes=bool(data.get("allow_missing_classes", False)))
     full = kind(data["root"], "all", **kw)
     splits = getattr(full, "splits", ("train", "val", "test"))  # (a CSV table may hold no val rows)
     masker = _masker(data)  # (its masks are made from the plain images: the augmentation wraps them)

@@ -94,6 +94,15 @@ def test_bad_domain_settings_fail_before_a_folder_is_made(folder: dict, tmp_path
     err = capsys.readouterr().err
     assert "no domain outside the run's training domains has validation images" in err and "egl train: a list" in err
     assert not (tmp_path / "never").exists()
+    import shutil  # a domain without one of the classes: refused, unless data.allow_missing_classes=true
+
+    shutil.rmtree(Path(folder["root"]) / "B" / next(p.name for p in (Path(folder["root"]) / "B").iterdir()))
+    tiny = ["--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "train.steps=1",
+            "--set", "model.arch=test_resnet", "--set", "eval.explain_samples=2", "--set", "eval.mask_quality=false",
+            "--set", "methods={erm: {recipe: erm}}"]
+    assert main([*base, *tiny, "--out", str(tmp_path / "never")]) == 1
+    assert "(data.allow_missing_classes=true in experiments)" in capsys.readouterr().err
+    assert main([*base, *tiny, "--set", "data.allow_missing_classes=true", "--out", str(tmp_path / "ok")]) == 0
 
 
 def test_held_out_validation_uses_the_other_domains_validation_splits(

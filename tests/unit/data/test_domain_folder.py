@@ -238,3 +238,74 @@ def test_images_without_masks_can_train_unannotated(tmp_path) -> None:
     ds = DomainFolder(root, "all", image_size=8, missing_masks="unannotated")
     flags = [bool(ds[i]["annotated"]) for i in range(len(ds))]
     assert flags.count(False) == 3 and all(float(ds[i]["mask"].max()) == 0 for i in range(len(ds)) if not flags[i])
+    # a fully annotated set read the same way flags its items too: combined, both sets batch together
+    full = DomainFolder(domain_tree(tmp_path / "full", masks=True), "all", image_size=8, missing_masks="unannotated")
+    assert all(bool(full[i]["annotated"]) for i in range(len(full)))
+    both = torch.utils.data.ConcatDataset([full, ds])
+    batch = next(iter(torch.utils.data.DataLoader(both, batch_size=len(full) + 2)))
+    assert batch["annotated"].tolist() == [True] * len(full) + flags[:2]
+
+
+def _object(shape: tuple[int, int] = (12, 16)) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    m[3:9, 4:12] = 1  # 48 of 192 pixels: a quarter
+    return m
+
+
+@pytest.mark.parametrize("kind", ["palette", "alpha_la", "alpha_cutout", "wide_0_255"])
+def test_masks_are_read_for_their_meaning_not_their_colours(tmp_path, kind: str) -> None:
+    """A VOC-style palette mask (index 1 is dark red) read at half strength; a mask in the alpha
+    channel read as empty (black LA) or full (a white cut-out); 0/255 saved as 16 bits read as 0-65535:
+    nearly empty. Each is read for what it marks."""
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    f = root / "masks" / "A" / "cat" / "0.png"
+    m = _object()
+    if kind == "palette":
+        im = Image.fromarray(m, mode="P")
+        im.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    elif kind == "alpha_la":
+        im = Image.fromarray(np.stack([np.zeros_like(m), m * 255], -1), mode="LA")
+    elif kind == "alpha_cutout":
+        im = Image.fromarray(np.dstack([np.full_like(m, 255)] * 3 + [m * 255]), mode="RGBA")
+    else:
+        im = Image.fromarray((m * 255).astype(np.uint16))
+    im.save(f)
+    ds = DomainFolder(root, "all", image_size=16)
+    if kind == "wide_0_255":
+        with pytest.warns(UserWarning, match=r"the 16-bit mask '.*0.png' peaks at 255: read as 0-255"):
+            item = ds[0]
+    else:
+        item = ds[0]
+    assert float(item["mask"].max()) == pytest.approx(1.0) and float(item["mask"].mean()) == pytest.approx(0.25)
+
+
+def test_images_and_masks_are_turned_upright_by_their_exif_orientation(tmp_path) -> None:
+    """A phone photo stored sideways with an orientation tag: its mask, drawn on the image as shown,
+    missed the object entirely."""
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    shown = np.zeros((12, 16, 3), np.uint8)
+    shown[3:9, 4:12] = 255  # the object as a viewer shows it
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # as the camera stored it: 16x12
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    (root / "A" / "cat" / "0.png").unlink()
+    stored.save(root / "A" / "cat" / "0.jpg", exif=exif, quality=100)
+    Image.fromarray(_object() * 255).save(root / "masks" / "A" / "cat" / "0.png")  # drawn on the shown image
+    item = DomainFolder(root, "all", image_size=16)[0]
+    inside = item["mask"][0] > 0.5
+    assert float(item["image"].mean(0)[inside].mean()) > 0.9 and float(item["image"].mean(0)[~inside].mean()) < 0.1
+
+
+def test_hidden_files_and_macos_folders_are_not_images_classes_or_domains(tmp_path) -> None:
+    root = domain_tree(tmp_path, domains=("A", "B"), classes=("cat", "dog"), n=2, masks=True)
+    (root / "A" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a resource fork
+    (root / "__MACOSX" / "A" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "A" / "cat" / "._1.png").write_bytes(b"\x00")
+    (root / "A" / ".hidden").mkdir()
+    domains, classes, samples = scan(root)
+    assert domains == ["A", "B"] and classes == ["cat", "dog"] and len(samples) == 8
+    assert not any(s.path.name.startswith(".") for s in samples)
+    f = root / "masks" / "B" / "dog" / "1.png"
+    f.rename(f.with_suffix(".PNG"))  # a mask saved with an upper-case extension is still its image's
+    assert next(s for s in scan(root)[2] if s.path.parent.name == "dog" and s.path.stem == "1"
+                and s.path.parent.parent.name == "B").mask == f.with_suffix(".PNG")

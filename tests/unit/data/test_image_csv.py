@@ -111,13 +111,21 @@ def test_a_mask_column_and_augmentation_move_masks_with_images(tmp_path: Path) -
     (["image", "label"], [["0.png", 0], ["1.png", "bird"]], {}, r"class indices in every row.*'bird'.*line 3"),
     (["image", "label", "Split"], [["0.png", 0, "test"]], {}, r"the header names \['Split'\].*'split': 'Split'"),
     (["image", "label", "domain"], [["0.png", 0, "a"], ["1.png", 0, ""]], {}, r"'' in column 'domain'.*line 3"),
+    (["image", "label"], [["0.png", 0], ["1.png", ""]], {}, r"'' in column 'label' \(label\) at line 3.*Fill in"),
+    (["image", "label", "label"], [["0.png", 0, 1]], {}, r"'csv' expected a header naming each column once, got "
+                                                        r"\['label'\] twice"),
+    (["image", "label", "split"], [["0.png", 0, "train"]], {"columns": {"image": "image", "label": "label"},
+                                                            "split": "train"},
+     r"'columns' expected a dict that maps the table's 'split' column.*Add 'split': 'split'"),
+    (["img_filename", "y", "split", "place"], [["0.png", 0, 0, 0]], {}, r"Pass columns='waterbirds'"),
+    (["image;label"], [["0.png;0"]], {}, r"separated by ';', not commas"),
 ])
 def test_bad_tables_are_named(tmp_path: Path, header: list[str], rows: list, kwargs: dict, match: str) -> None:
     _image(tmp_path / "0.png", 0)
     _image(tmp_path / "1.png", 0)
     _table(tmp_path / "metadata.csv", header, rows)
     with pytest.raises(egl.InputError, match=match):
-        ImageCSV(tmp_path, "all", **kwargs)
+        ImageCSV(tmp_path, kwargs.pop("split", "all"), **kwargs)
 
 
 def test_missing_table_and_masks_for_some_images_only(tmp_path: Path) -> None:
@@ -216,3 +224,16 @@ def test_a_split_without_masks_when_others_have_them(tmp_path: Path) -> None:
     test = ImageCSV(tmp_path, "test", mask_dir="seg", image_size=8)  # masks for the training rows only
     assert not test.has_masks and "mask" not in test[0]
     assert ImageCSV(tmp_path, "train", mask_dir="seg", image_size=8).has_masks
+
+
+def test_integer_labels_written_as_floats_are_indices(tmp_path: Path) -> None:
+    """pandas writes an int column with a NaN as floats: '2.0', '10.0' were class *names*, sorted as
+    text ('10.0' before '2.0'): image 2 got label 4, image 10 label 2."""
+    for i in range(12):
+        _image(tmp_path / f"{i}.png", i)
+    rows = [[f"{i}.png", f"{i}.0", "1.0"] for i in range(12)]
+    _table(tmp_path / "metadata.csv", ["image", "label", "shortcut"], rows)
+    ds = ImageCSV(tmp_path, "all", image_size=8)
+    assert ds.classes == [str(c) for c in range(12)]
+    assert {s.path.name: s.label for s in ds.samples} == {f"{i}.png": i for i in range(12)}
+    assert {s.shortcut for s in ds.samples} == {1}

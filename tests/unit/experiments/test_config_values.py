@@ -79,6 +79,11 @@ BAD = [
     ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], "
                             r"got 'black'\."),
     ("eval.mask_quality=maybe", r"'eval.mask_quality' expected True or False, got 'maybe'\."),
+    ("data.allow_missing_classes=maybe", r"'data.allow_missing_classes' expected True or False, got 'maybe'\."),
+    ("data.mask_dir=segs", r"'data.mask_dir' expected its default with data.name='synthetic' \(it is read for "
+                           r"data.name=csv only\), got 'segs'\. Leave data.mask_dir out, or set data.name=csv\."),
+    ("data.allow_missing_classes=true", r"'data.allow_missing_classes' expected its default with "
+                                        r"data.name='synthetic' \(it is read for data.name=folder only\)"),
 ]
 
 
