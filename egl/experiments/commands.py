@@ -13,7 +13,7 @@ import torch
 
 from egl._check import fail
 
-__all__ = ["add_commands", "PRESETS", "save_model", "load_model"]
+__all__ = ["add_commands", "PRESETS", "save_model", "load_model", "check_same_classes"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's Table 2: ALIGN against its ablations.
@@ -82,14 +82,28 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dic
 
 
 def save_model(path: str | os.PathLike[str], model: torch.nn.Module, cfg: dict[str, Any], method: str,
-               num_classes: int, domains: list[str] | None = None) -> None:
-    """A self-describing checkpoint: architecture, kwargs, classes, weights, config, and the
-    domains it trained on (for ``egl eval``'s in-distribution flag)."""
+               num_classes: int, domains: list[str] | None = None, classes: list[str] | None = None) -> None:
+    """A self-describing checkpoint: architecture, kwargs, classes (their number and names), weights,
+    config, and the domains it trained on (for ``egl eval``'s in-distribution flag)."""
     from egl.train.checkpoint import save_checkpoint
 
     save_checkpoint({"arch": cfg["model"]["arch"], "kwargs": cfg["model"].get("kwargs") or {},
-                     "num_classes": num_classes, "method": method, "state_dict": model.state_dict(),
-                     "config": json.loads(json.dumps(cfg, default=str)), "domains": domains}, path)
+                     "num_classes": num_classes, "classes": classes, "method": method,
+                     "state_dict": model.state_dict(), "config": json.loads(json.dumps(cfg, default=str)),
+                     "domains": domains}, path)
+
+
+def check_same_classes(ckpt: dict[str, Any], classes: list[str], fn: str = "egl eval") -> None:
+    """Refuse test data whose classes are not the ones the checkpoint's model was trained on (by
+    name where the checkpoint records them, else by number): the labels would be read as other
+    classes, or fall outside the model's outputs, and the accuracy would be silently wrong."""
+    saved = ckpt.get("classes")
+    if (saved is not None and list(saved) != list(classes)) or len(classes) != ckpt["num_classes"]:
+        trained = saved if saved is not None else f"{ckpt['num_classes']} classes"
+        raise fail(fn, "data", f"test data with the classes the model was trained on {trained}",
+                   f"the classes {classes[:10]}" + (" ..." if len(classes) > 10 else ""),
+                   "Evaluate on data with the same classes (a class folder added to a domain, or removed, "
+                   "changes every index after it)")
 
 
 def load_model(path: str | os.PathLike[str], *, fn: str = "egl eval/explain",
@@ -159,7 +173,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = results_dir(cfg, f"train-{args.method}")
     model = train_method(cfg, args.method, source, train_set, int(seed), out / "train.jsonl", val_set,
                          domains=domains).model
-    save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains)
+    save_model(out / "model.pt", model.cpu(), cfg, args.method, source.num_classes, domains, source.class_names)
     print(f"[egl] model written to {(out / 'model.pt').resolve()}")
     return 0
 
@@ -177,6 +191,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     check_explainer_builds(model, cfg["eval"])  # eval.explainer_kwargs too
     source = evaluation_source(cfg["data"])  # (test sets only: no training masks to make)
+    check_same_classes(ckpt, source.class_names)
     # in distribution: a split of a domain the model trained on, in the data it trained on
     trained = ckpt["config"].get("data", {})
     same_data = all(trained.get(k) == cfg["data"].get(k) for k in ("name", "root", "synthetic"))
@@ -278,6 +293,7 @@ def _sanity_images(args: argparse.Namespace, ckpt: dict[str, Any]) -> tuple[torc
     from egl.experiments.sources import evaluation_source
 
     source = evaluation_source(ckpt["config"]["data"])
+    check_same_classes(ckpt, source.class_names, "egl sanity")  # (the folder may have changed since)
     if args.split is not None and args.split not in source.tests:
         raise fail("egl sanity", "--split", f"a test split of the checkpoint's data {list(source.tests)}",
                    repr(args.split), "Pass one of them, or leave --split out (the first)")

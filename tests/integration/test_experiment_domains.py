@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from _helpers import domain_tree
 
 from egl.cli import main
@@ -153,3 +154,21 @@ def test_experiment_on_a_waterbirds_table(tmp_path: Path, capsys: pytest.Capture
     assert main(["experiment", *args, "--set", "eval.explainer=smoothed", "--set", "eval.explainer_kwargs={samples: 0}",
                  "--out", str(tmp_path / "bad")]) == 1
     assert "'samples' expected an int >= 1" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_egl_eval_refuses_data_whose_classes_are_not_the_models(folder: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A model trained on [cat, dog] evaluated on a folder with [aardvark, cat, dog] read 'cat' as
+    class 1 and printed an accuracy."""
+    tiny = ["--set", "data.name=folder", "--set", f"data.root={folder['root']}", "--set", "data.image_size=32",
+            "--set", "data.batch_size=4", "--set", "train.steps=1", "--set", "model.arch=test_resnet",
+            "--set", "eval.explain_samples=2", "--no-progress"]
+    out = tmp_path / "erm"
+    assert main(["train", "--method", "erm", *tiny, "--out", str(out)]) == 0
+    assert torch.load(out / "model.pt", weights_only=True)["classes"] == ["cat", "dog"]
+    other = domain_tree(tmp_path / "other", domains=("A", "B", "C"), classes=("aardvark", "cat", "dog"))
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--set", f"data.root={other}"]) == 1
+    assert ("egl eval: 'data' expected test data with the classes the model was trained on ['cat', 'dog'], got the "
+            "classes ['aardvark', 'cat', 'dog']") in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "A"]) == 0  # its own data: fine
