@@ -37,6 +37,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,8 +93,9 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
                    "Point root at the data set's top folder")
     if isinstance(domains, str) or (domains is not None and (not isinstance(domains, Sequence) or not domains
                                                              or len(set(domains)) != len(domains))):
+        example = domains if isinstance(domains, str) and domains in found else found[0]  # ("photo": ["photo"])
         raise fail(_FN, "domains", f"None (every domain) or a non-empty list of distinct domains among {found}",
-                   repr(domains)[:100], f"Pass e.g. domains=[{found[0]!r}]" if found else "Pass domains=None")
+                   repr(domains)[:100], f"Pass e.g. domains=[{example!r}]" if found else "Pass domains=None")
     if domains is None:
         domains = found
     else:
@@ -203,3 +205,8 @@ class DomainFolder(ImageItems):
                          mask_fix=f"Add {Path(root) / MASKS_DIR}/<domain>/<class>/<stem>.png for each image",
                          missing_masks=missing_masks)
         self.split = split
+
+    def __repr__(self) -> str:
+        extra: dict[str, Any] = {"split": self.split, "images": len(self), "classes": self.classes,
+                                 "domains": self.domains, "masks": self.has_masks}
+        return f"DomainFolder({', '.join(f'{k}={v!r}' for k, v in extra.items())})"

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from egl._check import fail
 
-__all__ = ["read_levels", "read_mask_levels"]
+__all__ = ["read_levels", "read_mask_levels", "upright_size"]
 
 _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -104,3 +104,14 @@ def read_mask_levels(path: str | os.PathLike[str], fn: str, arg: str) -> tuple[T
 
 def _as_mask(levels: np.ndarray) -> Tensor:
     return torch.from_numpy(levels.astype(np.int32)).unsqueeze(0)
+
+
+def upright_size(im: Any) -> tuple[int, int]:
+    """``(width, height)`` of an open image as :func:`read_levels` reads it (turned by EXIF),
+    from its header only."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: as stored
+        orientation = 1
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -60,20 +60,32 @@ def check_read_args(fn: str, *, split: object, splits: Sequence[str], on_error: 
 
 
 def verify_images(samples: list[Sample], on_error: str, fn: str, arg: str) -> list[Sample]:
-    """``samples`` whose image PIL can open and verify; an unreadable one raises naming the file
+    """``samples`` whose image (and mask) PIL can open and verify, the mask of its image's size
+    (read from the headers, upright by EXIF); a bad one raises naming the files
     (``on_error="raise"``) or is dropped with a warning (``"skip"``)."""
     from PIL import Image
+
+    from egl.data.image_file import upright_size
 
     good = []
     for s in samples:
         try:
             with Image.open(s.path) as im:
-                im.verify()
+                im.verify()  # (only directly after open)
+            if s.mask is not None:
+                with Image.open(s.mask) as m:
+                    m.verify()
+                with Image.open(s.path) as im, Image.open(s.mask) as m:
+                    size, mask_size = upright_size(im), upright_size(m)
+                if mask_size != size:
+                    raise ValueError(f"its mask '{s.mask}' is {mask_size[0]}x{mask_size[1]}, the image "
+                                     f"{size[0]}x{size[1]} (width x height)")
         except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable
             if on_error == "raise":
-                raise fail(fn, arg, "readable images", f"'{s.path}' ({type(exc).__name__}: {exc})",
+                raise fail(fn, arg, "readable images, each mask of its image's size",
+                           f"'{s.path}' ({type(exc).__name__}: {exc})",
                            "Remove or replace the file, or pass on_error='skip'") from exc
-            warnings.warn(f"{fn}: skipping unreadable image '{s.path}': {exc}", stacklevel=3)
+            warnings.warn(f"{fn}: skipping image '{s.path}': {exc}", stacklevel=3)
             continue
         good.append(s)
     return good

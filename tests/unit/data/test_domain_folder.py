@@ -309,3 +309,18 @@ def test_hidden_files_and_macos_folders_are_not_images_classes_or_domains(tmp_pa
     f.rename(f.with_suffix(".PNG"))  # a mask saved with an upper-case extension is still its image's
     assert next(s for s in scan(root)[2] if s.path.parent.name == "dog" and s.path.stem == "1"
                 and s.path.parent.parent.name == "B").mask == f.with_suffix(".PNG")
+
+
+def test_verify_checks_each_masks_size_from_the_headers_and_the_folder_describes_itself(tmp_path) -> None:
+    """A mask of another size failed at the step that first loaded it (step 3, in a written folder)."""
+    root = domain_tree(tmp_path, domains=("A", "B"), n=3, masks=True)
+    Image.fromarray(np.zeros((6, 16), np.uint8)).save(root / "masks" / "B" / "dog" / "1.png")
+    with pytest.raises(egl.InputError, match=r"'root' expected readable images, each mask of its image's size, got "
+                       r"'.*B/dog/1.png' \(ValueError: its mask '.*1.png' is 16x6, the image 16x12"):
+        DomainFolder(root, "all", verify=True)
+    with pytest.warns(UserWarning, match=r"skipping image '.*B/dog/1.png'"):
+        ds = DomainFolder(root, "all", verify=True, on_error="skip", image_size=8)
+    assert len(ds) == 11
+    assert repr(ds) == "DomainFolder(split='all', images=11, classes=['cat', 'dog'], domains=['A', 'B'], masks=True)"
+    with pytest.raises(egl.InputError, match=r"Pass e.g. domains=\['B'\]"):  # a string: the list it meant
+        DomainFolder(root, "all", domains="B")
