@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import describe, fail
+from egl._transfer import host_tensor
 
 __all__ = ["normalize_inputs", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -69,9 +70,9 @@ def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
     done = [mod for mod in model.modules() if isinstance(getattr(mod, _MEAN, None), Tensor)]
     stem = done[0] if done else _stem(model, len(m))[1]  # (normalised already: its stem, whose hook would hide it)
     ref = next(model.parameters(), None)
-    kw = {"device": ref.device} if ref is not None else {}
-    stem.register_buffer(_MEAN, torch.tensor(m, dtype=torch.float32, **kw).view(1, -1, 1, 1), persistent=False)
-    stem.register_buffer(_STD, torch.tensor(s, dtype=torch.float32, **kw).view(1, -1, 1, 1), persistent=False)
+    device = ref.device if ref is not None else torch.device("cpu")
+    stem.register_buffer(_MEAN, host_tensor(m, device, torch.float32).view(1, -1, 1, 1), persistent=False)
+    stem.register_buffer(_STD, host_tensor(s, device, torch.float32).view(1, -1, 1, 1), persistent=False)
     if not any(h is _normalize for h in stem._forward_pre_hooks.values()):
         stem.register_forward_pre_hook(_normalize)
     return model
@@ -122,10 +123,9 @@ def _stem(model: nn.Module, channels: int) -> tuple[str, nn.Module]:
     """The first submodule ``model``'s forward calls with the input tensor itself."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size", (channels, 224, 224)))[-2:]
-    probe = torch.zeros(1, channels, *size)
     ref = next(model.parameters(), None)
-    if ref is not None:
-        probe = probe.to(device=ref.device, dtype=ref.dtype)
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    probe = torch.zeros(1, channels, *size, **kw)  # (made there: no host-to-device copy)
     found: list[tuple[str, nn.Module]] = []
     names = {id(m): n for n, m in model.named_modules()}
 
