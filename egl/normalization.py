@@ -17,9 +17,14 @@ Choices:
   they move with ``.to()``, are copied by ``copy.deepcopy`` (the parameter randomisation test),
   and stay out of ``state_dict()`` (checkpoints and weight files are unchanged; egl's
   experiments re-apply the config's ``model.normalize`` when they rebuild a model).
-* The stem is found by one forward pass of a blank image (``pretrained_cfg["input_size"]``, or
-  224 px) under ``torch.no_grad()`` in eval mode: the first submodule called with the input
-  tensor itself. A model that changes its input before any submodule sees it is refused.
+* The stem is found by one forward pass of a blank image (the patch embedding's ``img_size``,
+  ``pretrained_cfg["input_size"]``, or 224 px; ``probe_size=``) under ``torch.no_grad()`` in eval
+  mode (each module's own mode put back after): the innermost module of the first chain called
+  with the input tensor itself (``conv1``; ``patch_embed.proj``; a wrapper's ``net.conv1``, so
+  that ``forward_features`` of the inner model normalises too). A second pass of a constant
+  image checks that no other module receives the image as it is (a multi-scale model's second
+  branch, a skip from the image): such a model is refused, as is one that changes its input
+  before any submodule sees it.
 * The normalisation runs in the input's dtype; applying it again replaces the previous one.
 
 Example:
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import describe, fail
+from egl._check import check_size, describe, fail
 from egl._transfer import host_tensor
 
 __all__ = ["normalize_inputs", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -52,14 +57,18 @@ _MEAN, _STD = "egl_input_mean", "egl_input_std"
 
 
 def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
-                     std: Sequence[float] | None = None) -> nn.Module:
+                     std: Sequence[float] | None = None, *, probe_size: Sequence[int] | None = None) -> nn.Module:
     """Make ``model`` normalise its [0, 1] input, ``(x - mean) / std`` per channel, in its stem.
 
     Args:
         model: the classifier (a timm model, or any module whose first submodule takes the image).
-        mean: ``"timm"`` (the model's ``pretrained_cfg`` mean and std: those its weights were
-            trained with), ``"imagenet"``, or one value per input channel (then ``std`` too).
+        mean: ``"timm"`` (the model's ``pretrained_cfg`` mean and std: those of its default
+            weights; weights of another tag, CLIP's or augreg's 0.5, need their own values),
+            ``"imagenet"``, or one value per input channel (then ``std`` too).
         std: one positive value per input channel, with a sequence ``mean`` only.
+        probe_size: ``(H, W)`` of the blank image sent through the model to find its stem
+            (default: the patch embedding's ``img_size``, else ``pretrained_cfg["input_size"]``,
+            else 224 px).
 
     Returns:
         ``model`` itself, changed in place.
@@ -67,14 +76,27 @@ def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
     if not isinstance(model, nn.Module):
         raise fail(FN, "model", "a torch.nn.Module", describe(model), "Pass the classifier module")
     m, s = _values(model, mean, std)
-    done = [mod for mod in model.modules() if isinstance(getattr(mod, _MEAN, None), Tensor)]
-    stem = done[0] if done else _stem(model, len(m))[1]  # (normalised already: its stem, whose hook would hide it)
+    size = None if probe_size is None else check_size(probe_size, FN, "probe_size")
+    first_conv = next((mod for mod in model.modules() if isinstance(mod, nn.Conv2d)), None)
+    if first_conv is not None and first_conv.in_channels != len(m):
+        raise fail(FN, "mean", f"one value per input channel ({first_conv.in_channels}: the first convolution's)",
+                   f"{len(m)} values", f"Pass {first_conv.in_channels} means and stds")
+    done = [(n, mod) for n, mod in model.named_modules() if isinstance(getattr(mod, _MEAN, None), Tensor)]
+    name, stem = done[0] if done else _stem(model, len(m), size)  # (normalised already: its stem, whose hook hides it)
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else torch.device("cpu")
     stem.register_buffer(_MEAN, host_tensor(m, device, torch.float32).view(1, -1, 1, 1), persistent=False)
     stem.register_buffer(_STD, host_tensor(s, device, torch.float32).view(1, -1, 1, 1), persistent=False)
+    handle = None
     if not any(h is _normalize for h in stem._forward_pre_hooks.values()):
-        stem.register_forward_pre_hook(_normalize)
+        handle = stem.register_forward_pre_hook(_normalize)
+    try:
+        _check_single_entry(model, name, len(m), size)
+    except Exception:
+        if handle is not None:  # (left as it was)
+            handle.remove()
+            del stem._buffers[_MEAN], stem._buffers[_STD]
+        raise
     return model
 
 
@@ -119,35 +141,80 @@ def _values(model: nn.Module, mean: Any, std: Any) -> tuple[tuple[float, ...], t
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _stem(model: nn.Module, channels: int) -> tuple[str, nn.Module]:
-    """The first submodule ``model``'s forward calls with the input tensor itself."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = tuple(cfg.get("input_size", (channels, 224, 224)))[-2:]
+def _probe(model: nn.Module, channels: int, size: tuple[int, int] | None, value: float,
+           see: Any) -> None:
+    """One forward pass of a constant ``[1, channels, *size]`` image, in eval mode and without
+    gradients, with ``see(name, module, args, probe)`` as every submodule's pre-hook; every
+    module's mode is put back afterwards."""
     ref = next(model.parameters(), None)
     kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    probe = torch.zeros(1, channels, *size, **kw)  # (made there: no host-to-device copy)
-    found: list[tuple[str, nn.Module]] = []
+    size = size or _probe_size(model)
+    probe = torch.full((1, channels, *size), value, **kw)  # (made there: no host-to-device copy)
     names = {id(m): n for n, m in model.named_modules()}
-
-    def see(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not found and module is not model and args and args[0] is probe:
-            found.append((names.get(id(module), "?"), module))
-
-    handles = [m.register_forward_pre_hook(see) for m in model.modules()]
-    mode = model.training
+    handles = [m.register_forward_pre_hook(lambda mod, args: see(names[id(mod)], mod, args, probe))
+               for m in model.modules() if m is not model]
+    modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
             model.eval()(probe)
     except Exception as exc:  # noqa: BLE001 - a model that cannot take the probe: name it
         raise fail(FN, "model", f"a model that takes a blank [1, {channels}, {size[0]}, {size[1]}] image "
                    "(to find the module that receives the input)", f"{type(model).__name__}, which raised "
-                   f"{type(exc).__name__}: {exc}"[:300], "Set pretrained_cfg['input_size'] to a size it takes") from exc
+                   f"{type(exc).__name__}: {exc}"[:300], "Pass probe_size=(H, W), a size the model takes") from exc
     finally:
-        model.train(mode)
+        for m, mode in modes.items():  # (each module's own: a BatchNorm kept in eval mode stays so)
+            m.training = mode
         for h in handles:
             h.remove()
-    if not found:
+
+
+def _probe_size(model: nn.Module) -> tuple[int, int]:
+    """The input size the model takes: its patch embedding's (a ViT built with img_size=64), else
+    timm's ``pretrained_cfg["input_size"]``, else 224 px."""
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    if isinstance(img_size, (tuple, list)) and len(img_size) == 2:
+        return (int(img_size[0]), int(img_size[1]))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))[-2:]  # type: ignore[return-value]
+
+
+def _stem(model: nn.Module, channels: int, size: tuple[int, int] | None) -> tuple[str, nn.Module]:
+    """The innermost submodule of the first chain that receives the input tensor itself
+    (``conv1``; ``patch_embed.proj``; a wrapper's ``net.conv1``)."""
+    seen: list[tuple[str, nn.Module]] = []
+
+    def see(name: str, module: nn.Module, args: tuple[Any, ...], probe: Tensor) -> None:
+        if args and args[0] is probe:
+            seen.append((name, module))
+
+    _probe(model, channels, size, 0.0, see)
+    if not seen:
         raise fail(FN, "model", "a model whose first submodule receives the input image as it is",
                    f"{type(model).__name__}, whose forward changes the input before any submodule sees it",
                    "Normalise the images yourself, e.g. in the data set, and leave normalize_inputs out")
-    return found[0]
+    first = seen[0][0]
+    chain = [(n, m) for n, m in seen if n == first or n.startswith(first + ".")]
+    return max(chain, key=lambda nm: nm[0].count("."))
+
+
+def _check_single_entry(model: nn.Module, stem_name: str, channels: int, size: tuple[int, int] | None) -> None:
+    """Refuse a model that reads its input somewhere else too (a second branch of a multi-scale
+    model, a skip from the image): there the image would arrive un-normalised. A constant image
+    is sent through; no module but the stem's ancestors may receive a tensor of that constant."""
+    value = 0.3141592
+    raw: list[str] = []
+    ancestors = {".".join(stem_name.split(".")[:i]) for i in range(1, stem_name.count(".") + 1)}
+
+    def see(name: str, module: nn.Module, args: tuple[Any, ...], probe: Tensor) -> None:
+        x = args[0] if args else None
+        if (not raw and name not in ancestors and name != stem_name and isinstance(x, Tensor)
+                and x.is_floating_point() and x.numel() and bool((x == value).all())):
+            raw.append(name)
+
+    _probe(model, channels, size, value, see)
+    if raw:
+        raise fail(FN, "model", f"a model that reads its input through one module ({stem_name!r}, normalised)",
+                   f"{type(model).__name__}, whose {raw[0]!r} receives the image as it is too",
+                   "Normalise the images yourself, e.g. in the data set, and leave normalize_inputs out")

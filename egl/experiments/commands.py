@@ -128,7 +128,8 @@ def load_model(path: str | os.PathLike[str], *, fn: str = "egl eval/explain",
                    f"a {type(ckpt).__name__} without 'arch'/'state_dict'", "Use the model.pt that `egl train` wrote")
     model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=ckpt["num_classes"], **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
-    apply_normalize(model, (ckpt.get("config") or {}).get("model") or {})  # (not in the state dict)
+    model_cfg = (ckpt.get("config") or {}).get("model") or {}  # (not in the state dict; a file without the
+    apply_normalize(model, {"normalize": "none", **model_cfg})  # key is older than it: no normalisation)
     return model.eval(), ckpt
 
 

@@ -69,15 +69,21 @@ def check_normalize(value: object, fn: str) -> None:
                    "model.normalize={mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}")
 
 
+def resolved_normalize(model_cfg: dict[str, Any]) -> Any:
+    """``model.normalize`` with ``auto`` resolved: ``timm`` when ``model.weights`` is set, else ``none``."""
+    value = model_cfg.get("normalize", "auto")
+    if value == "auto":
+        value = "timm" if model_cfg.get("weights") else "none"
+    return value
+
+
 def apply_normalize(model: nn.Module, model_cfg: dict[str, Any]) -> nn.Module:
     """Put ``model.normalize``'s normalisation in ``model``'s stem (:func:`egl.normalization.normalize_inputs`):
     ``auto`` is ``timm`` (the mean and std the weights were trained with) when ``model.weights`` is
     set and ``none`` otherwise (random weights learn from [0, 1] images as they are). Returns ``model``."""
     from egl.normalization import normalize_inputs
 
-    value = model_cfg.get("normalize", "auto")
-    if value == "auto":
-        value = "timm" if model_cfg.get("weights") else "none"
+    value = resolved_normalize(model_cfg)
     if value == "none":
         return model
     if isinstance(value, dict):

@@ -48,7 +48,14 @@ def _resolved(flat: dict[tuple[str, ...], Any], defaults: dict[tuple[str, ...], 
     if value not in (True, False, "auto"):
         return flat  # a bad value: compared as it is (fit names it)
     get = lambda k: flat.get(("train", k), defaults.get(("train", k)))  # noqa: E731
-    return {**flat, key: resolve_channels_last(value, str(get("device")), str(get("precision")))}
+    flat = {**flat, key: resolve_channels_last(value, str(get("device")), str(get("precision")))}
+    # model.normalize: a folder without the key is older than it (no normalisation); "auto" is
+    # what it resolves to (timm's with weights, none without)
+    from egl.experiments.models import resolved_normalize
+
+    norm = ("model", "normalize")
+    model_cfg = {"normalize": flat.get(norm, "none"), "weights": flat.get(("model", "weights"))}
+    return {**flat, norm: resolved_normalize(model_cfg)}
 
 
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

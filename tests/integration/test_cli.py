@@ -231,7 +231,16 @@ def test_model_normalize_puts_the_weights_normalisation_in_the_model_and_the_che
     out = tmp_path / "run"
     assert main(["train", "--method", "erm", "--out", str(out), *TINY, "--set", "model.normalize=imagenet"]) == 0
     model, _ = load_model(out / "model.pt")
-    assert input_normalization(model)[0] == "conv1"  # rebuilt with it: not in the state dict
+    assert input_normalization(model)[0] == "conv1.0"  # rebuilt with it: not in the state dict
+    ckpt = torch.load(out / "model.pt", weights_only=True)  # a file older than model.normalize, with weights:
+    ckpt["config"]["model"] = {k: v for k, v in ckpt["config"]["model"].items() if k != "normalize"}
+    ckpt["config"]["model"]["weights"] = str(tmp_path / "w.pt")  # trained without normalisation: none
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert input_normalization(load_model(tmp_path / "old.pt")[0]) is None
+    from egl.experiments.resume import config_differences  # and an older results folder does not resume
+    assert "model.normalize" in config_differences({"model": {"arch": "test_resnet", "weights": "w.pt"}},
+                                                   {"model": {"arch": "test_resnet", "weights": "w.pt",
+                                                              "normalize": "auto"}})
     for bad in ("model.normalize=cifar", "model.normalize={mean: [0.5], std: [0]}"):
         assert main(["train", "--method", "erm", "--out", str(tmp_path / "never"), *TINY, "--set", bad]) == 1
         assert "'model.normalize' expected one of ['auto', 'none', 'timm', 'imagenet']" in capsys.readouterr().err

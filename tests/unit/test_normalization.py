@@ -18,8 +18,8 @@ def _by_hand(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
-@pytest.mark.parametrize("arch, stem", [("test_resnet", "conv1"), ("test_vit", "patch_embed"),
-                                        ("test_convnext", "stem")])
+@pytest.mark.parametrize("arch, stem", [("test_resnet", "conv1.0"), ("test_vit", "patch_embed.proj"),
+                                        ("test_convnext", "stem.0")])
 def test_the_stem_normalises_on_every_path_and_deepcopy_keeps_it(arch: str, stem: str) -> None:
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=3).eval()
@@ -43,7 +43,7 @@ def test_the_input_gradient_is_the_pixels_and_applying_twice_replaces() -> None:
     model(_by_hand(leaf, IMAGENET_MEAN, IMAGENET_STD))[:, 0].sum().backward()
     normalize_inputs(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     normalize_inputs(model, "imagenet")  # replaces the first, one hook
-    assert len(model.conv1._forward_pre_hooks) == 1
+    assert len(model.conv1[0]._forward_pre_hooks) == 1
     mine = x.clone().requires_grad_(True)
     model(mine)[:, 0].sum().backward()
     torch.testing.assert_close(mine.grad, leaf.grad)
@@ -59,8 +59,10 @@ def test_bad_arguments_and_models_are_named() -> None:
         normalize_inputs(model, (0.5, 0.5), (0.5, 0.5, 0.5))
     with pytest.raises(egl.InputError, match=r"one finite mean and one positive std"):
         normalize_inputs(model, (0.5, 0.5, 0.5), (0.5, 0.0, 0.5))
-    with pytest.raises(egl.InputError, match=r"'model' expected a model that takes a blank \[1, 1, "):
+    with pytest.raises(egl.InputError, match=r"'mean' expected one value per input channel \(3: the first "):
         normalize_inputs(model, (0.5,), (0.5,))  # one channel for a three-channel stem
+    with pytest.raises(egl.InputError, match=r"'model' expected a model that takes a blank \[1, 3, 7, 7\]"):
+        normalize_inputs(timm.create_model("test_vit", num_classes=3), "imagenet", probe_size=(7, 7))
     with pytest.raises(egl.InputError, match=r"'timm' for a timm model whose pretrained_cfg names"):
         normalize_inputs(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()))
 
@@ -77,3 +79,44 @@ def test_bad_arguments_and_models_are_named() -> None:
     plain = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert input_normalization(normalize_inputs(plain, "imagenet"))[0] == "0"  # any module: its first submodule
     assert input_normalization(timm.create_model("test_resnet")) is None
+
+
+def test_every_path_and_mode_is_kept_and_a_second_entry_is_refused() -> None:
+    torch.manual_seed(0)
+
+    class Wrapper(nn.Module):  # forward_features goes to the inner model directly
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = timm.create_model("test_resnet", num_classes=3)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net.forward_features(x)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    wrapped = Wrapper().eval()
+    x = torch.rand(2, 3, 32, 32)
+    want = wrapped.net.forward_features(_by_hand(x, IMAGENET_MEAN, IMAGENET_STD))
+    wrapped.net.bn1.train()  # a module kept in another mode than the model's stays so
+    normalize_inputs(wrapped, "imagenet")
+    assert input_normalization(wrapped)[0] == "net.conv1.0" and wrapped.net.bn1.training and not wrapped.training
+    wrapped.net.bn1.eval()
+    torch.testing.assert_close(wrapped.forward_features(x), want)
+
+    class TwoEntries(nn.Module):  # a second branch reads the image too: it would arrive un-normalised
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 2, 3), nn.Conv2d(3, 2, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            small = nn.functional.interpolate(x, scale_factor=0.5)
+            return self.a(x).mean((2, 3)) + self.b(small).mean((2, 3))
+
+    two = TwoEntries()
+    with pytest.raises(egl.InputError, match=r"a model that reads its input through one module \('a', normalised\)"
+                       r", got TwoEntries, whose 'b' receives the image as it is too"):
+        normalize_inputs(two, "imagenet", probe_size=(16, 16))
+    assert input_normalization(two) is None and not two.a._forward_pre_hooks  # left as it was
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=3)  # pretrained_cfg still says 224
+    assert input_normalization(normalize_inputs(vit))[0] == "patch_embed.proj"
