@@ -63,8 +63,8 @@ def _subdirs(p: Path) -> list[str]:
 
 
 def _masks_in(folder: Path) -> dict[str, Path]:
-    """``<folder>``'s mask files by stem: ``.png`` in any case (``.PNG``), hidden files aside;
-    an exact ``.png`` wins over another case of the same stem."""
+    """``<folder>``'s mask files by stem, and by case-folded stem: ``.png`` in any case (``.PNG``),
+    hidden files aside; an exact ``.png`` wins over another case of the same stem."""
     if not folder.is_dir():
         return {}
     found = sorted((f for f in folder.iterdir() if f.suffix.lower() == ".png" and not f.name.startswith(".")),
@@ -73,6 +73,8 @@ def _masks_in(folder: Path) -> dict[str, Path]:
     for f in found:
         if f.is_file():
             out.setdefault(f.stem, f)
+    for stem, f in list(out.items()):  # (IMG_01.png for img_01.jpg: one file on macOS's and Windows' disks)
+        out.setdefault(stem.casefold(), f)
     return out
 
 
@@ -126,7 +128,7 @@ def scan(root: str | os.PathLike[str], domains: Sequence[str] | None = None, *,
             masks = _masks_in(mask_root / d / c)
             for f in sorted(folder.iterdir()):  # (hidden files: macOS's ._name resource forks, not images)
                 if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith("."):
-                    samples.append(Sample(f, ci, di, masks.get(f.stem)))
+                    samples.append(Sample(f, ci, di, masks.get(f.stem) or masks.get(f.stem.casefold())))
         if len(samples) == n_before:
             raise fail(_FN, "root", f"images in domain '{d}'", f"an empty domain folder '{root / d}'",
                        f"Add images ({', '.join(IMAGE_EXTENSIONS)}) or leave the domain out with domains=")

@@ -4,14 +4,17 @@ PIL's ``convert("RGB")`` clips 16-bit grey images (``I;16``, ``I``) to 255: a fu
 16-bit ramp came back 99% white. Here 16-bit files keep their levels (full scale 65535) and
 8-bit ones theirs (255), so ``levels / full_scale`` is the image in [0, 1] either way.
 
-Both readers turn a JPEG (or TIFF) by its EXIF orientation tag first, as image viewers show
-it: a mask drawn on the image as displayed lines up with it (without the turn a phone photo
-taken upright is read sideways, and its mask with it misses the object).
+Pixels are read as stored, as PIL and DomainBed read them (an EXIF orientation tag is not
+applied); ``read_levels(..., upright=True)`` turns the image by its tag, as image viewers show
+it, for an image whose mask was drawn on it as displayed (:class:`egl.data.image_items.ImageItems`
+decides by the mask's size).
 
 Masks (:func:`read_mask_levels`) are read for their *meaning*, not their colours: a palette
-(``P``) file gives its indices (VOC-style 0/1 masks: index 1 is dark red, read as a colour it
-was half strength), and a file whose colour channels are constant but whose alpha varies (a
-cut-out, an ``LA`` mask) gives its alpha channel (read as colours it was empty or full).
+(``P``) file whose entry 0 is black and whose pixels use indices 0 and 1 only gives its indices
+(VOC-style 0/1 masks: index 1 is dark red, read as a colour it was half strength; any other
+palette is read by its colours, as an optimiser may order it arbitrarily), and a file whose
+alpha varies gives its alpha channel (a cut-out, an ``LA`` mask: read as colours it was empty,
+full or the photo's brightness).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from torch import Tensor
 
 from egl._check import fail
 
-__all__ = ["read_levels", "read_mask_levels", "upright_size"]
+__all__ = ["read_levels", "read_mask_levels", "upright_fits"]
 
 _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def read_levels(path: str | os.PathLike[str], mode: str, fn: str, arg: str) -> tuple[Tensor, int]:
+def read_levels(path: str | os.PathLike[str], mode: str, fn: str, arg: str, *,
+                upright: bool = False) -> tuple[Tensor, int]:
     """``(levels [C, H, W] int32, full_scale)`` of the file; ``mode`` is ``"RGB"`` (C = 3) or ``"L"``.
 
     8-bit files (and palette, RGBA, CMYK...) go through PIL's conversion to ``mode``; 16-bit grey
@@ -43,7 +47,7 @@ def read_levels(path: str | os.PathLike[str], mode: str, fn: str, arg: str) -> t
     full = 255
     try:
         with Image.open(path) as opened:
-            im = _upright(opened)
+            im = _upright(opened) if upright else opened
             if im.mode in _WIDE:
                 levels, full = np.asarray(im, dtype=np.int64), 65535
             elif im.mode != "F":
@@ -76,24 +80,29 @@ def _upright(im: Any) -> Any:
 
 
 def read_mask_levels(path: str | os.PathLike[str], fn: str, arg: str) -> tuple[Tensor, int, str]:
-    """``(levels [1, H, W] int32, full_scale, how)`` of a mask file, upright (EXIF).
+    """``(levels [1, H, W] int32, full_scale, how)`` of a mask file, as stored (no EXIF turn).
 
-    ``how`` says what was read: ``"index"`` (a palette file's indices, full scale 255),
-    ``"alpha"`` (the alpha channel of a file whose colours are constant), ``"grey"`` (16-bit
-    grey levels, full scale 65535) or ``"colour"`` (the brightest of the RGB channels: a red
-    object on black is foreground).
+    ``how`` says what was read: ``"index"`` (a 0/1 palette file's indices, entry 0 black),
+    ``"alpha"`` (the alpha channel, where it varies), ``"grey"`` (16-bit grey levels, full scale
+    65535) or ``"colour"`` (the brightest of the RGB channels: a red object on black is
+    foreground; any other palette file by its colours, ``"labels"`` where it uses more than two
+    indices: a class-label image, which the caller warns about).
     """
     from PIL import Image
 
     try:
-        with Image.open(path) as opened:
-            im = _upright(opened)
+        with Image.open(path) as im:
             if im.mode == "P" and "transparency" not in im.info:
-                return _as_mask(np.asarray(im, dtype=np.int64)), 255, "index"
+                index = np.asarray(im, dtype=np.int64)
+                palette = im.getpalette() or []
+                if index.max(initial=0) <= 1 and palette[:3] == [0, 0, 0]:
+                    return _as_mask(index), 255, "index"
+                if len(np.unique(index)) > 2:  # (VOC's class masks: 0 background, 1-20 classes, 255 void)
+                    levels, full = read_levels(path, "RGB", fn, arg)
+                    return levels.amax(0, keepdim=True), full, "labels"
             if im.mode in ("LA", "RGBA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = np.asarray(im.convert("RGBA"), dtype=np.int64)
-                colour, alpha = rgba[..., :3], rgba[..., 3]
-                if colour.min() == colour.max() and alpha.min() != alpha.max():
+                alpha = np.asarray(im.convert("RGBA"), dtype=np.int64)[..., 3]
+                if alpha.min() != alpha.max():
                     return _as_mask(alpha), 255, "alpha"
     except Exception as exc:  # noqa: BLE001 - any decoder failure: name the file
         raise fail(fn, arg, "readable image files", f"'{path}' ({type(exc).__name__}: {exc})",
@@ -106,12 +115,16 @@ def _as_mask(levels: np.ndarray) -> Tensor:
     return torch.from_numpy(levels.astype(np.int32)).unsqueeze(0)
 
 
-def upright_size(im: Any) -> tuple[int, int]:
-    """``(width, height)`` of an open image as :func:`read_levels` reads it (turned by EXIF),
-    from its header only."""
+def upright_fits(path: str | os.PathLike[str], size: tuple[int, int]) -> bool:
+    """Whether the image at ``path`` has an EXIF orientation that turns it by 90 degrees and
+    ``size`` (``(H, W)``) is its turned size, not its stored one: its mask was drawn on the image
+    as viewers show it. (A 180-degree turn or a mirror keeps the size: read as stored.)"""
+    from PIL import Image
+
     try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - unreadable EXIF: as stored
-        orientation = 1
-    w, h = im.size
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112, 1)
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - unreadable: the caller's read names it
+        return False
+    return orientation in (5, 6, 7, 8) and (w, h) == (int(size[0]), int(size[1])) and w != h

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from egl._check import check_choice, check_flag, check_int, fail
-from egl.data.image_file import read_levels, read_mask_levels
+from egl.data.image_file import read_levels, read_mask_levels, upright_fits
 
 __all__ = ["Sample", "ImageItems", "verify_images", "check_read_args", "LABEL_MAX", "MISSING_MASKS"]
 
@@ -61,11 +61,9 @@ def check_read_args(fn: str, *, split: object, splits: Sequence[str], on_error: 
 
 def verify_images(samples: list[Sample], on_error: str, fn: str, arg: str) -> list[Sample]:
     """``samples`` whose image (and mask) PIL can open and verify, the mask of its image's size
-    (read from the headers, upright by EXIF); a bad one raises naming the files
+    (read from the headers; or of its upright size, turned by EXIF); a bad one raises naming the files
     (``on_error="raise"``) or is dropped with a warning (``"skip"``)."""
     from PIL import Image
-
-    from egl.data.image_file import upright_size
 
     good = []
     for s in samples:
@@ -76,8 +74,8 @@ def verify_images(samples: list[Sample], on_error: str, fn: str, arg: str) -> li
                 with Image.open(s.mask) as m:
                     m.verify()
                 with Image.open(s.path) as im, Image.open(s.mask) as m:
-                    size, mask_size = upright_size(im), upright_size(m)
-                if mask_size != size:
+                    size, mask_size = im.size, m.size
+                if mask_size != size and not upright_fits(s.path, (mask_size[1], mask_size[0])):
                     raise ValueError(f"its mask '{s.mask}' is {mask_size[0]}x{mask_size[1]}, the image "
                                      f"{size[0]}x{size[1]} (width x height)")
         except Exception as exc:  # noqa: BLE001 - any decoder failure means unreadable
@@ -131,9 +129,9 @@ class ImageItems(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _read(self, path: Path, mode: str) -> tuple[Tensor, int]:
+    def _read(self, path: Path, mode: str, upright: bool = False) -> tuple[Tensor, int]:
         """The file's levels ``[C, H, W]`` and their full scale (255, or 65535 for 16-bit files)."""
-        return read_levels(path, mode, self._fn, self._arg)
+        return read_levels(path, mode, self._fn, self._arg, upright=upright)
 
     def _resize(self, t: Tensor) -> Tensor:
         return F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
@@ -147,7 +145,16 @@ class ImageItems(Dataset):
         if s.shortcut is not None:
             item["shortcut"] = torch.tensor(s.shortcut)
         if s.mask is not None:
-            item["mask"] = self._read_mask(s, image.shape[-2:])
+            mask = self._read_mask(s)
+            if mask.shape[-2:] != image.shape[-2:] and upright_fits(s.path, tuple(mask.shape[-2:])):
+                image, image_full = self._read(s.path, "RGB", upright=True)  # (a mask drawn on the shown image)
+                item["image"] = image.float().div_(image_full)
+            if mask.shape[-2:] != image.shape[-2:]:
+                raise fail(self._fn, self._arg, "a mask of its image's size",
+                           f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
+                           f"{image.shape[-1]}x{image.shape[-2]} (width x height)",
+                           "Save the mask at its image's size (a stretched mask would point elsewhere)")
+            item["mask"] = mask
         elif self.partial:  # an image without an annotation: a placeholder, flagged
             item["mask"] = torch.zeros(1, *image.shape[-2:])
         if self.partial:
@@ -159,16 +166,11 @@ class ImageItems(Dataset):
             item["mask"] = self._resize(item["mask"])
         return item
 
-    def _read_mask(self, s: Sample, size: torch.Size) -> Tensor:
+    def _read_mask(self, s: Sample) -> Tensor:
         """``s``'s mask at its file's resolution, ``[1, H, W]`` in [0, 1]."""
         assert s.mask is not None
         # palette indices, a cut-out's alpha, or the brightest channel (PIL's "L" read red as 0.3)
         mask, mask_full, how = read_mask_levels(s.mask, self._fn, self._arg)
-        if mask.shape[-2:] != size:
-            raise fail(self._fn, self._arg, "a mask of its image's size",
-                       f"'{s.mask}' of {mask.shape[-1]}x{mask.shape[-2]} for '{s.path}' of "
-                       f"{size[-1]}x{size[-2]} (width x height)",
-                       "Save the mask at its image's size (a stretched mask would point elsewhere)")
         top = int(mask.max())
         if 2 <= top <= LABEL_MAX and not self._warned_label_mask:  # read as 0-255 it peaks at 0.06
             self._warned_label_mask = True
@@ -177,11 +179,12 @@ class ImageItems(Dataset):
                           "classes, a 1/2/3 trimap), save each mask as foreground 255 (or 1) on background 0, "
                           "e.g. Image.fromarray(((labels == k) * 255).astype('uint8')) for class k. (Warned "
                           "once per data set.)", stacklevel=3)
-        if how == "index" and top > LABEL_MAX and len(mask.unique()) > 2 and not self._warned_label_mask:
+        if how == "labels" and not self._warned_label_mask:
             self._warned_label_mask = True  # (VOC's class masks: 0 background, 1-20 classes, 255 the void border)
-            warnings.warn(f"{self._fn}: the palette mask '{s.mask}' has indices {mask.unique().tolist()[:8]}: read "
-                          "as 0-255 levels; if it is a class-label image (VOC: 255 is the void border), save each "
-                          "mask as foreground 255 on background 0. (Warned once per data set.)", stacklevel=3)
+            warnings.warn(f"{self._fn}: the palette mask '{s.mask}' uses more than two colours: read by their "
+                          "brightness; if it is a class-label image (VOC: one colour per class, white the void "
+                          "border), save each mask as foreground 255 on background 0. (Warned once per data set.)",
+                          stacklevel=3)
         if how == "grey" and LABEL_MAX < top <= 255:  # 0/255 saved as 16 bits: read as 0-65535 it is empty
             mask_full = 255
             if not self._warned_wide_mask:

@@ -252,7 +252,8 @@ def _object(shape: tuple[int, int] = (12, 16)) -> np.ndarray:
     return m
 
 
-@pytest.mark.parametrize("kind", ["palette", "alpha_la", "alpha_cutout", "wide_0_255"])
+@pytest.mark.parametrize("kind", ["palette", "palette_white_first", "alpha_la", "alpha_cutout", "alpha_photo",
+                                  "wide_0_255"])
 def test_masks_are_read_for_their_meaning_not_their_colours(tmp_path, kind: str) -> None:
     """A VOC-style palette mask (index 1 is dark red) read at half strength; a mask in the alpha
     channel read as empty (black LA) or full (a white cut-out); 0/255 saved as 16 bits read as 0-65535:
@@ -263,6 +264,12 @@ def test_masks_are_read_for_their_meaning_not_their_colours(tmp_path, kind: str)
     if kind == "palette":
         im = Image.fromarray(m, mode="P")
         im.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    elif kind == "palette_white_first":  # an optimiser's palette order: read by its colours, not inverted
+        im = Image.fromarray(m * 255).convert("RGB").quantize(colors=2)
+        assert im.getpalette()[:3] != [0, 0, 0] or np.asarray(im).max() > 1  # (the case the index rule leaves)
+    elif kind == "alpha_photo":  # a cut-out of a photo: colours vary, the alpha is the mask
+        colour = np.random.default_rng(0).integers(0, 255, (*m.shape, 3), dtype=np.uint8)
+        im = Image.fromarray(np.dstack([colour, m * 255]), mode="RGBA")
     elif kind == "alpha_la":
         im = Image.fromarray(np.stack([np.zeros_like(m), m * 255], -1), mode="LA")
     elif kind == "alpha_cutout":
@@ -279,9 +286,9 @@ def test_masks_are_read_for_their_meaning_not_their_colours(tmp_path, kind: str)
     assert float(item["mask"].max()) == pytest.approx(1.0) and float(item["mask"].mean()) == pytest.approx(0.25)
 
 
-def test_images_and_masks_are_turned_upright_by_their_exif_orientation(tmp_path) -> None:
-    """A phone photo stored sideways with an orientation tag: its mask, drawn on the image as shown,
-    missed the object entirely."""
+def test_an_image_is_turned_upright_when_its_mask_was_drawn_on_it_as_shown(tmp_path) -> None:
+    """A phone photo stored sideways with an orientation tag, its mask drawn on the image as viewers
+    show it: the sizes differ, and the image turned by its tag fits. Otherwise pixels as stored."""
     root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
     shown = np.zeros((12, 16, 3), np.uint8)
     shown[3:9, 4:12] = 255  # the object as a viewer shows it
@@ -291,6 +298,12 @@ def test_images_and_masks_are_turned_upright_by_their_exif_orientation(tmp_path)
     (root / "A" / "cat" / "0.png").unlink()
     stored.save(root / "A" / "cat" / "0.jpg", exif=exif, quality=100)
     Image.fromarray(_object() * 255).save(root / "masks" / "A" / "cat" / "0.png")  # drawn on the shown image
+    item = DomainFolder(root, "all", image_size=16)[0]
+    inside = item["mask"][0] > 0.5
+    assert float(item["image"].mean(0)[inside].mean()) > 0.9 and float(item["image"].mean(0)[~inside].mean()) < 0.1
+    # the mask drawn on the pixels as stored (its size says so): the image is read as stored, as PIL reads it
+    Image.fromarray((np.asarray(stored.convert("L")) > 127).astype(np.uint8) * 255).save(
+        root / "masks" / "A" / "cat" / "0.png")
     item = DomainFolder(root, "all", image_size=16)[0]
     inside = item["mask"][0] > 0.5
     assert float(item["image"].mean(0)[inside].mean()) > 0.9 and float(item["image"].mean(0)[~inside].mean()) < 0.1
@@ -309,6 +322,9 @@ def test_hidden_files_and_macos_folders_are_not_images_classes_or_domains(tmp_pa
     f.rename(f.with_suffix(".PNG"))  # a mask saved with an upper-case extension is still its image's
     assert next(s for s in scan(root)[2] if s.path.parent.name == "dog" and s.path.stem == "1"
                 and s.path.parent.parent.name == "B").mask == f.with_suffix(".PNG")
+    (root / "A" / "cat" / "0.png").rename(root / "A" / "cat" / "Img0.png")  # and a stem in another case
+    (root / "masks" / "A" / "cat" / "0.png").rename(root / "masks" / "A" / "cat" / "IMG0.png")
+    assert next(s for s in scan(root)[2] if s.path.name == "Img0.png").mask.name == "IMG0.png"
 
 
 def test_verify_checks_each_masks_size_from_the_headers_and_the_folder_describes_itself(tmp_path) -> None:
@@ -324,3 +340,15 @@ def test_verify_checks_each_masks_size_from_the_headers_and_the_folder_describes
     assert repr(ds) == "DomainFolder(split='all', images=11, classes=['cat', 'dog'], domains=['A', 'B'], masks=True)"
     with pytest.raises(egl.InputError, match=r"Pass e.g. domains=\['B'\]"):  # a string: the list it meant
         DomainFolder(root, "all", domains="B")
+
+
+def test_a_palette_class_label_mask_warns(tmp_path) -> None:
+    root = domain_tree(tmp_path, domains=("A",), classes=("cat",), n=1, masks=True)
+    labels = _object()
+    labels[0, :4] = 2  # a second class
+    labels[-1, :] = 255  # VOC's void border
+    im = Image.fromarray(labels, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 756 + [224, 224, 192])
+    im.save(root / "masks" / "A" / "cat" / "0.png")
+    with pytest.warns(UserWarning, match=r"the palette mask '.*0.png' uses more than two colours"):
+        DomainFolder(root, "all", image_size=16)[0]
