@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, ContextManager, NamedTuple
 
@@ -70,6 +71,9 @@ def double_backward_ready(create_graph: bool) -> ContextManager[Any]:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+_WARNED_NO_GRAPH: set[type] = set()
+
+
 def _trainable(model: Any) -> int:
     """How many of ``model``'s parameters require grad (0 for something that is not a module)."""
     return sum(p.requires_grad for p in model.parameters()) if isinstance(model, nn.Module) else 0
@@ -108,17 +112,22 @@ def check_explanation(explainer: "Explainer", out: object, x: object, create_gra
     if create_graph and torch.is_grad_enabled() and not (sal.requires_grad and logits.requires_grad):
         n = _trainable(explainer.model)
         if n or (isinstance(x, Tensor) and x.requires_grad):
-            field, what, loss = (("saliency", "a map that requires", "ALIGN's alignment term") if not sal.requires_grad
-                                 else ("logits", "logits that require", "ALIGN's cross-entropy"))
             why = (f"{n} of {type(explainer.model).__name__}'s parameters" if n else "the input") + " require grad"
-            raise fail(fn, field, f"{what} grad (create_graph=True was asked and {why})",
-                       f"{field} that do{'es' if field == 'saliency' else ''} not: {cls.__name__} ignored "
-                       f"create_graph or detached the {field}, so a training loss on the {field} ({loss}) "
-                       "trains nothing",
-                       "Keep saliency and logits differentiable when create_graph=True: compute gradients with "
-                       "torch.autograd.grad(..., create_graph=create_graph), run the forward pass with grad "
-                       "enabled and detach nothing; an explainer that cannot do that sets differentiable = False "
-                       "(then recipes refuse it up front)")
+            if not logits.requires_grad:  # a forward pass through them under grad always does: detached
+                raise fail(fn, "logits", f"logits that require grad (create_graph=True was asked and {why})",
+                           f"logits that do not: {cls.__name__} ran the forward pass without grad or detached "
+                           "its logits, so a training loss on them (ALIGN's cross-entropy) trains nothing",
+                           "Run the forward pass with grad enabled and return its logits as they are when "
+                           "create_graph=True; an explainer that cannot sets differentiable = False (then "
+                           "recipes refuse it up front)")
+            if cls not in _WARNED_NO_GRAPH:  # (a map may rightly not depend on them: only a head's bias trains)
+                _WARNED_NO_GRAPH.add(cls)
+                warnings.warn(f"{fn}: create_graph=True was asked and {why}, but the saliency does not "
+                              f"require grad: a training loss on it (ALIGN's alignment term) trains nothing. If "
+                              f"{cls.__name__} ignored create_graph or detached its map, compute gradients with "
+                              "torch.autograd.grad(..., create_graph=create_graph) and detach nothing; if the "
+                              "trainable parameters do not shape the map (only a head's bias), this is expected. "
+                              "(Warned once per explainer class.)", UserWarning, stacklevel=4)
     return out
 
 

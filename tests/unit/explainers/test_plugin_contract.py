@@ -122,15 +122,34 @@ def test_a_saliency_of_the_wrong_shape_or_batch_is_named(model: torch.nn.Module)
 
 
 @pytest.mark.parametrize("explainer", ["contract_no_graph", NoGraphPlugin])
-def test_align_names_an_explainer_that_ignores_create_graph(model: torch.nn.Module, explainer: Any) -> None:
+def test_align_warns_of_an_explainer_that_ignores_create_graph(model: torch.nn.Module, explainer: Any) -> None:
+    """A map that does not require grad under create_graph=True trains nothing. A warning, not an error:
+    a map may rightly depend on no trainable parameter (only a head's bias trains, BitFit)."""
+    from egl.explainers import base
+
+    base._WARNED_NO_GRAPH.discard(NoGraphPlugin)
     recipe = recipes.align(model, explainer=explainer if isinstance(explainer, str) else explainer(model),
                            warmup_steps=0).train()
-    with pytest.raises(egl.InputError, match=r"NoGraphPlugin\.explain: 'saliency' expected a map that requires "
-                                             r"grad \(create_graph=True was asked and \d+ of ResNet's parameters "
-                                             r"require grad\), got saliency that does not: NoGraphPlugin ignored "
-                                             r"create_graph .*torch\.autograd\.grad\(\.\.\., "
-                                             r"create_graph=create_graph\)"):
-        recipe.compute_phase("classifier", _batch(), step=0)
+    with pytest.warns(UserWarning, match=r"NoGraphPlugin\.explain: create_graph=True was asked and \d+ of ResNet's "
+                                         r"parameters require grad, but the saliency does not require grad: .*"
+                                         r"torch\.autograd\.grad\(\.\.\., create_graph=create_graph\)"):
+        terms = recipe.compute_phase("classifier", _batch(), step=0)
+    assert not terms["align"].requires_grad  # (what the warning says)
+
+
+def test_a_map_that_no_trainable_parameter_shapes_is_not_an_error(model: torch.nn.Module) -> None:
+    import warnings
+
+    from egl.explainers import GradCAM
+
+    model.requires_grad_(False)
+    model.get_classifier().bias.requires_grad_(True)  # BitFit-style: only the head's bias trains
+    x, y = _batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = GradCAM(model).explain(x, y, create_graph=True)
+    assert out.logits.requires_grad and not out.saliency.requires_grad
+    model.requires_grad_(True)
 
 
 def test_detached_logits_under_create_graph_are_named(model: torch.nn.Module) -> None:
