@@ -341,6 +341,11 @@ def read_results(paths: Sequence[str | Path], *, fn: str = "egl.experiments.comp
     return out
 
 
+#: Settings that do not change what an experiment measures (where and how fast it ran).
+_SAME_RESULTS = frozenset({"train.seeds", "methods", "train.device", "data.root", "data.num_workers",
+                           "eval.batch_size", "train.checkpoint_every", "train.progress", "output"})
+
+
 def _warn_if_configs_differ(configs: list[tuple[Path, dict[str, Any]]], fn: str) -> None:
     """Warn when the files' experiments were run with other settings (seeds and the methods each
     ran aside; a method that two files both ran, with other settings, is named): their rows are
@@ -351,7 +356,7 @@ def _warn_if_configs_differ(configs: list[tuple[Path, dict[str, Any]]], fn: str)
         return
     (first, ref), notes = configs[0], []
     for path, cfg in configs[1:]:
-        keys = [k for k in config_differences(ref, cfg) if k not in ("train.seeds", "methods")]
+        keys = [k for k in config_differences(ref, cfg) if k not in _SAME_RESULTS]
         mine, theirs = ref.get("methods") or {}, cfg.get("methods") or {}
         keys += [f"methods.{m}" for m in mine if m in theirs and mine[m] != theirs[m]]
         if keys:

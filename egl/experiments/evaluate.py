@@ -213,9 +213,9 @@ def _background_swaps(model: nn.Module, dataset: Dataset, batch_size: int, devic
 
 def _cached_backgrounds(cache: dict[int, Any], key: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Batch ``key``'s backgrounds (:func:`egl.metrics.background_swap.remove_objects`), from ``cache``
-    when its images are the ones cached (same shape and sum), else made and cached: the changed
+    when its images and masks are the ones cached (same shapes and sums), else made and cached: the changed
     pixels (``B 1 H W`` bool) and their values, on the CPU."""
-    fingerprint = (tuple(x.shape), x.dtype, float(x.double().sum()))
+    fingerprint = (tuple(x.shape), x.dtype, float(x.double().sum()), tuple(mask.shape), float(mask.double().sum()))
     entry = cache.get(key)
     if entry is not None and entry[0] == fingerprint:
         changed, values = upload(entry[1], x.device), upload(entry[2], x.device)

@@ -105,18 +105,27 @@ def check_recipes_build(cfg: dict[str, Any], methods: Sequence[str], model: nn.M
     """Build each of ``methods``' recipes (``methods.<name>.recipe`` with its ``kwargs`` and the
     train defaults) on a copy of ``model``, before any folder is made or run trained: an argument
     a recipe refuses (``align_weight=-1``, an unknown masker) is named now, not when the grid
-    reaches that method. The recipes' warnings are left to the runs that build them again."""
+    reaches that method. The recipes' warnings are left to the runs that build them again. Cost:
+    one construction per distinct (recipe, kwargs): a SAM masker is loaded once more here."""
     t = cfg["train"]
+    built: set[str] = set()
     for method in methods:
         mcfg = cfg["methods"][method]
+        spec = json.dumps([mcfg["recipe"], mcfg.get("kwargs") or {}], sort_keys=True, default=repr)
+        if spec in built:  # (a sweep's draws that share their settings: built once)
+            continue
+        built.add(spec)
+        where = f"[egl.experiments: methods.{method}, recipe {mcfg['recipe']!r}; nothing was trained or written]"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 egl.create("recipe", mcfg["recipe"], copy.deepcopy(model), **{**train_defaults(t),
                                                                               **(mcfg.get("kwargs") or {})})
         except egl.EGLError as err:  # (which config entry: methods.<method>.kwargs)
-            raise type(err)(f"{err} [egl.experiments: methods.{method}, recipe {mcfg['recipe']!r}; nothing was "
-                            "trained or written]") from err
+            raise type(err)(f"{err} {where}") from err
+        except Exception as err:  # a plugin's own error type: kept, with the entry in a note
+            err.add_note(where)
+            raise
 
 
 def train_defaults(t: dict[str, Any]) -> dict[str, Any]:

@@ -39,8 +39,9 @@ def check_eval_mode(model: object, fn: str) -> None:
     if not isinstance(model, nn.Module):
         return
     for name, m in model.named_modules():
-        moving = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) or \
-            float(getattr(m, "drop_prob", 0.0) or 0.0) > 0  # (timm's DropPath)
+        moving = isinstance(m, nn.modules.batchnorm._BatchNorm) or \
+            (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or \
+            float(getattr(m, "drop_prob", 0.0) or 0.0) > 0  # (timm's DropPath; Dropout(0.) changes nothing)
         if m.training and moving:
             raise fail(fn, "model", "a model in eval mode (batch statistics and dropout would move the scores of "
                        "the perturbed images by themselves)", f"{name or type(model).__name__!r} "

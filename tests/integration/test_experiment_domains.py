@@ -172,3 +172,16 @@ def test_egl_eval_refuses_data_whose_classes_are_not_the_models(folder: dict, tm
     assert ("egl eval: 'data' expected test data with the classes the model was trained on ['cat', 'dog'], got the "
             "classes ['aardvark', 'cat', 'dog']") in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "A"]) == 0  # its own data: fine
+
+
+def test_integer_named_classes_may_be_a_prefix() -> None:
+    import egl
+    from egl.experiments.commands import check_same_classes
+
+    check_same_classes({"num_classes": 3, "classes": ["0", "1", "2"]}, ["0", "1"])  # no class 2 in the test table
+    check_same_classes({"num_classes": 3}, ["0", "1", "2"])  # an older file: by number
+    with pytest.raises(egl.InputError, match=r"'data' expected test data with the classes the model was trained on "
+                                             r"\['0', '1', '2'\], got the classes \['0', '1', '2', '3'\]"):
+        check_same_classes({"num_classes": 3, "classes": ["0", "1", "2"]}, ["0", "1", "2", "3"])
+    with pytest.raises(egl.InputError, match=r"trained on 2 classes, got the classes \['cat'\]"):
+        check_same_classes({"num_classes": 2}, ["cat"])

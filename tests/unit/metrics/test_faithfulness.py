@@ -337,6 +337,7 @@ def test_perturbation_metrics_refuse_a_model_whose_training_mode_moves_the_score
     dropout = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 16 * 16, 2))
     with pytest.raises(egl.InputError, match=r"'1' \(Dropout\) in training mode"):
         faithfulness(dropout, x, sal, ks=(10,))
+    faithfulness(nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(3 * 16 * 16, 2)), x, sal, ks=(10,))  # p=0
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))  # training mode changes nothing: allowed
     faithfulness(linear.train(), x, sal, ks=(10,))
     faithfulness(lambda t: linear(t), x, sal, ks=(10,))  # a plain callable: left alone
