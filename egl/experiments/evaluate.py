@@ -251,6 +251,13 @@ def saliency_explainer(model: nn.Module, name: str, layer: str = "auto",
         layer = kwargs.pop("layer", layer)
         return create("explainer", name, model, layer, **kwargs)
     if layer != "auto":
-        raise fail("egl.experiments.evaluate", "layer", f"'auto' with explainer={name!r} (not a Grad-CAM explainer)",
-                   repr(layer), "Leave layer out, or pick a Grad-CAM explainer such as 'grad_cam' or 'layer_cam'")
+        import inspect
+
+        from egl.registry import get_component
+
+        takes = inspect.signature(get_component("explainer", name)).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values()) and "layer" not in takes:
+            raise fail("egl.experiments.evaluate", "layer", f"'auto' with explainer={name!r} (it takes no layer)",
+                       repr(layer), "Leave layer out, or pick a Grad-CAM explainer such as 'grad_cam' or 'layer_cam'")
+        kwargs["layer"] = layer  # (a wrapper such as "smoothed" passes it on to the explainer it wraps)
     return create("explainer", name, model, **kwargs)

@@ -22,6 +22,8 @@ def test_another_explainer_refuses_a_layer_and_an_unknown_name_is_named() -> Non
     assert type(saliency_explainer(model, "input_gradient")) is InputGradient
     with pytest.raises(egl.InputError, match="'layer' expected 'auto' with explainer='input_gradient'"):
         saliency_explainer(model, "input_gradient", "layer3")
+    smoothed = saliency_explainer(model, "smoothed", "layer3", {"samples": 2})  # a wrapper passes it on
+    assert smoothed.base.layer == "layer3"
     with pytest.raises(egl.ComponentNotFoundError,
                        match="^egl.experiments.evaluate: 'explainer' expected a registered explainer name, got 'layercam'"
                              r"\. Did you mean 'layer_cam'"):
