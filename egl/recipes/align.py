@@ -181,6 +181,7 @@ class ALIGN(Recipe):
             raise fail(fn, "alignment", "a registered alignment loss name or an egl.losses.AlignmentLoss", "None",
                        "Pass e.g. alignment='bce'; to train without alignment, pass align_weight=0")
         self.alignment = resolve("alignment", alignment)
+        _check_component(self.alignment, alignment, "alignment", ("saliency", "class_maps", "batch"), "saliency", fn)
         if getattr(self.alignment, "inputs", "saliency") == "class_maps" and not isinstance(self.explainer, GradCAM):
             raise fail(fn, "alignment",
                        "a loss on the explainer's maps when the explainer is not Grad-CAM or a variant",
@@ -189,6 +190,8 @@ class ALIGN(Recipe):
                        "Use a Grad-CAM-family explainer (grad_cam, layer_cam, ...) with this loss, or a loss such as "
                        "'bce' or 'l1'")
         self.regularizer = None if regularizer is None else resolve("regularizer", regularizer)
+        if self.regularizer is not None:
+            _check_component(self.regularizer, regularizer, "regularizer", ("mask", "explanation"), "mask", fn)
         self.sparsity_weight, self.smooth_weight = float(sparsity_weight), float(smooth_weight)
         self.align_weight, self.reg_weight = float(align_weight), float(reg_weight)
         self.warmup_steps = warmup_steps
@@ -308,7 +311,7 @@ class ALIGN(Recipe):
         if regularizing:
             if reg is not None:
                 terms["reg"] = reg
-            elif getattr(self.regularizer, "inputs", "explanation") == "mask":
+            elif getattr(self.regularizer, "inputs", "mask") == "mask":
                 terms["reg"] = self.regularizer(sal)  # a mask penalty applied to the saliency
             else:
                 terms["reg"] = self.regularizer(self.explainer, batch.x, batch.y, sal)
@@ -356,6 +359,20 @@ def _plain_mixup(regularizer: Any) -> bool:
     subclass that overrides ``terms`` or ``forward`` is called as it is, never batched)."""
     return (isinstance(regularizer, MixupConsistency) and type(regularizer).terms is MixupConsistency.terms
             and type(regularizer).forward is MixupConsistency.forward)
+
+
+def _check_component(obj: Any, given: Any, arg: str, kinds: tuple[str, ...], default: str, fn: str) -> None:
+    """A resolved alignment loss or regularizer: callable, and an ``inputs`` ALIGN knows (a typo
+    such as ``"class_map"`` was called as a saliency loss, silently)."""
+    if not callable(obj):
+        raise fail(fn, arg, f"a registered {arg} name or an instance of one (a module to call)", describe(given),
+                   f"Pass e.g. {arg}={'bce' if arg == 'alignment' else 'mixup_consistency'!r}, or an instance built "
+                   f"with its settings: egl.create({arg!r}, name, **settings)")
+    inputs = getattr(obj, "inputs", default)
+    if inputs not in kinds:
+        what = "an alignment loss" if arg == "alignment" else "a regularizer"
+        raise fail(fn, arg, f"{what} whose inputs is one of {list(kinds)}",
+                   f"{type(obj).__name__} with inputs={inputs!r}", f"Set the class attribute inputs to one of {list(kinds)}")
 
 
 @builds(ALIGN)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -62,6 +63,21 @@ class Phase:
     modules: tuple[nn.Module, ...]
     compute: Callable[[Batch, int], dict[str, Tensor]]
     start_step: int = 0
+
+    def __post_init__(self) -> None:
+        fn = "egl.recipes.Phase"
+        if not isinstance(self.name, str) or not self.name:
+            raise fail(fn, "name", "a non-empty str (the phase's optimiser and log key)", describe(self.name),
+                       "Name the phase, e.g. Phase('classifier', (model,), compute)")
+        if isinstance(self.modules, nn.Module):  # (one module given as it is)
+            object.__setattr__(self, "modules", (self.modules,))
+        if not isinstance(self.modules, (tuple, list)) or not all(isinstance(m, nn.Module) for m in self.modules):
+            raise fail(fn, "modules", "a tuple of the nn.Modules the phase updates", describe(self.modules),
+                       f"Pass e.g. Phase({self.name!r}, (self.model,), compute)")
+        object.__setattr__(self, "modules", tuple(self.modules))
+        if not callable(self.compute):
+            raise fail(fn, "compute", "a callable (batch, step) -> {term: 0-d tensor, 'total': ...}",
+                       describe(self.compute), "Pass a method such as self._terms")
 
     def active(self, step: int) -> bool:
         return step >= self.start_step
@@ -283,13 +299,44 @@ class Recipe(nn.Module):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """One optimiser per phase, of the kind ``optimizer`` names (Adam by default), at
         :meth:`phase_lr` (classifier: ``lr``; ALIGN's masker: ``masker_lr``) with ``weight_decay``."""
+        phases = self.checked_phases()
         return {p.name: build_optimizer(p.parameters(), self.optimizer_spec, lr=self.phase_lr(p.name),
                                         weight_decay=self.weight_decay, no_decay=no_weight_decay_ids(p.modules))
-                for p in self.phases()}
+                for p in phases}
+
+    def checked_phases(self) -> list[Phase]:
+        """:meth:`phases`, refused when they cannot train: none, a name twice (one optimiser and
+        one log key for two), a phase with no parameter to update; a module outside the recipe
+        (its weights are in no checkpoint: a resume would not continue it) warns."""
+        fn = f"egl.recipes.{self.name or type(self).__name__}"
+        phases = self.phases()
+        if not isinstance(phases, list) or not phases or not all(isinstance(p, Phase) for p in phases):
+            raise fail(fn, "phases()", "a non-empty list of egl.recipes.Phase", describe(phases),
+                       "Return e.g. [Phase('classifier', (self.model,), self._terms)]")
+        names = [p.name for p in phases]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise fail(fn, "phases()", "phases of distinct names (each has its own optimiser and log keys)",
+                       f"{twice} more than once", "Rename one of them")
+        mine = {id(m) for m in self.modules()}
+        for p in phases:
+            if not any(True for _ in p.parameters()):
+                raise fail(fn, "phases()", f"phase '{p.name}' over modules with parameters to update",
+                           f"modules {[type(m).__name__ for m in p.modules]} without any",
+                           "Give the module parameters, or leave the phase out (a masker with no parameters: "
+                           "trainable = False)")
+            outside = [type(m).__name__ for m in p.modules if id(m) not in mine]
+            if outside and (fn, p.name) not in _WARNED_OUTSIDE:
+                _WARNED_OUTSIDE.add((fn, p.name))
+                warnings.warn(f"{fn}: phase '{p.name}' updates {outside}, which the recipe does not hold as a "
+                              "submodule: its weights are in no state_dict or checkpoint, and a resumed run "
+                              "restarts them. Assign it as an attribute of the recipe (self.aux = module).",
+                              UserWarning, stacklevel=3)
+        return phases
 
     def check_optimizers(self, optimizers: object, fn: str) -> dict[str, torch.optim.Optimizer]:
         """``optimizers`` unless it is not a dict of one ``torch.optim.Optimizer`` per phase name."""
-        names = sorted(p.name for p in self.phases())
+        names = sorted(p.name for p in self.checked_phases())
         fix = "Pass recipe.configure_optimizers(), or a dict keyed by these phase names"
         if not isinstance(optimizers, dict):
             raise fail(fn, "optimizers", f"a dict of optimisers keyed by phase name {names}", describe(optimizers), fix)
@@ -371,6 +418,7 @@ class Recipe(nn.Module):
             try:  # gradients taken inside the loss (saliency) are loss-scaled too (egl._amp)
                 with inner_scale(scaler.scale_value if scaler is not None else None) as inner:
                     terms = phase.compute(b, step)
+                _check_terms(terms, phase.name, f"egl.recipes.{self.name or type(self).__name__}")
             except Exception as exc:  # an immediate check (labels), or any error: tell the other ranks, raise
                 stats.restore()  # (a ValueError: torch's, for a batch of one under BatchNorm, named outside)
                 first_failure(_INPUT if isinstance(exc, ValueError) else _ERROR, b.x.device)
@@ -466,3 +514,24 @@ def builds(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return build
 
     return decorate
+
+
+_WARNED_OUTSIDE: set[tuple[str, str]] = set()
+
+
+def _check_terms(terms: object, phase: str, fn: str) -> None:
+    """What a phase's ``compute`` returns: a dict of 0-d tensors with a ``"total"`` that requires
+    grad (metadata only: no device read)."""
+    fix = "Return {'term': loss, ..., 'total': the loss to minimise}, each a 0-d tensor (reduce with .mean())"
+    if not isinstance(terms, dict) or "total" not in terms:
+        got = f"keys {sorted(map(str, terms))}" if isinstance(terms, dict) else describe(terms)
+        raise fail(fn, f"phase '{phase}' terms", "a dict of loss terms with a 'total'", got, fix)
+    bad = {k: describe(v) for k, v in terms.items() if not isinstance(v, Tensor) or v.dim() != 0}
+    if bad:
+        k = next(iter(bad))
+        raise fail(fn, f"phase '{phase}' terms", "0-d tensors (one value per term)", f"{k!r}: {bad[k]}", fix)
+    total = terms["total"]
+    if torch.is_grad_enabled() and not total.requires_grad:
+        raise fail(fn, f"phase '{phase}' terms", "a 'total' that requires grad (the loss the phase minimises)",
+                   "a total that does not (computed without grad, detached, or from no parameter)",
+                   "Compute the total from the phase's modules with grad enabled, and do not detach it")

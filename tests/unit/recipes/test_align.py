@@ -382,3 +382,20 @@ def test_a_ground_truth_masker_without_masks_is_named_at_step_zero() -> None:
     with pytest.raises(egl.InputError, match=r"'batch' expected batches with a 'mask' \(masker='ground_truth' reads "
                                              r"the data's masks\), got a batch without one at step 0"):
         recipes.align(model, masker="ground_truth").fit([batch], 1, progress=False)
+
+
+def test_alignment_and_regularizer_are_checked_when_the_recipe_is_built() -> None:
+    from egl.losses import AlignmentLoss
+
+    class Typo(AlignmentLoss):
+        inputs = "class_map"  # (was called as a saliency loss, silently)
+
+    model = make_model("test_resnet")
+    for kwargs, message in (({"alignment": {"name": "bce"}}, r"'alignment' expected a registered alignment name or "
+                                                              r"an instance.*got dict"),
+                            ({"regularizer": 0.1}, r"'regularizer' expected a registered regularizer name.*got float"),
+                            ({"alignment": Typo()}, r"'alignment' expected an alignment loss whose inputs is one of "
+                                                    r"\['saliency', 'class_maps', 'batch'\], got Typo with "
+                                                    r"inputs='class_map'")):
+        with pytest.raises(egl.InputError, match=message):
+            recipes.align(model, **kwargs)

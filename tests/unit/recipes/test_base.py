@@ -13,7 +13,7 @@ from _helpers import make_model
 import egl
 from egl import recipes
 from egl.maskers.learned import LearnedMasker
-from egl.recipes import ERM, Recipe
+from egl.recipes import ERM, Phase, Recipe
 from egl.recipes.batch import as_batch
 
 
@@ -122,3 +122,52 @@ def test_recipe_factories_show_the_recipes_signature_and_name_a_misspelt_argumen
                        r"\(model: .*unexpected keyword argument 'align_wieght'. Did you mean 'align_weight'"):
         recipes.align(make_model("test_resnet"), align_wieght=1.0)
     assert type(recipes.irm(make_model("test_resnet"), penalty_weight=10.0)).__name__ == "IRM"
+
+
+class _Custom(Recipe):
+    """A plugin author's recipe, with the mistakes the checks name."""
+
+    name = "custom"
+
+    def __init__(self, model: torch.nn.Module, terms=None, phases=None, aux: torch.nn.Module | None = None) -> None:
+        super().__init__(model)
+        self._terms_fn, self._phases, self._aux = terms, phases, [aux]  # (aux held outside the module tree)
+
+    def phases(self):
+        return self._phases(self) if self._phases is not None else [Phase("classifier", self.model, self._compute)]
+
+    def _compute(self, batch, step):
+        ce = torch.nn.functional.cross_entropy(self.model(batch.x), batch.y)
+        return self._terms_fn(ce) if self._terms_fn is not None else {"ce": ce, "total": ce}
+
+
+@pytest.mark.parametrize("terms, message", [
+    (lambda ce: {"ce": ce}, r"expected a dict of loss terms with a 'total', got keys \['ce'\]"),
+    (lambda ce: {"ce": 1.0, "total": ce}, r"expected 0-d tensors \(one value per term\), got 'ce': float 1.0"),
+    (lambda ce: {"per_image": ce.expand(4), "total": ce}, r"got 'per_image': a torch.float32 tensor of shape \[4\]"),
+    (lambda ce: {"total": ce.detach()}, r"expected a 'total' that requires grad"),
+])
+def test_a_phases_terms_are_checked_and_named(terms, message: str) -> None:
+    recipe = _Custom(make_model("test_resnet", eval_mode=False), terms=terms)  # (a single module: taken as a tuple)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(egl.InputError, match=r"egl.recipes.custom: 'phase 'classifier' terms' .*" + message):
+        recipe.training_step((x, y), 0, recipe.configure_optimizers())
+
+
+def test_phases_that_cannot_train_are_refused_and_a_module_outside_the_recipe_warns() -> None:
+    model = make_model("test_resnet", eval_mode=False)
+    compute = _Custom._compute
+    cases = [(lambda r: [], r"'phases\(\)' expected a non-empty list of egl.recipes.Phase"),
+             (lambda r: [Phase("a", (r.model,), compute), Phase("a", (r.model,), compute)], r"\['a'\] more than once"),
+             (lambda r: [Phase("a", (torch.nn.ReLU(),), compute)], r"phase 'a' over modules with parameters")]
+    for phases, message in cases:
+        with pytest.raises(egl.InputError, match=message):
+            _Custom(model, phases=phases).configure_optimizers()
+    with pytest.raises(egl.InputError, match=r"Phase: 'modules' expected a tuple of the nn.Modules"):
+        Phase("a", ("model",), compute)
+    aux = torch.nn.Linear(2, 2)
+    recipe = _Custom(model, aux=aux, phases=lambda r: [Phase("classifier", (r.model,), compute),
+                                                        Phase("aux", (r._aux[0],), compute)])
+    with pytest.warns(UserWarning, match=r"phase 'aux' updates \['Linear'\], which the recipe does not hold as a "
+                      r"submodule: its weights are in no state_dict or checkpoint"):
+        recipe.configure_optimizers()
