@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import inspect
 import os
 import re
 import threading
@@ -244,13 +245,34 @@ def _gather(pm: pluggy.PluginManager, pname: str) -> dict[str, list[tuple[str, A
                     raise _Invalid(f"{hook}(): 'return value' expected a list of component classes, got "
                                     f"{describe(items)}. Return a list such as [MyExplainer]")
                 for obj in items:
-                    if not callable(obj):
+                    if not callable(obj) or not (inspect.isclass(obj) or inspect.isroutine(obj)):
                         raise _Invalid(f"{hook}(): 'component' expected a class or factory callable, got "
-                                        f"{describe(obj)}. Return the class itself")
+                                        f"{describe(obj)}. Return the class itself (egl builds the instances)")
+                    base = _KIND_BASES.get(kind)
+                    wrong = next((k for k, b in _KIND_BASES.items() if k != kind and b is not None
+                                  and inspect.isclass(obj) and issubclass(obj, _base_class(b))), None)
+                    if inspect.isclass(obj) and base is not None and wrong is not None \
+                            and not issubclass(obj, _base_class(base)):
+                        article = "an" if wrong[0] in "aeiou" else "a"
+                        raise _Invalid(f"{hook}(): 'component' expected a {kind} class, got {obj.__name__}, "
+                                        f"{article} {wrong} (it subclasses {_base_class(_KIND_BASES[wrong]).__name__}). Return it "
+                                        f"from egl_register_{_HOOK_KINDS.get(wrong, wrong + 's')}")
                     found[kind].append((_component_name(obj, hook), obj))
             except _Invalid as exc:
                 raise _Rejected("registered an invalid component", exc) from exc
     return found
+
+
+#: Each kind's base class (module path), to name a component returned from another kind's hook.
+_KIND_BASES = {"explainer": "egl.explainers.base:Explainer", "masker": "egl.maskers.base:Masker",
+               "alignment": "egl.losses.base:AlignmentLoss", "regularizer": "egl.regularizers.base:Regularizer",
+               "recipe": "egl.recipes.base:Recipe"}
+_HOOK_KINDS = {"alignment": "alignment_losses"}
+
+
+def _base_class(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _admit(state: _State, pname: str, fn: str = "egl") -> None:
@@ -263,8 +285,13 @@ def _admit(state: _State, pname: str, fn: str = "egl") -> None:
             entry = state.tables[kind].get(name)
             first = entry.plugin if entry is not None else seen.get(name)
             if first is not None:
-                fix = (f"Rename the component, or skip one plugin with EGL_DISABLE_PLUGINS={pname}"
-                       if fn == "egl" else f"Rename the component, or call egl.unregister_plugin('{first.name}') first")
+                inherited = "" if name != getattr(getattr(_obj, "__mro__", [None, None])[1], "name", None) else \
+                    f" (inherited: give {getattr(_obj, '__name__', name)} a name of its own)"
+                fix = (f"Rename the component{inherited} (egl's own names cannot be replaced)"
+                       if first.name == "builtins"
+                       else f"Rename the component{inherited}, or skip one plugin with EGL_DISABLE_PLUGINS={pname}"
+                       if fn == "egl"
+                       else f"Rename the component{inherited}, or call egl.unregister_plugin('{first.name}') first")
                 raise _Rejected("registered a duplicate component", DuplicateComponentError(
                     f"{fn}: '{name}' expected a unique {kind} name, got it from "
                     f"{first.source} and from {info.source}. {fix}."

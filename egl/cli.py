@@ -48,6 +48,26 @@ def _cmd_plugins(_args: argparse.Namespace) -> int:
     return 1 if any(p.status == "failed" for p in report) else 0
 
 
+def _register_modules(modules: Sequence[str]) -> None:
+    """``egl -p MODULE``: import each module (from the current folder too) and register it."""
+    import importlib
+    import os
+
+    from egl._check import fail
+    from egl._plugins import register_plugin
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # (as python -m does: a plugin module beside the config)
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise fail("egl", "--plugin", "an importable module holding @egl.hookimpl functions",
+                       f"{name!r} ({type(exc).__name__}: {exc})",
+                       "Check the module's name and that its folder is the current one or on PYTHONPATH") from exc
+        register_plugin(module, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``egl`` command."""
     from egl import __version__
@@ -56,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="egl", description="Explanation-guided learning toolkit.")
     parser.add_argument("--version", action="version", version=f"egl {__version__}")
+    parser.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE and register it as a plugin (its @egl.hookimpl functions) before the "
+                        "command: a plugin that is not installed with an entry point (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", choices=KINDS)
@@ -68,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(sub)
     args = parser.parse_args(argv)
     try:
+        _register_modules(args.plugin)
         return int(args.func(args))
     except EGLError as exc:  # strict plugin mode, a broken plugin: a message, not a traceback
         print(f"egl: error: {exc}", file=sys.stderr)

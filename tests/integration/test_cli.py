@@ -352,3 +352,29 @@ def test_eval_of_a_model_trained_on_a_maskers_masks_makes_no_training_masks(tmp_
 
     monkeypatch.setattr(MaskedBy, "__init__", refuse)
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--split", "flipped"]) == 0
+
+
+def test_a_plugin_module_registers_for_one_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "smooth_plugin.py").write_text(
+        "import torch.nn.functional as F\nimport egl\nfrom egl.recipes import Phase, Recipe\n\n\n"
+        "class LabelSmoothing(Recipe):\n    \"\"\"ERM with label smoothing.\"\"\"\n\n    name = 'label_smoothing'\n\n"
+        "    def __init__(self, model, *, smoothing=0.1, lr=5e-5, weight_decay=0.0, optimizer='adam'):\n"
+        "        super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)\n"
+        "        self.smoothing = smoothing\n\n    def phases(self):\n"
+        "        return [Phase('classifier', (self.model,), self._terms)]\n\n    def _terms(self, batch, step):\n"
+        "        ce = F.cross_entropy(self.model(batch.x), batch.y, label_smoothing=self.smoothing)\n"
+        "        return {'ce': ce, 'total': ce}\n\n\n@egl.hookimpl\ndef egl_register_recipes():\n"
+        "    return [LabelSmoothing]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    try:
+        assert main(["-p", "smooth_plugin", "train", "--method", "ls", "--out", str(out), *TINY,
+                     "--set", "methods={ls: {recipe: label_smoothing, kwargs: {smoothing: 0.2}}}"]) == 0
+    finally:
+        egl.reset_plugins()
+    assert (out / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(["-p", "no_such_plugin", "list"]) == 1
+    assert "egl: '--plugin' expected an importable module" in capsys.readouterr().err

@@ -416,3 +416,31 @@ def test_a_helper_named_egl_something_is_not_taken_for_an_unmarked_hook() -> Non
     plugin = types.SimpleNamespace(egl_helper=lambda: None)  # not a hook name: not the plugin's business
     assert egl.register_plugin(plugin, name="helper_only") == "helper_only"
     egl.unregister_plugin("helper_only")
+
+
+def test_components_of_another_kind_instances_and_inherited_names_are_named() -> None:
+    from egl.losses.base import AlignmentLoss
+    from egl.recipes import ALIGN
+
+    class KL2(AlignmentLoss):
+        name = "kl2"
+
+        def forward(self, saliency, mask):
+            return (saliency - mask).abs().mean()
+
+    class MyAlign(ALIGN):  # (inherits name = "align")
+        pass
+
+    cases = [("egl_register_maskers", [KL2], r"expected a masker class, got KL2, an alignment \(it subclasses "
+                                              r"AlignmentLoss\)\. Return it from egl_register_alignment_losses"),
+             ("egl_register_alignment_losses", [KL2()], r"expected a class or factory callable, got KL2 .*Return the "
+                                                         r"class itself \(egl builds the instances\)"),
+             ("egl_register_recipes", [MyAlign], r"'align' expected a unique recipe name, got it from plugin "
+                                                 r"'builtins'.*\(inherited: give MyAlign a name of its own\) \(egl's "
+                                                 r"own names cannot be replaced\)")]
+    for hook, items, message in cases:
+        plugin = type("P", (), {hook: staticmethod(egl.hookimpl(lambda items=items: items))})
+        # (pluggy reads the hook's name from the attribute: a staticmethod of the right name)
+        with pytest.raises(egl.EGLError, match=message):
+            egl.register_plugin(plugin(), f"p_{hook}")
+        egl.reset_plugins()
