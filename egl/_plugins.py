@@ -254,8 +254,9 @@ def _gather(pm: pluggy.PluginManager, pname: str) -> dict[str, list[tuple[str, A
                     if inspect.isclass(obj) and base is not None and wrong is not None \
                             and not issubclass(obj, _base_class(base)):
                         article = "an" if wrong[0] in "aeiou" else "a"
+                        parent = _base_class(_KIND_BASES[wrong]).__name__
                         raise _Invalid(f"{hook}(): 'component' expected a {kind} class, got {obj.__name__}, "
-                                        f"{article} {wrong} (it subclasses {_base_class(_KIND_BASES[wrong]).__name__}). Return it "
+                                        f"{article} {wrong} (it subclasses {parent}). Return it "
                                         f"from egl_register_{_HOOK_KINDS.get(wrong, wrong + 's')}")
                     found[kind].append((_component_name(obj, hook), obj))
             except _Invalid as exc:
