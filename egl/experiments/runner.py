@@ -265,10 +265,9 @@ def _warn_if_a_schedule_never_starts(recipe: Any, method: str, steps: int) -> No
 
 
 def _compares_domains(recipe: Any) -> bool:
-    """Whether the recipe's extra term compares the batch's domains (none with a single domain)."""
-    from egl.recipes import CORAL, VREx
-
-    return isinstance(recipe, CORAL) or (isinstance(recipe, (VREx, GroupDRO)) and recipe.groups == "domain")
+    """Whether the recipe's extra term compares the batch's domains (none with a single domain):
+    its ``compares_domains`` (a plugin's recipe says so too)."""
+    return bool(getattr(recipe, "compares_domains", False))
 
 
 def _warn_if_domains_cannot_differ(recipe: Any, method: str, domains: list[str] | None) -> None:

@@ -222,6 +222,13 @@ class Recipe(nn.Module):
     step_buffers: ClassVar[tuple[str, ...]] = ()
 
     @property
+    def compares_domains(self) -> bool:
+        """Whether the recipe's extra term compares the batch's domains (CORAL, MMD; V-REx and
+        GroupDRO over domains): ``egl experiment`` warns when such a run trains on one domain,
+        where the term has nothing to compare. False here; a plugin's recipe may say True."""
+        return False
+
+    @property
     def reads_masks(self) -> bool:
         """Whether training reads the batch's masks (``batch.mask``, the data's annotations).
         False here; ALIGN with a masker that ``needs_mask`` (``ground_truth``) and a non-zero

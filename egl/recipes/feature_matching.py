@@ -161,6 +161,10 @@ class CORAL(Recipe):
     name = "coral"
     needs_domains = True
 
+    @property
+    def compares_domains(self) -> bool:
+        return True
+
     def __init__(self, model: nn.Module, *, penalty_weight: float = 1.0, classifier: str | None = None,
                  lr: float = 5e-5, weight_decay: float = 0.0, optimizer: str | dict[str, Any] = "adam") -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)

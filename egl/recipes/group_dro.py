@@ -109,6 +109,10 @@ class GroupDRO(Recipe):
     name = "group_dro"
     step_buffers = ("log_q",)  # a refused or skipped step leaves the group weights as they were
 
+    @property
+    def compares_domains(self) -> bool:
+        return self.groups == "domain"
+
     def __init__(self, model: nn.Module, *, groups: str = "domain", eta: float = 0.01, adjustment: float = 0.0,
                  max_groups: int = 1024, lr: float = 5e-5, weight_decay: float = 0.0,
                  optimizer: str | dict[str, Any] = "adam") -> None:

@@ -83,6 +83,10 @@ class VREx(AnnealedPenalty, Recipe):
 
     name = "vrex"
 
+    @property
+    def compares_domains(self) -> bool:
+        return self.groups == "domain"
+
     def __init__(self, model: nn.Module, *, penalty_weight: float = 10.0, anneal_steps: int = 500,
                  groups: str = "domain", lr: float = 5e-5, weight_decay: float = 0.0,
                  optimizer: str | dict[str, Any] = "adam") -> None:

@@ -81,6 +81,13 @@ def test_a_domain_comparing_method_on_one_training_domain_warns() -> None:
             _warn_if_domains_cannot_differ(recipe, "m", ["domain0", "domain1"])
             _warn_if_domains_cannot_differ(recipe, "m", None)
 
+    class Plugin(recipes.ERM):  # a plugin's recipe says so itself
+        name = "plugin_penalty"
+        compares_domains = True
+
+    with pytest.warns(UserWarning, match=r"method 'p' compares the training domains"):
+        _warn_if_domains_cannot_differ(Plugin(model), "p", ["domain0"])
+
 
 def test_an_experiment_imputes_the_background_swaps_backgrounds_once_for_all_its_models(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
