@@ -7,6 +7,7 @@ repository, and installed with ``--target`` into a temporary folder put on ``sys
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 from _helpers import make_model
 
 import egl
+import egl.testing
 from egl import cli
 from egl.explainers import Explainer, minmax_normalize
 
@@ -86,6 +88,15 @@ def test_the_template_explainer_is_differentiable_when_asked(installed: None, im
     sal.mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_the_templates_own_contract_tests_pass(installed: None) -> None:
+    """The test file the template ships runs egl.testing's checks on its explainer: they pass."""
+    spec = importlib.util.spec_from_file_location("template_contract", TEMPLATE / "tests" / "test_contract.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    for check in egl.testing.checks("explainer"):
+        module.test_gradient_x_input_keeps_egls_explainer_contract(check)
 
 
 def test_egl_cli_sees_the_template(installed: None, capsys: pytest.CaptureFixture[str]) -> None:
