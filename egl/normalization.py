@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from egl._check import check_size, describe, fail
 from egl._transfer import host_tensor
 
-__all__ = ["normalize_inputs", "input_normalization", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["normalize_inputs", "input_normalization", "stem_mean", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 FN = "egl.normalization.normalize_inputs"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,6 +106,17 @@ def input_normalization(model: nn.Module) -> tuple[str, tuple[float, ...], tuple
         if isinstance(getattr(module, _MEAN, None), Tensor):
             mean, std = getattr(module, _MEAN), getattr(module, _STD)
             return name, tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
+    return None
+
+
+def stem_mean(model: nn.Module) -> Tensor | None:
+    """The mean colour :func:`normalize_inputs` subtracts in ``model``'s stem, ``[1, C, 1, 1]`` on
+    the model's device (no host read): the image that is zero in the model's normalised space, the
+    ``"zero"`` baseline of egl's perturbation metrics. None if the model does not normalise."""
+    for module in model.modules():
+        mean = getattr(module, _MEAN, None)
+        if isinstance(mean, Tensor):
+            return mean.reshape(1, -1, 1, 1)
     return None
 
 

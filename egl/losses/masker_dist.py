@@ -15,6 +15,7 @@ from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import targets
 from egl.losses._reduction import REDUCTIONS, reduce
+from egl.normalization import stem_mean
 
 __all__ = ["masker_dist", "masker_dist_loss", "masked_pair_logits", "MaskerDistLoss"]
 
@@ -50,6 +51,12 @@ def masker_dist_loss(logits_fg: Tensor, logits_bg: Tensor, target: Tensor, *, re
 def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Logits of ``x ⊙ M`` and ``x ⊙ (1 − M)`` from one forward pass over both halves.
 
+    The product is taken in the model's normalised space, as the paper's code multiplies its
+    normalised tensors: for a model whose stem normalises egl's [0, 1] images
+    (:func:`egl.normalization.normalize_inputs`, mean colour ``μ``) the halves are
+    ``μ + (x − μ) ⊙ M`` and ``μ + (x − μ) ⊙ (1 − M)``, so removed pixels become the mean colour
+    (zero after the stem), not black; for any other model, ``x ⊙ M`` and ``x ⊙ (1 − M)``.
+
     Shape:
         x: ``B C H W``; mask: ``B 1 H W`` at x's resolution; returns two ``B K``.
 
@@ -71,7 +78,14 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
                    "Resize them, e.g. torch.nn.functional.interpolate(mask, size=x.shape[-2:], mode='bilinear') "
                    "(a masker should return masks at its input's size)")
     b = x.shape[0]
-    logits = check_logits(model(torch.cat([x * mask, x * (1.0 - mask)], dim=0)), 2 * b, fn)
+    mean = stem_mean(model) if isinstance(model, nn.Module) else None
+    if mean is None:
+        pair = torch.cat([x * mask, x * (1.0 - mask)], dim=0)
+    else:  # zero in the normalised space: (x - mean) * M, before the stem's division by std
+        mean = upload(mean, x.device, x.dtype)  # (the model's buffer: on x's device already)
+        d = x - mean
+        pair = torch.cat([mean + d * mask, mean + d * (1.0 - mask)], dim=0)
+    logits = check_logits(model(pair), 2 * b, fn)
     return logits[:b], logits[b:]  # (split() of an empty batch gives one piece, not two)
 
 

@@ -118,13 +118,27 @@ def check_perturbation(x: Tensor, baseline: object, batch_size: object, blur_sig
                        "baseline='mean', or a smaller blur_sigma")
 
 
-def replacement(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
-    """Values that removed pixels take, broadcastable to ``x`` and indexable by sample:
-    ``"zero"`` ``[B, 1, 1, 1]`` zeros, ``"mean"`` the per-image channel means, ``"blur"`` a
-    Gaussian-blurred copy (``blur_sigma`` px, kernel ``2 ceil(3 sigma) + 1``, replicate border).
-    Not for the imputed baselines (:func:`filler` serves every baseline)."""
-    if baseline == "zero":
+def normalized_zero(x: Tensor, model: object) -> Tensor:
+    """Zero in the model's normalised space, in ``x``'s space, ``[B, C or 1, 1, 1]``: the stem's
+    mean colour when :func:`egl.normalization.normalize_inputs` put ``(x - mean) / std`` in the
+    model (egl's images stay in [0, 1] then), else 0 (the images are normalised already, or not
+    at all)."""
+    from egl.normalization import stem_mean
+
+    mean = stem_mean(model) if isinstance(model, torch.nn.Module) else None
+    if mean is None or mean.shape[1] != x.shape[1]:
         return x.new_zeros(x.shape[0], 1, 1, 1)
+    return upload(mean, x.device, x.dtype).expand(x.shape[0], -1, 1, 1)
+
+
+def replacement(x: Tensor, baseline: str, blur_sigma: float, model: object = None) -> Tensor:
+    """Values that removed pixels take, broadcastable to ``x`` and indexable by sample:
+    ``"zero"`` zero in the model's normalised space (:func:`normalized_zero`), ``"mean"`` the
+    per-image channel means, ``"blur"`` a Gaussian-blurred copy (``blur_sigma`` px, kernel
+    ``2 ceil(3 sigma) + 1``, replicate border). Not for the imputed baselines (:func:`filler`
+    serves every baseline)."""
+    if baseline == "zero":
+        return normalized_zero(x, model)
     if baseline == "mean":
         return x.mean(dim=(2, 3), keepdim=True)
     radius = max(1, math.ceil(3.0 * blur_sigma))
@@ -132,7 +146,7 @@ def replacement(x: Tensor, baseline: str, blur_sigma: float) -> Tensor:
                            border_type="replicate")
 
 
-def filler(x: Tensor, baseline: str, blur_sigma: float) -> Callable[[Tensor, Tensor], Tensor]:
+def filler(x: Tensor, baseline: str, blur_sigma: float, model: object = None) -> Callable[[Tensor, Tensor], Tensor]:
     """``fill(i, keep)``: the images ``x[i]`` with the pixels where ``keep`` (``[n, 1, H, W]``
     bool) is False removed, the way ``baseline`` says.
 
@@ -143,7 +157,7 @@ def filler(x: Tensor, baseline: str, blur_sigma: float) -> Callable[[Tensor, Ten
     chunked into forward passes.
     """
     if baseline not in IMPUTED:
-        base = replacement(x, baseline, blur_sigma)
+        base = replacement(x, baseline, blur_sigma, model)
         return lambda i, keep: torch.where(keep, x[i], base[i])
     from egl.metrics.imputation import _fill
 

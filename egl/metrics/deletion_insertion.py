@@ -88,7 +88,7 @@ def _curve(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, in
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient
-        fill = filler(x, baseline, blur_sigma)
+        fill = filler(x, baseline, blur_sigma, model)
         counts = [(2 * i * h * w + steps) // (2 * steps) for i in range(steps + 1)]  # floor(i H W / steps + 0.5)
         n_of = host_tensor(counts, x.device, torch.int32)
         total = (steps + 1) * b
@@ -132,8 +132,9 @@ def deletion(model: Callable[[Tensor], Tensor], x: Tensor, saliency: Tensor, *, 
         steps: points on the curve after the start, at most ``H W`` (default: 100, or ``H W``
             for smaller images; a choice: cost grows with it; ``steps=H`` is RISE's one row of
             pixels per step).
-        baseline: what removed pixels become: ``"zero"`` (zero in normalised space: the dataset's
-            mean colour; RISE's deletion), ``"blur"`` (a Gaussian blur of the image, ``blur_sigma``
+        baseline: what removed pixels become: ``"zero"`` (zero in normalised space: the stem's
+            mean colour for a model with :func:`egl.normalization.normalize_inputs`, else 0;
+            RISE's deletion), ``"blur"`` (a Gaussian blur of the image, ``blur_sigma``
             px, kernel ``2 ceil(3 sigma) + 1``; RISE used an 11-pixel kernel), ``"mean"``
             (the image's channel means), ``"noisy_linear"`` (ROAD's imputation from the pixels not
             yet removed, noise 0.01: ROAD's MoRF curve; one sparse solve per point and image on

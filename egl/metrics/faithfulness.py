@@ -9,8 +9,10 @@ For the predicted class ``ŷ`` (or a given ``target``) and ``p = softmax(model(.
 - sufficiency@k = ``p(ŷ|x) - p(ŷ|only its top-k% pixels kept)``, lower is better (can be < 0).
 
 Both are averaged over ``k`` (AOPC) per image, then over images. "Removed" pixels take a
-baseline value: ``"zero"`` (0 in the model's input space; for mean/std normalised inputs
-that is the dataset mean colour: "zero in normalised space", the default), ``"blur"`` (the
+baseline value: ``"zero"`` ("zero in normalised space", the default: the stem's mean colour
+for a model that normalises its input itself, :func:`egl.normalization.normalize_inputs`; else
+0 in the model's input space, the dataset mean colour for images normalised before the model),
+``"blur"`` (the
 same pixel of a Gaussian-blurred copy of the image), ``"mean"`` (the image's per-channel
 mean), or ROAD's imputation (Rong et al., ICML 2022; :mod:`egl.metrics.imputation`):
 ``"noisy_linear"`` fills the removed pixels from the kept ones around them, plus noise of
@@ -137,7 +139,8 @@ def faithfulness(
         saliency: one map per image, any resolution; only the ranking of its values matters
             (ranked in at least float32, whatever ``x``'s dtype).
         ks: percentages in (0, 100], distinct.
-        baseline: value of removed pixels: ``"zero"`` (zero in normalised space),
+        baseline: value of removed pixels: ``"zero"`` (zero in normalised space: the stem's mean
+            colour for a model with :func:`egl.normalization.normalize_inputs`, else 0),
             ``"blur"`` (Gaussian blur of the image, ``blur_sigma`` pixels, kernel
             ``2 ceil(3 sigma) + 1``, replicate border), ``"mean"`` (per-image channel mean),
             ``"noisy_linear"`` (ROAD's imputation from the kept pixels, noise 0.01; one sparse
@@ -189,7 +192,7 @@ def faithfulness(
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         ranks = pixel_ranks(s.flatten(1)).int()  # [B, H*W], 0 = most salient
-        fill = filler(x, baseline, blur_sigma)
+        fill = filler(x, baseline, blur_sigma, model)
         counts = tuple(num_top_pixels(k, h * w) for k in ks)
         # Variant 0 is the original image (nothing removed), then comprehensiveness
         # (top n removed) and sufficiency (only top n kept) for every k.

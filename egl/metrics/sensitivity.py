@@ -14,8 +14,9 @@ value in ``[-r, r]``), with its average beside it. egl's choices, each configura
   image is NaN and left out of the means (``valid`` marks the others).
 - The class explained is ``target`` or the prediction on the unperturbed image, kept for every
   perturbed copy (a map of another class is not a change of this explanation).
-- ``radius`` is in the model's input space: on images normalised by ImageNet's standard
-  deviations (about 0.23), the default 0.02 is about 1.2 / 255 of the raw pixel range.
+- ``radius`` is in ``x``'s space: on egl's [0, 1] images (normalisation, if any, inside the
+  model) the default 0.02 is about 5 / 255 of the pixel range; on images normalised before the
+  model by ImageNet's standard deviations (about 0.23), about 1.2 / 255.
 - The noise is drawn on the CPU from a generator seeded ``seed``: ``samples`` draws of one
   ``[C, H, W]`` image, the same for every image of the batch, so an image's score does not depend
   on the batch it is in, and results repeat on every device.

@@ -18,7 +18,10 @@ Choices where the paper is silent (all arguments):
   input resolution (``align_resolution="input"``); ``"feature"`` instead shrinks the mask
   to the feature map by area averaging (cheaper, coarser).
 * Mixup consistency reuses the classifier phase's own Grad-CAM of ``x`` as ``Φ(x)``; α = 0.2.
-* The masked classifier passes ``x⊙M`` and ``x⊙(1−M)`` run as one batch in eval mode.
+* The masked classifier passes ``x⊙M`` and ``x⊙(1−M)`` run as one batch in eval mode. The
+  product is taken in the model's normalised space (the paper multiplies normalised tensors):
+  with a stem that normalises egl's [0, 1] images (``normalize_inputs``), removed pixels take
+  its mean colour, not black (:func:`egl.losses.masker_dist.masked_pair_logits`).
 * ``masker_checkpoint="auto"``: a masker that declares itself ``recomputable`` (the learned
   one) has its activations (full-resolution feature maps, about as large as all of a
   ResNet-18's at 224 px) recomputed in the masker phase's backward instead of kept (one more

@@ -168,3 +168,25 @@ def test_integer_masks_are_named_with_both_conversions() -> None:
     with pytest.raises(egl.InputError, match=r"'mask' expected floating-point masks in \[0, 1\], got a torch.uint8 "
                                              r".*mask.float\(\) for 0/1 or bool masks, mask.float\(\) / 255 for 0-255"):
         masked_pair_logits(make_model("test_resnet"), x, torch.ones(2, 1, 16, 16, dtype=torch.uint8))
+
+
+def test_the_masked_halves_are_taken_in_the_models_normalised_space() -> None:
+    """With the normalisation in the stem, x ⊙ M is the paper's product of normalised tensors:
+    removed pixels are the mean colour (zero after the stem), as if the model took normalised images."""
+    import copy
+
+    from egl.losses.masker_dist import masked_pair_logits
+    from egl.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_inputs
+
+    plain = make_model("test_resnet")
+    model = normalize_inputs(copy.deepcopy(plain), "imagenet")
+    g = torch.Generator().manual_seed(0)
+    x, m = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fg, bg = masked_pair_logits(model, x, m)
+        z = (x - mean) / std  # what the paper's classifier receives
+        torch.testing.assert_close(fg, plain(z * m), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(bg, plain(z * (1 - m)), atol=1e-5, rtol=1e-4)
+        fg_plain, _ = masked_pair_logits(plain, x, m)  # no normalisation in the model: x ⊙ M as it is
+        torch.testing.assert_close(fg_plain, plain(x * m))

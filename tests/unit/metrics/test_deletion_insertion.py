@@ -195,3 +195,28 @@ def test_a_bad_target_is_named_before_the_forward_passes() -> None:
     with pytest.raises(egl.InputError, match="'target' expected a 1-D integer tensor"):
         deletion(model, torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8), target=torch.zeros(2))
     assert model.inputs == []
+
+
+def test_zero_is_zero_in_the_models_normalised_space() -> None:
+    """A model that normalises in its stem (egl's [0, 1] images) gets its mean colour as "zero";
+    one without gets 0: deletion's end point and insertion's start are that image's probability."""
+    import timm
+
+    from egl.normalization import IMAGENET_MEAN, normalize_inputs
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=5).eval()
+    x, s = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
+    raw = deletion(model, x, s, steps=2, target=torch.tensor([0, 1])).curve[:, -1]
+    with torch.no_grad():
+        black = F.softmax(model(torch.zeros_like(x)), 1)[torch.arange(2), torch.tensor([0, 1])]
+    torch.testing.assert_close(raw, black)
+    normalize_inputs(model, "imagenet")
+    grey = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand_as(x)
+    with torch.no_grad():
+        expected = F.softmax(model(grey), 1)[torch.arange(2), torch.tensor([0, 1])]
+    torch.testing.assert_close(deletion(model, x, s, steps=2, target=torch.tensor([0, 1])).curve[:, -1], expected)
+    torch.testing.assert_close(insertion(model, x, s, steps=2, target=torch.tensor([0, 1]), baseline="zero").curve[:, 0], expected)
+    with torch.no_grad():  # black, which the normalising model reads as -mean/std: not what "zero" is
+        black_now = F.softmax(model(torch.zeros_like(x)), 1)[torch.arange(2), torch.tensor([0, 1])]
+    assert not torch.allclose(expected, black_now)

@@ -341,3 +341,16 @@ def test_perturbation_metrics_refuse_a_model_whose_training_mode_moves_the_score
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))  # training mode changes nothing: allowed
     faithfulness(linear.train(), x, sal, ks=(10,))
     faithfulness(lambda t: linear(t), x, sal, ks=(10,))  # a plain callable: left alone
+
+
+def test_zero_baseline_is_the_stems_mean_colour_for_a_normalising_model() -> None:
+    """Removing every pixel of egl's [0, 1] image leaves the mean colour the stem subtracts: zero in
+    the model's normalised space (comprehensiveness@100 = p(x) - p(mean colour))."""
+    from egl.normalization import IMAGENET_MEAN, normalize_inputs
+
+    model = normalize_inputs(make_model("test_resnet"), "imagenet")
+    x, s = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
+    out = faithfulness(model, x, s, ks=(100,), baseline="zero")
+    with torch.no_grad():
+        grey = F.softmax(model(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand_as(x)), 1)
+    torch.testing.assert_close(out.comprehensiveness_per_image[:, 0], out.prob - grey[torch.arange(2), out.target])
