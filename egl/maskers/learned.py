@@ -1,6 +1,8 @@
 """ALIGN's learned masker (Hong et al., AAAI 2026, Sec. 3.2): two 3x3 conv blocks with
 ReLU and BatchNorm, then a 1x1 conv and a sigmoid, giving a soft mask at the input's
-resolution. The paper gives no width; ours defaults to 32 channels (configurable).
+resolution. The paper gives no width; ours defaults to 32 channels (configurable). Nor does it
+give the order within a block: ours is conv → ReLU → BatchNorm (fixed; the fused fast path is
+written for it).
 
 Its hidden maps have ``width`` channels at full resolution, so on a 224 px input the masker
 costs about as much as a ResNet-18 forward on the CPU (memory traffic of BatchNorm and ReLU

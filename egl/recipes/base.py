@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_scale
-from egl._check import batch_of_one, check_logits, check_model_dtype, check_positive, describe, fail
+from egl._check import (batch_of_one, check_int, check_logits, check_model_dtype, check_positive, describe,
+                        fail)
 from egl._deferred import DeferredChecks, deferred_checks
 from egl._module_hooks import structure_stamp
 from egl.errors import EGLError, RankFailedError
@@ -57,12 +58,14 @@ class Phase:
         modules: the modules this phase updates; every other module is frozen during it.
         compute: ``(batch, step) -> {term: tensor}``, with a ``"total"`` term to minimise.
         start_step: the phase runs from this step on (ALIGN's masker joins after warm-up).
+        every: from ``start_step`` on, the phase runs every ``every`` steps (1: every step).
     """
 
     name: str
     modules: tuple[nn.Module, ...]
     compute: Callable[[Batch, int], dict[str, Tensor]]
     start_step: int = 0
+    every: int = 1
 
     def __post_init__(self) -> None:
         fn = "egl.recipes.Phase"
@@ -75,12 +78,13 @@ class Phase:
             raise fail(fn, "modules", "a tuple of the nn.Modules the phase updates", describe(self.modules),
                        f"Pass e.g. Phase({self.name!r}, (self.model,), compute)")
         object.__setattr__(self, "modules", tuple(self.modules))
+        check_int(self.every, fn, "every", low=1, fix="Pass every=1 to run the phase at every step")
         if not callable(self.compute):
             raise fail(fn, "compute", "a callable (batch, step) -> {term: 0-d tensor, 'total': ...}",
                        describe(self.compute), "Pass a method such as self._terms")
 
     def active(self, step: int) -> bool:
-        return step >= self.start_step
+        return step >= self.start_step and (step - self.start_step) % self.every == 0
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for m in self.modules:

@@ -15,6 +15,9 @@ Choices where the paper is silent (all configurable):
   the map's resolution. The terms' weights default to 1, 1, 1 as in Eq. 18.
 * ``Φ(x_i)``, ``Φ(x_j)`` are the explanations of the unmixed batch; pass them as
   ``saliency=`` to reuse the main pass's explanation instead of recomputing it.
+* The mixed target ``β Φ(x_i) + (1 − β) Φ(x_j)`` is not detached (``detach_target=False``):
+  the consistency term trains the maps of the unmixed images too, as DRE's does (Li et al.'s
+  code); ``detach_target=True`` makes it a fixed target that only ``Φ(x̃)`` moves towards.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from egl._check import check_positive, check_same_batch, check_shape, describe, fail
+from egl._check import check_flag, check_positive, check_same_batch, check_shape, describe, fail
 from egl._sampling import sample_beta
 from egl._transfer import upload
 from egl.explainers.base import Explainer, as_targets
@@ -103,7 +106,7 @@ def _check_weights(weights: object, fn: str) -> tuple[float, float, float]:
 
 def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Tensor, target: Tensor,
                       beta: Tensor, partner: Tensor, *, weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                      reduction: str = "mean") -> MixupTerms:
+                      reduction: str = "mean", detach_target: bool = False) -> MixupTerms:
     """The terms of ``L_reg`` from explanations already computed.
 
     Args:
@@ -115,6 +118,8 @@ def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Te
         partner: partner index per sample (see :func:`same_class_pairs`).
         weights: weights of (consistency, CE, sparsity).
         reduction: ``"mean"`` or ``"sum"`` over the batch (``"none"``: per-sample terms).
+        detach_target: stop the consistency term's gradient through ``β Φ(x_i) + (1 − β) Φ(x_j)``
+            (default False: it trains the unmixed maps too, as DRE's).
 
     Shape:
         saliency, saliency_mixed: ``B 1 h w``; logits_mixed: ``B K``; target, beta, partner: ``B``.
@@ -139,6 +144,8 @@ def mixup_consistency(saliency: Tensor, saliency_mixed: Tensor, logits_mixed: Te
                    f"{list(saliency_mixed.shape)}", "Compute both with the same explainer settings")
     b = beta.to(saliency.dtype).view(-1, 1, 1, 1)
     mixed_target = b * saliency + (1.0 - b) * saliency[partner]
+    if check_flag(detach_target, fn, "detach_target"):
+        mixed_target = mixed_target.detach()
     consistency = reduce((mixed_target - saliency_mixed).abs(), reduction, fn)
     ce = reduce(F.cross_entropy(logits_mixed, target.long(), reduction="none"), reduction, fn)
     sparse = reduce(saliency_mixed.abs(), reduction, fn)
@@ -153,6 +160,8 @@ class MixupConsistency(Regularizer):
         alpha: Beta(α, α) concentration (default 0.2, DRE's value; ALIGN does not state it).
         weights: weights of (consistency, CE, sparsity) (default 1, 1, 1: Eq. 18).
         reduction: ``"mean"`` or ``"sum"``.
+        detach_target: a fixed mixed target ``β Φ(x_i) + (1 − β) Φ(x_j)`` (default False: the
+            consistency term trains the unmixed maps too, as DRE's).
 
     ``forward`` returns the weighted total; :meth:`terms` returns every term.
     """
@@ -161,8 +170,9 @@ class MixupConsistency(Regularizer):
     inputs = "explanation"
 
     def __init__(self, alpha: float = 0.2, weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", detach_target: bool = False) -> None:
         super().__init__(reduction)
+        self.detach_target = check_flag(detach_target, "egl.regularizers.MixupConsistency", "detach_target")
         self.alpha = check_positive(alpha, "egl.regularizers.MixupConsistency", "alpha", allow_zero=False)
         self.weights = _check_weights(weights, "egl.regularizers.MixupConsistency")
 
@@ -217,11 +227,13 @@ class MixupConsistency(Regularizer):
         """:func:`mixup_consistency` with this module's weights and reduction (for callers that
         explain ``x`` and ``x̃`` in one pass: ALIGN's ``batch_mixup``)."""
         return mixup_consistency(saliency, saliency_mixed, logits_mixed, target, beta, partner,
-                                 weights=self.weights, reduction=self.reduction)  # type: ignore[arg-type]
+                                 weights=self.weights, reduction=self.reduction,  # type: ignore[arg-type]
+                                 detach_target=self.detach_target)
 
     def forward(self, explainer: Explainer, x: Tensor, target: Any, saliency: Tensor | None = None, *,
                 create_graph: bool = True) -> Tensor:
         return self.terms(explainer, x, target, saliency, create_graph=create_graph).total
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, weights={self.weights}, reduction={self.reduction!r}"
+        return (f"alpha={self.alpha}, weights={self.weights}, reduction={self.reduction!r}"
+                + (", detach_target=True" if self.detach_target else ""))

@@ -72,6 +72,18 @@ def test_warmup_has_no_masker_update_and_no_alignment_term() -> None:
     assert "masker/total" in logs[2] and "classifier/align" in logs[2]
 
 
+def test_masker_every_k_steps_after_the_warm_up_and_the_classifier_at_every_step() -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=1, masker_every=2)
+    assert [[p.name for p in recipe.active_phases(s)] for s in range(5)] == [
+        ["classifier"], ["masker", "classifier"], ["classifier"], ["masker", "classifier"], ["classifier"]]
+    logs = recipe.fit([_batch()], steps=4, seed=0, progress=False)
+    assert ["masker/total" in row for row in logs] == [False, True, False, True]
+    assert all("classifier/align" in row for row in logs[1:])  # the alignment term joins at the warm-up's end
+    assert recipe.config()["masker_every"] == 2
+    with pytest.raises(egl.InputError, match="'masker_every' expected an int >= 1, got 0"):
+        recipes.align(make_model("test_resnet"), masker_every=0)
+
+
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_convnext"])
 def test_three_steps_on_tiny_models(name: str, tmp_path) -> None:
     kwargs = {"output_stride": 16} if name == "test_resnet" else {}

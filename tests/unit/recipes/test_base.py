@@ -171,3 +171,14 @@ def test_phases_that_cannot_train_are_refused_and_a_module_outside_the_recipe_wa
     with pytest.warns(UserWarning, match=r"phase 'aux' updates \['Linear'\], which the recipe does not hold as a "
                       r"submodule: its weights are in no state_dict or checkpoint"):
         recipe.configure_optimizers()
+
+
+def test_a_phase_runs_every_k_steps_from_its_start() -> None:
+    from torch import nn
+
+    from egl.recipes import Phase
+
+    phase = Phase("p", nn.Linear(1, 1), lambda b, s: {}, start_step=3, every=2)
+    assert [s for s in range(9) if phase.active(s)] == [3, 5, 7]
+    with pytest.raises(egl.InputError, match="'every' expected an int >= 1, got 0"):
+        Phase("p", nn.Linear(1, 1), lambda b, s: {}, every=0)

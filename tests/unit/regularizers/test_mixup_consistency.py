@@ -287,3 +287,22 @@ def test_uint8_partners_are_refused_and_uint8_labels_taken() -> None:
         mixup_consistency(s, s, torch.randn(4, 3), y.long(), torch.rand(4), torch.tensor([2, 3, 0, 1], dtype=torch.uint8))
     terms = mixup_consistency(s, s, torch.randn(4, 3), y, torch.rand(4), torch.tensor([2, 3, 0, 1]))
     assert torch.isfinite(terms.total)
+
+
+def test_detach_target_stops_the_consistency_gradient_through_the_unmixed_maps() -> None:
+    g = torch.Generator().manual_seed(0)
+    sal = torch.rand(4, 1, 4, 4, generator=g).requires_grad_(True)
+    mixed = torch.rand(4, 1, 4, 4, generator=g).requires_grad_(True)
+    logits, y = torch.randn(4, NUM_CLASSES, generator=g), torch.tensor([0, 0, 1, 1])
+    beta, partner = torch.full((4,), 0.3), torch.tensor([1, 0, 3, 2])
+    default = mixup_consistency(sal, mixed, logits, y, beta, partner, weights=(1.0, 0.0, 0.0))
+    detached = mixup_consistency(sal, mixed, logits, y, beta, partner, weights=(1.0, 0.0, 0.0), detach_target=True)
+    torch.testing.assert_close(default.total, detached.total)  # the same value
+    (g_default,) = torch.autograd.grad(default.total, sal)
+    assert float(g_default.abs().sum()) > 0  # default: the unmixed maps are trained too (DRE's)
+    g_sal, g_mixed = torch.autograd.grad(detached.total, [sal, mixed], allow_unused=True)
+    assert g_sal is None and float(g_mixed.abs().sum()) > 0
+    reg = MixupConsistency(detach_target=True)
+    assert reg.detach_target and "detach_target=True" in repr(reg)
+    with pytest.raises(egl.InputError, match="'detach_target'"):
+        MixupConsistency(detach_target="yes")
