@@ -6,10 +6,10 @@ the first registry call (``list_components``, ``create``, ``plugin_report``).
 Example:
     >>> import egl
     >>> egl.list_components("masker")
-    ['grayscale', 'ground_truth', 'learned']
+    ['grayscale', 'ground_truth', 'learned', 'sam']
 """
 
-from egl._plugins import PluginInfo, plugin_report, register_plugin, unregister_plugin
+from egl._plugins import EGLPluginWarning, PluginInfo, plugin_report, register_plugin, unregister_plugin
 from egl._plugins import reset as reset_plugins
 from egl.errors import (
     ComponentNotFoundError,
@@ -39,6 +39,7 @@ __all__ = [
     "unregister_plugin",
     "reset_plugins",
     "PluginInfo",
+    "EGLPluginWarning",
     "hookimpl",
     "EGLError",
     "InputError",

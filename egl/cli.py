@@ -1,5 +1,5 @@
 """Command line: ``egl list``, ``egl plugins``, and the experiment commands ``demo``,
-``experiment``, ``train``, ``eval``, ``explain`` (see :mod:`egl.experiments.commands`)."""
+``experiment``, ``train``, ``eval``, ``explain``, ``sanity``, ``compare`` (see :mod:`egl.experiments.commands`)."""
 
 from __future__ import annotations
 

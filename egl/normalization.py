@@ -31,8 +31,8 @@ Example:
     >>> import timm, torch
     >>> from egl.normalization import normalize_inputs, input_normalization
     >>> model = normalize_inputs(timm.create_model("test_resnet", num_classes=3), "imagenet")
-    >>> input_normalization(model)[0]
-    'conv1'
+    >>> input_normalization(model)
+    ('conv1.0', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 """
 
 from __future__ import annotations
@@ -101,12 +101,25 @@ def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
 
 
 def input_normalization(model: nn.Module) -> tuple[str, tuple[float, ...], tuple[float, ...]] | None:
-    """``(stem name, mean, std)`` of the normalisation :func:`normalize_inputs` put in ``model``; None if none."""
+    """``(stem name, mean, std)`` of the normalisation :func:`normalize_inputs` put in ``model``; None if none.
+
+    The values are those stored, each as the shortest decimal that rounds to it in the buffers'
+    dtype (``0.485``, not float32's ``0.48500001430511475``)."""
     for name, module in model.named_modules():
         if isinstance(getattr(module, _MEAN, None), Tensor):
-            mean, std = getattr(module, _MEAN), getattr(module, _STD)
-            return name, tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
+            return name, _shortest(getattr(module, _MEAN)), _shortest(getattr(module, _STD))
     return None
+
+
+def _shortest(values: Tensor) -> tuple[float, ...]:
+    """``values`` as Python floats, each the shortest decimal that converts back to it in ``values.dtype``."""
+    out = []
+    for v in values.flatten().tolist():
+        if math.isfinite(v):  # (17 significant digits always convert back)
+            v = next(c for c in (float(f"{v:.{p}g}") for p in range(1, 18))
+                     if torch.tensor(c, dtype=values.dtype).item() == v)
+        out.append(v)
+    return tuple(out)
 
 
 def stem_mean(model: nn.Module) -> Tensor | None:

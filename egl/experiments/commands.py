@@ -1,5 +1,5 @@
 """The experiment commands of the ``egl`` CLI: ``train``, ``eval``, ``experiment``, ``explain``, ``sanity``,
-``demo``."""
+``compare``, ``demo``."""
 
 from __future__ import annotations
 
@@ -478,16 +478,17 @@ def add_commands(sub: Any) -> None:
                    "or <method>@<draw> for a draw of its sweep (methods.<method>.space, sweep.n, sweep.seed)")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="evaluate a saved model on the config's test sets")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="the model.pt written by egl train or egl experiment")
     p.add_argument("--split", action="append", help="test set name (repeatable; default: all)")
-    p.add_argument("--config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--config", help="YAML config file merged over the checkpoint's config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the checkpoint's config, e.g. --set eval.batch_size=64 (repeatable)")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("explain", help="write saliency overlay PNGs (Grad-CAM, or --explainer) for images with a "
                        "saved model")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="explanations")
+    p.add_argument("--checkpoint", required=True, help="the model.pt written by egl train or egl experiment")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", default="explanations", help="folder of the overlays (default explanations)")
     p.add_argument("--target", type=int, help="class to explain (default: the prediction)")
     p.add_argument("--explainer", default="grad_cam",
                    help="registered explainer (default grad_cam; e.g. layer_cam, grad_cam_plus_plus, input_gradient); "
@@ -500,7 +501,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_explain)
     p = sub.add_parser("sanity", help="Adebayo et al.'s parameter randomisation test of a saved model's maps: one "
                        "line per layer, and a figure")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="the model.pt written by egl train or egl experiment")
     p.add_argument("images", nargs="*", help="image files (default: the first --n images of a test split)")
     p.add_argument("--split", help="test split of the checkpoint's data (default: the first)")
     p.add_argument("--n", type=int, help="images taken from the split (default 8; not with image files)")

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, ContextManager, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from egl._arguments import record_subclass_arguments, records_arguments
 from egl._check import check_flag, check_model_dtype, check_shape, describe, fail
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
@@ -162,10 +163,12 @@ class Explainer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        record_subclass_arguments(cls)  # constructor arguments, for a recipe's config()
         explain = cls.__dict__.get("explain")
         if inspect.isfunction(explain) and not getattr(explain, "__egl_checked__", False):
             cls.explain = _checked(explain)  # type: ignore[method-assign]
 
+    @records_arguments
     def __init__(self, model: nn.Module, *, upsample: bool = True, normalize: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from egl._arguments import record_subclass_arguments, records_arguments
 from egl._check import check_choice, check_range, check_same_batch, check_shape
 from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
@@ -47,6 +48,11 @@ class AlignmentLoss(nn.Module):
     name: ClassVar[str] = ""
     inputs: ClassVar[str] = "saliency"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        record_subclass_arguments(cls)  # constructor arguments, for a recipe's config()
+
+    @records_arguments
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         check_choice(reduction, REDUCTIONS, f"egl.losses.{type(self).__name__}", "reduction")

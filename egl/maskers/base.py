@@ -16,9 +16,11 @@ them on disk (see :class:`egl.maskers.SAMMasker`).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
+
+from egl._arguments import record_subclass_arguments
 
 __all__ = ["Masker"]
 
@@ -30,6 +32,10 @@ class Masker(nn.Module):
     trainable: ClassVar[bool] = False
     needs_mask: ClassVar[bool] = False
     recomputable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        record_subclass_arguments(cls)  # constructor arguments, for a recipe's config()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._amp import inner_scale
+from egl._arguments import readable, record_subclass_arguments, records_arguments
 from egl._check import (batch_of_one, check_int, check_logits, check_model_dtype, check_positive, describe,
                         fail)
 from egl._deferred import DeferredChecks, deferred_checks
@@ -115,48 +116,6 @@ class frozen:
         self._saved.clear()
 
 
-def _records_arguments(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a recipe's ``__init__`` so that the outermost call stores its bound arguments
-    (defaults applied, ``**kwargs`` flattened) in ``self._init_arguments`` for ``config()``."""
-    sig = inspect.signature(init)
-    var_kw = [n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD]
-
-    @functools.wraps(init)
-    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
-        if "_init_arguments" not in self.__dict__:  # the most derived __init__ runs first
-            try:
-                bound = sig.bind(self, *args, **kwargs)
-            except TypeError:  # init itself raises the real error
-                pass
-            else:
-                bound.apply_defaults()
-                arguments = dict(list(bound.arguments.items())[1:])  # drop self
-                for name in var_kw:
-                    arguments.update(arguments.pop(name, {}))
-                object.__setattr__(self, "_init_arguments", arguments)
-        init(self, *args, **kwargs)
-
-    return wrapper
-
-
-def _readable(value: Any) -> Any:
-    """A JSON-friendly, human-readable form of a constructor argument."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_readable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _readable(v) for k, v in value.items()}
-    if isinstance(value, nn.Module):
-        cfg = getattr(value, "pretrained_cfg", None) or {}
-        detail = cfg.get("architecture") if isinstance(cfg, dict) else None
-        detail = detail or getattr(value, "name", None)
-        return f"{type(value).__name__}({detail})" if isinstance(detail, str) and detail else type(value).__name__
-    if isinstance(value, torch.Tensor):
-        return f"tensor(shape={list(value.shape)}, dtype={value.dtype})"
-    return repr(value)[:200]
-
-
 class _RunningStats:
     """A copy of the normalisation layers' running statistics (and the recipe's ``step_buffers``),
     taken before a phase's forward passes (which update them in training mode) and put back when
@@ -242,8 +201,7 @@ class Recipe(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__:  # record constructor arguments for config()
-            cls.__init__ = _records_arguments(cls.__dict__["__init__"])  # type: ignore[method-assign]
+        record_subclass_arguments(cls)  # constructor arguments, for config()
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments, defaults included, in a JSON-friendly readable form.
@@ -258,12 +216,12 @@ class Recipe(nn.Module):
             >>> cfg["model"], cfg["lr"]
             ('ResNet(test_resnet)', 0.0001)
         """
-        cfg = {k: _readable(v) for k, v in getattr(self, "_init_arguments", {}).items()}
+        cfg = {k: readable(v) for k, v in getattr(self, "_init_arguments", {}).items()}
         if "optimizer" in cfg and isinstance(self.__dict__.get("optimizer_spec"), dict):  # "sgd" == {"name": "sgd"}
             cfg["optimizer"] = describe_optimizer(self.__dict__["optimizer_spec"])
         return cfg
 
-    @_records_arguments
+    @records_arguments
     def __init__(self, model: nn.Module, *, lr: float = 5e-5, weight_decay: float = 0.0,
                  optimizer: str | dict[str, Any] = "adam") -> None:
         super().__init__()

@@ -9,10 +9,11 @@ Two kinds of input, declared by ``inputs``:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
+from egl._arguments import record_subclass_arguments, records_arguments
 from egl._check import check_choice
 from egl.losses._reduction import REDUCTIONS
 
@@ -25,6 +26,11 @@ class Regularizer(nn.Module):
     name: ClassVar[str] = ""
     inputs: ClassVar[str] = "mask"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        record_subclass_arguments(cls)  # constructor arguments, for a recipe's config()
+
+    @records_arguments
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
         check_choice(reduction, REDUCTIONS, f"egl.regularizers.{type(self).__name__}", "reduction")

@@ -172,9 +172,11 @@ def _check_same_arguments(saved: object, recipe: "Recipe", path: Path) -> None:
     An argument that differs refuses the resume (``align_weight=0.2`` resumed at 0.1 trained
     another method from the step it left off, and a changed ``lr`` was silently replaced by the
     optimizer state's). Values are compared as the config shows them (numbers by value: 100 and
-    100.0 are one; objects such as an explainer instance by their description, their type and
-    model, so a change inside one is not seen); values shown by an address (a function's
-    ``repr``) are not compared. Arguments in the recipe's ``resume_free`` (ALIGN's
+    100.0 are one; an egl component given as an instance by its class, name and constructor
+    arguments, so ``bce`` with another ``eps`` is seen; other objects by their description);
+    values shown by an address (a function's ``repr``) are not compared. A component described
+    by an egl older than its arguments' record (``"BCEAlignmentLoss(bce)"``) is taken as the
+    same when the class and name agree, with a warning. Arguments in the recipe's ``resume_free`` (ALIGN's
     ``masker_checkpoint``) may differ, with a warning. An argument the checkpoint lacks (written
     by an older egl) or has and the recipe does not (a newer one) is named in a warning, with
     the value this run takes. Rank 0 decides and tells the others (a value shown differently on
@@ -205,12 +207,16 @@ def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tu
     text = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
     differ = sorted(k for k in set(saved) & set(mine)
                     if canon(saved[k]) != canon(mine[k]) and not _ADDRESS.search(text(saved[k]) + text(mine[k])))
+    older = [k for k in differ if _older_description(saved[k], mine[k])]
+    differ = [k for k in differ if k not in older]
     strict = [k for k in differ if k not in recipe.resume_free]
     if strict:
         return ("error", ", ".join(f"{k}={saved[k]!r}" for k in strict) + "\0"
                 + ", ".join(f"{k}={mine[k]!r}" for k in strict))
     notes = [f"{k} was {saved[k]!r}, is {mine[k]!r} (how a step is computed, not what: the run goes on)"
              for k in differ]
+    notes += [f"{k} was described as {saved[k]!r} by an older egl, without its arguments: taken as {mine[k]!r}"
+              for k in older]
     notes += [f"{k}={mine[k]!r} is new (the checkpoint predates it: the run continues with it)"
               for k in sorted(set(mine) - set(saved))]
     notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)"
@@ -218,6 +224,13 @@ def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tu
     if not notes:
         return None
     return ("warn", f"{FN}: resuming from the checkpoint in {path.parent}: " + "; ".join(notes) + ".")
+
+
+def _older_description(was: object, now: object) -> bool:
+    """``was`` is a component's description from before its arguments were recorded
+    (``"Class(name)"``) and ``now`` the same class and name with arguments."""
+    return (isinstance(was, str) and isinstance(now, str) and was.endswith(")") and "," not in was
+            and now.startswith(was[:-1] + ", "))
 
 
 def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:

@@ -21,7 +21,9 @@ def test_config_records_the_outermost_constructor_with_defaults() -> None:
     recipe = recipes.align(make_model("test_resnet"), warmup_steps=7, masker=LearnedMasker(width=4))
     cfg = recipe.config()
     assert cfg["warmup_steps"] == 7 and cfg["masker_lr"] == 1e-3 and cfg["lr"] == 5e-5
-    assert cfg["model"] == "ResNet(test_resnet)" and cfg["masker"] == "LearnedMasker(learned)"
+    assert cfg["model"] == "ResNet(test_resnet)"
+    assert cfg["masker"] == ("LearnedMasker(learned, in_channels=3, width=4, memory_format='auto', "
+                             "recompute_bn=True)")  # a component instance: its class, name and arguments
     json.dumps(cfg)  # JSON-friendly
     assert recipes.erm(make_model("test_resnet"), lr=1e-4).config() == {
         "model": "ResNet(test_resnet)", "lr": 1e-4, "weight_decay": 0.0, "optimizer": "adam"}

@@ -451,3 +451,27 @@ def test_a_resume_with_another_optimizer_is_refused_and_equal_spellings_resume(t
     logs = recipes.erm(make_model("test_resnet", eval_mode=False), optimizer={"name": "sgd", "momentum": 0.9}).fit(
         _loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
     assert [row["step"] for row in logs] == [1]
+
+
+def test_a_component_instance_built_otherwise_refuses_the_resume(tmp_path: Path) -> None:
+    """An instance read as its class only: a resume with bce(eps=0.1) went on from bce(eps=1e-6)."""
+    def run(eps: float, resume: bool) -> None:
+        recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0,
+                               alignment=egl.create("alignment", "bce", eps=eps))
+        recipe.fit(_loader("global_rng"), 2 if resume else 1, progress=False, checkpoint_dir=tmp_path, resume=resume)
+
+    run(1e-6, False)
+    with pytest.raises(egl.InputError, match=r"alignment=\"BCEAlignmentLoss\(bce, reduction='mean', eps=1e-06\)\""):
+        run(0.1, True)
+    run(1e-6, True)  # built alike: the run goes on
+
+
+def test_a_component_described_by_an_older_egl_resumes_with_a_warning(tmp_path: Path) -> None:
+    recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0,
+                           alignment=egl.create("alignment", "bce"))
+    recipe.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    ckpt["config"]["alignment"] = "BCEAlignmentLoss(bce)"  # how egl described instances before
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.warns(UserWarning, match=r"alignment was described as 'BCEAlignmentLoss\(bce\)' by an older egl"):
+        recipe.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
