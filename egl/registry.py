@@ -17,7 +17,7 @@ import inspect
 from typing import Any
 
 from egl import _plugins
-from egl._check import check_choice, fail
+from egl._check import check_choice, describe, fail
 from egl.errors import ComponentNotFoundError
 
 __all__ = ["KINDS", "list_components", "get_component", "create", "resolve", "component_source"]
@@ -74,9 +74,28 @@ def create(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def resolve(kind: str, spec: Any, *args: Any, **kwargs: Any) -> Any:
-    """``spec`` as a component: a registered name is created, anything else is returned as is."""
+    """``spec`` as a component: a registered name is created (with ``args`` and ``kwargs``), a dict
+    ``{"name": ..., "kwargs": {...}}`` too (its kwargs over ``kwargs``: the form a YAML config
+    writes, ``masker: {name: learned, kwargs: {width: 16}}``, as ``data.masks_from`` does), anything
+    else is returned as is.
+
+    Example:
+        >>> import egl
+        >>> egl.resolve("alignment", {"name": "bce", "kwargs": {"eps": 1e-3}}).eps
+        0.001
+    """
     if isinstance(spec, str):
         return _build(_lookup(kind, spec, "egl.resolve"), kind, spec, "egl.resolve", args, kwargs)
+    if isinstance(spec, dict):
+        name, extra = spec.get("name"), getattr(spec.get("kwargs"), "items", None)
+        if not isinstance(name, str) or set(spec) - {"name", "kwargs"} or (spec.get("kwargs") is not None
+                                                                           and not isinstance(spec["kwargs"], dict)):
+            example = (list_components(kind) or ["..."])[0]
+            raise fail("egl.resolve", kind, f"a registered {kind} name, an instance, or a dict {{name: ..., "
+                       f"kwargs: {{...}}}}", f"{describe(spec)}",
+                       f"Write e.g. {{'name': '{example}', 'kwargs': {{...}}}}: the arguments go under 'kwargs'")
+        arguments = dict(extra()) if extra is not None else {}
+        return _build(_lookup(kind, name, "egl.resolve"), kind, name, "egl.resolve", args, {**kwargs, **arguments})
     return spec
 
 

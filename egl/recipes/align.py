@@ -106,7 +106,9 @@ class ALIGN(Recipe):
 
     Args:
         model: the classifier (any timm model; others with ``layer=``).
-        masker: registered masker name or instance (default ``"learned"``).
+        masker: registered masker name or instance (default ``"learned"``). Each of the four
+            components may also be a dict ``{"name": ..., "kwargs": {...}}`` (a YAML config's form:
+            ``masker: {name: learned, kwargs: {width: 16}}``; :func:`egl.resolve`).
         explainer: registered explainer name or instance (default ``"grad_cam"``).
         alignment: registered alignment loss name or instance (default ``"bce"``).
         regularizer: registered regularizer name or instance (default ``"mixup_consistency"``), or None.
@@ -165,7 +167,8 @@ class ALIGN(Recipe):
                                       fix="Pass masker_every=1 to run the masker phase at every step")
         self.masker = resolve("masker", masker)
         if not isinstance(self.masker, Masker):
-            raise fail(fn, "masker", "a registered masker name or an egl.maskers.Masker", repr(masker),
+            raise fail(fn, "masker", "a registered masker name, {name: ..., kwargs: {...}}, or an egl.maskers.Masker",
+                       repr(masker),
                        "See egl.list_components('masker')")
         free = sum(p.numel() for p in self.masker.parameters() if p.requires_grad)
         if free and not self.masker.trainable:

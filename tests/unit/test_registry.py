@@ -231,3 +231,20 @@ def test_create_names_arguments_the_component_does_not_take() -> None:
     with pytest.raises(egl.InputError, match=r"egl.resolve: 'args' expected the arguments of masker 'grayscale'"):
         egl.resolve("masker", "grayscale", 1, 2)
     assert egl.create("masker", "grayscale", rescale="minmax") is not None
+
+
+def test_resolve_takes_a_name_and_kwargs_dict_as_a_yaml_config_writes_it() -> None:
+    import egl
+
+    loss = egl.resolve("alignment", {"name": "bce", "kwargs": {"eps": 1e-3}})
+    assert type(loss).__name__ == "BCEAlignmentLoss" and loss.eps == 1e-3
+    assert egl.resolve("alignment", {"name": "l1"}).reduction == "mean"  # kwargs may be left out
+    assert egl.resolve("regularizer", {"name": "sparsity", "kwargs": {}}, reduction="sum").reduction == "sum"
+    assert egl.resolve("regularizer", {"name": "sparsity", "kwargs": {"reduction": "sum"}}, reduction="mean"
+                       ).reduction == "sum"  # the dict's own arguments win
+    for bad in ({"nam": "bce"}, {"name": "bce", "eps": 1e-3}, {"name": "bce", "kwargs": [1]}):
+        with pytest.raises(egl.InputError, match=r"'alignment' expected a registered alignment name, an instance, "
+                                                 r"or a dict \{name: \.\.\., kwargs: \{\.\.\.\}\}.*under 'kwargs'"):
+            egl.resolve("alignment", bad)
+    with pytest.raises(egl.InputError, match="Did you mean 'eps'"):
+        egl.resolve("alignment", {"name": "bce", "kwargs": {"epsilon": 1e-3}})

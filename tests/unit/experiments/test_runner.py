@@ -124,6 +124,8 @@ def test_an_experiment_imputes_the_background_swaps_backgrounds_once_for_all_its
     ("{align_weight: -1}", "'align_weight' expected a finite number >= 0, got -1"),
     ("{align_wieght: 1}", "got an unexpected keyword argument 'align_wieght'"),
     ("{masker: grey}", "expected a registered masker name, got 'grey'"),
+    ("{masker: {name: learned, kwargs: {widht: 4}}}", "Did you mean 'width' (for 'widht')?"),
+    ("{masker: {name: learned, width: 4}}", "the arguments go under 'kwargs'"),
 ])
 def test_a_methods_bad_kwargs_stop_the_grid_before_any_folder_or_run(tmp_path: Path, kwargs: str,
                                                                       message: str) -> None:

@@ -411,3 +411,11 @@ def test_alignment_and_regularizer_are_checked_when_the_recipe_is_built() -> Non
                                                     r"inputs='class_map'")):
         with pytest.raises(egl.InputError, match=message):
             recipes.align(model, **kwargs)
+
+
+def test_components_as_name_and_kwargs_dicts_are_built_and_recorded() -> None:
+    recipe = recipes.align(make_model("test_resnet"), masker={"name": "learned", "kwargs": {"width": 4}},
+                           alignment={"name": "bce", "kwargs": {"eps": 1e-3}}, explainer={"name": "layer_cam"})
+    assert recipe.masker.net[0].out_channels == 4 and recipe.alignment.eps == 1e-3
+    assert type(recipe.explainer).__name__ == "LayerCAM"
+    assert recipe.config()["masker"] == {"name": "learned", "kwargs": {"width": 4}}
