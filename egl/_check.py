@@ -32,6 +32,7 @@ __all__ = [
     "check_size",
     "check_known_keys",
     "describe",
+    "check_eval_mode",
 ]
 
 
@@ -287,3 +288,21 @@ def check_size(size: object, fn: str, arg: str = "size") -> tuple[int, int]:
         raise fail(fn, arg, "an output size (H, W): two ints >= 1", repr(size)[:100],
                    "Pass a pair such as x.shape[-2:] (or (n, n) for a square)")
     return pair
+
+
+def check_eval_mode(model: object, fn: str, *, batchnorm_only: bool = False,
+                    why: str = "batch statistics and dropout would move the scores of the perturbed images by "
+                               "themselves", fix: str = "Call model.eval() first") -> None:
+    """Refuse a module in training mode whose outputs depend on it (batch normalisation, dropout,
+    stochastic depth; ``batchnorm_only``: batch normalisation alone, whose training mode also mixes
+    the images of a batch and moves the running statistics). A plain callable, or a module with no
+    such layer (a linear model), is left alone."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    for name, m in model.named_modules():
+        moving = isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or not batchnorm_only and (
+            (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+            or float(getattr(m, "drop_prob", 0.0) or 0.0) > 0)  # (timm's DropPath; Dropout(0.) changes nothing)
+        if m.training and moving:
+            raise fail(fn, "model", f"a model in eval mode ({why})", f"{name or type(model).__name__!r} "
+                       f"({type(m).__name__}) in training mode", fix)

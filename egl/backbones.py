@@ -33,6 +33,7 @@ raises :class:`~egl.errors.UnsupportedModelError` naming a ``layer=`` that works
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,9 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import fail
-from egl._module_hooks import structure_stamp
+from egl._module_hooks import bypassable, structure_stamp
 from egl._transfer import upload
-from egl.errors import UnsupportedModelError
+from egl.errors import InputError, UnsupportedModelError
 
 __all__ = ["Target", "resolve_target", "tokens_to_grid", "patch_grid", "pool_features", "is_timm_model",
            "map_layout", "is_vit", "unsupported_model", "features_layout"]
@@ -73,6 +74,35 @@ def is_timm_model(model: nn.Module) -> bool:
     return all(callable(getattr(model, a, None)) for a in ("forward_features", "forward_head", "get_classifier"))
 
 
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``
+    wrappers, or a timm model that a module of the user's holds with every parameter
+    (``self.backbone``), and the dotted prefix that reaches it (``"module."``, ``"_orig_mod."``,
+    ``"backbone."``; ``""`` for a model that is not wrapped)."""
+    prefix = ""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model, prefix = model.module, prefix + "module."
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model, prefix = model._orig_mod, prefix + "_orig_mod."
+        elif not is_timm_model(model) and (inside := _timm_inside(model))[1]:
+            model, prefix = inside[0], prefix + inside[1]
+        else:
+            return model, prefix
+
+
+def split_forward(model: nn.Module) -> bool:
+    """True when ``model(x)`` is ``forward_head(forward_features(x))``, so that egl may call the two
+    halves itself (Grad-CAM's closed form): a timm model whose ``forward`` is timm's own (not a
+    subclass's override, nor one set on the instance) and with no hook on the model itself (a
+    top-level pre-hook that normalises, a forward hook that rescales). Otherwise ``layer="auto"``
+    hooks a layer and runs ``model(x)``."""
+    if not is_timm_model(model) or not bypassable(model):
+        return False
+    owner = next((c for c in type(model).__mro__ if "forward" in vars(c)), None)
+    return owner is not None and owner.__module__.split(".")[0] == "timm"
+
+
 class _LayoutError(UnsupportedModelError):
     """Tokens or features whose layout egl cannot read; ``detail`` says why (without advice)."""
 
@@ -82,7 +112,9 @@ class _LayoutError(UnsupportedModelError):
 
 
 def _patch_embed(model: nn.Module) -> nn.Module | None:
-    """The patch embedding that fixes the token grid: ``patch_embed``, or an MLP-Mixer's ``stem``."""
+    """The patch embedding that fixes the token grid: ``patch_embed``, or an MLP-Mixer's ``stem``
+    (of the model inside a DataParallel / DDP / torch.compile wrapper)."""
+    model = unwrap(model)[0]
     for name in ("patch_embed", "stem"):
         pe = getattr(model, name, None)
         if isinstance(pe, nn.Module) and getattr(pe, "patch_size", None) is not None:
@@ -103,6 +135,7 @@ def patch_grid(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
     Raises:
         UnsupportedModelError: the model has no patch embedding to read the grid from.
     """
+    model = unwrap(model)[0]  # (a wrapper's layout is its model's)
     pe: Any = _patch_embed(model)
     if pe is None:
         detail = f"{type(model).__name__} emits tokens but has no patch embedding to lay them out on a grid"
@@ -132,6 +165,7 @@ def tokens_to_grid(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int], 
     Shape:
         tokens: ``B N C`` with ``N = num_prefix_tokens + h*w``; returns ``B C h w``.
     """
+    model = unwrap(model)[0]  # (a wrapper's layout is its model's)
     h, w = patch_grid(model, input_hw)
     prefix = int(getattr(model, "num_prefix_tokens", 0) or 0) if prefix is None else prefix
     if tokens.shape[1] != prefix + h * w:
@@ -146,6 +180,7 @@ def tokens_to_grid(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int], 
 def token_prefix(tokens: Tensor, model: nn.Module, input_hw: tuple[int, int]) -> int | None:
     """Prefix tokens to drop from a hooked token activation: none when the activation holds the
     patch tokens alone (CaiT's and XCiT's blocks add the class token only later), else the model's."""
+    model = unwrap(model)[0]  # (a wrapper's layout is its model's)
     try:
         h, w = patch_grid(model, input_hw)
     except _LayoutError:
@@ -159,6 +194,7 @@ def pool_features(feats: Tensor, fmt: str, model: nn.Module) -> Tensor:
     ``NCHW``/``NHWC`` maps pool to one position (``keepdim``); ``NLC`` tokens keep their prefix
     tokens and have the patch tokens replaced by their mean (one token).
     """
+    model = unwrap(model)[0]  # (a wrapper's layout is its model's)
     if fmt == "NLC":
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         return torch.cat([feats[:, :prefix], feats[:, prefix:].mean(dim=1, keepdim=True)], dim=1)
@@ -228,6 +264,7 @@ def map_layout(model: nn.Module, act: Tensor, input_hw: tuple[int, int]) -> str:
         >>> map_layout(torch.nn.Identity(), torch.zeros(2, 96, 56, 56), (224, 224))
         'NCHW'
     """
+    model = unwrap(model)[0]  # (a wrapper's layout is its model's)
     _, a, b, c = act.shape
     big_h, big_w = input_hw
 
@@ -387,6 +424,17 @@ def head_kind(model: nn.Module, target: Target, feats: Tensor) -> str:
 _PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], str]]" = weakref.WeakKeyDictionary()
 
 
+def _spatial(out: Tensor, x: Tensor) -> bool:
+    """A 4-D output that reads as a map of ``x`` (NCHW or NHWC): at most the input's size, shrunk by
+    factors along the two axes within 2x of each other. Attention's ``[B, heads, tokens, head_dim]``
+    tensors are not (a ViT's ``k_norm`` at 64 px: 17 x 64 of 64 x 64)."""
+    ih, iw = int(x.shape[-2]), int(x.shape[-1])
+    for h, w in ((int(out.shape[-2]), int(out.shape[-1])), (int(out.shape[1]), int(out.shape[2]))):
+        if 0 < h <= ih and 0 < w <= iw and abs(math.log((ih / h) / (iw / w))) <= math.log(2.0):
+            return True
+    return False
+
+
 def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> list[str]:
     """Dotted names of the modules emitting a ``[B, C, H, W]`` map (batch ``B``, H·W > 1), in
     execution order, from one forward pass (no grad, RNG and buffers untouched, hooks removed)."""
@@ -397,7 +445,7 @@ def _maps_in_order(model: nn.Module, x: Tensor, convs_only: bool = False) -> lis
     def make(name: str):
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
             if isinstance(out, Tensor) and out.dim() == 4 and out.shape[0] == xb.shape[0] \
-                    and out.shape[-1] * out.shape[-2] > 1:
+                    and out.shape[-1] * out.shape[-2] > 1 and _spatial(out, xb):
                 order.append(name)
         return hook
 
@@ -491,12 +539,42 @@ def resolve_target(model: nn.Module, layer: str = "auto", x: Tensor | None = Non
     if not isinstance(layer, str):
         raise fail(fn, "layer", "'auto' or a dotted module path such as 'layer4'", repr(layer),
                    "Pass the module's name as a string")
-    vit = is_vit(model)
+    inner, prefix = unwrap(model)  # DataParallel, DDP, torch.compile: the timm model inside
+    vit = is_vit(inner)
     if layer != "auto":
-        return Target(layer, _module(model, layer, fn), "none", "NLC" if vit else "NCHW")
+        try:
+            module = _module(model, layer, fn)
+        except InputError:
+            if not prefix:
+                raise
+            module = _module(inner, layer, fn)  # (the inner model's names, as written for it)
+        return Target(layer, module, "none", "NLC" if vit else "NCHW")
+    if prefix:  # run through the wrapper, hooking a layer of the model inside
+        found = _auto_target(inner, x, fn, split=False)
+        return Target(prefix + found.name, found.module, found.head, found.fmt)
+    return _auto_target(model, x, fn, split=split_forward(model))
+
+
+def _timm_inside(model: nn.Module) -> tuple[nn.Module, str]:
+    """A timm model that a module of the user's holds with every parameter (``self.backbone =
+    timm.create_model(...)`` beside a forward that picks the logits), and its dotted prefix; the
+    model itself and ``""`` when there is none (its layers are then probed)."""
+    total = sum(p.numel() for p in model.parameters())
+    for name, sub in model.named_modules():
+        if name and is_timm_model(sub):
+            if total and sum(p.numel() for p in sub.parameters()) == total:
+                return sub, name + "."
+            break  # the outermost timm model does not hold everything: no single model inside
+    return model, ""
+
+
+def _auto_target(model: nn.Module, x: Tensor | None, fn: str, *, split: bool) -> Target:
+    """``layer="auto"``: the features of a split forward (``split``), a ViT's last ``norm1``, or the
+    last spatial map of a probed forward pass."""
+    vit = is_vit(model)
     if vit:
         pool_fmt = _avg_pool_fmt(model)
-        if pool_fmt == "NLC":
+        if pool_fmt == "NLC" and split:
             return Target(FEATURES, None, "pooled", "NLC")
         last = len(model.blocks) - 1  # type: ignore[arg-type]
         if not isinstance(getattr(model.blocks[last], "norm1", None), nn.Module):  # type: ignore[index]
@@ -506,7 +584,7 @@ def resolve_target(model: nn.Module, layer: str = "auto", x: Tensor | None = Non
                 f"Pass layer='blocks.{last}.<name of the norm before the attention>'.")
         name = f"blocks.{last}.norm1"
         return Target(name, _module(model, name, fn), "none", "NLC")
-    if is_timm_model(model):
+    if split:
         pool_fmt = _avg_pool_fmt(model)
         return Target(FEATURES, None, "pooled" if pool_fmt else "none", _features_fmt(model, pool_fmt))
     if x is None:

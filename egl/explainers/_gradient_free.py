@@ -46,7 +46,7 @@ class GradientFreeCAM(GradCAM):
         fn = f"egl.explainers.{self.name}"
         x = self._check_input(x, create_graph)  # (refuses create_graph=True)
         tgt = targets(target, x.shape[0], fn, x.device)
-        if self._target is None or self._probed:
+        if self._target is None or self._probed or self._stale_split():
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         try:

@@ -173,6 +173,11 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",
                        describe(model), "Pass the classifier module itself")
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            # torch.compile: hooks registered after compiling go unseen (dynamo does not guard on
+            # them) and compiled graphs have no double backward, so explain the eager model inside
+            # (the same parameters, the same values)
+            model = model._orig_mod
         self.model = model
         fn = f"egl.explainers.{type(self).__name__}"
         self.upsample = check_flag(upsample, fn, "upsample")

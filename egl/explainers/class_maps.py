@@ -72,7 +72,7 @@ def class_maps(model: nn.Module, x: Tensor, *, layer: str = "auto", create_graph
     variant = weighting if weighting is not None and (not same_maps_as_grad_cam(weighting)
                                                       or weighting.detach_weights) else None
     x = cam._check_input(x, create_graph)
-    if cam._target is None:
+    if cam._target is None or cam._stale_split():
         cam._target = resolve_target(model, layer, x, fn=fn)
     try:
         maps, logits = _maps(cam, x, create_graph, fn, variant)

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from egl._amp import inner_grad
 from egl._check import batch_of_one, check_choice, check_flag, check_logits, fail
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
-                            resolve_target, token_prefix, tokens_to_grid, unsupported_model)
+                            resolve_target, split_forward, token_prefix, tokens_to_grid, unsupported_model,
+                            unwrap)
 from egl.errors import UnsupportedModelError
 from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
@@ -131,12 +132,21 @@ class GradCAM(Explainer):
         check_choice(backend, BACKENDS, ctor, "backend")  # not after a whole forward
         self.backend = backend
         self._target: Target | None = None
-        # a non-timm model with layer="auto" is probed per input size (cached): resolved every call
-        self._probed = layer == "auto" and not hasattr(model, "forward_features")
+        # a model egl cannot split into forward_features / forward_head (not timm's, a forward of its
+        # own, a hook on the model) with layer="auto" is probed per input size (cached): resolved every call
+        self._probed = layer == "auto" and not split_forward(self.model)
         self._warned_sizes: set[tuple[int, int]] = set()  # input sizes whose 1 x 1 map was warned about
+        self._token_checked: set[str] = set()  # token layers whose patch-token gradient was checked
         if not self._probed:
-            self._target = resolve_target(model, layer, fn=ctor)
+            self._target = resolve_target(self.model, layer, fn=ctor)
         self.last_path: str | None = None  # which path the last call took (for tests and logs)
+
+    def _stale_split(self) -> bool:
+        """The target is the split forward's features, but the model has since got a hook or a
+        forward of its own: from now on, a probed layer (the forward egl would skip must run)."""
+        if self._target is not None and self._target.module is None and not split_forward(self.model):
+            self._probed = True
+        return self._probed
 
     @property
     def target_layer(self) -> str | None:
@@ -152,7 +162,7 @@ class GradCAM(Explainer):
         fn = f"egl.explainers.{self.name}"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
-        if self._target is None or self._probed:
+        if self._target is None or self._probed or self._stale_split():
             self._target = resolve_target(self.model, self.layer, x, fn=fn)
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         try:
@@ -176,6 +186,22 @@ class GradCAM(Explainer):
         if not create_graph:
             sal, logits = sal.detach(), logits.detach()
         return Explanation(sal.to(x.dtype) if x.is_floating_point() else sal, logits)
+
+    def _check_patch_gradient(self, grad: Tensor, fn: str) -> None:
+        """Once per target layer (one read): warn when the class score's gradient reaches the prefix
+        tokens only. In a ViT that classifies from its class token, the last block's output (and the
+        final norm) feed the head through that token alone, so the patch tokens' map is all zero and
+        an alignment loss on it trains nothing."""
+        name = self._target.name  # type: ignore[union-attr]
+        self._token_checked.add(name)
+        prefix = int(getattr(unwrap(self.model)[0], "num_prefix_tokens", 0) or 0)
+        if prefix <= 0 or grad.dim() != 3 or grad.shape[1] <= prefix:
+            return
+        if float(grad[:, prefix:].detach().abs().amax()) == 0.0 and float(grad[:, :prefix].detach().abs().amax()) > 0:
+            warnings.warn(f"{fn}: at layer '{name}' the class score's gradient reaches the prefix (class) tokens "
+                          "only: the patch tokens' map is all zero, and an alignment loss on it trains nothing. "
+                          "In a ViT that classifies from its class token, take Grad-CAM before the last block's "
+                          "attention: layer='blocks.-1.norm1' (what layer='auto' picks).", stacklevel=5)
 
     def _warn_one_position(self, hw: tuple[int, int], fn: str) -> None:
         """Once per input size: a 1 x 1 map is one value per image, so every map is constant."""
@@ -273,6 +299,8 @@ class GradCAM(Explainer):
                               retain_graph=create_graph, allow_unused=True)[0]
         if grad is None:
             grad = torch.zeros_like(act)
+        if fmt == "NLC" and self._target is not None and self._target.name not in self._token_checked:
+            self._check_patch_gradient(grad, fn)
         with torch.set_grad_enabled(create_graph):
             a = _to_nchw(act, fmt, self.model, hw)
             g = _to_nchw(grad, fmt, self.model, hw)

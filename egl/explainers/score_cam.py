@@ -23,8 +23,11 @@ Choices where the paper is silent or its code differs:
   The maps are the same wherever the weighted sum is non-negative (probabilities times a CNN's
   post-ReLU activations); on signed activations (ViT tokens) they may differ.
 * Inference only (``differentiable = False``); the forward passes run in the model's current
-  mode: call it in ``eval()`` (in training mode BatchNorm layers would normalise with, and
-  update their running statistics from, the masked images).
+  mode, and a model with BatchNorm in training mode is refused (its layers would normalise with,
+  and update their running statistics from, the masked images): call ``model.eval()`` first.
+* ``x · M_k`` is taken in the model's normalised space, as the authors' code multiplies its
+  normalised tensors: for a model whose stem normalises egl's [0, 1] images
+  (:func:`egl.normalization.normalize_inputs`) the masked-out pixels take the stem's mean colour.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egl._check import check_int
+from egl._check import check_eval_mode, check_int
+from egl._transfer import upload
 from egl.explainers._gradient_free import GradientFreeCAM
 from egl.explainers.grad_cam import CAMParts
+from egl.normalization import stem_mean
 
 __all__ = ["ScoreCAM", "score_cam"]
 
@@ -70,6 +75,13 @@ class ScoreCAM(GradientFreeCAM):
         self.batch_size = check_int(batch_size, f"egl.explainers.{type(self).__name__}", "batch_size", low=1,
                                     fix="Pass e.g. batch_size=64 (masked images per forward pass)")
 
+    def _forward_activations(self, x: Tensor, fn: str, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        check_eval_mode(self.model, fn, batchnorm_only=True,  # (before the first forward pass)
+                        why="BatchNorm in training mode would normalise the masked images together and move its "
+                            "running statistics towards them", fix="Call model.eval() first (Score-CAM explains "
+                                                                   "a trained model; it trains nothing)")
+        return super()._forward_activations(x, fn, hw)
+
     def parts(self, x: Tensor, acts: Tensor, t: Tensor) -> CAMParts:
         return acts, self.channel_scores(x, acts, t), 1.0
 
@@ -79,6 +91,9 @@ class ScoreCAM(GradientFreeCAM):
         images a forward pass (blocks of images times blocks of channels)."""
         b, c = acts.shape[:2]
         hw = x.shape[-2:]
+        mean = stem_mean(self.model)  # masked-out pixels are zero in the model's normalised space
+        if mean is not None:
+            mean = upload(mean, x.device, x.dtype)
         images = min(b, self.batch_size)  # images per block
         out = acts.new_zeros(b, c, dtype=torch.float32)
         for i in range(0, b, images):
@@ -91,7 +106,9 @@ class ScoreCAM(GradientFreeCAM):
                 span = up.amax(dim=(2, 3), keepdim=True) - lo
                 masks = torch.where(span > 0, (up - lo) / span.clamp(min=torch.finfo(up.dtype).tiny), 0.0)
                 m, n = masks.shape[:2]
-                masked = (xi[:, None] * masks[:, :, None].to(x.dtype)).flatten(0, 1)  # [m * n, C_in, H, W]
+                keep = masks[:, :, None].to(x.dtype)
+                masked = (xi[:, None] * keep if mean is None else mean + (xi[:, None] - mean) * keep
+                          ).flatten(0, 1)  # [m * n, C_in, H, W]
                 probs = self.model(masked).float().softmax(dim=1).view(m, n, -1)
                 scores = probs.gather(2, ti.expand(m, n, 1)).squeeze(2)
                 out[i:i + m, k:k + n] = torch.where(span.view(m, n) > 0, scores, 0.0)

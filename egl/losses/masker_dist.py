@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import (check_choice, check_logits, check_model_dtype, check_same_batch, check_shape, describe,
+from egl._check import (check_choice, check_eval_mode, check_logits, check_model_dtype, check_same_batch, check_shape, describe,
                         fail)
 from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
@@ -78,6 +78,11 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
                    "Resize them, e.g. torch.nn.functional.interpolate(mask, size=x.shape[-2:], mode='bilinear') "
                    "(a masker should return masks at its input's size)")
     b = x.shape[0]
+    check_eval_mode(model, fn, batchnorm_only=True,
+                    why="BatchNorm in training mode would normalise the two masked halves together and move its "
+                        "running statistics towards masked images",
+                    fix="Call model.eval() for the masker step and model.train() after it, as ALIGN's masker "
+                        "phase does")
     mean = stem_mean(model) if isinstance(model, nn.Module) else None
     if mean is None:
         pair = torch.cat([x * mask, x * (1.0 - mask)], dim=0)

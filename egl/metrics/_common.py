@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
-from torch import Tensor, nn
+from torch import Tensor
 
 from egl._check import (
     check_choice,
@@ -20,6 +20,7 @@ from egl._check import (
     describe,
     fail,
 )
+from egl._check import check_eval_mode
 from egl._transfer import upload
 
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
@@ -29,23 +30,6 @@ BASELINES = ("zero", "blur", "mean", "linear", "noisy_linear")
 #: Baselines that fill the removed pixels from the kept ones (ROAD's imputation): their values
 #: depend on which pixels are removed, so they are computed per perturbed image.
 IMPUTED = {"linear": 0.0, "noisy_linear": 0.01}
-
-
-def check_eval_mode(model: object, fn: str) -> None:
-    """Refuse a module in training mode whose outputs depend on it (batch normalisation, dropout,
-    stochastic depth): the perturbed copies of a batch would be normalised together, or dropped at
-    random, and the scores would move by themselves. A plain callable, or a module with no such
-    layer (a linear model), is left alone."""
-    if not isinstance(model, nn.Module):
-        return
-    for name, m in model.named_modules():
-        moving = isinstance(m, nn.modules.batchnorm._BatchNorm) or \
-            (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) or \
-            float(getattr(m, "drop_prob", 0.0) or 0.0) > 0  # (timm's DropPath; Dropout(0.) changes nothing)
-        if m.training and moving:
-            raise fail(fn, "model", "a model in eval mode (batch statistics and dropout would move the scores of "
-                       "the perturbed images by themselves)", f"{name or type(model).__name__!r} "
-                       f"({type(m).__name__}) in training mode", "Call model.eval() first")
 
 
 def check_logits(logits: object, fn: str, arg: str = "logits") -> Tensor:

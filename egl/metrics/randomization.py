@@ -194,7 +194,13 @@ def _owns_parameters(m: nn.Module) -> bool:
 
 def _blocks(module: nn.Module, prefix: str) -> list[str]:
     """Children holding parameters, plain containers opened; a module that owns parameters
-    itself (beside its children) is one block."""
+    itself (beside its children) is one block. A wrapper whose one child holds every parameter
+    (``nn.DataParallel``'s ``module``, ``torch.compile``'s ``_orig_mod``, a model kept as
+    ``self.backbone``) is opened: its blocks are the child's."""
+    held = [(n, c) for n, c in module.named_children() if _holds_parameters(c)]
+    if len(held) == 1 and not _owns_parameters(module) and not _owns_parameters(held[0][1]) \
+            and any(_holds_parameters(c) for c in held[0][1].children()):
+        return _blocks(held[0][1], f"{prefix}{held[0][0]}.")
     out: list[str] = []
     for name, child in module.named_children():
         full = f"{prefix}{name}"

@@ -385,7 +385,8 @@ def _check_component(obj: Any, given: Any, arg: str, kinds: tuple[str, ...], def
     """A resolved alignment loss or regularizer: callable, and an ``inputs`` ALIGN knows (a typo
     such as ``"class_map"`` was called as a saliency loss, silently)."""
     if not callable(obj):
-        raise fail(fn, arg, f"a registered {arg} name or an instance of one (a module to call)", describe(given),
+        raise fail(fn, arg, f"a registered {arg} name, {{name: ..., kwargs: {{...}}}}, or an instance of one (a "
+                   "module to call)", describe(given),
                    f"Pass e.g. {arg}={'bce' if arg == 'alignment' else 'mixup_consistency'!r}, or an instance built "
                    f"with its settings: egl.create({arg!r}, name, **settings)")
     inputs = getattr(obj, "inputs", default)

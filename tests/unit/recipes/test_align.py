@@ -403,8 +403,8 @@ def test_alignment_and_regularizer_are_checked_when_the_recipe_is_built() -> Non
         inputs = "class_map"  # (was called as a saliency loss, silently)
 
     model = make_model("test_resnet")
-    for kwargs, message in (({"alignment": {"name": "bce"}}, r"'alignment' expected a registered alignment name or "
-                                                              r"an instance.*got dict"),
+    for kwargs, message in (({"alignment": {"nam": "bce"}}, r"'alignment' expected a registered alignment name, an "
+                                                             r"instance, or a dict .*got dict"),
                             ({"regularizer": 0.1}, r"'regularizer' expected a registered regularizer name.*got float"),
                             ({"alignment": Typo()}, r"'alignment' expected an alignment loss whose inputs is one of "
                                                     r"\['saliency', 'class_maps', 'batch'\], got Typo with "
