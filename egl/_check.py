@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_known_keys",
     "describe",
     "check_eval_mode",
+    "model_input_errors",
 ]
 
 
@@ -306,3 +308,28 @@ def check_eval_mode(model: object, fn: str, *, batchnorm_only: bool = False,
         if m.training and moving:
             raise fail(fn, "model", f"a model in eval mode ({why})", f"{name or type(model).__name__!r} "
                        f"({type(m).__name__}) in training mode", fix)
+
+
+_CHANNELS = re.compile(r"expected input\[([\d, ]+)\] to have (\d+) channels, but got (\d+) channels")
+
+
+@contextlib.contextmanager
+def model_input_errors(fn: str, arg: str, x: object, inp: object = None) -> Iterator[None]:
+    """Name images of the wrong channel count (channels-last ``[B, H, W, C]`` images, grayscale into
+    an RGB model) where the first convolution refuses them, instead of torch's error from inside it.
+    ``x`` is what the user passed; ``inp`` what the model was called with, if another batch made
+    from it (perturbed copies, masked halves)."""
+    try:
+        yield
+    except RuntimeError as e:
+        found = _CHANNELS.search(str(e))
+        called = inp if inp is not None else x
+        shape = list(x.shape) if isinstance(x, Tensor) else None
+        if found is None or shape is None or not isinstance(called, Tensor) \
+                or [int(s) for s in found.group(1).split(",")] != list(called.shape):
+            raise
+        want = int(found.group(2))
+        fix = (f"Put the channels second: {arg}.permute(0, 3, 1, 2)" if len(shape) == 4 and shape[-1] == want
+               else f"Pass images with {want} channels")
+        raise fail(fn, arg, f"images [B, {want}, H, W] (the model's first convolution takes {want} channels)",
+                   describe(x), fix) from e

@@ -23,8 +23,15 @@ def as_mask(mask: object, fn: str, arg: str = "mask", *, check_values: bool = Tr
     if m.dim() == 3:
         m = m.unsqueeze(1)
     if m.dim() != 4 or m.shape[1] != 1:
-        raise fail(fn, arg, "a mask of shape [B, H, W] or [B, 1, H, W]", describe(mask),
-                   "Keep one channel, e.g. mask[:, :1], or mask.unsqueeze(1)")
+        if mask.dim() == 2:  # type: ignore[union-attr]
+            fix = f"Add the batch dimension: {arg}[None] for one image's mask"
+        elif mask.dim() == 4 and mask.shape[-1] == 1:  # type: ignore[union-attr]
+            fix = f"Put the channel second: {arg}.permute(0, 3, 1, 2), or {arg}.squeeze(-1)"
+        elif mask.dim() == 4:  # type: ignore[union-attr]
+            fix = f"Keep one channel, e.g. {arg}[:, :1], or {arg}.amax(1, keepdim=True) for one mask per class"
+        else:
+            fix = "Pass one mask per image, [B, H, W] or [B, 1, H, W]"
+        raise fail(fn, arg, "a mask of shape [B, H, W] or [B, 1, H, W]", describe(mask), fix)
     if m.dtype == torch.bool or not m.is_floating_point():
         m = m.float()
     if check_values:

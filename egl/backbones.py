@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from egl._check import fail
+from egl._check import describe, fail
 from egl._module_hooks import bypassable, structure_stamp
 from egl._transfer import upload
 from egl.errors import InputError, UnsupportedModelError
@@ -536,9 +536,7 @@ def resolve_target(model: nn.Module, layer: str = "auto", x: Tensor | None = Non
         UnsupportedModelError: no spatial layer can be found.
         InputError: ``layer`` does not name a submodule.
     """
-    if not isinstance(layer, str):
-        raise fail(fn, "layer", "'auto' or a dotted module path such as 'layer4'", repr(layer),
-                   "Pass the module's name as a string")
+    layer = layer_name(model, layer, fn)
     inner, prefix = unwrap(model)  # DataParallel, DDP, torch.compile: the timm model inside
     vit = is_vit(inner)
     if layer != "auto":
@@ -566,6 +564,23 @@ def _timm_inside(model: nn.Module) -> tuple[nn.Module, str]:
                 return sub, name + "."
             break  # the outermost timm model does not hold everything: no single model inside
     return model, ""
+
+
+def layer_name(model: nn.Module, layer: object, fn: str) -> str:
+    """``layer`` as a dotted name: ``"auto"`` and names as given, a submodule of ``model`` (``model.layer4``,
+    as pytorch-grad-cam and captum take it) by its name among ``model.named_modules()``."""
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, nn.Module):
+        name = next((n for n, m in model.named_modules() if m is layer and n), None)
+        if name is None:
+            raise fail(fn, "layer", f"a submodule of the model ({type(model).__name__}), or its dotted name",
+                       f"a {type(layer).__name__} that is not one of its modules",
+                       "Pass a module of this model (e.g. model.layer4) or its name ('layer4'); a model "
+                       "copied or rebuilt since holds other module objects")
+        return name
+    raise fail(fn, "layer", "'auto', a dotted module path such as 'layer4', or a submodule of the model",
+               describe(layer), "Pass the module, or its name as a string")
 
 
 def _auto_target(model: nn.Module, x: Tensor | None, fn: str, *, split: bool) -> Target:

@@ -76,6 +76,20 @@ def _check_int64(lo: int, hi: int, fn: str) -> None:
         raise fail(fn, "target", "class indices that fit in int64", f"{lo}..{hi}", "Check the label mapping")
 
 
+def from_numpy(value: Any) -> Any:
+    """A NumPy integer as a Python int, a NumPy array as a (CPU) tensor; anything else as it is."""
+    kind = type(value).__module__.split(".")[0]
+    if kind != "numpy":
+        return value
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
 def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets | None:
     """Validate a target spec (int, list of ints, 0-D/1-D integer tensor, or None) into :class:`Targets`.
 
@@ -92,6 +106,7 @@ def targets(target: Any, batch: int, fn: str, device: torch.device) -> Targets |
     if isinstance(target, bool):
         raise fail(fn, "target", "an int, a list of ints or a LongTensor of class indices",
                    describe(target), "Pass class indices, not booleans")
+    target = from_numpy(target)
     if isinstance(target, int):
         _check_int64(target, target, fn)
         return Targets(torch.full((batch,), target, dtype=torch.long, device=device), (target, target))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._arguments import record_subclass_arguments, records_arguments
-from egl._check import check_flag, check_model_dtype, check_shape, describe, fail
+from egl._check import check_flag, check_model_dtype, check_shape, describe, fail, model_input_errors
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
 __all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
@@ -137,12 +137,21 @@ def _checked(explain: Callable[..., Any]) -> Callable[..., Explanation]:
 
     @functools.wraps(explain)
     def checked(self: "Explainer", *args: Any, **kwargs: Any) -> Explanation:
-        out = explain(self, *args, **kwargs)
         x = args[0] if args else kwargs.get("x")
+        with model_input_errors(f"egl.explainers.{getattr(self, 'name', '') or type(self).__name__}", "x", x):
+            out = explain(self, *args, **kwargs)
         return check_explanation(self, out, x, kwargs.get("create_graph", False) is True)
 
     checked.__egl_checked__ = True  # type: ignore[attr-defined]
     return checked
+
+
+def _checkpointed_attention(model: nn.Module) -> bool:
+    """A timm model with activation checkpointing on (``set_grad_checkpointing(True)``) whose
+    attention may run a fused kernel (``fused_attn``)."""
+    if not any(getattr(m, "grad_checkpointing", False) is True for m in model.modules()):
+        return False
+    return any(getattr(m, "fused_attn", False) is True for m in model.modules())
 
 
 class Explainer:
@@ -223,6 +232,13 @@ class Explainer:
         if create_graph and not self.differentiable:
             raise fail(fn, "create_graph", "False for this explainer (it is not differentiable)",
                        "True", "Use 'grad_cam' or 'input_gradient' inside a training loss")
+        if create_graph and torch.is_grad_enabled() and _checkpointed_attention(self.model):
+            raise fail(fn, "create_graph", "a model without activation checkpointing around fused attention "
+                       "(the checkpoint recomputes the forward in loss.backward(), outside the math attention "
+                       "backend that a double backward needs, and torch refuses the mismatch)",
+                       "create_graph=True on a model with grad checkpointing on",
+                       "Call model.set_grad_checkpointing(False), or run loss.backward() inside "
+                       "egl.explainers.base.double_backward_ready(True)")
         return x
 
     # -- context manager ----------------------------------------------------------------

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from egl._amp import inner_grad
 from egl._check import batch_of_one, check_choice, check_flag, check_logits, fail
+from egl._module_hooks import structure_stamp
 from egl.backbones import (Target, _LayoutError, features_layout, head_kind, map_layout, pool_features,
-                            resolve_target, split_forward, token_prefix, tokens_to_grid, unsupported_model,
-                            unwrap)
+                            layer_name, resolve_target, split_forward, token_prefix, tokens_to_grid,
+                            unsupported_model, unwrap)
 from egl.errors import UnsupportedModelError
 from egl.explainers import _vit_tail
 from egl.explainers.base import Explainer, Explanation, Targets, double_backward_ready, targets
@@ -88,7 +89,9 @@ class GradCAM(Explainer):
 
     Args:
         model: a classifier returning logits ``[B, K]`` (any timm model, or any CNN).
-        layer: ``"auto"`` (see :func:`egl.backbones.resolve_target`) or a dotted module path.
+        layer: ``"auto"`` (see :func:`egl.backbones.resolve_target`), a dotted module path, or the
+            module itself (``model.layer4``; kept by its name, so a module replaced later at that
+            name is the one explained).
         upsample: bilinear resize to the input size (default) or keep the feature resolution.
         normalize: per-sample min-max to [0, 1] (default). ``False`` returns the raw map.
         path: ``"auto"`` (fastest valid), or force ``"closed_form"``, ``"pooled"``, ``"autograd"``.
@@ -119,13 +122,13 @@ class GradCAM(Explainer):
 
     name = "grad_cam"
 
-    def __init__(self, model: nn.Module, layer: str = "auto", *, upsample: bool = True,
+    def __init__(self, model: nn.Module, layer: str | nn.Module = "auto", *, upsample: bool = True,
                  normalize: bool = True, path: str = "auto", relu: bool = True,
                  detach_weights: bool = False, backend: str = "auto") -> None:
         super().__init__(model, upsample=upsample, normalize=normalize)
         ctor = f"egl.explainers.{type(self).__name__}"  # a variant names itself in its errors
         check_choice(path, PATHS, ctor, "path")
-        self.layer = layer
+        self.layer = layer_name(self.model, layer, ctor)  # (a module given: its name, re-resolved if replaced)
         self.path = path
         self.relu = check_flag(relu, ctor, "relu")
         self.detach_weights = check_flag(detach_weights, ctor, "detach_weights")
@@ -137,15 +140,22 @@ class GradCAM(Explainer):
         self._probed = layer == "auto" and not split_forward(self.model)
         self._warned_sizes: set[tuple[int, int]] = set()  # input sizes whose 1 x 1 map was warned about
         self._token_checked: set[str] = set()  # token layers whose patch-token gradient was checked
+        self._stamp = structure_stamp(self.model)
         if not self._probed:
-            self._target = resolve_target(self.model, layer, fn=ctor)
+            self._target = resolve_target(self.model, self.layer, fn=ctor)
         self.last_path: str | None = None  # which path the last call took (for tests and logs)
 
     def _stale_split(self) -> bool:
-        """The target is the split forward's features, but the model has since got a hook or a
-        forward of its own: from now on, a probed layer (the forward egl would skip must run)."""
+        """Whether to resolve the target again: the target is the split forward's features, but the
+        model has since got a hook or a forward of its own (from now on, a probed layer: the forward
+        egl would skip must run); or a submodule was replaced since (``model.bn2 = ...``: SyncBN
+        conversion, fusing, adapters), so the named layer is looked up again."""
         if self._target is not None and self._target.module is None and not split_forward(self.model):
             self._probed = True
+        stamp = structure_stamp(self.model)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            return True
         return self._probed
 
     @property
@@ -429,7 +439,7 @@ def same_maps_as_grad_cam(explainer: object) -> bool:
             and cls.weigh_uniform is GradCAM.weigh_uniform)
 
 
-def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "auto",
+def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str | nn.Module = "auto",
              create_graph: bool = False, upsample: bool = True, normalize: bool = True,
              path: str = "auto", relu: bool = True, detach_weights: bool = False) -> Tensor:
     """Functional Grad-CAM: ``GradCAM(model, layer, ...)(x, target, create_graph=...)``.
@@ -438,7 +448,7 @@ def grad_cam(model: nn.Module, x: Tensor, target: Any = None, *, layer: str = "a
         model: classifier returning logits ``[B, K]``.
         x: input batch.
         target: class per sample (int, list, LongTensor), or ``None`` for the predicted class.
-        layer: ``"auto"`` or a dotted module path.
+        layer: ``"auto"``, a dotted module path, or the module itself.
         create_graph: keep the map differentiable with respect to the model's parameters.
         upsample: resize to the input (bilinear) or keep the feature resolution.
         normalize: per-sample min-max to [0, 1].

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egl._check import (check_choice, check_eval_mode, check_logits, check_model_dtype, check_same_batch, check_shape, describe,
-                        fail)
+from egl._check import (check_choice, check_eval_mode, check_logits, check_model_dtype, check_same_batch, check_shape,
+                        describe, fail, model_input_errors)
 from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
 from egl.explainers.base import targets
@@ -90,7 +90,9 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
         mean = upload(mean, x.device, x.dtype)  # (the model's buffer: on x's device already)
         d = x - mean
         pair = torch.cat([mean + d * mask, mean + d * (1.0 - mask)], dim=0)
-    logits = check_logits(model(pair), 2 * b, fn)
+    with model_input_errors(fn, "x", x, pair):
+        out = model(pair)
+    logits = check_logits(out, 2 * b, fn)
     return logits[:b], logits[b:]  # (split() of an empty batch gives one piece, not two)
 
 

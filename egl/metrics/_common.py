@@ -20,7 +20,8 @@ from egl._check import (
     describe,
     fail,
 )
-from egl._check import check_eval_mode
+from egl._check import check_eval_mode, model_input_errors
+from egl.explainers._targets import from_numpy
 from egl._transfer import upload
 
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
@@ -43,7 +44,13 @@ def check_logits(logits: object, fn: str, arg: str = "logits") -> Tensor:
 
 def check_labels(y: object, batch: Tensor, num_classes: int, fn: str, arg: str,
                  *, batch_arg: str = "logits") -> Tensor:
-    """1-D integer labels, one per row of ``batch``, each in ``[0, num_classes)``."""
+    """1-D integer labels, one per row of ``batch``, each in ``[0, num_classes)``: a tensor, a list or
+    NumPy array of ints, or (``arg="target"``, one class for every image) an int."""
+    y = from_numpy(y)
+    if isinstance(y, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+        y = torch.tensor(y, dtype=torch.long)
+    elif arg == "target" and isinstance(y, int) and not isinstance(y, bool):
+        y = torch.full((batch.shape[0],), y, dtype=torch.long)
     t = check_tensor(y, fn, arg)
     if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise fail(fn, arg, "a 1-D integer tensor of class indices [B]", describe(t),
@@ -154,7 +161,8 @@ def filler(x: Tensor, baseline: str, blur_sigma: float, model: object = None) ->
 
 def model_logits(model: Callable[[Tensor], Tensor], inp: Tensor, fn: str) -> Tensor:
     """``model(inp)``, refused unless it is a ``[N, num_classes]`` tensor."""
-    out = model(inp)
+    with model_input_errors(fn, "x", inp):  # (perturbed copies of x: the same channels)
+        out = model(inp)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != inp.shape[0]:
         raise fail(fn, "model", f"a model returning logits of shape [{inp.shape[0]}, num_classes]",
                    f"an output {describe(out)}", "Wrap the model so that it returns a [N, C] tensor")

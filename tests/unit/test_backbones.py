@@ -156,7 +156,8 @@ def test_resolve_dotted_names() -> None:
     assert t.module is resnet.layer4[0].conv2 and t.fmt == "NCHW"
     with pytest.raises(InputError, match=r"'blocks.9'.*'9' is not a child of blocks; children there are \['0', '1'"):
         resolve_target(model, "blocks.9")
-    with pytest.raises(InputError, match="'layer' expected 'auto' or a dotted module path"):
+    with pytest.raises(InputError, match="'layer' expected 'auto', a dotted module path such as 'layer4', or a "
+                                         "submodule of the model, got NoneType None"):
         resolve_target(model, None)  # type: ignore[arg-type]
 
 

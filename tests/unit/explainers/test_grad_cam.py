@@ -591,7 +591,8 @@ def test_bad_layer_lists_children(resnet: nn.Module) -> None:
         GradCAM(resnet, layer="layer5")
     with pytest.raises(InputError, match=r"'7' is not a child of layer4; children there are \['0'\]"):
         GradCAM(resnet, layer="layer4.7")
-    with pytest.raises(InputError, match="'layer' expected 'auto' or a dotted module path"):
+    with pytest.raises(InputError, match="'layer' expected 'auto', a dotted module path such as 'layer4', or a "
+                                         "submodule of the model, got int 4"):
         GradCAM(resnet, layer=4)  # type: ignore[arg-type]
 
 
