@@ -57,7 +57,9 @@ class InputGradient(Explainer):
         fn = "egl.explainers.input_gradient"
         x = self._check_input(x, create_graph)
         tgt = targets(target, x.shape[0], fn, x.device)
-        leaf = x.detach().requires_grad_(True)
+        # under create_graph, an x that is itself computed (a learnable stage before the model) stays
+        # in the graph, as Grad-CAM's does: the map's and the logits' gradients reach what made x
+        leaf = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
         with torch.enable_grad(), double_backward_ready(create_graph):
             with subpixel_input_grads(self.model):  # the stem's input gradient in a faster form
                 logits = check_logits(self.model(leaf), x.shape[0], fn)

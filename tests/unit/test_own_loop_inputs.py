@@ -79,3 +79,15 @@ def test_a_checkpointed_vit_under_create_graph_is_refused_with_the_fix() -> None
                                              r".*set_grad_checkpointing\(False\)"):
         GradCAM(model).explain(_x(), [0, 1], create_graph=True)
     GradCAM(model).explain(_x(), [0, 1])  # no double backward: fine
+
+
+def test_input_gradient_keeps_a_computed_x_in_the_graph_under_create_graph() -> None:
+    """As Grad-CAM does: a learnable stage before the model gets the map's and the logits' gradients."""
+    from egl.explainers import InputGradient
+
+    model, stage = make_model("test_resnet", eval_mode=False), torch.nn.Conv2d(3, 3, 1)
+    out = InputGradient(model).explain(stage(_x(32)), [0, 1], create_graph=True)
+    (out.saliency.sum() + out.logits.sum()).backward()
+    assert stage.weight.grad is not None and float(stage.weight.grad.abs().sum()) > 0
+    x = _x(32)  # a plain batch: taken as a leaf of its own, as before
+    assert InputGradient(model).explain(x, [0, 1], create_graph=True).saliency.requires_grad and x.grad is None
