@@ -43,6 +43,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     if not isinstance(model, nn.Module):
         raise fail(fn, "model", "a torch.nn.Module classifier returning [B, K] logits", describe(model),
                    "Pass the classifier itself (the penalty differentiates its parameters)")
+    model = getattr(model, "_orig_mod", model)  # torch.compile: no double backward; its eager model
     x = check_shape(x, "B C H W", fn, "x")
     check_model_dtype(model, x, fn, "x")
     m = as_mask(mask, fn, "mask")

@@ -407,7 +407,8 @@ def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target:
         raise fail(FN, "explainer", "a factory returning a callable (x, target) -> saliency",
                    f"one returning {describe(e)}", "Return the explainer built on the model it is given")
     bound = getattr(e, "model", model)
-    if isinstance(bound, nn.Module) and bound is not model:
+    if isinstance(bound, nn.Module) and bound is not model and bound is not getattr(model, "_orig_mod", None):
+        # (an explainer of a torch.compile'd model explains the eager model inside it)
         raise fail(FN, "explainer", "a factory that builds the explainer on the model it is given",
                    "an explainer of another model (the trained one?): its maps would never change",
                    "Build it inside the factory: lambda m: GradCAM(m, ...), not lambda m: cam")

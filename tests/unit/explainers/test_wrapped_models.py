@@ -108,3 +108,17 @@ def test_the_randomisation_cascade_opens_a_wrapper() -> None:
     assert randomization_layers(nn.DataParallel(model)) == tuple(f"module.{n}" for n in bare)
     assert randomization_layers(Holder(model)) == tuple(f"backbone.{n}" for n in bare)
     assert randomization_layers(nn.Sequential(nn.Linear(2, 2))) == ("0",)
+
+
+def test_a_compiled_model_in_rrr_smoothing_and_the_randomisation_test_runs_its_eager_model() -> None:
+    from egl.explainers import SmoothedExplainer
+    from egl.losses import rrr_penalty
+    from egl.metrics import parameter_randomization
+
+    model, x = make_model("test_resnet"), _x()
+    compiled = torch.compile(model)
+    mask = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rrr_penalty(compiled, x, mask), rrr_penalty(model, x, mask))
+    SmoothedExplainer(compiled, GradCAM(compiled), samples=2)(x, [0, 1])
+    result = parameter_randomization(compiled, x, "grad_cam")
+    assert result.layers[0] == "_orig_mod.fc" and result.spearman.shape[0] == len(result.layers) > 1
