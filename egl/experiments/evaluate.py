@@ -172,7 +172,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, expla
         out["shortcut"] = float(shortcut_rate(lg[keep], sc[keep], yy[keep])) if bool(keep.any()) else math.nan
         # groups: (class, background class); a background of no class (negative) one group per class
         bg = sc.clamp(min=-1) + 1
-        out["worst_group"] = float(worst_group_accuracy(lg, yy, yy * (lg.shape[1] + 1) + bg, min_size=min_group_size))
+        out["worst_group"] = float(worst_group_accuracy(lg, yy, yy * (lg.shape[1] + 1) + bg, min_group_size=min_group_size))
     if suff:
         out["suff"] = float(torch.cat(suff).mean())
         out["comp"] = float(torch.cat(comp).mean())

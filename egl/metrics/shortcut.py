@@ -19,6 +19,8 @@ the shortcut rate falls.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -71,7 +73,8 @@ def shortcut_rate(logits: Tensor, shortcut_labels: Tensor, y: Tensor | None = No
     return hit.mean()
 
 
-def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_size: int = 1) -> Tensor:
+def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_group_size: int = 1,
+                         min_size: int | None = None) -> Tensor:
     """The lowest accuracy over the groups present (Sagawa et al., ICLR 2020, "worst-group
     accuracy"): with groups = (class, spurious feature) pairs, a model that leans on the
     feature fails the groups where the two disagree, whatever its average accuracy.
@@ -81,12 +84,14 @@ def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_size:
         y: true labels.
         groups: one integer id per sample; every id present is a group (e.g.
             ``y * num_backgrounds + background``).
-        min_size: groups with fewer samples are left out (default 1: every group counts). A
-            group of one or two images reads 0 or 1 by chance: test sets with rare groups want
-            a floor (the experiments use 10, ``eval.min_group_size``).
+        min_group_size: groups with fewer samples are left out (default 1: every group counts).
+            A group of one or two images reads 0 or 1 by chance: test sets with rare groups want
+            a floor (the experiments use 10, ``eval.min_group_size``; ``Validation`` and
+            ``evaluate`` take the same name).
+        min_size: the former name of ``min_group_size`` (deprecated: warns).
 
     Returns:
-        A 0-D float tensor in [0, 1]; NaN when no group has ``min_size`` samples.
+        A 0-D float tensor in [0, 1]; NaN when no group has ``min_group_size`` samples.
 
     Raises:
         InputError: bad shapes, batch mismatch, labels not integer or out of range, ``groups``
@@ -110,11 +115,18 @@ def worst_group_accuracy(logits: Tensor, y: Tensor, groups: Tensor, *, min_size:
         raise fail(fn, "groups", "a 1-D integer tensor of group ids [B]", describe(g),
                    "Pass one integer group id per sample, e.g. y * num_backgrounds + background")
     check_same_batch(fn, logits=s, groups=g)
-    check_int(min_size, fn, "min_size", low=1, fix="Pass e.g. min_size=10")
+    if min_size is not None:
+        if min_group_size != 1 and min_group_size != min_size:
+            raise fail(fn, "min_size", "to be left out beside min_group_size (its new name)",
+                       f"min_size={min_size!r} and min_group_size={min_group_size!r}", "Pass min_group_size only")
+        warnings.warn(f"{fn}: 'min_size' is now 'min_group_size' (as in Validation and evaluate); pass "
+                      f"min_group_size={min_size!r}", DeprecationWarning, stacklevel=2)
+        min_group_size = min_size
+    check_int(min_group_size, fn, "min_group_size", low=1, fix="Pass e.g. min_group_size=10")
     correct = (s.argmax(dim=1) == t).to(torch.float64)
     ids, index = torch.unique(upload(g, s.device), return_inverse=True)
     hits = torch.zeros(ids.numel(), dtype=torch.float64, device=s.device).index_add_(0, index, correct)
     counts = torch.bincount(index, minlength=ids.numel()).to(torch.float64)
-    acc = torch.where(counts >= min_size, hits / counts, torch.full_like(counts, float("inf")))
+    acc = torch.where(counts >= min_group_size, hits / counts, torch.full_like(counts, float("inf")))
     worst = acc.min()
     return torch.where(torch.isinf(worst), torch.full_like(worst, float("nan")), worst).to(torch.float32)

@@ -59,8 +59,10 @@ def test_worst_group_accuracy_is_the_lowest_group_accuracy() -> None:
     sizes = {int(k): int((groups == k).sum()) for k in groups.unique()}
     floor = sorted(sizes.values())[len(sizes) // 2]  # leave out the smaller half of the groups
     expected = min(float(right[groups == k].float().mean()) for k, n in sizes.items() if n >= floor)
-    assert float(worst_group_accuracy(logits, y, groups, min_size=floor)) == pytest.approx(expected)
-    assert math.isnan(float(worst_group_accuracy(logits, y, groups, min_size=201)))  # no group that large
+    assert float(worst_group_accuracy(logits, y, groups, min_group_size=floor)) == pytest.approx(expected)
+    assert math.isnan(float(worst_group_accuracy(logits, y, groups, min_group_size=201)))  # no group that large
+    with pytest.warns(DeprecationWarning, match="'min_size' is now 'min_group_size'"):
+        assert float(worst_group_accuracy(logits, y, groups, min_size=floor)) == pytest.approx(expected)
 
 
 def test_evaluate_reports_worst_group_on_class_background_groups() -> None:
@@ -83,7 +85,7 @@ def test_evaluate_reports_worst_group_on_class_background_groups() -> None:
     (torch.zeros(4), {}, "'groups' expected a 1-D integer tensor of group ids"),
     (torch.zeros(3, dtype=torch.long), {}, "groups"),
     ([0, 1, 2, 3], {}, "'groups' expected a torch.Tensor"),
-    (torch.zeros(4, dtype=torch.long), {"min_size": 0}, "'min_size' expected an int >= 1"),
+    (torch.zeros(4, dtype=torch.long), {"min_group_size": 0}, "'min_group_size' expected an int >= 1"),
 ])
 def test_worst_group_accuracy_names_bad_arguments(groups: object, kwargs: dict, match: str) -> None:
     from egl.metrics import worst_group_accuracy
