@@ -51,10 +51,11 @@ def readable(value: Any) -> Any:
     """A JSON-friendly, human-readable form of a constructor argument.
 
     A component built with recorded arguments (an egl masker, explainer, loss or regularizer)
-    reads as its class, name and every argument, ``"BCEAlignmentLoss(bce, eps=1e-06,
-    reduction='mean')"``, so two built alike read alike and two built otherwise do not (an
-    explainer's ``model``, the recipe's own, is left out). Other modules read as their class and
-    architecture (``"ResNet(test_resnet)"``), tensors as shape and dtype, other objects their repr.
+    reads as its name and every argument, ``{"name": "bce", "kwargs": {"reduction": "mean",
+    "eps": 1e-06}}`` (the form :func:`egl.resolve` builds from), so two built alike read alike and
+    two built otherwise do not (an explainer's ``model``, the recipe's own, is left out). Other
+    modules read as their class and architecture (``"ResNet(test_resnet)"``), tensors as shape and
+    dtype, other objects their repr.
     """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -65,9 +66,10 @@ def readable(value: Any) -> Any:
     args = getattr(value, "__dict__", {}).get("_init_arguments")
     name = getattr(type(value), "name", None)
     if isinstance(args, dict) and isinstance(name, str) and name:
-        parts = [name] + [f"{k}={v!r}" if isinstance(v, str) else f"{k}={readable(v)}"
-                          for k, v in args.items() if k != "model"]
-        return f"{type(value).__name__}({', '.join(parts)})"
+        from egl.explainers.base import Explainer
+
+        skip = ("model",) if isinstance(value, Explainer) else ()
+        return {"name": name, "kwargs": {str(k): readable(v) for k, v in args.items() if k not in skip}}
     if isinstance(value, nn.Module):
         cfg = getattr(value, "pretrained_cfg", None) or {}
         detail = cfg.get("architecture") if isinstance(cfg, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import re
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -301,13 +302,32 @@ def check_eval_mode(model: object, fn: str, *, batchnorm_only: bool = False,
     such layer (a linear model), is left alone."""
     if not isinstance(model, torch.nn.Module):
         return
-    for name, m in model.named_modules():
-        moving = isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or not batchnorm_only and (
-            (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-            or float(getattr(m, "drop_prob", 0.0) or 0.0) > 0)  # (timm's DropPath; Dropout(0.) changes nothing)
-        if m.training and moving:
+    for name, m in _mode_dependent(model, batchnorm_only):
+        if m.training:
             raise fail(fn, "model", f"a model in eval mode ({why})", f"{name or type(model).__name__!r} "
                        f"({type(m).__name__}) in training mode", fix)
+
+
+_MODE_DEPENDENT: "weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, tuple[int, list]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _mode_dependent(model: torch.nn.Module, batchnorm_only: bool) -> list[tuple[str, torch.nn.Module]]:
+    """The modules whose output depends on training mode (cached per structure stamp: ALIGN's
+    masker step asks at every step; ``p`` and ``drop_prob`` are read when the list is made)."""
+    from egl._module_hooks import structure_stamp
+
+    stamp = structure_stamp(model)
+    cache = _MODE_DEPENDENT.setdefault(model, {})
+    seen = cache.get(batchnorm_only)
+    if seen is None or seen[0] != stamp:
+        found = [(name, m) for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or not batchnorm_only and (
+                     (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                     or float(getattr(m, "drop_prob", 0.0) or 0.0) > 0)]  # (timm's DropPath; Dropout(0.): no)
+        seen = (stamp, found)
+        cache[batchnorm_only] = seen
+    return seen[1]
 
 
 _CHANNELS = re.compile(r"expected input\[([\d, ]+)\] to have (\d+) channels, but got (\d+) channels")

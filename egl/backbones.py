@@ -33,7 +33,7 @@ raises :class:`~egl.errors.UnsupportedModelError` naming a ``layer=`` that works
 
 from __future__ import annotations
 
-import math
+import warnings
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any
@@ -425,12 +425,14 @@ _PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], s
 
 
 def _spatial(out: Tensor, x: Tensor) -> bool:
-    """A 4-D output that reads as a map of ``x`` (NCHW or NHWC): at most the input's size, shrunk by
-    factors along the two axes within 2x of each other. Attention's ``[B, heads, tokens, head_dim]``
-    tensors are not (a ViT's ``k_norm`` at 64 px: 17 x 64 of 64 x 64)."""
+    """A 4-D output that reads as a map of ``x`` (NCHW or NHWC): at most the input's size, and the
+    input shrunk by one factor along both axes to within a cell (``|h - ih / s| <= 1`` and
+    ``|w - iw / s| <= 1`` for some ``s``: a strided stack's rounding). Attention's ``[B, heads,
+    tokens, head_dim]`` tensors are not (a ViT's at 64 px: 17 x 32 of 64 x 64 needs s = 4 and 2)."""
     ih, iw = int(x.shape[-2]), int(x.shape[-1])
     for h, w in ((int(out.shape[-2]), int(out.shape[-1])), (int(out.shape[1]), int(out.shape[2]))):
-        if 0 < h <= ih and 0 < w <= iw and abs(math.log((ih / h) / (iw / w))) <= math.log(2.0):
+        # 1 / s in [(h - 1) / ih, (h + 1) / ih] and in [(w - 1) / iw, (w + 1) / iw]
+        if 0 < h <= ih and 0 < w <= iw and max((h - 1) / ih, (w - 1) / iw) <= min((h + 1) / ih, (w + 1) / iw):
             return True
     return False
 
@@ -478,6 +480,11 @@ def _probe_last_map(model: nn.Module, x: Tensor) -> str:
             "convolutional layer, or use an input-space explainer such as 'input_gradient'."
         )
     known[hw] = order[-1]
+    vit = next((n for n, m in model.named_modules() if n and is_vit(m)), None)
+    if vit is not None and order[-1].startswith(f"{vit}.patch_embed"):
+        warnings.warn(f"egl: the last spatial map of {type(model).__name__}'s forward is its ViT's patch "
+                      f"embedding '{order[-1]}' (the image cut into patches, before any block): a Grad-CAM there "
+                      f"explains little. Pass layer='{vit}.blocks.-1.norm1'.", UserWarning, stacklevel=4)
     return order[-1]
 
 
@@ -547,23 +554,37 @@ def resolve_target(model: nn.Module, layer: str = "auto", x: Tensor | None = Non
                 raise
             module = _module(inner, layer, fn)  # (the inner model's names, as written for it)
         return Target(layer, module, "none", "NLC" if vit else "NCHW")
-    if prefix:  # run through the wrapper, hooking a layer of the model inside
+    if prefix and is_vit(inner):  # run through the wrapper, hooking a layer of the ViT inside
         found = _auto_target(inner, x, fn, split=False)
         return Target(prefix + found.name, found.module, found.head, found.fmt)
+    if prefix:  # a CNN inside: probe the wrapper's own forward (a resize before the model moves the maps)
+        return _auto_target(model, x, fn, split=False)
     return _auto_target(model, x, fn, split=split_forward(model))
+
+
+#: ``_timm_inside``'s answer per model and structure stamp (it walks every module and parameter;
+#: the token-layout functions ask on every call).
+_INSIDE: "weakref.WeakKeyDictionary[nn.Module, tuple[int, weakref.ref, str]]" = weakref.WeakKeyDictionary()
 
 
 def _timm_inside(model: nn.Module) -> tuple[nn.Module, str]:
     """A timm model that a module of the user's holds with every parameter (``self.backbone =
     timm.create_model(...)`` beside a forward that picks the logits), and its dotted prefix; the
-    model itself and ``""`` when there is none (its layers are then probed)."""
+    model itself and ``""`` when there is none (its layers are then probed). Cached per model
+    while its modules stay the same objects."""
+    stamp = structure_stamp(model)
+    seen = _INSIDE.get(model)
+    if seen is not None and seen[0] == stamp and seen[1]() is not None:
+        return seen[1](), seen[2]  # type: ignore[return-value]
+    found: tuple[nn.Module, str] = (model, "")
     total = sum(p.numel() for p in model.parameters())
     for name, sub in model.named_modules():
         if name and is_timm_model(sub):
             if total and sum(p.numel() for p in sub.parameters()) == total:
-                return sub, name + "."
+                found = (sub, name + ".")
             break  # the outermost timm model does not hold everything: no single model inside
-    return model, ""
+    _INSIDE[model] = (stamp, weakref.ref(found[0]), found[1])
+    return found
 
 
 def layer_name(model: nn.Module, layer: object, fn: str) -> str:
@@ -591,6 +612,8 @@ def _auto_target(model: nn.Module, x: Tensor | None, fn: str, *, split: bool) ->
         pool_fmt = _avg_pool_fmt(model)
         if pool_fmt == "NLC" and split:
             return Target(FEATURES, None, "pooled", "NLC")
+        if pool_fmt == "NLC" and isinstance(getattr(model, "norm", None), nn.Module):
+            return Target("norm", model.norm, "none", "NLC")  # forward_features' output, hooked
         last = len(model.blocks) - 1  # type: ignore[arg-type]
         if not isinstance(getattr(model.blocks[last], "norm1", None), nn.Module):  # type: ignore[index]
             raise UnsupportedModelError(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,6 +88,7 @@ def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
     device = ref.device if ref is not None else torch.device("cpu")
     stem.register_buffer(_MEAN, host_tensor(m, device, torch.float32).view(1, -1, 1, 1), persistent=False)
     stem.register_buffer(_STD, host_tensor(s, device, torch.float32).view(1, -1, 1, 1), persistent=False)
+    _VERSION[0] += 1
     handle = None
     if not any(h is _normalize for h in stem._forward_pre_hooks.values()):
         handle = stem.register_forward_pre_hook(_normalize)
@@ -96,6 +98,7 @@ def normalize_inputs(model: nn.Module, mean: str | Sequence[float] = "timm",
         if handle is not None:  # (left as it was)
             handle.remove()
             del stem._buffers[_MEAN], stem._buffers[_STD]
+            _VERSION[0] += 1
         raise
     return model
 
@@ -122,20 +125,37 @@ def _shortest(values: Tensor) -> tuple[float, ...]:
     return tuple(out)
 
 
+#: Which module of a model holds the normalisation, per (structure stamp, normalisation version):
+#: the search walks every module, and ALIGN asks at every masker step.
+_STEMS: "weakref.WeakKeyDictionary[nn.Module, tuple[int, int, weakref.ref | None]]" = weakref.WeakKeyDictionary()
+_VERSION = [0]  # bumped whenever normalize_inputs adds or removes a normalisation anywhere
+
+
 def stem_mean(model: nn.Module) -> Tensor | None:
     """The mean colour :func:`normalize_inputs` subtracts in ``model``'s stem, ``[1, C, 1, 1]`` on
     the model's device (no host read): the image that is zero in the model's normalised space, the
-    ``"zero"`` baseline of egl's perturbation metrics. None if the model does not normalise."""
-    for module in model.modules():
-        mean = getattr(module, _MEAN, None)
-        if isinstance(mean, Tensor):
-            return mean.reshape(1, -1, 1, 1)
-    return None
+    ``"zero"`` baseline of egl's perturbation metrics. None if the model does not normalise.
+    Cached per model (a dict lookup while its modules and normalisation stay as they are)."""
+    from egl._module_hooks import structure_stamp
+
+    key = (structure_stamp(model), _VERSION[0])
+    seen = _STEMS.get(model)
+    if seen is None or seen[:2] != key:
+        found = next((m for m in model.modules() if isinstance(getattr(m, _MEAN, None), Tensor)), None)
+        seen = (*key, None if found is None else weakref.ref(found))
+        _STEMS[model] = seen
+    stem = seen[2]() if seen[2] is not None else None
+    mean = getattr(stem, _MEAN, None) if stem is not None else None
+    return mean.reshape(1, -1, 1, 1) if isinstance(mean, Tensor) else None
 
 
 def _normalize(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     x = args[0]
     mean, std = getattr(module, _MEAN), getattr(module, _STD)
+    if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != mean.shape[1]:  # (it would broadcast)
+        raise fail("egl.normalization", "x", f"images with the {mean.shape[1]} channels the model normalises",
+                   describe(x), f"Pass [B, {mean.shape[1]}, H, W] images (channels second; grayscale "
+                                f"repeated: x.expand(-1, {mean.shape[1]}, -1, -1))")
     return ((x - mean.to(x.dtype)) / std.to(x.dtype), *args[1:])
 
 

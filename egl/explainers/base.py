@@ -17,6 +17,7 @@ import contextlib
 import functools
 import inspect
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, ContextManager, NamedTuple
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from egl._arguments import record_subclass_arguments, records_arguments
 from egl._check import check_flag, check_model_dtype, check_shape, describe, fail, model_input_errors
+from egl._module_hooks import structure_stamp
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
 __all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
@@ -146,12 +148,25 @@ def _checked(explain: Callable[..., Any]) -> Callable[..., Explanation]:
     return checked
 
 
+#: Per model and structure stamp: its modules with a ``grad_checkpointing`` flag and whether any
+#: has a ``fused_attn`` one (the flags themselves are read at every call: they change in place).
+_FLAGGED: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list[weakref.ref], list[weakref.ref]]]" = \
+    weakref.WeakKeyDictionary()
+
+
 def _checkpointed_attention(model: nn.Module) -> bool:
     """A timm model with activation checkpointing on (``set_grad_checkpointing(True)``) whose
     attention may run a fused kernel (``fused_attn``)."""
-    if not any(getattr(m, "grad_checkpointing", False) is True for m in model.modules()):
+    stamp = structure_stamp(model)
+    seen = _FLAGGED.get(model)
+    if seen is None or seen[0] != stamp:
+        mods = list(model.modules())
+        seen = (stamp, [weakref.ref(m) for m in mods if hasattr(m, "grad_checkpointing")],
+                [weakref.ref(m) for m in mods if hasattr(m, "fused_attn")])
+        _FLAGGED[model] = seen
+    if not any(getattr(r(), "grad_checkpointing", False) is True for r in seen[1]):
         return False
-    return any(getattr(m, "fused_attn", False) is True for m in model.modules())
+    return any(getattr(r(), "fused_attn", False) is True for r in seen[2])
 
 
 class Explainer:
@@ -187,6 +202,10 @@ class Explainer:
             # them) and compiled graphs have no double backward, so explain the eager model inside
             # (the same parameters, the same values)
             model = model._orig_mod
+        if isinstance(model, nn.DataParallel):
+            # its replicas on several GPUs would each run a copy of egl's hook on their chunk of the
+            # batch: explain the module inside on the batch's device (the same parameters)
+            model = model.module
         self.model = model
         fn = f"egl.explainers.{type(self).__name__}"
         self.upsample = check_flag(upsample, fn, "upsample")
@@ -237,8 +256,7 @@ class Explainer:
                        "(the checkpoint recomputes the forward in loss.backward(), outside the math attention "
                        "backend that a double backward needs, and torch refuses the mismatch)",
                        "create_graph=True on a model with grad checkpointing on",
-                       "Call model.set_grad_checkpointing(False), or run loss.backward() inside "
-                       "egl.explainers.base.double_backward_ready(True)")
+                       "Call model.set_grad_checkpointing(False) for steps whose loss holds a map")
         return x
 
     # -- context manager ----------------------------------------------------------------

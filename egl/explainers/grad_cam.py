@@ -129,6 +129,8 @@ class GradCAM(Explainer):
         ctor = f"egl.explainers.{type(self).__name__}"  # a variant names itself in its errors
         check_choice(path, PATHS, ctor, "path")
         self.layer = layer_name(self.model, layer, ctor)  # (a module given: its name, re-resolved if replaced)
+        if isinstance(self.__dict__.get("_init_arguments"), dict) and "layer" in self._init_arguments:
+            self._init_arguments["layer"] = self.layer  # (what config() shows: the name, not the module)
         self.path = path
         self.relu = check_flag(relu, ctor, "relu")
         self.detach_weights = check_flag(detach_weights, ctor, "detach_weights")

@@ -131,7 +131,8 @@ class SmoothedExplainer(Explainer):
             if explainer_kwargs:
                 raise fail(_FN, "explainer_kwargs", "none with an explainer instance (it is built already)",
                            repr(sorted(explainer_kwargs)), "Build the explainer with them, or pass its name")
-            if explainer.model is not getattr(model, "_orig_mod", model):  # (compiled: its eager model)
+            inner = getattr(model, "_orig_mod", model)  # (compiled: its eager model; DataParallel: its module)
+            if explainer.model is not (inner.module if isinstance(inner, nn.DataParallel) else inner):
                 raise fail(_FN, "explainer", "an explainer bound to the same model", f"one bound to "
                            f"{type(explainer.model).__name__} at {id(explainer.model):#x}",
                            "Build the explainer on this model, or pass its name")

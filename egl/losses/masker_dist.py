@@ -48,7 +48,11 @@ def masker_dist_loss(logits_fg: Tensor, logits_bg: Tensor, target: Tensor, *, re
     return reduce((masker_dist(logits_fg, logits_bg, target) - 1.0) ** 2, reduction, "egl.losses.masker_dist_loss")
 
 
-def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+FILLS = ("normalized", "black")
+
+
+def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor, *, fill: str = "normalized",
+                       fn: str = "egl.losses.masked_pair_logits") -> tuple[Tensor, Tensor]:
     """Logits of ``x ⊙ M`` and ``x ⊙ (1 − M)`` from one forward pass over both halves.
 
     The product is taken in the model's normalised space, as the paper's code multiplies its
@@ -56,6 +60,8 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
     (:func:`egl.normalization.normalize_inputs`, mean colour ``μ``) the halves are
     ``μ + (x − μ) ⊙ M`` and ``μ + (x − μ) ⊙ (1 − M)``, so removed pixels become the mean colour
     (zero after the stem), not black; for any other model, ``x ⊙ M`` and ``x ⊙ (1 − M)``.
+    ``fill="black"`` takes ``x ⊙ M`` as it is for every model (egl's masker objective before
+    2026-11-29; ``fn`` names the caller in errors).
 
     Shape:
         x: ``B C H W``; mask: ``B 1 H W`` at x's resolution; returns two ``B K``.
@@ -65,7 +71,7 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
             batch size or resolution would broadcast), or ``x`` not of the model's dtype.
         UnsupportedModelError: the model does not return ``[2B, K]`` logits.
     """
-    fn = "egl.losses.masked_pair_logits"
+    check_choice(fill, FILLS, fn, "fill")
     x = check_shape(x, "B C H W", fn, "x")
     _check_model(model, x, fn)
     mask = check_shape(mask, "B 1 H W", fn, "mask", floating=False)
@@ -83,7 +89,7 @@ def masked_pair_logits(model: nn.Module, x: Tensor, mask: Tensor) -> tuple[Tenso
                         "running statistics towards masked images",
                     fix="Call model.eval() for the masker step and model.train() after it, as ALIGN's masker "
                         "phase does")
-    mean = stem_mean(model) if isinstance(model, nn.Module) else None
+    mean = stem_mean(model) if isinstance(model, nn.Module) and fill == "normalized" else None
     if mean is None:
         pair = torch.cat([x * mask, x * (1.0 - mask)], dim=0)
     else:  # zero in the normalised space: (x - mean) * M, before the stem's division by std
@@ -115,12 +121,15 @@ class MaskerDistLoss(nn.Module):
 
     Args:
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        fill: what the removed pixels become: ``"normalized"`` (default: zero in the model's
+            normalised space) or ``"black"`` (:func:`masked_pair_logits`).
     """
 
-    def __init__(self, reduction: str = "mean") -> None:
+    def __init__(self, reduction: str = "mean", fill: str = "normalized") -> None:
         super().__init__()
         check_choice(reduction, REDUCTIONS, "egl.losses.MaskerDistLoss", "reduction")
-        self.reduction = reduction
+        check_choice(fill, FILLS, "egl.losses.MaskerDistLoss", "fill")
+        self.reduction, self.fill = reduction, fill
 
     def forward(self, model: nn.Module, x: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         fn = "egl.losses.MaskerDistLoss"
@@ -130,5 +139,5 @@ class MaskerDistLoss(nn.Module):
         check_aspect(tuple(m.shape[-2:]), tuple(x.shape[-2:]), fn, "mask", "the images")
         m = resize_mask(upload(m, x.device, x.dtype), tuple(x.shape[-2:]))
         check_same_batch(fn, x=x, mask=m)
-        fg, bg = masked_pair_logits(model, x, m)
+        fg, bg = masked_pair_logits(model, x, m, fill=self.fill, fn=fn)
         return masker_dist_loss(fg, bg, target, reduction=self.reduction)

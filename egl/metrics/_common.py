@@ -27,7 +27,7 @@ from egl._transfer import upload
 __all__ = ["check_logits", "check_labels", "pixel_ranks", "num_top_pixels", "resize_map", "BASELINES",
            "check_perturbation", "replacement", "filler", "model_logits", "check_eval_mode"]
 
-BASELINES = ("zero", "blur", "mean", "linear", "noisy_linear")
+BASELINES = ("zero", "black", "blur", "mean", "linear", "noisy_linear")
 #: Baselines that fill the removed pixels from the kept ones (ROAD's imputation): their values
 #: depend on which pixels are removed, so they are computed per perturbed image.
 IMPUTED = {"linear": 0.0, "noisy_linear": 0.01}
@@ -51,7 +51,11 @@ def check_labels(y: object, batch: Tensor, num_classes: int, fn: str, arg: str,
         y = torch.tensor(y, dtype=torch.long)
     elif arg == "target" and isinstance(y, int) and not isinstance(y, bool):
         y = torch.full((batch.shape[0],), y, dtype=torch.long)
-    t = check_tensor(y, fn, arg)
+    if not isinstance(y, Tensor):
+        raise fail(fn, arg, "class indices: a LongTensor, a list or NumPy array of ints"
+                   + (", or one int for every image" if arg == "target" else ""), describe(y),
+                   "Pass class indices (plain Python or NumPy ints)")
+    t = y
     if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise fail(fn, arg, "a 1-D integer tensor of class indices [B]", describe(t),
                    f"Pass class indices, e.g. {arg}.long() or {arg}.argmax(1) for one-hot labels")
@@ -124,12 +128,15 @@ def normalized_zero(x: Tensor, model: object) -> Tensor:
 
 def replacement(x: Tensor, baseline: str, blur_sigma: float, model: object = None) -> Tensor:
     """Values that removed pixels take, broadcastable to ``x`` and indexable by sample:
-    ``"zero"`` zero in the model's normalised space (:func:`normalized_zero`), ``"mean"`` the
+    ``"zero"`` zero in the model's normalised space (:func:`normalized_zero`), ``"black"`` 0 in
+    ``x``'s space (the same for a model that does not normalise in its stem), ``"mean"`` the
     per-image channel means, ``"blur"`` a Gaussian-blurred copy (``blur_sigma`` px, kernel
     ``2 ceil(3 sigma) + 1``, replicate border). Not for the imputed baselines (:func:`filler`
     serves every baseline)."""
     if baseline == "zero":
         return normalized_zero(x, model)
+    if baseline == "black":  # 0 in x's space, whatever the model does with it
+        return x.new_zeros(x.shape[0], 1, 1, 1)
     if baseline == "mean":
         return x.mean(dim=(2, 3), keepdim=True)
     radius = max(1, math.ceil(3.0 * blur_sigma))

@@ -154,11 +154,25 @@ def randomization_layers(model: nn.Module, layers: str | Sequence[str] = "blocks
     return _layer_names(model, layers, fn)
 
 
+def _opened(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside wrappers whose one child holds every parameter (``nn.DataParallel``'s
+    ``module``, ``torch.compile``'s ``_orig_mod``, a model kept as ``self.backbone``), and the
+    prefix of its names: its blocks are the cascade's."""
+    prefix = ""
+    while not _owns_parameters(model):
+        held = [(n, c) for n, c in model.named_children() if _holds_parameters(c)]
+        if len(held) != 1 or _owns_parameters(held[0][1]) or not any(_holds_parameters(c)
+                                                                      for c in held[0][1].children()):
+            break
+        model, prefix = held[0][1], f"{prefix}{held[0][0]}."
+    return model, prefix
+
+
 def _layer_names(model: nn.Module, layers: object, fn: str) -> tuple[str, ...]:
     modules = dict(model.named_modules())
     own = (OWN,) if _owns_parameters(model) else ()
     if layers == "blocks":
-        names = tuple(reversed(_blocks(model, ""))) + own
+        names = tuple(reversed(_blocks(*_opened(model)))) + own
     elif layers == "leaves":
         names = tuple(reversed([n for n, m in modules.items() if n and _owns_parameters(m)])) + own
     elif isinstance(layers, Sequence) and not isinstance(layers, str) and len(layers) > 0:
@@ -194,13 +208,7 @@ def _owns_parameters(m: nn.Module) -> bool:
 
 def _blocks(module: nn.Module, prefix: str) -> list[str]:
     """Children holding parameters, plain containers opened; a module that owns parameters
-    itself (beside its children) is one block. A wrapper whose one child holds every parameter
-    (``nn.DataParallel``'s ``module``, ``torch.compile``'s ``_orig_mod``, a model kept as
-    ``self.backbone``) is opened: its blocks are the child's."""
-    held = [(n, c) for n, c in module.named_children() if _holds_parameters(c)]
-    if len(held) == 1 and not _owns_parameters(module) and not _owns_parameters(held[0][1]) \
-            and any(_holds_parameters(c) for c in held[0][1].children()):
-        return _blocks(held[0][1], f"{prefix}{held[0][0]}.")
+    itself (beside its children) is one block."""
     out: list[str] = []
     for name, child in module.named_children():
         full = f"{prefix}{name}"
@@ -407,8 +415,9 @@ def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target:
         raise fail(FN, "explainer", "a factory returning a callable (x, target) -> saliency",
                    f"one returning {describe(e)}", "Return the explainer built on the model it is given")
     bound = getattr(e, "model", model)
-    if isinstance(bound, nn.Module) and bound is not model and bound is not getattr(model, "_orig_mod", None):
-        # (an explainer of a torch.compile'd model explains the eager model inside it)
+    if isinstance(bound, nn.Module) and bound is not model and bound is not getattr(model, "_orig_mod", None) \
+            and bound is not getattr(model, "module", None):
+        # (an explainer of a torch.compile'd model explains the eager model inside it, of a DataParallel its module)
         raise fail(FN, "explainer", "a factory that builds the explainer on the model it is given",
                    "an explainer of another model (the trained one?): its maps would never change",
                    "Build it inside the factory: lambda m: GradCAM(m, ...), not lambda m: cam")

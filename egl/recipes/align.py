@@ -87,7 +87,7 @@ from egl.explainers.grad_cam import GradCAM, in_grad_cam_family
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses._reduction import ANNOTATED_MEANS, annotated_count, annotated_mean
 from egl.train.distributed import is_distributed
-from egl.losses.masker_dist import masked_pair_logits, masker_dist_loss
+from egl.losses.masker_dist import FILLS, masked_pair_logits, masker_dist_loss
 from egl.maskers.base import Masker
 from egl.recipes._batching import batchable
 from egl.recipes._recompute import recompute
@@ -138,6 +138,10 @@ class ALIGN(Recipe):
             its scale, each annotated image weighing more as fewer are annotated; on the shortcut
             benchmark at 10 % of the masks it fell 16 points below ``"batch"`` out of distribution,
             and 12 below ERM: docs/experiments.md).
+        mask_fill: what the masker phase's removed pixels become: ``"normalized"`` (default: zero
+            in the model's normalised space, the paper's product of normalised tensors: the stem's
+            mean colour for a model that normalises egl's [0, 1] images in its stem) or ``"black"``
+            (egl's before 2026-11-29; the same for a model without normalisation in its stem).
     """
 
     name = "align"
@@ -151,10 +155,12 @@ class ALIGN(Recipe):
                  lr: float = 5e-5, masker_lr: float = 1e-3, weight_decay: float = 0.0,
                  optimizer: str | dict[str, Any] = "adam",
                  masker_checkpoint: bool | str = "auto", batch_mixup: bool | str = "auto",
-                 mask_mode: str = "eval", annotated_mean: str = "batch") -> None:
+                 mask_mode: str = "eval", annotated_mean: str = "batch", mask_fill: str = "normalized") -> None:
         super().__init__(model, lr=lr, weight_decay=weight_decay, optimizer=optimizer)
         fn = "egl.recipes.align"
         check_choice(annotated_mean, ANNOTATED_MEANS, fn, "annotated_mean")
+        check_choice(mask_fill, FILLS, fn, "mask_fill")
+        self.mask_fill = mask_fill
         self.annotated_mean = annotated_mean
         check_choice(align_resolution, ("input", "feature"), fn, "align_resolution")
         check_choice(mask_mode, ("eval", "batch"), fn, "mask_mode")
@@ -255,7 +261,7 @@ class ALIGN(Recipe):
             m = self._checked(recompute(self.masker, x, batch.mask) if self.masker_checkpoint
                               else self.masker(x, batch.mask), x)
             with subpixel_input_grads(self.model):  # the stem's input gradient in a faster form
-                fg, bg = masked_pair_logits(self.model, x, m)
+                fg, bg = masked_pair_logits(self.model, x, m, fill=self.mask_fill, fn="egl.recipes.align")
         dist_loss = masker_dist_loss(fg, bg, batch.y)
         sp, sm = sparsity(m), smoothness(m)
         total = dist_loss + self.sparsity_weight * sp + self.smooth_weight * sm

@@ -39,7 +39,14 @@ class Subject:
 
     def build(self, *args: Any, **extra: Any) -> Any:
         """The component, built with the check's arguments and the user's ``kwargs``."""
-        return self.factory(*args, **{**self.kwargs, **extra})
+        try:
+            return self.factory(*args, **{**self.kwargs, **extra})
+        except TypeError as e:
+            if "argument" not in str(e):
+                raise
+            raise ContractError(f"{self!r}: building it for egl.testing check '{self.check}' raised TypeError: {e}. "
+                                f"Pass the arguments it needs after the component: "
+                                f"check_component({self.kind!r}, {self.name!r}, name=value, ...)") from e
 
     def expect(self, ok: object, what: str) -> None:
         """Raise a :class:`ContractError` naming the component and the check unless ``ok``."""
@@ -77,9 +84,9 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 
 def hook_count(model: nn.Module) -> int:
-    """Hooks on any submodule of ``model``, plus global module hooks."""
-    n = sum(len(getattr(m, d, {})) for m in model.modules() for d in _HOOK_DICTS)
-    return n + sum(len(getattr(nn.modules.module, f"_global{d}", {})) for d in _HOOK_DICTS)
+    """Hooks on any submodule of ``model`` (global module hooks, which a profiler may hold, are
+    not counted)."""
+    return sum(len(getattr(m, d, {})) for m in model.modules() for d in _HOOK_DICTS)
 
 
 def functional_form(cls: type) -> Callable[..., Any] | None:

@@ -43,8 +43,8 @@ def default_target(s: Subject) -> None:
         expect_close(s, fn(model, x, [1, 2]), sal, f"{fn.__name__}() differs from the explainer")
     with torch.no_grad():
         pred = model(x).argmax(1)
-    default = explainer(x)  # type: ignore[operator]
-    expect_close(s, default, explainer(x, pred), "target=None differs from the predicted class")  # type: ignore[operator]
+    default, given = explainer(x), explainer(x, pred)  # type: ignore[operator]
+    expect_close(s, default, given, "target=None differs from the predicted class")
     s.expect(hook_count(model) == 0, "a hook was left on the model")
 
 

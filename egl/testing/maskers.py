@@ -11,7 +11,7 @@ from egl.testing._common import Subject, expect_gradients, expect_map
 
 def _inputs(device: str) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 16, 12, generator=g)  # not square, so a transposed map shows
+    x = torch.rand(2, 3, 16, 12, generator=g)  # images in [0, 1], egl's convention; not square
     mask = torch.rand(2, 1, 8, 6, generator=g)  # another resolution than the image
     return x.to(device), mask.to(device)
 
@@ -59,7 +59,7 @@ def gradients(s: Subject) -> None:
 def rejects_a_non_image(s: Subject) -> None:
     """A 3-D input raises :class:`egl.InputError` naming ``'x'`` (not an error from inside torch)."""
     masker = _build(s)
-    with s.raises(InputError, "'x' expected a 4-D tensor", "masker(x) with a 3-D x"):
+    with s.raises(InputError, "'x'", "masker(x) with a 3-D x"):
         masker(torch.randn(3, 16, 16, device=s.device), torch.rand(3, 16, 16, device=s.device))
 
 

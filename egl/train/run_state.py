@@ -172,8 +172,9 @@ def _check_same_arguments(saved: object, recipe: "Recipe", path: Path) -> None:
     An argument that differs refuses the resume (``align_weight=0.2`` resumed at 0.1 trained
     another method from the step it left off, and a changed ``lr`` was silently replaced by the
     optimizer state's). Values are compared as the config shows them (numbers by value: 100 and
-    100.0 are one; an egl component given as an instance by its class, name and constructor
-    arguments, so ``bce`` with another ``eps`` is seen; other objects by their description);
+    100.0 are one; an egl component given as an instance by its name and constructor arguments,
+    so ``bce`` with another ``eps`` is seen, an argument a newer egl added warns; other objects
+    by their description);
     values shown by an address (a function's ``repr``) are not compared. A component described
     by an egl older than its arguments' record (``"BCEAlignmentLoss(bce)"``) is taken as the
     same when the class and name agree, with a warning. Arguments in the recipe's ``resume_free`` (ALIGN's
@@ -208,7 +209,11 @@ def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tu
     differ = sorted(k for k in set(saved) & set(mine)
                     if canon(saved[k]) != canon(mine[k]) and not _ADDRESS.search(text(saved[k]) + text(mine[k])))
     older = [k for k in differ if _older_description(saved[k], mine[k])]
-    differ = [k for k in differ if k not in older]
+    inner = {k: _component_changes(saved[k], mine[k]) for k in differ if k not in older}
+    inner = {k: v for k, v in inner.items() if v is not None}
+    added = [f"{k}: {n}" for k, (_, new, _) in inner.items() for n in new]
+    dropped = [f"{k}: {n}" for k, (_, _, gone) in inner.items() for n in gone]
+    differ = [k for k in differ if k not in older and not (k in inner and not inner[k][0])]
     strict = [k for k in differ if k not in recipe.resume_free]
     if strict:
         return ("error", ", ".join(f"{k}={saved[k]!r}" for k in strict) + "\0"
@@ -217,6 +222,8 @@ def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tu
              for k in differ]
     notes += [f"{k} was described as {saved[k]!r} by an older egl, without its arguments: taken as {mine[k]!r}"
               for k in older]
+    notes += [f"{a} is a new argument (the checkpoint predates it: the run continues with it)" for a in added]
+    notes += [f"{d} is not an argument of this egl's component (dropped)" for d in dropped]
     notes += [f"{k}={mine[k]!r} is new (the checkpoint predates it: the run continues with it)"
               for k in sorted(set(mine) - set(saved))]
     notes += [f"{k}={saved[k]!r} is not an argument of this egl's recipe (dropped)"
@@ -228,9 +235,23 @@ def _argument_verdict(saved: dict[str, Any], recipe: "Recipe", path: Path) -> tu
 
 def _older_description(was: object, now: object) -> bool:
     """``was`` is a component's description from before its arguments were recorded
-    (``"Class(name)"``) and ``now`` the same class and name with arguments."""
-    return (isinstance(was, str) and isinstance(now, str) and was.endswith(")") and "," not in was
-            and now.startswith(was[:-1] + ", "))
+    (``"BCEAlignmentLoss(bce)"``; an explainer's ``"GradCAM(model=ResNet)"``) and ``now`` the
+    same component with its arguments (``{"name": "bce", "kwargs": {...}}``)."""
+    if not (isinstance(was, str) and isinstance(now, dict) and isinstance(now.get("name"), str)):
+        return False
+    return re.fullmatch(rf"\w+\(({re.escape(now['name'])}|model=\w+)\)", was) is not None
+
+
+def _component_changes(was: object, now: object) -> tuple[list[str], list[str], list[str]] | None:
+    """For one component described both times by name and arguments (same name): the arguments that
+    differ, those new in this egl and those it dropped; None for anything else."""
+    if not (isinstance(was, dict) and isinstance(now, dict) and set(was) == set(now) == {"name", "kwargs"}
+            and was["name"] == now["name"] and isinstance(was["kwargs"], dict) and isinstance(now["kwargs"], dict)):
+        return None
+    a, b = was["kwargs"], now["kwargs"]
+    canon = lambda v: json.loads(json.dumps(v, sort_keys=True, default=str))  # noqa: E731
+    changed = sorted(k for k in set(a) & set(b) if canon(a[k]) != canon(b[k]))
+    return changed, sorted(set(b) - set(a)), sorted(set(a) - set(b))
 
 
 def _check_schedulers(ckpt: dict[str, Any], schedulers: dict[str, Any], path: Path) -> None:

@@ -43,7 +43,7 @@ def test_channels_last_or_grayscale_images_are_named_where_the_model_refuses_the
         grad_cam(model, nhwc, [0, 1])
     with pytest.raises(egl.InputError, match=r"faithfulness: 'x' expected images \[B, 3, H, W\].*permute"):
         faithfulness(model, nhwc, torch.rand(2, 1, 64, 64))
-    with pytest.raises(egl.InputError, match=r"masked_pair_logits: 'x' expected images \[B, 3, H, W\].*shape "
+    with pytest.raises(egl.InputError, match=r"MaskerDistLoss: 'x' expected images \[B, 3, H, W\].*shape "
                                              r"\[2, 1, 64, 64\].*Pass images with 3 channels"):
         MaskerDistLoss()(model, x[:, :1], torch.rand(2, 1, 64, 64), torch.tensor([0, 1]))
 

@@ -151,3 +151,20 @@ def test_tiny_model_is_seeded_without_touching_the_global_state() -> None:
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not a.training and b.training and a.num_classes == testing.NUM_CLASSES
+
+
+def test_a_component_that_needs_arguments_is_told_how_to_pass_them() -> None:
+    class ScaledCAM(GradCAM):
+        """Grad-CAM with a required argument."""
+
+        name = "scaled_cam"
+
+        def __init__(self, model: nn.Module, scale: float) -> None:
+            super().__init__(model)
+            self.scale = scale
+
+    with pytest.raises(testing.ContractError, match=r"building it .* raised TypeError: .*'scale'.*Pass the arguments "
+                                                    r"it needs after the component: check_component\('explainer', "
+                                                    r"'scaled_cam', name=value"):
+        testing.check_component("explainer", ScaledCAM, only="output")
+    testing.check_component("explainer", ScaledCAM, only="output", scale=2.0)

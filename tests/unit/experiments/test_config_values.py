@@ -76,8 +76,8 @@ BAD = [
     ("eval.randomization=maybe", r"'eval.randomization' expected True or False, got 'maybe'\."),
     ("eval.background_swap=maybe", r"'eval.background_swap' expected True or False, got 'maybe'\."),
     ("eval.explainer_kwargs=3", r"'eval.explainer_kwargs' expected a mapping of the explainer's arguments, got 3\."),
-    ("eval.baseline=black", r"'eval.baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], "
-                            r"got 'black'\."),
+    ("eval.baseline=grey", r"'eval.baseline' expected one of \['zero', 'black', 'blur', 'mean', 'linear', "
+                           r"'noisy_linear'\], got 'grey'\."),
     ("eval.mask_quality=maybe", r"'eval.mask_quality' expected True or False, got 'maybe'\."),
     ("data.allow_missing_classes=maybe", r"'data.allow_missing_classes' expected True or False, got 'maybe'\."),
     ("data.mask_dir=segs", r"'data.mask_dir' expected its default with data.name='synthetic' \(it is read for "

@@ -122,3 +122,52 @@ def test_a_compiled_model_in_rrr_smoothing_and_the_randomisation_test_runs_its_e
     SmoothedExplainer(compiled, GradCAM(compiled), samples=2)(x, [0, 1])
     result = parameter_randomization(compiled, x, "grad_cam")
     assert result.layers[0] == "_orig_mod.fc" and result.spearman.shape[0] == len(result.layers) > 1
+
+
+def test_a_wrapper_that_resizes_is_probed_through_its_own_forward() -> None:
+    """A resize before the model moves the map sizes: the wrapper's forward is what is probed."""
+    model = make_model("test_resnet")
+    resized = nn.Sequential(nn.Upsample(size=64), model)
+    cam = GradCAM(resized)
+    torch.testing.assert_close(cam(torch.rand(2, 3, 16, 16), [0, 1]).shape, torch.Size([2, 1, 16, 16]))
+    plain = GradCAM(model)
+    plain(_x(), [0, 1])
+    assert cam.target_layer == "1.layer4"  # (at 16 px inside the model, layer4 would be 1 x 1)
+
+
+def test_an_average_pooled_vit_inside_a_wrapper_keeps_its_features() -> None:
+    model, x = timm.create_model("test_vit", num_classes=5, global_pool="avg").eval(), _x()
+    reference = GradCAM(model)
+    parallel, held = GradCAM(nn.DataParallel(model)), GradCAM(Holder(model))
+    for cam in (parallel, held):
+        torch.testing.assert_close(cam(x, [0, 1]), reference(x, [0, 1]), atol=1e-5, rtol=1e-4)
+    assert reference.target_layer == parallel.target_layer == "forward_features"  # (DataParallel: its module)
+    assert held.target_layer == "backbone.norm"  # forward_features' output, hooked
+
+
+def test_the_probe_reads_maps_not_attention_tensors_and_names_a_vit_layer() -> None:
+    from egl.backbones import _spatial
+
+    x = torch.zeros(1, 3, 64, 64)
+    assert _spatial(torch.zeros(1, 8, 16, 16), x) and _spatial(torch.zeros(1, 3, 3, 8), torch.zeros(1, 3, 65, 96))
+    assert not _spatial(torch.zeros(1, 2, 17, 32), x)  # a 64-px test_vit's [B, heads, tokens, head_dim]
+
+    class Scaled(nn.Module):  # holds a ViT and a parameter of its own: probed
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.t = make_model("test_vit"), nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.backbone(x) * self.t
+
+    with pytest.warns(UserWarning, match=r"patch embedding.*Pass layer='backbone.blocks.-1.norm1'"):
+        GradCAM(Scaled())(_x(), [0, 1])
+
+
+def test_grayscale_images_into_a_normalising_rgb_model_are_named() -> None:
+    from egl.normalization import normalize_inputs
+
+    model = normalize_inputs(make_model("test_resnet"), "imagenet")
+    with pytest.raises(egl.InputError, match=r"'x' expected images with the 3 channels the model normalises.*"
+                                             r"x.expand\(-1, 3, -1, -1\)"):
+        model(torch.rand(2, 1, 32, 32))

@@ -190,3 +190,27 @@ def test_the_masked_halves_are_taken_in_the_models_normalised_space() -> None:
         torch.testing.assert_close(bg, plain(z * (1 - m)), atol=1e-5, rtol=1e-4)
         fg_plain, _ = masked_pair_logits(plain, x, m)  # no normalisation in the model: x ⊙ M as it is
         torch.testing.assert_close(fg_plain, plain(x * m))
+
+
+def test_black_fill_keeps_the_plain_product_and_alignment_records_its_fill() -> None:
+    import copy
+
+    from egl import recipes
+    from egl.losses import MaskerDistLoss
+    from egl.losses.masker_dist import masked_pair_logits
+    from egl.normalization import normalize_inputs
+
+    plain = make_model("test_resnet")
+    model = normalize_inputs(copy.deepcopy(plain), "imagenet")
+    g = torch.Generator().manual_seed(0)
+    x, m = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g)
+    with torch.no_grad():
+        fg, _ = masked_pair_logits(model, x, m, fill="black")
+        torch.testing.assert_close(fg, model(x * m))
+    y = torch.tensor([0, 1])
+    assert not torch.allclose(MaskerDistLoss(fill="black")(model, x, m, y), MaskerDistLoss()(model, x, m, y))
+    with pytest.raises(egl.InputError, match="'fill' expected one of"):
+        MaskerDistLoss(fill="grey")
+    assert recipes.align(make_model("test_resnet"), mask_fill="black").config()["mask_fill"] == "black"
+    with pytest.raises(egl.InputError, match="egl.recipes.align: 'mask_fill' expected one of"):
+        recipes.align(make_model("test_resnet"), mask_fill="grey")

@@ -216,7 +216,21 @@ def test_zero_is_zero_in_the_models_normalised_space() -> None:
     with torch.no_grad():
         expected = F.softmax(model(grey), 1)[torch.arange(2), torch.tensor([0, 1])]
     torch.testing.assert_close(deletion(model, x, s, steps=2, target=torch.tensor([0, 1])).curve[:, -1], expected)
-    torch.testing.assert_close(insertion(model, x, s, steps=2, target=torch.tensor([0, 1]), baseline="zero").curve[:, 0], expected)
+    start = insertion(model, x, s, steps=2, target=torch.tensor([0, 1]), baseline="zero").curve[:, 0]
+    torch.testing.assert_close(start, expected)
     with torch.no_grad():  # black, which the normalising model reads as -mean/std: not what "zero" is
         black_now = F.softmax(model(torch.zeros_like(x)), 1)[torch.arange(2), torch.tensor([0, 1])]
     assert not torch.allclose(expected, black_now)
+
+
+def test_black_is_zero_in_the_images_space_whatever_the_model_does() -> None:
+    import timm
+
+    from egl.normalization import normalize_inputs
+
+    torch.manual_seed(0)
+    model = normalize_inputs(timm.create_model("test_resnet", num_classes=5).eval(), "imagenet")
+    x, s, t = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32), torch.tensor([0, 1])
+    with torch.no_grad():
+        black = F.softmax(model(torch.zeros_like(x)), 1)[torch.arange(2), t]
+    torch.testing.assert_close(deletion(model, x, s, steps=2, target=t, baseline="black").curve[:, -1], black)

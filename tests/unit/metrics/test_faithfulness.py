@@ -274,9 +274,9 @@ def test_bad_ks(ks: object) -> None:
 
 def test_bad_baseline() -> None:
     model, x, s = _args()
-    want = r"'baseline' expected one of \['zero', 'blur', 'mean', 'linear', 'noisy_linear'\], got 'black'"
+    want = r"'baseline' expected one of \['zero', 'black', 'blur', 'mean', 'linear', 'noisy_linear'\], got 'grey'"
     with pytest.raises(egl.InputError, match=want):
-        faithfulness(model, x, s, baseline="black")
+        faithfulness(model, x, s, baseline="grey")
 
 
 def test_bad_batch_size_and_sigma() -> None:

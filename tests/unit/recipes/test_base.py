@@ -22,8 +22,9 @@ def test_config_records_the_outermost_constructor_with_defaults() -> None:
     cfg = recipe.config()
     assert cfg["warmup_steps"] == 7 and cfg["masker_lr"] == 1e-3 and cfg["lr"] == 5e-5
     assert cfg["model"] == "ResNet(test_resnet)"
-    assert cfg["masker"] == ("LearnedMasker(learned, in_channels=3, width=4, memory_format='auto', "
-                             "recompute_bn=True)")  # a component instance: its class, name and arguments
+    assert cfg["masker"] == {"name": "learned", "kwargs": {"in_channels": 3, "width": 4, "memory_format": "auto",
+                                                           "recompute_bn": True}}  # an instance: name and arguments
+    assert egl.resolve("masker", cfg["masker"]).net[0].out_channels == 4  # (the form egl.resolve builds from)
     json.dumps(cfg)  # JSON-friendly
     assert recipes.erm(make_model("test_resnet"), lr=1e-4).config() == {
         "model": "ResNet(test_resnet)", "lr": 1e-4, "weight_decay": 0.0, "optimizer": "adam"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -461,17 +462,31 @@ def test_a_component_instance_built_otherwise_refuses_the_resume(tmp_path: Path)
         recipe.fit(_loader("global_rng"), 2 if resume else 1, progress=False, checkpoint_dir=tmp_path, resume=resume)
 
     run(1e-6, False)
-    with pytest.raises(egl.InputError, match=r"alignment=\"BCEAlignmentLoss\(bce, reduction='mean', eps=1e-06\)\""):
+    with pytest.raises(egl.InputError, match=r"alignment=\{'name': 'bce', 'kwargs': \{'reduction': 'mean', "
+                                             r"'eps': 1e-06\}\}"):
         run(0.1, True)
     run(1e-6, True)  # built alike: the run goes on
 
 
-def test_a_component_described_by_an_older_egl_resumes_with_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", ["BCEAlignmentLoss(bce)", "new_argument", "GradCAM(model=ResNet)"])
+def test_a_component_described_by_an_older_egl_resumes_with_a_warning(tmp_path: Path, older: str) -> None:
+    """Descriptions before the arguments were recorded (a loss's class and name; an explainer's repr),
+    and an argument a newer egl added: warned, not refused."""
     recipe = recipes.align(make_model("test_resnet", eval_mode=False), warmup_steps=0,
-                           alignment=egl.create("alignment", "bce"))
+                           alignment=egl.create("alignment", "bce"), explainer="grad_cam")
+    if older == "GradCAM(model=ResNet)":
+        from egl.explainers import GradCAM
+
+        recipe = recipes.align(recipe.model, warmup_steps=0, explainer=GradCAM(recipe.model))
     recipe.fit(_loader("global_rng"), 1, progress=False, checkpoint_dir=tmp_path)
     ckpt = load_checkpoint(tmp_path / "last.pt")
-    ckpt["config"]["alignment"] = "BCEAlignmentLoss(bce)"  # how egl described instances before
+    key = "explainer" if older.startswith("GradCAM") else "alignment"
+    if older == "new_argument":
+        del ckpt["config"]["alignment"]["kwargs"]["eps"]  # as if bce had no eps when it was written
+        match = r"alignment: eps is a new argument"
+    else:
+        ckpt["config"][key] = older
+        match = rf"{key} was described as '{re.escape(older)}' by an older egl"
     torch.save(ckpt, tmp_path / "last.pt")
-    with pytest.warns(UserWarning, match=r"alignment was described as 'BCEAlignmentLoss\(bce\)' by an older egl"):
+    with pytest.warns(UserWarning, match=match):
         recipe.fit(_loader("global_rng"), 2, progress=False, checkpoint_dir=tmp_path, resume=True)
