@@ -16,7 +16,6 @@ from egl._check import (
     check_positive,
     check_same_batch,
     check_shape,
-    check_tensor,
     describe,
     fail,
 )
