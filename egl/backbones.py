@@ -425,14 +425,14 @@ _PROBE_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], s
 
 
 def _spatial(out: Tensor, x: Tensor) -> bool:
-    """A 4-D output that reads as a map of ``x`` (NCHW or NHWC): at most the input's size, and the
-    input shrunk by one factor along both axes to within a cell (``|h - ih / s| <= 1`` and
-    ``|w - iw / s| <= 1`` for some ``s``: a strided stack's rounding). Attention's ``[B, heads,
+    """A 4-D output that reads as a map of ``x`` (NCHW or NHWC): the input scaled by one factor along
+    both axes to within a cell (``|h - ih / s| <= 1`` and ``|w - iw / s| <= 1`` for some ``s``: a
+    strided stack's rounding; ``s < 1`` where a model upsamples first). Attention's ``[B, heads,
     tokens, head_dim]`` tensors are not (a ViT's at 64 px: 17 x 32 of 64 x 64 needs s = 4 and 2)."""
     ih, iw = int(x.shape[-2]), int(x.shape[-1])
     for h, w in ((int(out.shape[-2]), int(out.shape[-1])), (int(out.shape[1]), int(out.shape[2]))):
         # 1 / s in [(h - 1) / ih, (h + 1) / ih] and in [(w - 1) / iw, (w + 1) / iw]
-        if 0 < h <= ih and 0 < w <= iw and max((h - 1) / ih, (w - 1) / iw) <= min((h + 1) / ih, (w + 1) / iw):
+        if h > 0 and w > 0 and max((h - 1) / ih, (w - 1) / iw) <= min((h + 1) / ih, (w + 1) / iw):
             return True
     return False
 
