@@ -58,7 +58,7 @@ def checks(kind: str) -> list[str]:
 
 
 def check_component(kind: str, component: object, *, only: str | Sequence[str] | None = None,
-                    device: str = "cpu", **kwargs: Any) -> None:
+                    device: str = "cpu", on: str | Callable[[], Any] = "test_resnet", **kwargs: Any) -> None:
     """Run egl's contract checks of ``kind`` on ``component``.
 
     Args:
@@ -67,6 +67,10 @@ def check_component(kind: str, component: object, *, only: str | Sequence[str] |
             found), or the class itself (a recipe: its class or factory).
         only: one check's name, or several (see :func:`checks`); default every check.
         device: where the checks run (``"cuda"`` to check the GPU path too).
+        on: the classifier the explainer, alignment, regularizer and recipe checks run on: a tiny
+            timm model's name (``"test_resnet"``, default; ``"test_vit"`` for a ViT-only
+            explainer) or a factory returning a model with ``NUM_CLASSES`` (5) outputs that takes
+            64-px RGB images.
         **kwargs: constructor arguments (an explainer also gets the model first, a recipe the
             model first; a loss or regularizer gets ``reduction=`` from the checks). A recipe
             whose phases start late needs them to start within three steps (``warmup_steps=1``).
@@ -83,7 +87,7 @@ def check_component(kind: str, component: object, *, only: str | Sequence[str] |
     if unknown:
         raise fail(fn, "only", f"names of {kind} checks, {checks(kind)}", describe(only),
                    "Pick from egl.testing.checks(kind)")
-    s = Subject(kind, factory, kwargs, device)
+    s = Subject(kind, factory, kwargs, device, on)
     s.registered = component if isinstance(component, str) else None
     for name in names:
         s.check = name

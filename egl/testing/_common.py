@@ -27,8 +27,9 @@ class ContractError(EGLError, AssertionError):
 class Subject:
     """The component under check: its kind, the class or factory, how to build it, its label."""
 
-    def __init__(self, kind: str, factory: Any, kwargs: dict[str, Any], device: str) -> None:
-        self.kind, self.factory, self.kwargs, self.device = kind, factory, kwargs, device
+    def __init__(self, kind: str, factory: Any, kwargs: dict[str, Any], device: str,
+                 on: str | Callable[[], nn.Module] = "test_resnet") -> None:
+        self.kind, self.factory, self.kwargs, self.device, self.on = kind, factory, kwargs, device, on
         self.name = getattr(factory, "name", None) or getattr(factory, "__name__", "?")
         self.check = ""
         self.registered: str | None = None
@@ -47,6 +48,19 @@ class Subject:
             raise ContractError(f"{self!r}: building it for egl.testing check '{self.check}' raised TypeError: {e}. "
                                 f"Pass the arguments it needs after the component: "
                                 f"check_component({self.kind!r}, {self.name!r}, name=value, ...)") from e
+
+    def model(self, *, train: bool = False) -> nn.Module:
+        """The classifier the checks run on (``on``: a tiny timm model's name, or a factory of a
+        model with ``NUM_CLASSES`` outputs), on the check's device, in train or eval mode. A
+        ``test_resnet`` gets ``output_stride=16`` for recipes (4 x 4 maps at 64 px)."""
+        if callable(self.on):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = self.on()
+        else:
+            extra = {"output_stride": 16} if self.kind == "recipe" and self.on == "test_resnet" else {}
+            model = tiny_model(self.on, **extra)
+        return model.train(train).to(self.device)
 
     def expect(self, ok: object, what: str) -> None:
         """Raise a :class:`ContractError` naming the component and the check unless ``ok``."""

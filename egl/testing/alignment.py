@@ -9,7 +9,7 @@ from torch import Tensor
 
 from egl.errors import InputError
 from egl.testing._common import REDUCTIONS, Subject, expect_close, expect_gradients, expect_loss, \
-    functional_form, tiny_model
+    functional_form
 
 INPUTS = ("saliency", "class_maps", "batch")
 
@@ -36,7 +36,7 @@ def _call(s: Subject, reduction: str = "mean") -> tuple[Tensor, list[Tensor], in
         args = (maps, (torch.rand(3, 1, 16, 16, generator=g) > 0.5).to(s.device))
         leaves = [maps]
     else:
-        model = tiny_model(train=True).to(s.device)
+        model = s.model(train=True)
         args = (model, torch.randn(3, 3, 32, 32, generator=g).to(s.device),  # type: ignore[assignment]
                 (torch.rand(3, 1, 32, 32, generator=g) > 0.5).to(s.device))
         leaves = list(model.parameters())

@@ -7,11 +7,11 @@ from torch import Tensor, nn
 
 from egl.errors import InputError
 from egl.testing._common import NUM_CLASSES, Subject, expect_close, expect_gradients, expect_map, \
-    functional_form, hook_count, tiny_model
+    functional_form, hook_count
 
 
 def _setup(s: Subject, train: bool = False) -> tuple[nn.Module, object, Tensor]:
-    model = tiny_model(train=train).to(s.device)
+    model = s.model(train=train)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(s.device)
     return model, s.build(model), x
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from egl.testing._common import Subject, hook_count, tiny_model
+from egl.testing._common import Subject, hook_count
 
 STEPS = 3
 
@@ -44,7 +44,7 @@ def _recipe(s: Subject) -> Any:
 
     with torch.random.fork_rng(devices=[]):  # a recipe that builds modules (ALIGN's masker) draws
         torch.manual_seed(0)
-        recipe = s.build(tiny_model(train=True, output_stride=16).to(s.device))
+        recipe = s.build(s.model(train=True))
     s.expect(isinstance(recipe, Recipe), f"built a {type(recipe).__name__}, not an egl.recipes.Recipe")
     return recipe
 

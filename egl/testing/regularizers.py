@@ -7,13 +7,13 @@ from torch import Tensor, nn
 
 from egl.errors import InputError
 from egl.testing._common import REDUCTIONS, Subject, expect_close, expect_gradients, expect_loss, \
-    functional_form, hook_count, tiny_model
+    functional_form, hook_count
 
 
 def _explanation_setup(s: Subject, train: bool = False) -> tuple[nn.Module, object, Tensor, Tensor]:
     from egl.explainers import GradCAM
 
-    model = tiny_model(train=train).to(s.device)
+    model = s.model(train=train)
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(s.device)
     return model, GradCAM(model), x, torch.tensor([0, 0, 3, 3], device=s.device)  # two same-class pairs
 

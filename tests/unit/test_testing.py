@@ -168,3 +168,20 @@ def test_a_component_that_needs_arguments_is_told_how_to_pass_them() -> None:
                                                     r"'scaled_cam', name=value"):
         testing.check_component("explainer", ScaledCAM, only="output")
     testing.check_component("explainer", ScaledCAM, only="output", scale=2.0)
+
+
+def test_the_checks_run_on_another_model_for_a_vit_only_explainer() -> None:
+    class TokenCAM(GradCAM):
+        """Grad-CAM that takes ViTs only."""
+
+        name = "token_cam"
+
+        def __init__(self, model: nn.Module) -> None:
+            if not hasattr(model, "blocks"):
+                raise egl.InputError("TokenCAM: 'model' expected a ViT")
+            super().__init__(model)
+
+    with pytest.raises(egl.InputError, match="expected a ViT"):
+        testing.check_component("explainer", TokenCAM, only="output")
+    testing.check_component("explainer", TokenCAM, on="test_vit")
+    testing.check_component("explainer", "grad_cam", only="output", on=lambda: testing.tiny_model("test_convnext"))
