@@ -593,6 +593,9 @@ def layer_name(model: nn.Module, layer: object, fn: str) -> str:
     if isinstance(layer, str):
         return layer
     if isinstance(layer, nn.Module):
+        if layer is model or layer is unwrap(model)[0]:
+            raise fail(fn, "layer", "one of the model's layers", f"the model itself ({type(layer).__name__})",
+                       "Pass a submodule whose output is a map, e.g. model.layer4, or layer='auto'")
         name = next((n for n, m in model.named_modules() if m is layer and n), None)
         if name is None:
             raise fail(fn, "layer", f"a submodule of the model ({type(model).__name__}), or its dotted name",

@@ -29,6 +29,8 @@ def test_a_layer_given_as_a_module_and_a_module_replaced_after_the_explainer_was
     with pytest.raises(egl.InputError, match=r"'layer' expected a submodule of the model \(ResNet\).*got a Conv2d "
                                              r"that is not one of its modules"):
         grad_cam(model, x, [0, 1], layer=torch.nn.Conv2d(3, 3, 1))
+    with pytest.raises(egl.InputError, match=r"'layer' expected one of the model's layers, got the model itself"):
+        grad_cam(model, x, [0, 1], layer=model)
     cam = GradCAM(model, layer=model.layer4)
     before = cam(x, [0, 1])
     model.layer4 = copy.deepcopy(model.layer4)  # (SyncBN conversion, fusing, adapters replace modules)
