@@ -185,7 +185,9 @@ class ALIGN(Recipe):
                           stacklevel=3)
         upsample = align_resolution == "input"
         # layer= and align_resolution= configure an explainer named here from the Grad-CAM family
-        named_grad_cam = isinstance(explainer, str) and in_grad_cam_family(explainer, fn=fn, arg="explainer")
+        # (a {name, kwargs} dict too: its own kwargs win over layer= and align_resolution=)
+        spec = explainer.get("name") if isinstance(explainer, dict) else explainer
+        named_grad_cam = isinstance(spec, str) and in_grad_cam_family(spec, fn=fn, arg="explainer")
         for arg, value, default in (("layer", layer, "auto"), ("align_resolution", align_resolution, "input")):
             if not named_grad_cam and value != default:
                 raise fail(fn, arg, f"its default {default!r} when explainer is not the name of a Grad-CAM explainer "

@@ -419,3 +419,10 @@ def test_components_as_name_and_kwargs_dicts_are_built_and_recorded() -> None:
     assert recipe.masker.net[0].out_channels == 4 and recipe.alignment.eps == 1e-3
     assert type(recipe.explainer).__name__ == "LayerCAM"
     assert recipe.config()["masker"] == {"name": "learned", "kwargs": {"width": 4}}
+
+
+def test_a_grad_cam_explainer_given_as_a_dict_takes_layer_unless_its_kwargs_say() -> None:
+    model = make_model("test_resnet")
+    assert recipes.align(model, explainer={"name": "grad_cam"}, layer="layer3").explainer.layer == "layer3"
+    assert recipes.align(model, explainer={"name": "layer_cam", "kwargs": {"layer": "layer2"}},
+                         layer="layer3").explainer.layer == "layer2"
