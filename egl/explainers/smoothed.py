@@ -176,8 +176,9 @@ class SmoothedExplainer(Explainer):
         t = logits.detach().argmax(1) if tgt is None else tgt.index(k, fn)  # (checked: in [0, k))
         flat = x.detach().flatten(1)
         scale = (flat.amax(1) - flat.amin(1)).view(1, b, 1, 1, 1) * self.noise  # [1, B, 1, 1, 1]
-        copies = x.detach()[None] + scale * self._noise(x) if self.noise > 0 else x.detach()[None].expand(
-            self.samples, *x.shape)
+        # under create_graph, a computed x stays in the graph (the noise is a constant), as the base's own does
+        src = x if create_graph and x.requires_grad else x.detach()
+        copies = src[None] + scale * self._noise(x) if self.noise > 0 else src[None].expand(self.samples, *x.shape)
         flipped = torch.arange(self.samples, device=x.device) % 2 == 1 if self.flip else None
         if flipped is not None:
             copies = torch.where(flipped.view(-1, 1, 1, 1, 1), copies.flip(-1), copies)

@@ -16,6 +16,9 @@ in gradient magnitudes", DomainBed).
 
 Choices and deviations (all arguments where they matter):
 
+* Batches are drawn as they come (DomainBed draws one mini-batch per domain): the domains'
+  counts vary from batch to batch, and each domain's CE and penalty are those of its samples in
+  the batch (``data.balance: domain`` in experiments draws the domains evenly, in expectation).
 * ``rescale=False`` (DomainBed): the loss is *not* divided by λ once λ > 1. The original IRM
   code (Colored MNIST) does divide; ``rescale=True`` does that.
 * The CE is DomainBed's: the mean over domains of each domain's mean CE (equal to the batch

@@ -15,6 +15,8 @@ labels enter only through the loss.
 
 Choices and deviations:
 
+* Batches are drawn as they come (DomainBed draws one mini-batch per domain): the domains'
+  counts vary from batch to batch, and each pair is cut to the smaller domain's count.
 * One domain in the batch: DomainBed would pair the domain with itself (``x̃ = x``, plain
   ERM). We fall back to ordinary within-batch mixup instead: the domain is paired with a
   random permutation of itself (a sample may meet itself), still one λ for the pair.

@@ -93,3 +93,12 @@ def test_input_gradient_keeps_a_computed_x_in_the_graph_under_create_graph() -> 
     assert stage.weight.grad is not None and float(stage.weight.grad.abs().sum()) > 0
     x = _x(32)  # a plain batch: taken as a leaf of its own, as before
     assert InputGradient(model).explain(x, [0, 1], create_graph=True).saliency.requires_grad and x.grad is None
+
+
+def test_smoothing_keeps_a_computed_x_in_the_graph_under_create_graph() -> None:
+    from egl.explainers import SmoothedExplainer
+
+    model, stage = make_model("test_resnet", eval_mode=False), torch.nn.Conv2d(3, 3, 1)
+    sal = SmoothedExplainer(model, "grad_cam", samples=2)(stage(_x()), [0, 1], create_graph=True)
+    grad = torch.autograd.grad(sal.sum(), stage.weight)[0]
+    assert float(grad.abs().sum()) > 0
