@@ -29,7 +29,7 @@ from egl._check import check_flag, check_model_dtype, check_shape, describe, fai
 from egl._module_hooks import structure_stamp
 from egl.explainers._targets import Targets, as_targets, check_target_range, targets
 
-__all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets",
+__all__ = ["Explainer", "Explanation", "Targets", "as_targets", "check_target_range", "targets", "explained_model",
            "model_device", "double_backward_ready", "check_explanation", "CONTRACT"]
 
 #: What :meth:`Explainer.explain` returns, as the errors of :func:`check_explanation` spell it.
@@ -169,6 +169,17 @@ def _checkpointed_attention(model: nn.Module) -> bool:
     return any(getattr(r(), "fused_attn", False) is True for r in seen[2])
 
 
+def explained_model(model: nn.Module) -> nn.Module:
+    """The module egl runs to explain (or differentiate) ``model``: a ``torch.compile``d model's
+    eager model (hooks registered after compiling go unseen, as dynamo does not guard on them, and
+    compiled graphs have no double backward), a ``nn.DataParallel``'s module (its replicas on
+    several GPUs would each run a copy of egl's hook on their chunk of the batch); the same
+    parameters and values. Any other model as it is."""
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model.module if isinstance(model, nn.DataParallel) else model
+
+
 class Explainer:
     """Base class of egl explainers. Subclasses implement :meth:`explain`.
 
@@ -197,16 +208,7 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise fail(f"egl.explainers.{type(self).__name__}", "model", "a torch.nn.Module",
                        describe(model), "Pass the classifier module itself")
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            # torch.compile: hooks registered after compiling go unseen (dynamo does not guard on
-            # them) and compiled graphs have no double backward, so explain the eager model inside
-            # (the same parameters, the same values)
-            model = model._orig_mod
-        if isinstance(model, nn.DataParallel):
-            # its replicas on several GPUs would each run a copy of egl's hook on their chunk of the
-            # batch: explain the module inside on the batch's device (the same parameters)
-            model = model.module
-        self.model = model
+        self.model = explained_model(model)
         fn = f"egl.explainers.{type(self).__name__}"
         self.upsample = check_flag(upsample, fn, "upsample")
         self.normalize = check_flag(normalize, fn, "normalize")

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from egl._check import batch_of_one, check_flag, check_logits, describe, fail
 from egl._transfer import upload
 from egl.explainers._postprocess import minmax_normalize
-from egl.explainers.base import Explainer, Explanation, Targets, targets
+from egl.explainers.base import Explainer, Explanation, Targets, explained_model, targets
 
 __all__ = ["SmoothedExplainer", "smoothed"]
 
@@ -131,8 +131,7 @@ class SmoothedExplainer(Explainer):
             if explainer_kwargs:
                 raise fail(_FN, "explainer_kwargs", "none with an explainer instance (it is built already)",
                            repr(sorted(explainer_kwargs)), "Build the explainer with them, or pass its name")
-            inner = getattr(model, "_orig_mod", model)  # (compiled: its eager model; DataParallel: its module)
-            if explainer.model is not (inner.module if isinstance(inner, nn.DataParallel) else inner):
+            if explainer.model is not explained_model(model):
                 raise fail(_FN, "explainer", "an explainer bound to the same model", f"one bound to "
                            f"{type(explainer.model).__name__} at {id(explainer.model):#x}",
                            "Build the explainer on this model, or pass its name")

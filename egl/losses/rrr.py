@@ -18,7 +18,7 @@ from egl._amp import inner_grad
 from egl._check import check_logits, check_model_dtype, check_same_batch, check_shape, describe, fail
 from egl._masks import as_mask, check_aspect, resize_mask
 from egl._transfer import upload
-from egl.explainers.base import double_backward_ready
+from egl.explainers.base import double_backward_ready, explained_model
 from egl.kernels.subpixel_dgrad import subpixel_input_grads
 from egl.losses._reduction import reduce
 from egl.losses.base import AlignmentLoss
@@ -43,7 +43,7 @@ def rrr_penalty(model: nn.Module, x: Tensor, mask: Tensor, *, reduction: str = "
     if not isinstance(model, nn.Module):
         raise fail(fn, "model", "a torch.nn.Module classifier returning [B, K] logits", describe(model),
                    "Pass the classifier itself (the penalty differentiates its parameters)")
-    model = getattr(model, "_orig_mod", model)  # torch.compile: no double backward; its eager model
+    model = explained_model(model)  # torch.compile: no double backward; its eager model
     x = check_shape(x, "B C H W", fn, "x")
     check_model_dtype(model, x, fn, "x")
     m = as_mask(mask, fn, "mask")

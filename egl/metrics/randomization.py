@@ -68,6 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from egl._check import check_finite, check_flag, check_shape, check_tensor, describe, fail
+from egl.explainers.base import explained_model
 from egl.metrics._common import check_labels, model_logits
 from egl.metrics._explainers import build_registered, check_kwargs, check_maps, check_model_and_images, check_seed
 
@@ -415,9 +416,7 @@ def _maps(make: Callable[[nn.Module], Any], model: nn.Module, x: Tensor, target:
         raise fail(FN, "explainer", "a factory returning a callable (x, target) -> saliency",
                    f"one returning {describe(e)}", "Return the explainer built on the model it is given")
     bound = getattr(e, "model", model)
-    if isinstance(bound, nn.Module) and bound is not model and bound is not getattr(model, "_orig_mod", None) \
-            and bound is not getattr(model, "module", None):
-        # (an explainer of a torch.compile'd model explains the eager model inside it, of a DataParallel its module)
+    if isinstance(bound, nn.Module) and bound is not model and bound is not explained_model(model):
         raise fail(FN, "explainer", "a factory that builds the explainer on the model it is given",
                    "an explainer of another model (the trained one?): its maps would never change",
                    "Build it inside the factory: lambda m: GradCAM(m, ...), not lambda m: cam")
